@@ -1,0 +1,90 @@
+/**
+ * The master-worker channel: one `SOCK_SEQPACKET` Unix socketpair per worker carrying fixed 16-byte
+ * messages (four little-endian u32: kind, connection id, argument, reserved) and, with
+ * {@link MessageKind.Conn}, the client's fd as SCM_RIGHTS. Sequenced packets keep message boundaries, so a
+ * message is never half-read; a closed channel is how either side learns that the other is gone.
+ *
+ * @module
+ */
+
+import { tryRecvWithFd, trySendWithFd } from "./ffi/fdpass.ts";
+import { C, socketpair } from "./ffi/libc.ts";
+
+/** Size of every channel message. */
+export const MESSAGE_SIZE = 16;
+
+/** What a channel message says. */
+export const MessageKind = {
+  /** worker -> master: started and ready for connections. */
+  Ready: 1,
+  /** master -> worker: serve this fd; `arg` is the listener's {@link ServeMode}. */
+  Conn: 2,
+  /** worker -> master: connection `id` ended; `arg` is 1 if it ended well, 0 if not. */
+  Done: 3,
+  /** master -> worker: finish the connections you have, then exit. */
+  Stop: 4,
+} as const;
+
+/** How a listener's connections are served. */
+export const ServeMode = {
+  /** Push one file to every connection, seed-compatible. */
+  Classic: 0,
+  /** The client sends requests; see PROTOCOL.md. */
+  Request: 1,
+} as const;
+
+/** A decoded channel message. */
+export interface Message {
+  /** One of {@link MessageKind}. */
+  kind: number;
+  /** The connection id the master gave the fd. */
+  id: number;
+  /** Kind-specific argument. */
+  arg: number;
+  /** The fd that came with it, or -1. */
+  fd: number;
+}
+
+const outBuf = new Uint8Array(MESSAGE_SIZE);
+const outView = new DataView(outBuf.buffer);
+const inBuf = new Uint8Array(MESSAGE_SIZE);
+const inView = new DataView(inBuf.buffer);
+
+/**
+ * Creates a channel: [master end, worker end], both nonblocking and close-on-exec (the master clears
+ * close-on-exec on the worker's end just for the spawn that hands it over).
+ */
+export function createChannel(): [number, number] {
+  return socketpair(C.AF_UNIX, C.SOCK_SEQPACKET | C.SOCK_CLOEXEC | C.SOCK_NONBLOCK);
+}
+
+/**
+ * Sends one message (with `fd` attached unless it is -1). Returns false if the channel is full.
+ * Throws LibcError when the peer is gone (EPIPE, ECONNRESET).
+ */
+export function sendMessage(channel: number, kind: number, id = 0, arg = 0, fd = -1): boolean {
+  outView.setUint32(0, kind, true);
+  outView.setUint32(4, id, true);
+  outView.setUint32(8, arg, true);
+  outView.setUint32(12, 0, true);
+  return trySendWithFd(channel, outBuf, fd);
+}
+
+/**
+ * Receives one message. Returns null when none is waiting, or "closed" when the peer closed the channel.
+ * A message of the wrong size is an error (the channel carries only fixed messages).
+ */
+export function receiveMessage(channel: number): Message | "closed" | null {
+  const got = tryRecvWithFd(channel, inBuf);
+  if (got === null) return null;
+  if (got.bytes === 0 && got.fd === -1) return "closed";
+  if (got.bytes !== MESSAGE_SIZE) {
+    throw new Error(`channel: message of ${got.bytes} bytes, expected ${MESSAGE_SIZE}`);
+  }
+  return {
+    kind: inView.getUint32(0, true),
+    id: inView.getUint32(4, true),
+    arg: inView.getUint32(8, true),
+    fd: got.fd,
+  };
+}

@@ -1,0 +1,513 @@
+/**
+ * One client connection inside a worker: a small state machine driven by epoll readiness on a nonblocking
+ * socket. It reads request frames, answers them with a queue of output pieces (small frames and file
+ * bodies), and writes that queue with exact-length loops that stop at EAGAIN and resume where they stopped
+ * when the socket is writable again. Classic mode skips the request and pushes one file.
+ *
+ * @module
+ */
+
+import { basename } from "node:path";
+import { EPOLLIN, EPOLLOUT } from "./ffi/epoll.ts";
+import {
+  C,
+  close,
+  fstat,
+  getpeername,
+  LibcError,
+  openRead,
+  pread,
+  shutdown,
+  tryRecv,
+  trySend,
+  trySendfile,
+  WOULD_BLOCK,
+} from "./ffi/libc.ts";
+import { decodeSockaddr, formatEndpoint, SOCKADDR_MAX } from "./ffi/structs.ts";
+import {
+  classicBodyLength,
+  DATA_FRAME_PAYLOAD,
+  encodeErrorResponse,
+  encodeJsonFrame,
+  encodeRawFrame,
+  END_FRAME,
+  type ErrorBody,
+  ErrorCode,
+  FileShrankError,
+  fillClassicBody,
+  FRAME_HEADER_SIZE,
+  FrameType,
+  getFrameLength,
+  MAX_REQUEST_FRAME,
+  parseRequest,
+  PROTOCOL_VERSION,
+  ProtocolError,
+  putDataFrameHeader,
+  type Request,
+  type ResponseHeader,
+} from "./framing.ts";
+
+/** What a worker serves, shared by all its connections. */
+export interface ServeConfig {
+  /** An fd of the served directory (request mode), or -1. */
+  rootFd: number;
+  /** The file pushed in classic mode, or null. */
+  pushPath: string | null;
+  /** How long a connection may make no progress before it is closed, in milliseconds. */
+  idleTimeoutMs: number;
+  /** Bytes one connection may send per turn before the others get theirs. */
+  turnBudget: number;
+  /** Writes one log line. */
+  log: (line: string) => void;
+  /** Worker number, for the log. */
+  workerId: number;
+}
+
+/** Where a connection is in its life. */
+type State = "reading" | "writing" | "lingering" | "closed";
+
+/** How a piece of output goes on the wire: bytes already in memory, or a file body produced on demand. */
+interface Body {
+  /** Sends what it can within `budget` bytes; returns "done", "blocked" (EAGAIN) or "yield" (budget used). */
+  pump(sock: number, budget: number): { sent: number; status: "done" | "blocked" | "yield" };
+  /** Releases the file it holds. */
+  dispose(): void;
+}
+
+const CLASSIC_SCRATCH = new Uint8Array(256 * (FRAME_HEADER_SIZE + 1000));
+
+/** Classic mode content: frames of 1000 bytes regenerated from the file at the stream position. */
+class ClassicBody implements Body {
+  #position = 0;
+  readonly #total: number;
+  constructor(readonly fd: number, readonly size: number) {
+    this.#total = classicBodyLength(size);
+  }
+  pump(sock: number, budget: number) {
+    let sent = 0;
+    while (this.#position < this.#total) {
+      if (sent >= budget) return { sent, status: "yield" as const };
+      const filled = fillClassicBody(
+        CLASSIC_SCRATCH,
+        this.#position,
+        this.size,
+        (buf, offset) => pread(this.fd, buf, offset),
+      );
+      const n = trySend(sock, CLASSIC_SCRATCH.subarray(0, filled));
+      if (n === WOULD_BLOCK) return { sent, status: "blocked" as const };
+      this.#position += n;
+      sent += n;
+    }
+    return { sent, status: "done" as const };
+  }
+  dispose(): void {
+    close(this.fd);
+  }
+}
+
+/** Request mode content: Data frames of up to 1 MiB, each a 5-byte header then sendfile(2). */
+class FramedFileBody implements Body {
+  readonly #header = new Uint8Array(FRAME_HEADER_SIZE + 1);
+  #headerLeft = 0;
+  #frameLeft = 0;
+  #offset: number;
+  constructor(readonly fd: number, offset: number, readonly end: number) {
+    this.#offset = offset;
+  }
+  /** Bytes of the current data frame not yet sent (they must be padded if the file shrinks). */
+  get frameLeft(): number {
+    return this.#frameLeft;
+  }
+  pump(sock: number, budget: number) {
+    let sent = 0;
+    for (;;) {
+      if (this.#headerLeft > 0) {
+        const from = this.#header.byteLength - this.#headerLeft;
+        const n = trySend(sock, this.#header.subarray(from), C.MSG_MORE);
+        if (n === WOULD_BLOCK) return { sent, status: "blocked" as const };
+        this.#headerLeft -= n;
+        sent += n;
+      } else if (this.#frameLeft > 0) {
+        if (sent >= budget) return { sent, status: "yield" as const };
+        const n = trySendfile(sock, this.fd, this.#offset, Math.min(this.#frameLeft, budget - sent));
+        if (n === WOULD_BLOCK) return { sent, status: "blocked" as const };
+        if (n === 0) throw new FileShrankError(this.#offset, this.end);
+        this.#offset += n;
+        this.#frameLeft -= n;
+        sent += n;
+      } else if (this.#offset < this.end) {
+        const len = Math.min(DATA_FRAME_PAYLOAD, this.end - this.#offset);
+        putDataFrameHeader(this.#header, len);
+        this.#headerLeft = this.#header.byteLength;
+        this.#frameLeft = len;
+      } else {
+        return { sent, status: "done" as const };
+      }
+    }
+  }
+  dispose(): void {
+    close(this.fd);
+  }
+}
+
+const REQUEST_BUFFER_START = 4096;
+
+/** One client connection of a worker. */
+export class Connection {
+  /** Bytes written to the client so far. */
+  bytesSent = 0;
+  #state: State;
+  #out: Array<Uint8Array | Body> = [];
+  #outOffset = 0;
+  #in = new Uint8Array(0);
+  #inLength = 0;
+  #lastProgress: number;
+  #requestStarted: number;
+  #requestBytesAtStart = 0;
+  #requestLabel = "-";
+  #closeWhenSent = false;
+  #served = 0;
+  #logged = 0;
+  readonly #peer: string;
+
+  /**
+   * @param fd the client's socket (nonblocking, close-on-exec)
+   * @param id the master's id for it
+   * @param classic true for classic mode (push), false for request mode
+   * @param config what the worker serves
+   */
+  constructor(readonly fd: number, readonly id: number, classic: boolean, readonly config: ServeConfig) {
+    this.#lastProgress = this.#requestStarted = performance.now();
+    this.#peer = peerOf(fd);
+    if (classic) {
+      this.#state = "writing";
+      this.#startClassic();
+    } else {
+      this.#state = "reading";
+      this.#in = new Uint8Array(REQUEST_BUFFER_START);
+    }
+  }
+
+  /** True once the connection is finished and its fd closed. */
+  get closed(): boolean {
+    return this.#state === "closed";
+  }
+
+  /** True if the connection ended well (not cut by an error or timeout). */
+  ok = true;
+
+  /** The epoll events this connection waits for now. */
+  get interest(): number {
+    return this.#state === "writing" ? EPOLLOUT : EPOLLIN;
+  }
+
+  /** Handles readiness reported by epoll. */
+  onReady(): void {
+    try {
+      if (this.#state === "reading") this.#read();
+      else if (this.#state === "lingering") this.#discard();
+      if (this.#state === "writing") this.#write();
+    } catch (e) {
+      const what = e instanceof LibcError ? `${e.call}: ${e.errnoName}` : String(e);
+      this.#finish(false, `error (${what})`);
+    }
+  }
+
+  /** Closes the connection if it made no progress for the idle timeout. Returns true if it did. */
+  checkIdle(now: number): boolean {
+    if (this.#state === "closed" || now - this.#lastProgress < this.config.idleTimeoutMs) return false;
+    if (this.#state === "reading") {
+      // Say why before closing: the client may still be waiting for an answer.
+      const partial = this.#inLength > 0 ? " (a partial request frame arrived)" : "";
+      this.#fail({
+        code: ErrorCode.Timeout,
+        message: `no complete request within ${this.config.idleTimeoutMs / 1000}s${partial}`,
+      });
+      this.onReady();
+      if ((this.#state as State) === "writing") this.#finish(false, "timeout");
+      return true;
+    }
+    this.#finish(
+      false,
+      this.#state === "lingering" ? "closed after error" : "timeout (client stopped reading)",
+    );
+    return true;
+  }
+
+  /** Ends the connection at once (worker shutting down or master gone). */
+  abort(reason: string): void {
+    if (this.#state !== "closed") this.#finish(false, reason);
+  }
+
+  #startClassic(): void {
+    const path = this.config.pushPath!;
+    this.#requestLabel = `PUSH ${basename(path)}`;
+    const fd = openRead(path);
+    const { size } = fstat(fd);
+    this.#out.push(encodeRawFrame(new TextEncoder().encode(basename(path))), new ClassicBody(fd, size));
+    this.#closeWhenSent = true;
+  }
+
+  #read(): void {
+    for (;;) {
+      if (this.#inLength === this.#in.byteLength) this.#growInput();
+      const n = tryRecv(this.fd, this.#in.subarray(this.#inLength));
+      if (n === WOULD_BLOCK) return;
+      if (n === 0) return this.#onEndOfInput();
+      this.#inLength += n;
+      this.#lastProgress = performance.now();
+      if (this.#parse()) return;
+    }
+  }
+
+  #growInput(): void {
+    const need = this.#inLength >= FRAME_HEADER_SIZE ? getFrameLength(this.#in, 0) + FRAME_HEADER_SIZE : 0;
+    const bigger = new Uint8Array(Math.max(this.#in.byteLength * 2, need));
+    bigger.set(this.#in.subarray(0, this.#inLength));
+    this.#in = bigger;
+  }
+
+  /** Parses a complete request frame if one is buffered. Returns true when the state left "reading". */
+  #parse(): boolean {
+    if (this.#inLength < FRAME_HEADER_SIZE) return false;
+    const len = getFrameLength(this.#in, 0);
+    if (len < 0 || len > MAX_REQUEST_FRAME) {
+      this.#fail({
+        code: ErrorCode.TooLarge,
+        message: `request frame length ${len} is outside 0..${MAX_REQUEST_FRAME}`,
+      });
+      return true;
+    }
+    if (len === 0) {
+      // An end frame from the client: it has no more requests.
+      this.#finish(true, this.#served > 0 ? "ok" : "closed (no request)");
+      return true;
+    }
+    if (this.#inLength < FRAME_HEADER_SIZE + len) return false;
+    const payload = this.#in.subarray(FRAME_HEADER_SIZE, FRAME_HEADER_SIZE + len);
+    this.#requestStarted = performance.now();
+    this.#requestBytesAtStart = this.bytesSent;
+    let request: Request;
+    try {
+      request = parseRequest(payload);
+    } catch (e) {
+      if (!(e instanceof ProtocolError)) throw e;
+      this.#fail({ code: e.code, message: e.message });
+      return true;
+    }
+    this.#in.copyWithin(0, FRAME_HEADER_SIZE + len, this.#inLength);
+    this.#inLength -= FRAME_HEADER_SIZE + len;
+    this.#respond(request);
+    return true;
+  }
+
+  #onEndOfInput(): void {
+    if (this.#inLength === 0) {
+      this.#finish(true, this.#served > 0 ? "ok" : "closed (no request)");
+    } else {
+      this.#fail({
+        code: ErrorCode.BadRequest,
+        message: `connection ended inside a request frame (${this.#inLength} bytes received)`,
+      });
+    }
+  }
+
+  #respond(request: Request): void {
+    if (request.op === "ping") {
+      this.#requestLabel = "PING";
+      const header: ResponseHeader = { v: PROTOCOL_VERSION, status: "ok" };
+      this.#out.push(encodeJsonFrame(FrameType.Header, header), END_FRAME);
+    } else {
+      this.#requestLabel = `GET ${JSON.stringify(request.path)}`;
+      const opened = this.#open(request.path!);
+      if (typeof opened === "object") {
+        this.#errorCode = opened.code;
+        this.#out.push(encodeErrorResponse(opened));
+      } else {
+        const stat = fstat(opened);
+        const header: ResponseHeader = {
+          v: PROTOCOL_VERSION,
+          status: "ok",
+          size: stat.size,
+          mtimeNs: String(stat.mtimeNs),
+          mode: stat.mode & 0o7777,
+        };
+        this.#out.push(
+          encodeJsonFrame(FrameType.Header, header),
+          new FramedFileBody(opened, 0, Number(stat.size)),
+          END_FRAME,
+        );
+      }
+    }
+    this.#state = "writing";
+  }
+
+  /** Opens a file under the root for reading, or says why not. */
+  #open(path: string): number | ErrorBody {
+    let fd: number;
+    try {
+      fd = openRead(path, { beneath: this.config.rootFd });
+    } catch (e) {
+      if (!(e instanceof LibcError)) throw e;
+      return openError(e, path);
+    }
+    if (!fstat(fd).isFile) {
+      close(fd);
+      return { code: ErrorCode.NotAFile, message: `${JSON.stringify(path)} is not a regular file` };
+    }
+    return fd;
+  }
+
+  /** Queues an error response, after which the connection lingers and closes. */
+  #fail(body: ErrorBody): void {
+    this.#requestLabel = this.#requestLabel === "-" ? "(malformed)" : this.#requestLabel;
+    this.ok = false;
+    this.#errorCode = body.code;
+    this.#out.push(encodeErrorResponse(body));
+    this.#closeWhenSent = true;
+    this.#state = "writing";
+  }
+
+  #errorCode = "";
+
+  #write(): void {
+    let budget = this.config.turnBudget;
+    while (this.#state === "writing") {
+      const head = this.#out[0];
+      if (head === undefined) {
+        this.#onResponseSent(); // may parse a pipelined request and start writing again
+        continue;
+      }
+      if (head instanceof Uint8Array) {
+        const more = this.#out.length > 1 ? C.MSG_MORE : 0;
+        const n = trySend(this.fd, head.subarray(this.#outOffset), more);
+        if (n === WOULD_BLOCK) return;
+        this.#progress(n);
+        this.#outOffset += n;
+        if (this.#outOffset < head.byteLength) continue;
+      } else {
+        let result;
+        try {
+          result = head.pump(this.fd, budget);
+        } catch (e) {
+          if (!(e instanceof FileShrankError)) throw e;
+          this.#onFileShrank(head, e);
+          continue;
+        }
+        this.#progress(result.sent);
+        budget -= result.sent;
+        if (result.status !== "done") return; // "blocked": wait for EPOLLOUT; "yield": let others run
+        head.dispose();
+      }
+      this.#out.shift();
+      this.#outOffset = 0;
+    }
+  }
+
+  #onFileShrank(body: Body, e: FileShrankError): void {
+    // The frame header promised more bytes than the file now has: fill the frame with zeros, then say
+    // that the file changed, so the client discards what it got instead of publishing a mix.
+    const pad = body instanceof FramedFileBody ? body.frameLeft : 0;
+    body.dispose();
+    this.#out.splice(0, this.#out.length, new Uint8Array(pad));
+    this.#outOffset = 0;
+    if (body instanceof FramedFileBody) {
+      this.#fail({ code: ErrorCode.FileChanged, message: e.message });
+    } else {
+      this.#finish(false, `error (${e.message})`); // classic mode has no error frame
+    }
+  }
+
+  #progress(n: number): void {
+    if (n > 0) {
+      this.bytesSent += n;
+      this.#lastProgress = performance.now();
+    }
+  }
+
+  #onResponseSent(): void {
+    if (this.#errorCode !== "") {
+      this.#logRequest(`refused ${this.#errorCode}`);
+      this.#errorCode = "";
+    } else {
+      this.#served++;
+      this.#logRequest("ok");
+    }
+    if (this.#closeWhenSent) {
+      if (this.ok) return this.#finish(true, null);
+      // Lingering close: the client may still be sending; closing now would reset the connection and
+      // could destroy the error frame before the client reads it.
+      shutdown(this.fd, C.SHUT_WR);
+      this.#state = "lingering";
+      this.#discard();
+      return;
+    }
+    this.#requestLabel = "-";
+    this.#state = "reading";
+    this.#parse(); // a pipelined request may be buffered already
+  }
+
+  #discard(): void {
+    const scratch = this.#in.byteLength > 0 ? this.#in : new Uint8Array(REQUEST_BUFFER_START);
+    for (;;) {
+      const n = tryRecv(this.fd, scratch);
+      if (n === WOULD_BLOCK) return;
+      if (n === 0) return this.#finish(false, null);
+      this.#lastProgress = performance.now();
+    }
+  }
+
+  #logRequest(result: string): void {
+    const seconds = ((performance.now() - this.#requestStarted) / 1000).toFixed(3);
+    const bytes = this.bytesSent - this.#requestBytesAtStart;
+    this.config.log(
+      `${new Date().toISOString()} peer=${this.#peer} worker=${this.config.workerId} ` +
+        `request=${this.#requestLabel} bytes=${bytes} duration=${seconds}s result=${result}`,
+    );
+    this.#requestBytesAtStart = this.bytesSent;
+    this.#requestStarted = performance.now();
+    this.#logged++;
+  }
+
+  /** Closes the socket and releases files; logs the connection if no request line said it all. */
+  #finish(ok: boolean, result: string | null): void {
+    if (this.#state === "closed") return;
+    this.ok &&= ok;
+    for (const piece of this.#out) if (!(piece instanceof Uint8Array)) piece.dispose();
+    this.#out = [];
+    const wasResponding = this.#state === "writing";
+    this.#state = "closed";
+    close(this.fd);
+    if (result !== null && (wasResponding || this.#logged === 0)) this.#logRequest(result);
+  }
+}
+
+function peerOf(fd: number): string {
+  const addr = new Uint8Array(SOCKADDR_MAX);
+  try {
+    getpeername(fd, addr);
+    const ep = decodeSockaddr(addr);
+    return ep ? formatEndpoint(ep) : "unknown";
+  } catch {
+    return "unknown";
+  }
+}
+
+function openError(e: LibcError, path: string): ErrorBody {
+  const quoted = JSON.stringify(path);
+  switch (e.errnoName) {
+    case "ENOENT":
+    case "ENOTDIR":
+      return { code: ErrorCode.NotFound, message: `${quoted} does not exist` };
+    case "EXDEV":
+    case "ELOOP":
+      return { code: ErrorCode.Forbidden, message: `${quoted} leads outside the served directory` };
+    case "EACCES":
+    case "EPERM":
+      return { code: ErrorCode.Forbidden, message: `${quoted} is not readable by the server` };
+    case "ENAMETOOLONG":
+      return { code: ErrorCode.Forbidden, message: `${quoted} is too long` };
+    default:
+      return { code: ErrorCode.Internal, message: `cannot open ${quoted}: ${e.errnoName}` };
+  }
+}

@@ -1,0 +1,100 @@
+/**
+ * The master's dispatcher: which worker gets the next connection. Its whole state is the load of each
+ * ready worker and a bounded FIFO of connections waiting for room. A connection goes to the least-loaded
+ * worker below its capacity; when all are full it waits in the FIFO; when the FIFO is full too, it is
+ * refused (the master answers BUSY). Pure bookkeeping: no fds, no syscalls, so it is tested on its own.
+ *
+ * @module
+ */
+
+/** What {@link Dispatcher.offer} decided for a new connection. */
+export type Placement = { worker: number } | "queued" | "refused";
+
+/** Load-aware dispatch with a bounded queue. `T` is whatever the master keeps per waiting connection. */
+export class Dispatcher<T> {
+  readonly #capacity: number;
+  readonly #queueLimit: number;
+  readonly #load = new Map<number, number>();
+  readonly #queue: T[] = [];
+
+  /**
+   * @param capacity connections one worker serves at once (`--conns-per-worker`)
+   * @param queueLimit connections allowed to wait when every worker is full (`--queue`)
+   */
+  constructor(capacity: number, queueLimit: number) {
+    this.#capacity = capacity;
+    this.#queueLimit = queueLimit;
+  }
+
+  /** Connections waiting in the queue. */
+  get queued(): number {
+    return this.#queue.length;
+  }
+
+  /** Connections being served by `worker` (0 if unknown). */
+  loadOf(worker: number): number {
+    return this.#load.get(worker) ?? 0;
+  }
+
+  /** Makes `worker` available with no connections. */
+  addWorker(worker: number): void {
+    this.#load.set(worker, 0);
+  }
+
+  /** Forgets `worker` (it died or is stopping): its connections are gone with it. */
+  removeWorker(worker: number): void {
+    this.#load.delete(worker);
+  }
+
+  /** The least-loaded worker with room, or undefined. Ties go to the lowest id, for predictability. */
+  #pick(): number | undefined {
+    let best: number | undefined;
+    let bestLoad = this.#capacity;
+    for (const [worker, load] of this.#load) {
+      if (load < bestLoad) [best, bestLoad] = [worker, load];
+    }
+    return best;
+  }
+
+  /** Places a new connection: on a worker (its load is counted now), in the queue, or refused. */
+  offer(conn: T): Placement {
+    const worker = this.#queue.length === 0 ? this.#pick() : undefined;
+    if (worker !== undefined) {
+      this.#load.set(worker, this.loadOf(worker) + 1);
+      return { worker };
+    }
+    if (this.#queue.length < this.#queueLimit) {
+      this.#queue.push(conn);
+      return "queued";
+    }
+    return "refused";
+  }
+
+  /** Undoes a placement whose hand-off failed: the worker's load drops, the connection goes first in line. */
+  retract(worker: number, conn: T): void {
+    if (this.#load.has(worker)) this.#load.set(worker, this.loadOf(worker) - 1);
+    this.#queue.unshift(conn);
+  }
+
+  /** Records that a connection on `worker` ended. */
+  release(worker: number): void {
+    if (this.#load.has(worker)) this.#load.set(worker, Math.max(0, this.loadOf(worker) - 1));
+  }
+
+  /**
+   * Takes the next queued connection that has a worker with room, counting it on that worker.
+   * Call after {@link release} or {@link addWorker} until it returns undefined.
+   */
+  next(): { worker: number; conn: T } | undefined {
+    if (this.#queue.length === 0) return undefined;
+    const worker = this.#pick();
+    if (worker === undefined) return undefined;
+    this.#load.set(worker, this.loadOf(worker) + 1);
+    return { worker, conn: this.#queue.shift()! };
+  }
+
+  /** Empties the queue, returning what waited (at shutdown). */
+  drain(): T[] {
+    return this.#queue.splice(0);
+  }
+}

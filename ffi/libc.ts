@@ -1,0 +1,397 @@
+/**
+ * The one binding of libc for ferry: the symbol table (with each C prototype beside it), errno, and thin
+ * typed wrappers that turn `-1`/errno into a {@link LibcError} naming the call and the errno
+ * (`accept4: EMFILE (Too many open files)`).
+ *
+ * Calls that are expected to "fail" in normal operation on nonblocking fds (EAGAIN) return
+ * {@link WOULD_BLOCK} instead of throwing; EINTR is retried inside the wrapper. Everything above this
+ * module works with numbers and typed arrays, never with raw return codes.
+ *
+ * Struct layouts live in `structs.ts`, SCM_RIGHTS in `fdpass.ts`, epoll in `epoll.ts`.
+ *
+ * @module
+ */
+
+const symbols = {
+  __errno_location: { parameters: [], result: "pointer" }, // int *__errno_location(void)
+  strerrorname_np: { parameters: ["i32"], result: "pointer" }, // const char *strerrorname_np(int errnum)
+  strerrordesc_np: { parameters: ["i32"], result: "pointer" }, // const char *strerrordesc_np(int errnum)
+  socket: { parameters: ["i32", "i32", "i32"], result: "i32" }, // int socket(int domain, int type, int protocol)
+  socketpair: { parameters: ["i32", "i32", "i32", "buffer"], result: "i32" }, // int socketpair(int, int, int, int sv[2])
+  setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" }, // int setsockopt(int fd, int level, int name, const void *val, socklen_t len)
+  getsockopt: { parameters: ["i32", "i32", "i32", "buffer", "buffer"], result: "i32" }, // int getsockopt(int fd, int level, int name, void *val, socklen_t *len)
+  bind: { parameters: ["i32", "buffer", "u32"], result: "i32" }, // int bind(int fd, const struct sockaddr *addr, socklen_t len)
+  listen: { parameters: ["i32", "i32"], result: "i32" }, // int listen(int fd, int backlog)
+  accept4: { parameters: ["i32", "buffer", "buffer", "i32"], result: "i32" }, // int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags)
+  connect: { parameters: ["i32", "buffer", "u32"], result: "i32" }, // int connect(int fd, const struct sockaddr *addr, socklen_t len)
+  getsockname: { parameters: ["i32", "buffer", "buffer"], result: "i32" }, // int getsockname(int fd, struct sockaddr *addr, socklen_t *len)
+  getpeername: { parameters: ["i32", "buffer", "buffer"], result: "i32" }, // int getpeername(int fd, struct sockaddr *addr, socklen_t *len)
+  shutdown: { parameters: ["i32", "i32"], result: "i32" }, // int shutdown(int fd, int how)
+  sendmsg: { parameters: ["i32", "buffer", "i32"], result: "isize" }, // ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
+  recvmsg: { parameters: ["i32", "buffer", "i32"], result: "isize" }, // ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
+  send: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" }, // ssize_t send(int fd, const void *buf, size_t len, int flags)
+  recv: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" }, // ssize_t recv(int fd, void *buf, size_t len, int flags)
+  read: { parameters: ["i32", "buffer", "usize"], result: "isize" }, // ssize_t read(int fd, void *buf, size_t count)
+  write: { parameters: ["i32", "buffer", "usize"], result: "isize" }, // ssize_t write(int fd, const void *buf, size_t count)
+  pread: { parameters: ["i32", "buffer", "usize", "i64"], result: "isize" }, // ssize_t pread(int fd, void *buf, size_t count, off_t offset)
+  sendfile: { parameters: ["i32", "i32", "buffer", "usize"], result: "isize" }, // ssize_t sendfile(int out, int in, off_t *offset, size_t count)
+  fcntl: { parameters: ["i32", "i32", "i32"], result: "i32" }, // int fcntl(int fd, int cmd, int arg)
+  close: { parameters: ["i32"], result: "i32" }, // int close(int fd)
+  epoll_create1: { parameters: ["i32"], result: "i32" }, // int epoll_create1(int flags)
+  epoll_ctl: { parameters: ["i32", "i32", "i32", "buffer"], result: "i32" }, // int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
+  epoll_wait: { parameters: ["i32", "buffer", "i32", "i32"], result: "i32" }, // int epoll_wait(int epfd, struct epoll_event *evs, int max, int timeout)
+  // The same call on Deno's blocking pool, so the master's event loop (signals, child exits) keeps running.
+  epoll_wait_async: {
+    name: "epoll_wait",
+    parameters: ["i32", "buffer", "i32", "i32"],
+    result: "i32",
+    nonblocking: true,
+  },
+  eventfd: { parameters: ["u32", "i32"], result: "i32" }, // int eventfd(unsigned int initval, int flags)
+  inet_pton: { parameters: ["i32", "buffer", "buffer"], result: "i32" }, // int inet_pton(int af, const char *src, void *dst)
+  inet_ntop: { parameters: ["i32", "buffer", "buffer", "u32"], result: "pointer" }, // const char *inet_ntop(int af, const void *src, char *dst, socklen_t size)
+  signal: { parameters: ["i32", "pointer"], result: "pointer" }, // sighandler_t signal(int sig, sighandler_t handler)
+  getrlimit: { parameters: ["i32", "buffer"], result: "i32" }, // int getrlimit(int resource, struct rlimit *rlim)
+  setrlimit: { parameters: ["i32", "buffer"], result: "i32" }, // int setrlimit(int resource, const struct rlimit *rlim)
+  fstat: { parameters: ["i32", "buffer"], result: "i32" }, // int fstat(int fd, struct stat *st)
+  syscall: { parameters: ["i64", "i64", "buffer", "buffer", "u64"], result: "i64" }, // long syscall(long nr, ...): used for openat2 only
+} as const satisfies Deno.ForeignLibraryInterface;
+
+const lib = Deno.dlopen("libc.so.6", symbols);
+
+/** The raw symbol table, for the other modules of `ffi/` only. */
+export const sys: Deno.DynamicLibrary<typeof symbols>["symbols"] = lib.symbols;
+
+const errnoView = new Deno.UnsafePointerView(sys.__errno_location()!);
+
+/** The current thread's errno. Meaningful only right after a synchronous call that failed. */
+export function errno(): number {
+  return errnoView.getInt32(0);
+}
+
+/** Linux constants used by ferry (x86_64 and the generic ABI). */
+export const C = {
+  AF_UNIX: 1,
+  AF_INET: 2,
+  AF_INET6: 10,
+  SOCK_STREAM: 1,
+  SOCK_SEQPACKET: 5,
+  SOCK_NONBLOCK: 0o4000,
+  SOCK_CLOEXEC: 0o2000000,
+  SOL_SOCKET: 1,
+  SO_REUSEADDR: 2,
+  SO_ERROR: 4,
+  SO_SNDBUF: 7,
+  SO_RCVBUF: 8,
+  IPPROTO_TCP: 6,
+  IPPROTO_IPV6: 41,
+  IPV6_V6ONLY: 26,
+  TCP_NODELAY: 1,
+  SHUT_RD: 0,
+  SHUT_WR: 1,
+  SHUT_RDWR: 2,
+  MSG_DONTWAIT: 0x40,
+  MSG_NOSIGNAL: 0x4000,
+  MSG_MORE: 0x8000,
+  MSG_CMSG_CLOEXEC: 0x40000000,
+  F_GETFD: 1,
+  F_SETFD: 2,
+  F_GETFL: 3,
+  F_SETFL: 4,
+  FD_CLOEXEC: 1,
+  O_NONBLOCK: 0o4000,
+  O_RDONLY: 0,
+  O_NOCTTY: 0o400,
+  O_CLOEXEC: 0o2000000,
+  EFD_CLOEXEC: 0o2000000,
+  EFD_NONBLOCK: 0o4000,
+  SIGINT: 2,
+  SIGTERM: 15,
+  SIGHUP: 1,
+  RLIMIT_NOFILE: 7,
+  EINTR: 4,
+  EAGAIN: 11,
+  EINPROGRESS: 115,
+} as const;
+
+/** An error from a libc call: `call` is the function's name, `code` the errno, `name` its symbolic name. */
+export class LibcError extends Error {
+  /** The libc function that failed, e.g. `accept4`. */
+  readonly call: string;
+  /** The errno value. */
+  readonly code: number;
+  /** The errno's symbolic name, e.g. `EMFILE`. */
+  readonly errnoName: string;
+
+  /**
+   * @param call the libc function that failed
+   * @param code the errno it left
+   * @param context optional words saying what ferry was doing, appended after the errno text
+   */
+  constructor(call: string, code: number, context?: string) {
+    const name = errnoName(code);
+    super(`${call}: ${name} (${errnoDescription(code)})${context ? ` ${context}` : ""}`);
+    this.name = "LibcError";
+    this.call = call;
+    this.code = code;
+    this.errnoName = name;
+  }
+}
+
+/** The symbolic name of an errno value (`EMFILE`), from glibc. */
+export function errnoName(code: number): string {
+  const p = sys.strerrorname_np(code);
+  return p === null ? `errno ${code}` : Deno.UnsafePointerView.getCString(p);
+}
+
+/** The text of an errno value (`Too many open files`), from glibc. */
+export function errnoDescription(code: number): string {
+  const p = sys.strerrordesc_np(code);
+  return p === null ? "unknown error" : Deno.UnsafePointerView.getCString(p);
+}
+
+/** Returned by the `try*` wrappers when a nonblocking fd is not ready (EAGAIN). */
+export const WOULD_BLOCK = -1;
+
+/** Throws a LibcError for `call` when `result` is -1, else returns it as a number. */
+function check(call: string, result: number | bigint): number {
+  if (result === -1 || result === -1n) throw new LibcError(call, errno());
+  return Number(result);
+}
+
+/**
+ * Runs `fn` again while it fails with EINTR; returns WOULD_BLOCK on EAGAIN; throws on any other error.
+ */
+function retrying(call: string, fn: () => number | bigint): number {
+  for (;;) {
+    const r = fn();
+    if (r !== -1 && r !== -1n) return Number(r);
+    const e = errno();
+    if (e === C.EINTR) continue;
+    if (e === C.EAGAIN) return WOULD_BLOCK;
+    throw new LibcError(call, e);
+  }
+}
+
+/** socket(2). */
+export function socket(domain: number, type: number, protocol = 0): number {
+  return check("socket", sys.socket(domain, type, protocol));
+}
+
+/** socketpair(2): returns both ends. */
+export function socketpair(domain: number, type: number): [number, number] {
+  const sv = new Int32Array(2);
+  check("socketpair", sys.socketpair(domain, type, 0, sv));
+  return [sv[0], sv[1]];
+}
+
+/** setsockopt(2) for an int option. */
+export function setsockoptInt(fd: number, level: number, name: number, value: number): void {
+  check("setsockopt", sys.setsockopt(fd, level, name, new Int32Array([value]), 4));
+}
+
+/** getsockopt(2) for an int option. */
+export function getsockoptInt(fd: number, level: number, name: number): number {
+  const value = new Int32Array(1);
+  const len = new Uint32Array([4]);
+  check("getsockopt", sys.getsockopt(fd, level, name, value, len));
+  return value[0];
+}
+
+/** bind(2) to an encoded sockaddr (see `structs.ts`). */
+export function bind(fd: number, addr: Uint8Array): void {
+  check("bind", sys.bind(fd, addr, addr.byteLength));
+}
+
+/** listen(2). */
+export function listen(fd: number, backlog: number): void {
+  check("listen", sys.listen(fd, backlog));
+}
+
+/**
+ * accept4(2) on a nonblocking listener. Returns the new fd, or WOULD_BLOCK when the queue is empty.
+ * The peer's address is written into `addr` (at least 28 bytes) when given.
+ */
+export function tryAccept4(fd: number, flags: number, addr?: Uint8Array): number {
+  const len = new Uint32Array([addr?.byteLength ?? 0]);
+  return retrying("accept4", () => sys.accept4(fd, addr ?? null, addr ? len : null, flags));
+}
+
+/** connect(2). On a nonblocking socket, returns false while the connection is in progress. */
+export function connect(fd: number, addr: Uint8Array): boolean {
+  const r = sys.connect(fd, addr, addr.byteLength);
+  if (r === 0) return true;
+  const e = errno();
+  if (e === C.EINPROGRESS) return false;
+  throw new LibcError("connect", e);
+}
+
+/** getsockname(2) into `addr`; returns the length written. */
+export function getsockname(fd: number, addr: Uint8Array): number {
+  const len = new Uint32Array([addr.byteLength]);
+  check("getsockname", sys.getsockname(fd, addr, len));
+  return len[0];
+}
+
+/** getpeername(2) into `addr`; returns the length written. */
+export function getpeername(fd: number, addr: Uint8Array): number {
+  const len = new Uint32Array([addr.byteLength]);
+  check("getpeername", sys.getpeername(fd, addr, len));
+  return len[0];
+}
+
+/** shutdown(2); a socket that is already gone (ENOTCONN) is not an error here. */
+export function shutdown(fd: number, how: number): void {
+  if (sys.shutdown(fd, how) === -1 && errno() !== 107 /* ENOTCONN */) {
+    throw new LibcError("shutdown", errno());
+  }
+}
+
+/** send(2) with MSG_NOSIGNAL added. Returns bytes sent, or WOULD_BLOCK. */
+export function trySend(fd: number, buf: Uint8Array, flags = 0): number {
+  return retrying("send", () => sys.send(fd, buf, BigInt(buf.byteLength), flags | C.MSG_NOSIGNAL));
+}
+
+/** recv(2). Returns bytes received (0 at end of stream), or WOULD_BLOCK. */
+export function tryRecv(fd: number, buf: Uint8Array, flags = 0): number {
+  return retrying("recv", () => sys.recv(fd, buf, BigInt(buf.byteLength), flags));
+}
+
+/** read(2). Returns bytes read (0 at end), or WOULD_BLOCK. */
+export function tryRead(fd: number, buf: Uint8Array): number {
+  return retrying("read", () => sys.read(fd, buf, BigInt(buf.byteLength)));
+}
+
+/** write(2). Returns bytes written, or WOULD_BLOCK. */
+export function tryWrite(fd: number, buf: Uint8Array): number {
+  return retrying("write", () => sys.write(fd, buf, BigInt(buf.byteLength)));
+}
+
+/** pread(2): reads up to `buf.byteLength` bytes at `offset`; returns the count (0 at end of file). */
+export function pread(fd: number, buf: Uint8Array, offset: number): number {
+  return retrying("pread", () => sys.pread(fd, buf, BigInt(buf.byteLength), BigInt(offset)));
+}
+
+const sendfileOffset = new BigInt64Array(1);
+
+/**
+ * sendfile(2) of up to `count` bytes of `inFd` from `offset` to the socket `outFd`.
+ * Returns bytes sent (0 when the file ended early), or WOULD_BLOCK when the socket is full.
+ */
+export function trySendfile(outFd: number, inFd: number, offset: number, count: number): number {
+  sendfileOffset[0] = BigInt(offset);
+  return retrying("sendfile", () => sys.sendfile(outFd, inFd, sendfileOffset, BigInt(count)));
+}
+
+/** Sets or clears O_NONBLOCK. */
+export function setNonBlocking(fd: number, on: boolean): void {
+  const flags = check("fcntl", sys.fcntl(fd, C.F_GETFL, 0));
+  check("fcntl", sys.fcntl(fd, C.F_SETFL, on ? flags | C.O_NONBLOCK : flags & ~C.O_NONBLOCK));
+}
+
+/** Sets or clears FD_CLOEXEC: cleared only on the one fd a child process must inherit. */
+export function setCloseOnExec(fd: number, on: boolean): void {
+  check("fcntl", sys.fcntl(fd, C.F_SETFD, on ? C.FD_CLOEXEC : 0));
+}
+
+/** close(2). EINTR is not retried: on Linux the fd is gone either way. */
+export function close(fd: number): void {
+  const r = sys.close(fd);
+  if (r === -1 && errno() !== C.EINTR) throw new LibcError("close", errno());
+}
+
+/** eventfd(2), nonblocking and close-on-exec: a wake-up fd for an epoll loop. */
+export function eventfd(): number {
+  return check("eventfd", sys.eventfd(0, C.EFD_CLOEXEC | C.EFD_NONBLOCK));
+}
+
+/** Ignores a signal at the process level (SIG_IGN), e.g. in workers that leave SIGINT to the master. */
+export function ignoreSignal(signal: number): void {
+  sys.signal(signal, Deno.UnsafePointer.create(1n));
+}
+
+/** Raises the soft RLIMIT_NOFILE to the hard limit; returns the new soft limit. */
+export function raiseOpenFileLimit(): number {
+  const rlim = new BigUint64Array(2);
+  check("getrlimit", sys.getrlimit(C.RLIMIT_NOFILE, rlim));
+  if (rlim[0] < rlim[1]) {
+    rlim[0] = rlim[1];
+    check("setrlimit", sys.setrlimit(C.RLIMIT_NOFILE, rlim));
+  }
+  return Number(rlim[0]);
+}
+
+const SYS_openat2 = 437n;
+const AT_FDCWD = -100n;
+const O_DIRECTORY = 0o200000;
+const RESOLVE_NO_MAGICLINKS = 0x02n;
+const RESOLVE_BENEATH = 0x08n;
+const openHow = new BigUint64Array(3);
+const openPath = new Uint8Array(4097);
+const utf8 = new TextEncoder();
+
+/** Options of {@link openRead}. */
+export interface OpenReadOptions {
+  /**
+   * Resolve `path` inside this directory fd and refuse any resolution (`..`, absolute paths, symlinks)
+   * that would leave it (RESOLVE_BENEATH): the kernel checks every step, so no race with a symlink
+   * swapped in meanwhile. Without it, `path` is resolved from the working directory as usual.
+   */
+  beneath?: number;
+  /** Require a directory (O_DIRECTORY). @default false */
+  directory?: boolean;
+}
+
+/**
+ * openat2(2) read-only, nonblocking (a FIFO must not block the worker), close-on-exec.
+ * Throws LibcError("openat2", EXDEV) for an escape from `beneath`, ENOENT, EACCES, ELOOP... as usual.
+ */
+export function openRead(path: string, options: OpenReadOptions = {}): number {
+  const { written } = utf8.encodeInto(path, openPath);
+  if (written >= openPath.byteLength) throw new LibcError("openat2", 36 /* ENAMETOOLONG */);
+  openPath[written] = 0;
+  const flags = C.O_RDONLY | C.O_NONBLOCK | C.O_CLOEXEC | C.O_NOCTTY | (options.directory ? O_DIRECTORY : 0);
+  openHow[0] = BigInt(flags);
+  openHow[1] = 0n;
+  openHow[2] = options.beneath === undefined ? 0n : RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS;
+  const dir = options.beneath === undefined ? AT_FDCWD : BigInt(options.beneath);
+  for (;;) {
+    const r = sys.syscall(SYS_openat2, dir, openPath, openHow, 24n);
+    if (r !== -1n) return Number(r);
+    if (errno() !== C.EINTR) throw new LibcError("openat2", errno());
+  }
+}
+
+/** What ferry needs of `struct stat`. */
+export interface FileStat {
+  /** Device and inode: together they name the file. */
+  dev: bigint;
+  /** Inode number. */
+  ino: bigint;
+  /** File type and permission bits. */
+  mode: number;
+  /** Size in bytes. */
+  size: number;
+  /** Modification time in nanoseconds since the epoch. */
+  mtimeNs: bigint;
+  /** True for a regular file. */
+  isFile: boolean;
+}
+
+const statBuf = new BigInt64Array(18); // struct stat is 144 bytes on x86_64
+const S_IFMT = 0o170000;
+const S_IFREG = 0o100000;
+
+/** fstat(2) of an fd. */
+export function fstat(fd: number): FileStat {
+  check("fstat", sys.fstat(fd, statBuf));
+  const mode = Number(statBuf[3] & 0xffffffffn); // st_mode: u32 at byte 24
+  return {
+    dev: statBuf[0],
+    ino: statBuf[1],
+    mode,
+    size: Number(statBuf[6]), // st_size at 48
+    mtimeNs: statBuf[11] * 1_000_000_000n + statBuf[12], // st_mtim at 88: tv_sec, tv_nsec
+    isFile: (mode & S_IFMT) === S_IFREG,
+  };
+}

@@ -1,0 +1,323 @@
+/**
+ * ferry's wire format, in one place: every protocol constant, frame encoding, and the messages of request
+ * mode. PROTOCOL.md describes the same thing in prose; the two must agree.
+ *
+ * A frame is a 4-byte little-endian signed length `L` followed by `L` bytes. `L = 0` is an end frame.
+ * In classic mode the bytes are raw (name, then content). In request mode every non-empty frame starts
+ * with one type byte ({@link FrameType}); control frames carry a UTF-8 JSON object after it.
+ *
+ * @module
+ */
+
+/** Version of the request-mode protocol spoken by this code. */
+export const PROTOCOL_VERSION = 1;
+
+/** Bytes in a frame's length prefix. */
+export const FRAME_HEADER_SIZE = 4;
+
+/** Largest content frame of classic mode: the seed's `char buf[1000]`. */
+export const CLASSIC_CHUNK = 1000;
+
+/**
+ * Largest request frame a server accepts. Far below 16 MiB on purpose: a later HTTP listener on the same
+ * port tells `GET ` (0x20544547 read as a length) from a ferry frame by its length being out of range.
+ */
+export const MAX_REQUEST_FRAME = 64 * 1024;
+
+/** Largest path in a request, in UTF-8 bytes (Linux PATH_MAX). */
+export const MAX_PATH_BYTES = 4096;
+
+/** Size of the data frames a ferry server sends in request mode (type byte included: 1 + 1 MiB). */
+export const DATA_FRAME_PAYLOAD = 1024 * 1024;
+
+/** Largest frame a client accepts in request mode; a larger length is a protocol error. */
+export const MAX_RESPONSE_FRAME = 16 * 1024 * 1024 - 1;
+
+/** The type byte at the start of every non-empty request-mode frame. */
+export const FrameType = {
+  /** Client to server: a request, JSON {@link Request}. */
+  Request: 0x52, // 'R'
+  /** Server to client: the response header, JSON {@link ResponseHeader}. */
+  Header: 0x48, // 'H'
+  /** Server to client: file bytes. */
+  Data: 0x44, // 'D'
+  /** Server to client: fields known only after the data (e.g. a SHA-256), JSON. */
+  Trailer: 0x54, // 'T'
+  /** Server to client: an error, JSON {@link ErrorBody}. */
+  Error: 0x45, // 'E'
+} as const;
+
+/** Error codes carried by error frames. */
+export const ErrorCode = {
+  /** The request frame or its JSON is malformed. */
+  BadRequest: "BAD_REQUEST",
+  /** The request frame's length is negative or above {@link MAX_REQUEST_FRAME}. */
+  TooLarge: "TOO_LARGE",
+  /** The request's protocol version is not spoken by this server. */
+  UnsupportedVersion: "UNSUPPORTED_VERSION",
+  /** The request's operation is unknown. */
+  UnknownOp: "UNKNOWN_OP",
+  /** The path leaves the served directory, or the file is not readable. */
+  Forbidden: "FORBIDDEN",
+  /** No such file. */
+  NotFound: "NOT_FOUND",
+  /** The path names a directory or another non-regular file. */
+  NotAFile: "NOT_A_FILE",
+  /** No complete request arrived within the server's idle timeout. */
+  Timeout: "TIMEOUT",
+  /** Every worker is full and the queue too: try again after `retryAfterMs`. */
+  Busy: "BUSY",
+  /** The file was truncated or rewritten while it was being sent; the data must be discarded. */
+  FileChanged: "FILE_CHANGED",
+  /** The server failed to read the file. */
+  Internal: "INTERNAL",
+} as const;
+
+/** One of the {@link ErrorCode} values. */
+export type ErrorCodeValue = typeof ErrorCode[keyof typeof ErrorCode];
+
+/** Operations of request mode. */
+export type Operation = "get" | "ping";
+
+/** A request-mode request: the JSON of a Request frame. */
+export interface Request {
+  /** Protocol version; {@link PROTOCOL_VERSION}. */
+  v: number;
+  /** The operation. */
+  op: Operation;
+  /** Path relative to the served directory (for `get`). */
+  path?: string;
+}
+
+/** The JSON of a Header frame. */
+export interface ResponseHeader {
+  /** Protocol version of the server. */
+  v: number;
+  /** Always "ok": failures are Error frames. */
+  status: "ok";
+  /** File size in bytes (for `get`). */
+  size?: number;
+  /** Modification time in nanoseconds since the epoch, as a decimal string (it exceeds 2^53). */
+  mtimeNs?: string;
+  /** File mode bits (permissions), e.g. 0o644 = 420. */
+  mode?: number;
+}
+
+/** The JSON of an Error frame. */
+export interface ErrorBody {
+  /** Machine-readable code. */
+  code: ErrorCodeValue;
+  /** One line for humans. */
+  message: string;
+  /** For BUSY: how long the client should wait before trying again. */
+  retryAfterMs?: number;
+}
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder("utf-8", { fatal: true });
+
+/** Writes a frame header (length `len`) at `offset` of `buf`. */
+export function putFrameLength(buf: Uint8Array, offset: number, len: number): void {
+  new DataView(buf.buffer, buf.byteOffset + offset, 4).setInt32(0, len, true);
+}
+
+/** Reads a frame header at `offset` of `buf`. */
+export function getFrameLength(buf: Uint8Array, offset: number): number {
+  return new DataView(buf.buffer, buf.byteOffset + offset, 4).getInt32(0, true);
+}
+
+/** Encodes one classic-mode frame holding `payload` (raw bytes, no type byte). */
+export function encodeRawFrame(payload: Uint8Array): Uint8Array {
+  const out = new Uint8Array(FRAME_HEADER_SIZE + payload.byteLength);
+  putFrameLength(out, 0, payload.byteLength);
+  out.set(payload, FRAME_HEADER_SIZE);
+  return out;
+}
+
+/** The end frame: a zero length. */
+export const END_FRAME: Uint8Array = new Uint8Array(FRAME_HEADER_SIZE);
+
+/** Encodes a request-mode control frame: type byte and JSON body. */
+export function encodeJsonFrame(type: number, body: unknown): Uint8Array {
+  const json = encoder.encode(JSON.stringify(body));
+  const out = new Uint8Array(FRAME_HEADER_SIZE + 1 + json.byteLength);
+  putFrameLength(out, 0, 1 + json.byteLength);
+  out[FRAME_HEADER_SIZE] = type;
+  out.set(json, FRAME_HEADER_SIZE + 1);
+  return out;
+}
+
+/** Encodes an Error frame followed by an end frame: a complete error response. */
+export function encodeErrorResponse(body: ErrorBody): Uint8Array {
+  const frame = encodeJsonFrame(FrameType.Error, body);
+  const out = new Uint8Array(frame.byteLength + FRAME_HEADER_SIZE);
+  out.set(frame);
+  return out;
+}
+
+/** Writes the 5-byte header of a Data frame carrying `len` bytes into `buf`. */
+export function putDataFrameHeader(buf: Uint8Array, len: number): void {
+  putFrameLength(buf, 0, len + 1);
+  buf[FRAME_HEADER_SIZE] = FrameType.Data;
+}
+
+/** Decodes the JSON body of a control frame (the bytes after the type byte); throws on bad UTF-8 or JSON. */
+export function decodeJson(body: Uint8Array): unknown {
+  return JSON.parse(decoder.decode(body));
+}
+
+/** A request that failed validation, with the code to answer it with. */
+export class ProtocolError extends Error {
+  /** The error code for the Error frame. */
+  readonly code: ErrorCodeValue;
+  /**
+   * @param code the error code to report
+   * @param message one line saying what was wrong
+   */
+  constructor(code: ErrorCodeValue, message: string) {
+    super(message);
+    this.name = "ProtocolError";
+    this.code = code;
+  }
+}
+
+/**
+ * Parses the payload of a request frame (type byte first) into a {@link Request}, checking the type byte,
+ * the JSON, the version, the operation and the path's form. Throws {@link ProtocolError}.
+ */
+export function parseRequest(payload: Uint8Array): Request {
+  if (payload[0] !== FrameType.Request) {
+    throw new ProtocolError(ErrorCode.BadRequest, `expected a request frame, got type byte ${payload[0]}`);
+  }
+  let value: unknown;
+  try {
+    value = decodeJson(payload.subarray(1));
+  } catch {
+    throw new ProtocolError(ErrorCode.BadRequest, "request is not valid UTF-8 JSON");
+  }
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    throw new ProtocolError(ErrorCode.BadRequest, "request is not a JSON object");
+  }
+  const { v, op, path } = value as Record<string, unknown>;
+  if (!Number.isInteger(v)) {
+    throw new ProtocolError(ErrorCode.BadRequest, "request has no integer version 'v'");
+  }
+  if (v !== PROTOCOL_VERSION) {
+    throw new ProtocolError(
+      ErrorCode.UnsupportedVersion,
+      `protocol version ${v} is not supported (this server speaks ${PROTOCOL_VERSION})`,
+    );
+  }
+  if (op === "ping") return { v, op };
+  if (op !== "get") throw new ProtocolError(ErrorCode.UnknownOp, `unknown operation ${JSON.stringify(op)}`);
+  if (typeof path !== "string") throw new ProtocolError(ErrorCode.BadRequest, "request has no string 'path'");
+  return { v, op, path: checkRelativePath(path) };
+}
+
+/**
+ * Checks that `path` is a plain relative path: not empty, not absolute, no NUL, no `..` component, at most
+ * {@link MAX_PATH_BYTES}. Returns it unchanged. Symlinks are checked when the file is opened.
+ */
+export function checkRelativePath(path: string): string {
+  if (path === "") throw new ProtocolError(ErrorCode.BadRequest, "path is empty");
+  if (path.includes("\0")) throw new ProtocolError(ErrorCode.Forbidden, "path contains a NUL byte");
+  if (encoder.encode(path).byteLength > MAX_PATH_BYTES) {
+    throw new ProtocolError(ErrorCode.Forbidden, `path is longer than ${MAX_PATH_BYTES} bytes`);
+  }
+  if (path.startsWith("/")) throw new ProtocolError(ErrorCode.Forbidden, "path is absolute");
+  if (path.split("/").includes("..")) throw new ProtocolError(ErrorCode.Forbidden, "path contains '..'");
+  return path;
+}
+
+/** Encodes a request as a complete Request frame. */
+export function encodeRequest(request: Request): Uint8Array {
+  return encodeJsonFrame(FrameType.Request, request);
+}
+
+/**
+ * The total size on the wire of a file of `size` bytes sent in classic mode after its name frame:
+ * content frames of {@link CLASSIC_CHUNK} bytes and the end frame.
+ */
+export function classicBodyLength(size: number): number {
+  const frames = Math.ceil(size / CLASSIC_CHUNK);
+  return size + frames * FRAME_HEADER_SIZE + FRAME_HEADER_SIZE;
+}
+
+/**
+ * Fills `out` with classic-mode body bytes (content frames, then the end frame) starting at `streamOffset`
+ * within the body, reading file bytes with `readAt(buf, fileOffset)`. Because the layout is fixed
+ * (every frame but the last carries exactly 1000 bytes), any position of the stream can be regenerated
+ * from the file: a sender keeps one number per connection instead of a buffer.
+ * Returns how many bytes of `out` were filled.
+ */
+export function fillClassicBody(
+  out: Uint8Array,
+  streamOffset: number,
+  size: number,
+  readAt: (buf: Uint8Array, fileOffset: number) => number,
+): number {
+  const total = classicBodyLength(size);
+  const stride = FRAME_HEADER_SIZE + CLASSIC_CHUNK;
+  let filled = 0;
+  let pos = streamOffset;
+  while (filled < out.byteLength && pos < total) {
+    const frame = Math.floor(pos / stride);
+    const frameStart = frame * stride;
+    const fileOffset = frame * CLASSIC_CHUNK;
+    const payload = Math.min(CLASSIC_CHUNK, size - fileOffset);
+    // Build the whole frame (or the end frame) in a scratch view, then copy the part from `pos` on.
+    if (payload <= 0) {
+      const within = pos - frameStart;
+      const n = Math.min(FRAME_HEADER_SIZE - within, out.byteLength - filled);
+      out.fill(0, filled, filled + n);
+      filled += n;
+      pos += n;
+      continue;
+    }
+    const within = pos - frameStart;
+    const room = out.byteLength - filled;
+    if (within === 0 && room >= FRAME_HEADER_SIZE + payload) {
+      putFrameLength(out, filled, payload);
+      const got = readFully(out.subarray(filled + 4, filled + 4 + payload), fileOffset, readAt);
+      if (got < payload) throw new FileShrankError(fileOffset + got, size);
+      filled += FRAME_HEADER_SIZE + payload;
+      pos += FRAME_HEADER_SIZE + payload;
+    } else {
+      const scratch = new Uint8Array(FRAME_HEADER_SIZE + payload);
+      putFrameLength(scratch, 0, payload);
+      const got = readFully(scratch.subarray(4), fileOffset, readAt);
+      if (got < payload) throw new FileShrankError(fileOffset + got, size);
+      const n = Math.min(scratch.byteLength - within, room);
+      out.set(scratch.subarray(within, within + n), filled);
+      filled += n;
+      pos += n;
+    }
+  }
+  return filled;
+}
+
+function readFully(
+  buf: Uint8Array,
+  fileOffset: number,
+  readAt: (buf: Uint8Array, fileOffset: number) => number,
+): number {
+  let got = 0;
+  while (got < buf.byteLength) {
+    const n = readAt(buf.subarray(got), fileOffset + got);
+    if (n <= 0) break;
+    got += n;
+  }
+  return got;
+}
+
+/** The file being sent got shorter than the size announced for it. */
+export class FileShrankError extends Error {
+  /**
+   * @param at the offset where the file ended
+   * @param size the size it had when the transfer started
+   */
+  constructor(at: number, size: number) {
+    super(`file ended at byte ${at} of the ${size} announced: it was truncated during the transfer`);
+    this.name = "FileShrankError";
+  }
+}

@@ -1,0 +1,618 @@
+/**
+ * The ferry server's master process: it listens, runs one epoll loop over its listening sockets and one
+ * channel per worker, accepts, and hands each connection to the least-loaded worker with room (see
+ * `dispatcher.ts`). It never reads or writes file bytes. It queues connections within a bound and answers
+ * BUSY past it, respawns workers that die, and stops gracefully on SIGTERM or SIGINT.
+ *
+ * Run `deno run -A server.ts --help` for the command line.
+ *
+ * @module
+ */
+
+import { statSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import { createChannel, MessageKind, receiveMessage, sendMessage, ServeMode } from "./channel.ts";
+import { Dispatcher } from "./dispatcher.ts";
+import { Epoll, EPOLLIN } from "./ffi/epoll.ts";
+import {
+  bind,
+  C,
+  close,
+  eventfd,
+  getsockname,
+  LibcError,
+  listen,
+  raiseOpenFileLimit,
+  setCloseOnExec,
+  setsockoptInt,
+  shutdown,
+  socket,
+  tryAccept4,
+  tryRead,
+  tryRecv,
+  trySend,
+  tryWrite,
+  WOULD_BLOCK,
+} from "./ffi/libc.ts";
+import {
+  decodeSockaddr,
+  encodeSockaddr,
+  type Endpoint,
+  formatEndpoint,
+  parseEndpoint,
+  SOCKADDR_MAX,
+} from "./ffi/structs.ts";
+import { encodeErrorResponse, ErrorCode } from "./framing.ts";
+import { parseWorkerArgs, runWorker, workerArgv } from "./worker.ts";
+
+/** The argument that makes a compiled ferry binary run as a worker. */
+const WORKER_ARG = "__ferry_worker";
+
+/** How long a refused connection may keep sending before the master closes it, in milliseconds. */
+const LINGER_MS = 2000;
+/** At most this many refused connections linger at once; past it they are closed at once. */
+const LINGER_MAX = 256;
+/** The retry-after hint of a BUSY answer. */
+const BUSY_RETRY_AFTER_MS = 1000;
+/** How long accepting pauses after EMFILE/ENFILE, in milliseconds. */
+const ACCEPT_PAUSE_MS = 100;
+/** Respawn backoff: first delay, cap, and how long a worker must live for the backoff to reset. */
+const RESPAWN_FIRST_MS = 100;
+const RESPAWN_MAX_MS = 10_000;
+const RESPAWN_RESET_MS = 10_000;
+
+/** Everything the server's command line decides. */
+export interface ServerOptions {
+  /** Listeners and how each one serves. */
+  listen: { endpoint: Endpoint; mode: number }[];
+  /** Served directory for request mode, or null. */
+  root: string | null;
+  /** Pushed file for classic mode, or null. */
+  push: string | null;
+  /** Worker processes. @default navigator.hardwareConcurrency */
+  workers: number;
+  /** Connections one worker serves at once. @default 64 */
+  connsPerWorker: number;
+  /** Connections that may wait when all workers are full. @default 1024 */
+  queue: number;
+  /** Seconds that transfers in flight get to finish on SIGTERM/SIGINT. @default 30 */
+  grace: number;
+  /** Seconds without progress after which a connection is closed. @default 30 */
+  idleTimeout: number;
+  /** listen(2) backlog. @default 511 */
+  backlog: number;
+}
+
+const HELP = `ferry server: serve files to many clients from a pool of worker processes.
+
+Usage:
+  server --listen HOST:PORT --root DIR      request mode: clients ask for files under DIR
+  server --listen HOST:PORT --push FILE     classic mode: every connection receives FILE (seed protocol)
+  server --listen A --root DIR --push-listen B --push FILE    both, on different listeners
+
+Options:
+  --listen HOST:PORT       listen here (repeatable); IPv6 as [::1]:PORT; port 0 picks a free port.
+                           Serves request mode if --root is given, else classic mode.
+  --push-listen HOST:PORT  listen here in classic mode (repeatable; with --root and --push)
+  --root DIR               directory served in request mode
+  --push FILE              file pushed in classic mode
+  --workers N              worker processes (default: number of CPUs)
+  --conns-per-worker C     connections a worker serves at once (default 64; 1 = the seed's behaviour)
+  --queue Q                connections that may wait when every worker is full (default 1024);
+                           past that, new connections get BUSY (classic mode: closed and logged)
+  --grace SECONDS          on SIGTERM/SIGINT, time given to transfers in flight (default 30)
+  --idle-timeout SECONDS   close a connection that makes no progress for this long (default 30)
+  --backlog N              listen(2) backlog (default 511)
+  -h, --help               show this help
+
+The listening addresses are printed on stderr once the workers are ready, one log line per request after.`;
+
+/** A usage error: the message is printed after "ferry server: " with exit code 2. */
+class UsageError extends Error {}
+
+function positiveNumber(name: string, text: string | undefined, fallback: number, integer = true): number {
+  if (text === undefined) return fallback;
+  const n = Number(text);
+  if (!Number.isFinite(n) || n <= 0 || (integer && !Number.isInteger(n))) {
+    throw new UsageError(`--${name}: '${text}' is not a positive ${integer ? "integer" : "number"}`);
+  }
+  return n;
+}
+
+/** Parses and checks the server's command line. Throws UsageError with a one-line reason. */
+export function parseServerArgs(argv: string[]): ServerOptions | "help" {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      options: {
+        listen: { type: "string", multiple: true },
+        "push-listen": { type: "string", multiple: true },
+        root: { type: "string" },
+        push: { type: "string" },
+        workers: { type: "string" },
+        "conns-per-worker": { type: "string" },
+        queue: { type: "string" },
+        grace: { type: "string" },
+        "idle-timeout": { type: "string" },
+        backlog: { type: "string" },
+        help: { type: "boolean", short: "h" },
+      },
+    });
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+  const v = parsed.values;
+  if (v.help) return "help";
+  const root = v.root ?? null;
+  const push = v.push ?? null;
+  if (root === null && push === null) {
+    throw new UsageError("give --root DIR (request mode) or --push FILE (classic)");
+  }
+  if (root !== null && !isKind(root, "dir")) throw new UsageError(`--root: '${root}' is not a directory`);
+  if (push !== null && !isKind(push, "file")) {
+    throw new UsageError(`--push: '${push}' is not a readable file`);
+  }
+  const listenMode = root !== null ? ServeMode.Request : ServeMode.Classic;
+  const listenTexts = [...(v.listen ?? [])].map((t) => ({ text: t, mode: listenMode }));
+  if ((v["push-listen"] ?? []).length > 0 && push === null) {
+    throw new UsageError("--push-listen needs --push FILE");
+  }
+  listenTexts.push(...(v["push-listen"] ?? []).map((t) => ({ text: t, mode: ServeMode.Classic })));
+  if (listenTexts.length === 0) throw new UsageError("give at least one --listen HOST:PORT");
+  const listenOn = listenTexts.map(({ text, mode }) => {
+    try {
+      return { endpoint: parseEndpoint(text), mode };
+    } catch (e) {
+      throw new UsageError(`--listen: ${(e as Error).message}`);
+    }
+  });
+  return {
+    listen: listenOn,
+    root,
+    push,
+    workers: positiveNumber("workers", v.workers, navigator.hardwareConcurrency),
+    connsPerWorker: positiveNumber("conns-per-worker", v["conns-per-worker"], 64),
+    queue: v.queue === "0" ? 0 : positiveNumber("queue", v.queue, 1024),
+    grace: positiveNumber("grace", v.grace, 30, false),
+    idleTimeout: positiveNumber("idle-timeout", v["idle-timeout"], 30, false),
+    backlog: positiveNumber("backlog", v.backlog, 511),
+  };
+}
+
+function isKind(path: string, kind: "dir" | "file"): boolean {
+  try {
+    const s = statSync(path);
+    return kind === "dir" ? s.isDirectory() : s.isFile();
+  } catch {
+    return false;
+  }
+}
+
+function log(line: string): void {
+  console.error(`${new Date().toISOString()} master: ${line}`);
+}
+
+/** A listening socket and what it serves. */
+interface Listener {
+  fd: number;
+  endpoint: Endpoint;
+  mode: number;
+}
+
+/** Opens a nonblocking, close-on-exec listening socket; the endpoint returned has the real port. */
+function openListener(endpoint: Endpoint, backlog: number): Endpoint & { fd: number } {
+  const fd = socket(endpoint.family, C.SOCK_STREAM | C.SOCK_NONBLOCK | C.SOCK_CLOEXEC);
+  try {
+    setsockoptInt(fd, C.SOL_SOCKET, C.SO_REUSEADDR, 1);
+    // An IPv6 listener serves IPv6 only, so [::]:P and 0.0.0.0:P can be given side by side.
+    if (endpoint.family === C.AF_INET6) setsockoptInt(fd, C.IPPROTO_IPV6, C.IPV6_V6ONLY, 1);
+    bind(fd, encodeSockaddr(endpoint));
+    listen(fd, backlog);
+    const addr = new Uint8Array(SOCKADDR_MAX);
+    getsockname(fd, addr);
+    return { ...decodeSockaddr(addr)!, fd };
+  } catch (e) {
+    close(fd);
+    throw e;
+  }
+}
+
+/** An accepted connection on its way to a worker. */
+interface PendingConn {
+  fd: number;
+  id: number;
+  mode: number;
+}
+
+/** One worker slot: the process in it changes when a worker dies and is respawned. */
+interface WorkerSlot {
+  id: number;
+  channel: number;
+  child: Deno.ChildProcess | null;
+  startedAt: number;
+  respawnAt: number;
+  failures: number;
+}
+
+/** The command that starts a worker: this same program, under `deno run` or as a compiled binary. */
+function workerCommand(argv: string[]): { command: string; args: string[] } {
+  if (Deno.build.standalone) return { command: Deno.execPath(), args: [WORKER_ARG, ...argv] };
+  const module = fileURLToPath(new URL("./worker.ts", import.meta.url));
+  return { command: Deno.execPath(), args: ["run", "--allow-all", "--no-prompt", module, ...argv] };
+}
+
+/** The master: listeners, workers, dispatch, supervision and shutdown, all driven by one epoll loop. */
+export class Master {
+  readonly #options: ServerOptions;
+  readonly #epoll = new Epoll(256);
+  readonly #wake = eventfd();
+  readonly #listeners = new Map<number, Listener>();
+  readonly #slots: WorkerSlot[] = [];
+  readonly #slotByChannel = new Map<number, WorkerSlot>();
+  readonly #dispatcher: Dispatcher<PendingConn>;
+  readonly #lingering = new Map<number, number>();
+  #nextConnId = 1;
+  #accepting = false;
+  #acceptPausedUntil = 0;
+  #announced = false;
+  #stopRequested = 0;
+  #graceDeadline = Infinity;
+  #stopSent = false;
+  readonly #readyWorkers = new Set<number>();
+
+  /** @param options the parsed command line */
+  constructor(options: ServerOptions) {
+    this.#options = options;
+    this.#dispatcher = new Dispatcher(options.connsPerWorker, options.queue);
+    this.#epoll.add(this.#wake, EPOLLIN);
+  }
+
+  /** Opens every listener (before any worker starts, so a taken port fails fast). */
+  listen(): void {
+    for (const { endpoint, mode } of this.#options.listen) {
+      let opened;
+      try {
+        opened = openListener(endpoint, this.#options.backlog);
+      } catch (e) {
+        throw new Error(`cannot listen on ${formatEndpoint(endpoint)}: ${(e as Error).message}`);
+      }
+      const { fd, ...actual } = opened;
+      this.#listeners.set(fd, { fd, endpoint: actual, mode });
+    }
+  }
+
+  /** Runs until stopped; resolves when every worker has exited. */
+  async run(): Promise<void> {
+    for (let id = 1; id <= this.#options.workers; id++) {
+      const slot: WorkerSlot = { id, channel: -1, child: null, startedAt: 0, respawnAt: 0, failures: 0 };
+      this.#slots.push(slot);
+      this.#spawn(slot);
+    }
+    for (const signal of ["SIGTERM", "SIGINT"] as const) {
+      Deno.addSignalListener(signal, () => this.#requestStop(signal));
+    }
+    while (!this.#finished()) {
+      const ready = await this.#epoll.waitAsync(this.#nextTimeout());
+      for (let i = 0; i < ready; i++) this.#onReady(this.#epoll.fdAt(i));
+      this.#onTick();
+    }
+    await Promise.all(this.#slots.map((s) => s.child?.status));
+  }
+
+  #finished(): boolean {
+    return this.#stopRequested > 0 && this.#slots.every((s) => s.channel === -1);
+  }
+
+  #nextTimeout(): number {
+    let at = performance.now() + 1000;
+    for (const slot of this.#slots) {
+      if (slot.channel === -1 && slot.respawnAt > 0) at = Math.min(at, slot.respawnAt);
+    }
+    if (this.#lingering.size > 0) at = Math.min(at, performance.now() + 250);
+    if (this.#acceptPausedUntil > 0) at = Math.min(at, this.#acceptPausedUntil);
+    at = Math.min(at, this.#graceDeadline);
+    return Math.max(0, Math.ceil(at - performance.now()));
+  }
+
+  #onReady(fd: number): void {
+    if (fd === this.#wake) {
+      tryRead(this.#wake, new Uint8Array(8));
+      return;
+    }
+    const listener = this.#listeners.get(fd);
+    if (listener) return this.#acceptAll(listener);
+    const slot = this.#slotByChannel.get(fd);
+    if (slot) return this.#onChannel(slot);
+    if (this.#lingering.has(fd)) this.#discard(fd);
+  }
+
+  #onTick(): void {
+    const now = performance.now();
+    if (this.#acceptPausedUntil > 0 && now >= this.#acceptPausedUntil) {
+      this.#acceptPausedUntil = 0;
+      this.#setAccepting(true);
+    }
+    for (const slot of this.#slots) {
+      if (slot.channel === -1 && slot.respawnAt > 0 && now >= slot.respawnAt && this.#stopRequested === 0) {
+        this.#spawn(slot);
+      }
+    }
+    for (const [fd, deadline] of this.#lingering) if (now >= deadline) this.#endLinger(fd);
+    if (this.#stopRequested > 0) this.#continueStop(now);
+  }
+
+  // --- workers ---------------------------------------------------------------------------------------
+
+  #spawn(slot: WorkerSlot): void {
+    const [masterEnd, workerEnd] = createChannel();
+    const argv = workerArgv({
+      channelFd: workerEnd,
+      workerId: slot.id,
+      root: this.#options.root,
+      push: this.#options.push,
+      idleTimeout: this.#options.idleTimeout,
+    });
+    const { command, args } = workerCommand(argv);
+    // The worker's end is the one fd it inherits: everything else ferry opens is close-on-exec.
+    setCloseOnExec(workerEnd, false);
+    try {
+      slot.child = new Deno.Command(command, { args, stdin: "null", stdout: "inherit", stderr: "inherit" })
+        .spawn();
+    } catch (e) {
+      close(masterEnd);
+      slot.respawnAt = this.#backoff(slot);
+      log(`worker ${slot.id}: cannot start: ${(e as Error).message}`);
+      return;
+    } finally {
+      close(workerEnd);
+    }
+    slot.channel = masterEnd;
+    slot.startedAt = performance.now();
+    slot.respawnAt = 0;
+    this.#slotByChannel.set(masterEnd, slot);
+    this.#epoll.add(masterEnd, EPOLLIN);
+    const { pid } = slot.child;
+    slot.child.status.then((status) => {
+      const how = status.signal ? `signal ${status.signal}` : `code ${status.code}`;
+      if (this.#stopRequested === 0 || !status.success) {
+        log(`worker ${slot.id} (pid ${pid}) exited with ${how}`);
+      }
+    });
+  }
+
+  #backoff(slot: WorkerSlot): number {
+    slot.failures++;
+    const delay = Math.min(RESPAWN_MAX_MS, RESPAWN_FIRST_MS * 2 ** (slot.failures - 1));
+    return performance.now() + delay;
+  }
+
+  #onChannel(slot: WorkerSlot): void {
+    for (;;) {
+      let message;
+      try {
+        message = receiveMessage(slot.channel);
+      } catch (e) {
+        log(`worker ${slot.id}: channel error: ${(e as Error).message}`);
+        message = "closed" as const;
+      }
+      if (message === null) return;
+      if (message === "closed") return this.#onWorkerGone(slot);
+      if (message.fd >= 0) close(message.fd); // workers never send fds; do not leak one if they did
+      if (message.kind === MessageKind.Ready) {
+        this.#dispatcher.addWorker(slot.id);
+        this.#readyWorkers.add(slot.id);
+        this.#onWorkerReady();
+      } else if (message.kind === MessageKind.Done) {
+        this.#dispatcher.release(slot.id);
+      }
+      this.#dispatchQueued();
+    }
+  }
+
+  #onWorkerReady(): void {
+    if (this.#announced || this.#stopRequested > 0) return;
+    if (this.#readyWorkers.size < this.#slots.length) return;
+    this.#announced = true;
+    for (const l of this.#listeners.values()) {
+      const what = l.mode === ServeMode.Request
+        ? `request mode, root ${this.#options.root}`
+        : `classic mode, push ${this.#options.push}`;
+      log(`listening on ${formatEndpoint(l.endpoint)} (${what})`);
+    }
+    log(`ready with ${this.#options.workers} workers`);
+    this.#setAccepting(true);
+  }
+
+  #onWorkerGone(slot: WorkerSlot): void {
+    this.#epoll.remove(slot.channel);
+    this.#slotByChannel.delete(slot.channel);
+    close(slot.channel);
+    slot.channel = -1;
+    this.#dispatcher.removeWorker(slot.id);
+    this.#readyWorkers.delete(slot.id);
+    if (this.#stopRequested > 0) return;
+    if (performance.now() - slot.startedAt > RESPAWN_RESET_MS) slot.failures = 0;
+    slot.respawnAt = this.#backoff(slot);
+    log(
+      `worker ${slot.id} is gone (pid ${slot.child?.pid}); respawning in ${
+        Math.round(slot.respawnAt - performance.now())
+      }ms`,
+    );
+  }
+
+  // --- connections -----------------------------------------------------------------------------------
+
+  #setAccepting(on: boolean): void {
+    if (on === this.#accepting) return;
+    this.#accepting = on;
+    for (const fd of this.#listeners.keys()) {
+      if (on) this.#epoll.add(fd, EPOLLIN);
+      else this.#epoll.remove(fd);
+    }
+  }
+
+  #acceptAll(listener: Listener): void {
+    for (;;) {
+      let fd: number;
+      try {
+        fd = tryAccept4(listener.fd, C.SOCK_NONBLOCK | C.SOCK_CLOEXEC);
+      } catch (e) {
+        if (!(e instanceof LibcError)) throw e;
+        if (e.errnoName === "ECONNABORTED") continue;
+        log(
+          `${e.message} while accepting on ${
+            formatEndpoint(listener.endpoint)
+          }; pausing accept for ${ACCEPT_PAUSE_MS}ms`,
+        );
+        this.#setAccepting(false);
+        this.#acceptPausedUntil = performance.now() + ACCEPT_PAUSE_MS;
+        return;
+      }
+      if (fd === WOULD_BLOCK) return;
+      const conn: PendingConn = { fd, id: this.#nextConnId++ >>> 0, mode: listener.mode };
+      const placement = this.#dispatcher.offer(conn);
+      if (placement === "refused") this.#refuse(conn);
+      else if (placement !== "queued") this.#handOff(placement.worker, conn);
+    }
+  }
+
+  /** Sends the fd to a worker and closes the master's copy. Returns false if it could not be sent. */
+  #handOff(workerId: number, conn: PendingConn): boolean {
+    const slot = this.#slots[workerId - 1];
+    let sent = false;
+    try {
+      sent = sendMessage(slot.channel, MessageKind.Conn, conn.id, conn.mode, conn.fd);
+    } catch (e) {
+      log(`worker ${slot.id}: hand-off failed: ${(e as Error).message}`); // its hang-up follows
+    }
+    if (!sent) {
+      this.#dispatcher.retract(workerId, conn);
+      return false;
+    }
+    close(conn.fd);
+    return true;
+  }
+
+  #dispatchQueued(): void {
+    for (let next = this.#dispatcher.next(); next; next = this.#dispatcher.next()) {
+      if (!this.#handOff(next.worker, next.conn)) return;
+    }
+  }
+
+  /** Answers BUSY (request mode) or just closes (classic mode has no error frame), and logs it. */
+  #refuse(conn: PendingConn): void {
+    log(`connection ${conn.id} refused: every worker and the queue (${this.#options.queue}) are full`);
+    if (conn.mode === ServeMode.Classic) {
+      close(conn.fd);
+      return;
+    }
+    try {
+      trySend(conn.fd, BUSY_RESPONSE);
+      shutdown(conn.fd, C.SHUT_WR);
+    } catch {
+      close(conn.fd);
+      return;
+    }
+    if (this.#lingering.size >= LINGER_MAX) {
+      close(conn.fd);
+      return;
+    }
+    // Read what the client sends until it closes: closing with unread bytes would reset the connection
+    // and could destroy the BUSY frame before the client reads it.
+    this.#lingering.set(conn.fd, performance.now() + LINGER_MS);
+    this.#epoll.add(conn.fd, EPOLLIN);
+  }
+
+  #discard(fd: number): void {
+    try {
+      for (;;) {
+        const n = tryRecv(fd, LINGER_SCRATCH);
+        if (n === WOULD_BLOCK) return;
+        if (n === 0) break;
+      }
+    } catch {
+      // reset by the client: done either way
+    }
+    this.#endLinger(fd);
+  }
+
+  #endLinger(fd: number): void {
+    this.#lingering.delete(fd);
+    close(fd);
+  }
+
+  // --- stopping --------------------------------------------------------------------------------------
+
+  #requestStop(signal: string): void {
+    this.#stopRequested++;
+    if (this.#stopRequested === 1) {
+      log(`${signal}: no longer accepting; giving transfers in flight ${this.#options.grace}s`);
+      this.#graceDeadline = performance.now() + this.#options.grace * 1000;
+    } else {
+      log(`${signal} again: stopping now`);
+      this.#graceDeadline = 0;
+    }
+    tryWrite(this.#wake, WAKE_VALUE);
+  }
+
+  #continueStop(now: number): void {
+    if (this.#listeners.size > 0) {
+      this.#setAccepting(false);
+      for (const fd of this.#listeners.keys()) close(fd);
+      this.#listeners.clear();
+    }
+    if (now >= this.#graceDeadline) {
+      for (const conn of this.#dispatcher.drain()) close(conn.fd);
+      for (const slot of this.#slots) if (slot.channel !== -1) this.#onWorkerGone(slot); // EOF: workers exit
+      return;
+    }
+    // Queued connections were accepted: they are served first; then the workers are told to finish.
+    if (!this.#stopSent && this.#dispatcher.queued === 0) {
+      this.#stopSent = true;
+      for (const slot of this.#slots) {
+        if (slot.channel !== -1) sendMessage(slot.channel, MessageKind.Stop);
+      }
+    }
+  }
+}
+
+const LINGER_SCRATCH = new Uint8Array(4096);
+const WAKE_VALUE = new Uint8Array(new BigUint64Array([1n]).buffer);
+const BUSY_RESPONSE = encodeErrorResponse({
+  code: ErrorCode.Busy,
+  message: "server busy: every worker and the queue are full",
+  retryAfterMs: BUSY_RETRY_AFTER_MS,
+});
+
+async function main(argv: string[]): Promise<number> {
+  let options;
+  try {
+    options = parseServerArgs(argv);
+  } catch (e) {
+    if (!(e instanceof UsageError)) throw e;
+    console.error(`ferry server: ${e.message} (see --help)`);
+    return 2;
+  }
+  if (options === "help") {
+    console.log(HELP);
+    return 0;
+  }
+  raiseOpenFileLimit();
+  const master = new Master(options);
+  try {
+    master.listen();
+  } catch (e) {
+    console.error(`ferry server: ${(e as Error).message}`);
+    return 1;
+  }
+  await master.run();
+  log("stopped");
+  return 0;
+}
+
+if (import.meta.main) {
+  if (Deno.args[0] === WORKER_ARG) runWorker(parseWorkerArgs(Deno.args.slice(1)));
+  else Deno.exit(await main(Deno.args));
+}

@@ -1,0 +1,167 @@
+/**
+ * A ferry worker: started by the master (never by hand) with its end of a channel as an inherited fd.
+ * It receives client fds over the channel, serves up to `--conns` of them at once with its own epoll loop,
+ * and tells the master when each one ends. It exits when the master says Stop and its connections are
+ * done, or at once when the channel closes (the master is gone), so no worker outlives its master.
+ *
+ * The loop is synchronous on purpose: every call is a nonblocking syscall after epoll said it is ready,
+ * and nothing else in the process needs the event loop.
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { MessageKind, receiveMessage, sendMessage, ServeMode } from "./channel.ts";
+import { Connection, type ServeConfig } from "./connection.ts";
+import { Epoll, EPOLLIN } from "./ffi/epoll.ts";
+import { C, close, ignoreSignal, openRead, raiseOpenFileLimit, setNonBlocking } from "./ffi/libc.ts";
+
+/** Bytes one connection may send per turn, so that one fast client cannot starve the others. */
+const TURN_BUDGET = 4 * 1024 * 1024;
+
+/** How often idle connections are looked for, in milliseconds. */
+const IDLE_SCAN_MS = 250;
+
+/** The worker's command line, as the master builds it. */
+export interface WorkerArgs {
+  /** The inherited channel fd. */
+  channelFd: number;
+  /** This worker's number, for logs. */
+  workerId: number;
+  /** Served directory (request mode), or null. */
+  root: string | null;
+  /** Pushed file (classic mode), or null. */
+  push: string | null;
+  /** Idle timeout in seconds. */
+  idleTimeout: number;
+}
+
+/** Parses the worker's arguments (the master's {@link workerArgv} output). */
+export function parseWorkerArgs(argv: string[]): WorkerArgs {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      "channel-fd": { type: "string" },
+      "worker-id": { type: "string" },
+      root: { type: "string" },
+      push: { type: "string" },
+      "idle-timeout": { type: "string" },
+    },
+  });
+  const channelFd = Number(values["channel-fd"]);
+  if (!Number.isInteger(channelFd) || channelFd < 0) {
+    throw new Error("worker: --channel-fd is missing: workers are started by the ferry server, not by hand");
+  }
+  return {
+    channelFd,
+    workerId: Number(values["worker-id"] ?? 0),
+    root: values.root ?? null,
+    push: values.push ?? null,
+    idleTimeout: Number(values["idle-timeout"] ?? 30),
+  };
+}
+
+/** Builds the argument list for a worker (the inverse of {@link parseWorkerArgs}). */
+export function workerArgv(args: WorkerArgs): string[] {
+  const argv = ["--channel-fd", String(args.channelFd), "--worker-id", String(args.workerId)];
+  if (args.root !== null) argv.push("--root", args.root);
+  if (args.push !== null) argv.push("--push", args.push);
+  argv.push("--idle-timeout", String(args.idleTimeout));
+  return argv;
+}
+
+/** Runs a worker until it is told to stop or its master goes away; never returns. */
+export function runWorker(args: WorkerArgs): never {
+  // Ctrl-C and systemd's SIGTERM reach the whole process group: the master decides how to stop.
+  ignoreSignal(C.SIGINT);
+  ignoreSignal(C.SIGTERM);
+  raiseOpenFileLimit();
+  const channel = args.channelFd;
+  setNonBlocking(channel, true);
+  const config: ServeConfig = {
+    rootFd: args.root === null ? -1 : openRead(args.root, { directory: true }),
+    pushPath: args.push,
+    idleTimeoutMs: args.idleTimeout * 1000,
+    turnBudget: TURN_BUDGET,
+    workerId: args.workerId,
+    log: (line) => console.error(line),
+  };
+  const epoll = new Epoll(1024);
+  epoll.add(channel, EPOLLIN);
+  const connections = new Map<number, Connection>();
+  let stopping = false;
+  let nextIdleScan = performance.now() + IDLE_SCAN_MS;
+
+  const settle = (conn: Connection, interestBefore: number) => {
+    if (conn.closed) {
+      connections.delete(conn.fd); // close() already removed it from epoll: no other process holds it
+      sendMessage(channel, MessageKind.Done, conn.id, conn.ok ? 1 : 0);
+    } else if (conn.interest !== interestBefore) {
+      epoll.modify(conn.fd, conn.interest);
+    }
+  };
+
+  const exit = (code: number, reason: string): never => {
+    for (const conn of connections.values()) conn.abort(reason);
+    Deno.exit(code);
+  };
+
+  const onChannel = () => {
+    for (;;) {
+      const message = receiveMessage(channel);
+      if (message === null) return;
+      if (message === "closed") exit(0, "master gone");
+      else if (message.kind === MessageKind.Conn) {
+        const conn = accept(message.fd, message.id, message.arg === ServeMode.Classic);
+        if (conn === null) continue;
+        connections.set(conn.fd, conn);
+        epoll.add(conn.fd, conn.interest);
+        const before = conn.interest;
+        conn.onReady(); // classic mode can start writing at once
+        settle(conn, before);
+      } else if (message.kind === MessageKind.Stop) stopping = true;
+    }
+  };
+
+  const accept = (fd: number, id: number, classic: boolean): Connection | null => {
+    try {
+      return new Connection(fd, id, classic, config);
+    } catch (e) {
+      // E.g. the pushed file was removed: this connection fails, the worker goes on.
+      console.error(`worker ${args.workerId}: cannot serve connection ${id}: ${(e as Error).message}`);
+      close(fd);
+      sendMessage(channel, MessageKind.Done, id, 0);
+      return null;
+    }
+  };
+
+  sendMessage(channel, MessageKind.Ready);
+  for (;;) {
+    if (stopping && connections.size === 0) exit(0, "stopped");
+    const ready = epoll.wait(IDLE_SCAN_MS);
+    for (let i = 0; i < ready; i++) {
+      const fd = epoll.fdAt(i);
+      if (fd === channel) {
+        onChannel();
+        continue;
+      }
+      const conn = connections.get(fd);
+      if (conn === undefined) continue;
+      const before = conn.interest;
+      conn.onReady();
+      settle(conn, before);
+    }
+    const now = performance.now();
+    if (now >= nextIdleScan) {
+      nextIdleScan = now + IDLE_SCAN_MS;
+      for (const conn of connections.values()) {
+        const before = conn.interest;
+        if (conn.checkIdle(now)) settle(conn, before);
+      }
+    }
+  }
+}
+
+if (import.meta.main) {
+  runWorker(parseWorkerArgs(Deno.args));
+}
