@@ -1,0 +1,346 @@
+/**
+ * Test helpers: start a real ferry server as a child process, run the real client, speak raw frames over
+ * real sockets, and read /proc. Nothing here is mocked.
+ *
+ * @module
+ */
+
+import { createHash } from "node:crypto";
+import { open, readdir, readFile, readlink } from "node:fs/promises";
+import { fileURLToPath } from "node:url";
+import {
+  decodeJson,
+  encodeRequest,
+  FRAME_HEADER_SIZE,
+  getFrameLength,
+  PROTOCOL_VERSION,
+  type Request,
+} from "../framing.ts";
+
+/** Absolute path of a file of the repository. */
+export function repoPath(relative: string): string {
+  return fileURLToPath(new URL(`../${relative}`, import.meta.url));
+}
+
+/** A running server started by {@link startServer}. */
+export interface TestServer {
+  /** The master's process. */
+  process: Deno.ChildProcess;
+  /** The master's pid. */
+  pid: number;
+  /** The ports the server printed, in the order of its listeners. */
+  ports: number[];
+  /** Lines of stderr so far (the log), kept up to date. */
+  log: string[];
+  /** Resolves with the first log line matching `pattern` (already printed or yet to come). */
+  waitForLog(pattern: RegExp): Promise<string>;
+  /** Sends a signal to the master. */
+  kill(signal?: Deno.Signal): void;
+  /** Stops the server (SIGTERM) and waits for it; returns its exit status. */
+  stop(): Promise<Deno.CommandStatus>;
+}
+
+/**
+ * Starts `server.ts` with `args` and waits until it says it is ready. Pass `--listen 127.0.0.1:0` to get
+ * a free port; the ports printed are in `ports`.
+ */
+export async function startServer(args: string[]): Promise<TestServer> {
+  const process = new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-all", repoPath("server.ts"), ...args],
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  const log: string[] = [];
+  const waiters: { pattern: RegExp; resolve: (line: string) => void }[] = [];
+  let ended = false;
+  const pump = (async () => {
+    const lines = process.stderr.pipeThrough(new TextDecoderStream()).pipeThrough(lineSplitter());
+    for await (const line of lines) {
+      log.push(line);
+      for (const w of waiters.splice(0)) {
+        if (w.pattern.test(line)) w.resolve(line);
+        else waiters.push(w);
+      }
+    }
+    ended = true;
+    for (const w of waiters.splice(0)) w.resolve("");
+  })();
+  const waitForLog = (pattern: RegExp) => {
+    const found = log.find((l) => pattern.test(l));
+    if (found !== undefined || ended) return Promise.resolve(found ?? "");
+    return new Promise<string>((resolve) => waiters.push({ pattern, resolve }));
+  };
+  const ready = await waitForLog(/ready with \d+ workers/);
+  if (ready === "") {
+    await pump;
+    await process.status;
+    throw new Error(`server did not start:\n${log.join("\n")}`);
+  }
+  const ports = log.filter((l) => l.includes("listening on")).map((l) => Number(/:(\d+) \(/.exec(l)![1]));
+  let status: Promise<Deno.CommandStatus> | null = null;
+  return {
+    process,
+    pid: process.pid,
+    ports,
+    log,
+    waitForLog,
+    kill: (signal = "SIGTERM") => process.kill(signal),
+    stop: () => {
+      if (status === null) {
+        try {
+          process.kill("SIGTERM");
+        } catch { /* already gone */ }
+        status = Promise.all([process.status, pump]).then(([s]) => s);
+      }
+      return status;
+    },
+  };
+}
+
+function lineSplitter(): TransformStream<string, string> {
+  let rest = "";
+  return new TransformStream({
+    transform(chunk, controller) {
+      const parts = (rest + chunk).split("\n");
+      rest = parts.pop()!;
+      for (const p of parts) controller.enqueue(p);
+    },
+    flush(controller) {
+      if (rest) controller.enqueue(rest);
+    },
+  });
+}
+
+/** Result of {@link runClient}. */
+export interface ClientResult {
+  /** Exit code. */
+  code: number;
+  /** Everything printed on stderr. */
+  stderr: string;
+  /** Everything printed on stdout. */
+  stdout: Uint8Array;
+}
+
+/** Runs `client.ts` with `args` in `cwd` and waits for it. */
+export async function runClient(args: string[], cwd?: string): Promise<ClientResult> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-all", repoPath("client.ts"), ...args],
+    cwd,
+    stdin: "null",
+  }).output();
+  return { code: out.code, stderr: new TextDecoder().decode(out.stderr), stdout: out.stdout };
+}
+
+/** SHA-256 of a file, hex. */
+export async function sha256File(path: string): Promise<string> {
+  const hash = createHash("sha256");
+  const file = await open(path);
+  try {
+    for await (const chunk of file.createReadStream()) hash.update(chunk as Uint8Array);
+  } finally {
+    await file.close();
+  }
+  return hash.digest("hex");
+}
+
+/** SHA-256 of bytes, hex. */
+export function sha256(bytes: Uint8Array): string {
+  return createHash("sha256").update(bytes).digest("hex");
+}
+
+/** Writes a file of `size` pseudo-random bytes (deterministic per size) and returns its path. */
+export async function makeFile(dir: string, name: string, size: number): Promise<string> {
+  const path = `${dir}/${name}`;
+  const file = await Deno.open(path, { write: true, create: true, truncate: true });
+  const block = new Uint8Array(Math.min(size, 1 << 20));
+  let seed = size + 1;
+  for (let i = 0; i < block.length; i++) {
+    seed = (seed * 1103515245 + 12345) >>> 0;
+    block[i] = seed >>> 24;
+  }
+  let left = size;
+  let round = 0;
+  while (left > 0) {
+    const n = Math.min(left, block.length);
+    block[0] = round++ & 0xff; // blocks differ, so a misplaced block changes the hash
+    let done = 0;
+    while (done < n) done += await file.write(block.subarray(done, n));
+    left -= n;
+  }
+  file.close();
+  return path;
+}
+
+/** One frame read by {@link RawConnection}: the length and the payload. */
+export interface RawFrame {
+  /** The length prefix. */
+  length: number;
+  /** The payload (type byte first in request mode). */
+  payload: Uint8Array;
+}
+
+/** A plain TCP connection for speaking (and breaking) the protocol by hand. */
+export class RawConnection {
+  readonly #conn: Deno.TcpConn;
+  #buf = new Uint8Array(0);
+  private constructor(conn: Deno.TcpConn) {
+    this.#conn = conn;
+  }
+  /** Connects to `hostname:port`. */
+  static async open(port: number, hostname = "127.0.0.1"): Promise<RawConnection> {
+    return new RawConnection(await Deno.connect({ hostname, port }));
+  }
+  /** Writes all of `bytes`. */
+  async send(bytes: Uint8Array): Promise<void> {
+    let done = 0;
+    while (done < bytes.byteLength) done += await this.#conn.write(bytes.subarray(done));
+  }
+  /** Sends a request frame. */
+  sendRequest(request: Partial<Request> & Record<string, unknown>): Promise<void> {
+    return this.send(encodeRequest({ v: PROTOCOL_VERSION, ...request } as Request));
+  }
+  /** Half-closes: the server sees end of input. */
+  closeWrite(): Promise<void> {
+    return this.#conn.closeWrite();
+  }
+  async #fill(n: number): Promise<boolean> {
+    while (this.#buf.byteLength < n) {
+      const chunk = new Uint8Array(256 * 1024);
+      const got = await this.#conn.read(chunk);
+      if (got === null) return false;
+      const merged = new Uint8Array(this.#buf.byteLength + got);
+      merged.set(this.#buf);
+      merged.set(chunk.subarray(0, got), this.#buf.byteLength);
+      this.#buf = merged;
+    }
+    return true;
+  }
+  /** Reads exactly `n` bytes, or null if the connection ended first. */
+  async readBytes(n: number): Promise<Uint8Array | null> {
+    if (!await this.#fill(n)) return null;
+    const out = this.#buf.slice(0, n);
+    this.#buf = this.#buf.slice(n);
+    return out;
+  }
+  /** Reads one frame, or null at end of stream. */
+  async readFrame(): Promise<RawFrame | null> {
+    const head = await this.readBytes(FRAME_HEADER_SIZE);
+    if (head === null) return null;
+    const length = getFrameLength(head, 0);
+    const payload = length > 0 ? await this.readBytes(length) : new Uint8Array(0);
+    if (payload === null) throw new Error(`connection ended inside a frame of ${length} bytes`);
+    return { length, payload };
+  }
+  /**
+   * Reads a whole request-mode response: frames up to and including the end frame.
+   * Returns the type letters, the parsed JSON of control frames, and the data bytes joined.
+   */
+  async readResponse(): Promise<{ types: string; json: Record<string, unknown>[]; data: Uint8Array }> {
+    let types = "";
+    const json: Record<string, unknown>[] = [];
+    const parts: Uint8Array[] = [];
+    for (;;) {
+      const frame = await this.readFrame();
+      if (frame === null) throw new Error(`connection ended after frames '${types}'`);
+      if (frame.length === 0) break;
+      const type = String.fromCharCode(frame.payload[0]);
+      types += type;
+      if (type === "D") parts.push(frame.payload.subarray(1));
+      else json.push(decodeJson(frame.payload.subarray(1)) as Record<string, unknown>);
+    }
+    const data = new Uint8Array(parts.reduce((n, p) => n + p.byteLength, 0));
+    let at = 0;
+    for (const p of parts) {
+      data.set(p, at);
+      at += p.byteLength;
+    }
+    return { types, json, data };
+  }
+  /** True if the server closed the connection (reads end of stream) without sending more. */
+  async isClosedByPeer(): Promise<boolean> {
+    return !await this.#fill(this.#buf.byteLength + 1);
+  }
+  /** Closes the connection. */
+  close(): void {
+    try {
+      this.#conn.close();
+    } catch { /* already closed */ }
+  }
+}
+
+/** Pids of the direct children of `pid`, from /proc. */
+export async function childPids(pid: number): Promise<number[]> {
+  const out: number[] = [];
+  for (const entry of await readdir("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = await readFile(`/proc/${entry}/stat`, "utf8");
+      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+      if (ppid === pid) out.push(Number(entry));
+    } catch { /* gone meanwhile */ }
+  }
+  return out.sort((a, b) => a - b);
+}
+
+/** True while a process exists and is not a zombie. */
+export async function isAlive(pid: number): Promise<boolean> {
+  try {
+    const stat = await readFile(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2)[0] !== "Z";
+  } catch {
+    return false;
+  }
+}
+
+/** The targets of a process's open fds, from /proc/PID/fd (e.g. `socket:[1234]`, `anon_inode:[eventpoll]`). */
+export async function openFds(pid: number): Promise<Map<number, string>> {
+  const fds = new Map<number, string>();
+  for (const entry of await readdir(`/proc/${pid}/fd`)) {
+    try {
+      fds.set(Number(entry), await readlink(`/proc/${pid}/fd/${entry}`));
+    } catch { /* closed meanwhile */ }
+  }
+  return fds;
+}
+
+/** Inodes of the sockets a process holds. */
+export async function socketInodes(pid: number): Promise<Set<string>> {
+  const inodes = new Set<string>();
+  for (const target of (await openFds(pid)).values()) {
+    const m = /^socket:\[(\d+)\]$/.exec(target);
+    if (m) inodes.add(m[1]);
+  }
+  return inodes;
+}
+
+/** Inodes of all listening TCP sockets (IPv4 and IPv6), from /proc/net. */
+export async function listeningInodes(): Promise<Set<string>> {
+  const inodes = new Set<string>();
+  for (const file of ["/proc/net/tcp", "/proc/net/tcp6"]) {
+    const lines = (await readFile(file, "utf8")).trim().split("\n").slice(1);
+    for (const line of lines) {
+      const cols = line.trim().split(/\s+/);
+      if (cols[3] === "0A") inodes.add(cols[9]); // state LISTEN; inode column
+    }
+  }
+  return inodes;
+}
+
+/**
+ * Re-checks `condition` until it holds, yielding to the event loop between checks; fails after
+ * `limitMs`. For conditions only observable from outside (a process gone, an fd count), not for timing.
+ */
+export async function eventually(what: string, condition: () => Promise<boolean>, limitMs = 20_000): Promise<void> {
+  const end = performance.now() + limitMs;
+  while (!await condition()) {
+    if (performance.now() > end) throw new Error(`still not true after ${limitMs}ms: ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** A fresh temporary directory, removed by the returned function. */
+export async function tempDir(): Promise<{ path: string; [Symbol.asyncDispose](): Promise<void> }> {
+  const path = await Deno.makeTempDir({ prefix: "ferry-test-" });
+  return { path, [Symbol.asyncDispose]: () => Deno.remove(path, { recursive: true }) };
+}
