@@ -67,7 +67,8 @@ const HELP = `ferry client: fetch files from a ferry server, atomically.
 Usage:
   client get HOST:PORT PATH [-o OUT]   fetch PATH (request mode); OUT defaults to PATH's base name,
                                        '-o -' writes to standard output
-  client pull HOST:PORT [-o DIR]       receive the file a classic-mode server pushes, into DIR (default .)
+  client pull HOST:PORT [-o DIR|OUT]   receive the file a classic-mode server pushes: into DIR under the
+                                       name the server gives (default .), or as OUT if OUT is not a directory
 
 Options:
   -o, --output OUT         where to write (see above)
@@ -255,6 +256,64 @@ function stdoutSink(): Sink {
   };
 }
 
+/** A device or FIFO such as /dev/null: written in place, since it cannot be renamed over. */
+async function deviceSink(target: string): Promise<Sink> {
+  let device: Deno.FsFile;
+  try {
+    device = await Deno.open(target, { write: true });
+  } catch (e) {
+    throw new LocalIoError(`cannot open ${target}`, e);
+  }
+  return {
+    write: async (chunk) => {
+      try {
+        let done = 0;
+        while (done < chunk.byteLength) done += await device.write(chunk.subarray(done));
+      } catch (e) {
+        throw new LocalIoError(`cannot write ${target}`, e);
+      }
+    },
+    commit: async () => device.close(),
+    abort: async () => device.close(),
+  };
+}
+
+/** Where the bytes for `target` go: standard output, a device, or an atomically published file. */
+async function openSink(target: string): Promise<Sink> {
+  if (target === "-") return coalescing(stdoutSink());
+  const info = await Deno.stat(target).catch(() => null);
+  if (info !== null && !info.isFile && !info.isDirectory) return coalescing(await deviceSink(target));
+  return coalescing(await fileSink(target));
+}
+
+const COALESCE_BYTES = 1024 * 1024;
+
+/**
+ * Gathers small chunks (classic mode's 1000-byte frames) into 1 MiB writes; large chunks pass straight
+ * through, so request mode's big reads are not copied.
+ */
+function coalescing(inner: Sink): Sink {
+  const buffer = new Uint8Array(COALESCE_BYTES);
+  let used = 0;
+  const flush = async () => {
+    if (used > 0) await inner.write(buffer.subarray(0, used));
+    used = 0;
+  };
+  return {
+    write: async (chunk) => {
+      if (used + chunk.byteLength > buffer.byteLength) await flush();
+      if (chunk.byteLength >= buffer.byteLength / 2) return inner.write(chunk);
+      buffer.set(chunk, used);
+      used += chunk.byteLength;
+    },
+    commit: async (header) => {
+      await flush();
+      await inner.commit(header);
+    },
+    abort: () => inner.abort(),
+  };
+}
+
 async function fileSink(target: string): Promise<Sink> {
   const file = await AtomicFile.create(target);
   return {
@@ -283,7 +342,7 @@ async function get(options: ClientOptions): Promise<number> {
     if (!Number.isSafeInteger(header.size) || header.size! < 0) {
       throw protocolError("header has no valid size");
     }
-    sink = target === "-" ? stdoutSink() : await fileSink(target);
+    sink = await openSink(target);
     let received = 0;
     for (;;) {
       const len = await reader.readLength("a data frame");
@@ -331,7 +390,7 @@ function checkPushedName(name: string): string {
 async function pull(options: ClientOptions): Promise<number> {
   const conn = await connect(options);
   const reader = new FrameReader(conn, { stallTimeoutMs: options.stallTimeoutMs });
-  let file: AtomicFile | null = null;
+  let sink: Sink | null = null;
   try {
     const nameLen = await reader.readLength("the name frame");
     if (nameLen <= 0 || nameLen > CLASSIC_CHUNK) throw protocolError(`name frame length ${nameLen}`);
@@ -344,7 +403,9 @@ async function pull(options: ClientOptions): Promise<number> {
       if (e instanceof TruncatedError) throw e;
       throw protocolError("the file name is not UTF-8");
     }
-    file = await AtomicFile.create(join(options.output ?? ".", checkPushedName(name)));
+    const output = options.output ?? ".";
+    const outputIsDir = (await Deno.stat(output).catch(() => null))?.isDirectory ?? false;
+    sink = await openSink(outputIsDir ? join(output, checkPushedName(name)) : output);
     let received = 0;
     for (;;) {
       const len = await reader.readLength("a content frame");
@@ -352,15 +413,15 @@ async function pull(options: ClientOptions): Promise<number> {
       if (len < 0 || len > CLASSIC_CHUNK) {
         throw protocolError(`content frame length ${len} (classic frames are 0-1000)`);
       }
-      for await (const chunk of reader.readChunks(len, "a content frame")) await file.write(chunk);
+      for await (const chunk of reader.readChunks(len, "a content frame")) await sink.write(chunk);
       received += len;
     }
-    await file.commit();
-    file = null;
+    await sink.commit({ v: PROTOCOL_VERSION, status: "ok", size: received });
+    sink = null;
     return received;
   } finally {
     reader.dispose();
-    await file?.abort();
+    await sink?.abort();
     try {
       conn.close();
     } catch { /* closed by the stall watchdog */ }
