@@ -273,8 +273,8 @@ async function deviceSink(target: string): Promise<Sink> {
         throw new LocalIoError(`cannot write ${target}`, e);
       }
     },
-    commit: async () => device.close(),
-    abort: async () => device.close(),
+    commit: () => Promise.resolve(device.close()),
+    abort: () => Promise.resolve(device.close()),
   };
 }
 
@@ -301,7 +301,10 @@ function coalescing(inner: Sink): Sink {
   };
   return {
     write: async (chunk) => {
-      if (used + chunk.byteLength > buffer.byteLength) await flush();
+      // A large chunk goes straight through, but only after what is buffered: order is the file's order.
+      if (used + chunk.byteLength > buffer.byteLength || chunk.byteLength >= buffer.byteLength / 2) {
+        await flush();
+      }
       if (chunk.byteLength >= buffer.byteLength / 2) return inner.write(chunk);
       buffer.set(chunk, used);
       used += chunk.byteLength;

@@ -287,17 +287,30 @@ export class Connection {
     const payload = this.#in.subarray(FRAME_HEADER_SIZE, FRAME_HEADER_SIZE + len);
     this.#requestStarted = performance.now();
     this.#requestBytesAtStart = this.bytesSent;
-    let request: Request;
+    let request: Request | null = null;
+    let refusal: ErrorBody | null = null;
     try {
       request = parseRequest(payload);
     } catch (e) {
       if (!(e instanceof ProtocolError)) throw e;
-      this.#fail({ code: e.code, message: e.message });
-      return true;
+      // A well-formed request for a path that may not be served (absolute, '..', NUL, too long) is refused
+      // like a path leading outside the root: the connection stays open (PROTOCOL.md). Others close it.
+      if (e.code !== ErrorCode.Forbidden) {
+        this.#fail({ code: e.code, message: e.message });
+        return true;
+      }
+      refusal = { code: e.code, message: e.message };
     }
     this.#in.copyWithin(0, FRAME_HEADER_SIZE + len, this.#inLength);
     this.#inLength -= FRAME_HEADER_SIZE + len;
-    this.#respond(request);
+    if (request !== null) {
+      this.#respond(request);
+    } else {
+      this.#requestLabel = "GET (path refused)";
+      this.#errorCode = refusal!.code;
+      this.#out.push(encodeErrorResponse(refusal!));
+      this.#state = "writing";
+    }
     return true;
   }
 

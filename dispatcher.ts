@@ -51,7 +51,10 @@ export class Dispatcher<T> {
     let best: number | undefined;
     let bestLoad = this.#capacity;
     for (const [worker, load] of this.#load) {
-      if (load < bestLoad) [best, bestLoad] = [worker, load];
+      // Map order is the order workers became ready in (a respawned one comes last): compare ids on a tie.
+      if (load < bestLoad || (load === bestLoad && best !== undefined && worker < best)) {
+        [best, bestLoad] = [worker, load];
+      }
     }
     return best;
   }

@@ -260,14 +260,16 @@ export function fillClassicBody(
   const stride = FRAME_HEADER_SIZE + CLASSIC_CHUNK;
   let filled = 0;
   let pos = streamOffset;
+  // The end frame starts right after the last content frame, which may be shorter than 1000 bytes.
+  const endStart = total - FRAME_HEADER_SIZE;
   while (filled < out.byteLength && pos < total) {
     const frame = Math.floor(pos / stride);
     const frameStart = frame * stride;
     const fileOffset = frame * CLASSIC_CHUNK;
     const payload = Math.min(CLASSIC_CHUNK, size - fileOffset);
     // Build the whole frame (or the end frame) in a scratch view, then copy the part from `pos` on.
-    if (payload <= 0) {
-      const within = pos - frameStart;
+    if (pos >= endStart) {
+      const within = pos - endStart;
       const n = Math.min(FRAME_HEADER_SIZE - within, out.byteLength - filled);
       out.fill(0, filled, filled + n);
       filled += n;

@@ -83,6 +83,7 @@ export const C = {
   SO_ERROR: 4,
   SO_SNDBUF: 7,
   SO_RCVBUF: 8,
+  SO_RCVTIMEO: 20,
   IPPROTO_TCP: 6,
   IPPROTO_IPV6: 41,
   IPV6_V6ONLY: 26,
@@ -188,6 +189,16 @@ export function socketpair(domain: number, type: number): [number, number] {
 /** setsockopt(2) for an int option. */
 export function setsockoptInt(fd: number, level: number, name: number, value: number): void {
   check("setsockopt", sys.setsockopt(fd, level, name, new Int32Array([value]), 4));
+}
+
+/**
+ * setsockopt(2) for a `struct timeval` option (SO_RCVTIMEO, SO_SNDTIMEO), given in milliseconds: a blocking
+ * call on `fd` then fails with EAGAIN instead of waiting longer. 0 means wait forever.
+ */
+export function setsockoptTimeval(fd: number, level: number, name: number, ms: number): void {
+  const whole = Math.floor(ms / 1000);
+  const timeval = new BigInt64Array([BigInt(whole), BigInt(Math.round((ms - whole * 1000) * 1000))]);
+  check("setsockopt", sys.setsockopt(fd, level, name, timeval, timeval.byteLength));
 }
 
 /** getsockopt(2) for an int option. */

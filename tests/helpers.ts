@@ -331,7 +331,11 @@ export async function listeningInodes(): Promise<Set<string>> {
  * Re-checks `condition` until it holds, yielding to the event loop between checks; fails after
  * `limitMs`. For conditions only observable from outside (a process gone, an fd count), not for timing.
  */
-export async function eventually(what: string, condition: () => Promise<boolean>, limitMs = 20_000): Promise<void> {
+export async function eventually(
+  what: string,
+  condition: () => Promise<boolean>,
+  limitMs = 20_000,
+): Promise<void> {
   const end = performance.now() + limitMs;
   while (!await condition()) {
     if (performance.now() > end) throw new Error(`still not true after ${limitMs}ms: ${what}`);
