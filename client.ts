@@ -356,6 +356,10 @@ async function get(options: ClientOptions): Promise<number> {
         const json = await reader.readExact(len - 1, "an error frame");
         throw fromErrorFrame(decodeJson(json) as ErrorBody, options.path);
       }
+      if (first[0] === FrameType.Trailer) {
+        await reader.readExact(len - 1, "a trailer frame"); // the SHA-256: verified from protocol v1 on
+        continue;
+      }
       if (first[0] !== FrameType.Data) throw protocolError(`unexpected frame type ${first[0]} in the body`);
       for await (const chunk of reader.readChunks(len - 1, "a data frame")) {
         received += chunk.byteLength;

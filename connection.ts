@@ -8,7 +8,8 @@
  */
 
 import { basename } from "node:path";
-import { EPOLLIN, EPOLLOUT } from "./ffi/epoll.ts";
+import { ClassicBody, FramedFileBody } from "./bodies.ts";
+import { EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT } from "./ffi/epoll.ts";
 import {
   C,
   close,
@@ -16,36 +17,27 @@ import {
   getpeername,
   LibcError,
   openRead,
-  pread,
   shutdown,
   tryRecv,
   trySend,
-  trySendfile,
   WOULD_BLOCK,
 } from "./ffi/libc.ts";
 import { decodeSockaddr, formatEndpoint, SOCKADDR_MAX } from "./ffi/structs.ts";
 import {
-  classicBodyLength,
-  DATA_FRAME_PAYLOAD,
   encodeErrorResponse,
-  encodeJsonFrame,
   encodeRawFrame,
-  END_FRAME,
   type ErrorBody,
   ErrorCode,
   FileShrankError,
-  fillClassicBody,
   FRAME_HEADER_SIZE,
-  FrameType,
   getFrameLength,
   MAX_REQUEST_FRAME,
   parseRequest,
-  PROTOCOL_VERSION,
   ProtocolError,
-  putDataFrameHeader,
   type Request,
-  type ResponseHeader,
 } from "./framing.ts";
+import type { HashCache } from "./hash_cache.ts";
+import { answer, Deferred, ErrorPiece, type Piece, type ReplyContext } from "./operations.ts";
 
 /** What a worker serves, shared by all its connections. */
 export interface ServeConfig {
@@ -61,94 +53,14 @@ export interface ServeConfig {
   log: (line: string) => void;
   /** Worker number, for the log. */
   workerId: number;
+  /** The worker's SHA-256 cache. */
+  hashes: HashCache;
+  /** Asks the worker to run this connection again soon (a hash it waited for is known). */
+  wake: (conn: Connection) => void;
 }
 
-/** Where a connection is in its life. */
-type State = "reading" | "writing" | "lingering" | "closed";
-
-/** How a piece of output goes on the wire: bytes already in memory, or a file body produced on demand. */
-interface Body {
-  /** Sends what it can within `budget` bytes; returns "done", "blocked" (EAGAIN) or "yield" (budget used). */
-  pump(sock: number, budget: number): { sent: number; status: "done" | "blocked" | "yield" };
-  /** Releases the file it holds. */
-  dispose(): void;
-}
-
-const CLASSIC_SCRATCH = new Uint8Array(256 * (FRAME_HEADER_SIZE + 1000));
-
-/** Classic mode content: frames of 1000 bytes regenerated from the file at the stream position. */
-class ClassicBody implements Body {
-  #position = 0;
-  readonly #total: number;
-  constructor(readonly fd: number, readonly size: number) {
-    this.#total = classicBodyLength(size);
-  }
-  pump(sock: number, budget: number) {
-    let sent = 0;
-    while (this.#position < this.#total) {
-      if (sent >= budget) return { sent, status: "yield" as const };
-      const filled = fillClassicBody(
-        CLASSIC_SCRATCH,
-        this.#position,
-        this.size,
-        (buf, offset) => pread(this.fd, buf, offset),
-      );
-      const n = trySend(sock, CLASSIC_SCRATCH.subarray(0, filled));
-      if (n === WOULD_BLOCK) return { sent, status: "blocked" as const };
-      this.#position += n;
-      sent += n;
-    }
-    return { sent, status: "done" as const };
-  }
-  dispose(): void {
-    close(this.fd);
-  }
-}
-
-/** Request mode content: Data frames of up to 1 MiB, each a 5-byte header then sendfile(2). */
-class FramedFileBody implements Body {
-  readonly #header = new Uint8Array(FRAME_HEADER_SIZE + 1);
-  #headerLeft = 0;
-  #frameLeft = 0;
-  #offset: number;
-  constructor(readonly fd: number, offset: number, readonly end: number) {
-    this.#offset = offset;
-  }
-  /** Bytes of the current data frame not yet sent (they must be padded if the file shrinks). */
-  get frameLeft(): number {
-    return this.#frameLeft;
-  }
-  pump(sock: number, budget: number) {
-    let sent = 0;
-    for (;;) {
-      if (this.#headerLeft > 0) {
-        const from = this.#header.byteLength - this.#headerLeft;
-        const n = trySend(sock, this.#header.subarray(from), C.MSG_MORE);
-        if (n === WOULD_BLOCK) return { sent, status: "blocked" as const };
-        this.#headerLeft -= n;
-        sent += n;
-      } else if (this.#frameLeft > 0) {
-        if (sent >= budget) return { sent, status: "yield" as const };
-        const n = trySendfile(sock, this.fd, this.#offset, Math.min(this.#frameLeft, budget - sent));
-        if (n === WOULD_BLOCK) return { sent, status: "blocked" as const };
-        if (n === 0) throw new FileShrankError(this.#offset, this.end);
-        this.#offset += n;
-        this.#frameLeft -= n;
-        sent += n;
-      } else if (this.#offset < this.end) {
-        const len = Math.min(DATA_FRAME_PAYLOAD, this.end - this.#offset);
-        putDataFrameHeader(this.#header, len);
-        this.#headerLeft = this.#header.byteLength;
-        this.#frameLeft = len;
-      } else {
-        return { sent, status: "done" as const };
-      }
-    }
-  }
-  dispose(): void {
-    close(this.fd);
-  }
-}
+/** Where a connection is in its life. "waiting": a reply waits for a hash, nothing to read or write. */
+type State = "reading" | "writing" | "waiting" | "lingering" | "closed";
 
 const REQUEST_BUFFER_START = 4096;
 
@@ -157,7 +69,9 @@ export class Connection {
   /** Bytes written to the client so far. */
   bytesSent = 0;
   #state: State;
-  #out: Array<Uint8Array | Body> = [];
+  #out: Piece[] = [];
+  #files: number[] = [];
+  #result = "ok";
   #outOffset = 0;
   #in = new Uint8Array(0);
   #inLength = 0;
@@ -198,12 +112,16 @@ export class Connection {
 
   /** The epoll events this connection waits for now. */
   get interest(): number {
-    return this.#state === "writing" ? EPOLLOUT : EPOLLIN;
+    return this.#state === "writing" ? EPOLLOUT : this.#state === "waiting" ? 0 : EPOLLIN;
   }
 
-  /** Handles readiness reported by epoll. */
-  onReady(): void {
+  /** Handles readiness reported by epoll (`events`), or a wake-up from the worker (no events). */
+  onReady(events = 0): void {
     try {
+      if (this.#state === "waiting") {
+        if (events & (EPOLLHUP | EPOLLERR)) return this.#finish(false, "client gone");
+        this.#state = "writing";
+      }
       if (this.#state === "reading") this.#read();
       else if (this.#state === "lingering") this.#discard();
       if (this.#state === "writing") this.#write();
@@ -244,6 +162,7 @@ export class Connection {
     this.#requestLabel = `PUSH ${basename(path)}`;
     const fd = openRead(path);
     const { size } = fstat(fd);
+    this.#files.push(fd);
     this.#out.push(encodeRawFrame(new TextEncoder().encode(basename(path))), new ClassicBody(fd, size));
     this.#closeWhenSent = true;
   }
@@ -304,13 +223,16 @@ export class Connection {
     this.#in.copyWithin(0, FRAME_HEADER_SIZE + len, this.#inLength);
     this.#inLength -= FRAME_HEADER_SIZE + len;
     if (request !== null) {
-      this.#respond(request);
+      const reply = answer(request, this.#replyContext);
+      this.#requestLabel = reply.label;
+      this.#out.push(...reply.pieces);
+      this.#files.push(...reply.files);
+      this.#reply = reply;
     } else {
       this.#requestLabel = "GET (path refused)";
-      this.#errorCode = refusal!.code;
-      this.#out.push(encodeErrorResponse(refusal!));
-      this.#state = "writing";
+      this.#out.push(new ErrorPiece(refusal!, false));
     }
+    this.#state = "writing";
     return true;
   }
 
@@ -325,63 +247,25 @@ export class Connection {
     }
   }
 
-  #respond(request: Request): void {
-    if (request.op === "ping") {
-      this.#requestLabel = "PING";
-      const header: ResponseHeader = { v: PROTOCOL_VERSION, status: "ok" };
-      this.#out.push(encodeJsonFrame(FrameType.Header, header), END_FRAME);
-    } else {
-      this.#requestLabel = `GET ${JSON.stringify(request.path)}`;
-      const opened = this.#open(request.path!);
-      if (typeof opened === "object") {
-        this.#errorCode = opened.code;
-        this.#out.push(encodeErrorResponse(opened));
-      } else {
-        const stat = fstat(opened);
-        const header: ResponseHeader = {
-          v: PROTOCOL_VERSION,
-          status: "ok",
-          size: stat.size,
-          mtimeNs: String(stat.mtimeNs),
-          mode: stat.mode & 0o7777,
-        };
-        this.#out.push(
-          encodeJsonFrame(FrameType.Header, header),
-          new FramedFileBody(opened, 0, Number(stat.size)),
-          END_FRAME,
-        );
-      }
-    }
-    this.#state = "writing";
-  }
-
-  /** Opens a file under the root for reading, or says why not. */
-  #open(path: string): number | ErrorBody {
-    let fd: number;
-    try {
-      fd = openRead(path, { beneath: this.config.rootFd });
-    } catch (e) {
-      if (!(e instanceof LibcError)) throw e;
-      return openError(e, path);
-    }
-    if (!fstat(fd).isFile) {
-      close(fd);
-      return { code: ErrorCode.NotAFile, message: `${JSON.stringify(path)} is not a regular file` };
-    }
-    return fd;
-  }
-
   /** Queues an error response, after which the connection lingers and closes. */
   #fail(body: ErrorBody): void {
     this.#requestLabel = this.#requestLabel === "-" ? "(malformed)" : this.#requestLabel;
     this.ok = false;
-    this.#errorCode = body.code;
-    this.#out.push(encodeErrorResponse(body));
-    this.#closeWhenSent = true;
+    this.#out.push(new ErrorPiece(body, true));
     this.#state = "writing";
   }
 
   #errorCode = "";
+  #reply: { result?: string } | null = null;
+
+  get #replyContext(): ReplyContext {
+    return { rootFd: this.config.rootFd, hashes: this.config.hashes, wake: () => this.config.wake(this) };
+  }
+
+  #closeFiles(): void {
+    for (const fd of this.#files) close(fd);
+    this.#files = [];
+  }
 
   #write(): void {
     let budget = this.config.turnBudget;
@@ -389,6 +273,24 @@ export class Connection {
       const head = this.#out[0];
       if (head === undefined) {
         this.#onResponseSent(); // may parse a pipelined request and start writing again
+        continue;
+      }
+      if (head instanceof Deferred) {
+        const settled = head.settle();
+        if (settled === null) {
+          this.#state = "waiting";
+          return;
+        }
+        this.#out.splice(0, 1, ...settled);
+        continue;
+      }
+      if (head instanceof ErrorPiece) {
+        this.#errorCode = head.body.code;
+        if (head.closes) {
+          this.ok = false;
+          this.#closeWhenSent = true;
+        }
+        this.#out.splice(0, this.#out.length, encodeErrorResponse(head.body));
         continue;
       }
       if (head instanceof Uint8Array) {
@@ -404,30 +306,23 @@ export class Connection {
           result = head.pump(this.fd, budget);
         } catch (e) {
           if (!(e instanceof FileShrankError)) throw e;
-          this.#onFileShrank(head, e);
+          if (!(head instanceof FramedFileBody)) return this.#finish(false, `error (${e.message})`); // classic: no error frame
+          // The frame header promised more bytes than the file now has: fill the frame with zeros, then
+          // say that the file changed, so the client discards what it got instead of publishing a mix.
+          this.#out.splice(
+            0,
+            this.#out.length,
+            new Uint8Array(head.frameLeft),
+            new ErrorPiece({ code: ErrorCode.FileChanged, message: e.message }, true),
+          );
           continue;
         }
         this.#progress(result.sent);
         budget -= result.sent;
         if (result.status !== "done") return; // "blocked": wait for EPOLLOUT; "yield": let others run
-        head.dispose();
       }
       this.#out.shift();
       this.#outOffset = 0;
-    }
-  }
-
-  #onFileShrank(body: Body, e: FileShrankError): void {
-    // The frame header promised more bytes than the file now has: fill the frame with zeros, then say
-    // that the file changed, so the client discards what it got instead of publishing a mix.
-    const pad = body instanceof FramedFileBody ? body.frameLeft : 0;
-    body.dispose();
-    this.#out.splice(0, this.#out.length, new Uint8Array(pad));
-    this.#outOffset = 0;
-    if (body instanceof FramedFileBody) {
-      this.#fail({ code: ErrorCode.FileChanged, message: e.message });
-    } else {
-      this.#finish(false, `error (${e.message})`); // classic mode has no error frame
     }
   }
 
@@ -439,13 +334,15 @@ export class Connection {
   }
 
   #onResponseSent(): void {
+    this.#closeFiles();
     if (this.#errorCode !== "") {
       this.#logRequest(`refused ${this.#errorCode}`);
       this.#errorCode = "";
     } else {
       this.#served++;
-      this.#logRequest("ok");
+      this.#logRequest(this.#reply?.result ?? "ok");
     }
+    this.#reply = null;
     if (this.#closeWhenSent) {
       if (this.ok) return this.#finish(true, null);
       // Lingering close: the client may still be sending; closing now would reset the connection and
@@ -486,8 +383,8 @@ export class Connection {
   #finish(ok: boolean, result: string | null): void {
     if (this.#state === "closed") return;
     this.ok &&= ok;
-    for (const piece of this.#out) if (!(piece instanceof Uint8Array)) piece.dispose();
     this.#out = [];
+    this.#closeFiles();
     const wasResponding = this.#state === "writing";
     this.#state = "closed";
     close(this.fd);
@@ -503,24 +400,5 @@ function peerOf(fd: number): string {
     return ep ? formatEndpoint(ep) : "unknown";
   } catch {
     return "unknown";
-  }
-}
-
-function openError(e: LibcError, path: string): ErrorBody {
-  const quoted = JSON.stringify(path);
-  switch (e.errnoName) {
-    case "ENOENT":
-    case "ENOTDIR":
-      return { code: ErrorCode.NotFound, message: `${quoted} does not exist` };
-    case "EXDEV":
-    case "ELOOP":
-      return { code: ErrorCode.Forbidden, message: `${quoted} leads outside the served directory` };
-    case "EACCES":
-    case "EPERM":
-      return { code: ErrorCode.Forbidden, message: `${quoted} is not readable by the server` };
-    case "ENAMETOOLONG":
-      return { code: ErrorCode.Forbidden, message: `${quoted} is too long` };
-    default:
-      return { code: ErrorCode.Internal, message: `cannot open ${quoted}: ${e.errnoName}` };
   }
 }

@@ -69,6 +69,8 @@ export const ErrorCode = {
   Busy: "BUSY",
   /** The file was truncated or rewritten while it was being sent; the data must be discarded. */
   FileChanged: "FILE_CHANGED",
+  /** `ifMatch` named another version of the file: start again from offset 0. */
+  Changed: "CHANGED",
   /** The server failed to read the file. */
   Internal: "INTERNAL",
 } as const;
@@ -77,7 +79,13 @@ export const ErrorCode = {
 export type ErrorCodeValue = typeof ErrorCode[keyof typeof ErrorCode];
 
 /** Operations of request mode. */
-export type Operation = "get" | "ping";
+export type Operation = "get" | "stat" | "list" | "ping";
+
+/** Largest number of entries in a `list` answer. */
+export const MAX_LIST_ENTRIES = 10_000;
+
+/** Deepest directory level a recursive `list` descends to. */
+export const MAX_LIST_DEPTH = 32;
 
 /** A request-mode request: the JSON of a Request frame. */
 export interface Request {
@@ -85,8 +93,30 @@ export interface Request {
   v: number;
   /** The operation. */
   op: Operation;
-  /** Path relative to the served directory (for `get`). */
+  /** Path relative to the served directory (for `get`, `stat`, `list`; `""` is the root for `list`). */
   path?: string;
+  /** `get`: first byte to send (resume). */
+  offset?: number;
+  /** `get`: send only if the file is still this version (an `etag` from an earlier header). */
+  ifMatch?: string;
+  /** `get`: if the file's SHA-256 is this, answer `unchanged` without data. */
+  ifNoneMatch?: string;
+  /** `list`: descend into subdirectories. */
+  recursive?: boolean;
+}
+
+/** One file of a `list` answer. */
+export interface ListEntry {
+  /** Path relative to the served directory. */
+  path: string;
+  /** Size in bytes. */
+  size: number;
+  /** Modification time in nanoseconds, decimal string. */
+  mtimeNs: string;
+  /** Permission bits. */
+  mode: number;
+  /** SHA-256, hex, when the server knows it already. */
+  sha256?: string;
 }
 
 /** The JSON of a Header frame. */
@@ -95,12 +125,30 @@ export interface ResponseHeader {
   v: number;
   /** Always "ok": failures are Error frames. */
   status: "ok";
-  /** File size in bytes (for `get`). */
+  /** File size in bytes (the whole file, whatever the offset). */
   size?: number;
   /** Modification time in nanoseconds since the epoch, as a decimal string (it exceeds 2^53). */
   mtimeNs?: string;
   /** File mode bits (permissions), e.g. 0o644 = 420. */
   mode?: number;
+  /** Names this version of the file, for `ifMatch`. */
+  etag?: string;
+  /** Where the data starts (`get`). */
+  offset?: number;
+  /** SHA-256 of the whole file, hex, when known before the data; else it comes in the Trailer. */
+  sha256?: string;
+  /** True when `ifNoneMatch` matched: no data follows. */
+  unchanged?: boolean;
+  /** `list`: the files. */
+  entries?: ListEntry[];
+  /** `list`: true if entries were left out (too many, too deep). */
+  truncated?: boolean;
+}
+
+/** The JSON of a Trailer frame. */
+export interface Trailer {
+  /** SHA-256 of the whole file, hex. */
+  sha256: string;
 }
 
 /** The JSON of an Error frame. */
@@ -198,7 +246,7 @@ export function parseRequest(payload: Uint8Array): Request {
   if (typeof value !== "object" || value === null || Array.isArray(value)) {
     throw new ProtocolError(ErrorCode.BadRequest, "request is not a JSON object");
   }
-  const { v, op, path } = value as Record<string, unknown>;
+  const { v, op, path, offset, ifMatch, ifNoneMatch, recursive } = value as Record<string, unknown>;
   if (!Number.isInteger(v)) {
     throw new ProtocolError(ErrorCode.BadRequest, "request has no integer version 'v'");
   }
@@ -209,9 +257,34 @@ export function parseRequest(payload: Uint8Array): Request {
     );
   }
   if (op === "ping") return { v, op };
-  if (op !== "get") throw new ProtocolError(ErrorCode.UnknownOp, `unknown operation ${JSON.stringify(op)}`);
+  if (op !== "get" && op !== "stat" && op !== "list") {
+    throw new ProtocolError(ErrorCode.UnknownOp, `unknown operation ${JSON.stringify(op)}`);
+  }
   if (typeof path !== "string") throw new ProtocolError(ErrorCode.BadRequest, "request has no string 'path'");
-  return { v, op, path: checkRelativePath(path) };
+  const request: Request = { v, op, path: op === "list" && path === "" ? "" : checkRelativePath(path) };
+  if (op === "list") {
+    if (recursive !== undefined && typeof recursive !== "boolean") {
+      throw new ProtocolError(ErrorCode.BadRequest, "'recursive' is not a boolean");
+    }
+    request.recursive = recursive === true;
+  }
+  if (op === "get") {
+    if (offset !== undefined && (!Number.isSafeInteger(offset) || (offset as number) < 0)) {
+      throw new ProtocolError(ErrorCode.BadRequest, "'offset' is not a non-negative integer");
+    }
+    if (ifMatch !== undefined && (typeof ifMatch !== "string" || ifMatch.length > 128)) {
+      throw new ProtocolError(ErrorCode.BadRequest, "'ifMatch' is not an etag string");
+    }
+    if (
+      ifNoneMatch !== undefined && (typeof ifNoneMatch !== "string" || !/^[0-9a-f]{64}$/.test(ifNoneMatch))
+    ) {
+      throw new ProtocolError(ErrorCode.BadRequest, "'ifNoneMatch' is not a SHA-256 in lowercase hex");
+    }
+    request.offset = (offset as number | undefined) ?? 0;
+    if (ifMatch !== undefined) request.ifMatch = ifMatch as string;
+    if (ifNoneMatch !== undefined) request.ifNoneMatch = ifNoneMatch as string;
+  }
+  return request;
 }
 
 /**

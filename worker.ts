@@ -14,6 +14,7 @@ import { parseArgs } from "node:util";
 import { MessageKind, receiveMessage, sendMessage, ServeMode } from "./channel.ts";
 import { Connection, type ServeConfig } from "./connection.ts";
 import { Epoll, EPOLLIN } from "./ffi/epoll.ts";
+import { HashCache } from "./hash_cache.ts";
 import { C, close, ignoreSignal, openRead, raiseOpenFileLimit, setNonBlocking } from "./ffi/libc.ts";
 
 /** Bytes one connection may send per turn, so that one fast client cannot starve the others. */
@@ -85,7 +86,12 @@ export function runWorker(args: WorkerArgs): never {
     turnBudget: TURN_BUDGET,
     workerId: args.workerId,
     log: (line) => console.error(line),
+    hashes: new HashCache((line) =>
+      console.error(`${new Date().toISOString()} worker=${args.workerId} ${line}`)
+    ),
+    wake: (conn) => woken.add(conn),
   };
+  const woken = new Set<Connection>();
   const epoll = new Epoll(1024);
   epoll.add(channel, EPOLLIN);
   const connections = new Map<number, Connection>();
@@ -138,7 +144,8 @@ export function runWorker(args: WorkerArgs): never {
   sendMessage(channel, MessageKind.Ready);
   for (;;) {
     if (stopping && connections.size === 0) exit(0, "stopped");
-    const ready = epoll.wait(IDLE_SCAN_MS);
+    // While hashes are being computed, only poll: the loop alternates hashing slices and serving.
+    const ready = epoll.wait(config.hashes.busy ? 0 : IDLE_SCAN_MS);
     for (let i = 0; i < ready; i++) {
       const fd = epoll.fdAt(i);
       if (fd === channel) {
@@ -147,6 +154,14 @@ export function runWorker(args: WorkerArgs): never {
       }
       const conn = connections.get(fd);
       if (conn === undefined) continue;
+      const before = conn.interest;
+      conn.onReady(epoll.eventsAt(i));
+      settle(conn, before);
+    }
+    if (config.hashes.busy) config.hashes.step();
+    for (const conn of woken) {
+      woken.delete(conn);
+      if (conn.closed) continue;
       const before = conn.interest;
       conn.onReady();
       settle(conn, before);

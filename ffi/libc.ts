@@ -305,6 +305,12 @@ export function setCloseOnExec(fd: number, on: boolean): void {
   check("fcntl", sys.fcntl(fd, C.F_SETFD, on ? C.FD_CLOEXEC : 0));
 }
 
+/** A duplicate of `fd` with close-on-exec set (fcntl F_DUPFD_CLOEXEC): same open file, own lifetime. */
+export function dupCloseOnExec(fd: number): number {
+  const F_DUPFD_CLOEXEC = 1030;
+  return check("fcntl(F_DUPFD_CLOEXEC)", sys.fcntl(fd, F_DUPFD_CLOEXEC, 0));
+}
+
 /** close(2). EINTR is not retried: on Linux the fd is gone either way. */
 export function close(fd: number): void {
   const r = sys.close(fd);

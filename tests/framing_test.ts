@@ -194,11 +194,24 @@ function assertRefused(fn: () => unknown, code: ErrorCodeValue, what: string): v
   });
 }
 
-Deno.test("parseRequest accepts get and ping, and ignores unknown fields", () => {
+Deno.test("parseRequest accepts get, stat, list and ping, with their options, and ignores unknown fields", () => {
   assert.deepEqual(parseRequest(payload('{"v":1,"op":"get","path":"dir/file.txt"}')), {
     v: 1,
     op: "get",
     path: "dir/file.txt",
+    offset: 0,
+  });
+  const sha = "ab".repeat(32);
+  assert.deepEqual(
+    parseRequest(payload(`{"v":1,"op":"get","path":"f","offset":7,"ifMatch":"e1","ifNoneMatch":"${sha}"}`)),
+    { v: 1, op: "get", path: "f", offset: 7, ifMatch: "e1", ifNoneMatch: sha },
+  );
+  assert.deepEqual(parseRequest(payload('{"v":1,"op":"stat","path":"f"}')), { v: 1, op: "stat", path: "f" });
+  assert.deepEqual(parseRequest(payload('{"v":1,"op":"list","path":"","recursive":true}')), {
+    v: 1,
+    op: "list",
+    path: "",
+    recursive: true,
   });
   assert.deepEqual(parseRequest(payload('{"v":1,"op":"ping"}')), { v: 1, op: "ping" });
   assert.deepEqual(parseRequest(payload('{"v":1,"op":"ping","path":"../x","later":true}')), {
@@ -209,7 +222,23 @@ Deno.test("parseRequest accepts get and ping, and ignores unknown fields", () =>
     v: 1,
     op: "get",
     path: "x",
+    offset: 0,
   });
+});
+
+Deno.test("parseRequest refuses bad get options and a list option of the wrong type with BAD_REQUEST", () => {
+  for (const bad of ['"offset":-1', '"offset":1.5', '"offset":"3"', '"ifMatch":7', '"ifNoneMatch":"xyz"']) {
+    assertRefused(
+      () => parseRequest(payload(`{"v":1,"op":"get","path":"f",${bad}}`)),
+      ErrorCode.BadRequest,
+      bad,
+    );
+  }
+  assertRefused(
+    () => parseRequest(payload('{"v":1,"op":"list","path":"","recursive":"yes"}')),
+    ErrorCode.BadRequest,
+    "recursive",
+  );
 });
 
 Deno.test("parseRequest refuses malformed requests with BAD_REQUEST, UNSUPPORTED_VERSION or UNKNOWN_OP", () => {

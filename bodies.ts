@@ -1,0 +1,120 @@
+/**
+ * File bodies a connection sends: produced on demand, straight from the file to the socket, resumable at
+ * any byte. A body keeps only a position, never a copy of the data, so a connection that is slow to read
+ * costs a few numbers, not a buffer.
+ *
+ * @module
+ */
+
+import { C, pread, trySend, trySendfile, WOULD_BLOCK } from "./ffi/libc.ts";
+import {
+  classicBodyLength,
+  DATA_FRAME_PAYLOAD,
+  FileShrankError,
+  fillClassicBody,
+  FRAME_HEADER_SIZE,
+  putDataFrameHeader,
+} from "./framing.ts";
+
+/** What one {@link Body.pump} call achieved. */
+export interface PumpResult {
+  /** Bytes written to the socket. */
+  sent: number;
+  /** "done": all sent; "blocked": the socket is full (wait for EPOLLOUT); "yield": the budget is used. */
+  status: "done" | "blocked" | "yield";
+}
+
+/** A file body being sent. The file's fd belongs to the caller, who closes it. */
+export interface Body {
+  /** Sends what it can within `budget` bytes. Throws FileShrankError if the file ends early. */
+  pump(sock: number, budget: number): PumpResult;
+}
+
+const classicScratch = new Uint8Array(256 * (FRAME_HEADER_SIZE + 1000));
+
+/**
+ * Classic mode content: frames of 1000 bytes and the end frame, regenerated from the file at the stream
+ * position into one worker-wide scratch buffer (the framing is fixed, so any position can be rebuilt).
+ */
+export class ClassicBody implements Body {
+  #position = 0;
+  readonly #total: number;
+
+  /**
+   * @param fd the open file
+   * @param size its size when the transfer started
+   */
+  constructor(readonly fd: number, readonly size: number) {
+    this.#total = classicBodyLength(size);
+  }
+
+  /** See {@link Body.pump}. */
+  pump(sock: number, budget: number): PumpResult {
+    let sent = 0;
+    while (this.#position < this.#total) {
+      if (sent >= budget) return { sent, status: "yield" };
+      const filled = fillClassicBody(
+        classicScratch,
+        this.#position,
+        this.size,
+        (buf, at) => pread(this.fd, buf, at),
+      );
+      const n = trySend(sock, classicScratch.subarray(0, filled));
+      if (n === WOULD_BLOCK) return { sent, status: "blocked" };
+      this.#position += n;
+      sent += n;
+    }
+    return { sent, status: "done" };
+  }
+}
+
+/** Request mode content: Data frames of up to 1 MiB, each a 5-byte header then sendfile(2). */
+export class FramedFileBody implements Body {
+  readonly #header = new Uint8Array(FRAME_HEADER_SIZE + 1);
+  #headerLeft = 0;
+  #frameLeft = 0;
+  #offset: number;
+
+  /**
+   * @param fd the open file
+   * @param offset first byte to send
+   * @param end the size announced in the header
+   */
+  constructor(readonly fd: number, offset: number, readonly end: number) {
+    this.#offset = offset;
+  }
+
+  /** Bytes of the current data frame not yet sent (to be padded if the file shrinks). */
+  get frameLeft(): number {
+    return this.#frameLeft;
+  }
+
+  /** See {@link Body.pump}. */
+  pump(sock: number, budget: number): PumpResult {
+    let sent = 0;
+    for (;;) {
+      if (this.#headerLeft > 0) {
+        const from = this.#header.byteLength - this.#headerLeft;
+        const n = trySend(sock, this.#header.subarray(from), C.MSG_MORE);
+        if (n === WOULD_BLOCK) return { sent, status: "blocked" };
+        this.#headerLeft -= n;
+        sent += n;
+      } else if (this.#frameLeft > 0) {
+        if (sent >= budget) return { sent, status: "yield" };
+        const n = trySendfile(sock, this.fd, this.#offset, Math.min(this.#frameLeft, budget - sent));
+        if (n === WOULD_BLOCK) return { sent, status: "blocked" };
+        if (n === 0) throw new FileShrankError(this.#offset, this.end);
+        this.#offset += n;
+        this.#frameLeft -= n;
+        sent += n;
+      } else if (this.#offset < this.end) {
+        const len = Math.min(DATA_FRAME_PAYLOAD, this.end - this.#offset);
+        putDataFrameHeader(this.#header, len);
+        this.#headerLeft = this.#header.byteLength;
+        this.#frameLeft = len;
+      } else {
+        return { sent, status: "done" };
+      }
+    }
+  }
+}

@@ -1,0 +1,125 @@
+/**
+ * A worker's SHA-256 cache. A file's hash is computed once and reused while its identity
+ * (device, inode, size, modification time) is unchanged; a changed file gets a new key, so it is never
+ * served with a stale hash. Hashing runs as jobs that the worker's loop advances a slice at a time
+ * ({@link HashCache.step}), so a large file being hashed never stalls the other connections, and
+ * connections that need the same hash share one job instead of reading the file once each.
+ *
+ * @module
+ */
+
+import { createHash, type Hash } from "node:crypto";
+import { close, dupCloseOnExec, type FileStat, fstat, pread } from "./ffi/libc.ts";
+
+/** The identity of a file's content as far as the server can tell without reading it. */
+export function identityOf(stat: FileStat): string {
+  return `${stat.dev}:${stat.ino}:${stat.size}:${stat.mtimeNs}`;
+}
+
+/** A short public name for an identity (the `etag` of PROTOCOL.md), not revealing inode numbers. */
+export function etagOf(identity: string): string {
+  return createHash("sha256").update(identity).digest("hex").slice(0, 24);
+}
+
+/** A hash being computed, and who waits for it. */
+interface Job {
+  label: string;
+  started: number;
+  fd: number;
+  size: number;
+  offset: number;
+  hash: Hash;
+  waiters: ((sha256: string | null) => void)[];
+}
+
+/** Bytes hashed per {@link HashCache.step} call at most, across all jobs. */
+const STEP_BYTES = 4 * 1024 * 1024;
+/** Entries kept; the oldest is forgotten past this. */
+const MAX_ENTRIES = 10_000;
+
+/** SHA-256 by file identity, with shared background jobs. */
+export class HashCache {
+  readonly #known = new Map<string, string>();
+  readonly #jobs = new Map<string, Job>();
+  readonly #buffer = new Uint8Array(1024 * 1024);
+  readonly #log: (line: string) => void;
+
+  /** @param log receives one line per hash computed (what, bytes, seconds): the cache's work is visible */
+  constructor(log: (line: string) => void = () => {}) {
+    this.#log = log;
+  }
+
+  /** The cached hash for this identity, if known. */
+  get(identity: string): string | undefined {
+    return this.#known.get(identity);
+  }
+
+  /** True while some job is waiting to be advanced by {@link step}. */
+  get busy(): boolean {
+    return this.#jobs.size > 0;
+  }
+
+  /**
+   * Calls `done` with the file's SHA-256 (hex) once known (at once if cached), or with null if the file
+   * changed while it was hashed. `fd` is the caller's open file: a new job reads a duplicate of it, so the
+   * caller may close its own fd whenever it likes.
+   */
+  request(
+    identity: string,
+    fd: number,
+    size: number,
+    label: string,
+    done: (sha256: string | null) => void,
+  ): void {
+    const known = this.#known.get(identity);
+    if (known !== undefined) return done(known);
+    const job = this.#jobs.get(identity);
+    if (job) {
+      job.waiters.push(done);
+      return;
+    }
+    this.#jobs.set(identity, {
+      label,
+      started: performance.now(),
+      fd: dupCloseOnExec(fd),
+      size,
+      offset: 0,
+      hash: createHash("sha256"),
+      waiters: [done],
+    });
+  }
+
+  /** Advances the jobs by up to a few MiB in total; call from the worker loop while {@link busy}. */
+  step(): void {
+    let budget = STEP_BYTES;
+    for (const [identity, job] of this.#jobs) {
+      while (budget > 0 && job.offset < job.size) {
+        const want = Math.min(this.#buffer.byteLength, job.size - job.offset, budget);
+        const n = pread(job.fd, this.#buffer.subarray(0, want), job.offset);
+        if (n <= 0) break; // the file shrank: caught below
+        job.hash.update(this.#buffer.subarray(0, n));
+        job.offset += n;
+        budget -= n;
+      }
+      if (job.offset < job.size && budget > 0) return this.#finish(identity, job, null);
+      if (job.offset >= job.size) {
+        const after = identityOf(fstat(job.fd));
+        this.#finish(identity, job, after === identity ? job.hash.digest("hex") : null);
+      }
+      if (budget <= 0) return;
+    }
+  }
+
+  #finish(identity: string, job: Job, sha256: string | null): void {
+    this.#jobs.delete(identity);
+    close(job.fd);
+    const seconds = ((performance.now() - job.started) / 1000).toFixed(3);
+    const outcome = sha256 === null ? "file changed while hashing" : "ok";
+    this.#log(`hashed ${job.label} bytes=${job.offset} duration=${seconds}s result=${outcome}`);
+    if (sha256 !== null) {
+      if (this.#known.size >= MAX_ENTRIES) this.#known.delete(this.#known.keys().next().value!);
+      this.#known.set(identity, sha256);
+    }
+    for (const waiter of job.waiters) waiter(sha256);
+  }
+}

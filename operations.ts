@@ -1,0 +1,306 @@
+/**
+ * What a worker answers to each request-mode operation (`get`, `stat`, `list`, `ping`), as a list of
+ * output pieces for the connection to send: bytes, file bodies, and deferred pieces that complete when
+ * a SHA-256 becomes known or the transfer ends. The connection (`connection.ts`) does the I/O; this
+ * module decides what to say and opens files only beneath the served directory.
+ *
+ * @module
+ */
+
+import { readdirSync } from "node:fs";
+import { type Body, FramedFileBody } from "./bodies.ts";
+import { close, type FileStat, fstat, LibcError, openRead } from "./ffi/libc.ts";
+import {
+  encodeJsonFrame,
+  END_FRAME,
+  type ErrorBody,
+  ErrorCode,
+  FrameType,
+  type ListEntry,
+  MAX_LIST_DEPTH,
+  MAX_LIST_ENTRIES,
+  PROTOCOL_VERSION,
+  type Request,
+  type ResponseHeader,
+} from "./framing.ts";
+import { etagOf, type HashCache, identityOf } from "./hash_cache.ts";
+
+/** An error answer; `closes` says whether the connection ends after it (PROTOCOL.md's table). */
+export class ErrorPiece {
+  /**
+   * @param body the error frame's JSON
+   * @param closes true if the connection closes after this error
+   */
+  constructor(readonly body: ErrorBody, readonly closes: boolean) {}
+}
+
+/** A piece known only later: `settle` returns the pieces that replace it, or null while it must wait. */
+export class Deferred {
+  /** @param settle called when the connection reaches this piece, and again after each wake-up */
+  constructor(readonly settle: () => Piece[] | null) {}
+}
+
+/** One piece of a reply. */
+export type Piece = Uint8Array | Body | Deferred | ErrorPiece;
+
+/** A reply to one request. */
+export interface Reply {
+  /** The request as it appears in the log. */
+  label: string;
+  /** What to send, in order. */
+  pieces: Piece[];
+  /** Files to close when the reply is finished or abandoned. */
+  files: number[];
+  /** The log's result when not plain "ok" (e.g. "unchanged"). */
+  result?: string;
+}
+
+/** What an operation needs from its worker. */
+export interface ReplyContext {
+  /** The served directory, open. */
+  rootFd: number;
+  /** The worker's SHA-256 cache. */
+  hashes: HashCache;
+  /** Asks the worker to run the connection again (a hash it waited for is known). */
+  wake: () => void;
+}
+
+const header = (h: Omit<ResponseHeader, "v" | "status">): Uint8Array =>
+  encodeJsonFrame(FrameType.Header, { v: PROTOCOL_VERSION, status: "ok", ...h });
+
+/** Answers `request`. */
+export function answer(request: Request, ctx: ReplyContext): Reply {
+  switch (request.op) {
+    case "ping":
+      return { label: "PING", pieces: [header({}), END_FRAME], files: [] };
+    case "get":
+      return get(request, ctx);
+    case "stat":
+      return stat(request, ctx);
+    case "list":
+      return list(request, ctx);
+  }
+}
+
+function refusal(label: string, body: ErrorBody, closes = false): Reply {
+  return { label, pieces: [new ErrorPiece(body, closes)], files: [] };
+}
+
+/** Opens a regular file beneath the root, or says why not. */
+function openFile(ctx: ReplyContext, path: string): { fd: number; stat: FileStat } | ErrorBody {
+  let fd: number;
+  try {
+    fd = openRead(path, { beneath: ctx.rootFd });
+  } catch (e) {
+    if (!(e instanceof LibcError)) throw e;
+    return openError(e, path);
+  }
+  const stat = fstat(fd);
+  if (!stat.isFile) {
+    close(fd);
+    return { code: ErrorCode.NotAFile, message: `${JSON.stringify(path)} is not a regular file` };
+  }
+  return { fd, stat };
+}
+
+function fileChanged(path: string): ErrorPiece {
+  return new ErrorPiece({
+    code: ErrorCode.FileChanged,
+    message: `${JSON.stringify(path)} changed while it was being sent: discard the data`,
+  }, true);
+}
+
+/**
+ * A piece that waits for the file's SHA-256 (hashed by the worker's shared jobs), then becomes
+ * `then(sha256)`; a file that changed while being hashed becomes FILE_CHANGED.
+ */
+function withHash(
+  ctx: ReplyContext,
+  path: string,
+  file: { fd: number; stat: FileStat },
+  then: (sha256: string) => Piece[],
+): Deferred {
+  let result: string | null | undefined;
+  let asked = false;
+  return new Deferred(() => {
+    if (!asked) {
+      asked = true;
+      ctx.hashes.request(identityOf(file.stat), file.fd, file.stat.size, JSON.stringify(path), (sha) => {
+        result = sha;
+        ctx.wake();
+      });
+    }
+    if (result === undefined) return null;
+    return result === null ? [fileChanged(path)] : then(result);
+  });
+}
+
+function get(request: Request, ctx: ReplyContext): Reply {
+  const path = request.path!;
+  const offset = request.offset ?? 0;
+  const label = `GET ${JSON.stringify(path)}${offset > 0 ? ` offset=${offset}` : ""}`;
+  const opened = openFile(ctx, path);
+  if (!("fd" in opened)) return refusal(label, opened);
+  const { fd, stat } = opened;
+  const identity = identityOf(stat);
+  const etag = etagOf(identity);
+  if (request.ifMatch !== undefined && request.ifMatch !== etag) {
+    close(fd);
+    return refusal(label, {
+      code: ErrorCode.Changed,
+      message: `${JSON.stringify(path)} is no longer the version of etag ${request.ifMatch}: start again`,
+    });
+  }
+  if (offset > stat.size) {
+    close(fd);
+    return refusal(label, {
+      code: ErrorCode.BadRequest,
+      message: `offset ${offset} is beyond the size ${stat.size}`,
+    }, true);
+  }
+  const fields = { size: stat.size, mtimeNs: String(stat.mtimeNs), mode: stat.mode & 0o7777, etag, offset };
+  const reply: Reply = { label, pieces: [], files: [fd] };
+
+  // After the data: the file must still be the version announced, and the hash follows if it was not known.
+  const finale = (knownSha: string | undefined): Deferred => {
+    let hashed: string | null | undefined = knownSha;
+    if (knownSha === undefined) {
+      ctx.hashes.request(identity, fd, stat.size, JSON.stringify(path), (sha) => {
+        hashed = sha;
+        ctx.wake();
+      });
+    }
+    return new Deferred(() => {
+      if (identityOf(fstat(fd)) !== identity) return [fileChanged(path)];
+      if (knownSha !== undefined) return [END_FRAME];
+      if (hashed === undefined) return null;
+      if (hashed === null) return [fileChanged(path)];
+      return [encodeJsonFrame(FrameType.Trailer, { sha256: hashed }), END_FRAME];
+    });
+  };
+  const send = (sha: string | undefined): Piece[] => [
+    header({ ...fields, sha256: sha }),
+    new FramedFileBody(fd, offset, stat.size),
+    finale(sha),
+  ];
+
+  if (request.ifNoneMatch !== undefined) {
+    reply.label += " ifNoneMatch";
+    reply.pieces.push(withHash(ctx, path, opened, (sha) => {
+      if (sha !== request.ifNoneMatch) return send(sha);
+      reply.result = "unchanged";
+      return [header({ ...fields, offset: stat.size, sha256: sha, unchanged: true }), END_FRAME];
+    }));
+  } else {
+    reply.pieces.push(...send(ctx.hashes.get(identity)));
+  }
+  return reply;
+}
+
+function stat(request: Request, ctx: ReplyContext): Reply {
+  const path = request.path!;
+  const label = `STAT ${JSON.stringify(path)}`;
+  const opened = openFile(ctx, path);
+  if (!("fd" in opened)) return refusal(label, opened);
+  const { fd, stat } = opened;
+  const identity = identityOf(stat);
+  return {
+    label,
+    files: [fd],
+    pieces: [withHash(ctx, path, opened, (sha256) => [
+      header({
+        size: stat.size,
+        mtimeNs: String(stat.mtimeNs),
+        mode: stat.mode & 0o7777,
+        etag: etagOf(identity),
+        sha256,
+      }),
+      END_FRAME,
+    ])],
+  };
+}
+
+function list(request: Request, ctx: ReplyContext): Reply {
+  const path = request.path!;
+  const label = `LIST ${JSON.stringify(path)}${request.recursive ? " recursive" : ""}`;
+  let dirFd: number;
+  try {
+    dirFd = openRead(path === "" ? "." : path, { beneath: ctx.rootFd, directory: true });
+  } catch (e) {
+    if (!(e instanceof LibcError)) throw e;
+    if (e.errnoName === "ENOTDIR") {
+      return refusal(label, {
+        code: ErrorCode.NotAFile,
+        message: `${JSON.stringify(path)} is not a directory`,
+      });
+    }
+    return refusal(label, openError(e, path));
+  }
+  close(dirFd);
+  const entries: ListEntry[] = [];
+  let truncated = false;
+  const walk = (dir: string, depth: number) => {
+    let names;
+    try {
+      // Listing through the opened directory would need getdents; the path was just checked beneath.
+      const fd = openRead(dir === "" ? "." : dir, { beneath: ctx.rootFd, directory: true });
+      try {
+        names = readdirSync(`/proc/self/fd/${fd}`, { withFileTypes: true });
+      } finally {
+        close(fd);
+      }
+    } catch {
+      return; // vanished or unreadable meanwhile: left out
+    }
+    names.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    for (const dirent of names) {
+      const rel = dir === "" ? dirent.name : `${dir}/${dirent.name}`;
+      if (dirent.isDirectory()) {
+        if (!request.recursive) continue;
+        if (depth >= MAX_LIST_DEPTH) truncated = true;
+        else walk(rel, depth + 1);
+      } else if (dirent.isFile() || dirent.isSymbolicLink()) {
+        if (entries.length >= MAX_LIST_ENTRIES) {
+          truncated = true;
+          return;
+        }
+        const opened = openFile(ctx, rel);
+        if (!("fd" in opened)) continue; // a symlink leading outside, or not a regular file
+        const s = opened.stat;
+        close(opened.fd);
+        const entry: ListEntry = {
+          path: rel,
+          size: s.size,
+          mtimeNs: String(s.mtimeNs),
+          mode: s.mode & 0o7777,
+        };
+        const sha256 = ctx.hashes.get(identityOf(s));
+        if (sha256 !== undefined) entry.sha256 = sha256;
+        entries.push(entry);
+      }
+      if (truncated && entries.length >= MAX_LIST_ENTRIES) return;
+    }
+  };
+  walk(path, 0);
+  return { label, files: [], pieces: [header({ entries, truncated }), END_FRAME] };
+}
+
+/** The error answer for a failed open. */
+export function openError(e: LibcError, path: string): ErrorBody {
+  const quoted = JSON.stringify(path);
+  switch (e.errnoName) {
+    case "ENOENT":
+    case "ENOTDIR":
+      return { code: ErrorCode.NotFound, message: `${quoted} does not exist` };
+    case "EXDEV":
+    case "ELOOP":
+      return { code: ErrorCode.Forbidden, message: `${quoted} leads outside the served directory` };
+    case "EACCES":
+    case "EPERM":
+      return { code: ErrorCode.Forbidden, message: `${quoted} is not readable by the server` };
+    case "ENAMETOOLONG":
+      return { code: ErrorCode.Forbidden, message: `${quoted} is too long` };
+    default:
+      return { code: ErrorCode.Internal, message: `cannot open ${quoted}: ${e.errnoName}` };
+  }
+}

@@ -1,0 +1,227 @@
+import assert from "node:assert/strict";
+import {
+  makeFile,
+  RawConnection,
+  sha256,
+  sha256File,
+  startServer,
+  tempDir,
+  type TestServer,
+} from "./helpers.ts";
+
+/** One worker, so that every request meets the same hash cache. */
+async function serve(root: string): Promise<TestServer> {
+  return await startServer(["--listen", "127.0.0.1:0", "--root", root, "--workers", "1"]);
+}
+
+async function get(port: number, request: Record<string, unknown>) {
+  const conn = await RawConnection.open(port);
+  try {
+    await conn.sendRequest({ op: "get", ...request });
+    return await conn.readResponse();
+  } finally {
+    conn.close();
+  }
+}
+
+Deno.test("get: the first response carries the SHA-256 in a trailer, the next one in the header, hashed once", async () => {
+  await using dir = await tempDir();
+  const path = await makeFile(dir.path, "a.bin", 3 * 1024 * 1024 + 17);
+  const expected = await sha256File(path);
+  const server = await serve(dir.path);
+  try {
+    const first = await get(server.ports[0], { path: "a.bin" });
+    assert.equal(first.types.at(-1), "T");
+    assert.equal(first.json.at(-1)!.sha256, expected);
+    assert.equal(sha256(first.data), expected);
+    const second = await get(server.ports[0], { path: "a.bin" });
+    assert.doesNotMatch(second.types, /T/);
+    assert.equal(second.json[0].sha256, expected);
+    assert.equal(second.json[0].etag, first.json[0].etag);
+  } finally {
+    assert.equal((await server.stop()).code, 0);
+  }
+  // The worker logs each hash it computes: one for two fetches means the second did not re-read the file.
+  assert.equal(server.log.filter((l) => /hashed "a\.bin" bytes=3145745 .*result=ok/.test(l)).length, 1);
+});
+
+Deno.test("get with offset and the current etag resumes: only the rest is sent, the hash is the whole file's", async () => {
+  await using dir = await tempDir();
+  const path = await makeFile(dir.path, "r.bin", 2_500_000);
+  const whole = await Deno.readFile(path);
+  const server = await serve(dir.path);
+  try {
+    const first = await get(server.ports[0], { path: "r.bin" });
+    const etag = first.json[0].etag;
+    const rest = await get(server.ports[0], { path: "r.bin", offset: 1_000_000, ifMatch: etag });
+    assert.equal(rest.json[0].offset, 1_000_000);
+    assert.equal(rest.data.byteLength, 1_500_000);
+    assert.deepEqual(rest.data, whole.subarray(1_000_000));
+    assert.equal(rest.json[0].sha256, sha256(whole));
+  } finally {
+    await server.stop();
+  }
+});
+
+Deno.test("get with a stale etag answers CHANGED and the connection stays usable", async () => {
+  await using dir = await tempDir();
+  await makeFile(dir.path, "c.bin", 5000);
+  const server = await serve(dir.path);
+  const conn = await RawConnection.open(server.ports[0]);
+  try {
+    await conn.sendRequest({ op: "get", path: "c.bin", offset: 10, ifMatch: "0123456789abcdef01234567" });
+    const refused = await conn.readResponse();
+    assert.equal(refused.types, "E");
+    assert.equal(refused.json[0].code, "CHANGED");
+    await conn.sendRequest({ op: "get", path: "c.bin" });
+    assert.equal((await conn.readResponse()).data.byteLength, 5000);
+  } finally {
+    conn.close();
+    await server.stop();
+  }
+});
+
+Deno.test("get with ifNoneMatch of the file's own hash answers unchanged and sends no data frame", async () => {
+  await using dir = await tempDir();
+  const path = await makeFile(dir.path, "u.bin", 1_200_000);
+  const hash = await sha256File(path);
+  const server = await serve(dir.path);
+  try {
+    const same = await get(server.ports[0], { path: "u.bin", ifNoneMatch: hash });
+    assert.equal(same.types, "H");
+    assert.equal(same.json[0].unchanged, true);
+    assert.equal(same.json[0].sha256, hash);
+    const other = await get(server.ports[0], { path: "u.bin", ifNoneMatch: "0".repeat(64) });
+    assert.match(other.types, /^HD+$/);
+    assert.equal(other.json[0].sha256, hash);
+    assert.equal(sha256(other.data), hash);
+  } finally {
+    await server.stop();
+  }
+  assert.ok(
+    server.log.some((l) => l.includes('request=GET "u.bin" ifNoneMatch') && l.endsWith("result=unchanged")),
+  );
+});
+
+Deno.test("stat answers size, mode, etag and SHA-256 without data; a directory is NOT_A_FILE", async () => {
+  await using dir = await tempDir();
+  const path = await makeFile(dir.path, "s.bin", 70_000);
+  await Deno.chmod(path, 0o640);
+  await Deno.mkdir(`${dir.path}/sub`);
+  const server = await serve(dir.path);
+  const conn = await RawConnection.open(server.ports[0]);
+  try {
+    await conn.sendRequest({ op: "stat", path: "s.bin" });
+    const r = await conn.readResponse();
+    assert.equal(r.types, "H");
+    assert.equal(r.json[0].size, 70_000);
+    assert.equal(r.json[0].mode, 0o640);
+    assert.equal(r.json[0].sha256, await sha256File(path));
+    assert.equal(typeof r.json[0].etag, "string");
+    await conn.sendRequest({ op: "stat", path: "sub" });
+    assert.equal((await conn.readResponse()).json[0].code, "NOT_A_FILE");
+  } finally {
+    conn.close();
+    await server.stop();
+  }
+});
+
+Deno.test("list names the regular files under a directory, recursively on request, never outside the root", async () => {
+  await using dir = await tempDir();
+  await using outside = await tempDir();
+  await Deno.mkdir(`${dir.path}/d/e`, { recursive: true });
+  await makeFile(dir.path, "top.txt", 3);
+  await makeFile(`${dir.path}/d`, "mid.txt", 4);
+  await makeFile(`${dir.path}/d/e`, "deep.txt", 5);
+  await makeFile(outside.path, "secret", 6);
+  await Deno.symlink(`${outside.path}/secret`, `${dir.path}/d/escape`);
+  await Deno.symlink("mid.txt", `${dir.path}/d/alias`);
+  const server = await serve(dir.path);
+  const conn = await RawConnection.open(server.ports[0]);
+  try {
+    await conn.sendRequest({ op: "list", path: "", recursive: true });
+    const all = await conn.readResponse();
+    const entries = all.json[0].entries as { path: string; size: number }[];
+    assert.deepEqual(entries.map((e) => [e.path, e.size]), [
+      ["d/alias", 4],
+      ["d/e/deep.txt", 5],
+      ["d/mid.txt", 4],
+      ["top.txt", 3],
+    ]);
+    assert.equal(all.json[0].truncated, false);
+    await conn.sendRequest({ op: "list", path: "d" });
+    const flat = (await conn.readResponse()).json[0].entries as { path: string }[];
+    assert.deepEqual(flat.map((e) => e.path), ["d/alias", "d/mid.txt"]);
+    await conn.sendRequest({ op: "list", path: "top.txt" });
+    assert.equal((await conn.readResponse()).json[0].code, "NOT_A_FILE");
+    await conn.sendRequest({ op: "list", path: "../" });
+    assert.equal((await conn.readResponse()).json[0].code, "FORBIDDEN");
+  } finally {
+    conn.close();
+    await server.stop();
+  }
+});
+
+/** Starts a 64 MiB transfer and reads its header and first data frame, so it is surely in flight. */
+async function transferInFlight(server: TestServer, name: string) {
+  const conn = await RawConnection.open(server.ports[0]);
+  await conn.sendRequest({ op: "get", path: name });
+  const head = await conn.readFrame();
+  assert.equal(String.fromCharCode(head!.payload[0]), "H");
+  const firstData = await conn.readFrame();
+  assert.equal(String.fromCharCode(firstData!.payload[0]), "D");
+  return conn;
+}
+
+Deno.test("a file replaced by rename during a transfer is sent whole in its old version", async () => {
+  await using dir = await tempDir();
+  const path = await makeFile(dir.path, "big.bin", 64 * 1024 * 1024);
+  const oldHash = await sha256File(path);
+  const server = await serve(dir.path);
+  const conn = await transferInFlight(server, "big.bin");
+  try {
+    await makeFile(dir.path, "new.bin", 1000);
+    await Deno.rename(`${dir.path}/new.bin`, path);
+    const rest = await conn.readResponse();
+    assert.equal(rest.types.at(-1), "T");
+    assert.equal(rest.json.at(-1)!.sha256, oldHash);
+  } finally {
+    conn.close();
+    await server.stop();
+  }
+});
+
+Deno.test("a file truncated during a transfer ends in FILE_CHANGED, not in an end frame after short data", async () => {
+  await using dir = await tempDir();
+  const path = await makeFile(dir.path, "big.bin", 64 * 1024 * 1024);
+  const server = await serve(dir.path);
+  const conn = await transferInFlight(server, "big.bin");
+  try {
+    await Deno.truncate(path, 1000);
+    const rest = await conn.readResponse();
+    assert.equal(rest.types.at(-1), "E");
+    assert.equal(rest.json.at(-1)!.code, "FILE_CHANGED");
+  } finally {
+    conn.close();
+    await server.stop();
+  }
+});
+
+Deno.test("a file rewritten in place (same size) during a transfer ends in FILE_CHANGED", async () => {
+  await using dir = await tempDir();
+  const path = await makeFile(dir.path, "big.bin", 64 * 1024 * 1024);
+  const server = await serve(dir.path);
+  const conn = await transferInFlight(server, "big.bin");
+  try {
+    const file = await Deno.open(path, { write: true });
+    await file.write(new Uint8Array(4096).fill(7));
+    file.close();
+    await Deno.utime(path, 1, 1); // a different modification time, whatever the clock's resolution
+    const rest = await conn.readResponse();
+    assert.equal(rest.types.at(-1), "E");
+    assert.equal(rest.json.at(-1)!.code, "FILE_CHANGED");
+  } finally {
+    conn.close();
+    await server.stop();
+  }
+});
