@@ -172,6 +172,14 @@ export async function makeFile(dir: string, name: string, size: number): Promise
   return path;
 }
 
+/** Creates a file of `size` bytes that costs no disk (a hole) and returns its path. */
+export async function sparseFile(dir: string, name: string, size: number): Promise<string> {
+  const path = `${dir}/${name}`;
+  await Deno.writeFile(path, new Uint8Array(0));
+  await Deno.truncate(path, size);
+  return path;
+}
+
 /** One frame read by {@link RawConnection}: the length and the payload. */
 export interface RawFrame {
   /** The length prefix. */

@@ -5,17 +5,18 @@
 
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { makeFile, RawConnection, runClient, sha256, sha256File, startServer, tempDir } from "./helpers.ts";
+import {
+  makeFile,
+  RawConnection,
+  runClient,
+  sha256,
+  sha256File,
+  sparseFile,
+  startServer,
+  tempDir,
+} from "./helpers.ts";
 
 const MiB = 1024 * 1024;
-
-/** A file of `size` bytes that costs no disk: a hole. */
-async function sparseFile(dir: string, name: string, size: number): Promise<string> {
-  const path = `${dir}/${name}`;
-  await Deno.writeFile(path, new Uint8Array(0));
-  await Deno.truncate(path, size);
-  return path;
-}
 
 /** One request-mode fetch on its own connection; the connection is closed afterwards. */
 async function fetchOnce(port: number, path: string) {

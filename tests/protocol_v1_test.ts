@@ -191,13 +191,14 @@ Deno.test("a file replaced by rename during a transfer is sent whole in its old 
   }
 });
 
-Deno.test("a file truncated during a transfer ends in FILE_CHANGED, not in an end frame after short data", async () => {
+/** Changes the file with `mutate` while a transfer of it is in flight; the response must end in FILE_CHANGED. */
+async function assertFileChangedDuringTransfer(mutate: (path: string) => Promise<void>): Promise<void> {
   await using dir = await tempDir();
   const path = await makeFile(dir.path, "big.bin", 64 * 1024 * 1024);
   const server = await serve(dir.path);
   const conn = await transferInFlight(server, "big.bin");
   try {
-    await Deno.truncate(path, 1000);
+    await mutate(path);
     const rest = await conn.readResponse();
     assert.equal(rest.types.at(-1), "E");
     assert.equal(rest.json.at(-1)!.code, "FILE_CHANGED");
@@ -205,23 +206,17 @@ Deno.test("a file truncated during a transfer ends in FILE_CHANGED, not in an en
     conn.close();
     await server.stop();
   }
+}
+
+Deno.test("a file truncated during a transfer ends in FILE_CHANGED, not in an end frame after short data", async () => {
+  await assertFileChangedDuringTransfer((path) => Deno.truncate(path, 1000));
 });
 
 Deno.test("a file rewritten in place (same size) during a transfer ends in FILE_CHANGED", async () => {
-  await using dir = await tempDir();
-  const path = await makeFile(dir.path, "big.bin", 64 * 1024 * 1024);
-  const server = await serve(dir.path);
-  const conn = await transferInFlight(server, "big.bin");
-  try {
+  await assertFileChangedDuringTransfer(async (path) => {
     const file = await Deno.open(path, { write: true });
     await file.write(new Uint8Array(4096).fill(7));
     file.close();
     await Deno.utime(path, 1, 1); // a different modification time, whatever the clock's resolution
-    const rest = await conn.readResponse();
-    assert.equal(rest.types.at(-1), "E");
-    assert.equal(rest.json.at(-1)!.code, "FILE_CHANGED");
-  } finally {
-    conn.close();
-    await server.stop();
-  }
+  });
 });

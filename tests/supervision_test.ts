@@ -16,19 +16,12 @@ import {
   sha256,
   sha256File,
   socketInodes,
+  sparseFile,
   startServer,
   tempDir,
 } from "./helpers.ts";
 
 const MiB = 1024 * 1024;
-
-/** A file of `size` bytes that costs no disk: a hole. */
-async function sparseFile(dir: string, name: string, size: number): Promise<string> {
-  const path = `${dir}/${name}`;
-  await Deno.writeFile(path, new Uint8Array(0));
-  await Deno.truncate(path, size);
-  return path;
-}
 
 /** Names in a directory, sorted. */
 async function listDir(path: string): Promise<string[]> {
