@@ -438,6 +438,13 @@ int main(int argc, char *argv[])
         status = 1;
         goto done;
     }
+    {
+        /* Port 0 asks the kernel for a free port: report the one it chose. */
+        struct sockaddr_in bound;
+        socklen_t bound_len = sizeof(bound);
+        if (getsockname(sockfd, (struct sockaddr *)&bound, &bound_len) == 0)
+            port = ntohs(bound.sin_port);
+    }
     epollfd = epoll_create1(EPOLL_CLOEXEC);                                   /* (5) */
     if (epollfd < 0) {
         perror("seed_server: epoll_create1");
