@@ -9,8 +9,6 @@
  * @module
  */
 
-import { statSync } from "node:fs";
-import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { createChannel, MessageKind, receiveMessage, sendMessage, ServeMode } from "./channel.ts";
 import { Dispatcher } from "./dispatcher.ts";
@@ -44,7 +42,7 @@ import {
   SOCKADDR_MAX,
 } from "./ffi/structs.ts";
 import { encodeErrorResponse, ErrorCode } from "./framing.ts";
-import { parseWorkerArgs, runWorker, workerArgv } from "./worker.ts";
+import { workerArgv } from "./worker_args.ts";
 
 /** The argument that makes a compiled ferry binary run as a worker. */
 const WORKER_ARG = "__ferry_worker";
@@ -183,8 +181,8 @@ export function parseServerArgs(argv: string[]): ServerOptions | "help" {
 
 function isKind(path: string, kind: "dir" | "file"): boolean {
   try {
-    const s = statSync(path);
-    return kind === "dir" ? s.isDirectory() : s.isFile();
+    const s = Deno.statSync(path);
+    return kind === "dir" ? s.isDirectory : s.isFile;
   } catch {
     return false;
   }
@@ -239,7 +237,7 @@ interface WorkerSlot {
 /** The command that starts a worker: this same program, under `deno run` or as a compiled binary. */
 function workerCommand(argv: string[]): { command: string; args: string[] } {
   if (Deno.build.standalone) return { command: Deno.execPath(), args: [WORKER_ARG, ...argv] };
-  const module = fileURLToPath(new URL("./worker.ts", import.meta.url));
+  const module = `${import.meta.dirname}/worker.ts`;
   return { command: Deno.execPath(), args: ["run", "--allow-all", "--no-prompt", module, ...argv] };
 }
 
@@ -613,6 +611,11 @@ async function main(argv: string[]): Promise<number> {
 }
 
 if (import.meta.main) {
-  if (Deno.args[0] === WORKER_ARG) runWorker(parseWorkerArgs(Deno.args.slice(1)));
-  else Deno.exit(await main(Deno.args));
+  if (Deno.args[0] === WORKER_ARG) {
+    // A compiled binary is master and worker in one; the master itself never loads the worker's modules.
+    const { parseWorkerArgs, runWorker } = await import("./worker.ts");
+    runWorker(parseWorkerArgs(Deno.args.slice(1)));
+  } else {
+    Deno.exit(await main(Deno.args));
+  }
 }
