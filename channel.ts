@@ -1,7 +1,7 @@
 /**
- * The master-worker channel: one `SOCK_SEQPACKET` Unix socketpair per worker carrying fixed 16-byte
- * messages (four little-endian u32: kind, connection id, argument, reserved) and, with
- * {@link MessageKind.Conn}, the client's fd as SCM_RIGHTS. Sequenced packets keep message boundaries, so a
+ * The master-worker channel: one `SOCK_SEQPACKET` Unix socketpair per worker carrying fixed 64-byte
+ * messages (four little-endian u32: kind, connection id, argument, reserved; then a 48-byte payload used
+ * only by {@link MessageKind.HashKnown}) and, with {@link MessageKind.Conn}, the client's fd as SCM_RIGHTS. Sequenced packets keep message boundaries, so a
  * message is never half-read; a closed channel is how either side learns that the other is gone.
  *
  * @module
@@ -11,7 +11,12 @@ import { tryRecvWithFd, trySendWithFd } from "./ffi/fdpass.ts";
 import { C, socketpair } from "./ffi/libc.ts";
 
 /** Size of every channel message. */
-export const MESSAGE_SIZE = 16;
+export const MESSAGE_SIZE = 64;
+
+/** Where the payload starts and how long it is. */
+const PAYLOAD_OFFSET = 16;
+/** Bytes of payload: a 16-byte file identity digest and a 32-byte SHA-256. */
+export const PAYLOAD_SIZE = 48;
 
 /** What a channel message says. */
 export const MessageKind = {
@@ -23,6 +28,11 @@ export const MessageKind = {
   Done: 3,
   /** master -> worker: finish the connections you have, then exit. */
   Stop: 4,
+  /**
+   * worker -> master -> every other worker: a file's SHA-256 is known (payload: identity digest, hash),
+   * so that a file is hashed once per server, not once per worker.
+   */
+  HashKnown: 5,
 } as const;
 
 /** How a listener's connections are served. */
@@ -43,6 +53,8 @@ export interface Message {
   arg: number;
   /** The fd that came with it, or -1. */
   fd: number;
+  /** The 48-byte payload (a view valid until the next receive). */
+  payload: Uint8Array;
 }
 
 const outBuf = new Uint8Array(MESSAGE_SIZE);
@@ -62,11 +74,20 @@ export function createChannel(): [number, number] {
  * Sends one message (with `fd` attached unless it is -1). Returns false if the channel is full.
  * Throws LibcError when the peer is gone (EPIPE, ECONNRESET).
  */
-export function sendMessage(channel: number, kind: number, id = 0, arg = 0, fd = -1): boolean {
+export function sendMessage(
+  channel: number,
+  kind: number,
+  id = 0,
+  arg = 0,
+  fd = -1,
+  payload?: Uint8Array,
+): boolean {
   outView.setUint32(0, kind, true);
   outView.setUint32(4, id, true);
   outView.setUint32(8, arg, true);
   outView.setUint32(12, 0, true);
+  outBuf.fill(0, PAYLOAD_OFFSET);
+  if (payload) outBuf.set(payload.subarray(0, PAYLOAD_SIZE), PAYLOAD_OFFSET);
   return trySendWithFd(channel, outBuf, fd);
 }
 
@@ -86,5 +107,6 @@ export function receiveMessage(channel: number): Message | "closed" | null {
     id: inView.getUint32(4, true),
     arg: inView.getUint32(8, true),
     fd: got.fd,
+    payload: inBuf.subarray(PAYLOAD_OFFSET),
   };
 }

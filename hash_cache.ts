@@ -16,9 +16,12 @@ export function identityOf(stat: FileStat): string {
   return `${stat.dev}:${stat.ino}:${stat.size}:${stat.mtimeNs}`;
 }
 
-/** A short public name for an identity (the `etag` of PROTOCOL.md), not revealing inode numbers. */
+/**
+ * A short public name for an identity: the `etag` of PROTOCOL.md (it does not reveal inode numbers), and
+ * the key under which workers tell each other a file's hash: 16 bytes, as 32 hex digits.
+ */
 export function etagOf(identity: string): string {
-  return createHash("sha256").update(identity).digest("hex").slice(0, 24);
+  return createHash("sha256").update(identity).digest("hex").slice(0, 32);
 }
 
 /** A hash being computed, and who waits for it. */
@@ -43,15 +46,39 @@ export class HashCache {
   readonly #jobs = new Map<string, Job>();
   readonly #buffer = new Uint8Array(1024 * 1024);
   readonly #log: (line: string) => void;
+  readonly #onComputed: (etag: string, sha256: string) => void;
 
-  /** @param log receives one line per hash computed (what, bytes, seconds): the cache's work is visible */
-  constructor(log: (line: string) => void = () => {}) {
+  /**
+   * @param log receives one line per hash computed (what, bytes, seconds): the cache's work is visible
+   * @param onComputed told of each hash this cache computed itself, to share it with other workers
+   */
+  constructor(
+    log: (line: string) => void = () => {},
+    onComputed: (etag: string, sha256: string) => void = () => {},
+  ) {
     this.#log = log;
+    this.#onComputed = onComputed;
+  }
+
+  /**
+   * Records a hash computed elsewhere (another worker) for the file version named `etag`; a job of this
+   * cache for the same version ends at once with it.
+   */
+  learn(etag: string, sha256: string): void {
+    this.#remember(etag, sha256);
+    for (const [identity, job] of this.#jobs) {
+      if (etagOf(identity) === etag) this.#finish(identity, job, sha256, false);
+    }
+  }
+
+  #remember(etag: string, sha256: string): void {
+    if (this.#known.size >= MAX_ENTRIES) this.#known.delete(this.#known.keys().next().value!);
+    this.#known.set(etag, sha256);
   }
 
   /** The cached hash for this identity, if known. */
   get(identity: string): string | undefined {
-    return this.#known.get(identity);
+    return this.#known.get(etagOf(identity));
   }
 
   /** True while some job is waiting to be advanced by {@link step}. */
@@ -71,7 +98,7 @@ export class HashCache {
     label: string,
     done: (sha256: string | null) => void,
   ): void {
-    const known = this.#known.get(identity);
+    const known = this.get(identity);
     if (known !== undefined) return done(known);
     const job = this.#jobs.get(identity);
     if (job) {
@@ -101,24 +128,28 @@ export class HashCache {
         job.offset += n;
         budget -= n;
       }
-      if (job.offset < job.size && budget > 0) return this.#finish(identity, job, null);
+      if (job.offset < job.size && budget > 0) return this.#finish(identity, job, null, true);
       if (job.offset >= job.size) {
         const after = identityOf(fstat(job.fd));
-        this.#finish(identity, job, after === identity ? job.hash.digest("hex") : null);
+        this.#finish(identity, job, after === identity ? job.hash.digest("hex") : null, true);
       }
       if (budget <= 0) return;
     }
   }
 
-  #finish(identity: string, job: Job, sha256: string | null): void {
+  #finish(identity: string, job: Job, sha256: string | null, computedHere: boolean): void {
     this.#jobs.delete(identity);
     close(job.fd);
-    const seconds = ((performance.now() - job.started) / 1000).toFixed(3);
-    const outcome = sha256 === null ? "file changed while hashing" : "ok";
-    this.#log(`hashed ${job.label} bytes=${job.offset} duration=${seconds}s result=${outcome}`);
+    if (computedHere) {
+      const seconds = ((performance.now() - job.started) / 1000).toFixed(3);
+      const outcome = sha256 === null ? "file changed while hashing" : "ok";
+      this.#log(`hashed ${job.label} bytes=${job.offset} duration=${seconds}s result=${outcome}`);
+    }
     if (sha256 !== null) {
-      if (this.#known.size >= MAX_ENTRIES) this.#known.delete(this.#known.keys().next().value!);
-      this.#known.set(identity, sha256);
+      this.#remember(etagOf(identity), sha256);
+      // Shared before the waiters answer their clients, so a client that fetches again right after may
+      // meet another worker that knows the hash already.
+      if (computedHere) this.#onComputed(etagOf(identity), sha256);
     }
     for (const waiter of job.waiters) waiter(sha256);
   }

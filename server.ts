@@ -404,8 +404,22 @@ export class Master {
         this.#onWorkerReady();
       } else if (message.kind === MessageKind.Done) {
         this.#dispatcher.release(slot.id);
+      } else if (message.kind === MessageKind.HashKnown) {
+        this.#relayHash(slot, message.payload);
       }
       this.#dispatchQueued();
+    }
+  }
+
+  /** Passes a hash one worker computed to the others; a full channel just misses this cache hint. */
+  #relayHash(from: WorkerSlot, payload: Uint8Array): void {
+    for (const slot of this.#slots) {
+      if (slot === from || slot.channel === -1) continue;
+      try {
+        sendMessage(slot.channel, MessageKind.HashKnown, 0, 0, -1, payload);
+      } catch {
+        // that worker is gone; its hang-up is handled on its own channel
+      }
     }
   }
 

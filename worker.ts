@@ -25,6 +25,12 @@ const TURN_BUDGET = 4 * 1024 * 1024;
 /** How often idle connections are looked for, in milliseconds. */
 const IDLE_SCAN_MS = 250;
 
+/** The HashKnown payload: the etag's 16 bytes, then the SHA-256's 32. */
+function hashPayload(etag: string, sha256: string): Uint8Array {
+  const hex = etag + sha256;
+  return Uint8Array.from({ length: hex.length / 2 }, (_, i) => parseInt(hex.slice(2 * i, 2 * i + 2), 16));
+}
+
 /** Runs a worker until it is told to stop or its master goes away; never returns. */
 export function runWorker(args: WorkerArgs): never {
   // Ctrl-C and systemd's SIGTERM reach the whole process group: the master decides how to stop.
@@ -40,8 +46,9 @@ export function runWorker(args: WorkerArgs): never {
     turnBudget: TURN_BUDGET,
     workerId: args.workerId,
     log: (line) => console.error(line),
-    hashes: new HashCache((line) =>
-      console.error(`${new Date().toISOString()} worker=${args.workerId} ${line}`)
+    hashes: new HashCache(
+      (line) => console.error(`${new Date().toISOString()} worker=${args.workerId} ${line}`),
+      (etag, sha256) => sendMessage(channel, MessageKind.HashKnown, 0, 0, -1, hashPayload(etag, sha256)),
     ),
     wake: (conn) => woken.add(conn),
   };
@@ -80,6 +87,10 @@ export function runWorker(args: WorkerArgs): never {
         conn.onReady(); // classic mode can start writing at once
         settle(conn, before);
       } else if (message.kind === MessageKind.Stop) stopping = true;
+      else if (message.kind === MessageKind.HashKnown) {
+        const hex = Array.from(message.payload, (b) => b.toString(16).padStart(2, "0")).join("");
+        config.hashes.learn(hex.slice(0, 32), hex.slice(32, 96));
+      }
     }
   };
 

@@ -220,3 +220,28 @@ Deno.test("a file rewritten in place (same size) during a transfer ends in FILE_
     await Deno.utime(path, 1, 1); // a different modification time, whatever the clock's resolution
   });
 });
+
+Deno.test("a hash computed by one worker is passed to the others: a file is hashed once per server", async () => {
+  await using dir = await tempDir();
+  const path = await makeFile(dir.path, "shared.bin", 2_000_000);
+  const expected = await sha256File(path);
+  const server = await startServer(["--listen", "127.0.0.1:0", "--root", dir.path, "--workers", "2"]);
+  const first = await RawConnection.open(server.ports[0]);
+  try {
+    await first.sendRequest({ op: "get", path: "shared.bin" });
+    const a = await first.readResponse();
+    assert.equal(a.json.at(-1)!.sha256, expected);
+    // `first` stays open, so worker 1 has a connection and the next one goes to the idle worker 2.
+    const b = await get(server.ports[0], { path: "shared.bin" });
+    assert.equal(b.json[0].sha256, expected);
+    assert.doesNotMatch(b.types, /T/);
+  } finally {
+    first.close();
+    assert.equal((await server.stop()).code, 0);
+  }
+  const served = server.log.filter((l) => l.includes('request=GET "shared.bin"')).map((l) =>
+    /worker=(\d)/.exec(l)![1]
+  );
+  assert.deepEqual(served.sort(), ["1", "2"]);
+  assert.equal(server.log.filter((l) => /hashed "shared\.bin"/.test(l)).length, 1);
+});
