@@ -8,7 +8,7 @@
  */
 
 import { tryRecvWithFd, trySendWithFd } from "./ffi/fdpass.ts";
-import { C, socketpair } from "./ffi/libc.ts";
+import { C, setsockoptInt, socketpair } from "./ffi/libc.ts";
 
 /** Size of every channel message. */
 export const MESSAGE_SIZE = 64;
@@ -67,8 +67,15 @@ const inView = new DataView(inBuf.buffer);
  * close-on-exec on the worker's end just for the spawn that hands it over).
  */
 export function createChannel(): [number, number] {
-  return socketpair(C.AF_UNIX, C.SOCK_SEQPACKET | C.SOCK_CLOEXEC | C.SOCK_NONBLOCK);
+  const ends = socketpair(C.AF_UNIX, C.SOCK_SEQPACKET | C.SOCK_CLOEXEC | C.SOCK_NONBLOCK);
+  // Room for thousands of hand-offs in flight (the default holds a few hundred): a burst of accepts
+  // should not have to wait for the worker to read.
+  for (const end of ends) setsockoptInt(end, C.SOL_SOCKET, C.SO_SNDBUF, CHANNEL_BUFFER_BYTES);
+  return ends;
 }
+
+/** Send buffer of each channel end (the kernel doubles it and caps it at net.core.wmem_max). */
+const CHANNEL_BUFFER_BYTES = 4 * 1024 * 1024;
 
 /**
  * Sends one message (with `fd` attached unless it is -1). Returns false if the channel is full.

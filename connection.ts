@@ -62,7 +62,12 @@ export interface ServeConfig {
 /** Where a connection is in its life. "waiting": a reply waits for a hash, nothing to read or write. */
 type State = "reading" | "writing" | "waiting" | "lingering" | "closed";
 
-const REQUEST_BUFFER_START = 4096;
+/**
+ * Requests are received into one worker-wide buffer (room for the largest request frame); a connection
+ * keeps its own copy only of a partial frame, so thousands of idle connections hold no buffers.
+ */
+const INPUT_SCRATCH = new Uint8Array(FRAME_HEADER_SIZE + MAX_REQUEST_FRAME + 4096);
+const NO_INPUT = new Uint8Array(0);
 
 /** One client connection of a worker. */
 export class Connection {
@@ -71,9 +76,8 @@ export class Connection {
   #state: State;
   #out: Piece[] = [];
   #files: number[] = [];
-  #result = "ok";
   #outOffset = 0;
-  #in = new Uint8Array(0);
+  #in = NO_INPUT;
   #inLength = 0;
   #lastProgress: number;
   #requestStarted: number;
@@ -98,7 +102,6 @@ export class Connection {
       this.#startClassic();
     } else {
       this.#state = "reading";
-      this.#in = new Uint8Array(REQUEST_BUFFER_START);
     }
   }
 
@@ -168,22 +171,23 @@ export class Connection {
   }
 
   #read(): void {
-    for (;;) {
-      if (this.#inLength === this.#in.byteLength) this.#growInput();
-      const n = tryRecv(this.fd, this.#in.subarray(this.#inLength));
-      if (n === WOULD_BLOCK) return;
-      if (n === 0) return this.#onEndOfInput();
-      this.#inLength += n;
-      this.#lastProgress = performance.now();
-      if (this.#parse()) return;
+    if (this.#in !== INPUT_SCRATCH) {
+      INPUT_SCRATCH.set(this.#in.subarray(0, this.#inLength));
+      this.#in = INPUT_SCRATCH;
     }
-  }
-
-  #growInput(): void {
-    const need = this.#inLength >= FRAME_HEADER_SIZE ? getFrameLength(this.#in, 0) + FRAME_HEADER_SIZE : 0;
-    const bigger = new Uint8Array(Math.max(this.#in.byteLength * 2, need));
-    bigger.set(this.#in.subarray(0, this.#inLength));
-    this.#in = bigger;
+    try {
+      for (;;) {
+        // The scratch always has room: a frame that fills it is complete or refused by #parse.
+        const n = tryRecv(this.fd, INPUT_SCRATCH.subarray(this.#inLength));
+        if (n === WOULD_BLOCK) return;
+        if (n === 0) return this.#onEndOfInput();
+        this.#inLength += n;
+        this.#lastProgress = performance.now();
+        if (this.#parse()) return;
+      }
+    } finally {
+      this.#in = this.#inLength > 0 ? INPUT_SCRATCH.slice(0, this.#inLength) : NO_INPUT;
+    }
   }
 
   /** Parses a complete request frame if one is buffered. Returns true when the state left "reading". */
@@ -358,9 +362,8 @@ export class Connection {
   }
 
   #discard(): void {
-    const scratch = this.#in.byteLength > 0 ? this.#in : new Uint8Array(REQUEST_BUFFER_START);
     for (;;) {
-      const n = tryRecv(this.fd, scratch);
+      const n = tryRecv(this.fd, INPUT_SCRATCH);
       if (n === WOULD_BLOCK) return;
       if (n === 0) return this.#finish(false, null);
       this.#lastProgress = performance.now();

@@ -12,7 +12,7 @@
 import { parseArgs } from "node:util";
 import { createChannel, MessageKind, receiveMessage, sendMessage, ServeMode } from "./channel.ts";
 import { Dispatcher } from "./dispatcher.ts";
-import { Epoll, EPOLLIN } from "./ffi/epoll.ts";
+import { Epoll, EPOLLIN, EPOLLOUT } from "./ffi/epoll.ts";
 import {
   bind,
   C,
@@ -293,7 +293,7 @@ export class Master {
     }
     while (!this.#finished()) {
       const ready = await this.#epoll.waitAsync(this.#nextTimeout());
-      for (let i = 0; i < ready; i++) this.#onReady(this.#epoll.fdAt(i));
+      for (let i = 0; i < ready; i++) this.#onReady(this.#epoll.fdAt(i), this.#epoll.eventsAt(i));
       this.#onTick();
     }
     await Promise.all(this.#slots.map((s) => s.child?.status));
@@ -314,7 +314,7 @@ export class Master {
     return Math.max(0, Math.ceil(at - performance.now()));
   }
 
-  #onReady(fd: number): void {
+  #onReady(fd: number, events: number): void {
     if (fd === this.#wake) {
       tryRead(this.#wake, new Uint8Array(8));
       return;
@@ -322,7 +322,14 @@ export class Master {
     const listener = this.#listeners.get(fd);
     if (listener) return this.#acceptAll(listener);
     const slot = this.#slotByChannel.get(fd);
-    if (slot) return this.#onChannel(slot);
+    if (slot) {
+      if (events & EPOLLOUT) {
+        // The channel was full during a hand-off and has room again.
+        this.#epoll.modify(slot.channel, EPOLLIN);
+        this.#dispatchQueued();
+      }
+      return this.#onChannel(slot);
+    }
     if (this.#lingering.has(fd)) this.#discard(fd);
   }
 
@@ -501,6 +508,8 @@ export class Master {
     }
     if (!sent) {
       this.#dispatcher.retract(workerId, conn);
+      // A full channel (the worker is behind on reading it): try again when it has room.
+      if (slot.channel !== -1) this.#epoll.modify(slot.channel, EPOLLIN | EPOLLOUT);
       return false;
     }
     close(conn.fd);
