@@ -36,7 +36,7 @@ interface Job {
 }
 
 /** Bytes hashed per {@link HashCache.step} call at most, across all jobs. */
-const STEP_BYTES = 4 * 1024 * 1024;
+const STEP_BYTES = 256 * 1024;
 /** Entries kept; the oldest is forgotten past this. */
 const MAX_ENTRIES = 10_000;
 
