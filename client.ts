@@ -1,120 +1,109 @@
 /**
- * The ferry client, for scripts and cron jobs: `get` fetches one file in request mode, `pull` receives the
- * file a classic-mode server pushes. Files are published atomically (see `publish.ts`): on any failure
- * the target is untouched, and the exit code says what went wrong (see {@link ExitCode}).
+ * The ferry client's command line, for scripts, cron jobs and systemd timers: `get` fetches one file,
+ * `mirror` a directory tree, `pull` the file a classic-mode server pushes. This module parses the command
+ * line, takes the run's lock, waits the splay, sets the deadline, and prints the results and the exit code
+ * (see {@link ExitCode}); the transfers live in `fetch_file.ts`, `mirror.ts` and `pull.ts`.
  *
  * Run `deno run -A client.ts --help` for the command line.
  *
  * @module
  */
 
-import { basename, join } from "node:path";
+import { basename } from "node:path";
 import { parseArgs } from "node:util";
-import { FrameReader, StallError, TruncatedError } from "./frame_reader.ts";
-import {
-  CLASSIC_CHUNK,
-  decodeJson,
-  encodeRequest,
-  type ErrorBody,
-  ErrorCode,
-  FrameType,
-  MAX_RESPONSE_FRAME,
-  PROTOCOL_VERSION,
-  type Request,
-  type ResponseHeader,
-} from "./framing.ts";
-import { AtomicFile, LocalIoError } from "./publish.ts";
+import { Deadline } from "./deadline.ts";
+import { classify, ClientError, ExitCode, usageError } from "./failure.ts";
+import { fetchFile, type FileReport } from "./fetch_file.ts";
+import { mirror, normalizeRemoteDir } from "./mirror.ts";
+import { NO_PROGRESS, type Progress, terminalProgress } from "./progress.ts";
+import { pull } from "./pull.ts";
+import { delay } from "./retry.ts";
+import { type Endpoint, Session } from "./session.ts";
 
-/** The client's exit codes: one per cause, so a script can act on them. */
-export const ExitCode = {
-  /** The file was fetched and published. */
-  Ok: 0,
-  /** An unexpected internal error (a bug: please report it). */
-  Internal: 1,
-  /** The command line is wrong. */
-  Usage: 2,
-  /** Could not connect, or a timeout expired. */
-  Connect: 3,
-  /** The server was busy. */
-  Busy: 4,
-  /** The server refused the path: not found, forbidden, or not a regular file. */
-  NotFound: 5,
-  /** The server's answer broke the protocol, ended early, or reported an error of its own. */
-  Protocol: 6,
-  /** The file arrived but failed verification (size). */
-  Verification: 7,
-  /** A local file could not be written. */
-  LocalIo: 8,
-} as const;
+/** The exit codes (defined in `failure.ts`), for scripts that import them from the CLI module. */
+export { ExitCode } from "./failure.ts";
 
-/** A failure with the exit code it maps to; its message is the one line printed on stderr. */
-export class ClientError extends Error {
-  /** The exit code for this failure. */
-  readonly exitCode: number;
-  /**
-   * @param exitCode one of {@link ExitCode}
-   * @param message one line saying what went wrong
-   */
-  constructor(exitCode: number, message: string) {
-    super(message);
-    this.name = "ClientError";
-    this.exitCode = exitCode;
-  }
-}
-
-const HELP = `ferry client: fetch files from a ferry server, atomically.
+const HELP = `ferry client: fetch files from a ferry server, verified and published atomically.
 
 Usage:
-  client get HOST:PORT PATH [-o OUT]   fetch PATH (request mode); OUT defaults to PATH's base name,
-                                       '-o -' writes to standard output
-  client pull HOST:PORT [-o DIR|OUT]   receive the file a classic-mode server pushes: into DIR under the
-                                       name the server gives (default .), or as OUT if OUT is not a directory
+  client get HOST:PORT PATH [-o OUT]            fetch PATH; OUT defaults to PATH's base name,
+                                                '-o -' writes to standard output
+  client mirror HOST:PORT REMOTE_DIR LOCAL_DIR  make LOCAL_DIR a copy of REMOTE_DIR on the server
+                                                ('.' for the served root), over one connection
+  client pull HOST:PORT [-o DIR|OUT]            receive the file a classic-mode server pushes: into DIR
+                                                under the server's name (default .), or as OUT
 
 Options:
-  -o, --output OUT         where to write (see above)
-  --connect-timeout SECS   give up connecting after this long (default 10)
-  --stall-timeout SECS     give up when no byte arrives for this long (default 30)
-  -q, --quiet              print nothing but errors
-  -h, --help               show this help
+  -o, --output OUT          where to write (get, pull)
+  --delete                  mirror: remove local files the server no longer has, and emptied directories
+  --connect-timeout SECS    give up connecting after this long (default 10)
+  --stall-timeout SECS      give up when a read waits this long for a byte (default 30)
+  --timeout SECS            deadline for the whole run, connecting and retries included (default none);
+                            counted from after --splay
+  --retries N               tries again after a failure that may pass, with exponential backoff and
+                            jitter, at least as long as a busy server asks (default 3)
+  --retry-max-time SECS     start no retry later than this after a file's first try (default none)
+  --lock FILE               hold an flock on FILE for the run; if another run holds it, exit 9 at once
+  --splay SECS              first wait a random time in [0, SECS), so a fleet's timers do not fire together
+  --json                    print one JSON object per file on standard output
+  -q, --quiet               print nothing but errors
+  -h, --help                show this help
 
-The file is written to a temporary file beside the target and renamed over it only when complete;
-on failure the target is untouched.
+A file is received into .NAME.ferry-ETAG.part beside the target, checked against the server's size and
+SHA-256, then renamed over the target (with the server's mode and mtime); on failure the target is
+untouched. A run that was interrupted is resumed by the next one if the file on the server is unchanged.
+An existing target whose SHA-256 matches the server's is not transferred again ("unchanged").
 
 Exit codes:
-  0 ok               1 internal error (a bug)     2 usage
-  3 connect/timeout  4 server busy                5 not found / forbidden
-  6 protocol error   7 verification failed        8 local I/O error`;
+  0 ok                     1 internal error (a bug)       2 usage
+  3 connect or timeout     4 server busy after retries    5 not found / forbidden / not a file
+  6 protocol error, connection cut, or server failure     7 verification failed (size or SHA-256)
+  8 local I/O error        9 locked: another run holds --lock or the same part file`;
 
 /** What the command line asks for. */
 interface ClientOptions {
-  command: "get" | "pull";
-  hostname: string;
-  port: number;
+  command: "get" | "pull" | "mirror";
+  endpoint: Endpoint;
+  /** get: the remote path; mirror: REMOTE_DIR, normalized. */
   path: string;
+  /** get, pull: -o; mirror: LOCAL_DIR. */
   output: string | null;
   connectTimeoutMs: number;
   stallTimeoutMs: number;
+  timeoutMs: number | null;
+  retries: number;
+  retryMaxTimeMs: number | undefined;
+  lock: string | null;
+  splayMs: number;
+  delete: boolean;
+  json: boolean;
   quiet: boolean;
 }
 
-function seconds(name: string, text: string | undefined, fallback: number): number {
-  if (text === undefined) return fallback * 1000;
+/** Seconds from the command line, in milliseconds; `allowZero` for delays that may be none. */
+function seconds(name: string, text: string | undefined, allowZero = false): number | undefined {
+  if (text === undefined) return undefined;
   const n = Number(text);
-  if (!Number.isFinite(n) || n <= 0) {
-    throw new ClientError(ExitCode.Usage, `--${name}: '${text}' is not a positive number`);
+  if (text.trim() === "" || !Number.isFinite(n) || n < 0 || (n === 0 && !allowZero)) {
+    throw usageError(
+      `--${name}: '${text}' is not a ${allowZero ? "non-negative" : "positive"} number of seconds`,
+    );
   }
   return n * 1000;
 }
 
 /** Splits `HOST:PORT` or `[IPV6]:PORT`; hostnames are allowed on the client side. */
-export function parseServerAddress(text: string): { hostname: string; port: number } {
+export function parseServerAddress(text: string): Endpoint {
   const m = /^(?:\[([^\]]+)\]|([^:\[\]]+)):(\d{1,5})$/.exec(text);
   const port = m ? Number(m[3]) : NaN;
   if (!m || port < 1 || port > 65535) {
-    throw new ClientError(ExitCode.Usage, `'${text}' is not HOST:PORT (IPv6 as [ADDR]:PORT, port 1-65535)`);
+    throw usageError(`'${text}' is not HOST:PORT (IPv6 as [ADDR]:PORT, port 1-65535)`);
   }
   return { hostname: m[1] ?? m[2], port };
 }
+
+/** The positional arguments each command takes, after HOST:PORT. */
+const POSITIONALS = { get: ["PATH"], pull: [], mirror: ["REMOTE_DIR", "LOCAL_DIR"] } as const;
 
 function parseClientArgs(argv: string[]): ClientOptions | "help" {
   let parsed;
@@ -126,346 +115,204 @@ function parseClientArgs(argv: string[]): ClientOptions | "help" {
         output: { type: "string", short: "o" },
         "connect-timeout": { type: "string" },
         "stall-timeout": { type: "string" },
+        timeout: { type: "string" },
+        retries: { type: "string" },
+        "retry-max-time": { type: "string" },
+        lock: { type: "string" },
+        splay: { type: "string" },
+        delete: { type: "boolean" },
+        json: { type: "boolean" },
         quiet: { type: "boolean", short: "q" },
         help: { type: "boolean", short: "h" },
       },
     });
   } catch (e) {
-    throw new ClientError(ExitCode.Usage, (e as Error).message);
+    // node:util's messages can run over several lines: the first says what was wrong.
+    throw usageError((e as Error).message.split("\n")[0]);
   }
   const { values: v, positionals: p } = parsed;
   if (v.help) return "help";
-  const [command, address, path, ...extra] = p;
-  if (command !== "get" && command !== "pull") {
-    throw new ClientError(
-      ExitCode.Usage,
-      command ? `unknown command '${command}'` : "give a command: get or pull",
-    );
+  const [command, address, ...rest] = p;
+  if (command !== "get" && command !== "pull" && command !== "mirror") {
+    throw usageError(command ? `unknown command '${command}'` : "give a command: get, mirror or pull");
   }
-  if (address === undefined) {
-    throw new ClientError(ExitCode.Usage, `${command}: give the server as HOST:PORT`);
+  if (address === undefined) throw usageError(`${command}: give the server as HOST:PORT`);
+  const wanted = POSITIONALS[command];
+  if (rest.length < wanted.length) throw usageError(`${command}: give the ${wanted[rest.length]}`);
+  if (rest.length > wanted.length) {
+    throw usageError(`${command}: unexpected argument '${rest[wanted.length]}'`);
   }
-  if (command === "get" && path === undefined) {
-    throw new ClientError(ExitCode.Usage, "get: give the PATH to fetch");
+  if (command === "mirror" && v.output !== undefined) {
+    throw usageError("mirror: -o is not used (give LOCAL_DIR)");
   }
-  const surplus = command === "pull" ? [path, ...extra] : extra;
-  if (surplus.some((x) => x !== undefined)) {
-    throw new ClientError(
-      ExitCode.Usage,
-      `${command}: unexpected argument '${surplus.find((x) => x !== undefined)}'`,
-    );
+  if (command !== "mirror" && v.delete) throw usageError(`${command}: --delete is for mirror only`);
+  if (v.json && v.output === "-") {
+    throw usageError("--json prints on standard output: it cannot go with -o -");
   }
+  const retries = v.retries === undefined ? 3 : Number(v.retries);
+  if (!Number.isSafeInteger(retries) || retries < 0 || v.retries?.trim() === "") {
+    throw usageError(`--retries: '${v.retries}' is not a whole number of 0 or more`);
+  }
+  if (v.lock === "") throw usageError("--lock: give a file name");
   return {
     command,
-    ...parseServerAddress(address),
-    path: path ?? "",
-    output: v.output ?? null,
-    connectTimeoutMs: seconds("connect-timeout", v["connect-timeout"], 10),
-    stallTimeoutMs: seconds("stall-timeout", v["stall-timeout"], 30),
+    endpoint: parseServerAddress(address),
+    path: command === "mirror" ? normalizeRemoteDir(rest[0]) : rest[0] ?? "",
+    output: command === "mirror" ? rest[1] : v.output ?? null,
+    connectTimeoutMs: seconds("connect-timeout", v["connect-timeout"]) ?? 10_000,
+    stallTimeoutMs: seconds("stall-timeout", v["stall-timeout"]) ?? 30_000,
+    timeoutMs: seconds("timeout", v.timeout) ?? null,
+    retries,
+    retryMaxTimeMs: seconds("retry-max-time", v["retry-max-time"], true),
+    lock: v.lock ?? null,
+    splayMs: seconds("splay", v.splay, true) ?? 0,
+    delete: v.delete ?? false,
+    json: v.json ?? false,
     quiet: v.quiet ?? false,
   };
 }
 
-/** Connects within the connect timeout. */
-async function connect(options: ClientOptions): Promise<Deno.TcpConn> {
-  const where = options.hostname.includes(":")
-    ? `[${options.hostname}]:${options.port}`
-    : `${options.hostname}:${options.port}`;
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () =>
-        reject(
-          new ClientError(
-            ExitCode.Connect,
-            `cannot connect to ${where}: no answer within ${options.connectTimeoutMs / 1000}s`,
-          ),
-        ),
-      options.connectTimeoutMs,
+/** Takes the run's lock: an flock on `path` (created if missing), held until the process ends. */
+async function takeLock(path: string): Promise<Deno.FsFile> {
+  let file: Deno.FsFile;
+  try {
+    file = await Deno.open(path, { read: true, write: true, create: true, mode: 0o644 });
+  } catch (e) {
+    throw new ClientError(ExitCode.LocalIo, `--lock: cannot open ${path}: ${(e as Error).message}`);
+  }
+  if (!await file.tryLock(true)) {
+    file.close();
+    throw new ClientError(ExitCode.Locked, `--lock: another run holds ${path}`);
+  }
+  return file;
+}
+
+/** The JSON line of a file's report (the shape is documented in README.md); absent fields are left out. */
+function jsonOf(r: FileReport): Record<string, unknown> {
+  return {
+    path: r.path,
+    target: r.target,
+    status: r.status,
+    bytes: r.bytes,
+    size: r.size,
+    sha256: r.sha256,
+    seconds: Number(r.seconds.toFixed(3)),
+    attempts: r.attempts,
+    resumedFrom: r.resumedFrom,
+    error: r.error?.message,
+    exitCode: r.error?.exitCode,
+  };
+}
+
+/** Prints a file's outcome: its JSON line, its error on stderr, or (not quiet) a line for people. */
+function printReport(report: FileReport, options: ClientOptions): void {
+  if (options.json) console.log(JSON.stringify(jsonOf(report)));
+  if (report.error) {
+    const where = options.command === "mirror" ? `${report.path}: ` : "";
+    const tries = report.attempts > 1 ? ` (after ${report.attempts} attempts)` : "";
+    console.error(`ferry: ${where}${report.error.message}${tries}`);
+    return;
+  }
+  if (options.quiet || options.json || report.target === "-") return;
+  const secs = `${report.seconds.toFixed(3)}s`;
+  if (options.command === "mirror") {
+    if (report.status !== "unchanged") {
+      console.error(`ferry: ${report.status} ${report.path} (${report.bytes} bytes)`);
+    }
+  } else if (report.status === "unchanged") {
+    console.error(
+      `ferry: ${options.command} done: ${report.target} unchanged (${report.size} bytes) in ${secs}`,
     );
-  });
-  try {
-    const conn = await Promise.race([
-      Deno.connect({ hostname: options.hostname, port: options.port }),
-      timeout,
-    ]);
-    conn.setNoDelay(true);
-    return conn;
-  } catch (e) {
-    if (e instanceof ClientError) throw e;
-    throw new ClientError(ExitCode.Connect, `cannot connect to ${where}: ${(e as Error).message}`);
-  } finally {
-    clearTimeout(timer);
+  } else {
+    const resumed = report.resumedFrom !== undefined ? ` (resumed at byte ${report.resumedFrom})` : "";
+    console.error(`ferry: ${options.command} done: ${report.size} bytes in ${secs}${resumed}`);
   }
 }
 
-async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
-  let done = 0;
-  while (done < bytes.byteLength) done += await conn.write(bytes.subarray(done));
-}
-
-/** Maps a server's error frame to a client error with the right exit code. */
-function fromErrorFrame(body: ErrorBody, path: string): ClientError {
-  const code = body.code === ErrorCode.Busy
-    ? ExitCode.Busy
-    : [ErrorCode.NotFound, ErrorCode.Forbidden, ErrorCode.NotAFile].includes(body.code as never)
-    ? ExitCode.NotFound
-    : ExitCode.Protocol;
-  const retry = body.retryAfterMs !== undefined ? ` (retry after ${body.retryAfterMs}ms)` : "";
-  return new ClientError(
-    code,
-    `server refused ${JSON.stringify(path)}: ${body.code}: ${body.message}${retry}`,
-  );
-}
-
-function protocolError(message: string): ClientError {
-  return new ClientError(ExitCode.Protocol, `protocol error: ${message}`);
-}
-
-/** Reads one control frame (Header or Error) of request mode and returns its type and JSON. */
-async function readControlFrame(reader: FrameReader, what: string): Promise<{ type: number; body: unknown }> {
-  const len = await reader.readLength(what);
-  if (len <= 0 || len > MAX_RESPONSE_FRAME) throw protocolError(`${what} has length ${len}`);
-  const payload = await reader.readExact(len, what);
-  const type = payload[0];
-  if (type !== FrameType.Header && type !== FrameType.Error) {
-    throw protocolError(`expected ${what}, got frame type ${type}`);
+/** Runs the command under the deadline; returns the exit code. */
+async function run(options: ClientOptions, deadline: Deadline): Promise<number> {
+  const progress: Progress = Deno.stderr.isTerminal() && !options.quiet && !options.json
+    ? terminalProgress()
+    : NO_PROGRESS;
+  const common = {
+    ...options,
+    retryMaxTimeMs: options.retryMaxTimeMs,
+    deadline,
+    progress,
+    signal: deadline.signal,
+  };
+  if (options.command === "pull") {
+    const report = await pull(options.endpoint, options.output, common);
+    printReport(report, options);
+    return report.error?.exitCode ?? ExitCode.Ok;
   }
+  const session = new Session(options.endpoint, common);
   try {
-    return { type, body: decodeJson(payload.subarray(1)) };
-  } catch {
-    throw protocolError(`${what} is not valid JSON`);
-  }
-}
-
-/** A place the body goes: a file published atomically, or standard output. */
-interface Sink {
-  write(chunk: Uint8Array): Promise<void>;
-  commit(header: ResponseHeader): Promise<void>;
-  abort(): Promise<void>;
-}
-
-function stdoutSink(): Sink {
-  return {
-    write: async (chunk) => {
-      let done = 0;
-      while (done < chunk.byteLength) done += await Deno.stdout.write(chunk.subarray(done));
-    },
-    commit: async () => {},
-    abort: async () => {},
-  };
-}
-
-/** A device or FIFO such as /dev/null: written in place, since it cannot be renamed over. */
-async function deviceSink(target: string): Promise<Sink> {
-  let device: Deno.FsFile;
-  try {
-    device = await Deno.open(target, { write: true });
-  } catch (e) {
-    throw new LocalIoError(`cannot open ${target}`, e);
-  }
-  return {
-    write: async (chunk) => {
-      try {
-        let done = 0;
-        while (done < chunk.byteLength) done += await device.write(chunk.subarray(done));
-      } catch (e) {
-        throw new LocalIoError(`cannot write ${target}`, e);
-      }
-    },
-    commit: () => Promise.resolve(device.close()),
-    abort: () => Promise.resolve(device.close()),
-  };
-}
-
-/** Where the bytes for `target` go: standard output, a device, or an atomically published file. */
-async function openSink(target: string): Promise<Sink> {
-  if (target === "-") return coalescing(stdoutSink());
-  const info = await Deno.stat(target).catch(() => null);
-  if (info !== null && !info.isFile && !info.isDirectory) return coalescing(await deviceSink(target));
-  return coalescing(await fileSink(target));
-}
-
-const COALESCE_BYTES = 1024 * 1024;
-
-/**
- * Gathers small chunks (classic mode's 1000-byte frames) into 1 MiB writes; large chunks pass straight
- * through, so request mode's big reads are not copied.
- */
-function coalescing(inner: Sink): Sink {
-  const buffer = new Uint8Array(COALESCE_BYTES);
-  let used = 0;
-  const flush = async () => {
-    if (used > 0) await inner.write(buffer.subarray(0, used));
-    used = 0;
-  };
-  return {
-    write: async (chunk) => {
-      // A large chunk goes straight through, but only after what is buffered: order is the file's order.
-      if (used + chunk.byteLength > buffer.byteLength || chunk.byteLength >= buffer.byteLength / 2) {
-        await flush();
-      }
-      if (chunk.byteLength >= buffer.byteLength / 2) return inner.write(chunk);
-      buffer.set(chunk, used);
-      used += chunk.byteLength;
-    },
-    commit: async (header) => {
-      await flush();
-      await inner.commit(header);
-    },
-    abort: () => inner.abort(),
-  };
-}
-
-async function fileSink(target: string): Promise<Sink> {
-  const file = await AtomicFile.create(target);
-  return {
-    write: (chunk) => file.write(chunk),
-    commit: (header) =>
-      file.commit({
-        mtimeNs: header.mtimeNs === undefined ? undefined : BigInt(header.mtimeNs),
-        mode: header.mode,
-      }),
-    abort: () => file.abort(),
-  };
-}
-
-/** `get`: one request, one response, published atomically. Returns bytes received. */
-async function get(options: ClientOptions): Promise<number> {
-  const target = options.output ?? basename(options.path);
-  const conn = await connect(options);
-  const reader = new FrameReader(conn, { stallTimeoutMs: options.stallTimeoutMs });
-  let sink: Sink | null = null;
-  try {
-    const request: Request = { v: PROTOCOL_VERSION, op: "get", path: options.path };
-    await writeAll(conn, encodeRequest(request));
-    const { type, body } = await readControlFrame(reader, "the response header");
-    if (type === FrameType.Error) throw fromErrorFrame(body as ErrorBody, options.path);
-    const header = body as ResponseHeader;
-    if (!Number.isSafeInteger(header.size) || header.size! < 0) {
-      throw protocolError("header has no valid size");
+    if (options.command === "get") {
+      const report = await fetchFile(session, options.path, options.output ?? basename(options.path), common);
+      printReport(report, options);
+      return report.error?.exitCode ?? ExitCode.Ok;
     }
-    sink = await openSink(target);
-    let received = 0;
-    for (;;) {
-      const len = await reader.readLength("a data frame");
-      if (len === 0) break;
-      if (len < 0 || len > MAX_RESPONSE_FRAME) throw protocolError(`frame length ${len}`);
-      const first = await reader.readExact(1, "a frame type");
-      if (first[0] === FrameType.Error) {
-        const json = await reader.readExact(len - 1, "an error frame");
-        throw fromErrorFrame(decodeJson(json) as ErrorBody, options.path);
-      }
-      if (first[0] === FrameType.Trailer) {
-        await reader.readExact(len - 1, "a trailer frame"); // the SHA-256: verified from protocol v1 on
-        continue;
-      }
-      if (first[0] !== FrameType.Data) throw protocolError(`unexpected frame type ${first[0]} in the body`);
-      for await (const chunk of reader.readChunks(len - 1, "a data frame")) {
-        received += chunk.byteLength;
-        if (received > header.size!) throw protocolError(`more than the ${header.size} bytes announced`);
-        await sink.write(chunk);
-      }
-    }
-    if (received !== header.size) {
-      throw new ClientError(
-        ExitCode.Verification,
-        `received ${received} bytes, the server announced ${header.size}`,
+    const summary = await mirror(
+      session,
+      options.path,
+      options.output!,
+      common,
+      (r) => printReport(r, options),
+    );
+    for (const problem of summary.problems) console.error(`ferry: ${problem.message}`);
+    if (!options.quiet) {
+      console.error(
+        `ferry: mirror done: ${summary.updated} updated, ${summary.unchanged} unchanged, ` +
+          `${summary.deleted} deleted, ${summary.failed} failed`,
       );
     }
-    await sink.commit(header);
-    sink = null;
-    return received;
+    return summary.exitCode;
+  } catch (e) {
+    throw deadline.expired ? deadline.error() : e;
   } finally {
-    reader.dispose();
-    await sink?.abort();
-    try {
-      conn.close();
-    } catch { /* closed by the stall watchdog */ }
+    await session.close();
   }
 }
 
-/** A file name a classic server may give: a plain base name, nothing that walks directories. */
-function checkPushedName(name: string): string {
-  if (name === "" || name === "." || name === ".." || name.includes("/") || name.includes("\0")) {
-    throw protocolError(`the server's file name ${JSON.stringify(name)} is not a plain file name`);
-  }
-  return name;
-}
-
-/** `pull`: receive the pushed file in classic (seed) framing, published atomically. */
-async function pull(options: ClientOptions): Promise<number> {
-  const conn = await connect(options);
-  const reader = new FrameReader(conn, { stallTimeoutMs: options.stallTimeoutMs });
-  let sink: Sink | null = null;
-  try {
-    const nameLen = await reader.readLength("the name frame");
-    if (nameLen <= 0 || nameLen > CLASSIC_CHUNK) throw protocolError(`name frame length ${nameLen}`);
-    let name: string;
-    try {
-      name = new TextDecoder("utf-8", { fatal: true }).decode(
-        await reader.readExact(nameLen, "the name frame"),
-      );
-    } catch (e) {
-      if (e instanceof TruncatedError) throw e;
-      throw protocolError("the file name is not UTF-8");
-    }
-    const output = options.output ?? ".";
-    const outputIsDir = (await Deno.stat(output).catch(() => null))?.isDirectory ?? false;
-    sink = await openSink(outputIsDir ? join(output, checkPushedName(name)) : output);
-    let received = 0;
-    for (;;) {
-      const len = await reader.readLength("a content frame");
-      if (len === 0) break;
-      if (len < 0 || len > CLASSIC_CHUNK) {
-        throw protocolError(`content frame length ${len} (classic frames are 0-1000)`);
-      }
-      for await (const chunk of reader.readChunks(len, "a content frame")) await sink.write(chunk);
-      received += len;
-    }
-    await sink.commit({ v: PROTOCOL_VERSION, status: "ok", size: received });
-    sink = null;
-    return received;
-  } finally {
-    reader.dispose();
-    await sink?.abort();
-    try {
-      conn.close();
-    } catch { /* closed by the stall watchdog */ }
-  }
-}
-
-/** Turns any failure into a ClientError with its exit code. */
-function classify(e: unknown): ClientError {
-  if (e instanceof ClientError) return e;
-  if (e instanceof StallError) return new ClientError(ExitCode.Connect, e.message);
-  if (e instanceof TruncatedError) return protocolError(e.message);
-  if (e instanceof LocalIoError) return new ClientError(ExitCode.LocalIo, e.message);
-  if (e instanceof Deno.errors.ConnectionReset || e instanceof Deno.errors.BrokenPipe) {
-    return protocolError(`connection lost: ${(e as Error).message}`);
-  }
-  return new ClientError(ExitCode.Internal, `internal error: ${e instanceof Error ? e.stack : String(e)}`);
-}
+/** After the deadline, the time given to the run to end by itself before the process exits anyway. */
+const DEADLINE_GRACE_MS = 5_000;
 
 /** Runs the client with `argv`; returns the exit code. */
 export async function main(argv: string[]): Promise<number> {
+  let lock: Deno.FsFile | null = null;
   try {
     const options = parseClientArgs(argv);
     if (options === "help") {
       console.log(HELP);
       return ExitCode.Ok;
     }
-    const started = performance.now();
-    const bytes = options.command === "get" ? await get(options) : await pull(options);
-    if (!options.quiet && options.output !== "-") {
-      const secs = (performance.now() - started) / 1000;
-      console.error(`ferry: ${options.command} done: ${bytes} bytes in ${secs.toFixed(3)}s`);
+    if (options.lock !== null) lock = await takeLock(options.lock);
+    if (options.splayMs > 0) await delay(Math.random() * options.splayMs);
+    const deadline = new Deadline(options.timeoutMs);
+    // Every wait of the run ends when the deadline aborts; a write that blocks anyway (standard output
+    // into a pipe nobody reads) must not keep the process: it exits after a grace period.
+    let backstop: ReturnType<typeof setTimeout> | undefined;
+    deadline.signal.addEventListener("abort", () => {
+      const timer = setTimeout(() => {
+        console.error(`ferry: ${deadline.error().message}`);
+        Deno.exit(ExitCode.Connect);
+      }, DEADLINE_GRACE_MS);
+      Deno.unrefTimer(timer);
+      backstop = timer;
+    });
+    try {
+      return await run(options, deadline);
+    } finally {
+      deadline.dispose();
+      clearTimeout(backstop);
     }
-    return ExitCode.Ok;
   } catch (e) {
     const error = classify(e);
     console.error(`ferry: ${error.message}`);
     return error.exitCode;
+  } finally {
+    lock?.close();
   }
 }
 

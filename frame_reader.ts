@@ -1,7 +1,9 @@
 /**
  * Reading ferry frames from a connection on the client side: one reused buffer, large reads, no copy of
  * data frames (callers get views valid until the next read), and a stall watchdog that closes the
- * connection when no byte arrived for the stall timeout, so no read can hang.
+ * connection when a read has waited for the stall timeout without a byte, so no read can hang. Time spent
+ * between reads (writing to disk, hashing, idling between requests of a persistent connection) is not
+ * the server's stall and does not count.
  *
  * @module
  */
@@ -40,8 +42,10 @@ export class FrameReader {
   readonly #buf: Uint8Array;
   #start = 0;
   #end = 0;
-  #lastByte = performance.now();
+  /** When the pending read began waiting, or its last byte arrived; null while no read is pending. */
+  #waitingSince: number | null = null;
   #stalled = false;
+  #bytesRead = 0;
   readonly #watchdog: ReturnType<typeof setInterval>;
   readonly #stallTimeoutMs: number;
 
@@ -54,7 +58,7 @@ export class FrameReader {
     this.#buf = new Uint8Array(bufferSize);
     this.#stallTimeoutMs = stallTimeoutMs;
     this.#watchdog = setInterval(() => {
-      if (performance.now() - this.#lastByte >= stallTimeoutMs) {
+      if (this.#waitingSince !== null && performance.now() - this.#waitingSince >= stallTimeoutMs) {
         this.#stalled = true;
         try {
           conn.close();
@@ -66,6 +70,11 @@ export class FrameReader {
   /** Stops the watchdog (the connection is left to the caller). */
   dispose(): void {
     clearInterval(this.#watchdog);
+  }
+
+  /** Bytes received from the connection so far (consumed or buffered). */
+  get bytesRead(): number {
+    return this.#bytesRead;
   }
 
   /** Bytes buffered and not yet consumed. */
@@ -83,16 +92,19 @@ export class FrameReader {
     }
     while (this.#buffered < n) {
       let got: number | null;
+      this.#waitingSince = performance.now();
       try {
         got = await this.#conn.read(this.#buf.subarray(this.#end));
       } catch (e) {
         if (this.#stalled) throw new StallError(this.#stallTimeoutMs / 1000);
         throw e;
+      } finally {
+        this.#waitingSince = null;
       }
       if (this.#stalled) throw new StallError(this.#stallTimeoutMs / 1000);
       if (got === null) return false;
       this.#end += got;
-      this.#lastByte = performance.now();
+      this.#bytesRead += got;
     }
     return true;
   }

@@ -1,8 +1,12 @@
 /**
  * Atomic publication of a downloaded file: bytes go to a temporary file beside the target (same directory,
  * so the rename cannot cross file systems); only a complete, checked file is fsynced and renamed over the
- * target, and the directory is fsynced so the rename survives a crash. Until then the target is untouched,
- * and on failure the temporary file is removed.
+ * target, and the directory is fsynced so the rename survives a crash. Until then the target is untouched.
+ *
+ * The temporary file is a *part*, `.NAME.ferry-TAG.part`. When TAG is the server's etag of the version
+ * being fetched, the name is deterministic: a later run finds the part, knows which version it belongs to,
+ * and resumes it. Every part is held under an exclusive flock while it is written, so two runs never
+ * write one part, and a part is deleted (or renamed) only by whoever holds its lock.
  *
  * @module
  */
@@ -21,6 +25,15 @@ export class LocalIoError extends Error {
   }
 }
 
+/** Another run is writing the same part: its lock is held. */
+export class PartLockedError extends Error {
+  /** @param path the part file */
+  constructor(path: string) {
+    super(`${path} is being written by another ferry run (its lock is held)`);
+    this.name = "PartLockedError";
+  }
+}
+
 /** Metadata applied to the published file. */
 export interface PublishMetadata {
   /** Modification time in nanoseconds since the epoch. */
@@ -29,32 +42,167 @@ export interface PublishMetadata {
   mode?: number;
 }
 
-/** A file being written under a temporary name, published by {@link AtomicFile.commit}. */
+/** Tags of parts that cannot be resumed (no etag to resume against) start with this. */
+const TEMP_TAG = "tmp-";
+
+/** A tag that can be a part's name: the server's etag when it is a plain token. */
+const RESUMABLE_TAG = /^[A-Za-z0-9_-]{1,128}$/;
+
+/** True if `etag` can name a resumable part (a plain token, so it is safe in a file name). */
+export function isResumableTag(etag: string): boolean {
+  return RESUMABLE_TAG.test(etag) && !etag.startsWith(TEMP_TAG);
+}
+
+function partPrefix(target: string): string {
+  return `.${basename(target)}.ferry-`;
+}
+
+/** The path of `target`'s part for version `tag`. */
+export function partPath(target: string, tag: string): string {
+  return join(dirname(target), `${partPrefix(target)}${tag}.part`);
+}
+
+/** A part found beside a target. */
+export interface PartInfo {
+  /** Its path. */
+  path: string;
+  /** The tag in its name (an etag, or a temporary tag). */
+  tag: string;
+  /** Its size in bytes. */
+  size: number;
+  /** Its modification time, in milliseconds since the epoch. */
+  mtimeMs: number;
+}
+
+/** The parts of `target` in its directory, newest first. A missing directory has none. */
+export async function findParts(target: string): Promise<PartInfo[]> {
+  const dir = dirname(target);
+  const prefix = partPrefix(target);
+  const parts: PartInfo[] = [];
+  try {
+    for await (const entry of Deno.readDir(dir)) {
+      if (!entry.isFile || !entry.name.startsWith(prefix) || !entry.name.endsWith(".part")) continue;
+      const tag = entry.name.slice(prefix.length, -".part".length);
+      const path = join(dir, entry.name);
+      const info = await Deno.lstat(path).catch(() => null);
+      if (tag === "" || info === null) continue;
+      parts.push({ path, tag, size: info.size, mtimeMs: info.mtime?.getTime() ?? 0 });
+    }
+  } catch (e) {
+    // No directory, no parts: creating the part then fails with the error that says why.
+    if (e instanceof Deno.errors.NotFound || e instanceof Deno.errors.NotADirectory) return [];
+    throw new LocalIoError(`cannot read directory ${dir}`, e);
+  }
+  return parts.sort((a, b) => b.mtimeMs - a.mtimeMs);
+}
+
+/** The resumable part of `target` with the most recent writes, if any. */
+export async function newestResumablePart(target: string): Promise<PartInfo | undefined> {
+  return (await findParts(target)).find((p) => isResumableTag(p.tag));
+}
+
+/**
+ * Removes the parts of `target` other than `keep` (a path): parts of other versions, or left by runs that
+ * died. A part whose lock another run holds is left alone.
+ */
+export async function removeStaleParts(target: string, keep?: string): Promise<void> {
+  for (const part of await findParts(target)) {
+    if (part.path === keep) continue;
+    const file = await Deno.open(part.path, { read: true, write: true }).catch(() => null);
+    if (file === null) continue; // gone meanwhile
+    try {
+      if (await file.tryLock(true)) await Deno.remove(part.path).catch(() => {});
+    } finally {
+      file.close();
+    }
+  }
+}
+
+/**
+ * A file being written under a part name, published by {@link AtomicFile.commit}. It holds an exclusive
+ * flock on its file from creation until it is published, removed or released.
+ */
 export class AtomicFile {
   /** The path the file will have once published. */
   readonly target: string;
-  /** The temporary path being written. */
+  /** The part being written. */
   readonly tempPath: string;
+  /** The tag in the part's name: the etag of the version it holds, or a temporary tag. */
+  readonly tag: string;
   readonly #file: Deno.FsFile;
+  #size: number;
   #closed = false;
 
-  private constructor(target: string, tempPath: string, file: Deno.FsFile) {
+  private constructor(target: string, tag: string, file: Deno.FsFile, size: number) {
     this.target = target;
-    this.tempPath = tempPath;
+    this.tag = tag;
+    this.tempPath = partPath(target, tag);
     this.#file = file;
+    this.#size = size;
   }
 
-  /** Creates the temporary file beside `target`. Throws LocalIoError. */
+  /** Bytes in the part: what an earlier run left plus what was written since. */
+  get size(): number {
+    return this.#size;
+  }
+
+  /** Creates a new part with a random name beside `target`, for a version that cannot be resumed. */
   static async create(target: string): Promise<AtomicFile> {
-    const tempPath = join(
-      dirname(target),
-      `.${basename(target)}.ferry-${crypto.randomUUID().slice(0, 8)}.part`,
-    );
+    const tag = `${TEMP_TAG}${crypto.randomUUID().slice(0, 8)}`;
+    const tempPath = partPath(target, tag);
+    let file: Deno.FsFile;
     try {
-      const file = await Deno.open(tempPath, { write: true, createNew: true, mode: 0o644 });
-      return new AtomicFile(target, tempPath, file);
+      file = await Deno.open(tempPath, { read: true, write: true, createNew: true, mode: 0o644 });
     } catch (e) {
       throw new LocalIoError(`cannot create ${tempPath}`, e);
+    }
+    await file.lock(true); // a new file nobody else has opened: granted at once
+    return new AtomicFile(target, tag, file, 0);
+  }
+
+  /**
+   * Opens (or creates) the part of `target` for version `tag` to append to it, under its lock.
+   * Throws PartLockedError if another run holds it, LocalIoError if it cannot be opened.
+   */
+  static async openPart(target: string, tag: string): Promise<AtomicFile> {
+    const path = partPath(target, tag);
+    // The lock is taken on an open file; if the part was removed or replaced by its holder between our
+    // open and our lock, we hold a lock on a file no longer at that path, and must open it again.
+    for (let tries = 0;; tries++) {
+      let file: Deno.FsFile;
+      try {
+        file = await Deno.open(path, { read: true, write: true, create: true, mode: 0o644 });
+      } catch (e) {
+        throw new LocalIoError(`cannot create ${path}`, e);
+      }
+      let keep = false;
+      try {
+        if (!await file.tryLock(true)) throw new PartLockedError(path);
+        const opened = await file.stat();
+        const atPath = await Deno.stat(path).catch(() => null);
+        if (atPath?.ino === opened.ino && atPath?.dev === opened.dev) {
+          await file.seek(0, Deno.SeekMode.End);
+          keep = true;
+          return new AtomicFile(target, tag, file, opened.size);
+        }
+        if (tries >= 10) throw new LocalIoError(`cannot open ${path}`, "it keeps being replaced");
+      } catch (e) {
+        if (e instanceof PartLockedError || e instanceof LocalIoError) throw e;
+        throw new LocalIoError(`cannot open ${path}`, e);
+      } finally {
+        if (!keep) file.close();
+      }
+    }
+  }
+
+  /** Empties the part, to write the version it names from its first byte. Throws LocalIoError. */
+  async truncate(): Promise<void> {
+    try {
+      await this.#file.truncate(0);
+      await this.#file.seek(0, Deno.SeekMode.Start);
+      this.#size = 0;
+    } catch (e) {
+      throw new LocalIoError(`cannot truncate ${this.tempPath}`, e);
     }
   }
 
@@ -63,12 +211,42 @@ export class AtomicFile {
     try {
       let done = 0;
       while (done < chunk.byteLength) done += await this.#file.write(chunk.subarray(done));
+      this.#size += chunk.byteLength;
     } catch (e) {
       throw new LocalIoError(`cannot write ${this.tempPath}`, e);
     }
   }
 
-  /** fsyncs, applies metadata, renames over the target and fsyncs the directory. Throws LocalIoError. */
+  /** Reads the part's bytes from the start, in chunks (valid until the next one), e.g. to hash them. */
+  async *readBack(): AsyncGenerator<Uint8Array> {
+    let reader: Deno.FsFile;
+    try {
+      reader = await Deno.open(this.tempPath, { read: true });
+    } catch (e) {
+      throw new LocalIoError(`cannot read ${this.tempPath}`, e);
+    }
+    try {
+      const buf = new Uint8Array(1024 * 1024);
+      for (let left = this.#size; left > 0;) {
+        let n: number | null;
+        try {
+          n = await reader.read(buf.subarray(0, Math.min(buf.byteLength, left)));
+        } catch (e) {
+          throw new LocalIoError(`cannot read ${this.tempPath}`, e);
+        }
+        if (n === null) throw new LocalIoError(`cannot read ${this.tempPath}`, "it is shorter than written");
+        left -= n;
+        yield buf.subarray(0, n);
+      }
+    } finally {
+      reader.close();
+    }
+  }
+
+  /**
+   * fsyncs, applies metadata, renames over the target and fsyncs the directory. The lock is held until
+   * the rename is done, so no other run can take the part meanwhile. Throws LocalIoError.
+   */
   async commit(meta: PublishMetadata = {}): Promise<void> {
     try {
       await this.#file.sync();
@@ -77,25 +255,29 @@ export class AtomicFile {
         const seconds = Number(meta.mtimeNs) / 1e9;
         await this.#file.utime(seconds, seconds);
       }
-      this.#file.close();
-      this.#closed = true;
       await Deno.rename(this.tempPath, this.target);
     } catch (e) {
       await this.abort();
       throw new LocalIoError(`cannot publish ${this.target}`, e);
     }
+    this.release();
     await syncDirectory(dirname(this.target));
   }
 
-  /** Closes and removes the temporary file; never throws. */
+  /** Removes the part and releases it; never throws. */
   async abort(): Promise<void> {
-    if (!this.#closed) {
-      this.#closed = true;
-      try {
-        this.#file.close();
-      } catch { /* already closed */ }
-    }
+    if (this.#closed) return;
     await Deno.remove(this.tempPath).catch(() => {});
+    this.release();
+  }
+
+  /** Closes the part and releases its lock, leaving it on disk for a later run to resume. */
+  release(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    try {
+      this.#file.close();
+    } catch { /* already closed */ }
   }
 }
 

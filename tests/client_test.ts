@@ -266,7 +266,13 @@ Deno.test("an answer that is not ferry's protocol exits 6", async () => {
   const r = await getIntoExistingTarget(fake.address);
   assert.equal(r.code, 6, r.stderr);
   assert.match(r.stderr, /protocol error/);
-  assert.deepEqual(request, { v: 1, op: "get", path: "f.bin" });
+  // The existing target's SHA-256 goes along: an unchanged file would not be sent again.
+  assert.deepEqual(request, {
+    v: 1,
+    op: "get",
+    path: "f.bin",
+    ifNoneMatch: sha256(encoder.encode("the old content")),
+  });
   assert.deepEqual(fake.errors, []);
 });
 
@@ -278,7 +284,7 @@ Deno.test("a connection closed in the middle of the body exits 6 with the target
     partial[4] = 0x44; // 'D', announcing 1000 bytes and sending 500
     await writeAll(conn, new Uint8Array([...HEADER_1000, ...partial]));
   });
-  const r = await getIntoExistingTarget(fake.address);
+  const r = await getIntoExistingTarget(fake.address, ["--retries", "0"]); // the fake answers once
   assert.equal(r.code, 6, r.stderr);
   assert.match(r.stderr, /closed by the server in the middle/);
   assert.deepEqual(fake.errors, []);
@@ -292,7 +298,7 @@ Deno.test("an error frame in the middle of the body exits 6 with the target unto
     await writeAll(conn, new Uint8Array([...HEADER_1000, ...data, ...error, 0, 0, 0, 0]));
     await untilClosed(conn);
   });
-  const r = await getIntoExistingTarget(fake.address);
+  const r = await getIntoExistingTarget(fake.address, ["--retries", "0"]); // the fake answers once
   assert.equal(r.code, 6, r.stderr);
   assert.match(r.stderr, /FILE_CHANGED/);
 });
@@ -304,7 +310,7 @@ Deno.test("fewer bytes than the header announced, properly ended, exits 7 with t
     await writeAll(conn, new Uint8Array([...HEADER_1000, ...data, 0, 0, 0, 0]));
     await untilClosed(conn);
   });
-  const r = await getIntoExistingTarget(fake.address);
+  const r = await getIntoExistingTarget(fake.address, ["--retries", "0"]); // the fake answers once
   assert.equal(r.code, 7, r.stderr);
   assert.match(r.stderr, /received 999 bytes, the server announced 1000/);
 });
@@ -315,7 +321,7 @@ Deno.test("a server that stops sending after the header trips --stall-timeout: e
     await writeAll(conn, HEADER_1000);
     await untilClosed(conn); // the client's watchdog hangs up
   });
-  const r = await getIntoExistingTarget(fake.address, ["--stall-timeout", "1"]);
+  const r = await getIntoExistingTarget(fake.address, ["--stall-timeout", "1", "--retries", "0"]);
   assert.equal(r.code, 3, r.stderr);
   assert.match(r.stderr, /stall-timeout/);
 });

@@ -1,0 +1,458 @@
+/**
+ * Fetching one file with `get`, for `client get` and for each file of `client mirror`:
+ *
+ * - only if changed: the SHA-256 of an existing target goes out as `ifNoneMatch`; an `unchanged` answer
+ *   transfers nothing;
+ * - resume: bytes received go to the part named after the version's etag (`publish.ts`), which survives
+ *   an interrupted run; the next try or run asks for the rest (`offset` = the part's size, `ifMatch` = its
+ *   etag), and starts from 0 when the server says the file CHANGED;
+ * - verification: size, and SHA-256 of the whole file (the part's bytes from disk plus the new ones)
+ *   against the server's, from the header or the trailer; a mismatch removes the part and never touches
+ *   the target;
+ * - atomic publication with the server's mode and mtime;
+ * - retries with backoff (`retry.ts`) for what may pass, within the run's deadline.
+ *
+ * Standard output and devices get the same protocol without a part: a dropped connection resumes from
+ * the bytes already written, but what was written cannot be taken back.
+ *
+ * @module
+ */
+
+import { createHash, type Hash } from "node:crypto";
+import type { Deadline } from "./deadline.ts";
+import { classify, ClientError, ExitCode, protocolError, ServerRefusal } from "./failure.ts";
+import { ErrorCode, PROTOCOL_VERSION, type Request, type ResponseHeader } from "./framing.ts";
+import type { Progress } from "./progress.ts";
+import {
+  AtomicFile,
+  isResumableTag,
+  LocalIoError,
+  newestResumablePart,
+  type PublishMetadata,
+  removeStaleParts,
+} from "./publish.ts";
+import { withRetries } from "./retry.ts";
+import type { Session } from "./session.ts";
+import { deviceSink, type Sink, stdoutSink, targetKind } from "./sink.ts";
+
+/** How to fetch. */
+export interface FetchOptions {
+  /** Retries after the first try. */
+  retries: number;
+  /** No retry starts later than this after the first try, in milliseconds. */
+  retryMaxTimeMs?: number;
+  /** The run's deadline. */
+  deadline: Deadline;
+  /** Shows the transfer. */
+  progress: Progress;
+  /**
+   * What a listing said of the file: a local copy of another size is not hashed (it differs anyway), and
+   * one whose SHA-256 equals a listed one is current without asking.
+   */
+  listed?: { size: number; sha256?: string };
+}
+
+/** What became of one file: a line of `--json` (see README). */
+export interface FileReport {
+  /** The path on the server. */
+  path: string;
+  /** Where it went (`-` for standard output). */
+  target: string;
+  /** The outcome; "deleted" only for `mirror --delete`. */
+  status: "updated" | "unchanged" | "deleted" | "failed";
+  /** Data bytes received in this run. */
+  bytes: number;
+  /** The file's size, when known. */
+  size?: number;
+  /** The file's SHA-256 as verified, when known. */
+  sha256?: string;
+  /** Seconds spent. */
+  seconds: number;
+  /** Tries made (0 when a listing's hash showed the copy current). */
+  attempts: number;
+  /** Where the last transfer started, when it resumed a part. */
+  resumedFrom?: number;
+  /** Why it failed. */
+  error?: ClientError;
+}
+
+/** The server's header for a `get`, checked. */
+interface GetHeader {
+  size: number;
+  offset: number;
+  etag?: string;
+  sha256?: string;
+  unchanged: boolean;
+  meta: PublishMetadata;
+}
+
+const SHA256_HEX = /^[0-9a-f]{64}$/;
+
+function checkHeader(header: ResponseHeader): GetHeader {
+  const { size, offset = 0, etag, sha256, mode, mtimeNs } = header;
+  if (!Number.isSafeInteger(size) || size! < 0) throw protocolError("header has no valid size");
+  if (!Number.isSafeInteger(offset) || offset < 0 || offset > size!) {
+    throw protocolError(`header offset ${offset} is outside the file's ${size} bytes`);
+  }
+  if (etag !== undefined && typeof etag !== "string") throw protocolError("header etag is not a string");
+  if (sha256 !== undefined && (typeof sha256 !== "string" || !SHA256_HEX.test(sha256))) {
+    throw protocolError("header sha256 is not a SHA-256 in hex");
+  }
+  let mtime: bigint | undefined;
+  try {
+    mtime = mtimeNs === undefined ? undefined : BigInt(mtimeNs);
+  } catch {
+    throw protocolError(`header mtimeNs ${JSON.stringify(mtimeNs)} is not a number`);
+  }
+  return {
+    size: size!,
+    offset,
+    etag,
+    sha256,
+    unchanged: header.unchanged === true,
+    meta: { mtimeNs: mtime, mode: Number.isInteger(mode) ? mode : undefined },
+  };
+}
+
+/** SHA-256 (hex) of the bytes `chunks` yields, checking the deadline between chunks. */
+export async function hashChunks(chunks: AsyncIterable<Uint8Array>, deadline: Deadline): Promise<Hash> {
+  const hash = createHash("sha256");
+  for await (const chunk of chunks) {
+    deadline.check();
+    hash.update(chunk);
+  }
+  return hash;
+}
+
+/** The chunks of a local file, or nothing if it is not a regular file. */
+async function* fileChunks(path: string): AsyncGenerator<Uint8Array> {
+  const file = await Deno.open(path, { read: true });
+  try {
+    const buf = new Uint8Array(1024 * 1024);
+    for (let n = await file.read(buf); n !== null; n = await file.read(buf)) yield buf.subarray(0, n);
+  } finally {
+    file.close();
+  }
+}
+
+/**
+ * What this run holds of the file and where new bytes go. Two kinds: a part on disk beside a file
+ * target, or a stream (standard output, a device) that cannot take back what it was given.
+ */
+interface Holder {
+  /** Bytes held of version {@link etag}. */
+  readonly held: number;
+  /** The version held, if any bytes are. */
+  readonly etag: string | undefined;
+  /** Gets ready for the next request; returns the SHA-256 of the current local copy, if any. */
+  prepare(): Promise<string | undefined>;
+  /** The server's header arrived: make ready to receive from its offset. */
+  accept(header: GetHeader): Promise<void>;
+  /** Receives data. */
+  write(chunk: Uint8Array): Promise<void>;
+  /** SHA-256 (hex) of all bytes held. */
+  digest(): string;
+  /** Publishes what is held (all of the file, verified). */
+  commit(header: GetHeader): Promise<void>;
+  /** The local copy is current: drop leftovers. */
+  unchanged(): Promise<void>;
+  /** Forgets what is held (corrupt, or another version). False if that cannot be done. */
+  discard(): Promise<boolean>;
+  /** Releases what it holds, keeping a resumable part for the next run. */
+  close(): Promise<void>;
+}
+
+/** A file target: parts on disk, published atomically. */
+class FileHolder implements Holder {
+  #part: AtomicFile | null = null;
+  #hash: Hash = createHash("sha256");
+  #localSha256: string | undefined | null = null; // null: not computed yet
+  #searched = false;
+  constructor(readonly target: string, readonly deadline: Deadline, readonly listedSize?: number) {}
+
+  get held(): number {
+    return this.#part?.size ?? 0;
+  }
+
+  get etag(): string | undefined {
+    return this.#part !== null && isResumableTag(this.#part.tag) ? this.#part.tag : undefined;
+  }
+
+  async prepare(): Promise<string | undefined> {
+    if (this.#localSha256 === null) this.#localSha256 = await this.#hashTarget();
+    if (!this.#searched) {
+      // A part left by an earlier run: resume it if the server still has its version. Looked for once: a
+      // later try of this run resumes the part it holds, or (after a discard) starts from 0.
+      this.#searched = true;
+      const found = await newestResumablePart(this.target);
+      if (found !== undefined) await this.#open(found.tag, true);
+    }
+    return this.#localSha256;
+  }
+
+  async #hashTarget(): Promise<string | undefined> {
+    const info = await Deno.stat(this.target).catch(() => null);
+    if (info === null || !info.isFile) return undefined;
+    if (this.listedSize !== undefined && info.size !== this.listedSize) return undefined;
+    try {
+      return (await hashChunks(fileChunks(this.target), this.deadline)).digest("hex");
+    } catch (e) {
+      if (e instanceof ClientError) throw e;
+      throw new LocalIoError(`cannot read ${this.target}`, e);
+    }
+  }
+
+  /** Opens the part of version `tag`; `resume` hashes what it already holds, else it is emptied. */
+  async #open(tag: string, resume: boolean): Promise<void> {
+    const part = isResumableTag(tag)
+      ? await AtomicFile.openPart(this.target, tag)
+      : await AtomicFile.create(this.target);
+    this.#part = part;
+    if (resume) this.#hash = await hashChunks(part.readBack(), this.deadline);
+    else await this.#empty();
+  }
+
+  /** Empties the part held, to receive its version from byte 0. */
+  async #empty(): Promise<void> {
+    if (this.#part!.size > 0) await this.#part!.truncate();
+    this.#hash = createHash("sha256");
+  }
+
+  async accept(header: GetHeader): Promise<void> {
+    const tag = header.etag !== undefined && isResumableTag(header.etag) ? header.etag : undefined;
+    if (
+      this.#part !== null && tag !== undefined && this.#part.tag === tag && header.offset === this.#part.size
+    ) {
+      return; // resuming: the part holds exactly the bytes before the offset
+    }
+    if (header.offset !== 0) {
+      throw protocolError(`the server sent data from byte ${header.offset}, this run holds ${this.held}`);
+    }
+    if (this.#part !== null && (tag === undefined || this.#part.tag !== tag)) await this.discard();
+    if (this.#part === null) await this.#open(tag ?? "", false);
+    else await this.#empty(); // the server did not resume (an older server ignores the offset)
+    // Parts of other versions, or left by runs that died, will never be resumed.
+    await removeStaleParts(this.target, this.#part!.tempPath);
+  }
+
+  async write(chunk: Uint8Array): Promise<void> {
+    await this.#part!.write(chunk);
+    this.#hash.update(chunk);
+  }
+
+  digest(): string {
+    return this.#hash.copy().digest("hex");
+  }
+
+  async commit(header: GetHeader): Promise<void> {
+    const part = this.#part!;
+    this.#part = null;
+    await part.commit(header.meta);
+  }
+
+  async unchanged(): Promise<void> {
+    await this.discard();
+    await removeStaleParts(this.target);
+  }
+
+  async discard(): Promise<boolean> {
+    await this.#part?.abort();
+    this.#part = null;
+    this.#hash = createHash("sha256");
+    return true;
+  }
+
+  async close(): Promise<void> {
+    // A part with bytes of a known version is worth resuming; an empty or unnamed one is not.
+    if (this.#part !== null && this.#part.size > 0 && this.etag !== undefined) this.#part.release();
+    else await this.#part?.abort();
+    this.#part = null;
+  }
+}
+
+/** Standard output or a device: bytes written cannot be taken back, so only a clean resume is possible. */
+class StreamHolder implements Holder {
+  #held = 0;
+  #etag: string | undefined;
+  readonly #hash: Hash = createHash("sha256");
+  constructor(readonly sink: Sink, readonly target: string) {}
+
+  get held(): number {
+    return this.#held;
+  }
+
+  get etag(): string | undefined {
+    return this.#held > 0 ? this.#etag : undefined;
+  }
+
+  prepare(): Promise<string | undefined> {
+    return Promise.resolve(undefined);
+  }
+
+  accept(header: GetHeader): Promise<void> {
+    if (header.offset !== this.#held || (this.#held > 0 && header.etag !== this.#etag)) {
+      throw new ClientError(
+        ExitCode.Protocol,
+        `cannot continue ${this.target} after ${this.#held} bytes: the server sent another version or offset`,
+      );
+    }
+    this.#etag = header.etag;
+    return Promise.resolve();
+  }
+
+  async write(chunk: Uint8Array): Promise<void> {
+    await this.sink.write(chunk);
+    this.#held += chunk.byteLength;
+    this.#hash.update(chunk);
+  }
+
+  digest(): string {
+    return this.#hash.copy().digest("hex");
+  }
+
+  commit(): Promise<void> {
+    return this.sink.commit({});
+  }
+
+  unchanged(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  discard(): Promise<boolean> {
+    return Promise.resolve(this.#held === 0);
+  }
+
+  close(): Promise<void> {
+    return this.sink.abort();
+  }
+}
+
+/** The result of a successful try. */
+interface Fetched {
+  unchanged: boolean;
+  header: GetHeader;
+  sha256: string;
+}
+
+/** One try: request, receive, verify, publish. A part of another version is restarted on the spot. */
+async function tryOnce(
+  session: Session,
+  path: string,
+  holder: Holder,
+  options: FetchOptions,
+  report: FileReport,
+): Promise<Fetched> {
+  const what = JSON.stringify(path);
+  for (let restarted = false;; restarted = true) {
+    const localSha256 = await holder.prepare();
+    const request: Request = { v: PROTOCOL_VERSION, op: "get", path };
+    if (holder.held > 0 && holder.etag !== undefined) {
+      request.offset = holder.held;
+      request.ifMatch = holder.etag;
+    }
+    if (localSha256 !== undefined) request.ifNoneMatch = localSha256;
+    let header: GetHeader;
+    try {
+      header = checkHeader(await session.begin(request, what));
+    } catch (e) {
+      // What we hold is of a version the server no longer has (CHANGED), or longer than the file it has
+      // (BAD_REQUEST for the offset): start again from byte 0, at once, without counting a retry.
+      const code = e instanceof ServerRefusal ? e.body.code : "";
+      if (
+        request.offset !== undefined && !restarted &&
+        (code === ErrorCode.Changed || code === ErrorCode.BadRequest)
+      ) {
+        if (await holder.discard()) continue;
+        throw new ClientError(
+          ExitCode.Protocol,
+          `${what} changed on the server after ${holder.held} bytes were written: cannot start again`,
+        );
+      }
+      throw e;
+    }
+    if (header.unchanged) {
+      await session.finish();
+      await holder.unchanged();
+      return { unchanged: true, header, sha256: header.sha256 ?? localSha256 ?? "" };
+    }
+    await holder.accept(header);
+    options.progress.start(path, header.size, header.offset);
+    let end;
+    try {
+      end = await session.readBody(header.size - header.offset, async (chunk) => {
+        await holder.write(chunk);
+        report.bytes += chunk.byteLength;
+        options.progress.advance(chunk.byteLength);
+      });
+    } catch (e) {
+      // FILE_CHANGED: the bytes of this answer are not the file's (the server padded the frame).
+      if (e instanceof ServerRefusal && e.body.code === ErrorCode.FileChanged && !await holder.discard()) {
+        throw new ClientError(ExitCode.Protocol, `${e.message}; bytes already written cannot be taken back`);
+      }
+      throw e;
+    } finally {
+      options.progress.end();
+    }
+    const expected = header.sha256 ?? end.sha256;
+    const actual = holder.digest();
+    const mismatch = holder.held !== header.size
+      ? `received ${holder.held} bytes, the server announced ${header.size}`
+      : expected !== undefined && expected !== actual
+      ? `SHA-256 mismatch for ${what}: received ${actual}, the server has ${expected}`
+      : null;
+    if (mismatch !== null) {
+      // The part is corrupt: the next try starts from byte 0 (a stream cannot: what is written stays).
+      const retryable = await holder.discard();
+      throw new ClientError(ExitCode.Verification, mismatch, { retryable });
+    }
+    await holder.commit(header);
+    return { unchanged: false, header, sha256: actual };
+  }
+}
+
+/** Fetches `path` from the server into `target` (a file path, or `-` for standard output). Never throws. */
+export async function fetchFile(
+  session: Session,
+  path: string,
+  target: string,
+  options: FetchOptions,
+): Promise<FileReport> {
+  const started = performance.now();
+  const report: FileReport = { path, target, status: "failed", bytes: 0, seconds: 0, attempts: 0 };
+  let holder: Holder | null = null;
+  try {
+    const kind = await targetKind(target);
+    if (kind === "file") {
+      const fileHolder = new FileHolder(target, options.deadline, options.listed?.size);
+      holder = fileHolder;
+      const listedSha = options.listed?.sha256;
+      if (listedSha !== undefined && await fileHolder.prepare() === listedSha) {
+        // The listing already told the file's hash, and the local copy has it: nothing to ask.
+        await fileHolder.unchanged();
+        return Object.assign(report, { status: "unchanged", size: options.listed!.size, sha256: listedSha });
+      }
+    } else {
+      holder = new StreamHolder(kind === "stdout" ? stdoutSink() : await deviceSink(target), target);
+    }
+    const active = holder;
+    const fetched = await withRetries((n) => {
+      report.attempts = n;
+      return tryOnce(session, path, active, options, report);
+    }, {
+      retries: options.retries,
+      maxTimeMs: options.retryMaxTimeMs,
+      signal: options.deadline.signal,
+      verdict: (e) => classify(e),
+    });
+    report.status = fetched.unchanged ? "unchanged" : "updated";
+    report.size = fetched.header.size;
+    report.sha256 = fetched.sha256;
+    if (fetched.header.offset > 0 && !fetched.unchanged) report.resumedFrom = fetched.header.offset;
+  } catch (e) {
+    report.error = options.deadline.expired ? options.deadline.error() : classify(e);
+  } finally {
+    await holder?.close();
+    report.seconds = (performance.now() - started) / 1000;
+  }
+  return report;
+}

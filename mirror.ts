@@ -1,0 +1,268 @@
+/**
+ * `client mirror`: makes a local directory a copy of a directory on the server. One recursive `list`, then
+ * each new or changed file fetched with {@link fetchFile} (resume, verification, atomic publication,
+ * only-if-changed), all over one persistent connection; with `--delete`, local regular files the server no
+ * longer has are removed, and the directories that leaves empty.
+ *
+ * @module
+ */
+
+import { dirname, join } from "node:path";
+import {
+  classify,
+  ClientError,
+  ExitCode,
+  protocolError,
+  ServerRefusal,
+  usageError,
+  worstExitCode,
+} from "./failure.ts";
+import { fetchFile, type FetchOptions, type FileReport } from "./fetch_file.ts";
+import { ErrorCode, type ListEntry, MAX_LIST_DEPTH, MAX_LIST_ENTRIES, PROTOCOL_VERSION } from "./framing.ts";
+import { LocalIoError, removeStaleParts } from "./publish.ts";
+import { withRetries } from "./retry.ts";
+import type { Session } from "./session.ts";
+
+/** How to mirror. */
+export interface MirrorOptions extends Omit<FetchOptions, "listed"> {
+  /** Remove local files the server no longer has. */
+  delete: boolean;
+}
+
+/** The counts of the summary line, and the run's exit code. */
+export interface MirrorSummary {
+  /** Files fetched. */
+  updated: number;
+  /** Files already current. */
+  unchanged: number;
+  /** Local files removed (--delete). */
+  deleted: number;
+  /** Files that could not be fetched or removed. */
+  failed: number;
+  /** Failures of the run as a whole (a truncated listing), besides the files'. */
+  problems: ClientError[];
+  /** 0, or the most serious failure's exit code. */
+  exitCode: number;
+}
+
+/**
+ * REMOTE_DIR as the protocol wants it: relative, no `.` or empty components, no trailing slash; `""` for
+ * the served root (`.`, `/` or `""` on the command line). Throws a usage error for `..`.
+ */
+export function normalizeRemoteDir(dir: string): string {
+  const parts = dir.split("/").filter((p) => p !== "" && p !== ".");
+  if (parts.includes("..")) throw usageError(`mirror: REMOTE_DIR '${dir}' must not contain '..'`);
+  return parts.join("/");
+}
+
+/**
+ * Where a listed file goes, relative to LOCAL_DIR: its path below `remoteDir`. Null for a path the
+ * server should not have sent (outside `remoteDir`, or one that could climb out of LOCAL_DIR).
+ */
+export function localRelative(entryPath: string, remoteDir: string): string | null {
+  const prefix = remoteDir === "" ? "" : `${remoteDir}/`;
+  if (!entryPath.startsWith(prefix)) return null;
+  const rel = entryPath.slice(prefix.length);
+  const parts = rel.split("/");
+  if (rel.includes("\0") || parts.some((p) => p === "" || p === "." || p === "..")) return null;
+  return rel;
+}
+
+const PART_NAME = /^\.(.+)\.ferry-[^/]+\.part$/;
+const SHA256_HEX = /^[0-9a-f]{64}$/;
+
+/** Checks a listing's entry; returns null if it is malformed. */
+function checkEntry(value: unknown): ListEntry | null {
+  if (typeof value !== "object" || value === null) return null;
+  const e = value as Record<string, unknown>;
+  if (typeof e.path !== "string" || !Number.isSafeInteger(e.size) || (e.size as number) < 0) return null;
+  if (e.sha256 !== undefined && (typeof e.sha256 !== "string" || !SHA256_HEX.test(e.sha256))) return null;
+  return e as unknown as ListEntry;
+}
+
+/** Asks for the recursive listing of `remoteDir`, with retries. */
+async function listRemote(
+  session: Session,
+  remoteDir: string,
+  options: MirrorOptions,
+): Promise<{ entries: unknown[]; truncated: boolean }> {
+  const what = `the listing of ${JSON.stringify(remoteDir === "" ? "/" : remoteDir)}`;
+  try {
+    const header = await withRetries(
+      () => session.request({ v: PROTOCOL_VERSION, op: "list", path: remoteDir, recursive: true }, what),
+      {
+        retries: options.retries,
+        maxTimeMs: options.retryMaxTimeMs,
+        signal: options.deadline.signal,
+        verdict: (e) => classify(e),
+      },
+    );
+    if (!Array.isArray(header.entries)) throw protocolError(`${what} has no entries`);
+    return { entries: header.entries, truncated: header.truncated === true };
+  } catch (e) {
+    if (options.deadline.expired) throw options.deadline.error();
+    if (e instanceof ServerRefusal && e.body.code === ErrorCode.UnknownOp) {
+      throw protocolError(`the server does not know 'list' (it speaks an older protocol): ${e.message}`);
+    }
+    throw classify(e);
+  }
+}
+
+/** Regular files (relative paths) and directories (deepest first) below `root`; symlinks are left out. */
+async function walkLocal(root: string): Promise<{ files: string[]; dirs: string[] }> {
+  const files: string[] = [];
+  const dirs: string[] = [];
+  const walk = async (rel: string) => {
+    for await (const entry of Deno.readDir(rel === "" ? root : join(root, rel))) {
+      const path = rel === "" ? entry.name : `${rel}/${entry.name}`;
+      if (entry.isDirectory) {
+        await walk(path);
+        dirs.push(path);
+      } else if (entry.isFile) {
+        files.push(path);
+      }
+    }
+  };
+  try {
+    await walk("");
+  } catch (e) {
+    throw new LocalIoError(`cannot read ${root}`, e);
+  }
+  return { files, dirs };
+}
+
+/**
+ * Removes local regular files below `localDir` that are not in `keep` (relative paths), the parts of
+ * such files, and then-empty directories. Reports each removal (or its failure) to `onFile`.
+ */
+async function deleteExtraneous(
+  remoteDir: string,
+  localDir: string,
+  keep: Set<string>,
+  onFile: (report: FileReport) => void,
+): Promise<void> {
+  const { files, dirs } = await walkLocal(localDir);
+  for (const rel of files) {
+    const part = PART_NAME.exec(rel.slice(rel.lastIndexOf("/") + 1));
+    const target = part ? join(dirname(rel), part[1]) : rel;
+    if (keep.has(rel) || keep.has(target)) continue; // a file the server has, or its part (for a resume)
+    const path = join(localDir, rel);
+    if (part) {
+      await removeStaleParts(join(localDir, target)); // parts another run holds are left alone
+      continue;
+    }
+    const started = performance.now();
+    const report: FileReport = {
+      path: remoteDir === "" ? rel : `${remoteDir}/${rel}`, // where it would be on the server
+      target: path,
+      status: "deleted",
+      bytes: 0,
+      seconds: 0,
+      attempts: 1,
+    };
+    try {
+      await Deno.remove(path);
+    } catch (e) {
+      report.status = "failed";
+      report.error = new ClientError(ExitCode.LocalIo, new LocalIoError(`cannot remove ${path}`, e).message);
+    }
+    report.seconds = (performance.now() - started) / 1000;
+    onFile(report);
+  }
+  for (const rel of dirs) await Deno.remove(join(localDir, rel)).catch(() => {}); // only empty ones go
+}
+
+/**
+ * Mirrors `remoteDir` (a path on the server, `""` for the root) into `localDir`. Each file's outcome goes
+ * to `onFile` as it happens. Throws a ClientError only when nothing could be done (no listing, LOCAL_DIR
+ * cannot be created); failures of single files are counted in the summary.
+ */
+export async function mirror(
+  session: Session,
+  remoteDir: string,
+  localDir: string,
+  options: MirrorOptions,
+  onFile: (report: FileReport) => void,
+): Promise<MirrorSummary> {
+  const summary: MirrorSummary = {
+    updated: 0,
+    unchanged: 0,
+    deleted: 0,
+    failed: 0,
+    problems: [],
+    exitCode: 0,
+  };
+  const codes: number[] = [];
+  const count = (report: FileReport) => {
+    if (report.status === "failed") {
+      summary.failed++;
+      codes.push(report.error!.exitCode);
+    } else summary[report.status]++;
+    onFile(report);
+  };
+  const listing = await listRemote(session, remoteDir, options);
+  try {
+    await Deno.mkdir(localDir, { recursive: true });
+  } catch (e) {
+    throw classify(new LocalIoError(`cannot create ${localDir}`, e));
+  }
+
+  const keep = new Set<string>();
+  let stop: ClientError | null = null;
+  for (const value of listing.entries) {
+    const entry = checkEntry(value);
+    const rel = entry === null ? null : localRelative(entry.path, remoteDir);
+    const path = entry?.path ?? JSON.stringify(value);
+    if (rel === null) {
+      count({
+        path,
+        target: "",
+        status: "failed",
+        bytes: 0,
+        seconds: 0,
+        attempts: 0,
+        error: protocolError(`the listing has an entry that does not belong below REMOTE_DIR: ${path}`),
+      });
+      continue;
+    }
+    keep.add(rel);
+    const target = join(localDir, rel);
+    if (stop !== null) {
+      // The server is unreachable or overloaded, or the deadline passed: asking for more files would only
+      // wait the same way for each; they are reported as not attempted.
+      const error = new ClientError(stop.exitCode, `not attempted: ${stop.message}`);
+      count({ path, target, status: "failed", bytes: 0, seconds: 0, attempts: 0, error });
+      continue;
+    }
+    try {
+      await Deno.mkdir(dirname(target), { recursive: true });
+    } catch (e) {
+      const error = classify(new LocalIoError(`cannot create ${dirname(target)}`, e));
+      count({ path, target, status: "failed", bytes: 0, seconds: 0, attempts: 0, error });
+      continue;
+    }
+    const report = await fetchFile(session, entry!.path, target, { ...options, listed: entry! });
+    count(report);
+    const code = report.error?.exitCode;
+    if (options.deadline.expired || code === ExitCode.Connect || code === ExitCode.Busy) stop = report.error!;
+  }
+
+  if (listing.truncated) {
+    summary.problems.push(
+      protocolError(
+        `the server's listing was cut short (more than ${MAX_LIST_ENTRIES} files or deeper than ` +
+          `${MAX_LIST_DEPTH} levels): files beyond it were not mirrored${
+            options.delete ? " and --delete was skipped" : ""
+          }`,
+      ),
+    );
+  } else if (options.delete && !options.deadline.expired) {
+    try {
+      await deleteExtraneous(remoteDir, localDir, keep, count);
+    } catch (e) {
+      summary.problems.push(classify(e));
+    }
+  }
+  summary.exitCode = worstExitCode([...codes, ...summary.problems.map((p) => p.exitCode)]);
+  return summary;
+}

@@ -1,0 +1,327 @@
+/**
+ * A request-mode connection seen from the client: connect within a timeout, send a request, read its
+ * answer frame by frame with the {@link FrameReader} (stall watchdog included). One session serves many
+ * requests over one persistent connection, as `mirror` does; a connection that broke, or that the
+ * server closed after an error, is replaced by a new one at the next request.
+ *
+ * @module
+ */
+
+import { ClientError, ExitCode, protocolError, ServerRefusal } from "./failure.ts";
+import { FrameReader, TruncatedError } from "./frame_reader.ts";
+import {
+  decodeJson,
+  encodeRequest,
+  END_FRAME,
+  type ErrorBody,
+  ErrorCode,
+  FrameType,
+  MAX_RESPONSE_FRAME,
+  type Request,
+  type ResponseHeader,
+} from "./framing.ts";
+
+/** Where the server is. */
+export interface Endpoint {
+  /** Host name or address (IPv6 without brackets). */
+  hostname: string;
+  /** TCP port. */
+  port: number;
+}
+
+/** `HOST:PORT`, with brackets around an IPv6 address. */
+export function describeEndpoint({ hostname, port }: Endpoint): string {
+  return hostname.includes(":") ? `[${hostname}]:${port}` : `${hostname}:${port}`;
+}
+
+/** Options of {@link connectTcp}. */
+export interface ConnectOptions {
+  /** Give up connecting after this long, in milliseconds. */
+  connectTimeoutMs: number;
+  /** Gives up at once when it aborts (the run's deadline). */
+  signal?: AbortSignal;
+}
+
+/** Connects within the connect timeout. Failures are retryable ClientErrors with exit code 3. */
+export async function connectTcp(endpoint: Endpoint, options: ConnectOptions): Promise<Deno.TcpConn> {
+  const where = describeEndpoint(endpoint);
+  const { signal, connectTimeoutMs } = options;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  let onAbort = () => {};
+  const giveUp = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      reject(
+        new ClientError(
+          ExitCode.Connect,
+          `cannot connect to ${where}: no answer within ${connectTimeoutMs / 1000}s`,
+          {
+            retryable: true,
+          },
+        ),
+      );
+    }, connectTimeoutMs);
+    onAbort = () => reject(new ClientError(ExitCode.Connect, `cannot connect to ${where}: cancelled`));
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
+  if (signal?.aborted) onAbort();
+  const attempt = Deno.connect({ hostname: endpoint.hostname, port: endpoint.port });
+  try {
+    const conn = await Promise.race([attempt, giveUp]);
+    conn.setNoDelay(true);
+    return conn;
+  } catch (e) {
+    attempt.then((late) => late.close(), () => {}); // a connection that completes after we gave up
+    if (e instanceof ClientError) throw e;
+    throw new ClientError(ExitCode.Connect, `cannot connect to ${where}: ${(e as Error).message}`, {
+      retryable: true,
+    });
+  } finally {
+    clearTimeout(timer);
+    signal?.removeEventListener("abort", onAbort);
+  }
+}
+
+/** Writes all of `bytes` to `conn`. */
+export async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
+  let done = 0;
+  while (done < bytes.byteLength) done += await conn.write(bytes.subarray(done));
+}
+
+/** Options of a {@link Session}. */
+export interface SessionOptions extends ConnectOptions {
+  /** Fail a read that waits this long without a byte, in milliseconds. */
+  stallTimeoutMs: number;
+}
+
+/** What a response's body ended with. */
+export interface BodyEnd {
+  /** Data bytes received. */
+  received: number;
+  /** The SHA-256 of the Trailer frame, if one came. */
+  sha256?: string;
+}
+
+/** Errors after which the server keeps the connection open (PROTOCOL.md's table); after others it closes. */
+const KEEPS_CONNECTION: readonly string[] = [
+  ErrorCode.Forbidden,
+  ErrorCode.NotFound,
+  ErrorCode.NotAFile,
+  ErrorCode.Internal,
+  ErrorCode.Changed,
+];
+
+const SHA256_HEX = /^[0-9a-f]{64}$/;
+
+/** A connection's failure that says nothing about the request: it may be sent again on a new one. */
+function isConnectionLoss(e: unknown): boolean {
+  return e instanceof TruncatedError || e instanceof Deno.errors.ConnectionReset ||
+    e instanceof Deno.errors.BrokenPipe || e instanceof Deno.errors.UnexpectedEof ||
+    e instanceof Deno.errors.ConnectionAborted;
+}
+
+/**
+ * Requests and responses over a persistent connection, opened on first use. A response is read in two
+ * steps: {@link begin} sends the request and returns the header, then {@link readBody} (for `get`) or
+ * {@link finish} reads the rest. An Error frame is thrown as {@link ServerRefusal}.
+ */
+export class Session {
+  /** The server. */
+  readonly endpoint: Endpoint;
+  /** Connections opened so far. */
+  connections = 0;
+  readonly #options: SessionOptions;
+  #conn: Deno.TcpConn | null = null;
+  #reader: FrameReader | null = null;
+  /** True when no response is in progress on the connection: it can take the next request. */
+  #between = true;
+  #what = "";
+  readonly #onAbort = () => this.#drop();
+
+  /**
+   * @param endpoint the server
+   * @param options timeouts, and the run's deadline as a signal: when it aborts the connection is closed
+   */
+  constructor(endpoint: Endpoint, options: SessionOptions) {
+    this.endpoint = endpoint;
+    this.#options = options;
+    options.signal?.addEventListener("abort", this.#onAbort, { once: true });
+  }
+
+  /**
+   * Sends `request` and reads the first frame of the answer: returns the Header, throws ServerRefusal for
+   * an Error frame. `what` names the request in messages (e.g. the quoted path).
+   */
+  async begin(request: Request, what: string): Promise<ResponseHeader> {
+    this.#what = what;
+    for (let resend = 0;; resend++) {
+      // A response abandoned half-way still has bytes coming: that connection cannot serve another one.
+      if (!this.#between) this.#drop();
+      const reused = this.#conn !== null;
+      const { conn, reader } = await this.#open();
+      const before = reader.bytesRead;
+      this.#between = false;
+      try {
+        await writeAll(conn, encodeRequest(request));
+        return await this.#readHeader();
+      } catch (e) {
+        // The server closed the idle connection before our request reached it: after its idle timeout
+        // (with a TIMEOUT error frame written before our request), or at a restart (no byte of an answer).
+        // The request was not served, so it is sent again on a new connection, once.
+        const stale = e instanceof ServerRefusal
+          ? e.body.code === ErrorCode.Timeout
+          : reader.bytesRead === before && isConnectionLoss(e);
+        if (!(e instanceof ServerRefusal)) this.#drop();
+        if (reused && resend === 0 && stale) continue;
+        throw e;
+      }
+    }
+  }
+
+  /**
+   * Reads a `get` body after {@link begin}: Data frames (at most `maxBytes` in all) go to `onData` as
+   * views valid until it resolves, then an optional Trailer, then the end frame.
+   */
+  async readBody(maxBytes: number, onData: (chunk: Uint8Array) => Promise<void>): Promise<BodyEnd> {
+    const reader = this.#reader!;
+    const end: BodyEnd = { received: 0 };
+    try {
+      for (;;) {
+        const len = await reader.readLength("a data frame");
+        if (len === 0) break;
+        if (len < 0 || len > MAX_RESPONSE_FRAME) throw protocolError(`frame length ${len} in the body`);
+        const [type] = await reader.readExact(1, "a frame type");
+        if (type === FrameType.Error) await this.#refused(await this.#readJson(len - 1, "an error frame"));
+        if (end.sha256 !== undefined) throw protocolError("a frame after the trailer");
+        if (type === FrameType.Trailer) {
+          const trailer = await this.#readJson(len - 1, "the trailer");
+          if (typeof trailer.sha256 !== "string" || !SHA256_HEX.test(trailer.sha256)) {
+            throw protocolError("the trailer has no valid sha256");
+          }
+          end.sha256 = trailer.sha256;
+          continue;
+        }
+        if (type !== FrameType.Data) throw protocolError(`unexpected frame type ${type} in the body`);
+        if (end.received + len - 1 > maxBytes) {
+          throw protocolError(`more than the ${maxBytes} bytes announced`);
+        }
+        for await (const chunk of reader.readChunks(len - 1, "a data frame")) {
+          end.received += chunk.byteLength;
+          await onData(chunk);
+        }
+      }
+    } catch (e) {
+      if (!(e instanceof ServerRefusal)) this.#drop();
+      throw e;
+    }
+    this.#between = true;
+    return end;
+  }
+
+  /** Reads the end frame of an answer that has only a header (`stat`, `list`, `ping`, unchanged `get`). */
+  async finish(): Promise<void> {
+    try {
+      const len = await this.#reader!.readLength("the end frame");
+      if (len !== 0) {
+        throw protocolError(`expected the end frame after the header, got a frame of ${len} bytes`);
+      }
+    } catch (e) {
+      this.#drop();
+      throw e;
+    }
+    this.#between = true;
+  }
+
+  /** Sends `request` and reads an answer that has only a header. */
+  async request(request: Request, what: string): Promise<ResponseHeader> {
+    const header = await this.begin(request, what);
+    await this.finish();
+    return header;
+  }
+
+  /** Says goodbye (an end frame, so the server logs a clean close) and closes; never throws. */
+  async close(): Promise<void> {
+    this.#options.signal?.removeEventListener("abort", this.#onAbort);
+    if (this.#conn !== null && this.#between) {
+      await writeAll(this.#conn, END_FRAME).catch(() => {});
+    }
+    this.#drop();
+  }
+
+  async #open(): Promise<{ conn: Deno.TcpConn; reader: FrameReader }> {
+    if (this.#conn === null || this.#reader === null) {
+      const conn = await connectTcp(this.endpoint, this.#options);
+      if (this.#options.signal?.aborted) {
+        conn.close();
+        throw new ClientError(ExitCode.Connect, "cancelled");
+      }
+      this.#conn = conn;
+      this.#reader = new FrameReader(conn, { stallTimeoutMs: this.#options.stallTimeoutMs });
+      this.#between = true;
+      this.connections++;
+    }
+    return { conn: this.#conn, reader: this.#reader };
+  }
+
+  /** Closes the connection, if any; the next request opens a new one. */
+  #drop(): void {
+    this.#reader?.dispose();
+    try {
+      this.#conn?.close();
+    } catch { /* closed already (stall watchdog) */ }
+    this.#conn = null;
+    this.#reader = null;
+    this.#between = true;
+  }
+
+  async #readHeader(): Promise<ResponseHeader> {
+    const reader = this.#reader!;
+    const len = await reader.readLength("the response header");
+    if (len <= 0 || len > MAX_RESPONSE_FRAME) throw protocolError(`the response header has length ${len}`);
+    const [type] = await reader.readExact(1, "the response header");
+    if (type !== FrameType.Header && type !== FrameType.Error) {
+      throw protocolError(`expected the response header, got frame type ${type}`);
+    }
+    const body = await this.#readJson(
+      len - 1,
+      type === FrameType.Header ? "the response header" : "an error frame",
+    );
+    if (type === FrameType.Error) return await this.#refused(body);
+    if (body.status !== "ok") {
+      throw protocolError(`the response header's status is ${JSON.stringify(body.status)}`);
+    }
+    return body as unknown as ResponseHeader;
+  }
+
+  async #readJson(len: number, what: string): Promise<Record<string, unknown>> {
+    const bytes = await this.#reader!.readExact(len, what);
+    let value: unknown;
+    try {
+      value = decodeJson(bytes);
+    } catch {
+      throw protocolError(`${what} is not valid JSON`);
+    }
+    if (typeof value !== "object" || value === null || Array.isArray(value)) {
+      throw protocolError(`${what} is not a JSON object`);
+    }
+    return value as Record<string, unknown>;
+  }
+
+  /** After an Error frame: reads the end frame, keeps or drops the connection, throws the refusal. */
+  async #refused(body: Record<string, unknown>): Promise<never> {
+    if (typeof body.code !== "string" || typeof body.message !== "string") {
+      throw protocolError("an error frame without code and message");
+    }
+    const refusal = new ServerRefusal(body as unknown as ErrorBody, this.#what);
+    try {
+      if (await this.#reader!.readLength("the end frame") !== 0) {
+        throw protocolError("no end frame after an error");
+      }
+    } catch {
+      this.#drop(); // the error said what the server meant; a missing end frame only costs the connection
+      throw refusal;
+    }
+    if (KEEPS_CONNECTION.includes(body.code)) this.#between = true;
+    else this.#drop();
+    throw refusal;
+  }
+}

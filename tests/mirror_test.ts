@@ -1,0 +1,212 @@
+/**
+ * `client mirror` against a real server: a nested tree copied over one connection, then kept in step
+ * (added, changed, deleted files with --delete), nothing transferred when nothing changed, an interrupted
+ * mirror resumed, and failures of single files counted without stopping the others.
+ */
+
+import assert from "node:assert/strict";
+import { localRelative, normalizeRemoteDir } from "../mirror.ts";
+import { jsonLines, spawnClient, withServer } from "./client_fixture.ts";
+import { type ClientResult, eventually, makeFile, runClient, sha256File } from "./helpers.ts";
+import { FrameProxy } from "./proxy.ts";
+
+const MiB = 1024 * 1024;
+
+/** Every regular file below `root` (relative path) with its SHA-256; part files included. */
+async function tree(root: string): Promise<Record<string, string>> {
+  const files: Record<string, string> = {};
+  const walk = async (rel: string) => {
+    for await (const entry of Deno.readDir(rel === "" ? root : `${root}/${rel}`)) {
+      const path = rel === "" ? entry.name : `${rel}/${entry.name}`;
+      if (entry.isDirectory) await walk(path);
+      else files[path] = await sha256File(`${root}/${path}`);
+    }
+  };
+  await walk("");
+  return files;
+}
+
+/** Directories below `root`, sorted. */
+async function dirs(root: string, rel = ""): Promise<string[]> {
+  const out: string[] = [];
+  for await (const entry of Deno.readDir(rel === "" ? root : `${root}/${rel}`)) {
+    const path = rel === "" ? entry.name : `${rel}/${entry.name}`;
+    if (entry.isDirectory) out.push(path, ...await dirs(root, path));
+  }
+  return out.sort();
+}
+
+/** `{path: status}` of a run's --json lines. */
+function statuses(r: ClientResult): Record<string, unknown> {
+  return Object.fromEntries(jsonLines(r).map((l) => [l.path, l.status]));
+}
+
+/** Total data frames the proxy forwarded. */
+function dataFrames(proxy: FrameProxy): number {
+  return proxy.connections.reduce((n, c) => n + c.dataFrames, 0);
+}
+
+Deno.test("mirror copies a nested tree over one connection, then brings in added and changed files, --delete removes the gone ones, and a third run transfers nothing", async () => {
+  await withServer(async ({ src, out, server }) => {
+    const remote = `${src}/site`;
+    await Deno.mkdir(`${remote}/a/b/c`, { recursive: true });
+    await Deno.mkdir(`${remote}/sub`, { recursive: true });
+    await Deno.mkdir(`${src}/elsewhere`);
+    await makeFile(`${remote}/a/b/c`, "deep.bin", 2 * MiB + 3);
+    await Deno.writeTextFile(`${remote}/top.txt`, "version 1\n");
+    await Deno.writeTextFile(`${remote}/a/mid.txt`, "middle\n");
+    await Deno.writeTextFile(`${remote}/gone.txt`, "soon removed\n");
+    await Deno.writeTextFile(`${remote}/sub/only.txt`, "its folder goes too\n");
+    await Deno.writeTextFile(`${src}/elsewhere/outside.txt`, "not below REMOTE_DIR\n");
+    const local = `${out}/mirror`;
+    // 1. A fresh copy; LOCAL_DIR is created.
+    let proxy = new FrameProxy(server.ports[0]);
+    try {
+      const r = await runClient(["mirror", proxy.address, "site", local, "--json"]);
+      assert.equal(r.code, 0, r.stderr);
+      assert.deepEqual(statuses(r), {
+        "site/a/b/c/deep.bin": "updated",
+        "site/a/mid.txt": "updated",
+        "site/gone.txt": "updated",
+        "site/sub/only.txt": "updated",
+        "site/top.txt": "updated",
+      });
+      assert.equal(proxy.connections.length, 1, "one persistent connection for the listing and every file");
+      assert.deepEqual(proxy.connections[0].requests.map((q) => q.op), [
+        "list",
+        "get",
+        "get",
+        "get",
+        "get",
+        "get",
+      ]);
+    } finally {
+      await proxy.close();
+    }
+    assert.deepEqual(await tree(local), await tree(remote));
+
+    // 2. On the server: one file added (in a new folder), one changed (renamed over), two removed with a
+    //    folder. Locally: a file and a folder the server never had.
+    await Deno.mkdir(`${remote}/new`);
+    await Deno.writeTextFile(`${remote}/new/n.txt`, "new\n");
+    await Deno.writeTextFile(`${src}/top.next`, "version 2, longer\n");
+    await Deno.rename(`${src}/top.next`, `${remote}/top.txt`);
+    await Deno.remove(`${remote}/gone.txt`);
+    await Deno.remove(`${remote}/sub`, { recursive: true });
+    await Deno.writeTextFile(`${local}/local-only.txt`, "mine\n");
+    await Deno.mkdir(`${local}/emptied/deeper`, { recursive: true });
+    await Deno.writeTextFile(`${local}/emptied/deeper/x.txt`, "mine too\n");
+    proxy = new FrameProxy(server.ports[0]);
+    try {
+      const r = await runClient(["mirror", proxy.address, "site/", local, "--delete", "--json"]);
+      assert.equal(r.code, 0, r.stderr);
+      assert.deepEqual(statuses(r), {
+        "site/a/b/c/deep.bin": "unchanged",
+        "site/a/mid.txt": "unchanged",
+        "site/new/n.txt": "updated",
+        "site/top.txt": "updated",
+        "site/gone.txt": "deleted",
+        "site/sub/only.txt": "deleted",
+        "site/local-only.txt": "deleted",
+        "site/emptied/deeper/x.txt": "deleted",
+      });
+      assert.equal(proxy.connections.length, 1);
+      assert.equal(dataFrames(proxy), 2, "only the two new or changed files were sent");
+      assert.match(r.stderr, /^ferry: mirror done: 2 updated, 2 unchanged, 4 deleted, 0 failed\n$/);
+    } finally {
+      await proxy.close();
+    }
+    assert.deepEqual(await tree(local), await tree(remote));
+    assert.deepEqual(await dirs(local), ["a", "a/b", "a/b/c", "new"], "emptied folders are removed");
+
+    // 3. Nothing changed: nothing is transferred.
+    proxy = new FrameProxy(server.ports[0]);
+    try {
+      const r = await runClient(["mirror", proxy.address, "site", local, "--delete"]);
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(r.stderr, "ferry: mirror done: 0 updated, 4 unchanged, 0 deleted, 0 failed\n");
+      assert.equal(dataFrames(proxy), 0);
+    } finally {
+      await proxy.close();
+    }
+    assert.deepEqual(await tree(local), await tree(remote));
+  });
+});
+
+Deno.test("an interrupted mirror is resumed by the next run, and --delete keeps the part of a listed file", async () => {
+  await withServer(async ({ src, out, server, address }) => {
+    await makeFile(src, "big.bin", 40 * MiB);
+    await Deno.writeTextFile(`${src}/a.txt`, "first in the listing\n");
+    const proxy = new FrameProxy(server.ports[0], { hold: { connection: 0, bytes: 8 * MiB } });
+    let partBytes = 0;
+    try {
+      const client = spawnClient(["mirror", proxy.address, ".", out]);
+      await proxy.held;
+      await eventually("the part holds what was forwarded", async () => {
+        for await (const entry of Deno.readDir(out)) {
+          if (entry.name.startsWith(".big.bin.ferry-")) {
+            partBytes = (await Deno.stat(`${out}/${entry.name}`)).size;
+            return partBytes === proxy.connections[0].dataBytes - 21; // a.txt's 21 bytes came first
+          }
+        }
+        return false;
+      });
+      client.process.kill("SIGKILL");
+      await client.done;
+    } finally {
+      await proxy.close();
+    }
+    const r = await runClient(["mirror", address, ".", out, "--delete", "--json"]);
+    assert.equal(r.code, 0, r.stderr);
+    const reports = Object.fromEntries(jsonLines(r).map((l) => [l.path, l]));
+    assert.equal(reports["a.txt"].status, "unchanged");
+    assert.equal(reports["big.bin"].status, "updated");
+    assert.equal(reports["big.bin"].resumedFrom, partBytes);
+    assert.equal(reports["big.bin"].bytes, 40 * MiB - partBytes);
+    assert.deepEqual(await tree(out), await tree(src));
+  });
+});
+
+Deno.test("mirror counts a file it cannot publish as failed, goes on with the others, and exits with that failure's code", async () => {
+  await withServer(async ({ src, out, address }) => {
+    for (const name of ["1.txt", "2.txt", "3.txt"]) await Deno.writeTextFile(`${src}/${name}`, `${name}\n`);
+    await Deno.mkdir(`${out}/2.txt`); // a local folder where the server has a file
+    await Deno.writeTextFile(`${out}/2.txt/keep`, "not replaced by a file\n");
+    const r = await runClient(["mirror", address, "", out, "--json"]);
+    assert.equal(r.code, 8, r.stderr);
+    assert.deepEqual(statuses(r), { "1.txt": "updated", "2.txt": "failed", "3.txt": "updated" });
+    assert.match(r.stderr, /^ferry: 2\.txt: cannot publish [^\n]*\n/m);
+    assert.match(r.stderr, /mirror done: 2 updated, 0 unchanged, 0 deleted, 1 failed\n$/);
+    assert.equal(await Deno.readTextFile(`${out}/2.txt/keep`), "not replaced by a file\n");
+    assert.deepEqual(Object.keys(await tree(out)).sort(), ["1.txt", "2.txt/keep", "3.txt"]);
+  });
+});
+
+Deno.test("mirror of a missing or non-directory REMOTE_DIR exits 5 and creates nothing", async () => {
+  await withServer(async ({ src, out, address }) => {
+    await Deno.writeTextFile(`${src}/file.txt`, "a file\n");
+    for (const [dir, code] of [["nope", "NOT_FOUND"], ["file.txt", "NOT_A_FILE"]]) {
+      const r = await runClient(["mirror", address, dir, `${out}/copy`]);
+      assert.equal(r.code, 5, r.stderr);
+      const quoted = dir.replace(".", "\\.");
+      assert.match(
+        r.stderr,
+        new RegExp(`^ferry: server refused the listing of "${quoted}": ${code}[^\\n]*\\n$`),
+      );
+      await assert.rejects(Deno.stat(`${out}/copy`), Deno.errors.NotFound);
+    }
+  });
+});
+
+Deno.test("REMOTE_DIR is normalized and listed paths are mapped below LOCAL_DIR, never outside it", () => {
+  assert.equal(normalizeRemoteDir("."), "");
+  assert.equal(normalizeRemoteDir("/"), "");
+  assert.equal(normalizeRemoteDir("./a//b/"), "a/b");
+  assert.throws(() => normalizeRemoteDir("a/../b"), /must not contain '\.\.'/);
+  assert.equal(localRelative("a/b/c.txt", "a"), "b/c.txt");
+  assert.equal(localRelative("top.txt", ""), "top.txt");
+  assert.equal(localRelative("ab/c.txt", "a"), null, "a sibling folder with the same prefix is not below");
+  assert.equal(localRelative("a/../../etc/passwd", "a"), null);
+  assert.equal(localRelative("a//x", "a"), null);
+  assert.equal(localRelative("/etc/passwd", ""), null);
+});
