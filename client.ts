@@ -11,17 +11,17 @@
 
 import { basename } from "node:path";
 import { parseArgs } from "node:util";
-import { Deadline } from "./deadline.ts";
-import { classify, ClientError, ExitCode, usageError } from "./failure.ts";
-import { fetchFile, type FileReport } from "./fetch_file.ts";
-import { mirror, normalizeRemoteDir } from "./mirror.ts";
-import { NO_PROGRESS, type Progress, terminalProgress } from "./progress.ts";
-import { pull } from "./pull.ts";
-import { delay } from "./retry.ts";
-import { type Endpoint, Session } from "./session.ts";
+import { Deadline } from "./client/deadline.ts";
+import { classify, ClientError, ExitCode, usageError } from "./client/failure.ts";
+import { fetchFile, type FileReport } from "./client/fetch_file.ts";
+import { mirror, normalizeRemoteDir } from "./client/mirror.ts";
+import { NO_PROGRESS, type Progress, terminalProgress } from "./client/progress.ts";
+import { pull } from "./client/pull.ts";
+import { delay } from "./client/retry.ts";
+import { type Endpoint, Session } from "./client/session.ts";
 
 /** The exit codes (defined in `failure.ts`), for scripts that import them from the CLI module. */
-export { ExitCode } from "./failure.ts";
+export { ExitCode } from "./client/failure.ts";
 
 const HELP = `ferry client: fetch files from a ferry server, verified and published atomically.
 

@@ -10,8 +10,8 @@
  */
 
 import { parseArgs } from "node:util";
-import { createChannel, MessageKind, receiveMessage, sendMessage, ServeMode } from "./channel.ts";
-import { Dispatcher } from "./dispatcher.ts";
+import { createChannel, MessageKind, receiveMessage, sendMessage, ServeMode } from "./server/channel.ts";
+import { Dispatcher } from "./server/dispatcher.ts";
 import { Epoll, EPOLLIN, EPOLLOUT } from "./ffi/epoll.ts";
 import {
   bind,
@@ -42,7 +42,7 @@ import {
   SOCKADDR_MAX,
 } from "./ffi/structs.ts";
 import { encodeErrorResponse, ErrorCode } from "./framing.ts";
-import { workerArgv } from "./worker_args.ts";
+import { workerArgv } from "./server/worker_args.ts";
 
 /** The argument that makes a compiled ferry binary run as a worker. */
 const WORKER_ARG = "__ferry_worker";

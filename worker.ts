@@ -10,11 +10,11 @@
  * @module
  */
 
-import { MessageKind, receiveMessage, sendMessage, ServeMode } from "./channel.ts";
-import { Connection, type ServeConfig } from "./connection.ts";
+import { MessageKind, receiveMessage, sendMessage, ServeMode } from "./server/channel.ts";
+import { Connection, type ServeConfig } from "./server/connection.ts";
 import { Epoll, EPOLLIN } from "./ffi/epoll.ts";
-import { HashCache } from "./hash_cache.ts";
-import { parseWorkerArgs, type WorkerArgs } from "./worker_args.ts";
+import { HashCache } from "./server/hash_cache.ts";
+import { parseWorkerArgs, type WorkerArgs } from "./server/worker_args.ts";
 
 export { parseWorkerArgs };
 import { C, close, ignoreSignal, openRead, raiseOpenFileLimit, setNonBlocking } from "./ffi/libc.ts";

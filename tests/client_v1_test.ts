@@ -7,11 +7,11 @@
  */
 
 import assert from "node:assert/strict";
-import { ExitCode, worstExitCode } from "../failure.ts";
-import { formatBytes, formatDuration, renderProgress } from "../progress.ts";
-import { AtomicFile, PartLockedError } from "../publish.ts";
-import { backoffDelay, withRetries } from "../retry.ts";
-import { Session } from "../session.ts";
+import { ExitCode, worstExitCode } from "../client/failure.ts";
+import { formatBytes, formatDuration, renderProgress } from "../client/progress.ts";
+import { AtomicFile, PartLockedError } from "../client/publish.ts";
+import { backoffDelay, withRetries } from "../client/retry.ts";
+import { Session } from "../client/session.ts";
 import { getArgs, jsonLines, listDir, logged, spawnClient, withServer } from "./client_fixture.ts";
 import {
   childPids,

@@ -5,7 +5,7 @@
  */
 
 import assert from "node:assert/strict";
-import { Dispatcher } from "../dispatcher.ts";
+import { Dispatcher } from "../server/dispatcher.ts";
 
 /** A dispatcher with workers `ids` added, all idle. */
 function dispatcher(capacity: number, queue: number, ids: number[]): Dispatcher<string> {

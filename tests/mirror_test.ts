@@ -5,7 +5,7 @@
  */
 
 import assert from "node:assert/strict";
-import { localRelative, normalizeRemoteDir } from "../mirror.ts";
+import { localRelative, normalizeRemoteDir } from "../client/mirror.ts";
 import { jsonLines, spawnClient, withServer } from "./client_fixture.ts";
 import { type ClientResult, eventually, makeFile, runClient, sha256File } from "./helpers.ts";
 import { FrameProxy } from "./proxy.ts";

@@ -9,7 +9,7 @@
  */
 
 import { createHash, type Hash } from "node:crypto";
-import { close, dupCloseOnExec, type FileStat, fstat, pread } from "./ffi/libc.ts";
+import { close, dupCloseOnExec, type FileStat, fstat, pread } from "../ffi/libc.ts";
 
 /** The identity of a file's content as far as the server can tell without reading it. */
 export function identityOf(stat: FileStat): string {

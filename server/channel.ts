@@ -7,8 +7,8 @@
  * @module
  */
 
-import { tryRecvWithFd, trySendWithFd } from "./ffi/fdpass.ts";
-import { C, setsockoptInt, socketpair } from "./ffi/libc.ts";
+import { tryRecvWithFd, trySendWithFd } from "../ffi/fdpass.ts";
+import { C, setsockoptInt, socketpair } from "../ffi/libc.ts";
 
 /** Size of every channel message. */
 export const MESSAGE_SIZE = 64;

@@ -8,7 +8,7 @@
  * @module
  */
 
-import { FRAME_HEADER_SIZE, getFrameLength } from "./framing.ts";
+import { FRAME_HEADER_SIZE, getFrameLength } from "../framing.ts";
 
 /** The connection ended before a frame did. */
 export class TruncatedError extends Error {

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { C, pread, trySend, trySendfile, WOULD_BLOCK } from "./ffi/libc.ts";
+import { C, pread, trySend, trySendfile, WOULD_BLOCK } from "../ffi/libc.ts";
 import {
   classicBodyLength,
   DATA_FRAME_PAYLOAD,
@@ -14,7 +14,7 @@ import {
   fillClassicBody,
   FRAME_HEADER_SIZE,
   putDataFrameHeader,
-} from "./framing.ts";
+} from "../framing.ts";
 
 /** What one {@link Body.pump} call achieved. */
 export interface PumpResult {

@@ -13,7 +13,7 @@ import type { Deadline } from "./deadline.ts";
 import { classify, protocolError } from "./failure.ts";
 import type { FileReport } from "./fetch_file.ts";
 import { FrameReader, TruncatedError } from "./frame_reader.ts";
-import { CLASSIC_CHUNK } from "./framing.ts";
+import { CLASSIC_CHUNK } from "../framing.ts";
 import type { Progress } from "./progress.ts";
 import { withRetries } from "./retry.ts";
 import { connectTcp, type Endpoint } from "./session.ts";

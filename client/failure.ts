@@ -6,7 +6,7 @@
  * @module
  */
 
-import { type ErrorBody, ErrorCode } from "./framing.ts";
+import { type ErrorBody, ErrorCode } from "../framing.ts";
 import { StallError, TruncatedError } from "./frame_reader.ts";
 import { LocalIoError, PartLockedError } from "./publish.ts";
 

@@ -21,7 +21,7 @@
 import { createHash, type Hash } from "node:crypto";
 import type { Deadline } from "./deadline.ts";
 import { classify, ClientError, ExitCode, protocolError, ServerRefusal } from "./failure.ts";
-import { ErrorCode, PROTOCOL_VERSION, type Request, type ResponseHeader } from "./framing.ts";
+import { ErrorCode, PROTOCOL_VERSION, type Request, type ResponseHeader } from "../framing.ts";
 import type { Progress } from "./progress.ts";
 import {
   AtomicFile,

@@ -9,7 +9,7 @@
 
 import { readdirSync } from "node:fs";
 import { type Body, FramedFileBody } from "./bodies.ts";
-import { close, type FileStat, fstat, LibcError, openRead } from "./ffi/libc.ts";
+import { close, type FileStat, fstat, LibcError, openRead } from "../ffi/libc.ts";
 import {
   encodeJsonFrame,
   END_FRAME,
@@ -22,7 +22,7 @@ import {
   PROTOCOL_VERSION,
   type Request,
   type ResponseHeader,
-} from "./framing.ts";
+} from "../framing.ts";
 import { etagOf, type HashCache, identityOf } from "./hash_cache.ts";
 
 /** An error answer; `closes` says whether the connection ends after it (PROTOCOL.md's table). */

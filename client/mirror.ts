@@ -18,7 +18,7 @@ import {
   worstExitCode,
 } from "./failure.ts";
 import { fetchFile, type FetchOptions, type FileReport } from "./fetch_file.ts";
-import { ErrorCode, type ListEntry, MAX_LIST_DEPTH, MAX_LIST_ENTRIES, PROTOCOL_VERSION } from "./framing.ts";
+import { ErrorCode, type ListEntry, MAX_LIST_DEPTH, MAX_LIST_ENTRIES, PROTOCOL_VERSION } from "../framing.ts";
 import { LocalIoError, removeStaleParts } from "./publish.ts";
 import { withRetries } from "./retry.ts";
 import type { Session } from "./session.ts";

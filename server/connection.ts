@@ -9,7 +9,7 @@
 
 import { basename } from "node:path";
 import { ClassicBody, FramedFileBody } from "./bodies.ts";
-import { EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT } from "./ffi/epoll.ts";
+import { EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT } from "../ffi/epoll.ts";
 import {
   C,
   close,
@@ -21,8 +21,8 @@ import {
   tryRecv,
   trySend,
   WOULD_BLOCK,
-} from "./ffi/libc.ts";
-import { decodeSockaddr, formatEndpoint, SOCKADDR_MAX } from "./ffi/structs.ts";
+} from "../ffi/libc.ts";
+import { decodeSockaddr, formatEndpoint, SOCKADDR_MAX } from "../ffi/structs.ts";
 import {
   encodeErrorResponse,
   encodeRawFrame,
@@ -35,7 +35,7 @@ import {
   parseRequest,
   ProtocolError,
   type Request,
-} from "./framing.ts";
+} from "../framing.ts";
 import type { HashCache } from "./hash_cache.ts";
 import { answer, Deferred, ErrorPiece, type Piece, type ReplyContext } from "./operations.ts";
 

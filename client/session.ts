@@ -19,7 +19,7 @@ import {
   MAX_RESPONSE_FRAME,
   type Request,
   type ResponseHeader,
-} from "./framing.ts";
+} from "../framing.ts";
 
 /** Where the server is. */
 export interface Endpoint {
