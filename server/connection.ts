@@ -86,6 +86,10 @@ export class Connection {
   #closeWhenSent = false;
   #served = 0;
   #logged = 0;
+  /** The error code of the reply being sent, if it is an error. */
+  #errorCode = "";
+  /** The reply being sent (for its log result). */
+  #reply: { result?: string } | null = null;
   readonly #peer: string;
 
   /**
@@ -136,7 +140,9 @@ export class Connection {
 
   /** Closes the connection if it made no progress for the idle timeout. Returns true if it did. */
   checkIdle(now: number): boolean {
-    if (this.#state === "closed" || now - this.#lastProgress < this.config.idleTimeoutMs) return false;
+    // A connection waiting for a hash waits on the server, not on its client: that is not idleness.
+    if (this.#state === "closed" || this.#state === "waiting") return false;
+    if (now - this.#lastProgress < this.config.idleTimeoutMs) return false;
     if (this.#state === "reading") {
       // Say why before closing: the client may still be waiting for an answer.
       const partial = this.#inLength > 0 ? " (a partial request frame arrived)" : "";
@@ -258,9 +264,6 @@ export class Connection {
     this.#out.push(new ErrorPiece(body, true));
     this.#state = "writing";
   }
-
-  #errorCode = "";
-  #reply: { result?: string } | null = null;
 
   get #replyContext(): ReplyContext {
     return { rootFd: this.config.rootFd, hashes: this.config.hashes, wake: () => this.config.wake(this) };
@@ -388,7 +391,7 @@ export class Connection {
     this.ok &&= ok;
     this.#out = [];
     this.#closeFiles();
-    const wasResponding = this.#state === "writing";
+    const wasResponding = this.#state === "writing" || this.#state === "waiting";
     this.#state = "closed";
     close(this.fd);
     if (result !== null && (wasResponding || this.#logged === 0)) this.#logRequest(result);
