@@ -53,6 +53,8 @@ const LINGER_MS = 2000;
 const LINGER_MAX = 256;
 /** The retry-after hint of a BUSY answer. */
 const BUSY_RETRY_AFTER_MS = 1000;
+/** Polls on the master's own thread before it waits on the blocking pool again. */
+const SYNC_POLL_TURNS = 64;
 /** How long accepting pauses after EMFILE/ENFILE, in milliseconds. */
 const ACCEPT_PAUSE_MS = 100;
 /** Respawn backoff: first delay, cap, and how long a worker must live for the backoff to reset. */
@@ -292,7 +294,13 @@ export class Master {
       Deno.addSignalListener(signal, () => this.#requestStop(signal));
     }
     while (!this.#finished()) {
-      const ready = await this.#epoll.waitAsync(this.#nextTimeout());
+      let ready = await this.#epoll.waitAsync(this.#nextTimeout());
+      // While busy, poll on this thread (a wait on the blocking pool costs tens of microseconds), but
+      // return to the event loop now and then, where signals and child exits are delivered.
+      for (let turn = 0; ready > 0 && turn < SYNC_POLL_TURNS; turn++) {
+        for (let i = 0; i < ready; i++) this.#onReady(this.#epoll.fdAt(i), this.#epoll.eventsAt(i));
+        ready = this.#epoll.wait(0);
+      }
       for (let i = 0; i < ready; i++) this.#onReady(this.#epoll.fdAt(i), this.#epoll.eventsAt(i));
       this.#onTick();
     }

@@ -25,6 +25,13 @@ const TURN_BUDGET = 4 * 1024 * 1024;
 /** How often idle connections are looked for, in milliseconds. */
 const IDLE_SCAN_MS = 250;
 
+const logEncoder = new TextEncoder();
+
+/** Writes all of `bytes` to a synchronous writer (stderr), whatever it accepts per call. */
+function writeAllSync(writer: { writeSync(p: Uint8Array): number }, bytes: Uint8Array): void {
+  for (let done = 0; done < bytes.byteLength;) done += writer.writeSync(bytes.subarray(done));
+}
+
 /** The HashKnown payload: the etag's 16 bytes, then the SHA-256's 32. */
 function hashPayload(etag: string, sha256: string): Uint8Array {
   const hex = etag + sha256;
@@ -39,15 +46,22 @@ export function runWorker(args: WorkerArgs): never {
   raiseOpenFileLimit();
   const channel = args.channelFd;
   setNonBlocking(channel, true);
+  // Log lines are gathered and written once per loop turn: one write(2) for many requests.
+  const logLines: string[] = [];
+  const flushLog = () => {
+    if (logLines.length === 0) return;
+    writeAllSync(Deno.stderr, logEncoder.encode(logLines.join("\n") + "\n"));
+    logLines.length = 0;
+  };
   const config: ServeConfig = {
     rootFd: args.root === null ? -1 : openRead(args.root, { directory: true }),
     pushPath: args.push,
     idleTimeoutMs: args.idleTimeout * 1000,
     turnBudget: TURN_BUDGET,
     workerId: args.workerId,
-    log: (line) => console.error(line),
+    log: (line) => logLines.push(line),
     hashes: new HashCache(
-      (line) => console.error(`${new Date().toISOString()} worker=${args.workerId} ${line}`),
+      (line) => logLines.push(`${new Date().toISOString()} worker=${args.workerId} ${line}`),
       (etag, sha256) => sendMessage(channel, MessageKind.HashKnown, 0, 0, -1, hashPayload(etag, sha256)),
     ),
     wake: (conn) => woken.add(conn),
@@ -70,6 +84,7 @@ export function runWorker(args: WorkerArgs): never {
 
   const exit = (code: number, reason: string): never => {
     for (const conn of connections.values()) conn.abort(reason);
+    flushLog();
     Deno.exit(code);
   };
 
@@ -99,7 +114,7 @@ export function runWorker(args: WorkerArgs): never {
       return new Connection(fd, id, classic, config);
     } catch (e) {
       // E.g. the pushed file was removed: this connection fails, the worker goes on.
-      console.error(`worker ${args.workerId}: cannot serve connection ${id}: ${(e as Error).message}`);
+      logLines.push(`worker ${args.workerId}: cannot serve connection ${id}: ${(e as Error).message}`);
       close(fd);
       sendMessage(channel, MessageKind.Done, id, 0);
       return null;
@@ -131,6 +146,7 @@ export function runWorker(args: WorkerArgs): never {
       conn.onReady();
       settle(conn, before);
     }
+    flushLog();
     const now = performance.now();
     if (now >= nextIdleScan) {
       nextIdleScan = now + IDLE_SCAN_MS;

@@ -17,6 +17,7 @@ import {
   getpeername,
   LibcError,
   openRead,
+  setsockoptInt,
   shutdown,
   tryRecv,
   trySend,
@@ -101,6 +102,9 @@ export class Connection {
   constructor(readonly fd: number, readonly id: number, classic: boolean, readonly config: ServeConfig) {
     this.#lastProgress = this.#requestStarted = performance.now();
     this.#peer = peerOf(fd);
+    // Replies are coalesced with MSG_MORE; without NODELAY, Nagle would hold a reply's small last frame
+    // until the client's delayed ACK (tens of milliseconds per request on a persistent connection).
+    setsockoptInt(fd, C.IPPROTO_TCP, C.TCP_NODELAY, 1);
     if (classic) {
       this.#state = "writing";
       this.#startClassic();
