@@ -47,8 +47,10 @@ export function stdoutSink(): Sink {
 /** A device or FIFO such as /dev/null: written in place, since it cannot be renamed over. */
 export async function deviceSink(target: string): Promise<Sink> {
   let device: Deno.FsFile;
+  let charDevice: boolean;
   try {
     device = await Deno.open(target, { write: true });
+    charDevice = (await device.stat()).isCharDevice === true;
   } catch (e) {
     throw new LocalIoError(`cannot open ${target}`, e);
   }
@@ -62,7 +64,11 @@ export async function deviceSink(target: string): Promise<Sink> {
     write: async (chunk) => {
       try {
         let done = 0;
-        while (done < chunk.byteLength) done += await device.write(chunk.subarray(done));
+        // A character device (/dev/null) takes writes at once: no thread hop. A FIFO may block: async.
+        while (done < chunk.byteLength) {
+          const rest = chunk.subarray(done);
+          done += charDevice ? device.writeSync(rest) : await device.write(rest);
+        }
       } catch (e) {
         throw new LocalIoError(`cannot write ${target}`, e);
       }

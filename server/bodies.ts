@@ -33,12 +33,32 @@ export interface Body {
 const classicScratch = new Uint8Array(256 * (FRAME_HEADER_SIZE + 1000));
 
 /**
+ * File bytes for classic frames, read 256 KiB at a time: the framing asks for 1000 bytes per frame, and
+ * one pread per frame would cost a syscall per KB. Worker-wide; `blockOwner` says whose bytes it holds.
+ */
+const classicBlock = new Uint8Array(256 * 1000);
+let blockOwner: ClassicBody | null = null;
+let blockStart = 0;
+let blockLength = 0;
+
+/**
  * Classic mode content: frames of 1000 bytes and the end frame, regenerated from the file at the stream
  * position into one worker-wide scratch buffer (the framing is fixed, so any position can be rebuilt).
  */
 export class ClassicBody implements Body {
   #position = 0;
   readonly #total: number;
+  readonly #readAt = (buf: Uint8Array, at: number): number => {
+    if (blockOwner !== this || at < blockStart || at >= blockStart + blockLength) {
+      blockOwner = this;
+      blockStart = at;
+      blockLength = Math.max(0, pread(this.fd, classicBlock, at));
+      if (blockLength === 0) return 0;
+    }
+    const n = Math.min(buf.byteLength, blockStart + blockLength - at);
+    buf.set(classicBlock.subarray(at - blockStart, at - blockStart + n));
+    return n;
+  };
 
   /**
    * @param fd the open file
@@ -53,17 +73,13 @@ export class ClassicBody implements Body {
     let sent = 0;
     while (this.#position < this.#total) {
       if (sent >= budget) return { sent, status: "yield" };
-      const filled = fillClassicBody(
-        classicScratch,
-        this.#position,
-        this.size,
-        (buf, at) => pread(this.fd, buf, at),
-      );
+      const filled = fillClassicBody(classicScratch, this.#position, this.size, this.#readAt);
       const n = trySend(sock, classicScratch.subarray(0, filled));
       if (n === WOULD_BLOCK) return { sent, status: "blocked" };
       this.#position += n;
       sent += n;
     }
+    if (blockOwner === this) blockOwner = null; // done: do not keep this body alive through the cache
     return { sent, status: "done" };
   }
 }
