@@ -1,23 +1,57 @@
 /**
- * `deno task bench`: throughput of ferry's data path, measured side by side in one run, written to
- * BENCHMARKS.md with the machine, the date and the command.
+ * `deno task bench`: ferry side by side with its peers on this machine, in one run, written to
+ * BENCHMARKS.md (with the machine, the date, the versions and the command) and docs/bench-cost.svg.
  *
- * Cases (each run several times, alternating, median and min-max reported):
- * - request mode: ferry server + ferry client (`get -o /dev/null`), one large file;
- * - classic mode: ferry server + ferry client (`pull -o /dev/null`);
- * - classic mode with the seed's own client (C, built from `scripts/seed/` when gcc is present), against
- *   ferry and against the seed's C server, so the ratio shows what ferry's worker gains over the seed.
+ * Peers: nginx (1 worker and auto, sendfile on and off) fetched by curl (and by curl piped into openssl
+ * dgst -sha256, a client that verifies like ferry's); iperf3 with 1 MiB writes as the
+ * loopback ceiling; the seed's C server and client (scripts/seed/, built with gcc). The many-connection
+ * cases drive ferry and nginx with the same load generator (scripts/loadgen.ts). Missing tools are
+ * installed from Debian's packages with apt-get, unless `--no-install` is given or the run is tiny, in
+ * which case that peer is skipped and the report says so.
  *
- * Flags: `--quick` (256 MiB, 1 run: a developer's loop), `--size MiB`, `--runs N`, `--output FILE`
- * (default BENCHMARKS.md; `-` prints only).
+ * Cases (see scripts/bench/cases.ts): 1 one large file to /dev/null (and syscalls per MiB), 2 the same to
+ * disk, 3 fan-out, 4 small files, 5 connections held by slow readers, 6 classic mode with the seed's
+ * client, 7 how cost grows with clients and file size, and the server's start-up time.
+ *
+ * Flags: `--quick` (a reduced set, under two minutes), `--size MiB` (the large file; below 16 a tiny run
+ * for tests), `--runs N`, `--cases 1,2,...,7,start`, `--no-install`, `--output FILE` (default
+ * BENCHMARKS.md; `-` prints the report only).
+ *
+ * Every process it starts is stopped on exit, on failure and on Ctrl-C.
  *
  * @module
  */
 
+import { dirname, join } from "node:path";
 import { parseArgs } from "node:util";
-import { fileURLToPath } from "node:url";
+import {
+  type Bench,
+  case1,
+  case2,
+  case3,
+  case4,
+  case5,
+  case6,
+  case7,
+  makeFiles,
+  type Profile,
+  PROFILES,
+  startup,
+  WORKERS,
+} from "./bench/cases.ts";
+import {
+  buildSeed,
+  ensureTools,
+  repo,
+  type Server,
+  startFerry,
+  startNginx,
+  versionOf,
+} from "./bench/peers.ts";
+import { stopAll } from "./bench/procs.ts";
+import { type Section, svgChart } from "./bench/report.ts";
 
-const repo = (p: string) => fileURLToPath(new URL(`../${p}`, import.meta.url));
+const ALL_CASES = ["start", "1", "2", "3", "4", "5", "6", "7"];
 
 const { values: flags } = parseArgs({
   args: Deno.args,
@@ -25,229 +59,193 @@ const { values: flags } = parseArgs({
     quick: { type: "boolean" },
     size: { type: "string" },
     runs: { type: "string" },
+    cases: { type: "string" },
+    "no-install": { type: "boolean" },
     output: { type: "string" },
   },
 });
-const sizeMiB = Number(flags.size ?? (flags.quick ? 256 : 1024));
-const runs = Number(flags.runs ?? (flags.quick ? 1 : 3));
-const output = flags.output ?? repo("BENCHMARKS.md");
-if (!(sizeMiB > 0) || !(runs > 0)) {
+
+const size = flags.size === undefined ? undefined : Number(flags.size);
+const runsFlag = flags.runs === undefined ? undefined : Number(flags.runs);
+if (
+  (size !== undefined && !(size > 0)) ||
+  (runsFlag !== undefined && !(Number.isInteger(runsFlag) && runsFlag > 0))
+) {
   console.error("bench: --size and --runs must be positive numbers");
   Deno.exit(2);
 }
-
-/** Every process this script started, stopped on exit, failure or Ctrl-C. */
-const started = new Set<Deno.ChildProcess>();
-function stopAll(): void {
-  for (const p of started) {
-    try {
-      p.kill("SIGTERM");
-    } catch { /* already gone */ }
-  }
+const base: Profile = flags.quick
+  ? PROFILES.quick
+  : size !== undefined && size < 16
+  ? PROFILES.tiny
+  : PROFILES.full;
+const profile: Profile = {
+  ...base,
+  bigMiB: size ?? base.bigMiB,
+  runs: runsFlag ?? base.runs,
+  streamRuns: runsFlag ?? base.streamRuns,
+};
+const selected = (flags.cases ?? ALL_CASES.join(",")).split(",").map((c) => c.trim());
+const unknown = selected.filter((c) => !ALL_CASES.includes(c));
+if (unknown.length > 0) {
+  console.error(`bench: unknown case(s) ${unknown.join(", ")}; cases are ${ALL_CASES.join(", ")}`);
+  Deno.exit(2);
 }
-Deno.addSignalListener("SIGINT", () => {
-  stopAll();
-  Deno.exit(130);
-});
+const install = !flags["no-install"] && profile.name !== "tiny";
+const output = flags.output ?? repo("BENCHMARKS.md");
+const log = (line: string) => console.error(`bench: ${line}`);
 
-const work = await Deno.makeTempDir({ prefix: "ferry-bench-" });
-
-async function makeData(path: string, bytes: number): Promise<void> {
-  const file = await Deno.open(path, { write: true, create: true, truncate: true });
-  const block = crypto.getRandomValues(new Uint8Array(1 << 16));
-  const big = new Uint8Array(1 << 20);
-  for (let i = 0; i < big.length; i += block.length) big.set(block, i);
-  for (let left = bytes; left > 0; left -= big.length) {
-    big[0] = left & 0xff;
-    const n = Math.min(left, big.length);
-    let done = 0;
-    while (done < n) done += await file.write(big.subarray(done, n));
-  }
-  file.close();
-}
-
-/** Starts a server process and resolves once `ready` matches its stderr; returns it and its ports. */
-async function startProcess(
-  command: string,
-  args: string[],
-  ready: RegExp,
-): Promise<{ process: Deno.ChildProcess; lines: string[] }> {
-  const process = new Deno.Command(command, { args, stdin: "null", stdout: "piped", stderr: "piped" })
-    .spawn();
-  started.add(process);
-  const lines: string[] = [];
-  const decoder = new TextDecoder();
-  let found: () => void;
-  const isReady = new Promise<void>((resolve) => found = resolve);
-  const pump = async (stream: ReadableStream<Uint8Array>) => {
-    let rest = "";
-    for await (const chunk of stream) {
-      const parts = (rest + decoder.decode(chunk)).split("\n");
-      rest = parts.pop()!;
-      for (const line of parts) {
-        if (lines.length < 64) lines.push(line);
-        if (ready.test(line)) found();
-      }
-    }
-  };
-  pump(process.stdout);
-  pump(process.stderr);
-  await Promise.race([
-    isReady,
-    process.status.then(() => Promise.reject(new Error(`${command} exited:\n${lines.join("\n")}`))),
-  ]);
-  return { process, lines };
+const root = await Deno.makeTempDir({ prefix: "ferry-bench-" });
+let cleaning: Promise<void> | null = null;
+const cleanUp = () =>
+  cleaning ??= (async () => {
+    await stopAll();
+    await Deno.remove(root, { recursive: true }).catch(() => {});
+  })();
+for (const signal of ["SIGINT", "SIGTERM"] as const) {
+  Deno.addSignalListener(signal, async () => {
+    log(`${signal}: stopping every process started`);
+    await cleanUp();
+    Deno.exit(130);
+  });
 }
 
-async function stopProcess(process: Deno.ChildProcess): Promise<void> {
-  try {
-    process.kill("SIGTERM");
-  } catch { /* gone */ }
-  await process.status;
-  started.delete(process);
-}
-
-/** Runs a command to completion and returns its wall time in seconds; throws if it fails. */
-async function timed(command: string, args: string[]): Promise<number> {
-  const t0 = performance.now();
-  const out = await new Deno.Command(command, { args, stdin: "null", stdout: "null", stderr: "piped" })
-    .output();
-  const seconds = (performance.now() - t0) / 1000;
-  if (!out.success) {
-    throw new Error(`${command} ${args.join(" ")} failed: ${new TextDecoder().decode(out.stderr)}`);
-  }
-  return seconds;
-}
-
-async function buildSeed(): Promise<{ server: string; client: string } | null> {
-  const gcc = await new Deno.Command("gcc", { args: ["--version"], stdout: "null", stderr: "null" }).output()
-    .catch(() => null);
-  if (!gcc?.success) return null;
-  const built = { server: `${work}/seed_server`, client: `${work}/seed_client` };
-  for (const [name, out] of [["seed_server", built.server], ["seed_client", built.client]]) {
-    await timed("gcc", ["-O2", "-o", out, repo(`scripts/seed/${name}.c`)]);
-  }
-  return built;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+function loadAverage(): string {
+  return Deno.readTextFileSync("/proc/loadavg").split(" ").slice(0, 3).join(" ");
 }
 
 async function machine(): Promise<string> {
   const cpu = (await Deno.readTextFile("/proc/cpuinfo")).match(/model name\s*:\s*(.*)/)?.[1] ?? "unknown CPU";
   const mem = Math.round(Deno.systemMemoryInfo().total / 2 ** 30);
-  return `${navigator.hardwareConcurrency} x ${cpu}, ${mem} GiB RAM, Linux ${Deno.osRelease()}, Deno ${Deno.version.deno}`;
+  return `${navigator.hardwareConcurrency} x ${cpu}, ${mem} GiB RAM, Linux ${Deno.osRelease()}`;
 }
 
-interface Case {
-  name: string;
-  peer?: string;
-  run: () => Promise<number>;
-}
-
-const bytes = sizeMiB * 2 ** 20;
-const results = new Map<string, number[]>();
 try {
-  const data = `${work}/data.bin`;
-  console.error(`bench: writing a ${sizeMiB} MiB test file`);
-  await makeData(data, bytes);
-  const deno = Deno.execPath();
-  const ferry = await startProcess(deno, [
-    "run",
-    "--allow-all",
-    repo("server.ts"),
-    "--listen",
-    "127.0.0.1:0",
-    "--root",
-    work,
-    "--push-listen",
-    "127.0.0.1:0",
-    "--push",
-    data,
-    "--workers",
-    "2",
-  ], /ready with/);
-  const ports = ferry.lines.filter((l) => l.includes("listening on")).map((l) =>
-    Number(/:(\d+) \(/.exec(l)![1])
+  const started = performance.now();
+  const loadBefore = loadAverage();
+  const date = new Date().toISOString().slice(0, 16).replace("T", " ");
+  const wants = (c: string) => selected.includes(c);
+  const { available: tools, notes } = await ensureTools(
+    ["nginx", "curl", "iperf3", "strace", "gcc", "openssl"],
+    install,
+    log,
   );
-  const [requestPort, classicPort] = ports;
-  const client = (args: string[]) =>
-    timed(deno, ["run", "--allow-all", repo("client.ts"), "--quiet", ...args]);
-  const cases: Case[] = [
-    {
-      name: "request mode: ferry client get -o /dev/null",
-      run: () => client(["get", `127.0.0.1:${requestPort}`, "data.bin", "-o", "/dev/null"]),
-    },
-    {
-      name: "classic mode: ferry client pull -o /dev/null",
-      run: () => client(["pull", `127.0.0.1:${classicPort}`, "-o", "/dev/null"]),
-    },
-  ];
-  const seed = await buildSeed();
-  let seedServer: Deno.ChildProcess | null = null;
-  if (seed) {
-    const seed0 = await startProcess(seed.server, ["127.0.0.1", "0", "2", data], /listening on/);
-    seedServer = seed0.process;
-    const seedPort = Number(/:(\d+)$/.exec(seed0.lines.find((l) => l.includes("listening on"))!)![1]);
-    cases.push(
-      {
-        name: "classic mode, seed C client: ferry server",
-        run: () => timed(seed.client, ["127.0.0.1", String(classicPort), "/dev/null"]),
-      },
-      {
-        name: "classic mode, seed C client: seed C server",
-        peer: "seed",
-        run: () => timed(seed.client, ["127.0.0.1", String(seedPort), "/dev/null"]),
-      },
-    );
-  } else {
-    console.error("bench: gcc not found: the seed-client cases are skipped");
-  }
-  for (let r = 0; r < runs; r++) {
-    for (const c of cases) {
-      const seconds = await c.run();
-      results.set(c.name, [...results.get(c.name) ?? [], seconds]);
-      console.error(`bench: run ${r + 1}/${runs}: ${c.name}: ${(bytes / seconds / 1e9).toFixed(2)} GB/s`);
-    }
-  }
-  await stopProcess(ferry.process);
-  if (seedServer) await stopProcess(seedServer);
-
-  const gbps = (s: number) => bytes / s / 1e9;
-  const rows = cases.map((c) => {
-    const speeds = results.get(c.name)!.map(gbps);
-    return { name: c.name, median: median(speeds), min: Math.min(...speeds), max: Math.max(...speeds) };
+  const files = await makeFiles(root, profile, log);
+  log("starting ferry");
+  const ferry = await startFerry({
+    root,
+    push: `${root}/${files.big}`,
+    workers: WORKERS,
+    connsPerWorker: 2000,
+    queue: 20_000,
   });
-  const seedRow = rows.find((r) => r.name.endsWith("seed C server"));
-  const ferrySeedRow = rows.find((r) => r.name.endsWith("ferry server"));
+  const nginx: Server[] = [];
+  let nginxMany: Server | null = null;
+  if (tools.has("nginx")) {
+    log("starting nginx");
+    let i = 0;
+    if (wants("1")) {
+      for (const workers of [1, "auto"] as const) {
+        for (const sendfile of [true, false]) {
+          nginx.push(
+            await startNginx({ root, dir: `${root}/.nginx-${i++}`, workers, sendfile, connections: 4096 }),
+          );
+        }
+      }
+    }
+    // The many-connection cases: as many workers as ferry, sendfile on.
+    nginxMany = nginx.find((s) => s.name === `nginx (auto = ${WORKERS} workers, sendfile on)`) ??
+      await startNginx({
+        root,
+        dir: `${root}/.nginx-many`,
+        workers: WORKERS,
+        sendfile: true,
+        connections: 4096,
+      });
+  }
+  const seed = tools.has("gcc") ? await buildSeed(root) : null;
+  if (!seed) notes.push("gcc is not installed: the seed's C server and client are skipped");
+  const bench: Bench = {
+    profile,
+    root,
+    tools,
+    notes,
+    log,
+    ferry,
+    nginx,
+    nginxMany,
+    bestNginx: null,
+    seed,
+    files,
+    chart: [],
+  };
+  const sections: Section[] = [];
+  const cases: [string, (b: Bench) => Promise<Section>][] = [
+    ["start", startup],
+    ["1", case1],
+    ["2", case2],
+    ["3", case3],
+    ["4", case4],
+    ["5", case5],
+    ["6", case6],
+    ["7", case7],
+  ];
+  for (const [id, fn] of cases) {
+    if (!wants(id)) continue;
+    log(`case ${id}`);
+    sections.push(await fn(bench));
+  }
+  log("stopping servers");
+  for (const s of [ferry, ...nginx, ...(nginxMany && !nginx.includes(nginxMany) ? [nginxMany] : [])]) {
+    await s.stop();
+  }
+  const loadAfter = loadAverage();
+  const minutes = (performance.now() - started) / 60_000;
+
+  const versions = [`Deno ${Deno.version.deno}`];
+  for (const tool of ["nginx", "curl", "iperf3", "strace", "gcc", "openssl"]) {
+    if (tools.has(tool)) versions.push(`${tool} ${await versionOf(tool)}`);
+  }
   const command = `deno task bench${Deno.args.length ? " " + Deno.args.join(" ") : ""}`;
+  const headlines = sections.flatMap((s) =>
+    s.body.filter((l) => l.startsWith("**") || /ferry's server is/.test(l))
+  );
   const report = [
     "# Benchmarks",
     "",
-    `Produced by \`${command}\` on ${new Date().toISOString().slice(0, 10)}.`,
+    `Produced by \`${command}\` (profile: ${profile.name}; ${profile.streamRuns} runs per measurement in the`,
+    `single-stream cases 1, 2 and 6, ${profile.runs} in the others; servers alternating within each run) on`,
+    `${date} UTC, in ${minutes.toFixed(1)} minutes.`,
     "",
-    `Machine: ${await machine()}.`,
+    `Machine: ${await machine()}. Load average before the run: ${loadBefore}; after: ${loadAfter}.`,
     "",
-    `One ${sizeMiB} MiB file over loopback (127.0.0.1), ${runs} run(s) per case, cases alternating; ferry with`,
-    "2 workers. Times are wall-clock times of the whole client process (start-up included), so small",
-    "sizes understate throughput. GB/s = 10^9 bytes per second.",
+    `Versions: ${versions.join("; ")}.`,
     "",
-    "| case | median GB/s | min-max GB/s |",
-    "| --- | ---: | ---: |",
-    ...rows.map((r) => `| ${r.name} | ${r.median.toFixed(2)} | ${r.min.toFixed(2)}-${r.max.toFixed(2)} |`),
+    `Every server listens on 127.0.0.1. ferry runs ${WORKERS} worker processes (\`--workers ${WORKERS}\`);`,
+    "nginx runs from a generated config (no access log, keep-alive without a request limit). Figures are",
+    "medians over the runs with min-max beside them; each ratio is ferry's median over its peer's, both from",
+    "this same run. GB/s = 10^9 bytes per second. Every client and server shares the machine's cores.",
     "",
-    seedRow && ferrySeedRow
-      ? `Classic mode with the seed's own client: ferry's server is ${
-        (ferrySeedRow.median / seedRow.median).toFixed(1)
-      }x the seed's C server (median over median).`
-      : "The seed's C server and client were not built (no gcc): no ratio.",
+    ...(notes.length > 0 ? ["Skipped:", "", ...notes.map((n) => `- ${n}`), ""] : []),
+    "## Headline",
     "",
+    ...headlines.flatMap((h) => [`- ${h.replace(/^\*\*|\*\*/g, "")}`]),
+    "",
+    ...sections.flatMap((s) => [`## ${s.title}`, "", ...s.body]),
   ].join("\n");
   console.log(report);
-  if (output !== "-") await Deno.writeTextFile(output, report);
+  if (output !== "-") {
+    await Deno.mkdir(dirname(output), { recursive: true });
+    await Deno.writeTextFile(output, report);
+    if (bench.chart.length > 0) {
+      const svg = join(dirname(output), "docs", "bench-cost.svg");
+      await Deno.mkdir(dirname(svg), { recursive: true });
+      await Deno.writeTextFile(svg, svgChart("ferry vs nginx: how cost grows (medians)", bench.chart));
+      log(`wrote ${output} and ${svg}`);
+    } else {
+      log(`wrote ${output}`);
+    }
+  }
 } finally {
-  stopAll();
-  await Deno.remove(work, { recursive: true });
+  await cleanUp();
 }

@@ -1,9 +1,22 @@
 import assert from "node:assert/strict";
 import { repoPath } from "./helpers.ts";
 
-Deno.test("the benchmark script runs end to end on a tiny case and prints its table", async () => {
+Deno.test("the benchmark script runs end to end on a tiny case and prints its tables", async () => {
+  // A tiny run never installs anything: peers that are missing (nginx, curl, iperf3, strace, gcc) are
+  // skipped and the report says so.
   const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-all", repoPath("scripts/bench.ts"), "--size", "1", "--runs", "1", "--output", "-"],
+    args: [
+      "run",
+      "--allow-all",
+      repoPath("scripts/bench.ts"),
+      "--size",
+      "1",
+      "--runs",
+      "1",
+      "--no-install",
+      "--output",
+      "-",
+    ],
     stdin: "null",
   }).output();
   const stdout = new TextDecoder().decode(out.stdout);
@@ -12,4 +25,11 @@ Deno.test("the benchmark script runs end to end on a tiny case and prints its ta
   assert.match(stdout, /\| classic mode: ferry client pull -o \/dev\/null \| \d+\.\d+ \|/);
   // With gcc the seed's C server and client are built and compared; without it the report says so.
   assert.match(stdout, /ferry's server is \d+\.\dx the seed's C server|no gcc/);
+  // The load generator drove ferry in the many-connection cases, and no request failed.
+  assert.match(stdout, /\| loadgen \(ferry protocol\) -> ferry \(2 workers\) \| - \| - \| \d+\.\d+ /);
+  assert.match(stdout, /\| 4 KiB \| new per file \| 2 \| [\d,]+ /);
+  assert.match(stdout, /No request failed\./);
+  assert.match(stdout, /\| ferry \(2 workers\) \| 50 of 50 \|/);
+  assert.match(stdout, /\| loadgen as a classic client, 1 stream: ferry server \| \d+\.\d+ \|/);
+  assert.match(stdout, /\| ferry server, ready with 2 workers \| \d+\.\d+ \|/);
 });
