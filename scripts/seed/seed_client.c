@@ -1,6 +1,6 @@
 /*
  * seed_client.c - client for seed_server, reference implementation of the
- * client in the seed outline (/work/shared/seed/000_e883243f853fffc8.txt).
+ * client in the seed outline the project started from.
  *
  * Protocol, as in the seed: the server sends frames of an int length (host
  * byte order) followed by that many bytes.  The first frame is the file's

@@ -1,6 +1,6 @@
 /*
  * seed_server.c - process-pool file server, reference implementation of the
- * seed outline (/work/shared/seed/000_e883243f853fffc8.txt).
+ * seed outline the project started from.
  *
  * It is the "starting point we are leaving behind" for benchmarks, so it
  * follows the outline's design and wire format on purpose, inefficiencies
