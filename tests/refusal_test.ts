@@ -28,11 +28,11 @@ function requestFrame(body: string | Uint8Array, type: number = FrameType.Reques
 
 /**
  * The served root, beside a directory outside it:
- * root/ok.txt, root/sub/ (a directory), root/escape -> ../outside/secret.txt, root/escape-abs -> the same
- * by absolute path, root/locked.txt (mode 000); outside/secret.txt.
+ * served/ok.txt, served/sub/ (a directory), served/escape -> ../outside/secret.txt, served/escape-abs -> the same
+ * by absolute path, served/locked.txt (mode 000); outside/secret.txt.
  */
 async function makeTree(base: string): Promise<{ root: string; okBytes: Uint8Array }> {
-  const root = `${base}/root`;
+  const root = `${base}/served`;
   await Deno.mkdir(`${root}/sub`, { recursive: true });
   await Deno.mkdir(`${base}/outside`);
   await Deno.writeTextFile(`${base}/outside/secret.txt`, "secret\n");
@@ -136,7 +136,7 @@ function getFrame(path: string): Uint8Array {
 
 Deno.test("request mode: a path with '..' is refused with FORBIDDEN and the next request succeeds", async () => {
   await withServer([], async (s) => {
-    for (const path of ["..", "../x", "a/../../x", "sub/../ok.txt", "../root/ok.txt", "sub/.."]) {
+    for (const path of ["..", "../x", "a/../../x", "sub/../ok.txt", "../served/ok.txt", "sub/.."]) {
       await assertPathRefused(s, path, ErrorCode.Forbidden);
     }
   });
