@@ -178,6 +178,16 @@ class Conn {
 /** What a connection's readiness led to. */
 type Outcome = "wait" | "done" | "failed";
 
+/** Opens `c` for `path`; a connect that fails at once is a failed outcome with its errno on `c`. */
+function openOrFail(speaker: Speaker, c: Conn, path: string): Outcome {
+  try {
+    return speaker.open(c, path);
+  } catch (e) {
+    c.error = e instanceof LibcError ? e.errnoName : String(e);
+    return "failed";
+  }
+}
+
 /** Speaks one protocol over nonblocking connections: open, send, read and parse one response. */
 class Speaker {
   readonly #addr: Uint8Array;
@@ -834,13 +844,7 @@ export function runHold(o: HoldOptions): LoadResult {
   const probesMs: number[] = [];
   for (let p = 0; p < o.probes; p++) {
     const c = new Conn();
-    let outcome: Outcome;
-    try {
-      outcome = speaker.open(c, o.path);
-    } catch (e) {
-      c.error = e instanceof LibcError ? e.errnoName : String(e);
-      outcome = "failed";
-    }
+    let outcome = openOrFail(speaker, c, o.path);
     const t0 = c.started;
     const extra = new Map<number, (events: number) => void>();
     extra.set(c.fd, (events) => outcome = speaker.onReady(c, events));
@@ -871,13 +875,7 @@ export function runHold(o: HoldOptions): LoadResult {
   };
   for (let b = 0; b < o.burst; b++) {
     const c = new Conn();
-    let outcome: Outcome;
-    try {
-      outcome = speaker.open(c, o.path);
-    } catch (e) {
-      c.error = e instanceof LibcError ? e.errnoName : String(e);
-      outcome = "failed";
-    }
+    const outcome = openOrFail(speaker, c, o.path);
     if (outcome === "wait") extra.set(c.fd, (events) => settleBurst(c, speaker.onReady(c, events)));
     else settleBurst(c, outcome);
   }

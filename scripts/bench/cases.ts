@@ -242,6 +242,19 @@ export interface LoadRun {
   serverPeakRssKiB: number;
 }
 
+/** `deno run` arguments that start the load generator against `server`. */
+function loadgenCommand(server: Server): string[] {
+  return [
+    "run",
+    "--allow-all",
+    repo("scripts/loadgen.ts"),
+    "--protocol",
+    server.protocol,
+    "--target",
+    `127.0.0.1:${server.port}`,
+  ];
+}
+
 /** Runs `scripts/loadgen.ts` against `server` with `args`. */
 export async function loadgen(server: Server, args: string[]): Promise<LoadRun> {
   const cpu0 = cpuSeconds(server.pids);
@@ -249,16 +262,7 @@ export async function loadgen(server: Server, args: string[]): Promise<LoadRun> 
   let out;
   let serverPeakRssKiB = 0;
   try {
-    out = await run(Deno.execPath(), [
-      "run",
-      "--allow-all",
-      repo("scripts/loadgen.ts"),
-      "--protocol",
-      server.protocol,
-      "--target",
-      `127.0.0.1:${server.port}`,
-      ...args,
-    ]);
+    out = await run(Deno.execPath(), [...loadgenCommand(server), ...args]);
   } finally {
     serverPeakRssKiB = sampler.stop();
   }
@@ -930,13 +934,7 @@ async function holdOn(b: Bench, server: Server): Promise<HoldFigures> {
   const fdsBefore = fdCount(pids);
   const tcpMemBeforeMiB = tcpMemMiB();
   const gen = start(Deno.execPath(), [
-    "run",
-    "--allow-all",
-    repo("scripts/loadgen.ts"),
-    "--protocol",
-    server.protocol,
-    "--target",
-    `127.0.0.1:${server.port}`,
+    ...loadgenCommand(server),
     "--hold",
     String(p.hold),
     "--hold-path",
