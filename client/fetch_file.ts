@@ -8,7 +8,8 @@
  *   etag), and starts from 0 when the server says the file CHANGED;
  * - verification: size, and SHA-256 of the whole file (the part's bytes from disk plus the new ones)
  *   against the server's, from the header or the trailer; a mismatch removes the part and never touches
- *   the target;
+ *   the target. `verify: false` keeps the size check and skips the SHA-256, whose cost (about 0.6 s per
+ *   GiB on one core) is what bounds a single stream;
  * - atomic publication with the server's mode and mtime;
  * - retries with backoff (`retry.ts`) for what may pass, within the run's deadline.
  *
@@ -45,6 +46,8 @@ export interface FetchOptions {
   deadline: Deadline;
   /** Shows the transfer. */
   progress: Progress;
+  /** Check the SHA-256 of what is received against the server's (the size is always checked). */
+  verify: boolean;
   /**
    * What a listing said of the file: a local copy of another size is not hashed (it differs anyway), and
    * one whose SHA-256 equals a listed one is current without asking.
@@ -124,6 +127,11 @@ export async function hashChunks(chunks: AsyncIterable<Uint8Array>, deadline: De
   return hash;
 }
 
+/** A SHA-256 for the bytes to come, or null when not verifying. */
+function newHash(verify: boolean): Hash | null {
+  return verify ? createHash("sha256") : null;
+}
+
 /** The chunks of a local file, or nothing if it is not a regular file. */
 async function* fileChunks(path: string): AsyncGenerator<Uint8Array> {
   const file = await Deno.open(path, { read: true });
@@ -150,8 +158,8 @@ interface Holder {
   accept(header: GetHeader): Promise<void>;
   /** Receives data. */
   write(chunk: Uint8Array): Promise<void>;
-  /** SHA-256 (hex) of all bytes held. */
-  digest(): string;
+  /** SHA-256 (hex) of all bytes held; undefined when not verifying. */
+  digest(): string | undefined;
   /** Publishes what is held (all of the file, verified). */
   commit(header: GetHeader): Promise<void>;
   /** The local copy is current: drop leftovers. */
@@ -165,10 +173,17 @@ interface Holder {
 /** A file target: parts on disk, published atomically. */
 class FileHolder implements Holder {
   #part: AtomicFile | null = null;
-  #hash: Hash = createHash("sha256");
+  #hash: Hash | null;
   #localSha256: string | undefined | null = null; // null: not computed yet
   #searched = false;
-  constructor(readonly target: string, readonly deadline: Deadline, readonly listedSize?: number) {}
+  constructor(
+    readonly target: string,
+    readonly deadline: Deadline,
+    readonly verify: boolean,
+    readonly listedSize?: number,
+  ) {
+    this.#hash = newHash(verify);
+  }
 
   get held(): number {
     return this.#part?.size ?? 0;
@@ -208,14 +223,14 @@ class FileHolder implements Holder {
       ? await AtomicFile.openPart(this.target, tag)
       : await AtomicFile.create(this.target);
     this.#part = part;
-    if (resume) this.#hash = await hashChunks(part.readBack(), this.deadline);
-    else await this.#empty();
+    if (!resume) await this.#empty();
+    else if (this.verify) this.#hash = await hashChunks(part.readBack(), this.deadline);
   }
 
   /** Empties the part held, to receive its version from byte 0. */
   async #empty(): Promise<void> {
     if (this.#part!.size > 0) await this.#part!.truncate();
-    this.#hash = createHash("sha256");
+    this.#hash = newHash(this.verify);
   }
 
   async accept(header: GetHeader): Promise<void> {
@@ -237,11 +252,11 @@ class FileHolder implements Holder {
 
   async write(chunk: Uint8Array): Promise<void> {
     await this.#part!.write(chunk);
-    this.#hash.update(chunk);
+    this.#hash?.update(chunk);
   }
 
-  digest(): string {
-    return this.#hash.copy().digest("hex");
+  digest(): string | undefined {
+    return this.#hash?.copy().digest("hex");
   }
 
   async commit(header: GetHeader): Promise<void> {
@@ -258,7 +273,7 @@ class FileHolder implements Holder {
   async discard(): Promise<boolean> {
     await this.#part?.abort();
     this.#part = null;
-    this.#hash = createHash("sha256");
+    this.#hash = newHash(this.verify);
     return true;
   }
 
@@ -274,8 +289,10 @@ class FileHolder implements Holder {
 class StreamHolder implements Holder {
   #held = 0;
   #etag: string | undefined;
-  readonly #hash: Hash = createHash("sha256");
-  constructor(readonly sink: Sink, readonly target: string) {}
+  readonly #hash: Hash | null;
+  constructor(readonly sink: Sink, readonly target: string, verify: boolean) {
+    this.#hash = newHash(verify);
+  }
 
   get held(): number {
     return this.#held;
@@ -303,11 +320,11 @@ class StreamHolder implements Holder {
   async write(chunk: Uint8Array): Promise<void> {
     await this.sink.write(chunk);
     this.#held += chunk.byteLength;
-    this.#hash.update(chunk);
+    this.#hash?.update(chunk);
   }
 
-  digest(): string {
-    return this.#hash.copy().digest("hex");
+  digest(): string | undefined {
+    return this.#hash?.copy().digest("hex");
   }
 
   commit(): Promise<void> {
@@ -331,7 +348,8 @@ class StreamHolder implements Holder {
 interface Fetched {
   unchanged: boolean;
   header: GetHeader;
-  sha256: string;
+  /** The SHA-256 verified (or, unchanged, matched); undefined when not verifying. */
+  sha256?: string;
 }
 
 /** One try: request, receive, verify, publish. A part of another version is restarted on the spot. */
@@ -373,7 +391,7 @@ async function tryOnce(
     if (header.unchanged) {
       await session.finish();
       await holder.unchanged();
-      return { unchanged: true, header, sha256: header.sha256 ?? localSha256 ?? "" };
+      return { unchanged: true, header, sha256: header.sha256 ?? localSha256 };
     }
     await holder.accept(header);
     options.progress.start(path, header.size, header.offset);
@@ -397,7 +415,7 @@ async function tryOnce(
     const actual = holder.digest();
     const mismatch = holder.held !== header.size
       ? `received ${holder.held} bytes, the server announced ${header.size}`
-      : expected !== undefined && expected !== actual
+      : expected !== undefined && actual !== undefined && expected !== actual
       ? `SHA-256 mismatch for ${what}: received ${actual}, the server has ${expected}`
       : null;
     if (mismatch !== null) {
@@ -423,7 +441,7 @@ export async function fetchFile(
   try {
     const kind = await targetKind(target);
     if (kind === "file") {
-      const fileHolder = new FileHolder(target, options.deadline, options.listed?.size);
+      const fileHolder = new FileHolder(target, options.deadline, options.verify, options.listed?.size);
       holder = fileHolder;
       const listedSha = options.listed?.sha256;
       if (listedSha !== undefined && await fileHolder.prepare() === listedSha) {
@@ -432,7 +450,8 @@ export async function fetchFile(
         return Object.assign(report, { status: "unchanged", size: options.listed!.size, sha256: listedSha });
       }
     } else {
-      holder = new StreamHolder(kind === "stdout" ? stdoutSink() : await deviceSink(target), target);
+      const sink = kind === "stdout" ? stdoutSink() : await deviceSink(target);
+      holder = new StreamHolder(sink, target, options.verify);
     }
     const active = holder;
     const fetched = await withRetries((n) => {

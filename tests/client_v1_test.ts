@@ -203,6 +203,26 @@ Deno.test("data corrupted in flight fails the SHA-256 check: exit 7, target unto
   });
 });
 
+Deno.test("--no-verify checks the size but not the SHA-256: the same corruption is published, with no sha256 reported", async () => {
+  await withServer(async ({ src, out, server }) => {
+    const expected = await sha256File(await makeFile(src, "f.bin", 3 * MiB + 5));
+    const proxy = new FrameProxy(server.ports[0], { corrupt: { connection: 0, dataByte: 2 * MiB } });
+    try {
+      const r = await runClient(getArgs(proxy.address, "f.bin", out, "--no-verify", "--json"));
+      assert.equal(r.code, 0, r.stderr);
+      const [report] = jsonLines(r);
+      assert.equal(report.status, "updated");
+      assert.equal(report.size, 3 * MiB + 5);
+      assert.equal(report.sha256, undefined, "nothing was verified, so no hash is claimed");
+    } finally {
+      await proxy.close();
+    }
+    const published = await Deno.readFile(`${out}/f.bin`);
+    assert.equal(published.byteLength, 3 * MiB + 5);
+    assert.notEqual(await sha256File(`${out}/f.bin`), expected, "the altered byte went through unchecked");
+  });
+});
+
 Deno.test("an unchanged file is not transferred again: no data frame, status unchanged, exit 0", async () => {
   await withServer(async ({ src, out, server }) => {
     const expected = await sha256File(await makeFile(src, "f.bin", 5 * MiB));
@@ -450,6 +470,7 @@ Deno.test("new options are checked: one line and exit 2 for each mistake", async
     ["mirror", "127.0.0.1:1", "dir", "local", "extra"],
     ["mirror", "127.0.0.1:1", "dir", "local", "-o", "x"],
     ["mirror", "127.0.0.1:1", "../up", "local"],
+    ["pull", "127.0.0.1:1", "--no-verify"],
   );
   for (const args of cases) {
     const r = await runClient(args);
