@@ -21,8 +21,18 @@ export function identityOf(stat: FileStat): string {
  * the key under which workers tell each other a file's hash: 16 bytes, as 32 hex digits.
  */
 export function etagOf(identity: string): string {
-  return createHash("sha256").update(identity).digest("hex").slice(0, 32);
+  // Asked for on every request; a SHA-256 object per call cost more than the rest of a small reply.
+  let etag = etags.get(identity);
+  if (etag === undefined) {
+    etag = createHash("sha256").update(identity).digest("hex").slice(0, 32);
+    if (etags.size >= MAX_ENTRIES) etags.delete(etags.keys().next().value!);
+    etags.set(identity, etag);
+  }
+  return etag;
 }
+
+/** {@link etagOf}'s results, oldest first. */
+const etags = new Map<string, string>();
 
 /** A hash being computed, and who waits for it. */
 interface Job {
