@@ -381,7 +381,7 @@ export class Connection {
     const seconds = ((performance.now() - this.#requestStarted) / 1000).toFixed(3);
     const bytes = this.bytesSent - this.#requestBytesAtStart;
     this.config.log(
-      `${new Date().toISOString()} peer=${this.#peer} worker=${this.config.workerId} ` +
+      `${timestamp()} peer=${this.#peer} worker=${this.config.workerId} ` +
         `request=${this.#requestLabel} bytes=${bytes} duration=${seconds}s result=${result}`,
     );
     this.#requestBytesAtStart = this.bytesSent;
@@ -400,6 +400,19 @@ export class Connection {
     close(this.fd);
     if (result !== null && (wasResponding || this.#logged === 0)) this.#logRequest(result);
   }
+}
+
+let stampedAt = 0;
+let stamp = "";
+
+/** The time for a log line, formatted once per millisecond however many lines share it. */
+function timestamp(): string {
+  const now = Date.now();
+  if (now !== stampedAt) {
+    stampedAt = now;
+    stamp = new Date(now).toISOString();
+  }
+  return stamp;
 }
 
 function peerOf(fd: number): string {

@@ -67,8 +67,9 @@ export interface ReplyContext {
   wake: () => void;
 }
 
-const header = (h: Omit<ResponseHeader, "v" | "status">): Uint8Array =>
-  encodeJsonFrame(FrameType.Header, { v: PROTOCOL_VERSION, status: "ok", ...h });
+/** A Header frame, with `spare` zero bytes after it (see encodeJsonFrame). */
+const header = (h: Omit<ResponseHeader, "v" | "status">, spare = 0): Uint8Array =>
+  encodeJsonFrame(FrameType.Header, { v: PROTOCOL_VERSION, status: "ok", ...h }, spare);
 
 /** Answers `request`. */
 export function answer(request: Request, ctx: ReplyContext): Reply {
@@ -182,7 +183,7 @@ function get(request: Request, ctx: ReplyContext): Reply {
   };
   const send = (sha: string | undefined): Piece[] => {
     if (sha !== undefined && stat.size - offset <= SMALL_REPLY_BYTES) {
-      const whole = smallReply(header({ ...fields, sha256: sha }), fd, offset, stat.size, identity);
+      const whole = smallReply({ ...fields, sha256: sha }, fd, offset, stat.size, identity);
       if (whole !== null) return [whole];
     }
     return [header({ ...fields, sha256: sha }), new FramedFileBody(fd, offset, stat.size), finale(sha)];
@@ -211,7 +212,7 @@ const SMALL_REPLY_BYTES = 64 * 1024;
  * FILE_CHANGED).
  */
 function smallReply(
-  head: Uint8Array,
+  fields: Omit<ResponseHeader, "v" | "status">,
   fd: number,
   offset: number,
   size: number,
@@ -219,11 +220,12 @@ function smallReply(
 ): Uint8Array | null {
   const length = size - offset;
   const dataHeader = length > 0 ? FRAME_HEADER_SIZE + 1 : 0;
-  const out = new Uint8Array(head.byteLength + dataHeader + length + FRAME_HEADER_SIZE);
-  out.set(head);
+  const spare = dataHeader + length + FRAME_HEADER_SIZE;
+  const out = header(fields, spare);
+  const headLength = out.byteLength - spare;
   if (length > 0) {
-    putDataFrameHeader(out.subarray(head.byteLength), length);
-    const data = out.subarray(head.byteLength + dataHeader, head.byteLength + dataHeader + length);
+    putDataFrameHeader(out.subarray(headLength), length);
+    const data = out.subarray(headLength + dataHeader, headLength + dataHeader + length);
     for (let got = 0; got < length;) {
       const n = pread(fd, data.subarray(got), offset + got);
       if (n <= 0) return null;
