@@ -208,6 +208,9 @@ function openListener(endpoint: Endpoint, backlog: number): Endpoint & { fd: num
     setsockoptInt(fd, C.SOL_SOCKET, C.SO_REUSEADDR, 1);
     // An IPv6 listener serves IPv6 only, so [::]:P and 0.0.0.0:P can be given side by side.
     if (endpoint.family === C.AF_INET6) setsockoptInt(fd, C.IPPROTO_IPV6, C.IPV6_V6ONLY, 1);
+    // Replies are coalesced with MSG_MORE; without NODELAY, Nagle would hold a reply's small last frame
+    // until the client's delayed ACK. Linux copies it to every accepted socket: no setsockopt per connection.
+    setsockoptInt(fd, C.IPPROTO_TCP, C.TCP_NODELAY, 1);
     bind(fd, encodeSockaddr(endpoint));
     listen(fd, backlog);
     const addr = new Uint8Array(SOCKADDR_MAX);
@@ -224,7 +227,12 @@ interface PendingConn {
   fd: number;
   id: number;
   mode: number;
+  /** The client's sockaddr as accept4(2) gave it. */
+  peer: Uint8Array;
 }
+
+/** Where accept4(2) writes each client's address. */
+const PEER_SCRATCH = new Uint8Array(SOCKADDR_MAX);
 
 /** One worker slot: the process in it changes when a worker dies and is respawned. */
 interface WorkerSlot {
@@ -418,7 +426,7 @@ export class Master {
         this.#readyWorkers.add(slot.id);
         this.#onWorkerReady();
       } else if (message.kind === MessageKind.Done) {
-        this.#dispatcher.release(slot.id);
+        this.#dispatcher.release(slot.id, message.arg);
       } else if (message.kind === MessageKind.HashKnown) {
         this.#relayHash(slot, message.payload);
       }
@@ -484,7 +492,7 @@ export class Master {
     for (;;) {
       let fd: number;
       try {
-        fd = tryAccept4(listener.fd, C.SOCK_NONBLOCK | C.SOCK_CLOEXEC);
+        fd = tryAccept4(listener.fd, C.SOCK_NONBLOCK | C.SOCK_CLOEXEC, PEER_SCRATCH);
       } catch (e) {
         if (!(e instanceof LibcError)) throw e;
         if (e.errnoName === "ECONNABORTED") continue;
@@ -498,7 +506,12 @@ export class Master {
         return;
       }
       if (fd === WOULD_BLOCK) return;
-      const conn: PendingConn = { fd, id: this.#nextConnId++ >>> 0, mode: listener.mode };
+      const conn: PendingConn = {
+        fd,
+        id: this.#nextConnId++ >>> 0,
+        mode: listener.mode,
+        peer: PEER_SCRATCH.slice(), // goes to the worker, which would otherwise ask getpeername(2)
+      };
       const placement = this.#dispatcher.offer(conn);
       if (placement === "refused") this.#refuse(conn);
       else if (placement !== "queued") this.#handOff(placement.worker, conn);
@@ -510,7 +523,7 @@ export class Master {
     const slot = this.#slots[workerId - 1];
     let sent = false;
     try {
-      sent = sendMessage(slot.channel, MessageKind.Conn, conn.id, conn.mode, conn.fd);
+      sent = sendMessage(slot.channel, MessageKind.Conn, conn.id, conn.mode, conn.fd, conn.peer);
     } catch (e) {
       log(`worker ${slot.id}: hand-off failed: ${(e as Error).message}`); // its hang-up follows
     }

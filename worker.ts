@@ -1,7 +1,7 @@
 /**
  * A ferry worker: started by the master (never by hand) with its end of a channel as an inherited fd.
  * It receives client fds over the channel, serves up to `--conns` of them at once with its own epoll loop,
- * and tells the master when each one ends. It exits when the master says Stop and its connections are
+ * and tells the master how many ended, once per loop turn. It exits when the master says Stop and its connections are
  * done, or at once when the channel closes (the master is gone), so no worker outlives its master.
  *
  * The loop is synchronous on purpose: every call is a nonblocking syscall after epoll said it is ready,
@@ -24,6 +24,9 @@ const TURN_BUDGET = 4 * 1024 * 1024;
 
 /** How often idle connections are looked for, in milliseconds. */
 const IDLE_SCAN_MS = 250;
+
+/** How soon a Done that found the channel full is tried again, in milliseconds. */
+const DONE_RETRY_MS = 5;
 
 const logEncoder = new TextEncoder();
 
@@ -73,10 +76,17 @@ export function runWorker(args: WorkerArgs): never {
   let stopping = false;
   let nextIdleScan = performance.now() + IDLE_SCAN_MS;
 
+  // Connections that ended and the master has not been told of: one Done message per turn says how many.
+  let endedUntold = 0;
+  const tellEnded = () => {
+    // A full channel keeps the count for the next turn (the loop then polls until it goes out).
+    if (endedUntold > 0 && sendMessage(channel, MessageKind.Done, 0, endedUntold)) endedUntold = 0;
+  };
+
   const settle = (conn: Connection, interestBefore: number) => {
     if (conn.closed) {
       connections.delete(conn.fd); // close() already removed it from epoll: no other process holds it
-      sendMessage(channel, MessageKind.Done, conn.id, conn.ok ? 1 : 0);
+      endedUntold++;
     } else if (conn.interest !== interestBefore) {
       epoll.modify(conn.fd, conn.interest);
     }
@@ -94,7 +104,7 @@ export function runWorker(args: WorkerArgs): never {
       if (message === null) return;
       if (message === "closed") exit(0, "master gone");
       else if (message.kind === MessageKind.Conn) {
-        const conn = accept(message.fd, message.id, message.arg === ServeMode.Classic);
+        const conn = accept(message.fd, message.id, message.arg === ServeMode.Classic, message.payload);
         if (conn === null) continue;
         connections.set(conn.fd, conn);
         epoll.add(conn.fd, conn.interest);
@@ -109,14 +119,14 @@ export function runWorker(args: WorkerArgs): never {
     }
   };
 
-  const accept = (fd: number, id: number, classic: boolean): Connection | null => {
+  const accept = (fd: number, id: number, classic: boolean, peer: Uint8Array): Connection | null => {
     try {
-      return new Connection(fd, id, classic, config);
+      return new Connection(fd, id, classic, config, peer);
     } catch (e) {
       // E.g. the pushed file was removed: this connection fails, the worker goes on.
       logLines.push(`worker ${args.workerId}: cannot serve connection ${id}: ${(e as Error).message}`);
       close(fd);
-      sendMessage(channel, MessageKind.Done, id, 0);
+      endedUntold++;
       return null;
     }
   };
@@ -125,7 +135,7 @@ export function runWorker(args: WorkerArgs): never {
   for (;;) {
     if (stopping && connections.size === 0) exit(0, "stopped");
     // While hashes are being computed, only poll: the loop alternates hashing slices and serving.
-    const ready = epoll.wait(config.hashes.busy ? 0 : IDLE_SCAN_MS);
+    const ready = epoll.wait(config.hashes.busy ? 0 : endedUntold > 0 ? DONE_RETRY_MS : IDLE_SCAN_MS);
     for (let i = 0; i < ready; i++) {
       const fd = epoll.fdAt(i);
       if (fd === channel) {
@@ -146,7 +156,6 @@ export function runWorker(args: WorkerArgs): never {
       conn.onReady();
       settle(conn, before);
     }
-    flushLog();
     const now = performance.now();
     if (now >= nextIdleScan) {
       nextIdleScan = now + IDLE_SCAN_MS;
@@ -155,6 +164,8 @@ export function runWorker(args: WorkerArgs): never {
         if (conn.checkIdle(now)) settle(conn, before);
       }
     }
+    flushLog();
+    tellEnded();
   }
 }
 

@@ -25,7 +25,6 @@ const symbols = {
   accept4: { parameters: ["i32", "buffer", "buffer", "i32"], result: "i32" }, // int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags)
   connect: { parameters: ["i32", "buffer", "u32"], result: "i32" }, // int connect(int fd, const struct sockaddr *addr, socklen_t len)
   getsockname: { parameters: ["i32", "buffer", "buffer"], result: "i32" }, // int getsockname(int fd, struct sockaddr *addr, socklen_t *len)
-  getpeername: { parameters: ["i32", "buffer", "buffer"], result: "i32" }, // int getpeername(int fd, struct sockaddr *addr, socklen_t *len)
   shutdown: { parameters: ["i32", "i32"], result: "i32" }, // int shutdown(int fd, int how)
   sendmsg: { parameters: ["i32", "buffer", "i32"], result: "isize" }, // ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
   recvmsg: { parameters: ["i32", "buffer", "i32"], result: "isize" }, // ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
@@ -241,13 +240,6 @@ export function connect(fd: number, addr: Uint8Array): boolean {
 export function getsockname(fd: number, addr: Uint8Array): number {
   const len = new Uint32Array([addr.byteLength]);
   check("getsockname", sys.getsockname(fd, addr, len));
-  return len[0];
-}
-
-/** getpeername(2) into `addr`; returns the length written. */
-export function getpeername(fd: number, addr: Uint8Array): number {
-  const len = new Uint32Array([addr.byteLength]);
-  check("getpeername", sys.getpeername(fd, addr, len));
   return len[0];
 }
 

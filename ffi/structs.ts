@@ -104,7 +104,9 @@ export function decodeSockaddr(buf: Uint8Array): Endpoint | null {
   const family = view.getUint16(0, true);
   if (family !== C.AF_INET && family !== C.AF_INET6) return null;
   const port = view.getUint16(2, false);
-  const raw = family === C.AF_INET6 ? buf.slice(8, 24) : buf.slice(4, 8);
+  // Dotted quads are formatted here: inet_ntop(3) formats them with sprintf, once per connection.
+  if (family === C.AF_INET) return { family, host: `${buf[4]}.${buf[5]}.${buf[6]}.${buf[7]}`, port };
+  const raw = buf.slice(8, 24);
   const p = sys.inet_ntop(family, raw, ntopOut, ntopOut.byteLength);
   if (p === null) return null;
   return { family, host: Deno.UnsafePointerView.getCString(p), port };

@@ -1,8 +1,9 @@
 /**
  * The master-worker channel: one `SOCK_SEQPACKET` Unix socketpair per worker carrying fixed 64-byte
- * messages (four little-endian u32: kind, connection id, argument, reserved; then a 48-byte payload used
- * only by {@link MessageKind.HashKnown}) and, with {@link MessageKind.Conn}, the client's fd as SCM_RIGHTS. Sequenced packets keep message boundaries, so a
- * message is never half-read; a closed channel is how either side learns that the other is gone.
+ * messages (four little-endian u32: kind, connection id, argument, reserved; then a 48-byte payload:
+ * the client's address with {@link MessageKind.Conn}, a file's hash with {@link MessageKind.HashKnown})
+ * and, with Conn, the client's fd as SCM_RIGHTS. Sequenced packets keep message boundaries, so a message
+ * is never half-read; a closed channel is how either side learns that the other is gone.
  *
  * @module
  */
@@ -15,16 +16,19 @@ export const MESSAGE_SIZE = 64;
 
 /** Where the payload starts and how long it is. */
 const PAYLOAD_OFFSET = 16;
-/** Bytes of payload: a 16-byte file identity digest and a 32-byte SHA-256. */
+/** Bytes of payload: room for a sockaddr_in6 (28), or a 16-byte file identity digest and a 32-byte SHA-256. */
 export const PAYLOAD_SIZE = 48;
 
 /** What a channel message says. */
 export const MessageKind = {
   /** worker -> master: started and ready for connections. */
   Ready: 1,
-  /** master -> worker: serve this fd; `arg` is the listener's {@link ServeMode}. */
+  /** master -> worker: serve this fd; `arg` is the listener's {@link ServeMode}, the payload the peer's sockaddr. */
   Conn: 2,
-  /** worker -> master: connection `id` ended; `arg` is 1 if it ended well, 0 if not. */
+  /**
+   * worker -> master: `arg` connections ended. A worker sends one per loop turn for all the connections
+   * that ended in it, not one per connection.
+   */
   Done: 3,
   /** master -> worker: finish the connections you have, then exit. */
   Stop: 4,

@@ -14,16 +14,14 @@ import {
   C,
   close,
   fstat,
-  getpeername,
   LibcError,
   openRead,
-  setsockoptInt,
   shutdown,
   tryRecv,
   trySend,
   WOULD_BLOCK,
 } from "../ffi/libc.ts";
-import { decodeSockaddr, formatEndpoint, SOCKADDR_MAX } from "../ffi/structs.ts";
+import { decodeSockaddr, formatEndpoint } from "../ffi/structs.ts";
 import {
   encodeErrorResponse,
   encodeRawFrame,
@@ -98,13 +96,18 @@ export class Connection {
    * @param id the master's id for it
    * @param classic true for classic mode (push), false for request mode
    * @param config what the worker serves
+   * @param peer the client's sockaddr, as the master's accept4(2) got it
    */
-  constructor(readonly fd: number, readonly id: number, classic: boolean, readonly config: ServeConfig) {
+  constructor(
+    readonly fd: number,
+    readonly id: number,
+    classic: boolean,
+    readonly config: ServeConfig,
+    peer: Uint8Array,
+  ) {
     this.#lastProgress = this.#requestStarted = performance.now();
-    this.#peer = peerOf(fd);
-    // Replies are coalesced with MSG_MORE; without NODELAY, Nagle would hold a reply's small last frame
-    // until the client's delayed ACK (tens of milliseconds per request on a persistent connection).
-    setsockoptInt(fd, C.IPPROTO_TCP, C.TCP_NODELAY, 1);
+    this.#peer = formatPeer(peer);
+    // TCP_NODELAY (replies are coalesced with MSG_MORE) comes from the listener: see server.ts.
     if (classic) {
       this.#state = "writing";
       this.#startClassic();
@@ -415,13 +418,8 @@ function timestamp(): string {
   return stamp;
 }
 
-function peerOf(fd: number): string {
-  const addr = new Uint8Array(SOCKADDR_MAX);
-  try {
-    getpeername(fd, addr);
-    const ep = decodeSockaddr(addr);
-    return ep ? formatEndpoint(ep) : "unknown";
-  } catch {
-    return "unknown";
-  }
+/** A client's sockaddr as the log shows it. */
+function formatPeer(sockaddr: Uint8Array): string {
+  const ep = decodeSockaddr(sockaddr);
+  return ep ? formatEndpoint(ep) : "unknown";
 }

@@ -79,9 +79,9 @@ export class Dispatcher<T> {
     this.#queue.unshift(conn);
   }
 
-  /** Records that a connection on `worker` ended. */
-  release(worker: number): void {
-    if (this.#load.has(worker)) this.#load.set(worker, Math.max(0, this.loadOf(worker) - 1));
+  /** Records that `count` connections on `worker` ended. */
+  release(worker: number, count = 1): void {
+    if (this.#load.has(worker)) this.#load.set(worker, Math.max(0, this.loadOf(worker) - count));
   }
 
   /**
