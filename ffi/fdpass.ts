@@ -10,24 +10,32 @@ import { C, errno, LibcError, sys, WOULD_BLOCK } from "./libc.ts";
 import { addressOf, CMSG, IOVEC, MSGHDR } from "./structs.ts";
 
 // Long-lived scratch structures: the kernel reads pointers inside them, and Deno keeps alive only the
-// buffer passed as an argument, so everything they point at must stay referenced here.
-const msg = new Uint8Array(MSGHDR.size);
-const msgView = new DataView(msg.buffer);
-const iov = new Uint8Array(IOVEC.size);
-const iovView = new DataView(iov.buffer);
-const control = new Uint8Array(CMSG.spaceOneFd);
-const controlView = new DataView(control.buffer);
+// buffer passed as an argument, so everything they point at must stay referenced here. They share one
+// ArrayBuffer too large for V8 to keep inside its heap, so their addresses never move and the pointers
+// between them are written once, not per message (computing them was most of a hand-off's JS cost).
+const scratch = new ArrayBuffer(256);
+const msg = new Uint8Array(scratch, 0, MSGHDR.size);
+const msgView = new DataView(scratch, 0, MSGHDR.size);
+const iov = new Uint8Array(scratch, 64, IOVEC.size);
+const iovView = new DataView(scratch, 64, IOVEC.size);
+const control = new Uint8Array(scratch, 128, CMSG.spaceOneFd);
+const controlView = new DataView(scratch, 128, CMSG.spaceOneFd);
+msgView.setBigUint64(MSGHDR.iov, addressOf(iov), true);
+msgView.setBigUint64(MSGHDR.iovlen, 1n, true);
+msgView.setBigUint64(MSGHDR.control, addressOf(control), true);
+
+/** The buffer the iovec points at (kept referenced, so its address stays valid while it is used). */
+let iovData: Uint8Array | null = null;
 
 function prepare(data: Uint8Array, withControl: boolean): void {
-  msg.fill(0);
-  iovView.setBigUint64(IOVEC.base, addressOf(data), true);
-  iovView.setBigUint64(IOVEC.len, BigInt(data.byteLength), true);
-  msgView.setBigUint64(MSGHDR.iov, addressOf(iov), true);
-  msgView.setBigUint64(MSGHDR.iovlen, 1n, true);
-  if (withControl) {
-    msgView.setBigUint64(MSGHDR.control, addressOf(control), true);
-    msgView.setBigUint64(MSGHDR.controllen, BigInt(control.byteLength), true);
+  if (data !== iovData) {
+    iovView.setBigUint64(IOVEC.base, addressOf(data), true);
+    iovView.setBigUint64(IOVEC.len, BigInt(data.byteLength), true);
+    iovData = data;
   }
+  // recvmsg(2) writes these back: reset them for every call.
+  msgView.setBigUint64(MSGHDR.controllen, withControl ? BigInt(control.byteLength) : 0n, true);
+  msgView.setInt32(MSGHDR.flags, 0, true);
 }
 
 /**
