@@ -12,7 +12,7 @@
 
 import { MessageKind, receiveMessage, sendMessage, ServeMode } from "./server/channel.ts";
 import { Connection, type ServeConfig } from "./server/connection.ts";
-import { Epoll, EPOLLIN } from "./ffi/epoll.ts";
+import { Epoll, EPOLLIN, EPOLLOUT } from "./ffi/epoll.ts";
 import { HashCache } from "./server/hash_cache.ts";
 import { parseWorkerArgs, type WorkerArgs } from "./server/worker_args.ts";
 
@@ -24,9 +24,6 @@ const TURN_BUDGET = 4 * 1024 * 1024;
 
 /** How often idle connections are looked for, in milliseconds. */
 const IDLE_SCAN_MS = 250;
-
-/** How soon a Done that found the channel full is tried again, in milliseconds. */
-const DONE_RETRY_MS = 5;
 
 const logEncoder = new TextEncoder();
 
@@ -78,9 +75,14 @@ export function runWorker(args: WorkerArgs): never {
 
   // Connections that ended and the master has not been told of: one Done message per turn says how many.
   let endedUntold = 0;
+  let channelEvents = EPOLLIN;
   const tellEnded = () => {
-    // A full channel keeps the count for the next turn (the loop then polls until it goes out).
-    if (endedUntold > 0 && sendMessage(channel, MessageKind.Done, 0, endedUntold)) endedUntold = 0;
+    if (endedUntold === 0) return;
+    if (sendMessage(channel, MessageKind.Done, 0, endedUntold)) endedUntold = 0;
+    // A channel the master has not read yet may be full (a socketpair holds only a few messages): the
+    // count is then kept, and sent when epoll says the channel has room again.
+    const wanted = endedUntold === 0 ? EPOLLIN : EPOLLIN | EPOLLOUT;
+    if (wanted !== channelEvents) epoll.modify(channel, channelEvents = wanted);
   };
 
   const settle = (conn: Connection, interestBefore: number) => {
@@ -135,7 +137,7 @@ export function runWorker(args: WorkerArgs): never {
   for (;;) {
     if (stopping && connections.size === 0) exit(0, "stopped");
     // While hashes are being computed, only poll: the loop alternates hashing slices and serving.
-    const ready = epoll.wait(config.hashes.busy ? 0 : endedUntold > 0 ? DONE_RETRY_MS : IDLE_SCAN_MS);
+    const ready = epoll.wait(config.hashes.busy ? 0 : IDLE_SCAN_MS);
     for (let i = 0; i < ready; i++) {
       const fd = epoll.fdAt(i);
       if (fd === channel) {
