@@ -56,10 +56,27 @@ const symbols = {
   syscall: { parameters: ["i64", "i64", "buffer", "buffer", "u64"], result: "i64" }, // long syscall(long nr, ...): used for openat2 only
 } as const satisfies Deno.ForeignLibraryInterface;
 
-const lib = Deno.dlopen("libc.so.6", symbols);
+type Symbols = typeof symbols;
+type SymbolTable = Deno.DynamicLibrary<Symbols>["symbols"];
 
-/** The raw symbol table, for the other modules of `ffi/` only. */
-export const sys: Deno.DynamicLibrary<typeof symbols>["symbols"] = lib.symbols;
+/**
+ * The raw symbol table, for the other modules of `ffi/` only. Each symbol is bound on first use: Deno
+ * builds a call stub per bound symbol (about 0.13 ms each), and no process uses all of them, so binding
+ * the whole table up front cost every server and worker about 6 ms of start-up.
+ */
+export const sys = {} as SymbolTable;
+for (const name of Object.keys(symbols) as (keyof Symbols)[]) {
+  Object.defineProperty(sys, name, {
+    configurable: true,
+    enumerable: true,
+    get() {
+      // dlopen(3) of a library already loaded only counts a reference; the library stays for the process.
+      const bound = Deno.dlopen("libc.so.6", { [name]: symbols[name] }).symbols[name];
+      Object.defineProperty(sys, name, { value: bound, enumerable: true });
+      return bound;
+    },
+  });
+}
 
 const errnoView = new Deno.UnsafePointerView(sys.__errno_location()!);
 
