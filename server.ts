@@ -10,6 +10,7 @@
  */
 
 import { parseArgs } from "node:util";
+import { basename } from "node:path";
 import { createChannel, MessageKind, receiveMessage, sendMessage, ServeMode } from "./server/channel.ts";
 import { Dispatcher } from "./server/dispatcher.ts";
 import { Epoll, EPOLLIN, EPOLLOUT } from "./ffi/epoll.ts";
@@ -379,7 +380,9 @@ export class Master {
       channelFd: workerEnd,
       workerId: slot.id,
       root: this.#options.root,
-      push: this.#options.push,
+      push: this.#options.push === null
+        ? null
+        : { path: this.#options.push, name: basename(this.#options.push) },
       idleTimeout: this.#options.idleTimeout,
     });
     const { command, args } = workerCommand(argv);

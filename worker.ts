@@ -13,7 +13,7 @@
 import { MessageKind, receiveMessage, sendMessage, ServeMode } from "./server/channel.ts";
 import { Connection, type ServeConfig } from "./server/connection.ts";
 import { Epoll, EPOLLIN, EPOLLOUT } from "./ffi/epoll.ts";
-import { HashCache } from "./server/hash_cache.ts";
+import { HashCache, loadHashing } from "./server/hash_cache.ts";
 import { parseWorkerArgs, type WorkerArgs } from "./server/worker_args.ts";
 
 export { parseWorkerArgs };
@@ -39,7 +39,7 @@ function hashPayload(etag: string, sha256: string): Uint8Array {
 }
 
 /** Runs a worker until it is told to stop or its master goes away; never returns. */
-export function runWorker(args: WorkerArgs): never {
+export async function runWorker(args: WorkerArgs): Promise<never> {
   // Ctrl-C and systemd's SIGTERM reach the whole process group: the master decides how to stop.
   ignoreSignal(C.SIGINT);
   ignoreSignal(C.SIGTERM);
@@ -55,7 +55,7 @@ export function runWorker(args: WorkerArgs): never {
   };
   const config: ServeConfig = {
     rootFd: args.root === null ? -1 : openRead(args.root, { directory: true }),
-    pushPath: args.push,
+    push: args.push,
     idleTimeoutMs: args.idleTimeout * 1000,
     turnBudget: TURN_BUDGET,
     workerId: args.workerId,
@@ -134,6 +134,8 @@ export function runWorker(args: WorkerArgs): never {
   };
 
   sendMessage(channel, MessageKind.Ready);
+  // The master may hand over connections from now on; they wait in the channel while this loads.
+  await loadHashing();
   for (;;) {
     if (stopping && connections.size === 0) exit(0, "stopped");
     // While hashes are being computed, only poll: the loop alternates hashing slices and serving.
@@ -172,5 +174,5 @@ export function runWorker(args: WorkerArgs): never {
 }
 
 if (import.meta.main) {
-  runWorker(parseWorkerArgs(Deno.args));
+  await runWorker(parseWorkerArgs(Deno.args));
 }

@@ -7,7 +7,6 @@
  * @module
  */
 
-import { basename } from "node:path";
 import { ClassicBody, FramedFileBody } from "./bodies.ts";
 import { EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT } from "../ffi/epoll.ts";
 import {
@@ -42,8 +41,8 @@ import { answer, Deferred, ErrorPiece, type Piece, type ReplyContext } from "./o
 export interface ServeConfig {
   /** An fd of the served directory (request mode), or -1. */
   rootFd: number;
-  /** The file pushed in classic mode, or null. */
-  pushPath: string | null;
+  /** The file pushed in classic mode and the name sent for it, or null. */
+  push: { path: string; name: string } | null;
   /** How long a connection may make no progress before it is closed, in milliseconds. */
   idleTimeoutMs: number;
   /** Bytes one connection may send per turn before the others get theirs. */
@@ -174,12 +173,12 @@ export class Connection {
   }
 
   #startClassic(): void {
-    const path = this.config.pushPath!;
-    this.#requestLabel = `PUSH ${basename(path)}`;
+    const { path, name } = this.config.push!;
+    this.#requestLabel = `PUSH ${name}`;
     const fd = openRead(path);
     const { size } = fstat(fd);
     this.#files.push(fd);
-    this.#out.push(encodeRawFrame(new TextEncoder().encode(basename(path))), new ClassicBody(fd, size));
+    this.#out.push(encodeRawFrame(new TextEncoder().encode(name)), new ClassicBody(fd, size));
     this.#closeWhenSent = true;
   }
 

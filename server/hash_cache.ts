@@ -8,8 +8,24 @@
  * @module
  */
 
-import { createHash, type Hash } from "node:crypto";
+import type { Hash } from "node:crypto";
 import { close, dupCloseOnExec, type FileStat, fstat, pread } from "../ffi/libc.ts";
+
+/**
+ * node:crypto, once {@link loadHashing} has run. Loading it is most of a worker's start-up (about 16 ms of
+ * about 45), so a worker says it is ready first and loads it while its first connections are on the way.
+ */
+let nodeCrypto: typeof import("node:crypto") | null = null;
+
+/** Loads the SHA-256 implementation; to be awaited before anything else of this module is used. */
+export async function loadHashing(): Promise<void> {
+  nodeCrypto ??= await import("node:crypto");
+}
+
+function createSha256(): Hash {
+  if (nodeCrypto === null) throw new Error("hash_cache: loadHashing() was not awaited");
+  return nodeCrypto.createHash("sha256");
+}
 
 /** The identity of a file's content as far as the server can tell without reading it. */
 export function identityOf(stat: FileStat): string {
@@ -24,7 +40,7 @@ export function etagOf(identity: string): string {
   // Asked for on every request; a SHA-256 object per call cost more than the rest of a small reply.
   let etag = etags.get(identity);
   if (etag === undefined) {
-    etag = createHash("sha256").update(identity).digest("hex").slice(0, 32);
+    etag = createSha256().update(identity).digest("hex").slice(0, 32);
     if (etags.size >= MAX_ENTRIES) etags.delete(etags.keys().next().value!);
     etags.set(identity, etag);
   }
@@ -121,7 +137,7 @@ export class HashCache {
       fd: dupCloseOnExec(fd),
       size,
       offset: 0,
-      hash: createHash("sha256"),
+      hash: createSha256(),
       waiters: [done],
     });
   }

@@ -7,7 +7,6 @@
  * @module
  */
 
-import { readdirSync } from "node:fs";
 import { type Body, FramedFileBody } from "./bodies.ts";
 import { close, type FileStat, fstat, LibcError, openRead, pread } from "../ffi/libc.ts";
 import {
@@ -284,7 +283,7 @@ function list(request: Request, ctx: ReplyContext): Reply {
       // Listing through the opened directory would need getdents; the path was just checked beneath.
       const fd = openRead(dir === "" ? "." : dir, { beneath: ctx.rootFd, directory: true });
       try {
-        names = readdirSync(`/proc/self/fd/${fd}`, { withFileTypes: true });
+        names = Array.from(Deno.readDirSync(`/proc/self/fd/${fd}`));
       } finally {
         close(fd);
       }
@@ -294,11 +293,11 @@ function list(request: Request, ctx: ReplyContext): Reply {
     names.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
     for (const dirent of names) {
       const rel = dir === "" ? dirent.name : `${dir}/${dirent.name}`;
-      if (dirent.isDirectory()) {
+      if (dirent.isDirectory) {
         if (!request.recursive) continue;
         if (depth >= MAX_LIST_DEPTH) truncated = true;
         else walk(rel, depth + 1);
-      } else if (dirent.isFile() || dirent.isSymbolicLink()) {
+      } else if (dirent.isFile || dirent.isSymlink) {
         if (entries.length >= MAX_LIST_ENTRIES) {
           truncated = true;
           return;

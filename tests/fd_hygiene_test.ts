@@ -18,6 +18,7 @@ import {
   tempDir,
   type TestServer,
 } from "./helpers.ts";
+import { parseWorkerArgs } from "../server/worker_args.ts";
 
 function intersection(a: Set<string>, b: Set<string>): string[] {
   return [...a].filter((x) => b.has(x));
@@ -26,9 +27,9 @@ function intersection(a: Set<string>, b: Set<string>): string[] {
 /** The fd a worker was told is its channel, from its command line. */
 async function channelFdOf(pid: number): Promise<number> {
   const argv = (await Deno.readTextFile(`/proc/${pid}/cmdline`)).split("\0");
-  const at = argv.indexOf("--channel-fd");
-  assert.ok(at >= 0, `worker ${pid} has --channel-fd`);
-  return Number(argv[at + 1]);
+  const at = argv.indexOf("--worker-config");
+  assert.ok(at >= 0, `worker ${pid} has --worker-config`);
+  return parseWorkerArgs(argv.slice(at, at + 2)).channelFd;
 }
 
 Deno.test("workers hold no listening socket, no master-side channel end and no other worker's channel", async () => {
