@@ -206,7 +206,11 @@ interface Listener {
 }
 
 /** Opens a nonblocking, close-on-exec listening socket; the endpoint returned has the real port. */
-function openListener(endpoint: Endpoint, backlog: number): Endpoint & { fd: number } {
+function openListener(
+  endpoint: Endpoint,
+  backlog: number,
+  deferSeconds: number,
+): Endpoint & { fd: number } {
   const fd = socket(endpoint.family, C.SOCK_STREAM | C.SOCK_NONBLOCK | C.SOCK_CLOEXEC);
   try {
     setsockoptInt(fd, C.SOL_SOCKET, C.SO_REUSEADDR, 1);
@@ -215,6 +219,10 @@ function openListener(endpoint: Endpoint, backlog: number): Endpoint & { fd: num
     // Replies are coalesced with MSG_MORE; without NODELAY, Nagle would hold a reply's small last frame
     // until the client's delayed ACK. Linux copies it to every accepted socket: no setsockopt per connection.
     setsockoptInt(fd, C.IPPROTO_TCP, C.TCP_NODELAY, 1);
+    // Request mode: the kernel hands over a connection only once its first bytes (the request) are in,
+    // so the worker's first read finds them instead of waiting for another wake-up. Classic-mode clients
+    // send nothing and must be accepted at once.
+    if (deferSeconds > 0) setsockoptInt(fd, C.IPPROTO_TCP, C.TCP_DEFER_ACCEPT, deferSeconds);
     bind(fd, encodeSockaddr(endpoint));
     listen(fd, backlog);
     const addr = new Uint8Array(SOCKADDR_MAX);
@@ -297,7 +305,8 @@ export class Master {
     for (const { endpoint, mode } of this.#options.listen) {
       let opened;
       try {
-        opened = openListener(endpoint, this.#options.backlog);
+        const defer = mode === ServeMode.Request ? Math.max(1, Math.ceil(this.#options.idleTimeout)) : 0;
+        opened = openListener(endpoint, this.#options.backlog, defer);
       } catch (e) {
         throw new Error(`cannot listen on ${formatEndpoint(endpoint)}: ${(e as Error).message}`);
       }

@@ -104,6 +104,7 @@ export const C = {
   IPPROTO_IPV6: 41,
   IPV6_V6ONLY: 26,
   TCP_NODELAY: 1,
+  TCP_DEFER_ACCEPT: 9,
   SHUT_RD: 0,
   SHUT_WR: 1,
   SHUT_RDWR: 2,
