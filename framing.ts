@@ -200,15 +200,36 @@ const jsonScratch = new Uint8Array(16 * 1024);
  * reply can go out in one send.
  */
 export function encodeJsonFrame(type: number, body: unknown, spare = 0): Uint8Array {
+  const json = jsonBytes(body);
+  const out = new Uint8Array(FRAME_HEADER_SIZE + 1 + json.byteLength + spare);
+  putControlFrame(out, type, json);
+  return out;
+}
+
+/**
+ * Encodes a control frame at the start of `target`; returns its length, or -1 if it does not fit with
+ * `spare` bytes after it.
+ */
+export function encodeJsonFrameInto(type: number, body: unknown, target: Uint8Array, spare: number): number {
+  const json = jsonBytes(body);
+  const length = FRAME_HEADER_SIZE + 1 + json.byteLength;
+  if (length + spare > target.byteLength) return -1;
+  putControlFrame(target, type, json);
+  return length;
+}
+
+/** The UTF-8 of `body`'s JSON; valid until the next call. */
+function jsonBytes(body: unknown): Uint8Array {
   const text = JSON.stringify(body);
-  const json = text.length * 3 <= jsonScratch.byteLength
+  return text.length * 3 <= jsonScratch.byteLength
     ? jsonScratch.subarray(0, encoder.encodeInto(text, jsonScratch).written)
     : encoder.encode(text);
-  const out = new Uint8Array(FRAME_HEADER_SIZE + 1 + json.byteLength + spare);
+}
+
+function putControlFrame(out: Uint8Array, type: number, json: Uint8Array): void {
   putFrameLength(out, 0, 1 + json.byteLength);
   out[FRAME_HEADER_SIZE] = type;
   out.set(json, FRAME_HEADER_SIZE + 1);
-  return out;
 }
 
 /** Encodes an Error frame followed by an end frame: a complete error response. */

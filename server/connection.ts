@@ -36,6 +36,7 @@ import {
 } from "../framing.ts";
 import type { HashCache } from "./hash_cache.ts";
 import { answer, Deferred, ErrorPiece, type Piece, type ReplyContext } from "./operations.ts";
+import { returnReplyBuffer } from "./reply_pool.ts";
 
 /** What a worker serves, shared by all its connections. */
 export interface ServeConfig {
@@ -313,6 +314,7 @@ export class Connection {
         this.#progress(n);
         this.#outOffset += n;
         if (this.#outOffset < head.byteLength) continue;
+        returnReplyBuffer(head); // sent whole: a pooled buffer can serve the next reply
       } else {
         let result;
         try {

@@ -11,6 +11,7 @@ import { type Body, FramedFileBody } from "./bodies.ts";
 import { close, type FileStat, fstat, LibcError, openRead, pread } from "../ffi/libc.ts";
 import {
   encodeJsonFrame,
+  encodeJsonFrameInto,
   END_FRAME,
   type ErrorBody,
   ErrorCode,
@@ -21,10 +22,12 @@ import {
   MAX_LIST_ENTRIES,
   PROTOCOL_VERSION,
   putDataFrameHeader,
+  putFrameLength,
   type Request,
   type ResponseHeader,
 } from "../framing.ts";
 import { etagOf, type HashCache, identityOf } from "./hash_cache.ts";
+import { returnReplyBuffer, takeReplyBuffer } from "./reply_pool.ts";
 
 /** An error answer; `closes` says whether the connection ends after it (PROTOCOL.md's table). */
 export class ErrorPiece {
@@ -66,9 +69,8 @@ export interface ReplyContext {
   wake: () => void;
 }
 
-/** A Header frame, with `spare` zero bytes after it (see encodeJsonFrame). */
-const header = (h: Omit<ResponseHeader, "v" | "status">, spare = 0): Uint8Array =>
-  encodeJsonFrame(FrameType.Header, { v: PROTOCOL_VERSION, status: "ok", ...h }, spare);
+const header = (h: Omit<ResponseHeader, "v" | "status">): Uint8Array =>
+  encodeJsonFrame(FrameType.Header, { v: PROTOCOL_VERSION, status: "ok", ...h });
 
 /** Answers `request`. */
 export function answer(request: Request, ctx: ReplyContext): Reply {
@@ -206,7 +208,8 @@ const SMALL_REPLY_BYTES = 64 * 1024;
 
 /**
  * A whole reply in one buffer: header, one Data frame with the file's bytes, end frame. One send(2)
- * instead of three sends and a sendfile, for the small files that make up most requests. Null if the
+ * instead of three sends and a sendfile, for the small files that make up most requests. The buffer is
+ * one of `reply_pool.ts`'s, which the connection gives back once it has sent it whole. Null if the
  * file no longer matches the identity announced (the caller then takes the general path, which reports
  * FILE_CHANGED).
  */
@@ -220,19 +223,44 @@ function smallReply(
   const length = size - offset;
   const dataHeader = length > 0 ? FRAME_HEADER_SIZE + 1 : 0;
   const spare = dataHeader + length + FRAME_HEADER_SIZE;
-  const out = header(fields, spare);
-  const headLength = out.byteLength - spare;
-  if (length > 0) {
-    putDataFrameHeader(out.subarray(headLength), length);
-    const data = out.subarray(headLength + dataHeader, headLength + dataHeader + length);
-    for (let got = 0; got < length;) {
-      const n = pread(fd, data.subarray(got), offset + got);
-      if (n <= 0) return null;
-      got += n;
-    }
+  const buffer = takeReplyBuffer();
+  const headLength = encodeJsonFrameInto(
+    FrameType.Header,
+    { v: PROTOCOL_VERSION, status: "ok", ...fields },
+    buffer,
+    spare,
+  );
+  const out = buffer.subarray(0, headLength + spare);
+  if (headLength < 0 || !readInto(out, headLength, dataHeader, fd, offset, length)) {
+    returnReplyBuffer(buffer);
+    return null;
   }
-  // The end frame is the zeros already at the end of `out`.
-  return identityOf(fstat(fd)) === identity ? out : null;
+  putFrameLength(out, out.byteLength - FRAME_HEADER_SIZE, 0); // the end frame
+  if (identityOf(fstat(fd)) !== identity) {
+    returnReplyBuffer(buffer);
+    return null;
+  }
+  return out;
+}
+
+/** Puts a Data frame with the file's `length` bytes from `offset` at `at` in `out`; false if it came short. */
+function readInto(
+  out: Uint8Array,
+  at: number,
+  dataHeader: number,
+  fd: number,
+  offset: number,
+  length: number,
+): boolean {
+  if (length === 0) return true;
+  putDataFrameHeader(out.subarray(at), length);
+  const data = out.subarray(at + dataHeader, at + dataHeader + length);
+  for (let got = 0; got < length;) {
+    const n = pread(fd, data.subarray(got), offset + got);
+    if (n <= 0) return false;
+    got += n;
+  }
+  return true;
 }
 
 function stat(request: Request, ctx: ReplyContext): Reply {

@@ -8,6 +8,7 @@ import {
   tempDir,
   type TestServer,
 } from "./helpers.ts";
+import { encodeRequest, PROTOCOL_VERSION } from "../framing.ts";
 
 /** One worker, so that every request meets the same hash cache. */
 async function serve(root: string): Promise<TestServer> {
@@ -245,3 +246,48 @@ Deno.test("a hash computed by one worker is passed to the others: a file is hash
   assert.deepEqual(served.sort(), ["1", "2"]);
   assert.equal(server.log.filter((l) => /hashed "shared\.bin"/.test(l)).length, 1);
 });
+
+Deno.test("small replies reuse buffers only once sent: a stalled pipelined reader and other clients each get their own bytes", async () => {
+  await using dir = await tempDir();
+  const names = ["a.bin", "b.bin", "c.bin"]; // asked for by the stalled reader
+  const contents = new Map<string, Uint8Array>();
+  for (const name of [...names, "other.bin"]) {
+    // Random, so that no two files share bytes (makeFile's content depends on the size only).
+    const bytes = crypto.getRandomValues(new Uint8Array(60_000));
+    await Deno.writeFile(`${dir.path}/${name}`, bytes);
+    contents.set(name, bytes);
+  }
+  const server = await serve(dir.path);
+  try {
+    // Hashes known, so every later answer is built whole in one buffer.
+    for (const [name, bytes] of contents) {
+      assert.deepEqual((await get(server.ports[0], { path: name })).data, bytes);
+    }
+    // 300 pipelined requests (18 MB of answers) that this client does not read yet: more than the kernel
+    // buffers hold, so the worker is left holding a half-sent reply while it serves the others.
+    const stalled = await RawConnection.open(server.ports[0]);
+    try {
+      const order = Array.from({ length: 300 }, (_, i) => names[i % 3]);
+      const requests = order.map((path) => encodeRequest({ v: PROTOCOL_VERSION, op: "get", path }));
+      await stalled.send(new Uint8Array(requests.flatMap((r) => [...r])));
+      // Another file, so that a buffer wrongly shared with the stalled reply would show in its bytes.
+      for (let i = 0; i < 30; i++) {
+        const { data } = await get(server.ports[0], { path: "other.bin" });
+        assert.ok(equalBytes(data, contents.get("other.bin")!), `other client #${i} got its file`);
+      }
+      for (const [i, name] of order.entries()) {
+        const r = await stalled.readResponse();
+        assert.equal(r.types, "HD", `pipelined #${i}`);
+        assert.ok(equalBytes(r.data, contents.get(name)!), `pipelined #${i} (${name}) arrived intact`);
+      }
+    } finally {
+      stalled.close();
+    }
+  } finally {
+    assert.equal((await server.stop()).code, 0);
+  }
+});
+
+function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.byteLength === b.byteLength && a.every((x, i) => x === b[i]);
+}
