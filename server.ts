@@ -86,6 +86,8 @@ export interface ServerOptions {
   idleTimeout: number;
   /** listen(2) backlog. @default 511 */
   backlog: number;
+  /** Where the one-line-per-request log goes: "-" for stderr, a file appended to, or null for nowhere. */
+  requestLog: string | null;
 }
 
 const HELP = `ferry server: serve files to many clients from a pool of worker processes.
@@ -108,9 +110,11 @@ Options:
   --grace SECONDS          on SIGTERM/SIGINT, time given to transfers in flight (default 30)
   --idle-timeout SECONDS   close a connection that makes no progress for this long (default 30)
   --backlog N              listen(2) backlog (default 511)
+  --request-log WHERE      the one line per request: - for stderr (default), a FILE appended to by
+                           every worker, or off; the server's own lines always go to stderr
   -h, --help               show this help
 
-The listening addresses are printed on stderr once the workers are ready, one log line per request after.`;
+The listening addresses are printed on stderr once the workers are ready.`;
 
 /** A usage error: the message is printed after "ferry server: " with exit code 2. */
 class UsageError extends Error {}
@@ -141,6 +145,7 @@ export function parseServerArgs(argv: string[]): ServerOptions | "help" {
         grace: { type: "string" },
         "idle-timeout": { type: "string" },
         backlog: { type: "string" },
+        "request-log": { type: "string" },
         help: { type: "boolean", short: "h" },
       },
     });
@@ -182,7 +187,20 @@ export function parseServerArgs(argv: string[]): ServerOptions | "help" {
     grace: positiveNumber("grace", v.grace, 30, false),
     idleTimeout: positiveNumber("idle-timeout", v["idle-timeout"], 30, false),
     backlog: positiveNumber("backlog", v.backlog, 511),
+    requestLog: requestLogOf(v["request-log"]),
   };
+}
+
+/** Checks --request-log; a file is created if missing, so that a path that cannot be written fails now. */
+function requestLogOf(text: string | undefined): string | null {
+  if (text === undefined || text === "-") return "-";
+  if (text === "off") return null;
+  try {
+    Deno.openSync(text, { append: true, create: true, mode: 0o644 }).close();
+  } catch (e) {
+    throw new UsageError(`--request-log: cannot append to '${text}': ${(e as Error).message}`);
+  }
+  return text;
 }
 
 function isKind(path: string, kind: "dir" | "file"): boolean {
@@ -404,6 +422,7 @@ export class Master {
         ? null
         : { path: this.#options.push, name: basename(this.#options.push) },
       idleTimeout: this.#options.idleTimeout,
+      requestLog: this.#options.requestLog,
     });
     const { command, args } = workerCommand(argv);
     // The worker's end is the one fd it inherits: everything else ferry opens is close-on-exec.

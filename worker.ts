@@ -32,6 +32,25 @@ function writeAllSync(writer: { writeSync(p: Uint8Array): number }, bytes: Uint8
   for (let done = 0; done < bytes.byteLength;) done += writer.writeSync(bytes.subarray(done));
 }
 
+/** Lines gathered during a loop turn and written with one write(2): many requests, one call. */
+class BatchedLog {
+  readonly #lines: string[] = [];
+  /** @param writer stderr, or a file opened for append */
+  constructor(readonly writer: { writeSync(p: Uint8Array): number }) {}
+
+  /** Adds a line (without its newline). */
+  push(line: string): void {
+    this.#lines.push(line);
+  }
+
+  /** Writes what was gathered. */
+  flush(): void {
+    if (this.#lines.length === 0) return;
+    writeAllSync(this.writer, logEncoder.encode(this.#lines.join("\n") + "\n"));
+    this.#lines.length = 0;
+  }
+}
+
 /** The HashKnown payload: the etag's 16 bytes, then the SHA-256's 32. */
 function hashPayload(etag: string, sha256: string): Uint8Array {
   const hex = etag + sha256;
@@ -46,12 +65,15 @@ export async function runWorker(args: WorkerArgs): Promise<never> {
   raiseOpenFileLimit();
   const channel = args.channelFd;
   setNonBlocking(channel, true);
-  // Log lines are gathered and written once per loop turn: one write(2) for many requests.
-  const logLines: string[] = [];
+  const serviceLog = new BatchedLog(Deno.stderr);
+  const requestLog = args.requestLog === null
+    ? null
+    : args.requestLog === "-"
+    ? serviceLog
+    : new BatchedLog(Deno.openSync(args.requestLog, { append: true, create: true, mode: 0o644 }));
   const flushLog = () => {
-    if (logLines.length === 0) return;
-    writeAllSync(Deno.stderr, logEncoder.encode(logLines.join("\n") + "\n"));
-    logLines.length = 0;
+    serviceLog.flush();
+    requestLog?.flush();
   };
   const config: ServeConfig = {
     rootFd: args.root === null ? -1 : openRead(args.root, { directory: true }),
@@ -59,9 +81,9 @@ export async function runWorker(args: WorkerArgs): Promise<never> {
     idleTimeoutMs: args.idleTimeout * 1000,
     turnBudget: TURN_BUDGET,
     workerId: args.workerId,
-    log: (line) => logLines.push(line),
+    log: requestLog === null ? null : (line) => requestLog.push(line),
     hashes: new HashCache(
-      (line) => logLines.push(`${new Date().toISOString()} worker=${args.workerId} ${line}`),
+      (line) => serviceLog.push(`${new Date().toISOString()} worker=${args.workerId} ${line}`),
       (etag, sha256) => sendMessage(channel, MessageKind.HashKnown, 0, 0, -1, hashPayload(etag, sha256)),
     ),
     wake: (conn) => woken.add(conn),
@@ -126,7 +148,7 @@ export async function runWorker(args: WorkerArgs): Promise<never> {
       return new Connection(fd, id, classic, config, peer);
     } catch (e) {
       // E.g. the pushed file was removed: this connection fails, the worker goes on.
-      logLines.push(`worker ${args.workerId}: cannot serve connection ${id}: ${(e as Error).message}`);
+      serviceLog.push(`worker ${args.workerId}: cannot serve connection ${id}: ${(e as Error).message}`);
       close(fd);
       endedUntold++;
       return null;

@@ -48,8 +48,8 @@ export interface ServeConfig {
   idleTimeoutMs: number;
   /** Bytes one connection may send per turn before the others get theirs. */
   turnBudget: number;
-  /** Writes one log line. */
-  log: (line: string) => void;
+  /** Writes one request's log line; null when requests are not logged. */
+  log: ((line: string) => void) | null;
   /** Worker number, for the log. */
   workerId: number;
   /** The worker's SHA-256 cache. */
@@ -382,12 +382,14 @@ export class Connection {
   }
 
   #logRequest(result: string): void {
-    const seconds = ((performance.now() - this.#requestStarted) / 1000).toFixed(3);
-    const bytes = this.bytesSent - this.#requestBytesAtStart;
-    this.config.log(
-      `${timestamp()} peer=${this.#peer} worker=${this.config.workerId} ` +
-        `request=${this.#requestLabel} bytes=${bytes} duration=${seconds}s result=${result}`,
-    );
+    if (this.config.log !== null) {
+      const seconds = ((performance.now() - this.#requestStarted) / 1000).toFixed(3);
+      const bytes = this.bytesSent - this.#requestBytesAtStart;
+      this.config.log(
+        `${timestamp()} peer=${this.#peer} worker=${this.config.workerId} ` +
+          `request=${this.#requestLabel} bytes=${bytes} duration=${seconds}s result=${result}`,
+      );
+    }
     this.#requestBytesAtStart = this.bytesSent;
     this.#requestStarted = performance.now();
     this.#logged++;

@@ -24,6 +24,8 @@ export interface WorkerArgs {
   push: { path: string; name: string } | null;
   /** Idle timeout in seconds. */
   idleTimeout: number;
+  /** Where request lines go: "-" for stderr, a file to append to, or null for nowhere. */
+  requestLog: string | null;
 }
 
 /** Parses the worker's arguments (the master's {@link workerArgv} output). */
