@@ -233,6 +233,11 @@ try {
     ...headlines.flatMap((h) => [`- ${h.replace(/^\*\*|\*\*/g, "")}`]),
     "",
     ...sections.flatMap((s) => [`## ${s.title}`, "", ...s.body]),
+    "## What was tried",
+    "",
+    // Kept by hand beside the script: development measurements that no single run of it repeats.
+    (await Deno.readTextFile(repo("scripts/bench/tried.md"))).trimEnd(),
+    "",
   ].join("\n");
   console.log(report);
   if (output !== "-") {
