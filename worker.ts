@@ -1,8 +1,9 @@
 /**
  * A ferry worker: started by the master (never by hand) with its end of a channel as an inherited fd.
  * It receives client fds over the channel, serves up to `--conns` of them at once with its own epoll loop,
- * and tells the master how many ended, once per loop turn. It exits when the master says Stop and its connections are
- * done, or at once when the channel closes (the master is gone), so no worker outlives its master.
+ * and tells the master how many ended, once per loop turn. It exits when the master says Stop and its
+ * connections are done, or at once when the channel closes (the master is gone), so no worker outlives
+ * its master.
  *
  * The loop is synchronous on purpose: every call is a nonblocking syscall after epoll said it is ready,
  * and nothing else in the process needs the event loop.

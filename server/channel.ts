@@ -23,7 +23,7 @@ export const PAYLOAD_SIZE = 48;
 export const MessageKind = {
   /** worker -> master: started and ready for connections. */
   Ready: 1,
-  /** master -> worker: serve this fd; `arg` is the listener's {@link ServeMode}, the payload the peer's sockaddr. */
+  /** master -> worker: serve this fd; `arg` is the listener's {@link ServeMode}, the payload its sockaddr. */
   Conn: 2,
   /**
    * worker -> master: `arg` connections ended. A worker sends one per loop turn for all the connections
