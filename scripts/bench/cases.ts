@@ -1473,7 +1473,7 @@ export async function startup(b: Bench): Promise<Section> {
   return {
     title: "Server start-up",
     body: [
-      "Time from spawning the process to its first line on stderr: for ferry, `ready with 2 workers` (the",
+      "Time from spawning the process to the stderr line that says it is ready: for ferry, `ready with 2 workers` (the",
       "master has started both workers and accepts); for Deno, a script that only prints `ready`.",
       "",
       ...table(["what", "median s", "min-max s", "÷ Deno"], [
