@@ -69,8 +69,15 @@ export interface ReplyContext {
   wake: () => void;
 }
 
+/** The JSON of a Header frame with these fields. */
+const headerBody = (h: Omit<ResponseHeader, "v" | "status">): ResponseHeader => ({
+  v: PROTOCOL_VERSION,
+  status: "ok",
+  ...h,
+});
+
 const header = (h: Omit<ResponseHeader, "v" | "status">): Uint8Array =>
-  encodeJsonFrame(FrameType.Header, { v: PROTOCOL_VERSION, status: "ok", ...h });
+  encodeJsonFrame(FrameType.Header, headerBody(h));
 
 /** Answers `request`. */
 export function answer(request: Request, ctx: ReplyContext): Reply {
@@ -224,12 +231,7 @@ function smallReply(
   const dataHeader = length > 0 ? FRAME_HEADER_SIZE + 1 : 0;
   const spare = dataHeader + length + FRAME_HEADER_SIZE;
   const buffer = takeReplyBuffer();
-  const headLength = encodeJsonFrameInto(
-    FrameType.Header,
-    { v: PROTOCOL_VERSION, status: "ok", ...fields },
-    buffer,
-    spare,
-  );
+  const headLength = encodeJsonFrameInto(FrameType.Header, headerBody(fields), buffer, spare);
   const out = buffer.subarray(0, headLength + spare);
   if (headLength < 0 || !readInto(out, headLength, dataHeader, fd, offset, length)) {
     returnReplyBuffer(buffer);
