@@ -11,8 +11,8 @@ import { addressOf, CMSG, IOVEC, MSGHDR } from "./structs.ts";
 
 // Long-lived scratch structures: the kernel reads pointers inside them, and Deno keeps alive only the
 // buffer passed as an argument, so everything they point at must stay referenced here. They share one
-// ArrayBuffer too large for V8 to keep inside its heap, so their addresses never move and the pointers
-// between them are written once, not per message (computing them was most of a hand-off's JS cost).
+// explicit ArrayBuffer, whose memory is outside V8's heap and never moves, so the pointers between them
+// are written once, not per message (computing them was most of a hand-off's JS cost).
 const scratch = new ArrayBuffer(256);
 const msg = new Uint8Array(scratch, 0, MSGHDR.size);
 const msgView = new DataView(scratch, 0, MSGHDR.size);
@@ -24,7 +24,10 @@ msgView.setBigUint64(MSGHDR.iov, addressOf(iov), true);
 msgView.setBigUint64(MSGHDR.iovlen, 1n, true);
 msgView.setBigUint64(MSGHDR.control, addressOf(control), true);
 
-/** The buffer the iovec points at (kept referenced, so its address stays valid while it is used). */
+/**
+ * The buffer the iovec points at, kept referenced. Callers reuse one long-lived buffer whose memory does
+ * not move (an explicit ArrayBuffer; a small typed array made with a length may live inside V8's heap).
+ */
 let iovData: Uint8Array | null = null;
 
 function prepare(data: Uint8Array, withControl: boolean): void {

@@ -61,9 +61,11 @@ export interface Message {
   payload: Uint8Array;
 }
 
-const outBuf = new Uint8Array(MESSAGE_SIZE);
+// Made from explicit ArrayBuffers, whose memory is outside V8's heap and never moves: fdpass.ts keeps the
+// address of the buffer it last sent or received through.
+const outBuf = new Uint8Array(new ArrayBuffer(MESSAGE_SIZE));
 const outView = new DataView(outBuf.buffer);
-const inBuf = new Uint8Array(MESSAGE_SIZE);
+const inBuf = new Uint8Array(new ArrayBuffer(MESSAGE_SIZE));
 const inView = new DataView(inBuf.buffer);
 
 /**
