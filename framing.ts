@@ -340,13 +340,17 @@ export function parseRequest(payload: Uint8Array): Request {
 export function checkRelativePath(path: string): string {
   if (path === "") throw new ProtocolError(ErrorCode.BadRequest, "path is empty");
   if (path.includes("\0")) throw new ProtocolError(ErrorCode.Forbidden, "path contains a NUL byte");
-  if (encoder.encode(path).byteLength > MAX_PATH_BYTES) {
+  // A UTF-16 unit takes at most 3 UTF-8 bytes: most paths are short enough not to need encoding.
+  if (path.length * 3 > MAX_PATH_BYTES && encoder.encode(path).byteLength > MAX_PATH_BYTES) {
     throw new ProtocolError(ErrorCode.Forbidden, `path is longer than ${MAX_PATH_BYTES} bytes`);
   }
   if (path.startsWith("/")) throw new ProtocolError(ErrorCode.Forbidden, "path is absolute");
-  if (path.split("/").includes("..")) throw new ProtocolError(ErrorCode.Forbidden, "path contains '..'");
+  if (DOT_DOT_COMPONENT.test(path)) throw new ProtocolError(ErrorCode.Forbidden, "path contains '..'");
   return path;
 }
+
+/** A `..` component anywhere in a path. */
+const DOT_DOT_COMPONENT = /(?:^|\/)\.\.(?:\/|$)/;
 
 /** Encodes a request as a complete Request frame. */
 export function encodeRequest(request: Request): Uint8Array {

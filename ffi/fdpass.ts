@@ -30,9 +30,14 @@ msgView.setBigUint64(MSGHDR.control, addressOf(control), true);
  */
 let iovData: Uint8Array | null = null;
 
+/** Addresses of the buffers callers pass: a process alternates between two (received and sent messages). */
+const addresses = new WeakMap<Uint8Array, bigint>();
+
 function prepare(data: Uint8Array, withControl: boolean): void {
   if (data !== iovData) {
-    iovView.setBigUint64(IOVEC.base, addressOf(data), true);
+    let address = addresses.get(data);
+    if (address === undefined) addresses.set(data, address = addressOf(data));
+    iovView.setBigUint64(IOVEC.base, address, true);
     iovView.setBigUint64(IOVEC.len, BigInt(data.byteLength), true);
     iovData = data;
   }

@@ -106,7 +106,8 @@ export class Connection {
     peer: Uint8Array,
   ) {
     this.#lastProgress = this.#requestStarted = performance.now();
-    this.#peer = formatPeer(peer);
+    // Only the request log shows the peer: formatting it for every connection otherwise is wasted.
+    this.#peer = config.log === null ? "" : formatPeer(peer);
     // TCP_NODELAY (replies are coalesced with MSG_MORE) comes from the listener: see server.ts.
     if (classic) {
       this.#state = "writing";
@@ -272,8 +273,14 @@ export class Connection {
     this.#state = "writing";
   }
 
+  #context: ReplyContext | null = null;
+
   get #replyContext(): ReplyContext {
-    return { rootFd: this.config.rootFd, hashes: this.config.hashes, wake: () => this.config.wake(this) };
+    return this.#context ??= {
+      rootFd: this.config.rootFd,
+      hashes: this.config.hashes,
+      wake: () => this.config.wake(this),
+    };
   }
 
   #closeFiles(): void {

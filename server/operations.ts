@@ -11,7 +11,6 @@ import { type Body, FramedFileBody } from "./bodies.ts";
 import { close, type FileStat, fstat, LibcError, openRead, pread } from "../ffi/libc.ts";
 import {
   encodeJsonFrame,
-  encodeJsonFrameInto,
   END_FRAME,
   type ErrorBody,
   ErrorCode,
@@ -169,7 +168,8 @@ function get(request: Request, ctx: ReplyContext): Reply {
       message: `offset ${offset} is beyond the size ${stat.size}`,
     }, true);
   }
-  const fields = { size: stat.size, mtimeNs: String(stat.mtimeNs), mode: stat.mode & 0o7777, etag, offset };
+  const mode = stat.mode & 0o7777;
+  const fields = () => ({ size: stat.size, mtimeNs: String(stat.mtimeNs), mode, etag, offset });
   const reply: Reply = { label, pieces: [], files: [fd] };
 
   // After the data: the file must still be the version announced, and the hash follows if it was not known.
@@ -190,11 +190,14 @@ function get(request: Request, ctx: ReplyContext): Reply {
     });
   };
   const send = (sha: string | undefined): Piece[] => {
+    const head = sha !== undefined && offset === 0
+      ? wholeFileHeader(identity, mode, () => ({ ...fields(), sha256: sha }))
+      : header({ ...fields(), sha256: sha });
     if (sha !== undefined && stat.size - offset <= SMALL_REPLY_BYTES) {
-      const whole = smallReply({ ...fields, sha256: sha }, fd, offset, stat.size, identity);
+      const whole = smallReply(head, fd, offset, stat.size, identity);
       if (whole !== null) return [whole];
     }
-    return [header({ ...fields, sha256: sha }), new FramedFileBody(fd, offset, stat.size), finale(sha)];
+    return [head, new FramedFileBody(fd, offset, stat.size), finale(sha)];
   };
 
   if (request.ifNoneMatch !== undefined) {
@@ -202,7 +205,7 @@ function get(request: Request, ctx: ReplyContext): Reply {
     reply.pieces.push(withHash(ctx, path, opened, (sha) => {
       if (sha !== request.ifNoneMatch) return send(sha);
       reply.result = "unchanged";
-      return [header({ ...fields, offset: stat.size, sha256: sha, unchanged: true }), END_FRAME];
+      return [header({ ...fields(), offset: stat.size, sha256: sha, unchanged: true }), END_FRAME];
     }));
   } else {
     reply.pieces.push(...send(ctx.hashes.get(identity)));
@@ -210,18 +213,44 @@ function get(request: Request, ctx: ReplyContext): Reply {
   return reply;
 }
 
+/**
+ * Header frames of whole-file replies whose hash is known, by identity and mode. The same few files are
+ * asked for again and again, and their Header frame is the same every time: building its JSON was the
+ * largest share of a small reply's JavaScript. The frames are shared, never written to.
+ */
+const wholeFileHeaders = new Map<string, Uint8Array>();
+const MAX_WHOLE_FILE_HEADERS = 4096;
+
+function wholeFileHeader(
+  identity: string,
+  mode: number,
+  fields: () => Omit<ResponseHeader, "v" | "status">,
+): Uint8Array {
+  // The mode is not part of the identity: chmod(1) leaves size and mtime alone.
+  const key = `${identity}:${mode}`;
+  let frame = wholeFileHeaders.get(key);
+  if (frame === undefined) {
+    frame = header(fields());
+    if (wholeFileHeaders.size >= MAX_WHOLE_FILE_HEADERS) {
+      wholeFileHeaders.delete(wholeFileHeaders.keys().next().value!);
+    }
+    wholeFileHeaders.set(key, frame);
+  }
+  return frame;
+}
+
 /** Replies carrying at most this many file bytes (with a known hash) are built whole and sent at once. */
 const SMALL_REPLY_BYTES = 64 * 1024;
 
 /**
- * A whole reply in one buffer: header, one Data frame with the file's bytes, end frame. One send(2)
- * instead of three sends and a sendfile, for the small files that make up most requests. The buffer is
- * one of `reply_pool.ts`'s, which the connection gives back once it has sent it whole. Null if the
- * file no longer matches the identity announced (the caller then takes the general path, which reports
- * FILE_CHANGED).
+ * A whole reply in one buffer: the Header frame `head`, one Data frame with the file's bytes, end frame.
+ * One send(2) instead of three sends and a sendfile, for the small files that make up most requests. The
+ * buffer is one of `reply_pool.ts`'s, which the connection gives back once it has sent it whole. Null if
+ * the file no longer matches the identity announced (the caller then takes the general path, which
+ * reports FILE_CHANGED).
  */
 function smallReply(
-  fields: Omit<ResponseHeader, "v" | "status">,
+  head: Uint8Array,
   fd: number,
   offset: number,
   size: number,
@@ -229,15 +258,19 @@ function smallReply(
 ): Uint8Array | null {
   const length = size - offset;
   const dataHeader = length > 0 ? FRAME_HEADER_SIZE + 1 : 0;
-  const spare = dataHeader + length + FRAME_HEADER_SIZE;
+  const total = head.byteLength + dataHeader + length + FRAME_HEADER_SIZE;
   const buffer = takeReplyBuffer();
-  const headLength = encodeJsonFrameInto(FrameType.Header, headerBody(fields), buffer, spare);
-  const out = buffer.subarray(0, headLength + spare);
-  if (headLength < 0 || !readInto(out, headLength, dataHeader, fd, offset, length)) {
+  if (total > buffer.byteLength) {
     returnReplyBuffer(buffer);
     return null;
   }
-  putFrameLength(out, out.byteLength - FRAME_HEADER_SIZE, 0); // the end frame
+  const out = buffer.subarray(0, total);
+  out.set(head);
+  if (!readInto(out, head.byteLength, dataHeader, fd, offset, length)) {
+    returnReplyBuffer(buffer);
+    return null;
+  }
+  putFrameLength(out, total - FRAME_HEADER_SIZE, 0); // the end frame
   if (identityOf(fstat(fd)) !== identity) {
     returnReplyBuffer(buffer);
     return null;

@@ -291,3 +291,31 @@ Deno.test("small replies reuse buffers only once sent: a stalled pipelined reade
 function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
   return a.byteLength === b.byteLength && a.every((x, i) => x === b[i]);
 }
+
+Deno.test("a repeated get answers the file's current mode and version: a chmod or a rewrite shows in the next header", async () => {
+  await using dir = await tempDir();
+  const path = `${dir.path}/m.bin`;
+  await Deno.writeFile(path, new TextEncoder().encode("first version"), { mode: 0o644 });
+  await Deno.chmod(path, 0o644);
+  const server = await serve(dir.path);
+  try {
+    await get(server.ports[0], { path: "m.bin" }); // hashed: the next answers are small replies
+    const before = await get(server.ports[0], { path: "m.bin" });
+    assert.equal(before.json[0].mode, 0o644);
+    await Deno.chmod(path, 0o600);
+    const chmodded = await get(server.ports[0], { path: "m.bin" });
+    assert.equal(chmodded.json[0].mode, 0o600, "the mode after chmod");
+    assert.equal(chmodded.json[0].etag, before.json[0].etag, "chmod leaves the content's version alone");
+    const second = new TextEncoder().encode("second version, longer");
+    await Deno.writeFile(`${path}.new`, second, { mode: 0o600 });
+    await Deno.rename(`${path}.new`, path);
+    await get(server.ports[0], { path: "m.bin" }); // the new version gets hashed
+    const rewritten = await get(server.ports[0], { path: "m.bin" });
+    assert.deepEqual(rewritten.data, second);
+    assert.equal(rewritten.json[0].size, second.byteLength);
+    assert.equal(rewritten.json[0].sha256, sha256(second));
+    assert.notEqual(rewritten.json[0].etag, before.json[0].etag);
+  } finally {
+    assert.equal((await server.stop()).code, 0);
+  }
+});
