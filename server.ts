@@ -262,7 +262,7 @@ interface PendingConn {
 }
 
 /** Where accept4(2) writes each client's address. */
-const PEER_SCRATCH = new Uint8Array(SOCKADDR_MAX);
+const PEER_SCRATCH = new Uint8Array(new ArrayBuffer(SOCKADDR_MAX)); // outside V8's heap: see tryAccept4
 
 /** One worker slot: the process in it changes when a worker dies and is respawned. */
 interface WorkerSlot {

@@ -241,9 +241,13 @@ export function listen(fd: number, backlog: number): void {
  * The peer's address is written into `addr` (at least 28 bytes) when given.
  */
 export function tryAccept4(fd: number, flags: number, addr?: Uint8Array): number {
-  const len = new Uint32Array([addr?.byteLength ?? 0]);
-  return retrying("accept4", () => sys.accept4(fd, addr ?? null, addr ? len : null, flags));
+  acceptAddrLen[0] = addr?.byteLength ?? 0;
+  return retrying("accept4", () => sys.accept4(fd, addr ?? null, addr ? acceptAddrLen : null, flags));
 }
+
+// Reused for every accept: a small typed array made per call lives in V8's heap, and handing it to a
+// foreign call moves it out first (a malloc and a free per connection in the master).
+const acceptAddrLen = new Uint32Array(new ArrayBuffer(4));
 
 /** connect(2). On a nonblocking socket, returns false while the connection is in progress. */
 export function connect(fd: number, addr: Uint8Array): boolean {
