@@ -16,6 +16,7 @@ import { Connection, type ServeConfig } from "./server/connection.ts";
 import { Epoll, EPOLLIN, EPOLLOUT } from "./ffi/epoll.ts";
 import { HashCache, loadHashing } from "./server/hash_cache.ts";
 import { parseWorkerArgs, type WorkerArgs } from "./server/worker_args.ts";
+import { ReplyCache } from "./server/reply_cache.ts";
 
 export { parseWorkerArgs };
 import { C, close, ignoreSignal, openRead, raiseOpenFileLimit, setNonBlocking } from "./ffi/libc.ts";
@@ -88,6 +89,7 @@ export async function runWorker(args: WorkerArgs): Promise<never> {
       (etag, sha256) => sendMessage(channel, MessageKind.HashKnown, 0, 0, -1, hashPayload(etag, sha256)),
     ),
     wake: (conn) => woken.add(conn),
+    replies: new ReplyCache(),
   };
   const woken = new Set<Connection>();
   const epoll = new Epoll(1024);

@@ -53,6 +53,7 @@ const symbols = {
   getrlimit: { parameters: ["i32", "buffer"], result: "i32" }, // int getrlimit(int resource, struct rlimit *rlim)
   setrlimit: { parameters: ["i32", "buffer"], result: "i32" }, // int setrlimit(int resource, const struct rlimit *rlim)
   fstat: { parameters: ["i32", "buffer"], result: "i32" }, // int fstat(int fd, struct stat *st)
+  fstatat: { parameters: ["i32", "buffer", "buffer", "i32"], result: "i32" }, // int fstatat(int dirfd, const char *path, struct stat *st, int flags)
   syscall: { parameters: ["i64", "i64", "buffer", "buffer", "u64"], result: "i64" }, // long syscall(long nr, ...): used for openat2 only
 } as const satisfies Deno.ForeignLibraryInterface;
 
@@ -405,6 +406,8 @@ export interface FileStat {
   size: number;
   /** Modification time in nanoseconds since the epoch. */
   mtimeNs: bigint;
+  /** Status change time in nanoseconds since the epoch: moves on any chmod, chown, link or rename too. */
+  ctimeNs: bigint;
   /** True for a regular file. */
   isFile: boolean;
 }
@@ -416,6 +419,23 @@ const S_IFREG = 0o100000;
 /** fstat(2) of an fd. */
 export function fstat(fd: number): FileStat {
   check("fstat", sys.fstat(fd, statBuf));
+  return decodeStat();
+}
+
+/**
+ * fstatat(2) of `path` relative to the directory fd `dirFd`, following symlinks. Unlike
+ * {@link openRead}'s `beneath`, nothing keeps the resolution inside `dirFd`: use it only to compare with
+ * a file that was opened safely before.
+ */
+export function statAt(dirFd: number, path: string): FileStat {
+  const { written } = utf8.encodeInto(path, openPath);
+  if (written >= openPath.byteLength) throw new LibcError("fstatat", 36 /* ENAMETOOLONG */);
+  openPath[written] = 0;
+  check("fstatat", sys.fstatat(dirFd, openPath, statBuf, 0));
+  return decodeStat();
+}
+
+function decodeStat(): FileStat {
   const mode = Number(statBuf[3] & 0xffffffffn); // st_mode: u32 at byte 24
   return {
     dev: statBuf[0],
@@ -423,6 +443,7 @@ export function fstat(fd: number): FileStat {
     mode,
     size: Number(statBuf[6]), // st_size at 48
     mtimeNs: statBuf[11] * 1_000_000_000n + statBuf[12], // st_mtim at 88: tv_sec, tv_nsec
+    ctimeNs: statBuf[13] * 1_000_000_000n + statBuf[14], // st_ctim at 104
     isFile: (mode & S_IFMT) === S_IFREG,
   };
 }

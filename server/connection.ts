@@ -35,6 +35,7 @@ import {
   type Request,
 } from "../framing.ts";
 import type { HashCache } from "./hash_cache.ts";
+import type { ReplyCache } from "./reply_cache.ts";
 import { answer, Deferred, ErrorPiece, type Piece, type ReplyContext } from "./operations.ts";
 import { returnReplyBuffer } from "./reply_pool.ts";
 
@@ -54,6 +55,8 @@ export interface ServeConfig {
   workerId: number;
   /** The worker's SHA-256 cache. */
   hashes: HashCache;
+  /** The worker's cached small replies. */
+  replies: ReplyCache;
   /** Asks the worker to run this connection again soon (a hash it waited for is known). */
   wake: (conn: Connection) => void;
 }
@@ -279,6 +282,7 @@ export class Connection {
     return this.#context ??= {
       rootFd: this.config.rootFd,
       hashes: this.config.hashes,
+      replies: this.config.replies,
       wake: () => this.config.wake(this),
     };
   }

@@ -27,6 +27,7 @@ import {
 } from "../framing.ts";
 import { etagOf, type HashCache, identityOf } from "./hash_cache.ts";
 import { returnReplyBuffer, takeReplyBuffer } from "./reply_pool.ts";
+import type { ReplyCache } from "./reply_cache.ts";
 
 /** An error answer; `closes` says whether the connection ends after it (PROTOCOL.md's table). */
 export class ErrorPiece {
@@ -66,6 +67,8 @@ export interface ReplyContext {
   hashes: HashCache;
   /** Asks the worker to run the connection again (a hash it waited for is known). */
   wake: () => void;
+  /** The worker's cached small replies. */
+  replies: ReplyCache;
 }
 
 /** The JSON of a Header frame with these fields. */
@@ -77,6 +80,10 @@ const headerBody = (h: Omit<ResponseHeader, "v" | "status">): ResponseHeader => 
 
 const header = (h: Omit<ResponseHeader, "v" | "status">): Uint8Array =>
   encodeJsonFrame(FrameType.Header, headerBody(h));
+
+/** A Header frame with these fields and the end frame, in one buffer: an answer without data. */
+const unchangedAnswer = (h: Omit<ResponseHeader, "v" | "status">): Uint8Array =>
+  encodeJsonFrame(FrameType.Header, headerBody(h), FRAME_HEADER_SIZE);
 
 /** Answers `request`. */
 export function answer(request: Request, ctx: ReplyContext): Reply {
@@ -149,6 +156,20 @@ function get(request: Request, ctx: ReplyContext): Reply {
   const path = request.path!;
   const offset = request.offset ?? 0;
   const label = `GET ${JSON.stringify(path)}${offset > 0 ? ` offset=${offset}` : ""}`;
+  if (offset === 0) {
+    const cached = ctx.replies.lookup(ctx.rootFd, path);
+    // A stale ifMatch takes the usual path, which answers CHANGED.
+    if (cached !== null && (request.ifMatch === undefined || request.ifMatch === cached.etag)) {
+      if (request.ifNoneMatch === undefined) return { label, pieces: [cached.whole], files: [] };
+      const unchanged = request.ifNoneMatch === cached.sha256;
+      return {
+        label: `${label} ifNoneMatch`,
+        pieces: [unchanged ? cached.unchanged : cached.whole],
+        files: [],
+        result: unchanged ? "unchanged" : undefined,
+      };
+    }
+  }
   const opened = openFile(ctx, path);
   if (!("fd" in opened)) return refusal(label, opened);
   const { fd, stat } = opened;
@@ -195,7 +216,18 @@ function get(request: Request, ctx: ReplyContext): Reply {
       : header({ ...fields(), sha256: sha });
     if (sha !== undefined && stat.size - offset <= SMALL_REPLY_BYTES) {
       const whole = smallReply(head, fd, offset, stat.size, identity);
-      if (whole !== null) return [whole];
+      if (whole !== null) {
+        if (offset === 0) {
+          ctx.replies.store(path, {
+            stat,
+            etag,
+            sha256: sha,
+            whole: whole.slice(), // the pooled buffer goes back once sent
+            unchanged: unchangedAnswer({ ...fields(), offset: stat.size, sha256: sha, unchanged: true }),
+          });
+        }
+        return [whole];
+      }
     }
     return [head, new FramedFileBody(fd, offset, stat.size), finale(sha)];
   };
@@ -205,7 +237,7 @@ function get(request: Request, ctx: ReplyContext): Reply {
     reply.pieces.push(withHash(ctx, path, opened, (sha) => {
       if (sha !== request.ifNoneMatch) return send(sha);
       reply.result = "unchanged";
-      return [header({ ...fields(), offset: stat.size, sha256: sha, unchanged: true }), END_FRAME];
+      return [unchangedAnswer({ ...fields(), offset: stat.size, sha256: sha, unchanged: true })];
     }));
   } else {
     reply.pieces.push(...send(ctx.hashes.get(identity)));

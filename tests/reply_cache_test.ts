@@ -1,0 +1,151 @@
+/**
+ * A worker's cached small replies are used only while the path still leads to the very file they were
+ * built from: real files for the cache itself, and a real server for what a client sees when a cached
+ * file is rewritten, removed, or its path is turned into a way out of the served directory.
+ */
+
+import assert from "node:assert/strict";
+import { close, fstat, openRead, statAt } from "../ffi/libc.ts";
+import { type CachedReply, ReplyCache } from "../server/reply_cache.ts";
+import { ErrorCode } from "../framing.ts";
+import { RawConnection, sha256, startServer, tempDir, type TestServer } from "./helpers.ts";
+
+// libc's symbols are bound on first use and stay bound for the process. Bind the ones used here before any
+// test starts: the test sanitizer counts a library opened during a test as a leak.
+const warmUp = openRead(".", { directory: true });
+fstat(warmUp);
+statAt(warmUp, ".");
+assert.throws(() => statAt(warmUp, "no such file"), /ENOENT/); // binds the errno name lookups
+close(warmUp);
+
+/** An entry for `path` under `root` as the worker would make it (the reply bytes are stand-ins). */
+function entryFor(rootFd: number, path: string, replyBytes: number): CachedReply {
+  const fd = openRead(path, { beneath: rootFd });
+  try {
+    return {
+      stat: fstat(fd),
+      etag: "e",
+      sha256: "s",
+      whole: new Uint8Array(replyBytes),
+      unchanged: new Uint8Array(10),
+    };
+  } finally {
+    close(fd);
+  }
+}
+
+Deno.test("a cached reply is found while its file is untouched, and dropped once the file changes", async () => {
+  await using dir = await tempDir();
+  await Deno.writeTextFile(`${dir.path}/a.txt`, "version 1");
+  const rootFd = openRead(dir.path, { directory: true });
+  try {
+    const cache = new ReplyCache(1024);
+    const entry = entryFor(rootFd, "a.txt", 100);
+    cache.store("a.txt", entry);
+    assert.equal(cache.lookup(rootFd, "a.txt"), entry);
+    assert.equal(cache.lookup(rootFd, "b.txt"), null, "never stored");
+
+    await Deno.chmod(`${dir.path}/a.txt`, 0o600); // ctime moves
+    assert.equal(cache.lookup(rootFd, "a.txt"), null, "after chmod");
+    assert.equal(cache.bytes, 0);
+
+    cache.store("a.txt", entryFor(rootFd, "a.txt", 100));
+    await Deno.writeTextFile(`${dir.path}/a.new`, "version 2");
+    await Deno.rename(`${dir.path}/a.new`, `${dir.path}/a.txt`);
+    assert.equal(cache.lookup(rootFd, "a.txt"), null, "after a rename over it");
+
+    cache.store("a.txt", entryFor(rootFd, "a.txt", 100));
+    await Deno.remove(`${dir.path}/a.txt`);
+    assert.equal(cache.lookup(rootFd, "a.txt"), null, "after removal");
+    assert.equal(cache.bytes, 0);
+  } finally {
+    close(rootFd);
+  }
+});
+
+Deno.test("the cache holds at most its budget, dropping the oldest replies first", async () => {
+  await using dir = await tempDir();
+  for (const name of ["1", "2", "3"]) await Deno.writeTextFile(`${dir.path}/${name}`, name);
+  const rootFd = openRead(dir.path, { directory: true });
+  try {
+    const cache = new ReplyCache(250); // room for two entries of 110 bytes
+    for (const name of ["1", "2", "3"]) cache.store(name, entryFor(rootFd, name, 100));
+    assert.equal(cache.bytes, 220);
+    assert.equal(cache.lookup(rootFd, "1"), null, "the oldest went");
+    assert.notEqual(cache.lookup(rootFd, "2"), null);
+    assert.notEqual(cache.lookup(rootFd, "3"), null);
+    cache.store("big", entryFor(rootFd, "1", 300));
+    assert.equal(cache.lookup(rootFd, "big"), null, "a reply larger than the budget is not kept");
+    assert.equal(cache.bytes, 220);
+  } finally {
+    close(rootFd);
+  }
+});
+
+/** One worker, so that every request meets the same cache. */
+async function serve(root: string): Promise<TestServer> {
+  return await startServer(["--listen", "127.0.0.1:0", "--root", root, "--workers", "1"]);
+}
+
+async function get(port: number, request: Record<string, unknown>) {
+  const conn = await RawConnection.open(port);
+  try {
+    await conn.sendRequest({ op: "get", ...request });
+    return await conn.readResponse();
+  } finally {
+    conn.close();
+  }
+}
+
+const encoder = new TextEncoder();
+
+Deno.test("served again and again, a small file is answered with its current bytes after each rewrite", async () => {
+  await using dir = await tempDir();
+  const server = await serve(dir.path);
+  try {
+    for (let version = 1; version <= 3; version++) {
+      const bytes = encoder.encode(`version ${version} `.repeat(version * 100));
+      await Deno.writeFile(`${dir.path}/v.new`, bytes);
+      await Deno.rename(`${dir.path}/v.new`, `${dir.path}/v.txt`);
+      for (let i = 0; i < 3; i++) { // the first is hashed, the next ones come whole, then from the cache
+        const r = await get(server.ports[0], { path: "v.txt" });
+        assert.deepEqual(r.data, bytes, `version ${version}, fetch ${i}`);
+      }
+      const sha = sha256(bytes);
+      const unchanged = await get(server.ports[0], { path: "v.txt", ifNoneMatch: sha });
+      assert.equal(unchanged.types, "H", `version ${version}: unchanged, no data`);
+      assert.equal(unchanged.json[0].unchanged, true);
+      assert.equal(unchanged.json[0].sha256, sha);
+      const stale = await get(server.ports[0], { path: "v.txt", ifMatch: "0".repeat(32) });
+      assert.equal(stale.json[0].code, ErrorCode.Changed);
+    }
+    await Deno.remove(`${dir.path}/v.txt`);
+    const gone = await get(server.ports[0], { path: "v.txt" });
+    assert.equal(gone.json[0].code, ErrorCode.NotFound);
+  } finally {
+    assert.equal((await server.stop()).code, 0);
+  }
+});
+
+Deno.test("a cached path turned into a symlink leading outside the root is refused, not served from memory", async () => {
+  await using dir = await tempDir();
+  const root = `${dir.path}/served`;
+  await Deno.mkdir(root);
+  await Deno.writeTextFile(`${dir.path}/secret.txt`, "outside the root");
+  await Deno.writeTextFile(`${root}/inside.txt`, "inside the root");
+  await Deno.symlink("inside.txt", `${root}/link`);
+  const server = await serve(root);
+  try {
+    for (let i = 0; i < 3; i++) {
+      const r = await get(server.ports[0], { path: "link" });
+      assert.equal(new TextDecoder().decode(r.data), "inside the root");
+    }
+    await Deno.symlink("../secret.txt", `${root}/link.new`);
+    await Deno.rename(`${root}/link.new`, `${root}/link`);
+    const r = await get(server.ports[0], { path: "link" });
+    assert.equal(r.json[0].code, ErrorCode.Forbidden);
+    assert.equal(r.data.byteLength, 0);
+  } finally {
+    assert.equal((await server.stop()).code, 0);
+  }
+});
