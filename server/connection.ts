@@ -30,7 +30,6 @@ import {
   FRAME_HEADER_SIZE,
   getFrameLength,
   MAX_REQUEST_FRAME,
-  parseRequest,
   ProtocolError,
   type Request,
 } from "../framing.ts";
@@ -38,6 +37,7 @@ import type { HashCache } from "./hash_cache.ts";
 import type { ReplyCache } from "./reply_cache.ts";
 import { answer, Deferred, ErrorPiece, type Piece, type ReplyContext } from "./operations.ts";
 import { returnReplyBuffer } from "./reply_pool.ts";
+import { parseRequestRemembered } from "./request_memo.ts";
 
 /** What a worker serves, shared by all its connections. */
 export interface ServeConfig {
@@ -227,10 +227,10 @@ export class Connection {
     const payload = this.#in.subarray(FRAME_HEADER_SIZE, FRAME_HEADER_SIZE + len);
     this.#requestStarted = performance.now();
     this.#requestBytesAtStart = this.bytesSent;
-    let request: Request | null = null;
+    let request: Readonly<Request> | null = null;
     let refusal: ErrorBody | null = null;
     try {
-      request = parseRequest(payload);
+      request = parseRequestRemembered(payload);
     } catch (e) {
       if (!(e instanceof ProtocolError)) throw e;
       // A well-formed request for a path that may not be served (absolute, '..', NUL, too long) is refused

@@ -86,7 +86,7 @@ const unchangedAnswer = (h: Omit<ResponseHeader, "v" | "status">): Uint8Array =>
   encodeJsonFrame(FrameType.Header, headerBody(h), FRAME_HEADER_SIZE);
 
 /** Answers `request`. */
-export function answer(request: Request, ctx: ReplyContext): Reply {
+export function answer(request: Readonly<Request>, ctx: ReplyContext): Reply {
   switch (request.op) {
     case "ping":
       return { label: "PING", pieces: [header({}), END_FRAME], files: [] };
@@ -152,7 +152,7 @@ function withHash(
   });
 }
 
-function get(request: Request, ctx: ReplyContext): Reply {
+function get(request: Readonly<Request>, ctx: ReplyContext): Reply {
   const path = request.path!;
   const offset = request.offset ?? 0;
   const label = `GET ${JSON.stringify(path)}${offset > 0 ? ` offset=${offset}` : ""}`;
@@ -330,7 +330,7 @@ function readInto(
   return true;
 }
 
-function stat(request: Request, ctx: ReplyContext): Reply {
+function stat(request: Readonly<Request>, ctx: ReplyContext): Reply {
   const path = request.path!;
   const label = `STAT ${JSON.stringify(path)}`;
   const opened = openFile(ctx, path);
@@ -353,7 +353,7 @@ function stat(request: Request, ctx: ReplyContext): Reply {
   };
 }
 
-function list(request: Request, ctx: ReplyContext): Reply {
+function list(request: Readonly<Request>, ctx: ReplyContext): Reply {
   const path = request.path!;
   const label = `LIST ${JSON.stringify(path)}${request.recursive ? " recursive" : ""}`;
   let dirFd: number;
