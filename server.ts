@@ -88,6 +88,8 @@ export interface ServerOptions {
   backlog: number;
   /** Where the one-line-per-request log goes: "-" for stderr, a file appended to, or null for nowhere. */
   requestLog: string | null;
+  /** Bytes of small replies each worker keeps in memory; 0 turns the cache off. @default 8 MiB */
+  replyCacheBytes: number;
 }
 
 const HELP = `ferry server: serve files to many clients from a pool of worker processes.
@@ -112,6 +114,9 @@ Options:
   --backlog N              listen(2) backlog (default 511)
   --request-log WHERE      the one line per request: - for stderr (default), a FILE appended to by
                            every worker, or off; the server's own lines always go to stderr
+  --reply-cache MIB        memory per worker for small replies answered from memory (default 8);
+                           0 opens every file for every request (e.g. a root on NFS, where a stat may
+                           come from the attribute cache while an open revalidates)
   -h, --help               show this help
 
 The listening addresses are printed on stderr once the workers are ready.`;
@@ -146,6 +151,7 @@ export function parseServerArgs(argv: string[]): ServerOptions | "help" {
         "idle-timeout": { type: "string" },
         backlog: { type: "string" },
         "request-log": { type: "string" },
+        "reply-cache": { type: "string" },
         help: { type: "boolean", short: "h" },
       },
     });
@@ -188,6 +194,9 @@ export function parseServerArgs(argv: string[]): ServerOptions | "help" {
     idleTimeout: positiveNumber("idle-timeout", v["idle-timeout"], 30, false),
     backlog: positiveNumber("backlog", v.backlog, 511),
     requestLog: requestLogOf(v["request-log"]),
+    replyCacheBytes: v["reply-cache"] === "0"
+      ? 0
+      : Math.round(positiveNumber("reply-cache", v["reply-cache"], 8, false) * 1024 * 1024),
   };
 }
 
@@ -423,6 +432,7 @@ export class Master {
         : { path: this.#options.push, name: basename(this.#options.push) },
       idleTimeout: this.#options.idleTimeout,
       requestLog: this.#options.requestLog,
+      replyCacheBytes: this.#options.replyCacheBytes,
     });
     const { command, args } = workerCommand(argv);
     // The worker's end is the one fd it inherits: everything else ferry opens is close-on-exec.

@@ -89,7 +89,7 @@ export async function runWorker(args: WorkerArgs): Promise<never> {
       (etag, sha256) => sendMessage(channel, MessageKind.HashKnown, 0, 0, -1, hashPayload(etag, sha256)),
     ),
     wake: (conn) => woken.add(conn),
-    replies: new ReplyCache(),
+    replies: new ReplyCache(args.replyCacheBytes),
   };
   const woken = new Set<Connection>();
   const epoll = new Epoll(1024);

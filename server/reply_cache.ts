@@ -7,6 +7,7 @@
  * mtime, ctime and mode. The ctime moves on any chmod, chown, link count change or rename, so a file made
  * unreadable, or moved away, is looked up afresh by the usual path, which then answers as it must. The
  * assumption is the hash cache's: the same file with the same size and times holds the same bytes.
+ * Beyond the budget, the oldest entries go first.
  *
  * @module
  */
@@ -27,16 +28,13 @@ export interface CachedReply {
   readonly unchanged: Uint8Array;
 }
 
-/** Bytes of replies one worker keeps at most; the oldest entries go first beyond it. */
-export const REPLY_CACHE_BYTES = 8 * 1024 * 1024;
-
 /** Cached replies by path. */
 export class ReplyCache {
   readonly #entries = new Map<string, CachedReply>();
   #bytes = 0;
 
-  /** @param budget bytes of replies kept at most */
-  constructor(readonly budget: number = REPLY_CACHE_BYTES) {}
+  /** @param budget bytes of replies kept at most (the server's `--reply-cache`); 0 keeps none */
+  constructor(readonly budget: number) {}
 
   /** Bytes of replies held now. */
   get bytes(): number {

@@ -26,6 +26,8 @@ export interface WorkerArgs {
   idleTimeout: number;
   /** Where request lines go: "-" for stderr, a file to append to, or null for nowhere. */
   requestLog: string | null;
+  /** Bytes of small replies kept in memory; 0 for none. */
+  replyCacheBytes: number;
 }
 
 /** Parses the worker's arguments (the master's {@link workerArgv} output). */

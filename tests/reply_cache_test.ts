@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { close, fstat, openRead, statAt } from "../ffi/libc.ts";
 import { type CachedReply, ReplyCache } from "../server/reply_cache.ts";
 import { ErrorCode } from "../framing.ts";
-import { RawConnection, sha256, startServer, tempDir, type TestServer } from "./helpers.ts";
+import { RawConnection, repoPath, sha256, startServer, tempDir, type TestServer } from "./helpers.ts";
 
 // libc's symbols are bound on first use and stay bound for the process. Bind the ones used here before any
 // test starts: the test sanitizer counts a library opened during a test as a leak.
@@ -83,8 +83,8 @@ Deno.test("the cache holds at most its budget, dropping the oldest replies first
 });
 
 /** One worker, so that every request meets the same cache. */
-async function serve(root: string): Promise<TestServer> {
-  return await startServer(["--listen", "127.0.0.1:0", "--root", root, "--workers", "1"]);
+async function serve(root: string, ...more: string[]): Promise<TestServer> {
+  return await startServer(["--listen", "127.0.0.1:0", "--root", root, "--workers", "1", ...more]);
 }
 
 async function get(port: number, request: Record<string, unknown>) {
@@ -148,4 +148,40 @@ Deno.test("a cached path turned into a symlink leading outside the root is refus
   } finally {
     assert.equal((await server.stop()).code, 0);
   }
+});
+
+Deno.test("--reply-cache 0 serves every request from the file itself; a size that is not a number is refused", async () => {
+  await using dir = await tempDir();
+  const server = await serve(dir.path, "--reply-cache", "0");
+  try {
+    for (const text of ["one", "two, longer", "three"]) {
+      await Deno.writeTextFile(`${dir.path}/f.new`, text);
+      await Deno.rename(`${dir.path}/f.new`, `${dir.path}/f.txt`);
+      for (let i = 0; i < 3; i++) {
+        assert.equal(new TextDecoder().decode((await get(server.ports[0], { path: "f.txt" })).data), text);
+      }
+    }
+  } finally {
+    assert.equal((await server.stop()).code, 0);
+  }
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--allow-all",
+      repoPath("server.ts"),
+      "--listen",
+      "127.0.0.1:0",
+      "--root",
+      ".",
+      "--reply-cache",
+      "lots",
+    ],
+    stdout: "null",
+    stderr: "piped",
+  }).output();
+  assert.equal(out.code, 2);
+  assert.equal(
+    new TextDecoder().decode(out.stderr),
+    "ferry server: --reply-cache: 'lots' is not a positive number (see --help)\n",
+  );
 });
