@@ -98,6 +98,17 @@ export async function startServer(args: string[]): Promise<TestServer> {
   };
 }
 
+/** Runs `server.ts` with `args` expecting it to exit at once (a usage error): its exit code and stderr. */
+export async function runServerToExit(args: string[]): Promise<{ code: number; stderr: string }> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-all", repoPath("server.ts"), ...args],
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+  }).output();
+  return { code: out.code, stderr: new TextDecoder().decode(out.stderr) };
+}
+
 function lineSplitter(): TransformStream<string, string> {
   let rest = "";
   return new TransformStream({
@@ -274,6 +285,20 @@ export class RawConnection {
     try {
       this.#conn.close();
     } catch { /* already closed */ }
+  }
+}
+
+/** One `get` (`request` adds to `{op: "get"}`) on a connection of its own, closed afterwards. */
+export async function getOnce(
+  port: number,
+  request: Record<string, unknown>,
+): ReturnType<RawConnection["readResponse"]> {
+  const conn = await RawConnection.open(port);
+  try {
+    await conn.sendRequest({ op: "get", ...request });
+    return await conn.readResponse();
+  } finally {
+    conn.close();
   }
 }
 

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import {
+  getOnce,
   makeFile,
   RawConnection,
   sha256,
@@ -15,15 +16,7 @@ async function serve(root: string): Promise<TestServer> {
   return await startServer(["--listen", "127.0.0.1:0", "--root", root, "--workers", "1"]);
 }
 
-async function get(port: number, request: Record<string, unknown>) {
-  const conn = await RawConnection.open(port);
-  try {
-    await conn.sendRequest({ op: "get", ...request });
-    return await conn.readResponse();
-  } finally {
-    conn.close();
-  }
-}
+const get = getOnce;
 
 Deno.test("get: the first response carries the SHA-256 in a trailer, the next one in the header, hashed once", async () => {
   await using dir = await tempDir();

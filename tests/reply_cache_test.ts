@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { close, fstat, openRead, statAt } from "../ffi/libc.ts";
 import { type CachedReply, ReplyCache } from "../server/reply_cache.ts";
 import { ErrorCode } from "../framing.ts";
-import { RawConnection, repoPath, sha256, startServer, tempDir, type TestServer } from "./helpers.ts";
+import { getOnce, runServerToExit, sha256, startServer, tempDir, type TestServer } from "./helpers.ts";
 
 // libc's symbols are bound on first use and stay bound for the process. Bind the ones used here before any
 // test starts: the test sanitizer counts a library opened during a test as a leak.
@@ -87,15 +87,7 @@ async function serve(root: string, ...more: string[]): Promise<TestServer> {
   return await startServer(["--listen", "127.0.0.1:0", "--root", root, "--workers", "1", ...more]);
 }
 
-async function get(port: number, request: Record<string, unknown>) {
-  const conn = await RawConnection.open(port);
-  try {
-    await conn.sendRequest({ op: "get", ...request });
-    return await conn.readResponse();
-  } finally {
-    conn.close();
-  }
-}
+const get = getOnce;
 
 const encoder = new TextEncoder();
 
@@ -164,24 +156,7 @@ Deno.test("--reply-cache 0 serves every request from the file itself; a size tha
   } finally {
     assert.equal((await server.stop()).code, 0);
   }
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "--allow-all",
-      repoPath("server.ts"),
-      "--listen",
-      "127.0.0.1:0",
-      "--root",
-      ".",
-      "--reply-cache",
-      "lots",
-    ],
-    stdout: "null",
-    stderr: "piped",
-  }).output();
-  assert.equal(out.code, 2);
-  assert.equal(
-    new TextDecoder().decode(out.stderr),
-    "ferry server: --reply-cache: 'lots' is not a positive number (see --help)\n",
-  );
+  const refused = await runServerToExit(["--listen", "127.0.0.1:0", "--root", ".", "--reply-cache", "lots"]);
+  assert.equal(refused.code, 2);
+  assert.equal(refused.stderr, "ferry server: --reply-cache: 'lots' is not a positive number (see --help)\n");
 });

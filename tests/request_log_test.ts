@@ -3,7 +3,7 @@
  * appends to, or nowhere; the server's own lines stay on stderr in every case.
  */
 import assert from "node:assert/strict";
-import { RawConnection, repoPath, startServer, tempDir, type TestServer } from "./helpers.ts";
+import { RawConnection, runServerToExit, startServer, tempDir, type TestServer } from "./helpers.ts";
 
 const REQUEST_LINE =
   /peer=127\.0\.0\.1:\d+ worker=\d+ request=(GET "hello\.txt"|PING) bytes=\d+ .*result=ok$/;
@@ -67,25 +67,10 @@ Deno.test("--request-log off: no request lines anywhere, the server still serves
 Deno.test("--request-log with a file that cannot be written: exit 2 and one line naming it", async () => {
   await using dir = await tempDir();
   const path = `${dir.path}/missing-dir/requests.log`;
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "--allow-all",
-      repoPath("server.ts"),
-      "--listen",
-      "127.0.0.1:0",
-      "--root",
-      "demo",
-      "--request-log",
-      path,
-    ],
-    stdout: "null",
-    stderr: "piped",
-  }).output();
+  const out = await runServerToExit(["--listen", "127.0.0.1:0", "--root", "demo", "--request-log", path]);
   assert.equal(out.code, 2);
-  const stderr = new TextDecoder().decode(out.stderr);
   assert.match(
-    stderr,
+    out.stderr,
     /^ferry server: --request-log: cannot append to '.*missing-dir\/requests\.log': [^\n]+\n$/,
   );
 });
