@@ -258,7 +258,8 @@ async function run(options: ClientOptions, deadline: Deadline): Promise<number> 
   const session = new Session(options.endpoint, common);
   try {
     if (options.command === "get") {
-      const report = await fetchFile(session, options.path, options.output ?? basename(options.path), common);
+      const target = options.output ?? basename(options.path);
+      const report = await fetchFile(session, options.path, target, { ...common, lastRequest: true });
       printReport(report, options);
       return report.error?.exitCode ?? ExitCode.Ok;
     }

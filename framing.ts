@@ -358,6 +358,14 @@ export function encodeRequest(request: Request): Uint8Array {
 }
 
 /**
+ * Encodes a connection's last request: the Request frame and the end frame behind it, for one write. The
+ * server answers it, then closes, without waiting for the client to close first.
+ */
+export function encodeLastRequest(request: Request): Uint8Array {
+  return encodeJsonFrame(FrameType.Request, request, FRAME_HEADER_SIZE);
+}
+
+/**
  * The total size on the wire of a file of `size` bytes sent in classic mode after its name frame:
  * content frames of {@link CLASSIC_CHUNK} bytes and the end frame.
  */

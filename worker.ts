@@ -133,11 +133,13 @@ export async function runWorker(args: WorkerArgs): Promise<never> {
       else if (message.kind === MessageKind.Conn) {
         const conn = accept(message.fd, message.id, message.arg === ServeMode.Classic, message.payload);
         if (conn === null) continue;
+        conn.onReady(); // the request is there already (TCP_DEFER_ACCEPT); classic mode can start writing
+        if (conn.closed) {
+          endedUntold++;
+          continue;
+        }
         connections.set(conn.fd, conn);
         epoll.add(conn.fd, conn.interest);
-        const before = conn.interest;
-        conn.onReady(); // classic mode can start writing at once
-        settle(conn, before);
       } else if (message.kind === MessageKind.Stop) stopping = true;
       else if (message.kind === MessageKind.HashKnown) {
         const hex = Array.from(message.payload, (b) => b.toString(16).padStart(2, "0")).join("");

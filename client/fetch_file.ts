@@ -53,6 +53,8 @@ export interface FetchOptions {
    * one whose SHA-256 equals a listed one is current without asking.
    */
   listed?: { size: number; sha256?: string };
+  /** Each request is the last on its connection (a one-file run): the end frame goes out behind it. */
+  lastRequest?: boolean;
 }
 
 /** What became of one file: a line of `--json` (see README). */
@@ -371,7 +373,7 @@ async function tryOnce(
     if (localSha256 !== undefined) request.ifNoneMatch = localSha256;
     let header: GetHeader;
     try {
-      header = checkHeader(await session.begin(request, what));
+      header = checkHeader(await session.begin(request, what, { last: options.lastRequest }));
     } catch (e) {
       // What we hold is of a version the server no longer has (CHANGED), or longer than the file it has
       // (BAD_REQUEST for the offset): start again from byte 0, at once, without counting a retry.

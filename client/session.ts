@@ -11,6 +11,7 @@ import { ClientError, ExitCode, protocolError, ServerRefusal } from "./failure.t
 import { FrameReader, TruncatedError } from "./frame_reader.ts";
 import {
   decodeJson,
+  encodeLastRequest,
   encodeRequest,
   END_FRAME,
   type ErrorBody,
@@ -134,6 +135,8 @@ export class Session {
   #reader: FrameReader | null = null;
   /** True when no response is in progress on the connection: it can take the next request. */
   #between = true;
+  /** True once the end frame went out behind a request: the server closes the connection after it. */
+  #ended = false;
   #what = "";
   readonly #onAbort = () => this.#drop();
 
@@ -149,19 +152,23 @@ export class Session {
 
   /**
    * Sends `request` and reads the first frame of the answer: returns the Header, throws ServerRefusal for
-   * an Error frame. `what` names the request in messages (e.g. the quoted path).
+   * an Error frame. `what` names the request in messages (e.g. the quoted path). With `last`, the end frame
+   * goes out behind the request, so the server closes the connection once it has answered (a one-file
+   * `get` spares the server a wake-up per connection); a later request opens a new connection.
    */
-  async begin(request: Request, what: string): Promise<ResponseHeader> {
+  async begin(request: Request, what: string, options: { last?: boolean } = {}): Promise<ResponseHeader> {
     this.#what = what;
     for (let resend = 0;; resend++) {
       // A response abandoned half-way still has bytes coming: that connection cannot serve another one.
-      if (!this.#between) this.#drop();
+      // Nor can one that was told there would be no more requests.
+      if (!this.#between || this.#ended) this.#drop();
       const reused = this.#conn !== null;
       const { conn, reader } = await this.#open();
       const before = reader.bytesRead;
       this.#between = false;
       try {
-        await writeAll(conn, encodeRequest(request));
+        await writeAll(conn, options.last ? encodeLastRequest(request) : encodeRequest(request));
+        this.#ended = options.last === true;
         return await this.#readHeader();
       } catch (e) {
         // The server closed the idle connection before our request reached it: after its idle timeout
@@ -241,7 +248,7 @@ export class Session {
   /** Says goodbye (an end frame, so the server logs a clean close) and closes; never throws. */
   async close(): Promise<void> {
     this.#options.signal?.removeEventListener("abort", this.#onAbort);
-    if (this.#conn !== null && this.#between) {
+    if (this.#conn !== null && this.#between && !this.#ended) {
       await writeAll(this.#conn, END_FRAME).catch(() => {});
     }
     this.#drop();
@@ -271,6 +278,7 @@ export class Session {
     this.#conn = null;
     this.#reader = null;
     this.#between = true;
+    this.#ended = false;
   }
 
   async #readHeader(): Promise<ResponseHeader> {

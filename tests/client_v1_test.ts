@@ -223,6 +223,26 @@ Deno.test("--no-verify checks the size but not the SHA-256: the same corruption 
   });
 });
 
+Deno.test("a one-file get sends the end frame with its request, before any answer", async () => {
+  await withServer(async ({ src, out, server }) => {
+    const expected = await sha256File(await makeFile(src, "one.bin", 300_000));
+    const proxy = new FrameProxy(server.ports[0]);
+    try {
+      const r = await runClient(getArgs(proxy.address, "one.bin", out));
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(proxy.connections.length, 1);
+      assert.equal(proxy.connections[0].requests.length, 1);
+      assert.equal(proxy.connections[0].endFrameAfterControls, 0, "the end frame went out before any answer");
+    } finally {
+      await proxy.close();
+    }
+    assert.equal(await sha256File(`${out}/one.bin`), expected);
+    // The server read the end frame behind the request: the connection ended well, with nothing left over.
+    await logged(server, /GET "one\.bin" .*result=ok/);
+    assert.equal(server.log.filter((l) => /result=(?!ok)/.test(l)).length, 0, server.log.join("\n"));
+  });
+});
+
 Deno.test("an unchanged file is not transferred again: no data frame, status unchanged, exit 0", async () => {
   await withServer(async ({ src, out, server }) => {
     const expected = await sha256File(await makeFile(src, "f.bin", 5 * MiB));

@@ -80,6 +80,9 @@ Deno.test("mirror copies a nested tree over one connection, then brings in added
         "get",
         "get",
       ]);
+      // The client says it is done only after the last answer: every answer's frames went through first.
+      const seen = proxy.connections[0];
+      assert.equal(seen.endFrameAfterControls, seen.controls.length);
     } finally {
       await proxy.close();
     }

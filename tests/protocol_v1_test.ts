@@ -9,7 +9,7 @@ import {
   tempDir,
   type TestServer,
 } from "./helpers.ts";
-import { encodeRequest, PROTOCOL_VERSION } from "../framing.ts";
+import { encodeLastRequest, encodeRequest, PROTOCOL_VERSION } from "../framing.ts";
 
 /** One worker, so that every request meets the same hash cache. */
 async function serve(root: string): Promise<TestServer> {
@@ -308,6 +308,27 @@ Deno.test("a repeated get answers the file's current mode and version: a chmod o
     assert.equal(rewritten.json[0].size, second.byteLength);
     assert.equal(rewritten.json[0].sha256, sha256(second));
     assert.notEqual(rewritten.json[0].etag, before.json[0].etag);
+  } finally {
+    assert.equal((await server.stop()).code, 0);
+  }
+});
+
+Deno.test("a request with the end frame behind it is answered, then the server closes the connection", async () => {
+  await using dir = await tempDir();
+  const bytes = await Deno.readFile(await makeFile(dir.path, "last.bin", 70_000));
+  const server = await serve(dir.path);
+  try {
+    for (let i = 0; i < 3; i++) { // hashed, then whole, then from the reply cache
+      const conn = await RawConnection.open(server.ports[0]);
+      try {
+        await conn.send(encodeLastRequest({ v: PROTOCOL_VERSION, op: "get", path: "last.bin" }));
+        const r = await conn.readResponse();
+        assert.deepEqual(r.data, bytes, `fetch ${i}`);
+        assert.ok(await conn.isClosedByPeer(), `fetch ${i}: closed by the server`);
+      } finally {
+        conn.close();
+      }
+    }
   } finally {
     assert.equal((await server.stop()).code, 0);
   }

@@ -20,6 +20,11 @@ export interface ProxiedConnection {
   dataFrames: number;
   /** Data bytes (payload, without type bytes) forwarded to the client. */
   dataBytes: number;
+  /**
+   * How many of the server's control frames had reached the client when the client's end frame passed
+   * the proxy (0: it went out with the request, before any answer); null if the client sent none.
+   */
+  endFrameAfterControls: number | null;
 }
 
 /** What the proxy does to the data. */
@@ -41,6 +46,7 @@ class FrameParser {
   constructor(
     readonly onControl: (type: string, body: Record<string, unknown>) => void,
     readonly onDataFrame: () => void,
+    readonly onEndFrame: () => void = () => {},
   ) {}
 
   /** Feeds `chunk`; `onData(from, to)` is called for each range of it that is data payload. */
@@ -55,6 +61,8 @@ class FrameParser {
           if (len > 0) {
             this.#left = len;
             this.#typePending = true;
+          } else if (len === 0) {
+            this.onEndFrame();
           }
         }
       } else if (this.#typePending) {
@@ -159,7 +167,13 @@ export class FrameProxy {
         return; // listener closed
       }
       const index = this.connections.length;
-      const seen: ProxiedConnection = { requests: [], controls: [], dataFrames: 0, dataBytes: 0 };
+      const seen: ProxiedConnection = {
+        requests: [],
+        controls: [],
+        dataFrames: 0,
+        dataBytes: 0,
+        endFrameAfterControls: null,
+      };
       this.connections.push(seen);
       let server: Deno.TcpConn;
       try {
@@ -176,9 +190,13 @@ export class FrameProxy {
 
   /** Client to server: forwarded as is; requests recorded. */
   async #up(client: Deno.Conn, server: Deno.Conn, seen: ProxiedConnection): Promise<void> {
-    const parser = new FrameParser((type, body) => {
-      if (type === "R") seen.requests.push(body);
-    }, () => {});
+    const parser = new FrameParser(
+      (type, body) => {
+        if (type === "R") seen.requests.push(body);
+      },
+      () => {},
+      () => seen.endFrameAfterControls ??= seen.controls.length,
+    );
     const buf = new Uint8Array(64 * 1024);
     try {
       for (let n = await client.read(buf); n !== null; n = await client.read(buf)) {
