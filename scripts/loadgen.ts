@@ -8,7 +8,8 @@
  *
  * Load mode (default): `--clients C` clients, each fetching `--path`s in turn, `--per-conn K` requests per
  * connection (1: a new connection per file; 0: one connection for everything), until each made
- * `--requests N` requests or `--seconds S` passed.
+ * `--requests N` requests or `--seconds S` passed. The K-th request on a connection says it is the last
+ * (ferry: the end frame goes with it; HTTP: `Connection: close`), so the server closes after answering.
  *
  * Hold mode (`--hold N`): N slow readers each ask for `--hold-path` with a tiny receive buffer and read a
  * few KiB every couple of seconds, so the server must keep N transfers open. Once all are held the
@@ -43,6 +44,7 @@ import { encodeSockaddr, parseEndpoint } from "../ffi/structs.ts";
 import {
   CLASSIC_CHUNK,
   decodeJson,
+  encodeLastRequest,
   encodeRequest,
   type ErrorBody,
   FRAME_HEADER_SIZE,
@@ -193,8 +195,20 @@ class Speaker {
   readonly #addr: Uint8Array;
   readonly #family: number;
   readonly #requests = new Map<string, Uint8Array>();
+  readonly #lastRequests = new Map<string, Uint8Array>();
 
-  constructor(readonly protocol: Protocol, target: string, readonly epoll: Epoll) {
+  /**
+   * @param protocol what to speak
+   * @param target HOST:PORT
+   * @param epoll the generator's epoll
+   * @param requestsPerConn requests per connection (0: no limit): the last one on a connection says so
+   */
+  constructor(
+    readonly protocol: Protocol,
+    target: string,
+    readonly epoll: Epoll,
+    readonly requestsPerConn = 0,
+  ) {
     const ep = parseEndpoint(target);
     this.#addr = encodeSockaddr(ep);
     this.#family = ep.family;
@@ -203,17 +217,30 @@ class Speaker {
 
   readonly host: string;
 
-  requestFor(path: string): Uint8Array {
-    let r = this.#requests.get(path);
+  /**
+   * The request for `path`. The last on its connection says so, as a client with nothing more to ask
+   * would: ferry's end frame goes out with it, HTTP adds `Connection: close`. Either server then closes
+   * after answering instead of waiting for the client to.
+   */
+  requestFor(path: string, last: boolean): Uint8Array {
+    const cache = last ? this.#lastRequests : this.#requests;
+    let r = cache.get(path);
     if (r === undefined) {
+      const request = { v: PROTOCOL_VERSION, op: "get" as const, path };
+      const close = last ? "Connection: close\r\n" : "";
       r = this.protocol === "ferry"
-        ? encodeRequest({ v: PROTOCOL_VERSION, op: "get", path })
+        ? (last ? encodeLastRequest(request) : encodeRequest(request))
         : this.protocol === "http"
-        ? encoder.encode(`GET /${path} HTTP/1.1\r\nHost: ${this.host}\r\n\r\n`)
+        ? encoder.encode(`GET /${path} HTTP/1.1\r\nHost: ${this.host}\r\n${close}\r\n`)
         : new Uint8Array(0);
-      this.#requests.set(path, r);
+      cache.set(path, r);
     }
     return r;
+  }
+
+  /** True if the request about to go out on `c` is its connection's last. */
+  #isLast(c: Conn): boolean {
+    return this.requestsPerConn > 0 && c.onConn + 1 >= this.requestsPerConn;
   }
 
   /**
@@ -231,7 +258,7 @@ class Speaker {
     }
     setsockoptInt(c.fd, C.IPPROTO_TCP, C.TCP_NODELAY, 1);
     c.reset();
-    c.request = this.requestFor(path);
+    c.request = this.requestFor(path, this.#isLast(c));
     c.sent = 0;
     c.started = performance.now();
     c.interest = 0;
@@ -265,7 +292,7 @@ class Speaker {
   /** Sends the next request on an open connection. */
   again(c: Conn, path: string): Outcome {
     c.reset();
-    c.request = this.requestFor(path);
+    c.request = this.requestFor(path, this.#isLast(c));
     c.sent = 0;
     c.started = performance.now();
     return this.#send(c);
@@ -597,7 +624,7 @@ export interface LoadOptions {
 export function runLoad(o: LoadOptions): LoadResult {
   const cpu0 = process.cpuUsage();
   const epoll = new Epoll(4096);
-  const speaker = new Speaker(o.protocol, o.target, epoll);
+  const speaker = new Speaker(o.protocol, o.target, epoll, o.perConn);
   const latency = newHistogram();
   const errors: Record<string, number> = {};
   const conns = Array.from({ length: o.clients }, () => new Conn());

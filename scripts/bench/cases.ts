@@ -874,7 +874,9 @@ export async function case4(b: Bench): Promise<Section> {
     body: [
       `${b.profile.smallFiles} distinct files of each size, fetched in turn by each client for ${b.profile.pointSeconds}s`,
       'per measurement. "new per file": a new TCP connection for every file (latency from connect to last',
-      'byte); "one per client": every client keeps one connection for all its requests (latency from request',
+      "byte), whose request says it is the last, as a one-shot client's does (ferry's end frame goes with it, as",
+      "ferry's `get` sends it; HTTP asks `Connection: close`), so either server closes once it has answered;",
+      '"one per client": every client keeps one connection for all its requests (latency from request',
       `to last byte). ferry and nginx both have ${WORKERS} worker processes and are driven by the same generator.`,
       "Server CPU is the server's CPU time per file served.",
       "",
