@@ -11,7 +11,15 @@
 
 import { parseArgs } from "node:util";
 import { basename } from "node:path";
-import { createChannel, MessageKind, receiveMessage, sendMessage, ServeMode } from "./server/channel.ts";
+import {
+  createChannel,
+  MAX_CONNS_PER_MESSAGE,
+  MessageKind,
+  receiveMessage,
+  sendConns,
+  sendMessage,
+  ServeMode,
+} from "./server/channel.ts";
 import { Dispatcher } from "./server/dispatcher.ts";
 import { Epoll, EPOLLIN, EPOLLOUT } from "./ffi/epoll.ts";
 import {
@@ -281,6 +289,8 @@ interface WorkerSlot {
   startedAt: number;
   respawnAt: number;
   failures: number;
+  /** Connections placed on this worker and not sent yet: they go in one message at the end of the turn. */
+  outbox: PendingConn[];
 }
 
 /**
@@ -345,7 +355,15 @@ export class Master {
   /** Runs until stopped; resolves when every worker has exited. */
   async run(): Promise<void> {
     for (let id = 1; id <= this.#options.workers; id++) {
-      const slot: WorkerSlot = { id, channel: -1, child: null, startedAt: 0, respawnAt: 0, failures: 0 };
+      const slot: WorkerSlot = {
+        id,
+        channel: -1,
+        child: null,
+        startedAt: 0,
+        respawnAt: 0,
+        failures: 0,
+        outbox: [],
+      };
       this.#slots.push(slot);
       this.#spawn(slot);
     }
@@ -484,7 +502,7 @@ export class Master {
       }
       if (message === null) return;
       if (message === "closed") return this.#onWorkerGone(slot);
-      if (message.fd >= 0) close(message.fd); // workers never send fds; do not leak one if they did
+      for (const handed of message.conns) close(handed.fd); // workers never send fds; do not leak any
       if (message.kind === MessageKind.Ready) {
         this.#dispatcher.addWorker(slot.id);
         this.#readyWorkers.add(slot.id);
@@ -503,7 +521,7 @@ export class Master {
     for (const slot of this.#slots) {
       if (slot === from || slot.channel === -1) continue;
       try {
-        sendMessage(slot.channel, MessageKind.HashKnown, 0, 0, -1, payload);
+        sendMessage(slot.channel, MessageKind.HashKnown, 0, 0, payload);
       } catch {
         // that worker is gone; its hang-up is handled on its own channel
       }
@@ -552,7 +570,13 @@ export class Master {
     }
   }
 
+  /** Accepts every waiting connection, places each, then hands them over: one message per worker. */
   #acceptAll(listener: Listener): void {
+    this.#acceptWaiting(listener);
+    this.#sendOutboxes();
+  }
+
+  #acceptWaiting(listener: Listener): void {
     for (;;) {
       let fd: number;
       try {
@@ -578,33 +602,54 @@ export class Master {
       };
       const placement = this.#dispatcher.offer(conn);
       if (placement === "refused") this.#refuse(conn);
-      else if (placement !== "queued") this.#handOff(placement.worker, conn);
+      else if (placement !== "queued") this.#place(placement.worker, conn);
     }
   }
 
-  /** Sends the fd to a worker and closes the master's copy. Returns false if it could not be sent. */
-  #handOff(workerId: number, conn: PendingConn): boolean {
+  /**
+   * Puts a connection the dispatcher placed on `workerId` in that worker's outbox, sending the outbox
+   * when it is full. False if that send failed (the outbox went back to the queue).
+   */
+  #place(workerId: number, conn: PendingConn): boolean {
     const slot = this.#slots[workerId - 1];
+    slot.outbox.push(conn);
+    return slot.outbox.length < MAX_CONNS_PER_MESSAGE || this.#sendOutbox(slot);
+  }
+
+  #sendOutboxes(): void {
+    for (const slot of this.#slots) if (slot.outbox.length > 0) this.#sendOutbox(slot);
+  }
+
+  /**
+   * Sends a worker its outbox in one message and closes the master's copies of the fds. If the channel is
+   * full, or the worker is gone, the connections go back to the front of the queue, in order.
+   */
+  #sendOutbox(slot: WorkerSlot): boolean {
+    const conns = slot.outbox;
+    slot.outbox = [];
     let sent = false;
     try {
-      sent = sendMessage(slot.channel, MessageKind.Conn, conn.id, conn.mode, conn.fd, conn.peer);
+      sent = slot.channel !== -1 && sendConns(slot.channel, conns);
     } catch (e) {
       log(`worker ${slot.id}: hand-off failed: ${(e as Error).message}`); // its hang-up follows
     }
-    if (!sent) {
-      this.#dispatcher.retract(workerId, conn);
-      // A full channel (the worker is behind on reading it): try again when it has room.
-      if (slot.channel !== -1) this.#epoll.modify(slot.channel, EPOLLIN | EPOLLOUT);
-      return false;
+    if (sent) {
+      for (const conn of conns) close(conn.fd);
+      return true;
     }
-    close(conn.fd);
-    return true;
+    for (let i = conns.length - 1; i >= 0; i--) this.#dispatcher.retract(slot.id, conns[i]);
+    // A full channel (the worker is behind on reading it): try again when it has room.
+    if (slot.channel !== -1) this.#epoll.modify(slot.channel, EPOLLIN | EPOLLOUT);
+    return false;
   }
 
   #dispatchQueued(): void {
+    // A failed send puts its connections back at the front of the queue: stop there, or they would come
+    // straight back out.
     for (let next = this.#dispatcher.next(); next; next = this.#dispatcher.next()) {
-      if (!this.#handOff(next.worker, next.conn)) return;
+      if (!this.#place(next.worker, next.conn)) break;
     }
+    this.#sendOutboxes();
   }
 
   /** Answers BUSY (request mode) or just closes (classic mode has no error frame), and logs it. */

@@ -11,7 +11,7 @@
  * @module
  */
 
-import { MessageKind, receiveMessage, sendMessage, ServeMode } from "./server/channel.ts";
+import { type HandedConn, MessageKind, receiveMessage, sendMessage, ServeMode } from "./server/channel.ts";
 import { Connection, type ServeConfig } from "./server/connection.ts";
 import { Epoll, EPOLLIN, EPOLLOUT } from "./ffi/epoll.ts";
 import { HashCache, loadHashing } from "./server/hash_cache.ts";
@@ -86,7 +86,7 @@ export async function runWorker(args: WorkerArgs): Promise<never> {
     log: requestLog === null ? null : (line) => requestLog.push(line),
     hashes: new HashCache(
       (line) => serviceLog.push(`${new Date().toISOString()} worker=${args.workerId} ${line}`),
-      (etag, sha256) => sendMessage(channel, MessageKind.HashKnown, 0, 0, -1, hashPayload(etag, sha256)),
+      (etag, sha256) => sendMessage(channel, MessageKind.HashKnown, 0, 0, hashPayload(etag, sha256)),
     ),
     wake: (conn) => woken.add(conn),
     replies: new ReplyCache(args.replyCacheBytes),
@@ -130,22 +130,26 @@ export async function runWorker(args: WorkerArgs): Promise<never> {
       const message = receiveMessage(channel);
       if (message === null) return;
       if (message === "closed") exit(0, "master gone");
-      else if (message.kind === MessageKind.Conn) {
-        const conn = accept(message.fd, message.id, message.arg === ServeMode.Classic, message.payload);
-        if (conn === null) continue;
-        conn.onReady(); // the request is there already (TCP_DEFER_ACCEPT); classic mode can start writing
-        if (conn.closed) {
-          endedUntold++;
-          continue;
-        }
-        connections.set(conn.fd, conn);
-        epoll.add(conn.fd, conn.interest);
+      else if (message.kind === MessageKind.Conns) {
+        for (const handed of message.conns) serveNew(handed);
       } else if (message.kind === MessageKind.Stop) stopping = true;
       else if (message.kind === MessageKind.HashKnown) {
         const hex = Array.from(message.payload, (b) => b.toString(16).padStart(2, "0")).join("");
         config.hashes.learn(hex.slice(0, 32), hex.slice(32, 96));
       }
     }
+  };
+
+  const serveNew = (handed: HandedConn) => {
+    const conn = accept(handed.fd, handed.id, handed.mode === ServeMode.Classic, handed.peer);
+    if (conn === null) return;
+    conn.onReady(); // the request is there already (TCP_DEFER_ACCEPT); classic mode can start writing
+    if (conn.closed) {
+      endedUntold++;
+      return;
+    }
+    connections.set(conn.fd, conn);
+    epoll.add(conn.fd, conn.interest);
   };
 
   const accept = (fd: number, id: number, classic: boolean, peer: Uint8Array): Connection | null => {

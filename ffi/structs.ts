@@ -28,12 +28,20 @@ export const CMSG = {
   level: 8,
   type: 12,
   data: 16,
-  /** CMSG_LEN(sizeof(int)) */
-  lenOneFd: 20,
-  /** CMSG_SPACE(sizeof(int)) */
-  spaceOneFd: 24,
+  /** CMSG_LEN(0): the header before the fds. */
+  lenNoData: 16,
   SCM_RIGHTS: 1,
 } as const;
+
+/** CMSG_LEN for `count` fds. */
+export function cmsgLenFds(count: number): number {
+  return CMSG.lenNoData + 4 * count;
+}
+
+/** CMSG_SPACE for `count` fds (the length rounded up to 8). */
+export function cmsgSpaceFds(count: number): number {
+  return (cmsgLenFds(count) + 7) & ~7;
+}
 
 /** `struct epoll_event` is packed on x86_64: events u32 at 0, data u64 at 4. */
 export const EPOLL_EVENT = { size: 12, events: 0, data: 4 } as const;

@@ -1,0 +1,99 @@
+/**
+ * The master-worker channel over a real socketpair: several connections handed over in one message arrive
+ * with their own fds, ids, modes and addresses, in order; a message whose size or fds do not match its
+ * kind is refused, and the fds it brought are closed rather than leaked.
+ */
+
+import assert from "node:assert/strict";
+import { trySendWithFds } from "../ffi/fdpass.ts";
+import { close, tryRead, tryWrite } from "../ffi/libc.ts";
+import {
+  createChannel,
+  type HandedConn,
+  MAX_CONNS_PER_MESSAGE,
+  MessageKind,
+  receiveMessage,
+  sendConns,
+  sendMessage,
+  ServeMode,
+} from "../server/channel.ts";
+import { encodeSockaddr, parseEndpoint } from "../ffi/structs.ts";
+
+/** Two connected sockets standing in for a client connection: what goes in one end comes out the other. */
+const socketPair = createChannel;
+
+async function openFdCount(): Promise<number> {
+  let n = 0;
+  for await (const _ of Deno.readDir("/proc/self/fd")) n++;
+  return n;
+}
+
+// libc's symbols are bound on first use and stay bound: bind the ones used here before any test starts,
+// since the test sanitizer counts a library opened during a test as a leak.
+{
+  const [a, b] = createChannel();
+  sendMessage(a, MessageKind.Ready);
+  receiveMessage(b);
+  assert.equal(receiveMessage(b), null);
+  tryWrite(a, new Uint8Array(1));
+  tryRead(b, new Uint8Array(64));
+  close(a);
+  close(b);
+  encodeSockaddr(parseEndpoint("[::1]:1"));
+  encodeSockaddr(parseEndpoint("127.0.0.1:1"));
+}
+
+Deno.test("connections handed over in one message arrive with their own fds, ids, modes and addresses", () => {
+  const [master, worker] = createChannel();
+  const pairs = Array.from({ length: MAX_CONNS_PER_MESSAGE }, socketPair);
+  const received: number[] = [];
+  try {
+    const conns: HandedConn[] = pairs.map(([, writeEnd], i) => ({
+      fd: writeEnd,
+      id: 1000 + i,
+      mode: i % 2 === 0 ? ServeMode.Request : ServeMode.Classic,
+      peer: encodeSockaddr(parseEndpoint(i % 2 === 0 ? `127.0.0.${i + 1}:${4000 + i}` : `[::1]:${4000 + i}`)),
+    }));
+    assert.ok(sendConns(master, conns));
+    assert.ok(sendMessage(master, MessageKind.Stop)); // the next message stays apart
+    const message = receiveMessage(worker);
+    assert.ok(message !== null && message !== "closed");
+    assert.equal(message.kind, MessageKind.Conns);
+    assert.equal(message.conns.length, MAX_CONNS_PER_MESSAGE);
+    for (const [i, handed] of message.conns.entries()) {
+      received.push(handed.fd);
+      assert.equal(handed.id, 1000 + i);
+      assert.equal(handed.mode, conns[i].mode);
+      assert.deepEqual(handed.peer.subarray(0, conns[i].peer.byteLength), conns[i].peer);
+      // The fd is a working copy of the one sent: bytes written through it come out of its pair.
+      assert.equal(tryWrite(handed.fd, new Uint8Array([i])), 1);
+      const got = new Uint8Array(4);
+      assert.equal(tryRead(pairs[i][0], got), 1);
+      assert.equal(got[0], i);
+    }
+    const stop = receiveMessage(worker);
+    assert.ok(stop !== null && stop !== "closed");
+    assert.equal(stop.kind, MessageKind.Stop);
+    assert.equal(stop.conns.length, 0);
+    assert.throws(() => sendConns(master, []), /1 to 8 allowed/);
+  } finally {
+    for (const fd of [master, worker, ...received, ...pairs.flat()]) close(fd);
+  }
+});
+
+Deno.test("a Conns message whose fds do not match its count is refused and its fds are closed", async () => {
+  const [master, worker] = createChannel();
+  const [a, b] = socketPair();
+  try {
+    const before = await openFdCount();
+    // Claims two connections, carries one fd.
+    const bad = new Uint8Array(new ArrayBuffer(16 + 2 * 40));
+    new DataView(bad.buffer).setUint32(0, MessageKind.Conns, true);
+    new DataView(bad.buffer).setUint32(8, 2, true);
+    assert.ok(trySendWithFds(master, bad, bad.byteLength, [a]));
+    assert.throws(() => receiveMessage(worker), /expected 96 bytes with 2/);
+    assert.equal(await openFdCount(), before, "the fd that came with it was closed");
+  } finally {
+    for (const fd of [master, worker, a, b]) close(fd);
+  }
+});
