@@ -362,6 +362,13 @@ const openHow = new BigUint64Array(3);
 const openPath = new Uint8Array(4097);
 const utf8 = new TextEncoder();
 
+/** Writes `path` into `openPath` as a NUL-terminated C string; too long is ENAMETOOLONG for `call`. */
+function putPath(path: string, call: string): void {
+  const { written } = utf8.encodeInto(path, openPath);
+  if (written >= openPath.byteLength) throw new LibcError(call, 36 /* ENAMETOOLONG */);
+  openPath[written] = 0;
+}
+
 /** Options of {@link openRead}. */
 export interface OpenReadOptions {
   /**
@@ -379,9 +386,7 @@ export interface OpenReadOptions {
  * Throws LibcError("openat2", EXDEV) for an escape from `beneath`, ENOENT, EACCES, ELOOP... as usual.
  */
 export function openRead(path: string, options: OpenReadOptions = {}): number {
-  const { written } = utf8.encodeInto(path, openPath);
-  if (written >= openPath.byteLength) throw new LibcError("openat2", 36 /* ENAMETOOLONG */);
-  openPath[written] = 0;
+  putPath(path, "openat2");
   const flags = C.O_RDONLY | C.O_NONBLOCK | C.O_CLOEXEC | C.O_NOCTTY | (options.directory ? O_DIRECTORY : 0);
   openHow[0] = BigInt(flags);
   openHow[1] = 0n;
@@ -428,9 +433,7 @@ export function fstat(fd: number): FileStat {
  * a file that was opened safely before.
  */
 export function statAt(dirFd: number, path: string): FileStat {
-  const { written } = utf8.encodeInto(path, openPath);
-  if (written >= openPath.byteLength) throw new LibcError("fstatat", 36 /* ENAMETOOLONG */);
-  openPath[written] = 0;
+  putPath(path, "fstatat");
   check("fstatat", sys.fstatat(dirFd, openPath, statBuf, 0));
   return decodeStat();
 }

@@ -98,6 +98,7 @@ const outView = new DataView(outBuf.buffer);
 const inBuf = new Uint8Array(new ArrayBuffer(LARGEST_MESSAGE));
 const inView = new DataView(inBuf.buffer);
 const NO_CONNS: HandedConn[] = [];
+const NO_FDS: number[] = [];
 
 /**
  * Creates a channel: [master end, worker end], both nonblocking and close-on-exec (the master clears
@@ -127,8 +128,6 @@ export function sendMessage(channel: number, kind: number, id = 0, arg = 0, payl
   if (payload) outBuf.set(payload.subarray(0, PAYLOAD_SIZE), PAYLOAD_OFFSET);
   return trySendWithFds(channel, outBuf, MESSAGE_SIZE, NO_FDS);
 }
-
-const NO_FDS: number[] = [];
 
 /**
  * Hands `conns` (1 to {@link MAX_CONNS_PER_MESSAGE}) to a worker in one message, with their fds. Returns
