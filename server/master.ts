@@ -1,0 +1,535 @@
+/**
+ * The master's loop: one epoll loop over its listening sockets and one channel per worker. It accepts,
+ * hands each connection to the least-loaded worker with room (see `dispatcher.ts`), queues connections
+ * within a bound and answers BUSY past it, respawns workers that die, and stops gracefully on SIGTERM or
+ * SIGINT. It never reads or writes file bytes.
+ *
+ * @module
+ */
+
+import {
+  MAX_CONNS_PER_MESSAGE,
+  MessageKind,
+  receiveMessage,
+  sendConns,
+  sendMessage,
+  ServeMode,
+} from "./channel.ts";
+import { Dispatcher } from "./dispatcher.ts";
+import type { ServerOptions } from "./options.ts";
+import { startWorker } from "./worker_process.ts";
+import { Epoll, EPOLLIN, EPOLLOUT } from "../ffi/epoll.ts";
+import {
+  bind,
+  C,
+  close,
+  eventfd,
+  getsockname,
+  LibcError,
+  listen,
+  setsockoptInt,
+  shutdown,
+  socket,
+  tryAccept4,
+  tryRead,
+  tryRecv,
+  trySend,
+  tryWrite,
+  WOULD_BLOCK,
+} from "../ffi/libc.ts";
+import {
+  decodeSockaddr,
+  encodeSockaddr,
+  type Endpoint,
+  formatEndpoint,
+  SOCKADDR_MAX,
+} from "../ffi/structs.ts";
+import { encodeErrorResponse, ErrorCode } from "../framing.ts";
+
+/** How long a refused connection may keep sending before the master closes it, in milliseconds. */
+const LINGER_MS = 2000;
+/** At most this many refused connections linger at once; past it they are closed at once. */
+const LINGER_MAX = 256;
+/** The retry-after hint of a BUSY answer. */
+const BUSY_RETRY_AFTER_MS = 1000;
+/**
+ * How long the master, once woken, keeps waiting on its own thread before it returns to the event loop,
+ * in milliseconds: also the longest a signal waits to be handled while connections keep coming.
+ */
+const SYNC_SLICE_MS = 20;
+/** How long accepting pauses after EMFILE/ENFILE, in milliseconds. */
+const ACCEPT_PAUSE_MS = 100;
+/** Respawn backoff: first delay, cap, and how long a worker must live for the backoff to reset. */
+const RESPAWN_FIRST_MS = 100;
+const RESPAWN_MAX_MS = 10_000;
+const RESPAWN_RESET_MS = 10_000;
+
+function log(line: string): void {
+  console.error(`${new Date().toISOString()} master: ${line}`);
+}
+
+/** A listening socket and what it serves. */
+interface Listener {
+  fd: number;
+  endpoint: Endpoint;
+  mode: number;
+}
+
+/** Opens a nonblocking, close-on-exec listening socket; the endpoint returned has the real port. */
+function openListener(
+  endpoint: Endpoint,
+  backlog: number,
+  deferSeconds: number,
+): Endpoint & { fd: number } {
+  const fd = socket(endpoint.family, C.SOCK_STREAM | C.SOCK_NONBLOCK | C.SOCK_CLOEXEC);
+  try {
+    setsockoptInt(fd, C.SOL_SOCKET, C.SO_REUSEADDR, 1);
+    // An IPv6 listener serves IPv6 only, so [::]:P and 0.0.0.0:P can be given side by side.
+    if (endpoint.family === C.AF_INET6) setsockoptInt(fd, C.IPPROTO_IPV6, C.IPV6_V6ONLY, 1);
+    // Replies are coalesced with MSG_MORE; without NODELAY, Nagle would hold a reply's small last frame
+    // until the client's delayed ACK. Linux copies it to every accepted socket: no setsockopt per connection.
+    setsockoptInt(fd, C.IPPROTO_TCP, C.TCP_NODELAY, 1);
+    // Request mode: the kernel hands over a connection only once its first bytes (the request) are in,
+    // so the worker's first read finds them instead of waiting for another wake-up. Classic-mode clients
+    // send nothing and must be accepted at once.
+    if (deferSeconds > 0) setsockoptInt(fd, C.IPPROTO_TCP, C.TCP_DEFER_ACCEPT, deferSeconds);
+    bind(fd, encodeSockaddr(endpoint));
+    listen(fd, backlog);
+    const addr = new Uint8Array(SOCKADDR_MAX);
+    getsockname(fd, addr);
+    return { ...decodeSockaddr(addr)!, fd };
+  } catch (e) {
+    close(fd);
+    throw e;
+  }
+}
+
+/** An accepted connection on its way to a worker. */
+interface PendingConn {
+  fd: number;
+  id: number;
+  mode: number;
+  /** The client's sockaddr as accept4(2) gave it. */
+  peer: Uint8Array;
+}
+
+/** Where accept4(2) writes each client's address. */
+const PEER_SCRATCH = new Uint8Array(new ArrayBuffer(SOCKADDR_MAX)); // outside V8's heap: see tryAccept4
+
+/** One worker slot: the process in it changes when a worker dies and is respawned. */
+interface WorkerSlot {
+  id: number;
+  channel: number;
+  child: Deno.ChildProcess | null;
+  startedAt: number;
+  respawnAt: number;
+  failures: number;
+  /** Connections placed on this worker and not sent yet: they go in one message at the end of the turn. */
+  outbox: PendingConn[];
+}
+
+/** The master: listeners, workers, dispatch, supervision and shutdown, all driven by one epoll loop. */
+export class Master {
+  readonly #options: ServerOptions;
+  readonly #epoll = new Epoll(256);
+  readonly #wake = eventfd();
+  readonly #listeners = new Map<number, Listener>();
+  readonly #slots: WorkerSlot[] = [];
+  readonly #slotByChannel = new Map<number, WorkerSlot>();
+  readonly #dispatcher: Dispatcher<PendingConn>;
+  readonly #lingering = new Map<number, number>();
+  #nextConnId = 1;
+  #accepting = false;
+  #acceptPausedUntil = 0;
+  #announced = false;
+  #stopRequested = 0;
+  #graceDeadline = Infinity;
+  #stopSent = false;
+  readonly #readyWorkers = new Set<number>();
+
+  /** @param options the parsed command line */
+  constructor(options: ServerOptions) {
+    this.#options = options;
+    this.#dispatcher = new Dispatcher(options.connsPerWorker, options.queue);
+    this.#epoll.add(this.#wake, EPOLLIN);
+  }
+
+  /** Opens every listener (before any worker starts, so a taken port fails fast). */
+  listen(): void {
+    for (const { endpoint, mode } of this.#options.listen) {
+      let opened;
+      try {
+        const defer = mode === ServeMode.Request ? Math.max(1, Math.ceil(this.#options.idleTimeout)) : 0;
+        opened = openListener(endpoint, this.#options.backlog, defer);
+      } catch (e) {
+        throw new Error(`cannot listen on ${formatEndpoint(endpoint)}: ${(e as Error).message}`);
+      }
+      const { fd, ...actual } = opened;
+      this.#listeners.set(fd, { fd, endpoint: actual, mode });
+    }
+  }
+
+  /** Runs until stopped; resolves when every worker has exited. */
+  async run(): Promise<void> {
+    for (let id = 1; id <= this.#options.workers; id++) {
+      const slot: WorkerSlot = {
+        id,
+        channel: -1,
+        child: null,
+        startedAt: 0,
+        respawnAt: 0,
+        failures: 0,
+        outbox: [],
+      };
+      this.#slots.push(slot);
+      this.#spawn(slot);
+    }
+    for (const signal of ["SIGTERM", "SIGINT"] as const) {
+      Deno.addSignalListener(signal, () => this.#requestStop(signal));
+    }
+    while (!this.#finished()) {
+      let ready = await this.#epoll.waitAsync(this.#nextTimeout());
+      // Once awake, wait on this thread for a slice: the kernel wakes it directly, where a wait on the
+      // blocking pool costs a thread hop each way (a third of the master's CPU per connection when it
+      // was used for every wait). Signals and child exits are delivered in the event loop, which this
+      // returns to at the end of each slice.
+      const sliceEnd = performance.now() + SYNC_SLICE_MS;
+      for (;;) {
+        for (let i = 0; i < ready; i++) this.#onReady(this.#epoll.fdAt(i), this.#epoll.eventsAt(i));
+        this.#onTick();
+        const left = Math.ceil(sliceEnd - performance.now());
+        if (left <= 0 || this.#finished()) break;
+        ready = this.#epoll.wait(Math.min(left, this.#nextTimeout()));
+      }
+    }
+    await Promise.all(this.#slots.map((s) => s.child?.status));
+    log("stopped");
+  }
+
+  #finished(): boolean {
+    return this.#stopRequested > 0 && this.#slots.every((s) => s.channel === -1);
+  }
+
+  #nextTimeout(): number {
+    let at = performance.now() + 1000;
+    for (const slot of this.#slots) {
+      if (slot.channel === -1 && slot.respawnAt > 0) at = Math.min(at, slot.respawnAt);
+    }
+    if (this.#lingering.size > 0) at = Math.min(at, performance.now() + 250);
+    if (this.#acceptPausedUntil > 0) at = Math.min(at, this.#acceptPausedUntil);
+    at = Math.min(at, this.#graceDeadline);
+    return Math.max(0, Math.ceil(at - performance.now()));
+  }
+
+  #onReady(fd: number, events: number): void {
+    if (fd === this.#wake) {
+      tryRead(this.#wake, new Uint8Array(8));
+      return;
+    }
+    const listener = this.#listeners.get(fd);
+    if (listener) return this.#acceptAll(listener);
+    const slot = this.#slotByChannel.get(fd);
+    if (slot) {
+      if (events & EPOLLOUT) {
+        // The channel was full during a hand-off and has room again.
+        this.#epoll.modify(slot.channel, EPOLLIN);
+        this.#dispatchQueued();
+      }
+      return this.#onChannel(slot);
+    }
+    if (this.#lingering.has(fd)) this.#discard(fd);
+  }
+
+  #onTick(): void {
+    const now = performance.now();
+    if (this.#acceptPausedUntil > 0 && now >= this.#acceptPausedUntil) {
+      this.#acceptPausedUntil = 0;
+      this.#setAccepting(true);
+    }
+    for (const slot of this.#slots) {
+      if (slot.channel === -1 && slot.respawnAt > 0 && now >= slot.respawnAt && this.#stopRequested === 0) {
+        this.#spawn(slot);
+      }
+    }
+    for (const [fd, deadline] of this.#lingering) if (now >= deadline) this.#endLinger(fd);
+    if (this.#stopRequested > 0) this.#continueStop(now);
+  }
+
+  // --- workers ---------------------------------------------------------------------------------------
+
+  #spawn(slot: WorkerSlot): void {
+    let started;
+    try {
+      started = startWorker(this.#options, slot.id);
+    } catch (e) {
+      slot.respawnAt = this.#backoff(slot);
+      log(`worker ${slot.id}: cannot start: ${(e as Error).message}`);
+      return;
+    }
+    const { child, channel } = started;
+    slot.child = child;
+    slot.channel = channel;
+    slot.startedAt = performance.now();
+    slot.respawnAt = 0;
+    this.#slotByChannel.set(channel, slot);
+    this.#epoll.add(channel, EPOLLIN);
+    const { pid } = child;
+    child.status.then((status) => {
+      const how = status.signal ? `signal ${status.signal}` : `code ${status.code}`;
+      if (this.#stopRequested === 0 || !status.success) {
+        log(`worker ${slot.id} (pid ${pid}) exited with ${how}`);
+      }
+    });
+  }
+
+  #backoff(slot: WorkerSlot): number {
+    slot.failures++;
+    const delay = Math.min(RESPAWN_MAX_MS, RESPAWN_FIRST_MS * 2 ** (slot.failures - 1));
+    return performance.now() + delay;
+  }
+
+  #onChannel(slot: WorkerSlot): void {
+    for (;;) {
+      let message;
+      try {
+        message = receiveMessage(slot.channel);
+      } catch (e) {
+        log(`worker ${slot.id}: channel error: ${(e as Error).message}`);
+        message = "closed" as const;
+      }
+      if (message === null) return;
+      if (message === "closed") return this.#onWorkerGone(slot);
+      for (const handed of message.conns) close(handed.fd); // workers never send fds; do not leak any
+      if (message.kind === MessageKind.Ready) {
+        this.#dispatcher.addWorker(slot.id);
+        this.#readyWorkers.add(slot.id);
+        this.#onWorkerReady();
+      } else if (message.kind === MessageKind.Done) {
+        this.#dispatcher.release(slot.id, message.arg);
+      } else if (message.kind === MessageKind.HashKnown) {
+        this.#relayHash(slot, message.payload);
+      }
+      this.#dispatchQueued();
+    }
+  }
+
+  /** Passes a hash one worker computed to the others; a full channel just misses this cache hint. */
+  #relayHash(from: WorkerSlot, payload: Uint8Array): void {
+    for (const slot of this.#slots) {
+      if (slot === from || slot.channel === -1) continue;
+      try {
+        sendMessage(slot.channel, MessageKind.HashKnown, 0, 0, payload);
+      } catch {
+        // that worker is gone; its hang-up is handled on its own channel
+      }
+    }
+  }
+
+  #onWorkerReady(): void {
+    if (this.#announced || this.#stopRequested > 0) return;
+    if (this.#readyWorkers.size < this.#slots.length) return;
+    this.#announced = true;
+    for (const l of this.#listeners.values()) {
+      const what = l.mode === ServeMode.Request
+        ? `request mode, root ${this.#options.root}`
+        : `classic mode, push ${this.#options.push}`;
+      log(`listening on ${formatEndpoint(l.endpoint)} (${what})`);
+    }
+    log(`ready with ${this.#options.workers} workers`);
+    this.#setAccepting(true);
+  }
+
+  #onWorkerGone(slot: WorkerSlot): void {
+    this.#epoll.remove(slot.channel);
+    this.#slotByChannel.delete(slot.channel);
+    close(slot.channel);
+    slot.channel = -1;
+    this.#dispatcher.removeWorker(slot.id);
+    this.#readyWorkers.delete(slot.id);
+    if (this.#stopRequested > 0) return;
+    if (performance.now() - slot.startedAt > RESPAWN_RESET_MS) slot.failures = 0;
+    slot.respawnAt = this.#backoff(slot);
+    log(
+      `worker ${slot.id} is gone (pid ${slot.child?.pid}); respawning in ${
+        Math.round(slot.respawnAt - performance.now())
+      }ms`,
+    );
+  }
+
+  // --- connections -----------------------------------------------------------------------------------
+
+  #setAccepting(on: boolean): void {
+    if (on === this.#accepting) return;
+    this.#accepting = on;
+    for (const fd of this.#listeners.keys()) {
+      if (on) this.#epoll.add(fd, EPOLLIN);
+      else this.#epoll.remove(fd);
+    }
+  }
+
+  /** Accepts every waiting connection, places each, then hands them over: one message per worker. */
+  #acceptAll(listener: Listener): void {
+    this.#acceptWaiting(listener);
+    this.#sendOutboxes();
+  }
+
+  #acceptWaiting(listener: Listener): void {
+    for (;;) {
+      let fd: number;
+      try {
+        fd = tryAccept4(listener.fd, C.SOCK_NONBLOCK | C.SOCK_CLOEXEC, PEER_SCRATCH);
+      } catch (e) {
+        if (!(e instanceof LibcError)) throw e;
+        if (e.errnoName === "ECONNABORTED") continue;
+        log(
+          `${e.message} while accepting on ${
+            formatEndpoint(listener.endpoint)
+          }; pausing accept for ${ACCEPT_PAUSE_MS}ms`,
+        );
+        this.#setAccepting(false);
+        this.#acceptPausedUntil = performance.now() + ACCEPT_PAUSE_MS;
+        return;
+      }
+      if (fd === WOULD_BLOCK) return;
+      const conn: PendingConn = {
+        fd,
+        id: this.#nextConnId++ >>> 0,
+        mode: listener.mode,
+        peer: PEER_SCRATCH.slice(), // goes to the worker, which would otherwise ask getpeername(2)
+      };
+      const placement = this.#dispatcher.offer(conn);
+      if (placement === "refused") this.#refuse(conn);
+      else if (placement !== "queued") this.#place(placement.worker, conn);
+    }
+  }
+
+  /**
+   * Puts a connection the dispatcher placed on `workerId` in that worker's outbox, sending the outbox
+   * when it is full. False if that send failed (the outbox went back to the queue).
+   */
+  #place(workerId: number, conn: PendingConn): boolean {
+    const slot = this.#slots[workerId - 1];
+    slot.outbox.push(conn);
+    return slot.outbox.length < MAX_CONNS_PER_MESSAGE || this.#sendOutbox(slot);
+  }
+
+  #sendOutboxes(): void {
+    for (const slot of this.#slots) if (slot.outbox.length > 0) this.#sendOutbox(slot);
+  }
+
+  /**
+   * Sends a worker its outbox in one message and closes the master's copies of the fds. If the channel is
+   * full, or the worker is gone, the connections go back to the front of the queue, in order.
+   */
+  #sendOutbox(slot: WorkerSlot): boolean {
+    const conns = slot.outbox;
+    slot.outbox = [];
+    let sent = false;
+    try {
+      sent = slot.channel !== -1 && sendConns(slot.channel, conns);
+    } catch (e) {
+      log(`worker ${slot.id}: hand-off failed: ${(e as Error).message}`); // its hang-up follows
+    }
+    if (sent) {
+      for (const conn of conns) close(conn.fd);
+      return true;
+    }
+    for (let i = conns.length - 1; i >= 0; i--) this.#dispatcher.retract(slot.id, conns[i]);
+    // A full channel (the worker is behind on reading it): try again when it has room.
+    if (slot.channel !== -1) this.#epoll.modify(slot.channel, EPOLLIN | EPOLLOUT);
+    return false;
+  }
+
+  #dispatchQueued(): void {
+    // A failed send puts its connections back at the front of the queue: stop there, or they would come
+    // straight back out.
+    for (let next = this.#dispatcher.next(); next; next = this.#dispatcher.next()) {
+      if (!this.#place(next.worker, next.conn)) break;
+    }
+    this.#sendOutboxes();
+  }
+
+  /** Answers BUSY (request mode) or just closes (classic mode has no error frame), and logs it. */
+  #refuse(conn: PendingConn): void {
+    log(`connection ${conn.id} refused: every worker and the queue (${this.#options.queue}) are full`);
+    if (conn.mode === ServeMode.Classic) {
+      close(conn.fd);
+      return;
+    }
+    try {
+      trySend(conn.fd, BUSY_RESPONSE);
+      shutdown(conn.fd, C.SHUT_WR);
+    } catch {
+      close(conn.fd);
+      return;
+    }
+    if (this.#lingering.size >= LINGER_MAX) {
+      close(conn.fd);
+      return;
+    }
+    // Read what the client sends until it closes: closing with unread bytes would reset the connection
+    // and could destroy the BUSY frame before the client reads it.
+    this.#lingering.set(conn.fd, performance.now() + LINGER_MS);
+    this.#epoll.add(conn.fd, EPOLLIN);
+  }
+
+  #discard(fd: number): void {
+    try {
+      for (;;) {
+        const n = tryRecv(fd, LINGER_SCRATCH);
+        if (n === WOULD_BLOCK) return;
+        if (n === 0) break;
+      }
+    } catch {
+      // reset by the client: done either way
+    }
+    this.#endLinger(fd);
+  }
+
+  #endLinger(fd: number): void {
+    this.#lingering.delete(fd);
+    close(fd);
+  }
+
+  // --- stopping --------------------------------------------------------------------------------------
+
+  #requestStop(signal: string): void {
+    this.#stopRequested++;
+    if (this.#stopRequested === 1) {
+      log(`${signal}: no longer accepting; giving transfers in flight ${this.#options.grace}s`);
+      this.#graceDeadline = performance.now() + this.#options.grace * 1000;
+    } else {
+      log(`${signal} again: stopping now`);
+      this.#graceDeadline = 0;
+    }
+    tryWrite(this.#wake, WAKE_VALUE);
+  }
+
+  #continueStop(now: number): void {
+    if (this.#listeners.size > 0) {
+      this.#setAccepting(false);
+      for (const fd of this.#listeners.keys()) close(fd);
+      this.#listeners.clear();
+    }
+    if (now >= this.#graceDeadline) {
+      for (const conn of this.#dispatcher.drain()) close(conn.fd);
+      for (const slot of this.#slots) if (slot.channel !== -1) this.#onWorkerGone(slot); // EOF: workers exit
+      return;
+    }
+    // Queued connections were accepted: they are served first; then the workers are told to finish.
+    if (!this.#stopSent && this.#dispatcher.queued === 0) {
+      this.#stopSent = true;
+      for (const slot of this.#slots) {
+        if (slot.channel !== -1) sendMessage(slot.channel, MessageKind.Stop);
+      }
+    }
+  }
+}
+
+const LINGER_SCRATCH = new Uint8Array(4096);
+const WAKE_VALUE = new Uint8Array(new BigUint64Array([1n]).buffer);
+const BUSY_RESPONSE = encodeErrorResponse({
+  code: ErrorCode.Busy,
+  message: "server busy: every worker and the queue are full",
+  retryAfterMs: BUSY_RETRY_AFTER_MS,
+});

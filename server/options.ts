@@ -1,0 +1,165 @@
+/**
+ * The server's command line: its flags, their defaults and checks, and the help text.
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { ServeMode } from "./channel.ts";
+import { type Endpoint, parseEndpoint } from "../ffi/structs.ts";
+
+/** Everything the server's command line decides. */
+export interface ServerOptions {
+  /** Listeners and how each one serves. */
+  listen: { endpoint: Endpoint; mode: number }[];
+  /** Served directory for request mode, or null. */
+  root: string | null;
+  /** Pushed file for classic mode, or null. */
+  push: string | null;
+  /** Worker processes. @default navigator.hardwareConcurrency */
+  workers: number;
+  /** Connections one worker serves at once. @default 64 */
+  connsPerWorker: number;
+  /** Connections that may wait when all workers are full. @default 1024 */
+  queue: number;
+  /** Seconds that transfers in flight get to finish on SIGTERM/SIGINT. @default 30 */
+  grace: number;
+  /** Seconds without progress after which a connection is closed. @default 30 */
+  idleTimeout: number;
+  /** listen(2) backlog. @default 511 */
+  backlog: number;
+  /** Where the one-line-per-request log goes: "-" for stderr, a file appended to, or null for nowhere. */
+  requestLog: string | null;
+  /** Bytes of small replies each worker keeps in memory; 0 turns the cache off. @default 8 MiB */
+  replyCacheBytes: number;
+}
+
+/** The text `--help` prints. */
+export const HELP = `ferry server: serve files to many clients from a pool of worker processes.
+
+Usage:
+  server --listen HOST:PORT --root DIR      request mode: clients ask for files under DIR
+  server --listen HOST:PORT --push FILE     classic mode: every connection receives FILE (seed protocol)
+  server --listen A --root DIR --push-listen B --push FILE    both, on different listeners
+
+Options:
+  --listen HOST:PORT       listen here (repeatable); IPv6 as [::1]:PORT; port 0 picks a free port.
+                           Serves request mode if --root is given, else classic mode.
+  --push-listen HOST:PORT  listen here in classic mode (repeatable; with --root and --push)
+  --root DIR               directory served in request mode
+  --push FILE              file pushed in classic mode
+  --workers N              worker processes (default: number of CPUs)
+  --conns-per-worker C     connections a worker serves at once (default 64; 1 = the seed's behaviour)
+  --queue Q                connections that may wait when every worker is full (default 1024);
+                           past that, new connections get BUSY (classic mode: closed and logged)
+  --grace SECONDS          on SIGTERM/SIGINT, time given to transfers in flight (default 30)
+  --idle-timeout SECONDS   close a connection that makes no progress for this long (default 30)
+  --backlog N              listen(2) backlog (default 511)
+  --request-log WHERE      the one line per request: - for stderr (default), a FILE appended to by
+                           every worker, or off; the server's own lines always go to stderr
+  --reply-cache MIB        memory per worker for small replies answered from memory (default 8);
+                           0 opens every file for every request (e.g. a root on NFS, where a stat may
+                           come from the attribute cache while an open revalidates)
+  -h, --help               show this help
+
+The listening addresses are printed on stderr once the workers are ready.`;
+
+/** A usage error: the message is printed after "ferry server: " with exit code 2. */
+export class UsageError extends Error {}
+
+function positiveNumber(name: string, text: string | undefined, fallback: number, integer = true): number {
+  if (text === undefined) return fallback;
+  const n = Number(text);
+  if (!Number.isFinite(n) || n <= 0 || (integer && !Number.isInteger(n))) {
+    throw new UsageError(`--${name}: '${text}' is not a positive ${integer ? "integer" : "number"}`);
+  }
+  return n;
+}
+
+/** Parses and checks the server's command line. Throws UsageError with a one-line reason. */
+export function parseServerArgs(argv: string[]): ServerOptions | "help" {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      options: {
+        listen: { type: "string", multiple: true },
+        "push-listen": { type: "string", multiple: true },
+        root: { type: "string" },
+        push: { type: "string" },
+        workers: { type: "string" },
+        "conns-per-worker": { type: "string" },
+        queue: { type: "string" },
+        grace: { type: "string" },
+        "idle-timeout": { type: "string" },
+        backlog: { type: "string" },
+        "request-log": { type: "string" },
+        "reply-cache": { type: "string" },
+        help: { type: "boolean", short: "h" },
+      },
+    });
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+  const v = parsed.values;
+  if (v.help) return "help";
+  const root = v.root ?? null;
+  const push = v.push ?? null;
+  if (root === null && push === null) {
+    throw new UsageError("give --root DIR (request mode) or --push FILE (classic)");
+  }
+  if (root !== null && !isKind(root, "dir")) throw new UsageError(`--root: '${root}' is not a directory`);
+  if (push !== null && !isKind(push, "file")) {
+    throw new UsageError(`--push: '${push}' is not a readable file`);
+  }
+  const listenMode = root !== null ? ServeMode.Request : ServeMode.Classic;
+  const listenTexts = [...(v.listen ?? [])].map((t) => ({ text: t, mode: listenMode }));
+  if ((v["push-listen"] ?? []).length > 0 && push === null) {
+    throw new UsageError("--push-listen needs --push FILE");
+  }
+  listenTexts.push(...(v["push-listen"] ?? []).map((t) => ({ text: t, mode: ServeMode.Classic })));
+  if (listenTexts.length === 0) throw new UsageError("give at least one --listen HOST:PORT");
+  const listenOn = listenTexts.map(({ text, mode }) => {
+    try {
+      return { endpoint: parseEndpoint(text), mode };
+    } catch (e) {
+      throw new UsageError(`--listen: ${(e as Error).message}`);
+    }
+  });
+  return {
+    listen: listenOn,
+    root,
+    push,
+    workers: positiveNumber("workers", v.workers, navigator.hardwareConcurrency),
+    connsPerWorker: positiveNumber("conns-per-worker", v["conns-per-worker"], 64),
+    queue: v.queue === "0" ? 0 : positiveNumber("queue", v.queue, 1024),
+    grace: positiveNumber("grace", v.grace, 30, false),
+    idleTimeout: positiveNumber("idle-timeout", v["idle-timeout"], 30, false),
+    backlog: positiveNumber("backlog", v.backlog, 511),
+    requestLog: requestLogOf(v["request-log"]),
+    replyCacheBytes: v["reply-cache"] === "0"
+      ? 0
+      : Math.round(positiveNumber("reply-cache", v["reply-cache"], 8, false) * 1024 * 1024),
+  };
+}
+
+/** Checks --request-log; a file is created if missing, so that a path that cannot be written fails now. */
+function requestLogOf(text: string | undefined): string | null {
+  if (text === undefined || text === "-") return "-";
+  if (text === "off") return null;
+  try {
+    Deno.openSync(text, { append: true, create: true, mode: 0o644 }).close();
+  } catch (e) {
+    throw new UsageError(`--request-log: cannot append to '${text}': ${(e as Error).message}`);
+  }
+  return text;
+}
+
+function isKind(path: string, kind: "dir" | "file"): boolean {
+  try {
+    const s = Deno.statSync(path);
+    return kind === "dir" ? s.isDirectory : s.isFile;
+  } catch {
+    return false;
+  }
+}
