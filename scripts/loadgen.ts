@@ -125,6 +125,12 @@ const enum Phase {
 }
 
 const SCRATCH = new Uint8Array(256 * 1024);
+/**
+ * Most bytes read between a ferry response's data frames, where only the next frame's header is wanted:
+ * a full read there would copy up to SCRATCH's size of the next frame's payload into this process once
+ * per MiB frame, where an HTTP body is dropped in the kernel after its one head.
+ */
+const BETWEEN_FRAMES_READ = 4096;
 /** Most bytes discarded by one recv(MSG_TRUNC). */
 const DISCARD_MAX = 16 * 1024 * 1024;
 /** Connections being opened at once, so that the listen backlog never overflows (SYN retries). */
@@ -350,7 +356,8 @@ class Speaker {
       if (c.phase === Phase.Skip && discard) {
         n = recvRaw(c.fd, SCRATCH, Math.min(c.left, DISCARD_MAX, budget), MSG_TRUNC);
       } else {
-        n = recvRaw(c.fd, SCRATCH, Math.min(SCRATCH.byteLength, budget), 0);
+        const most = discard && c.body > 0 ? BETWEEN_FRAMES_READ : SCRATCH.byteLength;
+        n = recvRaw(c.fd, SCRATCH, Math.min(most, budget), 0);
       }
       if (n === WOULD_BLOCK) return "wait";
       if (n < 0) {
