@@ -84,7 +84,7 @@ export class ClassicBody implements Body {
   }
 }
 
-/** Request mode content: Data frames of up to 1 MiB, each a 5-byte header then sendfile(2). */
+/** Request mode content: Data frames of up to 15 MiB, each a 5-byte header then sendfile(2). */
 export class FramedFileBody implements Body {
   readonly #header = new Uint8Array(FRAME_HEADER_SIZE + 1);
   #headerLeft = 0;
@@ -132,5 +132,34 @@ export class FramedFileBody implements Body {
         return { sent, status: "done" };
       }
     }
+  }
+}
+
+/** Zeros shared by every {@link ZeroPadding}. */
+const zeros = new Uint8Array(64 * 1024);
+
+/**
+ * Zero bytes that fill a data frame whose file shrank during the transfer, sent from one shared buffer:
+ * a frame can announce up to 15 MiB, and a file replaced under many readers must not cost a buffer each.
+ */
+export class ZeroPadding implements Body {
+  #left: number;
+
+  /** @param left how many zero bytes to send */
+  constructor(left: number) {
+    this.#left = left;
+  }
+
+  /** See {@link Body.pump}. */
+  pump(sock: number, budget: number): PumpResult {
+    let sent = 0;
+    while (this.#left > 0) {
+      if (sent >= budget) return { sent, status: "yield" };
+      const n = trySend(sock, zeros.subarray(0, Math.min(zeros.byteLength, this.#left)));
+      if (n === WOULD_BLOCK) return { sent, status: "blocked" };
+      this.#left -= n;
+      sent += n;
+    }
+    return { sent, status: "done" };
   }
 }

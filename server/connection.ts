@@ -7,7 +7,7 @@
  * @module
  */
 
-import { ClassicBody, FramedFileBody } from "./bodies.ts";
+import { ClassicBody, FramedFileBody, ZeroPadding } from "./bodies.ts";
 import { EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT } from "../ffi/epoll.ts";
 import {
   C,
@@ -338,7 +338,7 @@ export class Connection {
           this.#out.splice(
             0,
             this.#out.length,
-            new Uint8Array(head.frameLeft),
+            new ZeroPadding(head.frameLeft),
             new ErrorPiece({ code: ErrorCode.FileChanged, message: e.message }, true),
           );
           continue;

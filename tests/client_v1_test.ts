@@ -26,6 +26,7 @@ import {
   type TestServer,
 } from "./helpers.ts";
 import { FrameProxy } from "./proxy.ts";
+import { DATA_FRAME_PAYLOAD } from "../framing.ts";
 
 const MiB = 1024 * 1024;
 const BIG = 100 * MiB;
@@ -245,12 +246,13 @@ Deno.test("a one-file get sends the end frame with its request, before any answe
 
 Deno.test("an unchanged file is not transferred again: no data frame, status unchanged, exit 0", async () => {
   await withServer(async ({ src, out, server }) => {
-    const expected = await sha256File(await makeFile(src, "f.bin", 5 * MiB));
+    const size = 2 * DATA_FRAME_PAYLOAD + 5;
+    const expected = await sha256File(await makeFile(src, "f.bin", size));
     const proxy = new FrameProxy(server.ports[0]);
     try {
       const first = await runClient(getArgs(proxy.address, "f.bin", out));
       assert.equal(first.code, 0, first.stderr);
-      assert.equal(proxy.connections[0].dataFrames, 5);
+      assert.equal(proxy.connections[0].dataFrames, 3);
       const mtime = (await Deno.stat(`${out}/f.bin`)).mtime;
 
       const r = await runClient(getArgs(proxy.address, "f.bin", out, "--json"));
