@@ -42,6 +42,7 @@ import {
 import {
   buildSeed,
   ensureTools,
+  nginxName,
   repo,
   type Server,
   startFerry,
@@ -141,27 +142,42 @@ try {
   });
   const nginx: Server[] = [];
   let nginxMany: Server | null = null;
+  let nginxSmall: Server | null = null;
   if (tools.has("nginx")) {
     log("starting nginx");
     let i = 0;
     if (wants("1")) {
       for (const workers of [1, "auto"] as const) {
-        for (const sendfile of [true, false]) {
+        for (const [sendfile, nopush] of [[true, false], [true, true], [false, false]]) {
           nginx.push(
-            await startNginx({ root, dir: `${root}/.nginx-${i++}`, workers, sendfile, connections: 4096 }),
+            await startNginx({
+              root,
+              dir: `${root}/.nginx-${i++}`,
+              workers,
+              sendfile,
+              nopush,
+              connections: 4096,
+            }),
           );
         }
       }
     }
-    // The many-connection cases: as many workers as ferry, sendfile on.
-    nginxMany = nginx.find((s) => s.name === `nginx (auto = ${WORKERS} workers, sendfile on)`) ??
-      await startNginx({
-        root,
-        dir: `${root}/.nginx-many`,
-        workers: WORKERS,
-        sendfile: true,
-        connections: 4096,
-      });
+    // The many-connection cases: as many workers as ferry, sendfile on; tcp_nopush off, its best for large
+    // files, and (for small files, where it was a little ahead) on.
+    const many = (nopush: boolean) =>
+      (navigator.hardwareConcurrency === WORKERS
+        ? nginx.find((s) => s.name === nginxName({ workers: "auto", sendfile: true, nopush }))
+        : undefined) ??
+        startNginx({
+          root,
+          dir: `${root}/.nginx-many${nopush ? "-nopush" : ""}`,
+          workers: WORKERS,
+          sendfile: true,
+          nopush,
+          connections: 4096,
+        });
+    nginxMany = await many(false);
+    if (wants("3") || wants("4")) nginxSmall = await many(true);
   }
   const seed = tools.has("gcc") ? await buildSeed(root) : null;
   if (!seed) notes.push("gcc is not installed: the seed's C server and client are skipped");
@@ -174,6 +190,7 @@ try {
     ferry,
     nginx,
     nginxMany,
+    nginxSmall,
     bestNginx: null,
     seed,
     files,
@@ -196,7 +213,7 @@ try {
     sections.push(await fn(bench));
   }
   log("stopping servers");
-  for (const s of [ferry, ...nginx, ...(nginxMany && !nginx.includes(nginxMany) ? [nginxMany] : [])]) {
+  for (const s of new Set([ferry, ...nginx, ...[nginxMany, nginxSmall].filter((s) => s !== null)])) {
     await s.stop();
   }
   const loadAfter = loadAverage();

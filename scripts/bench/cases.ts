@@ -170,8 +170,13 @@ export interface Bench {
   ferry: FerryServer;
   /** The nginx configurations of case 1. */
   nginx: Server[];
-  /** nginx with as many workers as ferry, for the many-connection cases (null without nginx). */
+  /**
+   * nginx with as many workers as ferry, for the many-connection cases (null without nginx): sendfile on,
+   * tcp_nopush off (its best for large files).
+   */
   nginxMany: Server | null;
+  /** The same with tcp_nopush on, its best for small files; cases 3 and 4 compare ferry with the better. */
+  nginxSmall: Server | null;
   /** The best nginx configuration of case 1 (set by case 1). */
   bestNginx: Server | null;
   /** The seed's binaries (null without gcc). */
@@ -698,10 +703,26 @@ export async function case2(b: Bench): Promise<Section> {
 
 // --- case 3 -------------------------------------------------------------------------------------------
 
+/** nginx's configurations for the many-connection cases (none without nginx). */
+function manyNginx(b: Bench): Server[] {
+  return [b.nginxMany, b.nginxSmall].filter((s): s is Server => s !== null);
+}
+
+/** Of `servers`, the one with the highest median of `metric` in `runs` (null if there are none). */
+function bestBy(servers: Server[], runs: Runs, metric: string): Server | null {
+  let best: Server | null = null;
+  for (const s of servers) {
+    if (best === null || runs.get(`${s.name}:${metric}`).median > runs.get(`${best.name}:${metric}`).median) {
+      best = s;
+    }
+  }
+  return best;
+}
+
 /** Case 3: many clients fetch the same file at once. */
 export async function case3(b: Bench): Promise<Section> {
   const { fanClients } = b.profile;
-  const servers = [b.ferry, ...(b.nginxMany ? [b.nginxMany] : [])];
+  const servers = [b.ferry, ...manyNginx(b)];
   const runs = new Runs();
   const errors = new Map<string, Record<string, number>>();
   const variants = servers.map((s): Variant => ({
@@ -721,6 +742,7 @@ export async function case3(b: Bench): Promise<Section> {
   await alternate(b, "case 3", variants);
   const ferryGbps = runs.get(`${b.ferry.name}:gbps`).median;
   const ferrySlow = runs.get(`${b.ferry.name}:slowest`).median;
+  const nginx = bestBy(manyNginx(b), runs, "gbps");
   const rows = servers.map((s) => [
     s.name,
     medianRange(runs.get(`${s.name}:gbps`)),
@@ -739,7 +761,8 @@ export async function case3(b: Bench): Promise<Section> {
     body: [
       `${fanClients} connections opened together by the load generator, each fetching the file once; aggregate`,
       "GB/s is all bytes over the time from the first connect to the last byte. Same generator and",
-      `${WORKERS} worker processes for both servers.`,
+      `${WORKERS} worker processes for both servers. nginx runs with tcp_nopush off and on; ferry is compared`,
+      "with the faster.",
       "",
       ...table(
         [
@@ -754,12 +777,12 @@ export async function case3(b: Bench): Promise<Section> {
         rows,
       ),
       "",
-      ...(b.nginxMany
+      ...(nginx
         ? [
-          `**Fan-out, ferry vs nginx (same generator, ${WORKERS} workers each): ${
-            ratio(ferryGbps, runs.get(`${b.nginxMany.name}:gbps`).median)
+          `**Fan-out, ferry vs nginx's faster configuration (same generator, ${WORKERS} workers each): ${
+            ratio(ferryGbps, runs.get(`${nginx.name}:gbps`).median)
           } in aggregate GB/s; slowest client ${
-            ratio(runs.get(`${b.nginxMany.name}:slowest`).median, ferrySlow)
+            ratio(runs.get(`${nginx.name}:slowest`).median, ferrySlow)
           } as fast** (target: >= 1.0x).`,
           "",
         ]
@@ -772,7 +795,7 @@ export async function case3(b: Bench): Promise<Section> {
 
 /** Case 4: small files, new connection per file and many requests per connection. */
 export async function case4(b: Bench): Promise<Section> {
-  const servers = [b.ferry, ...(b.nginxMany ? [b.nginxMany] : [])];
+  const servers = [b.ferry, ...manyNginx(b)];
   const ratios: Record<number, number[]> = { 0: [], 1: [] };
   const rows: string[][] = [];
   const errorLines: string[] = [];
@@ -808,7 +831,8 @@ export async function case4(b: Bench): Promise<Section> {
         }, ${clients} clients`;
         await alternate(b, label, variants, false);
         const f = runs.get(`${b.ferry.name}:rate`);
-        const n = b.nginxMany ? runs.get(`${b.nginxMany.name}:rate`) : null;
+        const nginx = bestBy(manyNginx(b), runs, "rate");
+        const n = nginx ? runs.get(`${nginx.name}:rate`) : null;
         if (n) ratios[perConn].push(f.median / n.median);
         rows.push([
           bytesLabel(size),
@@ -816,13 +840,14 @@ export async function case4(b: Bench): Promise<Section> {
           String(clients),
           `${int(f.median)} (${range(f, 0, (x) => int(x))})`,
           n ? `${int(n.median)} (${range(n, 0, (x) => int(x))})` : "-",
+          nginx === null ? "-" : nginx === b.nginxSmall ? "on" : "off",
           n ? ratio(f.median, n.median) : "-",
           medianRange(runs.get(`${b.ferry.name}:p99`)),
-          b.nginxMany ? medianRange(runs.get(`${b.nginxMany.name}:p99`)) : "-",
+          nginx ? medianRange(runs.get(`${nginx.name}:p99`)) : "-",
           num(runs.get(`${b.ferry.name}:cpu`).median, 0),
-          b.nginxMany ? num(runs.get(`${b.nginxMany.name}:cpu`).median, 0) : "-",
+          nginx ? num(runs.get(`${nginx.name}:cpu`).median, 0) : "-",
           `${num(runs.get(`${b.ferry.name}:gen`).median, 0)}% / ${
-            b.nginxMany ? num(runs.get(`${b.nginxMany.name}:gen`).median, 0) : "-"
+            nginx ? num(runs.get(`${nginx.name}:gen`).median, 0) : "-"
           }%`,
         ]);
       }
@@ -878,6 +903,7 @@ export async function case4(b: Bench): Promise<Section> {
       "ferry's `get` sends it; HTTP asks `Connection: close`), so either server closes once it has answered;",
       '"one per client": every client keeps one connection for all its requests (latency from request',
       `to last byte). ferry and nginx both have ${WORKERS} worker processes and are driven by the same generator.`,
+      "nginx runs with tcp_nopush off and on; each row shows the faster (its figures and which it was).",
       "Server CPU is the server's CPU time per file served.",
       "",
       ...table(
@@ -887,6 +913,7 @@ export async function case4(b: Bench): Promise<Section> {
           "clients",
           "ferry files/s: median (min-max)",
           "nginx files/s: median (min-max)",
+          "nginx tcp_nopush",
           "ferry ÷ nginx",
           "ferry p99 ms",
           "nginx p99 ms",
@@ -901,7 +928,7 @@ export async function case4(b: Bench): Promise<Section> {
       "",
       ...(b.nginxMany
         ? [
-          `**Small files, ferry vs nginx (same generator, ${WORKERS} workers each): ${
+          `**Small files, ferry vs nginx's faster configuration (same generator, ${WORKERS} workers each): ${
             spread(ratios[1])
           } with a new ` +
           `connection per file, ${spread(ratios[0])} with one connection per client** (target: >= 1.0x).`,
@@ -1004,6 +1031,7 @@ export async function case5(b: Bench): Promise<Section> {
       dir: `${b.root}/.nginx-case5`,
       workers: WORKERS,
       sendfile: true,
+      nopush: false,
       connections: p.hold + 2000,
     });
     try {

@@ -177,6 +177,12 @@ export interface NginxOptions {
   workers: number | "auto";
   /** `sendfile on` or `off`. */
   sendfile: boolean;
+  /**
+   * `tcp_nopush on` (TCP_CORK while a response goes out with sendfile) or `off`, nginx's default. Neither
+   * is nginx's best everywhere: on this loopback, `on` halved one large stream and a 64-client fan-out,
+   * while small files were a little faster with it (scripts/bench/tried.md). Only matters with sendfile.
+   */
+  nopush: boolean;
   /** `worker_connections`. */
   connections: number;
 }
@@ -202,7 +208,7 @@ http {
     access_log off;
     default_type application/octet-stream;
     sendfile ${o.sendfile ? "on" : "off"};
-    tcp_nopush on;
+    tcp_nopush ${o.nopush ? "on" : "off"};
     tcp_nodelay on;
     keepalive_timeout 120s;
     keepalive_requests 10000000;
@@ -224,6 +230,14 @@ http {
 `;
 }
 
+/** How the report names an nginx server, e.g. `nginx (auto = 2 workers, sendfile on, tcp_nopush on)`. */
+export function nginxName(o: Pick<NginxOptions, "workers" | "sendfile" | "nopush">): string {
+  const workers = o.workers === "auto"
+    ? `auto = ${navigator.hardwareConcurrency} workers`
+    : `${o.workers} worker${o.workers > 1 ? "s" : ""}`;
+  return `nginx (${workers}, sendfile ${o.sendfile ? (o.nopush ? "on, tcp_nopush on" : "on") : "off"})`;
+}
+
 /** Starts nginx with a generated config on a free port and waits until it accepts. */
 export async function startNginx(o: NginxOptions): Promise<Server> {
   await Deno.mkdir(o.dir, { recursive: true });
@@ -239,11 +253,8 @@ export async function startNginx(o: NginxOptions): Promise<Server> {
     await new Promise((r) => setTimeout(r, 20));
     pids = processTree(p.process.pid);
   }
-  const workers = o.workers === "auto"
-    ? `auto = ${want} workers`
-    : `${o.workers} worker${want > 1 ? "s" : ""}`;
   return {
-    name: `nginx (${workers}, sendfile ${o.sendfile ? "on" : "off"})`,
+    name: nginxName(o),
     protocol: "http",
     port,
     pids,
