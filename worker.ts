@@ -14,7 +14,8 @@
 import { type HandedConn, MessageKind, receiveMessage, sendMessage, ServeMode } from "./server/channel.ts";
 import { Connection, type ServeConfig } from "./server/connection.ts";
 import { Epoll, EPOLLIN, EPOLLOUT } from "./ffi/epoll.ts";
-import { HashCache, loadHashing } from "./server/hash_cache.ts";
+import { HashCache } from "./server/hash_cache.ts";
+import { loadHashing } from "./hashing.ts";
 import { parseWorkerArgs, type WorkerArgs } from "./server/worker_args.ts";
 import { ReplyCache } from "./server/reply_cache.ts";
 

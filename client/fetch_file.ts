@@ -19,7 +19,8 @@
  * @module
  */
 
-import { createHash, type Hash } from "node:crypto";
+import type { Hash } from "node:crypto";
+import { createSha256, loadHashing } from "../hashing.ts";
 import type { Deadline } from "./deadline.ts";
 import { classify, ClientError, ExitCode, protocolError, ServerRefusal } from "./failure.ts";
 import { ErrorCode, PROTOCOL_VERSION, type Request, type ResponseHeader } from "../framing.ts";
@@ -121,7 +122,8 @@ function checkHeader(header: ResponseHeader): GetHeader {
 
 /** SHA-256 (hex) of the bytes `chunks` yields, checking the deadline between chunks. */
 export async function hashChunks(chunks: AsyncIterable<Uint8Array>, deadline: Deadline): Promise<Hash> {
-  const hash = createHash("sha256");
+  await loadHashing();
+  const hash = createSha256();
   for await (const chunk of chunks) {
     deadline.check();
     hash.update(chunk);
@@ -131,7 +133,7 @@ export async function hashChunks(chunks: AsyncIterable<Uint8Array>, deadline: De
 
 /** A SHA-256 for the bytes to come, or null when not verifying. */
 function newHash(verify: boolean): Hash | null {
-  return verify ? createHash("sha256") : null;
+  return verify ? createSha256() : null;
 }
 
 /** The chunks of a local file, or nothing if it is not a regular file. */
@@ -442,6 +444,8 @@ export async function fetchFile(
   let holder: Holder | null = null;
   try {
     const kind = await targetKind(target);
+    // A file target hashes any copy it already has (to ask only if changed), whether or not it verifies.
+    if (options.verify || kind === "file") await loadHashing();
     if (kind === "file") {
       const fileHolder = new FileHolder(target, options.deadline, options.verify, options.listed?.size);
       holder = fileHolder;

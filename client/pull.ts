@@ -7,7 +7,7 @@
  * @module
  */
 
-import { createHash } from "node:crypto";
+import { createSha256, loadHashing } from "../hashing.ts";
 import { join } from "node:path";
 import type { Deadline } from "./deadline.ts";
 import { classify, protocolError } from "./failure.ts";
@@ -66,7 +66,8 @@ async function pullOnce(endpoint: Endpoint, output: string, options: PullOptions
     report.path = name;
     report.target = outputIsDir ? join(output, checkPushedName(name)) : output;
     sink = await openSink(report.target);
-    const hash = createHash("sha256");
+    await loadHashing();
+    const hash = createSha256();
     let received = 0;
     options.progress.start(name, 0, 0);
     for (;;) {

@@ -111,7 +111,7 @@ export class Connection {
     this.#lastProgress = this.#requestStarted = performance.now();
     // Only the request log shows the peer: formatting it for every connection otherwise is wasted.
     this.#peer = config.log === null ? "" : formatPeer(peer);
-    // TCP_NODELAY (replies are coalesced with MSG_MORE) comes from the listener: see server.ts.
+    // TCP_NODELAY (replies are coalesced with MSG_MORE) comes from the listener: see server/master.ts.
     if (classic) {
       this.#state = "writing";
       this.#startClassic();

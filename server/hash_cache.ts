@@ -9,23 +9,8 @@
  */
 
 import type { Hash } from "node:crypto";
+import { createSha256 } from "../hashing.ts";
 import { close, dupCloseOnExec, type FileStat, fstat, pread } from "../ffi/libc.ts";
-
-/**
- * node:crypto, once {@link loadHashing} has run. Loading it is most of a worker's start-up (about 16 ms of
- * about 45), so a worker says it is ready first and loads it while its first connections are on the way.
- */
-let nodeCrypto: typeof import("node:crypto") | null = null;
-
-/** Loads the SHA-256 implementation; to be awaited before anything else of this module is used. */
-export async function loadHashing(): Promise<void> {
-  nodeCrypto ??= await import("node:crypto");
-}
-
-function createSha256(): Hash {
-  if (nodeCrypto === null) throw new Error("hash_cache: loadHashing() was not awaited");
-  return nodeCrypto.createHash("sha256");
-}
 
 /** The identity of a file's content as far as the server can tell without reading it. */
 export function identityOf(stat: FileStat): string {
