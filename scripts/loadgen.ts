@@ -939,56 +939,79 @@ export function runHold(o: HoldOptions): LoadResult {
   };
 }
 
+/** A command-line mistake: printed as one line after "loadgen: ", exit code 2. */
+class UsageError extends Error {}
+
 function main(argv: string[]): void {
-  const { values: v } = parseArgs({
-    args: argv,
-    options: {
-      protocol: { type: "string" },
-      target: { type: "string" },
-      path: { type: "string", multiple: true },
-      clients: { type: "string" },
-      "per-conn": { type: "string" },
-      requests: { type: "string" },
-      seconds: { type: "string" },
-      hold: { type: "string" },
-      "hold-path": { type: "string" },
-      "hold-seconds": { type: "string" },
-      probes: { type: "string" },
-      burst: { type: "string" },
-    },
-  });
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      options: {
+        protocol: { type: "string" },
+        target: { type: "string" },
+        path: { type: "string", multiple: true },
+        clients: { type: "string" },
+        "per-conn": { type: "string" },
+        requests: { type: "string" },
+        seconds: { type: "string" },
+        hold: { type: "string" },
+        "hold-path": { type: "string" },
+        "hold-seconds": { type: "string" },
+        probes: { type: "string" },
+        burst: { type: "string" },
+      },
+    });
+  } catch (e) {
+    // node:util's messages can run over several lines: the first says what was wrong.
+    throw new UsageError((e as Error).message.split("\n")[0]);
+  }
+  const v = parsed.values;
   const protocol = v.protocol;
   if (protocol !== "ferry" && protocol !== "http" && protocol !== "classic") {
-    throw new Error("--protocol must be ferry, http or classic");
+    throw new UsageError("--protocol must be ferry, http or classic");
   }
-  if (v.target === undefined) throw new Error("give --target HOST:PORT");
+  if (v.target === undefined) throw new UsageError("give --target HOST:PORT");
   if (!v.path?.length) {
-    if (protocol !== "classic") throw new Error("give --path");
+    if (protocol !== "classic") throw new UsageError("give --path");
     v.path = ["(pushed)"];
   }
+  const num = (name: string, text: string | undefined, fallback: number) => {
+    if (text === undefined) return fallback;
+    const n = Number(text);
+    if (!(n >= 0)) throw new UsageError(`--${name}: '${text}' is not a number of 0 or more`);
+    return n;
+  };
   raiseOpenFileLimit();
-  const num = (text: string | undefined, fallback: number) => (text === undefined ? fallback : Number(text));
   const result = v.hold !== undefined
     ? runHold({
       protocol,
       target: v.target,
-      hold: num(v.hold, 0),
+      hold: num("hold", v.hold, 0),
       holdPath: v["hold-path"] ?? v.path[0],
-      holdSeconds: num(v["hold-seconds"], 2),
+      holdSeconds: num("hold-seconds", v["hold-seconds"], 2),
       path: v.path[0],
-      probes: num(v.probes, 5),
-      burst: num(v.burst, 0),
+      probes: num("probes", v.probes, 5),
+      burst: num("burst", v.burst, 0),
     })
     : runLoad({
       protocol,
       target: v.target,
       paths: v.path,
-      clients: num(v.clients, 1),
-      perConn: num(v["per-conn"], 1),
-      requests: num(v.requests, Infinity),
-      seconds: num(v.seconds, Infinity),
+      clients: num("clients", v.clients, 1),
+      perConn: num("per-conn", v["per-conn"], 1),
+      requests: num("requests", v.requests, Infinity),
+      seconds: num("seconds", v.seconds, Infinity),
     });
   console.log(JSON.stringify(result));
 }
 
-if (import.meta.main) main(Deno.args);
+if (import.meta.main) {
+  try {
+    main(Deno.args);
+  } catch (e) {
+    if (!(e instanceof UsageError)) throw e;
+    console.error(`loadgen: ${e.message}`);
+    Deno.exit(2);
+  }
+}

@@ -99,7 +99,8 @@ export function parseServerArgs(argv: string[]): ServerOptions | "help" {
       },
     });
   } catch (e) {
-    throw new UsageError((e as Error).message);
+    // node:util's messages can run over several lines: the first says what was wrong.
+    throw new UsageError((e as Error).message.split("\n")[0]);
   }
   const v = parsed.values;
   if (v.help) return "help";
