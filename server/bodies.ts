@@ -117,12 +117,16 @@ export class FramedFileBody implements Body {
         sent += n;
       } else if (this.#frameLeft > 0) {
         if (sent >= budget) return { sent, status: "yield" };
-        const n = trySendfile(sock, this.fd, this.#offset, Math.min(this.#frameLeft, budget - sent));
+        const wanted = Math.min(this.#frameLeft, budget - sent);
+        const n = trySendfile(sock, this.fd, this.#offset, wanted);
         if (n === WOULD_BLOCK) return { sent, status: "blocked" };
         if (n === 0) throw new FileShrankError(this.#offset, this.end);
         this.#offset += n;
         this.#frameLeft -= n;
         sent += n;
+        // A short count means the socket's buffer is full: asking again at once would only get EAGAIN.
+        // EPOLLOUT is level-triggered, so if there is room after all, the next wait returns at once.
+        if (n < wanted) return { sent, status: "blocked" };
       } else if (this.#offset < this.end) {
         const len = Math.min(DATA_FRAME_PAYLOAD, this.end - this.#offset);
         putDataFrameHeader(this.#header, len);
