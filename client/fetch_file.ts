@@ -444,8 +444,7 @@ export async function fetchFile(
   let holder: Holder | null = null;
   try {
     const kind = await targetKind(target);
-    // A file target hashes any copy it already has (to ask only if changed), whether or not it verifies.
-    if (options.verify || kind === "file") await loadHashing();
+    if (options.verify) await loadHashing(); // hashChunks, used for a local copy either way, loads it itself
     if (kind === "file") {
       const fileHolder = new FileHolder(target, options.deadline, options.verify, options.listed?.size);
       holder = fileHolder;
