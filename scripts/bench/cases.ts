@@ -352,6 +352,19 @@ interface SyscallCount {
   top: { name: string; calls: number }[];
 }
 
+/** The table of syscall counts per server: totals, per `unit` (the total over `units`), the most frequent. */
+function syscallTable(counts: [string, SyscallCount][], unit: string, units: number): string[] {
+  return table(
+    ["server", "syscalls", unit, "most frequent (calls)"],
+    counts.map(([name, c]) => [
+      name,
+      int(c.total),
+      num(c.total / units, 1),
+      c.top.map((t) => `${t.name} ${int(t.calls)}`).join(", "),
+    ]),
+  );
+}
+
 async function straceDuring(pids: number[], action: () => Promise<void>, dir: string): Promise<SyscallCount> {
   const tids = pids.flatMap((pid) => {
     try {
@@ -614,15 +627,7 @@ export async function case1(b: Bench): Promise<Section> {
       "Syscalls per MiB sent (`strace -c -f` attached to the server's master and workers during one transfer",
       "of the file above; strace slows the transfer, so only the counts mean something):",
       "",
-      ...table(
-        ["server", "syscalls", "per MiB", "most frequent (calls)"],
-        counts.map(([name, c]) => [
-          name,
-          int(c.total),
-          num(c.total / (bytes / MiB), 1),
-          c.top.map((t) => `${t.name} ${int(t.calls)}`).join(", "),
-        ]),
-      ),
+      ...syscallTable(counts, "per MiB", bytes / MiB),
       "",
     );
   } else {
@@ -883,15 +888,7 @@ export async function case4(b: Bench): Promise<Section> {
       bytesLabel(smallest)
     } files, a new connection per file; strace slows the servers, only counts matter):`,
     "",
-    ...table(
-      ["server", "syscalls", "per file", "most frequent (calls)"],
-      counts.map(([name, c]) => [
-        name,
-        int(c.total),
-        num(c.total / files, 1),
-        c.top.map((t) => `${t.name} ${int(t.calls)}`).join(", "),
-      ]),
-    ),
+    ...syscallTable(counts, "per file", files),
     "",
   ];
   return {
@@ -1283,15 +1280,7 @@ export async function case6(b: Bench): Promise<Section> {
       `Syscalls per MiB pushed in classic mode (\`strace -c -f\` on the server during one seed-client transfer`,
       `of the ${bytesLabel(b.files.fanBytes)} file):`,
       "",
-      ...table(
-        ["server", "syscalls", "per MiB", "most frequent (calls)"],
-        counts.map(([name, c]) => [
-          name,
-          int(c.total),
-          num(c.total / (b.files.fanBytes / MiB), 1),
-          c.top.map((t) => `${t.name} ${int(t.calls)}`).join(", "),
-        ]),
-      ),
+      ...syscallTable(counts, "per MiB", b.files.fanBytes / MiB),
       "",
     );
   }
