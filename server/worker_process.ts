@@ -15,6 +15,7 @@ export const WORKER_ARG = "__ferry_worker";
 
 /** A started worker: its process and the master's end of its channel. */
 export interface WorkerProcess {
+  /** The worker's process. */
   child: Deno.ChildProcess;
   /** The master's end of the channel (the worker inherited the other end). */
   channel: number;
