@@ -84,7 +84,7 @@ const profile: Profile = {
   ...base,
   bigMiB: size ?? base.bigMiB,
   runs: runsFlag ?? base.runs,
-  streamRuns: runsFlag ?? base.streamRuns,
+  shortRuns: runsFlag ?? base.shortRuns,
 };
 const selected = (flags.cases ?? ALL_CASES.join(",")).split(",").map((c) => c.trim());
 const unknown = selected.filter((c) => !ALL_CASES.includes(c));
@@ -230,8 +230,8 @@ try {
   const report = [
     "# Benchmarks",
     "",
-    `Produced by \`${command}\` (profile: ${profile.name}; ${profile.streamRuns} runs per measurement in the`,
-    `single-stream cases 1, 2 and 6, ${profile.runs} in the others; servers alternating within each run) on`,
+    `Produced by \`${command}\` (profile: ${profile.name}; ${profile.shortRuns} runs per measurement in`,
+    `cases 1, 2, 3 and 6, ${profile.runs} in the others; servers alternating within each run) on`,
     `${date} UTC, in ${minutes.toFixed(1)} minutes.`,
     "",
     `Machine: ${await machine()}. Load average before the run: ${loadBefore}; after: ${loadAfter}.`,

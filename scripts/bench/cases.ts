@@ -38,8 +38,8 @@ export interface Profile {
   name: "full" | "quick" | "tiny";
   /** Runs per measurement. */
   runs: number;
-  /** Runs per measurement of the single-stream cases (1, 2, 6): cheap, and their spread is wide. */
-  streamRuns: number;
+  /** Runs per measurement of the cases that are quick to run and vary widely: 1, 2, 3 and 6. */
+  shortRuns: number;
   /** The large file of cases 1, 2 and 6, in MiB. */
   bigMiB: number;
   /** Case 3: clients, and the file they all fetch (MiB). */
@@ -79,7 +79,7 @@ export const PROFILES: Record<Profile["name"], Profile> = {
   full: {
     name: "full",
     runs: 3,
-    streamRuns: 5,
+    shortRuns: 5,
     bigMiB: 1024,
     fanClients: 64,
     fanMiB: 64,
@@ -99,7 +99,7 @@ export const PROFILES: Record<Profile["name"], Profile> = {
   quick: {
     name: "quick",
     runs: 1,
-    streamRuns: 1,
+    shortRuns: 1,
     bigMiB: 256,
     fanClients: 64,
     fanMiB: 16,
@@ -119,7 +119,7 @@ export const PROFILES: Record<Profile["name"], Profile> = {
   tiny: {
     name: "tiny",
     runs: 1,
-    streamRuns: 1,
+    shortRuns: 1,
     bigMiB: 1,
     fanClients: 8,
     fanMiB: 1,
@@ -470,7 +470,7 @@ export async function case1(b: Bench): Promise<Section> {
       run: async () => runs.add("iperf3:own", (await iperf3(bytes)).gbps),
     });
   }
-  await alternate(b, "case 1", variants, true, b.profile.streamRuns);
+  await alternate(b, "case 1", variants, true, b.profile.shortRuns);
 
   // Like with like: the unverified ferry client against curl (which checks nothing) and iperf3; the
   // verifying one against curl piped into a SHA-256.
@@ -669,7 +669,7 @@ export async function case2(b: Bench): Promise<Section> {
       },
     });
   }
-  await alternate(b, "case 2", variants, true, b.profile.streamRuns);
+  await alternate(b, "case 2", variants, true, b.profile.shortRuns);
   const f = runs.get("ferry");
   const rows = [[
     "ferry server + ferry client `get -o FILE`",
@@ -744,7 +744,7 @@ export async function case3(b: Bench): Promise<Section> {
       errors.set(s.name, e);
     },
   }));
-  await alternate(b, "case 3", variants);
+  await alternate(b, "case 3", variants, true, b.profile.shortRuns);
   const ferryGbps = runs.get(`${b.ferry.name}:gbps`).median;
   const ferrySlow = runs.get(`${b.ferry.name}:slowest`).median;
   const nginx = bestBy(manyNginx(b), runs, "gbps");
@@ -1199,7 +1199,7 @@ export async function case6(b: Bench): Promise<Section> {
         },
       });
     }
-    await alternate(b, "case 6", variants, false, b.profile.streamRuns);
+    await alternate(b, "case 6", variants, false, b.profile.shortRuns);
     if (b.tools.has("strace") && b.seed) {
       b.log("case 6: counting syscalls with strace");
       for (const s of [ferryFan, seedFan]) {
