@@ -17,7 +17,7 @@ import {
   startNginx,
   startSeedServer,
 } from "./peers.ts";
-import { cpuSeconds, fdCount, peakSampler, processTree, rssKiB, run, start } from "./procs.ts";
+import { cpuSeconds, fdCount, peakSampler, processTree, residentKiB, run, start } from "./procs.ts";
 import {
   bytesLabel,
   int,
@@ -263,7 +263,7 @@ function loadgenCommand(server: Server): string[] {
 /** Runs `scripts/loadgen.ts` against `server` with `args`. */
 export async function loadgen(server: Server, args: string[]): Promise<LoadRun> {
   const cpu0 = cpuSeconds(server.pids);
-  const sampler = peakSampler(() => rssKiB(server.pids), 50);
+  const sampler = peakSampler(() => residentKiB(server.pids), 50);
   let out;
   let serverPeakRssKiB = 0;
   try {
@@ -966,7 +966,7 @@ async function holdOn(b: Bench, server: Server): Promise<HoldFigures> {
   // Warm up: one fetch of the probe file, so the baseline includes a served request.
   await loadgen(server, ["--path", small, "--clients", "1", "--requests", "1"]);
   const pids = processTree(server.pids[0]);
-  const rssBeforeKiB = rssKiB(pids);
+  const rssBeforeKiB = residentKiB(pids);
   const fdsBefore = fdCount(pids);
   const tcpMemBeforeMiB = tcpMemMiB();
   const gen = start(Deno.execPath(), [
@@ -986,7 +986,7 @@ async function holdOn(b: Bench, server: Server): Promise<HoldFigures> {
   ]);
   await gen.waitFor(/"event":"held"/, 180_000);
   await new Promise((r) => setTimeout(r, Math.min(1000, (p.holdSeconds * 1000) / 2)));
-  const rssHeldKiB = rssKiB(pids);
+  const rssHeldKiB = residentKiB(pids);
   const fdsHeld = fdCount(pids);
   const tcpMemHeldMiB = tcpMemMiB();
   const status = await gen.process.status;
@@ -1075,7 +1075,8 @@ export async function case5(b: Bench): Promise<Section> {
       } connections and no queue, so the`,
       `burst's connections past that room are answered BUSY by design; nginx runs ${WORKERS} workers with`,
       "worker_connections above the load (it has no BUSY answer). Memory is the resident memory of the master",
-      "and workers together (VmRSS, summed); per held connection = (held - before) / held connections. After",
+      "and workers together (anonymous pages summed, file-backed pages such as the executable counted once);",
+      "per held connection = (held - before) / held connections. After",
       "the run, a few more fetches check that the server still accepts and serves. This case runs once per",
       "server: it checks capacity rather than speed. Kernel TCP memory (socket",
       "buffers of both ends, whole machine) is outside every RSS. The slow readers announce a 1448-byte MSS, as",
@@ -1451,7 +1452,8 @@ async function sweeps(b: Bench, ferry: Server): Promise<Section> {
     title: "7. How cost grows with clients and file size",
     body: [
       `Each point: the load generator for ${b.profile.pointSeconds}s, a new connection per file, ${WORKERS}`,
-      "worker processes for both servers. Peak RSS is the sum over the server's master and workers, sampled",
+      "worker processes for both servers. Peak RSS is that of the server's master and workers together (as in",
+      "case 5: anonymous pages summed, file-backed pages counted once), sampled",
       "every 50 ms during the point; ferry is started afresh for this case, so its memory is that of the sweep",
       "so far (points run in the order of the tables).",
       "",

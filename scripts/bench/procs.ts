@@ -185,16 +185,23 @@ export function processTree(pid: number): number[] {
   return tree;
 }
 
-/** Resident memory (VmRSS) of these processes together, in KiB. */
-export function rssKiB(pids: number[]): number {
-  let total = 0;
+/**
+ * Resident memory of these processes together, in KiB: their anonymous and shared-memory pages summed,
+ * and their file-backed pages counted once, as the largest process's. A server's processes map the same
+ * executable and libraries, so summing VmRSS would count those pages once per process (for ferry, whose
+ * processes each map Deno's executable, that nearly doubled the figure).
+ */
+export function residentKiB(pids: number[]): number {
+  let own = 0, files = 0;
   for (const pid of pids) {
     try {
-      const m = /VmRSS:\s*(\d+) kB/.exec(Deno.readTextFileSync(`/proc/${pid}/status`));
-      total += m ? Number(m[1]) : 0;
+      const status = Deno.readTextFileSync(`/proc/${pid}/status`);
+      const field = (name: string) => Number(new RegExp(`${name}:\\s*(\\d+) kB`).exec(status)?.[1] ?? 0);
+      own += field("RssAnon") + field("RssShmem");
+      files = Math.max(files, field("RssFile"));
     } catch { /* gone */ }
   }
-  return total;
+  return own + files;
 }
 
 /** Open fds of these processes together. */
