@@ -33,6 +33,9 @@ const symbols = {
   read: { parameters: ["i32", "buffer", "usize"], result: "isize" }, // ssize_t read(int fd, void *buf, size_t count)
   write: { parameters: ["i32", "buffer", "usize"], result: "isize" }, // ssize_t write(int fd, const void *buf, size_t count)
   pread: { parameters: ["i32", "buffer", "usize", "i64"], result: "isize" }, // ssize_t pread(int fd, void *buf, size_t count, off_t offset)
+  pwrite: { parameters: ["i32", "buffer", "usize", "i64"], result: "isize" }, // ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset)
+  memfd_create: { parameters: ["buffer", "u32"], result: "i32" }, // int memfd_create(const char *name, unsigned int flags)
+  fallocate: { parameters: ["i32", "i32", "i64", "i64"], result: "i32" }, // int fallocate(int fd, int mode, off_t offset, off_t len)
   sendfile: { parameters: ["i32", "i32", "buffer", "usize"], result: "isize" }, // ssize_t sendfile(int out, int in, off_t *offset, size_t count)
   fcntl: { parameters: ["i32", "i32", "i32"], result: "i32" }, // int fcntl(int fd, int cmd, int arg)
   close: { parameters: ["i32"], result: "i32" }, // int close(int fd)
@@ -298,6 +301,38 @@ export function pread(fd: number, buf: Uint8Array, offset: number): number {
   return retrying("pread", () => sys.pread(fd, buf, BigInt(buf.byteLength), BigInt(offset)));
 }
 
+/** pwrite(2) of all of `buf` at `offset`, however many calls it takes (for regular and memory files). */
+export function pwriteAll(fd: number, buf: Uint8Array, offset: number): void {
+  for (let done = 0; done < buf.byteLength;) {
+    const n = retrying("pwrite", () => {
+      const rest = buf.subarray(done);
+      return sys.pwrite(fd, rest, BigInt(rest.byteLength), BigInt(offset + done));
+    });
+    if (n === WOULD_BLOCK || n === 0) {
+      throw new Error(`pwrite: no progress at byte ${done} of ${buf.byteLength}`);
+    }
+    done += n;
+  }
+}
+
+/** memfd_create(2): an anonymous file in memory, close-on-exec; `name` only shows in /proc. */
+export function memfdCreate(name: string): number {
+  const MFD_CLOEXEC = 1;
+  return check("memfd_create", sys.memfd_create(utf8.encode(`${name}\0`), MFD_CLOEXEC));
+}
+
+/**
+ * Frees the pages of `length` bytes at `offset` of a file (fallocate(2) with FALLOC_FL_PUNCH_HOLE), which
+ * then reads as zeros; the file keeps its size. Pages that a socket still holds are freed when it lets go.
+ */
+export function punchHole(fd: number, offset: number, length: number): void {
+  const FALLOC_FL_KEEP_SIZE = 1, FALLOC_FL_PUNCH_HOLE = 2;
+  check(
+    "fallocate",
+    sys.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, BigInt(offset), BigInt(length)),
+  );
+}
+
 const sendfileOffset = new BigInt64Array(1);
 
 /**
@@ -409,6 +444,8 @@ export interface FileStat {
   mode: number;
   /** Size in bytes. */
   size: number;
+  /** Storage it takes, in 512-byte blocks (less than its size says when it has holes). */
+  blocks: number;
   /** Modification time in nanoseconds since the epoch. */
   mtimeNs: bigint;
   /** Status change time in nanoseconds since the epoch: moves on any chmod, chown, link or rename too. */
@@ -445,6 +482,7 @@ function decodeStat(): FileStat {
     ino: statBuf[1],
     mode,
     size: Number(statBuf[6]), // st_size at 48
+    blocks: Number(statBuf[8]), // st_blocks at 64
     mtimeNs: statBuf[11] * 1_000_000_000n + statBuf[12], // st_mtim at 88: tv_sec, tv_nsec
     ctimeNs: statBuf[13] * 1_000_000_000n + statBuf[14], // st_ctim at 104
     isFile: (mode & S_IFMT) === S_IFREG,

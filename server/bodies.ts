@@ -28,6 +28,8 @@ export interface PumpResult {
 export interface Body {
   /** Sends what it can within `budget` bytes. Throws FileShrankError if the file ends early. */
   pump(sock: number, budget: number): PumpResult;
+  /** If present, called once when the connection no longer needs the body: sent whole, or dropped. */
+  release?(): void;
 }
 
 const classicScratch = new Uint8Array(256 * (FRAME_HEADER_SIZE + 1000));
@@ -136,6 +138,40 @@ export class FramedFileBody implements Body {
         return { sent, status: "done" };
       }
     }
+  }
+}
+
+/**
+ * A range of bytes of an fd that holds them ready to go (a cached reply), sent with sendfile(2): no copy
+ * through the worker, and the socket takes references to the pages instead of copying them.
+ */
+export class FileRangeBody implements Body {
+  #offset: number;
+
+  /**
+   * @param fd the file holding the bytes, kept open by its owner at least until `release` runs
+   * @param offset where the bytes start
+   * @param end where they end
+   * @param release called once when the body is sent or dropped
+   */
+  constructor(readonly fd: number, offset: number, readonly end: number, readonly release: () => void) {
+    this.#offset = offset;
+  }
+
+  /** See {@link Body.pump}. */
+  pump(sock: number, budget: number): PumpResult {
+    let sent = 0;
+    while (this.#offset < this.end) {
+      if (sent >= budget) return { sent, status: "yield" };
+      const wanted = Math.min(this.end - this.#offset, budget - sent);
+      const n = trySendfile(sock, this.fd, this.#offset, wanted);
+      if (n === WOULD_BLOCK) return { sent, status: "blocked" };
+      if (n === 0) throw new Error(`sendfile: the range ends at ${this.end}, the file at ${this.#offset}`);
+      this.#offset += n;
+      sent += n;
+      if (n < wanted) return { sent, status: "blocked" }; // the socket's buffer is full (see FramedFileBody)
+    }
+    return { sent, status: "done" };
   }
 }
 

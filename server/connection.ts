@@ -315,7 +315,7 @@ export class Connection {
           this.ok = false;
           this.#closeWhenSent = true;
         }
-        this.#out.splice(0, this.#out.length, encodeErrorResponse(head.body));
+        releaseBodies(this.#out.splice(0, this.#out.length, encodeErrorResponse(head.body)));
         continue;
       }
       if (head instanceof Uint8Array) {
@@ -335,17 +335,18 @@ export class Connection {
           if (!(head instanceof FramedFileBody)) return this.#finish(false, `error (${e.message})`); // classic: no error frame
           // The frame header promised more bytes than the file now has: fill the frame with zeros, then
           // say that the file changed, so the client discards what it got instead of publishing a mix.
-          this.#out.splice(
+          releaseBodies(this.#out.splice(
             0,
             this.#out.length,
             new ZeroPadding(head.frameLeft),
             new ErrorPiece({ code: ErrorCode.FileChanged, message: e.message }, true),
-          );
+          ));
           continue;
         }
         this.#progress(result.sent);
         budget -= result.sent;
         if (result.status !== "done") return; // "blocked": wait for EPOLLOUT; "yield": let others run
+        head.release?.();
       }
       this.#out.shift();
       this.#outOffset = 0;
@@ -410,12 +411,21 @@ export class Connection {
   #finish(ok: boolean, result: string | null): void {
     if (this.#state === "closed") return;
     this.ok &&= ok;
+    releaseBodies(this.#out);
     this.#out = [];
     this.#closeFiles();
     const wasResponding = this.#state === "writing" || this.#state === "waiting";
     this.#state = "closed";
     close(this.fd);
     if (result !== null && (wasResponding || this.#logged === 0)) this.#logRequest(result);
+  }
+}
+
+/** Lets go of the bodies among `pieces` that the connection will not send (or has sent). */
+function releaseBodies(pieces: readonly Piece[]): void {
+  for (const piece of pieces) {
+    if (piece instanceof Uint8Array || piece instanceof Deferred || piece instanceof ErrorPiece) continue;
+    piece.release?.();
   }
 }
 

@@ -160,11 +160,11 @@ function get(request: Readonly<Request>, ctx: ReplyContext): Reply {
     const cached = ctx.replies.lookup(ctx.rootFd, path);
     // A stale ifMatch takes the usual path, which answers CHANGED.
     if (cached !== null && (request.ifMatch === undefined || request.ifMatch === cached.etag)) {
-      if (request.ifNoneMatch === undefined) return { label, pieces: [cached.whole], files: [] };
+      if (request.ifNoneMatch === undefined) return { label, pieces: [ctx.replies.piece(cached)], files: [] };
       const unchanged = request.ifNoneMatch === cached.sha256;
       return {
         label: `${label} ifNoneMatch`,
-        pieces: [unchanged ? cached.unchanged : cached.whole],
+        pieces: [unchanged ? cached.unchanged : ctx.replies.piece(cached)],
         files: [],
         result: unchanged ? "unchanged" : undefined,
       };
@@ -222,7 +222,7 @@ function get(request: Readonly<Request>, ctx: ReplyContext): Reply {
             stat,
             etag,
             sha256: sha,
-            whole: whole.slice(), // the pooled buffer goes back once sent
+            whole, // copied by the cache: the pooled buffer goes back once sent
             unchanged: unchangedAnswer({ ...fields(), offset: stat.size, sha256: sha, unchanged: true }),
           });
         }

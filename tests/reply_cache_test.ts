@@ -5,8 +5,9 @@
  */
 
 import assert from "node:assert/strict";
-import { close, fstat, openRead, statAt } from "../ffi/libc.ts";
-import { type CachedReply, ReplyCache } from "../server/reply_cache.ts";
+import { C, close, fstat, openRead, socketpair, statAt, tryRecv } from "../ffi/libc.ts";
+import { HEAP_REPLY_MAX, type NewReply, ReplyCache } from "../server/reply_cache.ts";
+import type { Body } from "../server/bodies.ts";
 import { ErrorCode } from "../framing.ts";
 import { getOnce, runServerToExit, sha256, startServer, tempDir, type TestServer } from "./helpers.ts";
 
@@ -17,16 +18,55 @@ fstat(warmUp);
 statAt(warmUp, ".");
 assert.throws(() => statAt(warmUp, "no such file"), /ENOENT/); // binds the errno name lookups
 close(warmUp);
+{ // ... and those of the memory file: a large reply stored, sent, and evicted
+  const dir = Deno.makeTempDirSync();
+  Deno.writeTextFileSync(`${dir}/f`, "f");
+  const rootFd = openRead(dir, { directory: true });
+  const cache = new ReplyCache(1 << 20);
+  cache.store("f", entryFor(rootFd, "f", HEAP_REPLY_MAX + 1));
+  const body = cache.piece(cache.lookup(rootFd, "f")!) as Body;
+  receiveAll(body);
+  body.release?.();
+  cache.store("f", entryFor(rootFd, "f", 1));
+  cache.close();
+  close(rootFd);
+  Deno.removeSync(dir, { recursive: true });
+}
 
-/** An entry for `path` under `root` as the worker would make it (the reply bytes are stand-ins). */
-function entryFor(rootFd: number, path: string, replyBytes: number): CachedReply {
+/** Drains what is waiting on socket `fd` into `into`. */
+function drain(fd: number, into: number[]): void {
+  const buf = new Uint8Array(64 * 1024);
+  for (let n = tryRecv(fd, buf); n > 0; n = tryRecv(fd, buf)) into.push(...buf.subarray(0, n));
+}
+
+/** Everything `body` sends, through a real socket pair, pumping at most `step` bytes at a time. */
+function receiveAll(body: Body, step = Infinity): Uint8Array {
+  const [ours, theirs] = socketpair(C.AF_UNIX, C.SOCK_STREAM | C.SOCK_NONBLOCK | C.SOCK_CLOEXEC);
+  const received: number[] = [];
+  try {
+    while (body.pump(ours, step).status !== "done") drain(theirs, received);
+    drain(theirs, received);
+  } finally {
+    close(ours);
+    close(theirs);
+  }
+  return new Uint8Array(received);
+}
+
+/** `n` bytes that differ from their neighbours, so that a byte out of place shows. */
+function patterned(n: number): Uint8Array {
+  return Uint8Array.from({ length: n }, (_, i) => (i * 31 + (i >> 9)) & 0xff);
+}
+
+/** A reply for `path` under `root` as the worker would make it (the reply bytes are stand-ins). */
+function entryFor(rootFd: number, path: string, replyBytes: number | Uint8Array): NewReply {
   const fd = openRead(path, { beneath: rootFd });
   try {
     return {
       stat: fstat(fd),
       etag: "e",
       sha256: "s",
-      whole: new Uint8Array(replyBytes),
+      whole: typeof replyBytes === "number" ? new Uint8Array(replyBytes) : replyBytes,
       unchanged: new Uint8Array(10),
     };
   } finally {
@@ -39,10 +79,10 @@ Deno.test("a cached reply is found while its file is untouched, and dropped once
   await Deno.writeTextFile(`${dir.path}/a.txt`, "version 1");
   const rootFd = openRead(dir.path, { directory: true });
   try {
-    const cache = new ReplyCache(1024);
+    using cache = new ReplyCache(1024);
     const entry = entryFor(rootFd, "a.txt", 100);
     cache.store("a.txt", entry);
-    assert.equal(cache.lookup(rootFd, "a.txt"), entry);
+    assert.equal(cache.lookup(rootFd, "a.txt")?.stat.ino, entry.stat.ino);
     assert.equal(cache.lookup(rootFd, "b.txt"), null, "never stored");
 
     await Deno.chmod(`${dir.path}/a.txt`, 0o600); // ctime moves
@@ -68,7 +108,7 @@ Deno.test("the cache holds at most its budget, dropping the oldest replies first
   for (const name of ["1", "2", "3"]) await Deno.writeTextFile(`${dir.path}/${name}`, name);
   const rootFd = openRead(dir.path, { directory: true });
   try {
-    const cache = new ReplyCache(250); // room for two entries of 110 bytes
+    using cache = new ReplyCache(250); // room for two entries of 110 bytes
     for (const name of ["1", "2", "3"]) cache.store(name, entryFor(rootFd, name, 100));
     assert.equal(cache.bytes, 220);
     assert.equal(cache.lookup(rootFd, "1"), null, "the oldest went");
@@ -82,6 +122,62 @@ Deno.test("the cache holds at most its budget, dropping the oldest replies first
   }
 });
 
+Deno.test("a reply over HEAP_REPLY_MAX is kept in the memory file and sent from it byte for byte", async () => {
+  await using dir = await tempDir();
+  await Deno.writeTextFile(`${dir.path}/big`, "big");
+  const rootFd = openRead(dir.path, { directory: true });
+  const cache = new ReplyCache(1 << 20);
+  try {
+    const reply = patterned(64 * 1024 + 300);
+    cache.store("big", entryFor(rootFd, "big", reply));
+    const piece = cache.piece(cache.lookup(rootFd, "big")!);
+    assert.ok(!(piece instanceof Uint8Array), "a body, not bytes in the heap");
+    assert.deepEqual(receiveAll(piece, 10_000), reply);
+    assert.equal(cache.bytes, 17 * 4096 + 10, "whole pages, and the unchanged answer");
+    assert.ok(fstat(cache.memoryFd).blocks * 512 >= 17 * 4096, "the pages are there");
+    piece.release?.();
+    const small = cache.piece(cache.lookup(rootFd, "big")!);
+    assert.deepEqual(receiveAll(small as Body), reply, "again, from the same pages");
+  } finally {
+    cache.close();
+    close(rootFd);
+  }
+});
+
+Deno.test("an evicted reply still being sent keeps its pages until its body is released, then they are freed", async () => {
+  await using dir = await tempDir();
+  for (const name of ["a", "b"]) await Deno.writeTextFile(`${dir.path}/${name}`, name);
+  const rootFd = openRead(dir.path, { directory: true });
+  const cache = new ReplyCache(100 * 1024); // room for one reply of 64 KiB
+  const [ours, theirs] = socketpair(C.AF_UNIX, C.SOCK_STREAM | C.SOCK_NONBLOCK | C.SOCK_CLOEXEC);
+  try {
+    const replyA = patterned(64 * 1024);
+    cache.store("a", entryFor(rootFd, "a", replyA));
+    const body = cache.piece(cache.lookup(rootFd, "a")!) as Body;
+    const received: number[] = [];
+    assert.equal(body.pump(ours, 1000).status, "yield");
+    drain(theirs, received);
+
+    cache.store("b", entryFor(rootFd, "b", new Uint8Array(64 * 1024).fill(0xbb))); // evicts "a"
+    assert.equal(cache.lookup(rootFd, "a"), null, "a is gone from the cache");
+    const blocksWhileSending = fstat(cache.memoryFd).blocks;
+    assert.ok(blocksWhileSending * 512 >= 2 * 16 * 4096, "a's pages are kept while its body sends them");
+
+    while (body.pump(ours, 1000).status !== "done") drain(theirs, received);
+    drain(theirs, received);
+    assert.deepEqual(new Uint8Array(received), replyA, "a arrives intact, although b was written after it");
+    body.release?.();
+    body.release?.(); // a second release changes nothing
+    assert.ok(fstat(cache.memoryFd).blocks < blocksWhileSending, "released: a's pages are freed");
+    assert.notEqual(cache.lookup(rootFd, "b"), null, "b stays");
+  } finally {
+    close(ours);
+    close(theirs);
+    cache.close();
+    close(rootFd);
+  }
+});
+
 /** One worker, so that every request meets the same cache. */
 async function serve(root: string, ...more: string[]): Promise<TestServer> {
   return await startServer(["--listen", "127.0.0.1:0", "--root", root, "--workers", "1", ...more]);
@@ -91,12 +187,13 @@ const get = getOnce;
 
 const encoder = new TextEncoder();
 
-Deno.test("served again and again, a small file is answered with its current bytes after each rewrite", async () => {
+Deno.test("served again and again, a small file is answered with its current bytes after each rewrite, from the heap or the memory file", async () => {
   await using dir = await tempDir();
   const server = await serve(dir.path);
   try {
     for (let version = 1; version <= 3; version++) {
-      const bytes = encoder.encode(`version ${version} `.repeat(version * 100));
+      // Version 1 is kept in the heap, versions 2 and 3 (40 and 60 kB) in the memory file.
+      const bytes = encoder.encode(`version ${version} `.repeat(version === 1 ? 100 : version * 2000));
       await Deno.writeFile(`${dir.path}/v.new`, bytes);
       await Deno.rename(`${dir.path}/v.new`, `${dir.path}/v.txt`);
       for (let i = 0; i < 3; i++) { // the first is hashed, the next ones come whole, then from the cache

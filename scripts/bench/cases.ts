@@ -1453,7 +1453,8 @@ async function sweeps(b: Bench, ferry: Server): Promise<Section> {
     body: [
       `Each point: the load generator for ${b.profile.pointSeconds}s, a new connection per file, ${WORKERS}`,
       "worker processes for both servers. Peak RSS is that of the server's master and workers together (as in",
-      "case 5: anonymous pages summed, file-backed pages counted once), sampled",
+      "case 5: anonymous pages summed, file-backed pages counted once; ferry's cached replies over 16 KiB are in",
+      "a memory file outside every RSS, at most 8 MiB per worker), sampled",
       "every 50 ms during the point; ferry is started afresh for this case, so its memory is that of the sweep",
       "so far (points run in the order of the tables).",
       "",
