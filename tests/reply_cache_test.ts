@@ -39,17 +39,31 @@ function drain(fd: number, into: number[]): void {
   for (let n = tryRecv(fd, buf); n > 0; n = tryRecv(fd, buf)) into.push(...buf.subarray(0, n));
 }
 
+/** A connected pair of nonblocking Unix stream sockets, closed when disposed. */
+function socketPair(): { ours: number; theirs: number } & Disposable {
+  const [ours, theirs] = socketpair(C.AF_UNIX, C.SOCK_STREAM | C.SOCK_NONBLOCK | C.SOCK_CLOEXEC);
+  return {
+    ours,
+    theirs,
+    [Symbol.dispose]() {
+      close(ours);
+      close(theirs);
+    },
+  };
+}
+
+/** A directory's fd, closed when disposed. */
+function openRoot(path: string): { fd: number } & Disposable {
+  const fd = openRead(path, { directory: true });
+  return { fd, [Symbol.dispose]: () => close(fd) };
+}
+
 /** Everything `body` sends, through a real socket pair, pumping at most `step` bytes at a time. */
 function receiveAll(body: Body, step = Infinity): Uint8Array {
-  const [ours, theirs] = socketpair(C.AF_UNIX, C.SOCK_STREAM | C.SOCK_NONBLOCK | C.SOCK_CLOEXEC);
+  using pair = socketPair();
   const received: number[] = [];
-  try {
-    while (body.pump(ours, step).status !== "done") drain(theirs, received);
-    drain(theirs, received);
-  } finally {
-    close(ours);
-    close(theirs);
-  }
+  while (body.pump(pair.ours, step).status !== "done") drain(pair.theirs, received);
+  drain(pair.theirs, received);
   return new Uint8Array(received);
 }
 
@@ -77,105 +91,90 @@ function entryFor(rootFd: number, path: string, replyBytes: number | Uint8Array)
 Deno.test("a cached reply is found while its file is untouched, and dropped once the file changes", async () => {
   await using dir = await tempDir();
   await Deno.writeTextFile(`${dir.path}/a.txt`, "version 1");
-  const rootFd = openRead(dir.path, { directory: true });
-  try {
-    using cache = new ReplyCache(1024);
-    const entry = entryFor(rootFd, "a.txt", 100);
-    cache.store("a.txt", entry);
-    assert.equal(cache.lookup(rootFd, "a.txt")?.stat.ino, entry.stat.ino);
-    assert.equal(cache.lookup(rootFd, "b.txt"), null, "never stored");
+  using root = openRoot(dir.path);
+  const rootFd = root.fd;
+  using cache = new ReplyCache(1024);
+  const entry = entryFor(rootFd, "a.txt", 100);
+  cache.store("a.txt", entry);
+  assert.equal(cache.lookup(rootFd, "a.txt")?.stat.ino, entry.stat.ino);
+  assert.equal(cache.lookup(rootFd, "b.txt"), null, "never stored");
 
-    await Deno.chmod(`${dir.path}/a.txt`, 0o600); // ctime moves
-    assert.equal(cache.lookup(rootFd, "a.txt"), null, "after chmod");
-    assert.equal(cache.bytes, 0);
+  await Deno.chmod(`${dir.path}/a.txt`, 0o600); // ctime moves
+  assert.equal(cache.lookup(rootFd, "a.txt"), null, "after chmod");
+  assert.equal(cache.bytes, 0);
 
-    cache.store("a.txt", entryFor(rootFd, "a.txt", 100));
-    await Deno.writeTextFile(`${dir.path}/a.new`, "version 2");
-    await Deno.rename(`${dir.path}/a.new`, `${dir.path}/a.txt`);
-    assert.equal(cache.lookup(rootFd, "a.txt"), null, "after a rename over it");
+  cache.store("a.txt", entryFor(rootFd, "a.txt", 100));
+  await Deno.writeTextFile(`${dir.path}/a.new`, "version 2");
+  await Deno.rename(`${dir.path}/a.new`, `${dir.path}/a.txt`);
+  assert.equal(cache.lookup(rootFd, "a.txt"), null, "after a rename over it");
 
-    cache.store("a.txt", entryFor(rootFd, "a.txt", 100));
-    await Deno.remove(`${dir.path}/a.txt`);
-    assert.equal(cache.lookup(rootFd, "a.txt"), null, "after removal");
-    assert.equal(cache.bytes, 0);
-  } finally {
-    close(rootFd);
-  }
+  cache.store("a.txt", entryFor(rootFd, "a.txt", 100));
+  await Deno.remove(`${dir.path}/a.txt`);
+  assert.equal(cache.lookup(rootFd, "a.txt"), null, "after removal");
+  assert.equal(cache.bytes, 0);
 });
 
 Deno.test("the cache holds at most its budget, dropping the oldest replies first", async () => {
   await using dir = await tempDir();
   for (const name of ["1", "2", "3"]) await Deno.writeTextFile(`${dir.path}/${name}`, name);
-  const rootFd = openRead(dir.path, { directory: true });
-  try {
-    using cache = new ReplyCache(250); // room for two entries of 110 bytes
-    for (const name of ["1", "2", "3"]) cache.store(name, entryFor(rootFd, name, 100));
-    assert.equal(cache.bytes, 220);
-    assert.equal(cache.lookup(rootFd, "1"), null, "the oldest went");
-    assert.notEqual(cache.lookup(rootFd, "2"), null);
-    assert.notEqual(cache.lookup(rootFd, "3"), null);
-    cache.store("big", entryFor(rootFd, "1", 300));
-    assert.equal(cache.lookup(rootFd, "big"), null, "a reply larger than the budget is not kept");
-    assert.equal(cache.bytes, 220);
-  } finally {
-    close(rootFd);
-  }
+  using root = openRoot(dir.path);
+  const rootFd = root.fd;
+  using cache = new ReplyCache(250); // room for two entries of 110 bytes
+  for (const name of ["1", "2", "3"]) cache.store(name, entryFor(rootFd, name, 100));
+  assert.equal(cache.bytes, 220);
+  assert.equal(cache.lookup(rootFd, "1"), null, "the oldest went");
+  assert.notEqual(cache.lookup(rootFd, "2"), null);
+  assert.notEqual(cache.lookup(rootFd, "3"), null);
+  cache.store("big", entryFor(rootFd, "1", 300));
+  assert.equal(cache.lookup(rootFd, "big"), null, "a reply larger than the budget is not kept");
+  assert.equal(cache.bytes, 220);
 });
 
 Deno.test("a reply over HEAP_REPLY_MAX is kept in the memory file and sent from it byte for byte", async () => {
   await using dir = await tempDir();
   await Deno.writeTextFile(`${dir.path}/big`, "big");
-  const rootFd = openRead(dir.path, { directory: true });
-  const cache = new ReplyCache(1 << 20);
-  try {
-    const reply = patterned(64 * 1024 + 300);
-    cache.store("big", entryFor(rootFd, "big", reply));
-    const piece = cache.piece(cache.lookup(rootFd, "big")!);
-    assert.ok(!(piece instanceof Uint8Array), "a body, not bytes in the heap");
-    assert.deepEqual(receiveAll(piece, 10_000), reply);
-    assert.equal(cache.bytes, 17 * 4096 + 10, "whole pages, and the unchanged answer");
-    assert.ok(fstat(cache.memoryFd).blocks * 512 >= 17 * 4096, "the pages are there");
-    piece.release?.();
-    const small = cache.piece(cache.lookup(rootFd, "big")!);
-    assert.deepEqual(receiveAll(small as Body), reply, "again, from the same pages");
-  } finally {
-    cache.close();
-    close(rootFd);
-  }
+  using root = openRoot(dir.path);
+  const rootFd = root.fd;
+  using cache = new ReplyCache(1 << 20);
+  const reply = patterned(64 * 1024 + 300);
+  cache.store("big", entryFor(rootFd, "big", reply));
+  const piece = cache.piece(cache.lookup(rootFd, "big")!);
+  assert.ok(!(piece instanceof Uint8Array), "a body, not bytes in the heap");
+  assert.deepEqual(receiveAll(piece, 10_000), reply);
+  assert.equal(cache.bytes, 17 * 4096 + 10, "whole pages, and the unchanged answer");
+  assert.ok(fstat(cache.memoryFd).blocks * 512 >= 17 * 4096, "the pages are there");
+  piece.release?.();
+  const again = cache.piece(cache.lookup(rootFd, "big")!);
+  assert.deepEqual(receiveAll(again as Body), reply, "again, from the same pages");
 });
 
 Deno.test("an evicted reply still being sent keeps its pages until its body is released, then they are freed", async () => {
   await using dir = await tempDir();
   for (const name of ["a", "b"]) await Deno.writeTextFile(`${dir.path}/${name}`, name);
-  const rootFd = openRead(dir.path, { directory: true });
-  const cache = new ReplyCache(100 * 1024); // room for one reply of 64 KiB
-  const [ours, theirs] = socketpair(C.AF_UNIX, C.SOCK_STREAM | C.SOCK_NONBLOCK | C.SOCK_CLOEXEC);
-  try {
-    const replyA = patterned(64 * 1024);
-    cache.store("a", entryFor(rootFd, "a", replyA));
-    const body = cache.piece(cache.lookup(rootFd, "a")!) as Body;
-    const received: number[] = [];
-    assert.equal(body.pump(ours, 1000).status, "yield");
-    drain(theirs, received);
+  using root = openRoot(dir.path);
+  const rootFd = root.fd;
+  using cache = new ReplyCache(100 * 1024); // room for one reply of 64 KiB
+  using pair = socketPair();
+  const { ours, theirs } = pair;
+  const replyA = patterned(64 * 1024);
+  cache.store("a", entryFor(rootFd, "a", replyA));
+  const body = cache.piece(cache.lookup(rootFd, "a")!) as Body;
+  const received: number[] = [];
+  assert.equal(body.pump(ours, 1000).status, "yield");
+  drain(theirs, received);
 
-    cache.store("b", entryFor(rootFd, "b", new Uint8Array(64 * 1024).fill(0xbb))); // evicts "a"
-    assert.equal(cache.lookup(rootFd, "a"), null, "a is gone from the cache");
-    const blocksWhileSending = fstat(cache.memoryFd).blocks;
-    assert.ok(blocksWhileSending * 512 >= 2 * 16 * 4096, "a's pages are kept while its body sends them");
+  cache.store("b", entryFor(rootFd, "b", new Uint8Array(64 * 1024).fill(0xbb))); // evicts "a"
+  assert.equal(cache.lookup(rootFd, "a"), null, "a is gone from the cache");
+  const blocksWhileSending = fstat(cache.memoryFd).blocks;
+  assert.ok(blocksWhileSending * 512 >= 2 * 16 * 4096, "a's pages are kept while its body sends them");
 
-    while (body.pump(ours, 1000).status !== "done") drain(theirs, received);
-    drain(theirs, received);
-    assert.deepEqual(new Uint8Array(received), replyA, "a arrives intact, although b was written after it");
-    body.release?.();
-    body.release?.(); // a second release changes nothing
-    assert.ok(fstat(cache.memoryFd).blocks < blocksWhileSending, "released: a's pages are freed");
-    assert.notEqual(cache.lookup(rootFd, "b"), null, "b stays");
-  } finally {
-    close(ours);
-    close(theirs);
-    cache.close();
-    close(rootFd);
-  }
+  while (body.pump(ours, 1000).status !== "done") drain(theirs, received);
+  drain(theirs, received);
+  assert.deepEqual(new Uint8Array(received), replyA, "a arrives intact, although b was written after it");
+  body.release?.();
+  body.release?.(); // a second release changes nothing
+  assert.ok(fstat(cache.memoryFd).blocks < blocksWhileSending, "released: a's pages are freed");
+  assert.notEqual(cache.lookup(rootFd, "b"), null, "b stays");
 });
 
 /** One worker, so that every request meets the same cache. */
