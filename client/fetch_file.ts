@@ -283,7 +283,7 @@ class FileHolder implements Holder {
 
   async close(): Promise<void> {
     // A part with bytes of a known version is worth resuming; an empty or unnamed one is not.
-    if (this.#part !== null && this.#part.size > 0 && this.etag !== undefined) this.#part.release();
+    if (this.#part !== null && this.#part.size > 0 && this.etag !== undefined) await this.#part.release();
     else await this.#part?.abort();
     this.#part = null;
   }

@@ -511,7 +511,7 @@ Deno.test("a part is held under an exclusive lock: a second open of it is refuse
     await part.write(new TextEncoder().encode("some bytes"));
     await assert.rejects(AtomicFile.openPart(target, "0123456789abcdef01234567"), PartLockedError);
   } finally {
-    part.release();
+    await part.release();
   }
   const again = await AtomicFile.openPart(target, "0123456789abcdef01234567");
   assert.equal(again.size, 10, "released, the part is resumed where it stopped");
