@@ -43,18 +43,10 @@ export interface NewReply {
   readonly unchanged: Uint8Array;
 }
 
-/** One cached answer. */
-export interface CachedReply {
-  /** The file as it was when the reply was built. */
-  readonly stat: FileStat;
-  /** Its etag. */
-  readonly etag: string;
-  /** Its SHA-256, hex. */
-  readonly sha256: string;
+/** One cached answer; its `unchanged` answer is shared between connections, never written to. */
+export interface CachedReply extends Omit<NewReply, "whole"> {
   /** Bytes of the whole reply. */
   readonly length: number;
-  /** The answer to an `ifNoneMatch` of this SHA-256: shared between connections, never written to. */
-  readonly unchanged: Uint8Array;
 }
 
 /** An entry and where its reply lies: in the heap, or in the memory file. */
