@@ -25,7 +25,8 @@ import { C, close, ignoreSignal, openRead, raiseOpenFileLimit, setNonBlocking } 
 /**
  * Bytes one connection may send per turn, so that one fast client cannot starve the others. Finer turns
  * also keep more of the connections' pipelines full: 64 clients fetching one 64 MiB file moved 7.3-8.6 GB/s
- * with 512 KiB turns against 6.7-7.6 with 4 MiB, and one stream was as fast (scripts/bench/tried.md).
+ * with 512 KiB turns against 6.7-7.6 with 4 MiB, and one stream was as fast, though at four times the
+ * syscalls per MiB (scripts/bench/tried.md).
  */
 const TURN_BUDGET = 512 * 1024;
 
