@@ -97,6 +97,13 @@ export async function runWorker(args: WorkerArgs): Promise<never> {
     wake: (conn) => woken.add(conn),
     replies: new ReplyCache(args.replyCacheBytes),
   };
+  if (config.replies.memoryError !== null) {
+    serviceLog.push(
+      `${
+        new Date().toISOString()
+      } worker=${args.workerId} reply cache kept in the heap: ${config.replies.memoryError}`,
+    );
+  }
   const woken = new Set<Connection>();
   const epoll = new Epoll(1024);
   epoll.add(channel, EPOLLIN);

@@ -68,12 +68,22 @@ export class ReplyCache {
   #memory = -1;
   #end = 0;
 
+  /** Why there is no memory file although the budget asks for one (every reply is then kept in the heap). */
+  readonly memoryError: string | null = null;
+
   /**
    * @param budget bytes of replies kept at most (the server's `--reply-cache`); 0 keeps none. The memory
-   * file is made now, so that a worker's fds are all open once it is ready.
+   * file is made now, so that a worker's fds are all open once it is ready. Where memfd_create(2) is
+   * refused (a sandbox's syscall filter), the cache keeps working, from the heap.
    */
   constructor(readonly budget: number) {
-    if (budget > 0) this.#memory = memfdCreate("ferry-replies");
+    if (budget === 0) return;
+    try {
+      this.#memory = memfdCreate("ferry-replies");
+    } catch (e) {
+      if (!(e instanceof LibcError)) throw e;
+      this.memoryError = e.message;
+    }
   }
 
   /** Bytes of replies held now (whole pages, as they take memory). */
@@ -81,7 +91,7 @@ export class ReplyCache {
     return this.#bytes;
   }
 
-  /** The memory file holding the replies, or -1 for a cache that keeps none. */
+  /** The memory file holding the larger replies, or -1 when there is none. */
   get memoryFd(): number {
     return this.#memory;
   }
@@ -130,13 +140,14 @@ export class ReplyCache {
 
   /** Keeps a copy of `reply` as the answer for `path`, unless it alone is larger than the budget. */
   store(path: string, reply: NewReply): void {
-    const size = sizeOf(reply.whole.byteLength, reply.unchanged);
+    const length = reply.whole.byteLength;
+    const inHeap = length <= HEAP_REPLY_MAX || this.#memory === -1;
+    const size = sizeOf(length, reply.unchanged, inHeap);
     if (size > this.budget) return;
     const old = this.#entries.get(path);
     if (old !== undefined) this.#drop(path, old);
-    const length = reply.whole.byteLength;
     let whole: Uint8Array | null = null, offset = -1;
-    if (length <= HEAP_REPLY_MAX) {
+    if (inHeap) {
       whole = reply.whole.slice();
     } else {
       offset = this.#end;
@@ -175,7 +186,7 @@ export class ReplyCache {
 
   #drop(path: string, entry: Entry): void {
     this.#entries.delete(path);
-    this.#bytes -= sizeOf(entry.length, entry.unchanged);
+    this.#bytes -= sizeOf(entry.length, entry.unchanged, entry.whole !== null);
     entry.evicted = true;
     if (entry.senders === 0) this.#free(entry);
   }
@@ -191,7 +202,7 @@ function pages(bytes: number): number {
   return Math.ceil(bytes / PAGE) * PAGE;
 }
 
-/** What an entry takes from the budget: the whole pages of the memory file, or the heap bytes. */
-function sizeOf(length: number, unchanged: Uint8Array): number {
-  return (length <= HEAP_REPLY_MAX ? length : pages(length)) + unchanged.byteLength;
+/** What an entry takes from the budget: its bytes in the heap, or its whole pages of the memory file. */
+function sizeOf(length: number, unchanged: Uint8Array, inHeap: boolean): number {
+  return (inHeap ? length : pages(length)) + unchanged.byteLength;
 }
