@@ -79,6 +79,9 @@ export async function runWorker(args: WorkerArgs): Promise<never> {
     : args.requestLog === "-"
     ? serviceLog
     : new BatchedLog(Deno.openSync(args.requestLog, { append: true, create: true, mode: 0o644 }));
+  /** A line of the worker's own log, stamped and attributed. */
+  const serviceLine = (line: string) =>
+    serviceLog.push(`${new Date().toISOString()} worker=${args.workerId} ${line}`);
   const flushLog = () => {
     serviceLog.flush();
     requestLog?.flush();
@@ -91,19 +94,15 @@ export async function runWorker(args: WorkerArgs): Promise<never> {
     workerId: args.workerId,
     log: requestLog === null ? null : (line) => requestLog.push(line),
     hashes: new HashCache(
-      (line) => serviceLog.push(`${new Date().toISOString()} worker=${args.workerId} ${line}`),
+      serviceLine,
       (etag, sha256) => sendMessage(channel, MessageKind.HashKnown, 0, 0, hashPayload(etag, sha256)),
     ),
     wake: (conn) => woken.add(conn),
-    replies: new ReplyCache(args.replyCacheBytes),
+    replies: new ReplyCache(
+      args.replyCacheBytes,
+      (why) => serviceLine(`reply cache kept in the heap: ${why}`),
+    ),
   };
-  if (config.replies.memoryError !== null) {
-    serviceLog.push(
-      `${
-        new Date().toISOString()
-      } worker=${args.workerId} reply cache kept in the heap: ${config.replies.memoryError}`,
-    );
-  }
   const woken = new Set<Connection>();
   const epoll = new Epoll(1024);
   epoll.add(channel, EPOLLIN);

@@ -68,22 +68,29 @@ export class ReplyCache {
   #memory = -1;
   #end = 0;
 
-  /** Why there is no memory file although the budget asks for one (every reply is then kept in the heap). */
-  readonly memoryError: string | null = null;
+  /** Why the memory file is not used although the budget asks for it; new replies then go to the heap. */
+  #memoryError: string | null = null;
 
   /**
    * @param budget bytes of replies kept at most (the server's `--reply-cache`); 0 keeps none. The memory
    * file is made now, so that a worker's fds are all open once it is ready. Where memfd_create(2) is
    * refused (a sandbox's syscall filter), the cache keeps working, from the heap.
+   * @param onMemoryError told once, with the reason, if the memory file cannot be made or used
    */
-  constructor(readonly budget: number) {
+  constructor(readonly budget: number, readonly onMemoryError: (message: string) => void = () => {}) {
     if (budget === 0) return;
     try {
       this.#memory = memfdCreate("ferry-replies");
     } catch (e) {
       if (!(e instanceof LibcError)) throw e;
-      this.memoryError = e.message;
+      this.#giveUpMemory(e.message);
     }
+  }
+
+  #giveUpMemory(message: string): void {
+    if (this.#memoryError !== null) return;
+    this.#memoryError = message;
+    this.onMemoryError(message);
   }
 
   /** Bytes of replies held now (whole pages, as they take memory). */
@@ -141,7 +148,7 @@ export class ReplyCache {
   /** Keeps a copy of `reply` as the answer for `path`, unless it alone is larger than the budget. */
   store(path: string, reply: NewReply): void {
     const length = reply.whole.byteLength;
-    const inHeap = length <= HEAP_REPLY_MAX || this.#memory === -1;
+    const inHeap = length <= HEAP_REPLY_MAX || this.#memory === -1 || this.#memoryError !== null;
     const size = sizeOf(length, reply.unchanged, inHeap);
     if (size > this.budget) return;
     const old = this.#entries.get(path);
@@ -192,8 +199,13 @@ export class ReplyCache {
   }
 
   #free(entry: Entry): void {
-    if (entry.whole === null && this.#memory !== -1) {
+    if (entry.whole !== null || this.#memory === -1) return;
+    try {
       punchHole(this.#memory, entry.offset, pages(entry.length));
+    } catch (e) {
+      // Pages that cannot be freed stay (at most the budget's worth); no more are written.
+      if (!(e instanceof LibcError)) throw e;
+      this.#giveUpMemory(e.message);
     }
   }
 }
