@@ -75,7 +75,7 @@ export class ReplyCache {
    * @param budget bytes of replies kept at most (the server's `--reply-cache`); 0 keeps none. The memory
    * file is made now, so that a worker's fds are all open once it is ready. Where memfd_create(2) is
    * refused (a sandbox's syscall filter), the cache keeps working, from the heap.
-   * @param onMemoryError told once, with the reason, if the memory file cannot be made or used
+   * @param onMemoryError told once, with the reason, if the memory file cannot be made, written or freed
    */
   constructor(readonly budget: number, readonly onMemoryError: (message: string) => void = () => {}) {
     if (budget === 0) return;
@@ -158,8 +158,14 @@ export class ReplyCache {
       whole = reply.whole.slice();
     } else {
       offset = this.#end;
-      pwriteAll(this.#memory, reply.whole, offset);
-      this.#end += pages(length);
+      this.#end += pages(length); // a range is never written twice, not even after a failed write
+      try {
+        pwriteAll(this.#memory, reply.whole, offset);
+      } catch (e) {
+        if (!(e instanceof LibcError)) throw e;
+        this.#giveUpMemory(e.message); // e.g. ENOSPC or ENOMEM: this reply is not cached, later ones in the heap
+        return;
+      }
     }
     const { stat, etag, sha256, unchanged } = reply;
     this.#entries.set(path, {
