@@ -186,8 +186,10 @@ export class ReplyCache {
     }
   }
 
-  /** Closes the memory file (pages a socket still holds stay until it lets go). */
+  /** Forgets every reply and closes the memory file (pages a socket still holds stay until it lets go). */
   close(): void {
+    this.#entries.clear();
+    this.#bytes = 0;
     if (this.#memory !== -1) close(this.#memory);
     this.#memory = -1;
   }
