@@ -24,6 +24,7 @@ import {
   ProtocolError,
   putFrameLength,
 } from "../framing.ts";
+import { naiveSeedBody } from "./helpers.ts";
 
 const SIZES = [0, 1, 999, 1000, 1001, 2500];
 const encoder = new TextEncoder();
@@ -37,22 +38,6 @@ function content(size: number): Uint8Array {
     bytes[i] = seed >>> 24;
   }
   return bytes;
-}
-
-/**
- * The seed's sender, written naively: `while ((len = read(fd, buf, 1000)) > 0) send(len, buf)`, then the
- * int 0. Lengths in little-endian, as the seed's host byte order on x86.
- */
-function naiveSeedBody(file: Uint8Array): Uint8Array {
-  const parts: number[] = [];
-  const int32 = (n: number) => parts.push(n & 0xff, (n >> 8) & 0xff, (n >> 16) & 0xff, (n >>> 24) & 0xff);
-  for (let at = 0; at < file.byteLength; at += 1000) {
-    const chunk = file.subarray(at, Math.min(at + 1000, file.byteLength));
-    int32(chunk.byteLength);
-    parts.push(...chunk);
-  }
-  int32(0);
-  return new Uint8Array(parts);
 }
 
 /**

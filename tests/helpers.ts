@@ -8,6 +8,8 @@
 import { createHash } from "node:crypto";
 import { open, readdir, readFile, readlink } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
+import { C, close, socketpair, tryRecv } from "../ffi/libc.ts";
+import type { Body } from "../server/bodies.ts";
 import {
   decodeJson,
   encodeRequest,
@@ -380,4 +382,48 @@ export async function eventually(
 export async function tempDir(): Promise<{ path: string; [Symbol.asyncDispose](): Promise<void> }> {
   const path = await Deno.makeTempDir({ prefix: "ferry-test-" });
   return { path, [Symbol.asyncDispose]: () => Deno.remove(path, { recursive: true }) };
+}
+
+/** Drains what is waiting on socket `fd` into `into`. */
+export function drain(fd: number, into: number[]): void {
+  const buf = new Uint8Array(64 * 1024);
+  for (let n = tryRecv(fd, buf); n > 0; n = tryRecv(fd, buf)) into.push(...buf.subarray(0, n));
+}
+
+/** A connected pair of nonblocking Unix stream sockets, closed when disposed. */
+export function socketPair(): { ours: number; theirs: number } & Disposable {
+  const [ours, theirs] = socketpair(C.AF_UNIX, C.SOCK_STREAM | C.SOCK_NONBLOCK | C.SOCK_CLOEXEC);
+  return {
+    ours,
+    theirs,
+    [Symbol.dispose]() {
+      close(ours);
+      close(theirs);
+    },
+  };
+}
+
+/** Everything `body` sends, through a real socket pair, pumping at most `step` bytes at a time. */
+export function receiveAll(body: Body, step = Infinity): Uint8Array {
+  using pair = socketPair();
+  const received: number[] = [];
+  while (body.pump(pair.ours, step).status !== "done") drain(pair.theirs, received);
+  drain(pair.theirs, received);
+  return new Uint8Array(received);
+}
+
+/**
+ * The seed's sender, written naively: `while ((len = read(fd, buf, 1000)) > 0) send(len, buf)`, then the
+ * int 0. Lengths in little-endian, as the seed's host byte order on x86.
+ */
+export function naiveSeedBody(file: Uint8Array): Uint8Array {
+  const parts: number[] = [];
+  const int32 = (n: number) => parts.push(n & 0xff, (n >> 8) & 0xff, (n >> 16) & 0xff, (n >>> 24) & 0xff);
+  for (let at = 0; at < file.byteLength; at += 1000) {
+    const chunk = file.subarray(at, Math.min(at + 1000, file.byteLength));
+    int32(chunk.byteLength);
+    parts.push(...chunk);
+  }
+  int32(0);
+  return new Uint8Array(parts);
 }

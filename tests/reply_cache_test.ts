@@ -5,11 +5,21 @@
  */
 
 import assert from "node:assert/strict";
-import { C, close, fstat, openRead, socketpair, statAt, tryRecv } from "../ffi/libc.ts";
+import { close, fstat, openRead, statAt } from "../ffi/libc.ts";
 import { HEAP_REPLY_MAX, type NewReply, ReplyCache } from "../server/reply_cache.ts";
 import type { Body } from "../server/bodies.ts";
 import { ErrorCode } from "../framing.ts";
-import { getOnce, runServerToExit, sha256, startServer, tempDir, type TestServer } from "./helpers.ts";
+import {
+  drain,
+  getOnce,
+  receiveAll,
+  runServerToExit,
+  sha256,
+  socketPair,
+  startServer,
+  tempDir,
+  type TestServer,
+} from "./helpers.ts";
 
 // libc's symbols are bound on first use and stay bound for the process. Bind the ones used here before any
 // test starts: the test sanitizer counts a library opened during a test as a leak.
@@ -33,38 +43,10 @@ close(warmUp);
   Deno.removeSync(dir, { recursive: true });
 }
 
-/** Drains what is waiting on socket `fd` into `into`. */
-function drain(fd: number, into: number[]): void {
-  const buf = new Uint8Array(64 * 1024);
-  for (let n = tryRecv(fd, buf); n > 0; n = tryRecv(fd, buf)) into.push(...buf.subarray(0, n));
-}
-
-/** A connected pair of nonblocking Unix stream sockets, closed when disposed. */
-function socketPair(): { ours: number; theirs: number } & Disposable {
-  const [ours, theirs] = socketpair(C.AF_UNIX, C.SOCK_STREAM | C.SOCK_NONBLOCK | C.SOCK_CLOEXEC);
-  return {
-    ours,
-    theirs,
-    [Symbol.dispose]() {
-      close(ours);
-      close(theirs);
-    },
-  };
-}
-
 /** A directory's fd, closed when disposed. */
 function openRoot(path: string): { fd: number } & Disposable {
   const fd = openRead(path, { directory: true });
   return { fd, [Symbol.dispose]: () => close(fd) };
-}
-
-/** Everything `body` sends, through a real socket pair, pumping at most `step` bytes at a time. */
-function receiveAll(body: Body, step = Infinity): Uint8Array {
-  using pair = socketPair();
-  const received: number[] = [];
-  while (body.pump(pair.ours, step).status !== "done") drain(pair.theirs, received);
-  drain(pair.theirs, received);
-  return new Uint8Array(received);
 }
 
 /** `n` bytes that differ from their neighbours, so that a byte out of place shows. */
