@@ -8,12 +8,7 @@ import assert from "node:assert/strict";
 import { close, openRead } from "../ffi/libc.ts";
 import { ClassicBody } from "../server/bodies.ts";
 import { FileShrankError } from "../framing.ts";
-import { drain, naiveSeedBody, receiveAll, socketPair, tempDir } from "./helpers.ts";
-
-/** `n` bytes that differ from their neighbours, so that a byte out of place shows. */
-function patterned(n: number): Uint8Array {
-  return Uint8Array.from({ length: n }, (_, i) => (i * 31 + (i >> 10)) & 0xff);
-}
+import { drain, naiveSeedBody, patterned, receiveAll, socketPair, tempDir } from "./helpers.ts";
 
 /** A file of `bytes` opened for reading, closed when disposed. */
 function openFile(path: string, bytes: Uint8Array): { fd: number } & Disposable {
@@ -53,11 +48,10 @@ Deno.test("a classic body sends the seed's framing of the file, whatever the bud
 Deno.test("classic bodies taking turns with the worker's one block each send their own file", async () => {
   await using dir = await tempDir();
   const sizes = [600_500, 300_001];
-  const files = sizes.map((size, i) => openFile(`${dir.path}/t${i}`, patterned(size).reverse()));
-  using pairs = new DisposableStack();
-  const senders = files.map((file, i) => ({
-    body: new ClassicBody(file.fd, sizes[i]),
-    pair: pairs.use(socketPair()),
+  using opened = new DisposableStack();
+  const senders = sizes.map((size, i) => ({
+    body: new ClassicBody(opened.use(openFile(`${dir.path}/t${i}`, patterned(size).reverse())).fd, size),
+    pair: opened.use(socketPair()),
     received: [] as number[],
     done: false,
   }));
@@ -70,7 +64,6 @@ Deno.test("classic bodies taking turns with the worker's one block each send the
   for (const [i, s] of senders.entries()) {
     assert.deepEqual(new Uint8Array(s.received), naiveSeedBody(patterned(sizes[i]).reverse()), `file ${i}`);
   }
-  for (const file of files) file[Symbol.dispose]();
 });
 
 Deno.test("a classic body whose file was truncated under it throws FileShrankError", async () => {

@@ -24,21 +24,10 @@ import {
   ProtocolError,
   putFrameLength,
 } from "../framing.ts";
-import { naiveSeedBody } from "./helpers.ts";
+import { naiveSeedBody, patterned } from "./helpers.ts";
 
 const SIZES = [0, 1, 999, 1000, 1001, 2500];
 const encoder = new TextEncoder();
-
-/** Deterministic file content of `size` bytes. */
-function content(size: number): Uint8Array {
-  const bytes = new Uint8Array(size);
-  let seed = size * 7919 + 17;
-  for (let i = 0; i < size; i++) {
-    seed = (seed * 1103515245 + 12345) >>> 0;
-    bytes[i] = seed >>> 24;
-  }
-  return bytes;
-}
 
 /**
  * A `readAt` over `file` that returns at most `most` bytes per call, like a pread that reads short. It
@@ -73,7 +62,7 @@ function streamBody(file: Uint8Array, start: number, bufferSize: number, most = 
 
 Deno.test("classicBodyLength counts 4 bytes per 1000-byte frame and the end frame", () => {
   assert.equal(CLASSIC_CHUNK, 1000, "the seed's char buf[1000]");
-  for (const size of SIZES) assert.equal(classicBodyLength(size), naiveSeedBody(content(size)).byteLength);
+  for (const size of SIZES) assert.equal(classicBodyLength(size), naiveSeedBody(patterned(size)).byteLength);
   assert.equal(classicBodyLength(0), 4);
   assert.equal(classicBodyLength(1000), 1008);
   assert.equal(classicBodyLength(1001), 1013);
@@ -81,7 +70,7 @@ Deno.test("classicBodyLength counts 4 bytes per 1000-byte frame and the end fram
 
 Deno.test("fillClassicBody from offset 0 regenerates exactly the seed's naive framing", () => {
   for (const size of SIZES) {
-    const file = content(size);
+    const file = patterned(size);
     const expected = naiveSeedBody(file);
     const out = new Uint8Array(expected.byteLength + 16).fill(0xee);
     const n = fillClassicBody(out, 0, size, reader(file));
@@ -93,7 +82,7 @@ Deno.test("fillClassicBody from offset 0 regenerates exactly the seed's naive fr
 
 Deno.test("fillClassicBody from every stream offset regenerates the rest of the seed's framing", () => {
   for (const size of SIZES) {
-    const file = content(size);
+    const file = patterned(size);
     const expected = naiveSeedBody(file);
     for (let start = 0; start <= expected.byteLength; start++) {
       const out = new Uint8Array(expected.byteLength - start + 8);
@@ -106,7 +95,7 @@ Deno.test("fillClassicBody from every stream offset regenerates the rest of the 
 
 Deno.test("fillClassicBody with small output buffers and short reads, from arbitrary offsets, matches the seed", () => {
   for (const size of SIZES) {
-    const file = content(size);
+    const file = patterned(size);
     const expected = naiveSeedBody(file);
     for (const bufferSize of [1, 2, 3, 4, 5, 7, 999, 1003, 1004, 1005, 4096]) {
       for (const start of new Set([0, 1, 3, 4, 5, 1003, 1004, 1005, 1008, expected.byteLength - 5])) {
@@ -123,13 +112,13 @@ Deno.test("fillClassicBody with small output buffers and short reads, from arbit
 Deno.test("fillClassicBody at or past the end of the body fills nothing", () => {
   for (const size of SIZES) {
     const total = classicBodyLength(size);
-    assert.equal(fillClassicBody(new Uint8Array(64), total, size, reader(content(size))), 0);
-    assert.equal(fillClassicBody(new Uint8Array(64), total + 1000, size, reader(content(size))), 0);
+    assert.equal(fillClassicBody(new Uint8Array(64), total, size, reader(patterned(size))), 0);
+    assert.equal(fillClassicBody(new Uint8Array(64), total + 1000, size, reader(patterned(size))), 0);
   }
 });
 
 Deno.test("fillClassicBody throws FileShrankError when the file is shorter than announced", () => {
-  const file = content(1500);
+  const file = patterned(1500);
   // Announced 2500 bytes, the file has 1500: the second frame cannot be filled.
   assert.throws(() => fillClassicBody(new Uint8Array(4096), 0, 2500, reader(file)), FileShrankError);
   assert.throws(() => fillClassicBody(new Uint8Array(16), 1010, 2500, reader(file)), FileShrankError);

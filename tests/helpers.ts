@@ -427,3 +427,16 @@ export function naiveSeedBody(file: Uint8Array): Uint8Array {
   int32(0);
   return new Uint8Array(parts);
 }
+
+/**
+ * `n` pseudo-random bytes (a linear congruential generator: the same for the same `n`), so that a byte, or a
+ * whole block, out of place shows: a short repeating pattern could hide a block sent from the wrong offset.
+ */
+export function patterned(n: number): Uint8Array {
+  const bytes = new Uint8Array(n);
+  for (let i = 0, state = n * 7919 + 17; i < n; i++) {
+    state = (Math.imul(state, 1103515245) + 12345) >>> 0;
+    bytes[i] = state >>> 24;
+  }
+  return bytes;
+}

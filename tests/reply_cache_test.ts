@@ -12,6 +12,7 @@ import { ErrorCode } from "../framing.ts";
 import {
   drain,
   getOnce,
+  patterned,
   receiveAll,
   runServerToExit,
   sha256,
@@ -47,11 +48,6 @@ close(warmUp);
 function openRoot(path: string): { fd: number } & Disposable {
   const fd = openRead(path, { directory: true });
   return { fd, [Symbol.dispose]: () => close(fd) };
-}
-
-/** `n` bytes that differ from their neighbours, so that a byte out of place shows. */
-function patterned(n: number): Uint8Array {
-  return Uint8Array.from({ length: n }, (_, i) => (i * 31 + (i >> 9)) & 0xff);
 }
 
 /** A reply for `path` under `root` as the worker would make it (the reply bytes are stand-ins). */
