@@ -11,13 +11,13 @@
  * @module
  */
 
-import { type HandedConn, MessageKind, receiveMessage, sendMessage, ServeMode } from "./server/channel.ts";
-import { Connection, type ServeConfig } from "./server/connection.ts";
+import { type HandedConn, MessageKind, receiveMessage, sendMessage, ServeMode } from "./channel/messages.ts";
+import { Connection, type ServeConfig } from "./worker/connection.ts";
 import { Epoll, EPOLLIN, EPOLLOUT } from "./ffi/epoll.ts";
-import { HashCache } from "./server/hash_cache.ts";
+import { HashCache } from "./worker/hash_cache.ts";
 import { loadHashing } from "./hashing.ts";
-import { parseWorkerArgs, type WorkerArgs } from "./server/worker_args.ts";
-import { ReplyCache } from "./server/reply_cache.ts";
+import { parseWorkerArgs, type WorkerArgs } from "./channel/worker_args.ts";
+import { ReplyCache } from "./worker/reply_cache.ts";
 
 export { parseWorkerArgs };
 import { C, close, ignoreSignal, openRead, raiseOpenFileLimit, setNonBlocking } from "./ffi/libc.ts";

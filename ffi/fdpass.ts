@@ -1,7 +1,7 @@
 /**
  * Passing file descriptors between processes over a Unix socket with SCM_RIGHTS: the only code in ferry
  * that builds a `msghdr` or a control message. Each call carries one small message and up to
- * {@link MAX_FDS_PER_MESSAGE} fds; the message's meaning is the business of `channel.ts`.
+ * {@link MAX_FDS_PER_MESSAGE} fds; the message's meaning is the business of `channel/messages.ts`.
  *
  * @module
  */

@@ -14,7 +14,7 @@ import {
   sendConns,
   sendMessage,
   ServeMode,
-} from "./channel.ts";
+} from "../channel/messages.ts";
 import { Dispatcher } from "./dispatcher.ts";
 import type { ServerOptions } from "./options.ts";
 import { startWorker } from "./worker_process.ts";

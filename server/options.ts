@@ -5,7 +5,7 @@
  */
 
 import { parseArgs } from "node:util";
-import { ServeMode } from "./channel.ts";
+import { ServeMode } from "../channel/messages.ts";
 import { type Endpoint, parseEndpoint } from "../ffi/structs.ts";
 
 /** Everything the server's command line decides. */

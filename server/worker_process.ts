@@ -5,8 +5,8 @@
  */
 
 import { basename } from "node:path";
-import { createChannel } from "./channel.ts";
-import { workerArgv } from "./worker_args.ts";
+import { createChannel } from "../channel/messages.ts";
+import { workerArgv } from "../channel/worker_args.ts";
 import { close, setCloseOnExec } from "../ffi/libc.ts";
 import type { ServerOptions } from "./options.ts";
 

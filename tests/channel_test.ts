@@ -16,7 +16,7 @@ import {
   sendConns,
   sendMessage,
   ServeMode,
-} from "../server/channel.ts";
+} from "../channel/messages.ts";
 import { encodeSockaddr, parseEndpoint } from "../ffi/structs.ts";
 
 /** Two connected sockets standing in for a client connection: what goes in one end comes out the other. */

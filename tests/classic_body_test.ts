@@ -6,7 +6,7 @@
 
 import assert from "node:assert/strict";
 import { close, openRead } from "../ffi/libc.ts";
-import { ClassicBody } from "../server/bodies.ts";
+import { ClassicBody } from "../worker/bodies.ts";
 import { FileShrankError } from "../framing.ts";
 import { drain, naiveSeedBody, patterned, receiveAll, socketPair, tempDir } from "./helpers.ts";
 

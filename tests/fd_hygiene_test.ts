@@ -18,7 +18,7 @@ import {
   tempDir,
   type TestServer,
 } from "./helpers.ts";
-import { parseWorkerArgs } from "../server/worker_args.ts";
+import { parseWorkerArgs } from "../channel/worker_args.ts";
 
 function intersection(a: Set<string>, b: Set<string>): string[] {
   return [...a].filter((x) => b.has(x));

@@ -9,7 +9,7 @@ import { createHash } from "node:crypto";
 import { open, readdir, readFile, readlink } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
 import { C, close, socketpair, tryRecv } from "../ffi/libc.ts";
-import type { Body } from "../server/bodies.ts";
+import type { Body } from "../worker/bodies.ts";
 import {
   decodeJson,
   encodeRequest,

@@ -6,8 +6,8 @@
 
 import assert from "node:assert/strict";
 import { close, fstat, openRead, statAt } from "../ffi/libc.ts";
-import { HEAP_REPLY_MAX, type NewReply, ReplyCache } from "../server/reply_cache.ts";
-import type { Body } from "../server/bodies.ts";
+import { HEAP_REPLY_MAX, type NewReply, ReplyCache } from "../worker/reply_cache.ts";
+import type { Body } from "../worker/bodies.ts";
 import { ErrorCode } from "../framing.ts";
 import {
   drain,

@@ -5,7 +5,7 @@
 
 import assert from "node:assert/strict";
 import { encodeRequest, ErrorCode, FRAME_HEADER_SIZE, PROTOCOL_VERSION, ProtocolError } from "../framing.ts";
-import { parseRequestRemembered } from "../server/request_memo.ts";
+import { parseRequestRemembered } from "../worker/request_memo.ts";
 
 /** The payload of a request frame (type byte first), as a connection hands it over. */
 function payload(request: Record<string, unknown>): Uint8Array {
