@@ -459,3 +459,23 @@ export class FileShrankError extends Error {
     this.name = "FileShrankError";
   }
 }
+
+// Delta transfer (delta.ts): the chunking both sides must agree on, and the signature's wire form.
+
+/** Seed of the xorshift32 generator that fills the gear table of content-defined chunking. */
+export const CHUNK_GEAR_SEED = 0x9e3779b9;
+
+/** Smallest chunk size, as a power of two (4 KiB). */
+export const MIN_CHUNK_BITS = 12;
+
+/** Largest chunk size, as a power of two (64 KiB). */
+export const MAX_CHUNK_BITS = 16;
+
+/** The first bytes of an encoded signature. */
+export const SIGNATURE_MAGIC: Uint8Array = new TextEncoder().encode("FCS1");
+
+/** Bytes of a signature before its entries: magic, bits (and 3 spare), size (u64), count (u32). */
+export const SIGNATURE_HEADER_SIZE = 20;
+
+/** Bytes of one signature entry: the chunk's length (u32) and its hash prefix (8 bytes). */
+export const SIGNATURE_ENTRY_SIZE = 12;

@@ -1,0 +1,292 @@
+/**
+ * Delta transfer by content-defined chunks, for the server and the client alike.
+ *
+ * The server cuts each file version into chunks once and serves the list (the *signature*); a client cuts
+ * its old copy the same way, keeps the chunks whose hash and length appear in the signature, and asks only
+ * for the byte ranges of the others. The server's work per version does not depend on what any client
+ * holds, as with zsync, and because cut points depend on content (a gear hash over the last 32 bytes, as in
+ * FastCDC), an insertion changes only the chunks around it, which fixed blocks cannot do without rsync's
+ * per-client search on the server.
+ *
+ * A chunk's identity is its length and the first 8 bytes of its SHA-256. A collision can only make the
+ * client build a wrong file, which the whole file's SHA-256 then refuses: nothing unverified is published.
+ *
+ * @module
+ */
+
+import { createSha256 } from "./hashing.ts";
+import {
+  CHUNK_GEAR_SEED,
+  MAX_CHUNK_BITS,
+  MIN_CHUNK_BITS,
+  SIGNATURE_ENTRY_SIZE,
+  SIGNATURE_HEADER_SIZE,
+  SIGNATURE_MAGIC,
+} from "./framing.ts";
+
+/** The gear table: 256 pseudo-random 32-bit values from a fixed xorshift32 seed, the same on both sides. */
+const GEAR: Uint32Array = (() => {
+  const table = new Uint32Array(256);
+  let x = CHUNK_GEAR_SEED;
+  for (let i = 0; i < 256; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    table[i] = x >>> 0;
+  }
+  return table;
+})();
+
+/**
+ * The chunk size for a file of `size` bytes, as a power of two: about the square root of the size (as
+ * rsync sizes its blocks), between 2^MIN_CHUNK_BITS and 2^MAX_CHUNK_BITS. Larger chunks make a shorter
+ * signature; smaller ones fetch less around an edit.
+ */
+export function chunkBitsFor(size: number): number {
+  const bits = Math.round(Math.log2(Math.max(1, Math.sqrt(size))));
+  return Math.min(MAX_CHUNK_BITS, Math.max(MIN_CHUNK_BITS, bits));
+}
+
+/** The bounds of a chunk's length for a chunk size of 2^bits: a quarter of it at least, four times at most. */
+export function chunkLimits(bits: number): { min: number; max: number } {
+  return { min: 1 << (bits - 2), max: 1 << (bits + 2) };
+}
+
+/**
+ * Finds cut points in a stream of bytes. A chunk ends where the gear hash's top `bits` bits are all zero,
+ * once it is at least `min` long, or when it reaches `max`. The hash of a byte depends only on the 32
+ * bytes before it, so cuts re-synchronise right after an edit.
+ */
+export class Chunker {
+  readonly #mask: number;
+  readonly #min: number;
+  readonly #max: number;
+  #hash = 0;
+  #length = 0;
+
+  /** @param bits log2 of the chunk size ({@link chunkBitsFor}) */
+  constructor(readonly bits: number) {
+    if (!Number.isInteger(bits) || bits < MIN_CHUNK_BITS || bits > MAX_CHUNK_BITS) {
+      throw new RangeError(`chunk bits ${bits} outside ${MIN_CHUNK_BITS}..${MAX_CHUNK_BITS}`);
+    }
+    this.#mask = (~0 << (32 - bits)) | 0;
+    ({ min: this.#min, max: this.#max } = chunkLimits(bits));
+  }
+
+  /**
+   * Feeds `data`; calls `onCut(end)` with the index in `data` just past each chunk that ends in it. The
+   * bytes after the last cut carry over to the next call.
+   */
+  update(data: Uint8Array, onCut: (end: number) => void): void {
+    const mask = this.#mask, min = this.#min, max = this.#max;
+    let hash = this.#hash, length = this.#length;
+    for (let i = 0; i < data.length; i++) {
+      hash = ((hash << 1) + GEAR[data[i]]) | 0;
+      length++;
+      if ((length >= min && (hash & mask) === 0) || length >= max) {
+        onCut(i + 1);
+        hash = 0;
+        length = 0;
+      }
+    }
+    this.#hash = hash;
+    this.#length = length;
+  }
+}
+
+/** A file's chunks: lengths, and the first 8 bytes of each chunk's SHA-256. */
+export interface Signature {
+  /** log2 of the chunk size the cuts were made with. */
+  bits: number;
+  /** The file's size: the sum of the lengths. */
+  size: number;
+  /** Each chunk's length. */
+  lengths: Uint32Array;
+  /** Each chunk's 8-byte hash prefix, `8 * lengths.length` bytes. */
+  hashes: Uint8Array;
+}
+
+/**
+ * Builds a {@link Signature} from a file's bytes fed in order, in pieces of any size: what the server does
+ * once per version, in slices between I/O, and the client over its old copy. Needs {@link loadHashing}.
+ */
+export class SignatureBuilder {
+  readonly #chunker: Chunker;
+  readonly #lengths: number[] = [];
+  readonly #hashes: number[] = [];
+  #hash = createSha256();
+  #size = 0;
+  /** Bytes of the chunk in progress fed by earlier calls. */
+  #carried = 0;
+
+  /** @param bits log2 of the chunk size: {@link chunkBitsFor} of the file's size */
+  constructor(readonly bits: number) {
+    this.#chunker = new Chunker(bits);
+  }
+
+  /** Feeds the next bytes of the file. */
+  update(data: Uint8Array): void {
+    let start = 0;
+    this.#chunker.update(data, (end) => {
+      this.#hash.update(data.subarray(start, end));
+      this.#close(this.#carried + end - start);
+      this.#carried = 0;
+      start = end;
+    });
+    if (start < data.length) {
+      this.#hash.update(data.subarray(start));
+      this.#carried += data.length - start;
+    }
+    this.#size += data.length;
+  }
+
+  /** The signature of everything fed. */
+  finish(): Signature {
+    if (this.#carried > 0) this.#close(this.#carried);
+    this.#carried = 0;
+    const lengths = Uint32Array.from(this.#lengths);
+    const hashes = Uint8Array.from(this.#hashes);
+    return { bits: this.bits, size: this.#size, lengths, hashes };
+  }
+
+  #close(length: number): void {
+    const digest = this.#hash.digest();
+    for (let i = 0; i < 8; i++) this.#hashes.push(digest[i]);
+    this.#lengths.push(length);
+    this.#hash = createSha256();
+  }
+}
+
+/** The signature of bytes held in memory. Needs {@link loadHashing}. */
+export function signatureOf(data: Uint8Array, bits = chunkBitsFor(data.length)): Signature {
+  const builder = new SignatureBuilder(bits);
+  builder.update(data);
+  return builder.finish();
+}
+
+/** A signature that does not describe a file: the client publishes nothing built from it. */
+export class SignatureError extends Error {
+  /** @param message what is wrong with it */
+  constructor(message: string) {
+    super(`malformed signature: ${message}`);
+    this.name = "SignatureError";
+  }
+}
+
+/** The wire form: magic, bits, size, count, then per chunk its length (u32) and hash prefix (8 bytes). */
+export function encodeSignature(signature: Signature): Uint8Array {
+  const count = signature.lengths.length;
+  const out = new Uint8Array(SIGNATURE_HEADER_SIZE + count * SIGNATURE_ENTRY_SIZE);
+  const view = new DataView(out.buffer);
+  out.set(SIGNATURE_MAGIC);
+  view.setUint8(4, signature.bits);
+  view.setBigUint64(8, BigInt(signature.size), true);
+  view.setUint32(16, count, true);
+  for (let i = 0; i < count; i++) {
+    const at = SIGNATURE_HEADER_SIZE + i * SIGNATURE_ENTRY_SIZE;
+    view.setUint32(at, signature.lengths[i], true);
+    out.set(signature.hashes.subarray(8 * i, 8 * i + 8), at + 4);
+  }
+  return out;
+}
+
+/**
+ * Reads a signature from the wire, checking that it can describe a file of `expectedSize` bytes: the
+ * lengths add up to the size, each within the chunk limits. Throws {@link SignatureError}.
+ */
+export function decodeSignature(bytes: Uint8Array, expectedSize: number): Signature {
+  if (bytes.length < SIGNATURE_HEADER_SIZE) throw new SignatureError(`${bytes.length} bytes is too short`);
+  if (!SIGNATURE_MAGIC.every((b, i) => bytes[i] === b)) throw new SignatureError("unknown magic");
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const bits = view.getUint8(4);
+  if (bits < MIN_CHUNK_BITS || bits > MAX_CHUNK_BITS) throw new SignatureError(`chunk bits ${bits}`);
+  const size = Number(view.getBigUint64(8, true));
+  if (size !== expectedSize) throw new SignatureError(`size ${size}, the file's is ${expectedSize}`);
+  const count = view.getUint32(16, true);
+  if (bytes.length !== SIGNATURE_HEADER_SIZE + count * SIGNATURE_ENTRY_SIZE) {
+    throw new SignatureError(`${count} chunks do not fit in ${bytes.length} bytes`);
+  }
+  const { max } = chunkLimits(bits);
+  const lengths = new Uint32Array(count);
+  const hashes = new Uint8Array(8 * count);
+  let total = 0;
+  for (let i = 0; i < count; i++) {
+    const at = SIGNATURE_HEADER_SIZE + i * SIGNATURE_ENTRY_SIZE;
+    const length = view.getUint32(at, true);
+    if (length === 0 || length > max) throw new SignatureError(`chunk ${i} has length ${length}`);
+    lengths[i] = length;
+    hashes.set(bytes.subarray(at + 4, at + 12), 8 * i);
+    total += length;
+  }
+  if (total !== size) throw new SignatureError(`chunk lengths add up to ${total}, not ${size}`);
+  return { bits, size, lengths, hashes };
+}
+
+/** A chunk's key for lookups: its length and 53 bits of its hash prefix. */
+function chunkKey(signature: Signature, i: number): string {
+  const h = signature.hashes;
+  const o = 8 * i;
+  // A string of the length and the 8 bytes: Map lookups on it are exact, with no bigint arithmetic.
+  return String.fromCharCode(
+    signature.lengths[i] & 0xffff,
+    signature.lengths[i] >>> 16,
+    h[o] | (h[o + 1] << 8),
+    h[o + 2] | (h[o + 3] << 8),
+    h[o + 4] | (h[o + 5] << 8),
+    h[o + 6] | (h[o + 7] << 8),
+  );
+}
+
+/** One step of building the new file: bytes copied from the old copy, or fetched from the server. */
+export interface DeltaStep {
+  /** Where the bytes go in the new file. */
+  offset: number;
+  /** How many. */
+  length: number;
+  /** Where they are in the old copy; null when they are fetched. */
+  from: number | null;
+}
+
+/** How to build the new version from the old copy. */
+export interface DeltaPlan {
+  /** Every byte of the new file, in order, each run of adjacent steps of one kind merged. */
+  steps: DeltaStep[];
+  /** The byte ranges to fetch, in order: `[offset, length]` in the new file. */
+  ranges: [number, number][];
+  /** Bytes fetched. */
+  fetchBytes: number;
+  /** Bytes copied from the old copy. */
+  reusedBytes: number;
+}
+
+/**
+ * Plans the new version (`remote`, the server's signature) from the old copy's signature (`local`, cut with
+ * the same bits): a remote chunk found among the local ones is copied, the rest fetched.
+ */
+export function planDelta(remote: Signature, local: Signature): DeltaPlan {
+  const have = new Map<string, number>();
+  if (local.bits === remote.bits) {
+    for (let i = 0, at = 0; i < local.lengths.length; at += local.lengths[i], i++) {
+      const key = chunkKey(local, i);
+      if (!have.has(key)) have.set(key, at);
+    }
+  }
+  const steps: DeltaStep[] = [];
+  let fetchBytes = 0;
+  for (let i = 0, offset = 0; i < remote.lengths.length; offset += remote.lengths[i], i++) {
+    const length = remote.lengths[i];
+    const from = have.get(chunkKey(remote, i)) ?? null;
+    if (from === null) fetchBytes += length;
+    const last = steps.at(-1);
+    if (
+      last !== undefined && (from === null) === (last.from === null) &&
+      (from === null || last.from! + last.length === from)
+    ) {
+      last.length += length;
+    } else {
+      steps.push({ offset, length, from });
+    }
+  }
+  const ranges = steps.filter((s) => s.from === null).map((s): [number, number] => [s.offset, s.length]);
+  return { steps, ranges, fetchBytes, reusedBytes: remote.size - fetchBytes };
+}
