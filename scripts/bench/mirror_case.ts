@@ -141,7 +141,9 @@ async function runClient(
   let failure: string | null = null;
   if (out.code === 124 || out.code === 137) failure = `timed out after ${limit} s`;
   else if (out.code !== 0) {
-    const said = out.stderr.trim().split("\n").filter((l) => l.trim() !== "").pop() ?? "no message";
+    // ferry's client ends with its own "ferry: ..." line; a crash (or rsync) says the cause first.
+    const lines = out.stderr.split("\n").filter((l) => l.trim() !== "");
+    const said = lines.findLast((l) => l.startsWith("ferry: ")) ?? lines[0] ?? "no message";
     failure = `exit ${out.code}: ${said.slice(0, 200)}`;
   }
   return { wall: out.seconds, cpu, failure };
@@ -361,7 +363,7 @@ export async function case8(b: MirrorBench): Promise<Section> {
           ]
           : []),
       );
-      if (index === 0) body.push(...await fanOut(b, p, tools, src, work, bytes, targets));
+      if (index === 0) body.push(...await fanOut(b, p, tools, tree.key, src, work, bytes, targets));
       for (const d of dests.values()) await Deno.remove(d, { recursive: true });
       await Deno.remove(src, { recursive: true });
     }
@@ -421,11 +423,12 @@ export async function case8(b: MirrorBench): Promise<Section> {
   };
 }
 
-/** The fan-out: every client mirrors tree (a) into its own empty folder at once, straight to the server. */
+/** The fan-out: every client mirrors `tree` into its own empty folder at once, straight to the server. */
 async function fanOut(
   b: MirrorBench,
   p: MirrorProfile,
   tools: Tool[],
+  tree: string,
   src: string,
   work: string,
   bytes: number,
@@ -442,7 +445,7 @@ async function fanOut(
     const t0 = performance.now();
     const runs = await Promise.all(
       dests.map((d, i) =>
-        runClient(tool.command(tool.port, "a", d), p.timeoutSeconds, join(work, `time-${i}.txt`))
+        runClient(tool.command(tool.port, tree, d), p.timeoutSeconds, join(work, `time-${i}.txt`))
       ),
     );
     const wall = (performance.now() - t0) / 1000;
@@ -476,7 +479,7 @@ async function fanOut(
     });
   }
   return [
-    `### Fan-out: ${p.fanClients} clients mirror tree (a) from one server at once`,
+    `### Fan-out: ${p.fanClients} clients mirror tree (${tree}) from one server at once`,
     "",
     "Each client into its own empty folder, all started together, connected straight to the server (not",
     "through the relay, which would be the bottleneck); time until the last one is done. MB/s is the tree's",
