@@ -4,17 +4,19 @@
  *
  * Peers: nginx (1 worker and auto, sendfile on and off) fetched by curl (and by curl piped into openssl
  * dgst -sha256, a client that verifies like ferry's); iperf3 with 1 MiB writes as the
- * loopback ceiling; the seed's C server and client (scripts/seed/, built with gcc). The many-connection
+ * loopback ceiling; the seed's C server and client (scripts/seed/, built with gcc); an rsync daemon
+ * fetched by `rsync -a --delete` (case 8). The many-connection
  * cases drive ferry and nginx with the same load generator (scripts/loadgen.ts). Missing tools are
  * installed from Debian's packages with apt-get, unless `--no-install` is given or the run is tiny, in
  * which case that peer is skipped and the report says so.
  *
  * Cases (see scripts/bench/cases.ts): 1 one large file to /dev/null (and syscalls per MiB), 2 the same to
  * disk, 3 fan-out, 4 small files, 5 connections held by slow readers, 6 classic mode with the seed's
- * client, 7 how cost grows with clients and file size, and the server's start-up time.
+ * client, 7 how cost grows with clients and file size, and the server's start-up time; 8 (see
+ * scripts/bench/mirror_case.ts) `client.ts mirror` against rsync on three trees, and a fan-out.
  *
  * Flags: `--quick` (a reduced set, under two minutes), `--size MiB` (the large file; below 16 a tiny run
- * for tests), `--runs N`, `--cases 1,2,...,7,start`, `--no-install`, `--output FILE` (default
+ * for tests), `--runs N`, `--cases 1,2,...,8,start`, `--no-install`, `--output FILE` (default
  * BENCHMARKS.md; `-` prints the report only).
  *
  * Every process it starts is stopped on exit, on failure and on Ctrl-C.
@@ -49,10 +51,13 @@ import {
   startNginx,
   versionOf,
 } from "./bench/peers.ts";
+import { case8, MIRROR_TOOLS } from "./bench/mirror_case.ts";
 import { stopAll } from "./bench/procs.ts";
 import { type Section, svgChart } from "./bench/report.ts";
 
-const ALL_CASES = ["start", "1", "2", "3", "4", "5", "6", "7"];
+const ALL_CASES = ["start", "1", "2", "3", "4", "5", "6", "7", "8"];
+/** The tools of cases 1-7 (case 8 brings its own). */
+const SHARED_TOOLS = ["nginx", "curl", "iperf3", "strace", "gcc", "openssl"];
 
 const { values: flags } = parseArgs({
   args: Deno.args,
@@ -126,101 +131,110 @@ try {
   const loadBefore = loadAverage();
   const date = new Date().toISOString().slice(0, 16).replace("T", " ");
   const wants = (c: string) => selected.includes(c);
+  // Cases 1-7 share one ferry server, the nginx servers and the files; case 8 has its own.
+  const shared = selected.some((c) => c !== "8");
   const { available: tools, notes } = await ensureTools(
-    ["nginx", "curl", "iperf3", "strace", "gcc", "openssl"],
+    [...(shared ? SHARED_TOOLS : []), ...(wants("8") ? MIRROR_TOOLS : [])],
     install,
     log,
   );
-  const files = await makeFiles(root, profile, log);
-  log("starting ferry");
-  const ferry = await startFerry({
-    root,
-    push: `${root}/${files.big}`,
-    workers: WORKERS,
-    connsPerWorker: 2000,
-    queue: 20_000,
-  });
-  const nginx: Server[] = [];
-  let nginxMany: Server | null = null;
-  let nginxSmall: Server | null = null;
-  if (tools.has("nginx")) {
-    log("starting nginx");
-    let i = 0;
-    if (wants("1")) {
-      for (const workers of [1, "auto"] as const) {
-        for (const [sendfile, nopush] of [[true, false], [true, true], [false, false]]) {
-          nginx.push(
-            await startNginx({
-              root,
-              dir: `${root}/.nginx-${i++}`,
-              workers,
-              sendfile,
-              nopush,
-              connections: 4096,
-            }),
-          );
+  const sections: Section[] = [];
+  const chart: Bench["chart"] = [];
+  if (shared) {
+    const files = await makeFiles(root, profile, log);
+    log("starting ferry");
+    const ferry = await startFerry({
+      root,
+      push: `${root}/${files.big}`,
+      workers: WORKERS,
+      connsPerWorker: 2000,
+      queue: 20_000,
+    });
+    const nginx: Server[] = [];
+    let nginxMany: Server | null = null;
+    let nginxSmall: Server | null = null;
+    if (tools.has("nginx")) {
+      log("starting nginx");
+      let i = 0;
+      if (wants("1")) {
+        for (const workers of [1, "auto"] as const) {
+          for (const [sendfile, nopush] of [[true, false], [true, true], [false, false]]) {
+            nginx.push(
+              await startNginx({
+                root,
+                dir: `${root}/.nginx-${i++}`,
+                workers,
+                sendfile,
+                nopush,
+                connections: 4096,
+              }),
+            );
+          }
         }
       }
+      // The many-connection cases: as many workers as ferry, sendfile on; tcp_nopush off, its best for large
+      // files, and (for small files, where it was a little ahead) on.
+      const many = (nopush: boolean) =>
+        (navigator.hardwareConcurrency === WORKERS
+          ? nginx.find((s) => s.name === nginxName({ workers: "auto", sendfile: true, nopush }))
+          : undefined) ??
+          startNginx({
+            root,
+            dir: `${root}/.nginx-many${nopush ? "-nopush" : ""}`,
+            workers: WORKERS,
+            sendfile: true,
+            nopush,
+            connections: 4096,
+          });
+      nginxMany = await many(false);
+      if (wants("3") || wants("4")) nginxSmall = await many(true);
     }
-    // The many-connection cases: as many workers as ferry, sendfile on; tcp_nopush off, its best for large
-    // files, and (for small files, where it was a little ahead) on.
-    const many = (nopush: boolean) =>
-      (navigator.hardwareConcurrency === WORKERS
-        ? nginx.find((s) => s.name === nginxName({ workers: "auto", sendfile: true, nopush }))
-        : undefined) ??
-        startNginx({
-          root,
-          dir: `${root}/.nginx-many${nopush ? "-nopush" : ""}`,
-          workers: WORKERS,
-          sendfile: true,
-          nopush,
-          connections: 4096,
-        });
-    nginxMany = await many(false);
-    if (wants("3") || wants("4")) nginxSmall = await many(true);
+    const seed = tools.has("gcc") ? await buildSeed(root) : null;
+    if (!seed) notes.push("gcc is not installed: the seed's C server and client are skipped");
+    const bench: Bench = {
+      profile,
+      root,
+      tools,
+      notes,
+      log,
+      ferry,
+      nginx,
+      nginxMany,
+      nginxSmall,
+      bestNginx: null,
+      seed,
+      files,
+      chart,
+    };
+    const cases: [string, (b: Bench) => Promise<Section>][] = [
+      ["start", startup],
+      ["1", case1],
+      ["2", case2],
+      ["3", case3],
+      ["4", case4],
+      ["5", case5],
+      ["6", case6],
+      ["7", case7],
+    ];
+    for (const [id, fn] of cases) {
+      if (!wants(id)) continue;
+      log(`case ${id}`);
+      sections.push(await fn(bench));
+    }
+    log("stopping servers");
+    for (const s of new Set([ferry, ...nginx, ...[nginxMany, nginxSmall].filter((s) => s !== null)])) {
+      await s.stop();
+    }
   }
-  const seed = tools.has("gcc") ? await buildSeed(root) : null;
-  if (!seed) notes.push("gcc is not installed: the seed's C server and client are skipped");
-  const bench: Bench = {
-    profile,
-    root,
-    tools,
-    notes,
-    log,
-    ferry,
-    nginx,
-    nginxMany,
-    nginxSmall,
-    bestNginx: null,
-    seed,
-    files,
-    chart: [],
-  };
-  const sections: Section[] = [];
-  const cases: [string, (b: Bench) => Promise<Section>][] = [
-    ["start", startup],
-    ["1", case1],
-    ["2", case2],
-    ["3", case3],
-    ["4", case4],
-    ["5", case5],
-    ["6", case6],
-    ["7", case7],
-  ];
-  for (const [id, fn] of cases) {
-    if (!wants(id)) continue;
-    log(`case ${id}`);
-    sections.push(await fn(bench));
-  }
-  log("stopping servers");
-  for (const s of new Set([ferry, ...nginx, ...[nginxMany, nginxSmall].filter((s) => s !== null)])) {
-    await s.stop();
+  if (wants("8")) {
+    log("case 8");
+    sections.push(await case8({ profile: profile.name, root, tools, notes, log }));
   }
   const loadAfter = loadAverage();
   const minutes = (performance.now() - started) / 60_000;
 
   const versions = [`Deno ${Deno.version.deno}`];
-  for (const tool of ["nginx", "curl", "iperf3", "strace", "gcc", "openssl"]) {
+  for (const tool of [...SHARED_TOOLS, "rsync"]) {
     if (tools.has(tool)) versions.push(`${tool} ${await versionOf(tool)}`);
   }
   const command = `deno task bench${Deno.args.length ? " " + Deno.args.join(" ") : ""}`;
@@ -261,10 +275,10 @@ try {
   if (output !== "-") {
     await Deno.mkdir(dirname(output), { recursive: true });
     await Deno.writeTextFile(output, report);
-    if (bench.chart.length > 0) {
+    if (chart.length > 0) {
       const svg = join(dirname(output), "docs", "bench-cost.svg");
       await Deno.mkdir(dirname(svg), { recursive: true });
-      await Deno.writeTextFile(svg, svgChart("ferry vs nginx: how cost grows (medians)", bench.chart));
+      await Deno.writeTextFile(svg, svgChart("ferry vs nginx: how cost grows (medians)", chart));
       log(`wrote ${output} and ${svg}`);
     } else {
       log(`wrote ${output}`);

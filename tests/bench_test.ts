@@ -39,4 +39,15 @@ Deno.test("the benchmark script runs end to end on a tiny case and prints its ta
   assert.match(stdout, /\| ferry \(2 workers\) \| 50 of 50 \|/);
   assert.match(stdout, /\| loadgen as a classic client, 1 stream: ferry server \| \d+\.\d+ \|/);
   assert.match(stdout, /\| ferry server, ready with 2 workers \| \d+\.\d+ \|/);
+  // Case 8: ferry's mirror copied the tree, found nothing changed and followed the edit, each checked with
+  // diff -r; then the fan-out's clients all made exact copies.
+  for (const round of ["first copy", "nothing changed", "edit"]) {
+    assert.match(
+      stdout,
+      new RegExp(
+        `\\| ${round} \\| ferry mirror --delete \\(server: 2 workers\\) \\| [\\d.]+ \\|.*\\| ok \\|`,
+      ),
+    );
+  }
+  assert.match(stdout, /\| ferry mirror --delete \(server: 2 workers\) \| [\d.]+ \| \d+ \|.*\| ok \|/);
 });

@@ -264,3 +264,18 @@ export async function waitForPort(port: number, timeoutMs = 10_000): Promise<voi
     }
   }
 }
+
+/**
+ * CPU time (user + system) of a process and of every child it has reaped (cutime and cstime of its stat),
+ * in seconds: a forking server's total, once its children have exited and been waited for.
+ */
+export function cpuSecondsWithReaped(pid: number): number {
+  try {
+    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    // utime, stime, cutime, cstime: fields 14 to 17 of stat.
+    return (Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14])) / 100;
+  } catch {
+    return NaN;
+  }
+}

@@ -1,0 +1,502 @@
+/**
+ * Case 8: `client.ts mirror` against rsync (`rsync -a --delete` from an rsync daemon, and the same with
+ * `--fsync`, the like-for-like row for ferry's durability) on three generated trees, through a counting
+ * relay that sees both tools' bytes at the socket. Every round of every tree is checked with `diff -r`
+ * afterwards; a failure (an exit code, a timeout, a difference) is reported as that tool's failure in that
+ * round, and its copy is then repaired from the source so that every tool starts each round from the
+ * same state. Then a fan-out: many clients mirror tree (a) from one server at once.
+ *
+ * @module
+ */
+
+import { join } from "node:path";
+import { WORKERS } from "./cases.ts";
+import { repo, startFerry, startRsyncDaemon } from "./peers.ts";
+import { cpuSeconds, cpuSecondsWithReaped, processTree, run } from "./procs.ts";
+import { startRelay } from "./relay.ts";
+import { int, num, ratio, type Section, table } from "./report.ts";
+import { describeTree, type EditSizes, makeTree, roundsOf, treeBytes, type TreeSpec } from "./trees.ts";
+
+const KiB = 1024, MiB = 1024 * KiB, GiB = 1024 * MiB;
+
+/** What case 8 measures in one profile. */
+export interface MirrorProfile {
+  /** The trees, in order; the first one is also the fan-out's. */
+  trees: TreeSpec[];
+  /** How much the edit rounds change. */
+  edits: EditSizes;
+  /** Clients of the fan-out. */
+  fanClients: number;
+  /** Seconds after which one client run is stopped and counted as failed. */
+  timeoutSeconds: number;
+}
+
+const small = (key: string, files: number, folders: number, minBytes: number, maxBytes: number) => ({
+  key,
+  files,
+  folders,
+  minBytes,
+  maxBytes,
+  large: 0,
+  largeBytes: 0,
+});
+
+/** Case 8's profiles, named as the benchmark's. */
+export const MIRROR_PROFILES: Record<"full" | "quick" | "tiny", MirrorProfile> = {
+  full: {
+    trees: [
+      { ...small("a", 5000, 50, 4 * KiB, 64 * KiB), large: 5, largeBytes: 20 * MiB },
+      small("b", 100_000, 1000, KiB, 8 * KiB),
+      { ...small("c", 0, 0, 0, 0), large: 1, largeBytes: GiB },
+    ],
+    edits: { rewrite: 60, insert: MiB },
+    fanClients: 32,
+    timeoutSeconds: 1200,
+  },
+  quick: {
+    trees: [
+      { ...small("a", 300, 10, 4 * KiB, 64 * KiB), large: 5, largeBytes: 2 * MiB },
+      small("b", 2000, 20, KiB, 8 * KiB),
+      { ...small("c", 0, 0, 0, 0), large: 1, largeBytes: 32 * MiB },
+    ],
+    edits: { rewrite: 10, insert: 256 * KiB },
+    fanClients: 8,
+    timeoutSeconds: 120,
+  },
+  tiny: {
+    trees: [{ ...small("a", 20, 4, 4 * KiB, 16 * KiB), large: 3, largeBytes: 256 * KiB }],
+    edits: { rewrite: 3, insert: 16 * KiB },
+    fanClients: 2,
+    timeoutSeconds: 60,
+  },
+};
+
+/** Tools case 8 uses besides ferry: rsync, and GNU time for the clients' CPU. */
+export const MIRROR_TOOLS = ["rsync", "time"];
+
+/** What case 8 needs from the benchmark. */
+export interface MirrorBench {
+  /** The profile's name. */
+  profile: keyof typeof MIRROR_PROFILES;
+  /** A temporary directory on the local disk. */
+  root: string;
+  /** Tools available. */
+  tools: Set<string>;
+  /** Lines for the report's notes. */
+  notes: string[];
+  /** Progress on stderr. */
+  log: (line: string) => void;
+}
+
+/** A mirroring tool with its server. */
+interface Tool {
+  /** Short key: ferry, rsync, rsync-fsync. */
+  key: string;
+  /** How the report names it. */
+  name: string;
+  /** The server's own port (the fan-out connects there directly). */
+  port: number;
+  /** The client's command line mirroring tree `tree` from 127.0.0.1:`port` into `dest`. */
+  command(port: number, tree: string, dest: string): string[];
+  /** CPU seconds the server has used so far. */
+  serverCpu(): number;
+  /** Resolves once the server has finished with the connections of the run that just ended. */
+  settle(): Promise<void>;
+}
+
+/** One client run, measured. */
+interface Measured {
+  /** Wall seconds until the client exited. */
+  wall: number;
+  /** User + system CPU of the client and its children. */
+  clientCpu: number;
+  /** User + system CPU of the server meanwhile. */
+  serverCpu: number;
+  /** Bytes client to server, at the relay. */
+  up: number;
+  /** Bytes server to client, at the relay. */
+  down: number;
+  /** Null, or what went wrong (exit code and message, timeout, differences). */
+  failure: string | null;
+}
+
+const TIME = "/usr/bin/time";
+
+/** Runs one client under `timeout` (and GNU time, when there, for its CPU). */
+async function runClient(
+  argv: string[],
+  limit: number,
+  timeFile: string | null,
+): Promise<{ wall: number; cpu: number; failure: string | null }> {
+  // timeout kills the client's whole process group (rsync forks its receiver) and exits 124.
+  const limited = ["timeout", "-k", "5", String(limit), ...argv];
+  const full = timeFile ? [TIME, "-f", "%U %S", "-o", timeFile, ...limited] : limited;
+  const out = await run(full[0], full.slice(1), { allowFailure: true });
+  let cpu = NaN;
+  if (timeFile) {
+    // GNU time writes "Command exited with non-zero status N" first when it did.
+    const last = (await Deno.readTextFile(timeFile)).trim().split("\n").pop()!.split(" ").map(Number);
+    cpu = last[0] + last[1];
+  }
+  let failure: string | null = null;
+  if (out.code === 124 || out.code === 137) failure = `timed out after ${limit} s`;
+  else if (out.code !== 0) {
+    // ferry's client ends with its own "ferry: ..." line; a crash (or rsync) says the cause first.
+    const lines = out.stderr.split("\n").filter((l) => l.trim() !== "");
+    const said = lines.findLast((l) => l.startsWith("ferry: ")) ?? lines[0] ?? "no message";
+    failure = `exit ${out.code}: ${said.slice(0, 200)}`;
+  }
+  return { wall: out.seconds, cpu, failure };
+}
+
+/** Null if `dest` holds the same files as `src` byte for byte (`diff -r`), else what differs. */
+async function compare(src: string, dest: string): Promise<string | null> {
+  const out = await run("diff", ["-r", "-q", src, dest], { allowFailure: true });
+  if (out.code === 0) return null;
+  const lines = (out.stdout + out.stderr).trim().split("\n").filter((l) => l !== "");
+  const first = (lines[0] ?? "").replaceAll(src, "source").replaceAll(dest, "copy");
+  return `diff -r: ${int(lines.length)} difference${lines.length === 1 ? "" : "s"}, e.g. "${first}"`;
+}
+
+/** Makes `dest` an exact copy of `src` again, after a failed round. */
+async function repair(src: string, dest: string): Promise<void> {
+  await Deno.remove(dest, { recursive: true }).catch(() => {});
+  await run("cp", ["-a", src, dest]);
+}
+
+/** "1.2 s" of a number of seconds (or "-"). */
+const secs = (x: number) => num(x, x < 10 ? 2 : 1);
+
+/** Case 8: ferry's mirror against rsync. */
+export async function case8(b: MirrorBench): Promise<Section> {
+  const p = MIRROR_PROFILES[b.profile];
+  const work = join(b.root, "mirror");
+  const served = join(work, "trees");
+  await Deno.mkdir(served, { recursive: true });
+  const timeFile = (await Deno.stat(TIME).catch(() => null)) ? join(work, "time.txt") : null;
+  if (!timeFile) b.notes.push("GNU time is not installed: case 8 has no client CPU");
+
+  b.log("case 8: starting ferry and the rsync daemon");
+  const ferryServer = await startFerry({
+    root: served,
+    workers: WORKERS,
+    connsPerWorker: 2000,
+    queue: 20_000,
+  });
+  const stops: (() => Promise<void>)[] = [() => ferryServer.stop()];
+  const tools: Tool[] = [{
+    key: "ferry",
+    name: `ferry mirror --delete (server: ${WORKERS} workers)`,
+    port: ferryServer.port,
+    command: (port, tree, dest) => [
+      Deno.execPath(),
+      "run",
+      "--allow-all",
+      repo("client.ts"),
+      "mirror",
+      "--delete",
+      "-q",
+      `127.0.0.1:${port}`,
+      tree,
+      dest,
+    ],
+    serverCpu: () => cpuSeconds(ferryServer.pids),
+    settle: () => Promise.resolve(),
+  }];
+  const relays = new Map<string, ReturnType<typeof startRelay>>();
+  relays.set("ferry", startRelay(ferryServer.port));
+  if (b.tools.has("rsync")) {
+    const daemon = await startRsyncDaemon(served, join(work, "rsyncd"));
+    stops.push(() => daemon.stop());
+    relays.set("rsync", startRelay(daemon.port));
+    const fsync = (await run("rsync", ["--help"], { allowFailure: true })).stdout.includes("--fsync");
+    if (!fsync) b.notes.push("this rsync has no --fsync: case 8 has no `rsync --fsync` row");
+    for (const extra of fsync ? [[], ["--fsync"]] : [[]]) {
+      tools.push({
+        key: extra.length ? "rsync-fsync" : "rsync",
+        name: `rsync -a --delete${extra.length ? " --fsync" : ""} (daemon)`,
+        port: daemon.port,
+        command: (port, tree, dest) => [
+          "rsync",
+          "-a",
+          "--delete",
+          ...extra,
+          `rsync://127.0.0.1:${port}/trees/${tree}/`,
+          `${dest}/`,
+        ],
+        // The daemon forks a child per connection and reaps it: its own CPU plus its reaped children's.
+        serverCpu: () => cpuSecondsWithReaped(daemon.pid),
+        settle: async () => {
+          for (let i = 0; i < 1000 && processTree(daemon.pid).length > 1; i++) {
+            await new Promise((r) => setTimeout(r, 10));
+          }
+        },
+      });
+    }
+  } else {
+    b.notes.push("rsync is not installed: case 8 measures ferry's mirror alone");
+  }
+  const relayOf = (t: Tool) => relays.get(t.key === "ferry" ? "ferry" : "rsync")!;
+  // Deno compiles the client's modules on its first run: not a cost of any one round.
+  await run(Deno.execPath(), ["run", "--allow-all", repo("client.ts"), "--help"], { allowFailure: true });
+
+  const measure = async (tool: Tool, tree: string, src: string, dest: string): Promise<Measured> => {
+    const relay = relayOf(tool);
+    relay.reset();
+    const cpu0 = tool.serverCpu();
+    const r = await runClient(tool.command(relay.port, tree, dest), p.timeoutSeconds, timeFile);
+    await relay.idle();
+    await tool.settle();
+    const m: Measured = {
+      wall: r.wall,
+      clientCpu: r.cpu,
+      serverCpu: tool.serverCpu() - cpu0,
+      up: relay.bytes.up,
+      down: relay.bytes.down,
+      failure: r.failure ?? await compare(src, dest),
+    };
+    if (m.failure) await repair(src, dest);
+    return m;
+  };
+
+  const body: string[] = [];
+  const targets: { what: string; value: number; met: (x: number) => boolean; failed: boolean }[] = [];
+  const fail = (m: Measured | undefined) => !m || m.failure !== null;
+  try {
+    for (const [index, tree] of p.trees.entries()) {
+      const src = join(served, tree.key);
+      b.log(`case 8: writing tree (${tree.key}): ${describeTree(tree)}`);
+      await makeTree(src, tree);
+      const bytes = treeBytes(src);
+      const dests = new Map(tools.map((t) => [t.key, join(work, `${t.key}-${tree.key}`)]));
+      for (const d of dests.values()) await Deno.mkdir(d);
+      const rows: string[][] = [];
+      const ratioRows: string[][] = [];
+      const rounds = roundsOf(tree, p.edits);
+      for (const [r, round] of rounds.entries()) {
+        if (round.edit) await round.edit(src);
+        const order = tools.map((_, i) => tools[(i + r + index) % tools.length]);
+        const got = new Map<string, Measured>();
+        for (const tool of order) {
+          b.log(`case 8: tree (${tree.key}), ${round.name}: ${tool.name}`);
+          got.set(tool.key, await measure(tool, tree.key, src, dests.get(tool.key)!));
+        }
+        for (const tool of tools) {
+          const m = got.get(tool.key)!;
+          rows.push([
+            tool === tools[0] ? round.name : "",
+            tool.name,
+            secs(m.wall),
+            secs(m.clientCpu),
+            secs(m.serverCpu),
+            int(m.up),
+            int(m.down),
+            m.failure ? `**failed**: ${m.failure.replaceAll("|", "\\|")}` : "ok",
+          ]);
+        }
+        const f = got.get("ferry"), rs = got.get("rsync"), rf = got.get("rsync-fsync");
+        const both = (peer: Measured | undefined, x: (m: Measured) => number) =>
+          fail(f) || fail(peer) ? (peer ? "failed" : "-") : ratio(x(f!), x(peer!));
+        const edit = round.edit !== undefined;
+        ratioRows.push([
+          round.name,
+          both(rs, (m) => m.wall),
+          both(rf, (m) => m.wall),
+          both(rs, (m) => m.up + m.down),
+          both(rs, (m) => m.serverCpu),
+        ]);
+        if (rs) {
+          const add = (
+            what: string,
+            peer: Measured | undefined,
+            x: (m: Measured) => number,
+            limit: number,
+          ) => {
+            if (!peer) return;
+            targets.push({
+              what: `(${tree.key}) ${round.name}: ${what}`,
+              value: fail(f) || fail(peer) ? NaN : x(f!) / x(peer),
+              met: (v) => v <= limit,
+              failed: fail(f) || fail(peer),
+            });
+          };
+          if (tree.files > 0) {
+            add("time ≤ 1.0x rsync --fsync's", rf, (m) => m.wall, 1);
+            add("time ≤ 1.25x rsync's", rs, (m) => m.wall, 1.25);
+          }
+          if (tree.files > 0 && tree.large === 0 && round.name === "nothing changed") {
+            add("time ≤ 0.5x rsync's", rs, (m) => m.wall, 0.5);
+          }
+          if (edit) {
+            add("bytes on the wire ≤ 1.1x rsync's", rs, (m) => m.up + m.down, 1.1);
+            add("server CPU ≤ 0.5x the rsync daemon's", rs, (m) => m.serverCpu, 0.5);
+          }
+        }
+      }
+      body.push(
+        `### Tree (${tree.key}): ${describeTree(tree)} (${int(bytes)} bytes)`,
+        "",
+        rounds.filter((r) => r.detail).map((r) =>
+          `${r.name[0].toUpperCase()}${r.name.slice(1)}: ${r.detail}.`
+        )
+          .join(" "),
+        "",
+        ...table(
+          ["round", "tool", "wall s", "client CPU s", "server CPU s", "bytes up", "bytes down", "diff -r"],
+          rows,
+          ["l", "l", "r", "r", "r", "r", "r", "l"],
+        ),
+        "",
+        ...(tools.length > 1
+          ? [
+            ...table(
+              [
+                "round",
+                "ferry ÷ rsync, time",
+                "÷ rsync --fsync, time",
+                "÷ rsync, bytes on the wire",
+                "÷ rsync daemon, server CPU",
+              ],
+              ratioRows,
+            ),
+            "",
+          ]
+          : []),
+      );
+      if (index === 0) body.push(...await fanOut(b, p, tools, tree.key, src, work, bytes, targets));
+      for (const d of dests.values()) await Deno.remove(d, { recursive: true });
+      await Deno.remove(src, { recursive: true });
+    }
+  } finally {
+    for (const relay of relays.values()) await relay.close();
+    for (const stop of stops) await stop();
+  }
+
+  const met = targets.filter((t) => !t.failed && t.met(t.value)).length;
+  const intro = [
+    "`client.ts mirror --delete -q` (ferry's client as it is, verifying SHA-256) against `rsync -a --delete`",
+    "(the default delta algorithm) and `rsync -a --delete --fsync` (which fsyncs every file it writes, as ferry",
+    "does) from an rsync daemon, each tool mirroring into its own folder on the local disk. Trees are generated",
+    "from seeded pseudo-random bytes (no block repeats). Rounds run in order on each tree: a first copy into",
+    "an empty folder, a run with nothing changed, then the edits; within a round the tools take turns going",
+    "first. After every run `diff -r` compares the copy with the source; a run that fails (exit code, timeout",
+    `of ${p.timeoutSeconds} s, or a difference) is marked failed and its copy is then restored with \`cp -a\`, so`,
+    "every tool starts every round from the same state. One run per round.",
+    "",
+    "Each server sits behind a counting TCP relay (scripts/bench/relay.ts, in the benchmark's process, Nagle",
+    "off) that counts the bytes it forwards in each direction: bytes up are client to server, down server to",
+    "client, the same socket-level count for both tools. The relay adds a hop to every round trip, alike for",
+    "both tools; ferry's mirror makes a request per file where rsync streams. Wall time is the client",
+    "process's, start-up included (Deno's start is tens of milliseconds). Client CPU is user + system of the",
+    "client and everything it forked (GNU `time`, which reads the rusage of the reaped process tree). Server",
+    `CPU: for ferry, the master and its ${WORKERS} workers from /proc/PID/stat before and after the run; for`,
+    "rsync, the daemon's own time plus that of the children it forked for the connection and reaped",
+    "(cutime + cstime of its /proc/PID/stat, read once its children are gone).",
+    "",
+  ];
+  const targetRows = targets.map((t) => [
+    t.what,
+    t.failed ? "failed" : ratio(t.value, 1),
+    t.failed
+      ? "no (a tool failed)"
+      : !Number.isFinite(t.value)
+      ? "- (nothing measurable)"
+      : t.met(t.value)
+      ? "yes"
+      : "no",
+  ]);
+  return {
+    title: `8. Mirror a tree: ferry against rsync`,
+    body: [
+      ...intro,
+      ...(targets.length > 0
+        ? [
+          `**ferry mirror vs rsync: ${met} of ${targets.length} targets met** (ferry over rsync, from this run; a failed run meets no target).`,
+          "",
+        ]
+        : []),
+      ...body,
+      ...(targets.length > 0
+        ? ["Targets:", "", ...table(["target", "measured", "met"], targetRows, ["l", "r", "l"]), ""]
+        : []),
+    ],
+  };
+}
+
+/** The fan-out: every client mirrors `tree` into its own empty folder at once, straight to the server. */
+async function fanOut(
+  b: MirrorBench,
+  p: MirrorProfile,
+  tools: Tool[],
+  tree: string,
+  src: string,
+  work: string,
+  bytes: number,
+  targets: { what: string; value: number; met: (x: number) => boolean; failed: boolean }[],
+): Promise<string[]> {
+  const rows: string[][] = [];
+  const walls = new Map<string, number>();
+  const failed = new Set<string>();
+  for (const tool of tools.filter((t) => t.key !== "rsync-fsync")) {
+    b.log(`case 8: fan-out, ${p.fanClients} clients: ${tool.name}`);
+    const dests = Array.from({ length: p.fanClients }, (_, i) => join(work, `fan-${tool.key}-${i}`));
+    for (const d of dests) await Deno.mkdir(d);
+    const cpu0 = tool.serverCpu();
+    const t0 = performance.now();
+    const runs = await Promise.all(
+      dests.map((d, i) =>
+        runClient(tool.command(tool.port, tree, d), p.timeoutSeconds, join(work, `time-${i}.txt`))
+      ),
+    );
+    const wall = (performance.now() - t0) / 1000;
+    await tool.settle();
+    const serverCpu = tool.serverCpu() - cpu0;
+    const failures: string[] = [];
+    for (const [i, d] of dests.entries()) {
+      const failure = runs[i].failure ?? await compare(src, d);
+      if (failure) failures.push(`client ${i + 1}: ${failure}`);
+      await Deno.remove(d, { recursive: true });
+    }
+    walls.set(tool.key, wall);
+    if (failures.length > 0) failed.add(tool.key);
+    rows.push([
+      tool.name,
+      secs(wall),
+      num((bytes * p.fanClients) / wall / 1e6, 0),
+      secs(runs.reduce((s, r) => s + r.cpu, 0)),
+      secs(serverCpu),
+      failures.length === 0 ? "ok" : `**${failures.length} failed**: ${failures[0].replaceAll("|", "\\|")}`,
+    ]);
+  }
+  if (tools.length > 1) {
+    const f = walls.get("ferry")!, r = walls.get("rsync")!;
+    const bad = failed.size > 0;
+    targets.push({
+      what: `fan-out, ${p.fanClients} clients: aggregate rate ≥ 2x rsync's`,
+      value: bad ? NaN : r / f,
+      met: (v) => v >= 2,
+      failed: bad,
+    });
+  }
+  return [
+    `### Fan-out: ${p.fanClients} clients mirror tree (${tree}) from one server at once`,
+    "",
+    "Each client into its own empty folder, all started together, connected straight to the server (not",
+    "through the relay, which would be the bottleneck); time until the last one is done. MB/s is the tree's",
+    "bytes times the clients over that time. Client CPU is all clients' together.",
+    "",
+    ...table(
+      ["tool", "wall s (last done)", "MB/s together", "client CPU s", "server CPU s", "diff -r"],
+      rows,
+      [
+        "l",
+        "r",
+        "r",
+        "r",
+        "r",
+        "l",
+      ],
+    ),
+    "",
+  ];
+}
