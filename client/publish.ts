@@ -154,18 +154,24 @@ function closePart(part: OpenPart): void {
 
 /**
  * Opens the part `name` in `dir` for reading and writing, `create`: 0, O_CREAT, or O_CREAT | O_EXCL.
- * No symlink is followed (one at `name` fails with ELOOP; O_EXCL refuses anything there), and nothing but
- * a regular file is taken. Throws LibcError or Error.
+ * No symlink is followed (O_EXCL refuses anything at `name`); null when a symlink or anything but a
+ * regular file stands there. Throws LibcError.
  */
-async function openPartFile(dir: LocalDir, name: string, create: number): Promise<OpenPart> {
-  // O_NONBLOCK: a FIFO planted at the name must not block the open; the fstat below refuses it.
-  const fd = openAt(dir.fd, name, OPEN.O_RDWR | C.O_NONBLOCK | create, { mode: 0o644, noSymlinks: true });
+async function openPartFile(dir: LocalDir, name: string, create: number): Promise<OpenPart | null> {
+  let fd: number;
   try {
-    if (!fstat(fd).isFile) throw new Error("it is not a regular file");
-    return { fd, file: await reopen(fd, { write: true }) };
+    // O_NONBLOCK: a FIFO planted at the name must not block the open; the fstat below refuses it.
+    fd = openAt(dir.fd, name, OPEN.O_RDWR | C.O_NONBLOCK | create, { mode: 0o644, noSymlinks: true });
   } catch (e) {
-    close(fd);
+    if (e instanceof LibcError && e.errnoName === "ELOOP") return null;
     throw e;
+  }
+  let part: OpenPart | null = null;
+  try {
+    if (fstat(fd).isFile) part = { fd, file: await reopen(fd, { write: true }) };
+    return part;
+  } finally {
+    if (part === null) close(fd);
   }
 }
 
@@ -177,7 +183,7 @@ export async function removeStaleParts(place: Place, keep?: string): Promise<voi
   for (const found of await findParts(place)) {
     if (found.name === keep) continue;
     const part = await openPartFile(place.dir, found.name, 0).catch(() => null);
-    if (part === null) continue; // gone meanwhile, or no longer a regular file
+    if (part === null) continue; // gone meanwhile, or no longer a regular file: not a part to remove
     try {
       if (await part.file.tryLock(true)) {
         try {
@@ -243,12 +249,13 @@ export class AtomicFile {
   static async create(place: Place): Promise<AtomicFile> {
     const tag = `${TEMP_TAG}${crypto.randomUUID().slice(0, 8)}`;
     const name = partName(place.name, tag);
-    let part: OpenPart;
+    let part: OpenPart | null;
     try {
       part = await openPartFile(place.dir, name, OPEN.O_CREAT | OPEN.O_EXCL);
     } catch (e) {
       throw new LocalIoError(`cannot create ${place.dir.shownPath(name)}`, e);
     }
+    if (part === null) throw new LocalIoError(`cannot create ${place.dir.shownPath(name)}`, "not a file");
     try {
       await part.file.lock(true); // a new file nobody else has opened: granted at once
     } catch (e) {
@@ -260,8 +267,8 @@ export class AtomicFile {
 
   /**
    * Opens (or creates) the part of the place's file for version `tag` to append to it, under its lock.
-   * Throws PartLockedError if another run holds it, LocalIoError if it cannot be opened (a symlink or
-   * anything but a regular file at its name is not opened).
+   * Throws PartLockedError if another run holds it, LocalIoError if it cannot be opened. A symlink or
+   * anything but a regular file at its name is removed, never followed, and the part made in its place.
    */
   static async openPart(place: Place, tag: string): Promise<AtomicFile> {
     const name = partName(place.name, tag);
@@ -269,11 +276,21 @@ export class AtomicFile {
     // The lock is taken on an open file; if the part was removed or replaced by its holder between our
     // open and our lock, we hold a lock on a file no longer at that name, and must open it again.
     for (let tries = 0;; tries++) {
-      let part: OpenPart;
+      let part: OpenPart | null;
       try {
         part = await openPartFile(place.dir, name, OPEN.O_CREAT);
+        if (part === null && tries < 10) {
+          // A symlink or some other non-file at the part's name, which is ferry's: it goes, never followed.
+          try {
+            unlinkAt(place.dir.fd, name);
+          } catch { /* gone meanwhile, or a directory: the next open tells */ }
+          continue;
+        }
       } catch (e) {
         throw new LocalIoError(`cannot create ${shown}`, e);
+      }
+      if (part === null) {
+        throw new LocalIoError(`cannot create ${shown}`, "something else keeps standing there");
       }
       let keep = false;
       try {
