@@ -155,7 +155,8 @@ function closePart(part: OpenPart): void {
 /**
  * Opens the part `name` in `dir` for reading and writing, `create`: 0, O_CREAT, or O_CREAT | O_EXCL.
  * No symlink is followed (O_EXCL refuses anything at `name`); null when a symlink or anything but a
- * regular file stands there. Throws LibcError.
+ * regular file stands there, or a file with another hard link (writing it would change that file too).
+ * Throws LibcError.
  */
 async function openPartFile(dir: LocalDir, name: string, create: number): Promise<OpenPart | null> {
   let fd: number;
@@ -168,7 +169,8 @@ async function openPartFile(dir: LocalDir, name: string, create: number): Promis
   }
   let part: OpenPart | null = null;
   try {
-    if (fstat(fd).isFile) part = { fd, file: await reopen(fd, { write: true }) };
+    const stat = fstat(fd);
+    if (stat.isFile && stat.nlink === 1) part = { fd, file: await reopen(fd, { write: true }) };
     return part;
   } finally {
     if (part === null) close(fd);

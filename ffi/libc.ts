@@ -446,6 +446,8 @@ export interface FileStat {
   dev: bigint;
   /** Inode number. */
   ino: bigint;
+  /** Hard links to the inode: more than one means the same bytes have another name, maybe elsewhere. */
+  nlink: number;
   /** File type and permission bits. */
   mode: number;
   /** Size in bytes. */
@@ -486,6 +488,7 @@ function decodeStat(): FileStat {
   return {
     dev: statBuf[0],
     ino: statBuf[1],
+    nlink: Number(statBuf[2]), // st_nlink at 16
     mode,
     size: Number(statBuf[6]), // st_size at 48
     blocks: Number(statBuf[8]), // st_blocks at 64
