@@ -110,6 +110,7 @@ Deno.test("mirror never writes a part through a symlink or hard link planted at 
   await withServer(async ({ src, out, address, server }) => {
     await serverTree(src);
     const outside = await outsideFolder(out);
+    await Deno.writeTextFile(`${outside}/short`, "se");
     const before = await snapshot(outside);
     const local = `${out}/copy`;
     await Deno.mkdir(`${local}/a/b`, { recursive: true });
@@ -122,9 +123,10 @@ Deno.test("mirror never writes a part through a symlink or hard link planted at 
     await Deno.symlink(`${outside}/x.txt`, `${local}/a/.x.txt.ferry-${await etag("a/x.txt")}.part`);
     await Deno.symlink(`${outside}/new.part`, `${local}/.top.txt.ferry-${await etag("top.txt")}.part`);
     await Deno.symlink(`${outside}/b/y.txt`, `${local}/a/b/.y.txt.ferry-tmp-0000.part`);
-    // A hard link to a file outside at a part's name: resuming it would write into that file.
+    // A hard link at a part's name to a file outside, shorter than the server's: resuming it would
+    // append to that file.
     await Deno.mkdir(`${local}/a/b/c`);
-    await Deno.link(`${outside}/b/c/f.txt`, `${local}/a/b/c/.f.txt.ferry-${await etag("a/b/c/f.txt")}.part`);
+    await Deno.link(`${outside}/short`, `${local}/a/b/c/.f.txt.ferry-${await etag("a/b/c/f.txt")}.part`);
     // What --delete finds: a part of a file the server does not have, a folder link to outside.
     await Deno.symlink(`${outside}/extra.txt`, `${local}/.gone.txt.ferry-0123456789.part`);
     await Deno.symlink(outside, `${local}/elsewhere`);
