@@ -22,7 +22,7 @@
 import type { Hash } from "node:crypto";
 import { createSha256, loadHashing } from "../hashing.ts";
 import type { Deadline } from "./deadline.ts";
-import { C, close, fstat, OPEN, openAt } from "../ffi/libc.ts";
+import { C, close, fstat, LibcError, OPEN, openAt } from "../ffi/libc.ts";
 import { classify, ClientError, ExitCode, protocolError, ServerRefusal } from "./failure.ts";
 import { ErrorCode, PROTOCOL_VERSION, type Request, type ResponseHeader } from "../framing.ts";
 import type { Progress } from "./progress.ts";
@@ -150,8 +150,11 @@ async function openExisting(place: Place, size?: number): Promise<Deno.FsFile | 
   try {
     // O_NONBLOCK: a FIFO at the name must not block the open; it is not a regular file, and is skipped.
     fd = openAt(place.dir.fd, place.name, OPEN.O_RDONLY | C.O_NONBLOCK, { noSymlinks: !place.followLink });
-  } catch {
-    return null; // missing, a symlink (not followed), not readable: no local copy to compare
+  } catch (e) {
+    // Missing, or a symlink not followed (ELOOP): no local copy to compare, and the fetched file replaces it.
+    const code = e instanceof LibcError ? e.errnoName : "";
+    if (code === "ENOENT" || code === "ELOOP") return null;
+    throw e;
   }
   try {
     const info = fstat(fd);

@@ -22,7 +22,7 @@ import {
 } from "./failure.ts";
 import { fetchFile, type FetchOptions, type FileReport } from "./fetch_file.ts";
 import { ErrorCode, type ListEntry, MAX_LIST_DEPTH, MAX_LIST_ENTRIES, PROTOCOL_VERSION } from "../framing.ts";
-import { LocalTree } from "./local_tree.ts";
+import { type LocalDir, LocalTree } from "./local_tree.ts";
 import { LocalIoError, type Place, removeStaleParts } from "./publish.ts";
 import { lstatAt, unlinkAt } from "../ffi/libc.ts";
 import { withRetries } from "./retry.ts";
@@ -141,7 +141,7 @@ async function deleteExtraneous(
       seconds: 0,
       attempts: 1,
     };
-    let dir;
+    let dir: LocalDir | null = null;
     try {
       dir = tree.findParent(rel);
       if (dir === null) continue; // its folder is no longer a folder
