@@ -267,7 +267,8 @@ async function run(options: ClientOptions, deadline: Deadline): Promise<number> 
       session,
       options.path,
       options.output!,
-      common,
+      // Printed even with --quiet: something put a symlink or a file where a folder belongs.
+      { ...common, onNotice: (message) => console.error(`ferry: ${message}`) },
       (r) => printReport(r, options),
     );
     for (const problem of summary.problems) console.error(`ferry: ${problem.message}`);

@@ -22,16 +22,21 @@
 import type { Hash } from "node:crypto";
 import { createSha256, loadHashing } from "../hashing.ts";
 import type { Deadline } from "./deadline.ts";
+import { C, close, fstat, LibcError, OPEN, openAt } from "../ffi/libc.ts";
 import { classify, ClientError, ExitCode, protocolError, ServerRefusal } from "./failure.ts";
 import { ErrorCode, PROTOCOL_VERSION, type Request, type ResponseHeader } from "../framing.ts";
 import type { Progress } from "./progress.ts";
+import { reopen } from "./local_tree.ts";
 import {
   AtomicFile,
   isResumableTag,
   LocalIoError,
   newestResumablePart,
+  type Place,
+  placeOfPath,
   type PublishMetadata,
   removeStaleParts,
+  shownPath,
 } from "./publish.ts";
 import { withRetries } from "./retry.ts";
 import type { Session } from "./session.ts";
@@ -136,9 +141,32 @@ function newHash(verify: boolean): Hash | null {
   return verify ? createSha256() : null;
 }
 
-/** The chunks of a local file, or nothing if it is not a regular file. */
-async function* fileChunks(path: string): AsyncGenerator<Uint8Array> {
-  const file = await Deno.open(path, { read: true });
+/**
+ * The regular file at the place's name, opened for reading (a symlink there followed only if the place
+ * says so), if it is one and, when `size` is given, of that size; else null. Throws LibcError.
+ */
+async function openExisting(place: Place, size?: number): Promise<Deno.FsFile | null> {
+  let fd: number;
+  try {
+    // O_NONBLOCK: a FIFO at the name must not block the open; it is not a regular file, and is skipped.
+    fd = openAt(place.dir.fd, place.name, OPEN.O_RDONLY | C.O_NONBLOCK, { noSymlinks: !place.followLink });
+  } catch (e) {
+    // Missing, or a symlink not followed (ELOOP): no local copy to compare, and the fetched file replaces it.
+    const code = e instanceof LibcError ? e.errnoName : "";
+    if (code === "ENOENT" || code === "ELOOP") return null;
+    throw e;
+  }
+  try {
+    const info = fstat(fd);
+    if (!info.isFile || (size !== undefined && info.size !== size)) return null;
+    return await reopen(fd, { write: false });
+  } finally {
+    close(fd);
+  }
+}
+
+/** The chunks of an open local file; closes it. */
+async function* fileChunks(file: Deno.FsFile): AsyncGenerator<Uint8Array> {
   try {
     const buf = new Uint8Array(1024 * 1024);
     for (let n = await file.read(buf); n !== null; n = await file.read(buf)) yield buf.subarray(0, n);
@@ -181,7 +209,7 @@ class FileHolder implements Holder {
   #localSha256: string | undefined | null = null; // null: not computed yet
   #searched = false;
   constructor(
-    readonly target: string,
+    readonly place: Place,
     readonly deadline: Deadline,
     readonly verify: boolean,
     readonly listedSize?: number,
@@ -203,29 +231,28 @@ class FileHolder implements Holder {
       // A part left by an earlier run: resume it if the server still has its version. Looked for once: a
       // later try of this run resumes the part it holds, or (after a discard) starts from 0.
       this.#searched = true;
-      const found = await newestResumablePart(this.target);
+      const found = await newestResumablePart(this.place);
       if (found !== undefined) await this.#open(found.tag, true);
     }
     return this.#localSha256;
   }
 
   async #hashTarget(): Promise<string | undefined> {
-    const info = await Deno.stat(this.target).catch(() => null);
-    if (info === null || !info.isFile) return undefined;
-    if (this.listedSize !== undefined && info.size !== this.listedSize) return undefined;
     try {
-      return (await hashChunks(fileChunks(this.target), this.deadline)).digest("hex");
+      const file = await openExisting(this.place, this.listedSize);
+      if (file === null) return undefined;
+      return (await hashChunks(fileChunks(file), this.deadline)).digest("hex");
     } catch (e) {
       if (e instanceof ClientError) throw e;
-      throw new LocalIoError(`cannot read ${this.target}`, e);
+      throw new LocalIoError(`cannot read ${shownPath(this.place)}`, e);
     }
   }
 
   /** Opens the part of version `tag`; `resume` hashes what it already holds, else it is emptied. */
   async #open(tag: string, resume: boolean): Promise<void> {
     const part = isResumableTag(tag)
-      ? await AtomicFile.openPart(this.target, tag)
-      : await AtomicFile.create(this.target);
+      ? await AtomicFile.openPart(this.place, tag)
+      : await AtomicFile.create(this.place);
     this.#part = part;
     if (!resume) await this.#empty();
     else if (this.verify) this.#hash = await hashChunks(part.readBack(), this.deadline);
@@ -251,7 +278,7 @@ class FileHolder implements Holder {
     if (this.#part === null) await this.#open(tag ?? "", false);
     else await this.#empty(); // the server did not resume (an older server ignores the offset)
     // Parts of other versions, or left by runs that died, will never be resumed.
-    await removeStaleParts(this.target, this.#part!.tempPath);
+    await removeStaleParts(this.place, this.#part!.tempName);
   }
 
   async write(chunk: Uint8Array): Promise<void> {
@@ -271,7 +298,7 @@ class FileHolder implements Holder {
 
   async unchanged(): Promise<void> {
     await this.discard();
-    await removeStaleParts(this.target);
+    await removeStaleParts(this.place);
   }
 
   async discard(): Promise<boolean> {
@@ -432,21 +459,30 @@ async function tryOnce(
   }
 }
 
-/** Fetches `path` from the server into `target` (a file path, or `-` for standard output). Never throws. */
+/**
+ * Fetches `path` from the server into `target`: a path the user wrote (a file, a device, or `-` for
+ * standard output), or a place in a directory already open (mirror's, whose files are always published
+ * by rename). Never throws.
+ */
 export async function fetchFile(
   session: Session,
   path: string,
-  target: string,
+  target: string | Place,
   options: FetchOptions,
 ): Promise<FileReport> {
   const started = performance.now();
-  const report: FileReport = { path, target, status: "failed", bytes: 0, seconds: 0, attempts: 0 };
+  const shown = typeof target === "string" ? target : shownPath(target);
+  const report: FileReport = { path, target: shown, status: "failed", bytes: 0, seconds: 0, attempts: 0 };
   let holder: Holder | null = null;
+  let ownPlace: Place | null = null;
   try {
-    const kind = await targetKind(target);
+    const kind = typeof target === "string" ? await targetKind(target) : "file";
     if (options.verify) await loadHashing(); // hashChunks, used for a local copy either way, loads it itself
     if (kind === "file") {
-      const fileHolder = new FileHolder(target, options.deadline, options.verify, options.listed?.size);
+      let place: Place;
+      if (typeof target === "string") place = ownPlace = placeOfPath(target);
+      else place = target;
+      const fileHolder = new FileHolder(place, options.deadline, options.verify, options.listed?.size);
       holder = fileHolder;
       const listedSha = options.listed?.sha256;
       if (listedSha !== undefined && await fileHolder.prepare() === listedSha) {
@@ -455,8 +491,8 @@ export async function fetchFile(
         return Object.assign(report, { status: "unchanged", size: options.listed!.size, sha256: listedSha });
       }
     } else {
-      const sink = kind === "stdout" ? stdoutSink() : await deviceSink(target);
-      holder = new StreamHolder(sink, target, options.verify);
+      const sink = kind === "stdout" ? stdoutSink() : await deviceSink(shown);
+      holder = new StreamHolder(sink, shown, options.verify);
     }
     const active = holder;
     const fetched = await withRetries((n) => {
@@ -476,6 +512,7 @@ export async function fetchFile(
     report.error = options.deadline.expired ? options.deadline.error() : classify(e);
   } finally {
     await holder?.close();
+    ownPlace?.dir.close();
     report.seconds = (performance.now() - started) / 1000;
   }
   return report;

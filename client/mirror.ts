@@ -4,10 +4,13 @@
  * only-if-changed), all over one persistent connection; with `--delete`, local regular files the server no
  * longer has are removed, and the directories that leaves empty.
  *
+ * Below LOCAL_DIR no symlink is followed (`local_tree.ts`): every file is created, renamed and removed
+ * relative to its directory's fd, and a symlink where the server has a directory is replaced by one.
+ *
  * @module
  */
 
-import { dirname, join } from "node:path";
+import { basename } from "node:path";
 import {
   classify,
   ClientError,
@@ -19,7 +22,9 @@ import {
 } from "./failure.ts";
 import { fetchFile, type FetchOptions, type FileReport } from "./fetch_file.ts";
 import { ErrorCode, type ListEntry, MAX_LIST_DEPTH, MAX_LIST_ENTRIES, PROTOCOL_VERSION } from "../framing.ts";
-import { LocalIoError, removeStaleParts } from "./publish.ts";
+import { type LocalDir, LocalTree } from "./local_tree.ts";
+import { LocalIoError, type Place, removeStaleParts } from "./publish.ts";
+import { lstatAt, unlinkAt } from "../ffi/libc.ts";
 import { withRetries } from "./retry.ts";
 import type { Session } from "./session.ts";
 
@@ -27,6 +32,8 @@ import type { Session } from "./session.ts";
 export interface MirrorOptions extends Omit<FetchOptions, "listed"> {
   /** Remove local files the server no longer has. */
   delete: boolean;
+  /** Told of changes the run made that were not asked for (a symlink replaced by a directory). */
+  onNotice?: (message: string) => void;
 }
 
 /** The counts of the summary line, and the run's exit code. */
@@ -108,68 +115,60 @@ async function listRemote(
   }
 }
 
-/** Regular files (relative paths) and directories (deepest first) below `root`; symlinks are left out. */
-async function walkLocal(root: string): Promise<{ files: string[]; dirs: string[] }> {
-  const files: string[] = [];
-  const dirs: string[] = [];
-  const walk = async (rel: string) => {
-    for await (const entry of Deno.readDir(rel === "" ? root : join(root, rel))) {
-      const path = rel === "" ? entry.name : `${rel}/${entry.name}`;
-      if (entry.isDirectory) {
-        await walk(path);
-        dirs.push(path);
-      } else if (entry.isFile) {
-        files.push(path);
-      }
-    }
-  };
-  try {
-    await walk("");
-  } catch (e) {
-    throw new LocalIoError(`cannot read ${root}`, e);
-  }
-  return { files, dirs };
-}
-
 /**
- * Removes local regular files below `localDir` that are not in `keep` (relative paths), the parts of
- * such files, and then-empty directories. Reports each removal (or its failure) to `onFile`.
+ * Removes local regular files below LOCAL_DIR that are not in `keep` (relative paths), the parts of such
+ * files, and then-empty directories; no symlink is followed, and none is removed. Reports each removal
+ * (or its failure) to `onFile`.
  */
 async function deleteExtraneous(
   remoteDir: string,
-  localDir: string,
+  tree: LocalTree,
   keep: Set<string>,
   onFile: (report: FileReport) => void,
 ): Promise<void> {
-  const { files, dirs } = await walkLocal(localDir);
+  const { files, dirs } = await tree.walk();
   for (const rel of files) {
-    const part = PART_NAME.exec(rel.slice(rel.lastIndexOf("/") + 1));
-    const target = part ? join(dirname(rel), part[1]) : rel;
+    const name = basename(rel);
+    const part = PART_NAME.exec(name);
+    const target = part ? `${rel.slice(0, rel.length - name.length)}${part[1]}` : rel;
     if (keep.has(rel) || keep.has(target)) continue; // a file the server has, or its part (for a resume)
-    const path = join(localDir, rel);
-    if (part) {
-      await removeStaleParts(join(localDir, target)); // parts another run holds are left alone
-      continue;
-    }
     const started = performance.now();
     const report: FileReport = {
       path: remoteDir === "" ? rel : `${remoteDir}/${rel}`, // where it would be on the server
-      target: path,
+      target: tree.root.shownPath(rel),
       status: "deleted",
       bytes: 0,
       seconds: 0,
       attempts: 1,
     };
+    let dir: LocalDir | null = null;
     try {
-      await Deno.remove(path);
+      dir = tree.findParent(rel);
+      if (dir === null) continue; // its folder is no longer a folder
+      if (part) {
+        await removeStaleParts({ dir, name: part[1], followLink: false }); // parts another run holds stay
+        continue;
+      }
+      if (!lstatAt(dir.fd, name).isFile) continue; // replaced meanwhile: only regular files are removed
+      unlinkAt(dir.fd, name);
     } catch (e) {
       report.status = "failed";
-      report.error = new ClientError(ExitCode.LocalIo, new LocalIoError(`cannot remove ${path}`, e).message);
+      report.error = new ClientError(
+        ExitCode.LocalIo,
+        new LocalIoError(`cannot remove ${report.target}`, e).message,
+      );
+    } finally {
+      dir?.close();
     }
     report.seconds = (performance.now() - started) / 1000;
     onFile(report);
   }
-  for (const rel of dirs) await Deno.remove(join(localDir, rel)).catch(() => {}); // only empty ones go
+  for (const rel of dirs) {
+    try {
+      using dir = tree.findParent(rel);
+      if (dir !== null) unlinkAt(dir.fd, basename(rel), { directory: true }); // only empty ones go
+    } catch { /* not empty, or gone */ }
+  }
 }
 
 /**
@@ -201,12 +200,9 @@ export async function mirror(
     onFile(report);
   };
   const listing = await listRemote(session, remoteDir, options);
-  try {
-    await Deno.mkdir(localDir, { recursive: true });
-  } catch (e) {
-    throw classify(new LocalIoError(`cannot create ${localDir}`, e));
-  }
-
+  using tree = await LocalTree.open(localDir).catch((e) => {
+    throw classify(e);
+  });
   const keep = new Set<string>();
   let stop: ClientError | null = null;
   for (const value of listing.entries) {
@@ -226,7 +222,7 @@ export async function mirror(
       continue;
     }
     keep.add(rel);
-    const target = join(localDir, rel);
+    const target = tree.root.shownPath(rel);
     if (stop !== null) {
       // The server is unreachable or overloaded, or the deadline passed: asking for more files would only
       // wait the same way for each; they are reported as not attempted.
@@ -234,14 +230,20 @@ export async function mirror(
       count({ path, target, status: "failed", bytes: 0, seconds: 0, attempts: 0, error });
       continue;
     }
+    let place: Place;
     try {
-      await Deno.mkdir(dirname(target), { recursive: true });
+      // No symlink below LOCAL_DIR is followed; one where a directory belongs is replaced by it.
+      place = {
+        dir: tree.makeParent(rel, options.onNotice),
+        name: basename(rel),
+        followLink: false,
+      };
     } catch (e) {
-      const error = classify(new LocalIoError(`cannot create ${dirname(target)}`, e));
-      count({ path, target, status: "failed", bytes: 0, seconds: 0, attempts: 0, error });
+      count({ path, target, status: "failed", bytes: 0, seconds: 0, attempts: 0, error: classify(e) });
       continue;
     }
-    const report = await fetchFile(session, entry!.path, target, { ...options, listed: entry! });
+    const report = await fetchFile(session, entry!.path, place, { ...options, listed: entry! });
+    place.dir.close();
     count(report);
     const code = report.error?.exitCode;
     if (options.deadline.expired || code === ExitCode.Connect || code === ExitCode.Busy) stop = report.error!;
@@ -258,7 +260,7 @@ export async function mirror(
     );
   } else if (options.delete && !options.deadline.expired) {
     try {
-      await deleteExtraneous(remoteDir, localDir, keep, count);
+      await deleteExtraneous(remoteDir, tree, keep, count);
     } catch (e) {
       summary.problems.push(classify(e));
     }

@@ -3,6 +3,10 @@
  * so the rename cannot cross file systems); only a complete, checked file is fsynced and renamed over the
  * target, and the directory is fsynced so the rename survives a crash. Until then the target is untouched.
  *
+ * Everything happens by name in a directory held open (a {@link Place}): the part is created, opened,
+ * renamed and removed relative to that directory's fd, a symlink at a part's name is never followed,
+ * and the rename replaces whatever non-directory stands at the target's name instead of writing through it.
+ *
  * The temporary file is a *part*, `.NAME.ferry-TAG.part`. When TAG is the server's etag of the version
  * being fetched, the name is deterministic: a later run finds the part, knows which version it belongs to,
  * and resumes it. Every part is held under an exclusive flock while it is written, so two runs never
@@ -11,19 +15,22 @@
  * @module
  */
 
-import { basename, dirname, join } from "node:path";
+import {
+  C,
+  close,
+  fchmod,
+  fstat,
+  LibcError,
+  lstatAt,
+  OPEN,
+  openAt,
+  renameAt,
+  unlinkAt,
+} from "../ffi/libc.ts";
+import { basename, dirname } from "node:path";
+import { LocalDir, LocalIoError, reopen } from "./local_tree.ts";
 
-/** A local I/O failure (the target directory is not writable, the disk is full...). */
-export class LocalIoError extends Error {
-  /**
-   * @param what what ferry was doing
-   * @param cause the underlying error
-   */
-  constructor(what: string, cause: unknown) {
-    super(`${what}: ${cause instanceof Error ? cause.message : String(cause)}`);
-    this.name = "LocalIoError";
-  }
-}
+export { LocalIoError } from "./local_tree.ts";
 
 /** Another run is writing the same part: its lock is held. */
 export class PartLockedError extends Error {
@@ -42,6 +49,36 @@ export interface PublishMetadata {
   mode?: number;
 }
 
+/** Where a file is published: a name in a directory held open. */
+export interface Place {
+  /** The directory; whoever made the place closes it, after the files published in it. */
+  dir: LocalDir;
+  /** The file's name in it: one path component. */
+  name: string;
+  /**
+   * Whether an existing file at `name` is read through a symlink: yes for `get -o LINK` (the path the
+   * user wrote), no for `mirror`, where a symlink there counts as no file and is replaced.
+   */
+  followLink: boolean;
+}
+
+/** How messages name the place's file. */
+export function shownPath(place: Place): string {
+  return place.dir.shownPath(place.name);
+}
+
+/**
+ * The place of a path the user wrote (`get -o`, `pull -o`): its directory is opened as the path says,
+ * symlinks followed. The caller closes `dir`. Throws LocalIoError.
+ */
+export function placeOfPath(target: string): Place {
+  try {
+    return { dir: LocalDir.open(dirname(target)), name: basename(target), followLink: true };
+  } catch (e) {
+    throw new LocalIoError(`cannot create ${target}`, e);
+  }
+}
+
 /** Tags of parts that cannot be resumed (no etag to resume against) start with this. */
 const TEMP_TAG = "tmp-";
 
@@ -53,19 +90,19 @@ export function isResumableTag(etag: string): boolean {
   return RESUMABLE_TAG.test(etag) && !etag.startsWith(TEMP_TAG);
 }
 
-function partPrefix(target: string): string {
-  return `.${basename(target)}.ferry-`;
+function partPrefix(name: string): string {
+  return `.${name}.ferry-`;
 }
 
-/** The path of `target`'s part for version `tag`. */
-export function partPath(target: string, tag: string): string {
-  return join(dirname(target), `${partPrefix(target)}${tag}.part`);
+/** The name of the part of the file `name` for version `tag`. */
+export function partName(name: string, tag: string): string {
+  return `${partPrefix(name)}${tag}.part`;
 }
 
 /** A part found beside a target. */
 export interface PartInfo {
-  /** Its path. */
-  path: string;
+  /** Its name, in the target's directory. */
+  name: string;
   /** The tag in its name (an etag, or a temporary tag). */
   tag: string;
   /** Its size in bytes. */
@@ -74,46 +111,89 @@ export interface PartInfo {
   mtimeMs: number;
 }
 
-/** The parts of `target` in its directory, newest first. A missing directory has none. */
-export async function findParts(target: string): Promise<PartInfo[]> {
-  const dir = dirname(target);
-  const prefix = partPrefix(target);
+/** The parts of the place's file in its directory, newest first: regular files only, symlinks ignored. */
+export async function findParts(place: Place): Promise<PartInfo[]> {
+  const prefix = partPrefix(place.name);
   const parts: PartInfo[] = [];
   try {
-    for await (const entry of Deno.readDir(dir)) {
+    for await (const entry of Deno.readDir(place.dir.procPath())) {
       if (!entry.isFile || !entry.name.startsWith(prefix) || !entry.name.endsWith(".part")) continue;
       const tag = entry.name.slice(prefix.length, -".part".length);
-      const path = join(dir, entry.name);
-      const info = await Deno.lstat(path).catch(() => null);
-      if (tag === "" || info === null) continue;
-      parts.push({ path, tag, size: info.size, mtimeMs: info.mtime?.getTime() ?? 0 });
+      let info;
+      try {
+        info = lstatAt(place.dir.fd, entry.name);
+      } catch {
+        continue; // gone meanwhile
+      }
+      if (tag === "" || !info.isFile) continue;
+      parts.push({ name: entry.name, tag, size: info.size, mtimeMs: Number(info.mtimeNs / 1_000_000n) });
     }
   } catch (e) {
-    // No directory, no parts: creating the part then fails with the error that says why.
-    if (e instanceof Deno.errors.NotFound || e instanceof Deno.errors.NotADirectory) return [];
-    throw new LocalIoError(`cannot read directory ${dir}`, e);
+    throw new LocalIoError(`cannot read directory ${place.dir.shown}`, e);
   }
   return parts.sort((a, b) => b.mtimeMs - a.mtimeMs);
 }
 
-/** The resumable part of `target` with the most recent writes, if any. */
-export async function newestResumablePart(target: string): Promise<PartInfo | undefined> {
-  return (await findParts(target)).find((p) => isResumableTag(p.tag));
+/** The resumable part of the place's file with the most recent writes, if any. */
+export async function newestResumablePart(place: Place): Promise<PartInfo | undefined> {
+  return (await findParts(place)).find((p) => isResumableTag(p.tag));
+}
+
+/** A part open twice: libc's fd (fchmod, stat) and Deno's handle of the same open file (writes, locks). */
+interface OpenPart {
+  fd: number;
+  file: Deno.FsFile;
+}
+
+function closePart(part: OpenPart): void {
+  try {
+    part.file.close();
+  } catch { /* already closed */ }
+  close(part.fd);
 }
 
 /**
- * Removes the parts of `target` other than `keep` (a path): parts of other versions, or left by runs that
- * died. A part whose lock another run holds is left alone.
+ * Opens the part `name` in `dir` for reading and writing, `create`: 0, O_CREAT, or O_CREAT | O_EXCL.
+ * No symlink is followed (O_EXCL refuses anything at `name`); null when a symlink or anything but a
+ * regular file stands there, or a file with another hard link (writing it would change that file too).
+ * Throws LibcError.
  */
-export async function removeStaleParts(target: string, keep?: string): Promise<void> {
-  for (const part of await findParts(target)) {
-    if (part.path === keep) continue;
-    const file = await Deno.open(part.path, { read: true, write: true }).catch(() => null);
-    if (file === null) continue; // gone meanwhile
+async function openPartFile(dir: LocalDir, name: string, create: number): Promise<OpenPart | null> {
+  let fd: number;
+  try {
+    // O_NONBLOCK: a FIFO planted at the name must not block the open; the fstat below refuses it.
+    fd = openAt(dir.fd, name, OPEN.O_RDWR | C.O_NONBLOCK | create, { mode: 0o644, noSymlinks: true });
+  } catch (e) {
+    if (e instanceof LibcError && e.errnoName === "ELOOP") return null;
+    throw e;
+  }
+  let part: OpenPart | null = null;
+  try {
+    const stat = fstat(fd);
+    if (stat.isFile && stat.nlink === 1) part = { fd, file: await reopen(fd, { write: true }) };
+    return part;
+  } finally {
+    if (part === null) close(fd);
+  }
+}
+
+/**
+ * Removes the parts of the place's file other than the one named `keep`: parts of other versions, or
+ * left by runs that died. A part whose lock another run holds is left alone.
+ */
+export async function removeStaleParts(place: Place, keep?: string): Promise<void> {
+  for (const found of await findParts(place)) {
+    if (found.name === keep) continue;
+    const part = await openPartFile(place.dir, found.name, 0).catch(() => null);
+    if (part === null) continue; // gone meanwhile, or no longer a regular file: not a part to remove
     try {
-      if (await file.tryLock(true)) await Deno.remove(part.path).catch(() => {});
+      if (await part.file.tryLock(true)) {
+        try {
+          unlinkAt(place.dir.fd, found.name);
+        } catch { /* removed meanwhile */ }
+      }
     } finally {
-      file.close();
+      closePart(part);
     }
   }
 }
@@ -130,13 +210,13 @@ const WRITE_BEHIND_BYTES = 64 * 1024 * 1024;
  * flock on its file from creation until it is published, removed or released.
  */
 export class AtomicFile {
-  /** The path the file will have once published. */
-  readonly target: string;
-  /** The part being written. */
-  readonly tempPath: string;
+  /** Where the file will be once published. */
+  readonly place: Place;
+  /** The part's name, in the place's directory. */
+  readonly tempName: string;
   /** The tag in the part's name: the etag of the version it holds, or a temporary tag. */
   readonly tag: string;
-  readonly #file: Deno.FsFile;
+  readonly #part: OpenPart;
   #size: number;
   #closed = false;
   /** The size at which the last write-behind flush began; the flush running now, and its failure. */
@@ -144,12 +224,22 @@ export class AtomicFile {
   #flushing: Promise<void> | null = null;
   #flushError: unknown = null;
 
-  private constructor(target: string, tag: string, file: Deno.FsFile, size: number) {
-    this.target = target;
+  private constructor(place: Place, tag: string, part: OpenPart, size: number) {
+    this.place = place;
     this.tag = tag;
-    this.tempPath = partPath(target, tag);
-    this.#file = file;
+    this.tempName = partName(place.name, tag);
+    this.#part = part;
     this.#size = size;
+  }
+
+  /** How messages name the file once published. */
+  get target(): string {
+    return shownPath(this.place);
+  }
+
+  /** How messages name the part. */
+  get tempPath(): string {
+    return this.place.dir.shownPath(this.tempName);
   }
 
   /** Bytes in the part: what an earlier run left plus what was written since. */
@@ -157,51 +247,74 @@ export class AtomicFile {
     return this.#size;
   }
 
-  /** Creates a new part with a random name beside `target`, for a version that cannot be resumed. */
-  static async create(target: string): Promise<AtomicFile> {
+  /** Creates a new part with a random name beside the place's file, for a version that cannot be resumed. */
+  static async create(place: Place): Promise<AtomicFile> {
     const tag = `${TEMP_TAG}${crypto.randomUUID().slice(0, 8)}`;
-    const tempPath = partPath(target, tag);
-    let file: Deno.FsFile;
+    const name = partName(place.name, tag);
+    let part: OpenPart | null;
     try {
-      file = await Deno.open(tempPath, { read: true, write: true, createNew: true, mode: 0o644 });
+      part = await openPartFile(place.dir, name, OPEN.O_CREAT | OPEN.O_EXCL);
     } catch (e) {
-      throw new LocalIoError(`cannot create ${tempPath}`, e);
+      throw new LocalIoError(`cannot create ${place.dir.shownPath(name)}`, e);
     }
-    await file.lock(true); // a new file nobody else has opened: granted at once
-    return new AtomicFile(target, tag, file, 0);
+    if (part === null) throw new LocalIoError(`cannot create ${place.dir.shownPath(name)}`, "not a file");
+    try {
+      await part.file.lock(true); // a new file nobody else has opened: granted at once
+    } catch (e) {
+      closePart(part);
+      throw new LocalIoError(`cannot lock ${place.dir.shownPath(name)}`, e);
+    }
+    return new AtomicFile(place, tag, part, 0);
   }
 
   /**
-   * Opens (or creates) the part of `target` for version `tag` to append to it, under its lock.
-   * Throws PartLockedError if another run holds it, LocalIoError if it cannot be opened.
+   * Opens (or creates) the part of the place's file for version `tag` to append to it, under its lock.
+   * Throws PartLockedError if another run holds it, LocalIoError if it cannot be opened. A symlink or
+   * anything but a regular file at its name is removed, never followed, and the part made in its place.
    */
-  static async openPart(target: string, tag: string): Promise<AtomicFile> {
-    const path = partPath(target, tag);
+  static async openPart(place: Place, tag: string): Promise<AtomicFile> {
+    const name = partName(place.name, tag);
+    const shown = place.dir.shownPath(name);
     // The lock is taken on an open file; if the part was removed or replaced by its holder between our
-    // open and our lock, we hold a lock on a file no longer at that path, and must open it again.
+    // open and our lock, we hold a lock on a file no longer at that name, and must open it again.
     for (let tries = 0;; tries++) {
-      let file: Deno.FsFile;
+      let part: OpenPart | null;
       try {
-        file = await Deno.open(path, { read: true, write: true, create: true, mode: 0o644 });
+        part = await openPartFile(place.dir, name, OPEN.O_CREAT);
+        if (part === null && tries < 10) {
+          // A symlink or some other non-file at the part's name, which is ferry's: it goes, never followed.
+          try {
+            unlinkAt(place.dir.fd, name);
+          } catch { /* gone meanwhile, or a directory: the next open tells */ }
+          continue;
+        }
       } catch (e) {
-        throw new LocalIoError(`cannot create ${path}`, e);
+        throw new LocalIoError(`cannot create ${shown}`, e);
+      }
+      if (part === null) {
+        throw new LocalIoError(`cannot create ${shown}`, "something else keeps standing there");
       }
       let keep = false;
       try {
-        if (!await file.tryLock(true)) throw new PartLockedError(path);
-        const opened = await file.stat();
-        const atPath = await Deno.stat(path).catch(() => null);
-        if (atPath?.ino === opened.ino && atPath?.dev === opened.dev) {
-          await file.seek(0, Deno.SeekMode.End);
-          keep = true;
-          return new AtomicFile(target, tag, file, opened.size);
+        if (!await part.file.tryLock(true)) throw new PartLockedError(shown);
+        const opened = fstat(part.fd);
+        let atName = null;
+        try {
+          atName = lstatAt(place.dir.fd, name);
+        } catch (e) {
+          if (!(e instanceof LibcError)) throw e;
         }
-        if (tries >= 10) throw new LocalIoError(`cannot open ${path}`, "it keeps being replaced");
+        if (atName?.ino === opened.ino && atName?.dev === opened.dev) {
+          await part.file.seek(0, Deno.SeekMode.End);
+          keep = true;
+          return new AtomicFile(place, tag, part, opened.size);
+        }
+        if (tries >= 10) throw new LocalIoError(`cannot open ${shown}`, "it keeps being replaced");
       } catch (e) {
         if (e instanceof PartLockedError || e instanceof LocalIoError) throw e;
-        throw new LocalIoError(`cannot open ${path}`, e);
+        throw new LocalIoError(`cannot open ${shown}`, e);
       } finally {
-        if (!keep) file.close();
+        if (!keep) closePart(part);
       }
     }
   }
@@ -210,8 +323,8 @@ export class AtomicFile {
   async truncate(): Promise<void> {
     try {
       await this.#flushing;
-      await this.#file.truncate(0);
-      await this.#file.seek(0, Deno.SeekMode.Start);
+      await this.#part.file.truncate(0);
+      await this.#part.file.seek(0, Deno.SeekMode.Start);
       this.#size = this.#flushedAt = 0;
     } catch (e) {
       throw new LocalIoError(`cannot truncate ${this.tempPath}`, e);
@@ -225,7 +338,7 @@ export class AtomicFile {
   write(chunk: Uint8Array): Promise<void> {
     try {
       let done = 0;
-      while (done < chunk.byteLength) done += this.#file.writeSync(chunk.subarray(done));
+      while (done < chunk.byteLength) done += this.#part.file.writeSync(chunk.subarray(done));
       this.#size += chunk.byteLength;
       if (this.#flushing === null && this.#size - this.#flushedAt >= WRITE_BEHIND_BYTES) this.#flushBehind();
       return Promise.resolve();
@@ -241,7 +354,7 @@ export class AtomicFile {
    */
   #flushBehind(): void {
     this.#flushedAt = this.#size;
-    this.#flushing = this.#file.syncData().then(
+    this.#flushing = this.#part.file.syncData().then(
       () => {
         this.#flushing = null;
       },
@@ -256,7 +369,7 @@ export class AtomicFile {
   async *readBack(): AsyncGenerator<Uint8Array> {
     let reader: Deno.FsFile;
     try {
-      reader = await Deno.open(this.tempPath, { read: true });
+      reader = await reopen(this.#part.fd, { write: false });
     } catch (e) {
       throw new LocalIoError(`cannot read ${this.tempPath}`, e);
     }
@@ -286,25 +399,28 @@ export class AtomicFile {
     try {
       await this.#flushing;
       if (this.#flushError !== null) throw this.#flushError;
-      await this.#file.sync();
-      if (meta.mode !== undefined) await Deno.chmod(this.tempPath, meta.mode & 0o777);
+      await this.#part.file.sync();
+      if (meta.mode !== undefined) fchmod(this.#part.fd, meta.mode & 0o777);
       if (meta.mtimeNs !== undefined) {
         const seconds = Number(meta.mtimeNs) / 1e9;
-        await this.#file.utime(seconds, seconds);
+        await this.#part.file.utime(seconds, seconds);
       }
-      await Deno.rename(this.tempPath, this.target);
+      const dir = this.place.dir.fd;
+      renameAt(dir, this.tempName, dir, this.place.name);
     } catch (e) {
       await this.abort();
       throw new LocalIoError(`cannot publish ${this.target}`, e);
     }
     await this.release();
-    await syncDirectory(dirname(this.target));
+    this.place.dir.sync();
   }
 
   /** Removes the part and releases it; never throws. */
   async abort(): Promise<void> {
     if (this.#closed) return;
-    await Deno.remove(this.tempPath).catch(() => {});
+    try {
+      unlinkAt(this.place.dir.fd, this.tempName);
+    } catch { /* gone already */ }
     await this.release();
   }
 
@@ -313,21 +429,6 @@ export class AtomicFile {
     if (this.#closed) return;
     this.#closed = true;
     await this.#flushing;
-    try {
-      this.#file.close();
-    } catch { /* already closed */ }
-  }
-}
-
-async function syncDirectory(dir: string): Promise<void> {
-  try {
-    const handle = await Deno.open(dir, { read: true });
-    try {
-      await handle.sync();
-    } finally {
-      handle.close();
-    }
-  } catch (e) {
-    throw new LocalIoError(`cannot fsync directory ${dir}`, e);
+    closePart(this.#part);
   }
 }

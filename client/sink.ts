@@ -6,7 +6,7 @@
  * @module
  */
 
-import { AtomicFile, LocalIoError, type PublishMetadata } from "./publish.ts";
+import { AtomicFile, LocalIoError, placeOfPath, type PublishMetadata } from "./publish.ts";
 
 /** A place the body goes. */
 export interface Sink {
@@ -92,7 +92,29 @@ export async function openSink(target: string): Promise<Sink> {
   const kind = await targetKind(target);
   if (kind === "stdout") return coalescing(stdoutSink());
   if (kind === "device") return coalescing(await deviceSink(target));
-  return coalescing(atomicSink(await AtomicFile.create(target)));
+  const place = placeOfPath(target);
+  let file: AtomicFile;
+  try {
+    file = await AtomicFile.create(place);
+  } catch (e) {
+    place.dir.close();
+    throw e;
+  }
+  const sink = atomicSink(file);
+  return coalescing({
+    write: sink.write,
+    commit: async (meta) => {
+      try {
+        await sink.commit(meta);
+      } finally {
+        place.dir.close();
+      }
+    },
+    abort: async () => {
+      await sink.abort();
+      place.dir.close();
+    },
+  });
 }
 
 const COALESCE_BYTES = 1024 * 1024;

@@ -58,6 +58,12 @@ const symbols = {
   fstat: { parameters: ["i32", "buffer"], result: "i32" }, // int fstat(int fd, struct stat *st)
   fstatat: { parameters: ["i32", "buffer", "buffer", "i32"], result: "i32" }, // int fstatat(int dirfd, const char *path, struct stat *st, int flags)
   syscall: { parameters: ["i64", "i64", "buffer", "buffer", "u64"], result: "i64" }, // long syscall(long nr, ...): used for openat2 only
+  // Calls relative to a directory fd, for the client's local tree (see the block at the end).
+  mkdirat: { parameters: ["i32", "buffer", "u32"], result: "i32" }, // int mkdirat(int dirfd, const char *path, mode_t mode)
+  unlinkat: { parameters: ["i32", "buffer", "i32"], result: "i32" }, // int unlinkat(int dirfd, const char *path, int flags)
+  renameat: { parameters: ["i32", "buffer", "i32", "buffer"], result: "i32" }, // int renameat(int olddirfd, const char *old, int newdirfd, const char *new)
+  fsync: { parameters: ["i32"], result: "i32" }, // int fsync(int fd)
+  fchmod: { parameters: ["i32", "u32"], result: "i32" }, // int fchmod(int fd, mode_t mode)
 } as const satisfies Deno.ForeignLibraryInterface;
 
 type Symbols = typeof symbols;
@@ -440,6 +446,8 @@ export interface FileStat {
   dev: bigint;
   /** Inode number. */
   ino: bigint;
+  /** Hard links to the inode: more than one means the same bytes have another name, maybe elsewhere. */
+  nlink: number;
   /** File type and permission bits. */
   mode: number;
   /** Size in bytes. */
@@ -480,6 +488,7 @@ function decodeStat(): FileStat {
   return {
     dev: statBuf[0],
     ino: statBuf[1],
+    nlink: Number(statBuf[2]), // st_nlink at 16
     mode,
     size: Number(statBuf[6]), // st_size at 48
     blocks: Number(statBuf[8]), // st_blocks at 64
@@ -487,4 +496,106 @@ function decodeStat(): FileStat {
     ctimeNs: statBuf[13] * 1_000_000_000n + statBuf[14], // st_ctim at 104
     isFile: (mode & S_IFMT) === S_IFREG,
   };
+}
+
+// ---- The client's local tree: files named relative to a directory fd, resolved without following symlinks.
+
+const AT_SYMLINK_NOFOLLOW = 0x100;
+const AT_REMOVEDIR = 0x200;
+const RESOLVE_NO_SYMLINKS = 0x04n;
+const S_IFDIR = 0o040000;
+
+/** Flags of {@link openAt}. */
+export const OPEN = {
+  O_RDONLY: 0,
+  O_RDWR: 2,
+  O_CREAT: 0o100,
+  O_EXCL: 0o200,
+  O_DIRECTORY,
+} as const;
+
+/** Options of {@link openAt}. */
+export interface OpenAtOptions {
+  /** Permission bits of a file O_CREAT makes. @default 0 */
+  mode?: number;
+  /**
+   * Follow no symlink in any component of `path`, its last one included (that fails with ELOOP), and
+   * never leave `dirFd` (RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH): what another user planted or swaps in
+   * meanwhile cannot redirect the open. Without it, symlinks are followed as usual.
+   */
+  noSymlinks?: boolean;
+}
+
+/** A NUL-terminated copy of `path` for a call that takes two (the shared buffer holds one). */
+function cPath(path: string, call: string): Uint8Array {
+  const bytes = utf8.encode(`${path}\0`);
+  if (bytes.byteLength > openPath.byteLength) throw new LibcError(call, 36 /* ENAMETOOLONG */);
+  return bytes;
+}
+
+/**
+ * openat2(2) of `path` relative to the directory fd `dirFd` (or the working directory when `dirFd` is
+ * undefined), close-on-exec and without becoming a controlling terminal; `flags` from {@link OPEN}.
+ * Returns the new fd. EINTR and a rename racing the lookup (EAGAIN) are retried.
+ */
+export function openAt(
+  dirFd: number | undefined,
+  path: string,
+  flags: number,
+  options: OpenAtOptions = {},
+): number {
+  putPath(path, "openat2");
+  openHow[0] = BigInt(flags | C.O_CLOEXEC | C.O_NOCTTY);
+  openHow[1] = BigInt(options.mode ?? 0);
+  openHow[2] = options.noSymlinks ? RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS : 0n;
+  const dir = dirFd === undefined ? AT_FDCWD : BigInt(dirFd);
+  for (let tries = 0;; tries++) {
+    const r = sys.syscall(SYS_openat2, dir, openPath, openHow, 24n);
+    if (r !== -1n) return Number(r);
+    const e = errno();
+    if (e !== C.EINTR && (e !== C.EAGAIN || tries >= 100)) throw new LibcError("openat2", e);
+  }
+}
+
+/** mkdirat(2): a directory `name` in `dirFd` (a symlink there is not followed: EEXIST). */
+export function mkdirAt(dirFd: number, name: string, mode = 0o777): void {
+  putPath(name, "mkdirat");
+  check("mkdirat", sys.mkdirat(dirFd, openPath, mode));
+}
+
+/** unlinkat(2): removes the name `name` in `dirFd` (a symlink itself, never what it points to). */
+export function unlinkAt(dirFd: number, name: string, options: { directory?: boolean } = {}): void {
+  putPath(name, "unlinkat");
+  check("unlinkat", sys.unlinkat(dirFd, openPath, options.directory ? AT_REMOVEDIR : 0));
+}
+
+/** renameat(2): the last components are never followed, so a symlink at `to` is replaced, not written through. */
+export function renameAt(fromDirFd: number, from: string, toDirFd: number, to: string): void {
+  const fromPath = cPath(from, "renameat");
+  check("renameat", sys.renameat(fromDirFd, fromPath, toDirFd, cPath(to, "renameat")));
+}
+
+/** fsync(2), e.g. of a directory after a rename in it. */
+export function fsync(fd: number): void {
+  for (;;) {
+    if (sys.fsync(fd) === 0) return;
+    if (errno() !== C.EINTR) throw new LibcError("fsync", errno());
+  }
+}
+
+/** fchmod(2): permission bits of the file open as `fd`, whatever name it has meanwhile. */
+export function fchmod(fd: number, mode: number): void {
+  check("fchmod", sys.fchmod(fd, mode));
+}
+
+/** fstatat(2) of `name` in `dirFd` without following a symlink there (AT_SYMLINK_NOFOLLOW). */
+export function lstatAt(dirFd: number, name: string): FileStat {
+  putPath(name, "fstatat");
+  check("fstatat", sys.fstatat(dirFd, openPath, statBuf, AT_SYMLINK_NOFOLLOW));
+  return decodeStat();
+}
+
+/** True if `stat` is of a directory. */
+export function isDirectoryStat(stat: FileStat): boolean {
+  return (stat.mode & S_IFMT) === S_IFDIR;
 }

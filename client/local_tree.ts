@@ -1,0 +1,266 @@
+/**
+ * The client's local directories, held open as fds, so that what ferry creates, renames or removes is
+ * named relative to a directory it opened, never by a path the kernel looks up again:
+ *
+ * - {@link LocalDir}: one open directory. Files in it are opened, renamed and removed by name relative to
+ *   its fd (`ffi/libc.ts`); Deno's path APIs reach it as `/proc/self/fd/N`, where the kernel starts from
+ *   the opened directory itself, so a directory renamed or swapped for a symlink meanwhile cannot
+ *   redirect them.
+ * - {@link LocalTree}: `mirror`'s LOCAL_DIR. Below it, every component is opened without following a
+ *   symlink (openat2 RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH); a symlink, or any non-directory, that stands
+ *   where the server has a directory is replaced by a directory, as rsync does, and reported. LOCAL_DIR
+ *   itself is opened as the user named it, symlinks followed.
+ *
+ * @module
+ */
+
+import { join } from "node:path";
+import {
+  close,
+  dupCloseOnExec,
+  fsync,
+  isDirectoryStat,
+  LibcError,
+  lstatAt,
+  mkdirAt,
+  OPEN,
+  openAt,
+  unlinkAt,
+} from "../ffi/libc.ts";
+
+/** A local I/O failure (the target directory is not writable, the disk is full...). */
+export class LocalIoError extends Error {
+  /**
+   * @param what what ferry was doing
+   * @param cause the underlying error
+   */
+  constructor(what: string, cause: unknown) {
+    super(`${what}: ${cause instanceof Error ? cause.message : String(cause)}`);
+    this.name = "LocalIoError";
+  }
+}
+
+/**
+ * A Deno file handle of the file open as `fd` (an fd from `ffi/libc.ts`): `/proc/self/fd/N` names the
+ * open file itself, so no name is looked up again. The caller still closes `fd`.
+ */
+export function reopen(fd: number, options: { write: boolean }): Promise<Deno.FsFile> {
+  return Deno.open(`/proc/self/fd/${fd}`, { read: true, write: options.write });
+}
+
+/** A directory held open. Close it when done (it is Disposable). */
+export class LocalDir implements Disposable {
+  #fd: number;
+
+  private constructor(fd: number, readonly shown: string) {
+    this.#fd = fd;
+  }
+
+  /** Opens the directory at `path` as the user wrote it: symlinks are followed. Throws LibcError. */
+  static open(path: string): LocalDir {
+    return new LocalDir(openAt(undefined, path, OPEN.O_RDONLY | OPEN.O_DIRECTORY), path);
+  }
+
+  /** Takes over `fd`, an open directory that messages call `shown`. */
+  static adopt(fd: number, shown: string): LocalDir {
+    return new LocalDir(fd, shown);
+  }
+
+  /** The directory's fd; -1 once closed. */
+  get fd(): number {
+    return this.#fd;
+  }
+
+  /** A second handle of the same open directory, closed on its own. */
+  duplicate(): LocalDir {
+    return new LocalDir(dupCloseOnExec(this.#fd), this.shown);
+  }
+
+  /**
+   * A path for Deno's file APIs that the kernel resolves from this very directory: only `name` (one
+   * component) is looked up, in it. Such paths need `--allow-all`.
+   */
+  procPath(name?: string): string {
+    return name === undefined ? `/proc/self/fd/${this.#fd}` : `/proc/self/fd/${this.#fd}/${name}`;
+  }
+
+  /** How messages name `name` in this directory. */
+  shownPath(name: string): string {
+    return join(this.shown, name);
+  }
+
+  /** fsyncs the directory, so the renames and removals in it survive a crash. Throws LocalIoError. */
+  sync(): void {
+    try {
+      fsync(this.#fd);
+    } catch (e) {
+      throw new LocalIoError(`cannot fsync directory ${this.shown}`, e);
+    }
+  }
+
+  /** Closes the directory; a second call does nothing. */
+  close(): void {
+    if (this.#fd < 0) return;
+    const fd = this.#fd;
+    this.#fd = -1;
+    close(fd);
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/** The errno name of a LibcError, or "" for any other error. */
+function errnoOf(e: unknown): string {
+  return e instanceof LibcError ? e.errnoName : "";
+}
+
+/** How often a directory is looked up again when what stands at its name keeps changing. */
+const MAX_LOOKUPS = 8;
+
+/** `mirror`'s LOCAL_DIR, held open; paths below it are relative (`a/b/c.txt`), without `.` or `..`. */
+export class LocalTree implements Disposable {
+  private constructor(readonly root: LocalDir) {}
+
+  /**
+   * Creates LOCAL_DIR if needed (with its parents) and opens it; the user named it, so symlinks in its
+   * path are followed. Throws LocalIoError.
+   */
+  static async open(localDir: string): Promise<LocalTree> {
+    try {
+      await Deno.mkdir(localDir, { recursive: true });
+      return new LocalTree(LocalDir.open(localDir));
+    } catch (e) {
+      throw new LocalIoError(`cannot create ${localDir}`, e);
+    }
+  }
+
+  /**
+   * Opens the directory that holds `rel`'s last component, component by component, following no
+   * symlink, and making what is missing. A symlink or other non-directory in the way is removed (the link
+   * itself, never what it points to) and replaced by a directory, which `onReplaced` is told. The caller
+   * closes the result. Throws LocalIoError.
+   */
+  makeParent(rel: string, onReplaced?: (message: string) => void): LocalDir {
+    return this.#parentOf(rel, true, onReplaced)!;
+  }
+
+  /**
+   * Opens the directory that holds `rel`'s last component, following no symlink; null if a component is
+   * missing or not a directory. The caller closes the result. Throws LocalIoError.
+   */
+  findParent(rel: string): LocalDir | null {
+    return this.#parentOf(rel, false);
+  }
+
+  #parentOf(rel: string, create: boolean, onReplaced?: (message: string) => void): LocalDir | null {
+    let dir = this.root.duplicate();
+    try {
+      for (const name of rel.split("/").slice(0, -1)) {
+        const child = this.#openChild(dir, name, create, onReplaced);
+        dir.close();
+        if (child === null) return null;
+        dir = child;
+      }
+      return dir;
+    } catch (e) {
+      dir.close();
+      throw e;
+    }
+  }
+
+  /** Opens the directory `name` in `parent` (see {@link makeParent}). */
+  #openChild(
+    parent: LocalDir,
+    name: string,
+    create: boolean,
+    onReplaced?: (message: string) => void,
+  ): LocalDir | null {
+    const shown = parent.shownPath(name);
+    for (let lookups = 0; lookups < MAX_LOOKUPS; lookups++) {
+      try {
+        return LocalDir.adopt(
+          openAt(parent.fd, name, OPEN.O_RDONLY | OPEN.O_DIRECTORY, { noSymlinks: true }),
+          shown,
+        );
+      } catch (e) {
+        const code = errnoOf(e);
+        if (code !== "ENOENT" && code !== "ELOOP" && code !== "ENOTDIR") {
+          throw new LocalIoError(`cannot open directory ${shown}`, e);
+        }
+        if (!create) return null;
+        try {
+          if (code === "ENOENT") mkdirAt(parent.fd, name);
+          else this.#replace(parent, name, shown, onReplaced);
+        } catch (e) {
+          // Something else made or removed it meanwhile: look again.
+          if (errnoOf(e) !== "EEXIST" && errnoOf(e) !== "ENOENT") {
+            throw new LocalIoError(`cannot create directory ${shown}`, e);
+          }
+        }
+      }
+    }
+    throw new LocalIoError(`cannot create directory ${shown}`, "what stands there keeps changing");
+  }
+
+  /** Replaces the non-directory `name` in `parent` by a directory. */
+  #replace(parent: LocalDir, name: string, shown: string, onReplaced?: (message: string) => void): void {
+    const stat = lstatAt(parent.fd, name);
+    if (isDirectoryStat(stat)) return; // a directory again: the next lookup opens it
+    const S_IFMT = 0o170000, S_IFLNK = 0o120000;
+    const what = (stat.mode & S_IFMT) === S_IFLNK ? "a symlink" : stat.isFile ? "a file" : "a special file";
+    unlinkAt(parent.fd, name);
+    mkdirAt(parent.fd, name);
+    onReplaced?.(`${shown}: replaced ${what} by a directory (the server has a directory there)`);
+  }
+
+  /**
+   * Regular files (relative paths) and directories (deepest first) below LOCAL_DIR. Symlinks are left out
+   * and never followed; a directory swapped for something else during the walk is skipped.
+   */
+  async walk(): Promise<{ files: string[]; dirs: string[] }> {
+    const files: string[] = [];
+    const dirs: string[] = [];
+    const walk = async (dir: LocalDir, rel: string) => {
+      for await (const entry of Deno.readDir(dir.procPath())) {
+        const path = rel === "" ? entry.name : `${rel}/${entry.name}`;
+        if (entry.isFile) files.push(path);
+        if (!entry.isDirectory) continue;
+        let child: LocalDir;
+        try {
+          child = LocalDir.adopt(
+            openAt(dir.fd, entry.name, OPEN.O_RDONLY | OPEN.O_DIRECTORY, { noSymlinks: true }),
+            dir.shownPath(entry.name),
+          );
+        } catch {
+          continue;
+        }
+        try {
+          await walk(child, path);
+        } finally {
+          child.close();
+        }
+        dirs.push(path);
+      }
+    };
+    const root = this.root.duplicate();
+    try {
+      await walk(root, "");
+    } catch (e) {
+      throw new LocalIoError(`cannot read ${this.root.shown}`, e);
+    } finally {
+      root.close();
+    }
+    return { files, dirs };
+  }
+
+  /** Closes LOCAL_DIR. */
+  close(): void {
+    this.root.close();
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
