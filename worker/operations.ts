@@ -12,6 +12,7 @@ import { close, type FileStat, fstat, LibcError, openRead, pread } from "../ffi/
 import {
   encodeJsonFrame,
   END_FRAME,
+  ERROR_CLOSES,
   type ErrorBody,
   ErrorCode,
   FRAME_HEADER_SIZE,
@@ -29,13 +30,14 @@ import { etagOf, type HashCache, identityOf } from "./hash_cache.ts";
 import { returnReplyBuffer, takeReplyBuffer } from "./reply_pool.ts";
 import type { ReplyCache } from "./reply_cache.ts";
 
-/** An error answer; `closes` says whether the connection ends after it (PROTOCOL.md's table). */
+/** An error answer. */
 export class ErrorPiece {
-  /**
-   * @param body the error frame's JSON
-   * @param closes true if the connection closes after this error
-   */
-  constructor(readonly body: ErrorBody, readonly closes: boolean) {}
+  /** True if the connection closes after this error: its code says so ({@link ERROR_CLOSES}). */
+  readonly closes: boolean;
+  /** @param body the error frame's JSON */
+  constructor(readonly body: ErrorBody) {
+    this.closes = ERROR_CLOSES[body.code];
+  }
 }
 
 /** A piece known only later: `settle` returns the pieces that replace it, or null while it must wait. */
@@ -99,8 +101,8 @@ export function answer(request: Readonly<Request>, ctx: ReplyContext): Reply {
   }
 }
 
-function refusal(label: string, body: ErrorBody, closes = false): Reply {
-  return { label, pieces: [new ErrorPiece(body, closes)], files: [] };
+function refusal(label: string, body: ErrorBody): Reply {
+  return { label, pieces: [new ErrorPiece(body)], files: [] };
 }
 
 /** Opens a regular file beneath the root, or says why not. */
@@ -124,7 +126,7 @@ function fileChanged(path: string): ErrorPiece {
   return new ErrorPiece({
     code: ErrorCode.FileChanged,
     message: `${JSON.stringify(path)} changed while it was being sent: discard the data`,
-  }, true);
+  });
 }
 
 /**
@@ -187,7 +189,7 @@ function get(request: Readonly<Request>, ctx: ReplyContext): Reply {
     return refusal(label, {
       code: ErrorCode.BadRequest,
       message: `offset ${offset} is beyond the size ${stat.size}`,
-    }, true);
+    });
   }
   const mode = stat.mode & 0o7777;
   const fields = () => ({ size: stat.size, mtimeNs: String(stat.mtimeNs), mode, etag, offset });
