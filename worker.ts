@@ -11,7 +11,15 @@
  * @module
  */
 
-import { type HandedConn, MessageKind, receiveMessage, sendMessage, ServeMode } from "./channel/messages.ts";
+import {
+  decodeHashKnown,
+  type HandedConn,
+  MessageKind,
+  receiveMessage,
+  sendHashKnown,
+  sendMessage,
+  ServeMode,
+} from "./channel/messages.ts";
 import { Connection, type ServeConfig } from "./worker/connection.ts";
 import { Epoll, EPOLLIN, EPOLLOUT } from "./ffi/epoll.ts";
 import { HashCache } from "./worker/hash_cache.ts";
@@ -59,12 +67,6 @@ class BatchedLog {
   }
 }
 
-/** The HashKnown payload: the etag's 16 bytes, then the SHA-256's 32. */
-function hashPayload(etag: string, sha256: string): Uint8Array {
-  const hex = etag + sha256;
-  return Uint8Array.from({ length: hex.length / 2 }, (_, i) => parseInt(hex.slice(2 * i, 2 * i + 2), 16));
-}
-
 /** Runs a worker until it is told to stop or its master goes away; never returns. */
 export async function runWorker(args: WorkerArgs): Promise<never> {
   // Ctrl-C and systemd's SIGTERM reach the whole process group: the master decides how to stop.
@@ -95,7 +97,7 @@ export async function runWorker(args: WorkerArgs): Promise<never> {
     log: requestLog === null ? null : (line) => requestLog.push(line),
     hashes: new HashCache(
       serviceLine,
-      (etag, sha256) => sendMessage(channel, MessageKind.HashKnown, 0, 0, hashPayload(etag, sha256)),
+      (etag, sha256) => sendHashKnown(channel, etag, sha256),
     ),
     wake: (conn) => woken.add(conn),
     replies: new ReplyCache(
@@ -146,8 +148,8 @@ export async function runWorker(args: WorkerArgs): Promise<never> {
         for (const handed of message.conns) serveNew(handed);
       } else if (message.kind === MessageKind.Stop) stopping = true;
       else if (message.kind === MessageKind.HashKnown) {
-        const hex = Array.from(message.payload, (b) => b.toString(16).padStart(2, "0")).join("");
-        config.hashes.learn(hex.slice(0, 32), hex.slice(32, 96));
+        const { etag, sha256 } = decodeHashKnown(message.payload);
+        config.hashes.learn(etag, sha256);
       }
     }
   };

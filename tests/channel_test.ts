@@ -9,11 +9,13 @@ import { trySendWithFds } from "../ffi/fdpass.ts";
 import { close, tryRead, tryWrite } from "../ffi/libc.ts";
 import {
   createChannel,
+  decodeHashKnown,
   type HandedConn,
   MAX_CONNS_PER_MESSAGE,
   MessageKind,
   receiveMessage,
   sendConns,
+  sendHashKnown,
   sendMessage,
   ServeMode,
 } from "../channel/messages.ts";
@@ -95,5 +97,24 @@ Deno.test("a Conns message whose fds do not match its count is refused and its f
     assert.equal(await openFdCount(), before, "the fd that came with it was closed");
   } finally {
     for (const fd of [master, worker, a, b]) close(fd);
+  }
+});
+
+Deno.test("a HashKnown message carries a file's etag and SHA-256 from one end to the other, as hex", () => {
+  const [master, worker] = createChannel();
+  try {
+    const etag = "0123456789abcdef00ff7f8010203040";
+    const sha256 = "f".repeat(8) + "0".repeat(8) + "9a".repeat(24);
+    assert.ok(sendHashKnown(worker, etag, sha256));
+    const message = receiveMessage(master);
+    assert.ok(message !== null && message !== "closed");
+    assert.equal(message.kind, MessageKind.HashKnown);
+    assert.deepEqual(decodeHashKnown(message.payload), { etag, sha256 });
+    assert.throws(() => sendHashKnown(worker, etag.toUpperCase(), sha256), /not 16 bytes in lowercase hex/);
+    assert.throws(() => sendHashKnown(worker, etag, sha256.slice(2)), /not 32 bytes in lowercase hex/);
+    assert.equal(receiveMessage(master), null, "nothing was sent for a malformed hash");
+  } finally {
+    close(master);
+    close(worker);
   }
 });
