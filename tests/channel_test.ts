@@ -19,7 +19,8 @@ import {
   sendMessage,
   ServeMode,
 } from "../channel/messages.ts";
-import { encodeSockaddr, parseEndpoint } from "../ffi/structs.ts";
+import { encodeSockaddr } from "../ffi/sockaddr.ts";
+import { parseEndpoint } from "../host_port.ts";
 
 /** Two connected sockets standing in for a client connection: what goes in one end comes out the other. */
 const socketPair = createChannel;

@@ -20,7 +20,7 @@ import {
   trySend,
   WOULD_BLOCK,
 } from "../ffi/libc.ts";
-import { decodeSockaddr, formatEndpoint } from "../ffi/structs.ts";
+import { decodeSockaddr, formatEndpoint } from "../ffi/sockaddr.ts";
 import {
   encodeErrorResponse,
   encodeRawFrame,
