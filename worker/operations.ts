@@ -435,6 +435,11 @@ export function openError(e: LibcError, path: string): ErrorBody {
       return { code: ErrorCode.Forbidden, message: `${quoted} is not readable by the server` };
     case "ENAMETOOLONG":
       return { code: ErrorCode.Forbidden, message: `${quoted} is too long` };
+    // A Unix socket file cannot be opened (ENXIO), nor a device without its driver (ENXIO, ENODEV). A fifo
+    // opens (O_NONBLOCK: no waiting for a writer) and is refused after fstat, like any non-regular file.
+    case "ENXIO":
+    case "ENODEV":
+      return { code: ErrorCode.NotAFile, message: `${quoted} is not a regular file` };
     default:
       return { code: ErrorCode.Internal, message: `cannot open ${quoted}: ${e.errnoName}` };
   }
