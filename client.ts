@@ -19,6 +19,7 @@ import { NO_PROGRESS, type Progress, terminalProgress } from "./client/progress.
 import { pull } from "./client/pull.ts";
 import { delay } from "./client/retry.ts";
 import { type Endpoint, Session } from "./client/session.ts";
+import { splitHostPort } from "./host_port.ts";
 
 /** The exit codes (defined in `failure.ts`), for scripts that import them from the CLI module. */
 export { ExitCode } from "./client/failure.ts";
@@ -98,12 +99,11 @@ function seconds(name: string, text: string | undefined, allowZero = false): num
 
 /** Splits `HOST:PORT` or `[IPV6]:PORT`; hostnames are allowed on the client side. */
 export function parseServerAddress(text: string): Endpoint {
-  const m = /^(?:\[([^\]]+)\]|([^:\[\]]+)):(\d{1,5})$/.exec(text);
-  const port = m ? Number(m[3]) : NaN;
-  if (!m || port < 1 || port > 65535) {
+  const split = splitHostPort(text);
+  if (split === null || split.port < 1 || split.port > 65535) {
     throw usageError(`'${text}' is not HOST:PORT (IPv6 as [ADDR]:PORT, port 1-65535)`);
   }
-  return { hostname: m[1] ?? m[2], port };
+  return { hostname: split.host, port: split.port };
 }
 
 /** The positional arguments each command takes, after HOST:PORT. */

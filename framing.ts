@@ -83,6 +83,42 @@ export const ErrorCode = {
 /** One of the {@link ErrorCode} values. */
 export type ErrorCodeValue = typeof ErrorCode[keyof typeof ErrorCode];
 
+/**
+ * Whether the server closes the connection after an error of each code (PROTOCOL.md's table): a request it
+ * could not read, a refusal of the whole connection, or data to discard ends it; a refusal of one file
+ * leaves it open for the next request.
+ */
+export const ERROR_CLOSES: Readonly<Record<ErrorCodeValue, boolean>> = {
+  [ErrorCode.BadRequest]: true,
+  [ErrorCode.TooLarge]: true,
+  [ErrorCode.UnsupportedVersion]: true,
+  [ErrorCode.UnknownOp]: true,
+  [ErrorCode.Forbidden]: false,
+  [ErrorCode.NotFound]: false,
+  [ErrorCode.NotAFile]: false,
+  [ErrorCode.Timeout]: true,
+  [ErrorCode.Busy]: true,
+  [ErrorCode.FileChanged]: true,
+  [ErrorCode.Changed]: false,
+  [ErrorCode.Internal]: false,
+};
+
+/**
+ * True if the server closes the connection after an error with `code` ({@link ERROR_CLOSES}); also for a
+ * code not in the table (a newer server's), where keeping the connection would be a guess.
+ */
+export function errorClosesConnection(code: string): boolean {
+  return Object.hasOwn(ERROR_CLOSES, code) ? ERROR_CLOSES[code as ErrorCodeValue] : true;
+}
+
+/** A SHA-256 as the protocol writes it: 64 lowercase hex digits. */
+const SHA256_HEX = /^[0-9a-f]{64}$/;
+
+/** True if `value` is a SHA-256 in the protocol's form (a string of 64 lowercase hex digits). */
+export function isSha256Hex(value: unknown): value is string {
+  return typeof value === "string" && SHA256_HEX.test(value);
+}
+
 /** Operations of request mode. */
 export type Operation = "get" | "stat" | "list" | "ping";
 
@@ -326,9 +362,7 @@ export function parseRequest(payload: Uint8Array): Request {
     if (ifMatch !== undefined && (typeof ifMatch !== "string" || ifMatch.length > 128)) {
       throw new ProtocolError(ErrorCode.BadRequest, "'ifMatch' is not an etag string");
     }
-    if (
-      ifNoneMatch !== undefined && (typeof ifNoneMatch !== "string" || !/^[0-9a-f]{64}$/.test(ifNoneMatch))
-    ) {
+    if (ifNoneMatch !== undefined && !isSha256Hex(ifNoneMatch)) {
       throw new ProtocolError(ErrorCode.BadRequest, "'ifNoneMatch' is not a SHA-256 in lowercase hex");
     }
     request.offset = (offset as number | undefined) ?? 0;

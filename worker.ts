@@ -11,7 +11,15 @@
  * @module
  */
 
-import { type HandedConn, MessageKind, receiveMessage, sendMessage, ServeMode } from "./channel/messages.ts";
+import {
+  decodeHashKnown,
+  type HandedConn,
+  MessageKind,
+  receiveMessage,
+  sendHashKnown,
+  sendMessage,
+  ServeMode,
+} from "./channel/messages.ts";
 import { Connection, type ServeConfig } from "./worker/connection.ts";
 import { Epoll, EPOLLIN, EPOLLOUT } from "./ffi/epoll.ts";
 import { HashCache } from "./worker/hash_cache.ts";
@@ -59,10 +67,197 @@ class BatchedLog {
   }
 }
 
-/** The HashKnown payload: the etag's 16 bytes, then the SHA-256's 32. */
-function hashPayload(etag: string, sha256: string): Uint8Array {
-  const hex = etag + sha256;
-  return Uint8Array.from({ length: hex.length / 2 }, (_, i) => parseInt(hex.slice(2 * i, 2 * i + 2), 16));
+/** Ways a worker's shared serving state reaches the rest of the worker. */
+export interface ServeHooks {
+  /** A line of the worker's own log (already stamped and attributed). */
+  serviceLine: (line: string) => void;
+  /** A request's log line, or null when requests are not logged. */
+  requestLine: ((line: string) => void) | null;
+  /** Tells the other workers a hash this one computed. */
+  hashKnown: (etag: string, sha256: string) => void;
+  /** Asks the loop to run a connection again soon (a hash it waited for is known). */
+  wake: (conn: Connection) => void;
+}
+
+/**
+ * What all of a worker's connections share, as the worker builds it: the served directory opened, the
+ * SHA-256 cache and the reply cache. Used by {@link WorkerLoop}, and by tests that drive connections directly.
+ */
+export function buildServeConfig(
+  args: Omit<WorkerArgs, "channelFd" | "requestLog">,
+  hooks: ServeHooks,
+): ServeConfig {
+  return {
+    rootFd: args.root === null ? -1 : openRead(args.root, { directory: true }),
+    push: args.push,
+    idleTimeoutMs: args.idleTimeout * 1000,
+    turnBudget: TURN_BUDGET,
+    workerId: args.workerId,
+    log: hooks.requestLine,
+    hashes: new HashCache(hooks.serviceLine, hooks.hashKnown),
+    wake: hooks.wake,
+    replies: new ReplyCache(
+      args.replyCacheBytes,
+      (why) => hooks.serviceLine(`reply cache kept in the heap: ${why}`),
+    ),
+  };
+}
+
+/**
+ * A worker's event loop and the state its steps share: the epoll instance over the channel and the client
+ * sockets, the connections by fd, those woken by a hash, and what the master has yet to be told.
+ */
+class WorkerLoop {
+  readonly #args: WorkerArgs;
+  readonly #channel: number;
+  readonly #serviceLog = new BatchedLog(Deno.stderr);
+  readonly #requestLog: BatchedLog | null;
+  readonly #config: ServeConfig;
+  readonly #woken = new Set<Connection>();
+  readonly #epoll = new Epoll(1024);
+  readonly #connections = new Map<number, Connection>();
+  #stopping = false;
+  #nextIdleScan = performance.now() + IDLE_SCAN_MS;
+  /** Connections that ended and the master has not been told of: one Done message per turn says how many. */
+  #endedUntold = 0;
+  #channelEvents = EPOLLIN;
+
+  /** @param args the worker's command line; its channel must be nonblocking already */
+  constructor(args: WorkerArgs) {
+    this.#args = args;
+    this.#channel = args.channelFd;
+    this.#requestLog = args.requestLog === null
+      ? null
+      : args.requestLog === "-"
+      ? this.#serviceLog
+      : new BatchedLog(Deno.openSync(args.requestLog, { append: true, create: true, mode: 0o644 }));
+    const requestLog = this.#requestLog;
+    this.#config = buildServeConfig(args, {
+      serviceLine: (line) => this.#serviceLine(line),
+      requestLine: requestLog === null ? null : (line) => requestLog.push(line),
+      hashKnown: (etag, sha256) => sendHashKnown(this.#channel, etag, sha256),
+      wake: (conn) => this.#woken.add(conn),
+    });
+    this.#epoll.add(this.#channel, EPOLLIN);
+  }
+
+  /** Serves until told to stop or the master goes away; never returns. */
+  run(): never {
+    for (;;) this.#turn();
+  }
+
+  #turn(): void {
+    if (this.#stopping && this.#connections.size === 0) this.#exit(0, "stopped");
+    const hashes = this.#config.hashes;
+    // While hashes are being computed, only poll: the loop alternates hashing slices and serving.
+    const ready = this.#epoll.wait(hashes.busy ? 0 : IDLE_SCAN_MS);
+    for (let i = 0; i < ready; i++) {
+      const fd = this.#epoll.fdAt(i);
+      if (fd === this.#channel) {
+        this.#onChannel();
+        continue;
+      }
+      const conn = this.#connections.get(fd);
+      if (conn !== undefined) this.#drive(conn, this.#epoll.eventsAt(i));
+    }
+    if (hashes.busy) hashes.step();
+    for (const conn of this.#woken) {
+      this.#woken.delete(conn);
+      if (!conn.closed) this.#drive(conn, 0);
+    }
+    const now = performance.now();
+    if (now >= this.#nextIdleScan) {
+      this.#nextIdleScan = now + IDLE_SCAN_MS;
+      for (const conn of this.#connections.values()) {
+        const before = conn.interest;
+        if (conn.checkIdle(now)) this.#settle(conn, before);
+      }
+    }
+    this.#flushLog();
+    this.#tellEnded();
+  }
+
+  /** Lets `conn` handle readiness `events` (0: a wake-up), then updates epoll to what it waits for now. */
+  #drive(conn: Connection, events: number): void {
+    const before = conn.interest;
+    conn.onReady(events);
+    this.#settle(conn, before);
+  }
+
+  #settle(conn: Connection, interestBefore: number): void {
+    if (conn.closed) {
+      this.#connections.delete(conn.fd); // close() already removed it from epoll: no other process holds it
+      this.#endedUntold++;
+    } else if (conn.interest !== interestBefore) {
+      this.#epoll.modify(conn.fd, conn.interest);
+    }
+  }
+
+  #tellEnded(): void {
+    if (this.#endedUntold === 0) return;
+    if (sendMessage(this.#channel, MessageKind.Done, 0, this.#endedUntold)) this.#endedUntold = 0;
+    // A channel the master has not read yet may be full (a socketpair holds only a few messages): the
+    // count is then kept, and sent when epoll says the channel has room again.
+    const wanted = this.#endedUntold === 0 ? EPOLLIN : EPOLLIN | EPOLLOUT;
+    if (wanted !== this.#channelEvents) this.#epoll.modify(this.#channel, this.#channelEvents = wanted);
+  }
+
+  #onChannel(): void {
+    for (;;) {
+      const message = receiveMessage(this.#channel);
+      if (message === null) return;
+      if (message === "closed") this.#exit(0, "master gone");
+      else if (message.kind === MessageKind.Conns) {
+        for (const handed of message.conns) this.#serveNew(handed);
+      } else if (message.kind === MessageKind.Stop) this.#stopping = true;
+      else if (message.kind === MessageKind.HashKnown) {
+        const { etag, sha256 } = decodeHashKnown(message.payload);
+        this.#config.hashes.learn(etag, sha256);
+      }
+    }
+  }
+
+  #serveNew(handed: HandedConn): void {
+    const conn = this.#accept(handed);
+    if (conn === null) return;
+    conn.onReady(); // the request is there already (TCP_DEFER_ACCEPT); classic mode can start writing
+    if (conn.closed) {
+      this.#endedUntold++;
+      return;
+    }
+    this.#connections.set(conn.fd, conn);
+    this.#epoll.add(conn.fd, conn.interest);
+  }
+
+  #accept({ fd, id, mode, peer }: HandedConn): Connection | null {
+    try {
+      return new Connection(fd, id, mode === ServeMode.Classic, this.#config, peer);
+    } catch (e) {
+      // E.g. the pushed file was removed: this connection fails, the worker goes on.
+      this.#serviceLog.push(
+        `worker ${this.#args.workerId}: cannot serve connection ${id}: ${(e as Error).message}`,
+      );
+      close(fd);
+      this.#endedUntold++;
+      return null;
+    }
+  }
+
+  /** A line of the worker's own log, stamped and attributed. */
+  #serviceLine(line: string): void {
+    this.#serviceLog.push(`${new Date().toISOString()} worker=${this.#args.workerId} ${line}`);
+  }
+
+  #flushLog(): void {
+    this.#serviceLog.flush();
+    this.#requestLog?.flush();
+  }
+
+  #exit(code: number, reason: string): never {
+    for (const conn of this.#connections.values()) conn.abort(reason);
+    this.#flushLog();
+    Deno.exit(code);
+  }
 }
 
 /** Runs a worker until it is told to stop or its master goes away; never returns. */
@@ -71,149 +266,12 @@ export async function runWorker(args: WorkerArgs): Promise<never> {
   ignoreSignal(C.SIGINT);
   ignoreSignal(C.SIGTERM);
   raiseOpenFileLimit();
-  const channel = args.channelFd;
-  setNonBlocking(channel, true);
-  const serviceLog = new BatchedLog(Deno.stderr);
-  const requestLog = args.requestLog === null
-    ? null
-    : args.requestLog === "-"
-    ? serviceLog
-    : new BatchedLog(Deno.openSync(args.requestLog, { append: true, create: true, mode: 0o644 }));
-  /** A line of the worker's own log, stamped and attributed. */
-  const serviceLine = (line: string) =>
-    serviceLog.push(`${new Date().toISOString()} worker=${args.workerId} ${line}`);
-  const flushLog = () => {
-    serviceLog.flush();
-    requestLog?.flush();
-  };
-  const config: ServeConfig = {
-    rootFd: args.root === null ? -1 : openRead(args.root, { directory: true }),
-    push: args.push,
-    idleTimeoutMs: args.idleTimeout * 1000,
-    turnBudget: TURN_BUDGET,
-    workerId: args.workerId,
-    log: requestLog === null ? null : (line) => requestLog.push(line),
-    hashes: new HashCache(
-      serviceLine,
-      (etag, sha256) => sendMessage(channel, MessageKind.HashKnown, 0, 0, hashPayload(etag, sha256)),
-    ),
-    wake: (conn) => woken.add(conn),
-    replies: new ReplyCache(
-      args.replyCacheBytes,
-      (why) => serviceLine(`reply cache kept in the heap: ${why}`),
-    ),
-  };
-  const woken = new Set<Connection>();
-  const epoll = new Epoll(1024);
-  epoll.add(channel, EPOLLIN);
-  const connections = new Map<number, Connection>();
-  let stopping = false;
-  let nextIdleScan = performance.now() + IDLE_SCAN_MS;
-
-  // Connections that ended and the master has not been told of: one Done message per turn says how many.
-  let endedUntold = 0;
-  let channelEvents = EPOLLIN;
-  const tellEnded = () => {
-    if (endedUntold === 0) return;
-    if (sendMessage(channel, MessageKind.Done, 0, endedUntold)) endedUntold = 0;
-    // A channel the master has not read yet may be full (a socketpair holds only a few messages): the
-    // count is then kept, and sent when epoll says the channel has room again.
-    const wanted = endedUntold === 0 ? EPOLLIN : EPOLLIN | EPOLLOUT;
-    if (wanted !== channelEvents) epoll.modify(channel, channelEvents = wanted);
-  };
-
-  const settle = (conn: Connection, interestBefore: number) => {
-    if (conn.closed) {
-      connections.delete(conn.fd); // close() already removed it from epoll: no other process holds it
-      endedUntold++;
-    } else if (conn.interest !== interestBefore) {
-      epoll.modify(conn.fd, conn.interest);
-    }
-  };
-
-  const exit = (code: number, reason: string): never => {
-    for (const conn of connections.values()) conn.abort(reason);
-    flushLog();
-    Deno.exit(code);
-  };
-
-  const onChannel = () => {
-    for (;;) {
-      const message = receiveMessage(channel);
-      if (message === null) return;
-      if (message === "closed") exit(0, "master gone");
-      else if (message.kind === MessageKind.Conns) {
-        for (const handed of message.conns) serveNew(handed);
-      } else if (message.kind === MessageKind.Stop) stopping = true;
-      else if (message.kind === MessageKind.HashKnown) {
-        const hex = Array.from(message.payload, (b) => b.toString(16).padStart(2, "0")).join("");
-        config.hashes.learn(hex.slice(0, 32), hex.slice(32, 96));
-      }
-    }
-  };
-
-  const serveNew = (handed: HandedConn) => {
-    const conn = accept(handed.fd, handed.id, handed.mode === ServeMode.Classic, handed.peer);
-    if (conn === null) return;
-    conn.onReady(); // the request is there already (TCP_DEFER_ACCEPT); classic mode can start writing
-    if (conn.closed) {
-      endedUntold++;
-      return;
-    }
-    connections.set(conn.fd, conn);
-    epoll.add(conn.fd, conn.interest);
-  };
-
-  const accept = (fd: number, id: number, classic: boolean, peer: Uint8Array): Connection | null => {
-    try {
-      return new Connection(fd, id, classic, config, peer);
-    } catch (e) {
-      // E.g. the pushed file was removed: this connection fails, the worker goes on.
-      serviceLog.push(`worker ${args.workerId}: cannot serve connection ${id}: ${(e as Error).message}`);
-      close(fd);
-      endedUntold++;
-      return null;
-    }
-  };
-
-  sendMessage(channel, MessageKind.Ready);
+  setNonBlocking(args.channelFd, true);
+  const loop = new WorkerLoop(args);
+  sendMessage(args.channelFd, MessageKind.Ready);
   // The master may hand over connections from now on; they wait in the channel while this loads.
   await loadHashing();
-  for (;;) {
-    if (stopping && connections.size === 0) exit(0, "stopped");
-    // While hashes are being computed, only poll: the loop alternates hashing slices and serving.
-    const ready = epoll.wait(config.hashes.busy ? 0 : IDLE_SCAN_MS);
-    for (let i = 0; i < ready; i++) {
-      const fd = epoll.fdAt(i);
-      if (fd === channel) {
-        onChannel();
-        continue;
-      }
-      const conn = connections.get(fd);
-      if (conn === undefined) continue;
-      const before = conn.interest;
-      conn.onReady(epoll.eventsAt(i));
-      settle(conn, before);
-    }
-    if (config.hashes.busy) config.hashes.step();
-    for (const conn of woken) {
-      woken.delete(conn);
-      if (conn.closed) continue;
-      const before = conn.interest;
-      conn.onReady();
-      settle(conn, before);
-    }
-    const now = performance.now();
-    if (now >= nextIdleScan) {
-      nextIdleScan = now + IDLE_SCAN_MS;
-      for (const conn of connections.values()) {
-        const before = conn.interest;
-        if (conn.checkIdle(now)) settle(conn, before);
-      }
-    }
-    flushLog();
-    tellEnded();
-  }
+  return loop.run();
 }
 
 if (import.meta.main) {

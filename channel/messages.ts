@@ -129,6 +129,40 @@ export function sendMessage(channel: number, kind: number, id = 0, arg = 0, payl
   return trySendWithFds(channel, outBuf, MESSAGE_SIZE, NO_FDS);
 }
 
+/** Bytes of a file identity's digest (an etag) in a HashKnown payload; the SHA-256's 32 follow. */
+const ETAG_BYTES = 16;
+const SHA256_BYTES = 32;
+const hashKnownPayload = new Uint8Array(ETAG_BYTES + SHA256_BYTES);
+
+/**
+ * Sends a HashKnown message: the file whose etag is `etag` (32 hex digits) has the SHA-256 `sha256` (64 hex
+ * digits). Returns false if the channel is full. Throws LibcError when the peer is gone.
+ */
+export function sendHashKnown(channel: number, etag: string, sha256: string): boolean {
+  putHex(hashKnownPayload, 0, etag, ETAG_BYTES);
+  putHex(hashKnownPayload, ETAG_BYTES, sha256, SHA256_BYTES);
+  return sendMessage(channel, MessageKind.HashKnown, 0, 0, hashKnownPayload);
+}
+
+/** The etag and SHA-256, as hex, that a HashKnown message's payload carries. */
+export function decodeHashKnown(payload: Uint8Array): { etag: string; sha256: string } {
+  return {
+    etag: hexOf(payload.subarray(0, ETAG_BYTES)),
+    sha256: hexOf(payload.subarray(ETAG_BYTES, ETAG_BYTES + SHA256_BYTES)),
+  };
+}
+
+function putHex(out: Uint8Array, at: number, hex: string, bytes: number): void {
+  if (hex.length !== 2 * bytes || !/^[0-9a-f]*$/.test(hex)) {
+    throw new Error(`channel: ${JSON.stringify(hex)} is not ${bytes} bytes in lowercase hex`);
+  }
+  for (let i = 0; i < bytes; i++) out[at + i] = parseInt(hex.slice(2 * i, 2 * i + 2), 16);
+}
+
+function hexOf(bytes: Uint8Array): string {
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
 /**
  * Hands `conns` (1 to {@link MAX_CONNS_PER_MESSAGE}) to a worker in one message, with their fds. Returns
  * false if the channel is full (nothing was sent). Throws LibcError when the worker is gone.

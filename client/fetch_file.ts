@@ -24,7 +24,7 @@ import { createSha256, loadHashing } from "../hashing.ts";
 import type { Deadline } from "./deadline.ts";
 import { C, close, fstat, LibcError, OPEN, openAt } from "../ffi/libc.ts";
 import { classify, ClientError, ExitCode, protocolError, ServerRefusal } from "./failure.ts";
-import { ErrorCode, PROTOCOL_VERSION, type Request, type ResponseHeader } from "../framing.ts";
+import { ErrorCode, isSha256Hex, PROTOCOL_VERSION, type Request, type ResponseHeader } from "../framing.ts";
 import type { Progress } from "./progress.ts";
 import { reopen } from "./local_tree.ts";
 import {
@@ -97,8 +97,6 @@ interface GetHeader {
   meta: PublishMetadata;
 }
 
-const SHA256_HEX = /^[0-9a-f]{64}$/;
-
 function checkHeader(header: ResponseHeader): GetHeader {
   const { size, offset = 0, etag, sha256, mode, mtimeNs } = header;
   if (!Number.isSafeInteger(size) || size! < 0) throw protocolError("header has no valid size");
@@ -106,7 +104,7 @@ function checkHeader(header: ResponseHeader): GetHeader {
     throw protocolError(`header offset ${offset} is outside the file's ${size} bytes`);
   }
   if (etag !== undefined && typeof etag !== "string") throw protocolError("header etag is not a string");
-  if (sha256 !== undefined && (typeof sha256 !== "string" || !SHA256_HEX.test(sha256))) {
+  if (sha256 !== undefined && !isSha256Hex(sha256)) {
     throw protocolError("header sha256 is not a SHA-256 in hex");
   }
   let mtime: bigint | undefined;

@@ -21,7 +21,14 @@ import {
   worstExitCode,
 } from "./failure.ts";
 import { fetchFile, type FetchOptions, type FileReport } from "./fetch_file.ts";
-import { ErrorCode, type ListEntry, MAX_LIST_DEPTH, MAX_LIST_ENTRIES, PROTOCOL_VERSION } from "../framing.ts";
+import {
+  ErrorCode,
+  isSha256Hex,
+  type ListEntry,
+  MAX_LIST_DEPTH,
+  MAX_LIST_ENTRIES,
+  PROTOCOL_VERSION,
+} from "../framing.ts";
 import { type LocalDir, LocalTree } from "./local_tree.ts";
 import { LocalIoError, type Place, removeStaleParts } from "./publish.ts";
 import { lstatAt, unlinkAt } from "../ffi/libc.ts";
@@ -76,14 +83,13 @@ export function localRelative(entryPath: string, remoteDir: string): string | nu
 }
 
 const PART_NAME = /^\.(.+)\.ferry-[^/]+\.part$/;
-const SHA256_HEX = /^[0-9a-f]{64}$/;
 
 /** Checks a listing's entry; returns null if it is malformed. */
 function checkEntry(value: unknown): ListEntry | null {
   if (typeof value !== "object" || value === null) return null;
   const e = value as Record<string, unknown>;
   if (typeof e.path !== "string" || !Number.isSafeInteger(e.size) || (e.size as number) < 0) return null;
-  if (e.sha256 !== undefined && (typeof e.sha256 !== "string" || !SHA256_HEX.test(e.sha256))) return null;
+  if (e.sha256 !== undefined && !isSha256Hex(e.sha256)) return null;
   return e as unknown as ListEntry;
 }
 

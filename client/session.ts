@@ -15,8 +15,10 @@ import {
   encodeRequest,
   END_FRAME,
   type ErrorBody,
+  errorClosesConnection,
   ErrorCode,
   FrameType,
+  isSha256Hex,
   MAX_RESPONSE_FRAME,
   type Request,
   type ResponseHeader,
@@ -101,17 +103,6 @@ export interface BodyEnd {
   /** The SHA-256 of the Trailer frame, if one came. */
   sha256?: string;
 }
-
-/** Errors after which the server keeps the connection open (PROTOCOL.md's table); after others it closes. */
-const KEEPS_CONNECTION: readonly string[] = [
-  ErrorCode.Forbidden,
-  ErrorCode.NotFound,
-  ErrorCode.NotAFile,
-  ErrorCode.Internal,
-  ErrorCode.Changed,
-];
-
-const SHA256_HEX = /^[0-9a-f]{64}$/;
 
 /** A connection's failure that says nothing about the request: it may be sent again on a new one. */
 function isConnectionLoss(e: unknown): boolean {
@@ -201,7 +192,7 @@ export class Session {
         if (end.sha256 !== undefined) throw protocolError("a frame after the trailer");
         if (type === FrameType.Trailer) {
           const trailer = await this.#readJson(len - 1, "the trailer");
-          if (typeof trailer.sha256 !== "string" || !SHA256_HEX.test(trailer.sha256)) {
+          if (!isSha256Hex(trailer.sha256)) {
             throw protocolError("the trailer has no valid sha256");
           }
           end.sha256 = trailer.sha256;
@@ -328,8 +319,8 @@ export class Session {
       this.#drop(); // the error said what the server meant; a missing end frame only costs the connection
       throw refusal;
     }
-    if (KEEPS_CONNECTION.includes(body.code)) this.#between = true;
-    else this.#drop();
+    if (errorClosesConnection(body.code)) this.#drop();
+    else this.#between = true;
     throw refusal;
   }
 }

@@ -7,10 +7,16 @@
  * {@link WOULD_BLOCK} instead of throwing; EINTR is retried inside the wrapper. Everything above this
  * module works with numbers and typed arrays, never with raw return codes.
  *
- * Struct layouts live in `structs.ts`, SCM_RIGHTS in `fdpass.ts`, epoll in `epoll.ts`.
+ * Struct layouts live in `structs.ts`, socket addresses in `sockaddr.ts`, SCM_RIGHTS in `fdpass.ts`, epoll in
+ * `epoll.ts`.
  *
  * @module
  */
+
+import { decodeStat, encodeOpenHow, type FileStat, OPEN_HOW, STAT } from "./structs.ts";
+export { isDirectoryStat } from "./structs.ts";
+
+export type { FileStat };
 
 const symbols = {
   __errno_location: { parameters: [], result: "pointer" }, // int *__errno_location(void)
@@ -137,8 +143,12 @@ export const C = {
   SIGTERM: 15,
   SIGHUP: 1,
   RLIMIT_NOFILE: 7,
+  // errno values, by name
   EINTR: 4,
   EAGAIN: 11,
+  ENAMETOOLONG: 36,
+  EAFNOSUPPORT: 97,
+  ENOTCONN: 107,
   EINPROGRESS: 115,
 } as const;
 
@@ -277,7 +287,7 @@ export function getsockname(fd: number, addr: Uint8Array): number {
 
 /** shutdown(2); a socket that is already gone (ENOTCONN) is not an error here. */
 export function shutdown(fd: number, how: number): void {
-  if (sys.shutdown(fd, how) === -1 && errno() !== 107 /* ENOTCONN */) {
+  if (sys.shutdown(fd, how) === -1 && errno() !== C.ENOTCONN) {
     throw new LibcError("shutdown", errno());
   }
 }
@@ -399,14 +409,17 @@ const AT_FDCWD = -100n;
 const O_DIRECTORY = 0o200000;
 const RESOLVE_NO_MAGICLINKS = 0x02n;
 const RESOLVE_BENEATH = 0x08n;
-const openHow = new BigUint64Array(3);
+const openHow = new BigUint64Array(OPEN_HOW.size / 8);
+const OPEN_HOW_SIZE = BigInt(OPEN_HOW.size);
 const openPath = new Uint8Array(4097);
 const utf8 = new TextEncoder();
 
 /** Writes `path` into `openPath` as a NUL-terminated C string; too long is ENAMETOOLONG for `call`. */
 function putPath(path: string, call: string): void {
   const { written } = utf8.encodeInto(path, openPath);
-  if (written >= openPath.byteLength) throw new LibcError(call, 36 /* ENAMETOOLONG */);
+  if (written >= openPath.byteLength) {
+    throw new LibcError(call, C.ENAMETOOLONG, `(a path of more than ${openPath.byteLength - 1} bytes)`);
+  }
   openPath[written] = 0;
 }
 
@@ -429,47 +442,22 @@ export interface OpenReadOptions {
 export function openRead(path: string, options: OpenReadOptions = {}): number {
   putPath(path, "openat2");
   const flags = C.O_RDONLY | C.O_NONBLOCK | C.O_CLOEXEC | C.O_NOCTTY | (options.directory ? O_DIRECTORY : 0);
-  openHow[0] = BigInt(flags);
-  openHow[1] = 0n;
-  openHow[2] = options.beneath === undefined ? 0n : RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS;
+  const resolve = options.beneath === undefined ? 0n : RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS;
+  encodeOpenHow(openHow, flags, 0, resolve);
   const dir = options.beneath === undefined ? AT_FDCWD : BigInt(options.beneath);
   for (;;) {
-    const r = sys.syscall(SYS_openat2, dir, openPath, openHow, 24n);
+    const r = sys.syscall(SYS_openat2, dir, openPath, openHow, OPEN_HOW_SIZE);
     if (r !== -1n) return Number(r);
-    if (errno() !== C.EINTR) throw new LibcError("openat2", errno());
+    if (errno() !== C.EINTR) throw new LibcError("openat2", errno(), `opening ${JSON.stringify(path)}`);
   }
 }
 
-/** What ferry needs of `struct stat`. */
-export interface FileStat {
-  /** Device and inode: together they name the file. */
-  dev: bigint;
-  /** Inode number. */
-  ino: bigint;
-  /** Hard links to the inode: more than one means the same bytes have another name, maybe elsewhere. */
-  nlink: number;
-  /** File type and permission bits. */
-  mode: number;
-  /** Size in bytes. */
-  size: number;
-  /** Storage it takes, in 512-byte blocks (less than its size says when it has holes). */
-  blocks: number;
-  /** Modification time in nanoseconds since the epoch. */
-  mtimeNs: bigint;
-  /** Status change time in nanoseconds since the epoch: moves on any chmod, chown, link or rename too. */
-  ctimeNs: bigint;
-  /** True for a regular file. */
-  isFile: boolean;
-}
-
-const statBuf = new BigInt64Array(18); // struct stat is 144 bytes on x86_64
-const S_IFMT = 0o170000;
-const S_IFREG = 0o100000;
+const statBuf = new BigInt64Array(STAT.size / 8);
 
 /** fstat(2) of an fd. */
 export function fstat(fd: number): FileStat {
   check("fstat", sys.fstat(fd, statBuf));
-  return decodeStat();
+  return decodeStat(statBuf);
 }
 
 /**
@@ -479,23 +467,10 @@ export function fstat(fd: number): FileStat {
  */
 export function statAt(dirFd: number, path: string): FileStat {
   putPath(path, "fstatat");
-  check("fstatat", sys.fstatat(dirFd, openPath, statBuf, 0));
-  return decodeStat();
-}
-
-function decodeStat(): FileStat {
-  const mode = Number(statBuf[3] & 0xffffffffn); // st_mode: u32 at byte 24
-  return {
-    dev: statBuf[0],
-    ino: statBuf[1],
-    nlink: Number(statBuf[2]), // st_nlink at 16
-    mode,
-    size: Number(statBuf[6]), // st_size at 48
-    blocks: Number(statBuf[8]), // st_blocks at 64
-    mtimeNs: statBuf[11] * 1_000_000_000n + statBuf[12], // st_mtim at 88: tv_sec, tv_nsec
-    ctimeNs: statBuf[13] * 1_000_000_000n + statBuf[14], // st_ctim at 104
-    isFile: (mode & S_IFMT) === S_IFREG,
-  };
+  if (sys.fstatat(dirFd, openPath, statBuf, 0) === -1) {
+    throw new LibcError("fstatat", errno(), `of ${JSON.stringify(path)}`);
+  }
+  return decodeStat(statBuf);
 }
 
 // ---- The client's local tree: files named relative to a directory fd, resolved without following symlinks.
@@ -503,7 +478,6 @@ function decodeStat(): FileStat {
 const AT_SYMLINK_NOFOLLOW = 0x100;
 const AT_REMOVEDIR = 0x200;
 const RESOLVE_NO_SYMLINKS = 0x04n;
-const S_IFDIR = 0o040000;
 
 /** Flags of {@link openAt}. */
 export const OPEN = {
@@ -529,7 +503,7 @@ export interface OpenAtOptions {
 /** A NUL-terminated copy of `path` for a call that takes two (the shared buffer holds one). */
 function cPath(path: string, call: string): Uint8Array {
   const bytes = utf8.encode(`${path}\0`);
-  if (bytes.byteLength > openPath.byteLength) throw new LibcError(call, 36 /* ENAMETOOLONG */);
+  if (bytes.byteLength > openPath.byteLength) throw new LibcError(call, C.ENAMETOOLONG);
   return bytes;
 }
 
@@ -545,12 +519,11 @@ export function openAt(
   options: OpenAtOptions = {},
 ): number {
   putPath(path, "openat2");
-  openHow[0] = BigInt(flags | C.O_CLOEXEC | C.O_NOCTTY);
-  openHow[1] = BigInt(options.mode ?? 0);
-  openHow[2] = options.noSymlinks ? RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS : 0n;
+  const resolve = options.noSymlinks ? RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS : 0n;
+  encodeOpenHow(openHow, flags | C.O_CLOEXEC | C.O_NOCTTY, options.mode ?? 0, resolve);
   const dir = dirFd === undefined ? AT_FDCWD : BigInt(dirFd);
   for (let tries = 0;; tries++) {
-    const r = sys.syscall(SYS_openat2, dir, openPath, openHow, 24n);
+    const r = sys.syscall(SYS_openat2, dir, openPath, openHow, OPEN_HOW_SIZE);
     if (r !== -1n) return Number(r);
     const e = errno();
     if (e !== C.EINTR && (e !== C.EAGAIN || tries >= 100)) throw new LibcError("openat2", e);
@@ -591,11 +564,8 @@ export function fchmod(fd: number, mode: number): void {
 /** fstatat(2) of `name` in `dirFd` without following a symlink there (AT_SYMLINK_NOFOLLOW). */
 export function lstatAt(dirFd: number, name: string): FileStat {
   putPath(name, "fstatat");
-  check("fstatat", sys.fstatat(dirFd, openPath, statBuf, AT_SYMLINK_NOFOLLOW));
-  return decodeStat();
-}
-
-/** True if `stat` is of a directory. */
-export function isDirectoryStat(stat: FileStat): boolean {
-  return (stat.mode & S_IFMT) === S_IFDIR;
+  if (sys.fstatat(dirFd, openPath, statBuf, AT_SYMLINK_NOFOLLOW) === -1) {
+    throw new LibcError("fstatat", errno(), `of ${JSON.stringify(name)}`);
+  }
+  return decodeStat(statBuf);
 }

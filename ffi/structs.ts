@@ -1,11 +1,10 @@
 /**
- * C struct layouts used by ferry on x86_64 Linux, written once: `sockaddr_in`, `sockaddr_in6`, the packed
- * `epoll_event`, `msghdr`, `iovec` and `cmsghdr`, with helpers to encode and decode socket addresses.
+ * C struct layouts used by ferry on x86_64 Linux, written once: `sockaddr_in`, `sockaddr_in6`, `stat`,
+ * `open_how`, the packed `epoll_event`, `msghdr`, `iovec` and `cmsghdr`. Layouts only: this module calls
+ * nothing, so `libc.ts` can use it (socket addresses as text are `sockaddr.ts`'s).
  *
  * @module
  */
-
-import { C, LibcError, sys } from "./libc.ts";
 
 /** Offsets and sizes of `struct msghdr` (56 bytes), `struct iovec` (16) and `struct cmsghdr` (16 + data). */
 export const MSGHDR = {
@@ -49,75 +48,81 @@ export const EPOLL_EVENT = { size: 12, events: 0, data: 4 } as const;
 /** Size of a buffer large enough for any socket address ferry handles (`sockaddr_in6`, 28 bytes). */
 export const SOCKADDR_MAX = 28;
 
-/** A parsed `HOST:PORT` endpoint: IPv4 dotted quad or IPv6 address (brackets removed). */
-export interface Endpoint {
-  /** `AF_INET` or `AF_INET6`. */
-  family: number;
-  /** Numeric address text, e.g. `127.0.0.1` or `::1`. */
-  host: string;
-  /** Port number, 0 meaning "pick a free one". */
-  port: number;
+/** `struct sockaddr_in` (16 bytes): family u16 at 0, port u16 big-endian at 2, address at 4. */
+export const SOCKADDR_IN = { size: 16, family: 0, port: 2, addr: 4, addrSize: 4 } as const;
+
+/** `struct sockaddr_in6` (28 bytes): family u16 at 0, port u16 big-endian at 2, address at 8. */
+export const SOCKADDR_IN6 = { size: 28, family: 0, port: 2, addr: 8, addrSize: 16 } as const;
+
+/** `struct open_how` of openat2(2) (24 bytes): flags, mode and resolve, each a u64. */
+export const OPEN_HOW = { size: 24, flags: 0, mode: 8, resolve: 16 } as const;
+
+/** Fills an `open_how` held as three u64. */
+export function encodeOpenHow(how: BigUint64Array, flags: number, mode: number, resolve: bigint): void {
+  how[OPEN_HOW.flags / 8] = BigInt(flags);
+  how[OPEN_HOW.mode / 8] = BigInt(mode);
+  how[OPEN_HOW.resolve / 8] = resolve;
 }
 
-/**
- * Parses `HOST:PORT`, `[IPV6]:PORT` or `localhost:PORT` into an {@link Endpoint}.
- * Throws an Error naming the text and what is wrong with it.
- */
-export function parseEndpoint(text: string): Endpoint {
-  const m = /^(?:\[([^\]]+)\]|([^:\[\]]+)):(\d{1,5})$/.exec(text);
-  if (!m) throw new Error(`'${text}' is not HOST:PORT (IPv6 as [ADDR]:PORT)`);
-  const port = Number(m[3]);
-  if (port > 65535) throw new Error(`'${text}': port ${port} is out of range 0-65535`);
-  let host = m[1] ?? m[2];
-  if (host === "localhost") host = "127.0.0.1";
-  const family = m[1] !== undefined ? C.AF_INET6 : C.AF_INET;
-  if (pton(family, host) === null) {
-    throw new Error(
-      `'${text}': '${host}' is not a numeric ${family === C.AF_INET ? "IPv4" : "IPv6"} address`,
-    );
-  }
-  return { family, host, port };
+/** `struct stat` on x86_64 (144 bytes): the offsets of the fields ferry reads. */
+export const STAT = {
+  size: 144,
+  st_dev: 0,
+  st_ino: 8,
+  st_nlink: 16,
+  st_mode: 24,
+  st_size: 48,
+  st_blocks: 64,
+  /** `struct timespec`: tv_sec, then tv_nsec. */
+  st_mtim: 88,
+  st_ctim: 104,
+} as const;
+
+/** What ferry needs of `struct stat`. */
+export interface FileStat {
+  /** Device and inode: together they name the file. */
+  dev: bigint;
+  /** Inode number. */
+  ino: bigint;
+  /** Hard links to the inode: more than one means the same bytes have another name, maybe elsewhere. */
+  nlink: number;
+  /** File type and permission bits. */
+  mode: number;
+  /** Size in bytes. */
+  size: number;
+  /** Storage it takes, in 512-byte blocks (less than its size says when it has holes). */
+  blocks: number;
+  /** Modification time in nanoseconds since the epoch. */
+  mtimeNs: bigint;
+  /** Status change time in nanoseconds since the epoch: moves on any chmod, chown, link or rename too. */
+  ctimeNs: bigint;
+  /** True for a regular file. */
+  isFile: boolean;
 }
 
-/** Formats an endpoint as `127.0.0.1:7420` or `[::1]:7420`. */
-export function formatEndpoint(ep: Endpoint): string {
-  return ep.family === C.AF_INET6 ? `[${ep.host}]:${ep.port}` : `${ep.host}:${ep.port}`;
+const S_IFMT = 0o170000;
+const S_IFREG = 0o100000;
+const S_IFDIR = 0o040000;
+
+/** Decodes a `struct stat` that fstat(2) wrote into `st` (held as i64s, so every field is 8-aligned). */
+export function decodeStat(st: BigInt64Array): FileStat {
+  const mode = Number(st[STAT.st_mode / 8] & 0xffffffffn); // a u32: the low half of its i64
+  return {
+    dev: st[STAT.st_dev / 8],
+    ino: st[STAT.st_ino / 8],
+    nlink: Number(st[STAT.st_nlink / 8]),
+    mode,
+    size: Number(st[STAT.st_size / 8]),
+    blocks: Number(st[STAT.st_blocks / 8]),
+    mtimeNs: st[STAT.st_mtim / 8] * 1_000_000_000n + st[STAT.st_mtim / 8 + 1],
+    ctimeNs: st[STAT.st_ctim / 8] * 1_000_000_000n + st[STAT.st_ctim / 8 + 1],
+    isFile: (mode & S_IFMT) === S_IFREG,
+  };
 }
 
-function pton(family: number, host: string): Uint8Array | null {
-  const out = new Uint8Array(16);
-  const r = sys.inet_pton(family, new TextEncoder().encode(host + "\0"), out);
-  if (r === -1) throw new LibcError("inet_pton", 97 /* EAFNOSUPPORT */);
-  return r === 1 ? out : null;
-}
-
-/** Encodes an endpoint as a `sockaddr_in` (16 bytes) or `sockaddr_in6` (28 bytes). */
-export function encodeSockaddr(ep: Endpoint): Uint8Array {
-  const raw = pton(ep.family, ep.host);
-  if (raw === null) throw new Error(`'${ep.host}' is not a numeric address`);
-  const buf = new Uint8Array(ep.family === C.AF_INET6 ? 28 : 16);
-  const view = new DataView(buf.buffer);
-  view.setUint16(0, ep.family, true);
-  view.setUint16(2, ep.port, false);
-  if (ep.family === C.AF_INET6) buf.set(raw.subarray(0, 16), 8);
-  else buf.set(raw.subarray(0, 4), 4);
-  return buf;
-}
-
-const ntopOut = new Uint8Array(64);
-
-/** Decodes a `sockaddr_in`/`sockaddr_in6` written by the kernel; null for any other family. */
-export function decodeSockaddr(buf: Uint8Array): Endpoint | null {
-  const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
-  const family = view.getUint16(0, true);
-  if (family !== C.AF_INET && family !== C.AF_INET6) return null;
-  const port = view.getUint16(2, false);
-  // Dotted quads are formatted here: inet_ntop(3) formats them with sprintf, once per connection.
-  if (family === C.AF_INET) return { family, host: `${buf[4]}.${buf[5]}.${buf[6]}.${buf[7]}`, port };
-  const raw = buf.slice(8, 24);
-  const p = sys.inet_ntop(family, raw, ntopOut, ntopOut.byteLength);
-  if (p === null) return null;
-  return { family, host: Deno.UnsafePointerView.getCString(p), port };
+/** True if `stat` is of a directory. */
+export function isDirectoryStat(stat: FileStat): boolean {
+  return (stat.mode & S_IFMT) === S_IFDIR;
 }
 
 /** The address of a typed array's first byte, for storing in a struct (the array must stay referenced). */

@@ -40,7 +40,8 @@ import {
   trySend,
   WOULD_BLOCK,
 } from "../ffi/libc.ts";
-import { encodeSockaddr, parseEndpoint } from "../ffi/structs.ts";
+import { encodeSockaddr } from "../ffi/sockaddr.ts";
+import { parseEndpoint } from "../host_port.ts";
 import {
   CLASSIC_CHUNK,
   decodeJson,

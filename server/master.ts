@@ -37,13 +37,8 @@ import {
   tryWrite,
   WOULD_BLOCK,
 } from "../ffi/libc.ts";
-import {
-  decodeSockaddr,
-  encodeSockaddr,
-  type Endpoint,
-  formatEndpoint,
-  SOCKADDR_MAX,
-} from "../ffi/structs.ts";
+import { decodeSockaddr, encodeSockaddr, type Endpoint, formatEndpoint } from "../ffi/sockaddr.ts";
+import { SOCKADDR_MAX } from "../ffi/structs.ts";
 import { encodeErrorResponse, ErrorCode } from "../framing.ts";
 
 /** How long a refused connection may keep sending before the master closes it, in milliseconds. */

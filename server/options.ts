@@ -6,7 +6,8 @@
 
 import { parseArgs } from "node:util";
 import { ServeMode } from "../channel/messages.ts";
-import { type Endpoint, parseEndpoint } from "../ffi/structs.ts";
+import type { Endpoint } from "../ffi/sockaddr.ts";
+import { parseEndpoint } from "../host_port.ts";
 
 /** Everything the server's command line decides. */
 export interface ServerOptions {

@@ -9,23 +9,36 @@ import { trySendWithFds } from "../ffi/fdpass.ts";
 import { close, tryRead, tryWrite } from "../ffi/libc.ts";
 import {
   createChannel,
+  decodeHashKnown,
   type HandedConn,
   MAX_CONNS_PER_MESSAGE,
   MessageKind,
   receiveMessage,
   sendConns,
+  sendHashKnown,
   sendMessage,
   ServeMode,
 } from "../channel/messages.ts";
-import { encodeSockaddr, parseEndpoint } from "../ffi/structs.ts";
+import { encodeSockaddr } from "../ffi/sockaddr.ts";
+import { parseEndpoint } from "../host_port.ts";
 
 /** Two connected sockets standing in for a client connection: what goes in one end comes out the other. */
 const socketPair = createChannel;
 
-async function openFdCount(): Promise<number> {
-  let n = 0;
-  for await (const _ of Deno.readDir("/proc/self/fd")) n++;
-  return n;
+/**
+ * The fds of this process that lead to the very socket `fd` is open on: /proc/self/fd names a socket by its
+ * inode. Counting all fds would count those of other test files running in the same process (--parallel);
+ * no other test can hold this socket.
+ */
+function fdsOnSameSocket(fd: number): number[] {
+  const socket = Deno.readLinkSync(`/proc/self/fd/${fd}`);
+  const found: number[] = [];
+  for (const entry of Deno.readDirSync("/proc/self/fd")) {
+    try {
+      if (Deno.readLinkSync(`/proc/self/fd/${entry.name}`) === socket) found.push(Number(entry.name));
+    } catch { /* closed meanwhile by another test */ }
+  }
+  return found.sort((x, y) => x - y);
 }
 
 // libc's symbols are bound on first use and stay bound: bind the ones used here before any test starts,
@@ -81,19 +94,38 @@ Deno.test("connections handed over in one message arrive with their own fds, ids
   }
 });
 
-Deno.test("a Conns message whose fds do not match its count is refused and its fds are closed", async () => {
+Deno.test("a Conns message whose fds do not match its count is refused and its fds are closed", () => {
   const [master, worker] = createChannel();
   const [a, b] = socketPair();
   try {
-    const before = await openFdCount();
+    assert.deepEqual(fdsOnSameSocket(a), [a]);
     // Claims two connections, carries one fd.
     const bad = new Uint8Array(new ArrayBuffer(16 + 2 * 40));
     new DataView(bad.buffer).setUint32(0, MessageKind.Conns, true);
     new DataView(bad.buffer).setUint32(8, 2, true);
     assert.ok(trySendWithFds(master, bad, bad.byteLength, [a]));
     assert.throws(() => receiveMessage(worker), /expected 96 bytes with 2/);
-    assert.equal(await openFdCount(), before, "the fd that came with it was closed");
+    assert.deepEqual(fdsOnSameSocket(a), [a], "the copy of the fd that came with it was closed");
   } finally {
     for (const fd of [master, worker, a, b]) close(fd);
+  }
+});
+
+Deno.test("a HashKnown message carries a file's etag and SHA-256 from one end to the other, as hex", () => {
+  const [master, worker] = createChannel();
+  try {
+    const etag = "0123456789abcdef00ff7f8010203040";
+    const sha256 = "f".repeat(8) + "0".repeat(8) + "9a".repeat(24);
+    assert.ok(sendHashKnown(worker, etag, sha256));
+    const message = receiveMessage(master);
+    assert.ok(message !== null && message !== "closed");
+    assert.equal(message.kind, MessageKind.HashKnown);
+    assert.deepEqual(decodeHashKnown(message.payload), { etag, sha256 });
+    assert.throws(() => sendHashKnown(worker, etag.toUpperCase(), sha256), /not 16 bytes in lowercase hex/);
+    assert.throws(() => sendHashKnown(worker, etag, sha256.slice(2)), /not 32 bytes in lowercase hex/);
+    assert.equal(receiveMessage(master), null, "nothing was sent for a malformed hash");
+  } finally {
+    close(master);
+    close(worker);
   }
 });

@@ -13,18 +13,21 @@ import {
   encodeRawFrame,
   encodeRequest,
   END_FRAME,
+  ERROR_CLOSES,
+  errorClosesConnection,
   ErrorCode,
   type ErrorCodeValue,
   FileShrankError,
   fillClassicBody,
   FrameType,
   getFrameLength,
+  isSha256Hex,
   MAX_PATH_BYTES,
   parseRequest,
   ProtocolError,
   putFrameLength,
 } from "../framing.ts";
-import { naiveSeedBody, patterned } from "./helpers.ts";
+import { naiveSeedBody, patterned, repoPath } from "./helpers.ts";
 
 const SIZES = [0, 1, 999, 1000, 1001, 2500];
 const encoder = new TextEncoder();
@@ -280,5 +283,29 @@ Deno.test("checkRelativePath refuses empty, absolute, '..', NUL and over-long pa
   ];
   for (const [path, code] of refused) {
     assertRefused(() => checkRelativePath(path), code, `path ${JSON.stringify(path.slice(0, 40))}`);
+  }
+});
+
+Deno.test("the table of errors that close the connection is PROTOCOL.md's, and an unknown code closes", async () => {
+  const protocol = await Deno.readTextFile(repoPath("PROTOCOL.md"));
+  const documented = new Map<string, boolean>();
+  for (const m of protocol.matchAll(/^\| `([A-Z_]+)` +\|.*\| (closed|open) +\|$/gm)) {
+    documented.set(m[1], m[2] === "closed");
+  }
+  assert.deepEqual(
+    Object.fromEntries(documented),
+    Object.fromEntries(Object.values(ErrorCode).map((code) => [code, ERROR_CLOSES[code]])),
+  );
+  assert.equal(errorClosesConnection("NOT_FOUND"), false);
+  assert.equal(errorClosesConnection("SOMETHING_NEWER"), true);
+  assert.equal(errorClosesConnection("toString"), true, "only the table's own codes");
+});
+
+Deno.test("isSha256Hex takes 64 lowercase hex digits only", () => {
+  assert.ok(isSha256Hex("0123456789abcdef".repeat(4)));
+  for (
+    const bad of ["0123456789ABCDEF".repeat(4), "a".repeat(63), "a".repeat(65), "g".repeat(64), 7, undefined]
+  ) {
+    assert.equal(isSha256Hex(bad), false, String(bad));
   }
 });

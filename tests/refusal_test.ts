@@ -176,6 +176,32 @@ Deno.test("request mode: a directory is refused with NOT_A_FILE, the connection 
   });
 });
 
+Deno.test("request mode: a Unix socket file and a fifo are refused with NOT_A_FILE, the connection stays usable", async () => {
+  await using dir = await tempDir();
+  const { root, okBytes } = await makeTree(dir.path);
+  const listener = Deno.listen({ transport: "unix", path: `${root}/socket` }); // a socket file: open(2) says ENXIO
+  const mkfifo = await new Deno.Command("mkfifo", { args: [`${root}/fifo`] }).output(); // open(2) would block
+  assert.equal(mkfifo.code, 0, new TextDecoder().decode(mkfifo.stderr));
+  const server = await startServer(["--listen", "127.0.0.1:0", "--root", root, "--workers", "1"]);
+  try {
+    const s = { port: server.ports[0], okBytes };
+    for (const path of ["socket", "fifo"]) {
+      await assertPathRefused(s, path, ErrorCode.NotAFile);
+      const conn = await RawConnection.open(s.port);
+      try {
+        await conn.sendRequest({ op: "stat", path });
+        await assertErrorResponse(conn, ErrorCode.NotAFile);
+        await assertGetOk(conn, okBytes);
+      } finally {
+        conn.close();
+      }
+    }
+  } finally {
+    listener.close();
+    assert.equal((await server.stop()).code, 0);
+  }
+});
+
 Deno.test("request mode: a missing file is NOT_FOUND and the same connection then serves more requests", async () => {
   await withServer([], async (s) => {
     await assertPathRefused(s, "missing.txt", ErrorCode.NotFound);

@@ -33,7 +33,8 @@
 import { closeSync, constants, openSync } from "node:fs";
 import { join } from "node:path";
 import { C, close, connect, setsockoptTimeval, socket, tryRecv, tryWrite, WOULD_BLOCK } from "../ffi/libc.ts";
-import { encodeSockaddr, parseEndpoint } from "../ffi/structs.ts";
+import { encodeSockaddr } from "../ffi/sockaddr.ts";
+import { parseEndpoint } from "../host_port.ts";
 
 /** What the seed client received. */
 export interface SeedResult {

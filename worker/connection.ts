@@ -20,10 +20,11 @@ import {
   trySend,
   WOULD_BLOCK,
 } from "../ffi/libc.ts";
-import { decodeSockaddr, formatEndpoint } from "../ffi/structs.ts";
+import { decodeSockaddr, formatEndpoint } from "../ffi/sockaddr.ts";
 import {
   encodeErrorResponse,
   encodeRawFrame,
+  ERROR_CLOSES,
   type ErrorBody,
   ErrorCode,
   FileShrankError,
@@ -235,7 +236,7 @@ export class Connection {
       if (!(e instanceof ProtocolError)) throw e;
       // A well-formed request for a path that may not be served (absolute, '..', NUL, too long) is refused
       // like a path leading outside the root: the connection stays open (PROTOCOL.md). Others close it.
-      if (e.code !== ErrorCode.Forbidden) {
+      if (ERROR_CLOSES[e.code]) {
         this.#fail({ code: e.code, message: e.message });
         return true;
       }
@@ -251,7 +252,7 @@ export class Connection {
       this.#reply = reply;
     } else {
       this.#requestLabel = "GET (path refused)";
-      this.#out.push(new ErrorPiece(refusal!, false));
+      this.#out.push(new ErrorPiece(refusal!));
     }
     this.#state = "writing";
     return true;
@@ -272,7 +273,7 @@ export class Connection {
   #fail(body: ErrorBody): void {
     this.#requestLabel = this.#requestLabel === "-" ? "(malformed)" : this.#requestLabel;
     this.ok = false;
-    this.#out.push(new ErrorPiece(body, true));
+    this.#out.push(new ErrorPiece(body));
     this.#state = "writing";
   }
 
@@ -339,7 +340,7 @@ export class Connection {
             0,
             this.#out.length,
             new ZeroPadding(head.frameLeft),
-            new ErrorPiece({ code: ErrorCode.FileChanged, message: e.message }, true),
+            new ErrorPiece({ code: ErrorCode.FileChanged, message: e.message }),
           ));
           continue;
         }

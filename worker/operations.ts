@@ -12,6 +12,7 @@ import { close, type FileStat, fstat, LibcError, openRead, pread } from "../ffi/
 import {
   encodeJsonFrame,
   END_FRAME,
+  ERROR_CLOSES,
   type ErrorBody,
   ErrorCode,
   FRAME_HEADER_SIZE,
@@ -29,13 +30,14 @@ import { etagOf, type HashCache, identityOf } from "./hash_cache.ts";
 import { returnReplyBuffer, takeReplyBuffer } from "./reply_pool.ts";
 import type { ReplyCache } from "./reply_cache.ts";
 
-/** An error answer; `closes` says whether the connection ends after it (PROTOCOL.md's table). */
+/** An error answer. */
 export class ErrorPiece {
-  /**
-   * @param body the error frame's JSON
-   * @param closes true if the connection closes after this error
-   */
-  constructor(readonly body: ErrorBody, readonly closes: boolean) {}
+  /** True if the connection closes after this error: its code says so ({@link ERROR_CLOSES}). */
+  readonly closes: boolean;
+  /** @param body the error frame's JSON */
+  constructor(readonly body: ErrorBody) {
+    this.closes = ERROR_CLOSES[body.code];
+  }
 }
 
 /** A piece known only later: `settle` returns the pieces that replace it, or null while it must wait. */
@@ -99,8 +101,8 @@ export function answer(request: Readonly<Request>, ctx: ReplyContext): Reply {
   }
 }
 
-function refusal(label: string, body: ErrorBody, closes = false): Reply {
-  return { label, pieces: [new ErrorPiece(body, closes)], files: [] };
+function refusal(label: string, body: ErrorBody): Reply {
+  return { label, pieces: [new ErrorPiece(body)], files: [] };
 }
 
 /** Opens a regular file beneath the root, or says why not. */
@@ -112,19 +114,19 @@ function openFile(ctx: ReplyContext, path: string): { fd: number; stat: FileStat
     if (!(e instanceof LibcError)) throw e;
     return openError(e, path);
   }
-  const stat = fstat(fd);
-  if (!stat.isFile) {
+  const fileStat = fstat(fd);
+  if (!fileStat.isFile) {
     close(fd);
     return { code: ErrorCode.NotAFile, message: `${JSON.stringify(path)} is not a regular file` };
   }
-  return { fd, stat };
+  return { fd, stat: fileStat };
 }
 
 function fileChanged(path: string): ErrorPiece {
   return new ErrorPiece({
     code: ErrorCode.FileChanged,
     message: `${JSON.stringify(path)} changed while it was being sent: discard the data`,
-  }, true);
+  });
 }
 
 /**
@@ -156,93 +158,130 @@ function get(request: Readonly<Request>, ctx: ReplyContext): Reply {
   const path = request.path!;
   const offset = request.offset ?? 0;
   const label = `GET ${JSON.stringify(path)}${offset > 0 ? ` offset=${offset}` : ""}`;
-  if (offset === 0) {
-    const cached = ctx.replies.lookup(ctx.rootFd, path);
-    // A stale ifMatch takes the usual path, which answers CHANGED.
-    if (cached !== null && (request.ifMatch === undefined || request.ifMatch === cached.etag)) {
-      if (request.ifNoneMatch === undefined) return { label, pieces: [ctx.replies.piece(cached)], files: [] };
-      const unchanged = request.ifNoneMatch === cached.sha256;
-      return {
-        label: `${label} ifNoneMatch`,
-        pieces: [unchanged ? cached.unchanged : ctx.replies.piece(cached)],
-        files: [],
-        result: unchanged ? "unchanged" : undefined,
-      };
-    }
-  }
+  const cached = offset === 0 ? cachedGet(request, ctx, label) : null;
+  if (cached !== null) return cached;
   const opened = openFile(ctx, path);
   if (!("fd" in opened)) return refusal(label, opened);
-  const { fd, stat } = opened;
-  const identity = identityOf(stat);
-  const etag = etagOf(identity);
-  if (request.ifMatch !== undefined && request.ifMatch !== etag) {
+  const { fd, stat: fileStat } = opened;
+  const identity = identityOf(fileStat);
+  const file: OpenGet = { ctx, path, offset, fd, fileStat, identity, etag: etagOf(identity) };
+  if (request.ifMatch !== undefined && request.ifMatch !== file.etag) {
     close(fd);
     return refusal(label, {
       code: ErrorCode.Changed,
       message: `${JSON.stringify(path)} is no longer the version of etag ${request.ifMatch}: start again`,
     });
   }
-  if (offset > stat.size) {
+  if (offset > fileStat.size) {
     close(fd);
     return refusal(label, {
       code: ErrorCode.BadRequest,
-      message: `offset ${offset} is beyond the size ${stat.size}`,
-    }, true);
-  }
-  const mode = stat.mode & 0o7777;
-  const fields = () => ({ size: stat.size, mtimeNs: String(stat.mtimeNs), mode, etag, offset });
-  const reply: Reply = { label, pieces: [], files: [fd] };
-
-  // After the data: the file must still be the version announced, and the hash follows if it was not known.
-  const finale = (knownSha: string | undefined): Deferred => {
-    let hashed: string | null | undefined = knownSha;
-    if (knownSha === undefined) {
-      ctx.hashes.request(identity, fd, stat.size, JSON.stringify(path), (sha) => {
-        hashed = sha;
-        ctx.wake();
-      });
-    }
-    return new Deferred(() => {
-      if (identityOf(fstat(fd)) !== identity) return [fileChanged(path)];
-      if (knownSha !== undefined) return [END_FRAME];
-      if (hashed === undefined) return null;
-      if (hashed === null) return [fileChanged(path)];
-      return [encodeJsonFrame(FrameType.Trailer, { sha256: hashed }), END_FRAME];
+      message: `offset ${offset} is beyond the size ${fileStat.size}`,
     });
-  };
-  const send = (sha: string | undefined): Piece[] => {
-    const head = sha !== undefined && offset === 0
-      ? wholeFileHeader(identity, mode, () => ({ ...fields(), sha256: sha }))
-      : header({ ...fields(), sha256: sha });
-    if (sha !== undefined && stat.size - offset <= SMALL_REPLY_BYTES) {
-      const whole = smallReply(head, fd, offset, stat.size, identity);
-      if (whole !== null) {
-        if (offset === 0) {
-          ctx.replies.store(path, {
-            stat,
-            etag,
-            sha256: sha,
-            whole, // copied by the cache: the pooled buffer goes back once sent
-            unchanged: unchangedAnswer({ ...fields(), offset: stat.size, sha256: sha, unchanged: true }),
-          });
-        }
-        return [whole];
-      }
-    }
-    return [head, new FramedFileBody(fd, offset, stat.size), finale(sha)];
-  };
-
-  if (request.ifNoneMatch !== undefined) {
+  }
+  const reply: Reply = { label, pieces: [], files: [fd] };
+  const ifNoneMatch = request.ifNoneMatch;
+  if (ifNoneMatch !== undefined) {
     reply.label += " ifNoneMatch";
     reply.pieces.push(withHash(ctx, path, opened, (sha) => {
-      if (sha !== request.ifNoneMatch) return send(sha);
+      if (sha !== ifNoneMatch) return sendFile(file, sha);
       reply.result = "unchanged";
-      return [unchangedAnswer({ ...fields(), offset: stat.size, sha256: sha, unchanged: true })];
+      return [unchangedGetAnswer(file, sha)];
     }));
   } else {
-    reply.pieces.push(...send(ctx.hashes.get(identity)));
+    reply.pieces.push(...sendFile(file, ctx.hashes.get(identity)));
   }
   return reply;
+}
+
+/** A `get` whose file is open and checked: what building its reply needs. */
+interface OpenGet {
+  ctx: ReplyContext;
+  path: string;
+  /** Where the data starts. */
+  offset: number;
+  fd: number;
+  fileStat: FileStat;
+  identity: string;
+  etag: string;
+}
+
+/** The whole reply to a `get` from offset 0, from the worker's cache; null if it is not there or stale. */
+function cachedGet(request: Readonly<Request>, ctx: ReplyContext, label: string): Reply | null {
+  const cached = ctx.replies.lookup(ctx.rootFd, request.path!);
+  // A stale ifMatch takes the usual path, which answers CHANGED.
+  if (cached === null || (request.ifMatch !== undefined && request.ifMatch !== cached.etag)) return null;
+  if (request.ifNoneMatch === undefined) return { label, pieces: [ctx.replies.piece(cached)], files: [] };
+  const unchanged = request.ifNoneMatch === cached.sha256;
+  return {
+    label: `${label} ifNoneMatch`,
+    pieces: [unchanged ? cached.unchanged : ctx.replies.piece(cached)],
+    files: [],
+    result: unchanged ? "unchanged" : undefined,
+  };
+}
+
+/** The Header frame's fields of a `get`, but the SHA-256. */
+function getFields(file: OpenGet): Omit<ResponseHeader, "v" | "status"> {
+  const { fileStat, etag, offset } = file;
+  return {
+    size: fileStat.size,
+    mtimeNs: String(fileStat.mtimeNs),
+    mode: fileStat.mode & 0o7777,
+    etag,
+    offset,
+  };
+}
+
+/** The answer to a `get` whose `ifNoneMatch` matched: a Header saying so, and no data. */
+function unchangedGetAnswer(file: OpenGet, sha256: string): Uint8Array {
+  return unchangedAnswer({ ...getFields(file), offset: file.fileStat.size, sha256, unchanged: true });
+}
+
+/**
+ * The pieces that send the file: a small file with a known hash as one buffer (kept in the reply cache when
+ * whole), else a Header, the data frames, and what follows the data.
+ */
+function sendFile(file: OpenGet, sha: string | undefined): Piece[] {
+  const { ctx, path, offset, fd, fileStat, identity, etag } = file;
+  const head = sha !== undefined && offset === 0
+    ? wholeFileHeader(identity, fileStat.mode & 0o7777, () => ({ ...getFields(file), sha256: sha }))
+    : header({ ...getFields(file), sha256: sha });
+  if (sha !== undefined && fileStat.size - offset <= SMALL_REPLY_BYTES) {
+    const whole = smallReply(head, fd, offset, fileStat.size, identity);
+    if (whole !== null) {
+      if (offset === 0) {
+        ctx.replies.store(path, {
+          stat: fileStat,
+          etag,
+          sha256: sha,
+          whole, // copied by the cache: the pooled buffer goes back once sent
+          unchanged: unchangedGetAnswer(file, sha),
+        });
+      }
+      return [whole];
+    }
+  }
+  return [head, new FramedFileBody(fd, offset, fileStat.size), afterData(file, sha)];
+}
+
+/** After the data: the file must still be the version announced, and the hash follows if it was not known. */
+function afterData(file: OpenGet, knownSha: string | undefined): Deferred {
+  const { ctx, path, fd, fileStat, identity } = file;
+  let hashed: string | null | undefined = knownSha;
+  if (knownSha === undefined) {
+    ctx.hashes.request(identity, fd, fileStat.size, JSON.stringify(path), (sha) => {
+      hashed = sha;
+      ctx.wake();
+    });
+  }
+  return new Deferred(() => {
+    if (identityOf(fstat(fd)) !== identity) return [fileChanged(path)];
+    if (knownSha !== undefined) return [END_FRAME];
+    if (hashed === undefined) return null;
+    if (hashed === null) return [fileChanged(path)];
+    return [encodeJsonFrame(FrameType.Trailer, { sha256: hashed }), END_FRAME];
+  });
 }
 
 /**
@@ -335,16 +374,16 @@ function stat(request: Readonly<Request>, ctx: ReplyContext): Reply {
   const label = `STAT ${JSON.stringify(path)}`;
   const opened = openFile(ctx, path);
   if (!("fd" in opened)) return refusal(label, opened);
-  const { fd, stat } = opened;
-  const identity = identityOf(stat);
+  const { fd, stat: fileStat } = opened;
+  const identity = identityOf(fileStat);
   return {
     label,
     files: [fd],
     pieces: [withHash(ctx, path, opened, (sha256) => [
       header({
-        size: stat.size,
-        mtimeNs: String(stat.mtimeNs),
-        mode: stat.mode & 0o7777,
+        size: fileStat.size,
+        mtimeNs: String(fileStat.mtimeNs),
+        mode: fileStat.mode & 0o7777,
         etag: etagOf(identity),
         sha256,
       }),
@@ -433,6 +472,11 @@ export function openError(e: LibcError, path: string): ErrorBody {
       return { code: ErrorCode.Forbidden, message: `${quoted} is not readable by the server` };
     case "ENAMETOOLONG":
       return { code: ErrorCode.Forbidden, message: `${quoted} is too long` };
+    // A Unix socket file cannot be opened (ENXIO), nor a device without its driver (ENXIO, ENODEV). A fifo
+    // opens (O_NONBLOCK: no waiting for a writer) and is refused after fstat, like any non-regular file.
+    case "ENXIO":
+    case "ENODEV":
+      return { code: ErrorCode.NotAFile, message: `${quoted} is not a regular file` };
     default:
       return { code: ErrorCode.Internal, message: `cannot open ${quoted}: ${e.errnoName}` };
   }

@@ -1,0 +1,71 @@
+/**
+ * The libc layer's own promises: `struct stat` decoded from its layout agrees with what Deno reports for the
+ * same file, and a failed call says which call, which errno and on what.
+ */
+
+import assert from "node:assert/strict";
+import { close, fstat, LibcError, openRead, statAt } from "../ffi/libc.ts";
+import { tempDir } from "./helpers.ts";
+
+// libc's symbols are bound on first use and stay bound: bind the ones used here before any test starts,
+// since the test sanitizer counts a library opened during a test as a leak.
+{
+  const fd = openRead(".", { directory: true });
+  fstat(fd);
+  assert.throws(() => statAt(fd, "no such file"), LibcError);
+  close(fd);
+}
+
+Deno.test("fstat and statAt decode struct stat as Deno's own stat sees the file", async () => {
+  await using dir = await tempDir();
+  const path = `${dir.path}/f`;
+  await Deno.writeFile(path, new Uint8Array(12345));
+  await Deno.chmod(path, 0o640);
+  await Deno.utime(path, 1_700_000_000, new Date(1_600_000_000_123)); // mtime with milliseconds
+  const expected = await Deno.stat(path);
+  const rootFd = openRead(dir.path, { directory: true });
+  const fd = openRead("f", { beneath: rootFd });
+  try {
+    for (const st of [fstat(fd), statAt(rootFd, "f")]) {
+      assert.equal(st.size, 12345);
+      assert.equal(st.mode, expected.mode);
+      assert.equal(st.mode & 0o7777, 0o640);
+      assert.equal(st.ino, BigInt(expected.ino!));
+      assert.equal(st.dev, BigInt(expected.dev));
+      assert.equal(st.blocks, expected.blocks);
+      assert.equal(st.mtimeNs, 1_600_000_000_123_000_000n);
+      assert.ok(st.isFile);
+    }
+    assert.equal(fstat(rootFd).isFile, false, "a directory");
+  } finally {
+    close(fd);
+    close(rootFd);
+  }
+});
+
+Deno.test("a failed open names the call, the errno and the path", async () => {
+  await using dir = await tempDir();
+  const rootFd = openRead(dir.path, { directory: true });
+  try {
+    assert.throws(
+      () => openRead("missing/file", { beneath: rootFd }),
+      (e) =>
+        e instanceof LibcError && e.errnoName === "ENOENT" &&
+        e.message === 'openat2: ENOENT (No such file or directory) opening "missing/file"',
+    );
+    assert.throws(
+      () => openRead("../outside", { beneath: rootFd }),
+      /openat2: EXDEV .* opening "\.\.\/outside"/,
+    );
+    assert.throws(
+      () => statAt(rootFd, "gone"),
+      /fstatat: ENOENT .* of "gone"/,
+    );
+    assert.throws(
+      () => openRead("x".repeat(5000), { beneath: rootFd }),
+      /openat2: ENAMETOOLONG .*4096 bytes/,
+    );
+  } finally {
+    close(rootFd);
+  }
+});
