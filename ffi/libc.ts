@@ -57,6 +57,7 @@ const symbols = {
   setrlimit: { parameters: ["i32", "buffer"], result: "i32" }, // int setrlimit(int resource, const struct rlimit *rlim)
   fstat: { parameters: ["i32", "buffer"], result: "i32" }, // int fstat(int fd, struct stat *st)
   fstatat: { parameters: ["i32", "buffer", "buffer", "i32"], result: "i32" }, // int fstatat(int dirfd, const char *path, struct stat *st, int flags)
+  getdents64: { parameters: ["i32", "buffer", "usize"], result: "isize" }, // ssize_t getdents64(int fd, void *dirp, size_t count)
   syscall: { parameters: ["i64", "i64", "buffer", "buffer", "u64"], result: "i64" }, // long syscall(long nr, ...): used for openat2 only
 } as const satisfies Deno.ForeignLibraryInterface;
 
@@ -434,6 +435,19 @@ export function openRead(path: string, options: OpenReadOptions = {}): number {
   }
 }
 
+/**
+ * getdents64(2): fills `buf` with the next `struct linux_dirent64` records of the open directory `fd`
+ * (layout: `DIRENT64` in structs.ts); returns the bytes filled, 0 at the end. Names come as raw bytes,
+ * whatever their encoding, with their type, and no second fd is needed to read the directory.
+ */
+export function getdents(fd: number, buf: Uint8Array): number {
+  for (;;) {
+    const r = sys.getdents64(fd, buf, BigInt(buf.byteLength));
+    if (r !== -1n) return Number(r);
+    if (errno() !== C.EINTR) throw new LibcError("getdents64", errno());
+  }
+}
+
 /** What ferry needs of `struct stat`. */
 export interface FileStat {
   /** Device and inode: together they name the file. */
@@ -452,11 +466,14 @@ export interface FileStat {
   ctimeNs: bigint;
   /** True for a regular file. */
   isFile: boolean;
+  /** True for a directory. */
+  isDirectory: boolean;
 }
 
 const statBuf = new BigInt64Array(18); // struct stat is 144 bytes on x86_64
 const S_IFMT = 0o170000;
 const S_IFREG = 0o100000;
+const S_IFDIR = 0o040000;
 
 /** fstat(2) of an fd. */
 export function fstat(fd: number): FileStat {
@@ -486,5 +503,6 @@ function decodeStat(): FileStat {
     mtimeNs: statBuf[11] * 1_000_000_000n + statBuf[12], // st_mtim at 88: tv_sec, tv_nsec
     ctimeNs: statBuf[13] * 1_000_000_000n + statBuf[14], // st_ctim at 104
     isFile: (mode & S_IFMT) === S_IFREG,
+    isDirectory: (mode & S_IFMT) === S_IFDIR,
   };
 }
