@@ -294,7 +294,7 @@ export class Session {
     const entries: unknown[] = [];
     try {
       for (;;) {
-        const len = await reader.readLength(`${what}'s next frame`);
+        const len = await reader.readLength(`the next frame of ${what}`);
         if (len === 0) throw protocolError(`${what} ended without its trailer`);
         if (len < 0 || len > MAX_RESPONSE_FRAME) throw protocolError(`frame length ${len} in ${what}`);
         const [type] = await reader.readExact(1, "a frame type");

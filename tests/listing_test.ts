@@ -438,3 +438,63 @@ Deno.test("a worker walking a large tree answers a ping on another connection be
     }
   });
 });
+
+/** Encodes a control frame of `type` with `body`'s JSON. */
+function controlFrame(type: string, body: unknown): Uint8Array {
+  const json = new TextEncoder().encode(JSON.stringify(body));
+  const frame = new Uint8Array(FRAME_HEADER_SIZE + 1 + json.byteLength);
+  new DataView(frame.buffer).setInt32(0, 1 + json.byteLength, true);
+  frame[FRAME_HEADER_SIZE] = type.charCodeAt(0);
+  frame.set(json, FRAME_HEADER_SIZE + 1);
+  return frame;
+}
+
+Deno.test("a streamed listing cut off before its trailer is never taken for whole: mirror deletes nothing and exits 6", async () => {
+  await using out = await tempDir();
+  await Deno.writeTextFile(`${out.path}/keep.txt`, "only here\n");
+  // A peer that answers like a server whose worker dies after the first batch of a listing.
+  using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const requests: Record<string, unknown>[] = [];
+  const peer = (async () => {
+    using conn = await listener.accept();
+    const buf = new Uint8Array(64 * 1024);
+    let got = 0;
+    while (got < FRAME_HEADER_SIZE || got < FRAME_HEADER_SIZE + getFrameLength(buf, 0)) {
+      const n = await conn.read(buf.subarray(got));
+      if (n === null) throw new Error("the client closed before its request was whole");
+      got += n;
+    }
+    requests.push(
+      decodeJson(buf.subarray(FRAME_HEADER_SIZE + 1, FRAME_HEADER_SIZE + getFrameLength(buf, 0))) as Record<
+        string,
+        unknown
+      >,
+    );
+    const entry = { path: "a.txt", size: 2, mtimeNs: "1", mode: 420 };
+    for (
+      const frame of [
+        controlFrame("H", { v: 1, status: "ok", stream: true }),
+        controlFrame("L", { entries: [entry] }),
+      ]
+    ) {
+      await conn.write(frame);
+    }
+  })();
+  const r = await runClient([
+    "mirror",
+    `127.0.0.1:${listener.addr.port}`,
+    ".",
+    out.path,
+    "--delete",
+    "--retries",
+    "0",
+  ]);
+  await peer;
+  assert.equal(requests[0].stream, true);
+  assert.equal(r.code, 6, r.stderr);
+  assert.match(
+    r.stderr,
+    /^ferry: protocol error: connection closed by the server in the middle of the response \(expected the next frame of the listing of "\/"\)\n$/,
+  );
+  assert.equal(await Deno.readTextFile(`${out.path}/keep.txt`), "only here\n");
+});
