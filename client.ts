@@ -61,7 +61,8 @@ Exit codes:
   0 ok                     1 internal error (a bug)       2 usage
   3 connect or timeout     4 server busy after retries    5 not found / forbidden / not a file
   6 protocol error, connection cut, or server failure     7 verification failed (size or SHA-256)
-  8 local I/O error        9 locked: another run holds --lock or the same part file`;
+  8 local I/O error        9 locked: another run holds --lock or the same part file
+  10 partial (mirror): the server's listing left something out; nothing was deleted`;
 
 /** What the command line asks for. */
 interface ClientOptions {

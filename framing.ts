@@ -50,6 +50,8 @@ export const FrameType = {
   Trailer: 0x54, // 'T'
   /** Server to client: an error, JSON {@link ErrorBody}. */
   Error: 0x45, // 'E'
+  /** Server to client: a batch of a streamed listing's files, JSON {@link ListBatch}. */
+  Entries: 0x4c, // 'L'
 } as const;
 
 /** Error codes carried by error frames. */
@@ -122,8 +124,22 @@ export function isSha256Hex(value: unknown): value is string {
 /** Operations of request mode. */
 export type Operation = "get" | "stat" | "list" | "ping";
 
-/** Largest number of entries in a `list` answer. */
+/**
+ * Largest number of entries in a `list` answer given in one Header (a request without `stream`). A
+ * streamed listing has no such limit: its entries come in as many {@link FrameType.Entries} frames as
+ * they need.
+ */
 export const MAX_LIST_ENTRIES = 10_000;
+
+/**
+ * Largest JSON of one Entries frame of a streamed listing, in bytes: the server starts a new frame before
+ * an entry would take a batch beyond it (one entry, whose path is at most {@link MAX_PATH_BYTES}, always
+ * fits), so a client can read each batch whole into a small buffer.
+ */
+export const LIST_BATCH_BYTES = 64 * 1024;
+
+/** How many of the folders and files a listing left out it names (`leftOut.first`); `count` has them all. */
+export const LEFT_OUT_SHOWN = 16;
 
 /** Deepest directory level a recursive `list` descends to. */
 export const MAX_LIST_DEPTH = 32;
@@ -144,6 +160,8 @@ export interface Request {
   ifNoneMatch?: string;
   /** `list`: descend into subdirectories. */
   recursive?: boolean;
+  /** `list`: send the entries in Entries frames after the Header, without the one-Header limit. */
+  stream?: boolean;
 }
 
 /** One file of a `list` answer. */
@@ -158,6 +176,38 @@ export interface ListEntry {
   mode: number;
   /** SHA-256, hex, when the server knows it already. */
   sha256?: string;
+}
+
+/** A folder or file a listing could not include, and why. */
+export interface LeftOutEntry {
+  /** Path relative to the served directory (a name that is not UTF-8 is shown with U+FFFD in its place). */
+  path: string;
+  /** Why it was left out, for humans: e.g. `not readable by the server (EACCES)`. */
+  reason: string;
+}
+
+/** What a listing left out: every folder it could not read and every entry it could not serve. */
+export interface LeftOut {
+  /** How many were left out. */
+  count: number;
+  /** The first {@link LEFT_OUT_SHOWN} of them, in listing order. */
+  first: LeftOutEntry[];
+}
+
+/** The JSON of an Entries frame: one batch of a streamed listing. */
+export interface ListBatch {
+  /** The files, in listing order. */
+  entries: ListEntry[];
+}
+
+/** The JSON of the Trailer that ends a streamed listing. */
+export interface ListTrailer {
+  /** Entries sent in all the Entries frames. */
+  listed: number;
+  /** True if anything was left out: the listing is not the whole tree. */
+  truncated: boolean;
+  /** What was left out. */
+  leftOut: LeftOut;
 }
 
 /** The JSON of a Header frame. */
@@ -180,10 +230,14 @@ export interface ResponseHeader {
   sha256?: string;
   /** True when `ifNoneMatch` matched: no data follows. */
   unchanged?: boolean;
-  /** `list`: the files. */
+  /** `list`: the files (a listing that is not streamed). */
   entries?: ListEntry[];
-  /** `list`: true if entries were left out (too many, too deep). */
+  /** `list`: true if anything was left out (too many, too deep, unreadable): not the whole tree. */
   truncated?: boolean;
+  /** `list`: what was left out (a listing that is not streamed; a streamed one says it in its Trailer). */
+  leftOut?: LeftOut;
+  /** `list`: true when the entries follow in Entries frames, then a {@link ListTrailer}. */
+  stream?: boolean;
 }
 
 /** The JSON of a Trailer frame. */
@@ -333,7 +387,7 @@ export function parseRequest(payload: Uint8Array): Request {
   if (typeof value !== "object" || value === null || Array.isArray(value)) {
     throw new ProtocolError(ErrorCode.BadRequest, "request is not a JSON object");
   }
-  const { v, op, path, offset, ifMatch, ifNoneMatch, recursive } = value as Record<string, unknown>;
+  const { v, op, path, offset, ifMatch, ifNoneMatch, recursive, stream } = value as Record<string, unknown>;
   if (!Number.isInteger(v)) {
     throw new ProtocolError(ErrorCode.BadRequest, "request has no integer version 'v'");
   }
@@ -354,6 +408,10 @@ export function parseRequest(payload: Uint8Array): Request {
       throw new ProtocolError(ErrorCode.BadRequest, "'recursive' is not a boolean");
     }
     request.recursive = recursive === true;
+    if (stream !== undefined && typeof stream !== "boolean") {
+      throw new ProtocolError(ErrorCode.BadRequest, "'stream' is not a boolean");
+    }
+    request.stream = stream === true;
   }
   if (op === "get") {
     if (offset !== undefined && (!Number.isSafeInteger(offset) || (offset as number) < 0)) {

@@ -32,6 +32,11 @@ export const ExitCode = {
   LocalIo: 8,
   /** Another run holds the lock (--lock, or the partial download of the same file). */
   Locked: 9,
+  /**
+   * mirror: the server's listing was not the whole tree (folders or files it could not read, names it
+   * cannot serve, limits): what it listed was mirrored, and nothing was deleted.
+   */
+  Partial: 10,
 } as const;
 
 /** One of the {@link ExitCode} values. */
@@ -135,8 +140,8 @@ export function classify(e: unknown): ClientError {
 
 /**
  * Exit codes from the most to the least serious, for a run over many files: a bug first, then what needs
- * the operator on this host (disk, corrupted data), then the server's side, then a file that was
- * listed and then went away.
+ * the operator on this host (disk, corrupted data), then the server's side, then a listing that was not
+ * the whole tree, then a file that was listed and then went away.
  */
 const SEVERITY: readonly number[] = [
   ExitCode.Internal,
@@ -146,6 +151,7 @@ const SEVERITY: readonly number[] = [
   ExitCode.Protocol,
   ExitCode.Connect,
   ExitCode.Busy,
+  ExitCode.Partial,
   ExitCode.NotFound,
   ExitCode.Usage,
 ];

@@ -19,7 +19,6 @@ import {
   close,
   dupCloseOnExec,
   fsync,
-  isDirectoryStat,
   LibcError,
   lstatAt,
   mkdirAt,
@@ -207,7 +206,7 @@ export class LocalTree implements Disposable {
   /** Replaces the non-directory `name` in `parent` by a directory. */
   #replace(parent: LocalDir, name: string, shown: string, onReplaced?: (message: string) => void): void {
     const stat = lstatAt(parent.fd, name);
-    if (isDirectoryStat(stat)) return; // a directory again: the next lookup opens it
+    if (stat.isDirectory) return; // a directory again: the next lookup opens it
     const S_IFMT = 0o170000, S_IFLNK = 0o120000;
     const what = (stat.mode & S_IFMT) === S_IFLNK ? "a symlink" : stat.isFile ? "a file" : "a special file";
     unlinkAt(parent.fd, name);

@@ -2,7 +2,8 @@
  * `client mirror`: makes a local directory a copy of a directory on the server. One recursive `list`, then
  * each new or changed file fetched with {@link fetchFile} (resume, verification, atomic publication,
  * only-if-changed), all over one persistent connection; with `--delete`, local regular files the server no
- * longer has are removed, and the directories that leaves empty.
+ * longer has are removed, and the directories that leaves empty, but only when the listing is the whole
+ * tree: one that left anything out makes the run partial (exit 10) and deletes nothing.
  *
  * Below LOCAL_DIR no symlink is followed (`local_tree.ts`): every file is created, renamed and removed
  * relative to its directory's fd, and a symlink where the server has a directory is replaced by one.
@@ -21,19 +22,12 @@ import {
   worstExitCode,
 } from "./failure.ts";
 import { fetchFile, type FetchOptions, type FileReport } from "./fetch_file.ts";
-import {
-  ErrorCode,
-  isSha256Hex,
-  type ListEntry,
-  MAX_LIST_DEPTH,
-  MAX_LIST_ENTRIES,
-  PROTOCOL_VERSION,
-} from "../framing.ts";
+import { ErrorCode, isSha256Hex, type ListEntry, PROTOCOL_VERSION } from "../framing.ts";
 import { type LocalDir, LocalTree } from "./local_tree.ts";
 import { LocalIoError, type Place, removeStaleParts } from "./publish.ts";
 import { lstatAt, unlinkAt } from "../ffi/libc.ts";
 import { withRetries } from "./retry.ts";
-import type { Session } from "./session.ts";
+import type { Listing, Session } from "./session.ts";
 
 /** How to mirror. */
 export interface MirrorOptions extends Omit<FetchOptions, "listed"> {
@@ -53,7 +47,7 @@ export interface MirrorSummary {
   deleted: number;
   /** Files that could not be fetched or removed. */
   failed: number;
-  /** Failures of the run as a whole (a truncated listing), besides the files'. */
+  /** Failures of the run as a whole (an incomplete listing), besides the files'. */
   problems: ClientError[];
   /** 0, or the most serious failure's exit code. */
   exitCode: number;
@@ -93,16 +87,15 @@ function checkEntry(value: unknown): ListEntry | null {
   return e as unknown as ListEntry;
 }
 
-/** Asks for the recursive listing of `remoteDir`, with retries. */
-async function listRemote(
-  session: Session,
-  remoteDir: string,
-  options: MirrorOptions,
-): Promise<{ entries: unknown[]; truncated: boolean }> {
+/**
+ * Asks for the recursive listing of `remoteDir` (streamed, so without a limit on its size), with retries:
+ * a listing cut off in the middle is asked for again whole.
+ */
+async function listRemote(session: Session, remoteDir: string, options: MirrorOptions): Promise<Listing> {
   const what = `the listing of ${JSON.stringify(remoteDir === "" ? "/" : remoteDir)}`;
   try {
-    const header = await withRetries(
-      () => session.request({ v: PROTOCOL_VERSION, op: "list", path: remoteDir, recursive: true }, what),
+    return await withRetries(
+      () => session.list({ v: PROTOCOL_VERSION, op: "list", path: remoteDir, recursive: true }, what),
       {
         retries: options.retries,
         maxTimeMs: options.retryMaxTimeMs,
@@ -110,8 +103,6 @@ async function listRemote(
         verdict: (e) => classify(e),
       },
     );
-    if (!Array.isArray(header.entries)) throw protocolError(`${what} has no entries`);
-    return { entries: header.entries, truncated: header.truncated === true };
   } catch (e) {
     if (options.deadline.expired) throw options.deadline.error();
     if (e instanceof ServerRefusal && e.body.code === ErrorCode.UnknownOp) {
@@ -119,6 +110,23 @@ async function listRemote(
     }
     throw classify(e);
   }
+}
+
+/** The one line that says a listing was not the whole tree, with the first few of what it left out. */
+function incompleteListing(listing: Listing, unusable: number, deleting: boolean): ClientError {
+  const { count, first } = listing.leftOut;
+  const shown = first.slice(0, 3).map((e) => `${JSON.stringify(e.path)}: ${e.reason}`);
+  const why = [
+    count > 0 ? `${count} left out (${shown.join("; ")}${count > shown.length ? "; ..." : ""})` : "",
+    listing.truncated && count === 0 ? "cut short by the server" : "",
+    unusable > 0 ? `${unusable} entries unusable` : "",
+  ].filter((w) => w !== "").join(", ");
+  return new ClientError(
+    ExitCode.Partial,
+    `the server's listing is incomplete: ${why}: what it listed was mirrored${
+      deleting ? ", and --delete was skipped" : ""
+    }`,
+  );
 }
 
 /**
@@ -211,11 +219,13 @@ export async function mirror(
   });
   const keep = new Set<string>();
   let stop: ClientError | null = null;
+  let unusable = 0; // entries the listing had but this client could not use: it is not the whole tree here
   for (const value of listing.entries) {
     const entry = checkEntry(value);
     const rel = entry === null ? null : localRelative(entry.path, remoteDir);
     const path = entry?.path ?? JSON.stringify(value);
     if (rel === null) {
+      unusable++;
       count({
         path,
         target: "",
@@ -255,15 +265,9 @@ export async function mirror(
     if (options.deadline.expired || code === ExitCode.Connect || code === ExitCode.Busy) stop = report.error!;
   }
 
-  if (listing.truncated) {
-    summary.problems.push(
-      protocolError(
-        `the server's listing was cut short (more than ${MAX_LIST_ENTRIES} files or deeper than ` +
-          `${MAX_LIST_DEPTH} levels): files beyond it were not mirrored${
-            options.delete ? " and --delete was skipped" : ""
-          }`,
-      ),
-    );
+  // Deleting on a listing that is not the whole tree would delete what the server still has, on every host.
+  if (listing.truncated || listing.leftOut.count > 0 || unusable > 0) {
+    summary.problems.push(incompleteListing(listing, unusable, options.delete));
   } else if (options.delete && !options.deadline.expired) {
     try {
       await deleteExtraneous(remoteDir, tree, keep, count);

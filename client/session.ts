@@ -19,6 +19,8 @@ import {
   ErrorCode,
   FrameType,
   isSha256Hex,
+  type LeftOut,
+  LIST_BATCH_BYTES,
   MAX_RESPONSE_FRAME,
   type Request,
   type ResponseHeader,
@@ -102,6 +104,32 @@ export interface BodyEnd {
   received: number;
   /** The SHA-256 of the Trailer frame, if one came. */
   sha256?: string;
+}
+
+/** A `list` answer as the client received it. */
+export interface Listing {
+  /** The entries, unchecked (the caller checks each). */
+  entries: unknown[];
+  /** True if the server said the listing is not the whole tree. */
+  truncated: boolean;
+  /** What the server left out (none from a server that predates `leftOut`). */
+  leftOut: LeftOut;
+}
+
+/** The `leftOut` of a listing's Header or Trailer, checked; none when the server sent none. */
+function leftOutOf(fields: Record<string, unknown> | ResponseHeader, what: string): LeftOut {
+  const value = (fields as Record<string, unknown>).leftOut;
+  if (value === undefined) return { count: 0, first: [] };
+  const bad = () => protocolError(`${what} has a malformed leftOut`);
+  if (typeof value !== "object" || value === null) throw bad();
+  const { count, first } = value as Record<string, unknown>;
+  if (!Number.isSafeInteger(count) || (count as number) < 0 || !Array.isArray(first)) throw bad();
+  for (const e of first) {
+    if (typeof e !== "object" || e === null || typeof e.path !== "string" || typeof e.reason !== "string") {
+      throw bad();
+    }
+  }
+  return { count: count as number, first };
 }
 
 /** A connection's failure that says nothing about the request: it may be sent again on a new one. */
@@ -234,6 +262,56 @@ export class Session {
     const header = await this.begin(request, what);
     await this.finish();
     return header;
+  }
+
+  /**
+   * Sends a `list` request asking for a streamed answer and reads all of it: the entries of every Entries
+   * frame up to the Trailer, or, from a server that predates streaming, the single Header's. A streamed
+   * answer that ends before its Trailer, or whose Trailer counts other entries than came, throws: a
+   * listing is never taken for whole when part of it may be missing.
+   */
+  async list(request: Request, what: string): Promise<Listing> {
+    const header = await this.begin({ ...request, stream: true }, what);
+    if (header.stream !== true) {
+      await this.finish();
+      if (!Array.isArray(header.entries)) throw protocolError(`${what} has no entries`);
+      return {
+        entries: header.entries,
+        truncated: header.truncated === true,
+        leftOut: leftOutOf(header, what),
+      };
+    }
+    const reader = this.#reader!;
+    const entries: unknown[] = [];
+    try {
+      for (;;) {
+        const len = await reader.readLength(`the next frame of ${what}`);
+        if (len === 0) throw protocolError(`${what} ended without its trailer`);
+        if (len < 0 || len > MAX_RESPONSE_FRAME) throw protocolError(`frame length ${len} in ${what}`);
+        const [type] = await reader.readExact(1, "a frame type");
+        if (type === FrameType.Error) await this.#refused(await this.#readJson(len - 1, "an error frame"));
+        if (type === FrameType.Entries) {
+          if (len - 1 > LIST_BATCH_BYTES) {
+            throw protocolError(`a batch of ${what} over ${LIST_BATCH_BYTES} bytes`);
+          }
+          const batch = await this.#readJson(len - 1, `a batch of ${what}`);
+          if (!Array.isArray(batch.entries)) throw protocolError(`a batch of ${what} has no entries`);
+          for (const entry of batch.entries) entries.push(entry);
+          continue;
+        }
+        if (type !== FrameType.Trailer) throw protocolError(`unexpected frame type ${type} in ${what}`);
+        const trailer = await this.#readJson(len - 1, `the trailer of ${what}`);
+        if (trailer.listed !== entries.length) {
+          throw protocolError(`${what} counts ${trailer.listed} entries, ${entries.length} came`);
+        }
+        if (await reader.readLength("the end frame") !== 0) throw protocolError(`no end frame after ${what}`);
+        this.#between = true;
+        return { entries, truncated: trailer.truncated === true, leftOut: leftOutOf(trailer, what) };
+      }
+    } catch (e) {
+      if (!(e instanceof ServerRefusal)) this.#drop();
+      throw e;
+    }
   }
 
   /** Says goodbye (an end frame, so the server logs a clean close) and closes; never throws. */

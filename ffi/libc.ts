@@ -14,7 +14,6 @@
  */
 
 import { decodeStat, encodeOpenHow, type FileStat, OPEN_HOW, STAT } from "./structs.ts";
-export { isDirectoryStat } from "./structs.ts";
 
 export type { FileStat };
 
@@ -63,6 +62,7 @@ const symbols = {
   setrlimit: { parameters: ["i32", "buffer"], result: "i32" }, // int setrlimit(int resource, const struct rlimit *rlim)
   fstat: { parameters: ["i32", "buffer"], result: "i32" }, // int fstat(int fd, struct stat *st)
   fstatat: { parameters: ["i32", "buffer", "buffer", "i32"], result: "i32" }, // int fstatat(int dirfd, const char *path, struct stat *st, int flags)
+  getdents64: { parameters: ["i32", "buffer", "usize"], result: "isize" }, // ssize_t getdents64(int fd, void *dirp, size_t count)
   syscall: { parameters: ["i64", "i64", "buffer", "buffer", "u64"], result: "i64" }, // long syscall(long nr, ...): used for openat2 only
   // Calls relative to a directory fd, for the client's local tree (see the block at the end).
   mkdirat: { parameters: ["i32", "buffer", "u32"], result: "i32" }, // int mkdirat(int dirfd, const char *path, mode_t mode)
@@ -449,6 +449,19 @@ export function openRead(path: string, options: OpenReadOptions = {}): number {
     const r = sys.syscall(SYS_openat2, dir, openPath, openHow, OPEN_HOW_SIZE);
     if (r !== -1n) return Number(r);
     if (errno() !== C.EINTR) throw new LibcError("openat2", errno(), `opening ${JSON.stringify(path)}`);
+  }
+}
+
+/**
+ * getdents64(2): fills `buf` with the next `struct linux_dirent64` records of the open directory `fd`
+ * (layout: `DIRENT64` in structs.ts); returns the bytes filled, 0 at the end. Names come as raw bytes,
+ * whatever their encoding, with their type, and no second fd is needed to read the directory.
+ */
+export function getdents(fd: number, buf: Uint8Array): number {
+  for (;;) {
+    const r = sys.getdents64(fd, buf, BigInt(buf.byteLength));
+    if (r !== -1n) return Number(r);
+    if (errno() !== C.EINTR) throw new LibcError("getdents64", errno());
   }
 }
 

@@ -45,6 +45,37 @@ export function cmsgSpaceFds(count: number): number {
 /** `struct epoll_event` is packed on x86_64: events u32 at 0, data u64 at 4. */
 export const EPOLL_EVENT = { size: 12, events: 0, data: 4 } as const;
 
+/**
+ * `struct linux_dirent64`, as getdents64(2) fills a buffer with them: inode (u64) at 0, offset (i64) at 8,
+ * record length (u16) at 16, type (u8) at 18, then the NUL-terminated name; records are 8-byte aligned.
+ */
+export const DIRENT64 = { ino: 0, off: 8, reclen: 16, type: 18, name: 19 } as const;
+
+/** `d_type` values of {@link DIRENT64}: some file systems say DT_UNKNOWN and leave the type to a stat. */
+export const DT = { UNKNOWN: 0, DIR: 4, REG: 8, LNK: 10 } as const;
+
+/** One record of a getdents64(2) buffer: the raw name (a view into the buffer) and its `d_type`. */
+export interface RawDirent {
+  /** The name's bytes, without the NUL; valid until the buffer is refilled. */
+  name: Uint8Array;
+  /** One of {@link DT}, or another `d_type`. */
+  type: number;
+}
+
+/** The records of the first `length` bytes of a getdents64(2) buffer, `.` and `..` left out. */
+export function* direntsOf(buf: Uint8Array, length: number): Generator<RawDirent> {
+  for (let at = 0; at < length;) {
+    const reclen = buf[at + DIRENT64.reclen] | buf[at + DIRENT64.reclen + 1] << 8;
+    const start = at + DIRENT64.name;
+    let end = start;
+    while (end < at + reclen && buf[end] !== 0) end++;
+    const name = buf.subarray(start, end);
+    const dots = name.byteLength <= 2 && name.every((b) => b === 0x2e);
+    if (!dots) yield { name, type: buf[at + DIRENT64.type] };
+    at += reclen;
+  }
+}
+
 /** Size of a buffer large enough for any socket address ferry handles (`sockaddr_in6`, 28 bytes). */
 export const SOCKADDR_MAX = 28;
 
@@ -98,6 +129,8 @@ export interface FileStat {
   ctimeNs: bigint;
   /** True for a regular file. */
   isFile: boolean;
+  /** True for a directory. */
+  isDirectory: boolean;
 }
 
 const S_IFMT = 0o170000;
@@ -117,12 +150,8 @@ export function decodeStat(st: BigInt64Array): FileStat {
     mtimeNs: st[STAT.st_mtim / 8] * 1_000_000_000n + st[STAT.st_mtim / 8 + 1],
     ctimeNs: st[STAT.st_ctim / 8] * 1_000_000_000n + st[STAT.st_ctim / 8 + 1],
     isFile: (mode & S_IFMT) === S_IFREG,
+    isDirectory: (mode & S_IFMT) === S_IFDIR,
   };
-}
-
-/** True if `stat` is of a directory. */
-export function isDirectoryStat(stat: FileStat): boolean {
-  return (stat.mode & S_IFMT) === S_IFDIR;
 }
 
 /** The address of a typed array's first byte, for storing in a struct (the array must stay referenced). */

@@ -189,6 +189,14 @@ Deno.test("parseRequest accepts get, stat, list and ping, with their options, an
     op: "list",
     path: "",
     recursive: true,
+    stream: false,
+  });
+  assert.deepEqual(parseRequest(payload('{"v":1,"op":"list","path":"d","stream":true}')), {
+    v: 1,
+    op: "list",
+    path: "d",
+    recursive: false,
+    stream: true,
   });
   assert.deepEqual(parseRequest(payload('{"v":1,"op":"ping"}')), { v: 1, op: "ping" });
   assert.deepEqual(parseRequest(payload('{"v":1,"op":"ping","path":"../x","later":true}')), {

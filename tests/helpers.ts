@@ -42,13 +42,24 @@ export interface TestServer {
   stop(): Promise<Deno.CommandStatus>;
 }
 
+/** Starts the server through another program (e.g. as another user): `command args... deno-args...`. */
+export interface Launcher {
+  /** The program to run. */
+  command: string;
+  /** Its arguments, the last of them the deno executable to run. */
+  args: string[];
+  /** Environment added to the test's. */
+  env?: Record<string, string>;
+}
+
 /**
  * Starts `server.ts` with `args` and waits until it says it is ready. Pass `--listen 127.0.0.1:0` to get
  * a free port; the ports printed are in `ports`.
  */
-export async function startServer(args: string[]): Promise<TestServer> {
-  const process = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-all", repoPath("server.ts"), ...args],
+export async function startServer(args: string[], launch?: Launcher): Promise<TestServer> {
+  const process = new Deno.Command(launch?.command ?? Deno.execPath(), {
+    args: [...launch?.args ?? [], "run", "--allow-all", repoPath("server.ts"), ...args],
+    env: launch?.env,
     stdin: "null",
     stdout: "null",
     stderr: "piped",

@@ -345,6 +345,8 @@ export class Connection {
           continue;
         }
         this.#progress(result.sent);
+        // A listing may spend turns walking without a byte to send: the server is working, not idle.
+        if (result.status === "yield") this.#lastProgress = performance.now();
         budget -= result.sent;
         if (result.status !== "done") return; // "blocked": wait for EPOLLOUT; "yield": let others run
         head.release?.();

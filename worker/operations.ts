@@ -2,7 +2,8 @@
  * What a worker answers to each request-mode operation (`get`, `stat`, `list`, `ping`), as a list of
  * output pieces for the connection to send: bytes, file bodies, and deferred pieces that complete when
  * a SHA-256 becomes known or the transfer ends. The connection (`connection.ts`) does the I/O; this
- * module decides what to say and opens files only beneath the served directory.
+ * module decides what to say and opens files only beneath the served directory; `listing.ts` answers
+ * `list`.
  *
  * @module
  */
@@ -17,9 +18,6 @@ import {
   ErrorCode,
   FRAME_HEADER_SIZE,
   FrameType,
-  type ListEntry,
-  MAX_LIST_DEPTH,
-  MAX_LIST_ENTRIES,
   PROTOCOL_VERSION,
   putDataFrameHeader,
   putFrameLength,
@@ -29,6 +27,7 @@ import {
 import { etagOf, type HashCache, identityOf } from "./hash_cache.ts";
 import { returnReplyBuffer, takeReplyBuffer } from "./reply_pool.ts";
 import type { ReplyCache } from "./reply_cache.ts";
+import { list } from "./listing.ts";
 
 /** An error answer. */
 export class ErrorPiece {
@@ -107,17 +106,32 @@ function refusal(label: string, body: ErrorBody): Reply {
 
 /** Opens a regular file beneath the root, or says why not. */
 function openFile(ctx: ReplyContext, path: string): { fd: number; stat: FileStat } | ErrorBody {
+  const opened = openBeneath(ctx, path, "file");
+  return opened instanceof LibcError ? openError(opened, path) : opened;
+}
+
+/**
+ * The one open of a path below the served directory, for every operation: a regular file, or a folder
+ * (`""` is the root), read-only and never leaving the root. Returns the failed open's LibcError (see
+ * {@link openError}), or NOT_A_FILE when the path leads to something else than `kind`.
+ */
+export function openBeneath(
+  ctx: ReplyContext,
+  path: string,
+  kind: "file" | "directory",
+): { fd: number; stat: FileStat } | LibcError | ErrorBody {
   let fd: number;
   try {
-    fd = openRead(path, { beneath: ctx.rootFd });
+    fd = openRead(path === "" ? "." : path, { beneath: ctx.rootFd });
   } catch (e) {
     if (!(e instanceof LibcError)) throw e;
-    return openError(e, path);
+    return e;
   }
   const fileStat = fstat(fd);
-  if (!fileStat.isFile) {
+  if (kind === "file" ? !fileStat.isFile : !fileStat.isDirectory) {
     close(fd);
-    return { code: ErrorCode.NotAFile, message: `${JSON.stringify(path)} is not a regular file` };
+    const what = kind === "file" ? "a regular file" : "a directory";
+    return { code: ErrorCode.NotAFile, message: `${JSON.stringify(path)} is not ${what}` };
   }
   return { fd, stat: fileStat };
 }
@@ -390,71 +404,6 @@ function stat(request: Readonly<Request>, ctx: ReplyContext): Reply {
       END_FRAME,
     ])],
   };
-}
-
-function list(request: Readonly<Request>, ctx: ReplyContext): Reply {
-  const path = request.path!;
-  const label = `LIST ${JSON.stringify(path)}${request.recursive ? " recursive" : ""}`;
-  let dirFd: number;
-  try {
-    dirFd = openRead(path === "" ? "." : path, { beneath: ctx.rootFd, directory: true });
-  } catch (e) {
-    if (!(e instanceof LibcError)) throw e;
-    if (e.errnoName === "ENOTDIR") {
-      return refusal(label, {
-        code: ErrorCode.NotAFile,
-        message: `${JSON.stringify(path)} is not a directory`,
-      });
-    }
-    return refusal(label, openError(e, path));
-  }
-  close(dirFd);
-  const entries: ListEntry[] = [];
-  let truncated = false;
-  const walk = (dir: string, depth: number) => {
-    let names;
-    try {
-      // Listing through the opened directory would need getdents; the path was just checked beneath.
-      const fd = openRead(dir === "" ? "." : dir, { beneath: ctx.rootFd, directory: true });
-      try {
-        names = Array.from(Deno.readDirSync(`/proc/self/fd/${fd}`));
-      } finally {
-        close(fd);
-      }
-    } catch {
-      return; // vanished or unreadable meanwhile: left out
-    }
-    names.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-    for (const dirent of names) {
-      const rel = dir === "" ? dirent.name : `${dir}/${dirent.name}`;
-      if (dirent.isDirectory) {
-        if (!request.recursive) continue;
-        if (depth >= MAX_LIST_DEPTH) truncated = true;
-        else walk(rel, depth + 1);
-      } else if (dirent.isFile || dirent.isSymlink) {
-        if (entries.length >= MAX_LIST_ENTRIES) {
-          truncated = true;
-          return;
-        }
-        const opened = openFile(ctx, rel);
-        if (!("fd" in opened)) continue; // a symlink leading outside, or not a regular file
-        const s = opened.stat;
-        close(opened.fd);
-        const entry: ListEntry = {
-          path: rel,
-          size: s.size,
-          mtimeNs: String(s.mtimeNs),
-          mode: s.mode & 0o7777,
-        };
-        const sha256 = ctx.hashes.get(identityOf(s));
-        if (sha256 !== undefined) entry.sha256 = sha256;
-        entries.push(entry);
-      }
-      if (truncated && entries.length >= MAX_LIST_ENTRIES) return;
-    }
-  };
-  walk(path, 0);
-  return { label, files: [], pieces: [header({ entries, truncated }), END_FRAME] };
 }
 
 /** The error answer for a failed open. */

@@ -1,0 +1,418 @@
+/**
+ * The answer to `list`: a walk of the folder (recursive or not) that reports what it had to leave out
+ * instead of hiding it, done a bounded amount at a time so that a large tree never holds up the worker's
+ * other connections. The walk is a {@link Body} of the reply: the connection pumps it like a file body,
+ * and each pump call reads, opens and sends only so much before it yields its turn.
+ *
+ * A streamed listing (`"stream": true`) sends its entries in Entries frames as it goes, without a limit on
+ * their number; one that is not streamed gathers at most {@link MAX_LIST_ENTRIES} into one Header, as
+ * protocol clients before streaming expect. Both say what was left out (PROTOCOL.md, `list`).
+ *
+ * @module
+ */
+
+import type { Body, PumpResult } from "./bodies.ts";
+import { C, close, getdents, LibcError, trySend, WOULD_BLOCK } from "../ffi/libc.ts";
+import { direntsOf, DT } from "../ffi/structs.ts";
+import {
+  encodeJsonFrame,
+  END_FRAME,
+  ErrorCode,
+  FRAME_HEADER_SIZE,
+  FrameType,
+  LEFT_OUT_SHOWN,
+  type LeftOut,
+  LIST_BATCH_BYTES,
+  type ListEntry,
+  type ListTrailer,
+  MAX_LIST_DEPTH,
+  MAX_LIST_ENTRIES,
+  MAX_RESPONSE_FRAME,
+  PROTOCOL_VERSION,
+  putFrameLength,
+  type Request,
+} from "../framing.ts";
+import { identityOf } from "./hash_cache.ts";
+import { ErrorPiece, openBeneath, openError, type Reply, type ReplyContext } from "./operations.ts";
+
+/**
+ * Work one pump call may do before the connection's turn ends: a file costs one unit (open, fstat,
+ * close), a folder's open or one read of its names a few. About a millisecond on a warm cache, the order
+ * of what a 512 KiB data turn costs.
+ */
+const UNITS_PER_TURN = 256;
+const UNITS_PER_READ = 8;
+
+/** Bytes asked of getdents64 per call: a few hundred names. */
+const DIRENT_BUFFER = 32 * 1024;
+
+/**
+ * The JSON of a Header that is not streamed stays below this, whatever the paths (a path of 4096 bytes
+ * escaped as `\uXXXX` takes six times that): the frame must fit {@link MAX_RESPONSE_FRAME}.
+ */
+const MAX_HEADER_JSON = MAX_RESPONSE_FRAME - 64 * 1024;
+
+const utf8 = new TextEncoder();
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
+const lossyUtf8 = new TextDecoder("utf-8");
+
+/** Answers `list`: NOT_FOUND, FORBIDDEN or NOT_A_FILE for a folder that cannot be listed, else the walk. */
+export function list(request: Readonly<Request>, ctx: ReplyContext): Reply {
+  const path = request.path!;
+  const label = `LIST ${JSON.stringify(path)}${request.recursive ? " recursive" : ""}${
+    request.stream ? " stream" : ""
+  }`;
+  const opened = openBeneath(ctx, path, "directory");
+  if (opened instanceof LibcError || !("fd" in opened)) {
+    const body = opened instanceof LibcError ? openError(opened, path) : opened;
+    return { label, pieces: [new ErrorPiece(body)], files: [] };
+  }
+  const reply: Reply = { label, pieces: [], files: [] };
+  const walk = new Walk(ctx, path, opened.fd, request.recursive === true);
+  reply.pieces.push(new ListingBody(walk, request.stream === true, (result) => reply.result = result));
+  return reply;
+}
+
+/** A folder on the walk's stack: being read (`fd` open), or read and being gone through. */
+interface Folder {
+  /** Path relative to the root (`""` for the root). */
+  path: string;
+  /** Levels below the listed folder. */
+  depth: number;
+  /** The open folder while its names are being read, else -1. */
+  fd: number;
+  /** Its names, raw, with their `d_type`; sorted once read whole. */
+  names: { name: Uint8Array; type: number }[];
+  /** True once every name is read (the fd is then closed). */
+  read: boolean;
+  /** The next name to look at. */
+  next: number;
+}
+
+/** Byte order of raw names: the order `LC_ALL=C ls` shows, for names in any encoding. */
+function compareBytes(a: Uint8Array, b: Uint8Array): number {
+  const n = Math.min(a.byteLength, b.byteLength);
+  for (let i = 0; i < n; i++) if (a[i] !== b[i]) return a[i] - b[i];
+  return a.byteLength - b.byteLength;
+}
+
+/**
+ * The walk of a listing, depth first in byte order of the names, one step at a time: each step reads a
+ * batch of a folder's names or looks at one name, opening it beneath the root. It holds at most one fd, the
+ * folder whose names it is reading.
+ */
+class Walk {
+  /** Left-out folders and entries so far. */
+  readonly leftOut: LeftOut = { count: 0, first: [] };
+  /** Files found by the last steps, for the body to take. */
+  readonly found: ListEntry[] = [];
+  readonly #stack: Folder[] = [];
+  static readonly #buffer = new Uint8Array(DIRENT_BUFFER);
+
+  /**
+   * @param ctx the worker's root, hash cache
+   * @param path the listed folder, relative to the root
+   * @param fd the listed folder, open (the walk closes it)
+   * @param recursive true to descend into subfolders
+   */
+  constructor(
+    readonly ctx: ReplyContext,
+    path: string,
+    fd: number,
+    readonly recursive: boolean,
+  ) {
+    this.#stack.push({ path, depth: 0, fd, names: [], read: false, next: 0 });
+  }
+
+  /** True once every folder has been gone through. */
+  get done(): boolean {
+    return this.#stack.length === 0;
+  }
+
+  /** Notes a folder or file that cannot be part of the listing. */
+  leaveOut(path: string, reason: string): void {
+    if (this.leftOut.first.length < LEFT_OUT_SHOWN) this.leftOut.first.push({ path, reason });
+    this.leftOut.count++;
+  }
+
+  /** Closes the folder being read, if any; the walk is over (also when the listing's limit is reached). */
+  release(): void {
+    for (const folder of this.#stack) if (folder.fd >= 0) close(folder.fd);
+    this.#stack.length = 0;
+  }
+
+  /** One step of the walk; returns the work units it took. */
+  step(): number {
+    const folder = this.#stack.at(-1)!;
+    if (!folder.read) return this.#readNames(folder);
+    if (folder.next >= folder.names.length) {
+      this.#stack.pop();
+      return 0;
+    }
+    const { name, type } = folder.names[folder.next++];
+    let text: string;
+    try {
+      text = strictUtf8.decode(name);
+    } catch {
+      this.leaveOut(join(folder.path, lossyUtf8.decode(name)), "name is not valid UTF-8");
+      return 1;
+    }
+    const rel = join(folder.path, text);
+    if (type === DT.DIR) return this.#enter(folder, rel);
+    if (type === DT.REG || type === DT.LNK || type === DT.UNKNOWN) return this.#look(folder, rel, type);
+    return 1; // FIFOs, sockets, devices: not served, by design
+  }
+
+  /** Reads a batch of the folder's names; once all are read, closes it and sorts them. */
+  #readNames(folder: Folder): number {
+    let n: number;
+    try {
+      n = getdents(folder.fd, Walk.#buffer);
+    } catch (e) {
+      if (!(e instanceof LibcError)) throw e;
+      // Removed while being read (ENOENT), or an I/O error: what was read of it cannot be trusted whole.
+      this.leaveOut(folder.path, `cannot read the folder: ${e.errnoName}`);
+      close(folder.fd);
+      this.#stack.pop();
+      return UNITS_PER_READ;
+    }
+    if (n > 0) {
+      for (const { name, type } of direntsOf(Walk.#buffer, n)) {
+        folder.names.push({ name: name.slice(), type });
+      }
+      return UNITS_PER_READ;
+    }
+    close(folder.fd);
+    folder.fd = -1;
+    folder.read = true;
+    folder.names.sort((a, b) => compareBytes(a.name, b.name));
+    return 1;
+  }
+
+  /** Descends into the subfolder `rel` of `folder`, or says why not. */
+  #enter(folder: Folder, rel: string): number {
+    if (!this.recursive) return 1;
+    if (folder.depth >= MAX_LIST_DEPTH) {
+      this.leaveOut(rel, `deeper than ${MAX_LIST_DEPTH} levels`);
+      return 1;
+    }
+    const opened = openBeneath(this.ctx, rel, "directory");
+    if (opened instanceof LibcError) {
+      this.#failedOpen(rel, opened, DT.DIR);
+    } else if (!("fd" in opened)) {
+      this.leaveOut(rel, "changed from a folder to something else during the listing");
+    } else {
+      this.#stack.push({
+        path: rel,
+        depth: folder.depth + 1,
+        fd: opened.fd,
+        names: [],
+        read: false,
+        next: 0,
+      });
+    }
+    return 2;
+  }
+
+  /** Lists the file `rel` (a regular file, or a symlink to one), or says why not. */
+  #look(folder: Folder, rel: string, type: number): number {
+    const opened = openBeneath(this.ctx, rel, "file");
+    if (opened instanceof LibcError) {
+      this.#failedOpen(rel, opened, type);
+      return 1;
+    }
+    if (!("fd" in opened)) {
+      // A symlink to a folder is not followed; one the file system did not type may be a folder.
+      if (type === DT.UNKNOWN) return this.#enter(folder, rel);
+      if (type === DT.REG) this.leaveOut(rel, "changed from a file to something else during the listing");
+      return 1;
+    }
+    const s = opened.stat;
+    close(opened.fd);
+    const entry: ListEntry = { path: rel, size: s.size, mtimeNs: String(s.mtimeNs), mode: s.mode & 0o7777 };
+    const sha256 = this.ctx.hashes.get(identityOf(s));
+    if (sha256 !== undefined) entry.sha256 = sha256;
+    this.found.push(entry);
+    return 1;
+  }
+
+  /**
+   * A folder or file the walk saw and could not open. A symlink leading outside the root is not served by
+   * design and stays out silently; anything else (EACCES, EMFILE, ENOMEM, gone meanwhile) is left out
+   * and said: the listing is then not the whole tree.
+   */
+  #failedOpen(rel: string, e: LibcError, type: number): void {
+    if (type === DT.LNK && (e.errnoName === "EXDEV" || e.errnoName === "ELOOP")) return;
+    if (e.errnoName === "ENOENT" && type !== DT.LNK) {
+      this.leaveOut(rel, "removed during the listing");
+      return;
+    }
+    if (type === DT.LNK && e.errnoName === "ENOENT") return; // a dangling symlink: no file to serve
+    const body = openError(e, rel);
+    const reason = body.code === ErrorCode.Forbidden && e.errnoName !== "ENAMETOOLONG"
+      ? `not readable by the server (${e.errnoName})`
+      : `cannot open: ${e.errnoName}`;
+    this.leaveOut(rel, reason);
+  }
+}
+
+function join(dir: string, name: string): string {
+  return dir === "" ? name : `${dir}/${name}`;
+}
+
+/**
+ * A listing being sent: the walk, pumped a bounded number of steps per turn, its entries framed as they
+ * come (streamed) or gathered for one Header, and the frames sent with the same resumable loop as the
+ * other replies.
+ */
+class ListingBody implements Body {
+  #queue: Uint8Array[] = [];
+  #offset = 0;
+  #finished = false;
+  #listed = 0;
+  /** Streamed: the Entries frame being filled. Not streamed: unused. */
+  #batch: Uint8Array | null = null;
+  #batchLength = 0;
+  /** Not streamed: the entries' JSON so far, and its length. */
+  readonly #gathered: string[] = [];
+  #gatheredBytes = 0;
+  /** Not streamed: the limit was reached and the walk stopped. */
+  #stopped = false;
+
+  /**
+   * @param walk the walk to pump
+   * @param stream true for Entries frames and a Trailer; false for one Header
+   * @param setResult gives the request log's result once the walk is over
+   */
+  constructor(readonly walk: Walk, readonly stream: boolean, readonly setResult: (r: string) => void) {
+    if (stream) {
+      this.#queue.push(
+        encodeJsonFrame(FrameType.Header, { v: PROTOCOL_VERSION, status: "ok", stream: true }),
+      );
+    }
+  }
+
+  /** See {@link Body.pump}: sends what is framed, then walks on, until the turn's work or bytes are used. */
+  pump(sock: number, budget: number): PumpResult {
+    let sent = 0;
+    let units = UNITS_PER_TURN;
+    for (;;) {
+      while (this.#queue.length > 0) {
+        if (sent >= budget) return { sent, status: "yield" };
+        const head = this.#queue[0];
+        const more = this.#queue.length > 1 ? C.MSG_MORE : 0;
+        const n = trySend(sock, head.subarray(this.#offset), more);
+        if (n === WOULD_BLOCK) return { sent, status: "blocked" };
+        sent += n;
+        this.#offset += n;
+        if (this.#offset < head.byteLength) continue;
+        this.#queue.shift();
+        this.#offset = 0;
+      }
+      if (this.#finished) return { sent, status: "done" };
+      if (units <= 0) return { sent, status: "yield" };
+      units -= this.walk.done ? 0 : this.walk.step();
+      for (const entry of this.walk.found) this.#add(entry);
+      this.walk.found.length = 0;
+      if (this.walk.done) this.#finish();
+    }
+  }
+
+  /** Closes the folder the walk was reading, if the reply is dropped half-way. */
+  release(): void {
+    this.walk.release();
+  }
+
+  #add(entry: ListEntry): void {
+    if (this.#stopped) return;
+    const json = JSON.stringify(entry);
+    if (this.stream) {
+      this.#append(json);
+      this.#listed++;
+      return;
+    }
+    const bytes = json.length <= 1024 && /^[\x20-\x7e]*$/.test(json)
+      ? json.length
+      : utf8.encode(json).byteLength;
+    const full = this.#listed >= MAX_LIST_ENTRIES
+      ? `more than ${MAX_LIST_ENTRIES} entries`
+      : this.#gatheredBytes + bytes + 1 > MAX_HEADER_JSON
+      ? `more than ${MAX_HEADER_JSON} bytes of entries`
+      : null;
+    if (full !== null) {
+      // One record stands for the rest of the tree, which is not walked.
+      this.walk.release();
+      this.#stopped = true;
+      this.walk.leaveOut(entry.path, `${full} in one Header: not listed from here on (ask with "stream")`);
+      return;
+    }
+    this.#gathered.push(json);
+    this.#gatheredBytes += bytes + 1;
+    this.#listed++;
+  }
+
+  /** Adds an entry's JSON to the Entries frame being filled, starting a new one when it is full. */
+  #append(json: string): void {
+    const prefix = '{"entries":[';
+    for (;;) {
+      if (this.#batch === null) {
+        this.#batch = new Uint8Array(FRAME_HEADER_SIZE + 1 + LIST_BATCH_BYTES);
+        this.#batch[FRAME_HEADER_SIZE] = FrameType.Entries;
+        this.#batchLength = FRAME_HEADER_SIZE + 1 + utf8.encodeInto(prefix, this.#batch.subarray(5)).written;
+      }
+      const first = this.#batchLength === FRAME_HEADER_SIZE + 1 + prefix.length;
+      const text = first ? json : `,${json}`;
+      // Room is kept for the closing `]}`.
+      const room = this.#batch.subarray(this.#batchLength, this.#batch.byteLength - 2);
+      const { read, written } = utf8.encodeInto(text, room);
+      if (read === text.length) {
+        this.#batchLength += written;
+        return;
+      }
+      if (first) {
+        throw new Error(`a listing entry of ${json.length} characters does not fit an Entries frame`);
+      }
+      this.#flushBatch();
+    }
+  }
+
+  #flushBatch(): void {
+    if (this.#batch === null) return;
+    const frame = this.#batch;
+    frame[this.#batchLength++] = 0x5d; // ]
+    frame[this.#batchLength++] = 0x7d; // }
+    putFrameLength(frame, 0, this.#batchLength - FRAME_HEADER_SIZE);
+    this.#queue.push(frame.subarray(0, this.#batchLength));
+    this.#batch = null;
+  }
+
+  #finish(): void {
+    const { leftOut } = this.walk;
+    const truncated = leftOut.count > 0;
+    if (this.stream) {
+      this.#flushBatch();
+      const trailer: ListTrailer = { listed: this.#listed, truncated, leftOut };
+      this.#queue.push(encodeJsonFrame(FrameType.Trailer, trailer), END_FRAME);
+    } else {
+      // The entries are JSON already: the Header is put together around them rather than encoded again.
+      const head = JSON.stringify({ v: PROTOCOL_VERSION, status: "ok", truncated, leftOut });
+      const json = `${head.slice(0, -1)},"entries":[${this.#gathered.join(",")}]}`;
+      const bytes = utf8.encode(json);
+      const frame = new Uint8Array(FRAME_HEADER_SIZE + 1 + bytes.byteLength + FRAME_HEADER_SIZE);
+      putFrameLength(frame, 0, 1 + bytes.byteLength);
+      frame[FRAME_HEADER_SIZE] = FrameType.Header;
+      frame.set(bytes, FRAME_HEADER_SIZE + 1);
+      this.#queue.push(frame); // the end frame is its last four zero bytes
+      this.#gathered.length = 0;
+    }
+    this.#finished = true;
+    const first = leftOut.first[0];
+    this.setResult(
+      truncated
+        ? `partial listed=${this.#listed} left-out=${leftOut.count} first=${
+          JSON.stringify(first.path)
+        } (${first.reason})`
+        : `ok listed=${this.#listed}`,
+    );
+  }
+}
