@@ -251,10 +251,20 @@ class SlowListing implements Disposable {
   }
 }
 
+/**
+ * Files in `a/` enough that their listing cannot all wait in the socket buffers: more than twice the most
+ * the kernel lets a TCP send buffer grow to (tcp_wmem's maximum), at about 300 bytes an entry. Fewer, and
+ * a busy machine can let the worker finish the walk before the test acts in the middle of it.
+ */
+async function pausingCount(): Promise<number> {
+  const wmem = (await readFile("/proc/sys/net/ipv4/tcp_wmem", "utf8")).trim().split(/\s+/).map(Number);
+  return Math.max(20_000, Math.ceil((2 * wmem[2]) / 300));
+}
+
 /** `a/` with `count` files of long names (a listing of some MiB), then `b/` and `c/` with one file each. */
 async function wideTree(src: string, count: number): Promise<void> {
   await Deno.mkdir(`${src}/a`);
-  const pad = "x".repeat(150);
+  const pad = "x".repeat(240);
   for (let i = 0; i < count; i++) Deno.writeTextFileSync(`${src}/a/${pad}-${i}`, "");
   for (const dir of ["b", "c"]) {
     await Deno.mkdir(`${src}/${dir}`);
@@ -272,7 +282,8 @@ function untilFirstBatch(listing: SlowListing, paths: string[]): void {
 
 Deno.test("a folder moved away while the walk is elsewhere is left out as removed during the listing, not silently missing", async () => {
   await withServer(async ({ src, server }) => {
-    await wideTree(src, 20_000);
+    const count = await pausingCount();
+    await wideTree(src, count);
     using listing = new SlowListing(server.ports[0], { recursive: true, stream: true });
     const paths: string[] = [];
     untilFirstBatch(listing, paths);
@@ -284,7 +295,7 @@ Deno.test("a folder moved away while the walk is elsewhere is left out as remove
       first: [{ path: "b", reason: "removed during the listing" }],
     });
     assert.equal(trailer.listed, paths.length);
-    assert.equal(paths.length, 20_001);
+    assert.equal(paths.length, count + 1);
     assert.equal(paths.at(-1), "c/c.txt");
   });
 });
@@ -308,7 +319,8 @@ Deno.test("opens that fail with EMFILE in the middle of a walk leave out what th
     return;
   }
   await withServer(async ({ src, server }) => {
-    await wideTree(src, 20_000);
+    const count = await pausingCount();
+    await wideTree(src, count);
     const [worker] = await childPids(server.pid);
     using listing = new SlowListing(server.ports[0], { recursive: true, stream: true });
     const paths: string[] = [];
@@ -333,7 +345,7 @@ Deno.test("opens that fail with EMFILE in the middle of a walk leave out what th
     assert.ok(!paths.includes("b/b.txt") && !paths.includes("c/c.txt"));
     assert.equal(
       paths.length + leftOut.count,
-      20_000 + 2,
+      count + 2,
       "every entry of a/ listed or left out; b, c left out",
     );
     await logged(server, /result=partial listed=\d+ left-out=\d+ first=".*" \(cannot open: EMFILE\)/);
