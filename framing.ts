@@ -176,6 +176,8 @@ export interface ListEntry {
   mode: number;
   /** SHA-256, hex, when the server knows it already. */
   sha256?: string;
+  /** The version's etag, as in a `get` header. */
+  etag?: string;
 }
 
 /** A folder or file a listing could not include, and why. */

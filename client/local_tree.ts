@@ -263,3 +263,56 @@ export class LocalTree implements Disposable {
     this.close();
   }
 }
+
+/** A folder below LOCAL_DIR held open for a run, with the names it held when the run first opened it. */
+export interface Folder {
+  /** The folder, open. */
+  dir: LocalDir;
+  /** Its entries' names as the run found them (files published since are not added). */
+  names: ReadonlySet<string>;
+}
+
+/**
+ * The folders of a run, each opened once (component by component, no symlink followed: see
+ * {@link LocalTree.makeParent}) and read once, then held open until the run closes the cache: a tree of
+ * many files in few folders costs a few system calls per folder, not per file.
+ */
+export class FolderCache implements Disposable {
+  readonly #folders = new Map<string, Folder>();
+
+  /**
+   * @param tree LOCAL_DIR
+   * @param onReplaced told when a symlink or file where a folder belongs is replaced by a folder
+   */
+  constructor(readonly tree: LocalTree, readonly onReplaced?: (message: string) => void) {}
+
+  /** The folder that holds `rel`'s last component, made if missing. Throws LocalIoError. */
+  folderOf(rel: string): Folder {
+    const slash = rel.lastIndexOf("/");
+    const key = slash < 0 ? "" : rel.slice(0, slash);
+    let folder = this.#folders.get(key);
+    if (folder === undefined) {
+      const dir = this.tree.makeParent(rel, this.onReplaced);
+      const names = new Set<string>();
+      try {
+        for (const entry of Deno.readDirSync(dir.procPath())) names.add(entry.name);
+      } catch (e) {
+        dir.close();
+        throw new LocalIoError(`cannot read ${dir.shown}`, e);
+      }
+      folder = { dir, names };
+      this.#folders.set(key, folder);
+    }
+    return folder;
+  }
+
+  /** Closes every folder. */
+  close(): void {
+    for (const folder of this.#folders.values()) folder.dir.close();
+    this.#folders.clear();
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}

@@ -23,9 +23,13 @@ import {
 } from "./failure.ts";
 import { fetchFile, type FetchOptions, type FileReport } from "./fetch_file.ts";
 import { ErrorCode, isSha256Hex, type ListEntry, PROTOCOL_VERSION } from "../framing.ts";
-import { type LocalDir, LocalTree } from "./local_tree.ts";
-import { LocalIoError, type Place, removeStaleParts } from "./publish.ts";
-import { lstatAt, unlinkAt } from "../ffi/libc.ts";
+import { type Folder, FolderCache, type LocalDir, LocalIoError, LocalTree } from "./local_tree.ts";
+import type { Place } from "./publish.ts";
+import { C, close, fstat, LibcError, lstatAt, OPEN, openAt, pread, raiseOpenFileLimit } from "../ffi/libc.ts";
+import { createSha256, loadHashing } from "../hashing.ts";
+import { deleteExtraneous } from "./mirror_delete.ts";
+import { loadState, type MirrorState, saveState, STATE_DIR } from "./mirror_state.ts";
+import { fetchTree, type TreeFile } from "./tree_fetch.ts";
 import { withRetries } from "./retry.ts";
 import type { Listing, Session } from "./session.ts";
 
@@ -76,14 +80,13 @@ export function localRelative(entryPath: string, remoteDir: string): string | nu
   return rel;
 }
 
-const PART_NAME = /^\.(.+)\.ferry-[^/]+\.part$/;
-
 /** Checks a listing's entry; returns null if it is malformed. */
 function checkEntry(value: unknown): ListEntry | null {
   if (typeof value !== "object" || value === null) return null;
   const e = value as Record<string, unknown>;
   if (typeof e.path !== "string" || !Number.isSafeInteger(e.size) || (e.size as number) < 0) return null;
   if (e.sha256 !== undefined && !isSha256Hex(e.sha256)) return null;
+  if (e.etag !== undefined && typeof e.etag !== "string") return null;
   return e as unknown as ListEntry;
 }
 
@@ -129,59 +132,89 @@ function incompleteListing(listing: Listing, unusable: number, deleting: boolean
   );
 }
 
+/** Below this size a changed file is fetched whole on the fast path; from it on, one by one, with delta. */
+const DELTA_MIN_SIZE = 1024 * 1024;
+
+/** What a listed file needs. */
+type Need =
+  /** Nothing: the local copy is current (its SHA-256 is known). */
+  | { kind: "current"; sha256: string }
+  /** Fetched on the fast path (pipelined, published in batches); `localSha256` goes as ifNoneMatch. */
+  | { kind: "fast"; localSha256?: string }
+  /** Fetched one by one (a part to resume, or a large file to patch with delta). */
+  | { kind: "one by one" };
+
+/** A listed file on its way. */
+interface Item {
+  entry: ListEntry;
+  rel: string;
+  folder: Folder;
+  name: string;
+  need: Need;
+}
+
 /**
- * Removes local regular files below LOCAL_DIR that are not in `keep` (relative paths), the parts of such
- * files, and then-empty directories; no symlink is followed, and none is removed. Reports each removal
- * (or its failure) to `onFile`.
+ * Decides what `entry` needs by what LOCAL_DIR holds: the state answers for a file whose lstat matches
+ * what was recorded; other files of the listed size are hashed. Throws LocalIoError.
  */
-async function deleteExtraneous(
-  remoteDir: string,
-  tree: LocalTree,
-  keep: Set<string>,
-  onFile: (report: FileReport) => void,
-): Promise<void> {
-  const { files, dirs } = await tree.walk();
-  for (const rel of files) {
-    const name = basename(rel);
-    const part = PART_NAME.exec(name);
-    const target = part ? `${rel.slice(0, rel.length - name.length)}${part[1]}` : rel;
-    if (keep.has(rel) || keep.has(target)) continue; // a file the server has, or its part (for a resume)
-    const started = performance.now();
-    const report: FileReport = {
-      path: remoteDir === "" ? rel : `${remoteDir}/${rel}`, // where it would be on the server
-      target: tree.root.shownPath(rel),
-      status: "deleted",
-      bytes: 0,
-      seconds: 0,
-      attempts: 1,
-    };
-    let dir: LocalDir | null = null;
-    try {
-      dir = tree.findParent(rel);
-      if (dir === null) continue; // its folder is no longer a folder
-      if (part) {
-        await removeStaleParts({ dir, name: part[1], followLink: false }); // parts another run holds stay
-        continue;
-      }
-      if (!lstatAt(dir.fd, name).isFile) continue; // replaced meanwhile: only regular files are removed
-      unlinkAt(dir.fd, name);
-    } catch (e) {
-      report.status = "failed";
-      report.error = new ClientError(
-        ExitCode.LocalIo,
-        new LocalIoError(`cannot remove ${report.target}`, e).message,
-      );
-    } finally {
-      dir?.close();
-    }
-    report.seconds = (performance.now() - started) / 1000;
-    onFile(report);
+function needOf(entry: ListEntry, rel: string, folder: Folder, name: string, state: MirrorState): Need {
+  const partPrefix = `.${name}.ferry-`;
+  for (const n of folder.names) {
+    if (n.startsWith(partPrefix) && n.endsWith(".part")) return { kind: "one by one" }; // resume it
   }
-  for (const rel of dirs) {
-    try {
-      using dir = tree.findParent(rel);
-      if (dir !== null) unlinkAt(dir.fd, basename(rel), { directory: true }); // only empty ones go
-    } catch { /* not empty, or gone */ }
+  if (!folder.names.has(name)) return { kind: "fast" };
+  let local;
+  try {
+    local = lstatAt(folder.dir.fd, name);
+  } catch (e) {
+    if (e instanceof LibcError && e.errnoName === "ENOENT") return { kind: "fast" };
+    throw new LocalIoError(`cannot stat ${folder.dir.shownPath(name)}`, e);
+  }
+  if (!local.isFile) return { kind: "fast" }; // a symlink or special file: the fetched file replaces it
+  const recorded = state.trusted(rel, local);
+  const sameVersion = recorded !== undefined &&
+    (entry.sha256 !== undefined
+      ? recorded.sha256 === entry.sha256
+      : entry.etag !== undefined && recorded.etag === entry.etag);
+  if (sameVersion) return { kind: "current", sha256: recorded.sha256 };
+  if (local.size !== entry.size) {
+    // Changed for sure: no need to hash it, unless delta will read it anyway.
+    return local.size >= DELTA_MIN_SIZE && entry.size >= DELTA_MIN_SIZE
+      ? { kind: "one by one" }
+      : { kind: "fast" };
+  }
+  const sha256 = recorded?.sha256 ?? hashLocal(folder.dir, name);
+  if (sha256 === null) return { kind: "fast" };
+  if (entry.sha256 === sha256) return { kind: "current", sha256 };
+  if (entry.sha256 !== undefined && local.size >= DELTA_MIN_SIZE) return { kind: "one by one" };
+  return { kind: "fast", localSha256: sha256 };
+}
+
+const hashBuffer = new Uint8Array(1024 * 1024);
+
+/** SHA-256 of the regular file `name` in `dir` (no symlink followed); null if it is not one. */
+function hashLocal(dir: LocalDir, name: string): string | null {
+  let fd: number;
+  try {
+    fd = openAt(dir.fd, name, OPEN.O_RDONLY | C.O_NONBLOCK, { noSymlinks: true });
+  } catch (e) {
+    if (e instanceof LibcError && (e.errnoName === "ENOENT" || e.errnoName === "ELOOP")) return null;
+    throw new LocalIoError(`cannot read ${dir.shownPath(name)}`, e);
+  }
+  try {
+    if (!fstat(fd).isFile) return null;
+    const hash = createSha256();
+    for (let offset = 0;;) {
+      const n = pread(fd, hashBuffer, offset);
+      if (n <= 0) break;
+      hash.update(hashBuffer.subarray(0, n));
+      offset += n;
+    }
+    return hash.digest("hex");
+  } catch (e) {
+    throw new LocalIoError(`cannot read ${dir.shownPath(name)}`, e);
+  } finally {
+    close(fd);
   }
 }
 
@@ -213,18 +246,44 @@ export async function mirror(
     } else summary[report.status]++;
     onFile(report);
   };
+  await loadHashing();
   const listing = await listRemote(session, remoteDir, options);
   using tree = await LocalTree.open(localDir).catch((e) => {
     throw classify(e);
   });
+  raiseOpenFileLimit(); // a folder of the tree is held open from its first file to the end of the run
+  using folders = new FolderCache(tree, options.onNotice);
+  const state = loadState(tree.root);
   const keep = new Set<string>();
-  let stop: ClientError | null = null;
   let unusable = 0; // entries the listing had but this client could not use: it is not the whole tree here
+  const fast: Item[] = [];
+  const oneByOne: Item[] = [];
+  const failedItem = (item: { entry: ListEntry; rel: string }, error: ClientError) =>
+    count({
+      path: item.entry.path,
+      target: tree.root.shownPath(item.rel),
+      status: "failed",
+      bytes: 0,
+      seconds: 0,
+      attempts: 0,
+      error,
+    });
+  /** Records a file now current in the state, by the lstat of what stands at its name. */
+  const remember = (item: Item, sha256: string | undefined, etag: string) => {
+    if (sha256 === undefined) return state.delete(item.rel);
+    try {
+      const local = lstatAt(item.folder.dir.fd, item.name);
+      if (local.isFile) state.set(item.rel, { ...local, sha256, etag });
+    } catch {
+      state.delete(item.rel);
+    }
+  };
+
   for (const value of listing.entries) {
     const entry = checkEntry(value);
     const rel = entry === null ? null : localRelative(entry.path, remoteDir);
     const path = entry?.path ?? JSON.stringify(value);
-    if (rel === null) {
+    if (rel === null || rel === STATE_DIR || rel.startsWith(`${STATE_DIR}/`)) {
       unusable++;
       count({
         path,
@@ -233,47 +292,118 @@ export async function mirror(
         bytes: 0,
         seconds: 0,
         attempts: 0,
-        error: protocolError(`the listing has an entry that does not belong below REMOTE_DIR: ${path}`),
+        error: protocolError(
+          rel === null
+            ? `the listing has an entry that does not belong below REMOTE_DIR: ${path}`
+            : `${path} would go in LOCAL_DIR's ${STATE_DIR}/, which holds the mirror's own state`,
+        ),
       });
       continue;
     }
     keep.add(rel);
-    const target = tree.root.shownPath(rel);
+    try {
+      // No symlink below LOCAL_DIR is followed; one where a directory belongs is replaced by it.
+      const folder = folders.folderOf(rel);
+      const name = basename(rel);
+      const item: Item = { entry: entry!, rel, folder, name, need: needOf(entry!, rel, folder, name, state) };
+      if (item.need.kind === "current") {
+        count({
+          path,
+          target: tree.root.shownPath(rel),
+          status: "unchanged",
+          bytes: 0,
+          size: entry!.size,
+          sha256: item.need.sha256,
+          seconds: 0,
+          attempts: 0,
+        });
+        remember(item, item.need.sha256, entry!.etag ?? "");
+      } else if (item.need.kind === "fast") fast.push(item);
+      else oneByOne.push(item);
+    } catch (e) {
+      failedItem({ entry: entry!, rel }, classify(e));
+    }
+  }
+
+  const byFile = new Map<TreeFile, Item>();
+  const treeFiles = fast.map((item) => {
+    const file: TreeFile = {
+      path: item.entry.path,
+      dir: item.folder.dir,
+      name: item.name,
+      localSha256: item.need.kind === "fast" ? item.need.localSha256 : undefined,
+    };
+    byFile.set(file, item);
+    return file;
+  });
+  await fetchTree(
+    session,
+    treeFiles,
+    { verify: options.verify, deadline: options.deadline, root: tree.root },
+    (file, outcome) => {
+      const item = byFile.get(file)!;
+      if (outcome.status === "handed back") {
+        oneByOne.push(item);
+        return;
+      }
+      const report: FileReport = {
+        path: item.entry.path,
+        target: tree.root.shownPath(item.rel),
+        status: outcome.status,
+        bytes: outcome.bytes,
+        seconds: outcome.seconds,
+        attempts: 1,
+      };
+      if (outcome.status === "failed") {
+        report.error = outcome.error;
+        state.delete(item.rel);
+      } else {
+        report.size = outcome.size;
+        if (outcome.sha256 !== undefined && options.verify) report.sha256 = outcome.sha256;
+        remember(item, outcome.sha256, outcome.etag ?? "");
+      }
+      count(report);
+    },
+  );
+
+  let stop: ClientError | null = null;
+  for (const item of oneByOne) {
+    if (stop === null && options.deadline.expired) stop = options.deadline.error();
     if (stop !== null) {
       // The server is unreachable or overloaded, or the deadline passed: asking for more files would only
       // wait the same way for each; they are reported as not attempted.
-      const error = new ClientError(stop.exitCode, `not attempted: ${stop.message}`);
-      count({ path, target, status: "failed", bytes: 0, seconds: 0, attempts: 0, error });
+      failedItem(item, new ClientError(stop.exitCode, `not attempted: ${stop.message}`));
       continue;
     }
-    let place: Place;
-    try {
-      // No symlink below LOCAL_DIR is followed; one where a directory belongs is replaced by it.
-      place = {
-        dir: tree.makeParent(rel, options.onNotice),
-        name: basename(rel),
-        followLink: false,
-      };
-    } catch (e) {
-      count({ path, target, status: "failed", bytes: 0, seconds: 0, attempts: 0, error: classify(e) });
-      continue;
-    }
-    const report = await fetchFile(session, entry!.path, place, { ...options, listed: entry! });
-    place.dir.close();
+    const place: Place = { dir: item.folder.dir, name: item.name, followLink: false };
+    const report = await fetchFile(session, item.entry.path, place, { ...options, listed: item.entry });
     count(report);
+    if (report.status === "failed") state.delete(item.rel);
+    // The version fetched is the listed one when their hashes agree; else the next run asks the server.
+    else remember(item, report.sha256, report.sha256 === item.entry.sha256 ? item.entry.etag ?? "" : "");
     const code = report.error?.exitCode;
     if (options.deadline.expired || code === ExitCode.Connect || code === ExitCode.Busy) stop = report.error!;
   }
 
   // Deleting on a listing that is not the whole tree would delete what the server still has, on every host.
-  if (listing.truncated || listing.leftOut.count > 0 || unusable > 0) {
+  const complete = !(listing.truncated || listing.leftOut.count > 0 || unusable > 0);
+  if (!complete) {
     summary.problems.push(incompleteListing(listing, unusable, options.delete));
-  } else if (options.delete && !options.deadline.expired) {
-    try {
-      await deleteExtraneous(remoteDir, tree, keep, count);
-    } catch (e) {
-      summary.problems.push(classify(e));
+  } else {
+    state.retain((rel) => keep.has(rel));
+    if (options.delete && !options.deadline.expired) {
+      try {
+        await deleteExtraneous(remoteDir, tree, keep, count);
+      } catch (e) {
+        summary.problems.push(classify(e));
+      }
     }
+  }
+  try {
+    await state.settle();
+    saveState(tree.root, state);
+  } catch (e) {
+    summary.problems.push(classify(e));
   }
   summary.exitCode = worstExitCode([...codes, ...summary.problems.map((p) => p.exitCode)]);
   return summary;

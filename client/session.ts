@@ -156,6 +156,8 @@ export class Session {
   #between = true;
   /** True once the end frame went out behind a request: the server closes the connection after it. */
   #ended = false;
+  /** Requests sent ahead ({@link sendAhead}) whose answers {@link next} has not begun to read. */
+  #ahead = 0;
   #what = "";
   readonly #onAbort = () => this.#drop();
 
@@ -179,8 +181,8 @@ export class Session {
     this.#what = what;
     for (let resend = 0;; resend++) {
       // A response abandoned half-way still has bytes coming: that connection cannot serve another one.
-      // Nor can one that was told there would be no more requests.
-      if (!this.#between || this.#ended) this.#drop();
+      // Nor can one that was told there would be no more requests, or that owes answers sent ahead.
+      if (!this.#between || this.#ended || this.#ahead > 0) this.#drop();
       const reused = this.#conn !== null;
       const { conn, reader } = await this.#open();
       const before = reader.bytesRead;
@@ -200,6 +202,48 @@ export class Session {
         if (reused && resend === 0 && stale) continue;
         throw e;
       }
+    }
+  }
+
+  /**
+   * Pipelining: sends `requests` in one write without waiting for their answers, which come in order and
+   * are read with {@link next}, then {@link readBody} or {@link finish} as after {@link begin}. Keep the
+   * requests in flight few (tens): they must fit the socket buffers while nobody reads the answers. A
+   * connection lost meanwhile loses every answer still owed; the caller sends those requests again.
+   */
+  async sendAhead(requests: Request[]): Promise<void> {
+    if (this.#ended) this.#drop();
+    const { conn } = await this.#open();
+    const frames = requests.map((r) => encodeRequest(r));
+    const bytes = new Uint8Array(frames.reduce((n, f) => n + f.byteLength, 0));
+    frames.reduce((at, f) => (bytes.set(f, at), at + f.byteLength), 0);
+    try {
+      await writeAll(conn, bytes);
+    } catch (e) {
+      this.#drop();
+      throw e;
+    }
+    this.#ahead += requests.length;
+  }
+
+  /** Requests sent ahead whose answers have not been begun. */
+  get ahead(): number {
+    return this.#ahead;
+  }
+
+  /** Reads the header of the next answer owed to {@link sendAhead}; throws ServerRefusal for an Error frame. */
+  async next(what: string): Promise<ResponseHeader> {
+    if (this.#ahead === 0 || !this.#between || this.#reader === null) {
+      throw new Error("Session.next() with no answer owed (a bug)");
+    }
+    this.#what = what;
+    this.#ahead--;
+    this.#between = false;
+    try {
+      return await this.#readHeader();
+    } catch (e) {
+      if (!(e instanceof ServerRefusal)) this.#drop();
+      throw e;
     }
   }
 
@@ -317,7 +361,7 @@ export class Session {
   /** Says goodbye (an end frame, so the server logs a clean close) and closes; never throws. */
   async close(): Promise<void> {
     this.#options.signal?.removeEventListener("abort", this.#onAbort);
-    if (this.#conn !== null && this.#between && !this.#ended) {
+    if (this.#conn !== null && this.#between && !this.#ended && this.#ahead === 0) {
       await writeAll(this.#conn, END_FRAME).catch(() => {});
     }
     this.#drop();
@@ -348,6 +392,7 @@ export class Session {
     this.#reader = null;
     this.#between = true;
     this.#ended = false;
+    this.#ahead = 0;
   }
 
   async #readHeader(): Promise<ResponseHeader> {

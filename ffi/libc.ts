@@ -70,6 +70,8 @@ const symbols = {
   renameat: { parameters: ["i32", "buffer", "i32", "buffer"], result: "i32" }, // int renameat(int olddirfd, const char *old, int newdirfd, const char *new)
   fsync: { parameters: ["i32"], result: "i32" }, // int fsync(int fd)
   fchmod: { parameters: ["i32", "u32"], result: "i32" }, // int fchmod(int fd, mode_t mode)
+  futimens: { parameters: ["i32", "buffer"], result: "i32" }, // int futimens(int fd, const struct timespec times[2])
+  syncfs: { parameters: ["i32"], result: "i32" }, // int syncfs(int fd)
 } as const satisfies Deno.ForeignLibraryInterface;
 
 type Symbols = typeof symbols;
@@ -495,6 +497,7 @@ const RESOLVE_NO_SYMLINKS = 0x04n;
 /** Flags of {@link openAt}. */
 export const OPEN = {
   O_RDONLY: 0,
+  O_WRONLY: 1,
   O_RDWR: 2,
   O_CREAT: 0o100,
   O_EXCL: 0o200,
@@ -581,4 +584,22 @@ export function lstatAt(dirFd: number, name: string): FileStat {
     throw new LibcError("fstatat", errno(), `of ${JSON.stringify(name)}`);
   }
   return decodeStat(statBuf);
+}
+
+const timespecs = new BigInt64Array(4); // struct timespec times[2]: atime, then mtime (tv_sec, tv_nsec)
+
+/** futimens(2): sets the access and modification times of the file open as `fd` to `mtimeNs`. */
+export function futimens(fd: number, mtimeNs: bigint): void {
+  let seconds = mtimeNs / 1_000_000_000n, nanoseconds = mtimeNs % 1_000_000_000n;
+  if (nanoseconds < 0n) [seconds, nanoseconds] = [seconds - 1n, nanoseconds + 1_000_000_000n]; // before 1970
+  timespecs.set([seconds, nanoseconds, seconds, nanoseconds]);
+  check("futimens", sys.futimens(fd, timespecs));
+}
+
+/**
+ * syncfs(2): writes every dirty page and inode of the file system that holds `fd` to disk, in one call
+ * (one journal commit for all of them, where an fsync per file costs one each).
+ */
+export function syncfs(fd: number): void {
+  check("syncfs", sys.syncfs(fd));
 }

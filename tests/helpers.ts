@@ -451,3 +451,21 @@ export function patterned(n: number): Uint8Array {
   }
   return bytes;
 }
+
+/**
+ * Every regular file below `root` (relative path) with its SHA-256, part files included; the mirror's own
+ * state folder (`.ferry/` at the top) is left out, so a mirrored copy compares equal to its source.
+ */
+export async function treeOf(root: string): Promise<Record<string, string>> {
+  const files: Record<string, string> = {};
+  const walk = async (rel: string) => {
+    for await (const entry of Deno.readDir(rel === "" ? root : `${root}/${rel}`)) {
+      const path = rel === "" ? entry.name : `${rel}/${entry.name}`;
+      if (path === ".ferry") continue;
+      if (entry.isDirectory) await walk(path);
+      else files[path] = await sha256File(`${root}/${path}`);
+    }
+  };
+  await walk("");
+  return files;
+}

@@ -29,11 +29,12 @@ async function snapshot(root: string): Promise<Record<string, string>> {
   return out;
 }
 
-/** Regular files below `root` with their SHA-256, and the symlinks (never followed). */
+/** Regular files below `root` with their SHA-256, and the symlinks (never followed); not the mirror's own `.ferry/`. */
 async function files(root: string): Promise<{ files: Record<string, string>; links: string[] }> {
   const all = await snapshot(root);
   const result: { files: Record<string, string>; links: string[] } = { files: {}, links: [] };
   for (const [path, what] of Object.entries(all)) {
+    if (path.startsWith(".ferry/")) continue; // the mirror's own state
     if (what.startsWith("file ")) result.files[path] = what.split(" ")[1];
     if (what.startsWith("link ")) result.links.push(path);
   }

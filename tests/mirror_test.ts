@@ -7,31 +7,17 @@
 import assert from "node:assert/strict";
 import { localRelative, normalizeRemoteDir } from "../client/mirror.ts";
 import { jsonLines, spawnClient, withServer } from "./client_fixture.ts";
-import { type ClientResult, eventually, makeFile, runClient, sha256File } from "./helpers.ts";
+import { type ClientResult, eventually, makeFile, runClient, treeOf } from "./helpers.ts";
 import { FrameProxy } from "./proxy.ts";
 
 const MiB = 1024 * 1024;
-
-/** Every regular file below `root` (relative path) with its SHA-256; part files included. */
-async function tree(root: string): Promise<Record<string, string>> {
-  const files: Record<string, string> = {};
-  const walk = async (rel: string) => {
-    for await (const entry of Deno.readDir(rel === "" ? root : `${root}/${rel}`)) {
-      const path = rel === "" ? entry.name : `${rel}/${entry.name}`;
-      if (entry.isDirectory) await walk(path);
-      else files[path] = await sha256File(`${root}/${path}`);
-    }
-  };
-  await walk("");
-  return files;
-}
 
 /** Directories below `root`, sorted. */
 async function dirs(root: string, rel = ""): Promise<string[]> {
   const out: string[] = [];
   for await (const entry of Deno.readDir(rel === "" ? root : `${root}/${rel}`)) {
     const path = rel === "" ? entry.name : `${rel}/${entry.name}`;
-    if (entry.isDirectory) out.push(path, ...await dirs(root, path));
+    if (entry.isDirectory && path !== ".ferry") out.push(path, ...await dirs(root, path));
   }
   return out.sort();
 }
@@ -86,7 +72,7 @@ Deno.test("mirror copies a nested tree over one connection, then brings in added
     } finally {
       await proxy.close();
     }
-    assert.deepEqual(await tree(local), await tree(remote));
+    assert.deepEqual(await treeOf(local), await treeOf(remote));
 
     // 2. On the server: one file added (in a new folder), one changed (renamed over), two removed with a
     //    folder. Locally: a file and a folder the server never had.
@@ -119,7 +105,7 @@ Deno.test("mirror copies a nested tree over one connection, then brings in added
     } finally {
       await proxy.close();
     }
-    assert.deepEqual(await tree(local), await tree(remote));
+    assert.deepEqual(await treeOf(local), await treeOf(remote));
     assert.deepEqual(await dirs(local), ["a", "a/b", "a/b/c", "new"], "emptied folders are removed");
 
     // 3. Nothing changed: nothing is transferred.
@@ -132,7 +118,7 @@ Deno.test("mirror copies a nested tree over one connection, then brings in added
     } finally {
       await proxy.close();
     }
-    assert.deepEqual(await tree(local), await tree(remote));
+    assert.deepEqual(await treeOf(local), await treeOf(remote));
   });
 });
 
@@ -166,7 +152,7 @@ Deno.test("an interrupted mirror is resumed by the next run, and --delete keeps 
     assert.equal(reports["big.bin"].status, "updated");
     assert.equal(reports["big.bin"].resumedFrom, partBytes);
     assert.equal(reports["big.bin"].bytes, 40 * MiB - partBytes);
-    assert.deepEqual(await tree(out), await tree(src));
+    assert.deepEqual(await treeOf(out), await treeOf(src));
   });
 });
 
@@ -181,7 +167,7 @@ Deno.test("mirror counts a file it cannot publish as failed, goes on with the ot
     assert.match(r.stderr, /^ferry: 2\.txt: cannot publish [^\n]*\n/m);
     assert.match(r.stderr, /mirror done: 2 updated, 0 unchanged, 0 deleted, 1 failed\n$/);
     assert.equal(await Deno.readTextFile(`${out}/2.txt/keep`), "not replaced by a file\n");
-    assert.deepEqual(Object.keys(await tree(out)).sort(), ["1.txt", "2.txt/keep", "3.txt"]);
+    assert.deepEqual(Object.keys(await treeOf(out)).sort(), ["1.txt", "2.txt/keep", "3.txt"]);
   });
 });
 

@@ -32,7 +32,7 @@ import {
   putFrameLength,
   type Request,
 } from "../framing.ts";
-import { identityOf } from "./hash_cache.ts";
+import { etagOf, identityOf } from "./hash_cache.ts";
 import { ErrorPiece, openBeneath, openError, type Reply, type ReplyContext } from "./operations.ts";
 
 /**
@@ -229,8 +229,15 @@ class Walk {
     }
     const s = opened.stat;
     close(opened.fd);
-    const entry: ListEntry = { path: rel, size: s.size, mtimeNs: String(s.mtimeNs), mode: s.mode & 0o7777 };
-    const sha256 = this.ctx.hashes.get(identityOf(s));
+    const identity = identityOf(s);
+    const entry: ListEntry = {
+      path: rel,
+      size: s.size,
+      mtimeNs: String(s.mtimeNs),
+      mode: s.mode & 0o7777,
+      etag: etagOf(identity),
+    };
+    const sha256 = this.ctx.hashes.get(identity);
     if (sha256 !== undefined) entry.sha256 = sha256;
     this.found.push(entry);
     return 1;

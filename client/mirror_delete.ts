@@ -1,0 +1,76 @@
+/**
+ * `mirror --delete`: removes what LOCAL_DIR holds and the server no longer has. Only regular files and the
+ * folders that leaves empty are removed, each by name in its folder's fd; no symlink is followed or
+ * removed, and the client's own state folder is left alone.
+ *
+ * @module
+ */
+
+import { basename } from "node:path";
+import { ClientError, ExitCode } from "./failure.ts";
+import type { FileReport } from "./fetch_file.ts";
+import { type LocalDir, LocalIoError, type LocalTree } from "./local_tree.ts";
+import { STATE_DIR } from "./mirror_state.ts";
+import { removeStaleParts } from "./publish.ts";
+import { lstatAt, unlinkAt } from "../ffi/libc.ts";
+
+const PART_NAME = /^\.(.+)\.ferry-[^/]+\.part$/;
+
+/**
+ * Removes local regular files below LOCAL_DIR that are not in `keep` (relative paths), the parts of such
+ * files, and then-empty directories; no symlink is followed, and none is removed. Reports each removal
+ * (or its failure) to `onFile`.
+ */
+export async function deleteExtraneous(
+  remoteDir: string,
+  tree: LocalTree,
+  keep: Set<string>,
+  onFile: (report: FileReport) => void,
+): Promise<void> {
+  const { files, dirs } = await tree.walk();
+  const own = (rel: string) => rel === STATE_DIR || rel.startsWith(`${STATE_DIR}/`);
+  for (const rel of files) {
+    if (own(rel)) continue;
+    const name = basename(rel);
+    const part = PART_NAME.exec(name);
+    const target = part ? `${rel.slice(0, rel.length - name.length)}${part[1]}` : rel;
+    if (keep.has(rel) || keep.has(target)) continue; // a file the server has, or its part (for a resume)
+    const started = performance.now();
+    const report: FileReport = {
+      path: remoteDir === "" ? rel : `${remoteDir}/${rel}`, // where it would be on the server
+      target: tree.root.shownPath(rel),
+      status: "deleted",
+      bytes: 0,
+      seconds: 0,
+      attempts: 1,
+    };
+    let dir: LocalDir | null = null;
+    try {
+      dir = tree.findParent(rel);
+      if (dir === null) continue; // its folder is no longer a folder
+      if (part) {
+        await removeStaleParts({ dir, name: part[1], followLink: false }); // parts another run holds stay
+        continue;
+      }
+      if (!lstatAt(dir.fd, name).isFile) continue; // replaced meanwhile: only regular files are removed
+      unlinkAt(dir.fd, name);
+    } catch (e) {
+      report.status = "failed";
+      report.error = new ClientError(
+        ExitCode.LocalIo,
+        new LocalIoError(`cannot remove ${report.target}`, e).message,
+      );
+    } finally {
+      dir?.close();
+    }
+    report.seconds = (performance.now() - started) / 1000;
+    onFile(report);
+  }
+  for (const rel of dirs) {
+    if (own(rel)) continue;
+    try {
+      using dir = tree.findParent(rel);
+      if (dir !== null) unlinkAt(dir.fd, basename(rel), { directory: true }); // only empty ones go
+    } catch { /* not empty, or gone */ }
+  }
+}

@@ -1,0 +1,395 @@
+/**
+ * `mirror`'s fast path: many files fetched over one connection with their requests pipelined, written to
+ * parts beside their targets, and published in batches whose durability costs two `syncfs` calls rather
+ * than an fsync per file and per directory (the way dpkg unpacks a package):
+ *
+ * 1. each file's bytes go to its part, `.NAME.ferry-ETAG.part`, created in its directory's fd (no symlink
+ *    followed), checked against the server's size and SHA-256, given the server's mode and mtime;
+ * 2. once a batch is complete, one `syncfs` puts every part's data on disk;
+ * 3. each part is renamed over its target (renameat within the directory fd);
+ * 4. a second `syncfs` makes the renames durable, and only then are the files reported as updated.
+ *
+ * A crash before 3 leaves parts, which the next run resumes or removes, and the targets as they were; a
+ * crash between 3 and 4 may leave some targets renamed and others not, each either the old or the new
+ * version in full. No file is ever published whose bytes are not on disk.
+ *
+ * What this path does not do it hands back to the caller, who fetches those files one by one with
+ * `fetch_file.ts` (resume, delta, retries with backoff): a file with a part already beside it, a file the
+ * server changed during the transfer, a connection lost twice while the file was in flight.
+ *
+ * @module
+ */
+
+import type { Hash } from "node:crypto";
+import { createSha256, loadHashing } from "../hashing.ts";
+import { classify, ClientError, ExitCode, protocolError, ServerRefusal } from "./failure.ts";
+import { ErrorCode, isSha256Hex, PROTOCOL_VERSION, type Request, type ResponseHeader } from "../framing.ts";
+import type { Deadline } from "./deadline.ts";
+import type { LocalDir } from "./local_tree.ts";
+import { LocalIoError } from "./local_tree.ts";
+import { isResumableTag } from "./publish.ts";
+import type { Session } from "./session.ts";
+import {
+  close,
+  fchmod,
+  futimens,
+  LibcError,
+  OPEN,
+  openAt,
+  pwriteAll,
+  renameAt,
+  syncfs,
+  unlinkAt,
+} from "../ffi/libc.ts";
+
+/** A file to fetch. */
+export interface TreeFile {
+  /** Its path on the server. */
+  path: string;
+  /** Its directory below LOCAL_DIR, held open by the caller until the fetcher is done. */
+  dir: LocalDir;
+  /** Its name in `dir`. */
+  name: string;
+  /** SHA-256 of the local copy, sent as `ifNoneMatch`; none when there is no copy. */
+  localSha256?: string;
+}
+
+/** What became of a file. */
+export type TreeOutcome =
+  | {
+    /** Published (durable), or found current by the server. */
+    status: "updated" | "unchanged";
+    /** The file's SHA-256 (undefined only when not verifying and the server sent none). */
+    sha256?: string;
+    /** The server's etag of this version. */
+    etag?: string;
+    size: number;
+    /** Data bytes received. */
+    bytes: number;
+    /** From the request to publication. */
+    seconds: number;
+  }
+  | { status: "failed"; error: ClientError; bytes: number; seconds: number }
+  /** Not done here: fetch it one by one (`fetch_file.ts`). */
+  | { status: "handed back"; bytes: number; seconds: number };
+
+/** How to fetch. */
+export interface TreeFetchOptions {
+  /** Check each file's SHA-256 (the size is always checked). */
+  verify: boolean;
+  /** The run's deadline: no new request goes out once it has passed. */
+  deadline: Deadline;
+  /** LOCAL_DIR: its file system is the one `syncfs` flushes. */
+  root: LocalDir;
+}
+
+/**
+ * Requests in flight at most. Their frames (about 100 bytes each) must fit the socket buffers while
+ * nobody reads the answers, and enough of them keep the server busy through the round trips.
+ */
+const WINDOW = 64;
+
+/** A batch is published once it holds this many files... */
+const BATCH_FILES = 2048;
+/** ...or this many bytes, whichever comes first. */
+const BATCH_BYTES = 256 * 1024 * 1024;
+
+/**
+ * A body at least this large publishes the files written before it first: they would otherwise wait for
+ * its transfer, and a run cut short during it would publish none of them.
+ */
+const LARGE_BODY = 8 * 1024 * 1024;
+
+/** A file whose request is in flight. */
+interface InFlight {
+  file: TreeFile;
+  started: number;
+  tries: number;
+}
+
+/** A part written and checked, waiting for its batch to be published. */
+interface Written {
+  flight: InFlight;
+  part: string;
+  sha256?: string;
+  etag: string;
+  size: number;
+}
+
+/**
+ * Fetches `files` in order, pipelined over `session`, and tells `onOutcome` what became of each, in the
+ * order they end. Throws only for the deadline.
+ */
+export async function fetchTree(
+  session: Session,
+  files: readonly TreeFile[],
+  options: TreeFetchOptions,
+  onOutcome: (file: TreeFile, outcome: TreeOutcome) => void,
+): Promise<void> {
+  if (options.verify) await loadHashing();
+  const queue: InFlight[] = files.map((file) => ({ file, started: 0, tries: 0 }));
+  const inFlight: InFlight[] = [];
+  const batch = new Batch(options.root, onOutcome);
+  const handBack = (flight: InFlight, bytes = 0) =>
+    onOutcome(flight.file, { status: "handed back", bytes, seconds: secondsSince(flight.started) });
+
+  while (queue.length > 0 || inFlight.length > 0) {
+    if (options.deadline.expired) break;
+    const sending: InFlight[] = [];
+    while (inFlight.length + sending.length < WINDOW && queue.length > 0) sending.push(queue.shift()!);
+    if (sending.length > 0) {
+      try {
+        await session.sendAhead(sending.map((f) => requestOf(f.file)));
+      } catch {
+        // Cannot even send: the one-by-one path has the retries and the backoff for this.
+        for (const flight of [...inFlight, ...sending, ...queue]) handBack(flight);
+        queue.length = inFlight.length = 0;
+        break;
+      }
+      const now = performance.now();
+      for (const flight of sending) {
+        flight.started ||= now;
+        flight.tries++;
+        inFlight.push(flight);
+      }
+    }
+    const flight = inFlight.shift()!;
+    const received = { bytes: 0 };
+    try {
+      const written = await receive(session, flight, options.verify, received, () => batch.publish());
+      if ("unchanged" in written) {
+        onOutcome(flight.file, {
+          status: "unchanged",
+          sha256: written.sha256 ?? flight.file.localSha256,
+          etag: written.etag,
+          size: written.size,
+          bytes: 0,
+          seconds: secondsSince(flight.started),
+        });
+      } else if ("handedBack" in written) {
+        handBack(flight, received.bytes);
+      } else {
+        batch.add(written, received.bytes);
+      }
+    } catch (e) {
+      if (e instanceof ServerRefusal && !retriedElsewhere(e)) {
+        onOutcome(flight.file, {
+          status: "failed",
+          error: classify(e),
+          bytes: received.bytes,
+          seconds: secondsSince(flight.started),
+        });
+      } else if (e instanceof LocalIoError || (e instanceof ClientError && !e.retryable)) {
+        onOutcome(flight.file, {
+          status: "failed",
+          error: classify(e),
+          bytes: received.bytes,
+          seconds: secondsSince(flight.started),
+        });
+      } else if (!(e instanceof ServerRefusal) && flight.tries < 2) {
+        queue.unshift(flight); // the connection was lost: once more, on a new one
+      } else {
+        handBack(flight, received.bytes);
+      }
+    }
+    // An error that closed the connection lost the answers still owed: those requests go out again.
+    if (session.ahead < inFlight.length) {
+      queue.unshift(...inFlight.splice(0));
+    }
+    if (batch.full) batch.publish();
+  }
+  for (const flight of [...inFlight, ...queue]) handBack(flight);
+  batch.publish();
+}
+
+/** Refusals that the one-by-one path may overcome (it waits, resumes, starts again). */
+function retriedElsewhere(e: ServerRefusal): boolean {
+  const code = e.body.code;
+  return code === ErrorCode.Busy || code === ErrorCode.FileChanged || code === ErrorCode.Timeout;
+}
+
+function requestOf(file: TreeFile): Request {
+  const request: Request = { v: PROTOCOL_VERSION, op: "get", path: file.path };
+  if (file.localSha256 !== undefined) request.ifNoneMatch = file.localSha256;
+  return request;
+}
+
+const secondsSince = (started: number) => started === 0 ? 0 : (performance.now() - started) / 1000;
+
+/**
+ * Reads the answer to `flight`'s request into a new part: the part written, the server's word that the
+ * local copy is current, or a part of that version found there already (the one-by-one path resumes it).
+ */
+async function receive(
+  session: Session,
+  flight: InFlight,
+  verify: boolean,
+  received: { bytes: number },
+  beforeLargeBody: () => void,
+): Promise<
+  Written | { unchanged: true; size: number; etag: string; sha256?: string } | { handedBack: true }
+> {
+  const { file } = flight;
+  const header = await session.next(JSON.stringify(file.path));
+  const { size, etag, sha256 } = checkHeader(header);
+  if (header.unchanged === true) {
+    await session.finish();
+    return { unchanged: true, size, etag, sha256 };
+  }
+  if (size >= LARGE_BODY) beforeLargeBody();
+  const part = `.${file.name}.ferry-${etag}.part`;
+  let fd: number;
+  try {
+    fd = openAt(file.dir.fd, part, OPEN.O_WRONLY | OPEN.O_CREAT | OPEN.O_EXCL, {
+      mode: 0o600,
+      noSymlinks: true,
+    });
+  } catch (e) {
+    if (!(e instanceof LibcError) || e.errnoName !== "EEXIST") {
+      await session.readBody(size, () => Promise.resolve()).catch(() => {});
+      throw new LocalIoError(`cannot create ${file.dir.shownPath(part)}`, e);
+    }
+    // A part of this version is there already, from an earlier run: the one-by-one path resumes it.
+    await session.readBody(size, () => Promise.resolve());
+    return { handedBack: true };
+  }
+  let published = false;
+  try {
+    const hash: Hash | null = verify ? createSha256() : null;
+    let offset = 0;
+    const end = await session.readBody(size, (chunk) => {
+      pwriteAll(fd, chunk, offset);
+      offset += chunk.byteLength;
+      received.bytes += chunk.byteLength;
+      hash?.update(chunk);
+      return Promise.resolve();
+    });
+    if (offset !== size) {
+      throw new ClientError(ExitCode.Verification, `received ${offset} bytes, the server announced ${size}`, {
+        retryable: true,
+      });
+    }
+    const expected = sha256 ?? end.sha256;
+    const actual = hash?.digest("hex");
+    if (expected !== undefined && actual !== undefined && expected !== actual) {
+      throw new ClientError(
+        ExitCode.Verification,
+        `SHA-256 mismatch for ${JSON.stringify(file.path)}: received ${actual}, the server has ${expected}`,
+        { retryable: true },
+      );
+    }
+    if (header.mode !== undefined) fchmod(fd, header.mode & 0o777); // no set-id bits from a server
+    if (header.mtimeNs !== undefined) futimens(fd, BigInt(header.mtimeNs));
+    published = true;
+    return { flight, part, sha256: actual ?? expected, etag, size };
+  } catch (e) {
+    if (e instanceof LibcError) throw new LocalIoError(`cannot write ${file.dir.shownPath(part)}`, e);
+    throw e;
+  } finally {
+    close(fd);
+    if (!published) removeQuietly(file.dir, part);
+  }
+}
+
+/** The fields of a `get` header this path relies on, checked. */
+function checkHeader(header: ResponseHeader): { size: number; etag: string; sha256?: string } {
+  const { size, offset = 0, etag, sha256, mtimeNs, mode } = header;
+  if (!Number.isSafeInteger(size) || size! < 0) throw protocolError("header has no valid size");
+  // An unchanged answer's offset is the size (no data follows); any other starts at 0, as asked.
+  if (offset !== (header.unchanged === true ? size : 0)) {
+    throw protocolError(`header offset ${offset}, none was asked for`);
+  }
+  if (sha256 !== undefined && !isSha256Hex(sha256)) {
+    throw protocolError("header sha256 is not a SHA-256 in hex");
+  }
+  if (mode !== undefined && !Number.isInteger(mode)) throw protocolError("header mode is not an integer");
+  if (mtimeNs !== undefined && !/^-?[0-9]{1,20}$/.test(String(mtimeNs))) {
+    throw protocolError(`header mtimeNs ${JSON.stringify(mtimeNs)} is not a number`);
+  }
+  if (header.unchanged !== true && (typeof etag !== "string" || !isResumableTag(etag))) {
+    throw protocolError(`header etag ${JSON.stringify(etag)} cannot name a part`);
+  }
+  return { size: size!, etag: etag ?? "", sha256 };
+}
+
+function removeQuietly(dir: LocalDir, name: string): void {
+  try {
+    unlinkAt(dir.fd, name);
+  } catch { /* gone already, or the directory went away: nothing of ours is left to clean */ }
+}
+
+/** Parts written and checked, published together. */
+class Batch {
+  #written: { w: Written; bytes: number }[] = [];
+  #bytes = 0;
+
+  constructor(
+    readonly root: LocalDir,
+    readonly onOutcome: (file: TreeFile, outcome: TreeOutcome) => void,
+  ) {}
+
+  get full(): boolean {
+    return this.#written.length >= BATCH_FILES || this.#bytes >= BATCH_BYTES;
+  }
+
+  add(w: Written, bytes: number): void {
+    this.#written.push({ w, bytes });
+    this.#bytes += w.size;
+  }
+
+  /** Makes the parts durable, renames each over its target, makes the renames durable, reports each. */
+  publish(): void {
+    const written = this.#written;
+    this.#written = [];
+    this.#bytes = 0;
+    if (written.length === 0) return;
+    const failed = new Set<Written>();
+    const fail = (w: Written, bytes: number, error: ClientError) => {
+      failed.add(w);
+      removeQuietly(w.flight.file.dir, w.part);
+      this.onOutcome(w.flight.file, {
+        status: "failed",
+        error,
+        bytes,
+        seconds: secondsSince(w.flight.started),
+      });
+    };
+    try {
+      syncfs(this.root.fd);
+    } catch (e) {
+      const error = classify(new LocalIoError(`cannot write ${this.root.shown} to disk (syncfs)`, e));
+      for (const { w, bytes } of written) fail(w, bytes, error);
+      return;
+    }
+    for (const { w, bytes } of written) {
+      const { dir, name } = w.flight.file;
+      try {
+        renameAt(dir.fd, w.part, dir.fd, name);
+      } catch (e) {
+        fail(w, bytes, classify(new LocalIoError(`cannot publish ${dir.shownPath(name)}`, e)));
+      }
+    }
+    let durable: ClientError | null = null;
+    try {
+      syncfs(this.root.fd);
+    } catch (e) {
+      durable = classify(new LocalIoError(`cannot write ${this.root.shown} to disk (syncfs)`, e));
+    }
+    for (const { w, bytes } of written) {
+      if (failed.has(w)) continue;
+      const seconds = secondsSince(w.flight.started);
+      if (durable !== null) {
+        this.onOutcome(w.flight.file, { status: "failed", error: durable, bytes, seconds });
+        continue;
+      }
+      this.onOutcome(w.flight.file, {
+        status: "updated",
+        sha256: w.sha256,
+        etag: w.etag,
+        size: w.size,
+        bytes,
+        seconds,
+      });
+    }
+  }
+}
