@@ -218,11 +218,12 @@ export class LocalTree implements Disposable {
    * Regular files (relative paths) and directories (deepest first) below LOCAL_DIR. Symlinks are left out
    * and never followed; a directory swapped for something else during the walk is skipped.
    */
-  async walk(): Promise<{ files: string[]; dirs: string[] }> {
+  walk(): { files: string[]; dirs: string[] } {
     const files: string[] = [];
     const dirs: string[] = [];
-    const walk = async (dir: LocalDir, rel: string) => {
-      for await (const entry of Deno.readDir(dir.procPath())) {
+    // Synchronous: an asynchronous read costs a trip through Deno's thread pool per folder.
+    const walk = (dir: LocalDir, rel: string) => {
+      for (const entry of Deno.readDirSync(dir.procPath())) {
         const path = rel === "" ? entry.name : `${rel}/${entry.name}`;
         if (entry.isFile) files.push(path);
         if (!entry.isDirectory) continue;
@@ -236,7 +237,7 @@ export class LocalTree implements Disposable {
           continue;
         }
         try {
-          await walk(child, path);
+          walk(child, path);
         } finally {
           child.close();
         }
@@ -245,7 +246,7 @@ export class LocalTree implements Disposable {
     };
     const root = this.root.duplicate();
     try {
-      await walk(root, "");
+      walk(root, "");
     } catch (e) {
       throw new LocalIoError(`cannot read ${this.root.shown}`, e);
     } finally {
@@ -264,12 +265,17 @@ export class LocalTree implements Disposable {
   }
 }
 
+/** A part's name, `.NAME.ferry-TAG.part`, with NAME captured (publish.ts names them). */
+export const PART_NAME = /^\.(.+)\.ferry-[^/]+\.part$/;
+
 /** A folder below LOCAL_DIR held open for a run, with the names it held when the run first opened it. */
 export interface Folder {
   /** The folder, open. */
   dir: LocalDir;
   /** Its entries' names as the run found them (files published since are not added). */
   names: ReadonlySet<string>;
+  /** The names that have a part (`.NAME.ferry-TAG.part`) beside them, as the run found them. */
+  parts: ReadonlySet<string>;
 }
 
 /**
@@ -294,13 +300,18 @@ export class FolderCache implements Disposable {
     if (folder === undefined) {
       const dir = this.tree.makeParent(rel, this.onReplaced);
       const names = new Set<string>();
+      const parts = new Set<string>();
       try {
-        for (const entry of Deno.readDirSync(dir.procPath())) names.add(entry.name);
+        for (const entry of Deno.readDirSync(dir.procPath())) {
+          names.add(entry.name);
+          const part = PART_NAME.exec(entry.name);
+          if (part !== null) parts.add(part[1]);
+        }
       } catch (e) {
         dir.close();
         throw new LocalIoError(`cannot read ${dir.shown}`, e);
       }
-      folder = { dir, names };
+      folder = { dir, names, parts };
       this.#folders.set(key, folder);
     }
     return folder;

@@ -25,7 +25,18 @@ import { fetchFile, type FetchOptions, type FileReport } from "./fetch_file.ts";
 import { ErrorCode, isSha256Hex, type ListEntry, PROTOCOL_VERSION } from "../framing.ts";
 import { type Folder, FolderCache, type LocalDir, LocalIoError, LocalTree } from "./local_tree.ts";
 import type { Place } from "./publish.ts";
-import { C, close, fstat, LibcError, lstatAt, OPEN, openAt, pread, raiseOpenFileLimit } from "../ffi/libc.ts";
+import {
+  C,
+  close,
+  fstat,
+  identityAt,
+  LibcError,
+  OPEN,
+  openAt,
+  pread,
+  raiseOpenFileLimit,
+  type StatIdentity,
+} from "../ffi/libc.ts";
 import { createSha256, loadHashing } from "../hashing.ts";
 import { deleteExtraneous } from "./mirror_delete.ts";
 import { loadState, type MirrorState, saveState, STATE_DIR } from "./mirror_state.ts";
@@ -139,6 +150,8 @@ const DELTA_MIN_SIZE = 1024 * 1024;
 type Need =
   /** Nothing: the local copy is current (its SHA-256 is known). */
   | { kind: "current"; sha256: string }
+  /** Its local copy, of the listed size, must be hashed to tell. */
+  | { kind: "hash" }
   /** Fetched on the fast path (pipelined, published in batches); `localSha256` goes as ifNoneMatch. */
   | { kind: "fast"; localSha256?: string }
   /** Fetched one by one (a part to resume, or a large file to patch with delta). */
@@ -151,27 +164,27 @@ interface Item {
   folder: Folder;
   name: string;
   need: Need;
+  /** What lstat said of the local copy, when there is one. */
+  local?: StatIdentity;
 }
 
 /**
- * Decides what `entry` needs by what LOCAL_DIR holds: the state answers for a file whose lstat matches
- * what was recorded; other files of the listed size are hashed. Throws LocalIoError.
+ * Decides what `item` needs by what LOCAL_DIR holds, without reading any file: the state answers for a
+ * file whose lstat matches what was recorded. Throws LocalIoError.
  */
-function needOf(entry: ListEntry, rel: string, folder: Folder, name: string, state: MirrorState): Need {
-  const partPrefix = `.${name}.ferry-`;
-  for (const n of folder.names) {
-    if (n.startsWith(partPrefix) && n.endsWith(".part")) return { kind: "one by one" }; // resume it
-  }
+function needOf(item: Omit<Item, "need">, state: MirrorState): Need {
+  const { entry, folder, name } = item;
+  if (folder.parts.has(name)) return { kind: "one by one" }; // a part beside it: resume it
   if (!folder.names.has(name)) return { kind: "fast" };
   let local;
   try {
-    local = lstatAt(folder.dir.fd, name);
+    local = identityAt(folder.dir.fd, name);
   } catch (e) {
-    if (e instanceof LibcError && e.errnoName === "ENOENT") return { kind: "fast" };
     throw new LocalIoError(`cannot stat ${folder.dir.shownPath(name)}`, e);
   }
-  if (!local.isFile) return { kind: "fast" }; // a symlink or special file: the fetched file replaces it
-  const recorded = state.trusted(rel, local);
+  if (local === null || !local.isFile) return { kind: "fast" }; // a symlink or special file is replaced
+  item.local = local;
+  const recorded = state.trusted(item.rel, local);
   const sameVersion = recorded !== undefined &&
     (entry.sha256 !== undefined
       ? recorded.sha256 === entry.sha256
@@ -183,7 +196,12 @@ function needOf(entry: ListEntry, rel: string, folder: Folder, name: string, sta
       ? { kind: "one by one" }
       : { kind: "fast" };
   }
-  const sha256 = recorded?.sha256 ?? hashLocal(folder.dir, name);
+  if (recorded !== undefined) return needBySha(entry, local, recorded.sha256);
+  return { kind: "hash" };
+}
+
+/** What a file of the listed size needs, its local copy's SHA-256 known (null: it is gone meanwhile). */
+function needBySha(entry: ListEntry, local: StatIdentity, sha256: string | null): Need {
   if (sha256 === null) return { kind: "fast" };
   if (entry.sha256 === sha256) return { kind: "current", sha256 };
   if (entry.sha256 !== undefined && local.size >= DELTA_MIN_SIZE) return { kind: "one by one" };
@@ -246,7 +264,6 @@ export async function mirror(
     } else summary[report.status]++;
     onFile(report);
   };
-  await loadHashing();
   const listing = await listRemote(session, remoteDir, options);
   using tree = await LocalTree.open(localDir).catch((e) => {
     throw classify(e);
@@ -258,25 +275,52 @@ export async function mirror(
   let unusable = 0; // entries the listing had but this client could not use: it is not the whole tree here
   const fast: Item[] = [];
   const oneByOne: Item[] = [];
+  const toHash: Item[] = [];
+  /** Where messages and reports say a file is: cheaper than a path join per file of a large tree. */
+  const shown = (rel: string) => `${localDir.replace(/\/+$/, "")}/${rel}`;
   const failedItem = (item: { entry: ListEntry; rel: string }, error: ClientError) =>
     count({
       path: item.entry.path,
-      target: tree.root.shownPath(item.rel),
+      target: shown(item.rel),
       status: "failed",
       bytes: 0,
       seconds: 0,
       attempts: 0,
       error,
     });
-  /** Records a file now current in the state, by the lstat of what stands at its name. */
-  const remember = (item: Item, sha256: string | undefined, etag: string) => {
+  /**
+   * Records a file now current in the state: by `local`, the lstat taken before, when the file was left as
+   * it was; else by the lstat of what stands at its name now (it was just published).
+   */
+  const remember = (item: Item, sha256: string | undefined, etag: string, local?: StatIdentity) => {
     if (sha256 === undefined) return state.delete(item.rel);
     try {
-      const local = lstatAt(item.folder.dir.fd, item.name);
-      if (local.isFile) state.set(item.rel, { ...local, sha256, etag });
+      const now = local ?? identityAt(item.folder.dir.fd, item.name);
+      if (now !== null && now.isFile) {
+        state.set(item.rel, { key: now.key, ctimeSeconds: now.ctimeSeconds, sha256, etag });
+      } else state.delete(item.rel);
     } catch {
       state.delete(item.rel);
     }
+  };
+  const unchanged = (item: Item, sha256: string) => {
+    count({
+      path: item.entry.path,
+      target: shown(item.rel),
+      status: "unchanged",
+      bytes: 0,
+      size: item.entry.size,
+      sha256,
+      seconds: 0,
+      attempts: 0,
+    });
+    remember(item, sha256, item.entry.etag ?? "", item.local);
+  };
+  const route = (item: Item) => {
+    if (item.need.kind === "current") unchanged(item, item.need.sha256);
+    else if (item.need.kind === "hash") toHash.push(item);
+    else if (item.need.kind === "fast") fast.push(item);
+    else oneByOne.push(item);
   };
 
   for (const value of listing.entries) {
@@ -304,24 +348,20 @@ export async function mirror(
     try {
       // No symlink below LOCAL_DIR is followed; one where a directory belongs is replaced by it.
       const folder = folders.folderOf(rel);
-      const name = basename(rel);
-      const item: Item = { entry: entry!, rel, folder, name, need: needOf(entry!, rel, folder, name, state) };
-      if (item.need.kind === "current") {
-        count({
-          path,
-          target: tree.root.shownPath(rel),
-          status: "unchanged",
-          bytes: 0,
-          size: entry!.size,
-          sha256: item.need.sha256,
-          seconds: 0,
-          attempts: 0,
-        });
-        remember(item, item.need.sha256, entry!.etag ?? "");
-      } else if (item.need.kind === "fast") fast.push(item);
-      else oneByOne.push(item);
+      const partial = { entry: entry!, rel, folder, name: basename(rel) };
+      route(Object.assign(partial, { need: needOf(partial, state) }));
     } catch (e) {
       failedItem({ entry: entry!, rel }, classify(e));
+    }
+  }
+
+  if (toHash.length > 0 || fast.length > 0 || oneByOne.length > 0) await loadHashing();
+  for (const item of toHash) {
+    try {
+      item.need = needBySha(item.entry, item.local!, hashLocal(item.folder.dir, item.name));
+      route(item);
+    } catch (e) {
+      failedItem(item, classify(e));
     }
   }
 
@@ -348,7 +388,7 @@ export async function mirror(
       }
       const report: FileReport = {
         path: item.entry.path,
-        target: tree.root.shownPath(item.rel),
+        target: shown(item.rel),
         status: outcome.status,
         bytes: outcome.bytes,
         seconds: outcome.seconds,
@@ -400,10 +440,13 @@ export async function mirror(
     }
   }
   try {
-    await state.settle();
-    saveState(tree.root, state);
+    if (state.changed) {
+      await state.settle();
+      saveState(tree.root, state);
+    }
   } catch (e) {
-    summary.problems.push(classify(e));
+    // The tree is as it should be; only the next run's shortcut is lost, which costs it some hashing.
+    options.onNotice?.(`${(e as Error).message} (the next run hashes what it cannot trust)`);
   }
   summary.exitCode = worstExitCode([...codes, ...summary.problems.map((p) => p.exitCode)]);
   return summary;

@@ -9,12 +9,10 @@
 import { basename } from "node:path";
 import { ClientError, ExitCode } from "./failure.ts";
 import type { FileReport } from "./fetch_file.ts";
-import { type LocalDir, LocalIoError, type LocalTree } from "./local_tree.ts";
+import { type LocalDir, LocalIoError, type LocalTree, PART_NAME } from "./local_tree.ts";
 import { STATE_DIR } from "./mirror_state.ts";
 import { removeStaleParts } from "./publish.ts";
 import { lstatAt, unlinkAt } from "../ffi/libc.ts";
-
-const PART_NAME = /^\.(.+)\.ferry-[^/]+\.part$/;
 
 /**
  * Removes local regular files below LOCAL_DIR that are not in `keep` (relative paths), the parts of such
@@ -27,7 +25,7 @@ export async function deleteExtraneous(
   keep: Set<string>,
   onFile: (report: FileReport) => void,
 ): Promise<void> {
-  const { files, dirs } = await tree.walk();
+  const { files, dirs } = tree.walk();
   const own = (rel: string) => rel === STATE_DIR || rel.startsWith(`${STATE_DIR}/`);
   for (const rel of files) {
     if (own(rel)) continue;

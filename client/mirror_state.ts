@@ -8,15 +8,17 @@
  * and a replaced file has another inode, so a stale entry cannot make a changed file look current; a
  * missing or corrupt state costs hashing, nothing else. One race remains, the one git calls "racy clean":
  * a change in the same clock tick as the `lstat` that was recorded, which leaves ctime as it was. Entries
- * recorded within {@link RACY_WINDOW_NS} of the moment the state was written are therefore not trusted.
+ * recorded within {@link RACY_WINDOW_SECONDS} of the moment the state was written are therefore not trusted.
  *
- * The file is text: a version line, then one line per file with the fields separated by tabs and the path
- * last, as a JSON string (paths may hold tabs and newlines).
+ * The file is text: a version line, then one line per file: the identity (size:inode:mtime:ctime), the
+ * SHA-256 and the etag, separated by tabs, and the path last (as a JSON string if it holds a tab, a line
+ * break or starts with a quote).
  *
  * @module
  */
 
 import { isSha256Hex } from "../framing.ts";
+import type { StatIdentity } from "../ffi/structs.ts";
 import {
   C,
   close,
@@ -33,48 +35,48 @@ import {
 import { LocalDir, LocalIoError } from "./local_tree.ts";
 
 /** The first line of a state file. */
-const STATE_HEADER = "ferry-mirror-state 1";
+const STATE_HEADER = "ferry-mirror-state 2";
 
 /**
- * How close to the state's own write time an entry's ctime may be and still be trusted. File systems stamp
- * times from a clock that advances in ticks of up to 10 ms; twice that leaves a margin.
+ * How close to the state's own write time an entry's ctime may be and still be trusted, in seconds. File
+ * systems stamp times from a clock that advances in ticks of up to 10 ms; twice that leaves a margin.
  */
-export const RACY_WINDOW_NS = 20_000_000n;
+export const RACY_WINDOW_SECONDS = 0.02;
 
-/** What `lstat` says of a local file: the fields an entry is checked against. */
-export interface LocalIdentity {
-  /** Size in bytes. */
-  size: number;
-  /** Modification time, nanoseconds since the epoch. */
-  mtimeNs: bigint;
-  /** Status change time, nanoseconds since the epoch. */
-  ctimeNs: bigint;
-  /** Inode number. */
-  ino: bigint;
-}
+/** How far file timestamps may lag behind the clock, in seconds: a tick of the kernel's coarse clock. */
+const COARSE_CLOCK_LAG_SECONDS = 0.01;
+
+/** What `lstat` says of a local file that an entry is checked against (see `ffi/structs.ts`). */
+export type LocalIdentity = Pick<StatIdentity, "key" | "ctimeSeconds">;
 
 /** One published file. */
 export interface StateEntry extends LocalIdentity {
   /** SHA-256 of its content, hex. */
   sha256: string;
-  /** The server's etag of the version it came from ("" if the server gave none). */
+  /** The server's etag of the version it came from ("" if not known). */
   etag: string;
 }
 
 /** The state of one LOCAL_DIR: entries by path relative to it. */
 export class MirrorState {
   readonly #entries = new Map<string, StateEntry>();
-  #writtenAtNs: bigint;
-  #newestCtimeNs = 0n;
+  readonly #writtenAt: number;
+  #newestCtime = 0;
+  #changed = false;
 
-  /** @param writtenAtNs when the state was written (the file's mtime); entries near it are racy */
-  constructor(writtenAtNs = 0n) {
-    this.#writtenAtNs = writtenAtNs;
+  /** @param writtenAt when the state was written (its file's mtime, in seconds); entries near it are racy */
+  constructor(writtenAt = 0) {
+    this.#writtenAt = writtenAt;
   }
 
   /** Number of entries. */
   get size(): number {
     return this.#entries.size;
+  }
+
+  /** True once an entry was added, replaced or removed since the state was read: it is worth writing. */
+  get changed(): boolean {
+    return this.#changed;
   }
 
   /**
@@ -83,58 +85,60 @@ export class MirrorState {
    */
   trusted(path: string, local: LocalIdentity): StateEntry | undefined {
     const entry = this.#entries.get(path);
-    if (entry === undefined) return undefined;
-    if (
-      entry.size !== local.size || entry.mtimeNs !== local.mtimeNs || entry.ctimeNs !== local.ctimeNs ||
-      entry.ino !== local.ino
-    ) return undefined;
-    if (entry.ctimeNs + RACY_WINDOW_NS >= this.#writtenAtNs) return undefined;
+    if (entry === undefined || entry.key !== local.key) return undefined;
+    if (entry.ctimeSeconds + RACY_WINDOW_SECONDS >= this.#writtenAt) return undefined;
     return entry;
   }
 
   /** Records (or replaces) the entry for `path`. */
   set(path: string, entry: StateEntry): void {
+    const old = this.#entries.get(path);
+    if (
+      old !== undefined && old.key === entry.key && old.sha256 === entry.sha256 && old.etag === entry.etag
+    ) {
+      return;
+    }
     this.#entries.set(path, entry);
-    if (entry.ctimeNs > this.#newestCtimeNs) this.#newestCtimeNs = entry.ctimeNs;
-  }
-
-  /**
-   * Waits, at most a racy window, until the clock has moved past every ctime recorded, so that the state
-   * written next is not racy for them and the next run trusts them all: one wait of up to 20 ms per run
-   * instead of hashing the run's last files again.
-   */
-  async settle(): Promise<void> {
-    const waitMs = Number(this.#newestCtimeNs + RACY_WINDOW_NS - BigInt(Date.now()) * 1_000_000n) / 1e6;
-    if (waitMs > 0) await new Promise((resolve) => setTimeout(resolve, Math.min(waitMs + 1, 25)));
+    this.#changed = true;
+    if (entry.ctimeSeconds > this.#newestCtime) this.#newestCtime = entry.ctimeSeconds;
   }
 
   /** Forgets `path` (deleted, failed, or no longer listed). */
   delete(path: string): void {
-    this.#entries.delete(path);
+    if (this.#entries.delete(path)) this.#changed = true;
   }
 
   /** Keeps only the entries whose path `keep` accepts: files the server no longer lists are forgotten. */
   retain(keep: (path: string) => boolean): void {
-    for (const path of this.#entries.keys()) if (!keep(path)) this.#entries.delete(path);
+    for (const path of this.#entries.keys()) if (!keep(path)) this.delete(path);
+  }
+
+  /**
+   * Waits until the file system's clock has moved a racy window past every ctime recorded, so that the
+   * state written next is not racy for them and the next run trusts them all: one wait of a few tens of
+   * milliseconds per run that published files, instead of hashing the run's last files again. The file
+   * system stamps times from a coarse clock, up to a tick (4 ms at 250 Hz) behind the real one: the wait
+   * allows for it.
+   */
+  async settle(): Promise<void> {
+    const waitMs = (this.#newestCtime + RACY_WINDOW_SECONDS + COARSE_CLOCK_LAG_SECONDS) * 1000 - Date.now();
+    if (waitMs > 0) await new Promise((resolve) => setTimeout(resolve, Math.min(Math.ceil(waitMs), 50)));
   }
 
   /** The state as the text of its file. */
   format(): string {
     const lines = [STATE_HEADER];
-    for (const [path, e] of this.#entries) {
-      lines.push(
-        `${e.size}\t${e.mtimeNs}\t${e.ctimeNs}\t${e.ino}\t${e.sha256}\t${e.etag}\t${JSON.stringify(path)}`,
-      );
-    }
+    for (const [path, e] of this.#entries) lines.push(`${e.key}\t${e.sha256}\t${e.etag}\t${quote(path)}`);
     return lines.join("\n") + "\n";
   }
 
   /**
-   * Reads a state file's text, written at `writtenAtNs` (its mtime). Lines that do not parse are skipped
-   * (their files are hashed); a file that is not a state file at all gives an empty state. Never throws.
+   * Reads a state file's text, written at `writtenAt` (its mtime, in seconds). Lines that do not parse are
+   * skipped (their files are hashed); a file that is not a state file at all gives an empty state. Never
+   * throws.
    */
-  static parse(text: string, writtenAtNs: bigint): MirrorState {
-    const state = new MirrorState(writtenAtNs);
+  static parse(text: string, writtenAt: number): MirrorState {
+    const state = new MirrorState(writtenAt);
     const lines = text.split("\n");
     if (lines[0] !== STATE_HEADER) return state;
     for (let i = 1; i < lines.length; i++) {
@@ -145,33 +149,35 @@ export class MirrorState {
   }
 }
 
-const DECIMAL = /^(0|[1-9][0-9]{0,19})$/;
+/** A path as the state writes it: as it is, or as a JSON string when it could be taken for something else. */
+function quote(path: string): string {
+  return path.startsWith('"') || /[\t\n\r]/.test(path) ? JSON.stringify(path) : path;
+}
+
+/** size:inode:mtime:ctime, the times as seconds.nanoseconds. */
+const KEY =
+  /^(0|[1-9][0-9]{0,15}):(0|[1-9][0-9]{0,15}):(-?[0-9]{1,16})\.[0-9]{1,9}:(-?[0-9]{1,16})\.([0-9]{1,9})$/;
 const ETAG = /^[A-Za-z0-9_-]{0,128}$/;
 
 /** One line of a state file, or null if it is not a well-formed entry. */
 function parseLine(line: string): [string, StateEntry] | null {
-  const fields = line.split("\t");
-  if (fields.length < 7) return null;
-  const [size, mtimeNs, ctimeNs, ino, sha256, etag] = fields;
-  // The path is the rest of the line: a JSON string may hold tabs.
-  const quoted = fields.slice(6).join("\t");
-  if (![size, mtimeNs, ctimeNs, ino].every((f) => DECIMAL.test(f))) return null;
-  if (!isSha256Hex(sha256) || !ETAG.test(etag)) return null;
-  let path: unknown;
-  try {
-    path = JSON.parse(quoted);
-  } catch {
-    return null;
+  const tab1 = line.indexOf("\t"), tab2 = line.indexOf("\t", tab1 + 1), tab3 = line.indexOf("\t", tab2 + 1);
+  if (tab1 < 0 || tab2 < 0 || tab3 < 0) return null;
+  const key = line.slice(0, tab1), sha256 = line.slice(tab1 + 1, tab2), etag = line.slice(tab2 + 1, tab3);
+  const match = KEY.exec(key);
+  if (match === null || !isSha256Hex(sha256) || !ETAG.test(etag)) return null;
+  const written = line.slice(tab3 + 1);
+  let path: unknown = written;
+  if (written.startsWith('"')) {
+    try {
+      path = JSON.parse(written);
+    } catch {
+      return null;
+    }
   }
-  if (typeof path !== "string" || path === "" || !Number.isSafeInteger(Number(size))) return null;
-  return [path, {
-    size: Number(size),
-    mtimeNs: BigInt(mtimeNs),
-    ctimeNs: BigInt(ctimeNs),
-    ino: BigInt(ino),
-    sha256,
-    etag,
-  }];
+  if (typeof path !== "string" || path === "" || /[\t\r]/.test(written)) return null;
+  const ctimeSeconds = Number(match[4]) + Number(match[5].padEnd(9, "0")) / 1e9;
+  return [path, { key, ctimeSeconds, sha256, etag }];
 }
 
 /** The folder in LOCAL_DIR that holds the state; `mirror` neither lists into it nor deletes in it. */
@@ -199,7 +205,7 @@ export function loadState(root: LocalDir): MirrorState {
       if (n <= 0) break;
       got += n;
     }
-    return MirrorState.parse(new TextDecoder().decode(bytes), stat.mtimeNs);
+    return MirrorState.parse(new TextDecoder().decode(bytes), Number(stat.mtimeNs) / 1e9);
   } catch {
     return new MirrorState();
   } finally {

@@ -13,9 +13,17 @@
  * @module
  */
 
-import { decodeStat, encodeOpenHow, type FileStat, OPEN_HOW, STAT } from "./structs.ts";
+import {
+  decodeStat,
+  decodeStatIdentity,
+  encodeOpenHow,
+  type FileStat,
+  OPEN_HOW,
+  STAT,
+  type StatIdentity,
+} from "./structs.ts";
 
-export type { FileStat };
+export type { FileStat, StatIdentity };
 
 const symbols = {
   __errno_location: { parameters: [], result: "pointer" }, // int *__errno_location(void)
@@ -146,6 +154,7 @@ export const C = {
   SIGHUP: 1,
   RLIMIT_NOFILE: 7,
   // errno values, by name
+  ENOENT: 2,
   EINTR: 4,
   EAGAIN: 11,
   ENAMETOOLONG: 36,
@@ -468,6 +477,7 @@ export function getdents(fd: number, buf: Uint8Array): number {
 }
 
 const statBuf = new BigInt64Array(STAT.size / 8);
+const statWords = new Uint32Array(statBuf.buffer);
 
 /** fstat(2) of an fd. */
 export function fstat(fd: number): FileStat {
@@ -575,6 +585,19 @@ export function fsync(fd: number): void {
 /** fchmod(2): permission bits of the file open as `fd`, whatever name it has meanwhile. */
 export function fchmod(fd: number, mode: number): void {
   check("fchmod", sys.fchmod(fd, mode));
+}
+
+/**
+ * fstatat(2) of `name` in `dirFd` without following a symlink there, decoded as a {@link StatIdentity};
+ * null when nothing has that name (ENOENT).
+ */
+export function identityAt(dirFd: number, name: string): StatIdentity | null {
+  putPath(name, "fstatat");
+  if (sys.fstatat(dirFd, openPath, statBuf, AT_SYMLINK_NOFOLLOW) === -1) {
+    if (errno() === C.ENOENT) return null;
+    throw new LibcError("fstatat", errno(), `of ${JSON.stringify(name)}`);
+  }
+  return decodeStatIdentity(statWords);
 }
 
 /** fstatat(2) of `name` in `dirFd` without following a symlink there (AT_SYMLINK_NOFOLLOW). */

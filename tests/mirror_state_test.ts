@@ -1,79 +1,168 @@
 /**
- * The mirror's state file, in process: what it trusts and what it refuses. The whole mirror is tested with
- * real files in mirror_test.ts; here, the rules of trust one by one.
+ * What `mirror` remembers between runs (`.ferry/state`) and what it trusts: in process for the rules one
+ * by one, then with a real server and real files for what a run does when a file changed behind the
+ * state's back or the state itself is lost, truncated or wrong.
  *
  * @module
  */
 
 import assert from "node:assert/strict";
-import { MirrorState, RACY_WINDOW_NS, type StateEntry } from "../client/mirror_state.ts";
+import { MirrorState, RACY_WINDOW_SECONDS, type StateEntry } from "../client/mirror_state.ts";
+import { jsonLines, withServer } from "./client_fixture.ts";
+import { type ClientResult, runClient, treeOf } from "./helpers.ts";
 
 const SHA = "ab".repeat(32);
-const WRITTEN = 1_800_000_000_000_000_000n;
+const WRITTEN = 1_800_000_000;
 
 function entry(fields: Partial<StateEntry> = {}): StateEntry {
   return {
-    size: 4096,
-    mtimeNs: 1_700_000_000_123_456_789n,
-    ctimeNs: WRITTEN - 10n * RACY_WINDOW_NS,
-    ino: 1234n,
+    key: "4096:1234:1700000000.123456789:1799999999.5",
+    ctimeSeconds: WRITTEN - 10 * RACY_WINDOW_SECONDS,
     sha256: SHA,
     etag: "0123456789abcdef0123456789abcdef",
     ...fields,
   };
 }
 
-function roundTrip(state: MirrorState, writtenAtNs = WRITTEN): MirrorState {
-  return MirrorState.parse(state.format(), writtenAtNs);
-}
+/** An entry as it reads back: ctime comes from the key. */
+const readBack = (e: StateEntry): StateEntry => ({ ...e, ctimeSeconds: 1799999999.5 });
 
-Deno.test("a file whose lstat still matches its entry is trusted, across a save and a load", () => {
+const roundTrip = (state: MirrorState, writtenAt = WRITTEN) => MirrorState.parse(state.format(), writtenAt);
+
+Deno.test("state: an entry whose identity still matches is trusted after a save and a load, whatever its path", () => {
   const state = new MirrorState();
-  state.set("d/a.txt", entry());
-  state.set("tab\there/new\nline.txt", entry({ ino: 99n }));
+  const paths = ["d/a.txt", "tab\there/new\nline.txt", '"quoted".txt', 'plain "inside".txt'];
+  for (const path of paths) state.set(path, entry());
   const loaded = roundTrip(state);
-  assert.equal(loaded.size, 2);
-  assert.deepEqual(loaded.trusted("d/a.txt", entry()), entry());
-  assert.deepEqual(loaded.trusted("tab\there/new\nline.txt", entry({ ino: 99n })), entry({ ino: 99n }));
+  assert.equal(loaded.size, paths.length);
+  for (const path of paths) assert.deepEqual(loaded.trusted(path, entry()), readBack(entry()), path);
 });
 
-Deno.test("same size and mtime set back, but another inode or ctime: not trusted", () => {
+Deno.test("state: another identity (size, inode, mtime or ctime) is not trusted, nor a path never recorded", () => {
   const state = new MirrorState();
   state.set("f", entry());
   const loaded = roundTrip(state);
-  assert.equal(loaded.trusted("f", entry({ ino: 1235n })), undefined, "replaced by another file");
-  assert.equal(loaded.trusted("f", entry({ ctimeNs: entry().ctimeNs + 1n })), undefined, "changed in place");
-  assert.equal(loaded.trusted("f", entry({ size: 4095 })), undefined);
-  assert.equal(loaded.trusted("f", entry({ mtimeNs: 1n })), undefined);
-  assert.equal(loaded.trusted("g", entry()), undefined, "a path never published");
+  for (
+    const key of [
+      "4095:1234:1700000000.123456789:1799999999.5",
+      "4096:1235:1700000000.123456789:1799999999.5",
+    ]
+  ) {
+    assert.equal(loaded.trusted("f", { key, ctimeSeconds: 0 }), undefined, key);
+  }
+  assert.equal(loaded.trusted("g", entry()), undefined);
 });
 
-Deno.test("an entry recorded in the clock tick the state was written in is not trusted (racy clean)", () => {
+Deno.test("state: an entry recorded in the clock tick the state was written in is not trusted (racy clean)", () => {
   const state = new MirrorState();
-  const racy = entry({ ctimeNs: WRITTEN - RACY_WINDOW_NS / 2n });
-  state.set("racy", racy);
-  assert.equal(roundTrip(state).trusted("racy", racy), undefined);
-  assert.deepEqual(roundTrip(state, WRITTEN + 2n * RACY_WINDOW_NS).trusted("racy", racy), racy);
+  state.set("racy", entry());
+  const ctime = readBack(entry()).ctimeSeconds;
+  assert.equal(roundTrip(state, ctime + RACY_WINDOW_SECONDS / 2).trusted("racy", entry()), undefined);
+  assert.deepEqual(
+    roundTrip(state, ctime + 2 * RACY_WINDOW_SECONDS).trusted("racy", entry()),
+    readBack(entry()),
+  );
 });
 
-Deno.test("a corrupt state costs hashing only: bad lines are skipped, a foreign file gives an empty state", () => {
+Deno.test("state: bad lines are skipped and a foreign or cut file gives no entry; nothing throws", () => {
   const state = new MirrorState();
   state.set("good", entry());
   const text = state.format();
   const damaged = text + [
-    '4096\t1\t1\t1\tnot-a-hash\t\t"bad-hash"',
-    "-1\t1\t1\t1\t" + SHA + '\t\t"negative"',
-    "4096\t1\t1\t1\t" + SHA + '\t\t"unterminated',
-    "4096\t1\t1",
+    `4096:1:1.1:1.1\tnot-a-hash\t\tbad-hash`,
+    `-1:1:1.1:1.1\t${SHA}\t\tnegative`,
+    `4096:1:1.1:1.1\t${SHA}\t\t"unterminated`,
+    `4096:1:1.1:1.1\t${SHA}`,
     "",
   ].join("\n");
   const loaded = MirrorState.parse(damaged, WRITTEN);
   assert.equal(loaded.size, 1);
-  assert.deepEqual(loaded.trusted("good", entry()), entry());
+  assert.deepEqual(loaded.trusted("good", entry()), readBack(entry()));
   assert.equal(MirrorState.parse("something else\n" + text, WRITTEN).size, 0);
   assert.equal(
-    MirrorState.parse(text.slice(0, text.length / 2), WRITTEN).size,
+    MirrorState.parse(text.slice(0, text.length - 8), WRITTEN).size,
     0,
     "cut inside its only entry",
   );
+});
+
+/** `{path: [status, bytes]}` of a run's --json lines. */
+function outcomes(r: ClientResult): Record<string, [string, number]> {
+  return Object.fromEntries(jsonLines(r).map((l) => [l.path, [l.status, l.bytes]]));
+}
+
+Deno.test("mirror: a file changed in place with its size and mtime put back is fetched again; an untouched one is not read", async () => {
+  await withServer(async ({ src, out, address }) => {
+    await Deno.writeTextFile(`${src}/edited.txt`, "the server's bytes\n");
+    await Deno.writeTextFile(`${src}/replaced.txt`, "the server's other bytes\n");
+    await Deno.writeTextFile(`${src}/kept.txt`, "left alone\n");
+    const first = await runClient(["mirror", address, ".", out, "--json"]);
+    assert.equal(first.code, 0, first.stderr);
+
+    // Same size, same mtime: only ctime (in place) or the inode (replaced) tells.
+    const edited = await Deno.stat(`${out}/edited.txt`);
+    await Deno.writeTextFile(`${out}/edited.txt`, "THE SERVER'S BYTES\n");
+    await Deno.utime(`${out}/edited.txt`, edited.atime!, edited.mtime!);
+    const replaced = await Deno.stat(`${out}/replaced.txt`);
+    await Deno.writeTextFile(`${out}/replaced.new`, "THE SERVER'S OTHER BYTES\n");
+    await Deno.utime(`${out}/replaced.new`, replaced.atime!, replaced.mtime!);
+    await Deno.rename(`${out}/replaced.new`, `${out}/replaced.txt`);
+
+    const second = await runClient(["mirror", address, ".", out, "--json"]);
+    assert.equal(second.code, 0, second.stderr);
+    assert.deepEqual(outcomes(second), {
+      "edited.txt": ["updated", 19],
+      "replaced.txt": ["updated", 25],
+      "kept.txt": ["unchanged", 0],
+    });
+    assert.deepEqual(await treeOf(out), await treeOf(src));
+  });
+});
+
+Deno.test("mirror: a state that is deleted, truncated, foreign or wrong costs hashing or fetching, never a wrong tree", async () => {
+  await withServer(async ({ src, out, address }) => {
+    await Deno.mkdir(`${src}/d`);
+    for (let i = 0; i < 20; i++) await Deno.writeTextFile(`${src}/d/f${i}.txt`, `file ${i}\n`.repeat(i + 1));
+    const first = await runClient(["mirror", address, ".", out]);
+    assert.equal(first.code, 0, first.stderr);
+    const state = `${out}/.ferry/state`;
+    const good = await Deno.readTextFile(state);
+    // A copy of the tree elsewhere: its state names other inodes.
+    const other = `${out}-other`;
+    assert.equal((await runClient(["mirror", address, ".", other])).code, 0);
+    const foreign = await Deno.readTextFile(`${other}/.ferry/state`);
+    await Deno.remove(other, { recursive: true });
+
+    const damages: [string, () => Promise<void>][] = [
+      ["deleted", () => Deno.remove(state)],
+      ["truncated", () => Deno.writeTextFile(state, good.slice(0, good.length / 2))],
+      ["foreign", () => Deno.writeTextFile(state, foreign)],
+      [
+        "wrong hashes",
+        () => Deno.writeTextFile(state, good.replace(/\t[0-9a-f]{64}\t/g, `\t${"0".repeat(64)}\t`)),
+      ],
+      ["a directory", async () => {
+        await Deno.remove(state);
+        await Deno.mkdir(state);
+      }],
+    ];
+    for (const [what, damage] of damages) {
+      // A hash recorded wrongly makes its file look changed: it is fetched again, which is all it costs.
+      const refetches = what === "wrong hashes";
+      // A local file changed behind the state's back, besides the damage: it must be put right.
+      await Deno.writeTextFile(`${out}/d/f3.txt`, "changed locally\n");
+      await damage();
+      const r = await runClient(["mirror", address, ".", out, "--json"]);
+      assert.equal(r.code, 0, `${what}: ${r.stderr}`);
+      // A state that cannot be written is said, and costs the next run some hashing: not a failure.
+      if (what === "a directory") assert.match(r.stderr, /^ferry: cannot write .*\.ferry\/state: /m);
+      const results = outcomes(r);
+      assert.deepEqual(results["d/f3.txt"][0], "updated", what);
+      const fetched = Object.entries(results).filter(([path, [status]]) =>
+        path !== "d/f3.txt" && status !== "unchanged"
+      );
+      if (!refetches) assert.deepEqual(fetched, [], `${what}: nothing else is fetched`);
+      assert.deepEqual(await treeOf(out), await treeOf(src), what);
+    }
+  });
 });

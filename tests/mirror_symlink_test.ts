@@ -173,7 +173,8 @@ Deno.test("a symlink swapped in for a folder while mirror runs writes nothing ou
     }
     const r = await result;
     assert.ok(r.code === 0 || r.code === 8, r.stderr);
-    assert.match(r.stderr, /d0: replaced a symlink by a directory/);
+    // Whether the run met the link planted first or one of the test's, or a moment with nothing at d0, is
+    // a race: the replacement's message is checked by the test above, not here.
     assert.ok(swaps > 0);
     assert.deepEqual(await snapshot(outside), before, "nothing outside changed, was created or removed");
 
