@@ -12,7 +12,7 @@
  */
 
 import type { Body, PumpResult } from "./bodies.ts";
-import { C, close, getdents, LibcError, trySend, WOULD_BLOCK } from "../ffi/libc.ts";
+import { C, close, type FileStat, getdents, LibcError, lstatAt, trySend, WOULD_BLOCK } from "../ffi/libc.ts";
 import { direntsOf, DT } from "../ffi/structs.ts";
 import {
   encodeJsonFrame,
@@ -79,11 +79,11 @@ interface Folder {
   path: string;
   /** Levels below the listed folder. */
   depth: number;
-  /** The open folder while its names are being read, else -1. */
+  /** The open folder, until the walk leaves it: its regular files are looked at relative to it. */
   fd: number;
   /** Its names, raw, with their `d_type`; sorted once read whole. */
   names: { name: Uint8Array; type: number }[];
-  /** True once every name is read (the fd is then closed). */
+  /** True once every name is read. */
   read: boolean;
   /** The next name to look at. */
   next: number;
@@ -98,8 +98,8 @@ function compareBytes(a: Uint8Array, b: Uint8Array): number {
 
 /**
  * The walk of a listing, depth first in byte order of the names, one step at a time: each step reads a
- * batch of a folder's names or looks at one name, opening it beneath the root. It holds at most one fd, the
- * folder whose names it is reading.
+ * batch of a folder's names or looks at one name (a regular file by fstatat in its folder, anything else by
+ * an open beneath the root). It holds an fd for each folder it is in, at most one per level.
  */
 class Walk {
   /** Left-out folders and entries so far. */
@@ -146,6 +146,7 @@ class Walk {
     const folder = this.#stack.at(-1)!;
     if (!folder.read) return this.#readNames(folder);
     if (folder.next >= folder.names.length) {
+      close(folder.fd);
       this.#stack.pop();
       return 0;
     }
@@ -159,6 +160,7 @@ class Walk {
     }
     const rel = join(folder.path, text);
     if (type === DT.DIR) return this.#enter(folder, rel);
+    if (type === DT.REG && this.#statInFolder(folder, text, rel)) return 1;
     if (type === DT.REG || type === DT.LNK || type === DT.UNKNOWN) return this.#look(folder, rel, type);
     return 1; // FIFOs, sockets, devices: not served, by design
   }
@@ -182,8 +184,6 @@ class Walk {
       }
       return UNITS_PER_READ;
     }
-    close(folder.fd);
-    folder.fd = -1;
     folder.read = true;
     folder.names.sort((a, b) => compareBytes(a.name, b.name));
     return 1;
@@ -214,6 +214,26 @@ class Walk {
     return 2;
   }
 
+  /**
+   * Lists a regular file by fstatat(2) in its open folder, without following a symlink: one system call
+   * where an open beneath the root costs three, and the name is one component of a folder opened beneath
+   * the root, so nothing can lead outside. False when the name is no longer a regular file (replaced
+   * meanwhile), for `#look` to decide.
+   */
+  #statInFolder(folder: Folder, name: string, rel: string): boolean {
+    let stat: FileStat;
+    try {
+      stat = lstatAt(folder.fd, name);
+    } catch (e) {
+      if (!(e instanceof LibcError)) throw e;
+      this.#failedOpen(rel, e, DT.REG);
+      return true;
+    }
+    if (!stat.isFile) return false;
+    this.#found(rel, stat);
+    return true;
+  }
+
   /** Lists the file `rel` (a regular file, or a symlink to one), or says why not. */
   #look(folder: Folder, rel: string, type: number): number {
     const opened = openBeneath(this.ctx, rel, "file");
@@ -227,8 +247,13 @@ class Walk {
       if (type === DT.REG) this.leaveOut(rel, "changed from a file to something else during the listing");
       return 1;
     }
-    const s = opened.stat;
     close(opened.fd);
+    this.#found(rel, opened.stat);
+    return 1;
+  }
+
+  /** Adds the regular file `rel` to the listing. */
+  #found(rel: string, s: FileStat): void {
     const identity = identityOf(s);
     const entry: ListEntry = {
       path: rel,
@@ -240,7 +265,6 @@ class Walk {
     const sha256 = this.ctx.hashes.get(identity);
     if (sha256 !== undefined) entry.sha256 = sha256;
     this.found.push(entry);
-    return 1;
   }
 
   /**
