@@ -126,9 +126,9 @@ export class LocalTree implements Disposable {
    * Creates LOCAL_DIR if needed (with its parents) and opens it; the user named it, so symlinks in its
    * path are followed. Throws LocalIoError.
    */
-  static async open(localDir: string): Promise<LocalTree> {
+  static open(localDir: string): LocalTree {
     try {
-      await Deno.mkdir(localDir, { recursive: true });
+      Deno.mkdirSync(localDir, { recursive: true });
       return new LocalTree(LocalDir.open(localDir));
     } catch (e) {
       throw new LocalIoError(`cannot create ${localDir}`, e);

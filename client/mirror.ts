@@ -105,11 +105,17 @@ function checkEntry(value: unknown): ListEntry | null {
  * Asks for the recursive listing of `remoteDir` (streamed, so without a limit on its size), with retries:
  * a listing cut off in the middle is asked for again whole.
  */
-async function listRemote(session: Session, remoteDir: string, options: MirrorOptions): Promise<Listing> {
+async function listRemote(
+  session: Session,
+  remoteDir: string,
+  options: MirrorOptions,
+  onEntries: (batch: unknown[]) => void,
+): Promise<Listing> {
   const what = `the listing of ${JSON.stringify(remoteDir === "" ? "/" : remoteDir)}`;
   try {
     return await withRetries(
-      () => session.list({ v: PROTOCOL_VERSION, op: "list", path: remoteDir, recursive: true }, what),
+      () =>
+        session.list({ v: PROTOCOL_VERSION, op: "list", path: remoteDir, recursive: true }, what, onEntries),
       {
         retries: options.retries,
         maxTimeMs: options.retryMaxTimeMs,
@@ -236,19 +242,16 @@ function hashLocal(dir: LocalDir, name: string): string | null {
   }
 }
 
-/**
- * Mirrors `remoteDir` (a path on the server, `""` for the root) into `localDir`. Each file's outcome goes
- * to `onFile` as it happens. Throws a ClientError only when nothing could be done (no listing, LOCAL_DIR
- * cannot be created); failures of single files are counted in the summary.
- */
-export async function mirror(
-  session: Session,
-  remoteDir: string,
-  localDir: string,
-  options: MirrorOptions,
-  onFile: (report: FileReport) => void,
-): Promise<MirrorSummary> {
-  const summary: MirrorSummary = {
+/** LOCAL_DIR, open for a run: made on the first entry of the listing, so a refused listing makes nothing. */
+interface Local {
+  tree: LocalTree;
+  folders: FolderCache;
+  state: MirrorState;
+}
+
+/** One `mirror` run: its steps, in the order {@link mirror} takes them, and what they share. */
+class MirrorRun {
+  readonly summary: MirrorSummary = {
     updated: 0,
     unchanged: 0,
     deleted: 0,
@@ -256,80 +259,112 @@ export async function mirror(
     problems: [],
     exitCode: 0,
   };
-  const codes: number[] = [];
-  const count = (report: FileReport) => {
+  /** Paths below LOCAL_DIR the listing has: what --delete keeps, and the state remembers. */
+  readonly keep = new Set<string>();
+  /** Entries the listing had but this client could not use: the listing is then not the whole tree here. */
+  unusable = 0;
+  readonly #toHash: Item[] = [];
+  readonly #fast: Item[] = [];
+  readonly #oneByOne: Item[] = [];
+  readonly #codes: number[] = [];
+  #local: Local | null = null;
+
+  constructor(
+    readonly session: Session,
+    readonly remoteDir: string,
+    readonly localDir: string,
+    readonly options: MirrorOptions,
+    readonly onFile: (report: FileReport) => void,
+  ) {}
+
+  /** LOCAL_DIR, opened (and made) on first use. Throws LocalIoError. */
+  get local(): Local {
+    if (this.#local === null) {
+      const tree = LocalTree.open(this.localDir);
+      raiseOpenFileLimit(); // a folder of the tree is held open from its first file to the end of the run
+      this.#local = {
+        tree,
+        folders: new FolderCache(tree, this.options.onNotice),
+        state: loadState(tree.root),
+      };
+    }
+    return this.#local;
+  }
+
+  /** Opens (and makes) LOCAL_DIR if no entry did yet. Throws LocalIoError. */
+  open(): void {
+    void this.local;
+  }
+
+  /** Where reports say a file is: cheaper than a path join per file of a large tree. */
+  shown(rel: string): string {
+    return `${this.localDir.replace(/\/+$/, "")}/${rel}`;
+  }
+
+  count(report: FileReport): void {
     if (report.status === "failed") {
-      summary.failed++;
-      codes.push(report.error!.exitCode);
-    } else summary[report.status]++;
-    onFile(report);
-  };
-  const listing = await listRemote(session, remoteDir, options);
-  using tree = await LocalTree.open(localDir).catch((e) => {
-    throw classify(e);
-  });
-  raiseOpenFileLimit(); // a folder of the tree is held open from its first file to the end of the run
-  using folders = new FolderCache(tree, options.onNotice);
-  const state = loadState(tree.root);
-  const keep = new Set<string>();
-  let unusable = 0; // entries the listing had but this client could not use: it is not the whole tree here
-  const fast: Item[] = [];
-  const oneByOne: Item[] = [];
-  const toHash: Item[] = [];
-  /** Where messages and reports say a file is: cheaper than a path join per file of a large tree. */
-  const shown = (rel: string) => `${localDir.replace(/\/+$/, "")}/${rel}`;
-  const failedItem = (item: { entry: ListEntry; rel: string }, error: ClientError) =>
-    count({
+      this.summary.failed++;
+      this.#codes.push(report.error!.exitCode);
+    } else this.summary[report.status]++;
+    this.onFile(report);
+  }
+
+  #failed(item: { entry: ListEntry; rel: string }, error: ClientError): void {
+    this.count({
       path: item.entry.path,
-      target: shown(item.rel),
+      target: this.shown(item.rel),
       status: "failed",
       bytes: 0,
       seconds: 0,
       attempts: 0,
       error,
     });
+  }
+
   /**
    * Records a file now current in the state: by `local`, the lstat taken before, when the file was left as
    * it was; else by the lstat of what stands at its name now (it was just published).
    */
-  const remember = (item: Item, sha256: string | undefined, etag: string, local?: StatIdentity) => {
+  #remember(item: Item, sha256: string | undefined, etag: string, local?: StatIdentity): void {
+    const { state } = this.local;
     if (sha256 === undefined) return state.delete(item.rel);
     try {
       const now = local ?? identityAt(item.folder.dir.fd, item.name);
-      if (now !== null && now.isFile) {
-        state.set(item.rel, { key: now.key, ctimeSeconds: now.ctimeSeconds, sha256, etag });
-      } else state.delete(item.rel);
+      if (now !== null && now.isFile) state.set(item.rel, { key: now.key, sha256, etag });
+      else state.delete(item.rel);
     } catch {
       state.delete(item.rel);
     }
-  };
-  const unchanged = (item: Item, sha256: string) => {
-    count({
-      path: item.entry.path,
-      target: shown(item.rel),
-      status: "unchanged",
-      bytes: 0,
-      size: item.entry.size,
-      sha256,
-      seconds: 0,
-      attempts: 0,
-    });
-    remember(item, sha256, item.entry.etag ?? "", item.local);
-  };
-  const route = (item: Item) => {
-    if (item.need.kind === "current") unchanged(item, item.need.sha256);
-    else if (item.need.kind === "hash") toHash.push(item);
-    else if (item.need.kind === "fast") fast.push(item);
-    else oneByOne.push(item);
-  };
+  }
 
-  for (const value of listing.entries) {
+  /** Sends `item` the way its need says. */
+  #route(item: Item): void {
+    const need = item.need;
+    if (need.kind === "current") {
+      this.count({
+        path: item.entry.path,
+        target: this.shown(item.rel),
+        status: "unchanged",
+        bytes: 0,
+        size: item.entry.size,
+        sha256: need.sha256,
+        seconds: 0,
+        attempts: 0,
+      });
+      this.#remember(item, need.sha256, item.entry.etag ?? "", item.local);
+    } else if (need.kind === "hash") this.#toHash.push(item);
+    else if (need.kind === "fast") this.#fast.push(item);
+    else this.#oneByOne.push(item);
+  }
+
+  /** Step 1, for each entry as the listing streams in: what it needs, from lstat and the state. */
+  plan(value: unknown): void {
     const entry = checkEntry(value);
-    const rel = entry === null ? null : localRelative(entry.path, remoteDir);
+    const rel = entry === null ? null : localRelative(entry.path, this.remoteDir);
     const path = entry?.path ?? JSON.stringify(value);
     if (rel === null || rel === STATE_DIR || rel.startsWith(`${STATE_DIR}/`)) {
-      unusable++;
-      count({
+      this.unusable++;
+      this.count({
         path,
         target: "",
         status: "failed",
@@ -342,112 +377,167 @@ export async function mirror(
             : `${path} would go in LOCAL_DIR's ${STATE_DIR}/, which holds the mirror's own state`,
         ),
       });
-      continue;
+      return;
     }
-    keep.add(rel);
+    if (this.keep.has(rel)) return; // sent again by a listing asked for again after a cut
+    this.keep.add(rel);
+    const { folders, state } = this.local;
     try {
       // No symlink below LOCAL_DIR is followed; one where a directory belongs is replaced by it.
-      const folder = folders.folderOf(rel);
-      const partial = { entry: entry!, rel, folder, name: basename(rel) };
-      route(Object.assign(partial, { need: needOf(partial, state) }));
+      const partial = { entry: entry!, rel, folder: folders.folderOf(rel), name: basename(rel) };
+      this.#route(Object.assign(partial, { need: needOf(partial, state) }));
     } catch (e) {
-      failedItem({ entry: entry!, rel }, classify(e));
+      this.#failed({ entry: entry!, rel }, classify(e));
     }
   }
 
-  if (toHash.length > 0 || fast.length > 0 || oneByOne.length > 0) await loadHashing();
-  for (const item of toHash) {
-    try {
-      item.need = needBySha(item.entry, item.local!, hashLocal(item.folder.dir, item.name));
-      route(item);
-    } catch (e) {
-      failedItem(item, classify(e));
-    }
-  }
-
-  const byFile = new Map<TreeFile, Item>();
-  const treeFiles = fast.map((item) => {
-    const file: TreeFile = {
-      path: item.entry.path,
-      dir: item.folder.dir,
-      name: item.name,
-      localSha256: item.need.kind === "fast" ? item.need.localSha256 : undefined,
-    };
-    byFile.set(file, item);
-    return file;
-  });
-  await fetchTree(
-    session,
-    treeFiles,
-    { verify: options.verify, deadline: options.deadline, root: tree.root },
-    (file, outcome) => {
-      const item = byFile.get(file)!;
-      if (outcome.status === "handed back") {
-        oneByOne.push(item);
-        return;
-      }
-      const report: FileReport = {
-        path: item.entry.path,
-        target: shown(item.rel),
-        status: outcome.status,
-        bytes: outcome.bytes,
-        seconds: outcome.seconds,
-        attempts: 1,
-      };
-      if (outcome.status === "failed") {
-        report.error = outcome.error;
-        state.delete(item.rel);
-      } else {
-        report.size = outcome.size;
-        if (outcome.sha256 !== undefined && options.verify) report.sha256 = outcome.sha256;
-        remember(item, outcome.sha256, outcome.etag ?? "");
-      }
-      count(report);
-    },
-  );
-
-  let stop: ClientError | null = null;
-  for (const item of oneByOne) {
-    if (stop === null && options.deadline.expired) stop = options.deadline.error();
-    if (stop !== null) {
-      // The server is unreachable or overloaded, or the deadline passed: asking for more files would only
-      // wait the same way for each; they are reported as not attempted.
-      failedItem(item, new ClientError(stop.exitCode, `not attempted: ${stop.message}`));
-      continue;
-    }
-    const place: Place = { dir: item.folder.dir, name: item.name, followLink: false };
-    const report = await fetchFile(session, item.entry.path, place, { ...options, listed: item.entry });
-    count(report);
-    if (report.status === "failed") state.delete(item.rel);
-    // The version fetched is the listed one when their hashes agree; else the next run asks the server.
-    else remember(item, report.sha256, report.sha256 === item.entry.sha256 ? item.entry.etag ?? "" : "");
-    const code = report.error?.exitCode;
-    if (options.deadline.expired || code === ExitCode.Connect || code === ExitCode.Busy) stop = report.error!;
-  }
-
-  // Deleting on a listing that is not the whole tree would delete what the server still has, on every host.
-  const complete = !(listing.truncated || listing.leftOut.count > 0 || unusable > 0);
-  if (!complete) {
-    summary.problems.push(incompleteListing(listing, unusable, options.delete));
-  } else {
-    state.retain((rel) => keep.has(rel));
-    if (options.delete && !options.deadline.expired) {
+  /** Step 2: hashes the local copies the state could not vouch for, and routes them. */
+  async hash(): Promise<void> {
+    if (this.#toHash.length + this.#fast.length + this.#oneByOne.length === 0) return;
+    await loadHashing();
+    for (const item of this.#toHash) {
       try {
-        await deleteExtraneous(remoteDir, tree, keep, count);
+        item.need = needBySha(item.entry, item.local!, hashLocal(item.folder.dir, item.name));
+        this.#route(item);
       } catch (e) {
-        summary.problems.push(classify(e));
+        this.#failed(item, classify(e));
       }
     }
   }
-  try {
-    if (state.changed) {
-      await state.settle();
-      saveState(tree.root, state);
-    }
-  } catch (e) {
-    // The tree is as it should be; only the next run's shortcut is lost, which costs it some hashing.
-    options.onNotice?.(`${(e as Error).message} (the next run hashes what it cannot trust)`);
+
+  /** Step 3: the pipelined fetch; what it hands back goes one by one. */
+  async fetchFast(): Promise<void> {
+    const byFile = new Map<TreeFile, Item>();
+    const files = this.#fast.map((item) => {
+      const file: TreeFile = {
+        path: item.entry.path,
+        dir: item.folder.dir,
+        name: item.name,
+        localSha256: item.need.kind === "fast" ? item.need.localSha256 : undefined,
+      };
+      byFile.set(file, item);
+      return file;
+    });
+    const { verify, deadline } = this.options;
+    await fetchTree(
+      this.session,
+      files,
+      { verify, deadline, root: this.local.tree.root },
+      (file, outcome) => {
+        const item = byFile.get(file)!;
+        if (outcome.status === "handed back") return void this.#oneByOne.push(item);
+        const report: FileReport = {
+          path: item.entry.path,
+          target: this.shown(item.rel),
+          status: outcome.status,
+          bytes: outcome.bytes,
+          seconds: outcome.seconds,
+          attempts: 1,
+        };
+        if (outcome.status === "failed") {
+          report.error = outcome.error;
+          this.local.state.delete(item.rel);
+        } else {
+          report.size = outcome.size;
+          if (outcome.sha256 !== undefined && verify) report.sha256 = outcome.sha256;
+          this.#remember(item, outcome.sha256, outcome.etag ?? "");
+        }
+        this.count(report);
+      },
+    );
   }
-  summary.exitCode = worstExitCode([...codes, ...summary.problems.map((p) => p.exitCode)]);
-  return summary;
+
+  /** Step 4: files with a part to resume, large changed files (delta), and what the fast path handed back. */
+  async fetchOneByOne(): Promise<void> {
+    let stop: ClientError | null = null;
+    for (const item of this.#oneByOne) {
+      if (stop === null && this.options.deadline.expired) stop = this.options.deadline.error();
+      if (stop !== null) {
+        // The server is unreachable or overloaded, or the deadline passed: asking for more files would only
+        // wait the same way for each; they are reported as not attempted.
+        this.#failed(item, new ClientError(stop.exitCode, `not attempted: ${stop.message}`));
+        continue;
+      }
+      const place: Place = { dir: item.folder.dir, name: item.name, followLink: false };
+      const report = await fetchFile(this.session, item.entry.path, place, {
+        ...this.options,
+        listed: item.entry,
+      });
+      this.count(report);
+      if (report.status === "failed") this.local.state.delete(item.rel);
+      // The version fetched is the listed one when their hashes agree; else the next run asks the server.
+      else {this.#remember(
+          item,
+          report.sha256,
+          report.sha256 === item.entry.sha256 ? item.entry.etag ?? "" : "",
+        );}
+      const code = report.error?.exitCode;
+      if (this.options.deadline.expired || code === ExitCode.Connect || code === ExitCode.Busy) {
+        stop = report.error!;
+      }
+    }
+  }
+
+  /** Step 5: --delete, only on a whole listing (else the run is partial), and the state, if it changed. */
+  async finish(listing: Listing): Promise<void> {
+    const { tree, state } = this.local;
+    // Deleting on a listing that is not the whole tree would delete what the server still has, on every host.
+    if (listing.truncated || listing.leftOut.count > 0 || this.unusable > 0) {
+      this.summary.problems.push(incompleteListing(listing, this.unusable, this.options.delete));
+    } else {
+      state.retain((rel) => this.keep.has(rel));
+      if (this.options.delete && !this.options.deadline.expired) {
+        try {
+          await deleteExtraneous(this.remoteDir, tree, this.keep, (report) => this.count(report));
+        } catch (e) {
+          this.summary.problems.push(classify(e));
+        }
+      }
+    }
+    try {
+      if (state.changed) {
+        await state.settle();
+        saveState(tree.root, state);
+      }
+    } catch (e) {
+      // The tree is as it should be; only the next run's shortcut is lost, which costs it some hashing.
+      this.options.onNotice?.(`${(e as Error).message} (the next run hashes what it cannot trust)`);
+    }
+    this.summary.exitCode = worstExitCode([...this.#codes, ...this.summary.problems.map((p) => p.exitCode)]);
+  }
+
+  /** Closes LOCAL_DIR and its folders. */
+  close(): void {
+    this.#local?.folders.close();
+    this.#local?.tree.close();
+  }
+}
+
+/**
+ * Mirrors `remoteDir` (a path on the server, `""` for the root) into `localDir`. Each file's outcome goes
+ * to `onFile` as it happens. Throws a ClientError only when nothing could be done (no listing, LOCAL_DIR
+ * cannot be created); failures of single files are counted in the summary.
+ */
+export async function mirror(
+  session: Session,
+  remoteDir: string,
+  localDir: string,
+  options: MirrorOptions,
+  onFile: (report: FileReport) => void,
+): Promise<MirrorSummary> {
+  const run = new MirrorRun(session, remoteDir, localDir, options, onFile);
+  try {
+    // Each batch is planned as it arrives, while the server walks on.
+    const listing = await listRemote(session, remoteDir, options, (batch) => {
+      for (const value of batch) run.plan(value);
+    });
+    run.open(); // an empty listing still makes LOCAL_DIR
+    await run.hash();
+    await run.fetchFast();
+    await run.fetchOneByOne();
+    await run.finish(listing);
+    return run.summary;
+  } finally {
+    run.close();
+  }
 }

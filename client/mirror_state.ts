@@ -47,7 +47,12 @@ export const RACY_WINDOW_SECONDS = 0.02;
 const COARSE_CLOCK_LAG_SECONDS = 0.01;
 
 /** What `lstat` says of a local file that an entry is checked against (see `ffi/structs.ts`). */
-export type LocalIdentity = Pick<StatIdentity, "key" | "ctimeSeconds">;
+export type LocalIdentity = Pick<StatIdentity, "key">;
+
+/** The ctime in an identity key (its last field), in seconds. */
+function ctimeOf(key: string): number {
+  return Number(key.slice(key.lastIndexOf(":") + 1));
+}
 
 /** One published file. */
 export interface StateEntry extends LocalIdentity {
@@ -86,7 +91,7 @@ export class MirrorState {
   trusted(path: string, local: LocalIdentity): StateEntry | undefined {
     const entry = this.#entries.get(path);
     if (entry === undefined || entry.key !== local.key) return undefined;
-    if (entry.ctimeSeconds + RACY_WINDOW_SECONDS >= this.#writtenAt) return undefined;
+    if (ctimeOf(entry.key) + RACY_WINDOW_SECONDS >= this.#writtenAt) return undefined;
     return entry;
   }
 
@@ -100,7 +105,7 @@ export class MirrorState {
     }
     this.#entries.set(path, entry);
     this.#changed = true;
-    if (entry.ctimeSeconds > this.#newestCtime) this.#newestCtime = entry.ctimeSeconds;
+    this.#newestCtime = Math.max(this.#newestCtime, ctimeOf(entry.key));
   }
 
   /** Forgets `path` (deleted, failed, or no longer listed). */
@@ -154,9 +159,8 @@ function quote(path: string): string {
   return path.startsWith('"') || /[\t\n\r]/.test(path) ? JSON.stringify(path) : path;
 }
 
-/** size:inode:mtime:ctime, the times as seconds.nanoseconds. */
-const KEY =
-  /^(0|[1-9][0-9]{0,15}):(0|[1-9][0-9]{0,15}):(-?[0-9]{1,16})\.[0-9]{1,9}:(-?[0-9]{1,16})\.([0-9]{1,9})$/;
+/** size:inode:mtime:ctime, the times as seconds.nanoseconds: only what such a key can hold. */
+const KEY = /^[0-9]+:[0-9]+:-?[0-9]+\.[0-9]{9}:-?[0-9]+\.[0-9]{9}$/;
 const ETAG = /^[A-Za-z0-9_-]{0,128}$/;
 
 /** One line of a state file, or null if it is not a well-formed entry. */
@@ -164,8 +168,7 @@ function parseLine(line: string): [string, StateEntry] | null {
   const tab1 = line.indexOf("\t"), tab2 = line.indexOf("\t", tab1 + 1), tab3 = line.indexOf("\t", tab2 + 1);
   if (tab1 < 0 || tab2 < 0 || tab3 < 0) return null;
   const key = line.slice(0, tab1), sha256 = line.slice(tab1 + 1, tab2), etag = line.slice(tab2 + 1, tab3);
-  const match = KEY.exec(key);
-  if (match === null || !isSha256Hex(sha256) || !ETAG.test(etag)) return null;
+  if (!KEY.test(key) || !isSha256Hex(sha256) || !ETAG.test(etag)) return null;
   const written = line.slice(tab3 + 1);
   let path: unknown = written;
   if (written.startsWith('"')) {
@@ -175,9 +178,10 @@ function parseLine(line: string): [string, StateEntry] | null {
       return null;
     }
   }
-  if (typeof path !== "string" || path === "" || /[\t\r]/.test(written)) return null;
-  const ctimeSeconds = Number(match[4]) + Number(match[5].padEnd(9, "0")) / 1e9;
-  return [path, { key, ctimeSeconds, sha256, etag }];
+  if (typeof path !== "string" || path === "" || written.includes("\t") || written.includes("\r")) {
+    return null;
+  }
+  return [path, { key, sha256, etag }];
 }
 
 /** The folder in LOCAL_DIR that holds the state; `mirror` neither lists into it nor deletes in it. */

@@ -312,21 +312,25 @@ export class Session {
    * Sends a `list` request asking for a streamed answer and reads all of it: the entries of every Entries
    * frame up to the Trailer, or, from a server that predates streaming, the single Header's. A streamed
    * answer that ends before its Trailer, or whose Trailer counts other entries than came, throws: a
-   * listing is never taken for whole when part of it may be missing.
+   * listing is never taken for whole when part of it may be missing. With `onEntries`, each batch goes to
+   * it as it arrives (so the caller works while the server is still walking) and the result's `entries`
+   * stays empty.
    */
-  async list(request: Request, what: string): Promise<Listing> {
+  async list(request: Request, what: string, onEntries?: (batch: unknown[]) => void): Promise<Listing> {
     const header = await this.begin({ ...request, stream: true }, what);
     if (header.stream !== true) {
       await this.finish();
       if (!Array.isArray(header.entries)) throw protocolError(`${what} has no entries`);
+      onEntries?.(header.entries);
       return {
-        entries: header.entries,
+        entries: onEntries === undefined ? header.entries : [],
         truncated: header.truncated === true,
         leftOut: leftOutOf(header, what),
       };
     }
     const reader = this.#reader!;
     const entries: unknown[] = [];
+    let received = 0;
     try {
       for (;;) {
         const len = await reader.readLength(`the next frame of ${what}`);
@@ -340,13 +344,15 @@ export class Session {
           }
           const batch = await this.#readJson(len - 1, `a batch of ${what}`);
           if (!Array.isArray(batch.entries)) throw protocolError(`a batch of ${what} has no entries`);
-          for (const entry of batch.entries) entries.push(entry);
+          received += batch.entries.length;
+          if (onEntries !== undefined) onEntries(batch.entries);
+          else for (const entry of batch.entries) entries.push(entry);
           continue;
         }
         if (type !== FrameType.Trailer) throw protocolError(`unexpected frame type ${type} in ${what}`);
         const trailer = await this.#readJson(len - 1, `the trailer of ${what}`);
-        if (trailer.listed !== entries.length) {
-          throw protocolError(`${what} counts ${trailer.listed} entries, ${entries.length} came`);
+        if (trailer.listed !== received) {
+          throw protocolError(`${what} counts ${trailer.listed} entries, ${received} came`);
         }
         if (await reader.readLength("the end frame") !== 0) throw protocolError(`no end frame after ${what}`);
         this.#between = true;

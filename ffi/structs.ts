@@ -160,10 +160,11 @@ export interface StatIdentity {
   isFile: boolean;
   /** Size in bytes. */
   size: number;
-  /** Size, inode, mtime and ctime (seconds.nanoseconds) as one string: equal strings, same identity. */
+  /**
+   * Size, inode, mtime and ctime as one string, `size:inode:mtime:ctime` with each time as seconds and
+   * nine digits of nanoseconds: equal strings, same identity; the last field reads as a number of seconds.
+   */
   key: string;
-  /** Status change time in seconds since the epoch (to about a microsecond). */
-  ctimeSeconds: number;
 }
 
 /**
@@ -173,15 +174,13 @@ export interface StatIdentity {
  */
 export function decodeStatIdentity(words: Uint32Array): StatIdentity {
   const u64 = (at: number) => words[at / 4] + words[at / 4 + 1] * 0x1_0000_0000;
+  const time = (at: number) => `${u64(at)}.${String(words[at / 4 + 2]).padStart(9, "0")}`;
   const mode = words[STAT.st_mode / 4];
   const size = u64(STAT.st_size);
-  const mtime = `${u64(STAT.st_mtim)}.${words[STAT.st_mtim / 4 + 2]}`;
-  const ctimeSeconds = u64(STAT.st_ctim), ctimeNanoseconds = words[STAT.st_ctim / 4 + 2];
   return {
     isFile: (mode & S_IFMT) === S_IFREG,
     size,
-    key: `${size}:${u64(STAT.st_ino)}:${mtime}:${ctimeSeconds}.${ctimeNanoseconds}`,
-    ctimeSeconds: ctimeSeconds + ctimeNanoseconds / 1e9,
+    key: `${size}:${u64(STAT.st_ino)}:${time(STAT.st_mtim)}:${time(STAT.st_ctim)}`,
   };
 }
 
