@@ -121,6 +121,8 @@ class WorkerLoop {
   /** Connections that ended and the master has not been told of: one Done message per turn says how many. */
   #endedUntold = 0;
   #channelEvents = EPOLLIN;
+  /** Connections handed over that arrived without their fd, since the worker started. */
+  #lostHandOffs = 0;
 
   /** @param args the worker's command line; its channel must be nonblocking already */
   constructor(args: WorkerArgs) {
@@ -209,12 +211,26 @@ class WorkerLoop {
       if (message === "closed") this.#exit(0, "master gone");
       else if (message.kind === MessageKind.Conns) {
         for (const handed of message.conns) this.#serveNew(handed);
+        if (message.lostIds.length > 0) this.#onLost(message.lostIds);
       } else if (message.kind === MessageKind.Stop) this.#stopping = true;
       else if (message.kind === MessageKind.HashKnown) {
         const { etag, sha256 } = decodeHashKnown(message.payload);
         this.#config.hashes.learn(etag, sha256);
       }
     }
+  }
+
+  /**
+   * Connections handed over whose fds did not arrive (no fd was free): the kernel closed them, so the
+   * clients see the connection end. They are counted as ended, and the worker goes on.
+   */
+  #onLost(ids: readonly number[]): void {
+    this.#lostHandOffs += ids.length;
+    this.#endedUntold += ids.length;
+    this.#serviceLine(
+      `${ids.length} connection(s) handed over were closed unserved (no fd free: the worker's open-file ` +
+        `limit is reached; ${this.#lostHandOffs} so far)`,
+    );
   }
 
   #serveNew(handed: HandedConn): void {

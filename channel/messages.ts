@@ -76,6 +76,12 @@ export interface Message {
   payload: Uint8Array;
   /** With Conns: the connections handed over, in the order sent; else empty. */
   conns: HandedConn[];
+  /**
+   * With Conns whose fds did not all arrive (the receiver had no fd free: MSG_CTRUNC): the ids of the
+   * connections handed over, none of which is served (the fds that did arrive are closed here, the kernel
+   * closed the others); `conns` is then empty. Else empty.
+   */
+  lostIds: number[];
 }
 
 /** One connection handed from the master to a worker. */
@@ -99,6 +105,7 @@ const inBuf = new Uint8Array(new ArrayBuffer(LARGEST_MESSAGE));
 const inView = new DataView(inBuf.buffer);
 const NO_CONNS: HandedConn[] = [];
 const NO_FDS: number[] = [];
+const NO_IDS: number[] = [];
 
 /**
  * Creates a channel: [master end, worker end], both nonblocking and close-on-exec (the master clears
@@ -200,6 +207,14 @@ export function receiveMessage(channel: number): Message | "closed" | null {
   const arg = got.bytes >= PAYLOAD_OFFSET ? inView.getUint32(8, true) : 0;
   const expected = kind === MessageKind.Conns ? connsMessageSize(arg) : MESSAGE_SIZE;
   const fdsExpected = kind === MessageKind.Conns ? arg : 0;
+  if (kind === MessageKind.Conns && got.fdsLost && !got.truncated && got.bytes === expected) {
+    for (const fd of got.fds) close(fd);
+    const lostIds = Array.from(
+      { length: arg },
+      (_, i) => inView.getUint32(PAYLOAD_OFFSET + i * CONN_RECORD_SIZE, true),
+    );
+    return { kind, id: 0, arg, payload: inBuf.subarray(0, 0), conns: NO_CONNS, lostIds };
+  }
   if (got.truncated || got.bytes !== expected || got.fds.length !== fdsExpected) {
     for (const fd of got.fds) close(fd);
     throw new Error(
@@ -213,6 +228,7 @@ export function receiveMessage(channel: number): Message | "closed" | null {
       arg,
       payload: inBuf.subarray(PAYLOAD_OFFSET, MESSAGE_SIZE),
       conns: NO_CONNS,
+      lostIds: NO_IDS,
     };
   }
   const conns: HandedConn[] = [];
@@ -225,5 +241,5 @@ export function receiveMessage(channel: number): Message | "closed" | null {
       peer: inBuf.subarray(at + 8, at + CONN_RECORD_SIZE),
     });
   }
-  return { kind, id: 0, arg, payload: inBuf.subarray(0, 0), conns };
+  return { kind, id: 0, arg, payload: inBuf.subarray(0, 0), conns, lostIds: NO_IDS };
 }

@@ -31,6 +31,11 @@ export class Dispatcher<T> {
     return this.#queue.length;
   }
 
+  /** Workers ready for connections. */
+  get workers(): number {
+    return this.#load.size;
+  }
+
   /** Connections being served by `worker` (0 if unknown). */
   loadOf(worker: number): number {
     return this.#load.get(worker) ?? 0;

@@ -16,6 +16,7 @@ import {
   ServeMode,
 } from "../channel/messages.ts";
 import { Dispatcher } from "./dispatcher.ts";
+import { FdReserve } from "./fd_reserve.ts";
 import type { ServerOptions } from "./options.ts";
 import { startWorker } from "./worker_process.ts";
 import { Epoll, EPOLLIN, EPOLLOUT } from "../ffi/epoll.ts";
@@ -27,6 +28,7 @@ import {
   getsockname,
   LibcError,
   listen,
+  raiseOpenFileLimit,
   setsockoptInt,
   shutdown,
   socket,
@@ -52,8 +54,17 @@ const BUSY_RETRY_AFTER_MS = 1000;
  * in milliseconds: also the longest a signal waits to be handled while connections keep coming.
  */
 const SYNC_SLICE_MS = 20;
-/** How long accepting pauses after EMFILE/ENFILE, in milliseconds. */
+/** How long accepting pauses after EMFILE/ENFILE when the fd reserve is spent too, in milliseconds. */
 const ACCEPT_PAUSE_MS = 100;
+/**
+ * Fds held in reserve for when the open-file limit is reached: enough to start a worker (its channel's
+ * two ends, and the pipes and /dev/null that spawning takes) and to accept one connection to answer BUSY.
+ */
+const RESERVE_FDS = 16;
+/** Fds a worker holds before its first connection (Deno's own, its channel, epoll, the root: about 26). */
+const WORKER_BASE_FDS = 32;
+/** Fds a connection may hold in a worker: its socket and the file it sends. */
+const WORKER_FDS_PER_CONN = 2;
 /** Respawn backoff: first delay, cap, and how long a worker must live for the backoff to reset. */
 const RESPAWN_FIRST_MS = 100;
 const RESPAWN_MAX_MS = 10_000;
@@ -141,11 +152,21 @@ export class Master {
   #graceDeadline = Infinity;
   #stopSent = false;
   readonly #readyWorkers = new Set<number>();
+  readonly #reserve = new FdReserve(RESERVE_FDS);
 
   /** @param options the parsed command line */
   constructor(options: ServerOptions) {
     this.#options = options;
-    this.#dispatcher = new Dispatcher(options.connsPerWorker, options.queue);
+    // A worker runs under the same open-file limit (it raises its soft limit to the hard one too): more
+    // connections than its fds can hold would arrive without their fd and be closed unserved.
+    const limit = raiseOpenFileLimit();
+    const fit = Math.max(1, Math.floor((limit - WORKER_BASE_FDS) / WORKER_FDS_PER_CONN));
+    if (fit < options.connsPerWorker) {
+      log(
+        `serving at most ${fit} connections per worker: the open-file limit (${limit}) has room for no more`,
+      );
+    }
+    this.#dispatcher = new Dispatcher(Math.min(fit, options.connsPerWorker), options.queue);
     this.#epoll.add(this.#wake, EPOLLIN);
   }
 
@@ -254,12 +275,16 @@ export class Master {
 
   #spawn(slot: WorkerSlot): void {
     let started;
+    // Whatever else holds the master's fds (queued and lingering connections), a worker can start.
+    this.#reserve.release(RESERVE_FDS);
     try {
       started = startWorker(this.#options, slot.id);
     } catch (e) {
       slot.respawnAt = this.#backoff(slot);
       log(`worker ${slot.id}: cannot start: ${(e as Error).message}`);
       return;
+    } finally {
+      this.#reserve.refill();
     }
     const { child, channel } = started;
     slot.child = child;
@@ -342,6 +367,10 @@ export class Master {
     this.#dispatcher.removeWorker(slot.id);
     this.#readyWorkers.delete(slot.id);
     if (this.#stopRequested > 0) return;
+    // With no worker left, queued connections would hold their fds until one is back: answer them now.
+    if (this.#dispatcher.workers === 0) {
+      for (const conn of this.#dispatcher.drain()) this.#refuse(conn, REFUSED_NO_WORKER);
+    }
     if (performance.now() - slot.startedAt > RESPAWN_RESET_MS) slot.failures = 0;
     slot.respawnAt = this.#backoff(slot);
     log(
@@ -376,6 +405,9 @@ export class Master {
       } catch (e) {
         if (!(e instanceof LibcError)) throw e;
         if (e.errnoName === "ECONNABORTED") continue;
+        if ((e.errnoName === "EMFILE" || e.errnoName === "ENFILE") && this.#refuseOneWithReserve(listener)) {
+          continue;
+        }
         log(
           `${e.message} while accepting on ${
             formatEndpoint(listener.endpoint)
@@ -392,9 +424,33 @@ export class Master {
         mode: listener.mode,
         peer: PEER_SCRATCH.slice(), // goes to the worker, which would otherwise ask getpeername(2)
       };
+      if (this.#dispatcher.workers === 0) {
+        this.#refuse(conn, REFUSED_NO_WORKER);
+        continue;
+      }
       const placement = this.#dispatcher.offer(conn);
-      if (placement === "refused") this.#refuse(conn);
+      if (placement === "refused") this.#refuse(conn, REFUSED_FULL);
       else if (placement !== "queued") this.#place(placement.worker, conn);
+    }
+  }
+
+  /**
+   * With no fd free, accepts one connection in a reserved fd's place and answers it BUSY at once, so
+   * that clients learn to come back instead of waiting in the kernel's queue. False when the reserve
+   * is spent (or nothing was waiting after all).
+   */
+  #refuseOneWithReserve(listener: Listener): boolean {
+    if (this.#reserve.release(1) === 0) return false;
+    try {
+      const fd = tryAccept4(listener.fd, C.SOCK_NONBLOCK | C.SOCK_CLOEXEC, PEER_SCRATCH);
+      if (fd === WOULD_BLOCK) return false;
+      const conn = { fd, id: this.#nextConnId++ >>> 0, mode: listener.mode, peer: PEER_SCRATCH };
+      this.#refuse(conn, REFUSED_NO_FD, false);
+      return true;
+    } catch {
+      return false;
+    } finally {
+      this.#reserve.refill();
     }
   }
 
@@ -444,21 +500,27 @@ export class Master {
     this.#sendOutboxes();
   }
 
-  /** Answers BUSY (request mode) or just closes (classic mode has no error frame), and logs it. */
-  #refuse(conn: PendingConn): void {
-    log(`connection ${conn.id} refused: every worker and the queue (${this.#options.queue}) are full`);
+  /**
+   * Answers BUSY (request mode) or just closes (classic mode has no error frame), and logs it. Unless
+   * `linger` is false (no fd to spare), it then reads what the client still sends, for a bounded time.
+   */
+  #refuse(conn: PendingConn, why: Refusal, linger = true): void {
+    log(`connection ${conn.id} refused: ${why.log(this.#options)}`);
     if (conn.mode === ServeMode.Classic) {
       close(conn.fd);
       return;
     }
     try {
-      trySend(conn.fd, BUSY_RESPONSE);
+      // What the client sent already (its request) is read first: closing a socket with unread bytes
+      // resets the connection, which could destroy the BUSY frame before the client reads it.
+      if (!linger) tryRecv(conn.fd, LINGER_SCRATCH);
+      trySend(conn.fd, why.response);
       shutdown(conn.fd, C.SHUT_WR);
     } catch {
       close(conn.fd);
       return;
     }
-    if (this.#lingering.size >= LINGER_MAX) {
+    if (!linger || this.#lingering.size >= LINGER_MAX) {
       close(conn.fd);
       return;
     }
@@ -523,8 +585,26 @@ export class Master {
 
 const LINGER_SCRATCH = new Uint8Array(4096);
 const WAKE_VALUE = new Uint8Array(new BigUint64Array([1n]).buffer);
-const BUSY_RESPONSE = encodeErrorResponse({
-  code: ErrorCode.Busy,
-  message: "server busy: every worker and the queue are full",
-  retryAfterMs: BUSY_RETRY_AFTER_MS,
-});
+
+/** Why a connection is refused: the master's log line and the BUSY answer the client gets. */
+interface Refusal {
+  log: (options: ServerOptions) => string;
+  response: Uint8Array;
+}
+
+function busy(message: string): Uint8Array {
+  return encodeErrorResponse({ code: ErrorCode.Busy, message, retryAfterMs: BUSY_RETRY_AFTER_MS });
+}
+
+const REFUSED_FULL: Refusal = {
+  log: (options) => `every worker and the queue (${options.queue}) are full`,
+  response: busy("server busy: every worker and the queue are full"),
+};
+const REFUSED_NO_WORKER: Refusal = {
+  log: () => "no worker is running (one is being started)",
+  response: busy("server busy: no worker is running"),
+};
+const REFUSED_NO_FD: Refusal = {
+  log: () => "no file descriptor free (the open-file limit is reached)",
+  response: busy("server busy: out of file descriptors"),
+};

@@ -1,0 +1,96 @@
+/**
+ * Staying available under abuse: the open-file limit reached, errors followed by endless bodies, silent
+ * connections, slow and idle floods. Real server processes (one under prlimit(1)), real sockets on
+ * loopback; what the server does is observed from outside (its answers, its log, /proc), never timed.
+ */
+
+import assert from "node:assert/strict";
+import {
+  childPids,
+  eventually,
+  getOnce,
+  isAlive,
+  makeFile,
+  openFds,
+  RawConnection,
+  startServer,
+  tempDir,
+} from "./helpers.ts";
+
+/** Opens `count` connections to `port` and sends `first` on each; all are open when it resolves. */
+async function openMany(port: number, count: number, first: Uint8Array): Promise<RawConnection[]> {
+  const conns: RawConnection[] = [];
+  try {
+    for (let i = 0; i < count; i += 50) {
+      const batch = await Promise.all(
+        Array.from({ length: Math.min(50, count - i) }, () => RawConnection.open(port)),
+      );
+      conns.push(...batch);
+      await Promise.all(batch.map((c) => c.send(first)));
+    }
+    return conns;
+  } catch (e) {
+    for (const c of conns) c.close();
+    throw e;
+  }
+}
+
+/** Fails with `what` instead of hanging when `promise` takes longer than a generous minute. */
+async function hangGuard<T>(what: string, promise: Promise<T>): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const guard = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`not within 60 s: ${what}`)), 60_000);
+  });
+  try {
+    return await Promise.race([promise, guard]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** The first two bytes of a frame's length: a request begun and never finished. */
+const HALF_A_LENGTH = new Uint8Array([40, 0]);
+
+Deno.test("with the open-file limit reached no worker dies, a new client gets BUSY, and once the clients leave the server serves again", async () => {
+  await using dir = await tempDir();
+  const okBytes = await Deno.readFile(await makeFile(dir.path, "ok.bin", 4096));
+  const server = await startServer(
+    ["--listen", "127.0.0.1:0", "--root", dir.path, "--workers", "2", "--request-log", "off"],
+    { command: "prlimit", args: ["--nofile=64:64", Deno.execPath()] },
+  );
+  const port = server.ports[0];
+  let flood: RawConnection[] = [];
+  try {
+    const workers = await childPids(server.pid);
+    assert.equal(workers.length, 2);
+    const fdsBefore = (await openFds(server.pid)).size;
+    flood = await openMany(port, 300, HALF_A_LENGTH);
+    await hangGuard(
+      "the master refuses a connection for want of fds",
+      server.waitForLog(/refused: no file descriptor free/),
+    );
+    const extra = await RawConnection.open(port);
+    try {
+      await extra.sendRequest({ op: "ping" });
+      const busy = await extra.readResponse();
+      assert.equal(busy.types, "E");
+      assert.equal(busy.json[0].code, "BUSY", JSON.stringify(busy.json[0]));
+      assert.ok(await extra.isClosedByPeer());
+    } finally {
+      extra.close();
+    }
+    for (const c of flood.splice(0)) c.close();
+    await eventually(
+      "the master holds no more fds than before the flood",
+      async () => (await openFds(server.pid)).size <= fdsBefore,
+    );
+    const r = await getOnce(port, { path: "ok.bin" });
+    assert.equal(r.types[0], "H", `a get is answered: frames '${r.types}' ${JSON.stringify(r.json)}`);
+    assert.deepEqual(r.data, okBytes);
+    for (const pid of workers) assert.ok(await isAlive(pid), `worker ${pid} is still alive`);
+    assert.deepEqual(server.log.filter((l) => /is gone|cannot start|channel error/.test(l)), []);
+  } finally {
+    for (const c of flood) c.close();
+    assert.equal((await server.stop()).code, 0);
+  }
+});
