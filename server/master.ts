@@ -41,10 +41,8 @@ import {
 } from "../ffi/libc.ts";
 import { decodeSockaddr, encodeSockaddr, type Endpoint, formatEndpoint } from "../ffi/sockaddr.ts";
 import { SOCKADDR_MAX } from "../ffi/structs.ts";
-import { encodeErrorResponse, ErrorCode } from "../framing.ts";
+import { encodeErrorResponse, ErrorCode, LINGER_BYTES, LINGER_TIME_MS } from "../framing.ts";
 
-/** How long a refused connection may keep sending before the master closes it, in milliseconds. */
-const LINGER_MS = 2000;
 /** At most this many refused connections linger at once; past it they are closed at once. */
 const LINGER_MAX = 256;
 /** The retry-after hint of a BUSY answer. */
@@ -143,7 +141,8 @@ export class Master {
   readonly #slots: WorkerSlot[] = [];
   readonly #slotByChannel = new Map<number, WorkerSlot>();
   readonly #dispatcher: Dispatcher<PendingConn>;
-  readonly #lingering = new Map<number, number>();
+  /** Refused connections being read until they close: fd -> when to close at the latest, bytes read. */
+  readonly #lingering = new Map<number, { deadline: number; bytes: number }>();
   #nextConnId = 1;
   #accepting = false;
   #acceptPausedUntil = 0;
@@ -267,7 +266,7 @@ export class Master {
         this.#spawn(slot);
       }
     }
-    for (const [fd, deadline] of this.#lingering) if (now >= deadline) this.#endLinger(fd);
+    for (const [fd, { deadline }] of this.#lingering) if (now >= deadline) this.#endLinger(fd);
     if (this.#stopRequested > 0) this.#continueStop(now);
   }
 
@@ -526,16 +525,19 @@ export class Master {
     }
     // Read what the client sends until it closes: closing with unread bytes would reset the connection
     // and could destroy the BUSY frame before the client reads it.
-    this.#lingering.set(conn.fd, performance.now() + LINGER_MS);
+    this.#lingering.set(conn.fd, { deadline: performance.now() + LINGER_TIME_MS, bytes: 0 });
     this.#epoll.add(conn.fd, EPOLLIN);
   }
 
   #discard(fd: number): void {
+    const linger = this.#lingering.get(fd)!;
     try {
-      for (;;) {
+      // Bounded in bytes as in time: a client that never stops sending is cut off (LINGER_BYTES).
+      while (linger.bytes < LINGER_BYTES) {
         const n = tryRecv(fd, LINGER_SCRATCH);
         if (n === WOULD_BLOCK) return;
         if (n === 0) break;
+        linger.bytes += n;
       }
     } catch {
       // reset by the client: done either way
@@ -583,7 +585,7 @@ export class Master {
   }
 }
 
-const LINGER_SCRATCH = new Uint8Array(4096);
+const LINGER_SCRATCH = new Uint8Array(64 * 1024);
 const WAKE_VALUE = new Uint8Array(new BigUint64Array([1n]).buffer);
 
 /** Why a connection is refused: the master's log line and the BUSY answer the client gets. */

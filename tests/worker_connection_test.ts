@@ -16,6 +16,8 @@ import {
   ErrorCode,
   FRAME_HEADER_SIZE,
   getFrameLength,
+  LINGER_BYTES,
+  LINGER_TIMEOUT_MS,
   PROTOCOL_VERSION,
   putFrameLength,
   type Request,
@@ -301,5 +303,39 @@ Deno.test("a connection idle past the timeout gets TIMEOUT and the server shuts 
     assert.equal(timeout.json[0].code, ErrorCode.Timeout);
     assert.match(timeout.json[0].message as string, /within 30s \(a partial request frame arrived\)/);
     assert.equal(clientSeesEnd(rig.client), true);
+  });
+});
+
+/** Sends an oversized frame, reads the TOO_LARGE it gets: the connection lingers from then on. */
+function lingerAfterError(rig: Rig): void {
+  sendAll(rig.client, oversizedFrame());
+  const [refused] = responses(rig.serve());
+  assert.equal(refused.json[0].code, ErrorCode.TooLarge);
+  assert.equal(rig.conn.closed, false, "it lingers");
+}
+
+Deno.test("lingering after an error ends once LINGER_BYTES are read, however fast the client keeps sending", async () => {
+  await withRig((rig) => {
+    lingerAfterError(rig);
+    const chunk = new Uint8Array(64 * 1024);
+    let sent = 0;
+    // Bounded: four times the limit, in case the server never stops reading.
+    while (!rig.conn.closed && sent < 4 * LINGER_BYTES) {
+      const n = trySend(rig.client, chunk);
+      if (n !== WOULD_BLOCK) sent += n;
+      rig.serve();
+    }
+    assert.equal(rig.conn.closed, true, `still lingering after ${sent} bytes`);
+    assert.ok(sent >= LINGER_BYTES, `closed after ${sent} bytes, before LINGER_BYTES`);
+  });
+});
+
+Deno.test("lingering after an error ends after LINGER_TIMEOUT_MS without a byte, long before the idle timeout", async () => {
+  await withRig((rig) => {
+    lingerAfterError(rig);
+    const quietSince = performance.now();
+    assert.ok(LINGER_TIMEOUT_MS < IDLE_TIMEOUT_S * 1000);
+    assert.equal(rig.conn.checkIdle(quietSince + LINGER_TIMEOUT_MS), true);
+    assert.equal(rig.conn.closed, true);
   });
 });

@@ -30,6 +30,9 @@ import {
   FileShrankError,
   FRAME_HEADER_SIZE,
   getFrameLength,
+  LINGER_BYTES,
+  LINGER_TIME_MS,
+  LINGER_TIMEOUT_MS,
   MAX_REQUEST_FRAME,
   ProtocolError,
   type Request,
@@ -87,6 +90,9 @@ export class Connection {
   #requestBytesAtStart = 0;
   #requestLabel = "-";
   #closeWhenSent = false;
+  /** When the lingering close began, and the bytes it has discarded since. */
+  #lingerStarted = 0;
+  #lingerBytes = 0;
   #served = 0;
   #logged = 0;
   /** The error code of the reply being sent, if it is an error. */
@@ -154,6 +160,13 @@ export class Connection {
   checkIdle(now: number): boolean {
     // A connection waiting for a hash waits on the server, not on its client: that is not idleness.
     if (this.#state === "closed" || this.#state === "waiting") return false;
+    if (this.#state === "lingering") {
+      if (now - this.#lingerStarted < LINGER_TIME_MS && now - this.#lastProgress < LINGER_TIMEOUT_MS) {
+        return false;
+      }
+      this.#finish(false, "closed after error");
+      return true;
+    }
     if (now - this.#lastProgress < this.config.idleTimeoutMs) return false;
     if (this.#state === "reading") {
       // Say why before closing: the client may still be waiting for an answer.
@@ -166,10 +179,7 @@ export class Connection {
       if ((this.#state as State) === "writing") this.#finish(false, "timeout");
       return true;
     }
-    this.#finish(
-      false,
-      this.#state === "lingering" ? "closed after error" : "timeout (client stopped reading)",
-    );
+    this.#finish(false, "timeout (client stopped reading)");
     return true;
   }
 
@@ -379,6 +389,7 @@ export class Connection {
       // could destroy the error frame before the client reads it.
       shutdown(this.fd, C.SHUT_WR);
       this.#state = "lingering";
+      this.#lingerStarted = this.#lastProgress = performance.now();
       this.#discard();
       return;
     }
@@ -387,12 +398,17 @@ export class Connection {
     this.#parse(); // a pipelined request may be buffered already
   }
 
+  /** Reads and drops what the client sends after an error, within the bounds of LINGER_*. */
   #discard(): void {
     for (;;) {
       const n = tryRecv(this.fd, INPUT_SCRATCH);
       if (n === WOULD_BLOCK) return;
       if (n === 0) return this.#finish(false, null);
+      this.#lingerBytes += n;
       this.#lastProgress = performance.now();
+      if (this.#lingerBytes >= LINGER_BYTES || this.#lastProgress - this.#lingerStarted >= LINGER_TIME_MS) {
+        return this.#finish(false, "closed after error (the client kept sending)");
+      }
     }
   }
 
