@@ -56,6 +56,14 @@ export const MessageKind = {
   HashKnown: 5,
 } as const;
 
+/**
+ * The TCP_DEFER_ACCEPT of request-mode listeners, in seconds: the kernel hands over a connection once its
+ * first bytes are in, or after this long without any (one SYN-ACK retransmission: 1 s, measured). Short,
+ * so that a silent connection reaches a worker early and the worker's own deadline decides; the worker
+ * counts this wait as part of the time a connection that arrives empty has had for its request.
+ */
+export const ACCEPT_DEFERRAL_SECONDS = 1;
+
 /** How a listener's connections are served. */
 export const ServeMode = {
   /** Push one file to every connection, seed-compatible. */

@@ -8,6 +8,7 @@
  */
 
 import {
+  ACCEPT_DEFERRAL_SECONDS,
   MAX_CONNS_PER_MESSAGE,
   MessageKind,
   receiveMessage,
@@ -174,7 +175,7 @@ export class Master {
     for (const { endpoint, mode } of this.#options.listen) {
       let opened;
       try {
-        const defer = mode === ServeMode.Request ? Math.max(1, Math.ceil(this.#options.idleTimeout)) : 0;
+        const defer = mode === ServeMode.Request ? ACCEPT_DEFERRAL_SECONDS : 0;
         opened = openListener(endpoint, this.#options.backlog, defer);
       } catch (e) {
         throw new Error(`cannot listen on ${formatEndpoint(endpoint)}: ${(e as Error).message}`);

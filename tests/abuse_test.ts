@@ -94,3 +94,39 @@ Deno.test("with the open-file limit reached no worker dies, a new client gets BU
     assert.equal((await server.stop()).code, 0);
   }
 });
+
+Deno.test("a client that sends its request a byte at a time gets TIMEOUT once --idle-timeout has passed, though every byte came well within it", async () => {
+  await using dir = await tempDir();
+  const server = await startServer([
+    "--listen",
+    "127.0.0.1:0",
+    "--root",
+    dir.path,
+    "--workers",
+    "1",
+    "--idle-timeout",
+    "1",
+  ]);
+  const conn = await RawConnection.open(server.ports[0]);
+  try {
+    // 80 bytes at one per 100 ms: eight times the timeout to send it all, a tenth of it between bytes.
+    const json = JSON.stringify({ v: 1, op: "ping", pad: "x".repeat(40) });
+    const bytes = new Uint8Array(4 + 1 + json.length);
+    new DataView(bytes.buffer).setInt32(0, 1 + json.length, true);
+    bytes[4] = 0x52;
+    bytes.set(new TextEncoder().encode(json), 5);
+    let answered = false;
+    const answer = conn.readResponse().finally(() => answered = true);
+    let sent = 0;
+    for (; sent < bytes.byteLength - 1 && !answered; sent++) {
+      await conn.send(bytes.subarray(sent, sent + 1)).catch(() => {});
+      await new Promise((r) => setTimeout(r, 100)); // the slow client's pace, not a synchronisation
+    }
+    const r = await answer;
+    assert.equal(r.json[0].code, "TIMEOUT", JSON.stringify(r.json[0]));
+    assert.ok(sent < bytes.byteLength - 1, "the answer came while the client was still sending");
+  } finally {
+    conn.close();
+    assert.equal((await server.stop()).code, 0);
+  }
+});

@@ -7,6 +7,7 @@
 
 import assert from "node:assert/strict";
 import { buildServeConfig } from "../worker.ts";
+import { ACCEPT_DEFERRAL_SECONDS } from "../channel/messages.ts";
 import { Connection, type ServeConfig } from "../worker/connection.ts";
 import { EPOLLIN } from "../ffi/epoll.ts";
 import { C, close, shutdown, socketpair, tryRecv, trySend, WOULD_BLOCK } from "../ffi/libc.ts";
@@ -337,5 +338,40 @@ Deno.test("lingering after an error ends after LINGER_TIMEOUT_MS without a byte,
     assert.ok(LINGER_TIMEOUT_MS < IDLE_TIMEOUT_S * 1000);
     assert.equal(rig.conn.checkIdle(quietSince + LINGER_TIMEOUT_MS), true);
     assert.equal(rig.conn.closed, true);
+  });
+});
+
+Deno.test("a request sent a byte at a time gets TIMEOUT at the request's deadline, though every byte came in time", async () => {
+  await withRig((rig) => {
+    const opened = performance.now(); // the connection was made before this
+    const bytes = request({ op: "ping" });
+    // Bytes keep coming, the last one after the connection's first milliseconds: the old rule (no byte
+    // for the idle timeout) would keep the connection open past the deadline below.
+    let sent = 0;
+    while (sent < bytes.byteLength - 1 && (sent < 4 || performance.now() - opened < 5)) {
+      sendAll(rig.client, bytes.subarray(sent, sent + 1));
+      sent++;
+      rig.serve();
+    }
+    assert.ok(performance.now() - opened >= 5 || sent === bytes.byteLength - 1);
+    assert.equal(
+      rig.conn.checkIdle(opened + IDLE_TIMEOUT_S * 1000),
+      true,
+      "the whole request was due by now",
+    );
+    const [timeout] = responses(rig.serve());
+    assert.equal(timeout.json[0].code, ErrorCode.Timeout);
+    assert.match(timeout.json[0].message as string, /partial request frame/);
+  });
+});
+
+Deno.test("a connection that reaches the worker without a byte has waited in the kernel: its timeout counts that wait", async () => {
+  await withRig((rig) => {
+    const opened = performance.now(); // the connection was made before this
+    assert.equal(rig.serve().byteLength, 0, "nothing to read, nothing sent");
+    const due = opened + (IDLE_TIMEOUT_S - ACCEPT_DEFERRAL_SECONDS) * 1000;
+    assert.equal(rig.conn.checkIdle(due), true, "closed the deferral's length before the idle timeout");
+    const [timeout] = responses(rig.serve());
+    assert.equal(timeout.json[0].code, ErrorCode.Timeout);
   });
 });

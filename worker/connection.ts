@@ -7,6 +7,7 @@
  * @module
  */
 
+import { ACCEPT_DEFERRAL_SECONDS } from "../channel/messages.ts";
 import { ClassicBody, FramedFileBody, ZeroPadding } from "./bodies.ts";
 import { EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT } from "../ffi/epoll.ts";
 import {
@@ -86,6 +87,15 @@ export class Connection {
   #in = NO_INPUT;
   #inLength = 0;
   #lastProgress: number;
+  /**
+   * While reading: when the request being waited for must be complete. Set once per request (at the
+   * start, and when the previous response was sent), never pushed back by its bytes, so a client that
+   * sends a request a byte at a time cannot hold the connection longer than a silent one (nginx's
+   * client_header_timeout).
+   */
+  #requestDeadline: number;
+  /** True until the first read: a connection that arrives without a byte has waited in the kernel. */
+  #firstRead = true;
   #requestStarted: number;
   #requestBytesAtStart = 0;
   #requestLabel = "-";
@@ -116,6 +126,7 @@ export class Connection {
     peer: Uint8Array,
   ) {
     this.#lastProgress = this.#requestStarted = performance.now();
+    this.#requestDeadline = this.#lastProgress + config.idleTimeoutMs;
     // Only the request log shows the peer: formatting it for every connection otherwise is wasted.
     this.#peer = config.log === null ? "" : formatPeer(peer);
     // TCP_NODELAY (replies are coalesced with MSG_MORE) comes from the listener: see server/master.ts.
@@ -167,8 +178,8 @@ export class Connection {
       this.#finish(false, "closed after error");
       return true;
     }
-    if (now - this.#lastProgress < this.config.idleTimeoutMs) return false;
     if (this.#state === "reading") {
+      if (now < this.#requestDeadline) return false;
       // Say why before closing: the client may still be waiting for an answer.
       const partial = this.#inLength > 0 ? " (a partial request frame arrived)" : "";
       this.#fail({
@@ -179,6 +190,7 @@ export class Connection {
       if ((this.#state as State) === "writing") this.#finish(false, "timeout");
       return true;
     }
+    if (now - this.#lastProgress < this.config.idleTimeoutMs) return false;
     this.#finish(false, "timeout (client stopped reading)");
     return true;
   }
@@ -207,6 +219,8 @@ export class Connection {
       for (;;) {
         // The scratch always has room: a frame that fills it is complete or refused by #parse.
         const n = tryRecv(this.fd, INPUT_SCRATCH.subarray(this.#inLength));
+        if (n === WOULD_BLOCK && this.#firstRead) this.#arrivedEmpty();
+        this.#firstRead = false;
         if (n === WOULD_BLOCK) return;
         if (n === 0) return this.#onEndOfInput();
         this.#inLength += n;
@@ -216,6 +230,16 @@ export class Connection {
     } finally {
       this.#in = this.#inLength > 0 ? INPUT_SCRATCH.slice(0, this.#inLength) : NO_INPUT;
     }
+  }
+
+  /**
+   * The connection reached the worker without a byte: its client was silent for the kernel's deferral
+   * (or the kernel skipped it, under a SYN flood). That wait counts, so that silence costs the idle
+   * timeout, not the deferral and the timeout after it; but at least half the timeout is left.
+   */
+  #arrivedEmpty(): void {
+    const waited = Math.min(ACCEPT_DEFERRAL_SECONDS * 1000, this.config.idleTimeoutMs / 2);
+    this.#requestDeadline = this.#lastProgress + this.config.idleTimeoutMs - waited;
   }
 
   /** Parses a complete request frame if one is buffered. Returns true when the state left "reading". */
@@ -395,6 +419,7 @@ export class Connection {
     }
     this.#requestLabel = "-";
     this.#state = "reading";
+    this.#requestDeadline = performance.now() + this.config.idleTimeoutMs;
     this.#parse(); // a pipelined request may be buffered already
   }
 
