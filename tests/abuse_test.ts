@@ -13,6 +13,7 @@ import {
   makeFile,
   openFds,
   RawConnection,
+  runClient,
   startServer,
   tempDir,
 } from "./helpers.ts";
@@ -128,5 +129,51 @@ Deno.test("a client that sends its request a byte at a time gets TIMEOUT once --
   } finally {
     conn.close();
     assert.equal((await server.stop()).code, 0);
+  }
+});
+
+/** Mounts a tmpfs of `size` at `dir`; false where this process may not mount (not root, no CAP_SYS_ADMIN). */
+async function mountTmpfs(dir: string, size: string): Promise<boolean> {
+  try {
+    const out = await new Deno.Command("mount", {
+      args: ["-t", "tmpfs", "-o", `size=${size}`, "tmpfs", dir],
+      stdout: "null",
+      stderr: "null",
+    }).output();
+    return out.success;
+  } catch {
+    return false;
+  }
+}
+
+Deno.test("on a full disk get exits 8, leaves the target alone, removes its part, and says how many bytes the file needs", async () => {
+  await using src = await tempDir();
+  await using out = await tempDir();
+  const size = 6 * 1024 * 1024;
+  await makeFile(src.path, "big.bin", size);
+  if (!await mountTmpfs(out.path, "4m")) {
+    console.warn("abuse_test: cannot mount a tmpfs here (needs root): the full-disk test is skipped");
+    return;
+  }
+  const server = await startServer(["--listen", "127.0.0.1:0", "--root", src.path, "--workers", "1"]);
+  try {
+    await Deno.writeTextFile(`${out.path}/big.bin`, "the old copy\n");
+    const address = `127.0.0.1:${server.ports[0]}`;
+    for (let run = 0; run < 2; run++) { // the second run finds the disk as empty as the first did
+      const r = await runClient(["get", address, "big.bin", "-o", `${out.path}/big.bin`]);
+      assert.equal(r.code, 8, r.stderr);
+      assert.match(
+        r.stderr,
+        new RegExp(`no space left on the device \\(ENOSPC\\): the file needs ${size} bytes`),
+      );
+      assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
+      const left = [];
+      for await (const entry of Deno.readDir(out.path)) left.push(entry.name);
+      assert.deepEqual(left, ["big.bin"], "no part is left");
+      assert.equal(await Deno.readTextFile(`${out.path}/big.bin`), "the old copy\n");
+    }
+  } finally {
+    assert.equal((await server.stop()).code, 0);
+    await new Deno.Command("umount", { args: [out.path] }).output();
   }
 });
