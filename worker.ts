@@ -118,8 +118,15 @@ class WorkerLoop {
   readonly #connections = new Map<number, Connection>();
   #stopping = false;
   #nextIdleScan = performance.now() + IDLE_SCAN_MS;
-  /** Connections that ended and the master has not been told of: one Done message per turn says how many. */
+  /**
+   * Slots freed and taken again that the master has not been told of: one Done message per turn says how
+   * many. A connection holds a slot while it is being answered; one waiting for its request (a slow or
+   * silent client) or lingering after an error holds none, so such clients cannot lock others out.
+   */
   #endedUntold = 0;
+  #takenUntold = 0;
+  /** The connections that hold a slot (the master counted each one handed over as holding one). */
+  readonly #holding = new Set<Connection>();
   #channelEvents = EPOLLIN;
   /** Connections handed over that arrived without their fd, since the worker started. */
   #lostHandOffs = 0;
@@ -189,18 +196,34 @@ class WorkerLoop {
   #settle(conn: Connection, interestBefore: number): void {
     if (conn.closed) {
       this.#connections.delete(conn.fd); // close() already removed it from epoll: no other process holds it
-      this.#endedUntold++;
     } else if (conn.interest !== interestBefore) {
       this.#epoll.modify(conn.fd, conn.interest);
+    }
+    this.#account(conn);
+  }
+
+  /** Frees or takes `conn`'s slot as it starts or stops being answered. */
+  #account(conn: Connection): void {
+    const holds = !conn.closed && conn.answering;
+    if (holds === this.#holding.has(conn)) return;
+    if (holds) {
+      this.#holding.add(conn);
+      this.#takenUntold++;
+    } else {
+      this.#holding.delete(conn);
+      this.#endedUntold++;
     }
   }
 
   #tellEnded(): void {
-    if (this.#endedUntold === 0) return;
-    if (sendMessage(this.#channel, MessageKind.Done, 0, this.#endedUntold)) this.#endedUntold = 0;
+    if (this.#endedUntold === 0 && this.#takenUntold === 0) return;
+    // Done: `arg` slots freed, `id` slots taken again (connections that were waiting got their request).
+    if (sendMessage(this.#channel, MessageKind.Done, this.#takenUntold, this.#endedUntold)) {
+      this.#endedUntold = this.#takenUntold = 0;
+    }
     // A channel the master has not read yet may be full (a socketpair holds only a few messages): the
     // count is then kept, and sent when epoll says the channel has room again.
-    const wanted = this.#endedUntold === 0 ? EPOLLIN : EPOLLIN | EPOLLOUT;
+    const wanted = this.#endedUntold === 0 && this.#takenUntold === 0 ? EPOLLIN : EPOLLIN | EPOLLOUT;
     if (wanted !== this.#channelEvents) this.#epoll.modify(this.#channel, this.#channelEvents = wanted);
   }
 
@@ -236,13 +259,13 @@ class WorkerLoop {
   #serveNew(handed: HandedConn): void {
     const conn = this.#accept(handed);
     if (conn === null) return;
+    this.#holding.add(conn); // the master counted it on a slot
     conn.onReady(); // the request is there already (TCP_DEFER_ACCEPT); classic mode can start writing
-    if (conn.closed) {
-      this.#endedUntold++;
-      return;
+    if (!conn.closed) {
+      this.#connections.set(conn.fd, conn);
+      this.#epoll.add(conn.fd, conn.interest);
     }
-    this.#connections.set(conn.fd, conn);
-    this.#epoll.add(conn.fd, conn.interest);
+    this.#account(conn);
   }
 
   #accept({ fd, id, mode, peer }: HandedConn): Connection | null {

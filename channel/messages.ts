@@ -43,8 +43,9 @@ export const MessageKind = {
   /** master -> worker: serve these fds; `arg` is how many, each has a record (see the module's text). */
   Conns: 2,
   /**
-   * worker -> master: `arg` connections ended. A worker sends one per loop turn for all the connections
-   * that ended in it, not one per connection.
+   * worker -> master: `arg` slots were freed (connections that ended, or that wait for their client's
+   * request or linger after an error, which need no slot), and `id` were taken again (waiting
+   * connections whose request arrived). A worker sends one per loop turn, not one per connection.
    */
   Done: 3,
   /** master -> worker: finish the connections you have, then exit. */

@@ -90,6 +90,15 @@ export class Dispatcher<T> {
   }
 
   /**
+   * Records that `count` connections on `worker` that held no slot (they waited for their request) are
+   * being answered again. The load may then exceed the capacity for a while: nothing more is placed on
+   * that worker until it is back below.
+   */
+  take(worker: number, count: number): void {
+    if (count > 0 && this.#load.has(worker)) this.#load.set(worker, this.loadOf(worker) + count);
+  }
+
+  /**
    * Takes the next queued connection that has a worker with room, counting it on that worker.
    * Call after {@link release} or {@link addWorker} until it returns undefined.
    */

@@ -326,6 +326,7 @@ export class Master {
         this.#onWorkerReady();
       } else if (message.kind === MessageKind.Done) {
         this.#dispatcher.release(slot.id, message.arg);
+        this.#dispatcher.take(slot.id, message.id);
       } else if (message.kind === MessageKind.HashKnown) {
         this.#relayHash(slot, message.payload);
       }

@@ -177,3 +177,44 @@ Deno.test("on a full disk get exits 8, leaves the target alone, removes its part
     await new Deno.Command("umount", { args: [out.path] }).output();
   }
 });
+
+Deno.test("connections waiting for their request hold no worker slot: with 200 slow or silent clients on a worker of 2 slots, a ping and a get are answered", async () => {
+  await using dir = await tempDir();
+  const okBytes = await Deno.readFile(await makeFile(dir.path, "ok.bin", 4096));
+  const server = await startServer([
+    "--listen",
+    "127.0.0.1:0",
+    "--root",
+    dir.path,
+    "--workers",
+    "1",
+    "--conns-per-worker",
+    "2",
+    "--idle-timeout",
+    "120", // far beyond the hang guard: the waiting clients are not timed out meanwhile
+    "--request-log",
+    "off",
+  ]);
+  const port = server.ports[0];
+  let flood: RawConnection[] = [];
+  try {
+    flood = [
+      ...await openMany(port, 100, HALF_A_LENGTH), // a request begun, never finished
+      ...await openMany(port, 100, new Uint8Array(0)), // nothing at all
+    ];
+    const conn = await RawConnection.open(port);
+    try {
+      await conn.sendRequest({ op: "ping" });
+      const pong = await hangGuard("a ping is answered", conn.readResponse());
+      assert.equal(pong.types, "H", JSON.stringify(pong.json));
+      await conn.sendRequest({ op: "get", path: "ok.bin" });
+      const got = await hangGuard("a get is answered", conn.readResponse());
+      assert.deepEqual(got.data, okBytes);
+    } finally {
+      conn.close();
+    }
+  } finally {
+    for (const c of flood) c.close();
+    assert.equal((await server.stop()).code, 0);
+  }
+});

@@ -146,6 +146,14 @@ export class Connection {
   /** True if the connection ended well (not cut by an error or timeout). */
   ok = true;
 
+  /**
+   * True while a request is being answered (or a classic push sent). False while the connection waits
+   * for its client's next request, lingers after an error, or is closed: it then needs no worker slot.
+   */
+  get answering(): boolean {
+    return this.#state === "writing" || this.#state === "waiting";
+  }
+
   /** The epoll events this connection waits for now. */
   get interest(): number {
     return this.#state === "writing" ? EPOLLOUT : this.#state === "waiting" ? 0 : EPOLLIN;
