@@ -153,6 +153,8 @@ export class Master {
   #stopSent = false;
   readonly #readyWorkers = new Set<number>();
   readonly #reserve = new FdReserve(RESERVE_FDS);
+  /** Worker slots whose last start failed (socketpair or spawn): a new connection may not wait for them. */
+  readonly #cannotStart = new Set<number>();
 
   /** @param options the parsed command line */
   constructor(options: ServerOptions) {
@@ -282,10 +284,17 @@ export class Master {
     } catch (e) {
       slot.respawnAt = this.#backoff(slot);
       log(`worker ${slot.id}: cannot start: ${(e as Error).message}`);
+      this.#cannotStart.add(slot.id);
+      // With no worker left and none that can start, queued connections would wait, holding their fds,
+      // for as long as that lasts: answer them now.
+      if (this.#dispatcher.workers === 0) {
+        for (const conn of this.#dispatcher.drain()) this.#refuse(conn, REFUSED_NO_WORKER);
+      }
       return;
     } finally {
       this.#reserve.refill();
     }
+    this.#cannotStart.delete(slot.id);
     const { child, channel } = started;
     slot.child = child;
     slot.channel = channel;
@@ -368,10 +377,6 @@ export class Master {
     this.#dispatcher.removeWorker(slot.id);
     this.#readyWorkers.delete(slot.id);
     if (this.#stopRequested > 0) return;
-    // With no worker left, queued connections would hold their fds until one is back: answer them now.
-    if (this.#dispatcher.workers === 0) {
-      for (const conn of this.#dispatcher.drain()) this.#refuse(conn, REFUSED_NO_WORKER);
-    }
     if (performance.now() - slot.startedAt > RESPAWN_RESET_MS) slot.failures = 0;
     slot.respawnAt = this.#backoff(slot);
     log(
@@ -425,7 +430,7 @@ export class Master {
         mode: listener.mode,
         peer: PEER_SCRATCH.slice(), // goes to the worker, which would otherwise ask getpeername(2)
       };
-      if (this.#dispatcher.workers === 0) {
+      if (this.#dispatcher.workers === 0 && this.#cannotStart.size > 0) {
         this.#refuse(conn, REFUSED_NO_WORKER);
         continue;
       }
@@ -605,7 +610,7 @@ const REFUSED_FULL: Refusal = {
   response: busy("server busy: every worker and the queue are full"),
 };
 const REFUSED_NO_WORKER: Refusal = {
-  log: () => "no worker is running (one is being started)",
+  log: () => "no worker is running, and starting one failed",
   response: busy("server busy: no worker is running"),
 };
 const REFUSED_NO_FD: Refusal = {
