@@ -144,6 +144,20 @@ export const LEFT_OUT_SHOWN = 16;
 /** Deepest directory level a recursive `list` descends to. */
 export const MAX_LIST_DEPTH = 32;
 
+// ---- What a server promises about the time and bytes a connection may take (PROTOCOL.md, Connections).
+
+/**
+ * After an error that closes the connection, the server reads and discards what the client still sends
+ * (so that the error frame is not destroyed by a reset) for at most this long, in milliseconds...
+ */
+export const LINGER_TIME_MS = 5000;
+
+/** ...and at most this long without a byte, in milliseconds... */
+export const LINGER_TIMEOUT_MS = 2000;
+
+/** ...and at most this many bytes; then it closes. */
+export const LINGER_BYTES = 1024 * 1024;
+
 /** A request-mode request: the JSON of a Request frame. */
 export interface Request {
   /** Protocol version; {@link PROTOCOL_VERSION}. */

@@ -118,9 +118,18 @@ class WorkerLoop {
   readonly #connections = new Map<number, Connection>();
   #stopping = false;
   #nextIdleScan = performance.now() + IDLE_SCAN_MS;
-  /** Connections that ended and the master has not been told of: one Done message per turn says how many. */
+  /**
+   * Slots freed and taken again that the master has not been told of: one Done message per turn says how
+   * many. A connection holds a slot while it is being answered; one waiting for its request (a slow or
+   * silent client) or lingering after an error holds none, so such clients cannot lock others out.
+   */
   #endedUntold = 0;
+  #takenUntold = 0;
+  /** The connections that hold a slot (the master counted each one handed over as holding one). */
+  readonly #holding = new Set<Connection>();
   #channelEvents = EPOLLIN;
+  /** Connections handed over that arrived without their fd, since the worker started. */
+  #lostHandOffs = 0;
 
   /** @param args the worker's command line; its channel must be nonblocking already */
   constructor(args: WorkerArgs) {
@@ -187,18 +196,34 @@ class WorkerLoop {
   #settle(conn: Connection, interestBefore: number): void {
     if (conn.closed) {
       this.#connections.delete(conn.fd); // close() already removed it from epoll: no other process holds it
-      this.#endedUntold++;
     } else if (conn.interest !== interestBefore) {
       this.#epoll.modify(conn.fd, conn.interest);
+    }
+    this.#account(conn);
+  }
+
+  /** Frees or takes `conn`'s slot as it starts or stops being answered. */
+  #account(conn: Connection): void {
+    const holds = !conn.closed && conn.answering;
+    if (holds === this.#holding.has(conn)) return;
+    if (holds) {
+      this.#holding.add(conn);
+      this.#takenUntold++;
+    } else {
+      this.#holding.delete(conn);
+      this.#endedUntold++;
     }
   }
 
   #tellEnded(): void {
-    if (this.#endedUntold === 0) return;
-    if (sendMessage(this.#channel, MessageKind.Done, 0, this.#endedUntold)) this.#endedUntold = 0;
+    if (this.#endedUntold === 0 && this.#takenUntold === 0) return;
+    // Done: `arg` slots freed, `id` slots taken again (connections that were waiting got their request).
+    if (sendMessage(this.#channel, MessageKind.Done, this.#takenUntold, this.#endedUntold)) {
+      this.#endedUntold = this.#takenUntold = 0;
+    }
     // A channel the master has not read yet may be full (a socketpair holds only a few messages): the
     // count is then kept, and sent when epoll says the channel has room again.
-    const wanted = this.#endedUntold === 0 ? EPOLLIN : EPOLLIN | EPOLLOUT;
+    const wanted = this.#endedUntold === 0 && this.#takenUntold === 0 ? EPOLLIN : EPOLLIN | EPOLLOUT;
     if (wanted !== this.#channelEvents) this.#epoll.modify(this.#channel, this.#channelEvents = wanted);
   }
 
@@ -209,6 +234,7 @@ class WorkerLoop {
       if (message === "closed") this.#exit(0, "master gone");
       else if (message.kind === MessageKind.Conns) {
         for (const handed of message.conns) this.#serveNew(handed);
+        if (message.lostIds.length > 0) this.#onLost(message.lostIds);
       } else if (message.kind === MessageKind.Stop) this.#stopping = true;
       else if (message.kind === MessageKind.HashKnown) {
         const { etag, sha256 } = decodeHashKnown(message.payload);
@@ -217,16 +243,29 @@ class WorkerLoop {
     }
   }
 
+  /**
+   * Connections handed over whose fds did not arrive (no fd was free): the kernel closed them, so the
+   * clients see the connection end. They are counted as ended, and the worker goes on.
+   */
+  #onLost(ids: readonly number[]): void {
+    this.#lostHandOffs += ids.length;
+    this.#endedUntold += ids.length;
+    this.#serviceLine(
+      `${ids.length} connection(s) handed over were closed unserved (no fd free: the worker's open-file ` +
+        `limit is reached; ${this.#lostHandOffs} so far)`,
+    );
+  }
+
   #serveNew(handed: HandedConn): void {
     const conn = this.#accept(handed);
     if (conn === null) return;
+    this.#holding.add(conn); // the master counted it on a slot
     conn.onReady(); // the request is there already (TCP_DEFER_ACCEPT); classic mode can start writing
-    if (conn.closed) {
-      this.#endedUntold++;
-      return;
+    if (!conn.closed) {
+      this.#connections.set(conn.fd, conn);
+      this.#epoll.add(conn.fd, conn.interest);
     }
-    this.#connections.set(conn.fd, conn);
-    this.#epoll.add(conn.fd, conn.interest);
+    this.#account(conn);
   }
 
   #accept({ fd, id, mode, peer }: HandedConn): Connection | null {

@@ -43,8 +43,9 @@ export const MessageKind = {
   /** master -> worker: serve these fds; `arg` is how many, each has a record (see the module's text). */
   Conns: 2,
   /**
-   * worker -> master: `arg` connections ended. A worker sends one per loop turn for all the connections
-   * that ended in it, not one per connection.
+   * worker -> master: `arg` slots were freed (connections that ended, or that wait for their client's
+   * request or linger after an error, which need no slot), and `id` were taken again (waiting
+   * connections whose request arrived). A worker sends one per loop turn, not one per connection.
    */
   Done: 3,
   /** master -> worker: finish the connections you have, then exit. */
@@ -55,6 +56,14 @@ export const MessageKind = {
    */
   HashKnown: 5,
 } as const;
+
+/**
+ * The TCP_DEFER_ACCEPT of request-mode listeners, in seconds: the kernel hands over a connection once its
+ * first bytes are in, or after this long without any (one SYN-ACK retransmission: 1 s, measured). Short,
+ * so that a silent connection reaches a worker early and the worker's own deadline decides; the worker
+ * counts this wait as part of the time a connection that arrives empty has had for its request.
+ */
+export const ACCEPT_DEFERRAL_SECONDS = 1;
 
 /** How a listener's connections are served. */
 export const ServeMode = {
@@ -76,6 +85,12 @@ export interface Message {
   payload: Uint8Array;
   /** With Conns: the connections handed over, in the order sent; else empty. */
   conns: HandedConn[];
+  /**
+   * With Conns whose fds did not all arrive (the receiver had no fd free: MSG_CTRUNC): the ids of the
+   * connections handed over, none of which is served (the fds that did arrive are closed here, the kernel
+   * closed the others); `conns` is then empty. Else empty.
+   */
+  lostIds: number[];
 }
 
 /** One connection handed from the master to a worker. */
@@ -99,6 +114,7 @@ const inBuf = new Uint8Array(new ArrayBuffer(LARGEST_MESSAGE));
 const inView = new DataView(inBuf.buffer);
 const NO_CONNS: HandedConn[] = [];
 const NO_FDS: number[] = [];
+const NO_IDS: number[] = [];
 
 /**
  * Creates a channel: [master end, worker end], both nonblocking and close-on-exec (the master clears
@@ -200,6 +216,14 @@ export function receiveMessage(channel: number): Message | "closed" | null {
   const arg = got.bytes >= PAYLOAD_OFFSET ? inView.getUint32(8, true) : 0;
   const expected = kind === MessageKind.Conns ? connsMessageSize(arg) : MESSAGE_SIZE;
   const fdsExpected = kind === MessageKind.Conns ? arg : 0;
+  if (kind === MessageKind.Conns && got.fdsLost && !got.truncated && got.bytes === expected) {
+    for (const fd of got.fds) close(fd);
+    const lostIds = Array.from(
+      { length: arg },
+      (_, i) => inView.getUint32(PAYLOAD_OFFSET + i * CONN_RECORD_SIZE, true),
+    );
+    return { kind, id: 0, arg, payload: inBuf.subarray(0, 0), conns: NO_CONNS, lostIds };
+  }
   if (got.truncated || got.bytes !== expected || got.fds.length !== fdsExpected) {
     for (const fd of got.fds) close(fd);
     throw new Error(
@@ -213,6 +237,7 @@ export function receiveMessage(channel: number): Message | "closed" | null {
       arg,
       payload: inBuf.subarray(PAYLOAD_OFFSET, MESSAGE_SIZE),
       conns: NO_CONNS,
+      lostIds: NO_IDS,
     };
   }
   const conns: HandedConn[] = [];
@@ -225,5 +250,5 @@ export function receiveMessage(channel: number): Message | "closed" | null {
       peer: inBuf.subarray(at + 8, at + CONN_RECORD_SIZE),
     });
   }
-  return { kind, id: 0, arg, payload: inBuf.subarray(0, 0), conns };
+  return { kind, id: 0, arg, payload: inBuf.subarray(0, 0), conns, lostIds: NO_IDS };
 }

@@ -267,6 +267,7 @@ class FileHolder implements Holder {
     if (
       this.#part !== null && tag !== undefined && this.#part.tag === tag && header.offset === this.#part.size
     ) {
+      this.#part.expectedSize = header.size;
       return; // resuming: the part holds exactly the bytes before the offset
     }
     if (header.offset !== 0) {
@@ -275,6 +276,7 @@ class FileHolder implements Holder {
     if (this.#part !== null && (tag === undefined || this.#part.tag !== tag)) await this.discard();
     if (this.#part === null) await this.#open(tag ?? "", false);
     else await this.#empty(); // the server did not resume (an older server ignores the offset)
+    this.#part!.expectedSize = header.size;
     // Parts of other versions, or left by runs that died, will never be resumed.
     await removeStaleParts(this.place, this.#part!.tempName);
   }

@@ -41,6 +41,12 @@ export class PartLockedError extends Error {
   }
 }
 
+/** True if `e` says the disk or the user's quota is full (ENOSPC, EDQUOT). */
+function isDiskFull(e: unknown): boolean {
+  const code = (e as { code?: unknown } | null)?.code;
+  return code === "ENOSPC" || code === "EDQUOT";
+}
+
 /** Metadata applied to the published file. */
 export interface PublishMetadata {
   /** Modification time in nanoseconds since the epoch. */
@@ -219,6 +225,11 @@ export class AtomicFile {
   readonly #part: OpenPart;
   #size: number;
   #closed = false;
+  /**
+   * The whole file's size, when the caller knows it: a disk that fills up is then reported with how much
+   * room the file needs.
+   */
+  expectedSize: number | undefined;
   /** The size at which the last write-behind flush began; the flush running now, and its failure. */
   #flushedAt = 0;
   #flushing: Promise<void> | null = null;
@@ -343,8 +354,28 @@ export class AtomicFile {
       if (this.#flushing === null && this.#size - this.#flushedAt >= WRITE_BEHIND_BYTES) this.#flushBehind();
       return Promise.resolve();
     } catch (e) {
+      if (isDiskFull(e)) return this.#onDiskFull(e);
       return Promise.reject(new LocalIoError(`cannot write ${this.tempPath}`, e));
     }
+  }
+
+  /**
+   * The disk (or the user's quota) is full: the part is removed at once, since a part kept for resuming
+   * would keep the disk full and make the next run fail the same way, and the error says how much room
+   * the file needs.
+   */
+  async #onDiskFull(e: unknown): Promise<never> {
+    const written = this.#size;
+    await this.abort();
+    const code = (e as { code?: string }).code;
+    const needs = this.expectedSize === undefined
+      ? `more than the ${written} bytes written`
+      : `${this.expectedSize} bytes (${written} were written)`;
+    throw new LocalIoError(
+      `cannot write ${this.target}`,
+      `${code === "EDQUOT" ? "the disk quota is exceeded" : "no space left on the device"} (${code}): ` +
+        `the file needs ${needs}; its part was removed`,
+    );
   }
 
   /**
@@ -408,6 +439,9 @@ export class AtomicFile {
       const dir = this.place.dir.fd;
       renameAt(dir, this.tempName, dir, this.place.name);
     } catch (e) {
+      if (isDiskFull(e) || isDiskFull(this.#flushError)) {
+        return this.#onDiskFull(isDiskFull(e) ? e : this.#flushError);
+      }
       await this.abort();
       throw new LocalIoError(`cannot publish ${this.target}`, e);
     }

@@ -95,14 +95,21 @@ export interface Received {
   truncated: boolean;
   /** The fds that came with the message (close-on-exec), in the order sent. */
   fds: number[];
+  /**
+   * True if fds sent with the message were lost on the way in (MSG_CTRUNC): the receiver had no fd
+   * free (EMFILE) or no room for them. Those that did arrive are in `fds`; the sender's copies were its
+   * own, so the lost ones are closed by the kernel.
+   */
+  fdsLost: boolean;
 }
 
 const NO_FDS: number[] = [];
 
 /**
  * Receives one message into `data` and the fds riding on it (MSG_CMSG_CLOEXEC). Returns null when nothing
- * is waiting (EAGAIN). A control message of the wrong level or type, or a truncated one, is an error: any
- * fds it brought are closed first.
+ * is waiting (EAGAIN). A control message cut short (the process had no fd free) is not an error: the
+ * message comes back with `fdsLost` and whatever fds arrived. A control message of another level or type
+ * is an error (any fds it brought are closed first).
  */
 export function tryRecvWithFds(channel: number, data: Uint8Array): Received | null {
   prepare(data, data.byteLength, CONTROL_SPACE);
@@ -120,7 +127,8 @@ export function tryRecvWithFds(channel: number, data: Uint8Array): Received | nu
   const MSG_TRUNC = 0x20;
   const MSG_CTRUNC = 0x8;
   const truncated = (flags & MSG_TRUNC) !== 0;
-  if (controlLen === 0 && !(flags & MSG_CTRUNC)) return { bytes: Number(r), truncated, fds: NO_FDS };
+  const fdsLost = (flags & MSG_CTRUNC) !== 0;
+  if (controlLen < CMSG.lenNoData) return { bytes: Number(r), truncated, fds: NO_FDS, fdsLost };
   const len = controlLen >= CMSG.lenNoData ? Number(controlView.getBigUint64(CMSG.len, true)) : 0;
   const level = controlView.getInt32(CMSG.level, true);
   const type = controlView.getInt32(CMSG.type, true);
@@ -130,13 +138,12 @@ export function tryRecvWithFds(channel: number, data: Uint8Array): Received | nu
   if (rights && Number.isInteger(count) && count > 0 && len <= controlLen) {
     for (let i = 0; i < count; i++) fds.push(controlView.getInt32(CMSG.data + 4 * i, true));
   }
-  if (fds.length === 0 || (flags & MSG_CTRUNC)) {
-    for (const fd of fds) sys.close(fd);
+  if (fds.length === 0 && !fdsLost) {
     throw new Error(
       `recvmsg: unexpected control message (level ${level}, type ${type}, length ${len}, flags ${flags})`,
     );
   }
-  return { bytes: Number(r), truncated, fds };
+  return { bytes: Number(r), truncated, fds, fdsLost };
 }
 
 export { WOULD_BLOCK };

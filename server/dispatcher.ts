@@ -31,6 +31,11 @@ export class Dispatcher<T> {
     return this.#queue.length;
   }
 
+  /** Workers ready for connections. */
+  get workers(): number {
+    return this.#load.size;
+  }
+
   /** Connections being served by `worker` (0 if unknown). */
   loadOf(worker: number): number {
     return this.#load.get(worker) ?? 0;
@@ -82,6 +87,15 @@ export class Dispatcher<T> {
   /** Records that `count` connections on `worker` ended. */
   release(worker: number, count = 1): void {
     if (this.#load.has(worker)) this.#load.set(worker, Math.max(0, this.loadOf(worker) - count));
+  }
+
+  /**
+   * Records that `count` connections on `worker` that held no slot (they waited for their request) are
+   * being answered again. The load may then exceed the capacity for a while: nothing more is placed on
+   * that worker until it is back below.
+   */
+  take(worker: number, count: number): void {
+    if (count > 0 && this.#load.has(worker)) this.#load.set(worker, this.loadOf(worker) + count);
   }
 
   /**

@@ -8,6 +8,7 @@
  */
 
 import {
+  ACCEPT_DEFERRAL_SECONDS,
   MAX_CONNS_PER_MESSAGE,
   MessageKind,
   receiveMessage,
@@ -16,6 +17,7 @@ import {
   ServeMode,
 } from "../channel/messages.ts";
 import { Dispatcher } from "./dispatcher.ts";
+import { FdReserve } from "./fd_reserve.ts";
 import type { ServerOptions } from "./options.ts";
 import { startWorker } from "./worker_process.ts";
 import { Epoll, EPOLLIN, EPOLLOUT } from "../ffi/epoll.ts";
@@ -27,6 +29,7 @@ import {
   getsockname,
   LibcError,
   listen,
+  raiseOpenFileLimit,
   setsockoptInt,
   shutdown,
   socket,
@@ -39,10 +42,8 @@ import {
 } from "../ffi/libc.ts";
 import { decodeSockaddr, encodeSockaddr, type Endpoint, formatEndpoint } from "../ffi/sockaddr.ts";
 import { SOCKADDR_MAX } from "../ffi/structs.ts";
-import { encodeErrorResponse, ErrorCode } from "../framing.ts";
+import { encodeErrorResponse, ErrorCode, LINGER_BYTES, LINGER_TIME_MS } from "../framing.ts";
 
-/** How long a refused connection may keep sending before the master closes it, in milliseconds. */
-const LINGER_MS = 2000;
 /** At most this many refused connections linger at once; past it they are closed at once. */
 const LINGER_MAX = 256;
 /** The retry-after hint of a BUSY answer. */
@@ -52,8 +53,17 @@ const BUSY_RETRY_AFTER_MS = 1000;
  * in milliseconds: also the longest a signal waits to be handled while connections keep coming.
  */
 const SYNC_SLICE_MS = 20;
-/** How long accepting pauses after EMFILE/ENFILE, in milliseconds. */
+/** How long accepting pauses after EMFILE/ENFILE when the fd reserve is spent too, in milliseconds. */
 const ACCEPT_PAUSE_MS = 100;
+/**
+ * Fds held in reserve for when the open-file limit is reached: enough to start a worker (its channel's
+ * two ends, and the pipes and /dev/null that spawning takes) and to accept one connection to answer BUSY.
+ */
+const RESERVE_FDS = 16;
+/** Fds a worker holds before its first connection (Deno's own, its channel, epoll, the root: about 26). */
+const WORKER_BASE_FDS = 32;
+/** Fds a connection may hold in a worker: its socket and the file it sends. */
+const WORKER_FDS_PER_CONN = 2;
 /** Respawn backoff: first delay, cap, and how long a worker must live for the backoff to reset. */
 const RESPAWN_FIRST_MS = 100;
 const RESPAWN_MAX_MS = 10_000;
@@ -132,7 +142,8 @@ export class Master {
   readonly #slots: WorkerSlot[] = [];
   readonly #slotByChannel = new Map<number, WorkerSlot>();
   readonly #dispatcher: Dispatcher<PendingConn>;
-  readonly #lingering = new Map<number, number>();
+  /** Refused connections being read until they close: fd -> when to close at the latest, bytes read. */
+  readonly #lingering = new Map<number, { deadline: number; bytes: number }>();
   #nextConnId = 1;
   #accepting = false;
   #acceptPausedUntil = 0;
@@ -141,11 +152,23 @@ export class Master {
   #graceDeadline = Infinity;
   #stopSent = false;
   readonly #readyWorkers = new Set<number>();
+  readonly #reserve = new FdReserve(RESERVE_FDS);
+  /** Worker slots whose last start failed (socketpair or spawn): a new connection may not wait for them. */
+  readonly #cannotStart = new Set<number>();
 
   /** @param options the parsed command line */
   constructor(options: ServerOptions) {
     this.#options = options;
-    this.#dispatcher = new Dispatcher(options.connsPerWorker, options.queue);
+    // A worker runs under the same open-file limit (it raises its soft limit to the hard one too): more
+    // connections than its fds can hold would arrive without their fd and be closed unserved.
+    const limit = raiseOpenFileLimit();
+    const fit = Math.max(1, Math.floor((limit - WORKER_BASE_FDS) / WORKER_FDS_PER_CONN));
+    if (fit < options.connsPerWorker) {
+      log(
+        `serving at most ${fit} connections per worker: the open-file limit (${limit}) has room for no more`,
+      );
+    }
+    this.#dispatcher = new Dispatcher(Math.min(fit, options.connsPerWorker), options.queue);
     this.#epoll.add(this.#wake, EPOLLIN);
   }
 
@@ -154,7 +177,7 @@ export class Master {
     for (const { endpoint, mode } of this.#options.listen) {
       let opened;
       try {
-        const defer = mode === ServeMode.Request ? Math.max(1, Math.ceil(this.#options.idleTimeout)) : 0;
+        const defer = mode === ServeMode.Request ? ACCEPT_DEFERRAL_SECONDS : 0;
         opened = openListener(endpoint, this.#options.backlog, defer);
       } catch (e) {
         throw new Error(`cannot listen on ${formatEndpoint(endpoint)}: ${(e as Error).message}`);
@@ -246,7 +269,7 @@ export class Master {
         this.#spawn(slot);
       }
     }
-    for (const [fd, deadline] of this.#lingering) if (now >= deadline) this.#endLinger(fd);
+    for (const [fd, { deadline }] of this.#lingering) if (now >= deadline) this.#endLinger(fd);
     if (this.#stopRequested > 0) this.#continueStop(now);
   }
 
@@ -254,13 +277,24 @@ export class Master {
 
   #spawn(slot: WorkerSlot): void {
     let started;
+    // Whatever else holds the master's fds (queued and lingering connections), a worker can start.
+    this.#reserve.release(RESERVE_FDS);
     try {
       started = startWorker(this.#options, slot.id);
     } catch (e) {
       slot.respawnAt = this.#backoff(slot);
       log(`worker ${slot.id}: cannot start: ${(e as Error).message}`);
+      this.#cannotStart.add(slot.id);
+      // With no worker left and none that can start, queued connections would wait, holding their fds,
+      // for as long as that lasts: answer them now.
+      if (this.#dispatcher.workers === 0) {
+        for (const conn of this.#dispatcher.drain()) this.#refuse(conn, REFUSED_NO_WORKER);
+      }
       return;
+    } finally {
+      this.#reserve.refill();
     }
+    this.#cannotStart.delete(slot.id);
     const { child, channel } = started;
     slot.child = child;
     slot.channel = channel;
@@ -301,6 +335,7 @@ export class Master {
         this.#onWorkerReady();
       } else if (message.kind === MessageKind.Done) {
         this.#dispatcher.release(slot.id, message.arg);
+        this.#dispatcher.take(slot.id, message.id);
       } else if (message.kind === MessageKind.HashKnown) {
         this.#relayHash(slot, message.payload);
       }
@@ -376,6 +411,9 @@ export class Master {
       } catch (e) {
         if (!(e instanceof LibcError)) throw e;
         if (e.errnoName === "ECONNABORTED") continue;
+        if ((e.errnoName === "EMFILE" || e.errnoName === "ENFILE") && this.#refuseOneWithReserve(listener)) {
+          continue;
+        }
         log(
           `${e.message} while accepting on ${
             formatEndpoint(listener.endpoint)
@@ -392,9 +430,33 @@ export class Master {
         mode: listener.mode,
         peer: PEER_SCRATCH.slice(), // goes to the worker, which would otherwise ask getpeername(2)
       };
+      if (this.#dispatcher.workers === 0 && this.#cannotStart.size > 0) {
+        this.#refuse(conn, REFUSED_NO_WORKER);
+        continue;
+      }
       const placement = this.#dispatcher.offer(conn);
-      if (placement === "refused") this.#refuse(conn);
+      if (placement === "refused") this.#refuse(conn, REFUSED_FULL);
       else if (placement !== "queued") this.#place(placement.worker, conn);
+    }
+  }
+
+  /**
+   * With no fd free, accepts one connection in a reserved fd's place and answers it BUSY at once, so
+   * that clients learn to come back instead of waiting in the kernel's queue. False when the reserve
+   * is spent (or nothing was waiting after all).
+   */
+  #refuseOneWithReserve(listener: Listener): boolean {
+    if (this.#reserve.release(1) === 0) return false;
+    try {
+      const fd = tryAccept4(listener.fd, C.SOCK_NONBLOCK | C.SOCK_CLOEXEC, PEER_SCRATCH);
+      if (fd === WOULD_BLOCK) return false;
+      const conn = { fd, id: this.#nextConnId++ >>> 0, mode: listener.mode, peer: PEER_SCRATCH };
+      this.#refuse(conn, REFUSED_NO_FD, false);
+      return true;
+    } catch {
+      return false;
+    } finally {
+      this.#reserve.refill();
     }
   }
 
@@ -444,36 +506,45 @@ export class Master {
     this.#sendOutboxes();
   }
 
-  /** Answers BUSY (request mode) or just closes (classic mode has no error frame), and logs it. */
-  #refuse(conn: PendingConn): void {
-    log(`connection ${conn.id} refused: every worker and the queue (${this.#options.queue}) are full`);
+  /**
+   * Answers BUSY (request mode) or just closes (classic mode has no error frame), and logs it. Unless
+   * `linger` is false (no fd to spare), it then reads what the client still sends, for a bounded time.
+   */
+  #refuse(conn: PendingConn, why: Refusal, linger = true): void {
+    log(`connection ${conn.id} refused: ${why.log(this.#options)}`);
     if (conn.mode === ServeMode.Classic) {
       close(conn.fd);
       return;
     }
     try {
-      trySend(conn.fd, BUSY_RESPONSE);
+      // What the client sent already (its request) is read first: closing a socket with unread bytes
+      // resets the connection, which could destroy the BUSY frame before the client reads it.
+      if (!linger) tryRecv(conn.fd, LINGER_SCRATCH);
+      trySend(conn.fd, why.response);
       shutdown(conn.fd, C.SHUT_WR);
     } catch {
       close(conn.fd);
       return;
     }
-    if (this.#lingering.size >= LINGER_MAX) {
+    if (!linger || this.#lingering.size >= LINGER_MAX) {
       close(conn.fd);
       return;
     }
     // Read what the client sends until it closes: closing with unread bytes would reset the connection
     // and could destroy the BUSY frame before the client reads it.
-    this.#lingering.set(conn.fd, performance.now() + LINGER_MS);
+    this.#lingering.set(conn.fd, { deadline: performance.now() + LINGER_TIME_MS, bytes: 0 });
     this.#epoll.add(conn.fd, EPOLLIN);
   }
 
   #discard(fd: number): void {
+    const linger = this.#lingering.get(fd)!;
     try {
-      for (;;) {
+      // Bounded in bytes as in time: a client that never stops sending is cut off (LINGER_BYTES).
+      while (linger.bytes < LINGER_BYTES) {
         const n = tryRecv(fd, LINGER_SCRATCH);
         if (n === WOULD_BLOCK) return;
         if (n === 0) break;
+        linger.bytes += n;
       }
     } catch {
       // reset by the client: done either way
@@ -521,10 +592,28 @@ export class Master {
   }
 }
 
-const LINGER_SCRATCH = new Uint8Array(4096);
+const LINGER_SCRATCH = new Uint8Array(64 * 1024);
 const WAKE_VALUE = new Uint8Array(new BigUint64Array([1n]).buffer);
-const BUSY_RESPONSE = encodeErrorResponse({
-  code: ErrorCode.Busy,
-  message: "server busy: every worker and the queue are full",
-  retryAfterMs: BUSY_RETRY_AFTER_MS,
-});
+
+/** Why a connection is refused: the master's log line and the BUSY answer the client gets. */
+interface Refusal {
+  log: (options: ServerOptions) => string;
+  response: Uint8Array;
+}
+
+function busy(message: string): Uint8Array {
+  return encodeErrorResponse({ code: ErrorCode.Busy, message, retryAfterMs: BUSY_RETRY_AFTER_MS });
+}
+
+const REFUSED_FULL: Refusal = {
+  log: (options) => `every worker and the queue (${options.queue}) are full`,
+  response: busy("server busy: every worker and the queue are full"),
+};
+const REFUSED_NO_WORKER: Refusal = {
+  log: () => "no worker is running, and starting one failed",
+  response: busy("server busy: no worker is running"),
+};
+const REFUSED_NO_FD: Refusal = {
+  log: () => "no file descriptor free (the open-file limit is reached)",
+  response: busy("server busy: out of file descriptors"),
+};

@@ -50,11 +50,13 @@ Options:
   --root DIR               directory served in request mode
   --push FILE              file pushed in classic mode
   --workers N              worker processes (default: number of CPUs)
-  --conns-per-worker C     connections a worker serves at once (default 64; 1 = the seed's behaviour)
+  --conns-per-worker C     connections a worker answers at once (default 64; 1 = the seed's behaviour);
+                           those waiting for their request take no slot
   --queue Q                connections that may wait when every worker is full (default 1024);
                            past that, new connections get BUSY (classic mode: closed and logged)
   --grace SECONDS          on SIGTERM/SIGINT, time given to transfers in flight (default 30)
-  --idle-timeout SECONDS   close a connection that makes no progress for this long (default 30)
+  --idle-timeout SECONDS   a request must arrive whole within this long, and a client must read its
+                           answer without stopping this long, else the connection closes (default 30)
   --backlog N              listen(2) backlog (default 511)
   --request-log WHERE      the one line per request: - for stderr (default), a FILE appended to by
                            every worker, or off; the server's own lines always go to stderr

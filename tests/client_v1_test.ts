@@ -23,6 +23,7 @@ import {
   runClient,
   sha256,
   sha256File,
+  sparseFile,
   tempDir,
   type TestServer,
 } from "./helpers.ts";
@@ -320,19 +321,23 @@ Deno.test("--json prints one object per file with path, status, bytes, sha256, s
 /** Server arguments for a server whose one worker takes one connection and whose queue is 0. */
 const ONE_SLOT = ["--conns-per-worker", "1", "--queue", "0", "--idle-timeout", "120"];
 
-/** Takes the one slot with an idle connection: every client then gets BUSY until it is closed. */
-async function hogTheWorker(server: TestServer): Promise<RawConnection> {
+/**
+ * Takes the one slot with a transfer the hog does not read (a connection waiting for its next request
+ * would hold none): every client then gets BUSY until it is closed.
+ */
+async function hogTheWorker(server: TestServer, src: string): Promise<RawConnection> {
+  await sparseFile(src, "hog.bin", 256 * 1024 * 1024);
   const hog = await RawConnection.open(server.ports[0]);
-  // A ping answered proves the worker holds the hog's connection (it counts until the hog closes).
-  await hog.sendRequest({ op: "ping" });
-  assert.equal((await hog.readResponse()).types, "H");
+  // The header proves the worker is answering the hog (it stays so until the hog closes).
+  await hog.sendRequest({ op: "get", path: "hog.bin" });
+  assert.equal(String.fromCharCode((await hog.readFrame())!.payload[0]), "H");
   return hog;
 }
 
 Deno.test("still BUSY after --retries 1: exit 4 after 2 attempts, each at least the server's retryAfterMs apart", async () => {
   await withServer(async ({ src, out, server, address }) => {
     await makeFile(src, "f.bin", 1000);
-    const hog = await hogTheWorker(server);
+    const hog = await hogTheWorker(server, src);
     try {
       const r = await runClient(getArgs(address, "f.bin", out, "--retries", "1", "--json"));
       assert.equal(r.code, 4, r.stderr);
@@ -352,7 +357,7 @@ Deno.test("still BUSY after --retries 1: exit 4 after 2 attempts, each at least 
 Deno.test("retries honour BUSY and succeed once the worker is free", async () => {
   await withServer(async ({ src, out, server, address }) => {
     const expected = await sha256File(await makeFile(src, "f.bin", 200_000));
-    const hog = await hogTheWorker(server);
+    const hog = await hogTheWorker(server, src);
     try {
       const client = spawnClient(getArgs(address, "f.bin", out, "--json", "--retries", "10"));
       await logged(server, /connection \d+ refused/);
@@ -394,7 +399,7 @@ Deno.test("--timeout bounds the whole run: a peer that never answers ends with e
 Deno.test("--timeout ends BUSY retries that would go on longer: exit 3, not 4", async () => {
   await withServer(async ({ src, out, server, address }) => {
     await makeFile(src, "f.bin", 1000);
-    const hog = await hogTheWorker(server);
+    const hog = await hogTheWorker(server, src);
     try {
       const r = await runClient(getArgs(address, "f.bin", out, "--retries", "100", "--timeout", "1.5"));
       assert.equal(r.code, 3, r.stderr);

@@ -5,6 +5,7 @@ import {
   RawConnection,
   sha256,
   sha256File,
+  sparseFile,
   startServer,
   tempDir,
   type TestServer,
@@ -219,17 +220,30 @@ Deno.test("a hash computed by one worker is passed to the others: a file is hash
   await using dir = await tempDir();
   const path = await makeFile(dir.path, "shared.bin", 2_000_000);
   const expected = await sha256File(path);
+  await sparseFile(dir.path, "held.bin", 64 * 1024 * 1024);
   const server = await startServer(["--listen", "127.0.0.1:0", "--root", dir.path, "--workers", "2"]);
+  // Connections that take a transfer they do not read keep their worker answering (one waiting for its
+  // next request would hold no slot); the master counts a connection on a worker when it hands it over.
+  const holder = await RawConnection.open(server.ports[0]);
   const first = await RawConnection.open(server.ports[0]);
   try {
-    await first.sendRequest({ op: "get", path: "shared.bin" });
+    await holder.sendRequest({ op: "get", path: "held.bin" }); // worker 1: both idle, the lower id wins
+    assert.equal(String.fromCharCode((await holder.readFrame())!.payload[0]), "H");
+    // Worker 2, the less loaded; the transfer behind it keeps it as loaded as worker 1.
+    await first.send(
+      new Uint8Array([
+        ...encodeRequest({ v: PROTOCOL_VERSION, op: "get", path: "shared.bin" }),
+        ...encodeRequest({ v: PROTOCOL_VERSION, op: "get", path: "held.bin" }),
+      ]),
+    );
     const a = await first.readResponse();
     assert.equal(a.json.at(-1)!.sha256, expected);
-    // `first` stays open, so worker 1 has a connection and the next one goes to the idle worker 2.
-    const b = await get(server.ports[0], { path: "shared.bin" });
+    assert.equal(String.fromCharCode((await first.readFrame())!.payload[0]), "H");
+    const b = await get(server.ports[0], { path: "shared.bin" }); // worker 1 again: a tie
     assert.equal(b.json[0].sha256, expected);
     assert.doesNotMatch(b.types, /T/);
   } finally {
+    holder.close();
     first.close();
     assert.equal((await server.stop()).code, 0);
   }

@@ -7,6 +7,7 @@
 
 import assert from "node:assert/strict";
 import { buildServeConfig } from "../worker.ts";
+import { ACCEPT_DEFERRAL_SECONDS } from "../channel/messages.ts";
 import { Connection, type ServeConfig } from "../worker/connection.ts";
 import { EPOLLIN } from "../ffi/epoll.ts";
 import { C, close, shutdown, socketpair, tryRecv, trySend, WOULD_BLOCK } from "../ffi/libc.ts";
@@ -16,6 +17,8 @@ import {
   ErrorCode,
   FRAME_HEADER_SIZE,
   getFrameLength,
+  LINGER_BYTES,
+  LINGER_TIMEOUT_MS,
   PROTOCOL_VERSION,
   putFrameLength,
   type Request,
@@ -301,5 +304,74 @@ Deno.test("a connection idle past the timeout gets TIMEOUT and the server shuts 
     assert.equal(timeout.json[0].code, ErrorCode.Timeout);
     assert.match(timeout.json[0].message as string, /within 30s \(a partial request frame arrived\)/);
     assert.equal(clientSeesEnd(rig.client), true);
+  });
+});
+
+/** Sends an oversized frame, reads the TOO_LARGE it gets: the connection lingers from then on. */
+function lingerAfterError(rig: Rig): void {
+  sendAll(rig.client, oversizedFrame());
+  const [refused] = responses(rig.serve());
+  assert.equal(refused.json[0].code, ErrorCode.TooLarge);
+  assert.equal(rig.conn.closed, false, "it lingers");
+}
+
+Deno.test("lingering after an error ends once LINGER_BYTES are read, however fast the client keeps sending", async () => {
+  await withRig((rig) => {
+    lingerAfterError(rig);
+    const chunk = new Uint8Array(64 * 1024);
+    let sent = 0;
+    // Bounded: four times the limit, in case the server never stops reading.
+    while (!rig.conn.closed && sent < 4 * LINGER_BYTES) {
+      const n = trySend(rig.client, chunk);
+      if (n !== WOULD_BLOCK) sent += n;
+      rig.serve();
+    }
+    assert.equal(rig.conn.closed, true, `still lingering after ${sent} bytes`);
+    assert.ok(sent >= LINGER_BYTES, `closed after ${sent} bytes, before LINGER_BYTES`);
+  });
+});
+
+Deno.test("lingering after an error ends after LINGER_TIMEOUT_MS without a byte, long before the idle timeout", async () => {
+  await withRig((rig) => {
+    lingerAfterError(rig);
+    const quietSince = performance.now();
+    assert.ok(LINGER_TIMEOUT_MS < IDLE_TIMEOUT_S * 1000);
+    assert.equal(rig.conn.checkIdle(quietSince + LINGER_TIMEOUT_MS), true);
+    assert.equal(rig.conn.closed, true);
+  });
+});
+
+Deno.test("a request sent a byte at a time gets TIMEOUT at the request's deadline, though every byte came in time", async () => {
+  await withRig((rig) => {
+    const opened = performance.now(); // the connection was made before this
+    const bytes = request({ op: "ping" });
+    // Bytes keep coming, the last one after the connection's first milliseconds: the old rule (no byte
+    // for the idle timeout) would keep the connection open past the deadline below.
+    let sent = 0;
+    while (sent < bytes.byteLength - 1 && (sent < 4 || performance.now() - opened < 5)) {
+      sendAll(rig.client, bytes.subarray(sent, sent + 1));
+      sent++;
+      rig.serve();
+    }
+    assert.ok(performance.now() - opened >= 5 || sent === bytes.byteLength - 1);
+    assert.equal(
+      rig.conn.checkIdle(opened + IDLE_TIMEOUT_S * 1000),
+      true,
+      "the whole request was due by now",
+    );
+    const [timeout] = responses(rig.serve());
+    assert.equal(timeout.json[0].code, ErrorCode.Timeout);
+    assert.match(timeout.json[0].message as string, /partial request frame/);
+  });
+});
+
+Deno.test("a connection that reaches the worker without a byte has waited in the kernel: its timeout counts that wait", async () => {
+  await withRig((rig) => {
+    const opened = performance.now(); // the connection was made before this
+    assert.equal(rig.serve().byteLength, 0, "nothing to read, nothing sent");
+    const due = opened + (IDLE_TIMEOUT_S - ACCEPT_DEFERRAL_SECONDS) * 1000;
+    assert.equal(rig.conn.checkIdle(due), true, "closed the deferral's length before the idle timeout");
+    const [timeout] = responses(rig.serve());
+    assert.equal(timeout.json[0].code, ErrorCode.Timeout);
   });
 });

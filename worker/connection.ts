@@ -7,6 +7,7 @@
  * @module
  */
 
+import { ACCEPT_DEFERRAL_SECONDS } from "../channel/messages.ts";
 import { ClassicBody, FramedFileBody, ZeroPadding } from "./bodies.ts";
 import { EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT } from "../ffi/epoll.ts";
 import {
@@ -30,6 +31,9 @@ import {
   FileShrankError,
   FRAME_HEADER_SIZE,
   getFrameLength,
+  LINGER_BYTES,
+  LINGER_TIME_MS,
+  LINGER_TIMEOUT_MS,
   MAX_REQUEST_FRAME,
   ProtocolError,
   type Request,
@@ -83,10 +87,22 @@ export class Connection {
   #in = NO_INPUT;
   #inLength = 0;
   #lastProgress: number;
+  /**
+   * While reading: when the request being waited for must be complete. Set once per request (at the
+   * start, and when the previous response was sent), never pushed back by its bytes, so a client that
+   * sends a request a byte at a time cannot hold the connection longer than a silent one (nginx's
+   * client_header_timeout).
+   */
+  #requestDeadline: number;
+  /** True until the first read: a connection that arrives without a byte has waited in the kernel. */
+  #firstRead = true;
   #requestStarted: number;
   #requestBytesAtStart = 0;
   #requestLabel = "-";
   #closeWhenSent = false;
+  /** When the lingering close began, and the bytes it has discarded since. */
+  #lingerStarted = 0;
+  #lingerBytes = 0;
   #served = 0;
   #logged = 0;
   /** The error code of the reply being sent, if it is an error. */
@@ -110,6 +126,7 @@ export class Connection {
     peer: Uint8Array,
   ) {
     this.#lastProgress = this.#requestStarted = performance.now();
+    this.#requestDeadline = this.#lastProgress + config.idleTimeoutMs;
     // Only the request log shows the peer: formatting it for every connection otherwise is wasted.
     this.#peer = config.log === null ? "" : formatPeer(peer);
     // TCP_NODELAY (replies are coalesced with MSG_MORE) comes from the listener: see server/master.ts.
@@ -128,6 +145,14 @@ export class Connection {
 
   /** True if the connection ended well (not cut by an error or timeout). */
   ok = true;
+
+  /**
+   * True while a request is being answered (or a classic push sent). False while the connection waits
+   * for its client's next request, lingers after an error, or is closed: it then needs no worker slot.
+   */
+  get answering(): boolean {
+    return this.#state === "writing" || this.#state === "waiting";
+  }
 
   /** The epoll events this connection waits for now. */
   get interest(): number {
@@ -154,8 +179,15 @@ export class Connection {
   checkIdle(now: number): boolean {
     // A connection waiting for a hash waits on the server, not on its client: that is not idleness.
     if (this.#state === "closed" || this.#state === "waiting") return false;
-    if (now - this.#lastProgress < this.config.idleTimeoutMs) return false;
+    if (this.#state === "lingering") {
+      if (now - this.#lingerStarted < LINGER_TIME_MS && now - this.#lastProgress < LINGER_TIMEOUT_MS) {
+        return false;
+      }
+      this.#finish(false, "closed after error");
+      return true;
+    }
     if (this.#state === "reading") {
+      if (now < this.#requestDeadline) return false;
       // Say why before closing: the client may still be waiting for an answer.
       const partial = this.#inLength > 0 ? " (a partial request frame arrived)" : "";
       this.#fail({
@@ -166,10 +198,8 @@ export class Connection {
       if ((this.#state as State) === "writing") this.#finish(false, "timeout");
       return true;
     }
-    this.#finish(
-      false,
-      this.#state === "lingering" ? "closed after error" : "timeout (client stopped reading)",
-    );
+    if (now - this.#lastProgress < this.config.idleTimeoutMs) return false;
+    this.#finish(false, "timeout (client stopped reading)");
     return true;
   }
 
@@ -197,6 +227,8 @@ export class Connection {
       for (;;) {
         // The scratch always has room: a frame that fills it is complete or refused by #parse.
         const n = tryRecv(this.fd, INPUT_SCRATCH.subarray(this.#inLength));
+        if (n === WOULD_BLOCK && this.#firstRead) this.#arrivedEmpty();
+        this.#firstRead = false;
         if (n === WOULD_BLOCK) return;
         if (n === 0) return this.#onEndOfInput();
         this.#inLength += n;
@@ -206,6 +238,16 @@ export class Connection {
     } finally {
       this.#in = this.#inLength > 0 ? INPUT_SCRATCH.slice(0, this.#inLength) : NO_INPUT;
     }
+  }
+
+  /**
+   * The connection reached the worker without a byte: its client was silent for the kernel's deferral
+   * (or the kernel skipped it, under a SYN flood). That wait counts, so that silence costs the idle
+   * timeout, not the deferral and the timeout after it; but at least half the timeout is left.
+   */
+  #arrivedEmpty(): void {
+    const waited = Math.min(ACCEPT_DEFERRAL_SECONDS * 1000, this.config.idleTimeoutMs / 2);
+    this.#requestDeadline = this.#lastProgress + this.config.idleTimeoutMs - waited;
   }
 
   /** Parses a complete request frame if one is buffered. Returns true when the state left "reading". */
@@ -379,20 +421,27 @@ export class Connection {
       // could destroy the error frame before the client reads it.
       shutdown(this.fd, C.SHUT_WR);
       this.#state = "lingering";
+      this.#lingerStarted = this.#lastProgress = performance.now();
       this.#discard();
       return;
     }
     this.#requestLabel = "-";
     this.#state = "reading";
+    this.#requestDeadline = performance.now() + this.config.idleTimeoutMs;
     this.#parse(); // a pipelined request may be buffered already
   }
 
+  /** Reads and drops what the client sends after an error, within the bounds of LINGER_*. */
   #discard(): void {
     for (;;) {
       const n = tryRecv(this.fd, INPUT_SCRATCH);
       if (n === WOULD_BLOCK) return;
       if (n === 0) return this.#finish(false, null);
+      this.#lingerBytes += n;
       this.#lastProgress = performance.now();
+      if (this.#lingerBytes >= LINGER_BYTES || this.#lastProgress - this.#lingerStarted >= LINGER_TIME_MS) {
+        return this.#finish(false, "closed after error (the client kept sending)");
+      }
     }
   }
 
