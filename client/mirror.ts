@@ -397,7 +397,6 @@ class MirrorRun {
       });
       this.#remember(item, need.sha256, item.entry.etag ?? "", item.local);
     } else if (need.kind === "hash") this.#toHash.push(item);
-    else if (this.dryRun) this.#wouldUpdate(item.entry, item.rel);
     else {
       this.progress.expect(item.entry.size);
       (need.kind === "fast" ? this.#fast : this.#oneByOne).push(item);
@@ -454,6 +453,29 @@ class MirrorRun {
       try {
         item.need = needBySha(item.entry, item.local!, hashLocal(item.folder.dir, item.name));
         this.#route(item);
+      } catch (e) {
+        this.#failed(item, classify(e));
+      }
+    }
+  }
+
+  /**
+   * Step 3 of a dry run, instead of the fetch: reports each file it would fetch. A local copy whose hash
+   * the listing had none to compare with is compared with the server's by a `stat` (which sends no data).
+   */
+  async reportWouldFetch(): Promise<void> {
+    for (const item of [...this.#fast, ...this.#oneByOne]) {
+      const localSha256 = item.need.kind === "fast" ? item.need.localSha256 : undefined;
+      if (localSha256 === undefined) {
+        this.#wouldUpdate(item.entry, item.rel);
+        continue;
+      }
+      try {
+        const request = { v: PROTOCOL_VERSION, op: "stat", path: item.entry.path } as const;
+        const header = await this.session.request(request, JSON.stringify(item.entry.path));
+        if (header.sha256 === localSha256) {
+          this.#route({ ...item, need: { kind: "current", sha256: localSha256 } });
+        } else this.#wouldUpdate(item.entry, item.rel);
       } catch (e) {
         this.#failed(item, classify(e));
       }
@@ -608,7 +630,8 @@ export async function mirror(
     run.open(); // an empty listing still makes LOCAL_DIR (a dry run only looks for it)
     run.progress.phase("hashing");
     await run.hash();
-    if (!run.dryRun) {
+    if (run.dryRun) await run.reportWouldFetch();
+    else {
       run.progress.phase("fetching");
       await run.fetchFast();
       await run.fetchOneByOne();
