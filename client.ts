@@ -14,8 +14,15 @@ import { parseArgs } from "node:util";
 import { Deadline } from "./client/deadline.ts";
 import { classify, ClientError, ExitCode, usageError } from "./client/failure.ts";
 import { fetchFile, type FileReport } from "./client/fetch_file.ts";
-import { mirror, normalizeRemoteDir } from "./client/mirror.ts";
-import { NO_PROGRESS, type Progress, terminalProgress } from "./client/progress.ts";
+import { emptySummary, mirror, type MirrorSummary, normalizeRemoteDir } from "./client/mirror.ts";
+import {
+  NO_PROGRESS,
+  NO_TREE_PROGRESS,
+  type Progress,
+  terminalProgress,
+  terminalTreeProgress,
+  type TreeProgress,
+} from "./client/progress.ts";
 import { pull } from "./client/pull.ts";
 import { delay } from "./client/retry.ts";
 import { type Endpoint, Session } from "./client/session.ts";
@@ -37,6 +44,7 @@ Usage:
 Options:
   -o, --output OUT          where to write (get, pull)
   --delete                  mirror: remove local files the server no longer has, and emptied directories
+  --dry-run                 mirror: list what would be fetched (and deleted, with --delete); change nothing
   --no-verify               get, mirror: skip the SHA-256 check of what arrives (sizes are still checked);
                             a stream is then bound by the network, not by hashing (about 1.8 GB/s a core)
   --connect-timeout SECS    give up connecting after this long (default 10)
@@ -48,7 +56,7 @@ Options:
   --retry-max-time SECS     start no retry later than this after a file's first try (default none)
   --lock FILE               hold an flock on FILE for the run; if another run holds it, exit 9 at once
   --splay SECS              first wait a random time in [0, SECS), so a fleet's timers do not fire together
-  --json                    print one JSON object per file on standard output
+  --json                    print one JSON object per file on standard output (mirror: then a summary)
   -q, --quiet               print nothing but errors
   -h, --help                show this help
 
@@ -82,6 +90,7 @@ interface ClientOptions {
   lock: string | null;
   splayMs: number;
   delete: boolean;
+  dryRun: boolean;
   json: boolean;
   quiet: boolean;
 }
@@ -126,6 +135,7 @@ function parseClientArgs(argv: string[]): ClientOptions | "help" {
         lock: { type: "string" },
         splay: { type: "string" },
         delete: { type: "boolean" },
+        "dry-run": { type: "boolean" },
         "no-verify": { type: "boolean" },
         json: { type: "boolean" },
         quiet: { type: "boolean", short: "q" },
@@ -152,6 +162,7 @@ function parseClientArgs(argv: string[]): ClientOptions | "help" {
     throw usageError("mirror: -o is not used (give LOCAL_DIR)");
   }
   if (command !== "mirror" && v.delete) throw usageError(`${command}: --delete is for mirror only`);
+  if (command !== "mirror" && v["dry-run"]) throw usageError(`${command}: --dry-run is for mirror only`);
   if (command === "pull" && v["no-verify"]) {
     throw usageError("pull: classic mode carries no SHA-256 to verify; --no-verify is for get and mirror");
   }
@@ -176,6 +187,7 @@ function parseClientArgs(argv: string[]): ClientOptions | "help" {
     lock: v.lock ?? null,
     splayMs: seconds("splay", v.splay, true) ?? 0,
     delete: v.delete ?? false,
+    dryRun: v["dry-run"] ?? false,
     verify: !v["no-verify"],
     json: v.json ?? false,
     quiet: v.quiet ?? false,
@@ -214,20 +226,50 @@ function jsonOf(r: FileReport): Record<string, unknown> {
   };
 }
 
-/** Prints a file's outcome: its JSON line, its error on stderr, or (not quiet) a line for people. */
-function printReport(report: FileReport, options: ClientOptions): void {
+/**
+ * The last `--json` line of a mirror (the shape is documented in README.md): the summary's counts, the
+ * bytes received, the time taken, the exit code and the run's own failures.
+ */
+function jsonSummary(summary: MirrorSummary, options: ClientOptions, seconds: number) {
+  const { updated, unchanged, deleted, failed, bytes, exitCode, problems } = summary;
+  return {
+    summary: {
+      dryRun: options.dryRun,
+      updated,
+      unchanged,
+      deleted,
+      failed,
+      bytes,
+      seconds: Number(seconds.toFixed(3)),
+      exitCode,
+      problems: problems.map((p) => ({ error: p.message, exitCode: p.exitCode })),
+    },
+  };
+}
+
+/**
+ * Prints a file's outcome: its JSON line, its error, or (not quiet) a line for people; `say` prints a line
+ * on stderr (above a mirror's bar).
+ */
+function printReport(
+  report: FileReport,
+  options: ClientOptions,
+  say: (line: string) => void = console.error,
+): void {
   if (options.json) console.log(JSON.stringify(jsonOf(report)));
   if (report.error) {
     const where = options.command === "mirror" ? `${report.path}: ` : "";
     const tries = report.attempts > 1 ? ` (after ${report.attempts} attempts)` : "";
-    console.error(`ferry: ${where}${report.error.message}${tries}`);
+    say(`ferry: ${where}${report.error.message}${tries}`);
     return;
   }
   if (options.quiet || options.json || report.target === "-") return;
   const secs = `${report.seconds.toFixed(3)}s`;
   if (options.command === "mirror") {
-    if (report.status !== "unchanged") {
-      console.error(`ferry: ${report.status} ${report.path} (${report.bytes} bytes)`);
+    if (report.status === "would update") say(`ferry: would update ${report.path} (${report.size} bytes)`);
+    else if (report.status === "would delete") say(`ferry: would delete ${report.path}`);
+    else if (report.status !== "unchanged") {
+      say(`ferry: ${report.status} ${report.path} (${report.bytes} bytes)`);
     }
   } else if (report.status === "unchanged") {
     console.error(
@@ -264,28 +306,64 @@ async function run(options: ClientOptions, deadline: Deadline): Promise<number> 
       printReport(report, options);
       return report.error?.exitCode ?? ExitCode.Ok;
     }
-    const summary = await mirror(
-      session,
-      options.path,
-      options.output!,
-      // Printed even with --quiet: something put a symlink or a file where a folder belongs.
-      { ...common, onNotice: (message) => console.error(`ferry: ${message}`) },
-      (r) => printReport(r, options),
-    );
-    for (const problem of summary.problems) console.error(`ferry: ${problem.message}`);
-    if (!options.quiet) {
-      console.error(
-        `ferry: mirror done: ${summary.updated} updated, ${summary.unchanged} unchanged, ` +
-          `${summary.deleted} deleted, ${summary.failed} failed`,
-      );
-    }
-    return summary.exitCode;
+    return await runMirror(session, options, common);
   } catch (e) {
     throw deadline.expired ? deadline.error() : e;
   } finally {
     await session.close();
   }
 }
+
+/** Runs `mirror` with one bar for the whole tree; returns the exit code. */
+async function runMirror(
+  session: Session,
+  options: ClientOptions,
+  common: Parameters<typeof mirror>[3],
+): Promise<number> {
+  const bar: TreeProgress = Deno.stderr.isTerminal() && !options.quiet && !options.json
+    ? terminalTreeProgress()
+    : NO_TREE_PROGRESS;
+  const summary = emptySummary();
+  const started = performance.now();
+  try {
+    await mirror(
+      session,
+      options.path,
+      options.output!,
+      {
+        ...common,
+        treeProgress: bar,
+        // Printed even with --quiet: something put a symlink or a file where a folder belongs.
+        onNotice: (message) => bar.print(`ferry: ${message}`),
+      },
+      (r) => printReport(r, options, bar.print),
+      summary,
+    );
+  } catch (e) {
+    // Nothing could be done (no listing): --json still ends with the summary, which says why.
+    const error = classify(common.deadline.expired ? common.deadline.error() : e);
+    summary.problems.push(error);
+    summary.exitCode = error.exitCode;
+    if (options.json) console.log(JSON.stringify(jsonSummary(summary, options, secondsSince(started))));
+    throw error;
+  } finally {
+    bar.end();
+  }
+  for (const problem of summary.problems) console.error(`ferry: ${problem.message}`);
+  if (options.json) console.log(JSON.stringify(jsonSummary(summary, options, secondsSince(started))));
+  if (!options.quiet) {
+    console.error(
+      options.dryRun
+        ? `ferry: mirror dry run: ${summary.updated} would update, ${summary.unchanged} unchanged, ` +
+          `${summary.deleted} would delete, ${summary.failed} failed`
+        : `ferry: mirror done: ${summary.updated} updated, ${summary.unchanged} unchanged, ` +
+          `${summary.deleted} deleted, ${summary.failed} failed`,
+    );
+  }
+  return summary.exitCode;
+}
+
+const secondsSince = (started: number) => (performance.now() - started) / 1000;
 
 /** After the deadline, the time given to the run to end by itself before the process exits anyway. */
 const DEADLINE_GRACE_MS = 5_000;

@@ -69,8 +69,8 @@ export interface FileReport {
   path: string;
   /** Where it went (`-` for standard output). */
   target: string;
-  /** The outcome; "deleted" only for `mirror --delete`. */
-  status: "updated" | "unchanged" | "deleted" | "failed";
+  /** The outcome; "deleted" only for `mirror --delete`, "would ..." only for `mirror --dry-run`. */
+  status: "updated" | "unchanged" | "deleted" | "failed" | "would update" | "would delete";
   /** Data bytes received in this run. */
   bytes: number;
   /** The file's size, when known. */

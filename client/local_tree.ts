@@ -136,6 +136,19 @@ export class LocalTree implements Disposable {
   }
 
   /**
+   * Opens LOCAL_DIR if it is there, creating nothing (a dry run only looks); null if it is missing.
+   * Throws LocalIoError.
+   */
+  static find(localDir: string): LocalTree | null {
+    try {
+      return new LocalTree(LocalDir.open(localDir));
+    } catch (e) {
+      if (errnoOf(e) === "ENOENT") return null;
+      throw new LocalIoError(`cannot open ${localDir}`, e);
+    }
+  }
+
+  /**
    * Opens the directory that holds `rel`'s last component, component by component, following no
    * symlink, and making what is missing. A symlink or other non-directory in the way is removed (the link
    * itself, never what it points to) and replaced by a directory, which `onReplaced` is told. The caller
@@ -284,7 +297,8 @@ export interface Folder {
  * many files in few folders costs a few system calls per folder, not per file.
  */
 export class FolderCache implements Disposable {
-  readonly #folders = new Map<string, Folder>();
+  /** By path below LOCAL_DIR; null for one a look found missing (looked up once, like the others). */
+  readonly #folders = new Map<string, Folder | null>();
 
   /**
    * @param tree LOCAL_DIR
@@ -294,11 +308,27 @@ export class FolderCache implements Disposable {
 
   /** The folder that holds `rel`'s last component, made if missing. Throws LocalIoError. */
   folderOf(rel: string): Folder {
+    return this.#folder(rel, true)!;
+  }
+
+  /**
+   * The folder that holds `rel`'s last component, if it is one (no symlink followed); null if it is
+   * missing or something else stands there. Makes and changes nothing. Throws LocalIoError.
+   */
+  lookUp(rel: string): Folder | null {
+    return this.#folder(rel, false);
+  }
+
+  #folder(rel: string, make: boolean): Folder | null {
     const slash = rel.lastIndexOf("/");
     const key = slash < 0 ? "" : rel.slice(0, slash);
     let folder = this.#folders.get(key);
-    if (folder === undefined) {
-      const dir = this.tree.makeParent(rel, this.onReplaced);
+    if (folder === undefined || (folder === null && make)) {
+      const dir = make ? this.tree.makeParent(rel, this.onReplaced) : this.tree.findParent(rel);
+      if (dir === null) {
+        this.#folders.set(key, null);
+        return null;
+      }
       const names = new Set<string>();
       const parts = new Set<string>();
       try {
@@ -319,7 +349,7 @@ export class FolderCache implements Disposable {
 
   /** Closes every folder. */
   close(): void {
-    for (const folder of this.#folders.values()) folder.dir.close();
+    for (const folder of this.#folders.values()) folder?.dir.close();
     this.#folders.clear();
   }
 

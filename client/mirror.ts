@@ -3,7 +3,8 @@
  * each new or changed file fetched with {@link fetchFile} (resume, verification, atomic publication,
  * only-if-changed), all over one persistent connection; with `--delete`, local regular files the server no
  * longer has are removed, and the directories that leaves empty, but only when the listing is the whole
- * tree: one that left anything out makes the run partial (exit 10) and deletes nothing.
+ * tree: one that left anything out makes the run partial (exit 10) and deletes nothing. A dry run takes the
+ * same steps up to the fetch, then reports what it would fetch and delete, and changes nothing.
  *
  * Below LOCAL_DIR no symlink is followed (`local_tree.ts`): every file is created, renamed and removed
  * relative to its directory's fd, and a symlink where the server has a directory is replaced by one.
@@ -39,6 +40,7 @@ import {
 } from "../ffi/libc.ts";
 import { createSha256, loadHashing } from "../hashing.ts";
 import { deleteExtraneous } from "./mirror_delete.ts";
+import { NO_TREE_PROGRESS, type Progress, type TreeProgress } from "./progress.ts";
 import { loadState, type MirrorState, saveState, STATE_DIR } from "./mirror_state.ts";
 import { fetchTree, type TreeFile } from "./tree_fetch.ts";
 import { withRetries } from "./retry.ts";
@@ -50,15 +52,22 @@ export interface MirrorOptions extends Omit<FetchOptions, "listed"> {
   delete: boolean;
   /** Told of changes the run made that were not asked for (a symlink replaced by a directory). */
   onNotice?: (message: string) => void;
+  /**
+   * Only look: report each file that would be fetched ("would update") or deleted ("would delete"), and
+   * write nothing into LOCAL_DIR (not even the state, or LOCAL_DIR itself when it is missing).
+   */
+  dryRun?: boolean;
+  /** Shows the run as a whole (the per-file `progress` is not used). */
+  treeProgress?: TreeProgress;
 }
 
 /** The counts of the summary line, and the run's exit code. */
 export interface MirrorSummary {
-  /** Files fetched. */
+  /** Files fetched (in a dry run: that would be). */
   updated: number;
   /** Files already current. */
   unchanged: number;
-  /** Local files removed (--delete). */
+  /** Local files removed with --delete (in a dry run: that would be). */
   deleted: number;
   /** Files that could not be fetched or removed. */
   failed: number;
@@ -66,6 +75,13 @@ export interface MirrorSummary {
   problems: ClientError[];
   /** 0, or the most serious failure's exit code. */
   exitCode: number;
+  /** Data bytes received. */
+  bytes: number;
+}
+
+/** A summary of nothing done yet. */
+export function emptySummary(): MirrorSummary {
+  return { updated: 0, unchanged: 0, deleted: 0, failed: 0, problems: [], exitCode: 0, bytes: 0 };
 }
 
 /**
@@ -251,14 +267,6 @@ interface Local {
 
 /** One `mirror` run: its steps, in the order {@link mirror} takes them, and what they share. */
 class MirrorRun {
-  readonly summary: MirrorSummary = {
-    updated: 0,
-    unchanged: 0,
-    deleted: 0,
-    failed: 0,
-    problems: [],
-    exitCode: 0,
-  };
   /** Paths below LOCAL_DIR the listing has: what --delete keeps, and the state remembers. */
   readonly keep = new Set<string>();
   /** Entries the listing had but this client could not use: the listing is then not the whole tree here. */
@@ -267,7 +275,13 @@ class MirrorRun {
   readonly #fast: Item[] = [];
   readonly #oneByOne: Item[] = [];
   readonly #codes: number[] = [];
+  /** LOCAL_DIR once opened; null before, and in a dry run that found it missing. */
   #local: Local | null = null;
+  #opened = false;
+  readonly dryRun: boolean;
+  readonly progress: TreeProgress;
+  /** The bytes of the one-by-one fetches, counted on the run's bar. */
+  readonly #bytes: Progress;
 
   constructor(
     readonly session: Session,
@@ -275,12 +289,23 @@ class MirrorRun {
     readonly localDir: string,
     readonly options: MirrorOptions,
     readonly onFile: (report: FileReport) => void,
-  ) {}
+    readonly summary: MirrorSummary,
+  ) {
+    this.dryRun = options.dryRun ?? false;
+    this.progress = options.treeProgress ?? NO_TREE_PROGRESS;
+    const progress = this.progress;
+    this.#bytes = { start() {}, advance: (n) => progress.received(n), end() {} };
+  }
 
-  /** LOCAL_DIR, opened (and made) on first use. Throws LocalIoError. */
-  get local(): Local {
-    if (this.#local === null) {
-      const tree = LocalTree.open(this.localDir);
+  /**
+   * LOCAL_DIR, opened (and made) on first use; a dry run only opens it, and has none if it is missing.
+   * Throws LocalIoError.
+   */
+  open(): Local | null {
+    if (!this.#opened) {
+      const tree = this.dryRun ? LocalTree.find(this.localDir) : LocalTree.open(this.localDir);
+      this.#opened = true;
+      if (tree === null) return null;
       raiseOpenFileLimit(); // a folder of the tree is held open from its first file to the end of the run
       this.#local = {
         tree,
@@ -291,9 +316,9 @@ class MirrorRun {
     return this.#local;
   }
 
-  /** Opens (and makes) LOCAL_DIR if no entry did yet. Throws LocalIoError. */
-  open(): void {
-    void this.local;
+  /** LOCAL_DIR, for the steps that a dry run does not take (or takes only once it is open). */
+  get local(): Local {
+    return this.open()!;
   }
 
   /** Where reports say a file is: cheaper than a path join per file of a large tree. */
@@ -301,15 +326,21 @@ class MirrorRun {
     return `${this.localDir.replace(/\/+$/, "")}/${rel}`;
   }
 
-  count(report: FileReport): void {
-    if (report.status === "failed") {
+  /** Counts and passes on a file's report; `expected`: the bytes the bar expected of it. */
+  count(report: FileReport, expected = 0): void {
+    const { status } = report;
+    if (status === "failed") {
       this.summary.failed++;
       this.#codes.push(report.error!.exitCode);
-    } else this.summary[report.status]++;
+    } else if (status === "would update") this.summary.updated++;
+    else if (status === "would delete") this.summary.deleted++;
+    else this.summary[status]++;
+    this.summary.bytes += report.bytes;
+    if (status !== "deleted" && status !== "would delete") this.progress.fileDone(expected, report.bytes);
     this.onFile(report);
   }
 
-  #failed(item: { entry: ListEntry; rel: string }, error: ClientError): void {
+  #failed(item: { entry: ListEntry; rel: string }, error: ClientError, expected = 0): void {
     this.count({
       path: item.entry.path,
       target: this.shown(item.rel),
@@ -318,6 +349,19 @@ class MirrorRun {
       seconds: 0,
       attempts: 0,
       error,
+    }, expected);
+  }
+
+  /** Reports that a dry run would fetch `entry`. */
+  #wouldUpdate(entry: ListEntry, rel: string): void {
+    this.count({
+      path: entry.path,
+      target: this.shown(rel),
+      status: "would update",
+      bytes: 0,
+      size: entry.size,
+      seconds: 0,
+      attempts: 0,
     });
   }
 
@@ -353,8 +397,10 @@ class MirrorRun {
       });
       this.#remember(item, need.sha256, item.entry.etag ?? "", item.local);
     } else if (need.kind === "hash") this.#toHash.push(item);
-    else if (need.kind === "fast") this.#fast.push(item);
-    else this.#oneByOne.push(item);
+    else {
+      this.progress.expect(item.entry.size);
+      (need.kind === "fast" ? this.#fast : this.#oneByOne).push(item);
+    }
   }
 
   /** Step 1, for each entry as the listing streams in: what it needs, from lstat and the state. */
@@ -362,6 +408,7 @@ class MirrorRun {
     const entry = checkEntry(value);
     const rel = entry === null ? null : localRelative(entry.path, this.remoteDir);
     const path = entry?.path ?? JSON.stringify(value);
+    this.progress.listed();
     if (rel === null || rel === STATE_DIR || rel.startsWith(`${STATE_DIR}/`)) {
       this.unusable++;
       this.count({
@@ -381,11 +428,18 @@ class MirrorRun {
     }
     if (this.keep.has(rel)) return; // sent again by a listing asked for again after a cut
     this.keep.add(rel);
-    const { folders, state } = this.local;
+    const local = this.open(); // LOCAL_DIR that cannot be made fails the run, not each file
     try {
-      // No symlink below LOCAL_DIR is followed; one where a directory belongs is replaced by it.
-      const partial = { entry: entry!, rel, folder: folders.folderOf(rel), name: basename(rel) };
-      this.#route(Object.assign(partial, { need: needOf(partial, state) }));
+      // No symlink below LOCAL_DIR is followed; one where a directory belongs is replaced by it, which a
+      // dry run only looks for: what has no folder yet would be fetched.
+      const folder = local === null
+        ? null
+        : this.dryRun
+        ? local.folders.lookUp(rel)
+        : local.folders.folderOf(rel);
+      if (folder === null) return this.#wouldUpdate(entry!, rel);
+      const partial = { entry: entry!, rel, folder, name: basename(rel) };
+      this.#route(Object.assign(partial, { need: needOf(partial, local!.state) }));
     } catch (e) {
       this.#failed({ entry: entry!, rel }, classify(e));
     }
@@ -399,6 +453,29 @@ class MirrorRun {
       try {
         item.need = needBySha(item.entry, item.local!, hashLocal(item.folder.dir, item.name));
         this.#route(item);
+      } catch (e) {
+        this.#failed(item, classify(e));
+      }
+    }
+  }
+
+  /**
+   * Step 3 of a dry run, instead of the fetch: reports each file it would fetch. A local copy whose hash
+   * the listing had none to compare with is compared with the server's by a `stat` (which sends no data).
+   */
+  async reportWouldFetch(): Promise<void> {
+    for (const item of [...this.#fast, ...this.#oneByOne]) {
+      const localSha256 = item.need.kind === "fast" ? item.need.localSha256 : undefined;
+      if (localSha256 === undefined) {
+        this.#wouldUpdate(item.entry, item.rel);
+        continue;
+      }
+      try {
+        const request = { v: PROTOCOL_VERSION, op: "stat", path: item.entry.path } as const;
+        const header = await this.session.request(request, JSON.stringify(item.entry.path));
+        if (header.sha256 === localSha256) {
+          this.#route({ ...item, need: { kind: "current", sha256: localSha256 } });
+        } else this.#wouldUpdate(item.entry, item.rel);
       } catch (e) {
         this.#failed(item, classify(e));
       }
@@ -419,13 +496,17 @@ class MirrorRun {
       return file;
     });
     const { verify, deadline } = this.options;
+    const onBytes = (n: number) => this.progress.received(n);
     await fetchTree(
       this.session,
       files,
-      { verify, deadline, root: this.local.tree.root },
+      { verify, deadline, root: this.local.tree.root, onBytes },
       (file, outcome) => {
         const item = byFile.get(file)!;
-        if (outcome.status === "handed back") return void this.#oneByOne.push(item);
+        if (outcome.status === "handed back") {
+          this.progress.expect(outcome.bytes); // received, but for no file: the next try brings it whole
+          return void this.#oneByOne.push(item);
+        }
         const report: FileReport = {
           path: item.entry.path,
           target: this.shown(item.rel),
@@ -442,7 +523,7 @@ class MirrorRun {
           if (outcome.sha256 !== undefined && verify) report.sha256 = outcome.sha256;
           this.#remember(item, outcome.sha256, outcome.etag ?? "");
         }
-        this.count(report);
+        this.count(report, item.entry.size);
       },
     );
   }
@@ -455,15 +536,16 @@ class MirrorRun {
       if (stop !== null) {
         // The server is unreachable or overloaded, or the deadline passed: asking for more files would only
         // wait the same way for each; they are reported as not attempted.
-        this.#failed(item, new ClientError(stop.exitCode, `not attempted: ${stop.message}`));
+        this.#failed(item, new ClientError(stop.exitCode, `not attempted: ${stop.message}`), item.entry.size);
         continue;
       }
       const place: Place = { dir: item.folder.dir, name: item.name, followLink: false };
       const report = await fetchFile(this.session, item.entry.path, place, {
         ...this.options,
         listed: item.entry,
+        progress: this.#bytes,
       });
-      this.count(report);
+      this.count(report, item.entry.size);
       if (report.status === "failed") this.local.state.delete(item.rel);
       // The version fetched is the listed one when their hashes agree; else the next run asks the server.
       else {this.#remember(
@@ -478,22 +560,34 @@ class MirrorRun {
     }
   }
 
-  /** Step 5: --delete, only on a whole listing (else the run is partial), and the state, if it changed. */
+  /**
+   * Step 5: --delete, only on a whole listing (else the run is partial), and the state, if it changed (a
+   * dry run writes none).
+   */
   async finish(listing: Listing): Promise<void> {
-    const { tree, state } = this.local;
     // Deleting on a listing that is not the whole tree would delete what the server still has, on every host.
     if (listing.truncated || listing.leftOut.count > 0 || this.unusable > 0) {
       this.summary.problems.push(incompleteListing(listing, this.unusable, this.options.delete));
-    } else {
-      state.retain((rel) => this.keep.has(rel));
+    } else if (this.#local !== null) {
+      this.#local.state.retain((rel) => this.keep.has(rel));
       if (this.options.delete && !this.options.deadline.expired) {
+        this.progress.phase("deleting");
         try {
-          await deleteExtraneous(this.remoteDir, tree, this.keep, (report) => this.count(report));
+          await deleteExtraneous(
+            this.remoteDir,
+            this.#local.tree,
+            this.keep,
+            (report) => this.count(report),
+            this.dryRun,
+          );
         } catch (e) {
           this.summary.problems.push(classify(e));
         }
       }
     }
+    this.summary.exitCode = worstExitCode([...this.#codes, ...this.summary.problems.map((p) => p.exitCode)]);
+    if (this.dryRun || this.#local === null) return;
+    const { tree, state } = this.#local;
     try {
       if (state.changed) {
         await state.settle();
@@ -503,7 +597,6 @@ class MirrorRun {
       // The tree is as it should be; only the next run's shortcut is lost, which costs it some hashing.
       this.options.onNotice?.(`${(e as Error).message} (the next run hashes what it cannot trust)`);
     }
-    this.summary.exitCode = worstExitCode([...this.#codes, ...this.summary.problems.map((p) => p.exitCode)]);
   }
 
   /** Closes LOCAL_DIR and its folders. */
@@ -515,8 +608,9 @@ class MirrorRun {
 
 /**
  * Mirrors `remoteDir` (a path on the server, `""` for the root) into `localDir`. Each file's outcome goes
- * to `onFile` as it happens. Throws a ClientError only when nothing could be done (no listing, LOCAL_DIR
- * cannot be created); failures of single files are counted in the summary.
+ * to `onFile` as it happens, and is counted in `summary` (the caller's, to read even when the run throws).
+ * Throws a ClientError only when nothing could be done (no listing, LOCAL_DIR cannot be created); failures
+ * of single files are counted in the summary.
  */
 export async function mirror(
   session: Session,
@@ -524,17 +618,24 @@ export async function mirror(
   localDir: string,
   options: MirrorOptions,
   onFile: (report: FileReport) => void,
+  summary: MirrorSummary = emptySummary(),
 ): Promise<MirrorSummary> {
-  const run = new MirrorRun(session, remoteDir, localDir, options, onFile);
+  const run = new MirrorRun(session, remoteDir, localDir, options, onFile, summary);
   try {
+    run.progress.phase("listing");
     // Each batch is planned as it arrives, while the server walks on.
     const listing = await listRemote(session, remoteDir, options, (batch) => {
       for (const value of batch) run.plan(value);
     });
-    run.open(); // an empty listing still makes LOCAL_DIR
+    run.open(); // an empty listing still makes LOCAL_DIR (a dry run only looks for it)
+    run.progress.phase("hashing");
     await run.hash();
-    await run.fetchFast();
-    await run.fetchOneByOne();
+    if (run.dryRun) await run.reportWouldFetch();
+    else {
+      run.progress.phase("fetching");
+      await run.fetchFast();
+      await run.fetchOneByOne();
+    }
     await run.finish(listing);
     return run.summary;
   } finally {

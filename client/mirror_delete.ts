@@ -17,13 +17,14 @@ import { lstatAt, unlinkAt } from "../ffi/libc.ts";
 /**
  * Removes local regular files below LOCAL_DIR that are not in `keep` (relative paths), the parts of such
  * files, and then-empty directories; no symlink is followed, and none is removed. Reports each removal
- * (or its failure) to `onFile`.
+ * (or its failure) to `onFile`. With `dryRun`, removes nothing and reports each file it would remove.
  */
 export async function deleteExtraneous(
   remoteDir: string,
   tree: LocalTree,
   keep: Set<string>,
   onFile: (report: FileReport) => void,
+  dryRun = false,
 ): Promise<void> {
   const { files, dirs } = tree.walk();
   const own = (rel: string) => rel === STATE_DIR || rel.startsWith(`${STATE_DIR}/`);
@@ -33,15 +34,13 @@ export async function deleteExtraneous(
     const part = PART_NAME.exec(name);
     const target = part ? `${rel.slice(0, rel.length - name.length)}${part[1]}` : rel;
     if (keep.has(rel) || keep.has(target)) continue; // a file the server has, or its part (for a resume)
+    if (dryRun) {
+      // Parts are the client's own leftovers, not files of the tree: a dry run lists only the files.
+      if (!part) onFile({ ...reportOf(remoteDir, tree, rel), status: "would delete", attempts: 0 });
+      continue;
+    }
     const started = performance.now();
-    const report: FileReport = {
-      path: remoteDir === "" ? rel : `${remoteDir}/${rel}`, // where it would be on the server
-      target: tree.root.shownPath(rel),
-      status: "deleted",
-      bytes: 0,
-      seconds: 0,
-      attempts: 1,
-    };
+    const report = reportOf(remoteDir, tree, rel);
     let dir: LocalDir | null = null;
     try {
       dir = tree.findParent(rel);
@@ -64,6 +63,7 @@ export async function deleteExtraneous(
     report.seconds = (performance.now() - started) / 1000;
     onFile(report);
   }
+  if (dryRun) return;
   for (const rel of dirs) {
     if (own(rel)) continue;
     try {
@@ -71,4 +71,16 @@ export async function deleteExtraneous(
       if (dir !== null) unlinkAt(dir.fd, basename(rel), { directory: true }); // only empty ones go
     } catch { /* not empty, or gone */ }
   }
+}
+
+/** The report of the removal of `rel`, a local file below LOCAL_DIR. */
+function reportOf(remoteDir: string, tree: LocalTree, rel: string): FileReport {
+  return {
+    path: remoteDir === "" ? rel : `${remoteDir}/${rel}`, // where it would be on the server
+    target: tree.root.shownPath(rel),
+    status: "deleted",
+    bytes: 0,
+    seconds: 0,
+    attempts: 1,
+  };
 }

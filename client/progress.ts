@@ -1,7 +1,9 @@
 /**
- * A progress bar for a person watching a terminal: bytes, percentage, rate and time left, redrawn in place
- * on stderr a few times a second. Scripts and cron jobs get nothing of it (the CLI uses it only when
- * stderr is a terminal and neither --quiet nor --json is given), so it never pollutes logs.
+ * Progress bars for a person watching a terminal, redrawn in place on stderr a few times a second: one per
+ * file for `get` and `pull` (bytes, percentage, rate, time left), one for a whole `mirror` run (files done
+ * of those listed, bytes received of those expected, rate, time left). Scripts and cron jobs get nothing of
+ * them (the CLI uses them only when stderr is a terminal and neither --quiet nor --json is given), so they
+ * never pollute logs.
  *
  * @module
  */
@@ -108,6 +110,145 @@ export function terminalProgress(): Progress {
       if (state === null) return;
       state = null;
       Deno.stderr.writeSync(encoder.encode("\r\x1b[K"));
+    },
+  };
+}
+
+/** The step a `mirror` run is in. */
+export type TreePhase = "listing" | "hashing" | "fetching" | "deleting";
+
+/** What the bar of a `mirror` run shows. */
+export interface TreeCounts {
+  /** The step the run is in; while "listing", the totals still grow. */
+  phase: TreePhase;
+  /** Files listed so far. */
+  files: number;
+  /** Listed files whose outcome is known (current, fetched, or failed). */
+  filesDone: number;
+  /** Data bytes received. */
+  bytesDone: number;
+  /**
+   * Data bytes the run expects to receive: the sizes of the files it will fetch, each corrected to what
+   * it received once it is done (a resumed or unchanged file brings fewer).
+   */
+  bytesTotal: number;
+  /** Milliseconds since the first byte arrived (0 before): the rate is taken over this time. */
+  receivingMs: number;
+}
+
+/**
+ * One line of at most `width` columns for a `mirror` run: the step, a bar, files done of those listed,
+ * bytes received of those expected, rate and time left. While the listing streams in, the totals carry a
+ * `+` (more may come) and no bar or time left is shown; the bar follows the bytes once there are bytes to
+ * fetch, else the files.
+ */
+export function renderTreeProgress(counts: TreeCounts, width: number): string {
+  const { phase, files, filesDone, bytesDone, bytesTotal } = counts;
+  const growing = phase === "listing";
+  const more = growing ? "+" : "";
+  const rate = counts.receivingMs > 0 ? bytesDone / (counts.receivingMs / 1000) : 0;
+  const left = Math.max(0, bytesTotal - bytesDone);
+  const eta = !growing && rate > 0 ? formatDuration(left / rate) : "-:--";
+  const numbers =
+    `${filesDone}/${files}${more} files ${formatBytes(bytesDone)} / ${formatBytes(bytesTotal)}${more} ` +
+    `${formatBytes(Math.round(rate))}/s ETA ${eta}`;
+  const step = growing ? "listing..." : phase;
+  const fraction = bytesTotal > 0 ? bytesDone / bytesTotal : files > 0 ? filesDone / files : 1;
+  const barWidth = growing ? 0 : Math.max(0, Math.min(30, width - numbers.length - step.length - 4));
+  const filled = Math.round(Math.min(1, fraction) * barWidth);
+  const bar = barWidth > 0 ? ` [${"#".repeat(filled)}${".".repeat(barWidth - filled)}]` : "";
+  return `${step}${bar} ${numbers}`.slice(0, width);
+}
+
+/** Receives the progress of a whole `mirror` run. */
+export interface TreeProgress {
+  /** The run enters `phase` (the bar is redrawn at once). */
+  phase(phase: TreePhase): void;
+  /** One more file was listed. */
+  listed(): void;
+  /** `bytes` more are expected to arrive. */
+  expect(bytes: number): void;
+  /** `bytes` arrived. */
+  received(bytes: number): void;
+  /**
+   * A listed file is done: `expected` bytes were counted for it by {@link expect}, `received` arrived for
+   * it (the total is corrected by the difference).
+   */
+  fileDone(expected: number, received: number): void;
+  /** Prints a line for people on stderr, above the bar. */
+  print(line: string): void;
+  /** The run ended: the bar is cleared. */
+  end(): void;
+}
+
+/** Shows no bar; lines are printed as they are. */
+export const NO_TREE_PROGRESS: TreeProgress = {
+  phase() {},
+  listed() {},
+  expect() {},
+  received() {},
+  fileDone() {},
+  print(line) {
+    console.error(line);
+  },
+  end() {},
+};
+
+/** The bar of a `mirror` run, redrawn in place on stderr (a terminal). */
+export function terminalTreeProgress(): TreeProgress {
+  const encoder = new TextEncoder();
+  const counts: TreeCounts = {
+    phase: "listing",
+    files: 0,
+    filesDone: 0,
+    bytesDone: 0,
+    bytesTotal: 0,
+    receivingMs: 0,
+  };
+  let firstByte = 0;
+  let drawn = 0;
+  let ended = false;
+  const write = (text: string) => Deno.stderr.writeSync(encoder.encode(text));
+  const draw = () => {
+    if (ended) return;
+    if (firstByte > 0) counts.receivingMs = performance.now() - firstByte;
+    const width = (Deno.stderr.isTerminal() ? Deno.consoleSize().columns : 0) || 80;
+    write(`\r${renderTreeProgress(counts, width - 1)}\x1b[K`);
+    drawn = performance.now();
+  };
+  const maybeDraw = () => {
+    if (performance.now() - drawn >= REDRAW_MS) draw();
+  };
+  return {
+    phase(phase) {
+      counts.phase = phase;
+      draw();
+    },
+    listed() {
+      counts.files++;
+      maybeDraw();
+    },
+    expect(bytes) {
+      counts.bytesTotal += bytes;
+    },
+    received(bytes) {
+      if (firstByte === 0) firstByte = performance.now();
+      counts.bytesDone += bytes;
+      maybeDraw();
+    },
+    fileDone(expected, received) {
+      counts.filesDone++;
+      counts.bytesTotal += received - expected;
+      maybeDraw();
+    },
+    print(line) {
+      write(`\r\x1b[K${line}\n`);
+      draw();
+    },
+    end() {
+      if (ended) return;
+      ended = true;
+      write("\r\x1b[K");
     },
   };
 }

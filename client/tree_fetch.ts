@@ -81,6 +81,8 @@ export interface TreeFetchOptions {
   deadline: Deadline;
   /** LOCAL_DIR: its file system is the one `syncfs` flushes. */
   root: LocalDir;
+  /** Told of each piece of data received, as it arrives (a progress bar). */
+  onBytes?: (n: number) => void;
 }
 
 /**
@@ -156,7 +158,7 @@ export async function fetchTree(
     const flight = inFlight.shift()!;
     const received = { bytes: 0 };
     try {
-      const written = await receive(session, flight, options.verify, received, () => batch.publish());
+      const written = await receive(session, flight, options, received, () => batch.publish());
       if ("unchanged" in written) {
         onOutcome(flight.file, {
           status: "unchanged",
@@ -223,7 +225,7 @@ const secondsSince = (started: number) => started === 0 ? 0 : (performance.now()
 async function receive(
   session: Session,
   flight: InFlight,
-  verify: boolean,
+  { verify, onBytes }: TreeFetchOptions,
   received: { bytes: number },
   beforeLargeBody: () => void,
 ): Promise<
@@ -261,6 +263,7 @@ async function receive(
       pwriteAll(fd, chunk, offset);
       offset += chunk.byteLength;
       received.bytes += chunk.byteLength;
+      onBytes?.(chunk.byteLength);
       hash?.update(chunk);
       return Promise.resolve();
     });

@@ -75,10 +75,15 @@ export function spawnClient(args: string[]): RunningClient {
   return { process, done };
 }
 
-/** The `--json` lines a run printed, parsed. */
-export function jsonLines(r: ClientResult): Record<string, unknown>[] {
+/** Every `--json` line a run printed, parsed. */
+export function allJsonLines(r: ClientResult): Record<string, unknown>[] {
   const text = new TextDecoder().decode(r.stdout).trim();
   return text === "" ? [] : text.split("\n").map((l) => JSON.parse(l));
+}
+
+/** The per-file `--json` lines a run printed, parsed (a mirror's closing summary left out). */
+export function jsonLines(r: ClientResult): Record<string, unknown>[] {
+  return allJsonLines(r).filter((l) => !("summary" in l));
 }
 
 /** Names in a directory, sorted. */
