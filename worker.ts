@@ -23,6 +23,7 @@ import {
 import { Connection, type ServeConfig } from "./worker/connection.ts";
 import { Epoll, EPOLLIN, EPOLLOUT } from "./ffi/epoll.ts";
 import { HashCache } from "./worker/hash_cache.ts";
+import { SignatureCache } from "./worker/signature_cache.ts";
 import { loadHashing } from "./hashing.ts";
 import { parseWorkerArgs, type WorkerArgs } from "./channel/worker_args.ts";
 import { ReplyCache } from "./worker/reply_cache.ts";
@@ -87,6 +88,7 @@ export function buildServeConfig(
   args: Omit<WorkerArgs, "channelFd" | "requestLog">,
   hooks: ServeHooks,
 ): ServeConfig {
+  const hashes = new HashCache(hooks.serviceLine, hooks.hashKnown);
   return {
     rootFd: args.root === null ? -1 : openRead(args.root, { directory: true }),
     push: args.push,
@@ -94,7 +96,8 @@ export function buildServeConfig(
     turnBudget: TURN_BUDGET,
     workerId: args.workerId,
     log: hooks.requestLine,
-    hashes: new HashCache(hooks.serviceLine, hooks.hashKnown),
+    hashes,
+    signatures: new SignatureCache(hashes, hooks.serviceLine),
     wake: hooks.wake,
     replies: new ReplyCache(
       args.replyCacheBytes,
@@ -148,9 +151,9 @@ class WorkerLoop {
 
   #turn(): void {
     if (this.#stopping && this.#connections.size === 0) this.#exit(0, "stopped");
-    const hashes = this.#config.hashes;
-    // While hashes are being computed, only poll: the loop alternates hashing slices and serving.
-    const ready = this.#epoll.wait(hashes.busy ? 0 : IDLE_SCAN_MS);
+    const { hashes, signatures } = this.#config;
+    // While hashes or signatures are being computed, only poll: the loop alternates their slices and serving.
+    const ready = this.#epoll.wait(hashes.busy || signatures.busy ? 0 : IDLE_SCAN_MS);
     for (let i = 0; i < ready; i++) {
       const fd = this.#epoll.fdAt(i);
       if (fd === this.#channel) {
@@ -161,6 +164,7 @@ class WorkerLoop {
       if (conn !== undefined) this.#drive(conn, this.#epoll.eventsAt(i));
     }
     if (hashes.busy) hashes.step();
+    if (signatures.busy) signatures.step();
     for (const conn of this.#woken) {
       this.#woken.delete(conn);
       if (!conn.closed) this.#drive(conn, 0);
