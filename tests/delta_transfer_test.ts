@@ -187,7 +187,7 @@ Deno.test("a server sending a malformed signature makes get exit 6, and leaves t
   const old = randomBytes(2 * MiB);
   await Deno.writeFile(`${out.path}/a.bin`, old);
   const size = 3 * MiB;
-  using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const requests: Record<string, unknown>[] = [];
   const peer = (async () => {
     using conn = await listener.accept();
@@ -215,7 +215,10 @@ Deno.test("a server sending a malformed signature makes get exit 6, and leaves t
     await conn.write(new Uint8Array(FRAME_HEADER_SIZE));
     await conn.read(new Uint8Array(1)); // until the client closes
   })();
-  const r = await runClient(getArgs(`127.0.0.1:${listener.addr.port}`, "a.bin", out.path, "--retries", "2"));
+  const r = await runClient(
+    getArgs(`127.0.0.1:${listener.addr.port}`, "a.bin", out.path, "--retries", "2", "--stall-timeout", "5"),
+  );
+  listener.close(); // a peer still waiting for a connection the client did not make fails
   await peer;
   assert.equal(requests.length, 1);
   assert.equal(requests[0].op, "sig");
@@ -230,7 +233,7 @@ Deno.test("a server without sig (UNKNOWN_OP) gets asked for the whole file", asy
   await using out = await tempDir();
   await Deno.writeFile(`${out.path}/a.bin`, randomBytes(2 * MiB));
   const data = randomBytes(MiB + 5);
-  using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const requests: Record<string, unknown>[] = [];
   const peer = (async () => {
     {
@@ -250,7 +253,8 @@ Deno.test("a server without sig (UNKNOWN_OP) gets asked for the whole file", asy
     await conn.read(new Uint8Array(1));
   })();
   const r = await runClient(getArgs(`127.0.0.1:${listener.addr.port}`, "a.bin", out.path, "--json"));
-  await peer;
+  listener.close(); // a peer still waiting for a connection the client did not make fails
+  await peer.catch((e) => assert.fail(`the peer: ${e} (requests: ${JSON.stringify(requests)}; ${r.stderr})`));
   assert.deepEqual(requests.map((q) => q.op), ["sig", "get"]);
   assert.equal(requests[1].ranges, undefined);
   assert.equal(report(r).bytes, data.byteLength);
