@@ -219,13 +219,19 @@ function get(request: Readonly<Request>, ctx: ReplyContext): Reply {
 
 /** A `get` whose file is open and checked: what building its reply needs. */
 export interface OpenGet {
+  /** The worker's caches and wake-up. */
   ctx: ReplyContext;
+  /** The path asked for. */
   path: string;
   /** Where the data starts. */
   offset: number;
+  /** The file, open; the reply closes it. */
   fd: number;
+  /** Its fstat when opened: the version announced. */
   fileStat: FileStat;
+  /** That version's identity (`identityOf`). */
   identity: string;
+  /** That version's etag. */
   etag: string;
 }
 
