@@ -56,8 +56,27 @@ export function sig(request: Readonly<Request>, ctx: ReplyContext): Reply {
   };
   let signed: Signed | null | undefined;
   let asked = false;
+  // With ifNoneMatch, the SHA-256 first (cached, or one read shared with every other request for it): an
+  // unchanged file, the common case, costs no signature.
+  let sha: string | null | undefined;
+  let hashAsked = false;
   reply.pieces.push(
     new Deferred(() => {
+      if (ifNoneMatch !== undefined) {
+        if (!hashAsked) {
+          hashAsked = true;
+          ctx.hashes.request(identity, fd, fileStat.size, JSON.stringify(path), (result) => {
+            sha = result;
+            ctx.wake();
+          });
+        }
+        if (sha === undefined) return null;
+        if (sha === null) return [fileChanged(path)];
+        if (sha === ifNoneMatch) {
+          reply.result = "unchanged";
+          return [unchangedAnswer({ ...fields, sha256: sha, unchanged: true })];
+        }
+      }
       if (!asked) {
         asked = true;
         ctx.signatures.request(identity, fd, fileStat.size, JSON.stringify(path), (result) => {
@@ -67,10 +86,6 @@ export function sig(request: Readonly<Request>, ctx: ReplyContext): Reply {
       }
       if (signed === undefined) return null;
       if (signed === null) return [fileChanged(path)];
-      if (signed.sha256 === ifNoneMatch) {
-        reply.result = "unchanged";
-        return [unchangedAnswer({ ...fields, sha256: signed.sha256, unchanged: true })];
-      }
       const bytes = signed.signature;
       const pieces: Piece[] = [
         header({ ...fields, sha256: signed.sha256, signatureLength: bytes.byteLength }),
