@@ -18,18 +18,29 @@ import {
   receiveMessage,
   sendHashKnown,
   sendMessage,
+  sendSignatureKnown,
   ServeMode,
 } from "./channel/messages.ts";
 import { Connection, type ServeConfig } from "./worker/connection.ts";
 import { Epoll, EPOLLIN, EPOLLOUT } from "./ffi/epoll.ts";
 import { HashCache } from "./worker/hash_cache.ts";
-import { SignatureCache } from "./worker/signature_cache.ts";
+import { SignatureCache, type Signed } from "./worker/signature_cache.ts";
 import { loadHashing } from "./hashing.ts";
 import { parseWorkerArgs, type WorkerArgs } from "./channel/worker_args.ts";
 import { ReplyCache } from "./worker/reply_cache.ts";
 
 export { parseWorkerArgs };
-import { C, close, ignoreSignal, openRead, raiseOpenFileLimit, setNonBlocking } from "./ffi/libc.ts";
+import {
+  C,
+  close,
+  ignoreSignal,
+  LibcError,
+  memfdCreate,
+  openRead,
+  pwriteAll,
+  raiseOpenFileLimit,
+  setNonBlocking,
+} from "./ffi/libc.ts";
 
 /**
  * Bytes one connection may send per turn, so that one fast client cannot starve the others. Finer turns
@@ -76,6 +87,8 @@ export interface ServeHooks {
   requestLine: ((line: string) => void) | null;
   /** Tells the other workers a hash this one computed. */
   hashKnown: (etag: string, sha256: string) => void;
+  /** Tells the other workers a signature this one computed. */
+  signatureKnown: (etag: string, signed: Signed) => void;
   /** Asks the loop to run a connection again soon (a hash it waited for is known). */
   wake: (conn: Connection) => void;
 }
@@ -97,7 +110,7 @@ export function buildServeConfig(
     workerId: args.workerId,
     log: hooks.requestLine,
     hashes,
-    signatures: new SignatureCache(hashes, hooks.serviceLine),
+    signatures: new SignatureCache(hashes, hooks.serviceLine, hooks.signatureKnown),
     wake: hooks.wake,
     replies: new ReplyCache(
       args.replyCacheBytes,
@@ -139,6 +152,7 @@ class WorkerLoop {
       serviceLine: (line) => this.#serviceLine(line),
       requestLine: requestLog === null ? null : (line) => requestLog.push(line),
       hashKnown: (etag, sha256) => sendHashKnown(this.#channel, etag, sha256),
+      signatureKnown: (etag, signed) => this.#shareSignature(etag, signed),
       wake: (conn) => this.#woken.add(conn),
     });
     this.#epoll.add(this.#channel, EPOLLIN);
@@ -217,7 +231,27 @@ class WorkerLoop {
       else if (message.kind === MessageKind.HashKnown) {
         const { etag, sha256 } = decodeHashKnown(message.payload);
         this.#config.hashes.learn(etag, sha256);
-      }
+      } else if (message.kind === MessageKind.SignatureKnown) {
+        const { etag, sha256 } = decodeHashKnown(message.payload);
+        this.#config.signatures.learn(etag, sha256, message.fd);
+      } else if (message.fd !== -1) close(message.fd);
+    }
+  }
+
+  /**
+   * Passes a signature to the other workers through the master, as a memfd holding it: the master relays
+   * the fd without reading it. A full channel, or no memfd, just leaves the others to compute their own.
+   */
+  #shareSignature(etag: string, signed: Signed): void {
+    let fd = -1;
+    try {
+      fd = memfdCreate("ferry-signature");
+      pwriteAll(fd, signed.signature, 0);
+      sendSignatureKnown(this.#channel, etag, signed.sha256, fd);
+    } catch (e) {
+      if (!(e instanceof LibcError)) throw e;
+    } finally {
+      if (fd !== -1) close(fd);
     }
   }
 

@@ -11,7 +11,7 @@ import { chunkBitsFor, chunkLimits, encodeSignature, signatureOf } from "../delt
 import { loadHashing } from "../hashing.ts";
 import { decodeJson, FRAME_HEADER_SIZE, getFrameLength, SIGNATURE_HEADER_SIZE } from "../framing.ts";
 import { getArgs, jsonLines, listDir, logged, withServer } from "./client_fixture.ts";
-import { RawConnection, runClient, sha256, tempDir } from "./helpers.ts";
+import { RawConnection, runClient, sha256, startServer, tempDir } from "./helpers.ts";
 
 const MiB = 1024 * 1024;
 
@@ -259,4 +259,33 @@ Deno.test("a server without sig (UNKNOWN_OP) gets asked for the whole file", asy
   assert.equal(requests[1].ranges, undefined);
   assert.equal(report(r).bytes, data.byteLength);
   assert.deepEqual(await Deno.readFile(`${out.path}/a.bin`), data);
+});
+
+Deno.test("a signature computed by one worker is passed to the others: a version is signed once per server", async () => {
+  await using dir = await tempDir();
+  const data = randomBytes(3 * MiB);
+  await Deno.writeFile(`${dir.path}/s.bin`, data);
+  const server = await startServer(["--listen", "127.0.0.1:0", "--root", dir.path, "--workers", "2"]);
+  const first = await RawConnection.open(server.ports[0]);
+  let second: RawConnection | null = null;
+  try {
+    await first.sendRequest({ op: "sig", path: "s.bin" });
+    const a = await first.readResponse();
+    // `first` stays open, so worker 1 has a connection and the next one goes to the idle worker 2.
+    second = await RawConnection.open(server.ports[0]);
+    await second.sendRequest({ op: "sig", path: "s.bin" });
+    const b = await second.readResponse();
+    assert.equal(a.data.byteLength, await signatureLength(data));
+    assert.deepEqual(b.data, a.data);
+    assert.equal(b.json[0].sha256, sha256(data));
+  } finally {
+    first.close();
+    second?.close();
+    assert.equal((await server.stop()).code, 0);
+  }
+  const served = server.log.filter((l) => l.includes('request=SIG "s.bin"')).map((l) =>
+    /worker=(\d)/.exec(l)![1]
+  );
+  assert.deepEqual(served.sort(), ["1", "2"]);
+  assert.equal(server.log.filter((l) => /signed "s\.bin"/.test(l)).length, 1);
 });

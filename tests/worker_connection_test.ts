@@ -49,6 +49,7 @@ function openRig(root: string): Rig {
       serviceLine: () => {},
       requestLine: (line) => requestLog.push(line),
       hashKnown: () => {},
+      signatureKnown: () => {},
       wake: (conn) => woken.add(conn),
     },
   );
