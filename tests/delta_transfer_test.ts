@@ -10,7 +10,8 @@ import assert from "node:assert/strict";
 import { chunkBitsFor, chunkLimits, encodeSignature, signatureOf } from "../delta.ts";
 import { loadHashing } from "../hashing.ts";
 import { decodeJson, FRAME_HEADER_SIZE, getFrameLength, SIGNATURE_HEADER_SIZE } from "../framing.ts";
-import { getArgs, jsonLines, listDir, logged, withServer } from "./client_fixture.ts";
+import { getArgs, jsonLines, listDir, logged, spawnClient, withServer } from "./client_fixture.ts";
+import { FrameProxy } from "./proxy.ts";
 import { RawConnection, runClient, sha256, startServer, tempDir } from "./helpers.ts";
 
 const MiB = 1024 * 1024;
@@ -288,4 +289,40 @@ Deno.test("a signature computed by one worker is passed to the others: a version
   );
   assert.deepEqual(served.sort(), ["1", "2"]);
   assert.equal(server.log.filter((l) => /signed "s\.bin"/.test(l)).length, 1);
+});
+
+Deno.test("a delta cut off in the middle resumes as a whole-file get from the part's size, and the file is byte-identical", async () => {
+  await withServer(async ({ src, out, address, server }) => {
+    const old = randomBytes(20 * MiB);
+    await Deno.writeFile(`${src}/a.bin`, old);
+    assert.equal((await runClient(getArgs(address, "a.bin", out, "-q"))).code, 0);
+    const changed = concat(old.subarray(0, 10 * MiB), randomBytes(MiB), old.subarray(10 * MiB));
+    await Deno.writeFile(`${src}/a.bin`, changed);
+    // Held (then cut) on the first connection once the signature and 300,000 bytes of the insertion came.
+    const proxy = new FrameProxy(server.ports[0], {
+      hold: { connection: 0, bytes: await signatureLength(changed) + 300_000 },
+    });
+    try {
+      const client = spawnClient(getArgs(proxy.address, "a.bin", out, "--json"));
+      await proxy.held;
+      proxy.cut();
+      const r = await client.done;
+      const line = report(r);
+      assert.equal(line.attempts, 2);
+      assert.deepEqual(await Deno.readFile(`${out}/a.bin`), changed);
+      assert.deepEqual(await listDir(out), ["a.bin"]);
+      const [sig, ranged] = proxy.connections[0].requests;
+      assert.equal(sig.op, "sig");
+      assert.ok(Array.isArray(ranged.ranges));
+      const resumed = proxy.connections[1].requests[0];
+      assert.equal(resumed.op, "get");
+      assert.equal(resumed.ranges, undefined);
+      assert.equal(resumed.ifMatch, proxy.connections[0].controls[0].body.etag);
+      const cutAt = resumed.offset as number;
+      assert.ok(cutAt > 10 * MiB && cutAt < 11 * MiB, `resumed at ${cutAt}`);
+      assert.equal(line.resumedFrom, cutAt);
+    } finally {
+      await proxy.close();
+    }
+  });
 });
