@@ -221,6 +221,7 @@ function jsonOf(r: FileReport): Record<string, unknown> {
     seconds: Number(r.seconds.toFixed(3)),
     attempts: r.attempts,
     resumedFrom: r.resumedFrom,
+    reused: r.reused,
     error: r.error?.message,
     exitCode: r.error?.exitCode,
   };

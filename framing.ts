@@ -122,7 +122,15 @@ export function isSha256Hex(value: unknown): value is string {
 }
 
 /** Operations of request mode. */
-export type Operation = "get" | "stat" | "list" | "ping";
+export type Operation = "get" | "stat" | "list" | "ping" | "sig";
+
+/**
+ * Most byte ranges one `get` may ask for. A range is two integers of at most 16 digits in JSON (35
+ * bytes with its brackets and comma), so this many, with a path of {@link MAX_PATH_BYTES} even when every
+ * byte of it is escaped, stays inside a request frame of {@link MAX_REQUEST_FRAME}; a client that needs
+ * more sends several requests.
+ */
+export const MAX_RANGES = 1024;
 
 /**
  * Largest number of entries in a `list` answer given in one Header (a request without `stream`). A
@@ -176,6 +184,11 @@ export interface Request {
   recursive?: boolean;
   /** `list`: send the entries in Entries frames after the Header, without the one-Header limit. */
   stream?: boolean;
+  /**
+   * `get`: send only these `[offset, length]` byte ranges of the file, concatenated (delta transfer):
+   * sorted, not overlapping, none empty, all within the file, at most {@link MAX_RANGES}; needs `ifMatch`.
+   */
+  ranges?: [number, number][];
 }
 
 /** One file of a `list` answer. */
@@ -254,6 +267,8 @@ export interface ResponseHeader {
   leftOut?: LeftOut;
   /** `list`: true when the entries follow in Entries frames, then a {@link ListTrailer}. */
   stream?: boolean;
+  /** `sig`: bytes of the encoded signature that follow in Data frames (delta.ts's `encodeSignature`). */
+  signatureLength?: number;
 }
 
 /** The JSON of a Trailer frame. */
@@ -403,7 +418,10 @@ export function parseRequest(payload: Uint8Array): Request {
   if (typeof value !== "object" || value === null || Array.isArray(value)) {
     throw new ProtocolError(ErrorCode.BadRequest, "request is not a JSON object");
   }
-  const { v, op, path, offset, ifMatch, ifNoneMatch, recursive, stream } = value as Record<string, unknown>;
+  const { v, op, path, offset, ifMatch, ifNoneMatch, recursive, stream, ranges } = value as Record<
+    string,
+    unknown
+  >;
   if (!Number.isInteger(v)) {
     throw new ProtocolError(ErrorCode.BadRequest, "request has no integer version 'v'");
   }
@@ -414,7 +432,7 @@ export function parseRequest(payload: Uint8Array): Request {
     );
   }
   if (op === "ping") return { v, op };
-  if (op !== "get" && op !== "stat" && op !== "list") {
+  if (op !== "get" && op !== "stat" && op !== "list" && op !== "sig") {
     throw new ProtocolError(ErrorCode.UnknownOp, `unknown operation ${JSON.stringify(op)}`);
   }
   if (typeof path !== "string") throw new ProtocolError(ErrorCode.BadRequest, "request has no string 'path'");
@@ -429,6 +447,12 @@ export function parseRequest(payload: Uint8Array): Request {
     }
     request.stream = stream === true;
   }
+  if (op === "sig" && ifNoneMatch !== undefined) {
+    if (!isSha256Hex(ifNoneMatch)) {
+      throw new ProtocolError(ErrorCode.BadRequest, "'ifNoneMatch' is not a SHA-256 in lowercase hex");
+    }
+    request.ifNoneMatch = ifNoneMatch;
+  }
   if (op === "get") {
     if (offset !== undefined && (!Number.isSafeInteger(offset) || (offset as number) < 0)) {
       throw new ProtocolError(ErrorCode.BadRequest, "'offset' is not a non-negative integer");
@@ -442,8 +466,43 @@ export function parseRequest(payload: Uint8Array): Request {
     request.offset = (offset as number | undefined) ?? 0;
     if (ifMatch !== undefined) request.ifMatch = ifMatch as string;
     if (ifNoneMatch !== undefined) request.ifNoneMatch = ifNoneMatch as string;
+    if (ranges !== undefined) {
+      if (request.offset !== 0 || ifNoneMatch !== undefined || ifMatch === undefined) {
+        throw new ProtocolError(
+          ErrorCode.BadRequest,
+          "'ranges' needs 'ifMatch', and takes no 'offset' or 'ifNoneMatch'",
+        );
+      }
+      request.ranges = checkRanges(ranges);
+    }
   }
   return request;
+}
+
+/**
+ * Checks the form of a `get`'s `ranges`: a list of 1 to {@link MAX_RANGES} `[offset, length]` pairs of
+ * integers, each non-empty and starting at or after the end of the one before. Whether they fit the file
+ * is for the server to check once it has opened it. Returns them unchanged.
+ */
+export function checkRanges(ranges: unknown): [number, number][] {
+  const bad = (why: string) => new ProtocolError(ErrorCode.BadRequest, `'ranges' ${why}`);
+  if (!Array.isArray(ranges) || ranges.length === 0) throw bad("is not a non-empty list");
+  if (ranges.length > MAX_RANGES) throw bad(`has ${ranges.length} ranges, more than ${MAX_RANGES}`);
+  let end = 0;
+  for (const range of ranges) {
+    if (
+      !Array.isArray(range) || range.length !== 2 || !Number.isSafeInteger(range[0]) ||
+      !Number.isSafeInteger(range[1])
+    ) {
+      throw bad(`holds ${JSON.stringify(range)}, not an [offset, length] pair of integers`);
+    }
+    const [offset, length] = range as [number, number];
+    if (length <= 0) throw bad(`holds the empty or negative range [${offset}, ${length}]`);
+    if (offset < end) throw bad(`are not sorted and apart: [${offset}, ${length}] starts before byte ${end}`);
+    end = offset + length;
+    if (!Number.isSafeInteger(end)) throw bad(`holds [${offset}, ${length}], which ends beyond 2^53`);
+  }
+  return ranges as [number, number][];
 }
 
 /**

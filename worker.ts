@@ -18,17 +18,29 @@ import {
   receiveMessage,
   sendHashKnown,
   sendMessage,
+  sendSignatureKnown,
   ServeMode,
 } from "./channel/messages.ts";
 import { Connection, type ServeConfig } from "./worker/connection.ts";
 import { Epoll, EPOLLIN, EPOLLOUT } from "./ffi/epoll.ts";
 import { HashCache } from "./worker/hash_cache.ts";
+import { SignatureCache, type Signed } from "./worker/signature_cache.ts";
 import { loadHashing } from "./hashing.ts";
 import { parseWorkerArgs, type WorkerArgs } from "./channel/worker_args.ts";
 import { ReplyCache } from "./worker/reply_cache.ts";
 
 export { parseWorkerArgs };
-import { C, close, ignoreSignal, openRead, raiseOpenFileLimit, setNonBlocking } from "./ffi/libc.ts";
+import {
+  C,
+  close,
+  ignoreSignal,
+  LibcError,
+  memfdCreate,
+  openRead,
+  pwriteAll,
+  raiseOpenFileLimit,
+  setNonBlocking,
+} from "./ffi/libc.ts";
 
 /**
  * Bytes one connection may send per turn, so that one fast client cannot starve the others. Finer turns
@@ -75,6 +87,8 @@ export interface ServeHooks {
   requestLine: ((line: string) => void) | null;
   /** Tells the other workers a hash this one computed. */
   hashKnown: (etag: string, sha256: string) => void;
+  /** Tells the other workers a signature this one computed. */
+  signatureKnown: (etag: string, signed: Signed) => void;
   /** Asks the loop to run a connection again soon (a hash it waited for is known). */
   wake: (conn: Connection) => void;
 }
@@ -87,6 +101,7 @@ export function buildServeConfig(
   args: Omit<WorkerArgs, "channelFd" | "requestLog">,
   hooks: ServeHooks,
 ): ServeConfig {
+  const hashes = new HashCache(hooks.serviceLine, hooks.hashKnown);
   return {
     rootFd: args.root === null ? -1 : openRead(args.root, { directory: true }),
     push: args.push,
@@ -94,7 +109,8 @@ export function buildServeConfig(
     turnBudget: TURN_BUDGET,
     workerId: args.workerId,
     log: hooks.requestLine,
-    hashes: new HashCache(hooks.serviceLine, hooks.hashKnown),
+    hashes,
+    signatures: new SignatureCache(hashes, hooks.serviceLine, hooks.signatureKnown),
     wake: hooks.wake,
     replies: new ReplyCache(
       args.replyCacheBytes,
@@ -145,6 +161,7 @@ class WorkerLoop {
       serviceLine: (line) => this.#serviceLine(line),
       requestLine: requestLog === null ? null : (line) => requestLog.push(line),
       hashKnown: (etag, sha256) => sendHashKnown(this.#channel, etag, sha256),
+      signatureKnown: (etag, signed) => this.#shareSignature(etag, signed),
       wake: (conn) => this.#woken.add(conn),
     });
     this.#epoll.add(this.#channel, EPOLLIN);
@@ -157,9 +174,9 @@ class WorkerLoop {
 
   #turn(): void {
     if (this.#stopping && this.#connections.size === 0) this.#exit(0, "stopped");
-    const hashes = this.#config.hashes;
-    // While hashes are being computed, only poll: the loop alternates hashing slices and serving.
-    const ready = this.#epoll.wait(hashes.busy ? 0 : IDLE_SCAN_MS);
+    const { hashes, signatures } = this.#config;
+    // While hashes or signatures are being computed, only poll: the loop alternates their slices and serving.
+    const ready = this.#epoll.wait(hashes.busy || signatures.busy ? 0 : IDLE_SCAN_MS);
     for (let i = 0; i < ready; i++) {
       const fd = this.#epoll.fdAt(i);
       if (fd === this.#channel) {
@@ -170,6 +187,7 @@ class WorkerLoop {
       if (conn !== undefined) this.#drive(conn, this.#epoll.eventsAt(i));
     }
     if (hashes.busy) hashes.step();
+    if (signatures.busy) signatures.step();
     for (const conn of this.#woken) {
       this.#woken.delete(conn);
       if (!conn.closed) this.#drive(conn, 0);
@@ -239,7 +257,29 @@ class WorkerLoop {
       else if (message.kind === MessageKind.HashKnown) {
         const { etag, sha256 } = decodeHashKnown(message.payload);
         this.#config.hashes.learn(etag, sha256);
-      }
+      } else if (message.kind === MessageKind.SignatureKnown) {
+        const { etag, sha256 } = decodeHashKnown(message.payload);
+        this.#config.hashes.learn(etag, sha256);
+        // Its memfd lost on the way (no fd was free): this worker signs the file itself if asked.
+        if (message.fd !== -1) this.#config.signatures.learn(etag, sha256, message.fd);
+      } else if (message.fd !== -1) close(message.fd);
+    }
+  }
+
+  /**
+   * Passes a signature to the other workers through the master, as a memfd holding it: the master relays
+   * the fd without reading it. A full channel, or no memfd, just leaves the others to compute their own.
+   */
+  #shareSignature(etag: string, signed: Signed): void {
+    let fd = -1;
+    try {
+      fd = memfdCreate("ferry-signature");
+      pwriteAll(fd, signed.signature, 0);
+      sendSignatureKnown(this.#channel, etag, signed.sha256, fd);
+    } catch (e) {
+      if (!(e instanceof LibcError)) throw e;
+    } finally {
+      if (fd !== -1) close(fd);
     }
   }
 

@@ -2,7 +2,8 @@
  * The master-worker channel: one `SOCK_SEQPACKET` Unix socketpair per worker carrying small messages of
  * fixed layouts. Every message starts with four little-endian u32: kind, connection id, argument,
  * reserved. Most are 64 bytes, with a 48-byte payload after that header (a file's hash with
- * {@link MessageKind.HashKnown}). A {@link MessageKind.Conns} message hands over up to
+ * {@link MessageKind.HashKnown}); a {@link MessageKind.SignatureKnown} carries one fd besides, a memfd
+ * holding a file version's signature. A {@link MessageKind.Conns} message hands over up to
  * {@link MAX_CONNS_PER_MESSAGE} client fds at once as SCM_RIGHTS, with one 40-byte record per
  * connection after the header: id, listener mode, and the client's address. Sequenced packets keep message
  * boundaries, so a message is never half-read; a closed channel is how either side learns that the other
@@ -55,6 +56,12 @@ export const MessageKind = {
    * so that a file is hashed once per server, not once per worker.
    */
   HashKnown: 5,
+  /**
+   * worker -> master -> every other worker: a file version's delta signature is known. The payload is
+   * HashKnown's (the version's etag and SHA-256); the message carries one fd (SCM_RIGHTS), a memfd that
+   * holds the encoded signature, so the master relays the fd and never touches the signature's bytes.
+   */
+  SignatureKnown: 6,
 } as const;
 
 /**
@@ -91,6 +98,8 @@ export interface Message {
    * closed the others); `conns` is then empty. Else empty.
    */
   lostIds: number[];
+  /** With SignatureKnown: the fd it carried, now the receiver's to close; -1 if it was lost on the way. */
+  fd: number;
 }
 
 /** One connection handed from the master to a worker. */
@@ -132,17 +141,24 @@ export function createChannel(): [number, number] {
 const CHANNEL_BUFFER_BYTES = 4 * 1024 * 1024;
 
 /**
- * Sends one message of a kind other than Conns. Returns false if the channel is full. Throws LibcError
- * when the peer is gone (EPIPE, ECONNRESET).
+ * Sends one message of a kind other than Conns, with `fd` for SignatureKnown. Returns false if the channel
+ * is full. Throws LibcError when the peer is gone (EPIPE, ECONNRESET).
  */
-export function sendMessage(channel: number, kind: number, id = 0, arg = 0, payload?: Uint8Array): boolean {
+export function sendMessage(
+  channel: number,
+  kind: number,
+  id = 0,
+  arg = 0,
+  payload?: Uint8Array,
+  fd = -1,
+): boolean {
   outView.setUint32(0, kind, true);
   outView.setUint32(4, id, true);
   outView.setUint32(8, arg, true);
   outView.setUint32(12, 0, true);
   outBuf.fill(0, PAYLOAD_OFFSET, MESSAGE_SIZE);
   if (payload) outBuf.set(payload.subarray(0, PAYLOAD_SIZE), PAYLOAD_OFFSET);
-  return trySendWithFds(channel, outBuf, MESSAGE_SIZE, NO_FDS);
+  return trySendWithFds(channel, outBuf, MESSAGE_SIZE, fd === -1 ? NO_FDS : [fd]);
 }
 
 /** Bytes of a file identity's digest (an etag) in a HashKnown payload; the SHA-256's 32 follow. */
@@ -160,7 +176,17 @@ export function sendHashKnown(channel: number, etag: string, sha256: string): bo
   return sendMessage(channel, MessageKind.HashKnown, 0, 0, hashKnownPayload);
 }
 
-/** The etag and SHA-256, as hex, that a HashKnown message's payload carries. */
+/**
+ * Sends a SignatureKnown message: the file version named `etag`, of SHA-256 `sha256`, has the signature
+ * held by the memfd `fd` (the caller still closes its own fd). Returns false if the channel is full.
+ */
+export function sendSignatureKnown(channel: number, etag: string, sha256: string, fd: number): boolean {
+  putHex(hashKnownPayload, 0, etag, ETAG_BYTES);
+  putHex(hashKnownPayload, ETAG_BYTES, sha256, SHA256_BYTES);
+  return sendMessage(channel, MessageKind.SignatureKnown, 0, 0, hashKnownPayload, fd);
+}
+
+/** The etag and SHA-256, as hex, that a HashKnown (or SignatureKnown) message's payload carries. */
 export function decodeHashKnown(payload: Uint8Array): { etag: string; sha256: string } {
   return {
     etag: hexOf(payload.subarray(0, ETAG_BYTES)),
@@ -215,16 +241,19 @@ export function receiveMessage(channel: number): Message | "closed" | null {
   const kind = got.bytes >= PAYLOAD_OFFSET ? inView.getUint32(0, true) : 0;
   const arg = got.bytes >= PAYLOAD_OFFSET ? inView.getUint32(8, true) : 0;
   const expected = kind === MessageKind.Conns ? connsMessageSize(arg) : MESSAGE_SIZE;
-  const fdsExpected = kind === MessageKind.Conns ? arg : 0;
+  const fdsExpected = kind === MessageKind.Conns ? arg : kind === MessageKind.SignatureKnown ? 1 : 0;
   if (kind === MessageKind.Conns && got.fdsLost && !got.truncated && got.bytes === expected) {
     for (const fd of got.fds) close(fd);
     const lostIds = Array.from(
       { length: arg },
       (_, i) => inView.getUint32(PAYLOAD_OFFSET + i * CONN_RECORD_SIZE, true),
     );
-    return { kind, id: 0, arg, payload: inBuf.subarray(0, 0), conns: NO_CONNS, lostIds };
+    return { kind, id: 0, arg, payload: inBuf.subarray(0, 0), conns: NO_CONNS, lostIds, fd: -1 };
   }
-  if (got.truncated || got.bytes !== expected || got.fds.length !== fdsExpected) {
+  // A signature whose memfd did not arrive (the receiver had no fd free) costs only that cache entry: the
+  // message comes with fd -1, and the receiver signs the file itself if it is asked for it.
+  const signatureLost = kind === MessageKind.SignatureKnown && got.fdsLost && got.fds.length === 0;
+  if (got.truncated || got.bytes !== expected || (got.fds.length !== fdsExpected && !signatureLost)) {
     for (const fd of got.fds) close(fd);
     throw new Error(
       `channel: message of ${got.bytes} bytes with ${got.fds.length} fds, expected ${expected} bytes with ${fdsExpected}`,
@@ -238,6 +267,7 @@ export function receiveMessage(channel: number): Message | "closed" | null {
       payload: inBuf.subarray(PAYLOAD_OFFSET, MESSAGE_SIZE),
       conns: NO_CONNS,
       lostIds: NO_IDS,
+      fd: got.fds[0] ?? -1,
     };
   }
   const conns: HandedConn[] = [];
@@ -250,5 +280,5 @@ export function receiveMessage(channel: number): Message | "closed" | null {
       peer: inBuf.subarray(at + 8, at + CONN_RECORD_SIZE),
     });
   }
-  return { kind, id: 0, arg, payload: inBuf.subarray(0, 0), conns, lostIds: NO_IDS };
+  return { kind, id: 0, arg, payload: inBuf.subarray(0, 0), conns, lostIds: NO_IDS, fd: -1 };
 }

@@ -39,6 +39,7 @@ import {
   shownPath,
 } from "./publish.ts";
 import { withRetries } from "./retry.ts";
+import { DELTA_MIN_BYTES, fetchDelta } from "./delta_fetch.ts";
 import type { Session } from "./session.ts";
 import { deviceSink, type Sink, stdoutSink, targetKind } from "./sink.ts";
 
@@ -83,6 +84,8 @@ export interface FileReport {
   attempts: number;
   /** Where the last transfer started, when it resumed a part. */
   resumedFrom?: number;
+  /** Bytes of the new version copied from the old copy, when it was fetched by delta. */
+  reused?: number;
   /** Why it failed. */
   error?: ClientError;
 }
@@ -202,6 +205,8 @@ interface Holder {
 
 /** A file target: parts on disk, published atomically. */
 class FileHolder implements Holder {
+  /** True once this run tried a delta: later tries fetch the whole file (or resume the part). */
+  deltaTried = false;
   #part: AtomicFile | null = null;
   #hash: Hash | null;
   #localSha256: string | undefined | null = null; // null: not computed yet
@@ -394,6 +399,11 @@ async function tryOnce(
   const what = JSON.stringify(path);
   for (let restarted = false;; restarted = true) {
     const localSha256 = await holder.prepare();
+    if (holder instanceof FileHolder && options.verify && !holder.deltaTried && holder.held === 0) {
+      holder.deltaTried = true;
+      const delta = await tryDelta(session, path, holder, localSha256, options, report);
+      if (delta !== null) return delta;
+    }
     const request: Request = { v: PROTOCOL_VERSION, op: "get", path };
     if (holder.held > 0 && holder.etag !== undefined) {
       request.offset = holder.held;
@@ -442,20 +452,73 @@ async function tryOnce(
     } finally {
       options.progress.end();
     }
-    const expected = header.sha256 ?? end.sha256;
-    const actual = holder.digest();
-    const mismatch = holder.held !== header.size
-      ? `received ${holder.held} bytes, the server announced ${header.size}`
-      : expected !== undefined && actual !== undefined && expected !== actual
-      ? `SHA-256 mismatch for ${what}: received ${actual}, the server has ${expected}`
-      : null;
-    if (mismatch !== null) {
-      // The part is corrupt: the next try starts from byte 0 (a stream cannot: what is written stays).
-      const retryable = await holder.discard();
-      throw new ClientError(ExitCode.Verification, mismatch, { retryable });
+    return await verifyAndCommit(holder, header, header.sha256 ?? end.sha256, what);
+  }
+}
+
+/** Checks that `holder` has the whole file with the `expected` SHA-256, and publishes it. */
+async function verifyAndCommit(
+  holder: Holder,
+  header: GetHeader,
+  expected: string | undefined,
+  what: string,
+): Promise<Fetched> {
+  const actual = holder.digest();
+  const mismatch = holder.held !== header.size
+    ? `received ${holder.held} bytes, the server announced ${header.size}`
+    : expected !== undefined && actual !== undefined && expected !== actual
+    ? `SHA-256 mismatch for ${what}: received ${actual}, the server has ${expected}`
+    : null;
+  if (mismatch !== null) {
+    // The part is corrupt: the next try starts from byte 0 (a stream cannot: what is written stays).
+    const retryable = await holder.discard();
+    throw new ClientError(ExitCode.Verification, mismatch, { retryable });
+  }
+  await holder.commit(header);
+  return { unchanged: false, header, sha256: actual };
+}
+
+/**
+ * Fetches by delta (`delta_fetch.ts`) when an old copy of at least {@link DELTA_MIN_BYTES} is at the
+ * target; null when there is none, or the server refused a step: the caller then gets the whole file.
+ */
+async function tryDelta(
+  session: Session,
+  path: string,
+  holder: FileHolder,
+  localSha256: string | undefined,
+  options: FetchOptions,
+  report: FileReport,
+): Promise<Fetched | null> {
+  let old: Deno.FsFile | null;
+  try {
+    old = await openExisting(holder.place);
+  } catch (e) {
+    throw new LocalIoError(`cannot read ${shownPath(holder.place)}`, e);
+  }
+  if (old === null) return null;
+  try {
+    if (old.statSync().size < DELTA_MIN_BYTES) return null;
+    const result = await fetchDelta({
+      session,
+      path,
+      old,
+      localSha256,
+      checkHeader,
+      target: holder,
+      deadline: options.deadline,
+      progress: options.progress,
+      onReceived: (n) => report.bytes += n,
+    });
+    if (result === null) return null;
+    if (result.header.unchanged) {
+      await holder.unchanged();
+      return { unchanged: true, header: result.header, sha256: result.sha256 };
     }
-    await holder.commit(header);
-    return { unchanged: false, header, sha256: actual };
+    report.reused = result.reused;
+    return await verifyAndCommit(holder, result.header, result.sha256, JSON.stringify(path));
+  } finally {
+    old.close();
   }
 }
 

@@ -338,17 +338,24 @@ export class Master {
         this.#dispatcher.take(slot.id, message.id);
       } else if (message.kind === MessageKind.HashKnown) {
         this.#relayHash(slot, message.payload);
+      } else if (message.kind === MessageKind.SignatureKnown) {
+        this.#relayHash(slot, message.payload, message.fd);
       }
+      if (message.fd !== -1) close(message.fd); // relayed (the kernel holds its own references) or unknown
       this.#dispatchQueued();
     }
   }
 
-  /** Passes a hash one worker computed to the others; a full channel just misses this cache hint. */
-  #relayHash(from: WorkerSlot, payload: Uint8Array): void {
+  /**
+   * Passes a hash one worker computed to the others, or with `fd` a signature (a memfd the master never
+   * reads); a full channel just misses this cache hint.
+   */
+  #relayHash(from: WorkerSlot, payload: Uint8Array, fd = -1): void {
+    const kind = fd === -1 ? MessageKind.HashKnown : MessageKind.SignatureKnown;
     for (const slot of this.#slots) {
       if (slot === from || slot.channel === -1) continue;
       try {
-        sendMessage(slot.channel, MessageKind.HashKnown, 0, 0, payload);
+        sendMessage(slot.channel, kind, 0, 0, payload, fd);
       } catch {
         // that worker is gone; its hang-up is handled on its own channel
       }

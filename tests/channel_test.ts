@@ -6,7 +6,7 @@
 
 import assert from "node:assert/strict";
 import { trySendWithFds } from "../ffi/fdpass.ts";
-import { close, tryRead, tryWrite } from "../ffi/libc.ts";
+import { close, memfdCreate, pread, pwriteAll, tryRead, tryWrite } from "../ffi/libc.ts";
 import {
   createChannel,
   decodeHashKnown,
@@ -17,6 +17,7 @@ import {
   sendConns,
   sendHashKnown,
   sendMessage,
+  sendSignatureKnown,
   ServeMode,
 } from "../channel/messages.ts";
 import { encodeSockaddr } from "../ffi/sockaddr.ts";
@@ -54,6 +55,10 @@ function fdsOnSameSocket(fd: number): number[] {
   close(b);
   encodeSockaddr(parseEndpoint("[::1]:1"));
   encodeSockaddr(parseEndpoint("127.0.0.1:1"));
+  const memfd = memfdCreate("bind");
+  pwriteAll(memfd, new Uint8Array(1), 0);
+  pread(memfd, new Uint8Array(1), 0);
+  close(memfd);
 }
 
 Deno.test("connections handed over in one message arrive with their own fds, ids, modes and addresses", () => {
@@ -127,5 +132,29 @@ Deno.test("a HashKnown message carries a file's etag and SHA-256 from one end to
   } finally {
     close(master);
     close(worker);
+  }
+});
+
+Deno.test("a SignatureKnown message carries an etag, a SHA-256 and the memfd that holds the signature", () => {
+  const [master, worker] = createChannel();
+  const memfd = memfdCreate("test-signature");
+  let received = -1;
+  try {
+    const signature = new TextEncoder().encode("FCS1 and the rest of a signature");
+    pwriteAll(memfd, signature, 0);
+    const etag = "00112233445566778899aabbccddeeff";
+    const sha256 = "ab".repeat(32);
+    assert.ok(sendSignatureKnown(worker, etag, sha256, memfd));
+    const message = receiveMessage(master);
+    assert.ok(message !== null && message !== "closed");
+    assert.equal(message.kind, MessageKind.SignatureKnown);
+    assert.deepEqual(decodeHashKnown(message.payload), { etag, sha256 });
+    received = message.fd;
+    assert.notEqual(received, memfd, "the receiver has its own fd");
+    const back = new Uint8Array(signature.byteLength);
+    assert.equal(pread(received, back, 0), signature.byteLength);
+    assert.deepEqual(back, signature);
+  } finally {
+    for (const fd of [master, worker, memfd, received]) if (fd !== -1) close(fd);
   }
 });

@@ -52,6 +52,7 @@ function openRig(root: string): Rig {
       serviceLine: () => {},
       requestLine: (line) => requestLog.push(line),
       hashKnown: () => {},
+      signatureKnown: () => {},
       wake: (conn) => woken.add(conn),
     },
   );
@@ -59,8 +60,9 @@ function openRig(root: string): Rig {
   const serve = () => {
     conn.onReady(EPOLLIN);
     // The loop's turn: hashing slices, then the connections a finished hash woke.
-    while (config.hashes.busy || woken.size > 0) {
+    while (config.hashes.busy || config.signatures.busy || woken.size > 0) {
       if (config.hashes.busy) config.hashes.step();
+      if (config.signatures.busy) config.signatures.step();
       for (const woke of woken) {
         woken.delete(woke);
         if (!woke.closed) woke.onReady();

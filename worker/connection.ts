@@ -40,6 +40,7 @@ import {
 } from "../framing.ts";
 import type { HashCache } from "./hash_cache.ts";
 import type { ReplyCache } from "./reply_cache.ts";
+import type { SignatureCache } from "./signature_cache.ts";
 import { answer, Deferred, ErrorPiece, type Piece, type ReplyContext } from "./operations.ts";
 import { returnReplyBuffer } from "./reply_pool.ts";
 import { parseRequestRemembered } from "./request_memo.ts";
@@ -62,6 +63,8 @@ export interface ServeConfig {
   hashes: HashCache;
   /** The worker's cached small replies. */
   replies: ReplyCache;
+  /** The worker's cache of delta signatures. */
+  signatures: SignatureCache;
   /** Asks the worker to run this connection again soon (a hash it waited for is known). */
   wake: (conn: Connection) => void;
 }
@@ -325,6 +328,7 @@ export class Connection {
     return this.#context ??= {
       rootFd: this.config.rootFd,
       hashes: this.config.hashes,
+      signatures: this.config.signatures,
       replies: this.config.replies,
       wake: () => this.config.wake(this),
     };

@@ -8,9 +8,9 @@
  * @module
  */
 
-import type { Hash } from "node:crypto";
 import { createSha256 } from "../hashing.ts";
-import { close, dupCloseOnExec, type FileStat, fstat, pread } from "../ffi/libc.ts";
+import type { FileStat } from "../ffi/libc.ts";
+import { FileJobs } from "./file_jobs.ts";
 
 /** The identity of a file's content as far as the server can tell without reading it. */
 export function identityOf(stat: FileStat): string {
@@ -35,17 +35,6 @@ export function etagOf(identity: string): string {
 /** {@link etagOf}'s results, oldest first. */
 const etags = new Map<string, string>();
 
-/** A hash being computed, and who waits for it. */
-interface Job {
-  label: string;
-  started: number;
-  fd: number;
-  size: number;
-  offset: number;
-  hash: Hash;
-  waiters: ((sha256: string | null) => void)[];
-}
-
 /** Bytes hashed per {@link HashCache.step} call at most, across all jobs. */
 const STEP_BYTES = 256 * 1024;
 /** Entries kept; the oldest is forgotten past this. */
@@ -54,9 +43,7 @@ const MAX_ENTRIES = 10_000;
 /** SHA-256 by file identity, with shared background jobs. */
 export class HashCache {
   readonly #known = new Map<string, string>();
-  readonly #jobs = new Map<string, Job>();
-  readonly #buffer = new Uint8Array(1024 * 1024);
-  readonly #log: (line: string) => void;
+  readonly #jobs: FileJobs<string>;
   readonly #onComputed: (etag: string, sha256: string) => void;
 
   /**
@@ -67,8 +54,19 @@ export class HashCache {
     log: (line: string) => void = () => {},
     onComputed: (etag: string, sha256: string) => void = () => {},
   ) {
-    this.#log = log;
     this.#onComputed = onComputed;
+    this.#jobs = new FileJobs<string>((end) => {
+      if (end.computedHere) {
+        const outcome = end.result === null ? "file changed while hashing" : "ok";
+        log(`hashed ${end.label} bytes=${end.bytes} duration=${end.seconds.toFixed(3)}s result=${outcome}`);
+      }
+      if (end.result !== null) {
+        this.#remember(etagOf(end.identity), end.result);
+        // Shared before the waiters answer their clients, so a client that fetches again right after may
+        // meet another worker that knows the hash already.
+        if (end.computedHere) this.#onComputed(etagOf(end.identity), end.result);
+      }
+    });
   }
 
   /**
@@ -77,9 +75,20 @@ export class HashCache {
    */
   learn(etag: string, sha256: string): void {
     this.#remember(etag, sha256);
-    for (const [identity, job] of this.#jobs) {
-      if (etagOf(identity) === etag) this.#finish(identity, job, sha256, false);
+    for (const identity of [...this.#jobs.identities()]) {
+      if (etagOf(identity) === etag) this.#jobs.end(identity, sha256);
     }
+  }
+
+  /**
+   * Records a hash this worker computed by other means (along with a signature): kept, shared with the
+   * other workers like one of its own jobs' results, and given to a job waiting for it.
+   */
+  offer(identity: string, sha256: string): void {
+    if (this.get(identity) !== undefined) return;
+    this.#remember(etagOf(identity), sha256);
+    this.#onComputed(etagOf(identity), sha256);
+    this.#jobs.end(identity, sha256);
   }
 
   #remember(etag: string, sha256: string): void {
@@ -94,7 +103,7 @@ export class HashCache {
 
   /** True while some job is waiting to be advanced by {@link step}. */
   get busy(): boolean {
-    return this.#jobs.size > 0;
+    return this.#jobs.busy;
   }
 
   /**
@@ -111,57 +120,14 @@ export class HashCache {
   ): void {
     const known = this.get(identity);
     if (known !== undefined) return done(known);
-    const job = this.#jobs.get(identity);
-    if (job) {
-      job.waiters.push(done);
-      return;
-    }
-    this.#jobs.set(identity, {
-      label,
-      started: performance.now(),
-      fd: dupCloseOnExec(fd),
-      size,
-      offset: 0,
-      hash: createSha256(),
-      waiters: [done],
-    });
+    this.#jobs.request(identity, fd, size, label, () => {
+      const hash = createSha256();
+      return { update: (bytes) => hash.update(bytes), result: () => hash.digest("hex") };
+    }, done);
   }
 
-  /** Advances the jobs by up to a few MiB in total; call from the worker loop while {@link busy}. */
+  /** Advances the jobs by up to a few hundred KiB in total; call from the worker loop while {@link busy}. */
   step(): void {
-    let budget = STEP_BYTES;
-    for (const [identity, job] of this.#jobs) {
-      while (budget > 0 && job.offset < job.size) {
-        const want = Math.min(this.#buffer.byteLength, job.size - job.offset, budget);
-        const n = pread(job.fd, this.#buffer.subarray(0, want), job.offset);
-        if (n <= 0) break; // the file shrank: caught below
-        job.hash.update(this.#buffer.subarray(0, n));
-        job.offset += n;
-        budget -= n;
-      }
-      if (job.offset < job.size && budget > 0) return this.#finish(identity, job, null, true);
-      if (job.offset >= job.size) {
-        const after = identityOf(fstat(job.fd));
-        this.#finish(identity, job, after === identity ? job.hash.digest("hex") : null, true);
-      }
-      if (budget <= 0) return;
-    }
-  }
-
-  #finish(identity: string, job: Job, sha256: string | null, computedHere: boolean): void {
-    this.#jobs.delete(identity);
-    close(job.fd);
-    if (computedHere) {
-      const seconds = ((performance.now() - job.started) / 1000).toFixed(3);
-      const outcome = sha256 === null ? "file changed while hashing" : "ok";
-      this.#log(`hashed ${job.label} bytes=${job.offset} duration=${seconds}s result=${outcome}`);
-    }
-    if (sha256 !== null) {
-      this.#remember(etagOf(identity), sha256);
-      // Shared before the waiters answer their clients, so a client that fetches again right after may
-      // meet another worker that knows the hash already.
-      if (computedHere) this.#onComputed(etagOf(identity), sha256);
-    }
-    for (const waiter of job.waiters) waiter(sha256);
+    this.#jobs.step(STEP_BYTES);
   }
 }

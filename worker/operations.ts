@@ -1,9 +1,9 @@
 /**
- * What a worker answers to each request-mode operation (`get`, `stat`, `list`, `ping`), as a list of
+ * What a worker answers to each request-mode operation (`get`, `stat`, `list`, `ping`, `sig`), as a list of
  * output pieces for the connection to send: bytes, file bodies, and deferred pieces that complete when
  * a SHA-256 becomes known or the transfer ends. The connection (`connection.ts`) does the I/O; this
  * module decides what to say and opens files only beneath the served directory; `listing.ts` answers
- * `list`.
+ * `list`, `delta_ops.ts` answers `sig` and a `get` of byte ranges.
  *
  * @module
  */
@@ -28,6 +28,8 @@ import { etagOf, type HashCache, identityOf } from "./hash_cache.ts";
 import { returnReplyBuffer, takeReplyBuffer } from "./reply_pool.ts";
 import type { ReplyCache } from "./reply_cache.ts";
 import { list } from "./listing.ts";
+import { rangedGet, sig } from "./delta_ops.ts";
+import type { SignatureCache } from "./signature_cache.ts";
 
 /** An error answer. */
 export class ErrorPiece {
@@ -66,6 +68,8 @@ export interface ReplyContext {
   rootFd: number;
   /** The worker's SHA-256 cache. */
   hashes: HashCache;
+  /** The worker's cache of delta signatures. */
+  signatures: SignatureCache;
   /** Asks the worker to run the connection again (a hash it waited for is known). */
   wake: () => void;
   /** The worker's cached small replies. */
@@ -79,11 +83,12 @@ const headerBody = (h: Omit<ResponseHeader, "v" | "status">): ResponseHeader => 
   ...h,
 });
 
-const header = (h: Omit<ResponseHeader, "v" | "status">): Uint8Array =>
+/** A Header frame with these fields. */
+export const header = (h: Omit<ResponseHeader, "v" | "status">): Uint8Array =>
   encodeJsonFrame(FrameType.Header, headerBody(h));
 
 /** A Header frame with these fields and the end frame, in one buffer: an answer without data. */
-const unchangedAnswer = (h: Omit<ResponseHeader, "v" | "status">): Uint8Array =>
+export const unchangedAnswer = (h: Omit<ResponseHeader, "v" | "status">): Uint8Array =>
   encodeJsonFrame(FrameType.Header, headerBody(h), FRAME_HEADER_SIZE);
 
 /** Answers `request`. */
@@ -92,7 +97,9 @@ export function answer(request: Readonly<Request>, ctx: ReplyContext): Reply {
     case "ping":
       return { label: "PING", pieces: [header({}), END_FRAME], files: [] };
     case "get":
-      return get(request, ctx);
+      return request.ranges === undefined ? get(request, ctx) : rangedGet(request, ctx);
+    case "sig":
+      return sig(request, ctx);
     case "stat":
       return stat(request, ctx);
     case "list":
@@ -100,12 +107,13 @@ export function answer(request: Readonly<Request>, ctx: ReplyContext): Reply {
   }
 }
 
-function refusal(label: string, body: ErrorBody): Reply {
+/** A reply that is one error. */
+export function refusal(label: string, body: ErrorBody): Reply {
   return { label, pieces: [new ErrorPiece(body)], files: [] };
 }
 
 /** Opens a regular file beneath the root, or says why not. */
-function openFile(ctx: ReplyContext, path: string): { fd: number; stat: FileStat } | ErrorBody {
+export function openFile(ctx: ReplyContext, path: string): { fd: number; stat: FileStat } | ErrorBody {
   const opened = openBeneath(ctx, path, "file");
   return opened instanceof LibcError ? openError(opened, path) : opened;
 }
@@ -136,7 +144,8 @@ export function openBeneath(
   return { fd, stat: fileStat };
 }
 
-function fileChanged(path: string): ErrorPiece {
+/** FILE_CHANGED for `path`: the data sent must be discarded. */
+export function fileChanged(path: string): ErrorPiece {
   return new ErrorPiece({
     code: ErrorCode.FileChanged,
     message: `${JSON.stringify(path)} changed while it was being sent: discard the data`,
@@ -209,14 +218,20 @@ function get(request: Readonly<Request>, ctx: ReplyContext): Reply {
 }
 
 /** A `get` whose file is open and checked: what building its reply needs. */
-interface OpenGet {
+export interface OpenGet {
+  /** The worker's caches and wake-up. */
   ctx: ReplyContext;
+  /** The path asked for. */
   path: string;
   /** Where the data starts. */
   offset: number;
+  /** The file, open; the reply closes it. */
   fd: number;
+  /** Its fstat when opened: the version announced. */
   fileStat: FileStat;
+  /** That version's identity (`identityOf`). */
   identity: string;
+  /** That version's etag. */
   etag: string;
 }
 
@@ -236,7 +251,7 @@ function cachedGet(request: Readonly<Request>, ctx: ReplyContext, label: string)
 }
 
 /** The Header frame's fields of a `get`, but the SHA-256. */
-function getFields(file: OpenGet): Omit<ResponseHeader, "v" | "status"> {
+export function getFields(file: OpenGet): Omit<ResponseHeader, "v" | "status"> {
   const { fileStat, etag, offset } = file;
   return {
     size: fileStat.size,
@@ -280,7 +295,7 @@ function sendFile(file: OpenGet, sha: string | undefined): Piece[] {
 }
 
 /** After the data: the file must still be the version announced, and the hash follows if it was not known. */
-function afterData(file: OpenGet, knownSha: string | undefined): Deferred {
+export function afterData(file: OpenGet, knownSha: string | undefined): Deferred {
   const { ctx, path, fd, fileStat, identity } = file;
   let hashed: string | null | undefined = knownSha;
   if (knownSha === undefined) {

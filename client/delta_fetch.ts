@@ -1,0 +1,286 @@
+/**
+ * Delta transfer seen from the client (PROTOCOL.md "Delta transfer"): for a file whose old copy is here
+ * and whose version on the server differs, ask for the version's signature (`sig`), cut the old copy the
+ * same way (`delta.ts`), and fetch only the byte ranges it lacks (`get` with `ranges`, as few requests as
+ * {@link MAX_RANGES} allows). The new version is built in order in the part, copied pieces from the old
+ * copy and fetched ones as they arrive, so the part is always the start of that version, named by its
+ * etag: an interrupted build resumes like any part. `fetch_file.ts` then checks the whole SHA-256 and
+ * publishes as for a whole-file get.
+ *
+ * A malformed signature or answer is a protocol error (exit 6, nothing published); a refusal (an older
+ * server's UNKNOWN_OP, CHANGED when the file moved on, FILE_CHANGED) makes the caller fetch the whole file.
+ *
+ * @module
+ */
+
+import { decodeSignature, planDelta, type Signature, SignatureBuilder, SignatureError } from "../delta.ts";
+import {
+  MAX_RANGES,
+  PROTOCOL_VERSION,
+  type Request,
+  type ResponseHeader,
+  SIGNATURE_ENTRY_SIZE,
+  SIGNATURE_HEADER_SIZE,
+} from "../framing.ts";
+import type { Deadline } from "./deadline.ts";
+import { protocolError, ServerRefusal } from "./failure.ts";
+import type { Progress } from "./progress.ts";
+import { LocalIoError } from "./publish.ts";
+import type { Session } from "./session.ts";
+
+/**
+ * Smallest old copy worth a delta: below 1 MiB the whole file crosses a LAN in about a millisecond, less
+ * than the extra round trip of `sig` plus reading and cutting the old copy, and a signature of 4 KiB
+ * chunks would be a sizeable share of the file.
+ */
+export const DELTA_MIN_BYTES = 1024 * 1024;
+
+/** A `get` header as `fetch_file.ts` checks it: what a delta needs of it. */
+export interface DeltaHeader {
+  /** The whole file's size. */
+  size: number;
+  /** Where the data starts (0 for a delta). */
+  offset: number;
+  /** The version. */
+  etag?: string;
+  /** The whole file's SHA-256, if announced before the data. */
+  sha256?: string;
+  /** True for an answer to `ifNoneMatch` that matched. */
+  unchanged: boolean;
+}
+
+/** Where the new version is built: the part of `fetch_file.ts`'s file holder. */
+export interface DeltaTarget<H extends DeltaHeader> {
+  /** Makes ready to receive the version of `header` from byte 0. */
+  accept(header: H): Promise<void>;
+  /** Appends bytes of the new version. */
+  write(chunk: Uint8Array): Promise<void>;
+  /** Forgets what was built. */
+  discard(): Promise<boolean>;
+}
+
+/** What the delta needs from the fetch. */
+export interface DeltaContext<H extends DeltaHeader> {
+  session: Session;
+  /** The path on the server. */
+  path: string;
+  /** The old copy, open for reading; the caller closes it. */
+  old: Deno.FsFile;
+  /** The old copy's SHA-256, if it was computed: the server answers `unchanged` if it is the version's. */
+  localSha256?: string;
+  /** Checks a header the way a whole-file get does. */
+  checkHeader: (header: ResponseHeader) => H;
+  target: DeltaTarget<H>;
+  deadline: Deadline;
+  progress: Progress;
+  /** Told of each data byte received (signature and ranges). */
+  onReceived: (bytes: number) => void;
+}
+
+/** How a delta ended; null from {@link fetchDelta} means: fetch the whole file instead. */
+export interface DeltaResult<H extends DeltaHeader> {
+  /** The version's header (from `sig`), with offset 0. */
+  header: H;
+  /** The whole file's SHA-256 as the server announced it, for the caller to check. */
+  sha256?: string;
+  /** Bytes copied from the old copy. */
+  reused: number;
+}
+
+/**
+ * Fetches `ctx.path` by delta into `ctx.target`. Returns the version's header and SHA-256 (the target
+ * then holds the whole new version, unverified), or null when the server refused a step (fall back to a
+ * whole-file get; nothing is kept). Throws a protocol error for a malformed answer; a lost connection
+ * propagates, leaving a resumable part.
+ */
+export async function fetchDelta<H extends DeltaHeader>(
+  ctx: DeltaContext<H>,
+): Promise<DeltaResult<H> | null> {
+  const { session, path, target } = ctx;
+  const what = JSON.stringify(path);
+  const request: Request = { v: PROTOCOL_VERSION, op: "sig", path };
+  if (ctx.localSha256 !== undefined) request.ifNoneMatch = ctx.localSha256;
+  let raw: ResponseHeader;
+  try {
+    raw = await session.begin(request, what);
+  } catch (e) {
+    if (e instanceof ServerRefusal) return null;
+    throw e;
+  }
+  const header = ctx.checkHeader(raw);
+  if (header.unchanged) {
+    await session.finish();
+    return { header, sha256: header.sha256 ?? ctx.localSha256, reused: header.size };
+  }
+  if (header.etag === undefined) throw protocolError(`the signature of ${what} names no version (etag)`);
+  const remote = await readSignature(ctx, raw.signatureLength, header.size);
+  const plan = planDelta(remote, signOldCopy(ctx.old, remote.bits, ctx.deadline));
+  const builder = new Builder(ctx, plan.steps);
+  await target.accept({ ...header, offset: 0 });
+  ctx.progress.start(path, header.size, 0);
+  let sha256 = header.sha256;
+  try {
+    await builder.copyUntilFetch();
+    for (let first = 0; first < plan.ranges.length; first += MAX_RANGES) {
+      const ranges = plan.ranges.slice(first, first + MAX_RANGES);
+      const fetched = await fetchRanges(ctx, header, ranges, builder);
+      if (fetched === null) {
+        await target.discard();
+        return null;
+      }
+      sha256 ??= fetched;
+    }
+  } finally {
+    ctx.progress.end();
+  }
+  if (!builder.done) throw protocolError(`the ranges of ${what} did not build the whole file`);
+  return { header, sha256, reused: plan.reusedBytes };
+}
+
+/** Most bytes a signature of a file of `size` bytes can take: one entry per 1 KiB (the smallest chunk). */
+function maxSignatureLength(size: number): number {
+  return SIGNATURE_HEADER_SIZE + SIGNATURE_ENTRY_SIZE * (Math.ceil(size / 1024) + 1);
+}
+
+/** Reads and decodes the signature that follows a `sig` header; a malformed one is a protocol error. */
+async function readSignature<H extends DeltaHeader>(
+  ctx: DeltaContext<H>,
+  length: unknown,
+  size: number,
+): Promise<Signature> {
+  const what = `the signature of ${JSON.stringify(ctx.path)}`;
+  if (
+    typeof length !== "number" || !Number.isSafeInteger(length) || length < SIGNATURE_HEADER_SIZE ||
+    length > maxSignatureLength(size)
+  ) {
+    throw protocolError(`${what} has an impossible length ${JSON.stringify(length)}`);
+  }
+  const bytes = new Uint8Array(length);
+  let received = 0;
+  const end = await ctx.session.readBody(length, (chunk) => {
+    bytes.set(chunk, received);
+    received += chunk.byteLength;
+    return Promise.resolve();
+  });
+  ctx.onReceived(end.received);
+  if (end.received !== length) {
+    throw protocolError(`${what} came with ${end.received} of its ${length} bytes`);
+  }
+  try {
+    return decodeSignature(bytes, size);
+  } catch (e) {
+    if (e instanceof SignatureError) throw protocolError(`${what}: ${e.message}`);
+    throw e;
+  }
+}
+
+/** The old copy's signature with the server's chunk size, read synchronously in 1 MiB pieces. */
+function signOldCopy(old: Deno.FsFile, bits: number, deadline: Deadline): Signature {
+  const builder = new SignatureBuilder(bits);
+  const buffer = new Uint8Array(1024 * 1024);
+  old.seekSync(0, Deno.SeekMode.Start);
+  for (let n = old.readSync(buffer); n !== null; n = old.readSync(buffer)) {
+    deadline.check();
+    builder.update(buffer.subarray(0, n));
+  }
+  return builder.finish();
+}
+
+/**
+ * One `get` of up to {@link MAX_RANGES} ranges of the version, fed to the builder as it arrives. Returns
+ * the SHA-256 the server announced (header or trailer), or null when the server refused (the version
+ * moved on, or changed while it was sent).
+ */
+async function fetchRanges<H extends DeltaHeader>(
+  ctx: DeltaContext<H>,
+  version: H,
+  ranges: [number, number][],
+  builder: Builder<H>,
+): Promise<string | null> {
+  const what = JSON.stringify(ctx.path);
+  let total = 0;
+  for (const [, length] of ranges) total += length;
+  const request: Request = { v: PROTOCOL_VERSION, op: "get", path: ctx.path, ifMatch: version.etag, ranges };
+  try {
+    const header = ctx.checkHeader(await ctx.session.begin(request, what));
+    if (header.etag !== version.etag || header.size !== version.size) {
+      throw protocolError(`the ranges of ${what} came from another version than asked for`);
+    }
+    const end = await ctx.session.readBody(total, async (chunk) => {
+      ctx.onReceived(chunk.byteLength);
+      await builder.feed(chunk);
+    });
+    if (end.received !== total) {
+      throw protocolError(`${what} sent ${end.received} of the ${total} bytes asked for`);
+    }
+    const sha256 = header.sha256 ?? end.sha256;
+    if (sha256 === undefined) throw protocolError(`the ranges of ${what} came without the file's SHA-256`);
+    return sha256;
+  } catch (e) {
+    if (e instanceof ServerRefusal) return null;
+    throw e;
+  }
+}
+
+/**
+ * Writes the new version in order: each fetched step from the bytes as they arrive, and after it the
+ * copied steps up to the next fetched one, read from the old copy.
+ */
+class Builder<H extends DeltaHeader> {
+  #step = 0;
+  /** Bytes of the current fetched step already written. */
+  #within = 0;
+  readonly #buffer = new Uint8Array(1024 * 1024);
+
+  constructor(
+    readonly ctx: DeltaContext<H>,
+    readonly steps: { offset: number; length: number; from: number | null }[],
+  ) {}
+
+  /** True once every step is written. */
+  get done(): boolean {
+    return this.#step === this.steps.length;
+  }
+
+  /** Copies the old copy's steps from here up to the next fetched one. */
+  async copyUntilFetch(): Promise<void> {
+    const { old, target, deadline, progress } = this.ctx;
+    for (; this.#step < this.steps.length && this.steps[this.#step].from !== null; this.#step++) {
+      const { from, length } = this.steps[this.#step];
+      old.seekSync(from!, Deno.SeekMode.Start);
+      for (let left = length; left > 0;) {
+        deadline.check();
+        const n = old.readSync(this.#buffer.subarray(0, Math.min(left, this.#buffer.byteLength)));
+        if (n === null) {
+          throw new LocalIoError(
+            "cannot read the local copy",
+            `it ended before byte ${from! + length}: it changed meanwhile`,
+          );
+        }
+        await target.write(this.#buffer.subarray(0, n));
+        progress.advance(n);
+        left -= n;
+      }
+    }
+  }
+
+  /** Writes fetched bytes into the steps that wait for them. */
+  async feed(chunk: Uint8Array): Promise<void> {
+    while (chunk.byteLength > 0) {
+      const step = this.steps[this.#step];
+      if (step === undefined || step.from !== null) {
+        throw protocolError("more bytes came than were asked for");
+      }
+      const n = Math.min(step.length - this.#within, chunk.byteLength);
+      await this.ctx.target.write(chunk.subarray(0, n));
+      this.ctx.progress.advance(n);
+      chunk = chunk.subarray(n);
+      this.#within += n;
+      if (this.#within === step.length) {
+        this.#step++;
+        this.#within = 0;
+        await this.copyUntilFetch();
+      }
+    }
+  }
+}

@@ -1,0 +1,339 @@
+/**
+ * Delta transfer end to end: a real server and the real client over loopback, real files. A changed file
+ * whose old copy is here comes over as its signature and the ranges the old copy lacks; the server refuses
+ * ranges that do not fit; a malformed signature publishes nothing; a version is signed once.
+ *
+ * @module
+ */
+
+import assert from "node:assert/strict";
+import { chunkBitsFor, chunkLimits, encodeSignature, signatureOf } from "../delta.ts";
+import { loadHashing } from "../hashing.ts";
+import { decodeJson, FRAME_HEADER_SIZE, getFrameLength, SIGNATURE_HEADER_SIZE } from "../framing.ts";
+import { getArgs, jsonLines, listDir, logged, spawnClient, withServer } from "./client_fixture.ts";
+import { FrameProxy } from "./proxy.ts";
+import { RawConnection, runClient, sha256, sparseFile, startServer, tempDir } from "./helpers.ts";
+
+const MiB = 1024 * 1024;
+
+/** `n` random bytes (incompressible, so no chunk of the old copy matches by accident). */
+function randomBytes(n: number): Uint8Array {
+  const out = new Uint8Array(n);
+  for (let at = 0; at < n; at += 65536) crypto.getRandomValues(out.subarray(at, Math.min(n, at + 65536)));
+  return out;
+}
+
+function concat(...parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.byteLength, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.byteLength;
+  }
+  return out;
+}
+
+/** Bytes of the signature the server sends for `data`. */
+async function signatureLength(data: Uint8Array): Promise<number> {
+  await loadHashing();
+  return encodeSignature(signatureOf(data)).byteLength;
+}
+
+/** The largest chunk of a file of `size` bytes. */
+const maxChunk = (size: number) => chunkLimits(chunkBitsFor(size)).max;
+
+/** The one `--json` line of a run, checked to be a success. */
+function report(r: Awaited<ReturnType<typeof runClient>>): Record<string, unknown> {
+  assert.equal(r.code, 0, r.stderr);
+  const [line] = jsonLines(r);
+  return line;
+}
+
+Deno.test("get: 1 MiB inserted into the middle of 20 MiB comes over as about 1 MiB, and the file is byte-identical", async () => {
+  await withServer(async ({ src, out, address }) => {
+    const old = randomBytes(20 * MiB);
+    await Deno.writeFile(`${src}/a.bin`, old);
+    assert.equal(report(await runClient(getArgs(address, "a.bin", out, "--json"))).bytes, old.byteLength);
+    const changed = concat(old.subarray(0, 10 * MiB), randomBytes(MiB), old.subarray(10 * MiB));
+    await Deno.writeFile(`${src}/a.bin`, changed);
+    const line = report(await runClient(getArgs(address, "a.bin", out, "--json")));
+    assert.equal(line.status, "updated");
+    assert.equal(line.sha256, sha256(changed));
+    assert.deepEqual(await Deno.readFile(`${out}/a.bin`), changed);
+    const allowed = MiB + await signatureLength(changed) + 4 * maxChunk(changed.byteLength);
+    assert.ok((line.bytes as number) <= allowed, `${line.bytes} bytes came over, more than ${allowed}`);
+    assert.ok((line.reused as number) >= old.byteLength - 4 * maxChunk(changed.byteLength));
+    assert.deepEqual((await listDir(out)).filter((n) => n !== ".ferry"), ["a.bin"], "no part left");
+  });
+});
+
+Deno.test("mirror: a changed file that exists locally comes over by delta, byte-identical", async () => {
+  await withServer(async ({ src, out, address }) => {
+    const old = randomBytes(20 * MiB);
+    await Deno.writeFile(`${src}/a.bin`, old);
+    assert.equal((await runClient(["mirror", address, ".", out, "-q"])).code, 0);
+    const changed = concat(old.subarray(0, 7 * MiB), randomBytes(MiB), old.subarray(7 * MiB));
+    await Deno.writeFile(`${src}/a.bin`, changed);
+    const r = await runClient(["mirror", address, ".", out, "--json"]);
+    assert.equal(r.code, 0, r.stderr);
+    const line = jsonLines(r).find((l) => l.path === "a.bin")!;
+    assert.equal(line.status, "updated");
+    assert.deepEqual(await Deno.readFile(`${out}/a.bin`), changed);
+    const allowed = MiB + await signatureLength(changed) + 4 * maxChunk(changed.byteLength);
+    assert.ok((line.bytes as number) <= allowed, `${line.bytes} bytes came over, more than ${allowed}`);
+    assert.deepEqual((await listDir(out)).filter((n) => n !== ".ferry"), ["a.bin"], "no part left");
+  });
+});
+
+Deno.test("get: a 4 KiB overwrite in 20 MiB fetches a few chunks, and a version is signed once however often it is asked for", async () => {
+  await withServer(async ({ src, out, address, server }) => {
+    const data = randomBytes(20 * MiB);
+    await Deno.writeFile(`${src}/a.bin`, data);
+    assert.equal((await runClient(getArgs(address, "a.bin", out, "-q"))).code, 0);
+    data.set(randomBytes(4096), 12 * MiB + 100);
+    await Deno.writeFile(`${src}/a.bin`, data);
+    const line = report(await runClient(getArgs(address, "a.bin", out, "--json")));
+    assert.deepEqual(await Deno.readFile(`${out}/a.bin`), data);
+    const fetched = (line.bytes as number) - await signatureLength(data);
+    assert.ok(fetched <= 3 * maxChunk(data.byteLength), `${fetched} bytes of ranges for a 4 KiB edit`);
+    // The same version asked for again, by delta and raw: its signature comes from the cache.
+    await Deno.writeFile(`${out}/a.bin`, randomBytes(2 * MiB)); // another old copy: not unchanged
+    assert.equal(report(await runClient(getArgs(address, "a.bin", out, "--json"))).sha256, sha256(data));
+    const conn = await RawConnection.open(server.ports[0]);
+    try {
+      await conn.sendRequest({ op: "sig", path: "a.bin" });
+      const answer = await conn.readResponse();
+      assert.equal(answer.types, "HD");
+      assert.equal(answer.json[0].signatureLength, answer.data.byteLength);
+      assert.equal(answer.data.byteLength, await signatureLength(data));
+    } finally {
+      conn.close();
+    }
+    const signed = await logged(server, /signed "a\.bin" bytes=20971520 .*result=ok/);
+    assert.equal(signed.length, 1, signed.join("\n"));
+  });
+});
+
+Deno.test("get with ranges sends those bytes of the version, and refuses ranges that do not fit with BAD_REQUEST", async () => {
+  await withServer(async ({ src, server }) => {
+    const data = randomBytes(100_000);
+    await Deno.writeFile(`${src}/r.bin`, data);
+    await Deno.mkdir(`${src}/dir`);
+    const ask = async (request: Record<string, unknown>) => {
+      const conn = await RawConnection.open(server.ports[0]);
+      try {
+        await conn.sendRequest(request);
+        return await conn.readResponse();
+      } finally {
+        conn.close();
+      }
+    };
+    const head = await ask({ op: "sig", path: "r.bin" });
+    const etag = head.json[0].etag as string;
+    const good = await ask({
+      op: "get",
+      path: "r.bin",
+      ifMatch: etag,
+      ranges: [[0, 10], [50_000, 5], [99_990, 10]],
+    });
+    assert.deepEqual(
+      good.data,
+      concat(data.subarray(0, 10), data.subarray(50_000, 50_005), data.subarray(99_990, 100_000)),
+    );
+    assert.equal(good.json.at(-1)!.sha256, sha256(data));
+    const code = async (ranges: unknown, ifMatch: string = etag) =>
+      (await ask({ op: "get", path: "r.bin", ifMatch, ranges })).json[0].code;
+    assert.equal(await code([[99_990, 11]]), "BAD_REQUEST"); // past the end
+    assert.equal(await code([[100_000, 1]]), "BAD_REQUEST"); // starts at the end
+    assert.equal(await code([[0, 10], [5, 10]]), "BAD_REQUEST"); // overlapping
+    assert.equal(await code([[50, 10], [0, 10]]), "BAD_REQUEST"); // unsorted
+    assert.equal(await code([[0, 0]]), "BAD_REQUEST"); // empty
+    assert.equal(await code([[0.5, 10]]), "BAD_REQUEST"); // not integers
+    assert.equal(await code(Array.from({ length: 1025 }, (_, i) => [2 * i, 1])), "BAD_REQUEST"); // too many
+    assert.equal(await code([[0, 10]], "0".repeat(32)), "CHANGED"); // another version
+    assert.equal((await ask({ op: "sig", path: "dir" })).json[0].code, "NOT_A_FILE");
+    const unchanged = await ask({ op: "sig", path: "r.bin", ifNoneMatch: sha256(data) });
+    assert.equal(unchanged.types, "H");
+    assert.equal(unchanged.json[0].unchanged, true);
+  });
+});
+
+/** Reads one request frame from `conn`, as JSON. */
+async function readRequest(conn: Deno.Conn): Promise<Record<string, unknown>> {
+  const buf = new Uint8Array(64 * 1024);
+  let got = 0;
+  while (got < FRAME_HEADER_SIZE || got < FRAME_HEADER_SIZE + getFrameLength(buf, 0)) {
+    const n = await conn.read(buf.subarray(got));
+    if (n === null) throw new Error("the client closed before its request was whole");
+    got += n;
+  }
+  return decodeJson(
+    buf.subarray(FRAME_HEADER_SIZE + 1, FRAME_HEADER_SIZE + getFrameLength(buf, 0)),
+  ) as Record<
+    string,
+    unknown
+  >;
+}
+
+function frame(type: string, body: Uint8Array): Uint8Array {
+  const out = new Uint8Array(FRAME_HEADER_SIZE + 1 + body.byteLength);
+  new DataView(out.buffer).setInt32(0, 1 + body.byteLength, true);
+  out[FRAME_HEADER_SIZE] = type.charCodeAt(0);
+  out.set(body, FRAME_HEADER_SIZE + 1);
+  return out;
+}
+
+Deno.test("a server sending a malformed signature makes get exit 6, and leaves the old copy as it was and no part", async () => {
+  await using out = await tempDir();
+  const old = randomBytes(2 * MiB);
+  await Deno.writeFile(`${out.path}/a.bin`, old);
+  const size = 3 * MiB;
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const requests: Record<string, unknown>[] = [];
+  const peer = (async () => {
+    using conn = await listener.accept();
+    requests.push(await readRequest(conn));
+    // A signature of the right length whose chunk lengths add up to more than the file's size.
+    const signature = new Uint8Array(SIGNATURE_HEADER_SIZE + 12);
+    const view = new DataView(signature.buffer);
+    signature.set(new TextEncoder().encode("FCS1"));
+    view.setUint8(4, chunkBitsFor(size));
+    view.setBigUint64(8, BigInt(size), true);
+    view.setUint32(16, 1, true);
+    view.setUint32(SIGNATURE_HEADER_SIZE, 4096, true);
+    const header = {
+      v: 1,
+      status: "ok",
+      size,
+      mtimeNs: "1",
+      mode: 420,
+      etag: "e".repeat(32),
+      sha256: "0".repeat(64),
+      signatureLength: signature.byteLength,
+    };
+    await conn.write(frame("H", new TextEncoder().encode(JSON.stringify(header))));
+    await conn.write(frame("D", signature));
+    await conn.write(new Uint8Array(FRAME_HEADER_SIZE));
+    await conn.read(new Uint8Array(1)); // until the client closes
+  })();
+  const r = await runClient(
+    getArgs(`127.0.0.1:${listener.addr.port}`, "a.bin", out.path, "--retries", "2", "--stall-timeout", "5"),
+  );
+  listener.close(); // a peer still waiting for a connection the client did not make fails
+  await peer;
+  assert.equal(requests.length, 1);
+  assert.equal(requests[0].op, "sig");
+  assert.equal(requests[0].ifNoneMatch, sha256(old));
+  assert.equal(r.code, 6, r.stderr);
+  assert.match(r.stderr, /malformed signature: chunk lengths add up to 4096, not 3145728/);
+  assert.deepEqual(await Deno.readFile(`${out.path}/a.bin`), old);
+  assert.deepEqual(await listDir(out.path), ["a.bin"]);
+});
+
+Deno.test("a server without sig (UNKNOWN_OP) gets asked for the whole file", async () => {
+  await using out = await tempDir();
+  await Deno.writeFile(`${out.path}/a.bin`, randomBytes(2 * MiB));
+  const data = randomBytes(MiB + 5);
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const requests: Record<string, unknown>[] = [];
+  const peer = (async () => {
+    {
+      using conn = await listener.accept();
+      requests.push(await readRequest(conn));
+      const error = { code: "UNKNOWN_OP", message: 'unknown operation "sig"' };
+      await conn.write(frame("E", new TextEncoder().encode(JSON.stringify(error))));
+      await conn.write(new Uint8Array(FRAME_HEADER_SIZE));
+    }
+    using conn = await listener.accept();
+    requests.push(await readRequest(conn));
+    const header = { v: 1, status: "ok", size: data.byteLength, etag: "f".repeat(32), offset: 0 };
+    await conn.write(frame("H", new TextEncoder().encode(JSON.stringify(header))));
+    await conn.write(frame("D", data));
+    await conn.write(frame("T", new TextEncoder().encode(JSON.stringify({ sha256: sha256(data) }))));
+    await conn.write(new Uint8Array(FRAME_HEADER_SIZE));
+    await conn.read(new Uint8Array(1));
+  })();
+  const r = await runClient(getArgs(`127.0.0.1:${listener.addr.port}`, "a.bin", out.path, "--json"));
+  listener.close(); // a peer still waiting for a connection the client did not make fails
+  await peer.catch((e) => assert.fail(`the peer: ${e} (requests: ${JSON.stringify(requests)}; ${r.stderr})`));
+  assert.deepEqual(requests.map((q) => q.op), ["sig", "get"]);
+  assert.equal(requests[1].ranges, undefined);
+  assert.equal(report(r).bytes, data.byteLength);
+  assert.deepEqual(await Deno.readFile(`${out.path}/a.bin`), data);
+});
+
+Deno.test("a signature computed by one worker is passed to the others: a version is signed once per server", async () => {
+  await using dir = await tempDir();
+  const data = randomBytes(3 * MiB);
+  await Deno.writeFile(`${dir.path}/s.bin`, data);
+  await sparseFile(dir.path, "hog.bin", 256 * MiB);
+  const server = await startServer(["--listen", "127.0.0.1:0", "--root", dir.path, "--workers", "2"]);
+  const sigBy = () =>
+    server.log.filter((l) => l.includes('request=SIG "s.bin"')).map((l) => /worker=(\d)/.exec(l)![1]);
+  const first = await RawConnection.open(server.ports[0]);
+  try {
+    await first.sendRequest({ op: "sig", path: "s.bin" });
+    const a = await first.readResponse();
+    assert.equal(a.data.byteLength, await signatureLength(data));
+    await logged(server, /request=SIG "s\.bin"/);
+    const signer = sigBy()[0];
+    // `first` then asks for a large file and reads only its header: its worker stays busy sending it, so
+    // new connections go to the other worker once the master has heard that this one is busy (a connection
+    // that arrives in the same instant may still land beside it: then the next one is asked).
+    await first.sendRequest({ op: "get", path: "hog.bin" });
+    assert.equal(String.fromCharCode((await first.readFrame())!.payload[0]), "H");
+    for (let tries = 0; tries < 10 && sigBy().every((w) => w === signer); tries++) {
+      const other = await RawConnection.open(server.ports[0]);
+      try {
+        await other.sendRequest({ op: "sig", path: "s.bin" });
+        const b = await other.readResponse();
+        assert.deepEqual(b.data, a.data);
+        assert.equal(b.json[0].sha256, sha256(data));
+      } finally {
+        other.close();
+      }
+      await logged(server, /request=SIG "s\.bin"/, tries + 2);
+    }
+  } finally {
+    first.close();
+    assert.equal((await server.stop()).code, 0);
+  }
+  assert.ok(new Set(sigBy()).size === 2, `SIG served by both workers: ${sigBy()}`);
+  assert.equal(server.log.filter((l) => /signed "s\.bin"/.test(l)).length, 1);
+});
+
+Deno.test("a delta cut off in the middle resumes as a whole-file get from the part's size, and the file is byte-identical", async () => {
+  await withServer(async ({ src, out, address, server }) => {
+    const old = randomBytes(20 * MiB);
+    await Deno.writeFile(`${src}/a.bin`, old);
+    assert.equal((await runClient(getArgs(address, "a.bin", out, "-q"))).code, 0);
+    const changed = concat(old.subarray(0, 10 * MiB), randomBytes(MiB), old.subarray(10 * MiB));
+    await Deno.writeFile(`${src}/a.bin`, changed);
+    // Held (then cut) on the first connection once the signature and 300,000 bytes of the insertion came.
+    const proxy = new FrameProxy(server.ports[0], {
+      hold: { connection: 0, bytes: await signatureLength(changed) + 300_000 },
+    });
+    try {
+      const client = spawnClient(getArgs(proxy.address, "a.bin", out, "--json"));
+      await proxy.held;
+      proxy.cut();
+      const r = await client.done;
+      const line = report(r);
+      assert.equal(line.attempts, 2);
+      assert.deepEqual(await Deno.readFile(`${out}/a.bin`), changed);
+      assert.deepEqual(await listDir(out), ["a.bin"]);
+      const [sig, ranged] = proxy.connections[0].requests;
+      assert.equal(sig.op, "sig");
+      assert.ok(Array.isArray(ranged.ranges));
+      const resumed = proxy.connections[1].requests[0];
+      assert.equal(resumed.op, "get");
+      assert.equal(resumed.ranges, undefined);
+      assert.equal(resumed.ifMatch, proxy.connections[0].controls[0].body.etag);
+      const cutAt = resumed.offset as number;
+      assert.ok(cutAt > 10 * MiB && cutAt < 11 * MiB, `resumed at ${cutAt}`);
+      assert.equal(line.resumedFrom, cutAt);
+    } finally {
+      await proxy.close();
+    }
+  });
+});

@@ -1,0 +1,182 @@
+/**
+ * A worker's cache of delta signatures (`delta.ts`): each file version is cut into chunks once, by a
+ * shared job that reads it in slices between I/O (`file_jobs.ts`), and the encoded signature is kept
+ * under the version's identity, within a byte bound, for every later `sig` request. The same read
+ * gives the file's SHA-256 when it is not known yet, which the hash cache then keeps and shares.
+ *
+ * A signature computed here is passed to the other workers (`onComputed`: the worker writes it into a memfd
+ * whose fd the master relays), and one computed by another worker is read from its memfd when first asked
+ * for ({@link SignatureCache.learn}), so a version is signed once per server.
+ *
+ * @module
+ */
+
+import type { Hash } from "node:crypto";
+import { chunkBitsFor, encodeSignature, SignatureBuilder } from "../delta.ts";
+import { createSha256 } from "../hashing.ts";
+import { close, fstat, pread } from "../ffi/libc.ts";
+import { FileJobs } from "./file_jobs.ts";
+import { etagOf, type HashCache } from "./hash_cache.ts";
+
+/** A file version's signature, encoded for the wire, and its SHA-256. */
+export interface Signed {
+  /** `encodeSignature`'s bytes; shared, never written to. */
+  signature: Uint8Array;
+  /** The whole file's SHA-256, hex. */
+  sha256: string;
+}
+
+/** Bytes read per {@link SignatureCache.step} call at most, across all jobs (as the hash cache's). */
+const STEP_BYTES = 256 * 1024;
+
+/**
+ * Bytes of signatures kept by default: a 1 GiB file's is under 400 KB, so this holds the signatures of
+ * about a hundred such files, or thousands of small ones.
+ */
+export const SIGNATURE_CACHE_BYTES = 32 * 1024 * 1024;
+
+/** Signatures other workers computed, held as their memfds until asked for, at most. */
+const MAX_SHARED = 64;
+
+/** Signatures by file identity, least recently used forgotten first, with shared background jobs. */
+export class SignatureCache {
+  readonly #known = new Map<string, Signed>();
+  #bytes = 0;
+  readonly #jobs: FileJobs<Signed>;
+  /** Signatures other workers computed, by etag: a memfd holding the signature, and the SHA-256. */
+  readonly #shared = new Map<string, { fd: number; sha256: string }>();
+
+  /**
+   * @param hashes the worker's SHA-256 cache: told of the hashes computed here, asked before computing one
+   * @param log receives one line per signature computed (what, bytes, chunks, seconds)
+   * @param onComputed told of each signature computed here, to pass it to the other workers
+   * @param maxBytes bytes of signatures kept at most
+   */
+  constructor(
+    readonly hashes: HashCache,
+    log: (line: string) => void = () => {},
+    onComputed: (etag: string, signed: Signed) => void = () => {},
+    readonly maxBytes: number = SIGNATURE_CACHE_BYTES,
+  ) {
+    this.#jobs = new FileJobs<Signed>((end) => {
+      if (end.computedHere) {
+        const outcome = end.result === null ? "file changed while signing" : "ok";
+        const size = end.result === null ? "" : ` signature=${end.result.signature.byteLength}`;
+        log(
+          `signed ${end.label} bytes=${end.bytes}${size} duration=${
+            end.seconds.toFixed(3)
+          }s result=${outcome}`,
+        );
+      }
+      if (end.result === null) return;
+      this.#remember(end.identity, end.result);
+      if (!end.computedHere) return;
+      this.hashes.offer(end.identity, end.result.sha256);
+      // Passed on before the waiters answer, so a client's next request may meet a worker that has it.
+      onComputed(etagOf(end.identity), end.result);
+    });
+  }
+
+  /**
+   * Takes a signature another worker computed for the version named `etag`: `fd` (a memfd holding it) is
+   * now this cache's to close. It is read when first asked for; a job of this cache for the same version
+   * ends at once with it.
+   */
+  learn(etag: string, sha256: string, fd: number): void {
+    const before = this.#shared.get(etag);
+    if (before !== undefined) close(before.fd);
+    this.#shared.delete(etag);
+    if (this.#shared.size >= MAX_SHARED) {
+      const [oldest, entry] = this.#shared.entries().next().value!;
+      close(entry.fd);
+      this.#shared.delete(oldest);
+    }
+    this.#shared.set(etag, { fd, sha256 });
+    for (const identity of [...this.#jobs.identities()]) {
+      if (etagOf(identity) !== etag) continue;
+      const signed = this.#takeShared(identity);
+      if (signed !== undefined) this.#jobs.end(identity, signed);
+    }
+  }
+
+  /** The signature another worker passed for this version, read from its memfd, if there is one. */
+  #takeShared(identity: string): Signed | undefined {
+    const etag = etagOf(identity);
+    const shared = this.#shared.get(etag);
+    if (shared === undefined) return undefined;
+    this.#shared.delete(etag);
+    try {
+      const signature = new Uint8Array(fstat(shared.fd).size);
+      for (let got = 0; got < signature.byteLength;) {
+        const n = pread(shared.fd, signature.subarray(got), got);
+        if (n <= 0) return undefined; // a memfd nobody writes does not shrink; if it did, sign here
+        got += n;
+      }
+      const signed = { signature, sha256: shared.sha256 };
+      this.#remember(identity, signed);
+      return signed;
+    } finally {
+      close(shared.fd);
+    }
+  }
+
+  /** True while some job is waiting to be advanced by {@link step}. */
+  get busy(): boolean {
+    return this.#jobs.busy;
+  }
+
+  /**
+   * Calls `done` with the version's signature and SHA-256 once known (at once if cached), or with null if
+   * the file changed while it was read. `fd` is the caller's; a job reads a duplicate of it.
+   */
+  request(
+    identity: string,
+    fd: number,
+    size: number,
+    label: string,
+    done: (signed: Signed | null) => void,
+  ): void {
+    const known = this.#known.get(identity);
+    if (known !== undefined) {
+      this.#known.delete(identity); // most recently used last
+      this.#known.set(identity, known);
+      return done(known);
+    }
+    const shared = this.#takeShared(identity);
+    if (shared !== undefined) return done(shared);
+    const knownSha = this.hashes.get(identity);
+    this.#jobs.request(identity, fd, size, label, () => signing(size, knownSha), done);
+  }
+
+  /** Advances the jobs; call from the worker loop while {@link busy}. */
+  step(): void {
+    this.#jobs.step(STEP_BYTES);
+  }
+
+  #remember(identity: string, signed: Signed): void {
+    const bytes = signed.signature.byteLength;
+    if (bytes > this.maxBytes) return;
+    while (this.#bytes + bytes > this.maxBytes) {
+      const [oldest, entry] = this.#known.entries().next().value!;
+      this.#known.delete(oldest);
+      this.#bytes -= entry.signature.byteLength;
+    }
+    this.#known.set(identity, signed);
+    this.#bytes += bytes;
+  }
+}
+
+/** The work of one signature job: the chunks, and the SHA-256 unless it is known already. */
+function signing(size: number, knownSha: string | undefined) {
+  const builder = new SignatureBuilder(chunkBitsFor(size));
+  const hash: Hash | null = knownSha === undefined ? createSha256() : null;
+  return {
+    update(bytes: Uint8Array): void {
+      builder.update(bytes);
+      hash?.update(bytes);
+    },
+    result(): Signed {
+      return { signature: encodeSignature(builder.finish()), sha256: knownSha ?? hash!.digest("hex") };
+    },
+  };
+}
