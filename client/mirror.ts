@@ -218,15 +218,17 @@ function needOf(item: Omit<Item, "need">, state: MirrorState): Need {
       ? { kind: "one by one" }
       : { kind: "fast" };
   }
-  if (recorded !== undefined) return needBySha(entry, local, recorded.sha256);
+  // A large file of the same size goes one by one: delta reads the old copy anyway, and the signature's
+  // request says "unchanged" when the copy already has the server's hash.
+  if (local.size >= DELTA_MIN_SIZE) return { kind: "one by one" };
+  if (recorded !== undefined) return needBySha(entry, recorded.sha256);
   return { kind: "hash" };
 }
 
 /** What a file of the listed size needs, its local copy's SHA-256 known (null: it is gone meanwhile). */
-function needBySha(entry: ListEntry, local: StatIdentity, sha256: string | null): Need {
+function needBySha(entry: ListEntry, sha256: string | null): Need {
   if (sha256 === null) return { kind: "fast" };
   if (entry.sha256 === sha256) return { kind: "current", sha256 };
-  if (entry.sha256 !== undefined && local.size >= DELTA_MIN_SIZE) return { kind: "one by one" };
   return { kind: "fast", localSha256: sha256 };
 }
 
@@ -451,7 +453,7 @@ class MirrorRun {
     await loadHashing();
     for (const item of this.#toHash) {
       try {
-        item.need = needBySha(item.entry, item.local!, hashLocal(item.folder.dir, item.name));
+        item.need = needBySha(item.entry, hashLocal(item.folder.dir, item.name));
         this.#route(item);
       } catch (e) {
         this.#failed(item, classify(e));

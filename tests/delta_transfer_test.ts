@@ -85,6 +85,24 @@ Deno.test("mirror: a changed file that exists locally comes over by delta, byte-
   });
 });
 
+Deno.test("mirror: a large file overwritten in place, same size, comes by delta too (its state entry no longer matches)", async () => {
+  await withServer(async ({ src, out, address }) => {
+    const old = randomBytes(8 * MiB);
+    await Deno.writeFile(`${src}/same.bin`, old);
+    assert.equal((await runClient(["mirror", address, ".", out, "-q"])).code, 0);
+    const changed = old.slice();
+    changed.set(randomBytes(4096), 4 * MiB);
+    await Deno.writeFile(`${src}/same.bin`, changed);
+    const r = await runClient(["mirror", address, ".", out, "--json"]);
+    assert.equal(r.code, 0, r.stderr);
+    const line = jsonLines(r).find((l) => l.path === "same.bin")!;
+    assert.equal(line.status, "updated");
+    assert.deepEqual(await Deno.readFile(`${out}/same.bin`), changed);
+    const allowed = 4096 + await signatureLength(changed) + 4 * maxChunk(changed.byteLength);
+    assert.ok((line.bytes as number) <= allowed, `${line.bytes} bytes came over, more than ${allowed}`);
+  });
+});
+
 Deno.test("get: a 4 KiB overwrite in 20 MiB fetches a few chunks, and a version is signed once however often it is asked for", async () => {
   await withServer(async ({ src, out, address, server }) => {
     const data = randomBytes(20 * MiB);
