@@ -170,6 +170,9 @@ async function withRig(fn: (rig: Rig) => void): Promise<void> {
   rig.serve();
   sendAll(rig.client, request({ path: "a.txt" })); // from the reply cache
   rig.serve();
+  Deno.writeFileSync(`${dir}/c.txt`, A_TXT);
+  sendAll(rig.client, request({ op: "stat", path: "c.txt" })); // hashed by a background job
+  rig.serve();
   sendAll(rig.client, request({ op: "list", path: "", recursive: true }));
   rig.serve();
   sendAll(rig.client, request({ path: "missing" }));
@@ -186,11 +189,11 @@ Deno.test("a worker's connection answers get, stat, list and ping, one after ano
   await withRig((rig) => {
     sendAll(rig.client, request({ path: "a.txt" }));
     const [got] = responses(rig.serve());
-    // The hash was not known before the data: it comes in the trailer, computed between turns.
-    assert.equal(got.types, "HDT");
+    // A small file not hashed before is hashed on the spot: the hash comes in the header, no trailer.
+    assert.equal(got.types, "HD");
     assert.equal(got.json[0].size, A_TXT.byteLength);
     assert.deepEqual(got.data, A_TXT);
-    assert.equal(got.json[1].sha256, sha256(A_TXT));
+    assert.equal(got.json[0].sha256, sha256(A_TXT));
 
     sendAll(rig.client, request({ op: "stat", path: "sub/b.txt" }));
     const [stat] = responses(rig.serve());
@@ -229,7 +232,7 @@ Deno.test("requests sent in one write are answered in order, each whole", async 
       ]),
     );
     const got = responses(rig.serve());
-    assert.deepEqual(got.map((r) => r.types), ["H", "E", "HDT", "H"]);
+    assert.deepEqual(got.map((r) => r.types), ["H", "E", "HD", "H"]);
     assert.equal(got[0].json[0].size, 5000);
     assert.equal(got[1].json[0].code, ErrorCode.NotFound);
     assert.equal(new TextDecoder().decode(got[2].data), "bee");

@@ -97,6 +97,11 @@ export class HashCache {
     }
   }
 
+  /** Records a hash this worker computed for itself, without telling the other workers. */
+  note(identity: string, sha256: string): void {
+    this.#remember(etagOf(identity), sha256);
+  }
+
   /**
    * Records a hash this worker computed by other means (along with a signature): kept, shared with the
    * other workers like one of its own jobs' results, and given to a job waiting for it.

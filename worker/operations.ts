@@ -25,6 +25,7 @@ import {
   type ResponseHeader,
 } from "../framing.ts";
 import { etagOf, type HashCache, identityOf } from "./hash_cache.ts";
+import { createSha256 } from "../hashing.ts";
 import { returnReplyBuffer, takeReplyBuffer } from "./reply_pool.ts";
 import type { ReplyCache } from "./reply_cache.ts";
 import { list } from "./listing.ts";
@@ -212,7 +213,7 @@ function get(request: Readonly<Request>, ctx: ReplyContext): Reply {
       return [unchangedGetAnswer(file, sha)];
     }));
   } else {
-    reply.pieces.push(...sendFile(file, ctx.hashes.get(identity)));
+    reply.pieces.push(...sendFile(file, ctx.hashes.get(identity) ?? hashSmallFile(file)));
   }
   return reply;
 }
@@ -271,6 +272,32 @@ function unchangedGetAnswer(file: OpenGet, sha256: string): Uint8Array {
  * The pieces that send the file: a small file with a known hash as one buffer (kept in the reply cache when
  * whole), else a Header, the data frames, and what follows the data.
  */
+/** Where {@link hashSmallFile} reads a file; allocated on first use. */
+let smallFileBuffer: Uint8Array | null = null;
+
+/**
+ * The SHA-256 of a small file not hashed yet, computed on the spot: reading and hashing 64 KiB at most costs
+ * less than the background job it would otherwise get (a wake-up, a sendfile, a Trailer), and the reply
+ * can then be built whole, sent in one call and cached. A mirror's first copy is made of such replies. The
+ * hash is kept in this worker only: passing it to the others would cost the master a wake-up per file,
+ * more than hashing it again. Undefined for a larger file, or one that changed while being read.
+ */
+function hashSmallFile(file: OpenGet): string | undefined {
+  const { ctx, fd, fileStat, identity } = file;
+  if (fileStat.size > SMALL_REPLY_BYTES) return undefined;
+  smallFileBuffer ??= new Uint8Array(SMALL_REPLY_BYTES);
+  const data = smallFileBuffer.subarray(0, fileStat.size);
+  for (let got = 0; got < data.byteLength;) {
+    const n = pread(fd, data.subarray(got), got);
+    if (n <= 0) return undefined; // shrank: the usual path reports it
+    got += n;
+  }
+  if (identityOf(fstat(fd)) !== identity) return undefined;
+  const sha256 = createSha256().update(data).digest("hex");
+  ctx.hashes.note(identity, sha256);
+  return sha256;
+}
+
 function sendFile(file: OpenGet, sha: string | undefined): Piece[] {
   const { ctx, path, offset, fd, fileStat, identity, etag } = file;
   const head = sha !== undefined && offset === 0
