@@ -9,7 +9,15 @@
 import assert from "node:assert/strict";
 import { chunkBitsFor, chunkLimits, encodeSignature, signatureOf } from "../delta.ts";
 import { loadHashing } from "../hashing.ts";
-import { decodeJson, FRAME_HEADER_SIZE, getFrameLength, SIGNATURE_HEADER_SIZE } from "../framing.ts";
+import {
+  decodeJson,
+  encodeJsonFrame,
+  FRAME_HEADER_SIZE,
+  FrameType,
+  getFrameLength,
+  putFrameLength,
+  SIGNATURE_HEADER_SIZE,
+} from "../framing.ts";
 import { getArgs, jsonLines, listDir, logged, spawnClient, withServer } from "./client_fixture.ts";
 import { FrameProxy } from "./proxy.ts";
 import { RawConnection, runClient, sha256, sparseFile, startServer, tempDir } from "./helpers.ts";
@@ -193,10 +201,11 @@ async function readRequest(conn: Deno.Conn): Promise<Record<string, unknown>> {
   >;
 }
 
-function frame(type: string, body: Uint8Array): Uint8Array {
+/** A frame of `type` carrying `body` as it is (Data), as a fake server sends it. */
+function frame(type: number, body: Uint8Array): Uint8Array {
   const out = new Uint8Array(FRAME_HEADER_SIZE + 1 + body.byteLength);
-  new DataView(out.buffer).setInt32(0, 1 + body.byteLength, true);
-  out[FRAME_HEADER_SIZE] = type.charCodeAt(0);
+  putFrameLength(out, 0, 1 + body.byteLength);
+  out[FRAME_HEADER_SIZE] = type;
   out.set(body, FRAME_HEADER_SIZE + 1);
   return out;
 }
@@ -229,8 +238,8 @@ Deno.test("a server sending a malformed signature makes get exit 6, and leaves t
       sha256: "0".repeat(64),
       signatureLength: signature.byteLength,
     };
-    await conn.write(frame("H", new TextEncoder().encode(JSON.stringify(header))));
-    await conn.write(frame("D", signature));
+    await conn.write(encodeJsonFrame(FrameType.Header, header));
+    await conn.write(frame(FrameType.Data, signature));
     await conn.write(new Uint8Array(FRAME_HEADER_SIZE));
     await conn.read(new Uint8Array(1)); // until the client closes
   })();
@@ -259,15 +268,15 @@ Deno.test("a server without sig (UNKNOWN_OP) gets asked for the whole file", asy
       using conn = await listener.accept();
       requests.push(await readRequest(conn));
       const error = { code: "UNKNOWN_OP", message: 'unknown operation "sig"' };
-      await conn.write(frame("E", new TextEncoder().encode(JSON.stringify(error))));
+      await conn.write(encodeJsonFrame(FrameType.Error, error));
       await conn.write(new Uint8Array(FRAME_HEADER_SIZE));
     }
     using conn = await listener.accept();
     requests.push(await readRequest(conn));
     const header = { v: 1, status: "ok", size: data.byteLength, etag: "f".repeat(32), offset: 0 };
-    await conn.write(frame("H", new TextEncoder().encode(JSON.stringify(header))));
-    await conn.write(frame("D", data));
-    await conn.write(frame("T", new TextEncoder().encode(JSON.stringify({ sha256: sha256(data) }))));
+    await conn.write(encodeJsonFrame(FrameType.Header, header));
+    await conn.write(frame(FrameType.Data, data));
+    await conn.write(encodeJsonFrame(FrameType.Trailer, { sha256: sha256(data) }));
     await conn.write(new Uint8Array(FRAME_HEADER_SIZE));
     await conn.read(new Uint8Array(1));
   })();

@@ -21,8 +21,10 @@ import {
 import { encodeSockaddr } from "../ffi/sockaddr.ts";
 import {
   decodeJson,
+  encodeJsonFrame,
   encodeRequest,
   FRAME_HEADER_SIZE,
+  FrameType,
   getFrameLength,
   LIST_BATCH_BYTES,
 } from "../framing.ts";
@@ -437,16 +439,6 @@ Deno.test("a worker walking a large tree answers a ping on another connection be
   });
 });
 
-/** Encodes a control frame of `type` with `body`'s JSON. */
-function controlFrame(type: string, body: unknown): Uint8Array {
-  const json = new TextEncoder().encode(JSON.stringify(body));
-  const frame = new Uint8Array(FRAME_HEADER_SIZE + 1 + json.byteLength);
-  new DataView(frame.buffer).setInt32(0, 1 + json.byteLength, true);
-  frame[FRAME_HEADER_SIZE] = type.charCodeAt(0);
-  frame.set(json, FRAME_HEADER_SIZE + 1);
-  return frame;
-}
-
 Deno.test("a streamed listing cut off before its trailer is never taken for whole: mirror deletes nothing and exits 6", async () => {
   await using out = await tempDir();
   await Deno.writeTextFile(`${out.path}/keep.txt`, "only here\n");
@@ -471,8 +463,8 @@ Deno.test("a streamed listing cut off before its trailer is never taken for whol
     const entry = { path: "a.txt", size: 2, mtimeNs: "1", mode: 420 };
     for (
       const frame of [
-        controlFrame("H", { v: 1, status: "ok", stream: true }),
-        controlFrame("L", { entries: [entry] }),
+        encodeJsonFrame(FrameType.Header, { v: 1, status: "ok", stream: true }),
+        encodeJsonFrame(FrameType.Entries, { entries: [entry] }),
       ]
     ) {
       await conn.write(frame);
