@@ -10,17 +10,23 @@ import assert from "node:assert/strict";
 import { chunkBitsFor, chunkLimits, encodeSignature, signatureOf } from "../delta.ts";
 import { loadHashing } from "../hashing.ts";
 import {
-  decodeJson,
   encodeJsonFrame,
   FRAME_HEADER_SIZE,
   FrameType,
-  getFrameLength,
   putFrameLength,
   SIGNATURE_HEADER_SIZE,
 } from "../framing.ts";
 import { getArgs, jsonLines, listDir, logged, spawnClient, withServer } from "./client_fixture.ts";
 import { FrameProxy } from "./proxy.ts";
-import { RawConnection, runClient, sha256, sparseFile, startServer, tempDir } from "./helpers.ts";
+import {
+  RawConnection,
+  readRequest,
+  runClient,
+  sha256,
+  sparseFile,
+  startServer,
+  tempDir,
+} from "./helpers.ts";
 
 const MiB = 1024 * 1024;
 
@@ -183,23 +189,6 @@ Deno.test("get with ranges sends those bytes of the version, and refuses ranges 
     assert.equal(unchanged.json[0].unchanged, true);
   });
 });
-
-/** Reads one request frame from `conn`, as JSON. */
-async function readRequest(conn: Deno.Conn): Promise<Record<string, unknown>> {
-  const buf = new Uint8Array(64 * 1024);
-  let got = 0;
-  while (got < FRAME_HEADER_SIZE || got < FRAME_HEADER_SIZE + getFrameLength(buf, 0)) {
-    const n = await conn.read(buf.subarray(got));
-    if (n === null) throw new Error("the client closed before its request was whole");
-    got += n;
-  }
-  return decodeJson(
-    buf.subarray(FRAME_HEADER_SIZE + 1, FRAME_HEADER_SIZE + getFrameLength(buf, 0)),
-  ) as Record<
-    string,
-    unknown
-  >;
-}
 
 /** A frame of `type` carrying `body` as it is (Data), as a fake server sends it. */
 function frame(type: number, body: Uint8Array): Uint8Array {

@@ -469,3 +469,16 @@ export async function treeOf(root: string): Promise<Record<string, string>> {
   await walk("");
   return files;
 }
+
+/** Reads one request frame from `conn` (a fake server's side of a connection), as JSON. */
+export async function readRequest(conn: Deno.Conn): Promise<Record<string, unknown>> {
+  const buf = new Uint8Array(64 * 1024);
+  let got = 0;
+  while (got < FRAME_HEADER_SIZE || got < FRAME_HEADER_SIZE + getFrameLength(buf, 0)) {
+    const n = await conn.read(buf.subarray(got));
+    if (n === null) throw new Error("the client closed before its request was whole");
+    got += n;
+  }
+  const body = buf.subarray(FRAME_HEADER_SIZE + 1, FRAME_HEADER_SIZE + getFrameLength(buf, 0));
+  return decodeJson(body) as Record<string, unknown>;
+}

@@ -33,6 +33,7 @@ import {
   childPids,
   type Launcher,
   RawConnection,
+  readRequest,
   runClient,
   sha256File,
   startServer,
@@ -447,19 +448,7 @@ Deno.test("a streamed listing cut off before its trailer is never taken for whol
   const requests: Record<string, unknown>[] = [];
   const peer = (async () => {
     using conn = await listener.accept();
-    const buf = new Uint8Array(64 * 1024);
-    let got = 0;
-    while (got < FRAME_HEADER_SIZE || got < FRAME_HEADER_SIZE + getFrameLength(buf, 0)) {
-      const n = await conn.read(buf.subarray(got));
-      if (n === null) throw new Error("the client closed before its request was whole");
-      got += n;
-    }
-    requests.push(
-      decodeJson(buf.subarray(FRAME_HEADER_SIZE + 1, FRAME_HEADER_SIZE + getFrameLength(buf, 0))) as Record<
-        string,
-        unknown
-      >,
-    );
+    requests.push(await readRequest(conn));
     const entry = { path: "a.txt", size: 2, mtimeNs: "1", mode: 420 };
     for (
       const frame of [
