@@ -34,6 +34,7 @@ import {
   type Launcher,
   RawConnection,
   readRequest,
+  repoPath,
   runClient,
   sha256File,
   startServer,
@@ -78,6 +79,12 @@ async function unprivilegedLauncher(dir: string): Promise<Launcher | null | stri
   await Deno.mkdir(`${dir}/cache`);
   await Deno.chown(`${dir}/cache`, 65534, 65534);
   await Deno.chmod(dir, 0o755);
+  // The server's own modules must be readable by that user too: a checkout below a private folder is not.
+  const server = repoPath("server.ts");
+  const readable = await new Deno.Command("setpriv", {
+    args: ["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--", "test", "-r", server],
+  }).output();
+  if (!readable.success) return `user nobody cannot read ${server} (a folder above it is private)`;
   return {
     command: "setpriv",
     args: ["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--", deno],
