@@ -112,6 +112,7 @@ export function buildServeConfig(
     hashes,
     signatures: new SignatureCache(hashes, hooks.serviceLine, hooks.signatureKnown),
     wake: hooks.wake,
+    http: args.http === false ? null : { routes: new Map() },
     replies: new ReplyCache(
       args.replyCacheBytes,
       (why) => hooks.serviceLine(`reply cache kept in the heap: ${why}`),

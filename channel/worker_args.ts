@@ -28,6 +28,8 @@ export interface WorkerArgs {
   requestLog: string | null;
   /** Bytes of small replies kept in memory; 0 for none. */
   replyCacheBytes: number;
+  /** False with `--no-http`: request-mode connections speak only ferry's protocol. @default true */
+  http?: boolean;
 }
 
 /** Parses the worker's arguments (the master's {@link workerArgv} output). */

@@ -33,6 +33,8 @@ export interface ServerOptions {
   requestLog: string | null;
   /** Bytes of small replies each worker keeps in memory; 0 turns the cache off. @default 8 MiB */
   replyCacheBytes: number;
+  /** Answer HTTP/1.1 GET and HEAD on request-mode listeners (false with `--no-http`). @default true */
+  http: boolean;
 }
 
 /** The text `--help` prints. */
@@ -63,6 +65,8 @@ Options:
   --reply-cache MIB        memory per worker for small replies answered from memory (default 8);
                            0 opens every file for every request (e.g. a root on NFS, where a stat may
                            come from the attribute cache while an open revalidates)
+  --no-http                speak only ferry's protocol on request-mode listeners (by default an
+                           HTTP/1.1 GET or HEAD on the same port is answered too)
   -h, --help               show this help
 
 The listening addresses are printed on stderr once the workers are ready.`;
@@ -98,6 +102,7 @@ export function parseServerArgs(argv: string[]): ServerOptions | "help" {
         backlog: { type: "string" },
         "request-log": { type: "string" },
         "reply-cache": { type: "string" },
+        "no-http": { type: "boolean" },
         help: { type: "boolean", short: "h" },
       },
     });
@@ -144,6 +149,7 @@ export function parseServerArgs(argv: string[]): ServerOptions | "help" {
     replyCacheBytes: v["reply-cache"] === "0"
       ? 0
       : Math.round(positiveNumber("reply-cache", v["reply-cache"], 8, false) * 1024 * 1024),
+    http: v["no-http"] !== true,
   };
 }
 

@@ -249,7 +249,12 @@ Deno.test("request mode: negative and oversized frame lengths are refused with T
     await assertMalformed(s, frame(new Uint8Array(0), -1), ErrorCode.TooLarge);
     await assertMalformed(s, frame(new Uint8Array(0), -0x80000000), ErrorCode.TooLarge);
     await assertMalformed(s, frame(new Uint8Array(0), MAX_REQUEST_FRAME + 1), ErrorCode.TooLarge);
-    // An HTTP request: "GET " read as a length is 0x20544547.
+  });
+});
+
+Deno.test("request mode with --no-http: an HTTP request is a frame too large (TOO_LARGE), and the next request succeeds", async () => {
+  await withServer(["--no-http"], async (s) => {
+    // "GET " read as a length is 0x20544547, far above the largest request frame.
     const http = encoder.encode("GET /ok.txt HTTP/1.1\r\nHost: localhost\r\n\r\n");
     assert.equal(new DataView(http.buffer).getInt32(0, true), 0x20544547);
     await assertMalformed(s, http, ErrorCode.TooLarge);

@@ -142,8 +142,9 @@ export class FramedFileBody implements Body {
 }
 
 /**
- * A range of bytes of an fd that holds them ready to go (a cached reply), sent with sendfile(2): no copy
- * through the worker, and the socket takes references to the pages instead of copying them.
+ * A range of bytes of an fd sent as they are, with sendfile(2): a cached reply held ready in a memfd, or an
+ * HTTP body straight from the file. No copy through the worker, and the socket takes references to the
+ * pages instead of copying them. Throws FileShrankError if the fd ends before the range does.
  */
 export class FileRangeBody implements Body {
   #offset: number;
@@ -152,9 +153,9 @@ export class FileRangeBody implements Body {
    * @param fd the file holding the bytes, kept open by its owner at least until `release` runs
    * @param offset where the bytes start
    * @param end where they end
-   * @param release called once when the body is sent or dropped
+   * @param release called once when the body is sent or dropped, if given
    */
-  constructor(readonly fd: number, offset: number, readonly end: number, readonly release: () => void) {
+  constructor(readonly fd: number, offset: number, readonly end: number, readonly release?: () => void) {
     this.#offset = offset;
   }
 
@@ -166,7 +167,7 @@ export class FileRangeBody implements Body {
       const wanted = Math.min(this.end - this.#offset, budget - sent);
       const n = trySendfile(sock, this.fd, this.#offset, wanted);
       if (n === WOULD_BLOCK) return { sent, status: "blocked" };
-      if (n === 0) throw new Error(`sendfile: the range ends at ${this.end}, the file at ${this.#offset}`);
+      if (n === 0) throw new FileShrankError(this.#offset, this.end);
       this.#offset += n;
       sent += n;
       if (n < wanted) return { sent, status: "blocked" }; // the socket's buffer is full (see FramedFileBody)

@@ -41,9 +41,11 @@ import {
 import type { HashCache } from "./hash_cache.ts";
 import type { ReplyCache } from "./reply_cache.ts";
 import type { SignatureCache } from "./signature_cache.ts";
-import { answer, Deferred, ErrorPiece, type Piece, type ReplyContext } from "./operations.ts";
+import { answer, Deferred, ErrorPiece, type Piece, type Reply, type ReplyContext } from "./operations.ts";
 import { returnReplyBuffer } from "./reply_pool.ts";
 import { parseRequestRemembered } from "./request_memo.ts";
+import { type HttpConfig, nextHttpReply } from "./http.ts";
+import { httpErrorResponse, looksLikeHttp } from "../http_wire.ts";
 
 /** What a worker serves, shared by all its connections. */
 export interface ServeConfig {
@@ -67,6 +69,8 @@ export interface ServeConfig {
   signatures: SignatureCache;
   /** Asks the worker to run this connection again soon (a hash it waited for is known). */
   wake: (conn: Connection) => void;
+  /** How HTTP requests on request-mode connections are answered; null with `--no-http`. */
+  http: HttpConfig | null;
 }
 
 /** Where a connection is in its life. "waiting": a reply waits for a hash, nothing to read or write. */
@@ -111,7 +115,9 @@ export class Connection {
   /** The error code of the reply being sent, if it is an error. */
   #errorCode = "";
   /** The reply being sent (for its log result). */
-  #reply: { result?: string } | null = null;
+  #reply: Reply | null = null;
+  /** Whether the client speaks HTTP, decided by its first bytes (http_wire.ts); undefined until they come. */
+  #speaksHttp: boolean | undefined;
   readonly #peer: string;
 
   /**
@@ -191,6 +197,11 @@ export class Connection {
     }
     if (this.#state === "reading") {
       if (now < this.#requestDeadline) return false;
+      // An HTTP client keeping an idle connection open is let go without a word, as HTTP servers do.
+      if (this.#speaksHttp && this.#inLength === 0) {
+        this.#finish(true, null);
+        return true;
+      }
       // Say why before closing: the client may still be waiting for an answer.
       const partial = this.#inLength > 0 ? " (a partial request frame arrived)" : "";
       this.#fail({
@@ -256,6 +267,8 @@ export class Connection {
   /** Parses a complete request frame if one is buffered. Returns true when the state left "reading". */
   #parse(): boolean {
     if (this.#inLength < FRAME_HEADER_SIZE) return false;
+    this.#speaksHttp ??= this.config.http !== null && looksLikeHttp(this.#in);
+    if (this.#speaksHttp) return this.#parseHttp();
     const len = getFrameLength(this.#in, 0);
     if (len < 0 || len > MAX_REQUEST_FRAME) {
       this.#fail({
@@ -303,6 +316,22 @@ export class Connection {
     return true;
   }
 
+  /** Answers a complete HTTP request head if one is buffered. Returns true when the state left "reading". */
+  #parseHttp(): boolean {
+    const next = nextHttpReply(this.#in, this.#inLength, this.#replyContext, this.config.http!);
+    if (next === null) return false;
+    this.#requestStarted = performance.now();
+    this.#requestBytesAtStart = this.bytesSent;
+    this.#in.copyWithin(0, next.consumed, this.#inLength);
+    this.#inLength -= next.consumed;
+    this.#requestLabel = next.reply.label;
+    this.#out.push(...next.reply.pieces);
+    this.#files.push(...next.reply.files);
+    this.#reply = next.reply;
+    this.#state = "writing";
+    return true;
+  }
+
   #onEndOfInput(): void {
     if (this.#inLength === 0) {
       this.#finish(true, this.#served > 0 ? "ok" : "closed (no request)");
@@ -318,7 +347,13 @@ export class Connection {
   #fail(body: ErrorBody): void {
     this.#requestLabel = this.#requestLabel === "-" ? "(malformed)" : this.#requestLabel;
     this.ok = false;
-    this.#out.push(new ErrorPiece(body));
+    if (this.#speaksHttp) {
+      this.#errorCode = body.code;
+      this.#closeWhenSent = true;
+      this.#out.push(httpErrorResponse(body.code === ErrorCode.Timeout ? 408 : 400, body.message));
+    } else {
+      this.#out.push(new ErrorPiece(body));
+    }
     this.#state = "writing";
   }
 
@@ -418,7 +453,12 @@ export class Connection {
       this.#served++;
       this.#logRequest(this.#reply?.result ?? "ok");
     }
+    const closeAfter = this.#reply?.closeAfter;
     this.#reply = null;
+    if (closeAfter !== undefined) {
+      this.#closeWhenSent = true;
+      if (closeAfter === "linger") this.ok = false;
+    }
     if (this.#closeWhenSent) {
       if (this.ok) return this.#finish(true, null);
       // Lingering close: the client may still be sending; closing now would reset the connection and

@@ -61,6 +61,11 @@ export interface Reply {
   files: number[];
   /** The log's result when not plain "ok" (e.g. "unchanged"). */
   result?: string;
+  /**
+   * HTTP: the connection ends once this reply is sent: "close" (the client asked, or HTTP/1.0), or
+   * "linger" (a malformed request: the client's further bytes are read and dropped for a while first).
+   */
+  closeAfter?: "close" | "linger";
 }
 
 /** What an operation needs from its worker. */
