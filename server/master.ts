@@ -43,6 +43,7 @@ import {
 import { decodeSockaddr, encodeSockaddr, type Endpoint, formatEndpoint } from "../ffi/sockaddr.ts";
 import { SOCKADDR_MAX } from "../ffi/structs.ts";
 import { encodeErrorResponse, ErrorCode, LINGER_BYTES, LINGER_TIME_MS } from "../framing.ts";
+import { HTTP_SNIFF_BYTES, httpBusyResponse, looksLikeHttp } from "../http_wire.ts";
 
 /** At most this many refused connections linger at once; past it they are closed at once. */
 const LINGER_MAX = 256;
@@ -526,8 +527,9 @@ export class Master {
     try {
       // What the client sent already (its request) is read first: closing a socket with unread bytes
       // resets the connection, which could destroy the BUSY frame before the client reads it.
+      const response = this.#options.http && speaksHttp(conn.fd) ? why.httpResponse : why.response;
       if (!linger) tryRecv(conn.fd, LINGER_SCRATCH);
-      trySend(conn.fd, why.response);
+      trySend(conn.fd, response);
       shutdown(conn.fd, C.SHUT_WR);
     } catch {
       close(conn.fd);
@@ -606,21 +608,40 @@ const WAKE_VALUE = new Uint8Array(new BigUint64Array([1n]).buffer);
 interface Refusal {
   log: (options: ServerOptions) => string;
   response: Uint8Array;
+  /** The same as an HTTP 503, for a client whose request has arrived and starts like HTTP's. */
+  httpResponse: Uint8Array;
 }
 
-function busy(message: string): Uint8Array {
-  return encodeErrorResponse({ code: ErrorCode.Busy, message, retryAfterMs: BUSY_RETRY_AFTER_MS });
+function busy(message: string): Pick<Refusal, "response" | "httpResponse"> {
+  return {
+    response: encodeErrorResponse({ code: ErrorCode.Busy, message, retryAfterMs: BUSY_RETRY_AFTER_MS }),
+    httpResponse: httpBusyResponse(message, BUSY_RETRY_AFTER_MS),
+  };
 }
+
+/**
+ * True if the connection's first bytes, already arrived (TCP_DEFER_ACCEPT), start like an HTTP request:
+ * one peek, made only for a connection being refused. A request still on its way is answered as ferry's.
+ */
+function speaksHttp(fd: number): boolean {
+  try {
+    return tryRecv(fd, PEEK_SCRATCH, C.MSG_PEEK) === HTTP_SNIFF_BYTES && looksLikeHttp(PEEK_SCRATCH);
+  } catch {
+    return false;
+  }
+}
+
+const PEEK_SCRATCH = new Uint8Array(HTTP_SNIFF_BYTES);
 
 const REFUSED_FULL: Refusal = {
   log: (options) => `every worker and the queue (${options.queue}) are full`,
-  response: busy("server busy: every worker and the queue are full"),
+  ...busy("server busy: every worker and the queue are full"),
 };
 const REFUSED_NO_WORKER: Refusal = {
   log: () => "no worker is running, and starting one failed",
-  response: busy("server busy: no worker is running"),
+  ...busy("server busy: no worker is running"),
 };
 const REFUSED_NO_FD: Refusal = {
   log: () => "no file descriptor free (the open-file limit is reached)",
-  response: busy("server busy: out of file descriptors"),
+  ...busy("server busy: out of file descriptors"),
 };

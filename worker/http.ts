@@ -330,8 +330,10 @@ export function parseRange(
       continue;
     }
     const first = Number(r[1]);
-    const last = r[2] === "" ? size - 1 : Number(r[2]);
-    if (!Number.isSafeInteger(first) || !Number.isSafeInteger(last) || last < first) return null;
+    const last = r[2] === "" ? Infinity : Number(r[2]);
+    if (!Number.isSafeInteger(first) || !(Number.isSafeInteger(last) || last === Infinity) || last < first) {
+      return null;
+    }
     if (first < size) {
       [found, satisfiable] = [{ start: first, end: Math.min(last, size - 1) + 1 }, satisfiable + 1];
     }
