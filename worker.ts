@@ -254,8 +254,14 @@ class WorkerLoop {
       else if (message.kind === MessageKind.Conns) {
         for (const handed of message.conns) this.#serveNew(handed);
         if (message.lostIds.length > 0) this.#onLost(message.lostIds);
-      } else if (message.kind === MessageKind.Stop) this.#stopping = true;
-      else if (message.kind === MessageKind.HashKnown) {
+      } else if (message.kind === MessageKind.Stop) {
+        this.#stopping = true;
+        for (const conn of this.#connections.values()) {
+          const before = conn.interest;
+          conn.closeIfIdle();
+          this.#settle(conn, before);
+        }
+      } else if (message.kind === MessageKind.HashKnown) {
         const { etag, sha256 } = decodeHashKnown(message.payload);
         this.#config.hashes.learn(etag, sha256);
       } else if (message.kind === MessageKind.SignatureKnown) {

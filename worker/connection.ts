@@ -217,6 +217,14 @@ export class Connection {
     return true;
   }
 
+  /**
+   * The worker is stopping: an HTTP connection waiting for its next request is closed now (HTTP clients
+   * expect an idle connection to close at any time), rather than holding the worker until the idle timeout.
+   */
+  closeIfIdle(): void {
+    if (this.#state === "reading" && this.#speaksHttp && this.#inLength === 0) this.#finish(true, null);
+  }
+
   /** Ends the connection at once (worker shutting down or master gone). */
   abort(reason: string): void {
     if (this.#state !== "closed") this.#finish(false, reason);
