@@ -35,6 +35,8 @@ Deno.test("the benchmark script runs end to end on a tiny case and prints its ta
   // The load generator drove ferry in the many-connection cases, and no request failed.
   assert.match(stdout, /\| loadgen \(ferry protocol\) -> ferry \(2 workers\) \| - \| - \| \d+\.\d+ /);
   assert.match(stdout, /\| 4 KiB \| new per file \| 2 \| [\d,]+ /);
+  // ferry over HTTP, driven by the same generator as nginx.
+  assert.match(stdout, /\| loadgen \(HTTP\) -> ferry \(2 workers\) over HTTP \| - \| - \| \d+\.\d+ /);
   assert.match(stdout, /No request failed\./);
   assert.match(stdout, /\| ferry \(2 workers\) \| 50 of 50 \|/);
   assert.match(stdout, /\| loadgen as a classic client, 1 stream: ferry server \| \d+\.\d+ \|/);

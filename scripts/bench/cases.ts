@@ -432,7 +432,12 @@ export async function case1(b: Bench): Promise<Section> {
     name: ferryUnverifiedName,
     run: () => withCpu(b.ferry, "ferry-nv", () => ferryClient([...getBig, "--no-verify"])),
   }];
+  const overHttp = ferryHttp(b);
   if (b.tools.has("curl")) {
+    variants.push({
+      name: `${overHttp.name} + curl`,
+      run: () => withCpu(overHttp, "ferry-http", () => curl(url(overHttp), "/dev/null")),
+    });
     for (const s of b.nginx) {
       variants.push({
         name: `${s.name} + curl`,
@@ -463,6 +468,7 @@ export async function case1(b: Bench): Promise<Section> {
     },
   });
   variants.push(genVariant(b.ferry, "gen-ferry"));
+  variants.push(genVariant(overHttp, "gen-ferry-http"));
   if (b.nginxMany) variants.push(genVariant(b.nginxMany, "gen-nginx"));
   if (b.tools.has("iperf3")) {
     variants.push({
@@ -490,7 +496,17 @@ export async function case1(b: Bench): Promise<Section> {
     num(runs.get(`${key}:cpu`).median),
     "",
   ]);
+  const bestWall = best ? runs.get(`${best.name}:wall`).median : NaN;
   if (b.tools.has("curl")) {
+    const w = runs.get("ferry-http:wall"), o = runs.get("ferry-http:own");
+    rows.push([
+      `${overHttp.name} + curl -o /dev/null`,
+      num(w.median),
+      range(w),
+      medianRange(o),
+      num(runs.get("ferry-http:cpu").median),
+      best ? `${ratio(w.median, bestWall)} (÷ nginx's best, both curl)` : "",
+    ]);
     for (const s of b.nginx) {
       const w = runs.get(`${s.name}:wall`), o = runs.get(`${s.name}:own`);
       rows.push([
@@ -524,6 +540,15 @@ export async function case1(b: Bench): Promise<Section> {
     medianRange(genFerry),
     num(runs.get("gen-ferry:cpu").median),
     "",
+  ]);
+  const genHttp = runs.get("gen-ferry-http:own");
+  rows.push([
+    `loadgen (HTTP) -> ${overHttp.name}`,
+    "-",
+    "-",
+    medianRange(genHttp),
+    num(runs.get("gen-ferry-http:cpu").median),
+    b.nginxMany ? `${ratio(genHttp.median, runs.get("gen-nginx:own").median)} (÷ loadgen -> nginx)` : "",
   ]);
   if (b.nginxMany) {
     const g = runs.get("gen-nginx:own");
@@ -583,6 +608,16 @@ export async function case1(b: Bench): Promise<Section> {
       } by the clients' own timers; ferry verifying SHA-256 (its default): ${
         ratio(verifiedWall, runs.get(`${best.name}:wall`).median)
       }** (target: >= 1.0x).`,
+    );
+  }
+  if (best && b.tools.has("curl")) {
+    body.push(
+      `**ferry over HTTP vs nginx's best configuration, both fetched by curl: ${
+        ratio(runs.get("ferry-http:wall").median, bestWall)
+      } by process time, ${
+        ratio(runs.get("ferry-http:own").median, runs.get(`${best.name}:own`).median)
+      } by ` +
+        "curl's own timer.**",
     );
   }
   if (b.tools.has("iperf3")) {
@@ -713,6 +748,11 @@ function manyNginx(b: Bench): Server[] {
   return [b.nginxMany, b.nginxSmall].filter((s): s is Server => s !== null);
 }
 
+/** The bench's ferry server spoken to in HTTP/1.1 on the same port (README "HTTP"). */
+function ferryHttp(b: Bench): Server {
+  return { ...b.ferry, name: `${b.ferry.name} over HTTP`, protocol: "http" };
+}
+
 /** Of `servers`, the one with the highest median of `metric` in `runs` (null if there are none). */
 function bestBy(servers: Server[], runs: Runs, metric: string): Server | null {
   let best: Server | null = null;
@@ -800,8 +840,10 @@ export async function case3(b: Bench): Promise<Section> {
 
 /** Case 4: small files, new connection per file and many requests per connection. */
 export async function case4(b: Bench): Promise<Section> {
-  const servers = [b.ferry, ...manyNginx(b)];
+  const overHttp = ferryHttp(b);
+  const servers = [b.ferry, overHttp, ...manyNginx(b)];
   const ratios: Record<number, number[]> = { 0: [], 1: [] };
+  const httpRatios: Record<number, number[]> = { 0: [], 1: [] };
   const rows: string[][] = [];
   const errorLines: string[] = [];
   for (const size of b.profile.smallSizes) {
@@ -838,7 +880,9 @@ export async function case4(b: Bench): Promise<Section> {
         const f = runs.get(`${b.ferry.name}:rate`);
         const nginx = bestBy(manyNginx(b), runs, "rate");
         const n = nginx ? runs.get(`${nginx.name}:rate`) : null;
+        const h = runs.get(`${overHttp.name}:rate`);
         if (n) ratios[perConn].push(f.median / n.median);
+        if (n) httpRatios[perConn].push(h.median / n.median);
         rows.push([
           bytesLabel(size),
           perConn === 1 ? "new per file" : "one per client",
@@ -847,9 +891,13 @@ export async function case4(b: Bench): Promise<Section> {
           n ? `${int(n.median)} (${range(n, 0, (x) => int(x))})` : "-",
           nginx === null ? "-" : nginx === b.nginxSmall ? "on" : "off",
           n ? ratio(f.median, n.median) : "-",
+          `${int(h.median)} (${range(h, 0, (x) => int(x))})`,
+          n ? ratio(h.median, n.median) : "-",
           medianRange(runs.get(`${b.ferry.name}:p99`)),
+          medianRange(runs.get(`${overHttp.name}:p99`)),
           nginx ? medianRange(runs.get(`${nginx.name}:p99`)) : "-",
           num(runs.get(`${b.ferry.name}:cpu`).median, 0),
+          num(runs.get(`${overHttp.name}:cpu`).median, 0),
           nginx ? num(runs.get(`${nginx.name}:cpu`).median, 0) : "-",
           `${num(runs.get(`${b.ferry.name}:gen`).median, 0)}% / ${
             nginx ? num(runs.get(`${nginx.name}:gen`).median, 0) : "-"
@@ -901,6 +949,9 @@ export async function case4(b: Bench): Promise<Section> {
       '"one per client": every client keeps one connection for all its requests (latency from request',
       `to last byte). ferry and nginx both have ${WORKERS} worker processes and are driven by the same generator.`,
       "nginx runs with tcp_nopush off and on; each row shows the faster (its figures and which it was).",
+      '"ferry over HTTP" is the same ferry server asked by the same generator in HTTP/1.1, as nginx is, on the',
+      "same port (README, HTTP): each request opens the file; ferry's cache of whole small replies is for its own",
+      "protocol.",
       "Server CPU is the server's CPU time per file served.",
       "",
       ...table(
@@ -912,9 +963,13 @@ export async function case4(b: Bench): Promise<Section> {
           "nginx files/s: median (min-max)",
           "nginx tcp_nopush",
           "ferry ÷ nginx",
+          "ferry over HTTP files/s",
+          "ferry over HTTP ÷ nginx",
           "ferry p99 ms",
+          "ferry over HTTP p99 ms",
           "nginx p99 ms",
           "ferry CPU µs/file",
+          "ferry over HTTP CPU µs/file",
           "nginx CPU µs/file",
           "generator CPU (ferry / nginx runs)",
         ],
@@ -929,6 +984,10 @@ export async function case4(b: Bench): Promise<Section> {
             spread(ratios[1])
           } with a new ` +
           `connection per file, ${spread(ratios[0])} with one connection per client** (target: >= 1.0x).`,
+          "",
+          `**ferry over HTTP (the same server, the same port, answering the same generator's HTTP/1.1) vs nginx: ${
+            spread(httpRatios[1])
+          } with a new connection per file, ${spread(httpRatios[0])} with one connection per client.**`,
           "",
         ]
         : []),
