@@ -403,6 +403,7 @@ Deno.test("http: every error status, each closing the connection or not as it sh
       ["a missing file", get("/missing.txt"), 404, false],
       ["POST", get("/ok.txt", "", "POST"), 405, false],
       ["DELETE", get("/ok.txt", "", "DELETE"), 405, false],
+      ["POST with content", get("/ok.txt", "Content-Length: 2\r\n", "POST") + "hi", 405, true],
       ["a body", get("/ok.txt", "Content-Length: 5\r\n") + "hello", 413, true],
       ["a chunked body", get("/ok.txt", "Transfer-Encoding: chunked\r\n") + "0\r\n\r\n", 413, true],
       ["a path over 4096 bytes", get(longPath), 414, false],

@@ -26,7 +26,10 @@ export interface HttpReply extends Reply {
   status: number;
 }
 
-/** Answers a request for a path that is not a file (e.g. `/metrics`); the request's method is not checked. */
+/**
+ * Answers a request for a path that is not a file (e.g. `/metrics`). The method is the handler's to check;
+ * a request with content never reaches it.
+ */
 export type HttpHandler = (request: HttpRequest, ctx: ReplyContext) => HttpReply;
 
 /** How a worker speaks HTTP; absent (null in ServeConfig) with `--no-http`. */
@@ -47,14 +50,22 @@ const encoder = new TextEncoder();
 export function answerHttp(request: HttpRequest, ctx: ReplyContext, config: HttpConfig): HttpReply {
   const query = request.target.search(/[?#]/);
   const route = config.routes.get(query < 0 ? request.target : request.target.slice(0, query));
-  if (route !== undefined) return route(request, ctx);
+  // A request with content is refused before any route: its content would be taken for the next request.
+  if (route !== undefined && !request.hasContent) return route(request, ctx);
   const head = request.method === "HEAD";
   if (request.method !== "GET" && !head) {
     return refusedReply(request, `HTTP ${request.method.slice(0, 16)}`, {
       status: 405,
       message: `${request.method.slice(0, 16)} is not served here: only GET and HEAD`,
-      closes: false,
+      closes: request.hasContent,
     }, "Allow: GET, HEAD\r\n");
+  }
+  if (request.hasContent) {
+    return refusedReply(request, `HTTP ${request.method} (with content)`, {
+      status: 413,
+      message: "a request with content: this server takes none",
+      closes: true,
+    });
   }
   const path = targetPath(request.target);
   if (typeof path !== "string") return refusedReply(request, `HTTP ${request.method} (path refused)`, path);

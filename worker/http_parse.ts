@@ -22,6 +22,12 @@ export interface HttpRequest {
   fields: Map<string, string>;
   /** True if the connection stays open after the answer (HTTP/1.1 unless `close`; 1.0 with `keep-alive`). */
   keepAlive: boolean;
+  /**
+   * True if content follows the head (Transfer-Encoding, or a Content-Length other than 0). ferry takes
+   * none: such a request is refused and the connection closed, as the content would have to be read past
+   * to find the next request.
+   */
+  hasContent: boolean;
   /** Bytes the head took in the input, blank line included. */
   headLength: number;
 }
@@ -97,16 +103,15 @@ export function parseHttpHead(input: Uint8Array, length: number): HttpRequest | 
     );
   }
   if (minor === 1 && !fields.has("host")) return refuse(400, "an HTTP/1.1 request without Host");
-  // ferry takes no request content: a body would have to be read past to find the next request.
-  if (fields.has("transfer-encoding")) return refuse(413, "a request with content (Transfer-Encoding)");
   const contentLength = fields.get("content-length");
-  if (contentLength !== undefined) {
-    if (!/^\d+$/.test(contentLength)) return refuse(400, "Content-Length is not a number");
-    if (Number(contentLength) !== 0) return refuse(413, "a request with content (this server takes none)");
+  if (contentLength !== undefined && !/^\d+$/.test(contentLength)) {
+    return refuse(400, "Content-Length is not a number");
   }
+  const hasContent = fields.has("transfer-encoding") ||
+    (contentLength !== undefined && Number(contentLength) !== 0);
   const connection = (fields.get("connection") ?? "").toLowerCase().split(",").map((t) => t.trim());
   const keepAlive = minor === 1 ? !connection.includes("close") : connection.includes("keep-alive");
-  return { method, target, minor, fields, keepAlive, headLength: end };
+  return { method, target, minor, fields, keepAlive, hasContent, headLength: end };
 }
 
 /** The index just past the blank line that ends the head (CRLF CRLF, or bare LFs), or -1. */
