@@ -581,6 +581,7 @@ class MirrorRun {
             this.keep,
             (report) => this.count(report),
             this.dryRun,
+            this.#local.folders,
           );
         } catch (e) {
           this.summary.problems.push(classify(e));
