@@ -254,15 +254,15 @@ class Walk {
 
   /** Adds the regular file `rel` to the listing. */
   #found(rel: string, s: FileStat): void {
-    const identity = identityOf(s);
+    const etag = etagOf(identityOf(s));
     const entry: ListEntry = {
       path: rel,
       size: s.size,
       mtimeNs: String(s.mtimeNs),
       mode: s.mode & 0o7777,
-      etag: etagOf(identity),
+      etag,
     };
-    const sha256 = this.ctx.hashes.get(identity);
+    const sha256 = this.ctx.hashes.byEtag(etag);
     if (sha256 !== undefined) entry.sha256 = sha256;
     this.found.push(entry);
   }
