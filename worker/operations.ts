@@ -306,7 +306,7 @@ function sendFile(file: OpenGet, sha: string | undefined): Piece[] {
   if (sha !== undefined && fileStat.size - offset <= SMALL_REPLY_BYTES) {
     const whole = smallReply(head, fd, offset, fileStat.size, identity);
     if (whole !== null) {
-      if (offset === 0) {
+      if (offset === 0 && ctx.replies.admit(path, etag)) {
         ctx.replies.store(path, {
           stat: fileStat,
           etag,
