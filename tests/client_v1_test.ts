@@ -29,6 +29,7 @@ import {
 } from "./helpers.ts";
 import { FrameProxy } from "./proxy.ts";
 import { DATA_FRAME_PAYLOAD } from "../framing.ts";
+import { statAt } from "../ffi/libc.ts";
 
 const MiB = 1024 * 1024;
 const BIG = 100 * MiB;
@@ -273,6 +274,28 @@ Deno.test("an unchanged file is not transferred again: no data frame, status unc
       assert.doesNotMatch(server.log.join("\n"), /signed "f\.bin"/, "no signature for an unchanged file");
     } finally {
       await proxy.close();
+    }
+  });
+});
+
+Deno.test("get and mirror give the published file the server's mtime to the nanosecond", async () => {
+  await withServer(async ({ src, out, address }) => {
+    // Both sizes: a small file is published by the tree fetch's batches, a large one on its own.
+    for (const [name, size] of [["small.bin", 1000], ["large.bin", 3 * 1024 * 1024]] as const) {
+      const path = await makeFile(src, name, size);
+      const touched = await new Deno.Command("touch", { args: ["-d", "@1700000000.123456789", path] })
+        .output();
+      assert.ok(touched.success, "touch -d");
+    }
+    const mtimeNs = (path: string) => statAt(-100, path).mtimeNs;
+    assert.equal(mtimeNs(`${src}/small.bin`), 1_700_000_000_123_456_789n, "the server's file as set");
+    const got = await runClient(getArgs(address, "large.bin", out));
+    assert.equal(got.code, 0, got.stderr);
+    assert.equal(mtimeNs(`${out}/large.bin`), mtimeNs(`${src}/large.bin`), "get");
+    const mirrored = await runClient(["mirror", address, ".", `${out}/tree`, "-q"]);
+    assert.equal(mirrored.code, 0, mirrored.stderr);
+    for (const name of ["small.bin", "large.bin"]) {
+      assert.equal(mtimeNs(`${out}/tree/${name}`), mtimeNs(`${src}/${name}`), `mirror: ${name}`);
     }
   });
 });
