@@ -52,7 +52,8 @@ Options:
   --timeout SECS            deadline for the whole run, connecting and retries included (default none);
                             counted from after --splay
   --retries N               tries again after a failure that may pass, with exponential backoff and
-                            jitter, at least as long as a busy server asks (default 3)
+                            jitter, at least as long as a busy server asks (default 3; with --timeout,
+                            until the deadline)
   --retry-max-time SECS     start no retry later than this after a file's first try (default none)
   --lock FILE               hold an flock on FILE for the run; if another run holds it, exit 9 at once
   --splay SECS              first wait a random time in [0, SECS), so a fleet's timers do not fire together
@@ -169,8 +170,10 @@ function parseClientArgs(argv: string[]): ClientOptions | "help" {
   if (v.json && v.output === "-") {
     throw usageError("--json prints on standard output: it cannot go with -o -");
   }
-  const retries = v.retries === undefined ? 3 : Number(v.retries);
-  if (!Number.isSafeInteger(retries) || retries < 0 || v.retries?.trim() === "") {
+  // With a deadline, the deadline bounds the retries: a server restarting for a few seconds must not fail
+  // a run that had a minute left because three quick tries fell inside the restart.
+  const retries = v.retries === undefined ? (v.timeout === undefined ? 3 : Infinity) : Number(v.retries);
+  if (v.retries !== undefined && (!Number.isSafeInteger(retries) || retries < 0 || v.retries.trim() === "")) {
     throw usageError(`--retries: '${v.retries}' is not a whole number of 0 or more`);
   }
   if (v.lock === "") throw usageError("--lock: give a file name");

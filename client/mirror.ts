@@ -128,10 +128,17 @@ async function listRemote(
   onEntries: (batch: unknown[]) => void,
 ): Promise<Listing> {
   const what = `the listing of ${JSON.stringify(remoteDir === "" ? "/" : remoteDir)}`;
+  let attempts = 0;
   try {
     return await withRetries(
-      () =>
-        session.list({ v: PROTOCOL_VERSION, op: "list", path: remoteDir, recursive: true }, what, onEntries),
+      (n) => {
+        attempts = n;
+        return session.list(
+          { v: PROTOCOL_VERSION, op: "list", path: remoteDir, recursive: true },
+          what,
+          onEntries,
+        );
+      },
       {
         retries: options.retries,
         maxTimeMs: options.retryMaxTimeMs,
@@ -144,7 +151,9 @@ async function listRemote(
     if (e instanceof ServerRefusal && e.body.code === ErrorCode.UnknownOp) {
       throw protocolError(`the server does not know 'list' (it speaks an older protocol): ${e.message}`);
     }
-    throw classify(e);
+    const error = classify(e);
+    if (attempts <= 1) throw error;
+    throw new ClientError(error.exitCode, `${error.message} (after ${attempts} attempts)`);
   }
 }
 
