@@ -346,9 +346,7 @@ async function runMirror(
   } catch (e) {
     // Nothing could be done (no listing): --json still ends with the summary, which says why.
     const error = classify(common.deadline.expired ? common.deadline.error() : e);
-    summary.problems.push(error);
-    summary.exitCode = error.exitCode;
-    if (options.json) console.log(JSON.stringify(jsonSummary(summary, options, secondsSince(started))));
+    if (options.json) printFailedSummary(options, error, secondsSince(started), summary);
     throw error;
   } finally {
     bar.end();
@@ -369,6 +367,18 @@ async function runMirror(
 
 const secondsSince = (started: number) => (performance.now() - started) / 1000;
 
+/** Prints the `--json` summary of a mirror that failed as a whole (no listing, or the lock was held). */
+function printFailedSummary(
+  options: ClientOptions,
+  error: ClientError,
+  seconds: number,
+  summary = emptySummary(),
+): void {
+  summary.problems.push(error);
+  summary.exitCode = error.exitCode;
+  console.log(JSON.stringify(jsonSummary(summary, options, seconds)));
+}
+
 /** After the deadline, the time given to the run to end by itself before the process exits anyway. */
 const DEADLINE_GRACE_MS = 5_000;
 
@@ -381,7 +391,15 @@ export async function main(argv: string[]): Promise<number> {
       console.log(HELP);
       return ExitCode.Ok;
     }
-    if (options.lock !== null) lock = await takeLock(options.lock);
+    if (options.lock !== null) {
+      try {
+        lock = await takeLock(options.lock);
+      } catch (e) {
+        // A script reading mirror's --json learns why nothing was done from the summary line, as always.
+        if (options.json && options.command === "mirror") printFailedSummary(options, classify(e), 0);
+        throw e;
+      }
+    }
     if (options.splayMs > 0) await delay(Math.random() * options.splayMs);
     const deadline = new Deadline(options.timeoutMs);
     // Every wait of the run ends when the deadline aborts; a write that blocks anyway (standard output
@@ -403,7 +421,7 @@ export async function main(argv: string[]): Promise<number> {
     }
   } catch (e) {
     const error = classify(e);
-    console.error(`ferry: ${error.message}`);
+    console.error(`ferry: ${error.message}${error.exitCode === ExitCode.Usage ? " (see --help)" : ""}`);
     return error.exitCode;
   } finally {
     lock?.close();

@@ -18,6 +18,7 @@ import {
   errorClosesConnection,
   ErrorCode,
   FrameType,
+  getFrameLength,
   isSha256Hex,
   type LeftOut,
   LIST_BATCH_BYTES,
@@ -138,6 +139,9 @@ function isConnectionLoss(e: unknown): boolean {
     e instanceof Deno.errors.BrokenPipe || e instanceof Deno.errors.UnexpectedEof ||
     e instanceof Deno.errors.ConnectionAborted;
 }
+
+/** An HTTP server's answer ("HTTP/1.1 ...") read as a frame's length prefix. */
+const HTTP_AS_LENGTH = getFrameLength(new TextEncoder().encode("HTTP"), 0);
 
 /**
  * Requests and responses over a persistent connection, opened on first use. A response is read in two
@@ -404,6 +408,11 @@ export class Session {
   async #readHeader(): Promise<ResponseHeader> {
     const reader = this.#reader!;
     const len = await reader.readLength("the response header");
+    if (len === HTTP_AS_LENGTH) {
+      throw protocolError(
+        "the answer starts with 'HTTP': this is an HTTP server, not a ferry server (check HOST:PORT)",
+      );
+    }
     if (len <= 0 || len > MAX_RESPONSE_FRAME) throw protocolError(`the response header has length ${len}`);
     const [type] = await reader.readExact(1, "the response header");
     if (type !== FrameType.Header && type !== FrameType.Error) {

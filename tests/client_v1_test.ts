@@ -13,7 +13,15 @@ import { LocalDir } from "../client/local_tree.ts";
 import { AtomicFile, PartLockedError } from "../client/publish.ts";
 import { backoffDelay, withRetries } from "../client/retry.ts";
 import { Session } from "../client/session.ts";
-import { getArgs, jsonLines, listDir, logged, spawnClient, withServer } from "./client_fixture.ts";
+import {
+  allJsonLines,
+  getArgs,
+  jsonLines,
+  listDir,
+  logged,
+  spawnClient,
+  withServer,
+} from "./client_fixture.ts";
 import {
   childPids,
   eventually,
@@ -447,6 +455,11 @@ Deno.test("--lock: a second run exits 9 at once while the first holds the lock; 
       const second = await runClient(["get", address, "f.bin", "-o", `${out}/g.bin`, "--lock", lock]);
       assert.equal(second.code, 9, second.stderr);
       assert.match(second.stderr, /^ferry: --lock: another run holds [^\n]*ferry\.lock\n$/);
+      const mirror = await runClient(["mirror", address, ".", `${out}/m`, "--lock", lock, "--json"]);
+      assert.equal(mirror.code, 9, mirror.stderr);
+      const [summary] = allJsonLines(mirror).map((l) => l.summary as Record<string, unknown>);
+      assert.equal(summary.exitCode, 9, "mirror --json says why in its summary line");
+      assert.match(JSON.stringify(summary.problems), /another run holds/);
       // Without --lock, a run that wants the same part is refused too, rather than writing into it.
       await partReaches(out, "f.bin", proxy.connections[0].dataBytes);
       const third = await runClient(getArgs(address, "f.bin", out));
