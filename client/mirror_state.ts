@@ -149,12 +149,17 @@ export class MirrorState {
 
   /** The state as the text of its file. */
   format(): string {
-    const lines = [STATE_HEADER];
-    for (const path of [...this.#entries.keys()]) {
+    return [...this.lines()].join("");
+  }
+
+  /** The state's file, line by line (each with its line break), for writing without one string of it all. */
+  *lines(): Generator<string> {
+    yield `${STATE_HEADER}\n`;
+    // Checking a line may replace its entry or forget it, which a Map's iteration allows.
+    for (const path of this.#entries.keys()) {
       const e = this.#get(path);
-      if (e !== undefined) lines.push(`${e.key}\t${e.sha256}\t${e.etag}\t${quote(path)}`);
+      if (e !== undefined) yield `${e.key}\t${e.sha256}\t${e.etag}\t${quote(path)}\n`;
     }
-    return lines.join("\n") + "\n";
   }
 
   /**
@@ -268,7 +273,22 @@ export function saveState(root: LocalDir, state: MirrorState): void {
       noSymlinks: true,
     });
     try {
-      pwriteAll(fd, new TextEncoder().encode(state.format()), 0);
+      // In pieces of about a MiB: the state of a million files is some 170 MB of text.
+      const encoder = new TextEncoder();
+      let offset = 0, piece: string[] = [], pieceLength = 0;
+      const flush = () => {
+        const bytes = encoder.encode(piece.join(""));
+        pwriteAll(fd, bytes, offset);
+        offset += bytes.byteLength;
+        piece = [];
+        pieceLength = 0;
+      };
+      for (const line of state.lines()) {
+        piece.push(line);
+        pieceLength += line.length;
+        if (pieceLength >= 1 << 20) flush();
+      }
+      flush();
     } finally {
       close(fd);
     }
