@@ -364,6 +364,18 @@ Deno.test("tokens: mirror with a scoped token mirrors its scope only", async () 
       "deep/a/b/z.txt",
       "top.txt",
     ]);
+    // One handshake per connection, whatever the number of requests behind it.
+    const byPeer = new Map<string, string[]>();
+    for (const line of server.log) {
+      const m = / peer=(\S+) .* request=(\S+)/.exec(line);
+      if (m !== null) byPeer.set(m[1], [...byPeer.get(m[1]) ?? [], m[2]]);
+    }
+    assert.ok(byPeer.size > 0);
+    for (const [peer, ops] of byPeer) {
+      // (The lines of a worker's last turn may not be written yet: its first line, HELLO, came a turn before.)
+      assert.equal(ops[0], "HELLO", peer);
+      assert.equal(ops.filter((op) => op === "HELLO").length, 1, `${peer}: ${ops.join(" ")}`);
+    }
     // Outside the scope entirely: refused, exit 11, nothing written.
     const refused = await runClient([
       "mirror",
