@@ -418,6 +418,19 @@ Deno.test("tokens: a tokens file open to group or others, or with a malformed li
     assert.ok(result.stderr.includes(malformed));
   }
 
+  // Classic mode cannot ask for a token: a classic listener with --tokens is refused.
+  await Deno.chmod(`${dir.path}/tokens`, 0o600);
+  const classic = await runServerToExit([
+    "--listen",
+    "127.0.0.1:0",
+    "--push",
+    `${dir.path}/root/top.txt`,
+    "--tokens",
+    `${dir.path}/tokens`,
+  ]);
+  assert.equal(classic.code, 2);
+  assert.match(classic.stderr, /^ferry server: --tokens guards request mode; a classic-mode listener .*\n$/);
+
   // The client's token file: refused like ssh refuses an open private key, in one line, exit 2.
   await Deno.chmod(`${dir.path}/alice.token`, 0o644);
   const client = await runClient(["get", "127.0.0.1:1", "x", "--token-file", `${dir.path}/alice.token`]);
