@@ -27,6 +27,7 @@ import { pull } from "./client/pull.ts";
 import { delay } from "./client/retry.ts";
 import { type Endpoint, Session } from "./client/session.ts";
 import { splitHostPort } from "./host_port.ts";
+import { type ClientToken, readClientToken, TokenFileError } from "./tokens.ts";
 
 /** The exit codes (defined in `failure.ts`), for scripts that import them from the CLI module. */
 export { ExitCode } from "./client/failure.ts";
@@ -55,6 +56,9 @@ Options:
                             jitter, at least as long as a busy server asks (default 3; with --timeout,
                             until the deadline)
   --retry-max-time SECS     start no retry later than this after a file's first try (default none)
+  --token-file FILE         prove the token in FILE ('NAME SECRET' on one line; open to its owner only)
+                            on each connection (get, mirror); default: the file $FERRY_TOKEN_FILE names.
+                            The secret itself never goes over the network
   --lock FILE               hold an flock on FILE for the run; if another run holds it, exit 9 at once
   --splay SECS              first wait a random time in [0, SECS), so a fleet's timers do not fire together
   --json                    print one JSON object per file on standard output (mirror: then a summary)
@@ -71,7 +75,8 @@ Exit codes:
   3 connect or timeout     4 server busy after retries    5 not found / forbidden / not a file
   6 protocol error, connection cut, or server failure     7 verification failed (size or SHA-256)
   8 local I/O error        9 locked: another run holds --lock or the same part file
-  10 partial (mirror): the server's listing left something out; nothing was deleted`;
+  10 partial (mirror): the server's listing left something out; nothing was deleted
+  11 unauthorized: no valid token, or the path is outside its scopes`;
 
 /** What the command line asks for. */
 interface ClientOptions {
@@ -94,6 +99,8 @@ interface ClientOptions {
   dryRun: boolean;
   json: boolean;
   quiet: boolean;
+  /** The token of --token-file (or $FERRY_TOKEN_FILE), or null. */
+  token: ClientToken | null;
 }
 
 /** Seconds from the command line, in milliseconds; `allowZero` for delays that may be none. */
@@ -134,6 +141,7 @@ function parseClientArgs(argv: string[]): ClientOptions | "help" {
         retries: { type: "string" },
         "retry-max-time": { type: "string" },
         lock: { type: "string" },
+        "token-file": { type: "string" },
         splay: { type: "string" },
         delete: { type: "boolean" },
         "dry-run": { type: "boolean" },
@@ -177,6 +185,9 @@ function parseClientArgs(argv: string[]): ClientOptions | "help" {
     throw usageError(`--retries: '${v.retries}' is not a whole number of 0 or more`);
   }
   if (v.lock === "") throw usageError("--lock: give a file name");
+  if (command === "pull" && v["token-file"] !== undefined) {
+    throw usageError("pull: classic mode has no handshake; --token-file is for get and mirror");
+  }
   return {
     command,
     endpoint: parseServerAddress(address),
@@ -194,7 +205,23 @@ function parseClientArgs(argv: string[]): ClientOptions | "help" {
     verify: !v["no-verify"],
     json: v.json ?? false,
     quiet: v.quiet ?? false,
+    token: command === "pull" ? null : tokenOf(v["token-file"]),
   };
+}
+
+/**
+ * The token of `--token-file`, else of the file `FERRY_TOKEN_FILE` names, else none. Only a file: a secret
+ * on the command line or in the environment would show in `ps` and in /proc.
+ */
+function tokenOf(flag: string | undefined): ClientToken | null {
+  const path = flag ?? Deno.env.get("FERRY_TOKEN_FILE");
+  if (path === undefined || path === "") return null;
+  try {
+    return readClientToken(path);
+  } catch (e) {
+    if (!(e instanceof TokenFileError)) throw e;
+    throw usageError(`${flag !== undefined ? "--token-file" : "FERRY_TOKEN_FILE"}: ${e.message}`);
+  }
 }
 
 /** Takes the run's lock: an flock on `path` (created if missing), held until the process ends. */

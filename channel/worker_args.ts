@@ -28,6 +28,8 @@ export interface WorkerArgs {
   requestLog: string | null;
   /** Bytes of small replies kept in memory; 0 for none. */
   replyCacheBytes: number;
+  /** The `--tokens` file, read by the worker (and again on reload); null or absent: no tokens. */
+  tokens?: string | null;
 }
 
 /** Parses the worker's arguments (the master's {@link workerArgv} output). */

@@ -8,6 +8,7 @@ import { parseArgs } from "node:util";
 import { ServeMode } from "../channel/messages.ts";
 import type { Endpoint } from "../ffi/sockaddr.ts";
 import { parseEndpoint } from "../host_port.ts";
+import { readTokensFile, TokenFileError } from "../tokens.ts";
 
 /** Everything the server's command line decides. */
 export interface ServerOptions {
@@ -33,6 +34,8 @@ export interface ServerOptions {
   requestLog: string | null;
   /** Bytes of small replies each worker keeps in memory; 0 turns the cache off. @default 8 MiB */
   replyCacheBytes: number;
+  /** The tokens file (`--tokens`), checked; null when every client may read everything. */
+  tokens: string | null;
 }
 
 /** The text `--help` prints. */
@@ -63,6 +66,9 @@ Options:
   --reply-cache MIB        memory per worker for small replies answered from memory (default 8);
                            0 opens every file for every request (e.g. a root on NFS, where a stat may
                            come from the attribute cache while an open revalidates)
+  --tokens FILE            only clients with a token of FILE may read, each within its scopes; one
+                           'NAME SECRET SCOPE...' a line (SCOPE: a path, or * for all); FILE must be
+                           open to its owner only. Request mode only: not with classic listeners
   -h, --help               show this help
 
 The listening addresses are printed on stderr once the workers are ready.`;
@@ -98,6 +104,7 @@ export function parseServerArgs(argv: string[]): ServerOptions | "help" {
         backlog: { type: "string" },
         "request-log": { type: "string" },
         "reply-cache": { type: "string" },
+        tokens: { type: "string" },
         help: { type: "boolean", short: "h" },
       },
     });
@@ -130,6 +137,7 @@ export function parseServerArgs(argv: string[]): ServerOptions | "help" {
       throw new UsageError(`--listen: ${(e as Error).message}`);
     }
   });
+  const tokens = tokensOf(v.tokens, listenOn.some((l) => l.mode === ServeMode.Classic));
   return {
     listen: listenOn,
     root,
@@ -144,7 +152,28 @@ export function parseServerArgs(argv: string[]): ServerOptions | "help" {
     replyCacheBytes: v["reply-cache"] === "0"
       ? 0
       : Math.round(positiveNumber("reply-cache", v["reply-cache"], 8, false) * 1024 * 1024),
+    tokens,
   };
+}
+
+/**
+ * Checks --tokens now, so that a server with a bad tokens file (open to others, a malformed line) refuses
+ * to start; the workers read it again. Classic mode cannot ask for a token: it would push to anyone.
+ */
+function tokensOf(path: string | undefined, classic: boolean): string | null {
+  if (path === undefined) return null;
+  if (classic) {
+    throw new UsageError(
+      "--tokens guards request mode; a classic-mode listener pushes to anyone, so not both",
+    );
+  }
+  try {
+    readTokensFile(path);
+  } catch (e) {
+    if (!(e instanceof TokenFileError)) throw e;
+    throw new UsageError(`--tokens: ${e.message}`);
+  }
+  return path;
 }
 
 /** Checks --request-log; a file is created if missing, so that a path that cannot be written fails now. */

@@ -43,6 +43,7 @@ import type { ReplyCache } from "./reply_cache.ts";
 import type { SignatureCache } from "./signature_cache.ts";
 import { answer, Deferred, ErrorPiece, type Piece, type ReplyContext } from "./operations.ts";
 import { returnReplyBuffer } from "./reply_pool.ts";
+import { ConnectionAccess, OPEN_ACCESS, type TokenStore } from "./access.ts";
 import { parseRequestRemembered } from "./request_memo.ts";
 
 /** What a worker serves, shared by all its connections. */
@@ -67,6 +68,8 @@ export interface ServeConfig {
   signatures: SignatureCache;
   /** Asks the worker to run this connection again soon (a hash it waited for is known). */
   wake: (conn: Connection) => void;
+  /** The tokens of `--tokens`, or null when the server takes none (every connection reads everything). */
+  tokens: TokenStore | null;
 }
 
 /** Where a connection is in its life. "waiting": a reply waits for a hash, nothing to read or write. */
@@ -331,6 +334,7 @@ export class Connection {
       signatures: this.config.signatures,
       replies: this.config.replies,
       wake: () => this.config.wake(this),
+      access: this.config.tokens === null ? OPEN_ACCESS : new ConnectionAccess(this.config.tokens),
     };
   }
 
