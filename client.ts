@@ -27,6 +27,7 @@ import { pull } from "./client/pull.ts";
 import { delay } from "./client/retry.ts";
 import { type Endpoint, Session } from "./client/session.ts";
 import { splitHostPort } from "./host_port.ts";
+import { type ClientToken, readClientToken, TokenFileError } from "./tokens.ts";
 
 /** The exit codes (defined in `failure.ts`), for scripts that import them from the CLI module. */
 export { ExitCode } from "./client/failure.ts";
@@ -52,8 +53,12 @@ Options:
   --timeout SECS            deadline for the whole run, connecting and retries included (default none);
                             counted from after --splay
   --retries N               tries again after a failure that may pass, with exponential backoff and
-                            jitter, at least as long as a busy server asks (default 3)
+                            jitter, at least as long as a busy server asks (default 3; with --timeout,
+                            until the deadline)
   --retry-max-time SECS     start no retry later than this after a file's first try (default none)
+  --token-file FILE         prove the token in FILE ('NAME SECRET' on one line; open to its owner only)
+                            on each connection (get, mirror); default: the file $FERRY_TOKEN_FILE names.
+                            The secret itself never goes over the network
   --lock FILE               hold an flock on FILE for the run; if another run holds it, exit 9 at once
   --splay SECS              first wait a random time in [0, SECS), so a fleet's timers do not fire together
   --json                    print one JSON object per file on standard output (mirror: then a summary)
@@ -70,7 +75,8 @@ Exit codes:
   3 connect or timeout     4 server busy after retries    5 not found / forbidden / not a file
   6 protocol error, connection cut, or server failure     7 verification failed (size or SHA-256)
   8 local I/O error        9 locked: another run holds --lock or the same part file
-  10 partial (mirror): the server's listing left something out; nothing was deleted`;
+  10 partial (mirror): the server's listing left something out; nothing was deleted
+  11 unauthorized: no valid token, or the path is outside its scopes`;
 
 /** What the command line asks for. */
 interface ClientOptions {
@@ -93,6 +99,8 @@ interface ClientOptions {
   dryRun: boolean;
   json: boolean;
   quiet: boolean;
+  /** The token of --token-file (or $FERRY_TOKEN_FILE), or null. */
+  token: ClientToken | null;
 }
 
 /** Seconds from the command line, in milliseconds; `allowZero` for delays that may be none. */
@@ -133,6 +141,7 @@ function parseClientArgs(argv: string[]): ClientOptions | "help" {
         retries: { type: "string" },
         "retry-max-time": { type: "string" },
         lock: { type: "string" },
+        "token-file": { type: "string" },
         splay: { type: "string" },
         delete: { type: "boolean" },
         "dry-run": { type: "boolean" },
@@ -169,11 +178,16 @@ function parseClientArgs(argv: string[]): ClientOptions | "help" {
   if (v.json && v.output === "-") {
     throw usageError("--json prints on standard output: it cannot go with -o -");
   }
-  const retries = v.retries === undefined ? 3 : Number(v.retries);
-  if (!Number.isSafeInteger(retries) || retries < 0 || v.retries?.trim() === "") {
+  // With a deadline, the deadline bounds the retries: a server restarting for a few seconds must not fail
+  // a run that had a minute left because three quick tries fell inside the restart.
+  const retries = v.retries === undefined ? (v.timeout === undefined ? 3 : Infinity) : Number(v.retries);
+  if (v.retries !== undefined && (!Number.isSafeInteger(retries) || retries < 0 || v.retries.trim() === "")) {
     throw usageError(`--retries: '${v.retries}' is not a whole number of 0 or more`);
   }
   if (v.lock === "") throw usageError("--lock: give a file name");
+  if (command === "pull" && v["token-file"] !== undefined) {
+    throw usageError("pull: classic mode has no handshake; --token-file is for get and mirror");
+  }
   return {
     command,
     endpoint: parseServerAddress(address),
@@ -191,7 +205,23 @@ function parseClientArgs(argv: string[]): ClientOptions | "help" {
     verify: !v["no-verify"],
     json: v.json ?? false,
     quiet: v.quiet ?? false,
+    token: command === "pull" ? null : tokenOf(v["token-file"]),
   };
+}
+
+/**
+ * The token of `--token-file`, else of the file `FERRY_TOKEN_FILE` names, else none. Only a file: a secret
+ * on the command line or in the environment would show in `ps` and in /proc.
+ */
+function tokenOf(flag: string | undefined): ClientToken | null {
+  const path = flag ?? Deno.env.get("FERRY_TOKEN_FILE");
+  if (path === undefined || path === "") return null;
+  try {
+    return readClientToken(path);
+  } catch (e) {
+    if (!(e instanceof TokenFileError)) throw e;
+    throw usageError(`${flag !== undefined ? "--token-file" : "FERRY_TOKEN_FILE"}: ${e.message}`);
+  }
 }
 
 /** Takes the run's lock: an flock on `path` (created if missing), held until the process ends. */
@@ -343,9 +373,7 @@ async function runMirror(
   } catch (e) {
     // Nothing could be done (no listing): --json still ends with the summary, which says why.
     const error = classify(common.deadline.expired ? common.deadline.error() : e);
-    summary.problems.push(error);
-    summary.exitCode = error.exitCode;
-    if (options.json) console.log(JSON.stringify(jsonSummary(summary, options, secondsSince(started))));
+    if (options.json) printFailedSummary(options, error, secondsSince(started), summary);
     throw error;
   } finally {
     bar.end();
@@ -366,6 +394,18 @@ async function runMirror(
 
 const secondsSince = (started: number) => (performance.now() - started) / 1000;
 
+/** Prints the `--json` summary of a mirror that failed as a whole (no listing, or the lock was held). */
+function printFailedSummary(
+  options: ClientOptions,
+  error: ClientError,
+  seconds: number,
+  summary = emptySummary(),
+): void {
+  summary.problems.push(error);
+  summary.exitCode = error.exitCode;
+  console.log(JSON.stringify(jsonSummary(summary, options, seconds)));
+}
+
 /** After the deadline, the time given to the run to end by itself before the process exits anyway. */
 const DEADLINE_GRACE_MS = 5_000;
 
@@ -378,7 +418,15 @@ export async function main(argv: string[]): Promise<number> {
       console.log(HELP);
       return ExitCode.Ok;
     }
-    if (options.lock !== null) lock = await takeLock(options.lock);
+    if (options.lock !== null) {
+      try {
+        lock = await takeLock(options.lock);
+      } catch (e) {
+        // A script reading mirror's --json learns why nothing was done from the summary line, as always.
+        if (options.json && options.command === "mirror") printFailedSummary(options, classify(e), 0);
+        throw e;
+      }
+    }
     if (options.splayMs > 0) await delay(Math.random() * options.splayMs);
     const deadline = new Deadline(options.timeoutMs);
     // Every wait of the run ends when the deadline aborts; a write that blocks anyway (standard output
@@ -400,7 +448,7 @@ export async function main(argv: string[]): Promise<number> {
     }
   } catch (e) {
     const error = classify(e);
-    console.error(`ferry: ${error.message}`);
+    console.error(`ferry: ${error.message}${error.exitCode === ExitCode.Usage ? " (see --help)" : ""}`);
     return error.exitCode;
   } finally {
     lock?.close();

@@ -80,6 +80,11 @@ export const ErrorCode = {
   Changed: "CHANGED",
   /** The server failed to read the file. */
   Internal: "INTERNAL",
+  /**
+   * No valid token on the connection, a failed `auth`, or a path outside the token's scopes: the same
+   * answer whether the path exists or not.
+   */
+  Unauthorized: "UNAUTHORIZED",
 } as const;
 
 /** One of the {@link ErrorCode} values. */
@@ -103,6 +108,7 @@ export const ERROR_CLOSES: Readonly<Record<ErrorCodeValue, boolean>> = {
   [ErrorCode.FileChanged]: true,
   [ErrorCode.Changed]: false,
   [ErrorCode.Internal]: false,
+  [ErrorCode.Unauthorized]: true,
 };
 
 /**
@@ -122,7 +128,21 @@ export function isSha256Hex(value: unknown): value is string {
 }
 
 /** Operations of request mode. */
-export type Operation = "get" | "stat" | "list" | "ping" | "sig";
+export type Operation = "get" | "stat" | "list" | "ping" | "sig" | "hello" | "auth";
+
+// ---- Tokens (PROTOCOL.md, Authentication): the handshake both sides must compute alike.
+
+/** Bytes of the nonce a server sends in answer to `hello`, fresh for each `hello`. */
+export const AUTH_NONCE_BYTES = 32;
+
+/**
+ * What the HMAC of `auth` covers before the nonce: names the protocol and its version, so a proof made for
+ * ferry can never be taken for a MAC of something else made with the same secret. A NUL ends it.
+ */
+export const AUTH_CONTEXT = "ferry-auth-v1";
+
+/** A token's name: 1 to 64 letters, digits, `.`, `_`, `@` or `-`. */
+export const TOKEN_NAME = /^[A-Za-z0-9._@-]{1,64}$/;
 
 /**
  * Most byte ranges one `get` may ask for. A range is two integers of at most 16 digits in JSON (35
@@ -189,6 +209,10 @@ export interface Request {
    * sorted, not overlapping, none empty, all within the file, at most {@link MAX_RANGES}; needs `ifMatch`.
    */
   ranges?: [number, number][];
+  /** `auth`: the token's name. */
+  name?: string;
+  /** `auth`: HMAC-SHA256 over {@link AUTH_CONTEXT}, NUL, the nonce and the name, keyed by the secret; hex. */
+  proof?: string;
 }
 
 /** One file of a `list` answer. */
@@ -269,6 +293,10 @@ export interface ResponseHeader {
   stream?: boolean;
   /** `sig`: bytes of the encoded signature that follow in Data frames (delta.ts's `encodeSignature`). */
   signatureLength?: number;
+  /** `hello`: {@link AUTH_NONCE_BYTES} random bytes in hex, for `auth`; absent from a server without tokens. */
+  nonce?: string;
+  /** `auth`: the name of the token now in force on the connection. */
+  name?: string;
 }
 
 /** The JSON of a Trailer frame. */
@@ -418,10 +446,11 @@ export function parseRequest(payload: Uint8Array): Request {
   if (typeof value !== "object" || value === null || Array.isArray(value)) {
     throw new ProtocolError(ErrorCode.BadRequest, "request is not a JSON object");
   }
-  const { v, op, path, offset, ifMatch, ifNoneMatch, recursive, stream, ranges } = value as Record<
-    string,
-    unknown
-  >;
+  const { v, op, path, offset, ifMatch, ifNoneMatch, recursive, stream, ranges, name, proof } =
+    value as Record<
+      string,
+      unknown
+    >;
   if (!Number.isInteger(v)) {
     throw new ProtocolError(ErrorCode.BadRequest, "request has no integer version 'v'");
   }
@@ -431,7 +460,16 @@ export function parseRequest(payload: Uint8Array): Request {
       `protocol version ${v} is not supported (this server speaks ${PROTOCOL_VERSION})`,
     );
   }
-  if (op === "ping") return { v, op };
+  if (op === "ping" || op === "hello") return { v, op };
+  if (op === "auth") {
+    if (typeof name !== "string" || !TOKEN_NAME.test(name)) {
+      throw new ProtocolError(ErrorCode.BadRequest, "'name' is not a token name");
+    }
+    if (!isSha256Hex(proof)) {
+      throw new ProtocolError(ErrorCode.BadRequest, "'proof' is not 64 lowercase hex digits");
+    }
+    return { v, op, name, proof };
+  }
   if (op !== "get" && op !== "stat" && op !== "list" && op !== "sig") {
     throw new ProtocolError(ErrorCode.UnknownOp, `unknown operation ${JSON.stringify(op)}`);
   }

@@ -1,7 +1,7 @@
 /**
- * SHA-256 for the server and the client, from node:crypto loaded on first need. Loading it costs 10-16 ms
- * of a process's start: a worker loads it after it has said it is ready, and a client only when it will
- * hash (a `--no-verify` fetch into a device or standard output never does).
+ * SHA-256 and HMAC-SHA256 for the server and the client, from node:crypto loaded on first need. Loading it
+ * costs 10-16 ms of a process's start: a worker loads it after it has said it is ready, and a client only
+ * when it will hash or prove a token (a `--no-verify` fetch into a device or standard output never hashes).
  *
  * @module
  */
@@ -20,4 +20,24 @@ export async function loadHashing(): Promise<void> {
 export function createSha256(): Hash {
   if (nodeCrypto === null) throw new Error("SHA-256 used before loadHashing() completed");
   return nodeCrypto.createHash("sha256");
+}
+
+/**
+ * HMAC-SHA256 of the concatenation of `parts`, keyed by `key` (a token's secret). Throws if
+ * {@link loadHashing} has not completed.
+ */
+export function hmacSha256(key: Uint8Array, parts: readonly Uint8Array[]): Uint8Array {
+  if (nodeCrypto === null) throw new Error("HMAC used before loadHashing() completed");
+  const mac = nodeCrypto.createHmac("sha256", key);
+  for (const part of parts) mac.update(part);
+  return new Uint8Array(mac.digest());
+}
+
+/**
+ * True if `a` and `b` hold the same bytes, in a time that depends only on their length (node:crypto's
+ * timingSafeEqual); false for different lengths. Throws if {@link loadHashing} has not completed.
+ */
+export function constantTimeEqual(a: Uint8Array, b: Uint8Array): boolean {
+  if (nodeCrypto === null) throw new Error("constantTimeEqual used before loadHashing() completed");
+  return a.byteLength === b.byteLength && nodeCrypto.timingSafeEqual(a, b);
 }

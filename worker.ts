@@ -28,6 +28,7 @@ import { SignatureCache, type Signed } from "./worker/signature_cache.ts";
 import { loadHashing } from "./hashing.ts";
 import { parseWorkerArgs, type WorkerArgs } from "./channel/worker_args.ts";
 import { ReplyCache } from "./worker/reply_cache.ts";
+import { TokenStore } from "./worker/access.ts";
 
 export { parseWorkerArgs };
 import {
@@ -117,6 +118,7 @@ export function buildServeConfig(
       args.replyCacheBytes,
       (why) => hooks.serviceLine(`reply cache kept in the heap: ${why}`),
     ),
+    tokens: args.tokens ? new TokenStore(args.tokens, hooks.serviceLine) : null,
   };
 }
 

@@ -30,6 +30,8 @@ export interface WorkerArgs {
   replyCacheBytes: number;
   /** False with `--no-http`: request-mode connections speak only ferry's protocol. @default true */
   http?: boolean;
+  /** The `--tokens` file, read by the worker (and again on reload); null or absent: no tokens. */
+  tokens?: string | null;
 }
 
 /** Parses the worker's arguments (the master's {@link workerArgv} output). */

@@ -37,6 +37,11 @@ export const ExitCode = {
    * cannot serve, limits): what it listed was mirrored, and nothing was deleted.
    */
   Partial: 10,
+  /**
+   * The server refused for want of a valid token (UNAUTHORIZED): none given while it needs one, a name or
+   * secret it does not know, or a path outside the token's scopes. Not retried.
+   */
+  Unauthorized: 11,
 } as const;
 
 /** One of the {@link ExitCode} values. */
@@ -108,6 +113,7 @@ function fromRefusal(e: ServerRefusal): ClientError {
     return new ClientError(ExitCode.Busy, e.message, { retryable: true, retryAfterMs });
   }
   if (REFUSED_PATH.includes(code)) return new ClientError(ExitCode.NotFound, e.message);
+  if (code === ErrorCode.Unauthorized) return new ClientError(ExitCode.Unauthorized, e.message);
   // The server gave up waiting for our request: a slow network or a stopped client, worth another try.
   if (code === ErrorCode.Timeout) return new ClientError(ExitCode.Connect, e.message, { retryable: true });
   // The file moved on while we fetched it: the next try fetches the new version whole.
@@ -140,7 +146,7 @@ export function classify(e: unknown): ClientError {
 
 /**
  * Exit codes from the most to the least serious, for a run over many files: a bug first, then what needs
- * the operator on this host (disk, corrupted data), then the server's side, then a listing that was not
+ * the operator on this host (disk, corrupted data, the token), then the server's side, then a listing that was not
  * the whole tree, then a file that was listed and then went away.
  */
 const SEVERITY: readonly number[] = [
@@ -148,6 +154,7 @@ const SEVERITY: readonly number[] = [
   ExitCode.LocalIo,
   ExitCode.Verification,
   ExitCode.Locked,
+  ExitCode.Unauthorized,
   ExitCode.Protocol,
   ExitCode.Connect,
   ExitCode.Busy,

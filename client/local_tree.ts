@@ -229,41 +229,40 @@ export class LocalTree implements Disposable {
 
   /**
    * Regular files (relative paths) and directories (deepest first) below LOCAL_DIR. Symlinks are left out
-   * and never followed; a directory swapped for something else during the walk is skipped.
+   * and never followed; a directory swapped for something else during the walk is skipped. A folder the
+   * run's `cache` has read already is not read again.
    */
-  walk(): { files: string[]; dirs: string[] } {
+  walk(cache?: FolderCache): { files: string[]; dirs: string[] } {
     const files: string[] = [];
     const dirs: string[] = [];
-    // Synchronous: an asynchronous read costs a trip through Deno's thread pool per folder.
-    const walk = (dir: LocalDir, rel: string) => {
-      for (const entry of Deno.readDirSync(dir.procPath())) {
-        const path = rel === "" ? entry.name : `${rel}/${entry.name}`;
-        if (entry.isFile) files.push(path);
-        if (!entry.isDirectory) continue;
-        let child: LocalDir;
-        try {
-          child = LocalDir.adopt(
-            openAt(dir.fd, entry.name, OPEN.O_RDONLY | OPEN.O_DIRECTORY, { noSymlinks: true }),
-            dir.shownPath(entry.name),
-          );
-        } catch {
-          continue;
+    const visit = (rel: string, open: () => LocalDir | null) => {
+      const known = cache?.known(rel);
+      const dir = known === undefined ? open() : null;
+      if (known === undefined && dir === null) return;
+      try {
+        const contents = known ?? readFolder(dir!);
+        const at = known?.dir ?? dir!;
+        for (const name of contents.files) files.push(rel === "" ? name : `${rel}/${name}`);
+        for (const name of contents.subfolders) {
+          const path = rel === "" ? name : `${rel}/${name}`;
+          visit(path, () => {
+            try {
+              const fd = openAt(at.fd, name, OPEN.O_RDONLY | OPEN.O_DIRECTORY, { noSymlinks: true });
+              return LocalDir.adopt(fd, at.shownPath(name));
+            } catch {
+              return null;
+            }
+          });
+          dirs.push(path);
         }
-        try {
-          walk(child, path);
-        } finally {
-          child.close();
-        }
-        dirs.push(path);
+      } finally {
+        dir?.close();
       }
     };
-    const root = this.root.duplicate();
     try {
-      walk(root, "");
+      visit("", () => this.root.duplicate());
     } catch (e) {
       throw new LocalIoError(`cannot read ${this.root.shown}`, e);
-    } finally {
-      root.close();
     }
     return { files, dirs };
   }
@@ -281,14 +280,46 @@ export class LocalTree implements Disposable {
 /** A part's name, `.NAME.ferry-TAG.part`, with NAME captured (publish.ts names them). */
 export const PART_NAME = /^\.(.+)\.ferry-[^/]+\.part$/;
 
-/** A folder below LOCAL_DIR held open for a run, with the names it held when the run first opened it. */
-export interface Folder {
+/** What a folder below LOCAL_DIR held when it was read. */
+export interface FolderContents {
+  /** Its entries' names. */
+  names: ReadonlySet<string>;
+  /** The names that have a part (`.NAME.ferry-TAG.part`) beside them. */
+  parts: ReadonlySet<string>;
+  /** Its regular files' names (parts included). */
+  files: readonly string[];
+  /** Its subfolders' names (symlinks are not subfolders). */
+  subfolders: readonly string[];
+}
+
+/** Reads the folder `dir` once. Throws LocalIoError. */
+function readFolder(dir: LocalDir): FolderContents {
+  const names = new Set<string>();
+  const parts = new Set<string>();
+  const files: string[] = [];
+  const subfolders: string[] = [];
+  try {
+    // Synchronous: an asynchronous read costs a trip through Deno's thread pool per folder.
+    for (const entry of Deno.readDirSync(dir.procPath())) {
+      names.add(entry.name);
+      if (entry.isFile) files.push(entry.name);
+      else if (entry.isDirectory) subfolders.push(entry.name);
+      const part = PART_NAME.exec(entry.name);
+      if (part !== null) parts.add(part[1]);
+    }
+  } catch (e) {
+    throw new LocalIoError(`cannot read ${dir.shown}`, e);
+  }
+  return { names, parts, files, subfolders };
+}
+
+/**
+ * A folder below LOCAL_DIR held open for a run, with what it held when the run first opened it (files
+ * published since are not added).
+ */
+export interface Folder extends FolderContents {
   /** The folder, open. */
   dir: LocalDir;
-  /** Its entries' names as the run found them (files published since are not added). */
-  names: ReadonlySet<string>;
-  /** The names that have a part (`.NAME.ferry-TAG.part`) beside them, as the run found them. */
-  parts: ReadonlySet<string>;
 }
 
 /**
@@ -329,22 +360,20 @@ export class FolderCache implements Disposable {
         this.#folders.set(key, null);
         return null;
       }
-      const names = new Set<string>();
-      const parts = new Set<string>();
       try {
-        for (const entry of Deno.readDirSync(dir.procPath())) {
-          names.add(entry.name);
-          const part = PART_NAME.exec(entry.name);
-          if (part !== null) parts.add(part[1]);
-        }
+        folder = { dir, ...readFolder(dir) };
       } catch (e) {
         dir.close();
-        throw new LocalIoError(`cannot read ${dir.shown}`, e);
+        throw e;
       }
-      folder = { dir, names, parts };
       this.#folders.set(key, folder);
     }
     return folder;
+  }
+
+  /** The folder `rel` (a path below LOCAL_DIR, "" for itself) if the run has read it already. */
+  known(rel: string): Folder | undefined {
+    return this.#folders.get(rel) ?? undefined;
   }
 
   /** Closes every folder. */

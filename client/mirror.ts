@@ -128,10 +128,17 @@ async function listRemote(
   onEntries: (batch: unknown[]) => void,
 ): Promise<Listing> {
   const what = `the listing of ${JSON.stringify(remoteDir === "" ? "/" : remoteDir)}`;
+  let attempts = 0;
   try {
     return await withRetries(
-      () =>
-        session.list({ v: PROTOCOL_VERSION, op: "list", path: remoteDir, recursive: true }, what, onEntries),
+      (n) => {
+        attempts = n;
+        return session.list(
+          { v: PROTOCOL_VERSION, op: "list", path: remoteDir, recursive: true },
+          what,
+          onEntries,
+        );
+      },
       {
         retries: options.retries,
         maxTimeMs: options.retryMaxTimeMs,
@@ -144,7 +151,9 @@ async function listRemote(
     if (e instanceof ServerRefusal && e.body.code === ErrorCode.UnknownOp) {
       throw protocolError(`the server does not know 'list' (it speaks an older protocol): ${e.message}`);
     }
-    throw classify(e);
+    const error = classify(e);
+    if (attempts <= 1) throw error;
+    throw new ClientError(error.exitCode, `${error.message} (after ${attempts} attempts)`);
   }
 }
 
@@ -179,22 +188,37 @@ type Need =
   /** Fetched one by one (a part to resume, or a large file to patch with delta). */
   | { kind: "one by one" };
 
-/** A listed file on its way. */
-interface Item {
-  entry: ListEntry;
-  rel: string;
-  folder: Folder;
-  name: string;
-  need: Need;
+/** A listed file on its way; it is also what the pipelined fetch is given (no copy per file). */
+class Item implements TreeFile {
   /** What lstat said of the local copy, when there is one. */
   local?: StatIdentity;
+  need: Need = { kind: "fast" };
+
+  constructor(
+    readonly entry: ListEntry,
+    readonly rel: string,
+    readonly folder: Folder,
+    readonly name: string,
+  ) {}
+
+  get path(): string {
+    return this.entry.path;
+  }
+
+  get dir(): LocalDir {
+    return this.folder.dir;
+  }
+
+  get localSha256(): string | undefined {
+    return this.need.kind === "fast" ? this.need.localSha256 : undefined;
+  }
 }
 
 /**
  * Decides what `item` needs by what LOCAL_DIR holds, without reading any file: the state answers for a
  * file whose lstat matches what was recorded. Throws LocalIoError.
  */
-function needOf(item: Omit<Item, "need">, state: MirrorState): Need {
+function needOf(item: Item, state: MirrorState): Need {
   const { entry, folder, name } = item;
   if (folder.parts.has(name)) return { kind: "one by one" }; // a part beside it: resume it
   if (!folder.names.has(name)) return { kind: "fast" };
@@ -440,8 +464,9 @@ class MirrorRun {
         ? local.folders.lookUp(rel)
         : local.folders.folderOf(rel);
       if (folder === null) return this.#wouldUpdate(entry!, rel);
-      const partial = { entry: entry!, rel, folder, name: basename(rel) };
-      this.#route(Object.assign(partial, { need: needOf(partial, local!.state) }));
+      const item = new Item(entry!, rel, folder, basename(rel));
+      item.need = needOf(item, local!.state);
+      this.#route(item);
     } catch (e) {
       this.#failed({ entry: entry!, rel }, classify(e));
     }
@@ -476,7 +501,8 @@ class MirrorRun {
         const request = { v: PROTOCOL_VERSION, op: "stat", path: item.entry.path } as const;
         const header = await this.session.request(request, JSON.stringify(item.entry.path));
         if (header.sha256 === localSha256) {
-          this.#route({ ...item, need: { kind: "current", sha256: localSha256 } });
+          item.need = { kind: "current", sha256: localSha256 };
+          this.#route(item);
         } else this.#wouldUpdate(item.entry, item.rel);
       } catch (e) {
         this.#failed(item, classify(e));
@@ -486,25 +512,13 @@ class MirrorRun {
 
   /** Step 3: the pipelined fetch; what it hands back goes one by one. */
   async fetchFast(): Promise<void> {
-    const byFile = new Map<TreeFile, Item>();
-    const files = this.#fast.map((item) => {
-      const file: TreeFile = {
-        path: item.entry.path,
-        dir: item.folder.dir,
-        name: item.name,
-        localSha256: item.need.kind === "fast" ? item.need.localSha256 : undefined,
-      };
-      byFile.set(file, item);
-      return file;
-    });
     const { verify, deadline } = this.options;
     const onBytes = (n: number) => this.progress.received(n);
     await fetchTree(
       this.session,
-      files,
+      this.#fast,
       { verify, deadline, root: this.local.tree.root, onBytes },
-      (file, outcome) => {
-        const item = byFile.get(file)!;
+      (item, outcome) => {
         if (outcome.status === "handed back") {
           this.progress.expect(outcome.bytes); // received, but for no file: the next try brings it whole
           return void this.#oneByOne.push(item);
@@ -581,6 +595,7 @@ class MirrorRun {
             this.keep,
             (report) => this.count(report),
             this.dryRun,
+            this.#local.folders,
           );
         } catch (e) {
           this.summary.problems.push(classify(e));

@@ -9,7 +9,7 @@
 import { basename } from "node:path";
 import { ClientError, ExitCode } from "./failure.ts";
 import type { FileReport } from "./fetch_file.ts";
-import { type LocalDir, LocalIoError, type LocalTree, PART_NAME } from "./local_tree.ts";
+import { type FolderCache, type LocalDir, LocalIoError, type LocalTree, PART_NAME } from "./local_tree.ts";
 import { STATE_DIR } from "./mirror_state.ts";
 import { removeStaleParts } from "./publish.ts";
 import { lstatAt, unlinkAt } from "../ffi/libc.ts";
@@ -18,6 +18,7 @@ import { lstatAt, unlinkAt } from "../ffi/libc.ts";
  * Removes local regular files below LOCAL_DIR that are not in `keep` (relative paths), the parts of such
  * files, and then-empty directories; no symlink is followed, and none is removed. Reports each removal
  * (or its failure) to `onFile`. With `dryRun`, removes nothing and reports each file it would remove.
+ * Folders the run's `cache` has read are not read again.
  */
 export async function deleteExtraneous(
   remoteDir: string,
@@ -25,8 +26,9 @@ export async function deleteExtraneous(
   keep: Set<string>,
   onFile: (report: FileReport) => void,
   dryRun = false,
+  cache?: FolderCache,
 ): Promise<void> {
-  const { files, dirs } = tree.walk();
+  const { files, dirs } = tree.walk(cache);
   const own = (rel: string) => rel === STATE_DIR || rel.startsWith(`${STATE_DIR}/`);
   for (const rel of files) {
     if (own(rel)) continue;
@@ -64,8 +66,17 @@ export async function deleteExtraneous(
     onFile(report);
   }
   if (dryRun) return;
+  // A folder that holds a file the server has cannot end up empty: only the others are tried.
+  const holding = new Set<string>();
+  for (const rel of keep) {
+    for (let slash = rel.lastIndexOf("/"); slash > 0; slash = rel.lastIndexOf("/", slash - 1)) {
+      const folder = rel.slice(0, slash);
+      if (holding.has(folder)) break;
+      holding.add(folder);
+    }
+  }
   for (const rel of dirs) {
-    if (own(rel)) continue;
+    if (own(rel) || holding.has(rel)) continue;
     try {
       using dir = tree.findParent(rel);
       if (dir !== null) unlinkAt(dir.fd, basename(rel), { directory: true }); // only empty ones go

@@ -62,9 +62,13 @@ export interface StateEntry extends LocalIdentity {
   etag: string;
 }
 
-/** The state of one LOCAL_DIR: entries by path relative to it. */
+/**
+ * The state of one LOCAL_DIR: entries by path relative to it. An entry read from the file stays the line
+ * it was until a run looks it up (a run of a large tree looks up every entry once, and most are current:
+ * checking each line's fields up front cost more than the rest of reading the file).
+ */
 export class MirrorState {
-  readonly #entries = new Map<string, StateEntry>();
+  readonly #entries = new Map<string, StateEntry | string>();
   readonly #writtenAt: number;
   #newestCtime = 0;
   #changed = false;
@@ -74,9 +78,19 @@ export class MirrorState {
     this.#writtenAt = writtenAt;
   }
 
-  /** Number of entries. */
+  /** Number of entries (lines of the file not looked at yet count, whether or not they are well formed). */
   get size(): number {
     return this.#entries.size;
+  }
+
+  /** The entry for `path`, its line checked now if it was not yet; a malformed line is forgotten. */
+  #get(path: string): StateEntry | undefined {
+    const found = this.#entries.get(path);
+    if (typeof found !== "string") return found;
+    const entry = parseFields(found);
+    if (entry === null) this.#entries.delete(path);
+    else this.#entries.set(path, entry);
+    return entry ?? undefined;
   }
 
   /** True once an entry was added, replaced or removed since the state was read: it is worth writing. */
@@ -89,7 +103,10 @@ export class MirrorState {
    * record is not racy; undefined otherwise (the caller hashes the file).
    */
   trusted(path: string, local: LocalIdentity): StateEntry | undefined {
-    const entry = this.#entries.get(path);
+    const found = this.#entries.get(path);
+    // A line is checked only once its identity matches: one whose file changed is replaced or forgotten.
+    if (typeof found === "string" && !found.startsWith(`${local.key}\t`)) return undefined;
+    const entry = this.#get(path);
     if (entry === undefined || entry.key !== local.key) return undefined;
     if (ctimeOf(entry.key) + RACY_WINDOW_SECONDS >= this.#writtenAt) return undefined;
     return entry;
@@ -97,7 +114,7 @@ export class MirrorState {
 
   /** Records (or replaces) the entry for `path`. */
   set(path: string, entry: StateEntry): void {
-    const old = this.#entries.get(path);
+    const old = this.#get(path);
     if (
       old !== undefined && old.key === entry.key && old.sha256 === entry.sha256 && old.etag === entry.etag
     ) {
@@ -132,23 +149,34 @@ export class MirrorState {
 
   /** The state as the text of its file. */
   format(): string {
-    const lines = [STATE_HEADER];
-    for (const [path, e] of this.#entries) lines.push(`${e.key}\t${e.sha256}\t${e.etag}\t${quote(path)}`);
-    return lines.join("\n") + "\n";
+    return [...this.lines()].join("");
+  }
+
+  /** The state's file, line by line (each with its line break), for writing without one string of it all. */
+  *lines(): Generator<string> {
+    yield `${STATE_HEADER}\n`;
+    // Checking a line may replace its entry or forget it, which a Map's iteration allows.
+    for (const path of this.#entries.keys()) {
+      const e = this.#get(path);
+      if (e !== undefined) yield `${e.key}\t${e.sha256}\t${e.etag}\t${quote(path)}\n`;
+    }
   }
 
   /**
    * Reads a state file's text, written at `writtenAt` (its mtime, in seconds). Lines that do not parse are
-   * skipped (their files are hashed); a file that is not a state file at all gives an empty state. Never
-   * throws.
+   * skipped (their files are hashed): a line without a path now, the others when looked up. A file that is
+   * not a state file at all gives an empty state. Never throws.
    */
   static parse(text: string, writtenAt: number): MirrorState {
     const state = new MirrorState(writtenAt);
     const lines = text.split("\n");
     if (lines[0] !== STATE_HEADER) return state;
     for (let i = 1; i < lines.length; i++) {
-      const parsed = parseLine(lines[i]);
-      if (parsed !== null) state.#entries.set(parsed[0], parsed[1]);
+      const line = lines[i];
+      const tab3 = line.indexOf("\t", line.indexOf("\t", line.indexOf("\t") + 1) + 1);
+      if (line.indexOf("\t") < 0 || tab3 < 0) continue;
+      const path = pathOf(line.slice(tab3 + 1));
+      if (path !== null) state.#entries.set(path, line);
     }
     return state;
   }
@@ -163,13 +191,8 @@ function quote(path: string): string {
 const KEY = /^[0-9]+:[0-9]+:-?[0-9]+\.[0-9]{9}:-?[0-9]+\.[0-9]{9}$/;
 const ETAG = /^[A-Za-z0-9_-]{0,128}$/;
 
-/** One line of a state file, or null if it is not a well-formed entry. */
-function parseLine(line: string): [string, StateEntry] | null {
-  const tab1 = line.indexOf("\t"), tab2 = line.indexOf("\t", tab1 + 1), tab3 = line.indexOf("\t", tab2 + 1);
-  if (tab1 < 0 || tab2 < 0 || tab3 < 0) return null;
-  const key = line.slice(0, tab1), sha256 = line.slice(tab1 + 1, tab2), etag = line.slice(tab2 + 1, tab3);
-  if (!KEY.test(key) || !isSha256Hex(sha256) || !ETAG.test(etag)) return null;
-  const written = line.slice(tab3 + 1);
+/** The path as a line of a state file ends with it, or null if it is not one. */
+function pathOf(written: string): string | null {
   let path: unknown = written;
   if (written.startsWith('"')) {
     try {
@@ -181,7 +204,15 @@ function parseLine(line: string): [string, StateEntry] | null {
   if (typeof path !== "string" || path === "" || written.includes("\t") || written.includes("\r")) {
     return null;
   }
-  return [path, { key, sha256, etag }];
+  return path;
+}
+
+/** The entry a line of a state file holds before its path, or null if its fields are not well formed. */
+function parseFields(line: string): StateEntry | null {
+  const tab1 = line.indexOf("\t"), tab2 = line.indexOf("\t", tab1 + 1), tab3 = line.indexOf("\t", tab2 + 1);
+  const key = line.slice(0, tab1), sha256 = line.slice(tab1 + 1, tab2), etag = line.slice(tab2 + 1, tab3);
+  if (!KEY.test(key) || !isSha256Hex(sha256) || !ETAG.test(etag)) return null;
+  return { key, sha256, etag };
 }
 
 /** The folder in LOCAL_DIR that holds the state; `mirror` neither lists into it nor deletes in it. */
@@ -242,7 +273,22 @@ export function saveState(root: LocalDir, state: MirrorState): void {
       noSymlinks: true,
     });
     try {
-      pwriteAll(fd, new TextEncoder().encode(state.format()), 0);
+      // In pieces of about a MiB: the state of a million files is some 170 MB of text.
+      const encoder = new TextEncoder();
+      let offset = 0, piece: string[] = [], pieceLength = 0;
+      const flush = () => {
+        const bytes = encoder.encode(piece.join(""));
+        pwriteAll(fd, bytes, offset);
+        offset += bytes.byteLength;
+        piece = [];
+        pieceLength = 0;
+      };
+      for (const line of state.lines()) {
+        piece.push(line);
+        pieceLength += line.length;
+        if (pieceLength >= 1 << 20) flush();
+      }
+      flush();
     } finally {
       close(fd);
     }

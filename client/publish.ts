@@ -20,6 +20,7 @@ import {
   close,
   fchmod,
   fstat,
+  futimens,
   LibcError,
   lstatAt,
   OPEN,
@@ -432,10 +433,8 @@ export class AtomicFile {
       if (this.#flushError !== null) throw this.#flushError;
       await this.#part.file.sync();
       if (meta.mode !== undefined) fchmod(this.#part.fd, meta.mode & 0o777);
-      if (meta.mtimeNs !== undefined) {
-        const seconds = Number(meta.mtimeNs) / 1e9;
-        await this.#part.file.utime(seconds, seconds);
-      }
+      // futimens keeps the nanoseconds, which a time in seconds as a double would round away.
+      if (meta.mtimeNs !== undefined) futimens(this.#part.fd, meta.mtimeNs);
       const dir = this.place.dir.fd;
       renameAt(dir, this.tempName, dir, this.place.name);
     } catch (e) {

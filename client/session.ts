@@ -2,7 +2,10 @@
  * A request-mode connection seen from the client: connect within a timeout, send a request, read its
  * answer frame by frame with the {@link FrameReader} (stall watchdog included). One session serves many
  * requests over one persistent connection, as `mirror` does; a connection that broke, or that the
- * server closed after an error, is replaced by a new one at the next request.
+ * server closed after an error, is replaced by a new one at the next request. With a token, each new
+ * connection starts with the handshake (PROTOCOL.md, Authentication): `hello` and its nonce (the one extra
+ * round trip), then `auth`, whose answer is read before the first request's, so the requests behind it go
+ * out at once.
  *
  * @module
  */
@@ -10,6 +13,7 @@
 import { ClientError, ExitCode, protocolError, ServerRefusal } from "./failure.ts";
 import { FrameReader, TruncatedError } from "./frame_reader.ts";
 import {
+  AUTH_NONCE_BYTES,
   decodeJson,
   encodeLastRequest,
   encodeRequest,
@@ -18,13 +22,17 @@ import {
   errorClosesConnection,
   ErrorCode,
   FrameType,
+  getFrameLength,
   isSha256Hex,
   type LeftOut,
   LIST_BATCH_BYTES,
   MAX_RESPONSE_FRAME,
+  PROTOCOL_VERSION,
   type Request,
   type ResponseHeader,
 } from "../framing.ts";
+import { loadHashing } from "../hashing.ts";
+import { authProof, type ClientToken, fromHex, toHex } from "../tokens.ts";
 
 /** Where the server is. */
 export interface Endpoint {
@@ -96,6 +104,8 @@ export async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void
 export interface SessionOptions extends ConnectOptions {
   /** Fail a read that waits this long without a byte, in milliseconds. */
   stallTimeoutMs: number;
+  /** The token to prove on each connection (`--token-file`), or none. */
+  token?: ClientToken | null;
 }
 
 /** What a response's body ended with. */
@@ -139,6 +149,9 @@ function isConnectionLoss(e: unknown): boolean {
     e instanceof Deno.errors.ConnectionAborted;
 }
 
+/** An HTTP server's answer ("HTTP/1.1 ...") read as a frame's length prefix. */
+const HTTP_AS_LENGTH = getFrameLength(new TextEncoder().encode("HTTP"), 0);
+
 /**
  * Requests and responses over a persistent connection, opened on first use. A response is read in two
  * steps: {@link begin} sends the request and returns the header, then {@link readBody} (for `get`) or
@@ -159,6 +172,8 @@ export class Session {
   /** Requests sent ahead ({@link sendAhead}) whose answers {@link next} has not begun to read. */
   #ahead = 0;
   #what = "";
+  /** True while the answer to the connection's `auth` is still to be read, before any other. */
+  #authOwed = false;
   readonly #onAbort = () => this.#drop();
 
   /**
@@ -384,8 +399,65 @@ export class Session {
       this.#reader = new FrameReader(conn, { stallTimeoutMs: this.#options.stallTimeoutMs });
       this.#between = true;
       this.connections++;
+      const token = this.#options.token;
+      if (token) {
+        try {
+          await this.#authenticate(conn, token);
+        } catch (e) {
+          this.#drop();
+          throw e;
+        }
+      }
     }
-    return { conn: this.#conn, reader: this.#reader };
+    return { conn: this.#conn!, reader: this.#reader! };
+  }
+
+  /**
+   * The handshake: `hello` brings the server's nonce, and `auth` goes out with the proof (the secret itself
+   * never does); its answer is read by {@link #readHeader} before the next request's. A server that gives
+   * no nonce takes no tokens, and the connection goes on without.
+   */
+  async #authenticate(conn: Deno.TcpConn, token: ClientToken): Promise<void> {
+    const what = this.#what;
+    this.#what = "the handshake (hello)";
+    await writeAll(conn, encodeRequest({ v: PROTOCOL_VERSION, op: "hello" }));
+    let header: ResponseHeader;
+    try {
+      header = await this.#readHeader();
+    } catch (e) {
+      if (e instanceof ServerRefusal && e.body.code === ErrorCode.UnknownOp) {
+        throw protocolError(`${describeEndpoint(this.endpoint)} does not take tokens (it predates them)`);
+      }
+      throw e;
+    }
+    if (await this.#reader!.readLength("the end frame of hello") !== 0) {
+      throw protocolError("no end frame after the answer to hello");
+    }
+    if (header.nonce === undefined) {
+      this.#what = what;
+      return;
+    }
+    const nonce = typeof header.nonce === "string" ? fromHex(header.nonce) : null;
+    if (nonce === null || nonce.byteLength !== AUTH_NONCE_BYTES) {
+      throw protocolError(`the nonce of hello is not ${AUTH_NONCE_BYTES} bytes in hex`);
+    }
+    await loadHashing();
+    const proof = toHex(authProof(token.secret, nonce, token.name));
+    await writeAll(conn, encodeRequest({ v: PROTOCOL_VERSION, op: "auth", name: token.name, proof }));
+    this.#authOwed = true;
+    this.#what = what;
+  }
+
+  /** Reads the answer to `auth`: its Header and end frame, or UNAUTHORIZED thrown as a ServerRefusal. */
+  async #readAuthAnswer(): Promise<void> {
+    this.#authOwed = false;
+    const what = this.#what;
+    this.#what = `the token ${JSON.stringify(this.#options.token?.name)}`;
+    await this.#readHeader();
+    if (await this.#reader!.readLength("the end frame of auth") !== 0) {
+      throw protocolError("no end frame after the answer to auth");
+    }
+    this.#what = what;
   }
 
   /** Closes the connection, if any; the next request opens a new one. */
@@ -399,11 +471,18 @@ export class Session {
     this.#between = true;
     this.#ended = false;
     this.#ahead = 0;
+    this.#authOwed = false;
   }
 
   async #readHeader(): Promise<ResponseHeader> {
+    if (this.#authOwed) await this.#readAuthAnswer();
     const reader = this.#reader!;
     const len = await reader.readLength("the response header");
+    if (len === HTTP_AS_LENGTH) {
+      throw protocolError(
+        "the answer starts with 'HTTP': this is an HTTP server, not a ferry server (check HOST:PORT)",
+      );
+    }
     if (len <= 0 || len > MAX_RESPONSE_FRAME) throw protocolError(`the response header has length ${len}`);
     const [type] = await reader.readExact(1, "the response header");
     if (type !== FrameType.Header && type !== FrameType.Error) {

@@ -45,13 +45,13 @@ import {
 /** A file to fetch. */
 export interface TreeFile {
   /** Its path on the server. */
-  path: string;
+  readonly path: string;
   /** Its directory below LOCAL_DIR, held open by the caller until the fetcher is done. */
-  dir: LocalDir;
+  readonly dir: LocalDir;
   /** Its name in `dir`. */
-  name: string;
+  readonly name: string;
   /** SHA-256 of the local copy, sent as `ifNoneMatch`; none when there is no copy. */
-  localSha256?: string;
+  readonly localSha256?: string;
 }
 
 /** What became of a file. */
@@ -103,15 +103,15 @@ const BATCH_BYTES = 256 * 1024 * 1024;
 const LARGE_BODY = 8 * 1024 * 1024;
 
 /** A file whose request is in flight. */
-interface InFlight {
-  file: TreeFile;
+interface InFlight<F extends TreeFile = TreeFile> {
+  file: F;
   started: number;
   tries: number;
 }
 
 /** A part written and checked, waiting for its batch to be published. */
-interface Written {
-  flight: InFlight;
+interface Written<F extends TreeFile = TreeFile> {
+  flight: InFlight<F>;
   part: string;
   sha256?: string;
   etag: string;
@@ -122,30 +122,39 @@ interface Written {
  * Fetches `files` in order, pipelined over `session`, and tells `onOutcome` what became of each, in the
  * order they end. Throws only for the deadline.
  */
-export async function fetchTree(
+export async function fetchTree<F extends TreeFile>(
   session: Session,
-  files: readonly TreeFile[],
+  files: readonly F[],
   options: TreeFetchOptions,
-  onOutcome: (file: TreeFile, outcome: TreeOutcome) => void,
+  onOutcome: (file: F, outcome: TreeOutcome) => void,
 ): Promise<void> {
   if (options.verify) await loadHashing();
-  const queue: InFlight[] = files.map((file) => ({ file, started: 0, tries: 0 }));
-  const inFlight: InFlight[] = [];
-  const batch = new Batch(options.root, onOutcome);
-  const handBack = (flight: InFlight, bytes = 0) =>
+  // Files not sent yet: those to send again first, then `files` from `next` on. A run of a million files
+  // makes no object per file before its request goes out.
+  const again: InFlight<F>[] = [];
+  let next = 0;
+  const waiting = () => again.length + files.length - next;
+  const take = () => again.shift() ?? { file: files[next++], started: 0, tries: 0 };
+  const inFlight: InFlight<F>[] = [];
+  const batch = new Batch<F>(options.root, onOutcome);
+  const handBack = (flight: InFlight<F>, bytes = 0) =>
     onOutcome(flight.file, { status: "handed back", bytes, seconds: secondsSince(flight.started) });
+  const handBackWaiting = () => {
+    while (waiting() > 0) handBack(take());
+  };
 
-  while (queue.length > 0 || inFlight.length > 0) {
+  while (waiting() > 0 || inFlight.length > 0) {
     if (options.deadline.expired) break;
-    const sending: InFlight[] = [];
-    while (inFlight.length + sending.length < WINDOW && queue.length > 0) sending.push(queue.shift()!);
+    const sending: InFlight<F>[] = [];
+    while (inFlight.length + sending.length < WINDOW && waiting() > 0) sending.push(take());
     if (sending.length > 0) {
       try {
         await session.sendAhead(sending.map((f) => requestOf(f.file)));
       } catch {
         // Cannot even send: the one-by-one path has the retries and the backoff for this.
-        for (const flight of [...inFlight, ...sending, ...queue]) handBack(flight);
-        queue.length = inFlight.length = 0;
+        for (const flight of [...inFlight, ...sending]) handBack(flight);
+        inFlight.length = 0;
+        handBackWaiting();
         break;
       }
       const now = performance.now();
@@ -189,18 +198,19 @@ export async function fetchTree(
           seconds: secondsSince(flight.started),
         });
       } else if (!(e instanceof ServerRefusal) && flight.tries < 2) {
-        queue.unshift(flight); // the connection was lost: once more, on a new one
+        again.unshift(flight); // the connection was lost: once more, on a new one
       } else {
         handBack(flight, received.bytes);
       }
     }
     // An error that closed the connection lost the answers still owed: those requests go out again.
     if (session.ahead < inFlight.length) {
-      queue.unshift(...inFlight.splice(0));
+      again.unshift(...inFlight.splice(0));
     }
     if (batch.full) batch.publish();
   }
-  for (const flight of [...inFlight, ...queue]) handBack(flight);
+  for (const flight of inFlight) handBack(flight);
+  handBackWaiting();
   batch.publish();
 }
 
@@ -222,14 +232,14 @@ const secondsSince = (started: number) => started === 0 ? 0 : (performance.now()
  * Reads the answer to `flight`'s request into a new part: the part written, the server's word that the
  * local copy is current, or a part of that version found there already (the one-by-one path resumes it).
  */
-async function receive(
+async function receive<F extends TreeFile>(
   session: Session,
-  flight: InFlight,
+  flight: InFlight<F>,
   { verify, onBytes }: TreeFetchOptions,
   received: { bytes: number },
   beforeLargeBody: () => void,
 ): Promise<
-  Written | { unchanged: true; size: number; etag: string; sha256?: string } | { handedBack: true }
+  Written<F> | { unchanged: true; size: number; etag: string; sha256?: string } | { handedBack: true }
 > {
   const { file } = flight;
   const header = await session.next(JSON.stringify(file.path));
@@ -322,20 +332,20 @@ function removeQuietly(dir: LocalDir, name: string): void {
 }
 
 /** Parts written and checked, published together. */
-class Batch {
-  #written: { w: Written; bytes: number }[] = [];
+class Batch<F extends TreeFile> {
+  #written: { w: Written<F>; bytes: number }[] = [];
   #bytes = 0;
 
   constructor(
     readonly root: LocalDir,
-    readonly onOutcome: (file: TreeFile, outcome: TreeOutcome) => void,
+    readonly onOutcome: (file: F, outcome: TreeOutcome) => void,
   ) {}
 
   get full(): boolean {
     return this.#written.length >= BATCH_FILES || this.#bytes >= BATCH_BYTES;
   }
 
-  add(w: Written, bytes: number): void {
+  add(w: Written<F>, bytes: number): void {
     this.#written.push({ w, bytes });
     this.#bytes += w.size;
   }
@@ -346,8 +356,8 @@ class Batch {
     this.#written = [];
     this.#bytes = 0;
     if (written.length === 0) return;
-    const failed = new Set<Written>();
-    const fail = (w: Written, bytes: number, error: ClientError) => {
+    const failed = new Set<Written<F>>();
+    const fail = (w: Written<F>, bytes: number, error: ClientError) => {
       failed.add(w);
       removeQuietly(w.flight.file.dir, w.part);
       this.onOutcome(w.flight.file, {

@@ -8,6 +8,7 @@ import { parseArgs } from "node:util";
 import { ServeMode } from "../channel/messages.ts";
 import type { Endpoint } from "../ffi/sockaddr.ts";
 import { parseEndpoint } from "../host_port.ts";
+import { readTokensFile, TokenFileError } from "../tokens.ts";
 
 /** Everything the server's command line decides. */
 export interface ServerOptions {
@@ -35,6 +36,8 @@ export interface ServerOptions {
   replyCacheBytes: number;
   /** Answer HTTP/1.1 GET and HEAD on request-mode listeners (false with `--no-http`). @default true */
   http: boolean;
+  /** The tokens file (`--tokens`), checked; null when every client may read everything. */
+  tokens: string | null;
 }
 
 /** The text `--help` prints. */
@@ -67,6 +70,9 @@ Options:
                            come from the attribute cache while an open revalidates)
   --no-http                speak only ferry's protocol on request-mode listeners (by default an
                            HTTP/1.1 GET or HEAD on the same port is answered too)
+  --tokens FILE            only clients with a token of FILE may read, each within its scopes; one
+                           'NAME SECRET SCOPE...' a line (SCOPE: a path, or * for all); FILE must be
+                           open to its owner only. Request mode only: not with classic listeners
   -h, --help               show this help
 
 The listening addresses are printed on stderr once the workers are ready.`;
@@ -103,6 +109,7 @@ export function parseServerArgs(argv: string[]): ServerOptions | "help" {
         "request-log": { type: "string" },
         "reply-cache": { type: "string" },
         "no-http": { type: "boolean" },
+        tokens: { type: "string" },
         help: { type: "boolean", short: "h" },
       },
     });
@@ -135,6 +142,7 @@ export function parseServerArgs(argv: string[]): ServerOptions | "help" {
       throw new UsageError(`--listen: ${(e as Error).message}`);
     }
   });
+  const tokens = tokensOf(v.tokens, listenOn.some((l) => l.mode === ServeMode.Classic));
   return {
     listen: listenOn,
     root,
@@ -150,7 +158,28 @@ export function parseServerArgs(argv: string[]): ServerOptions | "help" {
       ? 0
       : Math.round(positiveNumber("reply-cache", v["reply-cache"], 8, false) * 1024 * 1024),
     http: v["no-http"] !== true,
+    tokens,
   };
+}
+
+/**
+ * Checks --tokens now, so that a server with a bad tokens file (open to others, a malformed line) refuses
+ * to start; the workers read it again. Classic mode cannot ask for a token: it would push to anyone.
+ */
+function tokensOf(path: string | undefined, classic: boolean): string | null {
+  if (path === undefined) return null;
+  if (classic) {
+    throw new UsageError(
+      "--tokens guards request mode; a classic-mode listener pushes to anyone, so not both",
+    );
+  }
+  try {
+    readTokensFile(path);
+  } catch (e) {
+    if (!(e instanceof TokenFileError)) throw e;
+    throw new UsageError(`--tokens: ${e.message}`);
+  }
+  return path;
 }
 
 /** Checks --request-log; a file is created if missing, so that a path that cannot be written fails now. */

@@ -54,6 +54,7 @@ export function startWorker(options: ServerOptions, workerId: number): WorkerPro
     requestLog: options.requestLog,
     replyCacheBytes: options.replyCacheBytes,
     http: options.http,
+    tokens: options.tokens,
   });
   const { command, args } = workerCommand(argv);
   // The worker's end is the one fd it inherits: everything else ferry opens is close-on-exec.

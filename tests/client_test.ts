@@ -216,7 +216,7 @@ Deno.test("command-line mistakes exit 2 with one line on stderr", async () => {
   for (const args of cases) {
     const r = await runClient(args);
     assert.equal(r.code, 2, `${JSON.stringify(args)}: ${r.stderr}`);
-    assert.match(r.stderr, /^ferry: [^\n]+\n$/, JSON.stringify(args));
+    assert.match(r.stderr, /^ferry: [^\n]+ \(see --help\)\n$/, JSON.stringify(args));
   }
   const help = await runClient(["--help"]);
   assert.equal(help.code, 0);
@@ -265,7 +265,7 @@ Deno.test("an answer that is not ferry's protocol exits 6", async () => {
   });
   const r = await getIntoExistingTarget(fake.address);
   assert.equal(r.code, 6, r.stderr);
-  assert.match(r.stderr, /protocol error/);
+  assert.match(r.stderr, /protocol error: [^\n]*this is an HTTP server/);
   // The existing target's SHA-256 goes along: an unchanged file would not be sent again.
   assert.deepEqual(request, {
     v: 1,

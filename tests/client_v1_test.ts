@@ -13,7 +13,15 @@ import { LocalDir } from "../client/local_tree.ts";
 import { AtomicFile, PartLockedError } from "../client/publish.ts";
 import { backoffDelay, withRetries } from "../client/retry.ts";
 import { Session } from "../client/session.ts";
-import { getArgs, jsonLines, listDir, logged, spawnClient, withServer } from "./client_fixture.ts";
+import {
+  allJsonLines,
+  getArgs,
+  jsonLines,
+  listDir,
+  logged,
+  spawnClient,
+  withServer,
+} from "./client_fixture.ts";
 import {
   childPids,
   eventually,
@@ -29,6 +37,7 @@ import {
 } from "./helpers.ts";
 import { FrameProxy } from "./proxy.ts";
 import { DATA_FRAME_PAYLOAD } from "../framing.ts";
+import { statAt } from "../ffi/libc.ts";
 
 const MiB = 1024 * 1024;
 const BIG = 100 * MiB;
@@ -277,6 +286,28 @@ Deno.test("an unchanged file is not transferred again: no data frame, status unc
   });
 });
 
+Deno.test("get and mirror give the published file the server's mtime to the nanosecond", async () => {
+  await withServer(async ({ src, out, address }) => {
+    // Both sizes: a small file is published by the tree fetch's batches, a large one on its own.
+    for (const [name, size] of [["small.bin", 1000], ["large.bin", 3 * 1024 * 1024]] as const) {
+      const path = await makeFile(src, name, size);
+      const touched = await new Deno.Command("touch", { args: ["-d", "@1700000000.123456789", path] })
+        .output();
+      assert.ok(touched.success, "touch -d");
+    }
+    const mtimeNs = (path: string) => statAt(-100, path).mtimeNs;
+    assert.equal(mtimeNs(`${src}/small.bin`), 1_700_000_000_123_456_789n, "the server's file as set");
+    const got = await runClient(getArgs(address, "large.bin", out));
+    assert.equal(got.code, 0, got.stderr);
+    assert.equal(mtimeNs(`${out}/large.bin`), mtimeNs(`${src}/large.bin`), "get");
+    const mirrored = await runClient(["mirror", address, ".", `${out}/tree`, "-q"]);
+    assert.equal(mirrored.code, 0, mirrored.stderr);
+    for (const name of ["small.bin", "large.bin"]) {
+      assert.equal(mtimeNs(`${out}/tree/${name}`), mtimeNs(`${src}/${name}`), `mirror: ${name}`);
+    }
+  });
+});
+
 Deno.test("--json prints one object per file with path, status, bytes, sha256, seconds, attempts (and error when failed)", async () => {
   await withServer(async ({ src, out, address }) => {
     const path = await makeFile(src, "f.bin", 123_456);
@@ -424,6 +455,11 @@ Deno.test("--lock: a second run exits 9 at once while the first holds the lock; 
       const second = await runClient(["get", address, "f.bin", "-o", `${out}/g.bin`, "--lock", lock]);
       assert.equal(second.code, 9, second.stderr);
       assert.match(second.stderr, /^ferry: --lock: another run holds [^\n]*ferry\.lock\n$/);
+      const mirror = await runClient(["mirror", address, ".", `${out}/m`, "--lock", lock, "--json"]);
+      assert.equal(mirror.code, 9, mirror.stderr);
+      const [summary] = allJsonLines(mirror).map((l) => l.summary as Record<string, unknown>);
+      assert.equal(summary.exitCode, 9, "mirror --json says why in its summary line");
+      assert.match(JSON.stringify(summary.problems), /another run holds/);
       // Without --lock, a run that wants the same part is refused too, rather than writing into it.
       await partReaches(out, "f.bin", proxy.connections[0].dataBytes);
       const third = await runClient(getArgs(address, "f.bin", out));

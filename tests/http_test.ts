@@ -579,6 +579,29 @@ Deno.test("http: with --no-http an HTTP request gets ferry's TOO_LARGE, and ferr
   });
 });
 
+Deno.test("http: with --tokens, HTTP (which cannot prove a token) is refused 403 for every path, existing or not, and ferry's ping still answers", async () => {
+  await using dir = await tempDir();
+  const tokens = `${dir.path}/tokens`;
+  await Deno.writeTextFile(tokens, "alice 0123456789abcdef0123456789abcdef *\n", { mode: 0o600 });
+  await Deno.chmod(tokens, 0o600);
+  await withServer(["--tokens", tokens], async (port) => {
+    const bodies = new Set<string>();
+    for (const path of ["/ok.txt", "/missing.txt", "/sub/ok.txt"]) {
+      const r = await once(port, get(path));
+      assert.equal(r.status, 403, path);
+      bodies.add(decoder.decode(r.body));
+    }
+    assert.equal(bodies.size, 1, `the same answer for every path: ${[...bodies].join(" | ")}`);
+    const conn = await RawConnection.open(port);
+    try {
+      await conn.sendRequest({ op: "ping" });
+      assert.equal((await conn.readResponse()).json[0].status, "ok");
+    } finally {
+      conn.close();
+    }
+  });
+});
+
 Deno.test("http: a client refused BUSY by the master gets 503 with Retry-After when its request starts like HTTP", async () => {
   if (!await have("curl", "503 when busy")) return;
   await withServer(

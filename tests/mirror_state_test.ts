@@ -77,8 +77,11 @@ Deno.test("state: bad lines are skipped and a foreign or cut file gives no entry
     "",
   ].join("\n");
   const loaded = MirrorState.parse(damaged, WRITTEN);
-  assert.equal(loaded.size, 1);
   assert.deepEqual(loaded.trusted("good", entry()), entry());
+  for (const path of ["bad-hash", "negative", "short nanoseconds"]) {
+    assert.equal(loaded.trusted(path, entry()), undefined, path);
+  }
+  assert.equal(MirrorState.parse(loaded.format(), WRITTEN).size, 1, "written again, only the good entry");
   assert.equal(MirrorState.parse("something else\n" + text, WRITTEN).size, 0);
   assert.equal(
     MirrorState.parse(text.slice(0, text.length - 8), WRITTEN).size,

@@ -199,3 +199,56 @@ Deno.test("REMOTE_DIR is normalized and listed paths are mapped below LOCAL_DIR,
   assert.equal(localRelative("a//x", "a"), null);
   assert.equal(localRelative("/etc/passwd", ""), null);
 });
+
+/**
+ * A front for the server that closes the first `dropped` connections as soon as they arrive (a server
+ * restarting, as a client sees it) and joins the later ones to the server.
+ */
+function restartingFront(
+  serverPort: number,
+  dropped: number,
+): { address: string; seen: () => number } & AsyncDisposable {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  let seen = 0;
+  const pipes: Promise<unknown>[] = [];
+  const accepting = (async () => {
+    for await (const conn of listener) {
+      if (++seen <= dropped) {
+        conn.close();
+        continue;
+      }
+      const server = await Deno.connect({ hostname: "127.0.0.1", port: serverPort });
+      pipes.push(
+        conn.readable.pipeTo(server.writable).catch(() => {}),
+        server.readable.pipeTo(conn.writable).catch(() => {}),
+      );
+    }
+  })();
+  return {
+    address: `127.0.0.1:${listener.addr.port}`,
+    seen: () => seen,
+    async [Symbol.asyncDispose]() {
+      listener.close();
+      await accepting.catch(() => {});
+      await Promise.all(pipes);
+    },
+  };
+}
+
+Deno.test("with --timeout, mirror retries until the deadline, not only --retries times; without, it says after how many attempts it gave up", async () => {
+  await withServer(async ({ src, out, server }) => {
+    await makeFile(src, "f.bin", 1000);
+    {
+      await using front = restartingFront(server.ports[0], 4);
+      const gaveUp = await runClient(["mirror", front.address, ".", `${out}/a`]);
+      assert.notEqual(gaveUp.code, 0, gaveUp.stderr);
+      assert.match(gaveUp.stderr, /\(after 4 attempts\)/);
+      assert.equal(front.seen(), 4, "the first try and the default 3 retries");
+    }
+    await using front = restartingFront(server.ports[0], 4);
+    const waited = await runClient(["mirror", front.address, ".", `${out}/b`, "--timeout", "60"]);
+    assert.equal(waited.code, 0, waited.stderr);
+    assert.deepEqual(await treeOf(`${out}/b`), await treeOf(src));
+    assert.ok(front.seen() >= 5, `tried past 4 refusals (${front.seen()} connections)`);
+  });
+});

@@ -92,6 +92,18 @@ Deno.test("a cached reply is found while its file is untouched, and dropped once
   assert.equal(cache.bytes, 0);
 });
 
+Deno.test("a reply is admitted from the second request for the same version of its path, never the first", () => {
+  using cache = new ReplyCache(1024);
+  assert.equal(cache.admit("a.txt", "v1"), false, "first request");
+  assert.equal(cache.admit("b.txt", "v1"), false, "another path's first request");
+  assert.equal(cache.admit("a.txt", "v1"), true, "second request, same version");
+  assert.equal(cache.admit("b.txt", "v2"), false, "second request, but a new version: counts as a first");
+  assert.equal(cache.admit("b.txt", "v2"), true);
+  using none = new ReplyCache(0);
+  none.admit("a.txt", "v1");
+  assert.equal(none.admit("a.txt", "v1"), false, "--reply-cache 0 keeps nothing");
+});
+
 Deno.test("the cache holds at most its budget, dropping the oldest replies first", async () => {
   await using dir = await tempDir();
   for (const name of ["1", "2", "3"]) await Deno.writeTextFile(`${dir.path}/${name}`, name);

@@ -43,6 +43,7 @@ import type { ReplyCache } from "./reply_cache.ts";
 import type { SignatureCache } from "./signature_cache.ts";
 import { answer, Deferred, ErrorPiece, type Piece, type Reply, type ReplyContext } from "./operations.ts";
 import { returnReplyBuffer } from "./reply_pool.ts";
+import { ConnectionAccess, OPEN_ACCESS, type TokenStore } from "./access.ts";
 import { parseRequestRemembered } from "./request_memo.ts";
 import { type HttpConfig, nextHttpReply } from "./http.ts";
 import { httpErrorResponse, looksLikeHttp } from "../http_wire.ts";
@@ -71,6 +72,8 @@ export interface ServeConfig {
   wake: (conn: Connection) => void;
   /** How HTTP requests on request-mode connections are answered; null with `--no-http`. */
   http: HttpConfig | null;
+  /** The tokens of `--tokens`, or null when the server takes none (every connection reads everything). */
+  tokens: TokenStore | null;
 }
 
 /** Where a connection is in its life. "waiting": a reply waits for a hash, nothing to read or write. */
@@ -374,6 +377,7 @@ export class Connection {
       signatures: this.config.signatures,
       replies: this.config.replies,
       wake: () => this.config.wake(this),
+      access: this.config.tokens === null ? OPEN_ACCESS : new ConnectionAccess(this.config.tokens),
     };
   }
 

@@ -50,7 +50,11 @@ function mix32(h: number): number {
   return (h ^ (h >>> 16)) >>> 0;
 }
 
-const hex32 = (n: number) => n.toString(16).padStart(8, "0");
+/** Two hex digits for each byte value: a listing formats four words per file. */
+const HEX_BYTES = Array.from({ length: 256 }, (_, b) => b.toString(16).padStart(2, "0"));
+
+const hex32 = (n: number) =>
+  HEX_BYTES[n >>> 24] + HEX_BYTES[(n >>> 16) & 0xff] + HEX_BYTES[(n >>> 8) & 0xff] + HEX_BYTES[n & 0xff];
 
 /** Bytes hashed per {@link HashCache.step} call at most, across all jobs. */
 const STEP_BYTES = 256 * 1024;
@@ -121,6 +125,11 @@ export class HashCache {
   /** The cached hash for this identity, if known. */
   get(identity: string): string | undefined {
     return this.#known.get(etagOf(identity));
+  }
+
+  /** The cached hash for the version named `etag` (see {@link etagOf}), if known. */
+  byEtag(etag: string): string | undefined {
+    return this.#known.get(etag);
   }
 
   /** True while some job is waiting to be advanced by {@link step}. */

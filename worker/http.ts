@@ -78,14 +78,19 @@ export function answerHttp(request: HttpRequest, ctx: ReplyContext, config: Http
   return fileReply(request, ctx, label, opened.fd, opened.stat, head);
 }
 
-/** The HTTP status for a refused open, ferry's error code mapped: a directory or a device is 403. */
+/**
+ * The HTTP status for a refused open, ferry's error code mapped: a directory or a device is 403, and so is
+ * a path the connection's token does not reach (UNAUTHORIZED: HTTP has no way to prove a ferry token, and
+ * 401 would promise one).
+ */
 function refusalOf(body: ErrorBody): HttpRefusal {
   const status = body.code === ErrorCode.NotFound
     ? 404
-    : body.code === ErrorCode.Forbidden || body.code === ErrorCode.NotAFile
+    : body.code === ErrorCode.Forbidden || body.code === ErrorCode.NotAFile ||
+        body.code === ErrorCode.Unauthorized
     ? 403
     : 500;
-  return { status, message: body.message, closes: false };
+  return { status, message: body.message, closes: body.code === ErrorCode.Unauthorized };
 }
 
 /** An error answer to `request` (Connection: close when the refusal or the request says so). */

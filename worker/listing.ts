@@ -34,6 +34,7 @@ import {
 } from "../framing.ts";
 import { etagOf, identityOf } from "./hash_cache.ts";
 import { ErrorPiece, openBeneath, openError, type Reply, type ReplyContext } from "./operations.ts";
+import type { Reach } from "../tokens.ts";
 
 /**
  * Work one pump call may do before the connection's turn ends: a file costs one unit (open, fstat,
@@ -68,7 +69,8 @@ export function list(request: Readonly<Request>, ctx: ReplyContext): Reply {
     return { label, pieces: [new ErrorPiece(body)], files: [] };
   }
   const reply: Reply = { label, pieces: [], files: [] };
-  const walk = new Walk(ctx, path, opened.fd, request.recursive === true);
+  const reach = ctx.access.required ? ctx.access.reach(path) : "read";
+  const walk = new Walk(ctx, path, opened.fd, request.recursive === true, reach);
   reply.pieces.push(new ListingBody(walk, request.stream === true, (result) => reply.result = result));
   return reply;
 }
@@ -87,6 +89,12 @@ interface Folder {
   read: boolean;
   /** The next name to look at. */
   next: number;
+  /**
+   * "read" inside the token's scopes (everything below is listed), "way" above a scope (only the names on
+   * the way down to a scope are looked at; the others are passed over without a trace, not even as left
+   * out, so a listing says nothing of what the token may not read).
+   */
+  reach: Reach;
 }
 
 /** Byte order of raw names: the order `LC_ALL=C ls` shows, for names in any encoding. */
@@ -114,14 +122,16 @@ class Walk {
    * @param path the listed folder, relative to the root
    * @param fd the listed folder, open (the walk closes it)
    * @param recursive true to descend into subfolders
+   * @param reach where the listed folder stands for the connection's token ("read" without tokens)
    */
   constructor(
     readonly ctx: ReplyContext,
     path: string,
     fd: number,
     readonly recursive: boolean,
+    reach: Reach,
   ) {
-    this.#stack.push({ path, depth: 0, fd, names: [], read: false, next: 0 });
+    this.#stack.push({ path, depth: 0, fd, names: [], read: false, next: 0, reach });
   }
 
   /** True once every folder has been gone through. */
@@ -155,13 +165,21 @@ class Walk {
     try {
       text = strictUtf8.decode(name);
     } catch {
-      this.leaveOut(join(folder.path, lossyUtf8.decode(name)), "name is not valid UTF-8");
+      // Above a scope, such a name is not on the way down (scopes are text): not a word of it.
+      if (folder.reach === "read") {
+        this.leaveOut(join(folder.path, lossyUtf8.decode(name)), "name is not valid UTF-8");
+      }
       return 1;
     }
     const rel = join(folder.path, text);
-    if (type === DT.DIR) return this.#enter(folder, rel);
+    const reach = folder.reach === "read" ? "read" : this.ctx.access.reach(rel);
+    if (reach === "none") return 1;
+    if (type === DT.DIR) return this.#enter(folder, rel, reach);
+    if (reach === "way" && type !== DT.UNKNOWN) return 1; // neither a file nor a symlink leads to a scope
     if (type === DT.REG && this.#statInFolder(folder, text, rel)) return 1;
-    if (type === DT.REG || type === DT.LNK || type === DT.UNKNOWN) return this.#look(folder, rel, type);
+    if (type === DT.REG || type === DT.LNK || type === DT.UNKNOWN) {
+      return this.#look(folder, rel, type, reach);
+    }
     return 1; // FIFOs, sockets, devices: not served, by design
   }
 
@@ -190,7 +208,7 @@ class Walk {
   }
 
   /** Descends into the subfolder `rel` of `folder`, or says why not. */
-  #enter(folder: Folder, rel: string): number {
+  #enter(folder: Folder, rel: string, reach: Reach): number {
     if (!this.recursive) return 1;
     if (folder.depth >= MAX_LIST_DEPTH) {
       this.leaveOut(rel, `deeper than ${MAX_LIST_DEPTH} levels`);
@@ -209,6 +227,7 @@ class Walk {
         names: [],
         read: false,
         next: 0,
+        reach,
       });
     }
     return 2;
@@ -235,7 +254,9 @@ class Walk {
   }
 
   /** Lists the file `rel` (a regular file, or a symlink to one), or says why not. */
-  #look(folder: Folder, rel: string, type: number): number {
+  #look(folder: Folder, rel: string, type: number, reach: Reach): number {
+    // Above a scope only a folder may lead on: a name of unknown type is tried as one.
+    if (reach === "way") return this.#enter(folder, rel, reach);
     const opened = openBeneath(this.ctx, rel, "file");
     if (opened instanceof LibcError) {
       this.#failedOpen(rel, opened, type);
@@ -243,7 +264,7 @@ class Walk {
     }
     if (!("fd" in opened)) {
       // A symlink to a folder is not followed; one the file system did not type may be a folder.
-      if (type === DT.UNKNOWN) return this.#enter(folder, rel);
+      if (type === DT.UNKNOWN) return this.#enter(folder, rel, reach);
       if (type === DT.REG) this.leaveOut(rel, "changed from a file to something else during the listing");
       return 1;
     }
@@ -254,15 +275,15 @@ class Walk {
 
   /** Adds the regular file `rel` to the listing. */
   #found(rel: string, s: FileStat): void {
-    const identity = identityOf(s);
+    const etag = etagOf(identityOf(s));
     const entry: ListEntry = {
       path: rel,
       size: s.size,
       mtimeNs: String(s.mtimeNs),
       mode: s.mode & 0o7777,
-      etag: etagOf(identity),
+      etag,
     };
-    const sha256 = this.ctx.hashes.get(identity);
+    const sha256 = this.ctx.hashes.byEtag(etag);
     if (sha256 !== undefined) entry.sha256 = sha256;
     this.found.push(entry);
   }

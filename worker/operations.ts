@@ -3,7 +3,8 @@
  * output pieces for the connection to send: bytes, file bodies, and deferred pieces that complete when
  * a SHA-256 becomes known or the transfer ends. The connection (`connection.ts`) does the I/O; this
  * module decides what to say and opens files only beneath the served directory; `listing.ts` answers
- * `list`, `delta_ops.ts` answers `sig` and a `get` of byte ranges.
+ * `list`, `delta_ops.ts` answers `sig` and a `get` of byte ranges. With tokens, every request passes
+ * `access.ts`'s gate first, and every open of a served path its rule.
  *
  * @module
  */
@@ -31,6 +32,7 @@ import type { ReplyCache } from "./reply_cache.ts";
 import { list } from "./listing.ts";
 import { rangedGet, sig } from "./delta_ops.ts";
 import type { SignatureCache } from "./signature_cache.ts";
+import { type Access, authorize, authorizeRequest, ConnectionAccess } from "./access.ts";
 
 /** An error answer. */
 export class ErrorPiece {
@@ -80,6 +82,8 @@ export interface ReplyContext {
   wake: () => void;
   /** The worker's cached small replies. */
   replies: ReplyCache;
+  /** What this connection may reach of the tree (its token), checked before any file is touched. */
+  access: Access;
 }
 
 /** The JSON of a Header frame with these fields. */
@@ -97,11 +101,23 @@ export const header = (h: Omit<ResponseHeader, "v" | "status">): Uint8Array =>
 export const unchangedAnswer = (h: Omit<ResponseHeader, "v" | "status">): Uint8Array =>
   encodeJsonFrame(FrameType.Header, headerBody(h), FRAME_HEADER_SIZE);
 
-/** Answers `request`. */
+/**
+ * Answers `request`. With tokens, a request its connection may not make is refused here, before anything
+ * touches the file system: the answer, and its timing, do not depend on whether the path exists.
+ */
 export function answer(request: Readonly<Request>, ctx: ReplyContext): Reply {
+  const denied = authorizeRequest(ctx.access, request);
+  if (denied !== null) {
+    const path = request.path === undefined ? "" : ` ${JSON.stringify(request.path)}`;
+    return refusal(`${request.op.toUpperCase()}${path}`, denied);
+  }
   switch (request.op) {
     case "ping":
       return { label: "PING", pieces: [header({}), END_FRAME], files: [] };
+    case "hello":
+      return hello(ctx);
+    case "auth":
+      return auth(request, ctx);
     case "get":
       return request.ranges === undefined ? get(request, ctx) : rangedGet(request, ctx);
     case "sig":
@@ -111,6 +127,25 @@ export function answer(request: Readonly<Request>, ctx: ReplyContext): Reply {
     case "list":
       return list(request, ctx);
   }
+}
+
+/** Answers `hello`: a fresh nonce for `auth`, or, from a server without tokens, none. */
+function hello(ctx: ReplyContext): Reply {
+  const nonce = ctx.access instanceof ConnectionAccess ? ctx.access.hello() : undefined;
+  return { label: "HELLO", pieces: [header({ nonce }), END_FRAME], files: [] };
+}
+
+/** Answers `auth`: the token now in force, or UNAUTHORIZED (which closes the connection). */
+function auth(request: Readonly<Request>, ctx: ReplyContext): Reply {
+  const label = `AUTH ${JSON.stringify(request.name)}`;
+  const name = ctx.access instanceof ConnectionAccess
+    ? ctx.access.authenticate(request.name!, request.proof!)
+    : null;
+  if (name === null) {
+    const why = ctx.access.required ? "authentication failed" : "this server takes no tokens";
+    return refusal(label, { code: ErrorCode.Unauthorized, message: why });
+  }
+  return { label, pieces: [header({ name }), END_FRAME], files: [] };
 }
 
 /** A reply that is one error. */
@@ -127,13 +162,16 @@ export function openFile(ctx: ReplyContext, path: string): { fd: number; stat: F
 /**
  * The one open of a path below the served directory, for every operation: a regular file, or a folder
  * (`""` is the root), read-only and never leaving the root. Returns the failed open's LibcError (see
- * {@link openError}), or NOT_A_FILE when the path leads to something else than `kind`.
+ * {@link openError}), or NOT_A_FILE when the path leads to something else than `kind`, or UNAUTHORIZED
+ * when the connection's token does not reach it (`access.ts`'s {@link authorize}, checked before the open).
  */
 export function openBeneath(
   ctx: ReplyContext,
   path: string,
   kind: "file" | "directory",
 ): { fd: number; stat: FileStat } | LibcError | ErrorBody {
+  const denied = authorize(ctx.access, path, kind);
+  if (denied !== null) return denied;
   let fd: number;
   try {
     fd = openRead(path === "" ? "." : path, { beneath: ctx.rootFd });
@@ -311,7 +349,7 @@ function sendFile(file: OpenGet, sha: string | undefined): Piece[] {
   if (sha !== undefined && fileStat.size - offset <= SMALL_REPLY_BYTES) {
     const whole = smallReply(head, fd, offset, fileStat.size, identity);
     if (whole !== null) {
-      if (offset === 0) {
+      if (offset === 0 && ctx.replies.admit(path, etag)) {
         ctx.replies.store(path, {
           stat: fileStat,
           etag,

@@ -7,7 +7,8 @@
  * mtime, ctime and mode. The ctime moves on any chmod, chown, link count change or rename, so a file made
  * unreadable, or moved away, is looked up afresh by the usual path, which then answers as it must. The
  * assumption is the hash cache's: the same file with the same size and times holds the same bytes.
- * Beyond the budget, the oldest entries go first.
+ * Beyond the budget, the oldest entries go first. A reply is kept only from the second time its path is
+ * asked for (see {@link ReplyCache.admit}).
  *
  * Replies over {@link HEAP_REPLY_MAX} live in one memory file (memfd) per worker rather than in the
  * JavaScript heap, so that they go out with sendfile(2): the socket takes references to the pages instead
@@ -25,6 +26,9 @@ import { type Body, FileRangeBody } from "./bodies.ts";
 
 /** Entries in the memory file start on a page of their own, so that freeing one frees no other's. */
 const PAGE = 4096;
+
+/** Paths remembered as asked for once, at most: their names only, a few MiB at worst. */
+const ASKED_ONCE_MAX = 65_536;
 
 /** Replies of at most this many bytes are kept in the heap and sent with a copy. */
 export const HEAP_REPLY_MAX = 16 * 1024;
@@ -64,6 +68,8 @@ interface Entry extends CachedReply {
 /** Cached replies by path. */
 export class ReplyCache {
   readonly #entries = new Map<string, Entry>();
+  /** Etag by path of the replies asked for once and not kept, oldest first. */
+  readonly #askedOnce = new Map<string, string>();
   #bytes = 0;
   #memory = -1;
   #end = 0;
@@ -143,6 +149,22 @@ export class ReplyCache {
       released = true;
       if (--entry.senders === 0 && entry.evicted) this.#free(entry);
     });
+  }
+
+  /**
+   * True when the reply for `path`, of the version `etag`, is worth keeping: it was asked for before. A
+   * host mirroring a tree larger than the cache asks for each file once, and keeping every reply only to
+   * evict it unread cost an eighth of a worker's time; a file a fleet asks for is kept from its second
+   * request on.
+   */
+  admit(path: string, etag: string): boolean {
+    if (this.budget === 0) return false;
+    const before = this.#askedOnce.get(path);
+    this.#askedOnce.delete(path);
+    if (before === etag) return true;
+    this.#askedOnce.set(path, etag);
+    if (this.#askedOnce.size > ASKED_ONCE_MAX) this.#askedOnce.delete(this.#askedOnce.keys().next().value!);
+    return false;
   }
 
   /** Keeps a copy of `reply` as the answer for `path`, unless it alone is larger than the budget. */

@@ -32,6 +32,9 @@ export function parseRequestRemembered(payload: Uint8Array): Readonly<Request> {
   const known = remembered.get(key);
   if (known !== undefined && sameBytes(known.bytes, payload)) return known.request;
   const request = parseRequest(payload);
+  // An `auth` is never sent twice (its proof is made for one nonce): remembering it would only push out
+  // requests that come again.
+  if (request.op === "auth") return request;
   if (remembered.size >= MAX_REQUESTS) remembered.delete(remembered.keys().next().value!);
   remembered.set(key, { bytes: payload.slice(), request: Object.freeze(request) });
   return request;
