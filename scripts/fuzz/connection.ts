@@ -16,6 +16,10 @@ export interface ConnectionOutcome {
   writeRefused: boolean;
   /** What departed from the protocol or from the plan, or null. */
   anomaly: string | null;
+  /** The results of the first answers (`ok` or an error code), in order. */
+  results: string[];
+  /** Data bytes received. */
+  dataBytes: number;
 }
 
 /** Longest a connection may take before it counts as hung: well beyond the server's idle timeout. */
@@ -31,7 +35,13 @@ export async function runConnection(
   try {
     conn = await Deno.connect({ hostname: "127.0.0.1", port });
   } catch (e) {
-    return { end: "refused", writeRefused: false, anomaly: `connect: ${(e as Error).message}` };
+    return {
+      end: "refused",
+      writeRefused: false,
+      anomaly: `connect: ${(e as Error).message}`,
+      results: [],
+      dataBytes: 0,
+    };
   }
   const reader = new AnswerReader(results);
   let cutting = false;
@@ -87,6 +97,8 @@ export async function runConnection(
     end,
     writeRefused,
     anomaly: hung ? `no end within ${CONNECTION_LIMIT_MS} ms` : judge(plan, reader, end),
+    results: reader.firstResults,
+    dataBytes: reader.dataBytes,
   };
 }
 
