@@ -26,11 +26,13 @@ const ANSWER_LIMIT_MS = 10_000;
 /** Latencies of one kind of request, in ms, and the failures. */
 interface Timings {
   ms: number[];
+  /** When each latency over {@link SLOW_MS} began, in s from the start of the measurement. */
+  slowAt: { at: number; ms: number }[];
   failures: string[];
 }
 
 /** Times one request on a new connection from 127.0.0.1, from connect to the answer's end. */
-async function timeOne(target: Target, op: "ping" | "get", into: Timings): Promise<void> {
+async function timeOne(target: Target, op: "ping" | "get", into: Timings, since: number): Promise<void> {
   const t0 = performance.now();
   let conn: RawConnection | undefined;
   try {
@@ -48,8 +50,10 @@ async function timeOne(target: Target, op: "ping" | "get", into: Timings): Promi
         return null;
       })(),
     );
+    const ms = performance.now() - t0;
     if (problem !== null) into.failures.push(problem);
-    else into.ms.push(performance.now() - t0);
+    else into.ms.push(ms);
+    if (ms > SLOW_MS) into.slowAt.push({ at: (t0 - since) / 1000, ms });
   } catch (e) {
     into.failures.push((e as Error).message);
   } finally {
@@ -65,6 +69,17 @@ function summary(name: string, t: Timings): string {
     at(0.99).toFixed(1)
   } | ` +
     `${(sorted.at(-1) ?? NaN).toFixed(1)} | ${slow} |`;
+}
+
+/** Counters of the kernel's TCP (TcpExt of /proc/net/netstat, for the whole machine) that tell of a flood. */
+const KERNEL_COUNTERS = ["ListenOverflows", "ListenDrops", "TCPReqQFullDoCookies", "SyncookiesSent"];
+
+async function kernelCounters(): Promise<Record<string, number>> {
+  const lines = (await Deno.readTextFile("/proc/net/netstat")).split("\n").filter((l) =>
+    l.startsWith("TcpExt:")
+  );
+  const names = lines[0].split(" "), values = lines[1].split(" ");
+  return Object.fromEntries(KERNEL_COUNTERS.map((k) => [k, Number(values[names.indexOf(k)])]));
 }
 
 /** The holder's status lines (JSON) printed since line `from`. */
@@ -105,14 +120,17 @@ if (import.meta.main) {
       const held = JSON.parse(await holder.waitFor(/"event":"held"/, 180_000));
       console.error(`flood: held ${held.drip} dripping and ${held.idle} idle connections`);
       const from = holder.stdout.length;
-      const ping: Timings = { ms: [], failures: [] }, get: Timings = { ms: [], failures: [] };
+      const ping: Timings = { ms: [], slowAt: [], failures: [] };
+      const get: Timings = { ms: [], slowAt: [], failures: [] };
+      const countersBefore = await kernelCounters();
       const started = performance.now();
       for (let round = 0; round < Number(values.rounds); round++) {
-        await timeOne(target, "ping", ping);
-        await timeOne(target, "get", get);
+        await timeOne(target, "ping", ping, started);
+        await timeOne(target, "get", get, started);
         await new Promise((r) => setTimeout(r, Number(values["every-ms"]))); // the measured client's pace
       }
       const seconds = (performance.now() - started) / 1000;
+      const countersAfter = await kernelCounters();
       const during = statuses(holder.stdout, from);
       const last = during.at(-1) ?? held;
       const crashes = await checkCrashes(target);
@@ -135,6 +153,14 @@ if (import.meta.main) {
       console.log(summary("ping", ping));
       console.log(summary(`get ${GET_PATH} (4 KiB)`, get));
       for (const f of [...ping.failures, ...get.failures].slice(0, 10)) console.log(`  failed: ${f}`);
+      for (const [name, t] of [["ping", ping], ["get", get]] as const) {
+        for (const s of t.slowAt) console.log(`  ${name} at ${s.at.toFixed(1)} s: ${s.ms.toFixed(1)} ms`);
+      }
+      // When the server closed flood connections (each line: second, closed so far), to set beside the above.
+      const closes = during.map((s, i) => `${i + 1}s:${s.closedByServer - held.closedByServer}`);
+      console.log(`  flood connections closed by the server, by second: ${closes.join(" ")}`);
+      const grew = KERNEL_COUNTERS.map((k) => `${k} +${countersAfter[k] - countersBefore[k]}`);
+      console.log(`  the kernel's counters (whole machine) while measuring: ${grew.join(", ")}`);
       console.log("");
       console.log(
         `crashes: ${crashes.workerCrashes.length} worker exits or errors in the log, ` +

@@ -336,7 +336,10 @@ function largestPing(): Uint8Array {
 }
 const LARGEST_PING = largestPing();
 
-/** One frame that should make the server answer an error (or close): the fuzzing proper. */
+/**
+ * One frame of the fuzzing proper: mostly one the server must refuse (an error, or a close), sometimes an
+ * odd one it must serve (the largest request there may be).
+ */
 export function fuzzFrame(rng: Random, files: readonly FuzzFile[]): PlannedFrame {
   const valid = () => encodeJsonFrame(FrameType.Request, validRequest(rng, files));
   switch (rng.int(9)) {
@@ -356,13 +359,13 @@ export function fuzzFrame(rng: Random, files: readonly FuzzFile[]): PlannedFrame
     case 6:
       return { bytes: lengthMutated(rng, valid()), sure: false };
     case 7:
-      return { bytes: rng.chance(0.5) ? LARGEST_PING : END_FRAME, sure: false };
+      return rng.chance(0.5) ? { bytes: LARGEST_PING, sure: true } : { bytes: END_FRAME, sure: false };
     default:
       return { bytes: rng.bytes(rng.between(1, 64)), sure: false };
   }
 }
 
-/** Splits `bytes` into the writes of a connection: one burst, one per frame, or cut at random offsets. */
+/** Cuts a connection's frames into its writes: one burst, one write per frame, or cut at random offsets. */
 function writesOf(rng: Random, frames: Uint8Array[]): Uint8Array[] {
   const all = concat(frames);
   const how = rng.int(10);
