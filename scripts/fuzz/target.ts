@@ -195,7 +195,8 @@ export async function normalClientLoop(
   stop: Promise<unknown>,
 ): Promise<{ passed: number; failed: number; failures: string[] }> {
   let stopped = false;
-  stop.finally(() => stopped = true);
+  // Whether the run ended well or not is for its owner to see; here it only ends the loop.
+  const ended = stop.then(() => stopped = true, () => stopped = true);
   const result = { passed: 0, failed: 0, failures: [] as string[] };
   const round = async () => {
     const problem = await checkNormalClient(target);
@@ -208,7 +209,11 @@ export async function normalClientLoop(
   while (!stopped) {
     await round();
     // A pause between rounds so that the checks sample the whole run instead of competing with it.
-    if (!stopped) await Promise.race([stop, new Promise((r) => setTimeout(r, 20))]);
+    if (!stopped) {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([ended, new Promise((r) => timer = setTimeout(r, 20))]);
+      clearTimeout(timer);
+    }
   }
   await round(); // after the last fuzzed connection too
   return result;
