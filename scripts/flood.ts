@@ -51,11 +51,11 @@ async function timeOne(target: Target, op: "ping" | "get", into: Timings, since:
       })(),
     );
     const ms = performance.now() - t0;
-    if (problem !== null) into.failures.push(problem);
+    if (problem !== null) into.failures.push(`at ${((t0 - since) / 1000).toFixed(1)} s: ${problem}`);
     else into.ms.push(ms);
     if (ms > SLOW_MS) into.slowAt.push({ at: (t0 - since) / 1000, ms });
   } catch (e) {
-    into.failures.push((e as Error).message);
+    into.failures.push(`at ${((t0 - since) / 1000).toFixed(1)} s: ${(e as Error).message}`);
   } finally {
     conn?.close();
   }
