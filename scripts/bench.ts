@@ -270,6 +270,11 @@ try {
     // Kept by hand beside the script: development measurements that no single run of it repeats.
     (await Deno.readTextFile(repo("scripts/bench/tried.md"))).trimEnd(),
     "",
+    "## Reliability",
+    "",
+    // Kept by hand too: the fuzzer, soak and flood runs (scripts/fuzz.ts, soak.ts, flood.ts), not run here.
+    (await Deno.readTextFile(repo("scripts/bench/reliability.md"))).trimEnd(),
+    "",
   ].join("\n");
   console.log(report);
   if (output !== "-") {
