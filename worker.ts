@@ -14,8 +14,10 @@
 import {
   decodeHashKnown,
   type HandedConn,
+  MAX_ENDED_PER_DONE,
   MessageKind,
   receiveMessage,
+  sendDone,
   sendHashKnown,
   sendMessage,
   sendSignatureKnown,
@@ -141,6 +143,8 @@ class WorkerLoop {
    */
   #endedUntold = 0;
   #takenUntold = 0;
+  /** Ids of connections closed that the master has not been told of (it counts connections per address). */
+  readonly #closedUntold: number[] = [];
   /** The connections that hold a slot (the master counted each one handed over as holding one). */
   readonly #holding = new Set<Connection>();
   #channelEvents = EPOLLIN;
@@ -213,7 +217,8 @@ class WorkerLoop {
 
   #settle(conn: Connection, interestBefore: number): void {
     if (conn.closed) {
-      this.#connections.delete(conn.fd); // close() already removed it from epoll: no other process holds it
+      // close() already removed it from epoll: no other process holds it
+      if (this.#connections.delete(conn.fd)) this.#closedUntold.push(conn.id);
     } else if (conn.interest !== interestBefore) {
       this.#epoll.modify(conn.fd, conn.interest);
     }
@@ -234,14 +239,21 @@ class WorkerLoop {
   }
 
   #tellEnded(): void {
-    if (this.#endedUntold === 0 && this.#takenUntold === 0) return;
-    // Done: `arg` slots freed, `id` slots taken again (connections that were waiting got their request).
-    if (sendMessage(this.#channel, MessageKind.Done, this.#takenUntold, this.#endedUntold)) {
+    const untold = () => this.#endedUntold !== 0 || this.#takenUntold !== 0 || this.#closedUntold.length > 0;
+    if (!untold()) return;
+    // Done: `arg` slots freed, `id` slots taken again (connections that were waiting got their request),
+    // and the ids of connections that closed, a message's worth at a time.
+    while (untold()) {
+      const ids = this.#closedUntold.length <= MAX_ENDED_PER_DONE
+        ? this.#closedUntold
+        : this.#closedUntold.slice(0, MAX_ENDED_PER_DONE);
+      if (!sendDone(this.#channel, this.#takenUntold, this.#endedUntold, ids)) break;
       this.#endedUntold = this.#takenUntold = 0;
+      this.#closedUntold.splice(0, ids.length);
     }
     // A channel the master has not read yet may be full (a socketpair holds only a few messages): the
     // count is then kept, and sent when epoll says the channel has room again.
-    const wanted = this.#endedUntold === 0 && this.#takenUntold === 0 ? EPOLLIN : EPOLLIN | EPOLLOUT;
+    const wanted = untold() ? EPOLLIN | EPOLLOUT : EPOLLIN;
     if (wanted !== this.#channelEvents) this.#epoll.modify(this.#channel, this.#channelEvents = wanted);
   }
 
@@ -290,6 +302,7 @@ class WorkerLoop {
   #onLost(ids: readonly number[]): void {
     this.#lostHandOffs += ids.length;
     this.#endedUntold += ids.length;
+    this.#closedUntold.push(...ids);
     this.#serviceLine(
       `${ids.length} connection(s) handed over were closed unserved (no fd free: the worker's open-file ` +
         `limit is reached; ${this.#lostHandOffs} so far)`,
@@ -304,7 +317,7 @@ class WorkerLoop {
     if (!conn.closed) {
       this.#connections.set(conn.fd, conn);
       this.#epoll.add(conn.fd, conn.interest);
-    }
+    } else this.#closedUntold.push(conn.id);
     this.#account(conn);
   }
 
@@ -318,6 +331,7 @@ class WorkerLoop {
       );
       close(fd);
       this.#endedUntold++;
+      this.#closedUntold.push(id);
       return null;
     }
   }

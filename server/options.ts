@@ -8,6 +8,8 @@ import { parseArgs } from "node:util";
 import { ServeMode } from "../channel/messages.ts";
 import type { Endpoint } from "../ffi/sockaddr.ts";
 import { parseEndpoint } from "../host_port.ts";
+import { type Cidr, parseCidr } from "./cidr.ts";
+import type { AdmissionRules } from "./admission.ts";
 
 /** Everything the server's command line decides. */
 export interface ServerOptions {
@@ -33,6 +35,8 @@ export interface ServerOptions {
   requestLog: string | null;
   /** Bytes of small replies each worker keeps in memory; 0 turns the cache off. @default 8 MiB */
   replyCacheBytes: number;
+  /** --allow, --deny, --proxy-protocol and --max-conns-per-ip (none by default). */
+  admission: AdmissionRules;
 }
 
 /** The text `--help` prints. */
@@ -63,6 +67,16 @@ Options:
   --reply-cache MIB        memory per worker for small replies answered from memory (default 8);
                            0 opens every file for every request (e.g. a root on NFS, where a stat may
                            come from the attribute cache while an open revalidates)
+
+Admission (checked by the master right after accept, before a worker sees a byte; all global):
+  --deny CIDR              never serve these addresses (repeatable; IPv4 or IPv6; a bare address is
+                           one host); deny wins over --allow. A refused client's connection is closed.
+  --allow CIDR             serve only these addresses (repeatable); with none given, all are allowed
+  --max-conns-per-ip N     connections open at once per client address; one more is answered BUSY
+                           (default: no limit)
+  --proxy-protocol CIDR    peers here are proxies (e.g. HAProxy with send-proxy-v2) that must open with a
+                           PROXY header, v1 or v2 (repeatable). The client it names is then the address
+                           logged, allowed and limited. A PROXY header from any other peer is refused.
   -h, --help               show this help
 
 The listening addresses are printed on stderr once the workers are ready.`;
@@ -98,6 +112,10 @@ export function parseServerArgs(argv: string[]): ServerOptions | "help" {
         backlog: { type: "string" },
         "request-log": { type: "string" },
         "reply-cache": { type: "string" },
+        allow: { type: "string", multiple: true },
+        deny: { type: "string", multiple: true },
+        "proxy-protocol": { type: "string", multiple: true },
+        "max-conns-per-ip": { type: "string" },
         help: { type: "boolean", short: "h" },
       },
     });
@@ -144,7 +162,26 @@ export function parseServerArgs(argv: string[]): ServerOptions | "help" {
     replyCacheBytes: v["reply-cache"] === "0"
       ? 0
       : Math.round(positiveNumber("reply-cache", v["reply-cache"], 8, false) * 1024 * 1024),
+    admission: {
+      allow: cidrsOf("allow", v.allow),
+      deny: cidrsOf("deny", v.deny),
+      proxyFrom: cidrsOf("proxy-protocol", v["proxy-protocol"]),
+      maxConnsPerIp: v["max-conns-per-ip"] === "0"
+        ? 0
+        : positiveNumber("max-conns-per-ip", v["max-conns-per-ip"], 0),
+    },
   };
+}
+
+/** The CIDRs of a repeatable flag; the first bad one is a usage error naming it. */
+function cidrsOf(flag: string, texts: string[] | undefined): Cidr[] {
+  return (texts ?? []).map((text) => {
+    try {
+      return parseCidr(text);
+    } catch (e) {
+      throw new UsageError(`--${flag}: ${(e as Error).message}`);
+    }
+  });
 }
 
 /** Checks --request-log; a file is created if missing, so that a path that cannot be written fails now. */
