@@ -52,6 +52,8 @@ import {
  */
 const TURN_BUDGET = 512 * 1024;
 
+const NO_IDS: number[] = [];
+
 /** How often idle connections are looked for, in milliseconds. */
 const IDLE_SCAN_MS = 250;
 
@@ -143,8 +145,11 @@ class WorkerLoop {
    */
   #endedUntold = 0;
   #takenUntold = 0;
-  /** Ids of connections closed that the master has not been told of (it counts connections per address). */
-  readonly #closedUntold: number[] = [];
+  /**
+   * Ids of connections closed that the master has not been told of (it counts connections per address),
+   * or null when it does not count them: every Done then stays one message per turn.
+   */
+  readonly #closedUntold: number[] | null;
   /** The connections that hold a slot (the master counted each one handed over as holding one). */
   readonly #holding = new Set<Connection>();
   #channelEvents = EPOLLIN;
@@ -155,6 +160,7 @@ class WorkerLoop {
   constructor(args: WorkerArgs) {
     this.#args = args;
     this.#channel = args.channelFd;
+    this.#closedUntold = args.reportClosed ? [] : null;
     this.#requestLog = args.requestLog === null
       ? null
       : args.requestLog === "-"
@@ -218,7 +224,7 @@ class WorkerLoop {
   #settle(conn: Connection, interestBefore: number): void {
     if (conn.closed) {
       // close() already removed it from epoll: no other process holds it
-      if (this.#connections.delete(conn.fd)) this.#closedUntold.push(conn.id);
+      if (this.#connections.delete(conn.fd)) this.#closedUntold?.push(conn.id);
     } else if (conn.interest !== interestBefore) {
       this.#epoll.modify(conn.fd, conn.interest);
     }
@@ -239,17 +245,16 @@ class WorkerLoop {
   }
 
   #tellEnded(): void {
-    const untold = () => this.#endedUntold !== 0 || this.#takenUntold !== 0 || this.#closedUntold.length > 0;
+    const closed = this.#closedUntold ?? NO_IDS;
+    const untold = () => this.#endedUntold !== 0 || this.#takenUntold !== 0 || closed.length > 0;
     if (!untold()) return;
     // Done: `arg` slots freed, `id` slots taken again (connections that were waiting got their request),
     // and the ids of connections that closed, a message's worth at a time.
     while (untold()) {
-      const ids = this.#closedUntold.length <= MAX_ENDED_PER_DONE
-        ? this.#closedUntold
-        : this.#closedUntold.slice(0, MAX_ENDED_PER_DONE);
+      const ids = closed.length <= MAX_ENDED_PER_DONE ? closed : closed.slice(0, MAX_ENDED_PER_DONE);
       if (!sendDone(this.#channel, this.#takenUntold, this.#endedUntold, ids)) break;
       this.#endedUntold = this.#takenUntold = 0;
-      this.#closedUntold.splice(0, ids.length);
+      closed.splice(0, ids.length);
     }
     // A channel the master has not read yet may be full (a socketpair holds only a few messages): the
     // count is then kept, and sent when epoll says the channel has room again.
@@ -302,7 +307,7 @@ class WorkerLoop {
   #onLost(ids: readonly number[]): void {
     this.#lostHandOffs += ids.length;
     this.#endedUntold += ids.length;
-    this.#closedUntold.push(...ids);
+    this.#closedUntold?.push(...ids);
     this.#serviceLine(
       `${ids.length} connection(s) handed over were closed unserved (no fd free: the worker's open-file ` +
         `limit is reached; ${this.#lostHandOffs} so far)`,
@@ -317,7 +322,7 @@ class WorkerLoop {
     if (!conn.closed) {
       this.#connections.set(conn.fd, conn);
       this.#epoll.add(conn.fd, conn.interest);
-    } else this.#closedUntold.push(conn.id);
+    } else this.#closedUntold?.push(conn.id);
     this.#account(conn);
   }
 
@@ -331,7 +336,7 @@ class WorkerLoop {
       );
       close(fd);
       this.#endedUntold++;
-      this.#closedUntold.push(id);
+      this.#closedUntold?.push(id);
       return null;
     }
   }

@@ -51,7 +51,8 @@ export const MessageKind = {
    * request or linger after an error, which need no slot), and `id` were taken again (waiting
    * connections whose request arrived). The fourth u32 counts the connections that closed (up to
    * {@link MAX_ENDED_PER_DONE}), whose ids fill the payload, so that the master can count connections
-   * per client address. A worker sends one per loop turn (more when more connections closed in it).
+   * per client address (only when it asks for them: `reportClosed` in the worker's arguments). A worker
+   * sends one per loop turn (more when more connections closed in it than one message holds).
    */
   Done: 3,
   /** master -> worker: finish the connections you have, then exit. */

@@ -28,6 +28,11 @@ export interface WorkerArgs {
   requestLog: string | null;
   /** Bytes of small replies kept in memory; 0 for none. */
   replyCacheBytes: number;
+  /**
+   * Tell the master the id of each connection that closes (it counts connections per address for
+   * --max-conns-per-ip); off, a turn's Done message carries counts only. Absent means off.
+   */
+  reportClosed?: boolean;
 }
 
 /** Parses the worker's arguments (the master's {@link workerArgv} output). */
