@@ -6,7 +6,7 @@
 
 import assert from "node:assert/strict";
 import net from "node:net";
-import { eventually, runServerToExit, startServer, tempDir, type TestServer } from "./helpers.ts";
+import { childPids, eventually, runServerToExit, startServer, tempDir, type TestServer } from "./helpers.ts";
 import {
   decodeJson,
   encodeRequest,
@@ -350,6 +350,50 @@ Deno.test("--proxy-protocol: a header from a peer not listed, a malformed header
     assert.equal(await pingFrom(port, "127.0.0.1"), "H");
     assert.equal(await pingFrom(port, "127.0.0.2", "PROXY TCP4 10.1.1.1 127.0.0.1 5555 7420\r\n"), "H");
   } finally {
+    await server.stop();
+  }
+});
+
+Deno.test("--max-conns-per-ip counts the connections of a worker that died as ended", async () => {
+  await using dir = await tempDir();
+  const server = await serve(dir.path, "--max-conns-per-ip", "1");
+  const held: SourcedConn[] = [];
+  try {
+    const port = server.ports[0];
+    const first = await holdOpen(port, "127.0.0.2");
+    held.push(first.conn);
+    assert.equal(first.type, "H");
+    assert.equal(await pingFrom(port, "127.0.0.2"), "E BUSY");
+    const [worker] = await childPids(server.pid);
+    Deno.kill(worker, "SIGKILL");
+    await first.conn.ended(); // its connection died with it
+    await server.waitForLog(/worker 1 is gone/);
+    await eventually(
+      "127.0.0.2 is served by the new worker",
+      async () => (await pingFrom(port, "127.0.0.2")) === "H",
+    );
+  } finally {
+    for (const conn of held) conn.close();
+    await server.stop();
+  }
+});
+
+Deno.test("--max-conns-per-ip behind --proxy-protocol counts the clients the proxy names, not the proxy", async () => {
+  await using dir = await tempDir();
+  const server = await serve(dir.path, "--max-conns-per-ip", "1", "--proxy-protocol", "127.0.0.2");
+  const held: SourcedConn[] = [];
+  try {
+    const port = server.ports[0];
+    const header = (client: string) => `PROXY TCP4 ${client} 127.0.0.1 5555 7420\r\n`;
+    const conn = await SourcedConn.open(port, "127.0.0.2");
+    held.push(conn);
+    conn.send(concat(header("198.51.100.7"), PING));
+    assert.equal((await conn.answer())?.type, "H");
+    assert.equal(await pingFrom(port, "127.0.0.2", header("198.51.100.7")), "E BUSY");
+    assert.equal(await pingFrom(port, "127.0.0.2", header("198.51.100.8")), "H");
+    await server.waitForLog(/refused 198\.51\.100\.7: answered BUSY: 1 connections open from it/);
+  } finally {
+    for (const conn of held) conn.close();
     await server.stop();
   }
 });

@@ -238,3 +238,13 @@ Deno.test("get and mirror through HAProxy terminating TLS (send-proxy-v2); a wro
     await server.stop();
   }
 });
+
+Deno.test("client: --cacert of a missing file, or of one with no certificate, is a one-line usage error", async () => {
+  await using dir = await tempDir();
+  await Deno.writeTextFile(`${dir.path}/empty.pem`, "not a certificate\n");
+  for (const [file, why] of [["missing.pem", "cannot read"], ["empty.pem", "holds no PEM certificate"]]) {
+    const r = await runClient(["get", "127.0.0.1:1", "x", "--cacert", `${dir.path}/${file}`]);
+    assert.equal(r.code, 2, r.stderr);
+    assert.ok(r.stderr.includes(`--cacert`) && r.stderr.includes(why), r.stderr);
+  }
+});
