@@ -49,6 +49,11 @@ Options:
   --no-verify               get, mirror: skip the SHA-256 check of what arrives (sizes are still checked);
                             a stream is then bound by the network, not by hashing (about 1.8 GB/s a core)
   --connect-timeout SECS    give up connecting after this long (default 10)
+  --tls                     speak TLS to HOST:PORT (a terminator such as HAProxy in front of the server),
+                            checking its certificate against the system's roots and --cacert
+  --cacert FILE             also trust the PEM certificate(s) in FILE (implies --tls)
+  --tls-server-name NAME    the name the certificate must carry, sent as SNI (implies --tls;
+                            default: HOST)
   --stall-timeout SECS      give up when a read waits this long for a byte (default 30)
   --timeout SECS            deadline for the whole run, connecting and retries included (default none);
                             counted from after --splay
@@ -136,6 +141,9 @@ function parseClientArgs(argv: string[]): ClientOptions | "help" {
       options: {
         output: { type: "string", short: "o" },
         "connect-timeout": { type: "string" },
+        tls: { type: "boolean" },
+        cacert: { type: "string" },
+        "tls-server-name": { type: "string" },
         "stall-timeout": { type: "string" },
         timeout: { type: "string" },
         retries: { type: "string" },
@@ -190,7 +198,7 @@ function parseClientArgs(argv: string[]): ClientOptions | "help" {
   }
   return {
     command,
-    endpoint: parseServerAddress(address),
+    endpoint: { ...parseServerAddress(address), ...tlsOf(v, address) },
     path: command === "mirror" ? normalizeRemoteDir(rest[0]) : rest[0] ?? "",
     output: command === "mirror" ? rest[1] : v.output ?? null,
     connectTimeoutMs: seconds("connect-timeout", v["connect-timeout"]) ?? 10_000,
@@ -222,6 +230,30 @@ function tokenOf(flag: string | undefined): ClientToken | null {
     if (!(e instanceof TokenFileError)) throw e;
     throw usageError(`${flag !== undefined ? "--token-file" : "FERRY_TOKEN_FILE"}: ${e.message}`);
   }
+}
+
+/** `--tls`, `--cacert`, `--tls-server-name` as the endpoint's TLS settings (either of the last two implies TLS). */
+function tlsOf(
+  v: { tls?: boolean; cacert?: string; "tls-server-name"?: string },
+  address: string,
+): Pick<Endpoint, "tls"> {
+  if (!v.tls && v.cacert === undefined && v["tls-server-name"] === undefined) return {};
+  const caCerts: string[] = [];
+  if (v.cacert !== undefined) {
+    let pem: string;
+    try {
+      pem = Deno.readTextFileSync(v.cacert);
+    } catch (e) {
+      throw usageError(`--cacert: cannot read '${v.cacert}': ${(e as Error).message}`);
+    }
+    if (!pem.includes("-----BEGIN CERTIFICATE-----")) {
+      throw usageError(`--cacert: '${v.cacert}' holds no PEM certificate`);
+    }
+    caCerts.push(pem);
+  }
+  const serverName = v["tls-server-name"] ?? parseServerAddress(address).hostname;
+  if (serverName === "") throw usageError("--tls-server-name: give a name");
+  return { tls: { caCerts, serverName } };
 }
 
 /** Takes the run's lock: an flock on `path` (created if missing), held until the process ends. */

@@ -14,8 +14,10 @@
 import {
   decodeHashKnown,
   type HandedConn,
+  MAX_ENDED_PER_DONE,
   MessageKind,
   receiveMessage,
+  sendDone,
   sendHashKnown,
   sendMessage,
   sendSignatureKnown,
@@ -50,6 +52,8 @@ import {
  * syscalls per MiB (scripts/bench/tried.md).
  */
 const TURN_BUDGET = 512 * 1024;
+
+const NO_IDS: number[] = [];
 
 /** How often idle connections are looked for, in milliseconds. */
 const IDLE_SCAN_MS = 250;
@@ -143,6 +147,11 @@ class WorkerLoop {
    */
   #endedUntold = 0;
   #takenUntold = 0;
+  /**
+   * Ids of connections closed that the master has not been told of (it counts connections per address),
+   * or null when it does not count them: every Done then stays one message per turn.
+   */
+  readonly #closedUntold: number[] | null;
   /** The connections that hold a slot (the master counted each one handed over as holding one). */
   readonly #holding = new Set<Connection>();
   #channelEvents = EPOLLIN;
@@ -153,6 +162,7 @@ class WorkerLoop {
   constructor(args: WorkerArgs) {
     this.#args = args;
     this.#channel = args.channelFd;
+    this.#closedUntold = args.reportClosed ? [] : null;
     this.#requestLog = args.requestLog === null
       ? null
       : args.requestLog === "-"
@@ -215,7 +225,8 @@ class WorkerLoop {
 
   #settle(conn: Connection, interestBefore: number): void {
     if (conn.closed) {
-      this.#connections.delete(conn.fd); // close() already removed it from epoll: no other process holds it
+      // close() already removed it from epoll: no other process holds it
+      if (this.#connections.delete(conn.fd)) this.#closedUntold?.push(conn.id);
     } else if (conn.interest !== interestBefore) {
       this.#epoll.modify(conn.fd, conn.interest);
     }
@@ -236,14 +247,20 @@ class WorkerLoop {
   }
 
   #tellEnded(): void {
-    if (this.#endedUntold === 0 && this.#takenUntold === 0) return;
-    // Done: `arg` slots freed, `id` slots taken again (connections that were waiting got their request).
-    if (sendMessage(this.#channel, MessageKind.Done, this.#takenUntold, this.#endedUntold)) {
+    const closed = this.#closedUntold ?? NO_IDS;
+    const untold = () => this.#endedUntold !== 0 || this.#takenUntold !== 0 || closed.length > 0;
+    if (!untold()) return;
+    // Done: `arg` slots freed, `id` slots taken again (connections that were waiting got their request),
+    // and the ids of connections that closed, a message's worth at a time.
+    while (untold()) {
+      const ids = closed.length <= MAX_ENDED_PER_DONE ? closed : closed.slice(0, MAX_ENDED_PER_DONE);
+      if (!sendDone(this.#channel, this.#takenUntold, this.#endedUntold, ids)) break;
       this.#endedUntold = this.#takenUntold = 0;
+      closed.splice(0, ids.length);
     }
     // A channel the master has not read yet may be full (a socketpair holds only a few messages): the
     // count is then kept, and sent when epoll says the channel has room again.
-    const wanted = this.#endedUntold === 0 && this.#takenUntold === 0 ? EPOLLIN : EPOLLIN | EPOLLOUT;
+    const wanted = untold() ? EPOLLIN | EPOLLOUT : EPOLLIN;
     if (wanted !== this.#channelEvents) this.#epoll.modify(this.#channel, this.#channelEvents = wanted);
   }
 
@@ -292,6 +309,7 @@ class WorkerLoop {
   #onLost(ids: readonly number[]): void {
     this.#lostHandOffs += ids.length;
     this.#endedUntold += ids.length;
+    this.#closedUntold?.push(...ids);
     this.#serviceLine(
       `${ids.length} connection(s) handed over were closed unserved (no fd free: the worker's open-file ` +
         `limit is reached; ${this.#lostHandOffs} so far)`,
@@ -306,7 +324,7 @@ class WorkerLoop {
     if (!conn.closed) {
       this.#connections.set(conn.fd, conn);
       this.#epoll.add(conn.fd, conn.interest);
-    }
+    } else this.#closedUntold?.push(conn.id);
     this.#account(conn);
   }
 
@@ -320,6 +338,7 @@ class WorkerLoop {
       );
       close(fd);
       this.#endedUntold++;
+      this.#closedUntold?.push(id);
       return null;
     }
   }

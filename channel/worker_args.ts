@@ -30,6 +30,11 @@ export interface WorkerArgs {
   replyCacheBytes: number;
   /** The `--tokens` file, read by the worker (and again on reload); null or absent: no tokens. */
   tokens?: string | null;
+  /**
+   * Tell the master the id of each connection that closes (it counts connections per address for
+   * --max-conns-per-ip); off, a turn's Done message carries counts only. Absent means off.
+   */
+  reportClosed?: boolean;
 }
 
 /** Parses the worker's arguments (the master's {@link workerArgv} output). */

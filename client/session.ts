@@ -40,6 +40,16 @@ export interface Endpoint {
   hostname: string;
   /** TCP port. */
   port: number;
+  /** Speak TLS (to a terminator in front of the server, e.g. HAProxy or stunnel); absent for plain TCP. */
+  tls?: TlsSettings;
+}
+
+/** How the client checks the TLS terminator it talks to (`--tls`, `--cacert`, `--tls-server-name`). */
+export interface TlsSettings {
+  /** PEM certificates trusted besides the built-in roots (`--cacert`). */
+  caCerts: string[];
+  /** The name the certificate must carry, sent as SNI. @default the endpoint's hostname */
+  serverName: string;
 }
 
 /** `HOST:PORT`, with brackets around an IPv6 address. */
@@ -55,8 +65,12 @@ export interface ConnectOptions {
   signal?: AbortSignal;
 }
 
-/** Connects within the connect timeout. Failures are retryable ClientErrors with exit code 3. */
-export async function connectTcp(endpoint: Endpoint, options: ConnectOptions): Promise<Deno.TcpConn> {
+/**
+ * Connects within the connect timeout, with the TLS handshake when `endpoint.tls` says so (the timeout
+ * covers both). Failures are ClientErrors with exit code 3, retryable but for a certificate that does not
+ * check out (a wrong CA or name will not change by trying again).
+ */
+export async function connectTcp(endpoint: Endpoint, options: ConnectOptions): Promise<Deno.Conn> {
   const where = describeEndpoint(endpoint);
   const { signal, connectTimeoutMs } = options;
   let timer: ReturnType<typeof setTimeout> | undefined;
@@ -77,20 +91,52 @@ export async function connectTcp(endpoint: Endpoint, options: ConnectOptions): P
     signal?.addEventListener("abort", onAbort, { once: true });
   });
   if (signal?.aborted) onAbort();
-  const attempt = Deno.connect({ hostname: endpoint.hostname, port: endpoint.port });
+  const attempt = Deno.connect({ hostname: endpoint.hostname, port: endpoint.port }).then(
+    (tcp): Deno.Conn | Promise<Deno.Conn> => {
+      tcp.setNoDelay(true);
+      return endpoint.tls === undefined ? tcp : handshake(tcp, endpoint.tls);
+    },
+  );
   try {
-    const conn = await Promise.race([attempt, giveUp]);
-    conn.setNoDelay(true);
-    return conn;
+    return await Promise.race([attempt, giveUp]);
   } catch (e) {
     attempt.then((late) => late.close(), () => {}); // a connection that completes after we gave up
     if (e instanceof ClientError) throw e;
-    throw new ClientError(ExitCode.Connect, `cannot connect to ${where}: ${(e as Error).message}`, {
+    const message = (e as Error).message.split("\n")[0];
+    if (e instanceof TlsFailure) {
+      throw new ClientError(ExitCode.Connect, `cannot connect to ${where}: TLS: ${message}`, {
+        retryable: !e.certificate,
+      });
+    }
+    throw new ClientError(ExitCode.Connect, `cannot connect to ${where}: ${message}`, {
       retryable: true,
     });
   } finally {
     clearTimeout(timer);
     signal?.removeEventListener("abort", onAbort);
+  }
+}
+
+/** A TLS handshake that failed; `certificate` when the terminator's certificate did not check out. */
+class TlsFailure extends Error {
+  constructor(message: string, readonly certificate: boolean) {
+    super(message);
+  }
+}
+
+/** Starts TLS on `tcp` and completes the handshake, so that a bad certificate fails here, not at a read. */
+async function handshake(tcp: Deno.TcpConn, tls: TlsSettings): Promise<Deno.TlsConn> {
+  let conn: Deno.TlsConn | null = null;
+  try {
+    conn = await Deno.startTls(tcp, { hostname: tls.serverName, caCerts: tls.caCerts });
+    await conn.handshake();
+    return conn;
+  } catch (e) {
+    if (conn !== null) conn.close();
+    else tcp.close();
+    // rustls reports a certificate it refuses as invalid data ("invalid peer certificate: UnknownIssuer").
+    const certificate = e instanceof Deno.errors.InvalidData || /certificate/i.test((e as Error).message);
+    throw new TlsFailure(`handshake with '${tls.serverName}' failed: ${(e as Error).message}`, certificate);
   }
 }
 
@@ -163,7 +209,7 @@ export class Session {
   /** Connections opened so far. */
   connections = 0;
   readonly #options: SessionOptions;
-  #conn: Deno.TcpConn | null = null;
+  #conn: Deno.Conn | null = null;
   #reader: FrameReader | null = null;
   /** True when no response is in progress on the connection: it can take the next request. */
   #between = true;
@@ -388,7 +434,7 @@ export class Session {
     this.#drop();
   }
 
-  async #open(): Promise<{ conn: Deno.TcpConn; reader: FrameReader }> {
+  async #open(): Promise<{ conn: Deno.Conn; reader: FrameReader }> {
     if (this.#conn === null || this.#reader === null) {
       const conn = await connectTcp(this.endpoint, this.#options);
       if (this.#options.signal?.aborted) {
@@ -417,7 +463,7 @@ export class Session {
    * never does); its answer is read by {@link #readHeader} before the next request's. A server that gives
    * no nonce takes no tokens, and the connection goes on without.
    */
-  async #authenticate(conn: Deno.TcpConn, token: ClientToken): Promise<void> {
+  async #authenticate(conn: Deno.Conn, token: ClientToken): Promise<void> {
     const what = this.#what;
     this.#what = "the handshake (hello)";
     await writeAll(conn, encodeRequest({ v: PROTOCOL_VERSION, op: "hello" }));

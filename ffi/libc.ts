@@ -134,6 +134,7 @@ export const C = {
   SHUT_RD: 0,
   SHUT_WR: 1,
   SHUT_RDWR: 2,
+  MSG_PEEK: 0x2,
   MSG_DONTWAIT: 0x40,
   MSG_NOSIGNAL: 0x4000,
   MSG_MORE: 0x8000,

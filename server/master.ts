@@ -16,6 +16,7 @@ import {
   sendMessage,
   ServeMode,
 } from "../channel/messages.ts";
+import { Admission, type Verdict } from "./admission.ts";
 import { Dispatcher } from "./dispatcher.ts";
 import { FdReserve } from "./fd_reserve.ts";
 import type { ServerOptions } from "./options.ts";
@@ -155,6 +156,8 @@ export class Master {
   readonly #reserve = new FdReserve(RESERVE_FDS);
   /** Worker slots whose last start failed (socketpair or spawn): a new connection may not wait for them. */
   readonly #cannotStart = new Set<number>();
+  /** --allow/--deny, --max-conns-per-ip and PROXY headers (see admission.ts); skipped when none is set. */
+  readonly #admission: Admission<PendingConn>;
 
   /** @param options the parsed command line */
   constructor(options: ServerOptions) {
@@ -170,6 +173,7 @@ export class Master {
     }
     this.#dispatcher = new Dispatcher(Math.min(fit, options.connsPerWorker), options.queue);
     this.#epoll.add(this.#wake, EPOLLIN);
+    this.#admission = new Admission(options.admission, this.#epoll, log, options.idleTimeout * 1000);
   }
 
   /** Opens every listener (before any worker starts, so a taken port fails fast). */
@@ -235,7 +239,7 @@ export class Master {
     }
     if (this.#lingering.size > 0) at = Math.min(at, performance.now() + 250);
     if (this.#acceptPausedUntil > 0) at = Math.min(at, this.#acceptPausedUntil);
-    at = Math.min(at, this.#graceDeadline);
+    at = Math.min(at, this.#graceDeadline, this.#admission.nextDeadline());
     return Math.max(0, Math.ceil(at - performance.now()));
   }
 
@@ -256,6 +260,11 @@ export class Master {
       return this.#onChannel(slot);
     }
     if (this.#lingering.has(fd)) this.#discard(fd);
+    else if (this.#admission.isWaiting(fd)) {
+      const { conn, verdict } = this.#admission.onReadable(fd);
+      this.#afterAdmission(conn, verdict);
+      this.#sendOutboxes();
+    }
   }
 
   #onTick(): void {
@@ -270,6 +279,7 @@ export class Master {
       }
     }
     for (const [fd, { deadline }] of this.#lingering) if (now >= deadline) this.#endLinger(fd);
+    this.#admission.expire(now);
     if (this.#stopRequested > 0) this.#continueStop(now);
   }
 
@@ -336,6 +346,7 @@ export class Master {
       } else if (message.kind === MessageKind.Done) {
         this.#dispatcher.release(slot.id, message.arg);
         this.#dispatcher.take(slot.id, message.id);
+        for (const id of message.ended) this.#admission.ended(id);
       } else if (message.kind === MessageKind.HashKnown) {
         this.#relayHash(slot, message.payload);
       } else if (message.kind === MessageKind.SignatureKnown) {
@@ -382,6 +393,7 @@ export class Master {
     close(slot.channel);
     slot.channel = -1;
     this.#dispatcher.removeWorker(slot.id);
+    this.#admission.workerGone(slot.id);
     this.#readyWorkers.delete(slot.id);
     if (this.#stopRequested > 0) return;
     if (performance.now() - slot.startedAt > RESPAWN_RESET_MS) slot.failures = 0;
@@ -437,14 +449,20 @@ export class Master {
         mode: listener.mode,
         peer: PEER_SCRATCH.slice(), // goes to the worker, which would otherwise ask getpeername(2)
       };
-      if (this.#dispatcher.workers === 0 && this.#cannotStart.size > 0) {
-        this.#refuse(conn, REFUSED_NO_WORKER);
-        continue;
-      }
-      const placement = this.#dispatcher.offer(conn);
-      if (placement === "refused") this.#refuse(conn, REFUSED_FULL);
-      else if (placement !== "queued") this.#place(placement.worker, conn);
+      this.#afterAdmission(conn, this.#admission.active ? this.#admission.onAccept(conn) : "admit");
     }
+  }
+
+  /** Places a connection admission let through, answers BUSY one over its address's limit. */
+  #afterAdmission(conn: PendingConn, verdict: Verdict): void {
+    if (verdict === "over-limit") return this.#refuse(conn, REFUSED_PER_IP);
+    if (verdict !== "admit") return; // closed, or waiting for its PROXY header
+    if (this.#dispatcher.workers === 0 && this.#cannotStart.size > 0) {
+      return this.#refuse(conn, REFUSED_NO_WORKER);
+    }
+    const placement = this.#dispatcher.offer(conn);
+    if (placement === "refused") this.#refuse(conn, REFUSED_FULL);
+    else if (placement !== "queued") this.#place(placement.worker, conn);
   }
 
   /**
@@ -495,7 +513,10 @@ export class Master {
       log(`worker ${slot.id}: hand-off failed: ${(e as Error).message}`); // its hang-up follows
     }
     if (sent) {
-      for (const conn of conns) close(conn.fd);
+      for (const conn of conns) {
+        close(conn.fd);
+        this.#admission.handedTo(conn.id, slot.id);
+      }
       return true;
     }
     for (let i = conns.length - 1; i >= 0; i--) this.#dispatcher.retract(slot.id, conns[i]);
@@ -518,7 +539,9 @@ export class Master {
    * `linger` is false (no fd to spare), it then reads what the client still sends, for a bounded time.
    */
   #refuse(conn: PendingConn, why: Refusal, linger = true): void {
-    log(`connection ${conn.id} refused: ${why.log(this.#options)}`);
+    this.#admission.ended(conn.id);
+    const line = why.log(this.#options);
+    if (line !== "") log(`connection ${conn.id} refused: ${line}`);
     if (conn.mode === ServeMode.Classic) {
       close(conn.fd);
       return;
@@ -584,6 +607,7 @@ export class Master {
       for (const fd of this.#listeners.keys()) close(fd);
       this.#listeners.clear();
     }
+    this.#admission.closeWaiting();
     if (now >= this.#graceDeadline) {
       for (const conn of this.#dispatcher.drain()) close(conn.fd);
       for (const slot of this.#slots) if (slot.channel !== -1) this.#onWorkerGone(slot); // EOF: workers exit
@@ -619,6 +643,10 @@ const REFUSED_FULL: Refusal = {
 const REFUSED_NO_WORKER: Refusal = {
   log: () => "no worker is running, and starting one failed",
   response: busy("server busy: no worker is running"),
+};
+const REFUSED_PER_IP: Refusal = {
+  log: () => "", // admission.ts logs it, at most once per address per minute
+  response: busy("server busy: too many connections from your address"),
 };
 const REFUSED_NO_FD: Refusal = {
   log: () => "no file descriptor free (the open-file limit is reached)",

@@ -9,6 +9,8 @@ import { ServeMode } from "../channel/messages.ts";
 import type { Endpoint } from "../ffi/sockaddr.ts";
 import { parseEndpoint } from "../host_port.ts";
 import { readTokensFile, TokenFileError } from "../tokens.ts";
+import { type Cidr, parseCidr } from "./cidr.ts";
+import type { AdmissionRules } from "./admission.ts";
 
 /** Everything the server's command line decides. */
 export interface ServerOptions {
@@ -36,6 +38,8 @@ export interface ServerOptions {
   replyCacheBytes: number;
   /** The tokens file (`--tokens`), checked; null when every client may read everything. */
   tokens: string | null;
+  /** --allow, --deny, --proxy-protocol and --max-conns-per-ip (none by default). */
+  admission: AdmissionRules;
 }
 
 /** The text `--help` prints. */
@@ -69,6 +73,16 @@ Options:
   --tokens FILE            only clients with a token of FILE may read, each within its scopes; one
                            'NAME SECRET SCOPE...' a line (SCOPE: a path, or * for all); FILE must be
                            open to its owner only. Request mode only: not with classic listeners
+
+Admission (checked by the master right after accept, before a worker sees a byte; all global):
+  --deny CIDR              never serve these addresses (repeatable; IPv4 or IPv6; a bare address is
+                           one host); deny wins over --allow. A refused client's connection is closed.
+  --allow CIDR             serve only these addresses (repeatable); with none given, all are allowed
+  --max-conns-per-ip N     connections open at once per client address; one more is answered BUSY
+                           (default: no limit)
+  --proxy-protocol CIDR    peers here are proxies (e.g. HAProxy with send-proxy-v2) that must open with a
+                           PROXY header, v1 or v2 (repeatable). The client it names is then the address
+                           logged, allowed and limited. A PROXY header from any other peer is refused.
   -h, --help               show this help
 
 The listening addresses are printed on stderr once the workers are ready.`;
@@ -105,6 +119,10 @@ export function parseServerArgs(argv: string[]): ServerOptions | "help" {
         "request-log": { type: "string" },
         "reply-cache": { type: "string" },
         tokens: { type: "string" },
+        allow: { type: "string", multiple: true },
+        deny: { type: "string", multiple: true },
+        "proxy-protocol": { type: "string", multiple: true },
+        "max-conns-per-ip": { type: "string" },
         help: { type: "boolean", short: "h" },
       },
     });
@@ -153,6 +171,14 @@ export function parseServerArgs(argv: string[]): ServerOptions | "help" {
       ? 0
       : Math.round(positiveNumber("reply-cache", v["reply-cache"], 8, false) * 1024 * 1024),
     tokens,
+    admission: {
+      allow: cidrsOf("allow", v.allow),
+      deny: cidrsOf("deny", v.deny),
+      proxyFrom: cidrsOf("proxy-protocol", v["proxy-protocol"]),
+      maxConnsPerIp: v["max-conns-per-ip"] === "0"
+        ? 0
+        : positiveNumber("max-conns-per-ip", v["max-conns-per-ip"], 0),
+    },
   };
 }
 
@@ -174,6 +200,18 @@ function tokensOf(path: string | undefined, classic: boolean): string | null {
     throw new UsageError(`--tokens: ${e.message}`);
   }
   return path;
+}
+
+
+/** The CIDRs of a repeatable flag; the first bad one is a usage error naming it. */
+function cidrsOf(flag: string, texts: string[] | undefined): Cidr[] {
+  return (texts ?? []).map((text) => {
+    try {
+      return parseCidr(text);
+    } catch (e) {
+      throw new UsageError(`--${flag}: ${(e as Error).message}`);
+    }
+  });
 }
 
 /** Checks --request-log; a file is created if missing, so that a path that cannot be written fails now. */

@@ -54,6 +54,7 @@ export function startWorker(options: ServerOptions, workerId: number): WorkerPro
     requestLog: options.requestLog,
     replyCacheBytes: options.replyCacheBytes,
     tokens: options.tokens,
+    reportClosed: options.admission.maxConnsPerIp > 0,
   });
   const { command, args } = workerCommand(argv);
   // The worker's end is the one fd it inherits: everything else ferry opens is close-on-exec.
