@@ -202,7 +202,6 @@ function tokensOf(path: string | undefined, classic: boolean): string | null {
   return path;
 }
 
-
 /** The CIDRs of a repeatable flag; the first bad one is a usage error naming it. */
 function cidrsOf(flag: string, texts: string[] | undefined): Cidr[] {
   return (texts ?? []).map((text) => {
