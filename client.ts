@@ -27,6 +27,7 @@ import { pull } from "./client/pull.ts";
 import { delay } from "./client/retry.ts";
 import { type Endpoint, Session } from "./client/session.ts";
 import { splitHostPort } from "./host_port.ts";
+import { versionLine } from "./version.ts";
 
 /** The exit codes (defined in `failure.ts`), for scripts that import them from the CLI module. */
 export { ExitCode } from "./client/failure.ts";
@@ -58,6 +59,7 @@ Options:
   --splay SECS              first wait a random time in [0, SECS), so a fleet's timers do not fire together
   --json                    print one JSON object per file on standard output (mirror: then a summary)
   -q, --quiet               print nothing but errors
+  --version                 print the version and exit
   -h, --help                show this help
 
 A file is received into .NAME.ferry-ETAG.part beside the target, checked against the server's size and
@@ -119,7 +121,7 @@ export function parseServerAddress(text: string): Endpoint {
 /** The positional arguments each command takes, after HOST:PORT. */
 const POSITIONALS = { get: ["PATH"], pull: [], mirror: ["REMOTE_DIR", "LOCAL_DIR"] } as const;
 
-function parseClientArgs(argv: string[]): ClientOptions | "help" {
+function parseClientArgs(argv: string[]): ClientOptions | "help" | "version" {
   let parsed;
   try {
     parsed = parseArgs({
@@ -140,6 +142,7 @@ function parseClientArgs(argv: string[]): ClientOptions | "help" {
         json: { type: "boolean" },
         quiet: { type: "boolean", short: "q" },
         help: { type: "boolean", short: "h" },
+        version: { type: "boolean" },
       },
     });
   } catch (e) {
@@ -148,6 +151,7 @@ function parseClientArgs(argv: string[]): ClientOptions | "help" {
   }
   const { values: v, positionals: p } = parsed;
   if (v.help) return "help";
+  if (v.version) return "version";
   const [command, address, ...rest] = p;
   if (command !== "get" && command !== "pull" && command !== "mirror") {
     throw usageError(command ? `unknown command '${command}'` : "give a command: get, mirror or pull");
@@ -374,8 +378,8 @@ export async function main(argv: string[]): Promise<number> {
   let lock: Deno.FsFile | null = null;
   try {
     const options = parseClientArgs(argv);
-    if (options === "help") {
-      console.log(HELP);
+    if (options === "help" || options === "version") {
+      console.log(options === "help" ? HELP : versionLine("ferry"));
       return ExitCode.Ok;
     }
     if (options.lock !== null) lock = await takeLock(options.lock);

@@ -33,6 +33,8 @@ export interface ServerOptions {
   requestLog: string | null;
   /** Bytes of small replies each worker keeps in memory; 0 turns the cache off. @default 8 MiB */
   replyCacheBytes: number;
+  /** Where the master writes its pid once it serves, or null. */
+  pidFile: string | null;
 }
 
 /** The text `--help` prints. */
@@ -63,7 +65,15 @@ Options:
   --reply-cache MIB        memory per worker for small replies answered from memory (default 8);
                            0 opens every file for every request (e.g. a root on NFS, where a stat may
                            come from the attribute cache while an open revalidates)
+  --pid-file FILE          write the master's pid to FILE once it serves; removed when it exits
+  --version                print the version and exit
   -h, --help               show this help
+
+Signals to the master: TERM or INT stops gracefully (twice: at once); HUP reloads (reopens the request
+log and --root, re-reads the files named on the command line); USR2 upgrades: starts a new master from
+the program on disk, hands it the listening sockets, and drains this one within --grace.
+Listening sockets can be inherited from systemd (LISTEN_FDS; LISTEN_FDNAMES 'request' or 'classic'),
+and then replace --listen and --push-listen.
 
 The listening addresses are printed on stderr once the workers are ready.`;
 
@@ -79,8 +89,11 @@ function positiveNumber(name: string, text: string | undefined, fallback: number
   return n;
 }
 
-/** Parses and checks the server's command line. Throws UsageError with a one-line reason. */
-export function parseServerArgs(argv: string[]): ServerOptions | "help" {
+/**
+ * Parses and checks the server's command line. Throws UsageError with a one-line reason. With
+ * `inheritedListeners` (sockets from systemd or an upgrade), no --listen is needed.
+ */
+export function parseServerArgs(argv: string[], inheritedListeners = 0): ServerOptions | "help" | "version" {
   let parsed;
   try {
     parsed = parseArgs({
@@ -98,6 +111,8 @@ export function parseServerArgs(argv: string[]): ServerOptions | "help" {
         backlog: { type: "string" },
         "request-log": { type: "string" },
         "reply-cache": { type: "string" },
+        "pid-file": { type: "string" },
+        version: { type: "boolean" },
         help: { type: "boolean", short: "h" },
       },
     });
@@ -107,6 +122,7 @@ export function parseServerArgs(argv: string[]): ServerOptions | "help" {
   }
   const v = parsed.values;
   if (v.help) return "help";
+  if (v.version) return "version";
   const root = v.root ?? null;
   const push = v.push ?? null;
   if (root === null && push === null) {
@@ -122,7 +138,9 @@ export function parseServerArgs(argv: string[]): ServerOptions | "help" {
     throw new UsageError("--push-listen needs --push FILE");
   }
   listenTexts.push(...(v["push-listen"] ?? []).map((t) => ({ text: t, mode: ServeMode.Classic })));
-  if (listenTexts.length === 0) throw new UsageError("give at least one --listen HOST:PORT");
+  if (listenTexts.length === 0 && inheritedListeners === 0) {
+    throw new UsageError("give at least one --listen HOST:PORT");
+  }
   const listenOn = listenTexts.map(({ text, mode }) => {
     try {
       return { endpoint: parseEndpoint(text), mode };
@@ -144,6 +162,7 @@ export function parseServerArgs(argv: string[]): ServerOptions | "help" {
     replyCacheBytes: v["reply-cache"] === "0"
       ? 0
       : Math.round(positiveNumber("reply-cache", v["reply-cache"], 8, false) * 1024 * 1024),
+    pidFile: v["pid-file"] ?? null,
   };
 }
 

@@ -34,8 +34,11 @@ export interface TestServer {
   ports: number[];
   /** Lines of stderr so far (the log), kept up to date. */
   log: string[];
-  /** Resolves with the first log line matching `pattern` (already printed or yet to come). */
-  waitForLog(pattern: RegExp): Promise<string>;
+  /**
+   * Resolves with the first log line matching `pattern` (already printed or yet to come), looking only
+   * at lines from index `from` of {@link TestServer.log} on.
+   */
+  waitForLog(pattern: RegExp, from?: number): Promise<string>;
   /** Sends a signal to the master. */
   kill(signal?: Deno.Signal): void;
   /** Stops the server (SIGTERM) and waits for it; returns its exit status. */
@@ -79,8 +82,8 @@ export async function startServer(args: string[], launch?: Launcher): Promise<Te
     ended = true;
     for (const w of waiters.splice(0)) w.resolve("");
   })();
-  const waitForLog = (pattern: RegExp) => {
-    const found = log.find((l) => pattern.test(l));
+  const waitForLog = (pattern: RegExp, from = 0) => {
+    const found = log.slice(from).find((l) => pattern.test(l));
     if (found !== undefined || ended) return Promise.resolve(found ?? "");
     return new Promise<string>((resolve) => waiters.push({ pattern, resolve }));
   };
