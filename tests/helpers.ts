@@ -226,6 +226,10 @@ export class RawConnection {
   static async open(port: number, hostname = "127.0.0.1"): Promise<RawConnection> {
     return new RawConnection(await Deno.connect({ hostname, port }));
   }
+  /** The client's port of this connection. */
+  get localPort(): number {
+    return (this.#conn.localAddr as Deno.NetAddr).port;
+  }
   /** Writes all of `bytes`. */
   async send(bytes: Uint8Array): Promise<void> {
     let done = 0;
