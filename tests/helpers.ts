@@ -67,26 +67,7 @@ export async function startServer(args: string[], launch?: Launcher): Promise<Te
     stdout: "null",
     stderr: "piped",
   }).spawn();
-  const log: string[] = [];
-  const waiters: { pattern: RegExp; resolve: (line: string) => void }[] = [];
-  let ended = false;
-  const pump = (async () => {
-    const lines = process.stderr.pipeThrough(new TextDecoderStream()).pipeThrough(lineSplitter());
-    for await (const line of lines) {
-      log.push(line);
-      for (const w of waiters.splice(0)) {
-        if (w.pattern.test(line)) w.resolve(line);
-        else waiters.push(w);
-      }
-    }
-    ended = true;
-    for (const w of waiters.splice(0)) w.resolve("");
-  })();
-  const waitForLog = (pattern: RegExp, from = 0) => {
-    const found = log.slice(from).find((l) => pattern.test(l));
-    if (found !== undefined || ended) return Promise.resolve(found ?? "");
-    return new Promise<string>((resolve) => waiters.push({ pattern, resolve }));
-  };
+  const { log, waitForLog, ended: pump } = watchLog(process.stderr);
   const ready = await waitForLog(/ready with \d+ workers/);
   if (ready === "") {
     await pump;
@@ -112,6 +93,41 @@ export async function startServer(args: string[], launch?: Launcher): Promise<Te
       return status;
     },
   };
+}
+
+/** The lines of a process's output, kept as they come, and a way to wait for one. */
+export interface LogWatch {
+  /** The lines so far. */
+  log: string[];
+  /** The first line matching `pattern` from index `from` on (already there or yet to come); "" at the end. */
+  waitForLog(pattern: RegExp, from?: number): Promise<string>;
+  /** Resolves when the output ends (every process that held it has closed it). */
+  ended: Promise<void>;
+}
+
+/** Reads `stream` (a child's stderr) line by line into a {@link LogWatch}. */
+export function watchLog(stream: ReadableStream<Uint8Array>): LogWatch {
+  const log: string[] = [];
+  const waiters: { pattern: RegExp; resolve: (line: string) => void }[] = [];
+  let done = false;
+  const ended = (async () => {
+    const lines = stream.pipeThrough(new TextDecoderStream()).pipeThrough(lineSplitter());
+    for await (const line of lines) {
+      log.push(line);
+      for (const w of waiters.splice(0)) {
+        if (w.pattern.test(line)) w.resolve(line);
+        else waiters.push(w);
+      }
+    }
+    done = true;
+    for (const w of waiters.splice(0)) w.resolve("");
+  })();
+  const waitForLog = (pattern: RegExp, from = 0) => {
+    const found = log.slice(from).find((l) => pattern.test(l));
+    if (found !== undefined || done) return Promise.resolve(found ?? "");
+    return new Promise<string>((resolve) => waiters.push({ pattern, resolve }));
+  };
+  return { log, waitForLog, ended };
 }
 
 /** Runs `server.ts` with `args` expecting it to exit at once (a usage error): its exit code and stderr. */
