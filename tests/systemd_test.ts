@@ -181,6 +181,31 @@ Deno.test("sd_notify: READY, RELOADING with MONOTONIC_USEC, READY, STOPPING arri
   assert.equal(states[3], "STOPPING=1");
 });
 
+Deno.test("sd_notify through an upgrade: the new master says MAINPID and READY; the old one never STOPPING", async () => {
+  await using dir = await tempDir();
+  using notify = notifySocket(`${dir.path}/notify`);
+  const server = await startServer(["--listen", "127.0.0.1:0", "--root", "demo", "--workers", "1"], {
+    command: Deno.execPath(),
+    args: [],
+    env: { NOTIFY_SOCKET: `${dir.path}/notify` },
+  });
+  let newPid = 0;
+  try {
+    const from = server.log.length;
+    server.kill("SIGUSR2");
+    newPid = Number(/pid (\d+)/.exec(await server.waitForLog(/started a new master/, from))![1]);
+    assert.equal((await server.process.status).code, 0, "the old master handed over and exited");
+  } finally {
+    if (newPid !== 0) Deno.kill(newPid, "SIGTERM");
+    await server.stop(); // waits for the new master too: it shares the old one's stderr
+  }
+  assert.deepEqual(notify.messages(), [
+    "READY=1\nSTATUS=serving",
+    `MAINPID=${newPid}\nREADY=1\nSTATUS=serving`,
+    "STOPPING=1",
+  ]);
+});
+
 Deno.test("sd_notify to a socket in the abstract namespace (@name)", async () => {
   const name = `@ferry-test-${Deno.pid}-${crypto.randomUUID()}`;
   using notify = notifySocket(name);
