@@ -259,23 +259,39 @@ export class RawConnection {
   closeWrite(): Promise<void> {
     return this.#conn.closeWrite();
   }
+  /**
+   * Reads until `n` bytes are buffered (false if the connection ends first). The pieces are joined once,
+   * not at every read: a frame of many MiB would otherwise be copied over and over.
+   */
   async #fill(n: number): Promise<boolean> {
-    while (this.#buf.byteLength < n) {
-      const chunk = new Uint8Array(256 * 1024);
+    if (this.#buf.byteLength >= n) return true;
+    const parts = [this.#buf];
+    let size = this.#buf.byteLength;
+    let ended = false;
+    while (size < n) {
+      const chunk = new Uint8Array(Math.max(256 * 1024, n - size));
       const got = await this.#conn.read(chunk);
-      if (got === null) return false;
-      const merged = new Uint8Array(this.#buf.byteLength + got);
-      merged.set(this.#buf);
-      merged.set(chunk.subarray(0, got), this.#buf.byteLength);
-      this.#buf = merged;
+      if (got === null) {
+        ended = true;
+        break;
+      }
+      parts.push(chunk.subarray(0, got));
+      size += got;
     }
-    return true;
+    const joined = new Uint8Array(size);
+    let at = 0;
+    for (const part of parts) {
+      joined.set(part, at);
+      at += part.byteLength;
+    }
+    this.#buf = joined;
+    return !ended;
   }
   /** Reads exactly `n` bytes, or null if the connection ended first. */
   async readBytes(n: number): Promise<Uint8Array | null> {
     if (!await this.#fill(n)) return null;
     const out = this.#buf.slice(0, n);
-    this.#buf = this.#buf.slice(n);
+    this.#buf = this.#buf.subarray(n);
     return out;
   }
   /** Reads one frame, or null at end of stream. */
