@@ -28,6 +28,7 @@ import { delay } from "./client/retry.ts";
 import { type Endpoint, Session } from "./client/session.ts";
 import { splitHostPort } from "./host_port.ts";
 import { type ClientToken, readClientToken, TokenFileError } from "./tokens.ts";
+import { versionLine } from "./version.ts";
 
 /** The exit codes (defined in `failure.ts`), for scripts that import them from the CLI module. */
 export { ExitCode } from "./client/failure.ts";
@@ -68,6 +69,7 @@ Options:
   --splay SECS              first wait a random time in [0, SECS), so a fleet's timers do not fire together
   --json                    print one JSON object per file on standard output (mirror: then a summary)
   -q, --quiet               print nothing but errors
+  --version                 print the version and exit
   -h, --help                show this help
 
 A file is received into .NAME.ferry-ETAG.part beside the target, checked against the server's size and
@@ -132,7 +134,7 @@ export function parseServerAddress(text: string): Endpoint {
 /** The positional arguments each command takes, after HOST:PORT. */
 const POSITIONALS = { get: ["PATH"], pull: [], mirror: ["REMOTE_DIR", "LOCAL_DIR"] } as const;
 
-function parseClientArgs(argv: string[]): ClientOptions | "help" {
+function parseClientArgs(argv: string[]): ClientOptions | "help" | "version" {
   let parsed;
   try {
     parsed = parseArgs({
@@ -157,6 +159,7 @@ function parseClientArgs(argv: string[]): ClientOptions | "help" {
         json: { type: "boolean" },
         quiet: { type: "boolean", short: "q" },
         help: { type: "boolean", short: "h" },
+        version: { type: "boolean" },
       },
     });
   } catch (e) {
@@ -165,6 +168,7 @@ function parseClientArgs(argv: string[]): ClientOptions | "help" {
   }
   const { values: v, positionals: p } = parsed;
   if (v.help) return "help";
+  if (v.version) return "version";
   const [command, address, ...rest] = p;
   if (command !== "get" && command !== "pull" && command !== "mirror") {
     throw usageError(command ? `unknown command '${command}'` : "give a command: get, mirror or pull");
@@ -446,8 +450,8 @@ export async function main(argv: string[]): Promise<number> {
   let lock: Deno.FsFile | null = null;
   try {
     const options = parseClientArgs(argv);
-    if (options === "help") {
-      console.log(HELP);
+    if (options === "help" || options === "version") {
+      console.log(options === "help" ? HELP : versionLine("ferry"));
       return ExitCode.Ok;
     }
     if (options.lock !== null) {

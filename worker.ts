@@ -31,6 +31,8 @@ import { loadHashing } from "./hashing.ts";
 import { parseWorkerArgs, type WorkerArgs } from "./channel/worker_args.ts";
 import { ReplyCache } from "./worker/reply_cache.ts";
 import { TokenStore } from "./worker/access.ts";
+import { ServedRoot } from "./worker/root_reload.ts";
+import { describeReload, workerReload } from "./reload_hooks.ts";
 
 export { parseWorkerArgs };
 import {
@@ -69,7 +71,7 @@ function writeAllSync(writer: { writeSync(p: Uint8Array): number }, bytes: Uint8
 class BatchedLog {
   readonly #lines: string[] = [];
   /** @param writer stderr, or a file opened for append */
-  constructor(readonly writer: { writeSync(p: Uint8Array): number }) {}
+  constructor(public writer: { writeSync(p: Uint8Array): number }) {}
 
   /** Adds a line (without its newline). */
   push(line: string): void {
@@ -157,6 +159,7 @@ class WorkerLoop {
   #channelEvents = EPOLLIN;
   /** Connections handed over that arrived without their fd, since the worker started. */
   #lostHandOffs = 0;
+  readonly #root: ServedRoot | null;
 
   /** @param args the worker's command line; its channel must be nonblocking already */
   constructor(args: WorkerArgs) {
@@ -177,6 +180,51 @@ class WorkerLoop {
       wake: (conn) => this.#woken.add(conn),
     });
     this.#epoll.add(this.#channel, EPOLLIN);
+    this.#root = args.root === null
+      ? null
+      : new ServedRoot(args.root, this.#config, () => this.#connections.values());
+    this.#addReloadHooks();
+  }
+
+  /** This worker's part of a reload (SIGHUP): see `reload_hooks.ts` for every hook. */
+  #addReloadHooks(): void {
+    const requestLog = this.#requestLog;
+    const path = this.#args.requestLog;
+    if (requestLog !== null && path !== null && path !== "-") {
+      workerReload.add({
+        name: "request log",
+        reload: () => {
+          // Opened before the old one is let go: a path that cannot be opened keeps the old file.
+          const reopened = Deno.openSync(path, { append: true, create: true, mode: 0o644 });
+          requestLog.flush();
+          const old = requestLog.writer;
+          requestLog.writer = reopened;
+          if (old instanceof Deno.FsFile) old.close();
+          return `${path} reopened`;
+        },
+      });
+    }
+    const root = this.#root;
+    if (root !== null) workerReload.add({ name: "root", reload: () => root.reload() });
+    const tokens = this.#config.tokens;
+    if (tokens !== null) {
+      workerReload.add({
+        name: "tokens",
+        reload: () => {
+          // The store logs what it read or why it kept the tokens in force.
+          if (!tokens.reload()) throw new Error(`${tokens.path} not taken, the tokens in force stay`);
+          return `${tokens.path} re-read`;
+        },
+      });
+    }
+  }
+
+  #reload(): void {
+    const outcomes = workerReload.runAll();
+    this.#serviceLine(`reloaded: ${describeReload(outcomes)}`);
+    const failed = outcomes.filter((o) => o.error !== null).length;
+    this.#flushLog(); // the master's "reloaded" comes after every worker's line
+    sendMessage(this.#channel, MessageKind.Reloaded, 0, failed);
   }
 
   /** Serves until told to stop or the master goes away; never returns. */
@@ -211,6 +259,7 @@ class WorkerLoop {
         const before = conn.interest;
         if (conn.checkIdle(now)) this.#settle(conn, before);
       }
+      if (this.#root !== null && this.#root.retiredCount > 0) this.#root.releaseUnused();
     }
     this.#flushLog();
     this.#tellEnded();
@@ -273,6 +322,7 @@ class WorkerLoop {
         for (const handed of message.conns) this.#serveNew(handed);
         if (message.lostIds.length > 0) this.#onLost(message.lostIds);
       } else if (message.kind === MessageKind.Stop) this.#stopping = true;
+      else if (message.kind === MessageKind.Reload) this.#reload();
       else if (message.kind === MessageKind.HashKnown) {
         const { etag, sha256 } = decodeHashKnown(message.payload);
         this.#config.hashes.learn(etag, sha256);
@@ -365,6 +415,9 @@ export async function runWorker(args: WorkerArgs): Promise<never> {
   // Ctrl-C and systemd's SIGTERM reach the whole process group: the master decides how to stop.
   ignoreSignal(C.SIGINT);
   ignoreSignal(C.SIGTERM);
+  // A reload or an upgrade is the master's to carry out, even when the signal reaches the whole group.
+  ignoreSignal(C.SIGHUP);
+  ignoreSignal(C.SIGUSR2);
   raiseOpenFileLimit();
   setNonBlocking(args.channelFd, true);
   const loop = new WorkerLoop(args);

@@ -68,6 +68,13 @@ export const MessageKind = {
    * holds the encoded signature, so the master relays the fd and never touches the signature's bytes.
    */
   SignatureKnown: 6,
+  /**
+   * master -> worker: re-read what you own (SIGHUP): the worker runs its reload hooks
+   * (`reload_hooks.ts`), then answers Reloaded.
+   */
+  Reload: 7,
+  /** worker -> master: the reload is done; `arg` hooks failed (and kept their old state). */
+  Reloaded: 8,
 } as const;
 
 /**

@@ -42,6 +42,7 @@ const symbols = {
   sendmsg: { parameters: ["i32", "buffer", "i32"], result: "isize" }, // ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
   recvmsg: { parameters: ["i32", "buffer", "i32"], result: "isize" }, // ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
   send: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" }, // ssize_t send(int fd, const void *buf, size_t len, int flags)
+  sendto: { parameters: ["i32", "buffer", "usize", "i32", "buffer", "u32"], result: "isize" }, // ssize_t sendto(int fd, const void *buf, size_t len, int flags, const struct sockaddr *addr, socklen_t addrlen)
   recv: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" }, // ssize_t recv(int fd, void *buf, size_t len, int flags)
   read: { parameters: ["i32", "buffer", "usize"], result: "isize" }, // ssize_t read(int fd, void *buf, size_t count)
   write: { parameters: ["i32", "buffer", "usize"], result: "isize" }, // ssize_t write(int fd, const void *buf, size_t count)
@@ -80,6 +81,7 @@ const symbols = {
   fchmod: { parameters: ["i32", "u32"], result: "i32" }, // int fchmod(int fd, mode_t mode)
   futimens: { parameters: ["i32", "buffer"], result: "i32" }, // int futimens(int fd, const struct timespec times[2])
   syncfs: { parameters: ["i32"], result: "i32" }, // int syncfs(int fd)
+  clock_gettime: { parameters: ["i32", "buffer"], result: "i32" }, // int clock_gettime(clockid_t clock, struct timespec *tp)
 } as const satisfies Deno.ForeignLibraryInterface;
 
 type Symbols = typeof symbols;
@@ -117,15 +119,18 @@ export const C = {
   AF_INET: 2,
   AF_INET6: 10,
   SOCK_STREAM: 1,
+  SOCK_DGRAM: 2,
   SOCK_SEQPACKET: 5,
   SOCK_NONBLOCK: 0o4000,
   SOCK_CLOEXEC: 0o2000000,
   SOL_SOCKET: 1,
   SO_REUSEADDR: 2,
+  SO_TYPE: 3,
   SO_ERROR: 4,
   SO_SNDBUF: 7,
   SO_RCVBUF: 8,
   SO_RCVTIMEO: 20,
+  SO_ACCEPTCONN: 30,
   IPPROTO_TCP: 6,
   IPPROTO_IPV6: 41,
   IPV6_V6ONLY: 26,
@@ -153,6 +158,7 @@ export const C = {
   SIGINT: 2,
   SIGTERM: 15,
   SIGHUP: 1,
+  SIGUSR2: 12,
   RLIMIT_NOFILE: 7,
   // errno values, by name
   ENOENT: 2,
@@ -307,6 +313,17 @@ export function shutdown(fd: number, how: number): void {
 /** send(2) with MSG_NOSIGNAL added. Returns bytes sent, or WOULD_BLOCK. */
 export function trySend(fd: number, buf: Uint8Array, flags = 0): number {
   return retrying("send", () => sys.send(fd, buf, BigInt(buf.byteLength), flags | C.MSG_NOSIGNAL));
+}
+
+/**
+ * sendto(2) of one datagram to the address `addr` (an encoded sockaddr), with MSG_NOSIGNAL. Returns the
+ * bytes sent, or WOULD_BLOCK.
+ */
+export function trySendTo(fd: number, buf: Uint8Array, addr: Uint8Array): number {
+  return retrying(
+    "sendto",
+    () => sys.sendto(fd, buf, BigInt(buf.byteLength), C.MSG_NOSIGNAL, addr, addr.byteLength),
+  );
 }
 
 /** recv(2). Returns bytes received (0 at end of stream), or WOULD_BLOCK. */
@@ -626,4 +643,16 @@ export function futimens(fd: number, mtimeNs: bigint): void {
  */
 export function syncfs(fd: number): void {
   check("syncfs", sys.syncfs(fd));
+}
+
+const monotonicTimespec = new BigInt64Array(2);
+
+/**
+ * CLOCK_MONOTONIC in microseconds (clock_gettime(2)): the clock systemd reads, where `performance.now()`
+ * counts from the process's start.
+ */
+export function monotonicMicros(): bigint {
+  const CLOCK_MONOTONIC = 1;
+  check("clock_gettime", sys.clock_gettime(CLOCK_MONOTONIC, monotonicTimespec));
+  return monotonicTimespec[0] * 1_000_000n + monotonicTimespec[1] / 1000n;
 }

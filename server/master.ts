@@ -2,7 +2,8 @@
  * The master's loop: one epoll loop over its listening sockets and one channel per worker. It accepts,
  * hands each connection to the least-loaded worker with room (see `dispatcher.ts`), queues connections
  * within a bound and answers BUSY past it, respawns workers that die, and stops gracefully on SIGTERM or
- * SIGINT. It never reads or writes file bytes.
+ * SIGINT. SIGHUP reloads (`reload_hooks.ts`), SIGUSR2 upgrades (`upgrade.ts`); the pid file and systemd's
+ * notifications are `lifecycle.ts`'s. It never reads or writes file bytes.
  *
  * @module
  */
@@ -21,6 +22,9 @@ import { Dispatcher } from "./dispatcher.ts";
 import { FdReserve } from "./fd_reserve.ts";
 import type { ServerOptions } from "./options.ts";
 import { startWorker } from "./worker_process.ts";
+import type { Inherited } from "./inherited.ts";
+import { Lifecycle } from "./lifecycle.ts";
+import { describeReload } from "../reload_hooks.ts";
 import { Epoll, EPOLLIN, EPOLLOUT } from "../ffi/epoll.ts";
 import {
   bind,
@@ -71,7 +75,7 @@ const RESPAWN_MAX_MS = 10_000;
 const RESPAWN_RESET_MS = 10_000;
 
 function log(line: string): void {
-  console.error(`${new Date().toISOString()} master: ${line}`);
+  console.error(`${new Date().toISOString()} master[${Deno.pid}]: ${line}`);
 }
 
 /** A listening socket and what it serves. */
@@ -158,10 +162,21 @@ export class Master {
   readonly #cannotStart = new Set<number>();
   /** --allow/--deny, --max-conns-per-ip and PROXY headers (see admission.ts); skipped when none is set. */
   readonly #admission: Admission<PendingConn>;
+  readonly #inherited: Inherited;
+  readonly #lifecycle: Lifecycle;
+  #reloadRequested = false;
+  #upgradeRequested = false;
+  /** During a reload: the workers that have not said Reloaded yet. */
+  #reloadWaiting: Set<number> | null = null;
 
-  /** @param options the parsed command line */
-  constructor(options: ServerOptions) {
+  /**
+   * @param options the parsed command line
+   * @param inherited listening sockets passed by systemd or by the master this one replaces
+   */
+  constructor(options: ServerOptions, inherited: Inherited = { listeners: [], from: null, upgrade: null }) {
     this.#options = options;
+    this.#inherited = inherited;
+    this.#lifecycle = new Lifecycle(options, inherited, log);
     // A worker runs under the same open-file limit (it raises its soft limit to the hard one too): more
     // connections than its fds can hold would arrive without their fd and be closed unserved.
     const limit = raiseOpenFileLimit();
@@ -178,6 +193,7 @@ export class Master {
 
   /** Opens every listener (before any worker starts, so a taken port fails fast). */
   listen(): void {
+    if (this.#inherited.listeners.length > 0) return this.#adoptInherited();
     for (const { endpoint, mode } of this.#options.listen) {
       let opened;
       try {
@@ -188,6 +204,26 @@ export class Master {
       }
       const { fd, ...actual } = opened;
       this.#listeners.set(fd, { fd, endpoint: actual, mode });
+    }
+  }
+
+  /** Uses the inherited listeners in place of --listen and --push-listen. */
+  #adoptInherited(): void {
+    const from = this.#inherited.from === "systemd" ? "systemd" : "the old master";
+    for (const { fd, endpoint, name, mode: named } of this.#inherited.listeners) {
+      const mode = named ?? (this.#options.root !== null ? ServeMode.Request : ServeMode.Classic);
+      const what = `the listener '${name}' on ${formatEndpoint(endpoint)} from ${from}`;
+      if (mode === ServeMode.Request && this.#options.root === null) throw new Error(`${what} needs --root`);
+      if (mode === ServeMode.Classic && this.#options.push === null) throw new Error(`${what} needs --push`);
+      // What openListener sets; a socket systemd opened may lack it (NoDelay=, DeferAcceptSec= in the unit).
+      setsockoptInt(fd, C.IPPROTO_TCP, C.TCP_NODELAY, 1);
+      if (mode === ServeMode.Request) {
+        setsockoptInt(fd, C.IPPROTO_TCP, C.TCP_DEFER_ACCEPT, ACCEPT_DEFERRAL_SECONDS);
+      }
+      this.#listeners.set(fd, { fd, endpoint, mode });
+    }
+    if (this.#options.listen.length > 0) {
+      log(`using the ${this.#listeners.size} listening socket(s) from ${from}; --listen is not opened`);
     }
   }
 
@@ -209,6 +245,8 @@ export class Master {
     for (const signal of ["SIGTERM", "SIGINT"] as const) {
       Deno.addSignalListener(signal, () => this.#requestStop(signal));
     }
+    Deno.addSignalListener("SIGHUP", () => this.#wakeFor(() => this.#reloadRequested = true));
+    Deno.addSignalListener("SIGUSR2", () => this.#wakeFor(() => this.#upgradeRequested = true));
     while (!this.#finished()) {
       let ready = await this.#epoll.waitAsync(this.#nextTimeout());
       // Once awake, wait on this thread for a slice: the kernel wakes it directly, where a wait on the
@@ -225,7 +263,14 @@ export class Master {
       }
     }
     await Promise.all(this.#slots.map((s) => s.child?.status));
+    this.#lifecycle.exit();
     log("stopped");
+  }
+
+  /** Sets a flag from a signal listener and wakes the loop, which acts on it in #onTick. */
+  #wakeFor(setFlag: () => void): void {
+    setFlag();
+    tryWrite(this.#wake, WAKE_VALUE);
   }
 
   #finished(): boolean {
@@ -239,13 +284,17 @@ export class Master {
     }
     if (this.#lingering.size > 0) at = Math.min(at, performance.now() + 250);
     if (this.#acceptPausedUntil > 0) at = Math.min(at, this.#acceptPausedUntil);
-    at = Math.min(at, this.#graceDeadline, this.#admission.nextDeadline());
+    at = Math.min(at, this.#graceDeadline, this.#admission.nextDeadline(), this.#lifecycle.nextDue);
     return Math.max(0, Math.ceil(at - performance.now()));
   }
 
   #onReady(fd: number, events: number): void {
     if (fd === this.#wake) {
       tryRead(this.#wake, new Uint8Array(8));
+      return;
+    }
+    if (fd === this.#lifecycle.successorFd) {
+      if (this.#lifecycle.onSuccessor()) this.#requestStop("upgrade: the new master serves");
       return;
     }
     const listener = this.#listeners.get(fd);
@@ -280,6 +329,9 @@ export class Master {
     }
     for (const [fd, { deadline }] of this.#lingering) if (now >= deadline) this.#endLinger(fd);
     this.#admission.expire(now);
+    if (this.#reloadRequested) this.#reload();
+    if (this.#upgradeRequested) this.#upgrade();
+    this.#lifecycle.tick(now);
     if (this.#stopRequested > 0) this.#continueStop(now);
   }
 
@@ -351,6 +403,9 @@ export class Master {
         this.#relayHash(slot, message.payload);
       } else if (message.kind === MessageKind.SignatureKnown) {
         this.#relayHash(slot, message.payload, message.fd);
+      } else if (message.kind === MessageKind.Reloaded) {
+        this.#reloadWaiting?.delete(slot.id);
+        this.#reloadFinished();
       }
       if (message.fd !== -1) close(message.fd); // relayed (the kernel holds its own references) or unknown
       this.#dispatchQueued();
@@ -385,6 +440,7 @@ export class Master {
     }
     log(`ready with ${this.#options.workers} workers`);
     this.#setAccepting(true);
+    this.#lifecycle.ready();
   }
 
   #onWorkerGone(slot: WorkerSlot): void {
@@ -395,6 +451,8 @@ export class Master {
     this.#dispatcher.removeWorker(slot.id);
     this.#admission.workerGone(slot.id);
     this.#readyWorkers.delete(slot.id);
+    // A worker started after this reads everything afresh: it is not waited for.
+    if (this.#reloadWaiting?.delete(slot.id)) this.#reloadFinished();
     if (this.#stopRequested > 0) return;
     if (performance.now() - slot.startedAt > RESPAWN_RESET_MS) slot.failures = 0;
     slot.respawnAt = this.#backoff(slot);
@@ -587,11 +645,51 @@ export class Master {
     close(fd);
   }
 
+  // --- reload and upgrade ----------------------------------------------------------------------------
+
+  /** SIGHUP: the master's hooks, then a Reload message to every worker; done when each says Reloaded. */
+  #reload(): void {
+    this.#reloadRequested = false;
+    if (this.#stopRequested > 0) return;
+    log(`SIGHUP: reloading: ${describeReload(this.#lifecycle.reloadStarted())}`);
+    this.#reloadWaiting = new Set();
+    for (const slot of this.#slots) {
+      if (slot.channel === -1) continue;
+      try {
+        if (sendMessage(slot.channel, MessageKind.Reload)) this.#reloadWaiting.add(slot.id);
+        else log(`worker ${slot.id}: channel full; it keeps its state until the next reload`);
+      } catch {
+        // that worker is gone; its hang-up is handled on its own channel, and its successor starts afresh
+      }
+    }
+    this.#reloadFinished();
+  }
+
+  #reloadFinished(): void {
+    if (this.#reloadWaiting === null || this.#reloadWaiting.size > 0) return;
+    this.#reloadWaiting = null;
+    log("reloaded");
+    this.#lifecycle.reloadDone();
+  }
+
+  /** SIGUSR2: starts a new master with the listening sockets; #onReady hears when it serves. */
+  #upgrade(): void {
+    this.#upgradeRequested = false;
+    if (this.#stopRequested > 0) return;
+    const listeners = [...this.#listeners.values()].map(({ fd, mode }) => ({
+      fd,
+      name: mode === ServeMode.Request ? "request" : "classic",
+    }));
+    const readyFd = this.#lifecycle.startUpgrade(listeners);
+    if (readyFd !== null) this.#epoll.add(readyFd, EPOLLIN);
+  }
+
   // --- stopping --------------------------------------------------------------------------------------
 
   #requestStop(signal: string): void {
     this.#stopRequested++;
     if (this.#stopRequested === 1) {
+      this.#lifecycle.stopping();
       log(`${signal}: no longer accepting; giving transfers in flight ${this.#options.grace}s`);
       this.#graceDeadline = performance.now() + this.#options.grace * 1000;
     } else {

@@ -40,6 +40,8 @@ export interface ServerOptions {
   tokens: string | null;
   /** --allow, --deny, --proxy-protocol and --max-conns-per-ip (none by default). */
   admission: AdmissionRules;
+  /** Where the master writes its pid once it serves, or null. */
+  pidFile: string | null;
 }
 
 /** The text `--help` prints. */
@@ -83,7 +85,15 @@ Admission (checked by the master right after accept, before a worker sees a byte
   --proxy-protocol CIDR    peers here are proxies (e.g. HAProxy with send-proxy-v2) that must open with a
                            PROXY header, v1 or v2 (repeatable). The client it names is then the address
                            logged, allowed and limited. A PROXY header from any other peer is refused.
+  --pid-file FILE          write the master's pid to FILE once it serves; removed when it exits
+  --version                print the version and exit
   -h, --help               show this help
+
+Signals to the master: TERM or INT stops gracefully (twice: at once); HUP reloads (reopens the request
+log and --root, re-reads the files named on the command line); USR2 upgrades: starts a new master from
+the program on disk, hands it the listening sockets, and drains this one within --grace.
+Listening sockets can be inherited from systemd (LISTEN_FDS; LISTEN_FDNAMES 'request' or 'classic'),
+and then replace --listen and --push-listen.
 
 The listening addresses are printed on stderr once the workers are ready.`;
 
@@ -99,8 +109,11 @@ function positiveNumber(name: string, text: string | undefined, fallback: number
   return n;
 }
 
-/** Parses and checks the server's command line. Throws UsageError with a one-line reason. */
-export function parseServerArgs(argv: string[]): ServerOptions | "help" {
+/**
+ * Parses and checks the server's command line. Throws UsageError with a one-line reason. With
+ * `inheritedListeners` (sockets from systemd or an upgrade), no --listen is needed.
+ */
+export function parseServerArgs(argv: string[], inheritedListeners = 0): ServerOptions | "help" | "version" {
   let parsed;
   try {
     parsed = parseArgs({
@@ -123,6 +136,8 @@ export function parseServerArgs(argv: string[]): ServerOptions | "help" {
         deny: { type: "string", multiple: true },
         "proxy-protocol": { type: "string", multiple: true },
         "max-conns-per-ip": { type: "string" },
+        "pid-file": { type: "string" },
+        version: { type: "boolean" },
         help: { type: "boolean", short: "h" },
       },
     });
@@ -132,6 +147,7 @@ export function parseServerArgs(argv: string[]): ServerOptions | "help" {
   }
   const v = parsed.values;
   if (v.help) return "help";
+  if (v.version) return "version";
   const root = v.root ?? null;
   const push = v.push ?? null;
   if (root === null && push === null) {
@@ -147,7 +163,9 @@ export function parseServerArgs(argv: string[]): ServerOptions | "help" {
     throw new UsageError("--push-listen needs --push FILE");
   }
   listenTexts.push(...(v["push-listen"] ?? []).map((t) => ({ text: t, mode: ServeMode.Classic })));
-  if (listenTexts.length === 0) throw new UsageError("give at least one --listen HOST:PORT");
+  if (listenTexts.length === 0 && inheritedListeners === 0) {
+    throw new UsageError("give at least one --listen HOST:PORT");
+  }
   const listenOn = listenTexts.map(({ text, mode }) => {
     try {
       return { endpoint: parseEndpoint(text), mode };
@@ -179,6 +197,7 @@ export function parseServerArgs(argv: string[]): ServerOptions | "help" {
         ? 0
         : positiveNumber("max-conns-per-ip", v["max-conns-per-ip"], 0),
     },
+    pidFile: v["pid-file"] ?? null,
   };
 }
 

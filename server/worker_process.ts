@@ -5,6 +5,7 @@
  */
 
 import { basename } from "node:path";
+import { fileURLToPath } from "node:url";
 import { createChannel } from "../channel/messages.ts";
 import { workerArgv } from "../channel/worker_args.ts";
 import { close, setCloseOnExec } from "../ffi/libc.ts";
@@ -32,11 +33,19 @@ function workerV8Flags(): string {
   return ["--max-semi-space-size=4", ...(operators ? [operators] : [])].join(",");
 }
 
-/** The command that starts a worker: this same program, under `deno run` or as a compiled binary. */
+/**
+ * The command that starts a worker: this same program, under `deno run` or as a compiled binary. A
+ * bundle (`deno task bundle`) is one file, so every module's `import.meta.url` is the bundle's, and the
+ * bundle runs as a worker when given {@link WORKER_ARG}, as a compiled binary does.
+ */
 function workerCommand(argv: string[]): { command: string; args: string[] } {
   if (Deno.build.standalone) return { command: Deno.execPath(), args: [WORKER_ARG, ...argv] };
-  const module = `${import.meta.dirname}/../worker.ts`;
-  return { command: Deno.execPath(), args: ["run", "--allow-all", "--no-prompt", module, ...argv] };
+  const bundled = import.meta.url === Deno.mainModule;
+  const module = bundled ? fileURLToPath(import.meta.url) : `${import.meta.dirname}/../worker.ts`;
+  return {
+    command: Deno.execPath(),
+    args: ["run", "--allow-all", "--no-prompt", module, ...(bundled ? [WORKER_ARG] : []), ...argv],
+  };
 }
 
 /**

@@ -480,6 +480,28 @@ Deno.test("tokens: reload() takes a new file, keeps the old tokens when the new 
   assert.match(alice.refusal().message, /a valid token is needed/);
 });
 
+Deno.test("tokens: SIGHUP to the master makes every worker read the tokens file again", async () => {
+  await withTokenServer(async (server, dir) => {
+    const port = server.ports[0];
+    const late = { name: "late", secret: "late-secret-0123456789ab" };
+    const before = await authenticated(port, late);
+    before.conn.close();
+    assert.equal(before.answer.code, ErrorCode.Unauthorized, "not in the file yet");
+    await Deno.writeTextFile(`${dir}/tokens`, `${late.name} ${late.secret} *\n`, { append: true });
+    const from = server.log.length;
+    server.kill("SIGHUP");
+    await server.waitForLog(/master\[\d+\]: reloaded$/, from);
+    assert.equal(server.log.slice(from).filter((l) => /reloaded: .*tokens: .* re-read/.test(l)).length, 2);
+    const { conn, answer } = await authenticated(port, late);
+    try {
+      assert.equal(answer.name, late.name, "taken by the worker that answers");
+      assert.deepEqual(await listed(conn, "docs"), ["docs/a.txt", "docs/sub/b.txt"]);
+    } finally {
+      conn.close();
+    }
+  });
+});
+
 Deno.test("tokens: a client with a token talks to a server without tokens as before", async () => {
   await using dir = await tempDir();
   await makeTree(dir.path);

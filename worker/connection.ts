@@ -48,7 +48,10 @@ import { parseRequestRemembered } from "./request_memo.ts";
 
 /** What a worker serves, shared by all its connections. */
 export interface ServeConfig {
-  /** An fd of the served directory (request mode), or -1. */
+  /**
+   * An fd of the served directory (request mode), or -1. A reload may replace it (`root_reload.ts`); a
+   * connection keeps the one it had at its first request.
+   */
   rootFd: number;
   /** The file pushed in classic mode and the name sent for it, or null. */
   push: { path: string; name: string } | null;
