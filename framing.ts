@@ -269,6 +269,8 @@ export interface ResponseHeader {
   stream?: boolean;
   /** `sig`: bytes of the encoded signature that follow in Data frames (delta.ts's `encodeSignature`). */
   signatureLength?: number;
+  /** The id of this answer in the server's request log (servers that predate it send none). */
+  requestId?: string;
 }
 
 /** The JSON of a Trailer frame. */
@@ -285,6 +287,8 @@ export interface ErrorBody {
   message: string;
   /** For BUSY: how long the client should wait before trying again. */
   retryAfterMs?: number;
+  /** The id of this answer in the server's request log (none from the master's BUSY, nor older servers). */
+  requestId?: string;
 }
 
 const encoder = new TextEncoder();

@@ -9,6 +9,8 @@
  * @module
  */
 
+import type { LogFormat } from "./log_format.ts";
+
 /** The flag that carries the JSON. */
 const FLAG = "--worker-config";
 
@@ -28,6 +30,14 @@ export interface WorkerArgs {
   requestLog: string | null;
   /** Bytes of small replies kept in memory; 0 for none. */
   replyCacheBytes: number;
+  /** The inherited metrics region (a memfd), or -1 when metrics are off. */
+  metricsFd: number;
+  /** The region's slots (the master's and one per worker). */
+  metricsSlots: number;
+  /** How log lines are written. */
+  logFormat: LogFormat;
+  /** Whether `ping` requests are logged. */
+  logHealth: boolean;
 }
 
 /** Parses the worker's arguments (the master's {@link workerArgv} output). */

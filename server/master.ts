@@ -16,7 +16,10 @@ import {
   sendMessage,
   ServeMode,
 } from "../channel/messages.ts";
+import { jsonServiceLine, type LogFormat } from "../channel/log_format.ts";
 import { Dispatcher } from "./dispatcher.ts";
+import { MetricsListener } from "./metrics_listener.ts";
+import { createMetricsRegion, MasterCell, masterCells, type MetricsRegion } from "../metrics/registry.ts";
 import { FdReserve } from "./fd_reserve.ts";
 import type { ServerOptions } from "./options.ts";
 import { startWorker } from "./worker_process.ts";
@@ -69,8 +72,14 @@ const RESPAWN_FIRST_MS = 100;
 const RESPAWN_MAX_MS = 10_000;
 const RESPAWN_RESET_MS = 10_000;
 
+/** The master's log format (`--log-format`), set when the master is made. */
+let logFormat: LogFormat = "text";
+
 function log(line: string): void {
-  console.error(`${new Date().toISOString()} master: ${line}`);
+  const time = new Date().toISOString();
+  console.error(
+    logFormat === "json" ? jsonServiceLine(time, { process: "master" }, line) : `${time} master: ${line}`,
+  );
 }
 
 /** A listening socket and what it serves. */
@@ -155,6 +164,10 @@ export class Master {
   readonly #reserve = new FdReserve(RESERVE_FDS);
   /** Worker slots whose last start failed (socketpair or spawn): a new connection may not wait for them. */
   readonly #cannotStart = new Set<number>();
+  /** The shared counters (null with --no-metrics, or where the kernel refused the memory), and the master's. */
+  readonly #metrics: MetricsRegion | null = null;
+  readonly #counts: Float64Array;
+  #metricsListener: MetricsListener | null = null;
 
   /** @param options the parsed command line */
   constructor(options: ServerOptions) {
@@ -170,6 +183,15 @@ export class Master {
     }
     this.#dispatcher = new Dispatcher(Math.min(fit, options.connsPerWorker), options.queue);
     this.#epoll.add(this.#wake, EPOLLIN);
+    logFormat = options.logFormat;
+    if (options.metrics) {
+      try {
+        this.#metrics = createMetricsRegion(options.workers);
+      } catch (e) {
+        log(`metrics are off: ${(e as Error).message}`);
+      }
+    }
+    this.#counts = masterCells();
   }
 
   /** Opens every listener (before any worker starts, so a taken port fails fast). */
@@ -184,6 +206,9 @@ export class Master {
       }
       const { fd, ...actual } = opened;
       this.#listeners.set(fd, { fd, endpoint: actual, mode });
+    }
+    if (this.#options.metricsListen !== null) {
+      this.#metricsListener = new MetricsListener(this.#options.metricsListen, this.#epoll);
     }
   }
 
@@ -236,6 +261,7 @@ export class Master {
     if (this.#lingering.size > 0) at = Math.min(at, performance.now() + 250);
     if (this.#acceptPausedUntil > 0) at = Math.min(at, this.#acceptPausedUntil);
     at = Math.min(at, this.#graceDeadline);
+    if (this.#metricsListener !== null) at = Math.min(at, this.#metricsListener.nextDeadline());
     return Math.max(0, Math.ceil(at - performance.now()));
   }
 
@@ -246,6 +272,7 @@ export class Master {
     }
     const listener = this.#listeners.get(fd);
     if (listener) return this.#acceptAll(listener);
+    if (this.#metricsListener?.onReady(fd)) return;
     const slot = this.#slotByChannel.get(fd);
     if (slot) {
       if (events & EPOLLOUT) {
@@ -270,6 +297,9 @@ export class Master {
       }
     }
     for (const [fd, { deadline }] of this.#lingering) if (now >= deadline) this.#endLinger(fd);
+    this.#metricsListener?.tick(now);
+    this.#counts[MasterCell.Queued] = this.#dispatcher.queued;
+    this.#counts[MasterCell.WorkersReady] = this.#readyWorkers.size;
     if (this.#stopRequested > 0) this.#continueStop(now);
   }
 
@@ -280,7 +310,7 @@ export class Master {
     // Whatever else holds the master's fds (queued and lingering connections), a worker can start.
     this.#reserve.release(RESERVE_FDS);
     try {
-      started = startWorker(this.#options, slot.id);
+      started = startWorker(this.#options, slot.id, this.#metrics);
     } catch (e) {
       slot.respawnAt = this.#backoff(slot);
       log(`worker ${slot.id}: cannot start: ${(e as Error).message}`);
@@ -372,6 +402,9 @@ export class Master {
         : `classic mode, push ${this.#options.push}`;
       log(`listening on ${formatEndpoint(l.endpoint)} (${what})`);
     }
+    if (this.#metricsListener !== null) {
+      log(`serving metrics at http://${formatEndpoint(this.#metricsListener.endpoint)}/metrics`);
+    }
     log(`ready with ${this.#options.workers} workers`);
     this.#setAccepting(true);
   }
@@ -384,6 +417,7 @@ export class Master {
     this.#dispatcher.removeWorker(slot.id);
     this.#readyWorkers.delete(slot.id);
     if (this.#stopRequested > 0) return;
+    this.#counts[MasterCell.Restarts]++;
     if (performance.now() - slot.startedAt > RESPAWN_RESET_MS) slot.failures = 0;
     slot.respawnAt = this.#backoff(slot);
     log(
@@ -519,6 +553,7 @@ export class Master {
    */
   #refuse(conn: PendingConn, why: Refusal, linger = true): void {
     log(`connection ${conn.id} refused: ${why.log(this.#options)}`);
+    this.#counts[why.counter]++;
     if (conn.mode === ServeMode.Classic) {
       close(conn.fd);
       return;
@@ -579,6 +614,8 @@ export class Master {
   }
 
   #continueStop(now: number): void {
+    this.#metricsListener?.close();
+    this.#metricsListener = null;
     if (this.#listeners.size > 0) {
       this.#setAccepting(false);
       for (const fd of this.#listeners.keys()) close(fd);
@@ -606,6 +643,8 @@ const WAKE_VALUE = new Uint8Array(new BigUint64Array([1n]).buffer);
 interface Refusal {
   log: (options: ServerOptions) => string;
   response: Uint8Array;
+  /** The master's metrics cell that counts it. */
+  counter: number;
 }
 
 function busy(message: string): Uint8Array {
@@ -615,12 +654,15 @@ function busy(message: string): Uint8Array {
 const REFUSED_FULL: Refusal = {
   log: (options) => `every worker and the queue (${options.queue}) are full`,
   response: busy("server busy: every worker and the queue are full"),
+  counter: MasterCell.BusyFull,
 };
 const REFUSED_NO_WORKER: Refusal = {
   log: () => "no worker is running, and starting one failed",
   response: busy("server busy: no worker is running"),
+  counter: MasterCell.BusyNoWorker,
 };
 const REFUSED_NO_FD: Refusal = {
   log: () => "no file descriptor free (the open-file limit is reached)",
   response: busy("server busy: out of file descriptors"),
+  counter: MasterCell.BusyNoFd,
 };

@@ -8,6 +8,7 @@ import { parseArgs } from "node:util";
 import { ServeMode } from "../channel/messages.ts";
 import type { Endpoint } from "../ffi/sockaddr.ts";
 import { parseEndpoint } from "../host_port.ts";
+import { LOG_FORMATS, type LogFormat } from "../channel/log_format.ts";
 
 /** Everything the server's command line decides. */
 export interface ServerOptions {
@@ -33,6 +34,14 @@ export interface ServerOptions {
   requestLog: string | null;
   /** Bytes of small replies each worker keeps in memory; 0 turns the cache off. @default 8 MiB */
   replyCacheBytes: number;
+  /** Whether counters are kept (a shared memory region); false with `--no-metrics`. @default true */
+  metrics: boolean;
+  /** Where `GET /metrics` is answered, or null for no listener of its own. */
+  metricsListen: Endpoint | null;
+  /** How log lines are written: "text" (key=value) or "json" (one object per line). @default "text" */
+  logFormat: LogFormat;
+  /** Whether `ping` requests are logged too. @default false */
+  logHealth: boolean;
 }
 
 /** The text `--help` prints. */
@@ -63,6 +72,10 @@ Options:
   --reply-cache MIB        memory per worker for small replies answered from memory (default 8);
                            0 opens every file for every request (e.g. a root on NFS, where a stat may
                            come from the attribute cache while an open revalidates)
+  --metrics-listen HOST:PORT  answer GET /metrics (Prometheus' text format) on this address
+  --no-metrics             keep no counters (and refuse --metrics-listen)
+  --log-format text|json   log lines as key=value text (default) or one JSON object per line
+  --log-health             log ping requests too (by default they are counted, not logged)
   -h, --help               show this help
 
 The listening addresses are printed on stderr once the workers are ready.`;
@@ -98,6 +111,10 @@ export function parseServerArgs(argv: string[]): ServerOptions | "help" {
         backlog: { type: "string" },
         "request-log": { type: "string" },
         "reply-cache": { type: "string" },
+        "metrics-listen": { type: "string" },
+        "no-metrics": { type: "boolean" },
+        "log-format": { type: "string" },
+        "log-health": { type: "boolean" },
         help: { type: "boolean", short: "h" },
       },
     });
@@ -130,6 +147,21 @@ export function parseServerArgs(argv: string[]): ServerOptions | "help" {
       throw new UsageError(`--listen: ${(e as Error).message}`);
     }
   });
+  if (v["no-metrics"] && v["metrics-listen"] !== undefined) {
+    throw new UsageError("--metrics-listen and --no-metrics contradict each other");
+  }
+  let metricsListen: Endpoint | null = null;
+  if (v["metrics-listen"] !== undefined) {
+    try {
+      metricsListen = parseEndpoint(v["metrics-listen"]);
+    } catch (e) {
+      throw new UsageError(`--metrics-listen: ${(e as Error).message}`);
+    }
+  }
+  const logFormat = v["log-format"] ?? "text";
+  if (!(LOG_FORMATS as readonly string[]).includes(logFormat)) {
+    throw new UsageError(`--log-format: '${logFormat}' is not one of ${LOG_FORMATS.join(", ")}`);
+  }
   return {
     listen: listenOn,
     root,
@@ -144,6 +176,10 @@ export function parseServerArgs(argv: string[]): ServerOptions | "help" {
     replyCacheBytes: v["reply-cache"] === "0"
       ? 0
       : Math.round(positiveNumber("reply-cache", v["reply-cache"], 8, false) * 1024 * 1024),
+    metrics: !v["no-metrics"],
+    metricsListen,
+    logFormat: logFormat as LogFormat,
+    logHealth: v["log-health"] === true,
   };
 }
 

@@ -277,7 +277,7 @@ Deno.test("an unchanged file is not transferred again: no data frame, status unc
   });
 });
 
-Deno.test("--json prints one object per file with path, status, bytes, sha256, seconds, attempts (and error when failed)", async () => {
+Deno.test("--json prints one object per file with path, status, bytes, sha256, seconds, attempts, requestId (and error when failed)", async () => {
   await withServer(async ({ src, out, address }) => {
     const path = await makeFile(src, "f.bin", 123_456);
     await Deno.chmod(path, 0o640);
@@ -291,6 +291,7 @@ Deno.test("--json prints one object per file with path, status, bytes, sha256, s
       "attempts",
       "bytes",
       "path",
+      "requestId",
       "seconds",
       "sha256",
       "size",
