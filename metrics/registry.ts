@@ -145,6 +145,12 @@ export function slotCells(region: MetricsRegion, slot: number): Float64Array {
   return region.cells.subarray(slot * SLOT_CELLS, (slot + 1) * SLOT_CELLS);
 }
 
+/** Zeroes worker `workerId`'s gauges (its process is gone; its counters stay for its successor). */
+export function clearWorkerGauges(region: MetricsRegion, workerId: number): void {
+  const cells = slotCells(region, workerId);
+  cells[WorkerCell.Open] = cells[WorkerCell.Answering] = cells[WorkerCell.Pid] = 0;
+}
+
 /** Cells written when metrics are off: counting goes on into them, and nobody reads them. */
 const DETACHED = new Float64Array(SLOT_CELLS);
 

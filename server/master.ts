@@ -19,7 +19,13 @@ import {
 import { jsonServiceLine, type LogFormat } from "../channel/log_format.ts";
 import { Dispatcher } from "./dispatcher.ts";
 import { MetricsListener } from "./metrics_listener.ts";
-import { createMetricsRegion, MasterCell, masterCells, type MetricsRegion } from "../metrics/registry.ts";
+import {
+  clearWorkerGauges,
+  createMetricsRegion,
+  MasterCell,
+  masterCells,
+  type MetricsRegion,
+} from "../metrics/registry.ts";
 import { FdReserve } from "./fd_reserve.ts";
 import type { ServerOptions } from "./options.ts";
 import { startWorker } from "./worker_process.ts";
@@ -416,6 +422,7 @@ export class Master {
     slot.channel = -1;
     this.#dispatcher.removeWorker(slot.id);
     this.#readyWorkers.delete(slot.id);
+    if (this.#metrics !== null) clearWorkerGauges(this.#metrics, slot.id);
     if (this.#stopRequested > 0) return;
     this.#counts[MasterCell.Restarts]++;
     if (performance.now() - slot.startedAt > RESPAWN_RESET_MS) slot.failures = 0;
