@@ -288,6 +288,7 @@ function jsonOf(r: FileReport): Record<string, unknown> {
     attempts: r.attempts,
     resumedFrom: r.resumedFrom,
     reused: r.reused,
+    requestId: r.requestId,
     error: r.error?.message,
     exitCode: r.error?.exitCode,
   };

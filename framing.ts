@@ -297,6 +297,8 @@ export interface ResponseHeader {
   nonce?: string;
   /** `auth`: the name of the token now in force on the connection. */
   name?: string;
+  /** The id of this answer in the server's request log (servers that predate it send none). */
+  requestId?: string;
 }
 
 /** The JSON of a Trailer frame. */
@@ -313,6 +315,8 @@ export interface ErrorBody {
   message: string;
   /** For BUSY: how long the client should wait before trying again. */
   retryAfterMs?: number;
+  /** The id of this answer in the server's request log (none from the master's BUSY, nor older servers). */
+  requestId?: string;
 }
 
 const encoder = new TextEncoder();

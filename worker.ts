@@ -33,6 +33,8 @@ import { ReplyCache } from "./worker/reply_cache.ts";
 import { TokenStore } from "./worker/access.ts";
 import { ServedRoot } from "./worker/root_reload.ts";
 import { describeReload, workerReload } from "./reload_hooks.ts";
+import { attachMetricsRegion, workerMetrics } from "./metrics/registry.ts";
+import { jsonServiceLine } from "./channel/log_format.ts";
 
 export { parseWorkerArgs };
 import {
@@ -105,7 +107,9 @@ export interface ServeHooks {
  * SHA-256 cache and the reply cache. Used by {@link WorkerLoop}, and by tests that drive connections directly.
  */
 export function buildServeConfig(
-  args: Omit<WorkerArgs, "channelFd" | "requestLog">,
+  args:
+    & Pick<WorkerArgs, "workerId" | "root" | "push" | "idleTimeout" | "replyCacheBytes">
+    & Partial<Pick<WorkerArgs, "logFormat" | "logHealth" | "tokens">>,
   hooks: ServeHooks,
 ): ServeConfig {
   const hashes = new HashCache(hooks.serviceLine, hooks.hashKnown);
@@ -115,6 +119,8 @@ export function buildServeConfig(
     idleTimeoutMs: args.idleTimeout * 1000,
     turnBudget: TURN_BUDGET,
     workerId: args.workerId,
+    logFormat: args.logFormat ?? "text",
+    logHealth: args.logHealth ?? false,
     log: hooks.requestLine,
     hashes,
     signatures: new SignatureCache(hashes, hooks.serviceLine, hooks.signatureKnown),
@@ -263,6 +269,7 @@ class WorkerLoop {
     }
     this.#flushLog();
     this.#tellEnded();
+    workerMetrics.connections(this.#connections.size, this.#holding.size);
   }
 
   /** Lets `conn` handle readiness `events` (0: a wake-up), then updates epoll to what it waits for now. */
@@ -383,9 +390,7 @@ class WorkerLoop {
       return new Connection(fd, id, mode === ServeMode.Classic, this.#config, peer);
     } catch (e) {
       // E.g. the pushed file was removed: this connection fails, the worker goes on.
-      this.#serviceLog.push(
-        `worker ${this.#args.workerId}: cannot serve connection ${id}: ${(e as Error).message}`,
-      );
+      this.#serviceLine(`cannot serve connection ${id}: ${(e as Error).message}`);
       close(fd);
       this.#endedUntold++;
       this.#closedUntold?.push(id);
@@ -395,7 +400,12 @@ class WorkerLoop {
 
   /** A line of the worker's own log, stamped and attributed. */
   #serviceLine(line: string): void {
-    this.#serviceLog.push(`${new Date().toISOString()} worker=${this.#args.workerId} ${line}`);
+    const time = new Date().toISOString();
+    this.#serviceLog.push(
+      this.#args.logFormat === "json"
+        ? jsonServiceLine(time, { worker: this.#args.workerId }, line)
+        : `${time} worker=${this.#args.workerId} ${line}`,
+    );
   }
 
   #flushLog(): void {
@@ -420,6 +430,9 @@ export async function runWorker(args: WorkerArgs): Promise<never> {
   ignoreSignal(C.SIGUSR2);
   raiseOpenFileLimit();
   setNonBlocking(args.channelFd, true);
+  if (args.metricsFd !== -1) {
+    workerMetrics.attach(attachMetricsRegion(args.metricsFd, args.metricsSlots), args.workerId);
+  }
   const loop = new WorkerLoop(args);
   sendMessage(args.channelFd, MessageKind.Ready);
   // The master may hand over connections from now on; they wait in the channel while this loads.

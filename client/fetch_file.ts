@@ -86,6 +86,8 @@ export interface FileReport {
   resumedFrom?: number;
   /** Bytes of the new version copied from the old copy, when it was fetched by delta. */
   reused?: number;
+  /** The server's id of its last answer for this file (from servers that send one). */
+  requestId?: string;
   /** Why it failed. */
   error?: ClientError;
 }
@@ -98,6 +100,7 @@ interface GetHeader {
   sha256?: string;
   unchanged: boolean;
   meta: PublishMetadata;
+  requestId?: string;
 }
 
 function checkHeader(header: ResponseHeader): GetHeader {
@@ -123,6 +126,7 @@ function checkHeader(header: ResponseHeader): GetHeader {
     sha256,
     unchanged: header.unchanged === true,
     meta: { mtimeNs: mtime, mode: Number.isInteger(mode) ? mode : undefined },
+    requestId: typeof header.requestId === "string" ? header.requestId : undefined,
   };
 }
 
@@ -571,8 +575,10 @@ export async function fetchFile(
     report.size = fetched.header.size;
     report.sha256 = fetched.sha256;
     if (fetched.header.offset > 0 && !fetched.unchanged) report.resumedFrom = fetched.header.offset;
+    report.requestId = fetched.header.requestId;
   } catch (e) {
     report.error = options.deadline.expired ? options.deadline.error() : classify(e);
+    report.requestId = report.error.requestId;
   } finally {
     await holder?.close();
     ownPlace?.dir.close();

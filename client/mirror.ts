@@ -533,9 +533,11 @@ class MirrorRun {
         };
         if (outcome.status === "failed") {
           report.error = outcome.error;
+          report.requestId = outcome.error.requestId;
           this.local.state.delete(item.rel);
         } else {
           report.size = outcome.size;
+          report.requestId = outcome.requestId;
           if (outcome.sha256 !== undefined && verify) report.sha256 = outcome.sha256;
           this.#remember(item, outcome.sha256, outcome.etag ?? "");
         }

@@ -68,6 +68,8 @@ export type TreeOutcome =
     bytes: number;
     /** From the request to publication. */
     seconds: number;
+    /** The server's id of its answer, if it sent one. */
+    requestId?: string;
   }
   | { status: "failed"; error: ClientError; bytes: number; seconds: number }
   /** Not done here: fetch it one by one (`fetch_file.ts`). */
@@ -116,6 +118,7 @@ interface Written<F extends TreeFile = TreeFile> {
   sha256?: string;
   etag: string;
   size: number;
+  requestId?: string;
 }
 
 /**
@@ -174,6 +177,7 @@ export async function fetchTree<F extends TreeFile>(
           sha256: written.sha256 ?? flight.file.localSha256,
           etag: written.etag,
           size: written.size,
+          requestId: written.requestId,
           bytes: 0,
           seconds: secondsSince(flight.started),
         });
@@ -239,14 +243,17 @@ async function receive<F extends TreeFile>(
   received: { bytes: number },
   beforeLargeBody: () => void,
 ): Promise<
-  Written<F> | { unchanged: true; size: number; etag: string; sha256?: string } | { handedBack: true }
+  | Written<F>
+  | { unchanged: true; size: number; etag: string; sha256?: string; requestId?: string }
+  | { handedBack: true }
 > {
   const { file } = flight;
   const header = await session.next(JSON.stringify(file.path));
   const { size, etag, sha256 } = checkHeader(header);
+  const requestId = typeof header.requestId === "string" ? header.requestId : undefined;
   if (header.unchanged === true) {
     await session.finish();
-    return { unchanged: true, size, etag, sha256 };
+    return { unchanged: true, size, etag, sha256, requestId };
   }
   if (size >= LARGE_BODY) beforeLargeBody();
   const part = `.${file.name}.ferry-${etag}.part`;
@@ -294,7 +301,7 @@ async function receive<F extends TreeFile>(
     if (header.mode !== undefined) fchmod(fd, header.mode & 0o777); // no set-id bits from a server
     if (header.mtimeNs !== undefined) futimens(fd, BigInt(header.mtimeNs));
     published = true;
-    return { flight, part, sha256: actual ?? expected, etag, size };
+    return { flight, part, sha256: actual ?? expected, etag, size, requestId };
   } catch (e) {
     if (e instanceof LibcError) throw new LocalIoError(`cannot write ${file.dir.shownPath(part)}`, e);
     throw e;
@@ -400,6 +407,7 @@ class Batch<F extends TreeFile> {
         sha256: w.sha256,
         etag: w.etag,
         size: w.size,
+        requestId: w.requestId,
         bytes,
         seconds,
       });

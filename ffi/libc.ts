@@ -49,6 +49,8 @@ const symbols = {
   pread: { parameters: ["i32", "buffer", "usize", "i64"], result: "isize" }, // ssize_t pread(int fd, void *buf, size_t count, off_t offset)
   pwrite: { parameters: ["i32", "buffer", "usize", "i64"], result: "isize" }, // ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset)
   memfd_create: { parameters: ["buffer", "u32"], result: "i32" }, // int memfd_create(const char *name, unsigned int flags)
+  ftruncate: { parameters: ["i32", "i64"], result: "i32" }, // int ftruncate(int fd, off_t length)
+  mmap: { parameters: ["pointer", "usize", "i32", "i32", "i32", "i64"], result: "pointer" }, // void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
   fallocate: { parameters: ["i32", "i32", "i64", "i64"], result: "i32" }, // int fallocate(int fd, int mode, off_t offset, off_t len)
   sendfile: { parameters: ["i32", "i32", "buffer", "usize"], result: "isize" }, // ssize_t sendfile(int out, int in, off_t *offset, size_t count)
   fcntl: { parameters: ["i32", "i32", "i32"], result: "i32" }, // int fcntl(int fd, int cmd, int arg)
@@ -364,6 +366,26 @@ export function pwriteAll(fd: number, buf: Uint8Array, offset: number): void {
 export function memfdCreate(name: string): number {
   const MFD_CLOEXEC = 1;
   return check("memfd_create", sys.memfd_create(utf8.encode(`${name}\0`), MFD_CLOEXEC));
+}
+
+/** ftruncate(2): sets the file's size (a memfd's pages read as zeros until written). */
+export function ftruncate(fd: number, length: number): void {
+  check("ftruncate", sys.ftruncate(fd, BigInt(length)));
+}
+
+/**
+ * Maps `length` bytes of `fd` from offset 0, readable and writable and shared with every process that maps
+ * the same file (mmap(2) with MAP_SHARED). The mapping lasts as long as the process: it is never unmapped,
+ * so the ArrayBuffer over it stays valid.
+ */
+export function mmapShared(fd: number, length: number): ArrayBuffer {
+  const PROT_READ = 1, PROT_WRITE = 2, MAP_SHARED = 1;
+  const address = sys.mmap(null, BigInt(length), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0n);
+  // MAP_FAILED is (void *)-1.
+  if (address === null || Deno.UnsafePointer.value(address) === 0xffff_ffff_ffff_ffffn) {
+    throw new LibcError("mmap", errno());
+  }
+  return Deno.UnsafePointerView.getArrayBuffer(address, length);
 }
 
 /**

@@ -18,7 +18,16 @@ import {
   ServeMode,
 } from "../channel/messages.ts";
 import { Admission, type Verdict } from "./admission.ts";
+import { jsonServiceLine, type LogFormat } from "../channel/log_format.ts";
 import { Dispatcher } from "./dispatcher.ts";
+import { MetricsListener } from "./metrics_listener.ts";
+import {
+  clearWorkerGauges,
+  createMetricsRegion,
+  MasterCell,
+  masterCells,
+  type MetricsRegion,
+} from "../metrics/registry.ts";
 import { FdReserve } from "./fd_reserve.ts";
 import type { ServerOptions } from "./options.ts";
 import { startWorker } from "./worker_process.ts";
@@ -74,8 +83,16 @@ const RESPAWN_FIRST_MS = 100;
 const RESPAWN_MAX_MS = 10_000;
 const RESPAWN_RESET_MS = 10_000;
 
+/** The master's log format (`--log-format`), set when the master is made. */
+let logFormat: LogFormat = "text";
+
 function log(line: string): void {
-  console.error(`${new Date().toISOString()} master[${Deno.pid}]: ${line}`);
+  const time = new Date().toISOString();
+  console.error(
+    logFormat === "json"
+      ? jsonServiceLine(time, { process: "master", pid: Deno.pid }, line)
+      : `${time} master[${Deno.pid}]: ${line}`,
+  );
 }
 
 /** A listening socket and what it serves. */
@@ -168,6 +185,10 @@ export class Master {
   #upgradeRequested = false;
   /** During a reload: the workers that have not said Reloaded yet. */
   #reloadWaiting: Set<number> | null = null;
+  /** The shared counters (null with --no-metrics, or where the kernel refused the memory), and the master's. */
+  readonly #metrics: MetricsRegion | null = null;
+  readonly #counts: Float64Array;
+  #metricsListener: MetricsListener | null = null;
 
   /**
    * @param options the parsed command line
@@ -189,6 +210,15 @@ export class Master {
     this.#dispatcher = new Dispatcher(Math.min(fit, options.connsPerWorker), options.queue);
     this.#epoll.add(this.#wake, EPOLLIN);
     this.#admission = new Admission(options.admission, this.#epoll, log, options.idleTimeout * 1000);
+    logFormat = options.logFormat;
+    if (options.metrics) {
+      try {
+        this.#metrics = createMetricsRegion(options.workers);
+      } catch (e) {
+        log(`metrics are off: ${(e as Error).message}`);
+      }
+    }
+    this.#counts = masterCells();
   }
 
   /** Opens every listener (before any worker starts, so a taken port fails fast). */
@@ -204,6 +234,9 @@ export class Master {
       }
       const { fd, ...actual } = opened;
       this.#listeners.set(fd, { fd, endpoint: actual, mode });
+    }
+    if (this.#options.metricsListen !== null) {
+      this.#metricsListener = new MetricsListener(this.#options.metricsListen, this.#epoll);
     }
   }
 
@@ -285,6 +318,7 @@ export class Master {
     if (this.#lingering.size > 0) at = Math.min(at, performance.now() + 250);
     if (this.#acceptPausedUntil > 0) at = Math.min(at, this.#acceptPausedUntil);
     at = Math.min(at, this.#graceDeadline, this.#admission.nextDeadline(), this.#lifecycle.nextDue);
+    if (this.#metricsListener !== null) at = Math.min(at, this.#metricsListener.nextDeadline());
     return Math.max(0, Math.ceil(at - performance.now()));
   }
 
@@ -299,6 +333,7 @@ export class Master {
     }
     const listener = this.#listeners.get(fd);
     if (listener) return this.#acceptAll(listener);
+    if (this.#metricsListener?.onReady(fd)) return;
     const slot = this.#slotByChannel.get(fd);
     if (slot) {
       if (events & EPOLLOUT) {
@@ -332,6 +367,9 @@ export class Master {
     if (this.#reloadRequested) this.#reload();
     if (this.#upgradeRequested) this.#upgrade();
     this.#lifecycle.tick(now);
+    this.#metricsListener?.tick(now);
+    this.#counts[MasterCell.Queued] = this.#dispatcher.queued;
+    this.#counts[MasterCell.WorkersReady] = this.#readyWorkers.size;
     if (this.#stopRequested > 0) this.#continueStop(now);
   }
 
@@ -342,7 +380,7 @@ export class Master {
     // Whatever else holds the master's fds (queued and lingering connections), a worker can start.
     this.#reserve.release(RESERVE_FDS);
     try {
-      started = startWorker(this.#options, slot.id);
+      started = startWorker(this.#options, slot.id, this.#metrics);
     } catch (e) {
       slot.respawnAt = this.#backoff(slot);
       log(`worker ${slot.id}: cannot start: ${(e as Error).message}`);
@@ -438,6 +476,9 @@ export class Master {
         : `classic mode, push ${this.#options.push}`;
       log(`listening on ${formatEndpoint(l.endpoint)} (${what})`);
     }
+    if (this.#metricsListener !== null) {
+      log(`serving metrics at http://${formatEndpoint(this.#metricsListener.endpoint)}/metrics`);
+    }
     log(`ready with ${this.#options.workers} workers`);
     this.#setAccepting(true);
     this.#lifecycle.ready();
@@ -453,7 +494,9 @@ export class Master {
     this.#readyWorkers.delete(slot.id);
     // A worker started after this reads everything afresh: it is not waited for.
     if (this.#reloadWaiting?.delete(slot.id)) this.#reloadFinished();
+    if (this.#metrics !== null) clearWorkerGauges(this.#metrics, slot.id);
     if (this.#stopRequested > 0) return;
+    this.#counts[MasterCell.Restarts]++;
     if (performance.now() - slot.startedAt > RESPAWN_RESET_MS) slot.failures = 0;
     slot.respawnAt = this.#backoff(slot);
     log(
@@ -598,6 +641,7 @@ export class Master {
    */
   #refuse(conn: PendingConn, why: Refusal, linger = true): void {
     this.#admission.ended(conn.id);
+    this.#counts[why.counter]++;
     const line = why.log(this.#options);
     if (line !== "") log(`connection ${conn.id} refused: ${line}`);
     if (conn.mode === ServeMode.Classic) {
@@ -700,6 +744,8 @@ export class Master {
   }
 
   #continueStop(now: number): void {
+    this.#metricsListener?.close();
+    this.#metricsListener = null;
     if (this.#listeners.size > 0) {
       this.#setAccepting(false);
       for (const fd of this.#listeners.keys()) close(fd);
@@ -728,6 +774,8 @@ const WAKE_VALUE = new Uint8Array(new BigUint64Array([1n]).buffer);
 interface Refusal {
   log: (options: ServerOptions) => string;
   response: Uint8Array;
+  /** The master's metrics cell that counts it. */
+  counter: number;
 }
 
 function busy(message: string): Uint8Array {
@@ -737,16 +785,20 @@ function busy(message: string): Uint8Array {
 const REFUSED_FULL: Refusal = {
   log: (options) => `every worker and the queue (${options.queue}) are full`,
   response: busy("server busy: every worker and the queue are full"),
+  counter: MasterCell.BusyFull,
 };
 const REFUSED_NO_WORKER: Refusal = {
   log: () => "no worker is running, and starting one failed",
   response: busy("server busy: no worker is running"),
+  counter: MasterCell.BusyNoWorker,
 };
 const REFUSED_PER_IP: Refusal = {
   log: () => "", // admission.ts logs it, at most once per address per minute
   response: busy("server busy: too many connections from your address"),
+  counter: MasterCell.BusyPerIp,
 };
 const REFUSED_NO_FD: Refusal = {
   log: () => "no file descriptor free (the open-file limit is reached)",
   response: busy("server busy: out of file descriptors"),
+  counter: MasterCell.BusyNoFd,
 };

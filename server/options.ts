@@ -11,6 +11,7 @@ import { parseEndpoint } from "../host_port.ts";
 import { readTokensFile, TokenFileError } from "../tokens.ts";
 import { type Cidr, parseCidr } from "./cidr.ts";
 import type { AdmissionRules } from "./admission.ts";
+import { LOG_FORMATS, type LogFormat } from "../channel/log_format.ts";
 
 /** Everything the server's command line decides. */
 export interface ServerOptions {
@@ -42,6 +43,14 @@ export interface ServerOptions {
   admission: AdmissionRules;
   /** Where the master writes its pid once it serves, or null. */
   pidFile: string | null;
+  /** Whether counters are kept (a shared memory region); false with `--no-metrics`. @default true */
+  metrics: boolean;
+  /** Where `GET /metrics` is answered, or null for no listener of its own. */
+  metricsListen: Endpoint | null;
+  /** How log lines are written: "text" (key=value) or "json" (one object per line). @default "text" */
+  logFormat: LogFormat;
+  /** Whether `ping` requests are logged too. @default false */
+  logHealth: boolean;
 }
 
 /** The text `--help` prints. */
@@ -87,6 +96,10 @@ Admission (checked by the master right after accept, before a worker sees a byte
                            logged, allowed and limited. A PROXY header from any other peer is refused.
   --pid-file FILE          write the master's pid to FILE once it serves; removed when it exits
   --version                print the version and exit
+  --metrics-listen HOST:PORT  answer GET /metrics (Prometheus' text format) on this address
+  --no-metrics             keep no counters (and refuse --metrics-listen)
+  --log-format text|json   log lines as key=value text (default) or one JSON object per line
+  --log-health             log ping requests too (by default they are counted, not logged)
   -h, --help               show this help
 
 Signals to the master: TERM or INT stops gracefully (twice: at once); HUP reloads (reopens the request
@@ -138,6 +151,10 @@ export function parseServerArgs(argv: string[], inheritedListeners = 0): ServerO
         "max-conns-per-ip": { type: "string" },
         "pid-file": { type: "string" },
         version: { type: "boolean" },
+        "metrics-listen": { type: "string" },
+        "no-metrics": { type: "boolean" },
+        "log-format": { type: "string" },
+        "log-health": { type: "boolean" },
         help: { type: "boolean", short: "h" },
       },
     });
@@ -174,6 +191,21 @@ export function parseServerArgs(argv: string[], inheritedListeners = 0): ServerO
     }
   });
   const tokens = tokensOf(v.tokens, listenOn.some((l) => l.mode === ServeMode.Classic));
+  if (v["no-metrics"] && v["metrics-listen"] !== undefined) {
+    throw new UsageError("--metrics-listen and --no-metrics contradict each other");
+  }
+  let metricsListen: Endpoint | null = null;
+  if (v["metrics-listen"] !== undefined) {
+    try {
+      metricsListen = parseEndpoint(v["metrics-listen"]);
+    } catch (e) {
+      throw new UsageError(`--metrics-listen: ${(e as Error).message}`);
+    }
+  }
+  const logFormat = v["log-format"] ?? "text";
+  if (!(LOG_FORMATS as readonly string[]).includes(logFormat)) {
+    throw new UsageError(`--log-format: '${logFormat}' is not one of ${LOG_FORMATS.join(", ")}`);
+  }
   return {
     listen: listenOn,
     root,
@@ -198,6 +230,10 @@ export function parseServerArgs(argv: string[], inheritedListeners = 0): ServerO
         : positiveNumber("max-conns-per-ip", v["max-conns-per-ip"], 0),
     },
     pidFile: v["pid-file"] ?? null,
+    metrics: !v["no-metrics"],
+    metricsListen,
+    logFormat: logFormat as LogFormat,
+    logHealth: v["log-health"] === true,
   };
 }
 

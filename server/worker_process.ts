@@ -9,6 +9,7 @@ import { fileURLToPath } from "node:url";
 import { createChannel } from "../channel/messages.ts";
 import { workerArgv } from "../channel/worker_args.ts";
 import { close, setCloseOnExec } from "../ffi/libc.ts";
+import type { MetricsRegion } from "../metrics/registry.ts";
 import type { ServerOptions } from "./options.ts";
 
 /** The argument that makes a compiled ferry binary run as a worker. */
@@ -49,10 +50,14 @@ function workerCommand(argv: string[]): { command: string; args: string[] } {
 }
 
 /**
- * Starts worker number `workerId` with a new channel. Throws if the process cannot be started (its
- * channel is closed then).
+ * Starts worker number `workerId` with a new channel, and the metrics region (if any) to count into.
+ * Throws if the process cannot be started (its channel is closed then).
  */
-export function startWorker(options: ServerOptions, workerId: number): WorkerProcess {
+export function startWorker(
+  options: ServerOptions,
+  workerId: number,
+  metrics: MetricsRegion | null = null,
+): WorkerProcess {
   const [masterEnd, workerEnd] = createChannel();
   const argv = workerArgv({
     channelFd: workerEnd,
@@ -64,10 +69,16 @@ export function startWorker(options: ServerOptions, workerId: number): WorkerPro
     replyCacheBytes: options.replyCacheBytes,
     tokens: options.tokens,
     reportClosed: options.admission.maxConnsPerIp > 0,
+    metricsFd: metrics?.fd ?? -1,
+    metricsSlots: metrics?.slots ?? 0,
+    logFormat: options.logFormat,
+    logHealth: options.logHealth,
   });
   const { command, args } = workerCommand(argv);
   // The worker's end is the one fd it inherits: everything else ferry opens is close-on-exec.
   setCloseOnExec(workerEnd, false);
+  // So is the metrics region, inherited by every worker: cleared for this spawn only (spawn is synchronous).
+  if (metrics !== null) setCloseOnExec(metrics.fd, false);
   try {
     const child = new Deno.Command(command, {
       args,
@@ -82,5 +93,6 @@ export function startWorker(options: ServerOptions, workerId: number): WorkerPro
     throw e;
   } finally {
     close(workerEnd);
+    if (metrics !== null) setCloseOnExec(metrics.fd, true);
   }
 }

@@ -126,7 +126,7 @@ async function serve(root: string, ...flags: string[]): Promise<TestServer> {
 
 /** Lines of the master's log that refused `address`. */
 const refusalsOf = (server: TestServer, address: string) =>
-  server.log.filter((l) => l.includes(`master: refused ${address}:`));
+  server.log.filter((l) => /master\[\d+\]: refused /.test(l) && l.includes(`refused ${address}:`));
 
 Deno.test("--deny closes a denied IPv4 peer before any answer and logs it once a minute; others are served", async () => {
   await using dir = await tempDir();

@@ -45,6 +45,13 @@ import { answer, Deferred, ErrorPiece, type Piece, type ReplyContext } from "./o
 import { returnReplyBuffer } from "./reply_pool.ts";
 import { ConnectionAccess, OPEN_ACCESS, type TokenStore } from "./access.ts";
 import { parseRequestRemembered } from "./request_memo.ts";
+import type { LogFormat } from "../channel/log_format.ts";
+import { workerMetrics } from "../metrics/registry.ts";
+import { nextRequestId, stampRequestId } from "./request_id.ts";
+import { formatRequestLine, metricResult } from "./request_log.ts";
+
+/** The result of a connection that ended without a request: neither logged as one nor counted. */
+const NO_REQUEST = "closed (no request)";
 
 /** What a worker serves, shared by all its connections. */
 export interface ServeConfig {
@@ -63,6 +70,10 @@ export interface ServeConfig {
   log: ((line: string) => void) | null;
   /** Worker number, for the log. */
   workerId: number;
+  /** How request lines are written. */
+  logFormat: LogFormat;
+  /** Whether `ping` requests are logged (they are counted either way). */
+  logHealth: boolean;
   /** The worker's SHA-256 cache. */
   hashes: HashCache;
   /** The worker's cached small replies. */
@@ -108,6 +119,10 @@ export class Connection {
   #requestStarted: number;
   #requestBytesAtStart = 0;
   #requestLabel = "-";
+  /** The operation being answered, for the metrics ("none" until a request is parsed). */
+  #op = "none";
+  /** The id of the answer being sent, or "" before one is made. */
+  #requestId = "";
   #closeWhenSent = false;
   /** When the lingering close began, and the bytes it has discarded since. */
   #lingerStarted = 0;
@@ -220,6 +235,8 @@ export class Connection {
   #startClassic(): void {
     const { path, name } = this.config.push!;
     this.#requestLabel = `PUSH ${name}`;
+    this.#op = "push";
+    this.#requestId = nextRequestId();
     const fd = openRead(path);
     const { size } = fstat(fd);
     this.#files.push(fd);
@@ -272,7 +289,7 @@ export class Connection {
     }
     if (len === 0) {
       // An end frame from the client: it has no more requests.
-      this.#finish(true, this.#served > 0 ? "ok" : "closed (no request)");
+      this.#finish(true, this.#served > 0 ? "ok" : NO_REQUEST);
       return true;
     }
     if (this.#inLength < FRAME_HEADER_SIZE + len) return false;
@@ -295,15 +312,17 @@ export class Connection {
     }
     this.#in.copyWithin(0, FRAME_HEADER_SIZE + len, this.#inLength);
     this.#inLength -= FRAME_HEADER_SIZE + len;
+    this.#requestId = nextRequestId();
     if (request !== null) {
       const reply = answer(request, this.#replyContext);
+      this.#op = request.op;
       this.#requestLabel = reply.label;
-      this.#out.push(...reply.pieces);
+      this.#out.push(...stampRequestId(reply.pieces, this.#requestId));
       this.#files.push(...reply.files);
       this.#reply = reply;
     } else {
       this.#requestLabel = "GET (path refused)";
-      this.#out.push(new ErrorPiece(refusal!));
+      this.#out.push(new ErrorPiece({ ...refusal!, requestId: this.#requestId }));
     }
     this.#state = "writing";
     return true;
@@ -311,7 +330,7 @@ export class Connection {
 
   #onEndOfInput(): void {
     if (this.#inLength === 0) {
-      this.#finish(true, this.#served > 0 ? "ok" : "closed (no request)");
+      this.#finish(true, this.#served > 0 ? "ok" : NO_REQUEST);
     } else {
       this.#fail({
         code: ErrorCode.BadRequest,
@@ -324,7 +343,8 @@ export class Connection {
   #fail(body: ErrorBody): void {
     this.#requestLabel = this.#requestLabel === "-" ? "(malformed)" : this.#requestLabel;
     this.ok = false;
-    this.#out.push(new ErrorPiece(body));
+    if (this.#requestId === "") this.#requestId = nextRequestId();
+    this.#out.push(new ErrorPiece({ ...body, requestId: this.#requestId }));
     this.#state = "writing";
   }
 
@@ -457,14 +477,24 @@ export class Connection {
   }
 
   #logRequest(result: string): void {
-    if (this.config.log !== null) {
-      const seconds = ((performance.now() - this.#requestStarted) / 1000).toFixed(3);
-      const bytes = this.bytesSent - this.#requestBytesAtStart;
-      this.config.log(
-        `${timestamp()} peer=${this.#peer} worker=${this.config.workerId} ` +
-          `request=${this.#requestLabel} bytes=${bytes} duration=${seconds}s result=${result}`,
-      );
+    const seconds = (performance.now() - this.#requestStarted) / 1000;
+    const bytes = this.bytesSent - this.#requestBytesAtStart;
+    if (result !== NO_REQUEST) workerMetrics.request(this.#op, metricResult(result), bytes, seconds);
+    const log = this.config.log;
+    if (log !== null && (this.#op !== "ping" || this.config.logHealth)) {
+      log(formatRequestLine(this.config.logFormat, {
+        time: timestamp(),
+        id: this.#requestId === "" ? "-" : this.#requestId,
+        peer: this.#peer,
+        worker: this.config.workerId,
+        request: this.#requestLabel,
+        bytes,
+        seconds,
+        result,
+      }));
     }
+    this.#op = "none";
+    this.#requestId = "";
     this.#requestBytesAtStart = this.bytesSent;
     this.#requestStarted = performance.now();
     this.#logged++;

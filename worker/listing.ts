@@ -330,6 +330,8 @@ class ListingBody implements Body {
   #gatheredBytes = 0;
   /** Not streamed: the limit was reached and the walk stopped. */
   #stopped = false;
+  /** The answer's request id, put in its Header (see `request_id.ts`). */
+  #requestId: string | undefined;
 
   /**
    * @param walk the walk to pump
@@ -337,11 +339,22 @@ class ListingBody implements Body {
    * @param setResult gives the request log's result once the walk is over
    */
   constructor(readonly walk: Walk, readonly stream: boolean, readonly setResult: (r: string) => void) {
-    if (stream) {
-      this.#queue.push(
-        encodeJsonFrame(FrameType.Header, { v: PROTOCOL_VERSION, status: "ok", stream: true }),
-      );
-    }
+    if (stream) this.#queue.push(this.#streamHeader());
+  }
+
+  #streamHeader(): Uint8Array {
+    return encodeJsonFrame(FrameType.Header, {
+      requestId: this.#requestId,
+      v: PROTOCOL_VERSION,
+      status: "ok",
+      stream: true,
+    });
+  }
+
+  /** Puts `id` in the Header this listing sends (called before anything is sent). */
+  setRequestId(id: string): void {
+    this.#requestId = id;
+    if (this.stream && this.#offset === 0 && this.#listed === 0) this.#queue[0] = this.#streamHeader();
   }
 
   /** See {@link Body.pump}: sends what is framed, then walks on, until the turn's work or bytes are used. */
@@ -447,7 +460,13 @@ class ListingBody implements Body {
       this.#queue.push(encodeJsonFrame(FrameType.Trailer, trailer), END_FRAME);
     } else {
       // The entries are JSON already: the Header is put together around them rather than encoded again.
-      const head = JSON.stringify({ v: PROTOCOL_VERSION, status: "ok", truncated, leftOut });
+      const head = JSON.stringify({
+        requestId: this.#requestId,
+        v: PROTOCOL_VERSION,
+        status: "ok",
+        truncated,
+        leftOut,
+      });
       const json = `${head.slice(0, -1)},"entries":[${this.#gathered.join(",")}]}`;
       const bytes = utf8.encode(json);
       const frame = new Uint8Array(FRAME_HEADER_SIZE + 1 + bytes.byteLength + FRAME_HEADER_SIZE);
