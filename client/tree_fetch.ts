@@ -309,7 +309,7 @@ async function receive(
 /**
  * With a manifest: refuses an answer the manifest contradicts before any byte is written (an "unchanged"
  * that was not asked for, another size, or the server's own SHA-256 another); its body is read and dropped
- * so that the answers behind it stay in step.
+ * so that the answers behind it stay in step, or the connection closed.
  */
 async function refuseUnlikeManifest(
   session: Session,
@@ -329,7 +329,9 @@ async function refuseUnlikeManifest(
     : null;
   if (contradiction === null) return;
   if (unchanged) await session.finish();
-  else await session.readBody(size, () => Promise.resolve());
+  // At most the signed size is read and dropped: a body longer than that costs the connection (readBody
+  // closes it), never endless data; the answers behind it are then asked for again on a new one.
+  else await session.readBody(expected.size, () => Promise.resolve()).catch(() => {});
   throw new ClientError(ExitCode.Verification, `${contradiction}: not published`);
 }
 

@@ -101,18 +101,26 @@ function refused(message: string): ClientError {
   return new ClientError(ExitCode.Verification, message);
 }
 
-/** Largest manifest or signature accepted, so that a server cannot make the client hold endless data. */
+/** Largest manifest accepted, so that a server cannot make the client hold endless data. */
 const MAX_MANIFEST_BYTES = 256 * 1024 * 1024;
+/** Largest signature file accepted (minisign's are a few hundred bytes; a trusted comment up to 8 KiB). */
+const MAX_SIGNATURE_BYTES = 64 * 1024;
 
-/** Fetches a small file whole into memory; throws ServerRefusal (e.g. NOT_FOUND) as the server said. */
-async function fetchBytes(session: Session, path: string, context: FetchContext): Promise<Uint8Array> {
+/**
+ * Fetches a small file (at most `limit` bytes) whole into memory; throws ServerRefusal (e.g. NOT_FOUND)
+ * as the server said.
+ */
+async function fetchBytes(
+  session: Session,
+  path: string,
+  limit: number,
+  context: FetchContext,
+): Promise<Uint8Array> {
   return await withRetries(async () => {
     const header = await session.begin({ v: PROTOCOL_VERSION, op: "get", path }, JSON.stringify(path));
     const size = header.size ?? -1;
-    if (!Number.isSafeInteger(size) || size < 0 || size > MAX_MANIFEST_BYTES) {
-      throw refused(
-        `${JSON.stringify(path)} announces ${size} bytes: not a manifest (at most ${MAX_MANIFEST_BYTES})`,
-      );
+    if (!Number.isSafeInteger(size) || size < 0 || size > limit) {
+      throw refused(`${JSON.stringify(path)} announces ${size} bytes: more than the ${limit} accepted`);
     }
     const bytes = new Uint8Array(size);
     let got = 0;
@@ -157,7 +165,7 @@ export async function fetchRelease(
   let manifestBytes: Uint8Array | undefined;
   for (const candidate of tried) {
     try {
-      manifestBytes = await fetchBytes(session, candidate, context);
+      manifestBytes = await fetchBytes(session, candidate, MAX_MANIFEST_BYTES, context);
       path = candidate;
       break;
     } catch (e) {
@@ -173,7 +181,7 @@ export async function fetchRelease(
   const sigPath = `${path}.minisig`;
   let signatureBytes: Uint8Array;
   try {
-    signatureBytes = await fetchBytes(session, sigPath, context);
+    signatureBytes = await fetchBytes(session, sigPath, MAX_SIGNATURE_BYTES, context);
   } catch (e) {
     if (e instanceof ServerRefusal && e.body.code === ErrorCode.NotFound) {
       throw refused(`${JSON.stringify(path)} has no signature on the server (${JSON.stringify(sigPath)})`);

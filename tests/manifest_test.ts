@@ -140,16 +140,28 @@ Deno.test("a server that sends other bytes under the signed SHA-256 is caught on
     files: new Map([["app.bin", { size: good.length, sha256: sha256(good) }]]),
   }));
   const signature = new TextEncoder().encode(signData(manifest, key, "test"));
-  // A peer that serves the real manifest and signature, then evil bytes announced with the good hash.
+  // A peer that serves the real manifest and signature, then evil bytes announced with the good hash (and
+  // a listing with the good hash, for mirror).
   using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const served: string[] = [];
-  const peer = (async () => {
-    using conn = await listener.accept();
+  const answer = async (conn: Deno.Conn) => {
     for (;;) {
       const request = await readRequest(conn).catch(() => null);
       if (request === null) return;
       const path = String(request.path);
-      served.push(path);
+      served.push(`${request.op} ${path}`);
+      if (request.op === "list") {
+        const entry = {
+          path: "app.bin",
+          size: good.length,
+          mtimeNs: "1",
+          mode: 420,
+          etag: "e1",
+          sha256: sha256(good),
+        };
+        await conn.write(encodeJsonFrame(FrameType.Header, { v: 1, status: "ok", entries: [entry] }, 4));
+        continue;
+      }
       const body = path === MANIFEST_NAME
         ? manifest
         : path === SIGNATURE_NAME
@@ -174,29 +186,45 @@ Deno.test("a server that sends other bytes under the signed SHA-256 is caught on
       data.set(body, 5);
       for (const frame of [header, data, END_FRAME]) await conn.write(frame);
     }
-  })();
+  };
+  const serveOne = async () => {
+    using conn = await listener.accept();
+    await answer(conn);
+  };
+  const address = `127.0.0.1:${listener.addr.port}`;
+  const trust = ["--trust-key", keys.pub, "--retries", "0"];
   await Deno.writeTextFile(`${dir.path}/app.bin`, "old build\n");
-  const r = await runClient([
-    "get",
-    `127.0.0.1:${listener.addr.port}`,
-    "app.bin",
-    "-o",
-    `${dir.path}/app.bin`,
-    "--trust-key",
-    keys.pub,
-    "--state-dir",
-    `${dir.path}/state`,
-    "--retries",
-    "0",
+  let [r] = await Promise.all([
+    runClient([
+      "get",
+      address,
+      "app.bin",
+      "-o",
+      `${dir.path}/app.bin`,
+      ...trust,
+      "--state-dir",
+      `${dir.path}/state`,
+    ]),
+    serveOne(),
   ]);
-  await peer;
-  assert.deepEqual(served, [MANIFEST_NAME, SIGNATURE_NAME, "app.bin"]);
-  assertRefused(
-    r,
-    /SHA-256 mismatch for "app\.bin": received [0-9a-f]{64}, the signed manifest has [0-9a-f]{64}: not published/,
-  );
+  assert.deepEqual(served.splice(0), [`get ${MANIFEST_NAME}`, `get ${SIGNATURE_NAME}`, "get app.bin"]);
+  const refusal =
+    /SHA-256 mismatch for "app\.bin": received [0-9a-f]{64}, the signed manifest has [0-9a-f]{64}: not published/;
+  assertRefused(r, refusal);
   assert.ok(r.stderr.includes(sha256(evil)) && r.stderr.includes(sha256(good)));
   assert.equal(await Deno.readTextFile(`${dir.path}/app.bin`), "old build\n");
+
+  // mirror: the listing agrees with the manifest; the bytes do not.
+  await Deno.mkdir(`${dir.path}/m`);
+  await Deno.writeTextFile(`${dir.path}/m/app.bin`, "old build\n");
+  [r] = await Promise.all([runClient(["mirror", address, ".", `${dir.path}/m`, ...trust]), serveOne()]);
+  // Bytes unlike the hash the server announced may have been damaged on the way: tried again, the same.
+  assert.deepEqual(served.slice(0, 3), [`get ${MANIFEST_NAME}`, `get ${SIGNATURE_NAME}`, "list "]);
+  assert.ok(served.length > 3 && served.slice(3).every((s) => s === "get app.bin"), served.join(", "));
+  assert.equal(r.code, 7, r.stderr);
+  assert.match(r.stderr, new RegExp(`^ferry: app\\.bin: ${refusal.source}`));
+  assert.match(r.stderr, /mirror done: 0 updated, 0 unchanged, 0 deleted, 1 failed\n$/);
+  assert.equal(await Deno.readTextFile(`${dir.path}/m/app.bin`), "old build\n");
   assert.deepEqual(await leftovers(dir.path), []);
 });
 
