@@ -371,7 +371,24 @@ async function run(options: ClientOptions, deadline: Deadline): Promise<number> 
   try {
     if (options.command === "get") {
       const target = options.output ?? basename(options.path);
-      const expected = trust && await signedFileOf(session, normalizeRemoteDir(options.path), trust, common);
+      let expected;
+      try {
+        expected = trust && await signedFileOf(session, options.path, trust, common);
+      } catch (e) {
+        // Refused before the file: its report says so, as any failure of the file would.
+        const error = classify(deadline.expired ? deadline.error() : e);
+        const report: FileReport = {
+          path: options.path,
+          target,
+          status: "failed",
+          bytes: 0,
+          seconds: 0,
+          attempts: 0,
+          error,
+        };
+        printReport(report, options);
+        return error.exitCode;
+      }
       const report = await fetchFile(session, options.path, target, {
         ...common,
         lastRequest: true,

@@ -261,8 +261,8 @@ export function parseSignature(text: string, what: string): SignatureFile {
   if (lines.length < 4 || !lines[2].startsWith(TRUSTED)) {
     throw new SignatureError(`${what}: no "${TRUSTED}..." line`);
   }
-  // minisign trims the comment's trailing white space before it checks the global signature.
-  const trustedComment = lines[2].slice(TRUSTED.length).replace(/\s+$/, "");
+  // The comment is the line as it is, without its line end (as minisign reads it).
+  const trustedComment = lines[2].slice(TRUSTED.length);
   const globalSignature = decodeBase64(lines[3].trim(), 64);
   if (globalSignature === null) {
     throw new SignatureError(`${what}: the global signature is not base64 of 64 bytes`);

@@ -415,8 +415,10 @@ export async function signedFileOf(
   trust: TrustOptions,
   context: FetchContext,
 ): Promise<ManifestFile> {
-  const release = await fetchRelease(session, dirname(path), trust, context);
-  const signed = release.fileOf(path);
+  // The path as the server resolves it: no empty or `.` parts (one with `..` is in no manifest).
+  const clean = path.split("/").filter((p) => p !== "" && p !== ".").join("/");
+  const release = await fetchRelease(session, dirname(clean), trust, context);
+  const signed = release.fileOf(clean);
   if (signed === undefined) throw release.notListed(path);
   return signed;
 }

@@ -7,8 +7,8 @@
  */
 
 import assert from "node:assert/strict";
-import { withServer } from "./client_fixture.ts";
-import { type ClientResult, readRequest, runClient, sha256, tempDir, treeOf } from "./helpers.ts";
+import { jsonLines, withServer } from "./client_fixture.ts";
+import { type ClientResult, makeFile, readRequest, runClient, sha256, tempDir, treeOf } from "./helpers.ts";
 import { formatManifest, MANIFEST_NAME, type ManifestFile, SIGNATURE_NAME } from "../client/manifest.ts";
 import { parseSecretKey, signData } from "../client/minisign.ts";
 import {
@@ -19,6 +19,8 @@ import {
   FrameType,
   putDataFrameHeader,
 } from "../framing.ts";
+
+const MiB = 1024 * 1024;
 
 /** Makes a key pair with `client keygen` in `dir`; returns the two files. */
 async function keygen(dir: string, name: string): Promise<{ pub: string; sec: string }> {
@@ -92,6 +94,26 @@ Deno.test("a signed tree mirrors and gets with exit 0; LOCAL_DIR gets the verifi
     ]);
     assert.equal(r.code, 0, r.stderr);
     assert.equal(await Deno.readTextFile(`${out}/b.txt`), "beta\n");
+  });
+});
+
+Deno.test("a large file changed in a signed release comes by delta, checked against the new manifest", async () => {
+  await withServer(async ({ src, out, address }) => {
+    const keys = await keygen(out, "release");
+    await Deno.mkdir(`${src}/site`);
+    await makeFile(`${src}/site`, "big.bin", 3 * MiB);
+    await sign(`${src}/site`, keys.sec, "--version", "4");
+    assert.equal((await runClient(["mirror", address, "site", `${out}/m`, "--trust-key", keys.pub])).code, 0);
+    const big = await Deno.open(`${src}/site/big.bin`, { write: true });
+    await big.write(new TextEncoder().encode("a patch at the start"));
+    big.close();
+    await sign(`${src}/site`, keys.sec, "--version", "5");
+    const r = await runClient(["mirror", address, "site", `${out}/m`, "--trust-key", keys.pub, "--json"]);
+    assert.equal(r.code, 0, r.stderr);
+    const line = jsonLines(r).find((l) => l.path === "site/big.bin")!;
+    assert.equal(line.status, "updated");
+    assert.ok((line.reused as number) > 2 * MiB, `reused ${line.reused}`);
+    assert.deepEqual(await treeOf(`${out}/m`), await treeOf(`${src}/site`));
   });
 });
 
