@@ -516,7 +516,8 @@ async function verifyAndCommit(
     : null;
   if (mismatch !== null) {
     // The part is corrupt: the next try starts from byte 0 (a stream cannot: what is written stays). Bytes
-    // that are not the signed ones are what the server has: asking again would bring the same.
+    // unlike the signed ones but like the server's own hash are what it has: asking again brings the same;
+    // bytes unlike both were damaged on the way.
     const discarded = await holder.discard();
     const retryable = discarded && (signed === undefined || (expected !== undefined && expected !== actual));
     throw new ClientError(ExitCode.Verification, mismatch, { retryable });

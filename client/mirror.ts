@@ -670,12 +670,14 @@ export async function mirror(
       run.release = await fetchRelease(session, remoteDir, options.trust, options);
     }
     run.progress.phase("listing");
-    // Each batch is planned as it arrives, while the server walks on; with a manifest, once the whole
-    // listing agrees with it, so that a refused tree makes nothing in LOCAL_DIR.
+    // Each batch is planned as it arrives, while the server walks on; with a manifest, only once the whole
+    // listing agrees with it, so that a refused tree has nothing fetched, made or deleted for it.
     const held: unknown[] = [];
     const listing = await listRemote(session, remoteDir, options, (batch) => {
-      if (run.release !== null) held.push(...batch);
-      else for (const value of batch) run.plan(value);
+      for (const value of batch) {
+        if (run.release !== null) held.push(value);
+        else run.plan(value);
+      }
     });
     if (run.release !== null) {
       for (const value of checkTreeAgainst(run.release, remoteDir, held)) run.plan(value);
