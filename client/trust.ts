@@ -41,8 +41,11 @@ export interface TrustOptions {
 
 /** What a fetch of the manifest needs of the run. */
 export interface FetchContext {
+  /** Retries after the first try. */
   retries: number;
+  /** No retry starts later than this after the first try, in milliseconds. */
   retryMaxTimeMs?: number;
+  /** The run's deadline. */
   deadline: Deadline;
 }
 
@@ -52,7 +55,8 @@ export class Release {
    * @param manifest the manifest
    * @param path its path on the server
    * @param keyId the trusted key that signed it
-   * @param manifestBytes, signatureBytes what was verified, byte for byte
+   * @param manifestBytes the manifest as verified, byte for byte
+   * @param signatureBytes its signature file, byte for byte
    */
   constructor(
     readonly manifest: Manifest,
