@@ -21,7 +21,7 @@ import { SignatureError } from "./minisign.ts";
 
 /** The usage lines of the two commands, for the client's help. */
 export const SIGN_HELP =
-  `  client keygen -p PUBLIC_KEY -s SECRET_KEY    write a new Ed25519 key pair in minisign's format
+  `  client keygen -p PUBLIC_KEY -s SECRET_KEY     write a new Ed25519 key pair in minisign's format
                                                 (the secret key unencrypted, mode 0600)
   client sign -s SECRET_KEY [--version N] [--expires DURATION] DIR
                                                 write the signed manifest of DIR into it:
@@ -40,6 +40,7 @@ function parse(argv: string[]) {
         version: { type: "string" },
         expires: { type: "string" },
         quiet: { type: "boolean", short: "q" },
+        help: { type: "boolean", short: "h" },
       },
     });
   } catch (e) {
@@ -99,6 +100,10 @@ async function sign(argv: string[]): Promise<string | null> {
 /** Runs `keygen` or `sign` (`argv[0]`); returns the exit code. */
 export async function signMain(argv: string[]): Promise<number> {
   try {
+    if (parse(argv.slice(1)).values.help) {
+      console.log(`Usage:\n${SIGN_HELP}\n\nSee README.md, "Signed releases".`);
+      return ExitCode.Ok;
+    }
     const line = argv[0] === "keygen" ? await keygen(argv.slice(1)) : await sign(argv.slice(1));
     if (line !== null) console.error(`ferry: ${line}`);
     return ExitCode.Ok;
