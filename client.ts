@@ -9,7 +9,7 @@
  * @module
  */
 
-import { basename } from "node:path";
+import { basename, join } from "node:path";
 import { parseArgs } from "node:util";
 import { Deadline } from "./client/deadline.ts";
 import { classify, ClientError, ExitCode, usageError } from "./client/failure.ts";
@@ -24,6 +24,16 @@ import {
   type TreeProgress,
 } from "./client/progress.ts";
 import { pull } from "./client/pull.ts";
+import { SIGN_HELP, signMain } from "./client/sign_cli.ts";
+import {
+  defaultStateDir,
+  loadTrustedKeys,
+  signedFileOf,
+  type TrustOptions,
+  VERSIONS_FILE,
+  VersionStore,
+} from "./client/trust.ts";
+import { STATE_DIR } from "./client/mirror_state.ts";
 import { delay } from "./client/retry.ts";
 import { type Endpoint, Session } from "./client/session.ts";
 import { splitHostPort } from "./host_port.ts";
@@ -42,6 +52,7 @@ Usage:
                                                 ('.' for the served root), over one connection
   client pull HOST:PORT [-o DIR|OUT]            receive the file a classic-mode server pushes: into DIR
                                                 under the server's name (default .), or as OUT
+${SIGN_HELP}
 
 Options:
   -o, --output OUT          where to write (get, pull)
@@ -67,6 +78,13 @@ Options:
                             The secret itself never goes over the network
   --lock FILE               hold an flock on FILE for the run; if another run holds it, exit 9 at once
   --splay SECS              first wait a random time in [0, SECS), so a fleet's timers do not fire together
+  --trust-key PUB           get, mirror: accept only files of a signed manifest (see README, "Signed
+                            releases"), signed by this minisign public key; repeat it for several keys
+  --manifest REMOTE_PATH    the manifest to go by (default: .ferry-manifest.json in the folder asked for,
+                            else in the nearest folder above it)
+  --state-dir DIR           get: where the manifest versions seen are kept (default
+                            $XDG_STATE_HOME/ferry, else ~/.local/state/ferry); mirror keeps them in
+                            LOCAL_DIR/.ferry
   --json                    print one JSON object per file on standard output (mirror: then a summary)
   -q, --quiet               print nothing but errors
   --version                 print the version and exit
@@ -80,7 +98,8 @@ An existing target whose SHA-256 matches the server's is not transferred again (
 Exit codes:
   0 ok                     1 internal error (a bug)       2 usage
   3 connect or timeout     4 server busy after retries    5 not found / forbidden / not a file
-  6 protocol error, connection cut, or server failure     7 verification failed (size or SHA-256)
+  6 protocol error, connection cut, or server failure     7 verification failed (size or SHA-256), or a
+                                                           signed release refused
   8 local I/O error        9 locked: another run holds --lock or the same part file
   10 partial (mirror): the server's listing left something out; nothing was deleted
   11 unauthorized: no valid token, or the path is outside its scopes`;
@@ -108,6 +127,12 @@ interface ClientOptions {
   quiet: boolean;
   /** The token of --token-file (or $FERRY_TOKEN_FILE), or null. */
   token: ClientToken | null;
+  /** --trust-key files: signed releases only (none: the server's word is taken). */
+  trustKeys: string[];
+  /** --manifest: the manifest's path on the server. */
+  manifest: string | null;
+  /** --state-dir: where get keeps the versions seen. */
+  stateDir: string | null;
 }
 
 /** Seconds from the command line, in milliseconds; `allowZero` for delays that may be none. */
@@ -157,6 +182,9 @@ function parseClientArgs(argv: string[]): ClientOptions | "help" | "version" {
         "dry-run": { type: "boolean" },
         "no-verify": { type: "boolean" },
         json: { type: "boolean" },
+        "trust-key": { type: "string", multiple: true },
+        manifest: { type: "string" },
+        "state-dir": { type: "string" },
         quiet: { type: "boolean", short: "q" },
         help: { type: "boolean", short: "h" },
         version: { type: "boolean" },
@@ -200,6 +228,24 @@ function parseClientArgs(argv: string[]): ClientOptions | "help" | "version" {
   if (command === "pull" && v["token-file"] !== undefined) {
     throw usageError("pull: classic mode has no handshake; --token-file is for get and mirror");
   }
+  const trustKeys = v["trust-key"] ?? [];
+  if (trustKeys.length === 0 && (v.manifest !== undefined || v["state-dir"] !== undefined)) {
+    throw usageError("--manifest and --state-dir go with --trust-key");
+  }
+  if (trustKeys.length > 0) {
+    if (command === "pull") {
+      throw usageError("pull: classic mode has no signed releases; --trust-key is for get and mirror");
+    }
+    if (v["no-verify"]) {
+      throw usageError("--trust-key checks every file's SHA-256: it cannot go with --no-verify");
+    }
+    if (v.output === "-") {
+      throw usageError("--trust-key: standard output cannot take back bytes that fail the check");
+    }
+    if (command === "mirror" && v["state-dir"] !== undefined) {
+      throw usageError(`mirror keeps the versions seen in LOCAL_DIR/${STATE_DIR}: --state-dir is for get`);
+    }
+  }
   return {
     command,
     endpoint: { ...parseServerAddress(address), ...tlsOf(v, address) },
@@ -218,6 +264,9 @@ function parseClientArgs(argv: string[]): ClientOptions | "help" | "version" {
     json: v.json ?? false,
     quiet: v.quiet ?? false,
     token: command === "pull" ? null : tokenOf(v["token-file"]),
+    trustKeys,
+    manifest: v.manifest === undefined ? null : normalizeRemoteDir(v.manifest),
+    stateDir: v["state-dir"] ?? null,
   };
 }
 
@@ -349,6 +398,24 @@ function printReport(
   }
 }
 
+/** The signed-release checks the command line asks for, or undefined without --trust-key. */
+function trustOf(options: ClientOptions): TrustOptions | undefined {
+  if (options.trustKeys.length === 0) return undefined;
+  let versionsFile: string;
+  if (options.command === "mirror") versionsFile = join(options.output!, STATE_DIR, VERSIONS_FILE);
+  else {
+    const dir = options.stateDir ?? defaultStateDir();
+    if (dir === null) throw usageError("--trust-key: no HOME to keep the versions seen in: give --state-dir");
+    versionsFile = join(dir, VERSIONS_FILE);
+  }
+  return {
+    keys: loadTrustedKeys(options.trustKeys),
+    manifestPath: options.manifest ?? undefined,
+    versions: new VersionStore(versionsFile),
+    readOnly: options.dryRun,
+  };
+}
+
 /** Runs the command under the deadline; returns the exit code. */
 async function run(options: ClientOptions, deadline: Deadline): Promise<number> {
   const progress: Progress = Deno.stderr.isTerminal() && !options.quiet && !options.json
@@ -366,15 +433,38 @@ async function run(options: ClientOptions, deadline: Deadline): Promise<number> 
     printReport(report, options);
     return report.error?.exitCode ?? ExitCode.Ok;
   }
+  const trust = trustOf(options);
   const session = new Session(options.endpoint, common);
   try {
     if (options.command === "get") {
       const target = options.output ?? basename(options.path);
-      const report = await fetchFile(session, options.path, target, { ...common, lastRequest: true });
+      let expected;
+      try {
+        expected = trust && await signedFileOf(session, options.path, trust, common);
+      } catch (e) {
+        // Refused before the file: its report says so, as any failure of the file would.
+        const error = classify(deadline.expired ? deadline.error() : e);
+        const report: FileReport = {
+          path: options.path,
+          target,
+          status: "failed",
+          bytes: 0,
+          seconds: 0,
+          attempts: 0,
+          error,
+        };
+        printReport(report, options);
+        return error.exitCode;
+      }
+      const report = await fetchFile(session, options.path, target, {
+        ...common,
+        lastRequest: true,
+        expected,
+      });
       printReport(report, options);
       return report.error?.exitCode ?? ExitCode.Ok;
     }
-    return await runMirror(session, options, common);
+    return await runMirror(session, options, { ...common, trust });
   } catch (e) {
     throw deadline.expired ? deadline.error() : e;
   } finally {
@@ -448,6 +538,7 @@ const DEADLINE_GRACE_MS = 5_000;
 
 /** Runs the client with `argv`; returns the exit code. */
 export async function main(argv: string[]): Promise<number> {
+  if (argv[0] === "sign" || argv[0] === "keygen") return await signMain(argv);
   let lock: Deno.FsFile | null = null;
   try {
     const options = parseClientArgs(argv);
