@@ -9,6 +9,7 @@
 
 import { ClientError, ExitCode, protocolError, ServerRefusal } from "./failure.ts";
 import { FrameReader, TruncatedError } from "./frame_reader.ts";
+import { checkCompressedLength, decodeChunk } from "./decompress.ts";
 import {
   decodeJson,
   encodeLastRequest,
@@ -96,6 +97,8 @@ export async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void
 export interface SessionOptions extends ConnectOptions {
   /** Fail a read that waits this long without a byte, in milliseconds. */
   stallTimeoutMs: number;
+  /** Offer zstd in every `get` of whole files (`--compress`): the server compresses what pays. */
+  compress?: boolean;
 }
 
 /** What a response's body ended with. */
@@ -159,6 +162,8 @@ export class Session {
   /** Requests sent ahead ({@link sendAhead}) whose answers {@link next} has not begun to read. */
   #ahead = 0;
   #what = "";
+  /** The compression the Header of the answer being read named, if any. */
+  #compression: string | undefined;
   readonly #onAbort = () => this.#drop();
 
   /**
@@ -188,7 +193,8 @@ export class Session {
       const before = reader.bytesRead;
       this.#between = false;
       try {
-        await writeAll(conn, options.last ? encodeLastRequest(request) : encodeRequest(request));
+        const offered = this.#offer(request);
+        await writeAll(conn, options.last ? encodeLastRequest(offered) : encodeRequest(offered));
         this.#ended = options.last === true;
         return await this.#readHeader();
       } catch (e) {
@@ -214,7 +220,7 @@ export class Session {
   async sendAhead(requests: Request[]): Promise<void> {
     if (this.#ended) this.#drop();
     const { conn } = await this.#open();
-    const frames = requests.map((r) => encodeRequest(r));
+    const frames = requests.map((r) => encodeRequest(this.#offer(r)));
     const bytes = new Uint8Array(frames.reduce((n, f) => n + f.byteLength, 0));
     frames.reduce((at, f) => (bytes.set(f, at), at + f.byteLength), 0);
     try {
@@ -268,6 +274,14 @@ export class Session {
             throw protocolError("the trailer has no valid sha256");
           }
           end.sha256 = trailer.sha256;
+          continue;
+        }
+        if (type === FrameType.Compressed && this.#compression !== undefined) {
+          checkCompressedLength(len - 1);
+          const payload = await reader.readExact(len - 1, "a compressed frame");
+          const chunk = decodeChunk(payload, maxBytes - end.received);
+          end.received += chunk.byteLength;
+          await onData(chunk);
           continue;
         }
         if (type !== FrameType.Data) throw protocolError(`unexpected frame type ${type} in the body`);
@@ -388,6 +402,13 @@ export class Session {
     return { conn: this.#conn, reader: this.#reader };
   }
 
+  /** `request` with this session's offer of compression: in a `get` of a whole file, when `--compress`. */
+  #offer(request: Request): Request {
+    return this.#options.compress && request.op === "get" && request.ranges === undefined
+      ? { ...request, accept: ["zstd"] }
+      : request;
+  }
+
   /** Closes the connection, if any; the next request opens a new one. */
   #drop(): void {
     this.#reader?.dispose();
@@ -417,6 +438,12 @@ export class Session {
     if (body.status !== "ok") {
       throw protocolError(`the response header's status is ${JSON.stringify(body.status)}`);
     }
+    if (body.compression !== undefined && (body.compression !== "zstd" || !this.#options.compress)) {
+      throw protocolError(
+        `the server compressed with ${JSON.stringify(body.compression)}, which was not offered`,
+      );
+    }
+    this.#compression = body.compression;
     return body as unknown as ResponseHeader;
   }
 
