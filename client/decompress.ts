@@ -6,9 +6,20 @@
  * @module
  */
 
-import { zstdDecompressSync } from "node:zlib";
+import type * as Zlib from "node:zlib";
 import { protocolError } from "./failure.ts";
 import { COMPRESSED_PREFIX, getFrameLength, MAX_COMPRESSED_CHUNK } from "../framing.ts";
+
+/** node:zlib, once {@link loadDecompression} has run. */
+let zlib: typeof Zlib | null = null;
+
+/**
+ * Loads zstd (node:zlib) before the first Compressed frame is decoded: loading it took 70-110 ms of a busy
+ * machine, which a client that is never sent one does not pay.
+ */
+export async function loadDecompression(): Promise<void> {
+  zlib ??= await import("node:zlib");
+}
 
 /** Throws a protocol error unless a Compressed frame's payload of `length` bytes is within the limits. */
 export function checkCompressedLength(length: number): void {
@@ -22,7 +33,7 @@ export function checkCompressedLength(length: number): void {
 /**
  * The bytes a Compressed frame's `payload` (after the type byte) stands for; `room` is how many bytes the
  * answer may still bring. Decoding never produces more than the length the frame names, so a frame cannot
- * make the client allocate more than {@link MAX_COMPRESSED_CHUNK}.
+ * make the client allocate more than {@link MAX_COMPRESSED_CHUNK}. Needs {@link loadDecompression}.
  */
 export function decodeChunk(payload: Uint8Array, room: number): Uint8Array {
   checkCompressedLength(payload.byteLength);
@@ -31,10 +42,11 @@ export function decodeChunk(payload: Uint8Array, room: number): Uint8Array {
     throw protocolError(`a compressed frame names ${length} bytes (1 to ${MAX_COMPRESSED_CHUNK})`);
   }
   if (length > room) throw protocolError(`more than the ${room} bytes still announced`);
+  if (zlib === null) throw new Error("zstd used before loadDecompression() completed");
   let chunk: Uint8Array;
   try {
     // The output in one piece: with zlib's default 16 KiB pieces, joining them took most of the time.
-    chunk = zstdDecompressSync(payload.subarray(COMPRESSED_PREFIX), {
+    chunk = zlib.zstdDecompressSync(payload.subarray(COMPRESSED_PREFIX), {
       maxOutputLength: length,
       chunkSize: Math.max(length, 64),
     });

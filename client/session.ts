@@ -9,7 +9,7 @@
 
 import { ClientError, ExitCode, protocolError, ServerRefusal } from "./failure.ts";
 import { FrameReader, TruncatedError } from "./frame_reader.ts";
-import { checkCompressedLength, decodeChunk } from "./decompress.ts";
+import { checkCompressedLength, decodeChunk, loadDecompression } from "./decompress.ts";
 import {
   decodeJson,
   encodeLastRequest,
@@ -278,6 +278,7 @@ export class Session {
         }
         if (type === FrameType.Compressed && this.#compression !== undefined) {
           checkCompressedLength(len - 1);
+          await loadDecompression(); // before reading: the frame is a view valid until the next read
           const payload = await reader.readExact(len - 1, "a compressed frame");
           const chunk = decodeChunk(payload, maxBytes - end.received);
           end.received += chunk.byteLength;

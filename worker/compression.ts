@@ -8,7 +8,7 @@
  * @module
  */
 
-import { constants, zstdCompressSync } from "node:zlib";
+import type * as Zlib from "node:zlib";
 import { C, pread, trySend, WOULD_BLOCK } from "../ffi/libc.ts";
 import {
   COMPRESSED_PREFIX,
@@ -48,18 +48,38 @@ export const MIN_COMPRESSED_BODY = 1024;
  */
 const ZSTD_LEVEL = 1;
 
-/** The output in one piece of a chunk's size, not zlib's default 16 KiB pieces joined after. */
-const ZSTD_OPTIONS = {
-  params: { [constants.ZSTD_c_compressionLevel]: ZSTD_LEVEL },
-  chunkSize: COMPRESSION_CHUNK_BYTES,
-};
+/** node:zlib and the options of its zstd, once a client has offered zstd: see {@link zstd}. */
+let loaded: { zlib: typeof Zlib; options: Zlib.ZstdOptions } | null = null;
+
+/**
+ * node:zlib, loaded on the first answer that may be compressed. Loading it took 70-110 ms on a busy
+ * machine: a server whose clients never offer zstd should not pay that at every worker's start. The worker's
+ * loop never yields to the event loop, so the load is synchronous (the `process` of Deno's Node layer, which
+ * node:crypto has set up by then): it holds this worker once.
+ */
+function zstd(): { zlib: typeof Zlib; options: Zlib.ZstdOptions } {
+  if (loaded === null) {
+    // deno-lint-ignore no-process-global
+    const zlib = process.getBuiltinModule("node:zlib") as typeof Zlib;
+    loaded = {
+      zlib,
+      // The output in one piece of a chunk's size, not zlib's default 16 KiB pieces joined after.
+      options: {
+        params: { [zlib.constants.ZSTD_c_compressionLevel]: ZSTD_LEVEL },
+        chunkSize: COMPRESSION_CHUNK_BYTES,
+      },
+    };
+  }
+  return loaded;
+}
 
 /** Where chunks are read before they are compressed: one per worker, since a chunk is read and compressed in one go. */
 const readBuffer = new Uint8Array(COMPRESSION_CHUNK_BYTES);
 
 /** Compresses `raw`; returns the compressed bytes, or null if they would not save {@link MIN_SAVING}. */
 function compressChunk(raw: Uint8Array): Uint8Array | null {
-  const packed = zstdCompressSync(raw, ZSTD_OPTIONS);
+  const { zlib, options } = zstd();
+  const packed = zlib.zstdCompressSync(raw, options);
   return packed.byteLength + COMPRESSED_PREFIX <= raw.byteLength * (1 - MIN_SAVING) ? packed : null;
 }
 
