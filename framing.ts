@@ -195,8 +195,8 @@ export interface Request {
    */
   ranges?: [number, number][];
   /**
-   * `get`: the compressions the client can decode ({@link COMPRESSIONS}), for a server that may then send
-   * Compressed frames; absent, the answer is exactly that of a server without compression.
+   * `get` and a streamed `list`: the compressions the client can decode ({@link COMPRESSIONS}), for a server
+   * that may then send Compressed frames; absent, the answer is exactly that of a server without compression.
    */
   accept?: string[];
 }
@@ -279,7 +279,7 @@ export interface ResponseHeader {
   stream?: boolean;
   /** `sig`: bytes of the encoded signature that follow in Data frames (delta.ts's `encodeSignature`). */
   signatureLength?: number;
-  /** `get`: the compression of the Compressed frames that may follow (one the request's `accept` named). */
+  /** `get`, streamed `list`: the compression of the Compressed frames that may follow (one `accept` named). */
   compression?: Compression;
 }
 
@@ -487,17 +487,12 @@ export function parseRequest(payload: Uint8Array): Request {
       }
       request.ranges = checkRanges(ranges);
     }
-    if (accept !== undefined) {
-      if (
-        !Array.isArray(accept) || accept.length > MAX_ACCEPT || accept.some((a) => typeof a !== "string")
-      ) {
-        throw new ProtocolError(
-          ErrorCode.BadRequest,
-          `'accept' is not a list of at most ${MAX_ACCEPT} names`,
-        );
-      }
-      request.accept = accept as string[];
+  }
+  if ((op === "get" || op === "list") && accept !== undefined) {
+    if (!Array.isArray(accept) || accept.length > MAX_ACCEPT || accept.some((a) => typeof a !== "string")) {
+      throw new ProtocolError(ErrorCode.BadRequest, `'accept' is not a list of at most ${MAX_ACCEPT} names`);
     }
+    request.accept = accept as string[];
   }
   return request;
 }

@@ -353,11 +353,12 @@ export class Session {
         if (len < 0 || len > MAX_RESPONSE_FRAME) throw protocolError(`frame length ${len} in ${what}`);
         const [type] = await reader.readExact(1, "a frame type");
         if (type === FrameType.Error) await this.#refused(await this.#readJson(len - 1, "an error frame"));
-        if (type === FrameType.Entries) {
-          if (len - 1 > LIST_BATCH_BYTES) {
-            throw protocolError(`a batch of ${what} over ${LIST_BATCH_BYTES} bytes`);
-          }
-          const batch = await this.#readJson(len - 1, `a batch of ${what}`);
+        if (
+          type === FrameType.Entries || (type === FrameType.Compressed && this.#compression !== undefined)
+        ) {
+          const batch = type === FrameType.Entries
+            ? await this.#readBatch(len - 1, what)
+            : await this.#readCompressedBatch(len - 1, what);
           if (!Array.isArray(batch.entries)) throw protocolError(`a batch of ${what} has no entries`);
           received += batch.entries.length;
           if (onEntries !== undefined) onEntries(batch.entries);
@@ -403,11 +404,14 @@ export class Session {
     return { conn: this.#conn, reader: this.#reader };
   }
 
-  /** `request` with this session's offer of compression: in a `get` of a whole file, when `--compress`. */
+  /**
+   * `request` with this session's offer of compression, when `--compress`: in a `get` of a whole file and
+   * a streamed `list`.
+   */
   #offer(request: Request): Request {
-    return this.#options.compress && request.op === "get" && request.ranges === undefined
-      ? { ...request, accept: ["zstd"] }
-      : request;
+    const compressible = (request.op === "get" && request.ranges === undefined) ||
+      (request.op === "list" && request.stream === true);
+    return this.#options.compress && compressible ? { ...request, accept: ["zstd"] } : request;
   }
 
   /** Closes the connection, if any; the next request opens a new one. */
@@ -448,8 +452,25 @@ export class Session {
     return body as unknown as ResponseHeader;
   }
 
+  /** An Entries frame's JSON of `len` bytes, of the listing `what`. */
+  #readBatch(len: number, what: string): Promise<Record<string, unknown>> {
+    if (len > LIST_BATCH_BYTES) throw protocolError(`a batch of ${what} over ${LIST_BATCH_BYTES} bytes`);
+    return this.#readJson(len, `a batch of ${what}`);
+  }
+
+  /** A Compressed frame of `len` bytes holding an Entries frame's JSON, of the listing `what`. */
+  async #readCompressedBatch(len: number, what: string): Promise<Record<string, unknown>> {
+    checkCompressedLength(len);
+    await loadDecompression(); // before reading: the frame is a view valid until the next read
+    const bytes = decodeChunk(await this.#reader!.readExact(len, `a batch of ${what}`), LIST_BATCH_BYTES);
+    return this.#parseJson(bytes, `a batch of ${what}`);
+  }
+
   async #readJson(len: number, what: string): Promise<Record<string, unknown>> {
-    const bytes = await this.#reader!.readExact(len, what);
+    return this.#parseJson(await this.#reader!.readExact(len, what), what);
+  }
+
+  #parseJson(bytes: Uint8Array, what: string): Record<string, unknown> {
     let value: unknown;
     try {
       value = decodeJson(bytes);

@@ -209,9 +209,50 @@ Deno.test("mirror --compress copies a small tree byte-identical, compressing the
     const r = await runClient(["mirror", address, ".", out, "--compress", "--json"]);
     assert.equal(r.code, 0, r.stderr);
     assert.deepEqual(await treeOf(out), await treeOf(src));
+    await logged(server, /LIST "" recursive stream zstd /);
     const zstd = await logged(server, /GET .*result=ok zstd/, 7);
     assert.equal(zstd.length, 7, zstd.join("\n")); // the logs; not the noise, not 3 bytes
     assert.ok(server.log.some((l) => /GET "blob\.bin" .*result=ok$/.test(l)));
+  });
+});
+
+Deno.test("a streamed listing offered zstd comes in Compressed batches: the same entries in fewer bytes", async () => {
+  await withServer(async ({ src, server }) => {
+    for (let d = 0; d < 10; d++) {
+      await Deno.mkdir(`${src}/folder-${d}`);
+      for (let f = 0; f < 150; f++) {
+        await Deno.writeFile(`${src}/folder-${d}/file-${f}.txt`, new Uint8Array(0));
+      }
+    }
+    const conn = await RawConnection.open(server.ports[0]);
+    try {
+      const listings = [];
+      for (const accept of [undefined, ["zstd"]]) {
+        await conn.sendRequest({
+          op: "list",
+          path: "",
+          recursive: true,
+          stream: true,
+          ...(accept ? { accept } : {}),
+        });
+        listings.push(await readAnswer(conn));
+      }
+      const [plain, packed] = listings;
+      assert.match(plain.types, /^HL{2,}T$/);
+      assert.match(packed.types, /^HZ{2,}T$/);
+      assert.equal(plain.json[0].compression, undefined);
+      assert.equal(packed.json[0].compression, "zstd");
+      // The Z frames decode to the Entries frames' JSON: the same batches.
+      const batches = (l: typeof plain) => l.json.slice(1, -1).map((b) => b.entries);
+      const entriesOf = new TextDecoder().decode(packed.data).replaceAll(']}{"entries":[', ",");
+      assert.deepEqual(JSON.parse(entriesOf).entries, batches(plain).flat());
+      assert.equal(packed.json.at(-1)!.listed, 1500);
+    } finally {
+      conn.close();
+    }
+    const lines = await logged(server, /LIST "" recursive stream/, 2);
+    assert.match(lines[1], /LIST "" recursive stream zstd .*result=ok listed=1500/);
+    assert.ok(loggedBytes(lines[1]) < loggedBytes(lines[0]) / 3, lines.join("\n"));
   });
 });
 

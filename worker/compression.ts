@@ -116,6 +116,20 @@ function frameOf(raw: Uint8Array, packed: Uint8Array | null): Frame {
 }
 
 /**
+ * A whole Compressed frame holding `payload` (a streamed listing's batch of entries), or null if
+ * compressing it would not save {@link MIN_SAVING}.
+ */
+export function compressedFrame(payload: Uint8Array): Uint8Array | null {
+  const packed = compressChunk(payload);
+  if (packed === null) return null;
+  const frame = frameOf(payload, packed);
+  const whole = new Uint8Array(frame.header.byteLength + packed.byteLength);
+  whole.set(frame.header);
+  whole.set(packed, frame.header.byteLength);
+  return whole;
+}
+
+/**
  * The body of a `get` from `offset` to `end`, compressed, if the client offered zstd and a sample of the
  * bytes compresses; null to send them raw (with sendfile, as to a client that offered nothing). The
  * sample is read and compressed here, once: it becomes the body's first frame.

@@ -14,6 +14,7 @@
 import type { Body, PumpResult } from "./bodies.ts";
 import { C, close, type FileStat, getdents, LibcError, lstatAt, trySend, WOULD_BLOCK } from "../ffi/libc.ts";
 import { direntsOf, DT } from "../ffi/structs.ts";
+import { compressedFrame } from "./compression.ts";
 import {
   encodeJsonFrame,
   END_FRAME,
@@ -67,9 +68,14 @@ export function list(request: Readonly<Request>, ctx: ReplyContext): Reply {
     const body = opened instanceof LibcError ? openError(opened, path) : opened;
     return { label, pieces: [new ErrorPiece(body)], files: [] };
   }
-  const reply: Reply = { label, pieces: [], files: [] };
+  // A streamed listing's batches are compressed when the client offers zstd: paths repeat, and a large
+  // tree's listing is megabytes that a slow link carries before any file.
+  const compress = request.stream === true && request.accept?.includes("zstd") === true;
+  const reply: Reply = { label: compress ? `${label} zstd` : label, pieces: [], files: [] };
   const walk = new Walk(ctx, path, opened.fd, request.recursive === true);
-  reply.pieces.push(new ListingBody(walk, request.stream === true, (result) => reply.result = result));
+  reply.pieces.push(
+    new ListingBody(walk, request.stream === true, (result) => reply.result = result, compress),
+  );
   return reply;
 }
 
@@ -314,11 +320,18 @@ class ListingBody implements Body {
    * @param walk the walk to pump
    * @param stream true for Entries frames and a Trailer; false for one Header
    * @param setResult gives the request log's result once the walk is over
+   * @param compress streamed: send each batch as a Compressed frame when that saves enough
    */
-  constructor(readonly walk: Walk, readonly stream: boolean, readonly setResult: (r: string) => void) {
+  constructor(
+    readonly walk: Walk,
+    readonly stream: boolean,
+    readonly setResult: (r: string) => void,
+    readonly compress = false,
+  ) {
     if (stream) {
+      const header = { v: PROTOCOL_VERSION, status: "ok", stream: true };
       this.#queue.push(
-        encodeJsonFrame(FrameType.Header, { v: PROTOCOL_VERSION, status: "ok", stream: true }),
+        encodeJsonFrame(FrameType.Header, compress ? { ...header, compression: "zstd" } : header),
       );
     }
   }
@@ -413,7 +426,10 @@ class ListingBody implements Body {
     frame[this.#batchLength++] = 0x5d; // ]
     frame[this.#batchLength++] = 0x7d; // }
     putFrameLength(frame, 0, this.#batchLength - FRAME_HEADER_SIZE);
-    this.#queue.push(frame.subarray(0, this.#batchLength));
+    const packed = this.compress
+      ? compressedFrame(frame.subarray(FRAME_HEADER_SIZE + 1, this.#batchLength))
+      : null;
+    this.#queue.push(packed ?? frame.subarray(0, this.#batchLength));
     this.#batch = null;
   }
 
