@@ -147,6 +147,16 @@ Deno.test("a request that offers no compression gets Data frames only, as before
         assert.equal(rest.json[0].offset, 5000);
         assert.deepEqual(rest.data, data.subarray(5000));
       }
+      // Text, then bytes that do not compress (an archive after its header): the chunks that do not
+      // compress go as Data frames.
+      const mixed = new Uint8Array(2 * MiB);
+      mixed.set(logLike(64 * KiB, 4));
+      mixed.set(patterned(2 * MiB - 64 * KiB), 64 * KiB);
+      await Deno.writeFile(`${src}/mixed.bin`, mixed);
+      await conn.sendRequest({ op: "get", path: "mixed.bin", accept: ["zstd"] });
+      const parts = await readAnswer(conn);
+      assert.match(parts.types, /^HZD{8}T?$/);
+      assert.deepEqual(parts.data, mixed);
       await conn.send(
         encodeJsonFrame(FrameType.Request, { v: 1, op: "get", path: "big.log", accept: "zstd" }),
       );

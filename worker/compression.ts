@@ -1,7 +1,8 @@
 /**
- * Compressed `get` bodies (PROTOCOL.md "Compression"): when a client offers zstd, the server compresses a
- * file's bytes only if a sample of them compresses, and then one chunk at a time, each chunk an independent
- * zstd frame in its own Compressed frame, so the client can decode, resume and verify as it does raw bytes.
+ * Compressed `get` bodies and listing batches (PROTOCOL.md "Compression"): when a client offers zstd, the
+ * server compresses a file's bytes only if a sample of them compresses, and then one chunk at a time, each
+ * chunk an independent zstd frame in its own Compressed frame, so the client can decode, resume and verify
+ * as it does raw bytes.
  * The work is done in slices: at most one turn's budget of the file is read and compressed per turn, so a
  * connection that compresses delays the worker's other connections by a few milliseconds, not by a file.
  *
@@ -43,6 +44,12 @@ export const MIN_SAVING = 0.1;
 export const MIN_COMPRESSED_BODY = 1024;
 
 /**
+ * After this many chunks in a row that did not compress, a body stops trying and sends the rest raw: a
+ * file whose start compresses may go on with bytes that do not (an archive after its text header).
+ */
+export const GIVE_UP_AFTER = 4;
+
+/**
  * zstd's level: 1 compressed log-like text as well as 3 (20.7% against 20.9% of the bytes) and at least
  * as fast; the point is to keep a 100 Mbit/s link busy without the CPU becoming the bottleneck.
  */
@@ -73,7 +80,7 @@ function zstd(): { zlib: typeof Zlib; options: Zlib.ZstdOptions } {
   return loaded;
 }
 
-/** Where chunks are read before they are compressed: one per worker, since a chunk is read and compressed in one go. */
+/** Where chunks are read to be compressed: one per worker, as a chunk is read and compressed in one go. */
 const readBuffer = new Uint8Array(COMPRESSION_CHUNK_BYTES);
 
 /** Compresses `raw`; returns the compressed bytes, or null if they would not save {@link MIN_SAVING}. */
@@ -158,6 +165,8 @@ export function compressedBody(fd: number, offset: number, end: number): Compres
 export class CompressedFileBody implements Body {
   #frame: Frame | null;
   #offset: number;
+  /** Chunks in a row that did not compress. */
+  #misses = 0;
 
   /**
    * @param fd the open file
@@ -199,7 +208,9 @@ export class CompressedFileBody implements Body {
       if (sent >= budget || read >= budget) return { sent, status: "yield" };
       const length = Math.min(COMPRESSION_CHUNK_BYTES, this.end - this.#offset);
       const raw = readChunk(this.fd, this.#offset, length, this.end);
-      this.#frame = frameOf(raw, compressChunk(raw));
+      const packed = this.#misses < GIVE_UP_AFTER ? compressChunk(raw) : null;
+      this.#misses = packed === null ? this.#misses + 1 : 0;
+      this.#frame = frameOf(raw, packed);
       this.#offset += length;
       read += length;
     }
