@@ -12,6 +12,7 @@
 
 import { ClientError, ExitCode, protocolError, ServerRefusal } from "./failure.ts";
 import { FrameReader, TruncatedError } from "./frame_reader.ts";
+import { checkCompressedLength, decodeChunk, loadDecompression } from "./decompress.ts";
 import {
   AUTH_NONCE_BYTES,
   decodeJson,
@@ -152,6 +153,8 @@ export interface SessionOptions extends ConnectOptions {
   stallTimeoutMs: number;
   /** The token to prove on each connection (`--token-file`), or none. */
   token?: ClientToken | null;
+  /** Offer zstd in every `get` of whole files (`--compress`): the server compresses what pays. */
+  compress?: boolean;
 }
 
 /** What a response's body ended with. */
@@ -220,6 +223,8 @@ export class Session {
   #what = "";
   /** True while the answer to the connection's `auth` is still to be read, before any other. */
   #authOwed = false;
+  /** The compression the Header of the answer being read named, if any. */
+  #compression: string | undefined;
   readonly #onAbort = () => this.#drop();
 
   /**
@@ -249,7 +254,8 @@ export class Session {
       const before = reader.bytesRead;
       this.#between = false;
       try {
-        await writeAll(conn, options.last ? encodeLastRequest(request) : encodeRequest(request));
+        const offered = this.#offer(request);
+        await writeAll(conn, options.last ? encodeLastRequest(offered) : encodeRequest(offered));
         this.#ended = options.last === true;
         return await this.#readHeader();
       } catch (e) {
@@ -275,7 +281,7 @@ export class Session {
   async sendAhead(requests: Request[]): Promise<void> {
     if (this.#ended) this.#drop();
     const { conn } = await this.#open();
-    const frames = requests.map((r) => encodeRequest(r));
+    const frames = requests.map((r) => encodeRequest(this.#offer(r)));
     const bytes = new Uint8Array(frames.reduce((n, f) => n + f.byteLength, 0));
     frames.reduce((at, f) => (bytes.set(f, at), at + f.byteLength), 0);
     try {
@@ -329,6 +335,15 @@ export class Session {
             throw protocolError("the trailer has no valid sha256");
           }
           end.sha256 = trailer.sha256;
+          continue;
+        }
+        if (type === FrameType.Compressed && this.#compression !== undefined) {
+          checkCompressedLength(len - 1);
+          await loadDecompression(); // before reading: the frame is a view valid until the next read
+          const payload = await reader.readExact(len - 1, "a compressed frame");
+          const chunk = decodeChunk(payload, maxBytes - end.received);
+          end.received += chunk.byteLength;
+          await onData(chunk);
           continue;
         }
         if (type !== FrameType.Data) throw protocolError(`unexpected frame type ${type} in the body`);
@@ -399,11 +414,12 @@ export class Session {
         if (len < 0 || len > MAX_RESPONSE_FRAME) throw protocolError(`frame length ${len} in ${what}`);
         const [type] = await reader.readExact(1, "a frame type");
         if (type === FrameType.Error) await this.#refused(await this.#readJson(len - 1, "an error frame"));
-        if (type === FrameType.Entries) {
-          if (len - 1 > LIST_BATCH_BYTES) {
-            throw protocolError(`a batch of ${what} over ${LIST_BATCH_BYTES} bytes`);
-          }
-          const batch = await this.#readJson(len - 1, `a batch of ${what}`);
+        if (
+          type === FrameType.Entries || (type === FrameType.Compressed && this.#compression !== undefined)
+        ) {
+          const batch = type === FrameType.Entries
+            ? await this.#readBatch(len - 1, what)
+            : await this.#readCompressedBatch(len - 1, what);
           if (!Array.isArray(batch.entries)) throw protocolError(`a batch of ${what} has no entries`);
           received += batch.entries.length;
           if (onEntries !== undefined) onEntries(batch.entries);
@@ -506,6 +522,16 @@ export class Session {
     this.#what = what;
   }
 
+  /**
+   * `request` with this session's offer of compression, when `--compress`: in a `get` of a whole file and
+   * a streamed `list`.
+   */
+  #offer(request: Request): Request {
+    const compressible = (request.op === "get" && request.ranges === undefined) ||
+      (request.op === "list" && request.stream === true);
+    return this.#options.compress && compressible ? { ...request, accept: ["zstd"] } : request;
+  }
+
   /** Closes the connection, if any; the next request opens a new one. */
   #drop(): void {
     this.#reader?.dispose();
@@ -542,11 +568,34 @@ export class Session {
     if (body.status !== "ok") {
       throw protocolError(`the response header's status is ${JSON.stringify(body.status)}`);
     }
+    if (body.compression !== undefined && (body.compression !== "zstd" || !this.#options.compress)) {
+      throw protocolError(
+        `the server compressed with ${JSON.stringify(body.compression)}, which was not offered`,
+      );
+    }
+    this.#compression = body.compression;
     return body as unknown as ResponseHeader;
   }
 
+  /** An Entries frame's JSON of `len` bytes, of the listing `what`. */
+  #readBatch(len: number, what: string): Promise<Record<string, unknown>> {
+    if (len > LIST_BATCH_BYTES) throw protocolError(`a batch of ${what} over ${LIST_BATCH_BYTES} bytes`);
+    return this.#readJson(len, `a batch of ${what}`);
+  }
+
+  /** A Compressed frame of `len` bytes holding an Entries frame's JSON, of the listing `what`. */
+  async #readCompressedBatch(len: number, what: string): Promise<Record<string, unknown>> {
+    checkCompressedLength(len);
+    await loadDecompression(); // before reading: the frame is a view valid until the next read
+    const bytes = decodeChunk(await this.#reader!.readExact(len, `a batch of ${what}`), LIST_BATCH_BYTES);
+    return this.#parseJson(bytes, `a batch of ${what}`);
+  }
+
   async #readJson(len: number, what: string): Promise<Record<string, unknown>> {
-    const bytes = await this.#reader!.readExact(len, what);
+    return this.#parseJson(await this.#reader!.readExact(len, what), what);
+  }
+
+  #parseJson(bytes: Uint8Array, what: string): Record<string, unknown> {
     let value: unknown;
     try {
       value = decodeJson(bytes);

@@ -9,6 +9,7 @@
 
 import { ACCEPT_DEFERRAL_SECONDS } from "../channel/messages.ts";
 import { ClassicBody, FramedFileBody, ZeroPadding } from "./bodies.ts";
+import { CompressedFileBody } from "./compression.ts";
 import { EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT } from "../ffi/epoll.ts";
 import {
   C,
@@ -406,7 +407,9 @@ export class Connection {
           result = head.pump(this.fd, budget);
         } catch (e) {
           if (!(e instanceof FileShrankError)) throw e;
-          if (!(head instanceof FramedFileBody)) return this.#finish(false, `error (${e.message})`); // classic: no error frame
+          if (!(head instanceof FramedFileBody || head instanceof CompressedFileBody)) {
+            return this.#finish(false, `error (${e.message})`); // classic: no error frame
+          }
           // The frame header promised more bytes than the file now has: fill the frame with zeros, then
           // say that the file changed, so the client discards what it got instead of publishing a mix.
           releaseBodies(this.#out.splice(
