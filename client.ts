@@ -9,7 +9,7 @@
  * @module
  */
 
-import { basename } from "node:path";
+import { basename, join } from "node:path";
 import { parseArgs } from "node:util";
 import { Deadline } from "./client/deadline.ts";
 import { classify, ClientError, ExitCode, usageError } from "./client/failure.ts";
@@ -24,10 +24,21 @@ import {
   type TreeProgress,
 } from "./client/progress.ts";
 import { pull } from "./client/pull.ts";
+import { SIGN_HELP, signMain } from "./client/sign_cli.ts";
+import {
+  defaultStateDir,
+  loadTrustedKeys,
+  signedFileOf,
+  type TrustOptions,
+  VERSIONS_FILE,
+  VersionStore,
+} from "./client/trust.ts";
+import { STATE_DIR } from "./client/mirror_state.ts";
 import { delay } from "./client/retry.ts";
 import { type Endpoint, Session } from "./client/session.ts";
 import { splitHostPort } from "./host_port.ts";
 import { type ClientToken, readClientToken, TokenFileError } from "./tokens.ts";
+import { versionLine } from "./version.ts";
 
 /** The exit codes (defined in `failure.ts`), for scripts that import them from the CLI module. */
 export { ExitCode } from "./client/failure.ts";
@@ -41,14 +52,22 @@ Usage:
                                                 ('.' for the served root), over one connection
   client pull HOST:PORT [-o DIR|OUT]            receive the file a classic-mode server pushes: into DIR
                                                 under the server's name (default .), or as OUT
+${SIGN_HELP}
 
 Options:
   -o, --output OUT          where to write (get, pull)
   --delete                  mirror: remove local files the server no longer has, and emptied directories
   --dry-run                 mirror: list what would be fetched (and deleted, with --delete); change nothing
+  --compress                get, mirror: offer zstd; the server compresses the files whose sample
+                            compresses (worth it on links slower than about 1 Gbit/s; off by default)
   --no-verify               get, mirror: skip the SHA-256 check of what arrives (sizes are still checked);
                             a stream is then bound by the network, not by hashing (about 1.8 GB/s a core)
   --connect-timeout SECS    give up connecting after this long (default 10)
+  --tls                     speak TLS to HOST:PORT (a terminator such as HAProxy in front of the server),
+                            checking its certificate against the system's roots and --cacert
+  --cacert FILE             also trust the PEM certificate(s) in FILE (implies --tls)
+  --tls-server-name NAME    the name the certificate must carry, sent as SNI (implies --tls;
+                            default: HOST)
   --stall-timeout SECS      give up when a read waits this long for a byte (default 30)
   --timeout SECS            deadline for the whole run, connecting and retries included (default none);
                             counted from after --splay
@@ -61,8 +80,16 @@ Options:
                             The secret itself never goes over the network
   --lock FILE               hold an flock on FILE for the run; if another run holds it, exit 9 at once
   --splay SECS              first wait a random time in [0, SECS), so a fleet's timers do not fire together
+  --trust-key PUB           get, mirror: accept only files of a signed manifest (see README, "Signed
+                            releases"), signed by this minisign public key; repeat it for several keys
+  --manifest REMOTE_PATH    the manifest to go by (default: .ferry-manifest.json in the folder asked for,
+                            else in the nearest folder above it)
+  --state-dir DIR           get: where the manifest versions seen are kept (default
+                            $XDG_STATE_HOME/ferry, else ~/.local/state/ferry); mirror keeps them in
+                            LOCAL_DIR/.ferry
   --json                    print one JSON object per file on standard output (mirror: then a summary)
   -q, --quiet               print nothing but errors
+  --version                 print the version and exit
   -h, --help                show this help
 
 A file is received into .NAME.ferry-ETAG.part beside the target, checked against the server's size and
@@ -73,7 +100,8 @@ An existing target whose SHA-256 matches the server's is not transferred again (
 Exit codes:
   0 ok                     1 internal error (a bug)       2 usage
   3 connect or timeout     4 server busy after retries    5 not found / forbidden / not a file
-  6 protocol error, connection cut, or server failure     7 verification failed (size or SHA-256)
+  6 protocol error, connection cut, or server failure     7 verification failed (size or SHA-256), or a
+                                                           signed release refused
   8 local I/O error        9 locked: another run holds --lock or the same part file
   10 partial (mirror): the server's listing left something out; nothing was deleted
   11 unauthorized: no valid token, or the path is outside its scopes`;
@@ -88,6 +116,8 @@ interface ClientOptions {
   output: string | null;
   /** get, mirror: check the SHA-256 of what arrives. */
   verify: boolean;
+  /** get, mirror: offer zstd compression. */
+  compress: boolean;
   connectTimeoutMs: number;
   stallTimeoutMs: number;
   timeoutMs: number | null;
@@ -101,6 +131,12 @@ interface ClientOptions {
   quiet: boolean;
   /** The token of --token-file (or $FERRY_TOKEN_FILE), or null. */
   token: ClientToken | null;
+  /** --trust-key files: signed releases only (none: the server's word is taken). */
+  trustKeys: string[];
+  /** --manifest: the manifest's path on the server. */
+  manifest: string | null;
+  /** --state-dir: where get keeps the versions seen. */
+  stateDir: string | null;
 }
 
 /** Seconds from the command line, in milliseconds; `allowZero` for delays that may be none. */
@@ -127,7 +163,7 @@ export function parseServerAddress(text: string): Endpoint {
 /** The positional arguments each command takes, after HOST:PORT. */
 const POSITIONALS = { get: ["PATH"], pull: [], mirror: ["REMOTE_DIR", "LOCAL_DIR"] } as const;
 
-function parseClientArgs(argv: string[]): ClientOptions | "help" {
+function parseClientArgs(argv: string[]): ClientOptions | "help" | "version" {
   let parsed;
   try {
     parsed = parseArgs({
@@ -136,6 +172,9 @@ function parseClientArgs(argv: string[]): ClientOptions | "help" {
       options: {
         output: { type: "string", short: "o" },
         "connect-timeout": { type: "string" },
+        tls: { type: "boolean" },
+        cacert: { type: "string" },
+        "tls-server-name": { type: "string" },
         "stall-timeout": { type: "string" },
         timeout: { type: "string" },
         retries: { type: "string" },
@@ -146,9 +185,14 @@ function parseClientArgs(argv: string[]): ClientOptions | "help" {
         delete: { type: "boolean" },
         "dry-run": { type: "boolean" },
         "no-verify": { type: "boolean" },
+        compress: { type: "boolean" },
         json: { type: "boolean" },
+        "trust-key": { type: "string", multiple: true },
+        manifest: { type: "string" },
+        "state-dir": { type: "string" },
         quiet: { type: "boolean", short: "q" },
         help: { type: "boolean", short: "h" },
+        version: { type: "boolean" },
       },
     });
   } catch (e) {
@@ -157,6 +201,7 @@ function parseClientArgs(argv: string[]): ClientOptions | "help" {
   }
   const { values: v, positionals: p } = parsed;
   if (v.help) return "help";
+  if (v.version) return "version";
   const [command, address, ...rest] = p;
   if (command !== "get" && command !== "pull" && command !== "mirror") {
     throw usageError(command ? `unknown command '${command}'` : "give a command: get, mirror or pull");
@@ -172,6 +217,7 @@ function parseClientArgs(argv: string[]): ClientOptions | "help" {
   }
   if (command !== "mirror" && v.delete) throw usageError(`${command}: --delete is for mirror only`);
   if (command !== "mirror" && v["dry-run"]) throw usageError(`${command}: --dry-run is for mirror only`);
+  if (command === "pull" && v.compress) throw usageError("pull: classic mode has no compression");
   if (command === "pull" && v["no-verify"]) {
     throw usageError("pull: classic mode carries no SHA-256 to verify; --no-verify is for get and mirror");
   }
@@ -188,9 +234,27 @@ function parseClientArgs(argv: string[]): ClientOptions | "help" {
   if (command === "pull" && v["token-file"] !== undefined) {
     throw usageError("pull: classic mode has no handshake; --token-file is for get and mirror");
   }
+  const trustKeys = v["trust-key"] ?? [];
+  if (trustKeys.length === 0 && (v.manifest !== undefined || v["state-dir"] !== undefined)) {
+    throw usageError("--manifest and --state-dir go with --trust-key");
+  }
+  if (trustKeys.length > 0) {
+    if (command === "pull") {
+      throw usageError("pull: classic mode has no signed releases; --trust-key is for get and mirror");
+    }
+    if (v["no-verify"]) {
+      throw usageError("--trust-key checks every file's SHA-256: it cannot go with --no-verify");
+    }
+    if (v.output === "-") {
+      throw usageError("--trust-key: standard output cannot take back bytes that fail the check");
+    }
+    if (command === "mirror" && v["state-dir"] !== undefined) {
+      throw usageError(`mirror keeps the versions seen in LOCAL_DIR/${STATE_DIR}: --state-dir is for get`);
+    }
+  }
   return {
     command,
-    endpoint: parseServerAddress(address),
+    endpoint: { ...parseServerAddress(address), ...tlsOf(v, address) },
     path: command === "mirror" ? normalizeRemoteDir(rest[0]) : rest[0] ?? "",
     output: command === "mirror" ? rest[1] : v.output ?? null,
     connectTimeoutMs: seconds("connect-timeout", v["connect-timeout"]) ?? 10_000,
@@ -203,9 +267,13 @@ function parseClientArgs(argv: string[]): ClientOptions | "help" {
     delete: v.delete ?? false,
     dryRun: v["dry-run"] ?? false,
     verify: !v["no-verify"],
+    compress: v.compress ?? false,
     json: v.json ?? false,
     quiet: v.quiet ?? false,
     token: command === "pull" ? null : tokenOf(v["token-file"]),
+    trustKeys,
+    manifest: v.manifest === undefined ? null : normalizeRemoteDir(v.manifest),
+    stateDir: v["state-dir"] ?? null,
   };
 }
 
@@ -222,6 +290,30 @@ function tokenOf(flag: string | undefined): ClientToken | null {
     if (!(e instanceof TokenFileError)) throw e;
     throw usageError(`${flag !== undefined ? "--token-file" : "FERRY_TOKEN_FILE"}: ${e.message}`);
   }
+}
+
+/** `--tls`, `--cacert`, `--tls-server-name` as the endpoint's TLS settings (either of the last two implies TLS). */
+function tlsOf(
+  v: { tls?: boolean; cacert?: string; "tls-server-name"?: string },
+  address: string,
+): Pick<Endpoint, "tls"> {
+  if (!v.tls && v.cacert === undefined && v["tls-server-name"] === undefined) return {};
+  const caCerts: string[] = [];
+  if (v.cacert !== undefined) {
+    let pem: string;
+    try {
+      pem = Deno.readTextFileSync(v.cacert);
+    } catch (e) {
+      throw usageError(`--cacert: cannot read '${v.cacert}': ${(e as Error).message}`);
+    }
+    if (!pem.includes("-----BEGIN CERTIFICATE-----")) {
+      throw usageError(`--cacert: '${v.cacert}' holds no PEM certificate`);
+    }
+    caCerts.push(pem);
+  }
+  const serverName = v["tls-server-name"] ?? parseServerAddress(address).hostname;
+  if (serverName === "") throw usageError("--tls-server-name: give a name");
+  return { tls: { caCerts, serverName } };
 }
 
 /** Takes the run's lock: an flock on `path` (created if missing), held until the process ends. */
@@ -252,6 +344,7 @@ function jsonOf(r: FileReport): Record<string, unknown> {
     attempts: r.attempts,
     resumedFrom: r.resumedFrom,
     reused: r.reused,
+    requestId: r.requestId,
     error: r.error?.message,
     exitCode: r.error?.exitCode,
   };
@@ -312,6 +405,24 @@ function printReport(
   }
 }
 
+/** The signed-release checks the command line asks for, or undefined without --trust-key. */
+function trustOf(options: ClientOptions): TrustOptions | undefined {
+  if (options.trustKeys.length === 0) return undefined;
+  let versionsFile: string;
+  if (options.command === "mirror") versionsFile = join(options.output!, STATE_DIR, VERSIONS_FILE);
+  else {
+    const dir = options.stateDir ?? defaultStateDir();
+    if (dir === null) throw usageError("--trust-key: no HOME to keep the versions seen in: give --state-dir");
+    versionsFile = join(dir, VERSIONS_FILE);
+  }
+  return {
+    keys: loadTrustedKeys(options.trustKeys),
+    manifestPath: options.manifest ?? undefined,
+    versions: new VersionStore(versionsFile),
+    readOnly: options.dryRun,
+  };
+}
+
 /** Runs the command under the deadline; returns the exit code. */
 async function run(options: ClientOptions, deadline: Deadline): Promise<number> {
   const progress: Progress = Deno.stderr.isTerminal() && !options.quiet && !options.json
@@ -329,15 +440,38 @@ async function run(options: ClientOptions, deadline: Deadline): Promise<number> 
     printReport(report, options);
     return report.error?.exitCode ?? ExitCode.Ok;
   }
+  const trust = trustOf(options);
   const session = new Session(options.endpoint, common);
   try {
     if (options.command === "get") {
       const target = options.output ?? basename(options.path);
-      const report = await fetchFile(session, options.path, target, { ...common, lastRequest: true });
+      let expected;
+      try {
+        expected = trust && await signedFileOf(session, options.path, trust, common);
+      } catch (e) {
+        // Refused before the file: its report says so, as any failure of the file would.
+        const error = classify(deadline.expired ? deadline.error() : e);
+        const report: FileReport = {
+          path: options.path,
+          target,
+          status: "failed",
+          bytes: 0,
+          seconds: 0,
+          attempts: 0,
+          error,
+        };
+        printReport(report, options);
+        return error.exitCode;
+      }
+      const report = await fetchFile(session, options.path, target, {
+        ...common,
+        lastRequest: true,
+        expected,
+      });
       printReport(report, options);
       return report.error?.exitCode ?? ExitCode.Ok;
     }
-    return await runMirror(session, options, common);
+    return await runMirror(session, options, { ...common, trust });
   } catch (e) {
     throw deadline.expired ? deadline.error() : e;
   } finally {
@@ -411,11 +545,12 @@ const DEADLINE_GRACE_MS = 5_000;
 
 /** Runs the client with `argv`; returns the exit code. */
 export async function main(argv: string[]): Promise<number> {
+  if (argv[0] === "sign" || argv[0] === "keygen") return await signMain(argv);
   let lock: Deno.FsFile | null = null;
   try {
     const options = parseClientArgs(argv);
-    if (options === "help") {
-      console.log(HELP);
+    if (options === "help" || options === "version") {
+      console.log(options === "help" ? HELP : versionLine("ferry"));
       return ExitCode.Ok;
     }
     if (options.lock !== null) {

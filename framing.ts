@@ -52,6 +52,11 @@ export const FrameType = {
   Error: 0x45, // 'E'
   /** Server to client: a batch of a streamed listing's files, JSON {@link ListBatch}. */
   Entries: 0x4c, // 'L'
+  /**
+   * Server to client, in a `get` answer whose Header names a `compression`: file bytes as one independent
+   * compressed chunk, after their uncompressed length (u32, little-endian). See {@link COMPRESSED_PREFIX}.
+   */
+  Compressed: 0x5a, // 'Z'
 } as const;
 
 /** Error codes carried by error frames. */
@@ -213,6 +218,11 @@ export interface Request {
   name?: string;
   /** `auth`: HMAC-SHA256 over {@link AUTH_CONTEXT}, NUL, the nonce and the name, keyed by the secret; hex. */
   proof?: string;
+  /**
+   * `get` and a streamed `list`: the compressions the client can decode ({@link COMPRESSIONS}), for a server
+   * that may then send Compressed frames; absent, the answer is exactly that of a server without compression.
+   */
+  accept?: string[];
 }
 
 /** One file of a `list` answer. */
@@ -297,6 +307,10 @@ export interface ResponseHeader {
   nonce?: string;
   /** `auth`: the name of the token now in force on the connection. */
   name?: string;
+  /** The id of this answer in the server's request log (servers that predate it send none). */
+  requestId?: string;
+  /** `get`, streamed `list`: the compression of the Compressed frames that may follow (one `accept` named). */
+  compression?: Compression;
 }
 
 /** The JSON of a Trailer frame. */
@@ -313,6 +327,8 @@ export interface ErrorBody {
   message: string;
   /** For BUSY: how long the client should wait before trying again. */
   retryAfterMs?: number;
+  /** The id of this answer in the server's request log (none from the master's BUSY, nor older servers). */
+  requestId?: string;
 }
 
 const encoder = new TextEncoder();
@@ -446,11 +462,8 @@ export function parseRequest(payload: Uint8Array): Request {
   if (typeof value !== "object" || value === null || Array.isArray(value)) {
     throw new ProtocolError(ErrorCode.BadRequest, "request is not a JSON object");
   }
-  const { v, op, path, offset, ifMatch, ifNoneMatch, recursive, stream, ranges, name, proof } =
-    value as Record<
-      string,
-      unknown
-    >;
+  const { v, op, path, offset, ifMatch, ifNoneMatch, recursive, stream, ranges, name, proof, accept } =
+    value as Record<string, unknown>;
   if (!Number.isInteger(v)) {
     throw new ProtocolError(ErrorCode.BadRequest, "request has no integer version 'v'");
   }
@@ -513,6 +526,12 @@ export function parseRequest(payload: Uint8Array): Request {
       }
       request.ranges = checkRanges(ranges);
     }
+  }
+  if ((op === "get" || op === "list") && accept !== undefined) {
+    if (!Array.isArray(accept) || accept.length > MAX_ACCEPT || accept.some((a) => typeof a !== "string")) {
+      throw new ProtocolError(ErrorCode.BadRequest, `'accept' is not a list of at most ${MAX_ACCEPT} names`);
+    }
+    request.accept = accept as string[];
   }
   return request;
 }
@@ -684,3 +703,23 @@ export const SIGNATURE_HEADER_SIZE = 20;
 
 /** Bytes of one signature entry: the chunk's length (u32) and its hash prefix (8 bytes). */
 export const SIGNATURE_ENTRY_SIZE = 12;
+
+// Compression of a `get` answer (PROTOCOL.md "Compression").
+
+/** The compressions a `get` may offer in `accept` and a Header may name: zstd (RFC 8878). */
+export const COMPRESSIONS = ["zstd"] as const;
+
+/** One of {@link COMPRESSIONS}. */
+export type Compression = typeof COMPRESSIONS[number];
+
+/** Most names a request's `accept` may hold: later names are for later versions, not for padding. */
+export const MAX_ACCEPT = 8;
+
+/** Bytes before the compressed chunk in a Compressed frame (after the type byte): its uncompressed length. */
+export const COMPRESSED_PREFIX = 4;
+
+/**
+ * Most uncompressed bytes one Compressed frame may stand for, and most compressed bytes it may carry: a
+ * client decodes each frame whole, in memory, so a chunk is small (the server sends 64 KiB, then 256 KiB).
+ */
+export const MAX_COMPRESSED_CHUNK = 1024 * 1024;

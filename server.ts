@@ -12,22 +12,30 @@ import { HELP, parseServerArgs, UsageError } from "./server/options.ts";
 import { Master } from "./server/master.ts";
 import { WORKER_ARG } from "./server/worker_process.ts";
 import { raiseOpenFileLimit } from "./ffi/libc.ts";
+import { type Inherited, takeInheritedListeners } from "./server/inherited.ts";
+import { versionLine } from "./version.ts";
 
 async function main(argv: string[]): Promise<number> {
-  let options;
+  let options, inherited: Inherited;
   try {
-    options = parseServerArgs(argv);
+    inherited = takeInheritedListeners();
+  } catch (e) {
+    console.error(`ferry server: ${(e as Error).message}`);
+    return 1;
+  }
+  try {
+    options = parseServerArgs(argv, inherited.listeners.length);
   } catch (e) {
     if (!(e instanceof UsageError)) throw e;
     console.error(`ferry server: ${e.message} (see --help)`);
     return 2;
   }
-  if (options === "help") {
-    console.log(HELP);
+  if (options === "help" || options === "version") {
+    console.log(options === "help" ? HELP : versionLine("ferry-server"));
     return 0;
   }
   raiseOpenFileLimit();
-  const master = new Master(options);
+  const master = new Master(options, inherited);
   try {
     master.listen();
   } catch (e) {

@@ -14,8 +14,10 @@
 import {
   decodeHashKnown,
   type HandedConn,
+  MAX_ENDED_PER_DONE,
   MessageKind,
   receiveMessage,
+  sendDone,
   sendHashKnown,
   sendMessage,
   sendSignatureKnown,
@@ -29,6 +31,10 @@ import { loadHashing } from "./hashing.ts";
 import { parseWorkerArgs, type WorkerArgs } from "./channel/worker_args.ts";
 import { ReplyCache } from "./worker/reply_cache.ts";
 import { TokenStore } from "./worker/access.ts";
+import { ServedRoot } from "./worker/root_reload.ts";
+import { describeReload, workerReload } from "./reload_hooks.ts";
+import { attachMetricsRegion, workerMetrics } from "./metrics/registry.ts";
+import { jsonServiceLine } from "./channel/log_format.ts";
 
 export { parseWorkerArgs };
 import {
@@ -51,6 +57,8 @@ import {
  */
 const TURN_BUDGET = 512 * 1024;
 
+const NO_IDS: number[] = [];
+
 /** How often idle connections are looked for, in milliseconds. */
 const IDLE_SCAN_MS = 250;
 
@@ -65,7 +73,7 @@ function writeAllSync(writer: { writeSync(p: Uint8Array): number }, bytes: Uint8
 class BatchedLog {
   readonly #lines: string[] = [];
   /** @param writer stderr, or a file opened for append */
-  constructor(readonly writer: { writeSync(p: Uint8Array): number }) {}
+  constructor(public writer: { writeSync(p: Uint8Array): number }) {}
 
   /** Adds a line (without its newline). */
   push(line: string): void {
@@ -99,7 +107,9 @@ export interface ServeHooks {
  * SHA-256 cache and the reply cache. Used by {@link WorkerLoop}, and by tests that drive connections directly.
  */
 export function buildServeConfig(
-  args: Omit<WorkerArgs, "channelFd" | "requestLog">,
+  args:
+    & Pick<WorkerArgs, "workerId" | "root" | "push" | "idleTimeout" | "replyCacheBytes">
+    & Partial<Pick<WorkerArgs, "logFormat" | "logHealth" | "tokens" | "http">>,
   hooks: ServeHooks,
 ): ServeConfig {
   const hashes = new HashCache(hooks.serviceLine, hooks.hashKnown);
@@ -109,6 +119,8 @@ export function buildServeConfig(
     idleTimeoutMs: args.idleTimeout * 1000,
     turnBudget: TURN_BUDGET,
     workerId: args.workerId,
+    logFormat: args.logFormat ?? "text",
+    logHealth: args.logHealth ?? false,
     log: hooks.requestLine,
     hashes,
     signatures: new SignatureCache(hashes, hooks.serviceLine, hooks.signatureKnown),
@@ -144,16 +156,23 @@ class WorkerLoop {
    */
   #endedUntold = 0;
   #takenUntold = 0;
+  /**
+   * Ids of connections closed that the master has not been told of (it counts connections per address),
+   * or null when it does not count them: every Done then stays one message per turn.
+   */
+  readonly #closedUntold: number[] | null;
   /** The connections that hold a slot (the master counted each one handed over as holding one). */
   readonly #holding = new Set<Connection>();
   #channelEvents = EPOLLIN;
   /** Connections handed over that arrived without their fd, since the worker started. */
   #lostHandOffs = 0;
+  readonly #root: ServedRoot | null;
 
   /** @param args the worker's command line; its channel must be nonblocking already */
   constructor(args: WorkerArgs) {
     this.#args = args;
     this.#channel = args.channelFd;
+    this.#closedUntold = args.reportClosed ? [] : null;
     this.#requestLog = args.requestLog === null
       ? null
       : args.requestLog === "-"
@@ -168,6 +187,51 @@ class WorkerLoop {
       wake: (conn) => this.#woken.add(conn),
     });
     this.#epoll.add(this.#channel, EPOLLIN);
+    this.#root = args.root === null
+      ? null
+      : new ServedRoot(args.root, this.#config, () => this.#connections.values());
+    this.#addReloadHooks();
+  }
+
+  /** This worker's part of a reload (SIGHUP): see `reload_hooks.ts` for every hook. */
+  #addReloadHooks(): void {
+    const requestLog = this.#requestLog;
+    const path = this.#args.requestLog;
+    if (requestLog !== null && path !== null && path !== "-") {
+      workerReload.add({
+        name: "request log",
+        reload: () => {
+          // Opened before the old one is let go: a path that cannot be opened keeps the old file.
+          const reopened = Deno.openSync(path, { append: true, create: true, mode: 0o644 });
+          requestLog.flush();
+          const old = requestLog.writer;
+          requestLog.writer = reopened;
+          if (old instanceof Deno.FsFile) old.close();
+          return `${path} reopened`;
+        },
+      });
+    }
+    const root = this.#root;
+    if (root !== null) workerReload.add({ name: "root", reload: () => root.reload() });
+    const tokens = this.#config.tokens;
+    if (tokens !== null) {
+      workerReload.add({
+        name: "tokens",
+        reload: () => {
+          // The store logs what it read or why it kept the tokens in force.
+          if (!tokens.reload()) throw new Error(`${tokens.path} not taken, the tokens in force stay`);
+          return `${tokens.path} re-read`;
+        },
+      });
+    }
+  }
+
+  #reload(): void {
+    const outcomes = workerReload.runAll();
+    this.#serviceLine(`reloaded: ${describeReload(outcomes)}`);
+    const failed = outcomes.filter((o) => o.error !== null).length;
+    this.#flushLog(); // the master's "reloaded" comes after every worker's line
+    sendMessage(this.#channel, MessageKind.Reloaded, 0, failed);
   }
 
   /** Serves until told to stop or the master goes away; never returns. */
@@ -202,9 +266,11 @@ class WorkerLoop {
         const before = conn.interest;
         if (conn.checkIdle(now)) this.#settle(conn, before);
       }
+      if (this.#root !== null && this.#root.retiredCount > 0) this.#root.releaseUnused();
     }
     this.#flushLog();
     this.#tellEnded();
+    workerMetrics.connections(this.#connections.size, this.#holding.size);
   }
 
   /** Lets `conn` handle readiness `events` (0: a wake-up), then updates epoll to what it waits for now. */
@@ -216,7 +282,8 @@ class WorkerLoop {
 
   #settle(conn: Connection, interestBefore: number): void {
     if (conn.closed) {
-      this.#connections.delete(conn.fd); // close() already removed it from epoll: no other process holds it
+      // close() already removed it from epoll: no other process holds it
+      if (this.#connections.delete(conn.fd)) this.#closedUntold?.push(conn.id);
     } else if (conn.interest !== interestBefore) {
       this.#epoll.modify(conn.fd, conn.interest);
     }
@@ -237,14 +304,20 @@ class WorkerLoop {
   }
 
   #tellEnded(): void {
-    if (this.#endedUntold === 0 && this.#takenUntold === 0) return;
-    // Done: `arg` slots freed, `id` slots taken again (connections that were waiting got their request).
-    if (sendMessage(this.#channel, MessageKind.Done, this.#takenUntold, this.#endedUntold)) {
+    const closed = this.#closedUntold ?? NO_IDS;
+    const untold = () => this.#endedUntold !== 0 || this.#takenUntold !== 0 || closed.length > 0;
+    if (!untold()) return;
+    // Done: `arg` slots freed, `id` slots taken again (connections that were waiting got their request),
+    // and the ids of connections that closed, a message's worth at a time.
+    while (untold()) {
+      const ids = closed.length <= MAX_ENDED_PER_DONE ? closed : closed.slice(0, MAX_ENDED_PER_DONE);
+      if (!sendDone(this.#channel, this.#takenUntold, this.#endedUntold, ids)) break;
       this.#endedUntold = this.#takenUntold = 0;
+      closed.splice(0, ids.length);
     }
     // A channel the master has not read yet may be full (a socketpair holds only a few messages): the
     // count is then kept, and sent when epoll says the channel has room again.
-    const wanted = this.#endedUntold === 0 && this.#takenUntold === 0 ? EPOLLIN : EPOLLIN | EPOLLOUT;
+    const wanted = untold() ? EPOLLIN | EPOLLOUT : EPOLLIN;
     if (wanted !== this.#channelEvents) this.#epoll.modify(this.#channel, this.#channelEvents = wanted);
   }
 
@@ -263,7 +336,8 @@ class WorkerLoop {
           conn.closeIfIdle();
           this.#settle(conn, before);
         }
-      } else if (message.kind === MessageKind.HashKnown) {
+      } else if (message.kind === MessageKind.Reload) this.#reload();
+      else if (message.kind === MessageKind.HashKnown) {
         const { etag, sha256 } = decodeHashKnown(message.payload);
         this.#config.hashes.learn(etag, sha256);
       } else if (message.kind === MessageKind.SignatureKnown) {
@@ -299,6 +373,7 @@ class WorkerLoop {
   #onLost(ids: readonly number[]): void {
     this.#lostHandOffs += ids.length;
     this.#endedUntold += ids.length;
+    this.#closedUntold?.push(...ids);
     this.#serviceLine(
       `${ids.length} connection(s) handed over were closed unserved (no fd free: the worker's open-file ` +
         `limit is reached; ${this.#lostHandOffs} so far)`,
@@ -313,7 +388,7 @@ class WorkerLoop {
     if (!conn.closed) {
       this.#connections.set(conn.fd, conn);
       this.#epoll.add(conn.fd, conn.interest);
-    }
+    } else this.#closedUntold?.push(conn.id);
     this.#account(conn);
   }
 
@@ -322,18 +397,22 @@ class WorkerLoop {
       return new Connection(fd, id, mode === ServeMode.Classic, this.#config, peer);
     } catch (e) {
       // E.g. the pushed file was removed: this connection fails, the worker goes on.
-      this.#serviceLog.push(
-        `worker ${this.#args.workerId}: cannot serve connection ${id}: ${(e as Error).message}`,
-      );
+      this.#serviceLine(`cannot serve connection ${id}: ${(e as Error).message}`);
       close(fd);
       this.#endedUntold++;
+      this.#closedUntold?.push(id);
       return null;
     }
   }
 
   /** A line of the worker's own log, stamped and attributed. */
   #serviceLine(line: string): void {
-    this.#serviceLog.push(`${new Date().toISOString()} worker=${this.#args.workerId} ${line}`);
+    const time = new Date().toISOString();
+    this.#serviceLog.push(
+      this.#args.logFormat === "json"
+        ? jsonServiceLine(time, { worker: this.#args.workerId }, line)
+        : `${time} worker=${this.#args.workerId} ${line}`,
+    );
   }
 
   #flushLog(): void {
@@ -353,8 +432,14 @@ export async function runWorker(args: WorkerArgs): Promise<never> {
   // Ctrl-C and systemd's SIGTERM reach the whole process group: the master decides how to stop.
   ignoreSignal(C.SIGINT);
   ignoreSignal(C.SIGTERM);
+  // A reload or an upgrade is the master's to carry out, even when the signal reaches the whole group.
+  ignoreSignal(C.SIGHUP);
+  ignoreSignal(C.SIGUSR2);
   raiseOpenFileLimit();
   setNonBlocking(args.channelFd, true);
+  if (args.metricsFd !== -1) {
+    workerMetrics.attach(attachMetricsRegion(args.metricsFd, args.metricsSlots), args.workerId);
+  }
   const loop = new WorkerLoop(args);
   sendMessage(args.channelFd, MessageKind.Ready);
   // The master may hand over connections from now on; they wait in the channel while this loads.

@@ -1,7 +1,7 @@
 /**
  * The master-worker channel: one `SOCK_SEQPACKET` Unix socketpair per worker carrying small messages of
  * fixed layouts. Every message starts with four little-endian u32: kind, connection id, argument,
- * reserved. Most are 64 bytes, with a 48-byte payload after that header (a file's hash with
+ * and a fourth (with Done: how many closed connections' ids follow; else 0). Most are 64 bytes, with a 48-byte payload after that header (a file's hash with
  * {@link MessageKind.HashKnown}); a {@link MessageKind.SignatureKnown} carries one fd besides, a memfd
  * holding a file version's signature. A {@link MessageKind.Conns} message hands over up to
  * {@link MAX_CONNS_PER_MESSAGE} client fds at once as SCM_RIGHTS, with one 40-byte record per
@@ -37,6 +37,9 @@ function connsMessageSize(count: number): number {
 /** Bytes of payload: room for a sockaddr_in6 (28), or a 16-byte file identity digest and a 32-byte SHA-256. */
 export const PAYLOAD_SIZE = 48;
 
+/** Ids of closed connections one Done message carries: 12 u32 fill its 48-byte payload. */
+export const MAX_ENDED_PER_DONE = PAYLOAD_SIZE / 4;
+
 /** What a channel message says. */
 export const MessageKind = {
   /** worker -> master: started and ready for connections. */
@@ -46,7 +49,10 @@ export const MessageKind = {
   /**
    * worker -> master: `arg` slots were freed (connections that ended, or that wait for their client's
    * request or linger after an error, which need no slot), and `id` were taken again (waiting
-   * connections whose request arrived). A worker sends one per loop turn, not one per connection.
+   * connections whose request arrived). The fourth u32 counts the connections that closed (up to
+   * {@link MAX_ENDED_PER_DONE}), whose ids fill the payload, so that the master can count connections
+   * per client address (only when it asks for them: `reportClosed` in the worker's arguments). A worker
+   * sends one per loop turn (more when more connections closed in it than one message holds).
    */
   Done: 3,
   /** master -> worker: finish the connections you have, then exit. */
@@ -62,6 +68,13 @@ export const MessageKind = {
    * holds the encoded signature, so the master relays the fd and never touches the signature's bytes.
    */
   SignatureKnown: 6,
+  /**
+   * master -> worker: re-read what you own (SIGHUP): the worker runs its reload hooks
+   * (`reload_hooks.ts`), then answers Reloaded.
+   */
+  Reload: 7,
+  /** worker -> master: the reload is done; `arg` hooks failed (and kept their old state). */
+  Reloaded: 8,
 } as const;
 
 /**
@@ -100,6 +113,8 @@ export interface Message {
   lostIds: number[];
   /** With SignatureKnown: the fd it carried, now the receiver's to close; -1 if it was lost on the way. */
   fd: number;
+  /** With Done: the ids of connections that closed; else empty. */
+  ended: readonly number[];
 }
 
 /** One connection handed from the master to a worker. */
@@ -206,6 +221,31 @@ function hexOf(bytes: Uint8Array): string {
 }
 
 /**
+ * Sends a Done message: `freed` slots freed, `taken` taken again, and the ids of connections that closed
+ * (at most {@link MAX_ENDED_PER_DONE}). Returns false if the channel is full. Throws LibcError when the
+ * peer is gone.
+ */
+export function sendDone(
+  channel: number,
+  taken: number,
+  freed: number,
+  endedIds: readonly number[],
+): boolean {
+  if (endedIds.length > MAX_ENDED_PER_DONE) {
+    throw new Error(
+      `channel: ${endedIds.length} ended ids in one Done message, at most ${MAX_ENDED_PER_DONE}`,
+    );
+  }
+  outView.setUint32(0, MessageKind.Done, true);
+  outView.setUint32(4, taken, true);
+  outView.setUint32(8, freed, true);
+  outView.setUint32(12, endedIds.length, true);
+  outBuf.fill(0, PAYLOAD_OFFSET, MESSAGE_SIZE);
+  for (let i = 0; i < endedIds.length; i++) outView.setUint32(PAYLOAD_OFFSET + 4 * i, endedIds[i], true);
+  return trySendWithFds(channel, outBuf, MESSAGE_SIZE, NO_FDS);
+}
+
+/**
  * Hands `conns` (1 to {@link MAX_CONNS_PER_MESSAGE}) to a worker in one message, with their fds. Returns
  * false if the channel is full (nothing was sent). Throws LibcError when the worker is gone.
  */
@@ -248,7 +288,16 @@ export function receiveMessage(channel: number): Message | "closed" | null {
       { length: arg },
       (_, i) => inView.getUint32(PAYLOAD_OFFSET + i * CONN_RECORD_SIZE, true),
     );
-    return { kind, id: 0, arg, payload: inBuf.subarray(0, 0), conns: NO_CONNS, lostIds, fd: -1 };
+    return {
+      kind,
+      id: 0,
+      arg,
+      payload: inBuf.subarray(0, 0),
+      conns: NO_CONNS,
+      lostIds,
+      fd: -1,
+      ended: NO_IDS,
+    };
   }
   // A signature whose memfd did not arrive (the receiver had no fd free) costs only that cache entry: the
   // message comes with fd -1, and the receiver signs the file itself if it is asked for it.
@@ -260,6 +309,10 @@ export function receiveMessage(channel: number): Message | "closed" | null {
     );
   }
   if (kind !== MessageKind.Conns) {
+    const endedCount = kind === MessageKind.Done ? inView.getUint32(12, true) : 0;
+    if (endedCount > MAX_ENDED_PER_DONE) {
+      throw new Error(`channel: Done message with ${endedCount} ended ids, at most ${MAX_ENDED_PER_DONE}`);
+    }
     return {
       kind,
       id: inView.getUint32(4, true),
@@ -268,6 +321,9 @@ export function receiveMessage(channel: number): Message | "closed" | null {
       conns: NO_CONNS,
       lostIds: NO_IDS,
       fd: got.fds[0] ?? -1,
+      ended: endedCount === 0
+        ? NO_IDS
+        : Array.from({ length: endedCount }, (_, i) => inView.getUint32(PAYLOAD_OFFSET + 4 * i, true)),
     };
   }
   const conns: HandedConn[] = [];
@@ -280,5 +336,5 @@ export function receiveMessage(channel: number): Message | "closed" | null {
       peer: inBuf.subarray(at + 8, at + CONN_RECORD_SIZE),
     });
   }
-  return { kind, id: 0, arg, payload: inBuf.subarray(0, 0), conns, lostIds: NO_IDS, fd: -1 };
+  return { kind, id: 0, arg, payload: inBuf.subarray(0, 0), conns, lostIds: NO_IDS, fd: -1, ended: NO_IDS };
 }

@@ -9,6 +9,8 @@
  * @module
  */
 
+import type { LogFormat } from "./log_format.ts";
+
 /** The flag that carries the JSON. */
 const FLAG = "--worker-config";
 
@@ -32,6 +34,19 @@ export interface WorkerArgs {
   http?: boolean;
   /** The `--tokens` file, read by the worker (and again on reload); null or absent: no tokens. */
   tokens?: string | null;
+  /**
+   * Tell the master the id of each connection that closes (it counts connections per address for
+   * --max-conns-per-ip); off, a turn's Done message carries counts only. Absent means off.
+   */
+  reportClosed?: boolean;
+  /** The inherited metrics region (a memfd), or -1 when metrics are off. */
+  metricsFd: number;
+  /** The region's slots (the master's and one per worker). */
+  metricsSlots: number;
+  /** How log lines are written. */
+  logFormat: LogFormat;
+  /** Whether `ping` requests are logged. */
+  logHealth: boolean;
 }
 
 /** Parses the worker's arguments (the master's {@link workerArgv} output). */

@@ -53,6 +53,8 @@ export interface RetryAdvice {
   retryable?: boolean;
   /** The server's hint: do not try again sooner than this, in milliseconds. */
   retryAfterMs?: number;
+  /** The id the server gave the answer that failed, to find it in the server's log. */
+  requestId?: string;
 }
 
 /** A failure with the exit code it maps to; its message is the one line printed on stderr. */
@@ -63,6 +65,8 @@ export class ClientError extends Error {
   readonly retryable: boolean;
   /** The server's lower bound for the next try, in milliseconds. */
   readonly retryAfterMs: number | undefined;
+  /** The server's id of the answer that failed, when a server answered with one. */
+  readonly requestId: string | undefined;
   /**
    * @param exitCode one of {@link ExitCode}
    * @param message one line saying what went wrong
@@ -74,6 +78,7 @@ export class ClientError extends Error {
     this.exitCode = exitCode;
     this.retryable = advice.retryable ?? false;
     this.retryAfterMs = advice.retryAfterMs;
+    this.requestId = advice.requestId;
   }
 }
 
@@ -97,7 +102,8 @@ export class ServerRefusal extends Error {
    */
   constructor(body: ErrorBody, what: string) {
     const retry = body.retryAfterMs !== undefined ? ` (retry after ${body.retryAfterMs}ms)` : "";
-    super(`server refused ${what}: ${body.code}: ${body.message}${retry}`);
+    const id = typeof body.requestId === "string" ? ` [request ${body.requestId}]` : "";
+    super(`server refused ${what}: ${body.code}: ${body.message}${retry}${id}`);
     this.name = "ServerRefusal";
     this.body = body;
   }
@@ -109,18 +115,23 @@ const REFUSED_PATH: readonly string[] = [ErrorCode.NotFound, ErrorCode.Forbidden
 /** Maps a server's Error frame to its exit code and retry advice. */
 function fromRefusal(e: ServerRefusal): ClientError {
   const { code, retryAfterMs } = e.body;
+  const requestId = typeof e.body.requestId === "string" ? e.body.requestId : undefined;
   if (code === ErrorCode.Busy) {
-    return new ClientError(ExitCode.Busy, e.message, { retryable: true, retryAfterMs });
+    return new ClientError(ExitCode.Busy, e.message, { retryable: true, retryAfterMs, requestId });
   }
-  if (REFUSED_PATH.includes(code)) return new ClientError(ExitCode.NotFound, e.message);
-  if (code === ErrorCode.Unauthorized) return new ClientError(ExitCode.Unauthorized, e.message);
+  if (REFUSED_PATH.includes(code)) return new ClientError(ExitCode.NotFound, e.message, { requestId });
+  if (code === ErrorCode.Unauthorized) {
+    return new ClientError(ExitCode.Unauthorized, e.message, { requestId });
+  }
   // The server gave up waiting for our request: a slow network or a stopped client, worth another try.
-  if (code === ErrorCode.Timeout) return new ClientError(ExitCode.Connect, e.message, { retryable: true });
+  if (code === ErrorCode.Timeout) {
+    return new ClientError(ExitCode.Connect, e.message, { retryable: true, requestId });
+  }
   // The file moved on while we fetched it: the next try fetches the new version whole.
   if (code === ErrorCode.FileChanged || code === ErrorCode.Changed) {
-    return new ClientError(ExitCode.Protocol, e.message, { retryable: true });
+    return new ClientError(ExitCode.Protocol, e.message, { retryable: true, requestId });
   }
-  return new ClientError(ExitCode.Protocol, e.message);
+  return new ClientError(ExitCode.Protocol, e.message, { requestId });
 }
 
 /** Turns any failure into a ClientError with its exit code and retry advice. */

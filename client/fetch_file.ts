@@ -23,7 +23,7 @@ import type { Hash } from "node:crypto";
 import { createSha256, loadHashing } from "../hashing.ts";
 import type { Deadline } from "./deadline.ts";
 import { C, close, fstat, LibcError, OPEN, openAt } from "../ffi/libc.ts";
-import { classify, ClientError, ExitCode, protocolError, ServerRefusal } from "./failure.ts";
+import { classify, ClientError, ExitCode, protocolError, ServerRefusal, usageError } from "./failure.ts";
 import { ErrorCode, isSha256Hex, PROTOCOL_VERSION, type Request, type ResponseHeader } from "../framing.ts";
 import type { Progress } from "./progress.ts";
 import { reopen } from "./local_tree.ts";
@@ -40,6 +40,7 @@ import {
 } from "./publish.ts";
 import { withRetries } from "./retry.ts";
 import { DELTA_MIN_BYTES, fetchDelta } from "./delta_fetch.ts";
+import type { ManifestFile } from "./manifest.ts";
 import type { Session } from "./session.ts";
 import { deviceSink, type Sink, stdoutSink, targetKind } from "./sink.ts";
 
@@ -62,6 +63,12 @@ export interface FetchOptions {
   listed?: { size: number; sha256?: string };
   /** Each request is the last on its connection (a one-file run): the end frame goes out behind it. */
   lastRequest?: boolean;
+  /**
+   * What a signed manifest says of the file (`trust.ts`): the bytes written must have this size and
+   * SHA-256, whatever the server says, and no local hash is offered, so the server cannot call a copy
+   * current. Implies the SHA-256 check.
+   */
+  expected?: ManifestFile;
 }
 
 /** What became of one file: a line of `--json` (see README). */
@@ -86,6 +93,8 @@ export interface FileReport {
   resumedFrom?: number;
   /** Bytes of the new version copied from the old copy, when it was fetched by delta. */
   reused?: number;
+  /** The server's id of its last answer for this file (from servers that send one). */
+  requestId?: string;
   /** Why it failed. */
   error?: ClientError;
 }
@@ -98,6 +107,7 @@ interface GetHeader {
   sha256?: string;
   unchanged: boolean;
   meta: PublishMetadata;
+  requestId?: string;
 }
 
 function checkHeader(header: ResponseHeader): GetHeader {
@@ -123,6 +133,7 @@ function checkHeader(header: ResponseHeader): GetHeader {
     sha256,
     unchanged: header.unchanged === true,
     meta: { mtimeNs: mtime, mode: Number.isInteger(mode) ? mode : undefined },
+    requestId: typeof header.requestId === "string" ? header.requestId : undefined,
   };
 }
 
@@ -398,7 +409,9 @@ async function tryOnce(
 ): Promise<Fetched> {
   const what = JSON.stringify(path);
   for (let restarted = false;; restarted = true) {
-    const localSha256 = await holder.prepare();
+    const prepared = await holder.prepare();
+    // With a manifest, the local copy's hash is not offered: a server could answer "unchanged" to anything.
+    const localSha256 = options.expected === undefined ? prepared : undefined;
     if (holder instanceof FileHolder && options.verify && !holder.deltaTried && holder.held === 0) {
       holder.deltaTried = true;
       const delta = await tryDelta(session, path, holder, localSha256, options, report);
@@ -429,6 +442,11 @@ async function tryOnce(
       }
       throw e;
     }
+    const contradiction = manifestContradiction(header, options.expected, what);
+    if (contradiction !== null) {
+      if (header.unchanged) await session.finish();
+      throw contradiction;
+    }
     if (header.unchanged) {
       await session.finish();
       await holder.unchanged();
@@ -452,26 +470,60 @@ async function tryOnce(
     } finally {
       options.progress.end();
     }
-    return await verifyAndCommit(holder, header, header.sha256 ?? end.sha256, what);
+    return await verifyAndCommit(holder, header, header.sha256 ?? end.sha256, what, options.expected);
   }
 }
 
-/** Checks that `holder` has the whole file with the `expected` SHA-256, and publishes it. */
+/**
+ * With a manifest: the refusal of an answer the manifest contradicts before any byte is written (an
+ * "unchanged" that was not asked for, another size, or the server's own SHA-256 another); else null.
+ */
+function manifestContradiction(
+  header: GetHeader,
+  expected: ManifestFile | undefined,
+  what: string,
+): ClientError | null {
+  if (expected === undefined) return null;
+  const contradiction = header.unchanged
+    ? `the server calls ${what} unchanged, but no local copy has the signed manifest's SHA-256`
+    : header.size !== expected.size
+    ? `the server's ${what} has ${header.size} bytes, the signed manifest says ${expected.size}`
+    : header.sha256 !== undefined && header.sha256 !== expected.sha256
+    ? `the server's ${what} has SHA-256 ${header.sha256}, the signed manifest says ${expected.sha256}`
+    : null;
+  return contradiction === null
+    ? null
+    : new ClientError(ExitCode.Verification, `${contradiction}: not published`);
+}
+
+/**
+ * Checks that `holder` has the whole file with the `expected` SHA-256 (the signed manifest's when there
+ * is one, else the server's), and publishes it.
+ */
 async function verifyAndCommit(
   holder: Holder,
   header: GetHeader,
   expected: string | undefined,
   what: string,
+  signed?: ManifestFile,
 ): Promise<Fetched> {
   const actual = holder.digest();
+  const wanted = signed?.sha256 ?? expected;
   const mismatch = holder.held !== header.size
     ? `received ${holder.held} bytes, the server announced ${header.size}`
-    : expected !== undefined && actual !== undefined && expected !== actual
-    ? `SHA-256 mismatch for ${what}: received ${actual}, the server has ${expected}`
+    : signed !== undefined && holder.held !== signed.size
+    ? `received ${holder.held} bytes of ${what}, the signed manifest says ${signed.size}: not published`
+    : wanted !== undefined && actual !== undefined && wanted !== actual
+    ? `SHA-256 mismatch for ${what}: received ${actual}, the ${
+      signed !== undefined ? "signed manifest" : "server"
+    } has ${wanted}${signed !== undefined ? ": not published" : ""}`
     : null;
   if (mismatch !== null) {
-    // The part is corrupt: the next try starts from byte 0 (a stream cannot: what is written stays).
-    const retryable = await holder.discard();
+    // The part is corrupt: the next try starts from byte 0 (a stream cannot: what is written stays). Bytes
+    // unlike the signed ones but like the server's own hash are what it has: asking again brings the same;
+    // bytes unlike both were damaged on the way.
+    const discarded = await holder.discard();
+    const retryable = discarded && (signed === undefined || (expected !== undefined && expected !== actual));
     throw new ClientError(ExitCode.Verification, mismatch, { retryable });
   }
   await holder.commit(header);
@@ -511,12 +563,23 @@ async function tryDelta(
       onReceived: (n) => report.bytes += n,
     });
     if (result === null) return null;
+    const contradiction = manifestContradiction(result.header, options.expected, JSON.stringify(path));
+    if (contradiction !== null) {
+      await holder.discard(); // what the delta built is not the signed file: nothing of it is kept
+      throw contradiction;
+    }
     if (result.header.unchanged) {
       await holder.unchanged();
       return { unchanged: true, header: result.header, sha256: result.sha256 };
     }
     report.reused = result.reused;
-    return await verifyAndCommit(holder, result.header, result.sha256, JSON.stringify(path));
+    return await verifyAndCommit(
+      holder,
+      result.header,
+      result.sha256,
+      JSON.stringify(path),
+      options.expected,
+    );
   } finally {
     old.close();
   }
@@ -534,12 +597,19 @@ export async function fetchFile(
   options: FetchOptions,
 ): Promise<FileReport> {
   const started = performance.now();
+  if (options.expected !== undefined) options = { ...options, verify: true, listed: options.expected };
   const shown = typeof target === "string" ? target : shownPath(target);
   const report: FileReport = { path, target: shown, status: "failed", bytes: 0, seconds: 0, attempts: 0 };
   let holder: Holder | null = null;
   let ownPlace: Place | null = null;
   try {
     const kind = typeof target === "string" ? await targetKind(target) : "file";
+    if (options.expected !== undefined && kind !== "file") {
+      // Bytes given to a stream cannot be taken back when they fail the check.
+      throw usageError(
+        `--trust-key needs a file to write to: ${shown} cannot take back what fails the check`,
+      );
+    }
     if (options.verify) await loadHashing(); // hashChunks, used for a local copy either way, loads it itself
     if (kind === "file") {
       let place: Place;
@@ -571,8 +641,10 @@ export async function fetchFile(
     report.size = fetched.header.size;
     report.sha256 = fetched.sha256;
     if (fetched.header.offset > 0 && !fetched.unchanged) report.resumedFrom = fetched.header.offset;
+    report.requestId = fetched.header.requestId;
   } catch (e) {
     report.error = options.deadline.expired ? options.deadline.error() : classify(e);
+    report.requestId = report.error.requestId;
   } finally {
     await holder?.close();
     ownPlace?.dir.close();

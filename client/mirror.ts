@@ -24,6 +24,7 @@ import {
 } from "./failure.ts";
 import { fetchFile, type FetchOptions, type FileReport } from "./fetch_file.ts";
 import { ErrorCode, isSha256Hex, type ListEntry, PROTOCOL_VERSION } from "../framing.ts";
+import type { ManifestFile } from "./manifest.ts";
 import { type Folder, FolderCache, type LocalDir, LocalIoError, LocalTree } from "./local_tree.ts";
 import type { Place } from "./publish.ts";
 import {
@@ -43,6 +44,13 @@ import { deleteExtraneous } from "./mirror_delete.ts";
 import { NO_TREE_PROGRESS, type Progress, type TreeProgress } from "./progress.ts";
 import { loadState, type MirrorState, saveState, STATE_DIR } from "./mirror_state.ts";
 import { fetchTree, type TreeFile } from "./tree_fetch.ts";
+import {
+  checkTreeAgainst,
+  fetchRelease,
+  type Release,
+  type TrustOptions,
+  writeReleaseFiles,
+} from "./trust.ts";
 import { withRetries } from "./retry.ts";
 import type { Listing, Session } from "./session.ts";
 
@@ -59,6 +67,11 @@ export interface MirrorOptions extends Omit<FetchOptions, "listed"> {
   dryRun?: boolean;
   /** Shows the run as a whole (the per-file `progress` is not used). */
   treeProgress?: TreeProgress;
+  /**
+   * Signed releases (`trust.ts`): the manifest is checked before the listing, the listing against the
+   * manifest before any file is fetched, and every file's bytes against the manifest's SHA-256.
+   */
+  trust?: TrustOptions;
 }
 
 /** The counts of the summary line, and the run's exit code. */
@@ -193,6 +206,8 @@ class Item implements TreeFile {
   /** What lstat said of the local copy, when there is one. */
   local?: StatIdentity;
   need: Need = { kind: "fast" };
+  /** True when a signed manifest is in force: the entry carries the manifest's size and hash. */
+  signed = false;
 
   constructor(
     readonly entry: ListEntry,
@@ -211,6 +226,10 @@ class Item implements TreeFile {
 
   get localSha256(): string | undefined {
     return this.need.kind === "fast" ? this.need.localSha256 : undefined;
+  }
+
+  get expected(): ManifestFile | undefined {
+    return this.signed ? { size: this.entry.size, sha256: this.entry.sha256! } : undefined;
   }
 }
 
@@ -308,6 +327,8 @@ class MirrorRun {
   readonly progress: TreeProgress;
   /** The bytes of the one-by-one fetches, counted on the run's bar. */
   readonly #bytes: Progress;
+  /** The signed manifest the run goes by, when trusting keys. */
+  release: Release | null = null;
 
   constructor(
     readonly session: Session,
@@ -407,6 +428,11 @@ class MirrorRun {
     }
   }
 
+  /** What the manifest says of a file (its entry carries the manifest's size and hash once checked). */
+  #signed(entry: ListEntry): { size: number; sha256: string } | undefined {
+    return this.release === null ? undefined : { size: entry.size, sha256: entry.sha256! };
+  }
+
   /** Sends `item` the way its need says. */
   #route(item: Item): void {
     const need = item.need;
@@ -465,6 +491,7 @@ class MirrorRun {
         : local.folders.folderOf(rel);
       if (folder === null) return this.#wouldUpdate(entry!, rel);
       const item = new Item(entry!, rel, folder, basename(rel));
+      item.signed = this.release !== null;
       item.need = needOf(item, local!.state);
       this.#route(item);
     } catch (e) {
@@ -493,7 +520,8 @@ class MirrorRun {
   async reportWouldFetch(): Promise<void> {
     for (const item of [...this.#fast, ...this.#oneByOne]) {
       const localSha256 = item.need.kind === "fast" ? item.need.localSha256 : undefined;
-      if (localSha256 === undefined) {
+      // With a manifest, the server's hash says nothing: a copy unlike the manifest's would be fetched.
+      if (localSha256 === undefined || this.release !== null) {
         this.#wouldUpdate(item.entry, item.rel);
         continue;
       }
@@ -533,9 +561,11 @@ class MirrorRun {
         };
         if (outcome.status === "failed") {
           report.error = outcome.error;
+          report.requestId = outcome.error.requestId;
           this.local.state.delete(item.rel);
         } else {
           report.size = outcome.size;
+          report.requestId = outcome.requestId;
           if (outcome.sha256 !== undefined && verify) report.sha256 = outcome.sha256;
           this.#remember(item, outcome.sha256, outcome.etag ?? "");
         }
@@ -560,6 +590,7 @@ class MirrorRun {
         ...this.options,
         listed: item.entry,
         progress: this.#bytes,
+        expected: this.#signed(item.entry),
       });
       this.count(report, item.entry.size);
       if (report.status === "failed") this.local.state.delete(item.rel);
@@ -585,6 +616,8 @@ class MirrorRun {
     if (listing.truncated || listing.leftOut.count > 0 || this.unusable > 0) {
       this.summary.problems.push(incompleteListing(listing, this.unusable, this.options.delete));
     } else if (this.#local !== null) {
+      const own = this.#ownReleaseFiles();
+      for (const name of own) this.keep.add(name);
       this.#local.state.retain((rel) => this.keep.has(rel));
       if (this.options.delete && !this.options.deadline.expired) {
         this.progress.phase("deleting");
@@ -604,6 +637,17 @@ class MirrorRun {
     }
     this.summary.exitCode = worstExitCode([...this.#codes, ...this.summary.problems.map((p) => p.exitCode)]);
     if (this.dryRun || this.#local === null) return;
+    if (
+      this.release !== null && this.summary.exitCode === ExitCode.Ok && this.#ownReleaseFiles().length > 0
+    ) {
+      // LOCAL_DIR is then a signed tree too, that `minisign -V` checks and another server can serve.
+      try {
+        writeReleaseFiles(this.#local.tree.root, this.release);
+      } catch (e) {
+        this.summary.problems.push(classify(e));
+        this.summary.exitCode = worstExitCode([this.summary.exitCode, ExitCode.LocalIo]);
+      }
+    }
     const { tree, state } = this.#local;
     try {
       if (state.changed) {
@@ -614,6 +658,13 @@ class MirrorRun {
       // The tree is as it should be; only the next run's shortcut is lost, which costs it some hashing.
       this.options.onNotice?.(`${(e as Error).message} (the next run hashes what it cannot trust)`);
     }
+  }
+
+  /** The manifest and signature as LOCAL_DIR holds them, when the manifest signs REMOTE_DIR itself. */
+  #ownReleaseFiles(): string[] {
+    if (this.release === null || this.release.base !== this.remoteDir) return [];
+    const name = basename(this.release.path);
+    return [name, `${name}.minisig`];
   }
 
   /** Closes LOCAL_DIR and its folders. */
@@ -639,11 +690,22 @@ export async function mirror(
 ): Promise<MirrorSummary> {
   const run = new MirrorRun(session, remoteDir, localDir, options, onFile, summary);
   try {
+    if (options.trust !== undefined) {
+      run.release = await fetchRelease(session, remoteDir, options.trust, options);
+    }
     run.progress.phase("listing");
-    // Each batch is planned as it arrives, while the server walks on.
+    // Each batch is planned as it arrives, while the server walks on; with a manifest, only once the whole
+    // listing agrees with it, so that a refused tree has nothing fetched, made or deleted for it.
+    const held: unknown[] = [];
     const listing = await listRemote(session, remoteDir, options, (batch) => {
-      for (const value of batch) run.plan(value);
+      for (const value of batch) {
+        if (run.release !== null) held.push(value);
+        else run.plan(value);
+      }
     });
+    if (run.release !== null) {
+      for (const value of checkTreeAgainst(run.release, remoteDir, held)) run.plan(value);
+    }
     run.open(); // an empty listing still makes LOCAL_DIR (a dry run only looks for it)
     run.progress.phase("hashing");
     await run.hash();

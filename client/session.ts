@@ -12,6 +12,7 @@
 
 import { ClientError, ExitCode, protocolError, ServerRefusal } from "./failure.ts";
 import { FrameReader, TruncatedError } from "./frame_reader.ts";
+import { checkCompressedLength, decodeChunk, loadDecompression } from "./decompress.ts";
 import {
   AUTH_NONCE_BYTES,
   decodeJson,
@@ -40,6 +41,16 @@ export interface Endpoint {
   hostname: string;
   /** TCP port. */
   port: number;
+  /** Speak TLS (to a terminator in front of the server, e.g. HAProxy or stunnel); absent for plain TCP. */
+  tls?: TlsSettings;
+}
+
+/** How the client checks the TLS terminator it talks to (`--tls`, `--cacert`, `--tls-server-name`). */
+export interface TlsSettings {
+  /** PEM certificates trusted besides the built-in roots (`--cacert`). */
+  caCerts: string[];
+  /** The name the certificate must carry, sent as SNI. @default the endpoint's hostname */
+  serverName: string;
 }
 
 /** `HOST:PORT`, with brackets around an IPv6 address. */
@@ -55,8 +66,12 @@ export interface ConnectOptions {
   signal?: AbortSignal;
 }
 
-/** Connects within the connect timeout. Failures are retryable ClientErrors with exit code 3. */
-export async function connectTcp(endpoint: Endpoint, options: ConnectOptions): Promise<Deno.TcpConn> {
+/**
+ * Connects within the connect timeout, with the TLS handshake when `endpoint.tls` says so (the timeout
+ * covers both). Failures are ClientErrors with exit code 3, retryable but for a certificate that does not
+ * check out (a wrong CA or name will not change by trying again).
+ */
+export async function connectTcp(endpoint: Endpoint, options: ConnectOptions): Promise<Deno.Conn> {
   const where = describeEndpoint(endpoint);
   const { signal, connectTimeoutMs } = options;
   let timer: ReturnType<typeof setTimeout> | undefined;
@@ -77,20 +92,52 @@ export async function connectTcp(endpoint: Endpoint, options: ConnectOptions): P
     signal?.addEventListener("abort", onAbort, { once: true });
   });
   if (signal?.aborted) onAbort();
-  const attempt = Deno.connect({ hostname: endpoint.hostname, port: endpoint.port });
+  const attempt = Deno.connect({ hostname: endpoint.hostname, port: endpoint.port }).then(
+    (tcp): Deno.Conn | Promise<Deno.Conn> => {
+      tcp.setNoDelay(true);
+      return endpoint.tls === undefined ? tcp : handshake(tcp, endpoint.tls);
+    },
+  );
   try {
-    const conn = await Promise.race([attempt, giveUp]);
-    conn.setNoDelay(true);
-    return conn;
+    return await Promise.race([attempt, giveUp]);
   } catch (e) {
     attempt.then((late) => late.close(), () => {}); // a connection that completes after we gave up
     if (e instanceof ClientError) throw e;
-    throw new ClientError(ExitCode.Connect, `cannot connect to ${where}: ${(e as Error).message}`, {
+    const message = (e as Error).message.split("\n")[0];
+    if (e instanceof TlsFailure) {
+      throw new ClientError(ExitCode.Connect, `cannot connect to ${where}: TLS: ${message}`, {
+        retryable: !e.certificate,
+      });
+    }
+    throw new ClientError(ExitCode.Connect, `cannot connect to ${where}: ${message}`, {
       retryable: true,
     });
   } finally {
     clearTimeout(timer);
     signal?.removeEventListener("abort", onAbort);
+  }
+}
+
+/** A TLS handshake that failed; `certificate` when the terminator's certificate did not check out. */
+class TlsFailure extends Error {
+  constructor(message: string, readonly certificate: boolean) {
+    super(message);
+  }
+}
+
+/** Starts TLS on `tcp` and completes the handshake, so that a bad certificate fails here, not at a read. */
+async function handshake(tcp: Deno.TcpConn, tls: TlsSettings): Promise<Deno.TlsConn> {
+  let conn: Deno.TlsConn | null = null;
+  try {
+    conn = await Deno.startTls(tcp, { hostname: tls.serverName, caCerts: tls.caCerts });
+    await conn.handshake();
+    return conn;
+  } catch (e) {
+    if (conn !== null) conn.close();
+    else tcp.close();
+    // rustls reports a certificate it refuses as invalid data ("invalid peer certificate: UnknownIssuer").
+    const certificate = e instanceof Deno.errors.InvalidData || /certificate/i.test((e as Error).message);
+    throw new TlsFailure(`handshake with '${tls.serverName}' failed: ${(e as Error).message}`, certificate);
   }
 }
 
@@ -106,6 +153,8 @@ export interface SessionOptions extends ConnectOptions {
   stallTimeoutMs: number;
   /** The token to prove on each connection (`--token-file`), or none. */
   token?: ClientToken | null;
+  /** Offer zstd in every `get` of whole files (`--compress`): the server compresses what pays. */
+  compress?: boolean;
 }
 
 /** What a response's body ended with. */
@@ -163,7 +212,7 @@ export class Session {
   /** Connections opened so far. */
   connections = 0;
   readonly #options: SessionOptions;
-  #conn: Deno.TcpConn | null = null;
+  #conn: Deno.Conn | null = null;
   #reader: FrameReader | null = null;
   /** True when no response is in progress on the connection: it can take the next request. */
   #between = true;
@@ -174,6 +223,8 @@ export class Session {
   #what = "";
   /** True while the answer to the connection's `auth` is still to be read, before any other. */
   #authOwed = false;
+  /** The compression the Header of the answer being read named, if any. */
+  #compression: string | undefined;
   readonly #onAbort = () => this.#drop();
 
   /**
@@ -203,7 +254,8 @@ export class Session {
       const before = reader.bytesRead;
       this.#between = false;
       try {
-        await writeAll(conn, options.last ? encodeLastRequest(request) : encodeRequest(request));
+        const offered = this.#offer(request);
+        await writeAll(conn, options.last ? encodeLastRequest(offered) : encodeRequest(offered));
         this.#ended = options.last === true;
         return await this.#readHeader();
       } catch (e) {
@@ -229,7 +281,7 @@ export class Session {
   async sendAhead(requests: Request[]): Promise<void> {
     if (this.#ended) this.#drop();
     const { conn } = await this.#open();
-    const frames = requests.map((r) => encodeRequest(r));
+    const frames = requests.map((r) => encodeRequest(this.#offer(r)));
     const bytes = new Uint8Array(frames.reduce((n, f) => n + f.byteLength, 0));
     frames.reduce((at, f) => (bytes.set(f, at), at + f.byteLength), 0);
     try {
@@ -283,6 +335,15 @@ export class Session {
             throw protocolError("the trailer has no valid sha256");
           }
           end.sha256 = trailer.sha256;
+          continue;
+        }
+        if (type === FrameType.Compressed && this.#compression !== undefined) {
+          checkCompressedLength(len - 1);
+          await loadDecompression(); // before reading: the frame is a view valid until the next read
+          const payload = await reader.readExact(len - 1, "a compressed frame");
+          const chunk = decodeChunk(payload, maxBytes - end.received);
+          end.received += chunk.byteLength;
+          await onData(chunk);
           continue;
         }
         if (type !== FrameType.Data) throw protocolError(`unexpected frame type ${type} in the body`);
@@ -353,11 +414,12 @@ export class Session {
         if (len < 0 || len > MAX_RESPONSE_FRAME) throw protocolError(`frame length ${len} in ${what}`);
         const [type] = await reader.readExact(1, "a frame type");
         if (type === FrameType.Error) await this.#refused(await this.#readJson(len - 1, "an error frame"));
-        if (type === FrameType.Entries) {
-          if (len - 1 > LIST_BATCH_BYTES) {
-            throw protocolError(`a batch of ${what} over ${LIST_BATCH_BYTES} bytes`);
-          }
-          const batch = await this.#readJson(len - 1, `a batch of ${what}`);
+        if (
+          type === FrameType.Entries || (type === FrameType.Compressed && this.#compression !== undefined)
+        ) {
+          const batch = type === FrameType.Entries
+            ? await this.#readBatch(len - 1, what)
+            : await this.#readCompressedBatch(len - 1, what);
           if (!Array.isArray(batch.entries)) throw protocolError(`a batch of ${what} has no entries`);
           received += batch.entries.length;
           if (onEntries !== undefined) onEntries(batch.entries);
@@ -388,7 +450,7 @@ export class Session {
     this.#drop();
   }
 
-  async #open(): Promise<{ conn: Deno.TcpConn; reader: FrameReader }> {
+  async #open(): Promise<{ conn: Deno.Conn; reader: FrameReader }> {
     if (this.#conn === null || this.#reader === null) {
       const conn = await connectTcp(this.endpoint, this.#options);
       if (this.#options.signal?.aborted) {
@@ -417,7 +479,7 @@ export class Session {
    * never does); its answer is read by {@link #readHeader} before the next request's. A server that gives
    * no nonce takes no tokens, and the connection goes on without.
    */
-  async #authenticate(conn: Deno.TcpConn, token: ClientToken): Promise<void> {
+  async #authenticate(conn: Deno.Conn, token: ClientToken): Promise<void> {
     const what = this.#what;
     this.#what = "the handshake (hello)";
     await writeAll(conn, encodeRequest({ v: PROTOCOL_VERSION, op: "hello" }));
@@ -460,6 +522,16 @@ export class Session {
     this.#what = what;
   }
 
+  /**
+   * `request` with this session's offer of compression, when `--compress`: in a `get` of a whole file and
+   * a streamed `list`.
+   */
+  #offer(request: Request): Request {
+    const compressible = (request.op === "get" && request.ranges === undefined) ||
+      (request.op === "list" && request.stream === true);
+    return this.#options.compress && compressible ? { ...request, accept: ["zstd"] } : request;
+  }
+
   /** Closes the connection, if any; the next request opens a new one. */
   #drop(): void {
     this.#reader?.dispose();
@@ -496,11 +568,34 @@ export class Session {
     if (body.status !== "ok") {
       throw protocolError(`the response header's status is ${JSON.stringify(body.status)}`);
     }
+    if (body.compression !== undefined && (body.compression !== "zstd" || !this.#options.compress)) {
+      throw protocolError(
+        `the server compressed with ${JSON.stringify(body.compression)}, which was not offered`,
+      );
+    }
+    this.#compression = body.compression;
     return body as unknown as ResponseHeader;
   }
 
+  /** An Entries frame's JSON of `len` bytes, of the listing `what`. */
+  #readBatch(len: number, what: string): Promise<Record<string, unknown>> {
+    if (len > LIST_BATCH_BYTES) throw protocolError(`a batch of ${what} over ${LIST_BATCH_BYTES} bytes`);
+    return this.#readJson(len, `a batch of ${what}`);
+  }
+
+  /** A Compressed frame of `len` bytes holding an Entries frame's JSON, of the listing `what`. */
+  async #readCompressedBatch(len: number, what: string): Promise<Record<string, unknown>> {
+    checkCompressedLength(len);
+    await loadDecompression(); // before reading: the frame is a view valid until the next read
+    const bytes = decodeChunk(await this.#reader!.readExact(len, `a batch of ${what}`), LIST_BATCH_BYTES);
+    return this.#parseJson(bytes, `a batch of ${what}`);
+  }
+
   async #readJson(len: number, what: string): Promise<Record<string, unknown>> {
-    const bytes = await this.#reader!.readExact(len, what);
+    return this.#parseJson(await this.#reader!.readExact(len, what), what);
+  }
+
+  #parseJson(bytes: Uint8Array, what: string): Record<string, unknown> {
     let value: unknown;
     try {
       value = decodeJson(bytes);

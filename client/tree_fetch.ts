@@ -28,6 +28,7 @@ import type { Deadline } from "./deadline.ts";
 import type { LocalDir } from "./local_tree.ts";
 import { LocalIoError } from "./local_tree.ts";
 import { isResumableTag } from "./publish.ts";
+import type { ManifestFile } from "./manifest.ts";
 import type { Session } from "./session.ts";
 import {
   close,
@@ -52,6 +53,11 @@ export interface TreeFile {
   readonly name: string;
   /** SHA-256 of the local copy, sent as `ifNoneMatch`; none when there is no copy. */
   readonly localSha256?: string;
+  /**
+   * What a signed manifest says of the file: the bytes written must have this size and SHA-256, whatever
+   * the server says (and no local hash is offered: the server cannot call the copy current).
+   */
+  readonly expected?: ManifestFile;
 }
 
 /** What became of a file. */
@@ -68,6 +74,8 @@ export type TreeOutcome =
     bytes: number;
     /** From the request to publication. */
     seconds: number;
+    /** The server's id of its answer, if it sent one. */
+    requestId?: string;
   }
   | { status: "failed"; error: ClientError; bytes: number; seconds: number }
   /** Not done here: fetch it one by one (`fetch_file.ts`). */
@@ -116,6 +124,7 @@ interface Written<F extends TreeFile = TreeFile> {
   sha256?: string;
   etag: string;
   size: number;
+  requestId?: string;
 }
 
 /**
@@ -174,6 +183,7 @@ export async function fetchTree<F extends TreeFile>(
           sha256: written.sha256 ?? flight.file.localSha256,
           etag: written.etag,
           size: written.size,
+          requestId: written.requestId,
           bytes: 0,
           seconds: secondsSince(flight.started),
         });
@@ -222,7 +232,7 @@ function retriedElsewhere(e: ServerRefusal): boolean {
 
 function requestOf(file: TreeFile): Request {
   const request: Request = { v: PROTOCOL_VERSION, op: "get", path: file.path };
-  if (file.localSha256 !== undefined) request.ifNoneMatch = file.localSha256;
+  if (file.localSha256 !== undefined && file.expected === undefined) request.ifNoneMatch = file.localSha256;
   return request;
 }
 
@@ -239,14 +249,20 @@ async function receive<F extends TreeFile>(
   received: { bytes: number },
   beforeLargeBody: () => void,
 ): Promise<
-  Written<F> | { unchanged: true; size: number; etag: string; sha256?: string } | { handedBack: true }
+  | Written<F>
+  | { unchanged: true; size: number; etag: string; sha256?: string; requestId?: string }
+  | { handedBack: true }
 > {
   const { file } = flight;
   const header = await session.next(JSON.stringify(file.path));
   const { size, etag, sha256 } = checkHeader(header);
+  const requestId = typeof header.requestId === "string" ? header.requestId : undefined;
+  if (file.expected !== undefined) {
+    await refuseUnlikeManifest(session, file, header.unchanged === true, size, sha256);
+  }
   if (header.unchanged === true) {
     await session.finish();
-    return { unchanged: true, size, etag, sha256 };
+    return { unchanged: true, size, etag, sha256, requestId };
   }
   if (size >= LARGE_BODY) beforeLargeBody();
   const part = `.${file.name}.ferry-${etag}.part`;
@@ -282,19 +298,22 @@ async function receive<F extends TreeFile>(
         retryable: true,
       });
     }
-    const expected = sha256 ?? end.sha256;
+    const claimed = sha256 ?? end.sha256;
+    const expected = file.expected?.sha256 ?? claimed;
     const actual = hash?.digest("hex");
     if (expected !== undefined && actual !== undefined && expected !== actual) {
+      const by = file.expected !== undefined ? "the signed manifest has" : "the server has";
       throw new ClientError(
         ExitCode.Verification,
-        `SHA-256 mismatch for ${JSON.stringify(file.path)}: received ${actual}, the server has ${expected}`,
-        { retryable: true },
+        `SHA-256 mismatch for ${JSON.stringify(file.path)}: received ${actual}, ${by} ${expected}`,
+        // Bytes unlike the server's own hash were damaged on the way; the server's own bytes come back alike.
+        { retryable: claimed !== actual },
       );
     }
     if (header.mode !== undefined) fchmod(fd, header.mode & 0o777); // no set-id bits from a server
     if (header.mtimeNs !== undefined) futimens(fd, BigInt(header.mtimeNs));
     published = true;
-    return { flight, part, sha256: actual ?? expected, etag, size };
+    return { flight, part, sha256: actual ?? expected, etag, size, requestId };
   } catch (e) {
     if (e instanceof LibcError) throw new LocalIoError(`cannot write ${file.dir.shownPath(part)}`, e);
     throw e;
@@ -302,6 +321,35 @@ async function receive<F extends TreeFile>(
     close(fd);
     if (!published) removeQuietly(file.dir, part);
   }
+}
+
+/**
+ * With a manifest: refuses an answer the manifest contradicts before any byte is written (an "unchanged"
+ * that was not asked for, another size, or the server's own SHA-256 another); its body is read and dropped
+ * so that the answers behind it stay in step, or the connection closed.
+ */
+async function refuseUnlikeManifest(
+  session: Session,
+  file: TreeFile,
+  unchanged: boolean,
+  size: number,
+  sha256: string | undefined,
+): Promise<void> {
+  const expected = file.expected!;
+  const what = JSON.stringify(file.path);
+  const contradiction = unchanged
+    ? `the server calls ${what} unchanged, but no local copy has the signed manifest's SHA-256`
+    : size !== expected.size
+    ? `the server's ${what} has ${size} bytes, the signed manifest says ${expected.size}`
+    : sha256 !== undefined && sha256 !== expected.sha256
+    ? `the server's ${what} has SHA-256 ${sha256}, the signed manifest says ${expected.sha256}`
+    : null;
+  if (contradiction === null) return;
+  if (unchanged) await session.finish();
+  // At most the signed size is read and dropped: a body longer than that costs the connection (readBody
+  // closes it), never endless data; the answers behind it are then asked for again on a new one.
+  else await session.readBody(expected.size, () => Promise.resolve()).catch(() => {});
+  throw new ClientError(ExitCode.Verification, `${contradiction}: not published`);
 }
 
 /** The fields of a `get` header this path relies on, checked. */
@@ -400,6 +448,7 @@ class Batch<F extends TreeFile> {
         sha256: w.sha256,
         etag: w.etag,
         size: w.size,
+        requestId: w.requestId,
         bytes,
         seconds,
       });

@@ -42,12 +42,15 @@ const symbols = {
   sendmsg: { parameters: ["i32", "buffer", "i32"], result: "isize" }, // ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
   recvmsg: { parameters: ["i32", "buffer", "i32"], result: "isize" }, // ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
   send: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" }, // ssize_t send(int fd, const void *buf, size_t len, int flags)
+  sendto: { parameters: ["i32", "buffer", "usize", "i32", "buffer", "u32"], result: "isize" }, // ssize_t sendto(int fd, const void *buf, size_t len, int flags, const struct sockaddr *addr, socklen_t addrlen)
   recv: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" }, // ssize_t recv(int fd, void *buf, size_t len, int flags)
   read: { parameters: ["i32", "buffer", "usize"], result: "isize" }, // ssize_t read(int fd, void *buf, size_t count)
   write: { parameters: ["i32", "buffer", "usize"], result: "isize" }, // ssize_t write(int fd, const void *buf, size_t count)
   pread: { parameters: ["i32", "buffer", "usize", "i64"], result: "isize" }, // ssize_t pread(int fd, void *buf, size_t count, off_t offset)
   pwrite: { parameters: ["i32", "buffer", "usize", "i64"], result: "isize" }, // ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset)
   memfd_create: { parameters: ["buffer", "u32"], result: "i32" }, // int memfd_create(const char *name, unsigned int flags)
+  ftruncate: { parameters: ["i32", "i64"], result: "i32" }, // int ftruncate(int fd, off_t length)
+  mmap: { parameters: ["pointer", "usize", "i32", "i32", "i32", "i64"], result: "pointer" }, // void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
   fallocate: { parameters: ["i32", "i32", "i64", "i64"], result: "i32" }, // int fallocate(int fd, int mode, off_t offset, off_t len)
   sendfile: { parameters: ["i32", "i32", "buffer", "usize"], result: "isize" }, // ssize_t sendfile(int out, int in, off_t *offset, size_t count)
   fcntl: { parameters: ["i32", "i32", "i32"], result: "i32" }, // int fcntl(int fd, int cmd, int arg)
@@ -80,6 +83,7 @@ const symbols = {
   fchmod: { parameters: ["i32", "u32"], result: "i32" }, // int fchmod(int fd, mode_t mode)
   futimens: { parameters: ["i32", "buffer"], result: "i32" }, // int futimens(int fd, const struct timespec times[2])
   syncfs: { parameters: ["i32"], result: "i32" }, // int syncfs(int fd)
+  clock_gettime: { parameters: ["i32", "buffer"], result: "i32" }, // int clock_gettime(clockid_t clock, struct timespec *tp)
 } as const satisfies Deno.ForeignLibraryInterface;
 
 type Symbols = typeof symbols;
@@ -117,15 +121,18 @@ export const C = {
   AF_INET: 2,
   AF_INET6: 10,
   SOCK_STREAM: 1,
+  SOCK_DGRAM: 2,
   SOCK_SEQPACKET: 5,
   SOCK_NONBLOCK: 0o4000,
   SOCK_CLOEXEC: 0o2000000,
   SOL_SOCKET: 1,
   SO_REUSEADDR: 2,
+  SO_TYPE: 3,
   SO_ERROR: 4,
   SO_SNDBUF: 7,
   SO_RCVBUF: 8,
   SO_RCVTIMEO: 20,
+  SO_ACCEPTCONN: 30,
   IPPROTO_TCP: 6,
   IPPROTO_IPV6: 41,
   IPV6_V6ONLY: 26,
@@ -153,6 +160,7 @@ export const C = {
   SIGINT: 2,
   SIGTERM: 15,
   SIGHUP: 1,
+  SIGUSR2: 12,
   RLIMIT_NOFILE: 7,
   // errno values, by name
   ENOENT: 2,
@@ -309,6 +317,17 @@ export function trySend(fd: number, buf: Uint8Array, flags = 0): number {
   return retrying("send", () => sys.send(fd, buf, BigInt(buf.byteLength), flags | C.MSG_NOSIGNAL));
 }
 
+/**
+ * sendto(2) of one datagram to the address `addr` (an encoded sockaddr), with MSG_NOSIGNAL. Returns the
+ * bytes sent, or WOULD_BLOCK.
+ */
+export function trySendTo(fd: number, buf: Uint8Array, addr: Uint8Array): number {
+  return retrying(
+    "sendto",
+    () => sys.sendto(fd, buf, BigInt(buf.byteLength), C.MSG_NOSIGNAL, addr, addr.byteLength),
+  );
+}
+
 /** recv(2). Returns bytes received (0 at end of stream), or WOULD_BLOCK. */
 export function tryRecv(fd: number, buf: Uint8Array, flags = 0): number {
   return retrying("recv", () => sys.recv(fd, buf, BigInt(buf.byteLength), flags));
@@ -347,6 +366,26 @@ export function pwriteAll(fd: number, buf: Uint8Array, offset: number): void {
 export function memfdCreate(name: string): number {
   const MFD_CLOEXEC = 1;
   return check("memfd_create", sys.memfd_create(utf8.encode(`${name}\0`), MFD_CLOEXEC));
+}
+
+/** ftruncate(2): sets the file's size (a memfd's pages read as zeros until written). */
+export function ftruncate(fd: number, length: number): void {
+  check("ftruncate", sys.ftruncate(fd, BigInt(length)));
+}
+
+/**
+ * Maps `length` bytes of `fd` from offset 0, readable and writable and shared with every process that maps
+ * the same file (mmap(2) with MAP_SHARED). The mapping lasts as long as the process: it is never unmapped,
+ * so the ArrayBuffer over it stays valid.
+ */
+export function mmapShared(fd: number, length: number): ArrayBuffer {
+  const PROT_READ = 1, PROT_WRITE = 2, MAP_SHARED = 1;
+  const address = sys.mmap(null, BigInt(length), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0n);
+  // MAP_FAILED is (void *)-1.
+  if (address === null || Deno.UnsafePointer.value(address) === 0xffff_ffff_ffff_ffffn) {
+    throw new LibcError("mmap", errno());
+  }
+  return Deno.UnsafePointerView.getArrayBuffer(address, length);
 }
 
 /**
@@ -626,4 +665,16 @@ export function futimens(fd: number, mtimeNs: bigint): void {
  */
 export function syncfs(fd: number): void {
   check("syncfs", sys.syncfs(fd));
+}
+
+const monotonicTimespec = new BigInt64Array(2);
+
+/**
+ * CLOCK_MONOTONIC in microseconds (clock_gettime(2)): the clock systemd reads, where `performance.now()`
+ * counts from the process's start.
+ */
+export function monotonicMicros(): bigint {
+  const CLOCK_MONOTONIC = 1;
+  check("clock_gettime", sys.clock_gettime(CLOCK_MONOTONIC, monotonicTimespec));
+  return monotonicTimespec[0] * 1_000_000n + monotonicTimespec[1] / 1000n;
 }

@@ -44,6 +44,26 @@ export function encodeSockaddr(ep: Endpoint): Uint8Array {
   return buf;
 }
 
+/** Longest path of a `sockaddr_un` (its `sun_path` is 108 bytes). */
+const UNIX_PATH_MAX = 108;
+
+/**
+ * Encodes a Unix socket's address as a `sockaddr_un`: a file system path, or with a leading `@` a name in
+ * the abstract namespace (as systemd writes it in NOTIFY_SOCKET), whose length is exact, without a NUL.
+ */
+export function encodeUnixSockaddr(path: string): Uint8Array {
+  const abstract = path.startsWith("@");
+  const name = new TextEncoder().encode(abstract ? path.slice(1) : path);
+  if (name.byteLength === 0 || name.byteLength >= UNIX_PATH_MAX) {
+    throw new Error(`'${path}' is not a Unix socket address (1 to ${UNIX_PATH_MAX - 1} bytes)`);
+  }
+  // sa_family (2 bytes), then the path: NUL-terminated, or after one NUL for the abstract namespace.
+  const buf = new Uint8Array(2 + name.byteLength + 1);
+  new DataView(buf.buffer).setUint16(0, C.AF_UNIX, true);
+  buf.set(name, abstract ? 3 : 2);
+  return buf;
+}
+
 const ntopOut = new Uint8Array(64);
 
 /** Decodes a `sockaddr_in`/`sockaddr_in6` written by the kernel; null for any other family. */

@@ -13,10 +13,11 @@
  * Cases (see scripts/bench/cases.ts): 1 one large file to /dev/null (and syscalls per MiB), 2 the same to
  * disk, 3 fan-out, 4 small files, 5 connections held by slow readers, 6 classic mode with the seed's
  * client, 7 how cost grows with clients and file size, and the server's start-up time; 8 (see
- * scripts/bench/mirror_case.ts) `client.ts mirror` against rsync on three trees, and a fan-out.
+ * scripts/bench/mirror_case.ts) `client.ts mirror` against rsync on three trees, and a fan-out; 9 (see
+ * scripts/bench/compression_case.ts) `get` with and without `--compress` over a 100 Mbit/s relay.
  *
  * Flags: `--quick` (a reduced set, under two minutes), `--size MiB` (the large file; below 16 a tiny run
- * for tests), `--runs N`, `--cases 1,2,...,8,start`, `--no-install`, `--output FILE` (default
+ * for tests), `--runs N`, `--cases 1,2,...,9,start`, `--no-install`, `--output FILE` (default
  * BENCHMARKS.md; `-` prints the report only).
  *
  * Every process it starts is stopped on exit, on failure and on Ctrl-C.
@@ -52,10 +53,11 @@ import {
   versionOf,
 } from "./bench/peers.ts";
 import { case8, MIRROR_TOOLS } from "./bench/mirror_case.ts";
+import { case9 } from "./bench/compression_case.ts";
 import { stopAll } from "./bench/procs.ts";
 import { type Section, svgChart } from "./bench/report.ts";
 
-const ALL_CASES = ["start", "1", "2", "3", "4", "5", "6", "7", "8"];
+const ALL_CASES = ["start", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
 /** The tools of cases 1-7 (case 8 brings its own). */
 const SHARED_TOOLS = ["nginx", "curl", "iperf3", "strace", "gcc", "openssl"];
 
@@ -131,8 +133,8 @@ try {
   const loadBefore = loadAverage();
   const date = new Date().toISOString().slice(0, 16).replace("T", " ");
   const wants = (c: string) => selected.includes(c);
-  // Cases 1-7 share one ferry server, the nginx servers and the files; case 8 has its own.
-  const shared = selected.some((c) => c !== "8");
+  // Cases 1-7 share one ferry server, the nginx servers and the files; cases 8 and 9 have their own.
+  const shared = selected.some((c) => c !== "8" && c !== "9");
   const { available: tools, notes } = await ensureTools(
     [...(shared ? SHARED_TOOLS : []), ...(wants("8") ? MIRROR_TOOLS : [])],
     install,
@@ -230,6 +232,10 @@ try {
     log("case 8");
     sections.push(await case8({ profile: profile.name, root, tools, notes, log }));
   }
+  if (wants("9")) {
+    log("case 9");
+    sections.push(await case9({ profile: profile.name, root, log }));
+  }
   const loadAfter = loadAverage();
   const minutes = (performance.now() - started) / 60_000;
 
@@ -269,6 +275,11 @@ try {
     "",
     // Kept by hand beside the script: development measurements that no single run of it repeats.
     (await Deno.readTextFile(repo("scripts/bench/tried.md"))).trimEnd(),
+    "",
+    "## Reliability",
+    "",
+    // Kept by hand too: the fuzzer, soak and flood runs (scripts/fuzz.ts, soak.ts, flood.ts), not run here.
+    (await Deno.readTextFile(repo("scripts/bench/reliability.md"))).trimEnd(),
     "",
   ].join("\n");
   console.log(report);

@@ -2,7 +2,8 @@
  * The master's loop: one epoll loop over its listening sockets and one channel per worker. It accepts,
  * hands each connection to the least-loaded worker with room (see `dispatcher.ts`), queues connections
  * within a bound and answers BUSY past it, respawns workers that die, and stops gracefully on SIGTERM or
- * SIGINT. It never reads or writes file bytes.
+ * SIGINT. SIGHUP reloads (`reload_hooks.ts`), SIGUSR2 upgrades (`upgrade.ts`); the pid file and systemd's
+ * notifications are `lifecycle.ts`'s. It never reads or writes file bytes.
  *
  * @module
  */
@@ -16,10 +17,23 @@ import {
   sendMessage,
   ServeMode,
 } from "../channel/messages.ts";
+import { Admission, type Verdict } from "./admission.ts";
+import { jsonServiceLine, type LogFormat } from "../channel/log_format.ts";
 import { Dispatcher } from "./dispatcher.ts";
+import { MetricsListener } from "./metrics_listener.ts";
+import {
+  clearWorkerGauges,
+  createMetricsRegion,
+  MasterCell,
+  masterCells,
+  type MetricsRegion,
+} from "../metrics/registry.ts";
 import { FdReserve } from "./fd_reserve.ts";
 import type { ServerOptions } from "./options.ts";
 import { startWorker } from "./worker_process.ts";
+import type { Inherited } from "./inherited.ts";
+import { Lifecycle } from "./lifecycle.ts";
+import { describeReload } from "../reload_hooks.ts";
 import { Epoll, EPOLLIN, EPOLLOUT } from "../ffi/epoll.ts";
 import {
   bind,
@@ -70,8 +84,16 @@ const RESPAWN_FIRST_MS = 100;
 const RESPAWN_MAX_MS = 10_000;
 const RESPAWN_RESET_MS = 10_000;
 
+/** The master's log format (`--log-format`), set when the master is made. */
+let logFormat: LogFormat = "text";
+
 function log(line: string): void {
-  console.error(`${new Date().toISOString()} master: ${line}`);
+  const time = new Date().toISOString();
+  console.error(
+    logFormat === "json"
+      ? jsonServiceLine(time, { process: "master", pid: Deno.pid }, line)
+      : `${time} master[${Deno.pid}]: ${line}`,
+  );
 }
 
 /** A listening socket and what it serves. */
@@ -156,10 +178,27 @@ export class Master {
   readonly #reserve = new FdReserve(RESERVE_FDS);
   /** Worker slots whose last start failed (socketpair or spawn): a new connection may not wait for them. */
   readonly #cannotStart = new Set<number>();
+  /** --allow/--deny, --max-conns-per-ip and PROXY headers (see admission.ts); skipped when none is set. */
+  readonly #admission: Admission<PendingConn>;
+  readonly #inherited: Inherited;
+  readonly #lifecycle: Lifecycle;
+  #reloadRequested = false;
+  #upgradeRequested = false;
+  /** During a reload: the workers that have not said Reloaded yet. */
+  #reloadWaiting: Set<number> | null = null;
+  /** The shared counters (null with --no-metrics, or where the kernel refused the memory), and the master's. */
+  readonly #metrics: MetricsRegion | null = null;
+  readonly #counts: Float64Array;
+  #metricsListener: MetricsListener | null = null;
 
-  /** @param options the parsed command line */
-  constructor(options: ServerOptions) {
+  /**
+   * @param options the parsed command line
+   * @param inherited listening sockets passed by systemd or by the master this one replaces
+   */
+  constructor(options: ServerOptions, inherited: Inherited = { listeners: [], from: null, upgrade: null }) {
     this.#options = options;
+    this.#inherited = inherited;
+    this.#lifecycle = new Lifecycle(options, inherited, log);
     // A worker runs under the same open-file limit (it raises its soft limit to the hard one too): more
     // connections than its fds can hold would arrive without their fd and be closed unserved.
     const limit = raiseOpenFileLimit();
@@ -171,10 +210,21 @@ export class Master {
     }
     this.#dispatcher = new Dispatcher(Math.min(fit, options.connsPerWorker), options.queue);
     this.#epoll.add(this.#wake, EPOLLIN);
+    this.#admission = new Admission(options.admission, this.#epoll, log, options.idleTimeout * 1000);
+    logFormat = options.logFormat;
+    if (options.metrics) {
+      try {
+        this.#metrics = createMetricsRegion(options.workers);
+      } catch (e) {
+        log(`metrics are off: ${(e as Error).message}`);
+      }
+    }
+    this.#counts = masterCells();
   }
 
   /** Opens every listener (before any worker starts, so a taken port fails fast). */
   listen(): void {
+    if (this.#inherited.listeners.length > 0) return this.#adoptInherited();
     for (const { endpoint, mode } of this.#options.listen) {
       let opened;
       try {
@@ -185,6 +235,29 @@ export class Master {
       }
       const { fd, ...actual } = opened;
       this.#listeners.set(fd, { fd, endpoint: actual, mode });
+    }
+    if (this.#options.metricsListen !== null) {
+      this.#metricsListener = new MetricsListener(this.#options.metricsListen, this.#epoll);
+    }
+  }
+
+  /** Uses the inherited listeners in place of --listen and --push-listen. */
+  #adoptInherited(): void {
+    const from = this.#inherited.from === "systemd" ? "systemd" : "the old master";
+    for (const { fd, endpoint, name, mode: named } of this.#inherited.listeners) {
+      const mode = named ?? (this.#options.root !== null ? ServeMode.Request : ServeMode.Classic);
+      const what = `the listener '${name}' on ${formatEndpoint(endpoint)} from ${from}`;
+      if (mode === ServeMode.Request && this.#options.root === null) throw new Error(`${what} needs --root`);
+      if (mode === ServeMode.Classic && this.#options.push === null) throw new Error(`${what} needs --push`);
+      // What openListener sets; a socket systemd opened may lack it (NoDelay=, DeferAcceptSec= in the unit).
+      setsockoptInt(fd, C.IPPROTO_TCP, C.TCP_NODELAY, 1);
+      if (mode === ServeMode.Request) {
+        setsockoptInt(fd, C.IPPROTO_TCP, C.TCP_DEFER_ACCEPT, ACCEPT_DEFERRAL_SECONDS);
+      }
+      this.#listeners.set(fd, { fd, endpoint, mode });
+    }
+    if (this.#options.listen.length > 0) {
+      log(`using the ${this.#listeners.size} listening socket(s) from ${from}; --listen is not opened`);
     }
   }
 
@@ -206,6 +279,8 @@ export class Master {
     for (const signal of ["SIGTERM", "SIGINT"] as const) {
       Deno.addSignalListener(signal, () => this.#requestStop(signal));
     }
+    Deno.addSignalListener("SIGHUP", () => this.#wakeFor(() => this.#reloadRequested = true));
+    Deno.addSignalListener("SIGUSR2", () => this.#wakeFor(() => this.#upgradeRequested = true));
     while (!this.#finished()) {
       let ready = await this.#epoll.waitAsync(this.#nextTimeout());
       // Once awake, wait on this thread for a slice: the kernel wakes it directly, where a wait on the
@@ -222,7 +297,14 @@ export class Master {
       }
     }
     await Promise.all(this.#slots.map((s) => s.child?.status));
+    this.#lifecycle.exit();
     log("stopped");
+  }
+
+  /** Sets a flag from a signal listener and wakes the loop, which acts on it in #onTick. */
+  #wakeFor(setFlag: () => void): void {
+    setFlag();
+    tryWrite(this.#wake, WAKE_VALUE);
   }
 
   #finished(): boolean {
@@ -236,7 +318,8 @@ export class Master {
     }
     if (this.#lingering.size > 0) at = Math.min(at, performance.now() + 250);
     if (this.#acceptPausedUntil > 0) at = Math.min(at, this.#acceptPausedUntil);
-    at = Math.min(at, this.#graceDeadline);
+    at = Math.min(at, this.#graceDeadline, this.#admission.nextDeadline(), this.#lifecycle.nextDue);
+    if (this.#metricsListener !== null) at = Math.min(at, this.#metricsListener.nextDeadline());
     return Math.max(0, Math.ceil(at - performance.now()));
   }
 
@@ -245,8 +328,13 @@ export class Master {
       tryRead(this.#wake, new Uint8Array(8));
       return;
     }
+    if (fd === this.#lifecycle.successorFd) {
+      if (this.#lifecycle.onSuccessor()) this.#requestStop("upgrade: the new master serves");
+      return;
+    }
     const listener = this.#listeners.get(fd);
     if (listener) return this.#acceptAll(listener);
+    if (this.#metricsListener?.onReady(fd)) return;
     const slot = this.#slotByChannel.get(fd);
     if (slot) {
       if (events & EPOLLOUT) {
@@ -257,6 +345,11 @@ export class Master {
       return this.#onChannel(slot);
     }
     if (this.#lingering.has(fd)) this.#discard(fd);
+    else if (this.#admission.isWaiting(fd)) {
+      const { conn, verdict } = this.#admission.onReadable(fd);
+      this.#afterAdmission(conn, verdict);
+      this.#sendOutboxes();
+    }
   }
 
   #onTick(): void {
@@ -271,6 +364,13 @@ export class Master {
       }
     }
     for (const [fd, { deadline }] of this.#lingering) if (now >= deadline) this.#endLinger(fd);
+    this.#admission.expire(now);
+    if (this.#reloadRequested) this.#reload();
+    if (this.#upgradeRequested) this.#upgrade();
+    this.#lifecycle.tick(now);
+    this.#metricsListener?.tick(now);
+    this.#counts[MasterCell.Queued] = this.#dispatcher.queued;
+    this.#counts[MasterCell.WorkersReady] = this.#readyWorkers.size;
     if (this.#stopRequested > 0) this.#continueStop(now);
   }
 
@@ -281,7 +381,7 @@ export class Master {
     // Whatever else holds the master's fds (queued and lingering connections), a worker can start.
     this.#reserve.release(RESERVE_FDS);
     try {
-      started = startWorker(this.#options, slot.id);
+      started = startWorker(this.#options, slot.id, this.#metrics);
     } catch (e) {
       slot.respawnAt = this.#backoff(slot);
       log(`worker ${slot.id}: cannot start: ${(e as Error).message}`);
@@ -337,10 +437,14 @@ export class Master {
       } else if (message.kind === MessageKind.Done) {
         this.#dispatcher.release(slot.id, message.arg);
         this.#dispatcher.take(slot.id, message.id);
+        for (const id of message.ended) this.#admission.ended(id);
       } else if (message.kind === MessageKind.HashKnown) {
         this.#relayHash(slot, message.payload);
       } else if (message.kind === MessageKind.SignatureKnown) {
         this.#relayHash(slot, message.payload, message.fd);
+      } else if (message.kind === MessageKind.Reloaded) {
+        this.#reloadWaiting?.delete(slot.id);
+        this.#reloadFinished();
       }
       if (message.fd !== -1) close(message.fd); // relayed (the kernel holds its own references) or unknown
       this.#dispatchQueued();
@@ -373,8 +477,12 @@ export class Master {
         : `classic mode, push ${this.#options.push}`;
       log(`listening on ${formatEndpoint(l.endpoint)} (${what})`);
     }
+    if (this.#metricsListener !== null) {
+      log(`serving metrics at http://${formatEndpoint(this.#metricsListener.endpoint)}/metrics`);
+    }
     log(`ready with ${this.#options.workers} workers`);
     this.#setAccepting(true);
+    this.#lifecycle.ready();
   }
 
   #onWorkerGone(slot: WorkerSlot): void {
@@ -383,8 +491,13 @@ export class Master {
     close(slot.channel);
     slot.channel = -1;
     this.#dispatcher.removeWorker(slot.id);
+    this.#admission.workerGone(slot.id);
     this.#readyWorkers.delete(slot.id);
+    // A worker started after this reads everything afresh: it is not waited for.
+    if (this.#reloadWaiting?.delete(slot.id)) this.#reloadFinished();
+    if (this.#metrics !== null) clearWorkerGauges(this.#metrics, slot.id);
     if (this.#stopRequested > 0) return;
+    this.#counts[MasterCell.Restarts]++;
     if (performance.now() - slot.startedAt > RESPAWN_RESET_MS) slot.failures = 0;
     slot.respawnAt = this.#backoff(slot);
     log(
@@ -438,14 +551,20 @@ export class Master {
         mode: listener.mode,
         peer: PEER_SCRATCH.slice(), // goes to the worker, which would otherwise ask getpeername(2)
       };
-      if (this.#dispatcher.workers === 0 && this.#cannotStart.size > 0) {
-        this.#refuse(conn, REFUSED_NO_WORKER);
-        continue;
-      }
-      const placement = this.#dispatcher.offer(conn);
-      if (placement === "refused") this.#refuse(conn, REFUSED_FULL);
-      else if (placement !== "queued") this.#place(placement.worker, conn);
+      this.#afterAdmission(conn, this.#admission.active ? this.#admission.onAccept(conn) : "admit");
     }
+  }
+
+  /** Places a connection admission let through, answers BUSY one over its address's limit. */
+  #afterAdmission(conn: PendingConn, verdict: Verdict): void {
+    if (verdict === "over-limit") return this.#refuse(conn, REFUSED_PER_IP);
+    if (verdict !== "admit") return; // closed, or waiting for its PROXY header
+    if (this.#dispatcher.workers === 0 && this.#cannotStart.size > 0) {
+      return this.#refuse(conn, REFUSED_NO_WORKER);
+    }
+    const placement = this.#dispatcher.offer(conn);
+    if (placement === "refused") this.#refuse(conn, REFUSED_FULL);
+    else if (placement !== "queued") this.#place(placement.worker, conn);
   }
 
   /**
@@ -496,7 +615,10 @@ export class Master {
       log(`worker ${slot.id}: hand-off failed: ${(e as Error).message}`); // its hang-up follows
     }
     if (sent) {
-      for (const conn of conns) close(conn.fd);
+      for (const conn of conns) {
+        close(conn.fd);
+        this.#admission.handedTo(conn.id, slot.id);
+      }
       return true;
     }
     for (let i = conns.length - 1; i >= 0; i--) this.#dispatcher.retract(slot.id, conns[i]);
@@ -519,7 +641,10 @@ export class Master {
    * `linger` is false (no fd to spare), it then reads what the client still sends, for a bounded time.
    */
   #refuse(conn: PendingConn, why: Refusal, linger = true): void {
-    log(`connection ${conn.id} refused: ${why.log(this.#options)}`);
+    this.#admission.ended(conn.id);
+    this.#counts[why.counter]++;
+    const line = why.log(this.#options);
+    if (line !== "") log(`connection ${conn.id} refused: ${line}`);
     if (conn.mode === ServeMode.Classic) {
       close(conn.fd);
       return;
@@ -566,11 +691,51 @@ export class Master {
     close(fd);
   }
 
+  // --- reload and upgrade ----------------------------------------------------------------------------
+
+  /** SIGHUP: the master's hooks, then a Reload message to every worker; done when each says Reloaded. */
+  #reload(): void {
+    this.#reloadRequested = false;
+    if (this.#stopRequested > 0) return;
+    log(`SIGHUP: reloading: ${describeReload(this.#lifecycle.reloadStarted())}`);
+    this.#reloadWaiting = new Set();
+    for (const slot of this.#slots) {
+      if (slot.channel === -1) continue;
+      try {
+        if (sendMessage(slot.channel, MessageKind.Reload)) this.#reloadWaiting.add(slot.id);
+        else log(`worker ${slot.id}: channel full; it keeps its state until the next reload`);
+      } catch {
+        // that worker is gone; its hang-up is handled on its own channel, and its successor starts afresh
+      }
+    }
+    this.#reloadFinished();
+  }
+
+  #reloadFinished(): void {
+    if (this.#reloadWaiting === null || this.#reloadWaiting.size > 0) return;
+    this.#reloadWaiting = null;
+    log("reloaded");
+    this.#lifecycle.reloadDone();
+  }
+
+  /** SIGUSR2: starts a new master with the listening sockets; #onReady hears when it serves. */
+  #upgrade(): void {
+    this.#upgradeRequested = false;
+    if (this.#stopRequested > 0) return;
+    const listeners = [...this.#listeners.values()].map(({ fd, mode }) => ({
+      fd,
+      name: mode === ServeMode.Request ? "request" : "classic",
+    }));
+    const readyFd = this.#lifecycle.startUpgrade(listeners);
+    if (readyFd !== null) this.#epoll.add(readyFd, EPOLLIN);
+  }
+
   // --- stopping --------------------------------------------------------------------------------------
 
   #requestStop(signal: string): void {
     this.#stopRequested++;
     if (this.#stopRequested === 1) {
+      this.#lifecycle.stopping();
       log(`${signal}: no longer accepting; giving transfers in flight ${this.#options.grace}s`);
       this.#graceDeadline = performance.now() + this.#options.grace * 1000;
     } else {
@@ -581,11 +746,14 @@ export class Master {
   }
 
   #continueStop(now: number): void {
+    this.#metricsListener?.close();
+    this.#metricsListener = null;
     if (this.#listeners.size > 0) {
       this.#setAccepting(false);
       for (const fd of this.#listeners.keys()) close(fd);
       this.#listeners.clear();
     }
+    this.#admission.closeWaiting();
     if (now >= this.#graceDeadline) {
       for (const conn of this.#dispatcher.drain()) close(conn.fd);
       for (const slot of this.#slots) if (slot.channel !== -1) this.#onWorkerGone(slot); // EOF: workers exit
@@ -610,6 +778,8 @@ interface Refusal {
   response: Uint8Array;
   /** The same as an HTTP 503, for a client whose request has arrived and starts like HTTP's. */
   httpResponse: Uint8Array;
+  /** The master's metrics cell that counts it. */
+  counter: number;
 }
 
 function busy(message: string): Pick<Refusal, "response" | "httpResponse"> {
@@ -636,12 +806,20 @@ const PEEK_SCRATCH = new Uint8Array(HTTP_SNIFF_BYTES);
 const REFUSED_FULL: Refusal = {
   log: (options) => `every worker and the queue (${options.queue}) are full`,
   ...busy("server busy: every worker and the queue are full"),
+  counter: MasterCell.BusyFull,
 };
 const REFUSED_NO_WORKER: Refusal = {
   log: () => "no worker is running, and starting one failed",
   ...busy("server busy: no worker is running"),
+  counter: MasterCell.BusyNoWorker,
+};
+const REFUSED_PER_IP: Refusal = {
+  log: () => "", // admission.ts logs it, at most once per address per minute
+  ...busy("server busy: too many connections from your address"),
+  counter: MasterCell.BusyPerIp,
 };
 const REFUSED_NO_FD: Refusal = {
   log: () => "no file descriptor free (the open-file limit is reached)",
   ...busy("server busy: out of file descriptors"),
+  counter: MasterCell.BusyNoFd,
 };

@@ -9,6 +9,9 @@ import { ServeMode } from "../channel/messages.ts";
 import type { Endpoint } from "../ffi/sockaddr.ts";
 import { parseEndpoint } from "../host_port.ts";
 import { readTokensFile, TokenFileError } from "../tokens.ts";
+import { type Cidr, parseCidr } from "./cidr.ts";
+import type { AdmissionRules } from "./admission.ts";
+import { LOG_FORMATS, type LogFormat } from "../channel/log_format.ts";
 
 /** Everything the server's command line decides. */
 export interface ServerOptions {
@@ -38,6 +41,18 @@ export interface ServerOptions {
   http: boolean;
   /** The tokens file (`--tokens`), checked; null when every client may read everything. */
   tokens: string | null;
+  /** --allow, --deny, --proxy-protocol and --max-conns-per-ip (none by default). */
+  admission: AdmissionRules;
+  /** Where the master writes its pid once it serves, or null. */
+  pidFile: string | null;
+  /** Whether counters are kept (a shared memory region); false with `--no-metrics`. @default true */
+  metrics: boolean;
+  /** Where `GET /metrics` is answered, or null for no listener of its own. */
+  metricsListen: Endpoint | null;
+  /** How log lines are written: "text" (key=value) or "json" (one object per line). @default "text" */
+  logFormat: LogFormat;
+  /** Whether `ping` requests are logged too. @default false */
+  logHealth: boolean;
 }
 
 /** The text `--help` prints. */
@@ -73,7 +88,29 @@ Options:
   --tokens FILE            only clients with a token of FILE may read, each within its scopes; one
                            'NAME SECRET SCOPE...' a line (SCOPE: a path, or * for all); FILE must be
                            open to its owner only. Request mode only: not with classic listeners
+
+Admission (checked by the master right after accept, before a worker sees a byte; all global):
+  --deny CIDR              never serve these addresses (repeatable; IPv4 or IPv6; a bare address is
+                           one host); deny wins over --allow. A refused client's connection is closed.
+  --allow CIDR             serve only these addresses (repeatable); with none given, all are allowed
+  --max-conns-per-ip N     connections open at once per client address; one more is answered BUSY
+                           (default: no limit)
+  --proxy-protocol CIDR    peers here are proxies (e.g. HAProxy with send-proxy-v2) that must open with a
+                           PROXY header, v1 or v2 (repeatable). The client it names is then the address
+                           logged, allowed and limited. A PROXY header from any other peer is refused.
+  --pid-file FILE          write the master's pid to FILE once it serves; removed when it exits
+  --version                print the version and exit
+  --metrics-listen HOST:PORT  answer GET /metrics (Prometheus' text format) on this address
+  --no-metrics             keep no counters (and refuse --metrics-listen)
+  --log-format text|json   log lines as key=value text (default) or one JSON object per line
+  --log-health             log ping requests too (by default they are counted, not logged)
   -h, --help               show this help
+
+Signals to the master: TERM or INT stops gracefully (twice: at once); HUP reloads (reopens the request
+log and --root, re-reads the files named on the command line); USR2 upgrades: starts a new master from
+the program on disk, hands it the listening sockets, and drains this one within --grace.
+Listening sockets can be inherited from systemd (LISTEN_FDS; LISTEN_FDNAMES 'request' or 'classic'),
+and then replace --listen and --push-listen.
 
 The listening addresses are printed on stderr once the workers are ready.`;
 
@@ -89,8 +126,11 @@ function positiveNumber(name: string, text: string | undefined, fallback: number
   return n;
 }
 
-/** Parses and checks the server's command line. Throws UsageError with a one-line reason. */
-export function parseServerArgs(argv: string[]): ServerOptions | "help" {
+/**
+ * Parses and checks the server's command line. Throws UsageError with a one-line reason. With
+ * `inheritedListeners` (sockets from systemd or an upgrade), no --listen is needed.
+ */
+export function parseServerArgs(argv: string[], inheritedListeners = 0): ServerOptions | "help" | "version" {
   let parsed;
   try {
     parsed = parseArgs({
@@ -110,6 +150,16 @@ export function parseServerArgs(argv: string[]): ServerOptions | "help" {
         "reply-cache": { type: "string" },
         "no-http": { type: "boolean" },
         tokens: { type: "string" },
+        allow: { type: "string", multiple: true },
+        deny: { type: "string", multiple: true },
+        "proxy-protocol": { type: "string", multiple: true },
+        "max-conns-per-ip": { type: "string" },
+        "pid-file": { type: "string" },
+        version: { type: "boolean" },
+        "metrics-listen": { type: "string" },
+        "no-metrics": { type: "boolean" },
+        "log-format": { type: "string" },
+        "log-health": { type: "boolean" },
         help: { type: "boolean", short: "h" },
       },
     });
@@ -119,6 +169,7 @@ export function parseServerArgs(argv: string[]): ServerOptions | "help" {
   }
   const v = parsed.values;
   if (v.help) return "help";
+  if (v.version) return "version";
   const root = v.root ?? null;
   const push = v.push ?? null;
   if (root === null && push === null) {
@@ -134,7 +185,9 @@ export function parseServerArgs(argv: string[]): ServerOptions | "help" {
     throw new UsageError("--push-listen needs --push FILE");
   }
   listenTexts.push(...(v["push-listen"] ?? []).map((t) => ({ text: t, mode: ServeMode.Classic })));
-  if (listenTexts.length === 0) throw new UsageError("give at least one --listen HOST:PORT");
+  if (listenTexts.length === 0 && inheritedListeners === 0) {
+    throw new UsageError("give at least one --listen HOST:PORT");
+  }
   const listenOn = listenTexts.map(({ text, mode }) => {
     try {
       return { endpoint: parseEndpoint(text), mode };
@@ -143,6 +196,21 @@ export function parseServerArgs(argv: string[]): ServerOptions | "help" {
     }
   });
   const tokens = tokensOf(v.tokens, listenOn.some((l) => l.mode === ServeMode.Classic));
+  if (v["no-metrics"] && v["metrics-listen"] !== undefined) {
+    throw new UsageError("--metrics-listen and --no-metrics contradict each other");
+  }
+  let metricsListen: Endpoint | null = null;
+  if (v["metrics-listen"] !== undefined) {
+    try {
+      metricsListen = parseEndpoint(v["metrics-listen"]);
+    } catch (e) {
+      throw new UsageError(`--metrics-listen: ${(e as Error).message}`);
+    }
+  }
+  const logFormat = v["log-format"] ?? "text";
+  if (!(LOG_FORMATS as readonly string[]).includes(logFormat)) {
+    throw new UsageError(`--log-format: '${logFormat}' is not one of ${LOG_FORMATS.join(", ")}`);
+  }
   return {
     listen: listenOn,
     root,
@@ -159,6 +227,19 @@ export function parseServerArgs(argv: string[]): ServerOptions | "help" {
       : Math.round(positiveNumber("reply-cache", v["reply-cache"], 8, false) * 1024 * 1024),
     http: v["no-http"] !== true,
     tokens,
+    admission: {
+      allow: cidrsOf("allow", v.allow),
+      deny: cidrsOf("deny", v.deny),
+      proxyFrom: cidrsOf("proxy-protocol", v["proxy-protocol"]),
+      maxConnsPerIp: v["max-conns-per-ip"] === "0"
+        ? 0
+        : positiveNumber("max-conns-per-ip", v["max-conns-per-ip"], 0),
+    },
+    pidFile: v["pid-file"] ?? null,
+    metrics: !v["no-metrics"],
+    metricsListen,
+    logFormat: logFormat as LogFormat,
+    logHealth: v["log-health"] === true,
   };
 }
 
@@ -180,6 +261,17 @@ function tokensOf(path: string | undefined, classic: boolean): string | null {
     throw new UsageError(`--tokens: ${e.message}`);
   }
   return path;
+}
+
+/** The CIDRs of a repeatable flag; the first bad one is a usage error naming it. */
+function cidrsOf(flag: string, texts: string[] | undefined): Cidr[] {
+  return (texts ?? []).map((text) => {
+    try {
+      return parseCidr(text);
+    } catch (e) {
+      throw new UsageError(`--${flag}: ${(e as Error).message}`);
+    }
+  });
 }
 
 /** Checks --request-log; a file is created if missing, so that a path that cannot be written fails now. */

@@ -5,9 +5,11 @@
  */
 
 import { basename } from "node:path";
+import { fileURLToPath } from "node:url";
 import { createChannel } from "../channel/messages.ts";
 import { workerArgv } from "../channel/worker_args.ts";
 import { close, setCloseOnExec } from "../ffi/libc.ts";
+import type { MetricsRegion } from "../metrics/registry.ts";
 import type { ServerOptions } from "./options.ts";
 
 /** The argument that makes a compiled ferry binary run as a worker. */
@@ -32,18 +34,30 @@ function workerV8Flags(): string {
   return ["--max-semi-space-size=4", ...(operators ? [operators] : [])].join(",");
 }
 
-/** The command that starts a worker: this same program, under `deno run` or as a compiled binary. */
+/**
+ * The command that starts a worker: this same program, under `deno run` or as a compiled binary. A
+ * bundle (`deno task bundle`) is one file, so every module's `import.meta.url` is the bundle's, and the
+ * bundle runs as a worker when given {@link WORKER_ARG}, as a compiled binary does.
+ */
 function workerCommand(argv: string[]): { command: string; args: string[] } {
   if (Deno.build.standalone) return { command: Deno.execPath(), args: [WORKER_ARG, ...argv] };
-  const module = `${import.meta.dirname}/../worker.ts`;
-  return { command: Deno.execPath(), args: ["run", "--allow-all", "--no-prompt", module, ...argv] };
+  const bundled = import.meta.url === Deno.mainModule;
+  const module = bundled ? fileURLToPath(import.meta.url) : `${import.meta.dirname}/../worker.ts`;
+  return {
+    command: Deno.execPath(),
+    args: ["run", "--allow-all", "--no-prompt", module, ...(bundled ? [WORKER_ARG] : []), ...argv],
+  };
 }
 
 /**
- * Starts worker number `workerId` with a new channel. Throws if the process cannot be started (its
- * channel is closed then).
+ * Starts worker number `workerId` with a new channel, and the metrics region (if any) to count into.
+ * Throws if the process cannot be started (its channel is closed then).
  */
-export function startWorker(options: ServerOptions, workerId: number): WorkerProcess {
+export function startWorker(
+  options: ServerOptions,
+  workerId: number,
+  metrics: MetricsRegion | null = null,
+): WorkerProcess {
   const [masterEnd, workerEnd] = createChannel();
   const argv = workerArgv({
     channelFd: workerEnd,
@@ -55,10 +69,17 @@ export function startWorker(options: ServerOptions, workerId: number): WorkerPro
     replyCacheBytes: options.replyCacheBytes,
     http: options.http,
     tokens: options.tokens,
+    reportClosed: options.admission.maxConnsPerIp > 0,
+    metricsFd: metrics?.fd ?? -1,
+    metricsSlots: metrics?.slots ?? 0,
+    logFormat: options.logFormat,
+    logHealth: options.logHealth,
   });
   const { command, args } = workerCommand(argv);
   // The worker's end is the one fd it inherits: everything else ferry opens is close-on-exec.
   setCloseOnExec(workerEnd, false);
+  // So is the metrics region, inherited by every worker: cleared for this spawn only (spawn is synchronous).
+  if (metrics !== null) setCloseOnExec(metrics.fd, false);
   try {
     const child = new Deno.Command(command, {
       args,
@@ -73,5 +94,6 @@ export function startWorker(options: ServerOptions, workerId: number): WorkerPro
     throw e;
   } finally {
     close(workerEnd);
+    if (metrics !== null) setCloseOnExec(metrics.fd, true);
   }
 }

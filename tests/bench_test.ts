@@ -40,6 +40,15 @@ Deno.test("the benchmark script runs end to end on a tiny case and prints its ta
   assert.match(stdout, /No request failed\./);
   assert.match(stdout, /\| ferry \(2 workers\) \| 50 of 50 \|/);
   assert.match(stdout, /\| loadgen as a classic client, 1 stream: ferry server \| \d+\.\d+ \|/);
+  // Case 9: the compressible file crossed the slow link compressed, the random one raw.
+  assert.match(
+    stdout,
+    /\| 100 Mbit\/s \| log-like text, --compress \| [\d.]+ \([\d.-]+\) \| [\d.]+ \| [\d,]+ \| 0\.[0-4]\d\d \|/,
+  );
+  assert.match(
+    stdout,
+    /\| 100 Mbit\/s \| random bytes, --compress \| [\d.]+ \([\d.-]+\) \| [\d.]+ \| [\d,]+ \| 1\.000 \|/,
+  );
   assert.match(stdout, /\| ferry server, ready with 2 workers \| \d+\.\d+ \|/);
   // Case 8: ferry's mirror copied the tree, found nothing changed and followed the edit, each checked with
   // diff -r; then the fan-out's clients all made exact copies.

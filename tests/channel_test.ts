@@ -12,9 +12,11 @@ import {
   decodeHashKnown,
   type HandedConn,
   MAX_CONNS_PER_MESSAGE,
+  MAX_ENDED_PER_DONE,
   MessageKind,
   receiveMessage,
   sendConns,
+  sendDone,
   sendHashKnown,
   sendMessage,
   sendSignatureKnown,
@@ -156,5 +158,24 @@ Deno.test("a SignatureKnown message carries an etag, a SHA-256 and the memfd tha
     assert.deepEqual(back, signature);
   } finally {
     for (const fd of [master, worker, memfd, received]) if (fd !== -1) close(fd);
+  }
+});
+
+Deno.test("a Done message carries its slot counts and the ids of up to 12 closed connections, in 64 bytes", () => {
+  const [a, b] = createChannel();
+  try {
+    const ids = Array.from({ length: MAX_ENDED_PER_DONE }, (_, i) => 0xfffffff0 + i);
+    assert.ok(sendDone(a, 3, 5, ids));
+    assert.ok(sendDone(a, 0, 1, []));
+    const full = receiveMessage(b);
+    assert.ok(full !== null && full !== "closed");
+    assert.deepEqual([full.kind, full.id, full.arg, [...full.ended]], [MessageKind.Done, 3, 5, ids]);
+    const none = receiveMessage(b);
+    assert.ok(none !== null && none !== "closed");
+    assert.deepEqual([none.arg, none.ended.length], [1, 0]);
+    assert.throws(() => sendDone(a, 0, 0, [...ids, 1]), /at most 12/);
+  } finally {
+    close(a);
+    close(b);
   }
 });

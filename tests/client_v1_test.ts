@@ -308,7 +308,7 @@ Deno.test("get and mirror give the published file the server's mtime to the nano
   });
 });
 
-Deno.test("--json prints one object per file with path, status, bytes, sha256, seconds, attempts (and error when failed)", async () => {
+Deno.test("--json prints one object per file with path, status, bytes, sha256, seconds, attempts, requestId (and error when failed)", async () => {
   await withServer(async ({ src, out, address }) => {
     const path = await makeFile(src, "f.bin", 123_456);
     await Deno.chmod(path, 0o640);
@@ -322,6 +322,7 @@ Deno.test("--json prints one object per file with path, status, bytes, sha256, s
       "attempts",
       "bytes",
       "path",
+      "requestId",
       "seconds",
       "sha256",
       "size",

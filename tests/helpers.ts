@@ -34,8 +34,11 @@ export interface TestServer {
   ports: number[];
   /** Lines of stderr so far (the log), kept up to date. */
   log: string[];
-  /** Resolves with the first log line matching `pattern` (already printed or yet to come). */
-  waitForLog(pattern: RegExp): Promise<string>;
+  /**
+   * Resolves with the first log line matching `pattern` (already printed or yet to come), looking only
+   * at lines from index `from` of {@link TestServer.log} on.
+   */
+  waitForLog(pattern: RegExp, from?: number): Promise<string>;
   /** Sends a signal to the master. */
   kill(signal?: Deno.Signal): void;
   /** Stops the server (SIGTERM) and waits for it; returns its exit status. */
@@ -64,26 +67,7 @@ export async function startServer(args: string[], launch?: Launcher): Promise<Te
     stdout: "null",
     stderr: "piped",
   }).spawn();
-  const log: string[] = [];
-  const waiters: { pattern: RegExp; resolve: (line: string) => void }[] = [];
-  let ended = false;
-  const pump = (async () => {
-    const lines = process.stderr.pipeThrough(new TextDecoderStream()).pipeThrough(lineSplitter());
-    for await (const line of lines) {
-      log.push(line);
-      for (const w of waiters.splice(0)) {
-        if (w.pattern.test(line)) w.resolve(line);
-        else waiters.push(w);
-      }
-    }
-    ended = true;
-    for (const w of waiters.splice(0)) w.resolve("");
-  })();
-  const waitForLog = (pattern: RegExp) => {
-    const found = log.find((l) => pattern.test(l));
-    if (found !== undefined || ended) return Promise.resolve(found ?? "");
-    return new Promise<string>((resolve) => waiters.push({ pattern, resolve }));
-  };
+  const { log, waitForLog, ended: pump } = watchLog(process.stderr);
   const ready = await waitForLog(/ready with \d+ workers/);
   if (ready === "") {
     await pump;
@@ -109,6 +93,41 @@ export async function startServer(args: string[], launch?: Launcher): Promise<Te
       return status;
     },
   };
+}
+
+/** The lines of a process's output, kept as they come, and a way to wait for one. */
+export interface LogWatch {
+  /** The lines so far. */
+  log: string[];
+  /** The first line matching `pattern` from index `from` on (already there or yet to come); "" at the end. */
+  waitForLog(pattern: RegExp, from?: number): Promise<string>;
+  /** Resolves when the output ends (every process that held it has closed it). */
+  ended: Promise<void>;
+}
+
+/** Reads `stream` (a child's stderr) line by line into a {@link LogWatch}. */
+export function watchLog(stream: ReadableStream<Uint8Array>): LogWatch {
+  const log: string[] = [];
+  const waiters: { pattern: RegExp; resolve: (line: string) => void }[] = [];
+  let done = false;
+  const ended = (async () => {
+    const lines = stream.pipeThrough(new TextDecoderStream()).pipeThrough(lineSplitter());
+    for await (const line of lines) {
+      log.push(line);
+      for (const w of waiters.splice(0)) {
+        if (w.pattern.test(line)) w.resolve(line);
+        else waiters.push(w);
+      }
+    }
+    done = true;
+    for (const w of waiters.splice(0)) w.resolve("");
+  })();
+  const waitForLog = (pattern: RegExp, from = 0) => {
+    const found = log.slice(from).find((l) => pattern.test(l));
+    if (found !== undefined || done) return Promise.resolve(found ?? "");
+    return new Promise<string>((resolve) => waiters.push({ pattern, resolve }));
+  };
+  return { log, waitForLog, ended };
 }
 
 /** Runs `server.ts` with `args` expecting it to exit at once (a usage error): its exit code and stderr. */
@@ -223,6 +242,10 @@ export class RawConnection {
   static async open(port: number, hostname = "127.0.0.1"): Promise<RawConnection> {
     return new RawConnection(await Deno.connect({ hostname, port }));
   }
+  /** The client's port of this connection. */
+  get localPort(): number {
+    return (this.#conn.localAddr as Deno.NetAddr).port;
+  }
   /** Writes all of `bytes`. */
   async send(bytes: Uint8Array): Promise<void> {
     let done = 0;
@@ -236,23 +259,39 @@ export class RawConnection {
   closeWrite(): Promise<void> {
     return this.#conn.closeWrite();
   }
+  /**
+   * Reads until `n` bytes are buffered (false if the connection ends first). The pieces are joined once,
+   * not at every read: a frame of many MiB would otherwise be copied over and over.
+   */
   async #fill(n: number): Promise<boolean> {
-    while (this.#buf.byteLength < n) {
-      const chunk = new Uint8Array(256 * 1024);
+    if (this.#buf.byteLength >= n) return true;
+    const parts = [this.#buf];
+    let size = this.#buf.byteLength;
+    let ended = false;
+    while (size < n) {
+      const chunk = new Uint8Array(Math.max(256 * 1024, n - size));
       const got = await this.#conn.read(chunk);
-      if (got === null) return false;
-      const merged = new Uint8Array(this.#buf.byteLength + got);
-      merged.set(this.#buf);
-      merged.set(chunk.subarray(0, got), this.#buf.byteLength);
-      this.#buf = merged;
+      if (got === null) {
+        ended = true;
+        break;
+      }
+      parts.push(chunk.subarray(0, got));
+      size += got;
     }
-    return true;
+    const joined = new Uint8Array(size);
+    let at = 0;
+    for (const part of parts) {
+      joined.set(part, at);
+      at += part.byteLength;
+    }
+    this.#buf = joined;
+    return !ended;
   }
   /** Reads exactly `n` bytes, or null if the connection ended first. */
   async readBytes(n: number): Promise<Uint8Array | null> {
     if (!await this.#fill(n)) return null;
     const out = this.#buf.slice(0, n);
-    this.#buf = this.#buf.slice(n);
+    this.#buf = this.#buf.subarray(n);
     return out;
   }
   /** Reads one frame, or null at end of stream. */

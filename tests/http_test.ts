@@ -355,6 +355,10 @@ Deno.test("http: keep-alive and pipelining: five requests in one write are answe
       const e = (await s.response())!;
       assert.equal(e.status, 200);
       assert.deepEqual(e.body, tree.big);
+      // Every answer, errors too, carries its own request id.
+      const ids = [a, b, c, d, e].map((r) => r.headers.get("x-request-id") ?? "");
+      for (const id of ids) assert.match(id, /^[a-z2-7]{8}-[0-9a-z]+$/);
+      assert.equal(new Set(ids).size, 5);
       // Still open: one more, asking to close.
       await s.send(get("/ok.txt", "Connection: close\r\n"));
       const f = (await s.response())!;

@@ -8,7 +8,7 @@
  * @module
  */
 
-import { getFrameLength } from "../framing.ts";
+import { FrameType, getFrameLength } from "../framing.ts";
 
 /** What the proxy saw on one connection. */
 export interface ProxiedConnection {
@@ -34,6 +34,9 @@ export interface ProxyRules {
   /** Stop forwarding to the client once `bytes` data bytes went through on connection `connection`. */
   hold?: { connection: number; bytes: number };
 }
+
+/** Data (`D`) and Compressed (`Z`) frames carry file bytes: both count as data (a `Z` frame as it is sent). */
+const isData = (type: number) => type === FrameType.Data || type === FrameType.Compressed;
 
 /** Parses a stream of request-mode frames incrementally; data payloads are reported as ranges. */
 class FrameParser {
@@ -70,11 +73,11 @@ class FrameParser {
         this.#type = chunk[i++];
         this.#left--;
         this.#control = [];
-        if (this.#type === 0x44) this.onDataFrame();
+        if (isData(this.#type)) this.onDataFrame();
         if (this.#left === 0) this.#endFrame();
       } else {
         const n = Math.min(this.#left, chunk.length - i);
-        if (this.#type === 0x44) onData(i, i + n);
+        if (isData(this.#type)) onData(i, i + n);
         else this.#control.push(chunk.slice(i, i + n));
         i += n;
         this.#left -= n;
@@ -84,7 +87,7 @@ class FrameParser {
   }
 
   #endFrame(): void {
-    if (this.#type === 0x44) return;
+    if (isData(this.#type)) return;
     const bytes = new Uint8Array(this.#control.reduce((n, c) => n + c.length, 0));
     let at = 0;
     for (const c of this.#control) {

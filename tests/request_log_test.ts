@@ -22,7 +22,17 @@ async function makeRequests(server: TestServer, count: number): Promise<void> {
 }
 
 function serve(requestLog: string[]): Promise<TestServer> {
-  return startServer(["--listen", "127.0.0.1:0", "--root", "demo", "--workers", "2", ...requestLog]);
+  // Pings are logged only with --log-health.
+  return startServer([
+    "--listen",
+    "127.0.0.1:0",
+    "--root",
+    "demo",
+    "--workers",
+    "2",
+    "--log-health",
+    ...requestLog,
+  ]);
 }
 
 Deno.test("by default each request is one line on stderr", async () => {

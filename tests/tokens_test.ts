@@ -93,6 +93,18 @@ async function rawAnswer(conn: RawConnection): Promise<RawFrame[]> {
 }
 
 /** The JSON of a control frame. */
+/**
+ * A frame as the comparisons see it: its bytes, but a JSON frame without its `requestId`, which each answer
+ * has its own of (the answers must be the same in everything else).
+ */
+function withoutRequestId(frame: RawFrame): unknown {
+  if (frame.payload.length === 0 || frame.payload[0] !== 0x48 && frame.payload[0] !== 0x45) {
+    return Array.from(frame.payload);
+  }
+  const { requestId: _, ...rest } = jsonOf(frame);
+  return [frame.payload[0], rest];
+}
+
 const jsonOf = (frame: RawFrame) => decodeJson(frame.payload.subarray(1)) as Record<string, unknown>;
 
 /** `hello` on `conn`: the nonce. */
@@ -143,7 +155,7 @@ Deno.test("tokens: without a token every request but ping gets the same UNAUTHOR
     const port = server.ports[0];
     const first = await anonymous(port, { op: "get", path: "docs/a.txt" });
     assert.equal(jsonOf(first[0]).code, ErrorCode.Unauthorized);
-    const expected = first.map((f) => Array.from(f.payload));
+    const expected = first.map(withoutRequestId);
     for (
       const request of [
         { op: "get", path: "no/such/file" },
@@ -158,7 +170,7 @@ Deno.test("tokens: without a token every request but ping gets the same UNAUTHOR
       ]
     ) {
       const frames = await anonymous(port, request);
-      assert.deepEqual(frames.map((f) => Array.from(f.payload)), expected, JSON.stringify(request));
+      assert.deepEqual(frames.map(withoutRequestId), expected, JSON.stringify(request));
     }
     // ping answers, twice on one connection: it stays open.
     const pinger = await RawConnection.open(port);
@@ -202,7 +214,7 @@ Deno.test("tokens: a token reads inside its scopes only, matched on whole path s
     for (const path of ["docs2/c.txt", "secret/missing", "top.txt"]) {
       const { conn } = await authenticated(port, ALICE);
       await conn.sendRequest({ op: "get", path });
-      answers.push((await rawAnswer(conn)).map((f) => Array.from(f.payload)));
+      answers.push((await rawAnswer(conn)).map(withoutRequestId));
       assert.ok(await conn.isClosedByPeer());
       conn.close();
     }
@@ -269,7 +281,7 @@ Deno.test("tokens: a wrong secret and an unknown name are refused alike, by the 
     const wrong = await authenticated(port, { name: ALICE.name, secret: "not-alice-secret-0123" });
     const unknown = await authenticated(port, { name: "mallory", secret: ALICE.secret });
     assert.equal(wrong.answer.code, ErrorCode.Unauthorized);
-    assert.deepEqual(unknown.answer, wrong.answer);
+    assert.deepEqual({ ...unknown.answer, requestId: 0 }, { ...wrong.answer, requestId: 0 });
     assert.equal(wrong.answer.message, "authentication failed");
     for (const { conn } of [wrong, unknown]) {
       assert.ok(await conn.isClosedByPeer());
@@ -287,7 +299,7 @@ Deno.test("tokens: a wrong secret and an unknown name are refused alike, by the 
     assert.equal(client.code, 11, client.stderr);
     assert.match(
       client.stderr,
-      /^ferry: server refused the token "alice": UNAUTHORIZED: authentication failed\n$/,
+      /^ferry: server refused the token "alice": UNAUTHORIZED: authentication failed \[request [^\]]+\]\n$/,
     );
   });
 });
@@ -478,6 +490,28 @@ Deno.test("tokens: reload() takes a new file, keeps the old tokens when the new 
   assert.equal(store.reload(), true);
   assert.equal(alice.reach("docs/a.txt"), "none");
   assert.match(alice.refusal().message, /a valid token is needed/);
+});
+
+Deno.test("tokens: SIGHUP to the master makes every worker read the tokens file again", async () => {
+  await withTokenServer(async (server, dir) => {
+    const port = server.ports[0];
+    const late = { name: "late", secret: "late-secret-0123456789ab" };
+    const before = await authenticated(port, late);
+    before.conn.close();
+    assert.equal(before.answer.code, ErrorCode.Unauthorized, "not in the file yet");
+    await Deno.writeTextFile(`${dir}/tokens`, `${late.name} ${late.secret} *\n`, { append: true });
+    const from = server.log.length;
+    server.kill("SIGHUP");
+    await server.waitForLog(/master\[\d+\]: reloaded$/, from);
+    assert.equal(server.log.slice(from).filter((l) => /reloaded: .*tokens: .* re-read/.test(l)).length, 2);
+    const { conn, answer } = await authenticated(port, late);
+    try {
+      assert.equal(answer.name, late.name, "taken by the worker that answers");
+      assert.deepEqual(await listed(conn, "docs"), ["docs/a.txt", "docs/sub/b.txt"]);
+    } finally {
+      conn.close();
+    }
+  });
 });
 
 Deno.test("tokens: a client with a token talks to a server without tokens as before", async () => {

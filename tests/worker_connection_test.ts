@@ -47,7 +47,7 @@ function openRig(root: string): Rig {
   const woken = new Set<Connection>();
   const requestLog: string[] = [];
   const config = buildServeConfig(
-    { workerId: 1, root, push: null, idleTimeout: IDLE_TIMEOUT_S, replyCacheBytes: 1 << 20 },
+    { workerId: 1, root, push: null, idleTimeout: IDLE_TIMEOUT_S, replyCacheBytes: 1 << 20, logHealth: true },
     {
       serviceLine: () => {},
       requestLine: (line) => requestLog.push(line),

@@ -154,10 +154,20 @@ export class FileRangeBody implements Body {
    * @param offset where the bytes start
    * @param end where they end
    * @param release called once when the body is sent or dropped, if given
+   * @param headerLength bytes of the Header frame the range starts with (a cached reply), or 0
    */
-  constructor(readonly fd: number, offset: number, readonly end: number, readonly release?: () => void) {
-    this.#offset = offset;
+  constructor(
+    readonly fd: number,
+    offset: number,
+    readonly end: number,
+    readonly release?: () => void,
+    readonly headerLength = 0,
+  ) {
+    this.#offset = this.start = offset;
   }
+
+  /** Where the bytes start. */
+  readonly start: number;
 
   /** See {@link Body.pump}. */
   pump(sock: number, budget: number): PumpResult {

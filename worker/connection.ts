@@ -9,6 +9,7 @@
 
 import { ACCEPT_DEFERRAL_SECONDS } from "../channel/messages.ts";
 import { ClassicBody, FramedFileBody, ZeroPadding } from "./bodies.ts";
+import { CompressedFileBody } from "./compression.ts";
 import { EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT } from "../ffi/epoll.ts";
 import {
   C,
@@ -47,10 +48,20 @@ import { ConnectionAccess, OPEN_ACCESS, type TokenStore } from "./access.ts";
 import { parseRequestRemembered } from "./request_memo.ts";
 import { type HttpConfig, nextHttpReply } from "./http.ts";
 import { httpErrorResponse, looksLikeHttp } from "../http_wire.ts";
+import type { LogFormat } from "../channel/log_format.ts";
+import { workerMetrics } from "../metrics/registry.ts";
+import { nextRequestId, stampRequestId } from "./request_id.ts";
+import { formatRequestLine, metricResult } from "./request_log.ts";
+
+/** The result of a connection that ended without a request: neither logged as one nor counted. */
+const NO_REQUEST = "closed (no request)";
 
 /** What a worker serves, shared by all its connections. */
 export interface ServeConfig {
-  /** An fd of the served directory (request mode), or -1. */
+  /**
+   * An fd of the served directory (request mode), or -1. A reload may replace it (`root_reload.ts`); a
+   * connection keeps the one it had at its first request.
+   */
   rootFd: number;
   /** The file pushed in classic mode and the name sent for it, or null. */
   push: { path: string; name: string } | null;
@@ -62,6 +73,10 @@ export interface ServeConfig {
   log: ((line: string) => void) | null;
   /** Worker number, for the log. */
   workerId: number;
+  /** How request lines are written. */
+  logFormat: LogFormat;
+  /** Whether `ping` requests are logged (they are counted either way). */
+  logHealth: boolean;
   /** The worker's SHA-256 cache. */
   hashes: HashCache;
   /** The worker's cached small replies. */
@@ -109,6 +124,10 @@ export class Connection {
   #requestStarted: number;
   #requestBytesAtStart = 0;
   #requestLabel = "-";
+  /** The operation being answered, for the metrics ("none" until a request is parsed). */
+  #op = "none";
+  /** The id of the answer being sent, or "" before one is made. */
+  #requestId = "";
   #closeWhenSent = false;
   /** When the lingering close began, and the bytes it has discarded since. */
   #lingerStarted = 0;
@@ -236,6 +255,8 @@ export class Connection {
   #startClassic(): void {
     const { path, name } = this.config.push!;
     this.#requestLabel = `PUSH ${name}`;
+    this.#op = "push";
+    this.#requestId = nextRequestId();
     const fd = openRead(path);
     const { size } = fstat(fd);
     this.#files.push(fd);
@@ -290,7 +311,7 @@ export class Connection {
     }
     if (len === 0) {
       // An end frame from the client: it has no more requests.
-      this.#finish(true, this.#served > 0 ? "ok" : "closed (no request)");
+      this.#finish(true, this.#served > 0 ? "ok" : NO_REQUEST);
       return true;
     }
     if (this.#inLength < FRAME_HEADER_SIZE + len) return false;
@@ -313,15 +334,17 @@ export class Connection {
     }
     this.#in.copyWithin(0, FRAME_HEADER_SIZE + len, this.#inLength);
     this.#inLength -= FRAME_HEADER_SIZE + len;
+    this.#requestId = nextRequestId();
     if (request !== null) {
       const reply = answer(request, this.#replyContext);
+      this.#op = request.op;
       this.#requestLabel = reply.label;
-      this.#out.push(...reply.pieces);
+      this.#out.push(...stampRequestId(reply.pieces, this.#requestId));
       this.#files.push(...reply.files);
       this.#reply = reply;
     } else {
       this.#requestLabel = "GET (path refused)";
-      this.#out.push(new ErrorPiece(refusal!));
+      this.#out.push(new ErrorPiece({ ...refusal!, requestId: this.#requestId }));
     }
     this.#state = "writing";
     return true;
@@ -329,8 +352,12 @@ export class Connection {
 
   /** Answers a complete HTTP request head if one is buffered. Returns true when the state left "reading". */
   #parseHttp(): boolean {
-    const next = nextHttpReply(this.#in, this.#inLength, this.#replyContext, this.config.http!);
+    // An id is drawn for every look at an incomplete head too: ids need only be unique, not consecutive.
+    const id = nextRequestId();
+    const next = nextHttpReply(this.#in, this.#inLength, this.#replyContext, this.config.http!, id);
     if (next === null) return false;
+    this.#requestId = id;
+    this.#op = next.reply.op;
     this.#requestStarted = performance.now();
     this.#requestBytesAtStart = this.bytesSent;
     this.#in.copyWithin(0, next.consumed, this.#inLength);
@@ -345,7 +372,7 @@ export class Connection {
 
   #onEndOfInput(): void {
     if (this.#inLength === 0) {
-      this.#finish(true, this.#served > 0 ? "ok" : "closed (no request)");
+      this.#finish(true, this.#served > 0 ? "ok" : NO_REQUEST);
     } else {
       this.#fail({
         code: ErrorCode.BadRequest,
@@ -358,12 +385,14 @@ export class Connection {
   #fail(body: ErrorBody): void {
     this.#requestLabel = this.#requestLabel === "-" ? "(malformed)" : this.#requestLabel;
     this.ok = false;
+    if (this.#requestId === "") this.#requestId = nextRequestId();
     if (this.#speaksHttp) {
       this.#errorCode = body.code;
       this.#closeWhenSent = true;
-      this.#out.push(httpErrorResponse(body.code === ErrorCode.Timeout ? 408 : 400, body.message));
+      const status = body.code === ErrorCode.Timeout ? 408 : 400;
+      this.#out.push(httpErrorResponse(status, body.message, `X-Request-Id: ${this.#requestId}\r\n`));
     } else {
-      this.#out.push(new ErrorPiece(body));
+      this.#out.push(new ErrorPiece({ ...body, requestId: this.#requestId }));
     }
     this.#state = "writing";
   }
@@ -426,7 +455,9 @@ export class Connection {
           result = head.pump(this.fd, budget);
         } catch (e) {
           if (!(e instanceof FileShrankError)) throw e;
-          if (!(head instanceof FramedFileBody)) return this.#finish(false, `error (${e.message})`); // classic: no error frame
+          if (!(head instanceof FramedFileBody || head instanceof CompressedFileBody)) {
+            return this.#finish(false, `error (${e.message})`); // classic: no error frame
+          }
           // The frame header promised more bytes than the file now has: fill the frame with zeros, then
           // say that the file changed, so the client discards what it got instead of publishing a mix.
           releaseBodies(this.#out.splice(
@@ -502,14 +533,24 @@ export class Connection {
   }
 
   #logRequest(result: string): void {
-    if (this.config.log !== null) {
-      const seconds = ((performance.now() - this.#requestStarted) / 1000).toFixed(3);
-      const bytes = this.bytesSent - this.#requestBytesAtStart;
-      this.config.log(
-        `${timestamp()} peer=${this.#peer} worker=${this.config.workerId} ` +
-          `request=${this.#requestLabel} bytes=${bytes} duration=${seconds}s result=${result}`,
-      );
+    const seconds = (performance.now() - this.#requestStarted) / 1000;
+    const bytes = this.bytesSent - this.#requestBytesAtStart;
+    if (result !== NO_REQUEST) workerMetrics.request(this.#op, metricResult(result), bytes, seconds);
+    const log = this.config.log;
+    if (log !== null && (this.#op !== "ping" || this.config.logHealth)) {
+      log(formatRequestLine(this.config.logFormat, {
+        time: timestamp(),
+        id: this.#requestId === "" ? "-" : this.#requestId,
+        peer: this.#peer,
+        worker: this.config.workerId,
+        request: this.#requestLabel,
+        bytes,
+        seconds,
+        result,
+      }));
     }
+    this.#op = "none";
+    this.#requestId = "";
     this.#requestBytesAtStart = this.bytesSent;
     this.#requestStarted = performance.now();
     this.#logged++;

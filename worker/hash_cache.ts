@@ -9,6 +9,7 @@
  */
 
 import { createSha256 } from "../hashing.ts";
+import { WorkerCell, workerMetrics } from "../metrics/registry.ts";
 import type { FileStat } from "../ffi/libc.ts";
 import { FileJobs } from "./file_jobs.ts";
 
@@ -78,6 +79,7 @@ export class HashCache {
     this.#onComputed = onComputed;
     this.#jobs = new FileJobs<string>((end) => {
       if (end.computedHere) {
+        if (end.result !== null) workerMetrics.count(WorkerCell.HashesComputed);
         const outcome = end.result === null ? "file changed while hashing" : "ok";
         log(`hashed ${end.label} bytes=${end.bytes} duration=${end.seconds.toFixed(3)}s result=${outcome}`);
       }
@@ -103,6 +105,7 @@ export class HashCache {
 
   /** Records a hash this worker computed for itself, without telling the other workers. */
   note(identity: string, sha256: string): void {
+    workerMetrics.count(WorkerCell.HashesComputed);
     this.#remember(etagOf(identity), sha256);
   }
 
@@ -112,6 +115,7 @@ export class HashCache {
    */
   offer(identity: string, sha256: string): void {
     if (this.get(identity) !== undefined) return;
+    workerMetrics.count(WorkerCell.HashesComputed);
     this.#remember(etagOf(identity), sha256);
     this.#onComputed(etagOf(identity), sha256);
     this.#jobs.end(identity, sha256);

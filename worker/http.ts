@@ -24,7 +24,25 @@ import { returnReplyBuffer, takeReplyBuffer } from "./reply_pool.ts";
 export interface HttpReply extends Reply {
   /** The status sent. */
   status: number;
+  /** The operation it counts as in the metrics: a GET or HEAD of a file is a `get`. */
+  op: "get" | "none";
 }
+
+/** ferry's error code that an HTTP error status stands for, in the request log and the metrics. */
+const CODE_OF_STATUS: Readonly<Record<number, string>> = {
+  400: ErrorCode.BadRequest,
+  403: ErrorCode.Forbidden,
+  404: ErrorCode.NotFound,
+  405: ErrorCode.UnknownOp,
+  408: ErrorCode.Timeout,
+  412: ErrorCode.Changed,
+  413: ErrorCode.TooLarge,
+  414: ErrorCode.TooLarge,
+  416: ErrorCode.BadRequest,
+  431: ErrorCode.TooLarge,
+  500: ErrorCode.Internal,
+  505: ErrorCode.UnsupportedVersion,
+};
 
 /**
  * Answers a request for a path that is not a file (e.g. `/metrics`). The method is the handler's to check;
@@ -90,24 +108,30 @@ function refusalOf(body: ErrorBody): HttpRefusal {
         body.code === ErrorCode.Unauthorized
     ? 403
     : 500;
-  return { status, message: body.message, closes: body.code === ErrorCode.Unauthorized };
+  return { status, message: body.message, closes: body.code === ErrorCode.Unauthorized, code: body.code };
 }
 
-/** An error answer to `request` (Connection: close when the refusal or the request says so). */
+/**
+ * An error answer to `request` (Connection: close when the refusal or the request says so); `answerFields`
+ * when there is no request (a malformed head).
+ */
 export function refusedReply(
   request: HttpRequest | null,
   label: string,
   refusal: HttpRefusal,
   extra = "",
+  answerFields = request?.answerFields ?? "",
 ): HttpReply {
   const keepAlive = request !== null && request.keepAlive && !refusal.closes;
-  const bytes = httpErrorResponse(refusal.status, refusal.message, extra, keepAlive);
+  const bytes = httpErrorResponse(refusal.status, refusal.message, extra + answerFields, keepAlive);
+  const code = refusal.code ?? CODE_OF_STATUS[refusal.status] ?? ErrorCode.BadRequest;
   return {
     label,
     pieces: [request?.method === "HEAD" ? bytes.subarray(0, headLength(bytes)) : bytes],
     files: [],
     status: refusal.status,
-    result: `refused http=${refusal.status}`,
+    op: request?.method === "GET" || request?.method === "HEAD" ? "get" : "none",
+    result: `refused ${code} http=${refusal.status}`,
     closeAfter: keepAlive ? undefined : refusal.closes ? "linger" : "close",
   };
 }
@@ -121,10 +145,18 @@ export function plainReply(
 ): HttpReply {
   const head =
     `HTTP/1.1 200 OK\r\nDate: ${httpDate(Date.now())}\r\nServer: ferry\r\nContent-Type: ${contentType}\r\n` +
-    `Content-Length: ${body.byteLength}\r\n${connectionField(request)}\r\n`;
+    `Content-Length: ${body.byteLength}\r\n${request.answerFields}${connectionField(request)}\r\n`;
   const pieces: Piece[] = [encoder.encode(head)];
   if (request.method !== "HEAD") pieces.push(body);
-  return { label, pieces, files: [], status: 200, result: "ok http=200", closeAfter: closeOf(request) };
+  return {
+    label,
+    pieces,
+    files: [],
+    status: 200,
+    op: "none",
+    result: "ok http=200",
+    closeAfter: closeOf(request),
+  };
 }
 
 /** Bytes up to and including the blank line of an encoded answer. */
@@ -176,7 +208,7 @@ function fileReply(
   }
   let fields = `Date: ${
     httpDate(Date.now())
-  }\r\nServer: ferry\r\nLast-Modified: ${lastModified}\r\nETag: ${etag}\r\n`;
+  }\r\nServer: ferry\r\nLast-Modified: ${lastModified}\r\nETag: ${etag}\r\n${request.answerFields}`;
   if (status === 304 || status === 412) {
     close(fd);
     if (status === 412) {
@@ -192,6 +224,7 @@ function fileReply(
       pieces: [bytes],
       files: [],
       status,
+      op: "get",
       result: "unchanged http=304",
       closeAfter: closeOf(request),
     };
@@ -230,6 +263,7 @@ function fileReply(
     pieces: [],
     files: [],
     status,
+    op: "get",
     result: `ok http=${status}`,
     closeAfter: closeOf(request),
   };
@@ -386,9 +420,14 @@ export function nextHttpReply(
   length: number,
   ctx: ReplyContext,
   config: HttpConfig,
+  requestId: string,
 ): { reply: HttpReply; consumed: number } | null {
   const parsed = parseHttpHead(input, length);
   if (parsed === null) return null;
-  if ("status" in parsed) return { reply: refusedReply(null, "HTTP (malformed)", parsed), consumed: length };
+  const answerFields = `X-Request-Id: ${requestId}\r\n`;
+  if ("status" in parsed) {
+    return { reply: refusedReply(null, "HTTP (malformed)", parsed, "", answerFields), consumed: length };
+  }
+  parsed.answerFields = answerFields;
   return { reply: answerHttp(parsed, ctx, config), consumed: parsed.headLength };
 }

@@ -30,6 +30,8 @@ export interface HttpRequest {
   hasContent: boolean;
   /** Bytes the head took in the input, blank line included. */
   headLength: number;
+  /** Header lines (each ending in CRLF) that every answer to this request carries: its `X-Request-Id`. */
+  answerFields: string;
 }
 
 /** A request that is answered with an error status. */
@@ -40,6 +42,8 @@ export interface HttpRefusal {
   message: string;
   /** True if the connection must close after the answer (the input cannot be trusted to go on). */
   closes: boolean;
+  /** ferry's error code it stands for, in the log and the metrics; by default the status's (see http.ts). */
+  code?: string;
 }
 
 const latin1 = new TextDecoder("latin1");
@@ -111,7 +115,7 @@ export function parseHttpHead(input: Uint8Array, length: number): HttpRequest | 
     (contentLength !== undefined && Number(contentLength) !== 0);
   const connection = (fields.get("connection") ?? "").toLowerCase().split(",").map((t) => t.trim());
   const keepAlive = minor === 1 ? !connection.includes("close") : connection.includes("keep-alive");
-  return { method, target, minor, fields, keepAlive, hasContent, headLength: end };
+  return { method, target, minor, fields, keepAlive, hasContent, headLength: end, answerFields: "" };
 }
 
 /** The index just past the blank line that ends the head (CRLF CRLF, or bare LFs), or -1. */

@@ -14,6 +14,7 @@
 import type { Body, PumpResult } from "./bodies.ts";
 import { C, close, type FileStat, getdents, LibcError, lstatAt, trySend, WOULD_BLOCK } from "../ffi/libc.ts";
 import { direntsOf, DT } from "../ffi/structs.ts";
+import { compressedFrame } from "./compression.ts";
 import {
   encodeJsonFrame,
   END_FRAME,
@@ -68,10 +69,15 @@ export function list(request: Readonly<Request>, ctx: ReplyContext): Reply {
     const body = opened instanceof LibcError ? openError(opened, path) : opened;
     return { label, pieces: [new ErrorPiece(body)], files: [] };
   }
-  const reply: Reply = { label, pieces: [], files: [] };
+  // A streamed listing's batches are compressed when the client offers zstd: paths repeat, and a large
+  // tree's listing is megabytes that a slow link carries before any file.
+  const compress = request.stream === true && request.accept?.includes("zstd") === true;
+  const reply: Reply = { label: compress ? `${label} zstd` : label, pieces: [], files: [] };
   const reach = ctx.access.required ? ctx.access.reach(path) : "read";
   const walk = new Walk(ctx, path, opened.fd, request.recursive === true, reach);
-  reply.pieces.push(new ListingBody(walk, request.stream === true, (result) => reply.result = result));
+  reply.pieces.push(
+    new ListingBody(walk, request.stream === true, (result) => reply.result = result, compress),
+  );
   return reply;
 }
 
@@ -330,18 +336,33 @@ class ListingBody implements Body {
   #gatheredBytes = 0;
   /** Not streamed: the limit was reached and the walk stopped. */
   #stopped = false;
+  /** The answer's request id, put in its Header (see `request_id.ts`). */
+  #requestId: string | undefined;
 
   /**
    * @param walk the walk to pump
    * @param stream true for Entries frames and a Trailer; false for one Header
    * @param setResult gives the request log's result once the walk is over
+   * @param compress streamed: send each batch as a Compressed frame when that saves enough
    */
-  constructor(readonly walk: Walk, readonly stream: boolean, readonly setResult: (r: string) => void) {
-    if (stream) {
-      this.#queue.push(
-        encodeJsonFrame(FrameType.Header, { v: PROTOCOL_VERSION, status: "ok", stream: true }),
-      );
-    }
+  constructor(
+    readonly walk: Walk,
+    readonly stream: boolean,
+    readonly setResult: (r: string) => void,
+    readonly compress = false,
+  ) {
+    if (stream) this.#queue.push(this.#streamHeader());
+  }
+
+  #streamHeader(): Uint8Array {
+    const header = { requestId: this.#requestId, v: PROTOCOL_VERSION, status: "ok", stream: true };
+    return encodeJsonFrame(FrameType.Header, this.compress ? { ...header, compression: "zstd" } : header);
+  }
+
+  /** Puts `id` in the Header this listing sends (called before anything is sent). */
+  setRequestId(id: string): void {
+    this.#requestId = id;
+    if (this.stream && this.#offset === 0 && this.#listed === 0) this.#queue[0] = this.#streamHeader();
   }
 
   /** See {@link Body.pump}: sends what is framed, then walks on, until the turn's work or bytes are used. */
@@ -434,7 +455,10 @@ class ListingBody implements Body {
     frame[this.#batchLength++] = 0x5d; // ]
     frame[this.#batchLength++] = 0x7d; // }
     putFrameLength(frame, 0, this.#batchLength - FRAME_HEADER_SIZE);
-    this.#queue.push(frame.subarray(0, this.#batchLength));
+    const packed = this.compress
+      ? compressedFrame(frame.subarray(FRAME_HEADER_SIZE + 1, this.#batchLength))
+      : null;
+    this.#queue.push(packed ?? frame.subarray(0, this.#batchLength));
     this.#batch = null;
   }
 
@@ -447,7 +471,13 @@ class ListingBody implements Body {
       this.#queue.push(encodeJsonFrame(FrameType.Trailer, trailer), END_FRAME);
     } else {
       // The entries are JSON already: the Header is put together around them rather than encoded again.
-      const head = JSON.stringify({ v: PROTOCOL_VERSION, status: "ok", truncated, leftOut });
+      const head = JSON.stringify({
+        requestId: this.#requestId,
+        v: PROTOCOL_VERSION,
+        status: "ok",
+        truncated,
+        leftOut,
+      });
       const json = `${head.slice(0, -1)},"entries":[${this.#gathered.join(",")}]}`;
       const bytes = utf8.encode(json);
       const frame = new Uint8Array(FRAME_HEADER_SIZE + 1 + bytes.byteLength + FRAME_HEADER_SIZE);

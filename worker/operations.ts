@@ -31,6 +31,7 @@ import { returnReplyBuffer, takeReplyBuffer } from "./reply_pool.ts";
 import type { ReplyCache } from "./reply_cache.ts";
 import { list } from "./listing.ts";
 import { rangedGet, sig } from "./delta_ops.ts";
+import { compressedBody } from "./compression.ts";
 import type { SignatureCache } from "./signature_cache.ts";
 import { type Access, authorize, authorizeRequest, ConnectionAccess } from "./access.ts";
 
@@ -225,7 +226,9 @@ function get(request: Readonly<Request>, ctx: ReplyContext): Reply {
   const path = request.path!;
   const offset = request.offset ?? 0;
   const label = `GET ${JSON.stringify(path)}${offset > 0 ? ` offset=${offset}` : ""}`;
-  const cached = offset === 0 ? cachedGet(request, ctx, label) : null;
+  // A client that offers zstd gets its answer built here, where the sample decides; never a cached raw one.
+  const zstd = request.accept?.includes("zstd") === true;
+  const cached = offset === 0 && !zstd ? cachedGet(request, ctx, label) : null;
   if (cached !== null) return cached;
   const opened = openFile(ctx, path);
   if (!("fd" in opened)) return refusal(label, opened);
@@ -247,6 +250,7 @@ function get(request: Readonly<Request>, ctx: ReplyContext): Reply {
     });
   }
   const reply: Reply = { label, pieces: [], files: [fd] };
+  if (zstd) file.compressed = () => reply.result = "ok zstd";
   const ifNoneMatch = request.ifNoneMatch;
   if (ifNoneMatch !== undefined) {
     reply.label += " ifNoneMatch";
@@ -277,6 +281,8 @@ export interface OpenGet {
   identity: string;
   /** That version's etag. */
   etag: string;
+  /** Present when the client offered zstd: called if the answer is sent compressed. */
+  compressed?: () => void;
 }
 
 /** The whole reply to a `get` from offset 0, from the worker's cache; null if it is not there or stale. */
@@ -343,6 +349,15 @@ function hashSmallFile(file: OpenGet): string | undefined {
 
 function sendFile(file: OpenGet, sha: string | undefined): Piece[] {
   const { ctx, path, offset, fd, fileStat, identity, etag } = file;
+  const compressed = file.compressed === undefined ? null : compressedBody(fd, offset, fileStat.size);
+  if (compressed !== null) {
+    file.compressed!();
+    return [
+      header({ ...getFields(file), sha256: sha, compression: "zstd" }),
+      compressed,
+      afterData(file, sha),
+    ];
+  }
   const head = sha !== undefined && offset === 0
     ? wholeFileHeader(identity, fileStat.mode & 0o7777, () => ({ ...getFields(file), sha256: sha }))
     : header({ ...getFields(file), sha256: sha });

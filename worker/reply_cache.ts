@@ -23,6 +23,8 @@
 
 import { close, type FileStat, LibcError, memfdCreate, punchHole, pwriteAll, statAt } from "../ffi/libc.ts";
 import { type Body, FileRangeBody } from "./bodies.ts";
+import { FRAME_HEADER_SIZE, getFrameLength } from "../framing.ts";
+import { WorkerCell, workerMetrics } from "../metrics/registry.ts";
 
 /** Entries in the memory file start on a page of their own, so that freeing one frees no other's. */
 const PAGE = 4096;
@@ -59,6 +61,8 @@ interface Entry extends CachedReply {
   readonly whole: Uint8Array | null;
   /** Where it starts in the memory file, if it is kept there. */
   readonly offset: number;
+  /** Bytes of its Header frame (the frame head included). */
+  readonly headerLength: number;
   /** Bodies sending it now. */
   senders: number;
   /** Evicted: its pages go once `senders` is 0. */
@@ -115,13 +119,17 @@ export class ReplyCache {
    */
   lookup(rootFd: number, path: string): CachedReply | null {
     const entry = this.#entries.get(path);
-    if (entry === undefined) return null;
+    if (entry === undefined) {
+      if (this.budget > 0) workerMetrics.count(WorkerCell.ReplyCacheMisses);
+      return null;
+    }
     let now: FileStat;
     try {
       now = statAt(rootFd, path);
     } catch (e) {
       if (!(e instanceof LibcError)) throw e;
       this.#drop(path, entry);
+      workerMetrics.count(WorkerCell.ReplyCacheMisses);
       return null;
     }
     const then = entry.stat;
@@ -130,8 +138,10 @@ export class ReplyCache {
       now.mtimeNs !== then.mtimeNs || now.ctimeNs !== then.ctimeNs || now.mode !== then.mode
     ) {
       this.#drop(path, entry);
+      workerMetrics.count(WorkerCell.ReplyCacheMisses);
       return null;
     }
+    workerMetrics.count(WorkerCell.ReplyCacheHits);
     return entry;
   }
 
@@ -148,7 +158,7 @@ export class ReplyCache {
       if (released) return;
       released = true;
       if (--entry.senders === 0 && entry.evicted) this.#free(entry);
-    });
+    }, entry.headerLength);
   }
 
   /**
@@ -191,6 +201,7 @@ export class ReplyCache {
     }
     const { stat, etag, sha256, unchanged } = reply;
     this.#entries.set(path, {
+      headerLength: FRAME_HEADER_SIZE + getFrameLength(reply.whole, 0),
       stat,
       etag,
       sha256,

@@ -1,0 +1,245 @@
+/**
+ * The metrics (`--metrics-listen`): the text passes `promtool check metrics`, and the counters move exactly
+ * as the test's own requests predict: gets served and refused, bytes sent, a ping, a BUSY answer, and a
+ * worker killed and restarted (whose slot keeps its counts).
+ */
+import assert from "node:assert/strict";
+import {
+  childPids,
+  eventually,
+  RawConnection,
+  runServerToExit,
+  sparseFile,
+  startServer,
+  tempDir,
+  type TestServer,
+} from "./helpers.ts";
+
+/** Starts a server with a metrics listener; returns it and the metrics port. */
+async function serveWithMetrics(
+  root: string,
+  extra: string[] = [],
+): Promise<{ server: TestServer; port: number }> {
+  const server = await startServer([
+    "--listen",
+    "127.0.0.1:0",
+    "--root",
+    root,
+    "--metrics-listen",
+    "127.0.0.1:0",
+    ...extra,
+  ]);
+  const line = await server.waitForLog(/serving metrics at/);
+  return { server, port: Number(/:(\d+)\/metrics/.exec(line)![1]) };
+}
+
+/** GET /metrics on `port`: the status line and the body. */
+async function scrape(port: number): Promise<{ status: string; body: string }> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  try {
+    await conn.write(new TextEncoder().encode("GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n"));
+    const text = await new Response(conn.readable).text(); // the server closes after answering
+    const split = text.indexOf("\r\n\r\n");
+    return { status: text.slice(0, text.indexOf("\r\n")), body: text.slice(split + 4) };
+  } finally {
+    try {
+      conn.close();
+    } catch { /* closed by reading to the end */ }
+  }
+}
+
+/** The samples of a scrape by series (`name{labels}` as printed); absent series read as 0 via {@link at}. */
+function samples(body: string): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const line of body.split("\n")) {
+    if (line === "" || line.startsWith("#")) continue;
+    const space = line.lastIndexOf(" ");
+    out.set(line.slice(0, space), Number(line.slice(space + 1)));
+  }
+  return out;
+}
+
+function at(s: Map<string, number>, series: string): number {
+  return s.get(series) ?? 0;
+}
+
+/** Makes one request on a connection of its own; returns the answer's frame types and every byte received. */
+async function requestOnce(
+  port: number,
+  request: Record<string, unknown>,
+): Promise<{ types: string; bytes: number }> {
+  const conn = await RawConnection.open(port);
+  try {
+    await conn.sendRequest(request);
+    let types = "", bytes = 0;
+    for (;;) {
+      const frame = await conn.readFrame();
+      if (frame === null) throw new Error(`connection ended after '${types}'`);
+      bytes += 4 + frame.length;
+      if (frame.length === 0) return { types, bytes };
+      types += String.fromCharCode(frame.payload[0]);
+    }
+  } finally {
+    conn.close();
+  }
+}
+
+async function promtoolCheck(body: string): Promise<void> {
+  let child;
+  try {
+    child = new Deno.Command("promtool", {
+      args: ["check", "metrics"],
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+    })
+      .spawn();
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+    console.log("skipped promtool check metrics: promtool is not installed (Debian package prometheus)");
+    return;
+  }
+  const writer = child.stdin.getWriter();
+  await writer.write(new TextEncoder().encode(body));
+  await writer.close();
+  const out = await child.output();
+  const said = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
+  assert.equal(out.code, 0, `promtool check metrics failed:\n${said}`);
+}
+
+const GET_OK = 'ferry_requests_total{op="get",result="ok"}';
+const GET_NOT_FOUND = 'ferry_requests_total{op="get",result="not_found"}';
+const PING_OK = 'ferry_requests_total{op="ping",result="ok"}';
+const DURATION_COUNT = "ferry_request_duration_seconds_count";
+
+Deno.test("a scrape passes promtool, and gets, a missing file, a ping and the bytes sent move the counters exactly", async () => {
+  await using root = await tempDir();
+  await Deno.writeTextFile(`${root.path}/small.txt`, "x".repeat(1000));
+  await Deno.writeFile(`${root.path}/large.bin`, new Uint8Array(40_000)); // cached in the memory file
+  const { server, port } = await serveWithMetrics(root.path, ["--workers", "2"]);
+  try {
+    const first = await scrape(port);
+    assert.equal(first.status, "HTTP/1.1 200 OK");
+    await promtoolCheck(first.body);
+    const before = samples(first.body);
+    const gets = 6;
+    let bytes = 0;
+    for (let i = 0; i < gets; i++) {
+      const answer = await requestOnce(server.ports[0], {
+        op: "get",
+        path: i % 2 === 0 ? "small.txt" : "large.bin",
+      });
+      assert.match(answer.types, /^HD/);
+      bytes += answer.bytes;
+    }
+    const missing = await requestOnce(server.ports[0], { op: "get", path: "no-such-file" });
+    assert.equal(missing.types, "E");
+    const ping = await requestOnce(server.ports[0], { op: "ping" });
+    assert.equal(ping.types, "H");
+    bytes += missing.bytes + ping.bytes;
+
+    // A worker counts a request right after its last byte went out: wait until all are counted.
+    let after = before;
+    await eventually("every request counted", async () => {
+      after = samples((await scrape(port)).body);
+      return at(after, DURATION_COUNT) >= at(before, DURATION_COUNT) + gets + 2;
+    });
+    assert.equal(at(after, GET_OK) - at(before, GET_OK), gets);
+    assert.equal(at(after, GET_NOT_FOUND) - at(before, GET_NOT_FOUND), 1);
+    assert.equal(at(after, PING_OK) - at(before, PING_OK), 1);
+    assert.equal(at(after, DURATION_COUNT) - at(before, DURATION_COUNT), gets + 2);
+    assert.equal(at(after, "ferry_sent_bytes_total") - at(before, "ferry_sent_bytes_total"), bytes);
+    assert.equal(at(after, 'ferry_request_duration_seconds_bucket{le="+Inf"}'), at(after, DURATION_COUNT));
+    // Each file is hashed once per worker that served it first, at most: two files, two workers.
+    const hashed = at(after, "ferry_hashes_computed_total");
+    assert.ok(hashed >= 2 && hashed <= 4, `hashes computed: ${hashed}`);
+    const lookups = at(after, "ferry_reply_cache_hits_total") + at(after, "ferry_reply_cache_misses_total");
+    assert.equal(lookups, gets + 1, "every plain get looked in the reply cache once");
+    assert.equal(at(after, "ferry_workers"), 2);
+    assert.equal(at(after, "ferry_workers_ready"), 2);
+    assert.ok(at(after, 'ferry_open_fds{process="master"}') > 0);
+    await promtoolCheck((await scrape(port)).body);
+  } finally {
+    assert.equal((await server.stop()).code, 0);
+  }
+});
+
+Deno.test("a BUSY answer and a killed worker each count once, and the restarted worker keeps its slot's counts", async () => {
+  await using root = await tempDir();
+  await sparseFile(root.path, "huge.bin", 1 << 30);
+  await Deno.writeTextFile(`${root.path}/small.txt`, "small\n");
+  const { server, port } = await serveWithMetrics(root.path, [
+    "--workers",
+    "1",
+    "--conns-per-worker",
+    "1",
+    "--queue",
+    "0",
+  ]);
+  try {
+    assert.equal((await requestOnce(server.ports[0], { op: "get", path: "small.txt" })).types, "HD");
+    let before = new Map<string, number>();
+    await eventually("the get counted", async () => {
+      before = samples((await scrape(port)).body);
+      return at(before, GET_OK) === 1;
+    });
+    // A client that reads nothing of a 1 GiB answer keeps the worker's one slot.
+    const holder = await RawConnection.open(server.ports[0]);
+    await holder.sendRequest({ op: "get", path: "huge.bin" });
+    assert.equal((await holder.readFrame())!.payload[0], "H".charCodeAt(0), "the worker is answering");
+    const refused = await RawConnection.open(server.ports[0]);
+    await refused.sendRequest({ op: "ping" });
+    const busy = await refused.readResponse();
+    refused.close();
+    assert.equal(busy.json[0].code, "BUSY");
+    const afterBusy = samples((await scrape(port)).body);
+    assert.equal(
+      at(afterBusy, 'ferry_busy_total{reason="full"}') - at(before, 'ferry_busy_total{reason="full"}'),
+      1,
+    );
+    assert.equal(at(afterBusy, 'ferry_connections_answering{worker="1"}'), 1);
+
+    const [worker] = await childPids(server.pid);
+    Deno.kill(worker, "SIGKILL");
+    await server.waitForLog(/worker 1 is gone/);
+    holder.close();
+    let afterKill = afterBusy;
+    await eventually("the worker restarted and ready", async () => {
+      afterKill = samples((await scrape(port)).body);
+      return at(afterKill, "ferry_workers_ready") === 1 && at(afterKill, "ferry_worker_restarts_total") >= 1;
+    });
+    assert.equal(at(afterKill, "ferry_worker_restarts_total") - at(before, "ferry_worker_restarts_total"), 1);
+    assert.equal(at(afterKill, GET_OK), 1, "the new worker went on from its slot's counts");
+    assert.equal((await requestOnce(server.ports[0], { op: "get", path: "small.txt" })).types, "HD");
+    await eventually("the new worker's get counted", async () => {
+      return at(samples((await scrape(port)).body), GET_OK) === 2;
+    });
+    assert.notEqual(at(afterKill, 'ferry_open_fds{process="worker",worker="1"}'), 0);
+  } finally {
+    assert.equal((await server.stop()).code, 0);
+  }
+});
+
+Deno.test("the metrics listener answers 404 elsewhere, and --no-metrics with --metrics-listen is a usage error", async () => {
+  await using root = await tempDir();
+  const { server, port } = await serveWithMetrics(root.path, ["--workers", "1"]);
+  try {
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+    await conn.write(new TextEncoder().encode("GET / HTTP/1.1\r\n\r\n"));
+    const text = await new Response(conn.readable).text();
+    assert.match(text, /^HTTP\/1\.1 404 /);
+  } finally {
+    assert.equal((await server.stop()).code, 0);
+  }
+  const out = await runServerToExit([
+    "--listen",
+    "127.0.0.1:0",
+    "--root",
+    root.path,
+    "--no-metrics",
+    "--metrics-listen",
+    "127.0.0.1:0",
+  ]);
+  assert.equal(out.code, 2);
+  assert.match(out.stderr, /--metrics-listen and --no-metrics/);
+});
