@@ -24,6 +24,7 @@ import {
   mkdirAt,
   OPEN,
   openAt,
+  renameAt,
   unlinkAt,
 } from "../ffi/libc.ts";
 
@@ -86,6 +87,31 @@ export class LocalDir implements Disposable {
   /** How messages name `name` in this directory. */
   shownPath(name: string): string {
     return join(this.shown, name);
+  }
+
+  /**
+   * Replaces the file `name` in this directory whole: `write` fills a new file `temp` (made here with
+   * `mode`; a leftover or a symlink planted at `temp` is removed, never written through), which is then
+   * renamed over `name`, so a reader sees the old file or the new one. Not fsynced. Throws LocalIoError.
+   */
+  replaceFile(name: string, temp: string, mode: number, write: (fd: number) => void): void {
+    try {
+      try {
+        unlinkAt(this.#fd, temp);
+      } catch { /* none */ }
+      const fd = openAt(this.#fd, temp, OPEN.O_WRONLY | OPEN.O_CREAT | OPEN.O_EXCL, {
+        mode,
+        noSymlinks: true,
+      });
+      try {
+        write(fd);
+      } finally {
+        close(fd);
+      }
+      renameAt(this.#fd, temp, this.#fd, name);
+    } catch (e) {
+      throw new LocalIoError(`cannot write ${this.shownPath(name)}`, e);
+    }
   }
 
   /** fsyncs the directory, so the renames and removals in it survive a crash. Throws LocalIoError. */

@@ -19,19 +19,7 @@
 
 import { isSha256Hex } from "../framing.ts";
 import type { StatIdentity } from "../ffi/structs.ts";
-import {
-  C,
-  close,
-  fstat,
-  LibcError,
-  mkdirAt,
-  OPEN,
-  openAt,
-  pread,
-  pwriteAll,
-  renameAt,
-  unlinkAt,
-} from "../ffi/libc.ts";
+import { C, close, fstat, LibcError, mkdirAt, OPEN, openAt, pread, pwriteAll } from "../ffi/libc.ts";
 import { LocalDir, LocalIoError } from "./local_tree.ts";
 
 /** The first line of a state file. */
@@ -263,16 +251,9 @@ export function saveState(root: LocalDir, state: MirrorState): void {
     }
     using dir = LocalDir.adopt(
       openAt(root.fd, STATE_DIR, OPEN.O_RDONLY | OPEN.O_DIRECTORY, { noSymlinks: true }),
-      "",
+      root.shownPath(STATE_DIR),
     );
-    try {
-      unlinkAt(dir.fd, STATE_TEMP); // a leftover, or a symlink someone planted: never written through
-    } catch { /* none */ }
-    const fd = openAt(dir.fd, STATE_TEMP, OPEN.O_WRONLY | OPEN.O_CREAT | OPEN.O_EXCL, {
-      mode: 0o600,
-      noSymlinks: true,
-    });
-    try {
+    dir.replaceFile(STATE_FILE, STATE_TEMP, 0o600, (fd) => {
       // In pieces of about a MiB: the state of a million files is some 170 MB of text.
       const encoder = new TextEncoder();
       let offset = 0, piece: string[] = [], pieceLength = 0;
@@ -289,11 +270,9 @@ export function saveState(root: LocalDir, state: MirrorState): void {
         if (pieceLength >= 1 << 20) flush();
       }
       flush();
-    } finally {
-      close(fd);
-    }
-    renameAt(dir.fd, STATE_TEMP, dir.fd, STATE_FILE);
+    });
   } catch (e) {
+    if (e instanceof LocalIoError) throw e; // it names the file already
     throw new LocalIoError(`cannot write ${shown}`, e);
   }
 }

@@ -18,8 +18,8 @@
 
 import { basename, dirname, join } from "node:path";
 import { classify, ClientError, ExitCode, ServerRefusal, usageError } from "./failure.ts";
-import { close, OPEN, openAt, pwriteAll, renameAt, unlinkAt } from "../ffi/libc.ts";
-import { type LocalDir, LocalIoError } from "./local_tree.ts";
+import { pwriteAll } from "../ffi/libc.ts";
+import type { LocalDir } from "./local_tree.ts";
 import { ErrorCode, PROTOCOL_VERSION } from "../framing.ts";
 import { type Manifest, MANIFEST_NAME, ManifestError, type ManifestFile, parseManifest } from "./manifest.ts";
 import { parsePublicKey, type PublicKey, SignatureError, verifySignature } from "./minisign.ts";
@@ -371,24 +371,7 @@ export function writeReleaseFiles(root: LocalDir, release: Release): void {
       release.manifestBytes,
     ]] as const
   ) {
-    const temp = `.${file}.ferry-release.tmp`;
-    try {
-      try {
-        unlinkAt(root.fd, temp); // a leftover, or a symlink someone planted: never written through
-      } catch { /* none */ }
-      const fd = openAt(root.fd, temp, OPEN.O_WRONLY | OPEN.O_CREAT | OPEN.O_EXCL, {
-        mode: 0o644,
-        noSymlinks: true,
-      });
-      try {
-        pwriteAll(fd, bytes, 0);
-      } finally {
-        close(fd);
-      }
-      renameAt(root.fd, temp, root.fd, file);
-    } catch (e) {
-      throw new LocalIoError(`cannot write ${root.shownPath(file)}`, e);
-    }
+    root.replaceFile(file, `.${file}.ferry-release.tmp`, 0o644, (fd) => pwriteAll(fd, bytes, 0));
   }
 }
 

@@ -69,6 +69,9 @@ export const MasterCell = {
   /** Metrics scrapes answered by the master's metrics listener. */
   Scrapes: 7,
   BusyPerIp: 8,
+  /** Connections closed by the allow-lists (--allow/--deny), and for a PROXY header not taken. */
+  RefusedByList: 9,
+  RefusedProxyHeader: 10,
 } as const;
 
 /** Cells of a worker's slot. */

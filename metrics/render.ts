@@ -121,6 +121,10 @@ export function renderMetrics(region: MetricsRegion | null = metricsRegion()): s
     .sample("ferry_busy_total", { reason: "no_fd" }, master[MasterCell.BusyNoFd])
     .sample("ferry_busy_total", { reason: "per_ip" }, master[MasterCell.BusyPerIp]);
 
+  out.family("ferry_refused_total", "counter", "Connections closed unanswered by admission, by reason.")
+    .sample("ferry_refused_total", { reason: "allow_list" }, master[MasterCell.RefusedByList])
+    .sample("ferry_refused_total", { reason: "proxy_header" }, master[MasterCell.RefusedProxyHeader]);
+
   out.family("ferry_workers", "gauge", "Worker processes configured (--workers).")
     .sample("ferry_workers", {}, workers.length);
   out.family("ferry_workers_ready", "gauge", "Worker processes running and ready.")

@@ -253,13 +253,30 @@ export class Admission<T extends AdmittedConn> {
     }
   }
 
+  /**
+   * Whether the allow-lists let the peer `sockaddr` in, for a way in that hands nothing to a worker (the
+   * metrics listener): the same rules as every connection, never a second door. A refusal is counted and
+   * logged as any other; the caller closes the connection.
+   */
+  allows(sockaddr: Uint8Array): boolean {
+    const ip = ipOfSockaddr(sockaddr);
+    return ip === null || this.#allowed(ip);
+  }
+
+  /** The allow-lists for `ip`; a refusal is counted and logged. */
+  #allowed(ip: IpAddress): boolean {
+    const { allow, deny } = this.#rules;
+    const denied = firstMatch(deny, ip);
+    if (denied === null && (allow.length === 0 || firstMatch(allow, ip) !== null)) return true;
+    this.#counts.refused++;
+    this.#refusal(ip, denied !== null ? `denied by --deny ${denied.text}` : "not inside any --allow");
+    return false;
+  }
+
   /** The allow-lists and the per-address limit, for the client's address `ip`. */
   #decide(conn: T, ip: IpAddress): Verdict {
-    const { allow, deny, maxConnsPerIp } = this.#rules;
-    const denied = firstMatch(deny, ip);
-    if (denied !== null || (allow.length > 0 && firstMatch(allow, ip) === null)) {
-      this.#counts.refused++;
-      this.#refusal(ip, denied !== null ? `denied by --deny ${denied.text}` : "not inside any --allow");
+    const { maxConnsPerIp } = this.#rules;
+    if (!this.#allowed(ip)) {
       close(conn.fd);
       return "closed";
     }

@@ -237,7 +237,11 @@ export class Master {
       this.#listeners.set(fd, { fd, endpoint: actual, mode });
     }
     if (this.#options.metricsListen !== null) {
-      this.#metricsListener = new MetricsListener(this.#options.metricsListen, this.#epoll);
+      this.#metricsListener = new MetricsListener(
+        this.#options.metricsListen,
+        this.#epoll,
+        (peer) => !this.#admission.active || this.#admission.allows(peer),
+      );
     }
   }
 
@@ -371,6 +375,8 @@ export class Master {
     this.#metricsListener?.tick(now);
     this.#counts[MasterCell.Queued] = this.#dispatcher.queued;
     this.#counts[MasterCell.WorkersReady] = this.#readyWorkers.size;
+    this.#counts[MasterCell.RefusedByList] = this.#admission.counts.refused;
+    this.#counts[MasterCell.RefusedProxyHeader] = this.#admission.counts.badProxy;
     if (this.#stopRequested > 0) this.#continueStop(now);
   }
 

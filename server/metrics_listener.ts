@@ -47,11 +47,18 @@ export class MetricsListener {
   readonly #fd: number;
   readonly #epoll: Epoll;
   readonly #scrapes = new Map<number, Scrape>();
+  /** The address of the peer accepted last (outside V8's heap: see tryAccept4). */
+  readonly #peer = new Uint8Array(new ArrayBuffer(SOCKADDR_MAX));
   /** Where it listens (the port resolved). */
   readonly endpoint: Endpoint;
 
   /** Opens the listener on `endpoint` and adds it to `epoll`. Throws naming the address if it cannot. */
-  constructor(endpoint: Endpoint, epoll: Epoll) {
+  /**
+   * @param endpoint where to listen
+   * @param epoll the master's loop
+   * @param admits whether the peer (its sockaddr) may scrape: the allow-lists every way in obeys
+   */
+  constructor(endpoint: Endpoint, epoll: Epoll, readonly admits: (peer: Uint8Array) => boolean = () => true) {
     const fd = socket(endpoint.family, C.SOCK_STREAM | C.SOCK_NONBLOCK | C.SOCK_CLOEXEC);
     try {
       setsockoptInt(fd, C.SOL_SOCKET, C.SO_REUSEADDR, 1);
@@ -110,12 +117,12 @@ export class MetricsListener {
     for (;;) {
       let fd;
       try {
-        fd = tryAccept4(this.#fd, C.SOCK_NONBLOCK | C.SOCK_CLOEXEC);
+        fd = tryAccept4(this.#fd, C.SOCK_NONBLOCK | C.SOCK_CLOEXEC, this.#peer);
       } catch {
         return; // EMFILE and the like: the listener stays ready, and is tried again on the next wake-up
       }
       if (fd === WOULD_BLOCK) return;
-      if (this.#scrapes.size >= MAX_SCRAPES) {
+      if (this.#scrapes.size >= MAX_SCRAPES || !this.admits(this.#peer)) {
         close(fd);
         continue;
       }

@@ -276,6 +276,7 @@ Deno.test("--proxy-protocol: v1 and v2 headers from a listed proxy name the clie
     "192.0.2.0/24",
     "--request-log",
     "-",
+    "--log-health", // the pings' lines name the client
   );
   try {
     const port = server.ports[0];

@@ -155,6 +155,7 @@ Deno.test("get and mirror through HAProxy terminating TLS (send-proxy-v2); a wro
     "127.0.0.3/32",
     "--request-log",
     "-",
+    "--log-health", // HAProxy's health check is a ping
   ]);
   const tlsPort = freePort();
   await Deno.writeTextFile(

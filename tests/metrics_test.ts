@@ -4,6 +4,9 @@
  * worker killed and restarted (whose slot keeps its counts).
  */
 import assert from "node:assert/strict";
+import { Buffer } from "node:buffer";
+import { createConnection } from "node:net";
+import { encodeRequest, PROTOCOL_VERSION } from "../framing.ts";
 import {
   childPids,
   eventually,
@@ -242,4 +245,37 @@ Deno.test("the metrics listener answers 404 elsewhere, and --no-metrics with --m
   ]);
   assert.equal(out.code, 2);
   assert.match(out.stderr, /--metrics-listen and --no-metrics/);
+});
+
+/** Connects to `port` from the source address `from`, sends `bytes`, and returns all it read until closed. */
+function exchangeFrom(port: number, from: string, bytes: Uint8Array): Promise<Uint8Array> {
+  return new Promise((resolve, reject) => {
+    const chunks: Uint8Array[] = [];
+    const socket = createConnection(
+      { host: "127.0.0.1", port, localAddress: from },
+      () => socket.write(bytes),
+    );
+    socket.on("data", (chunk: Uint8Array) => chunks.push(chunk));
+    socket.on("error", (e: NodeJS.ErrnoException) => e.code === "ECONNRESET" ? undefined : reject(e));
+    socket.on("close", () => resolve(new Uint8Array(Buffer.concat(chunks))));
+  });
+}
+
+Deno.test("the allow-lists hold for the metrics listener too, and their refusals are counted", async () => {
+  await using root = await tempDir();
+  const { server, port } = await serveWithMetrics(root.path, ["--workers", "1", "--deny", "127.0.0.2"]);
+  try {
+    const ping = encodeRequest({ v: PROTOCOL_VERSION, op: "ping" });
+    const scrapeRequest = new TextEncoder().encode("GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n");
+    assert.equal((await exchangeFrom(server.ports[0], "127.0.0.2", ping)).length, 0, "the file port: closed");
+    assert.equal(
+      (await exchangeFrom(port, "127.0.0.2", scrapeRequest)).length,
+      0,
+      "the metrics port: closed",
+    );
+    const body = samples((await scrape(port)).body);
+    assert.equal(at(body, 'ferry_refused_total{reason="allow_list"}'), 2);
+  } finally {
+    assert.equal((await server.stop()).code, 0);
+  }
 });
