@@ -94,6 +94,9 @@ export async function startTarget(options: TargetOptions = {}): Promise<Target> 
       String(options.workers ?? 2),
       "--request-log",
       options.requestLog ?? "/dev/null",
+      // The fuzzer checks answers against ferry's framing; HTTP on the same port, which would answer its
+      // foreign "GET /" bytes in HTTP, has its own mangled-request test (tests/http_test.ts).
+      "--no-http",
       ...options.extraArgs ?? [],
     ]);
     return {
