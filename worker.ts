@@ -33,7 +33,9 @@ import { ReplyCache } from "./worker/reply_cache.ts";
 import { TokenStore } from "./worker/access.ts";
 import { ServedRoot } from "./worker/root_reload.ts";
 import { describeReload, workerReload } from "./reload_hooks.ts";
-import { attachMetricsRegion, workerMetrics } from "./metrics/registry.ts";
+import { attachMetricsRegion, metricsRegion, workerMetrics } from "./metrics/registry.ts";
+import { renderMetrics } from "./metrics/render.ts";
+import { type HttpHandler, plainReply, refusedReply } from "./worker/http.ts";
 import { jsonServiceLine } from "./channel/log_format.ts";
 
 export { parseWorkerArgs };
@@ -103,6 +105,31 @@ export interface ServeHooks {
 }
 
 /**
+ * `GET /metrics` on the file port: the same text as `--metrics-listen`, rendered from the shared counters.
+ * With `--tokens` it is refused like every path, as HTTP cannot prove a token (`--metrics-listen`, which
+ * the allow-lists govern, serves Prometheus then).
+ */
+const answerScrape: HttpHandler = (request, ctx) => {
+  const label = `HTTP ${request.method} /metrics`;
+  if (request.method !== "GET" && request.method !== "HEAD") {
+    return refusedReply(request, label, { status: 405, message: "only GET and HEAD", closes: false });
+  }
+  if (ctx.access.required) {
+    const message = "the server requires a token, which HTTP cannot prove; scrape --metrics-listen";
+    return refusedReply(request, label, { status: 403, message, closes: true });
+  }
+  if (metricsRegion() === null) {
+    return refusedReply(request, label, {
+      status: 404,
+      message: "metrics are off (--no-metrics)",
+      closes: false,
+    });
+  }
+  const body = new TextEncoder().encode(renderMetrics());
+  return { ...plainReply(request, label, "text/plain; version=0.0.4; charset=utf-8", body), op: "scrape" };
+};
+
+/**
  * What all of a worker's connections share, as the worker builds it: the served directory opened, the
  * SHA-256 cache and the reply cache. Used by {@link WorkerLoop}, and by tests that drive connections directly.
  */
@@ -125,7 +152,7 @@ export function buildServeConfig(
     hashes,
     signatures: new SignatureCache(hashes, hooks.serviceLine, hooks.signatureKnown),
     wake: hooks.wake,
-    http: args.http === false ? null : { routes: new Map() },
+    http: args.http === false ? null : { routes: new Map([["/metrics", answerScrape]]) },
     replies: new ReplyCache(
       args.replyCacheBytes,
       (why) => hooks.serviceLine(`reply cache kept in the heap: ${why}`),

@@ -101,6 +101,9 @@ type State = "reading" | "writing" | "waiting" | "lingering" | "closed";
 const INPUT_SCRATCH = new Uint8Array(FRAME_HEADER_SIZE + MAX_REQUEST_FRAME + 4096);
 const NO_INPUT = new Uint8Array(0);
 
+/** Requests of health checks and monitoring, logged only with --log-health (they are counted anyway). */
+const HEALTH_OPS: ReadonlySet<string> = new Set(["ping", "scrape"]);
+
 /** One client connection of a worker. */
 export class Connection {
   /** Bytes written to the client so far. */
@@ -537,7 +540,7 @@ export class Connection {
     const bytes = this.bytesSent - this.#requestBytesAtStart;
     if (result !== NO_REQUEST) workerMetrics.request(this.#op, metricResult(result), bytes, seconds);
     const log = this.config.log;
-    if (log !== null && (this.#op !== "ping" || this.config.logHealth)) {
+    if (log !== null && (!HEALTH_OPS.has(this.#op) || this.config.logHealth)) {
       log(formatRequestLine(this.config.logFormat, {
         time: timestamp(),
         id: this.#requestId === "" ? "-" : this.#requestId,

@@ -24,8 +24,11 @@ import { returnReplyBuffer, takeReplyBuffer } from "./reply_pool.ts";
 export interface HttpReply extends Reply {
   /** The status sent. */
   status: number;
-  /** The operation it counts as in the metrics: a GET or HEAD of a file is a `get`. */
-  op: "get" | "none";
+  /**
+   * The operation it counts as in the metrics: a GET or HEAD of a file is a `get`; a `scrape` of /metrics
+   * is, like a `ping`, logged only with --log-health.
+   */
+  op: "get" | "none" | "scrape";
 }
 
 /** ferry's error code that an HTTP error status stands for, in the request log and the metrics. */
