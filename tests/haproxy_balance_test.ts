@@ -130,9 +130,11 @@ Deno.test("20 mirrors through HAProxy (leastconn, ping checks, PROXY v2) survive
       (_, i) => runClient(["mirror", address, ".", `${out.path}/copy${i}`, "--timeout", "60", "-q"]),
     );
     // The first server seen answering a listing is the one killed: that run has its files yet to fetch.
-    const victim = await Promise.race(
-      servers.map((server) => server.waitForLog(/request=LIST /).then(() => server)),
-    );
+    const victim = await Promise.race([
+      ...servers.map((server) => server.waitForLog(/request=LIST /).then(() => server)),
+      Promise.all(jobs).then(() => null), // all ended with no listing answered
+    ]);
+    assert.ok(victim !== null, `no server answered a listing:\n${servers.flatMap((s) => s.log).join("\n")}`);
     victim.kill("SIGKILL");
     workers.push(...workersOf[servers.indexOf(victim)]);
     assert.ok(workers.length > 0, "the killed server had no worker");
