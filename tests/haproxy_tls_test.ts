@@ -8,33 +8,8 @@
  */
 
 import assert from "node:assert/strict";
-import {
-  eventually,
-  makeFile,
-  repoPath,
-  runClient,
-  sha256File,
-  startServer,
-  tempDir,
-  treeOf,
-} from "./helpers.ts";
-
-/** The path of `tool` on PATH, or null. */
-function which(tool: string): string | null {
-  for (const dir of (Deno.env.get("PATH") ?? "").split(":")) {
-    try {
-      const path = `${dir}/${tool}`;
-      if (Deno.statSync(path).isFile) return path;
-    } catch { /* not here */ }
-  }
-  // Debian puts haproxy in /usr/sbin, which a user's PATH may lack.
-  for (const dir of ["/usr/sbin", "/sbin"]) {
-    try {
-      if (Deno.statSync(`${dir}/${tool}`).isFile) return `${dir}/${tool}`;
-    } catch { /* not here */ }
-  }
-  return null;
-}
+import { makeFile, repoPath, runClient, sha256File, startServer, tempDir, treeOf } from "./helpers.ts";
+import { freePort, startHaproxy, which } from "./haproxy.ts";
 
 async function run(command: string, args: string[], cwd: string): Promise<void> {
   const out = await new Deno.Command(command, { args, cwd, stdin: "null", stdout: "null", stderr: "piped" })
@@ -97,14 +72,6 @@ async function makeCertificates(openssl: string, dir: string): Promise<void> {
   await Deno.writeTextFile(`${dir}/haproxy.pem`, chain + await Deno.readTextFile(`${dir}/server.key`));
 }
 
-/** A port free now on 127.0.0.1 (HAProxy binds it a moment later). */
-function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const { port } = listener.addr as Deno.NetAddr;
-  listener.close();
-  return port;
-}
-
 /**
  * deploy/haproxy-tls.cfg with the test's ports and certificate, and HAProxy connecting to ferry from
  * 127.0.0.3, so that a log line showing 127.0.0.1 can only come from the PROXY header.
@@ -162,26 +129,8 @@ Deno.test("get and mirror through HAProxy terminating TLS (send-proxy-v2); a wro
     `${certs.path}/haproxy.cfg`,
     await renderConfig(tlsPort, server.ports[0], `${certs.path}/haproxy.pem`),
   );
-  const proxy = new Deno.Command(haproxy, {
-    args: ["-db", "-f", `${certs.path}/haproxy.cfg`],
-    stdin: "null",
-    stdout: "null",
-    stderr: "piped",
-  }).spawn();
-  const proxyLog = new Response(proxy.stderr).text();
+  const proxy = await startHaproxy(haproxy, `${certs.path}/haproxy.cfg`, tlsPort);
   try {
-    // HAProxy is up once its port answers (or it has exited: its log says why).
-    let exited = false;
-    proxy.status.then(() => exited = true);
-    await eventually("haproxy listens", async () => {
-      if (exited) throw new Error(`haproxy exited: ${await proxyLog}`);
-      try {
-        (await Deno.connect({ hostname: "127.0.0.1", port: tlsPort })).close();
-        return true;
-      } catch {
-        return false;
-      }
-    });
     const address = `127.0.0.1:${tlsPort}`;
     const tls = ["--tls", "--cacert", `${certs.path}/ca.pem`, "--tls-server-name", "ferry.test"];
 
@@ -231,11 +180,7 @@ Deno.test("get and mirror through HAProxy terminating TLS (send-proxy-v2); a wro
     // HAProxy's health check (every 200 ms here): a ping behind a LOCAL header, logged with HAProxy's address.
     await server.waitForLog(/peer=127\.0\.0\.3:\d+ .*request=PING .*result=ok/);
   } finally {
-    try {
-      proxy.kill("SIGTERM");
-    } catch { /* it exited already */ }
-    await proxy.status;
-    await proxyLog;
+    await proxy.stop();
     await server.stop();
   }
 });
