@@ -69,7 +69,8 @@ async function unprivilegedLauncher(dir: string): Promise<Launcher | null | stri
   } catch {
     return "setpriv(1) (util-linux) is not installed";
   }
-  // The deno executable may live where `nobody` cannot reach it (below /root): a hard link, or a copy.
+  // The deno executable may live where `nobody` cannot reach it (below a home folder only its owner can
+  // enter): a hard link, or a copy.
   const deno = `${dir}/deno`;
   try {
     await Deno.link(Deno.execPath(), deno);

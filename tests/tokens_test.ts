@@ -51,8 +51,8 @@ async function makeTree(dir: string): Promise<void> {
     "deep/a/bb/w.txt": "w",
   };
   for (const [path, text] of Object.entries(files)) {
-    await Deno.mkdir(`${dir}/root/${path}`.replace(/\/[^/]*$/, ""), { recursive: true });
-    await Deno.writeTextFile(`${dir}/root/${path}`, text);
+    await Deno.mkdir(`${dir}/tree/${path}`.replace(/\/[^/]*$/, ""), { recursive: true });
+    await Deno.writeTextFile(`${dir}/tree/${path}`, text);
   }
   await Deno.writeTextFile(`${dir}/tokens`, TOKENS, { mode: 0o600 });
   for (const t of [ALICE, DEEP, ROOT]) {
@@ -68,7 +68,7 @@ async function withTokenServer(fn: (server: TestServer, dir: string) => Promise<
     "--listen",
     "127.0.0.1:0",
     "--root",
-    `${dir.path}/root`,
+    `${dir.path}/tree`,
     "--tokens",
     `${dir.path}/tokens`,
     "--workers",
@@ -405,7 +405,7 @@ Deno.test("tokens: a tokens file open to group or others, or with a malformed li
   await using dir = await tempDir();
   await makeTree(dir.path);
   const start = (tokens: string) =>
-    runServerToExit(["--listen", "127.0.0.1:0", "--root", `${dir.path}/root`, "--tokens", tokens]);
+    runServerToExit(["--listen", "127.0.0.1:0", "--root", `${dir.path}/tree`, "--tokens", tokens]);
   await Deno.chmod(`${dir.path}/tokens`, 0o640);
   const open = await start(`${dir.path}/tokens`);
   assert.equal(open.code, 2);
@@ -436,7 +436,7 @@ Deno.test("tokens: a tokens file open to group or others, or with a malformed li
     "--listen",
     "127.0.0.1:0",
     "--push",
-    `${dir.path}/root/top.txt`,
+    `${dir.path}/tree/top.txt`,
     "--tokens",
     `${dir.path}/tokens`,
   ]);
@@ -521,7 +521,7 @@ Deno.test("tokens: a client with a token talks to a server without tokens as bef
     "--listen",
     "127.0.0.1:0",
     "--root",
-    `${dir.path}/root`,
+    `${dir.path}/tree`,
     "--workers",
     "1",
   ]);

@@ -102,18 +102,18 @@ Deno.test("SIGUSR2 upgrades with clients in a loop: none refused or failed; then
 
 Deno.test("SIGUSR2 when the new master cannot start serving: the old one says so and serves on", async () => {
   await using dir = await tempDir();
-  await Deno.mkdir(`${dir.path}/root`);
+  await Deno.mkdir(`${dir.path}/tree`);
   const server = await startServer([
     "--listen",
     "127.0.0.1:0",
     "--root",
-    `${dir.path}/root`,
+    `${dir.path}/tree`,
     "--workers",
     "1",
   ]);
   try {
     // The new master finds no root where its command line says (exit 2), so it never serves.
-    await Deno.remove(`${dir.path}/root`);
+    await Deno.remove(`${dir.path}/tree`);
     const from = server.log.length;
     server.kill("SIGUSR2");
     await server.waitForLog(/exited before it was ready; serving on/, from);
