@@ -52,10 +52,17 @@ export function chunkLimits(bits: number): { min: number; max: number } {
   return { min: 1 << (bits - 2), max: 1 << (bits + 2) };
 }
 
+/** Bytes the gear hash depends on: each step shifts it left by one bit, so older bytes drop out of 32 bits. */
+const GEAR_WINDOW = 32;
+
 /**
  * Finds cut points in a stream of bytes. A chunk ends where the gear hash's top `bits` bits are all zero,
  * once it is at least `min` long, or when it reaches `max`. The hash of a byte depends only on the 32
  * bytes before it, so cuts re-synchronise right after an edit.
+ *
+ * For the same reason the first `min - 32` bytes of a chunk need no hashing at all (as FastCDC skips them):
+ * the hash at `min` is the same whatever came before its last 32 bytes. The cut points are those of hashing
+ * every byte; only the time differs.
  */
 export class Chunker {
   readonly #mask: number;
@@ -78,13 +85,32 @@ export class Chunker {
    * bytes after the last cut carry over to the next call.
    */
   update(data: Uint8Array, onCut: (end: number) => void): void {
-    const mask = this.#mask, min = this.#min, max = this.#max;
-    let hash = this.#hash, length = this.#length;
-    for (let i = 0; i < data.length; i++) {
-      hash = ((hash << 1) + GEAR[data[i]]) | 0;
-      length++;
-      if ((length >= min && (hash & mask) === 0) || length >= max) {
-        onCut(i + 1);
+    const mask = this.#mask, min = this.#min, max = this.#max, n = data.length;
+    let hash = this.#hash, length = this.#length, i = 0;
+    while (i < n) {
+      if (length < min - GEAR_WINDOW) {
+        const skip = Math.min(min - GEAR_WINDOW - length, n - i);
+        i += skip;
+        length += skip;
+        continue;
+      }
+      // Up to and including byte `max` of the chunk, stopping after the first byte whose hash cuts.
+      const stop = i + Math.min(max - length, n - i);
+      const check = i + Math.max(0, min - 1 - length);
+      let j = i;
+      for (; j < check && j < stop; j++) hash = ((hash << 1) + GEAR[data[j]]) | 0;
+      let cut = false;
+      for (; j < stop;) {
+        hash = ((hash << 1) + GEAR[data[j++]]) | 0;
+        if ((hash & mask) === 0) {
+          cut = true;
+          break;
+        }
+      }
+      length += j - i;
+      i = j;
+      if (cut || length === max) {
+        onCut(i);
         hash = 0;
         length = 0;
       }

@@ -9,6 +9,7 @@
 import assert from "node:assert/strict";
 import {
   chunkBitsFor,
+  Chunker,
   chunkLimits,
   decodeSignature,
   type DeltaPlan,
@@ -20,7 +21,7 @@ import {
   signatureOf,
 } from "../delta.ts";
 import { loadHashing } from "../hashing.ts";
-import { MAX_CHUNK_BITS, MIN_CHUNK_BITS, SIGNATURE_HEADER_SIZE } from "../framing.ts";
+import { CHUNK_GEAR_SEED, MAX_CHUNK_BITS, MIN_CHUNK_BITS, SIGNATURE_HEADER_SIZE } from "../framing.ts";
 
 await loadHashing();
 
@@ -176,6 +177,50 @@ Deno.test("a signature built from pieces of any size equals the one built at onc
   }
   const pieces: Signature = builder.finish();
   assert.deepEqual(pieces, whole);
+});
+
+/**
+ * The cut points as the protocol defines them (PROTOCOL.md "Delta transfer"), one byte at a time: the gear
+ * hash of every byte, a cut where its top bits are zero once the chunk is `min` long, or at `max`.
+ */
+function referenceCuts(data: Uint8Array, bits: number): number[] {
+  const gear = new Uint32Array(256);
+  for (let i = 0, x = CHUNK_GEAR_SEED; i < 256; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    gear[i] = x >>> 0;
+  }
+  const mask = (~0 << (32 - bits)) | 0;
+  const { min, max } = chunkLimits(bits);
+  const cuts: number[] = [];
+  for (let i = 0, hash = 0, length = 0; i < data.length; i++) {
+    hash = ((hash << 1) + gear[data[i]]) | 0;
+    length++;
+    if ((length >= min && (hash & mask) === 0) || length >= max) {
+      cuts.push(i + 1);
+      hash = 0;
+      length = 0;
+    }
+  }
+  return cuts;
+}
+
+Deno.test("the chunker, which skips the start of each chunk, cuts where hashing every byte cuts", () => {
+  const next = random(77);
+  const data = randomBytes(next, 3 * 1024 * 1024);
+  data.fill(7, 1024 * 1024, 1536 * 1024); // a run of one byte value: no hash cut, so chunks end at max
+  for (let bits = MIN_CHUNK_BITS; bits <= MAX_CHUNK_BITS; bits++) {
+    const expected = referenceCuts(data, bits);
+    for (const piece of [5, 999, 4096, 70_001, data.length]) {
+      const chunker = new Chunker(bits);
+      const cuts: number[] = [];
+      for (let at = 0; at < data.length; at += piece) {
+        chunker.update(data.subarray(at, at + piece), (end) => cuts.push(at + end));
+      }
+      assert.deepEqual(cuts, expected, `bits ${bits}, fed in pieces of ${piece} bytes`);
+    }
+  }
 });
 
 Deno.test("a signature that cannot describe the file is refused with SignatureError", () => {
