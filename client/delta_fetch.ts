@@ -13,8 +13,16 @@
  * @module
  */
 
-import { decodeSignature, planDelta, type Signature, SignatureBuilder, SignatureError } from "../delta.ts";
 import {
+  chunkBitsFor,
+  decodeSignature,
+  planDelta,
+  type Signature,
+  SignatureBuilder,
+  SignatureError,
+} from "../delta.ts";
+import {
+  ErrorCode,
   MAX_RANGES,
   PROTOCOL_VERSION,
   type Request,
@@ -26,7 +34,7 @@ import type { Deadline } from "./deadline.ts";
 import { protocolError, ServerRefusal } from "./failure.ts";
 import type { Progress } from "./progress.ts";
 import { LocalIoError } from "./publish.ts";
-import type { Session } from "./session.ts";
+import { isConnectionLoss, type Session } from "./session.ts";
 
 /**
  * Smallest old copy worth a delta: below 1 MiB the whole file crosses a LAN in about a millisecond, less
@@ -66,6 +74,8 @@ export interface DeltaContext<H extends DeltaHeader> {
   path: string;
   /** The old copy, open for reading; the caller closes it. */
   old: Deno.FsFile;
+  /** The new version's size if the caller knows it (mirror's listing): the old copy is cut for that size. */
+  expectedSize?: number;
   /** The old copy's SHA-256, if it was computed: the server answers `unchanged` if it is the version's. */
   localSha256?: string;
   /** Checks a header the way a whole-file get does. */
@@ -100,9 +110,13 @@ export async function fetchDelta<H extends DeltaHeader>(
   const what = JSON.stringify(path);
   const request: Request = { v: PROTOCOL_VERSION, op: "sig", path };
   if (ctx.localSha256 !== undefined) request.ifNoneMatch = ctx.localSha256;
+  // The old copy is cut while the server signs its version (each on its own core): the request goes out
+  // first, the answer is read after. The cut needs the version's chunk size, known from its size.
+  const bits = chunkBitsFor(ctx.expectedSize ?? ctx.old.statSync().size);
+  let local: Signature | null = null;
   let raw: ResponseHeader;
   try {
-    raw = await session.begin(request, what);
+    raw = await requestWhileSigning(ctx, request, () => local = signOldCopy(ctx.old, bits, ctx.deadline));
   } catch (e) {
     if (e instanceof ServerRefusal) return null;
     throw e;
@@ -114,7 +128,8 @@ export async function fetchDelta<H extends DeltaHeader>(
   }
   if (header.etag === undefined) throw protocolError(`the signature of ${what} names no version (etag)`);
   const remote = await readSignature(ctx, raw.signatureLength, header.size);
-  const plan = planDelta(remote, signOldCopy(ctx.old, remote.bits, ctx.deadline));
+  if (local === null || remote.bits !== bits) local = signOldCopy(ctx.old, remote.bits, ctx.deadline);
+  const plan = planDelta(remote, local);
   const builder = new Builder(ctx, plan.steps);
   await target.accept({ ...header, offset: 0 });
   ctx.progress.start(path, header.size, 0);
@@ -135,6 +150,35 @@ export async function fetchDelta<H extends DeltaHeader>(
   }
   if (!builder.done) throw protocolError(`the ranges of ${what} did not build the whole file`);
   return { header, sha256, reused: plan.reusedBytes };
+}
+
+/**
+ * Sends `request`, runs `work` while the server answers, then reads the answer's header. A connection that
+ * turns out stale (the server closed it while idle) is replaced as {@link Session.begin} replaces it.
+ */
+async function requestWhileSigning<H extends DeltaHeader>(
+  ctx: DeltaContext<H>,
+  request: Request,
+  work: () => void,
+): Promise<ResponseHeader> {
+  const what = JSON.stringify(ctx.path);
+  let sent = false;
+  try {
+    await ctx.session.sendAhead([request]);
+    sent = true;
+  } catch {
+    // The write failed: begin() below opens a new connection and sends it there.
+  }
+  work();
+  if (sent) {
+    try {
+      return await ctx.session.next(what);
+    } catch (e) {
+      const stale = e instanceof ServerRefusal ? e.body.code === ErrorCode.Timeout : isConnectionLoss(e);
+      if (!stale) throw e;
+    }
+  }
+  return await ctx.session.begin(request, what);
 }
 
 /** Most bytes a signature of a file of `size` bytes can take: one entry per 1 KiB (the smallest chunk). */

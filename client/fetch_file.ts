@@ -555,6 +555,7 @@ async function tryDelta(
       session,
       path,
       old,
+      expectedSize: holder.listedSize,
       localSha256,
       checkHeader,
       target: holder,

@@ -192,7 +192,7 @@ function leftOutOf(fields: Record<string, unknown> | ResponseHeader, what: strin
 }
 
 /** A connection's failure that says nothing about the request: it may be sent again on a new one. */
-function isConnectionLoss(e: unknown): boolean {
+export function isConnectionLoss(e: unknown): boolean {
   return e instanceof TruncatedError || e instanceof Deno.errors.ConnectionReset ||
     e instanceof Deno.errors.BrokenPipe || e instanceof Deno.errors.UnexpectedEof ||
     e instanceof Deno.errors.ConnectionAborted;
