@@ -85,6 +85,17 @@ export const MessageKind = {
  */
 export const ACCEPT_DEFERRAL_SECONDS = 1;
 
+/**
+ * How long a connection accepted without a byte may stay silent from now, in milliseconds: its client was
+ * silent for the kernel's deferral already (or the kernel skipped it, under a SYN flood), and that wait
+ * counts, so that silence costs the idle timeout, not the deferral and the timeout after it; but at least
+ * half the timeout is left. The master (awaiting_request.ts) and a worker (a connection handed over
+ * empty) count alike.
+ */
+export function silentAllowanceMs(idleTimeoutMs: number): number {
+  return idleTimeoutMs - Math.min(ACCEPT_DEFERRAL_SECONDS * 1000, idleTimeoutMs / 2);
+}
+
 /** How a listener's connections are served. */
 export const ServeMode = {
   /** Push one file to every connection, seed-compatible. */

@@ -72,6 +72,8 @@ export const MasterCell = {
   /** Connections closed by the allow-lists (--allow/--deny), and for a PROXY header not taken. */
   RefusedByList: 9,
   RefusedProxyHeader: 10,
+  /** Connections held by the master until their client's first byte (gauge). */
+  AwaitingRequest: 11,
 } as const;
 
 /** Cells of a worker's slot. */

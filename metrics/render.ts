@@ -114,6 +114,12 @@ export function renderMetrics(region: MetricsRegion | null = metricsRegion()): s
     "Connections waiting in the master's queue for a worker slot.",
   )
     .sample("ferry_connections_queued", {}, master[MasterCell.Queued]);
+  out.family(
+    "ferry_connections_awaiting_request",
+    "gauge",
+    "Connections the master holds until their client sends its first byte; they take no worker slot.",
+  )
+    .sample("ferry_connections_awaiting_request", {}, master[MasterCell.AwaitingRequest]);
 
   out.family("ferry_busy_total", "counter", "Connections answered BUSY, by reason.")
     .sample("ferry_busy_total", { reason: "full" }, master[MasterCell.BusyFull])

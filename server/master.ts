@@ -18,6 +18,7 @@ import {
   ServeMode,
 } from "../channel/messages.ts";
 import { Admission, type Verdict } from "./admission.ts";
+import { AwaitingRequest } from "./awaiting_request.ts";
 import { jsonServiceLine, type LogFormat } from "../channel/log_format.ts";
 import { Dispatcher } from "./dispatcher.ts";
 import { MetricsListener } from "./metrics_listener.ts";
@@ -180,6 +181,8 @@ export class Master {
   readonly #cannotStart = new Set<number>();
   /** --allow/--deny, --max-conns-per-ip and PROXY headers (see admission.ts); skipped when none is set. */
   readonly #admission: Admission<PendingConn>;
+  /** Connections of request listeners whose client has sent nothing yet (see awaiting_request.ts). */
+  readonly #awaiting: AwaitingRequest<PendingConn>;
   readonly #inherited: Inherited;
   readonly #lifecycle: Lifecycle;
   #reloadRequested = false;
@@ -211,6 +214,15 @@ export class Master {
     this.#dispatcher = new Dispatcher(Math.min(fit, options.connsPerWorker), options.queue);
     this.#epoll.add(this.#wake, EPOLLIN);
     this.#admission = new Admission(options.admission, this.#epoll, log, options.idleTimeout * 1000);
+    this.#awaiting = new AwaitingRequest(
+      this.#epoll,
+      options.idleTimeout * 1000,
+      (conn) => this.#admission.ended(conn.id),
+      encodeErrorResponse({
+        code: ErrorCode.Timeout,
+        message: `no complete request within ${options.idleTimeout}s`,
+      }),
+    );
     logFormat = options.logFormat;
     if (options.metrics) {
       try {
@@ -323,6 +335,7 @@ export class Master {
     if (this.#lingering.size > 0) at = Math.min(at, performance.now() + 250);
     if (this.#acceptPausedUntil > 0) at = Math.min(at, this.#acceptPausedUntil);
     at = Math.min(at, this.#graceDeadline, this.#admission.nextDeadline(), this.#lifecycle.nextDue);
+    at = Math.min(at, this.#awaiting.nextDeadline());
     if (this.#metricsListener !== null) at = Math.min(at, this.#metricsListener.nextDeadline());
     return Math.max(0, Math.ceil(at - performance.now()));
   }
@@ -349,7 +362,13 @@ export class Master {
       return this.#onChannel(slot);
     }
     if (this.#lingering.has(fd)) this.#discard(fd);
-    else if (this.#admission.isWaiting(fd)) {
+    else if (this.#awaiting.has(fd)) {
+      const conn = this.#awaiting.onReadable(fd);
+      if (conn !== null) {
+        this.#dispatch(conn);
+        this.#sendOutboxes();
+      }
+    } else if (this.#admission.isWaiting(fd)) {
       const { conn, verdict } = this.#admission.onReadable(fd);
       this.#afterAdmission(conn, verdict);
       this.#sendOutboxes();
@@ -369,11 +388,13 @@ export class Master {
     }
     for (const [fd, { deadline }] of this.#lingering) if (now >= deadline) this.#endLinger(fd);
     this.#admission.expire(now);
+    this.#awaiting.expire(now);
     if (this.#reloadRequested) this.#reload();
     if (this.#upgradeRequested) this.#upgrade();
     this.#lifecycle.tick(now);
     this.#metricsListener?.tick(now);
     this.#counts[MasterCell.Queued] = this.#dispatcher.queued;
+    this.#counts[MasterCell.AwaitingRequest] = this.#awaiting.size;
     this.#counts[MasterCell.WorkersReady] = this.#readyWorkers.size;
     this.#counts[MasterCell.RefusedByList] = this.#admission.counts.refused;
     this.#counts[MasterCell.RefusedProxyHeader] = this.#admission.counts.badProxy;
@@ -565,6 +586,17 @@ export class Master {
   #afterAdmission(conn: PendingConn, verdict: Verdict): void {
     if (verdict === "over-limit") return this.#refuse(conn, REFUSED_PER_IP);
     if (verdict !== "admit") return; // closed, or waiting for its PROXY header
+    // A client that has sent nothing yet waits here, holding no worker slot, until its first byte.
+    if (
+      conn.mode === ServeMode.Request && this.#stopRequested === 0 && this.#awaiting.hold(conn) !== "ready"
+    ) {
+      return;
+    }
+    this.#dispatch(conn);
+  }
+
+  /** Hands a connection to the least-loaded worker, queues it, or answers it BUSY. */
+  #dispatch(conn: PendingConn): void {
     if (this.#dispatcher.workers === 0 && this.#cannotStart.size > 0) {
       return this.#refuse(conn, REFUSED_NO_WORKER);
     }
@@ -760,6 +792,11 @@ export class Master {
       this.#listeners.clear();
     }
     this.#admission.closeWaiting();
+    // Accepted before the stop: served in the grace time like queued ones, if their request comes.
+    if (this.#awaiting.size > 0) {
+      for (const conn of this.#awaiting.releaseAll()) this.#dispatch(conn);
+      this.#sendOutboxes();
+    }
     if (now >= this.#graceDeadline) {
       for (const conn of this.#dispatcher.drain()) close(conn.fd);
       for (const slot of this.#slots) if (slot.channel !== -1) this.#onWorkerGone(slot); // EOF: workers exit

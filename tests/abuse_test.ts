@@ -14,6 +14,8 @@ import {
   openFds,
   RawConnection,
   runClient,
+  samples,
+  scrape,
   startServer,
   tempDir,
 } from "./helpers.ts";
@@ -220,6 +222,55 @@ Deno.test("connections waiting for their request hold no worker slot: with 200 s
     }
   } finally {
     for (const c of flood) c.close();
+    assert.equal((await server.stop()).code, 0);
+  }
+});
+
+Deno.test("a connection whose client has sent nothing waits in the master: no worker hears of it until its first byte, and silence past --idle-timeout gets TIMEOUT", async () => {
+  await using dir = await tempDir();
+  const server = await startServer([
+    "--listen",
+    "127.0.0.1:0",
+    "--root",
+    dir.path,
+    "--workers",
+    "1",
+    "--idle-timeout",
+    "3",
+    "--metrics-listen",
+    "127.0.0.1:0",
+    "--request-log",
+    "off",
+  ]);
+  const metricsPort = Number(/:(\d+)\/metrics/.exec(await server.waitForLog(/serving metrics at/))![1]);
+  const gauges = async () => {
+    const s = samples((await scrape(metricsPort)).body);
+    return {
+      awaiting: s.get("ferry_connections_awaiting_request") ?? 0,
+      onWorker: s.get('ferry_connections_open{worker="1"}') ?? 0,
+    };
+  };
+  const silent = await openMany(server.ports[0], 20, new Uint8Array(0));
+  try {
+    // The kernel holds a silent connection for its accept deferral (1 s), then the master accepts it.
+    await eventually(
+      "the master holds the 20 silent connections",
+      async () => (await gauges()).awaiting === 20,
+    );
+    assert.deepEqual(await gauges(), { awaiting: 20, onWorker: 0 });
+
+    const [speaking, ...others] = silent;
+    await speaking.sendRequest({ op: "ping" });
+    const pong = await hangGuard("a ping on a connection that waited", speaking.readResponse());
+    assert.equal(pong.types, "H", JSON.stringify(pong.json));
+    assert.equal((await gauges()).awaiting, 19);
+
+    const timedOut = await hangGuard("a silent connection is closed", others[0].readResponse());
+    assert.equal(timedOut.json[0].code, "TIMEOUT");
+    assert.match(timedOut.json[0].message as string, /no complete request within 3s/);
+    await eventually("every silent connection is closed", async () => (await gauges()).awaiting === 0);
+  } finally {
+    for (const c of silent) c.close();
     assert.equal((await server.stop()).code, 0);
   }
 });

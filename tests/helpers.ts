@@ -521,3 +521,32 @@ export async function readRequest(conn: Deno.Conn): Promise<Record<string, unkno
   const body = buf.subarray(FRAME_HEADER_SIZE + 1, FRAME_HEADER_SIZE + getFrameLength(buf, 0));
   return decodeJson(body) as Record<string, unknown>;
 }
+
+/** GET /metrics on `port`: the status line and the body. */
+export async function scrape(port: number): Promise<{ status: string; body: string }> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  try {
+    // Connection: close, or the file port would keep the connection for the next request.
+    await conn.write(
+      new TextEncoder().encode("GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"),
+    );
+    const text = await new Response(conn.readable).text(); // the server closes after answering
+    const split = text.indexOf("\r\n\r\n");
+    return { status: text.slice(0, text.indexOf("\r\n")), body: text.slice(split + 4) };
+  } finally {
+    try {
+      conn.close();
+    } catch { /* closed by reading to the end */ }
+  }
+}
+
+/** The samples of a scrape by series (`name{labels}` as printed); absent series read as 0 via {@link at}. */
+export function samples(body: string): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const line of body.split("\n")) {
+    if (line === "" || line.startsWith("#")) continue;
+    const space = line.lastIndexOf(" ");
+    out.set(line.slice(0, space), Number(line.slice(space + 1)));
+  }
+  return out;
+}

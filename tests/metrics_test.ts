@@ -12,6 +12,8 @@ import {
   eventually,
   RawConnection,
   runServerToExit,
+  samples,
+  scrape,
   sparseFile,
   startServer,
   tempDir,
@@ -34,35 +36,6 @@ async function serveWithMetrics(
   ]);
   const line = await server.waitForLog(/serving metrics at/);
   return { server, port: Number(/:(\d+)\/metrics/.exec(line)![1]) };
-}
-
-/** GET /metrics on `port`: the status line and the body. */
-async function scrape(port: number): Promise<{ status: string; body: string }> {
-  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
-  try {
-    // Connection: close, or the file port would keep the connection for the next request.
-    await conn.write(
-      new TextEncoder().encode("GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"),
-    );
-    const text = await new Response(conn.readable).text(); // the server closes after answering
-    const split = text.indexOf("\r\n\r\n");
-    return { status: text.slice(0, text.indexOf("\r\n")), body: text.slice(split + 4) };
-  } finally {
-    try {
-      conn.close();
-    } catch { /* closed by reading to the end */ }
-  }
-}
-
-/** The samples of a scrape by series (`name{labels}` as printed); absent series read as 0 via {@link at}. */
-function samples(body: string): Map<string, number> {
-  const out = new Map<string, number>();
-  for (const line of body.split("\n")) {
-    if (line === "" || line.startsWith("#")) continue;
-    const space = line.lastIndexOf(" ");
-    out.set(line.slice(0, space), Number(line.slice(space + 1)));
-  }
-  return out;
 }
 
 function at(s: Map<string, number>, series: string): number {

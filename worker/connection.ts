@@ -7,7 +7,7 @@
  * @module
  */
 
-import { ACCEPT_DEFERRAL_SECONDS } from "../channel/messages.ts";
+import { silentAllowanceMs } from "../channel/messages.ts";
 import { ClassicBody, FramedFileBody, ZeroPadding } from "./bodies.ts";
 import { CompressedFileBody } from "./compression.ts";
 import { EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT } from "../ffi/epoll.ts";
@@ -289,14 +289,9 @@ export class Connection {
     }
   }
 
-  /**
-   * The connection reached the worker without a byte: its client was silent for the kernel's deferral
-   * (or the kernel skipped it, under a SYN flood). That wait counts, so that silence costs the idle
-   * timeout, not the deferral and the timeout after it; but at least half the timeout is left.
-   */
+  /** The connection reached the worker without a byte: see {@link silentAllowanceMs}. */
   #arrivedEmpty(): void {
-    const waited = Math.min(ACCEPT_DEFERRAL_SECONDS * 1000, this.config.idleTimeoutMs / 2);
-    this.#requestDeadline = this.#lastProgress + this.config.idleTimeoutMs - waited;
+    this.#requestDeadline = this.#lastProgress + silentAllowanceMs(this.config.idleTimeoutMs);
   }
 
   /** Parses a complete request frame if one is buffered. Returns true when the state left "reading". */
