@@ -31,7 +31,7 @@ export interface ServerOptions {
   grace: number;
   /** Seconds without progress after which a connection is closed. @default 30 */
   idleTimeout: number;
-  /** listen(2) backlog. @default 511 */
+  /** listen(2) backlog. @default 4096 (the kernel caps it at net.core.somaxconn) */
   backlog: number;
   /** Where the one-line-per-request log goes: "-" for stderr, a file appended to, or null for nowhere. */
   requestLog: string | null;
@@ -77,7 +77,7 @@ Options:
   --grace SECONDS          on SIGTERM/SIGINT, time given to transfers in flight (default 30)
   --idle-timeout SECONDS   a request must arrive whole within this long, and a client must read its
                            answer without stopping this long, else the connection closes (default 30)
-  --backlog N              listen(2) backlog (default 511)
+  --backlog N              listen(2) backlog (default 4096; the kernel caps it at net.core.somaxconn)
   --request-log WHERE      the one line per request: - for stderr (default), a FILE appended to by
                            every worker, or off; the server's own lines always go to stderr
   --reply-cache MIB        memory per worker for small replies answered from memory (default 8);
@@ -220,7 +220,7 @@ export function parseServerArgs(argv: string[], inheritedListeners = 0): ServerO
     queue: v.queue === "0" ? 0 : positiveNumber("queue", v.queue, 1024),
     grace: positiveNumber("grace", v.grace, 30, false),
     idleTimeout: positiveNumber("idle-timeout", v["idle-timeout"], 30, false),
-    backlog: positiveNumber("backlog", v.backlog, 511),
+    backlog: positiveNumber("backlog", v.backlog, 4096),
     requestLog: requestLogOf(v["request-log"]),
     replyCacheBytes: v["reply-cache"] === "0"
       ? 0
