@@ -282,6 +282,10 @@ export async function case8(b: MirrorBench): Promise<Section> {
         const got = new Map<string, Measured>();
         for (const tool of order) {
           b.log(`case 8: tree (${tree.key}), ${round.name}: ${tool.name}`);
+          // Nothing dirty is left for the next tool to write out: the edit just made to the source (which
+          // on a real fleet lives on the server's disk) or the copy the previous tool left in the page
+          // cache would otherwise go to disk inside ferry's syncfs or rsync --fsync's journal commits.
+          await new Deno.Command("sync").output();
           got.set(tool.key, await measure(tool, tree.key, src, dests.get(tool.key)!));
         }
         for (const tool of tools) {
@@ -382,7 +386,8 @@ export async function case8(b: MirrorBench): Promise<Section> {
     "makes every file durable before publishing it, in batches) from an rsync daemon, each tool mirroring into its own folder on the local disk. Trees are generated",
     "from seeded pseudo-random bytes (no block repeats). Rounds run in order on each tree: a first copy into",
     "an empty folder, a run with nothing changed, then the edits; within a round the tools take turns going",
-    "first. After every run `diff -r` compares the copy with the source; a run that fails (exit code, timeout",
+    "first, and each starts after a `sync`, so that none writes out what the edit or the previous tool left",
+    "dirty (ferry's `syncfs` would, and so would rsync --fsync's journal commits). After every run `diff -r` compares the copy with the source; a run that fails (exit code, timeout",
     `of ${p.timeoutSeconds} s, or a difference) is marked failed and its copy is then restored with \`cp -a\`, so`,
     "every tool starts every round from the same state. One run per round. ferry keeps what it knows of its",
     "copy (sizes, times, inodes and hashes of the files it published) in `.ferry/state` inside the copy, which",
@@ -446,6 +451,7 @@ async function fanOut(
     b.log(`case 8: fan-out, ${p.fanClients} clients: ${tool.name}`);
     const dests = Array.from({ length: p.fanClients }, (_, i) => join(work, `fan-${tool.key}-${i}`));
     for (const d of dests) await Deno.mkdir(d);
+    await new Deno.Command("sync").output(); // as before every run of the rounds
     const cpu0 = tool.serverCpu();
     const t0 = performance.now();
     const runs = await Promise.all(
