@@ -260,7 +260,9 @@ function get(request: Readonly<Request>, ctx: ReplyContext): Reply {
       return [unchangedGetAnswer(file, sha)];
     }));
   } else {
-    reply.pieces.push(...sendFile(file, ctx.hashes.get(identity) ?? hashSmallFile(file)));
+    const known = ctx.hashes.get(identity);
+    const read = known === undefined ? hashSmallFile(file) : undefined;
+    reply.pieces.push(...sendFile(file, known ?? read?.sha256, read?.data));
   }
   return reply;
 }
@@ -329,9 +331,11 @@ let smallFileBuffer: Uint8Array | null = null;
  * less than the background job it would otherwise get (a wake-up, a sendfile, a Trailer), and the reply
  * can then be built whole, sent in one call and cached. A mirror's first copy is made of such replies. The
  * hash is kept in this worker only: passing it to the others would cost the master a wake-up per file,
- * more than hashing it again. Undefined for a larger file, or one that changed while being read.
+ * more than hashing it again. The bytes read are returned too (valid until the next call), so that the reply
+ * is built from them rather than read again. Undefined for a larger file, or one that changed while being
+ * read.
  */
-function hashSmallFile(file: OpenGet): string | undefined {
+function hashSmallFile(file: OpenGet): { sha256: string; data: Uint8Array } | undefined {
   const { ctx, fd, fileStat, identity } = file;
   if (fileStat.size > SMALL_REPLY_BYTES) return undefined;
   smallFileBuffer ??= new Uint8Array(SMALL_REPLY_BYTES);
@@ -344,10 +348,14 @@ function hashSmallFile(file: OpenGet): string | undefined {
   if (identityOf(fstat(fd)) !== identity) return undefined;
   const sha256 = createSha256().update(data).digest("hex");
   ctx.hashes.note(identity, sha256);
-  return sha256;
+  return { sha256, data };
 }
 
-function sendFile(file: OpenGet, sha: string | undefined): Piece[] {
+/**
+ * The pieces of a `get` answer with data. `read`: the whole file's bytes, just read and checked against
+ * the identity (by {@link hashSmallFile}), which a small reply then sends as they are.
+ */
+function sendFile(file: OpenGet, sha: string | undefined, read?: Uint8Array): Piece[] {
   const { ctx, path, offset, fd, fileStat, identity, etag } = file;
   const compressed = file.compressed === undefined ? null : compressedBody(fd, offset, fileStat.size);
   if (compressed !== null) {
@@ -362,7 +370,7 @@ function sendFile(file: OpenGet, sha: string | undefined): Piece[] {
     ? wholeFileHeader(identity, fileStat.mode & 0o7777, () => ({ ...getFields(file), sha256: sha }))
     : header({ ...getFields(file), sha256: sha });
   if (sha !== undefined && fileStat.size - offset <= SMALL_REPLY_BYTES) {
-    const whole = smallReply(head, fd, offset, fileStat.size, identity);
+    const whole = smallReply(head, fd, offset, fileStat.size, identity, read);
     if (whole !== null) {
       if (offset === 0 && ctx.replies.admit(path, etag)) {
         ctx.replies.store(path, {
@@ -432,7 +440,8 @@ const SMALL_REPLY_BYTES = 64 * 1024;
  * One send(2) instead of three sends and a sendfile, for the small files that make up most requests. The
  * buffer is one of `reply_pool.ts`'s, which the connection gives back once it has sent it whole. Null if
  * the file no longer matches the identity announced (the caller then takes the general path, which
- * reports FILE_CHANGED).
+ * reports FILE_CHANGED). With `read` (the whole file's bytes, read and checked just now) nothing is read
+ * again.
  */
 function smallReply(
   head: Uint8Array,
@@ -440,6 +449,7 @@ function smallReply(
   offset: number,
   size: number,
   identity: string,
+  read?: Uint8Array,
 ): Uint8Array | null {
   const length = size - offset;
   const dataHeader = length > 0 ? FRAME_HEADER_SIZE + 1 : 0;
@@ -451,6 +461,12 @@ function smallReply(
   }
   const out = buffer.subarray(0, total);
   out.set(head);
+  if (read !== undefined && read.byteLength === size) {
+    if (length > 0) putDataFrameHeader(out.subarray(head.byteLength), length);
+    out.set(read.subarray(offset), head.byteLength + dataHeader);
+    putFrameLength(out, total - FRAME_HEADER_SIZE, 0); // the end frame
+    return out;
+  }
   if (!readInto(out, head.byteLength, dataHeader, fd, offset, length)) {
     returnReplyBuffer(buffer);
     return null;
