@@ -51,12 +51,17 @@ export interface StateEntry extends LocalIdentity {
 }
 
 /**
- * The state of one LOCAL_DIR: entries by path relative to it. An entry read from the file stays the line
- * it was until a run looks it up (a run of a large tree looks up every entry once, and most are current:
- * checking each line's fields up front cost more than the rest of reading the file).
+ * The state of one LOCAL_DIR: entries by path relative to it. An entry read from the file stays where its
+ * line starts in the file's text until a run looks it up, and stays so if the line still vouches for its
+ * file (a run of a large tree looks up every entry once, and most are current: checking each line's fields
+ * up front cost more than the rest of reading the file, and an offset costs no memory of its own where a
+ * string or an object per line cost tens of bytes, hundreds of MB for a million files).
  */
 export class MirrorState {
-  readonly #entries = new Map<string, StateEntry | string>();
+  /** Values: an entry, or the offset in {@link #text} of the line it was read from. */
+  readonly #entries = new Map<string, StateEntry | number>();
+  /** The state file's text, as read. */
+  #text = "";
   readonly #writtenAt: number;
   #newestCtime = 0;
   #changed = false;
@@ -74,8 +79,8 @@ export class MirrorState {
   /** The entry for `path`, its line checked now if it was not yet; a malformed line is forgotten. */
   #get(path: string): StateEntry | undefined {
     const found = this.#entries.get(path);
-    if (typeof found !== "string") return found;
-    const entry = parseFields(found);
+    if (typeof found !== "number") return found;
+    const entry = parseFields(this.#lineAt(found));
     if (entry === null) this.#entries.delete(path);
     else this.#entries.set(path, entry);
     return entry ?? undefined;
@@ -92,16 +97,31 @@ export class MirrorState {
    */
   trusted(path: string, local: LocalIdentity): StateEntry | undefined {
     const found = this.#entries.get(path);
+    if (found === undefined) return undefined;
     // A line is checked only once its identity matches: one whose file changed is replaced or forgotten.
-    if (typeof found === "string" && !found.startsWith(`${local.key}\t`)) return undefined;
-    const entry = this.#get(path);
-    if (entry === undefined || entry.key !== local.key) return undefined;
+    // A line that vouches for its file stays a line: most of a large tree's are, and a line takes less
+    // memory than the entry parsed from it (the entry returned is the caller's to drop).
+    let entry: StateEntry | null;
+    if (typeof found !== "number") entry = found;
+    else if (!this.#text.startsWith(`${local.key}\t`, found)) return undefined;
+    else if ((entry = parseFields(this.#lineAt(found))) === null) {
+      this.#entries.delete(path);
+      return undefined;
+    }
+    if (entry.key !== local.key) return undefined;
     if (ctimeOf(entry.key) + RACY_WINDOW_SECONDS >= this.#writtenAt) return undefined;
     return entry;
   }
 
   /** Records (or replaces) the entry for `path`. */
   set(path: string, entry: StateEntry): void {
+    const line = this.#entries.get(path);
+    if (
+      typeof line === "number" &&
+      this.#text.startsWith(`${entry.key}\t${entry.sha256}\t${entry.etag}\t`, line)
+    ) {
+      return;
+    }
     const old = this.#get(path);
     if (
       old !== undefined && old.key === entry.key && old.sha256 === entry.sha256 && old.etag === entry.etag
@@ -144,10 +164,21 @@ export class MirrorState {
   *lines(): Generator<string> {
     yield `${STATE_HEADER}\n`;
     // Checking a line may replace its entry or forget it, which a Map's iteration allows.
-    for (const path of this.#entries.keys()) {
-      const e = this.#get(path);
-      if (e !== undefined) yield `${e.key}\t${e.sha256}\t${e.etag}\t${quote(path)}\n`;
+    for (const [path, value] of this.#entries) {
+      if (typeof value === "number") {
+        const line = this.#lineAt(value);
+        if (parseFields(line) !== null) yield `${line}\n`; // a line never looked up is checked now
+        else this.#entries.delete(path);
+        continue;
+      }
+      yield `${value.key}\t${value.sha256}\t${value.etag}\t${quote(path)}\n`;
     }
+  }
+
+  /** The line of the state's text that starts at `start`, without its line break. */
+  #lineAt(start: number): string {
+    const end = this.#text.indexOf("\n", start);
+    return this.#text.slice(start, end < 0 ? undefined : end);
   }
 
   /**
@@ -157,14 +188,18 @@ export class MirrorState {
    */
   static parse(text: string, writtenAt: number): MirrorState {
     const state = new MirrorState(writtenAt);
-    const lines = text.split("\n");
-    if (lines[0] !== STATE_HEADER) return state;
-    for (let i = 1; i < lines.length; i++) {
-      const line = lines[i];
-      const tab3 = line.indexOf("\t", line.indexOf("\t", line.indexOf("\t") + 1) + 1);
-      if (line.indexOf("\t") < 0 || tab3 < 0) continue;
-      const path = pathOf(line.slice(tab3 + 1));
-      if (path !== null) state.#entries.set(path, line);
+    if (!text.startsWith(`${STATE_HEADER}\n`)) return state;
+    state.#text = text;
+    for (let start = STATE_HEADER.length + 1; start < text.length;) {
+      let end = text.indexOf("\n", start);
+      if (end < 0) end = text.length;
+      const tab1 = text.indexOf("\t", start);
+      const tab3 = tab1 < 0 ? -1 : text.indexOf("\t", text.indexOf("\t", tab1 + 1) + 1);
+      if (tab1 >= 0 && tab3 >= 0 && tab3 < end) {
+        const path = pathOf(text.slice(tab3 + 1, end));
+        if (path !== null) state.#entries.set(path, start);
+      }
+      start = end + 1;
     }
     return state;
   }
