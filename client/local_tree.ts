@@ -254,24 +254,23 @@ export class LocalTree implements Disposable {
   }
 
   /**
-   * Regular files (relative paths) and directories (deepest first) below LOCAL_DIR. Symlinks are left out
-   * and never followed; a directory swapped for something else during the walk is skipped. A folder the
-   * run's `cache` has read already is not read again.
+   * Regular files (relative paths) below LOCAL_DIR, one at a time, so that a tree of a million files is
+   * never a list of them; its directories go into `dirs`, deepest first. Symlinks are left out and never
+   * followed; a directory swapped for something else during the walk is skipped. A folder the run's
+   * `cache` has read already is not read again.
    */
-  walk(cache?: FolderCache): { files: string[]; dirs: string[] } {
-    const files: string[] = [];
-    const dirs: string[] = [];
-    const visit = (rel: string, open: () => LocalDir | null) => {
+  *walk(dirs: string[], cache?: FolderCache): Generator<string> {
+    function* visit(rel: string, open: () => LocalDir | null): Generator<string> {
       const known = cache?.known(rel);
       const dir = known === undefined ? open() : null;
       if (known === undefined && dir === null) return;
       try {
         const contents = known ?? readFolder(dir!);
         const at = known?.dir ?? dir!;
-        for (const name of contents.files) files.push(rel === "" ? name : `${rel}/${name}`);
+        for (const name of contents.files) yield rel === "" ? name : `${rel}/${name}`;
         for (const name of contents.subfolders) {
           const path = rel === "" ? name : `${rel}/${name}`;
-          visit(path, () => {
+          yield* visit(path, () => {
             try {
               const fd = openAt(at.fd, name, OPEN.O_RDONLY | OPEN.O_DIRECTORY, { noSymlinks: true });
               return LocalDir.adopt(fd, at.shownPath(name));
@@ -284,13 +283,13 @@ export class LocalTree implements Disposable {
       } finally {
         dir?.close();
       }
-    };
+    }
     try {
-      visit("", () => this.root.duplicate());
+      const root = this.root;
+      yield* visit("", () => root.duplicate());
     } catch (e) {
       throw new LocalIoError(`cannot read ${this.root.shown}`, e);
     }
-    return { files, dirs };
   }
 
   /** Closes LOCAL_DIR. */

@@ -28,9 +28,9 @@ export async function deleteExtraneous(
   dryRun = false,
   cache?: FolderCache,
 ): Promise<void> {
-  const { files, dirs } = tree.walk(cache);
+  const dirs: string[] = [];
   const own = (rel: string) => rel === STATE_DIR || rel.startsWith(`${STATE_DIR}/`);
-  for (const rel of files) {
+  for (const rel of tree.walk(dirs, cache)) {
     if (own(rel)) continue;
     const name = basename(rel);
     const part = PART_NAME.exec(name);
