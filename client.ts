@@ -58,8 +58,9 @@ Options:
   -o, --output OUT          where to write (get, pull)
   --delete                  mirror: remove local files the server no longer has, and emptied directories
   --dry-run                 mirror: list what would be fetched (and deleted, with --delete); change nothing
-  --compress                get, mirror: offer zstd; the server compresses the files whose sample
-                            compresses (worth it on links slower than about 1 Gbit/s; off by default)
+  --compress                get, mirror: offer zstd for file data; the server compresses the files whose sample
+                            compresses (worth it on links slower than about 1 Gbit/s; off by default);
+                            mirror's listing is offered zstd always
   --no-verify               get, mirror: skip the SHA-256 check of what arrives (sizes are still checked);
                             a stream is then bound by the network, not by hashing (about 1.8 GB/s a core)
   --connect-timeout SECS    give up connecting after this long (default 10)

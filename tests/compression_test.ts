@@ -321,3 +321,16 @@ Deno.test("a malformed compressed frame, or compression not offered, makes get e
   assert.match(unoffered.stderr, /compressed with "br", which was not offered/);
   assert.deepEqual(unoffered.left, []);
 });
+
+Deno.test("mirror offers zstd for its listing even without --compress: the entries arrive compressed, the files raw", async () => {
+  await withServer(async ({ src, out, server, address }) => {
+    await Deno.mkdir(`${src}/site`);
+    for (let i = 0; i < 400; i++) await Deno.writeFile(`${src}/site/file-${i}.txt`, logLike(2000 + i, i));
+    const r = await runClient(["mirror", address, "site", `${out}/copy`, "-q"]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(await treeOf(`${out}/copy`), await treeOf(`${src}/site`));
+    await logged(server, /LIST "site" recursive stream zstd .*result=ok listed=400/);
+    const [get] = await logged(server, /GET "site\/file-7\.txt" /);
+    assert.doesNotMatch(get, /zstd/, "file data is compressed only with --compress");
+  });
+});

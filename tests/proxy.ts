@@ -35,8 +35,12 @@ export interface ProxyRules {
   hold?: { connection: number; bytes: number };
 }
 
-/** Data (`D`) and Compressed (`Z`) frames carry file bytes: both count as data (a `Z` frame as it is sent). */
-const isData = (type: number) => type === FrameType.Data || type === FrameType.Compressed;
+/**
+ * Data (`D`) and Compressed (`Z`) frames carry file bytes: both count as data (a `Z` frame as it is sent),
+ * except the Compressed frames of a streamed listing (after a Header with `stream`), which carry entries.
+ */
+const isData = (type: number, inListing: boolean) =>
+  type === FrameType.Data || (type === FrameType.Compressed && !inListing);
 
 /** Parses a stream of request-mode frames incrementally; data payloads are reported as ranges. */
 class FrameParser {
@@ -46,6 +50,8 @@ class FrameParser {
   #typePending = false;
   #type = 0;
   #control: Uint8Array[] = [];
+  /** True from a streamed listing's Header until the next answer's Header. */
+  #inListing = false;
   constructor(
     readonly onControl: (type: string, body: Record<string, unknown>) => void,
     readonly onDataFrame: () => void,
@@ -73,11 +79,11 @@ class FrameParser {
         this.#type = chunk[i++];
         this.#left--;
         this.#control = [];
-        if (isData(this.#type)) this.onDataFrame();
+        if (isData(this.#type, this.#inListing)) this.onDataFrame();
         if (this.#left === 0) this.#endFrame();
       } else {
         const n = Math.min(this.#left, chunk.length - i);
-        if (isData(this.#type)) onData(i, i + n);
+        if (isData(this.#type, this.#inListing)) onData(i, i + n);
         else this.#control.push(chunk.slice(i, i + n));
         i += n;
         this.#left -= n;
@@ -87,7 +93,7 @@ class FrameParser {
   }
 
   #endFrame(): void {
-    if (isData(this.#type)) return;
+    if (isData(this.#type, this.#inListing)) return;
     const bytes = new Uint8Array(this.#control.reduce((n, c) => n + c.length, 0));
     let at = 0;
     for (const c of this.#control) {
@@ -98,6 +104,7 @@ class FrameParser {
     try {
       body = JSON.parse(new TextDecoder().decode(bytes));
     } catch { /* not JSON: recorded empty */ }
+    if (this.#type === FrameType.Header) this.#inListing = body.stream === true;
     this.onControl(String.fromCharCode(this.#type), body);
   }
 }
