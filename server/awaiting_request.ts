@@ -32,6 +32,7 @@ export class AwaitingRequest<T extends { fd: number }> {
   readonly #onClosed: (conn: T) => void;
   readonly #farewell: Uint8Array;
   readonly #limit: number;
+  readonly #fdCeiling: number;
   /** In the order they came, which is also the order of their deadlines (all wait the same time). */
   readonly #waiting = new Map<number, { conn: T; deadline: number }>();
 
@@ -41,6 +42,9 @@ export class AwaitingRequest<T extends { fd: number }> {
    * @param onClosed told of each connection closed here (its client closed, reset, or stayed silent)
    * @param farewell sent to a connection closed for its silence: the TIMEOUT a worker would send
    * @param limit connections that may wait at once
+   * @param fdCeiling a connection whose fd is this or above is not held: the kernel gives out the lowest
+   *   free fd, so such an fd means that many are in use already, and the rest are kept for the queue, the
+   *   channels and the reserve (past it, silent clients go to the workers, which have fds of their own)
    */
   constructor(
     epoll: Epoll,
@@ -48,11 +52,13 @@ export class AwaitingRequest<T extends { fd: number }> {
     onClosed: (conn: T) => void,
     farewell: Uint8Array,
     limit = MAX_AWAITING,
+    fdCeiling = Infinity,
   ) {
     this.#epoll = epoll;
     this.#timeoutMs = timeoutMs;
     this.#onClosed = onClosed;
     this.#farewell = farewell;
+    this.#fdCeiling = fdCeiling;
     this.#limit = limit;
   }
 
@@ -73,7 +79,7 @@ export class AwaitingRequest<T extends { fd: number }> {
   hold(conn: T): HoldResult {
     const state = peek(conn.fd);
     if (state !== "silent") return this.#settle(conn, state);
-    if (this.#waiting.size >= this.#limit) return "ready";
+    if (this.#waiting.size >= this.#limit || conn.fd >= this.#fdCeiling) return "ready";
     this.#waiting.set(conn.fd, { conn, deadline: performance.now() + silentAllowanceMs(this.#timeoutMs) });
     this.#epoll.add(conn.fd, EPOLLIN);
     return "waiting";

@@ -18,7 +18,7 @@ import {
   ServeMode,
 } from "../channel/messages.ts";
 import { Admission, type Verdict } from "./admission.ts";
-import { AwaitingRequest } from "./awaiting_request.ts";
+import { AwaitingRequest, MAX_AWAITING } from "./awaiting_request.ts";
 import { jsonServiceLine, type LogFormat } from "../channel/log_format.ts";
 import { Dispatcher } from "./dispatcher.ts";
 import { MetricsListener } from "./metrics_listener.ts";
@@ -222,6 +222,8 @@ export class Master {
         code: ErrorCode.Timeout,
         message: `no complete request within ${options.idleTimeout}s`,
       }),
+      MAX_AWAITING,
+      Math.floor(limit / 2), // half the master's fds at most
     );
     logFormat = options.logFormat;
     if (options.metrics) {

@@ -274,3 +274,46 @@ Deno.test("a connection whose client has sent nothing waits in the master: no wo
     assert.equal((await server.stop()).code, 0);
   }
 });
+
+Deno.test("the master holds silent connections only while it uses less than half its open-file limit; the others go to a worker", async () => {
+  await using dir = await tempDir();
+  const server = await startServer(
+    [
+      "--listen",
+      "127.0.0.1:0",
+      "--root",
+      dir.path,
+      "--workers",
+      "1",
+      "--metrics-listen",
+      "127.0.0.1:0",
+      "--request-log",
+      "off",
+    ],
+    { command: "prlimit", args: ["--nofile=128:128", Deno.execPath()] },
+  );
+  const metricsPort = Number(/:(\d+)\/metrics/.exec(await server.waitForLog(/serving metrics at/))![1]);
+  const where = async () => {
+    const s = samples((await scrape(metricsPort)).body);
+    return {
+      master: s.get("ferry_connections_awaiting_request") ?? 0,
+      worker: s.get('ferry_connections_open{worker="1"}') ?? 0,
+      busy: s.get('ferry_busy_total{reason="no_fd"}') ?? 0,
+    };
+  };
+  const silent = await openMany(server.ports[0], 80, new Uint8Array(0));
+  try {
+    await eventually("all 80 silent connections are accepted", async () => {
+      const { master, worker } = await where();
+      return master + worker === 80;
+    });
+    const { master, worker, busy } = await where();
+    // The master's own fds (runtime, epoll, listeners, channel, reserve) take some of the 64 below the ceiling.
+    assert.ok(master > 0 && master < 64, `${master} held by the master`);
+    assert.equal(worker, 80 - master, "the others went to the worker");
+    assert.equal(busy, 0, "none refused for want of fds");
+  } finally {
+    for (const c of silent) c.close();
+    assert.equal((await server.stop()).code, 0);
+  }
+});
