@@ -16,6 +16,15 @@ export async function loadHashing(): Promise<void> {
   nodeCrypto ??= await import("node:crypto");
 }
 
+/**
+ * node:crypto itself, for what needs more than SHA-256 and HMAC (minisign's Ed25519 and BLAKE2b-512).
+ * Throws if {@link loadHashing} has not completed.
+ */
+export function loadedCrypto(): typeof import("node:crypto") {
+  if (nodeCrypto === null) throw new Error("node:crypto used before loadHashing() completed");
+  return nodeCrypto;
+}
+
 /** A new SHA-256. Throws if {@link loadHashing} has not completed. */
 export function createSha256(): Hash {
   if (nodeCrypto === null) throw new Error("SHA-256 used before loadHashing() completed");

@@ -191,6 +191,7 @@ async function previousVersion(dir: string): Promise<number | null> {
  * ManifestError or SignatureError for a bad key or version, and Deno's errors for unreadable files.
  */
 export async function signDirectory(dir: string, options: SignOptions): Promise<Manifest> {
+  await loadHashing(); // Ed25519 and BLAKE2b (minisign.ts)
   const key = parseSecretKey(await Deno.readTextFile(options.secretKeyFile), options.secretKeyFile);
   const previous = await previousVersion(dir);
   const now = new Date();
@@ -225,6 +226,7 @@ export async function signDirectory(dir: string, options: SignOptions): Promise<
  * `minisign -G -W` does). Refuses to overwrite either file. Returns the key id.
  */
 export async function generateKeyFiles(publicKeyFile: string, secretKeyFile: string): Promise<string> {
+  await loadHashing(); // Ed25519 and BLAKE2b (minisign.ts)
   const key = generateKeyPair();
   await Deno.writeTextFile(secretKeyFile, formatSecretKey(key), { createNew: true, mode: 0o600 });
   await Deno.writeTextFile(publicKeyFile, formatPublicKey(key), { createNew: true, mode: 0o644 });

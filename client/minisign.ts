@@ -11,20 +11,14 @@
  *   file) (or the legacy `Ed`, a signature of the file itself), `trusted comment: ...`, and base64 of the
  *   global signature over the signature's 64 bytes followed by the trusted comment.
  *
- * Ed25519 and BLAKE2b-512 are node:crypto's.
+ * Ed25519 and BLAKE2b-512 are node:crypto's, loaded by `loadHashing()` (hashing.ts), which callers await
+ * first: a run that checks no signature does not pay for loading it.
  *
  * @module
  */
 
-import {
-  createHash,
-  createPrivateKey,
-  createPublicKey,
-  type KeyObject,
-  randomBytes,
-  sign,
-  verify,
-} from "node:crypto";
+import type { KeyObject } from "node:crypto";
+import { loadedCrypto } from "../hashing.ts";
 
 /** A key or signature file that cannot be used, or a signature that does not check: one line saying why. */
 export class SignatureError extends Error {
@@ -191,22 +185,30 @@ function concat(...parts: Uint8Array[]): Uint8Array {
 }
 
 function privateKeyObject(seed: Uint8Array): KeyObject {
-  return createPrivateKey({ key: Buffer.from(concat(PKCS8_PREFIX, seed)), format: "der", type: "pkcs8" });
+  return loadedCrypto().createPrivateKey({
+    key: Buffer.from(concat(PKCS8_PREFIX, seed)),
+    format: "der",
+    type: "pkcs8",
+  });
 }
 
 function publicKeyObject(key: Uint8Array): KeyObject {
-  return createPublicKey({ key: Buffer.from(concat(SPKI_PREFIX, key)), format: "der", type: "spki" });
+  return loadedCrypto().createPublicKey({
+    key: Buffer.from(concat(SPKI_PREFIX, key)),
+    format: "der",
+    type: "spki",
+  });
 }
 
 function publicKeyOfSeed(seed: Uint8Array): Uint8Array {
-  const spki = createPublicKey(privateKeyObject(seed)).export({ format: "der", type: "spki" });
+  const spki = loadedCrypto().createPublicKey(privateKeyObject(seed)).export({ format: "der", type: "spki" });
   return new Uint8Array(spki.subarray(SPKI_PREFIX.length));
 }
 
 /** A new key pair with a random key id. */
 export function generateKeyPair(): SecretKey {
-  const seed = new Uint8Array(randomBytes(32));
-  const idBytes = new Uint8Array(randomBytes(8));
+  const seed = new Uint8Array(loadedCrypto().randomBytes(32));
+  const idBytes = new Uint8Array(loadedCrypto().randomBytes(8));
   return { id: keyIdText(idBytes), idBytes, key: publicKeyOfSeed(seed), seed };
 }
 
@@ -229,7 +231,8 @@ export function formatSecretKey(key: SecretKey): string {
   return `${UNTRUSTED}minisign secret key ${key.id} (unencrypted)\n${encodeBase64(bytes)}\n`;
 }
 
-const blake2b512 = (data: Uint8Array) => new Uint8Array(createHash("blake2b512").update(data).digest());
+const blake2b512 = (data: Uint8Array) =>
+  new Uint8Array(loadedCrypto().createHash("blake2b512").update(data).digest());
 
 /**
  * Signs `data` (prehashed with BLAKE2b-512, as minisign does by default); returns the signature file's
@@ -238,9 +241,9 @@ const blake2b512 = (data: Uint8Array) => new Uint8Array(createHash("blake2b512")
 export function signData(data: Uint8Array, key: SecretKey, trustedComment: string): string {
   if (/[\r\n]/.test(trustedComment)) throw new SignatureError("the trusted comment must be one line");
   const privateKey = privateKeyObject(key.seed);
-  const signature = new Uint8Array(sign(null, blake2b512(data), privateKey));
+  const signature = new Uint8Array(loadedCrypto().sign(null, blake2b512(data), privateKey));
   const global = new Uint8Array(
-    sign(null, concat(signature, new TextEncoder().encode(trustedComment)), privateKey),
+    loadedCrypto().sign(null, concat(signature, new TextEncoder().encode(trustedComment)), privateKey),
   );
   const sigLine = encodeBase64(concat(new TextEncoder().encode(ALG_PREHASHED), key.idBytes, signature));
   return `${UNTRUSTED}signature from ferry secret key ${key.id}\n${sigLine}\n${TRUSTED}${trustedComment}\n` +
@@ -298,13 +301,13 @@ export function verifySignature(
   }
   const publicKey = publicKeyObject(key.key);
   const message = parsed.prehashed ? blake2b512(data) : data;
-  if (!verify(null, message, publicKey, parsed.signature)) {
+  if (!loadedCrypto().verify(null, message, publicKey, parsed.signature)) {
     throw new SignatureError(
       `${what}: the signature does not verify with key ${key.id} (the signed file was altered)`,
     );
   }
   const comment = new TextEncoder().encode(parsed.trustedComment);
-  if (!verify(null, concat(parsed.signature, comment), publicKey, parsed.globalSignature)) {
+  if (!loadedCrypto().verify(null, concat(parsed.signature, comment), publicKey, parsed.globalSignature)) {
     throw new SignatureError(`${what}: the trusted comment's signature does not verify with key ${key.id}`);
   }
   return { key, trustedComment: parsed.trustedComment };

@@ -540,6 +540,7 @@ class MirrorRun {
 
   /** Step 3: the pipelined fetch; what it hands back goes one by one. */
   async fetchFast(): Promise<void> {
+    if (this.#fast.length === 0) return; // nothing to fetch: nor node:crypto to load (tens of ms)
     const { verify, deadline } = this.options;
     const onBytes = (n: number) => this.progress.received(n);
     await fetchTree(

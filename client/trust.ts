@@ -22,6 +22,7 @@ import { pwriteAll } from "../ffi/libc.ts";
 import type { LocalDir } from "./local_tree.ts";
 import { ErrorCode, PROTOCOL_VERSION } from "../framing.ts";
 import { type Manifest, MANIFEST_NAME, ManifestError, type ManifestFile, parseManifest } from "./manifest.ts";
+import { loadHashing } from "../hashing.ts";
 import { parsePublicKey, type PublicKey, SignatureError, verifySignature } from "./minisign.ts";
 import { withRetries } from "./retry.ts";
 import type { Deadline } from "./deadline.ts";
@@ -206,6 +207,7 @@ export async function checkRelease(
   const what = JSON.stringify(path);
   let keyId: string;
   let manifest: Manifest;
+  await loadHashing(); // Ed25519 and BLAKE2b (minisign.ts)
   try {
     const signatureText = new TextDecoder().decode(signatureBytes);
     keyId = verifySignature(manifestBytes, signatureText, trust.keys, `the signature of ${what}`).key.id;

@@ -19,6 +19,9 @@ import {
   FrameType,
   putDataFrameHeader,
 } from "../framing.ts";
+import { loadHashing } from "../hashing.ts";
+
+await loadHashing(); // minisign.ts signs with node:crypto, loaded by it
 
 const MiB = 1024 * 1024;
 
