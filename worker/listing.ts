@@ -449,13 +449,18 @@ class ListingBody implements Body {
     }
   }
 
+  /** Batches flushed so far. */
+  #batches = 0;
+
   #flushBatch(): void {
     if (this.#batch === null) return;
     const frame = this.#batch;
     frame[this.#batchLength++] = 0x5d; // ]
     frame[this.#batchLength++] = 0x7d; // }
     putFrameLength(frame, 0, this.#batchLength - FRAME_HEADER_SIZE);
-    const packed = this.compress
+    // The first batch goes as it is: a listing of one batch is small, and a client that meets no
+    // Compressed frame never loads its zstd (tens of milliseconds of its start).
+    const packed = this.compress && this.#batches++ > 0
       ? compressedFrame(frame.subarray(FRAME_HEADER_SIZE + 1, this.#batchLength))
       : null;
     this.#queue.push(packed ?? frame.subarray(0, this.#batchLength));
