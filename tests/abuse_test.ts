@@ -18,6 +18,7 @@ import {
   scrape,
   startServer,
   tempDir,
+  type TestServer,
 } from "./helpers.ts";
 
 /** Opens `count` connections to `port` and sends `first` on each; all are open when it resolves. */
@@ -226,49 +227,52 @@ Deno.test("connections waiting for their request hold no worker slot: with 200 s
   }
 });
 
-Deno.test("a connection whose client has sent nothing waits in the master: no worker hears of it until its first byte, and silence past --idle-timeout gets TIMEOUT", async () => {
-  await using dir = await tempDir();
-  const server = await startServer([
-    "--listen",
-    "127.0.0.1:0",
-    "--root",
-    dir.path,
-    "--workers",
-    "1",
-    "--idle-timeout",
-    "3",
-    "--metrics-listen",
-    "127.0.0.1:0",
-    "--request-log",
-    "off",
-  ]);
+/** Where silent connections are, by the server's gauges: held by the master, or open on worker 1. */
+interface Whereabouts {
+  master: number;
+  worker: number;
+  busyNoFd: number;
+}
+
+/** A server of one worker over `root` with a metrics listener, and a reader of {@link Whereabouts}. */
+async function startWatched(
+  root: string,
+  extra: string[],
+  wrap?: { command: string; args: string[] },
+): Promise<{ server: TestServer; where: () => Promise<Whereabouts> }> {
+  const args = ["--listen", "127.0.0.1:0", "--root", root, "--workers", "1", "--request-log", "off"];
+  const server = await startServer([...args, "--metrics-listen", "127.0.0.1:0", ...extra], wrap);
   const metricsPort = Number(/:(\d+)\/metrics/.exec(await server.waitForLog(/serving metrics at/))![1]);
-  const gauges = async () => {
+  const where = async () => {
     const s = samples((await scrape(metricsPort)).body);
     return {
-      awaiting: s.get("ferry_connections_awaiting_request") ?? 0,
-      onWorker: s.get('ferry_connections_open{worker="1"}') ?? 0,
+      master: s.get("ferry_connections_awaiting_request") ?? 0,
+      worker: s.get('ferry_connections_open{worker="1"}') ?? 0,
+      busyNoFd: s.get('ferry_busy_total{reason="no_fd"}') ?? 0,
     };
   };
+  return { server, where };
+}
+
+Deno.test("a connection whose client has sent nothing waits in the master: no worker hears of it until its first byte, and silence past --idle-timeout gets TIMEOUT", async () => {
+  await using dir = await tempDir();
+  const { server, where } = await startWatched(dir.path, ["--idle-timeout", "3"]);
   const silent = await openMany(server.ports[0], 20, new Uint8Array(0));
   try {
     // The kernel holds a silent connection for its accept deferral (1 s), then the master accepts it.
-    await eventually(
-      "the master holds the 20 silent connections",
-      async () => (await gauges()).awaiting === 20,
-    );
-    assert.deepEqual(await gauges(), { awaiting: 20, onWorker: 0 });
+    await eventually("the master holds the 20 silent connections", async () => (await where()).master === 20);
+    assert.deepEqual(await where(), { master: 20, worker: 0, busyNoFd: 0 });
 
     const [speaking, ...others] = silent;
     await speaking.sendRequest({ op: "ping" });
     const pong = await hangGuard("a ping on a connection that waited", speaking.readResponse());
     assert.equal(pong.types, "H", JSON.stringify(pong.json));
-    assert.equal((await gauges()).awaiting, 19);
+    assert.equal((await where()).master, 19);
 
     const timedOut = await hangGuard("a silent connection is closed", others[0].readResponse());
     assert.equal(timedOut.json[0].code, "TIMEOUT");
     assert.match(timedOut.json[0].message as string, /no complete request within 3s/);
-    await eventually("every silent connection is closed", async () => (await gauges()).awaiting === 0);
+    await eventually("every silent connection is closed", async () => (await where()).master === 0);
   } finally {
     for (const c of silent) c.close();
     assert.equal((await server.stop()).code, 0);
@@ -277,41 +281,21 @@ Deno.test("a connection whose client has sent nothing waits in the master: no wo
 
 Deno.test("the master holds silent connections only while it uses less than half its open-file limit; the others go to a worker", async () => {
   await using dir = await tempDir();
-  const server = await startServer(
-    [
-      "--listen",
-      "127.0.0.1:0",
-      "--root",
-      dir.path,
-      "--workers",
-      "1",
-      "--metrics-listen",
-      "127.0.0.1:0",
-      "--request-log",
-      "off",
-    ],
-    { command: "prlimit", args: ["--nofile=128:128", Deno.execPath()] },
-  );
-  const metricsPort = Number(/:(\d+)\/metrics/.exec(await server.waitForLog(/serving metrics at/))![1]);
-  const where = async () => {
-    const s = samples((await scrape(metricsPort)).body);
-    return {
-      master: s.get("ferry_connections_awaiting_request") ?? 0,
-      worker: s.get('ferry_connections_open{worker="1"}') ?? 0,
-      busy: s.get('ferry_busy_total{reason="no_fd"}') ?? 0,
-    };
-  };
+  const { server, where } = await startWatched(dir.path, [], {
+    command: "prlimit",
+    args: ["--nofile=128:128", Deno.execPath()],
+  });
   const silent = await openMany(server.ports[0], 80, new Uint8Array(0));
   try {
     await eventually("all 80 silent connections are accepted", async () => {
       const { master, worker } = await where();
       return master + worker === 80;
     });
-    const { master, worker, busy } = await where();
+    const { master, worker, busyNoFd } = await where();
     // The master's own fds (runtime, epoll, listeners, channel, reserve) take some of the 64 below the ceiling.
     assert.ok(master > 0 && master < 64, `${master} held by the master`);
     assert.equal(worker, 80 - master, "the others went to the worker");
-    assert.equal(busy, 0, "none refused for want of fds");
+    assert.equal(busyNoFd, 0, "none refused for want of fds");
   } finally {
     for (const c of silent) c.close();
     assert.equal((await server.stop()).code, 0);
