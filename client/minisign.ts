@@ -178,10 +178,9 @@ function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && a.every((x, i) => x === b[i]);
 }
 
+/** `parts` joined (node's Buffer.concat, copied out of its shared pool). */
 function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  parts.reduce((at, p) => (out.set(p, at), at + p.length), 0);
-  return out;
+  return new Uint8Array(Buffer.concat(parts));
 }
 
 function privateKeyObject(seed: Uint8Array): KeyObject {

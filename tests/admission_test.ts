@@ -6,7 +6,15 @@
 
 import assert from "node:assert/strict";
 import net from "node:net";
-import { childPids, eventually, runServerToExit, startServer, tempDir, type TestServer } from "./helpers.ts";
+import {
+  childPids,
+  concat,
+  eventually,
+  runServerToExit,
+  startServer,
+  tempDir,
+  type TestServer,
+} from "./helpers.ts";
 import {
   decodeJson,
   encodeRequest,
@@ -104,20 +112,16 @@ const PING = request({ op: "ping" });
 async function pingFrom(port: number, from: string, prefix: Uint8Array | string = ""): Promise<string> {
   const conn = await SourcedConn.open(port, from);
   try {
-    conn.send(prefix === "" ? PING : concat(prefix, PING));
+    conn.send(
+      prefix === ""
+        ? PING
+        : concat(typeof prefix === "string" ? new TextEncoder().encode(prefix) : prefix, PING),
+    );
     const a = await conn.answer();
     return a === null ? "closed" : a.type === "E" ? `E ${a.json.code}` : a.type;
   } finally {
     conn.close();
   }
-}
-
-function concat(a: Uint8Array | string, b: Uint8Array): Uint8Array {
-  const head = typeof a === "string" ? new TextEncoder().encode(a) : a;
-  const out = new Uint8Array(head.byteLength + b.byteLength);
-  out.set(head);
-  out.set(b, head.byteLength);
-  return out;
 }
 
 async function serve(root: string, ...flags: string[]): Promise<TestServer> {
@@ -388,7 +392,7 @@ Deno.test("--max-conns-per-ip behind --proxy-protocol counts the clients the pro
     const header = (client: string) => `PROXY TCP4 ${client} 127.0.0.1 5555 7420\r\n`;
     const conn = await SourcedConn.open(port, "127.0.0.2");
     held.push(conn);
-    conn.send(concat(header("198.51.100.7"), PING));
+    conn.send(concat(new TextEncoder().encode(header("198.51.100.7")), PING));
     assert.equal((await conn.answer())?.type, "H");
     assert.equal(await pingFrom(port, "127.0.0.2", header("198.51.100.7")), "E BUSY");
     assert.equal(await pingFrom(port, "127.0.0.2", header("198.51.100.8")), "H");

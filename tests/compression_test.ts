@@ -21,6 +21,7 @@ import { getArgs, jsonLines, listDir, logged, spawnClient, withServer } from "./
 import { FrameProxy } from "./proxy.ts";
 import {
   eventually,
+  frame,
   patterned,
   RawConnection,
   readRequest,
@@ -57,15 +58,6 @@ const loggedBytes = (line: string) => Number(/ bytes=(\d+) /.exec(line)![1]);
 function report(r: Awaited<ReturnType<typeof runClient>>): Record<string, unknown> {
   assert.equal(r.code, 0, r.stderr);
   return jsonLines(r)[0];
-}
-
-/** A frame of `type` around `body`. */
-function frame(type: number, body: Uint8Array): Uint8Array {
-  const out = new Uint8Array(FRAME_HEADER_SIZE + 1 + body.byteLength);
-  putFrameLength(out, 0, 1 + body.byteLength);
-  out[FRAME_HEADER_SIZE] = type;
-  out.set(body, FRAME_HEADER_SIZE + 1);
-  return out;
 }
 
 /** Reads a `get` answer frame by frame: type letters, the JSON frames, and the file bytes (Z frames decoded). */

@@ -21,6 +21,7 @@ import {
   signatureOf,
 } from "../delta.ts";
 import { loadHashing } from "../hashing.ts";
+import { concat } from "./helpers.ts";
 import { CHUNK_GEAR_SEED, MAX_CHUNK_BITS, MIN_CHUNK_BITS, SIGNATURE_HEADER_SIZE } from "../framing.ts";
 
 await loadHashing();
@@ -41,16 +42,6 @@ function randomBytes(next: (n: number) => number, length: number): Uint8Array {
   for (let i = 0; i < length; i++) bytes[i] = next(256);
   return bytes;
 }
-
-const concat = (...parts: Uint8Array[]): Uint8Array => {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-};
 
 type Edit = "insert" | "delete" | "overwrite" | "append" | "truncate" | "move";
 const EDITS: Edit[] = ["insert", "delete", "overwrite", "append", "truncate", "move"];

@@ -9,16 +9,12 @@
 import assert from "node:assert/strict";
 import { chunkBitsFor, chunkLimits, encodeSignature, signatureOf } from "../delta.ts";
 import { loadHashing } from "../hashing.ts";
-import {
-  encodeJsonFrame,
-  FRAME_HEADER_SIZE,
-  FrameType,
-  putFrameLength,
-  SIGNATURE_HEADER_SIZE,
-} from "../framing.ts";
+import { encodeJsonFrame, FRAME_HEADER_SIZE, FrameType, SIGNATURE_HEADER_SIZE } from "../framing.ts";
 import { getArgs, jsonLines, listDir, logged, spawnClient, withServer } from "./client_fixture.ts";
 import { FrameProxy } from "./proxy.ts";
 import {
+  concat,
+  frame,
   RawConnection,
   readRequest,
   runClient,
@@ -34,16 +30,6 @@ const MiB = 1024 * 1024;
 function randomBytes(n: number): Uint8Array {
   const out = new Uint8Array(n);
   for (let at = 0; at < n; at += 65536) crypto.getRandomValues(out.subarray(at, Math.min(n, at + 65536)));
-  return out;
-}
-
-function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.byteLength, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.byteLength;
-  }
   return out;
 }
 
@@ -189,15 +175,6 @@ Deno.test("get with ranges sends those bytes of the version, and refuses ranges 
     assert.equal(unchanged.json[0].unchanged, true);
   });
 });
-
-/** A frame of `type` carrying `body` as it is (Data), as a fake server sends it. */
-function frame(type: number, body: Uint8Array): Uint8Array {
-  const out = new Uint8Array(FRAME_HEADER_SIZE + 1 + body.byteLength);
-  putFrameLength(out, 0, 1 + body.byteLength);
-  out[FRAME_HEADER_SIZE] = type;
-  out.set(body, FRAME_HEADER_SIZE + 1);
-  return out;
-}
 
 Deno.test("a server sending a malformed signature makes get exit 6, and leaves the old copy as it was and no part", async () => {
   await using out = await tempDir();

@@ -16,6 +16,7 @@ import {
   FRAME_HEADER_SIZE,
   getFrameLength,
   PROTOCOL_VERSION,
+  putFrameLength,
   type Request,
 } from "../framing.ts";
 
@@ -548,5 +549,19 @@ export function samples(body: string): Map<string, number> {
     const space = line.lastIndexOf(" ");
     out.set(line.slice(0, space), Number(line.slice(space + 1)));
   }
+  return out;
+}
+
+/** `parts` joined, as a plain Uint8Array of its own (node's Buffer.concat may hand out a shared pool). */
+export function concat(...parts: Uint8Array[]): Uint8Array {
+  return new Uint8Array(Buffer.concat(parts));
+}
+
+/** A request-mode frame of `type` carrying `body` as it is, as a fake server sends it. */
+export function frame(type: number, body: Uint8Array): Uint8Array {
+  const out = new Uint8Array(FRAME_HEADER_SIZE + 1 + body.byteLength);
+  putFrameLength(out, 0, 1 + body.byteLength);
+  out[FRAME_HEADER_SIZE] = type;
+  out.set(body, FRAME_HEADER_SIZE + 1);
   return out;
 }

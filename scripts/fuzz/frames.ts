@@ -367,23 +367,13 @@ export function fuzzFrame(rng: Random, files: readonly FuzzFile[]): PlannedFrame
 
 /** Cuts a connection's frames into its writes: one burst, one write per frame, or cut at random offsets. */
 function writesOf(rng: Random, frames: Uint8Array[]): Uint8Array[] {
-  const all = concat(frames);
+  const all = new Uint8Array(Buffer.concat(frames));
   const how = rng.int(10);
   if (how < 6 || all.byteLength < 2) return [all];
   if (how < 8) return frames;
   const cuts = Array.from({ length: rng.between(1, 8) }, () => rng.between(1, all.byteLength - 1));
   cuts.sort((a, b) => a - b);
   return [0, ...cuts].map((from, i) => all.subarray(from, cuts[i] ?? all.byteLength)).filter((c) => c.length);
-}
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.byteLength, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.byteLength;
-  }
-  return out;
 }
 
 /** Kinds of connection and how often each comes, in parts of 100. */
