@@ -462,20 +462,18 @@ function smallReply(
   const out = buffer.subarray(0, total);
   out.set(head);
   if (read !== undefined && read.byteLength === size) {
-    if (length > 0) putDataFrameHeader(out.subarray(head.byteLength), length);
-    out.set(read.subarray(offset), head.byteLength + dataHeader);
-    putFrameLength(out, total - FRAME_HEADER_SIZE, 0); // the end frame
-    return out;
-  }
-  if (!readInto(out, head.byteLength, dataHeader, fd, offset, length)) {
+    // Read and checked against the identity just now (hashSmallFile): copied, not read again.
+    if (length > 0) {
+      putDataFrameHeader(out.subarray(head.byteLength), length);
+      out.set(read.subarray(offset), head.byteLength + dataHeader);
+    }
+  } else if (
+    !readInto(out, head.byteLength, dataHeader, fd, offset, length) || identityOf(fstat(fd)) !== identity
+  ) {
     returnReplyBuffer(buffer);
     return null;
   }
   putFrameLength(out, total - FRAME_HEADER_SIZE, 0); // the end frame
-  if (identityOf(fstat(fd)) !== identity) {
-    returnReplyBuffer(buffer);
-    return null;
-  }
   return out;
 }
 
