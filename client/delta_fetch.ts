@@ -22,7 +22,6 @@ import {
   SignatureError,
 } from "../delta.ts";
 import {
-  ErrorCode,
   MAX_RANGES,
   PROTOCOL_VERSION,
   type Request,
@@ -34,7 +33,7 @@ import type { Deadline } from "./deadline.ts";
 import { protocolError, ServerRefusal } from "./failure.ts";
 import type { Progress } from "./progress.ts";
 import { LocalIoError } from "./publish.ts";
-import { isConnectionLoss, type Session } from "./session.ts";
+import type { Session } from "./session.ts";
 
 /**
  * Smallest old copy worth a delta: below 1 MiB the whole file crosses a LAN in about a millisecond, less
@@ -116,7 +115,9 @@ export async function fetchDelta<H extends DeltaHeader>(
   let local: Signature | null = null;
   let raw: ResponseHeader;
   try {
-    raw = await requestWhileSigning(ctx, request, () => local = signOldCopy(ctx.old, bits, ctx.deadline));
+    raw = await session.begin(request, what, {
+      meanwhile: () => local = signOldCopy(ctx.old, bits, ctx.deadline),
+    });
   } catch (e) {
     if (e instanceof ServerRefusal) return null;
     throw e;
@@ -150,35 +151,6 @@ export async function fetchDelta<H extends DeltaHeader>(
   }
   if (!builder.done) throw protocolError(`the ranges of ${what} did not build the whole file`);
   return { header, sha256, reused: plan.reusedBytes };
-}
-
-/**
- * Sends `request`, runs `work` while the server answers, then reads the answer's header. A connection that
- * turns out stale (the server closed it while idle) is replaced as {@link Session.begin} replaces it.
- */
-async function requestWhileSigning<H extends DeltaHeader>(
-  ctx: DeltaContext<H>,
-  request: Request,
-  work: () => void,
-): Promise<ResponseHeader> {
-  const what = JSON.stringify(ctx.path);
-  let sent = false;
-  try {
-    await ctx.session.sendAhead([request]);
-    sent = true;
-  } catch {
-    // The write failed: begin() below opens a new connection and sends it there.
-  }
-  work();
-  if (sent) {
-    try {
-      return await ctx.session.next(what);
-    } catch (e) {
-      const stale = e instanceof ServerRefusal ? e.body.code === ErrorCode.Timeout : isConnectionLoss(e);
-      if (!stale) throw e;
-    }
-  }
-  return await ctx.session.begin(request, what);
 }
 
 /** Most bytes a signature of a file of `size` bytes can take: one entry per 1 KiB (the smallest chunk). */

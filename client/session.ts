@@ -192,7 +192,7 @@ function leftOutOf(fields: Record<string, unknown> | ResponseHeader, what: strin
 }
 
 /** A connection's failure that says nothing about the request: it may be sent again on a new one. */
-export function isConnectionLoss(e: unknown): boolean {
+function isConnectionLoss(e: unknown): boolean {
   return e instanceof TruncatedError || e instanceof Deno.errors.ConnectionReset ||
     e instanceof Deno.errors.BrokenPipe || e instanceof Deno.errors.UnexpectedEof ||
     e instanceof Deno.errors.ConnectionAborted;
@@ -242,9 +242,16 @@ export class Session {
    * an Error frame. `what` names the request in messages (e.g. the quoted path). With `last`, the end frame
    * goes out behind the request, so the server closes the connection once it has answered (a one-file
    * `get` spares the server a wake-up per connection); a later request opens a new connection.
+   * `meanwhile` runs once the request is out and before the answer is read (work the client can do while
+   * the server works), on the first attempt only.
    */
-  async begin(request: Request, what: string, options: { last?: boolean } = {}): Promise<ResponseHeader> {
+  async begin(
+    request: Request,
+    what: string,
+    options: { last?: boolean; meanwhile?: () => void } = {},
+  ): Promise<ResponseHeader> {
     this.#what = what;
+    let meanwhile = options.meanwhile;
     for (let resend = 0;; resend++) {
       // A response abandoned half-way still has bytes coming: that connection cannot serve another one.
       // Nor can one that was told there would be no more requests, or that owes answers sent ahead.
@@ -257,6 +264,8 @@ export class Session {
         const offered = this.#offer(request);
         await writeAll(conn, options.last ? encodeLastRequest(offered) : encodeRequest(offered));
         this.#ended = options.last === true;
+        meanwhile?.();
+        meanwhile = undefined;
         return await this.#readHeader();
       } catch (e) {
         // The server closed the idle connection before our request reached it: after its idle timeout
