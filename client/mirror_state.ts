@@ -80,9 +80,15 @@ export class MirrorState {
   #get(path: string): StateEntry | undefined {
     const found = this.#entries.get(path);
     if (typeof found !== "number") return found;
-    const entry = parseFields(this.#lineAt(found));
+    const entry = this.#parseLine(path, found);
+    if (entry !== undefined) this.#entries.set(path, entry);
+    return entry;
+  }
+
+  /** The entry of `path`'s line, which starts at `start`, not kept; a malformed line is forgotten. */
+  #parseLine(path: string, start: number): StateEntry | undefined {
+    const entry = parseFields(this.#lineAt(start));
     if (entry === null) this.#entries.delete(path);
-    else this.#entries.set(path, entry);
     return entry ?? undefined;
   }
 
@@ -101,14 +107,9 @@ export class MirrorState {
     // A line is checked only once its identity matches: one whose file changed is replaced or forgotten.
     // A line that vouches for its file stays a line: most of a large tree's are, and a line takes less
     // memory than the entry parsed from it (the entry returned is the caller's to drop).
-    let entry: StateEntry | null;
-    if (typeof found !== "number") entry = found;
-    else if (!this.#text.startsWith(`${local.key}\t`, found)) return undefined;
-    else if ((entry = parseFields(this.#lineAt(found))) === null) {
-      this.#entries.delete(path);
-      return undefined;
-    }
-    if (entry.key !== local.key) return undefined;
+    if (typeof found === "number" && !this.#text.startsWith(`${local.key}\t`, found)) return undefined;
+    const entry = typeof found === "number" ? this.#parseLine(path, found) : found;
+    if (entry === undefined || entry.key !== local.key) return undefined;
     if (ctimeOf(entry.key) + RACY_WINDOW_SECONDS >= this.#writtenAt) return undefined;
     return entry;
   }
