@@ -556,7 +556,7 @@ export const OPEN = {
 
 /** Options of {@link openAt}. */
 export interface OpenAtOptions {
-  /** Permission bits of a file O_CREAT makes. @default 0 */
+  /** Permission bits of a file O_CREAT makes (ignored without it). @default 0 */
   mode?: number;
   /**
    * Follow no symlink in any component of `path`, its last one included (that fails with ELOOP), and
@@ -586,7 +586,9 @@ export function openAt(
 ): number {
   putPath(path, "openat2");
   const resolve = options.noSymlinks ? RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS : 0n;
-  encodeOpenHow(openHow, flags | C.O_CLOEXEC | C.O_NOCTTY, options.mode ?? 0, resolve);
+  // openat2 refuses a mode without O_CREAT (EINVAL), where openat ignores it.
+  const mode = flags & OPEN.O_CREAT ? options.mode ?? 0 : 0;
+  encodeOpenHow(openHow, flags | C.O_CLOEXEC | C.O_NOCTTY, mode, resolve);
   const dir = dirFd === undefined ? AT_FDCWD : BigInt(dirFd);
   for (let tries = 0;; tries++) {
     const r = sys.syscall(SYS_openat2, dir, openPath, openHow, OPEN_HOW_SIZE);

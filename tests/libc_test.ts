@@ -4,7 +4,7 @@
  */
 
 import assert from "node:assert/strict";
-import { close, fstat, LibcError, openRead, statAt } from "../ffi/libc.ts";
+import { close, fstat, LibcError, OPEN, openAt, openRead, statAt } from "../ffi/libc.ts";
 import { tempDir } from "./helpers.ts";
 
 // libc's symbols are bound on first use and stay bound: bind the ones used here before any test starts,
@@ -65,6 +65,21 @@ Deno.test("a failed open names the call, the errno and the path", async () => {
       () => openRead("x".repeat(5000), { beneath: rootFd }),
       /openat2: ENAMETOOLONG .*4096 bytes/,
     );
+  } finally {
+    close(rootFd);
+  }
+});
+
+Deno.test("openAt with a mode opens an existing file without O_CREAT too (the mode is for creating only)", async () => {
+  await using dir = await tempDir();
+  await Deno.writeTextFile(`${dir.path}/f`, "x");
+  const rootFd = openRead(dir.path, { directory: true });
+  try {
+    for (const flags of [OPEN.O_RDWR, OPEN.O_RDWR | OPEN.O_CREAT]) {
+      const fd = openAt(rootFd, "f", flags, { mode: 0o644, noSymlinks: true });
+      assert.equal(fstat(fd).size, 1);
+      close(fd);
+    }
   } finally {
     close(rootFd);
   }
