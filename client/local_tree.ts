@@ -19,6 +19,7 @@ import {
   close,
   dupCloseOnExec,
   fsync,
+  identityAt,
   LibcError,
   lstatAt,
   mkdirAt,
@@ -27,6 +28,7 @@ import {
   renameAt,
   unlinkAt,
 } from "../ffi/libc.ts";
+import type { FolderNames, MirrorState } from "./mirror_state.ts";
 
 /** A local I/O failure (the target directory is not writable, the disk is full...). */
 export class LocalIoError extends Error {
@@ -338,6 +340,23 @@ function readFolder(dir: LocalDir): FolderContents {
   return { names, parts, files, subfolders };
 }
 
+const NO_PARTS: ReadonlySet<string> = new Set();
+
+/** True when `contents` are exactly `expected`'s names, nothing missing and nothing else. */
+function holdsExactly(contents: FolderContents, expected: FolderNames | undefined): boolean {
+  const names = [...expected?.files ?? [], ...expected?.subfolders ?? []];
+  return contents.names.size === names.length && names.every((name) => contents.names.has(name));
+}
+
+/** A folder's identity key (see `ffi/structs.ts`), or null if it cannot be had. */
+function folderKey(dir: LocalDir): string | null {
+  try {
+    return identityAt(dir.fd, ".")?.key ?? null;
+  } catch {
+    return null;
+  }
+}
+
 /**
  * A folder below LOCAL_DIR held open for a run, with what it held when the run first opened it (files
  * published since are not added).
@@ -345,6 +364,12 @@ function readFolder(dir: LocalDir): FolderContents {
 export interface Folder extends FolderContents {
   /** The folder, open. */
   dir: LocalDir;
+  /** Its identity when its contents were had; null if it could not be had. */
+  key: string | null;
+  /** True when the contents hold for as long as the identity stays `key` (see `mirror_state.ts`). */
+  settled: boolean;
+  /** True when the contents are the state's record of it, which it still matched when opened. */
+  recorded: boolean;
 }
 
 /**
@@ -359,8 +384,13 @@ export class FolderCache implements Disposable {
   /**
    * @param tree LOCAL_DIR
    * @param onReplaced told when a symlink or file where a folder belongs is replaced by a folder
+   * @param state the mirror's state, whose recorded folders are taken as they are instead of read
    */
-  constructor(readonly tree: LocalTree, readonly onReplaced?: (message: string) => void) {}
+  constructor(
+    readonly tree: LocalTree,
+    readonly onReplaced?: (message: string) => void,
+    readonly state?: MirrorState,
+  ) {}
 
   /** The folder that holds `rel`'s last component, made if missing. Throws LocalIoError. */
   folderOf(rel: string): Folder {
@@ -386,7 +416,7 @@ export class FolderCache implements Disposable {
         return null;
       }
       try {
-        folder = { dir, ...readFolder(dir) };
+        folder = this.#contents(key, dir);
       } catch (e) {
         dir.close();
         throw e;
@@ -394,6 +424,78 @@ export class FolderCache implements Disposable {
       this.#folders.set(key, folder);
     }
     return folder;
+  }
+
+  /** The folder `rel` opened as `dir`, with its contents: from the state if it is as recorded, else read. */
+  #contents(rel: string, dir: LocalDir): Folder {
+    const key = folderKey(dir);
+    const recorded = key === null ? undefined : this.state?.recordedFolder(rel, key);
+    if (recorded !== undefined) {
+      // A recorded folder holds no part; its names are made only if asked for (a run of a large tree that
+      // finds its folders as recorded never does).
+      const { files, subfolders } = recorded;
+      let names: Set<string> | undefined;
+      return {
+        dir,
+        key,
+        settled: true,
+        recorded: true,
+        parts: NO_PARTS,
+        files,
+        subfolders,
+        get names() {
+          return names ??= new Set([...files, ...subfolders]);
+        },
+      };
+    }
+    // The identity is had before the read: a change after it moves the identity from the one kept.
+    const settled = key !== null && this.state !== undefined && this.state.settledAt(key);
+    return { dir, key, settled, recorded: false, ...readFolder(dir) };
+  }
+
+  /**
+   * Records in the state each folder of the run that holds exactly what the state says it should (see
+   * `mirror_state.ts`), once the run has made its last change below LOCAL_DIR. A folder changed since its
+   * contents were had (most often by the run itself) is read again, once the changes are old enough to
+   * tell from the next one.
+   */
+  async record(): Promise<void> {
+    const state = this.state;
+    if (state === undefined) return;
+    const now = new Map<string, string>();
+    for (const [rel, folder] of this.#folders) {
+      const key = folder === null ? null : folderKey(folder.dir);
+      if (key !== null) now.set(rel, key);
+    }
+    const changedSinceHad = (rel: string, key: string) => {
+      const folder = this.#folders.get(rel)!;
+      return key !== folder.key || !folder.settled;
+    };
+    await state.settle([...now].filter(([rel, key]) => changedSinceHad(rel, key)).map(([, key]) => key));
+    // With no entry changed, a folder as recorded is as the state says; the others are checked.
+    const asRecorded = !state.changed;
+    let expected: Map<string, FolderNames> | undefined;
+    const recorded = new Map<string, { key: string; names: string[] }>();
+    for (const [rel, key] of now) {
+      const folder = this.#folders.get(rel)!;
+      if (asRecorded && folder.recorded && !changedSinceHad(rel, key)) {
+        recorded.set(rel, { key, names: [...folder.files, ...folder.subfolders] });
+        continue;
+      }
+      expected ??= state.expectedFolders();
+      let contents: FolderContents = folder;
+      if (changedSinceHad(rel, key)) {
+        if (!state.settledAt(key)) continue;
+        try {
+          contents = readFolder(folder.dir);
+        } catch {
+          continue;
+        }
+        if (folderKey(folder.dir) !== key) continue;
+      }
+      if (holdsExactly(contents, expected.get(rel))) recorded.set(rel, { key, names: [...contents.names] });
+    }
+    state.recordFolders(recorded);
   }
 
   /** The folder `rel` (a path below LOCAL_DIR, "" for itself) if the run has read it already. */

@@ -240,7 +240,8 @@ class Item implements TreeFile {
 function needOf(item: Item, state: MirrorState): Need {
   const { entry, folder, name } = item;
   if (folder.parts.has(name)) return { kind: "one by one" }; // a part beside it: resume it
-  if (!folder.names.has(name)) return { kind: "fast" };
+  // A folder as recorded holds the files the state has: lstat tells, where a set of names would cost more.
+  if (!folder.recorded && !folder.names.has(name)) return { kind: "fast" };
   let local;
   try {
     local = identityAt(folder.dir.fd, name);
@@ -354,11 +355,8 @@ class MirrorRun {
       this.#opened = true;
       if (tree === null) return null;
       raiseOpenFileLimit(); // a folder of the tree is held open from its first file to the end of the run
-      this.#local = {
-        tree,
-        folders: new FolderCache(tree, this.options.onNotice),
-        state: loadState(tree.root),
-      };
+      const state = loadState(tree.root);
+      this.#local = { tree, folders: new FolderCache(tree, this.options.onNotice, state), state };
     }
     return this.#local;
   }
@@ -649,8 +647,9 @@ class MirrorRun {
         this.summary.exitCode = worstExitCode([this.summary.exitCode, ExitCode.LocalIo]);
       }
     }
-    const { tree, state } = this.#local;
+    const { tree, state, folders } = this.#local;
     try {
+      await folders.record(); // after the run's last change below LOCAL_DIR
       if (state.changed) {
         await state.settle();
         saveState(tree.root, state);

@@ -12,7 +12,7 @@ import type { FileReport } from "./fetch_file.ts";
 import { type FolderCache, type LocalDir, LocalIoError, type LocalTree, PART_NAME } from "./local_tree.ts";
 import { STATE_DIR } from "./mirror_state.ts";
 import { removeStaleParts } from "./publish.ts";
-import { lstatAt, unlinkAt } from "../ffi/libc.ts";
+import { identityAt, unlinkAt } from "../ffi/libc.ts";
 
 /**
  * Removes local regular files below LOCAL_DIR that are not in `keep` (relative paths), the parts of such
@@ -51,7 +51,8 @@ export async function deleteExtraneous(
         await removeStaleParts({ dir, name: part[1], followLink: false }); // parts another run holds stay
         continue;
       }
-      if (!lstatAt(dir.fd, name).isFile) continue; // replaced meanwhile: only regular files are removed
+      const local = identityAt(dir.fd, name);
+      if (local === null || !local.isFile) continue; // gone or replaced meanwhile: only files are removed
       unlinkAt(dir.fd, name);
     } catch (e) {
       report.status = "failed";

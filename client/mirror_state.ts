@@ -10,9 +10,20 @@
  * a change in the same clock tick as the `lstat` that was recorded, which leaves ctime as it was. Entries
  * recorded within {@link RACY_WINDOW_SECONDS} of the moment the state was written are therefore not trusted.
  *
+ * It also records folders, so that a run need not read a folder it finds as it was: a folder is recorded
+ * by its identity at a moment it held exactly the files the state lists in it and the folders on the way
+ * to the others, and nothing else (no part, no other file, no symlink, no empty folder). Creating,
+ * removing or renaming anything in a folder moves its mtime and ctime, so a folder with the identity
+ * recorded still holds what the state says, and a run takes its contents from the state instead of
+ * reading it. A folder is recorded only from a read taken well after its last change (see
+ * {@link changedJustNow}), for the same reason as files.
+ *
  * The file is text: a version line, then one line per file: the identity (size:inode:mtime:ctime), the
  * SHA-256 and the etag, separated by tabs, and the path last (as a JSON string if it holds a tab, a line
- * break or starts with a quote).
+ * break or starts with a quote); then one line per folder: `dir` and a space, a digest of the names it
+ * held (see {@link namesDigest}), its identity and its path (`.` for LOCAL_DIR itself), separated by tabs.
+ * A client that does not know folder lines skips them; the digest makes a folder line that no longer
+ * agrees with the file lines (one added, taken out or changed by hand or by damage) count for nothing.
  *
  * @module
  */
@@ -37,9 +48,51 @@ const COARSE_CLOCK_LAG_SECONDS = 0.01;
 /** What `lstat` says of a local file that an entry is checked against (see `ffi/structs.ts`). */
 export type LocalIdentity = Pick<StatIdentity, "key">;
 
+/**
+ * True when a file system object whose ctime is `ctime` (seconds) was seen at `seenAt` (seconds, by a
+ * file system timestamp such as the state file's mtime) so soon after it changed that a further change in
+ * the same clock tick could have left its ctime as it was.
+ */
+function isRacy(ctime: number, seenAt: number): boolean {
+  return ctime + RACY_WINDOW_SECONDS >= seenAt;
+}
+
+/** {@link isRacy} for an object seen now, by the real clock (which file timestamps lag). */
+function changedJustNow(ctime: number): boolean {
+  return isRacy(ctime, Date.now() / 1000 - COARSE_CLOCK_LAG_SECONDS);
+}
+
 /** The ctime in an identity key (its last field), in seconds. */
 function ctimeOf(key: string): number {
   return Number(key.slice(key.lastIndexOf(":") + 1));
+}
+
+/**
+ * A digest of a folder's names, whatever their order: how many, and the sum of their FNV-1a hashes (it
+ * guards against damage, not against an adversary, who could write any state).
+ */
+function namesDigest(names: readonly string[]): string {
+  let sum = 0;
+  for (const name of names) {
+    let h = 0x811c9dc5;
+    for (let i = 0; i < name.length; i++) h = Math.imul(h ^ name.charCodeAt(i), 0x01000193);
+    sum = (sum + (h >>> 0)) >>> 0;
+  }
+  return `${names.length}-${sum.toString(16).padStart(8, "0")}`;
+}
+
+/** A folder as the state records it. */
+interface RecordedFolder {
+  /** Its identity (see `ffi/structs.ts`). */
+  key: string;
+  /** The {@link namesDigest} of its files' and folders' names. */
+  names: string;
+}
+
+/** What a folder holds, by name: its files, and its folders. */
+export interface FolderNames {
+  files: readonly string[];
+  subfolders: readonly string[];
 }
 
 /** One published file. */
@@ -62,6 +115,10 @@ export class MirrorState {
   readonly #entries = new Map<string, StateEntry | number>();
   /** The state file's text, as read. */
   #text = "";
+  /** Recorded folders by path ("" for LOCAL_DIR): identity key, and the digest of the names it held. */
+  #folders = new Map<string, RecordedFolder>();
+  /** The files and folders each folder held by the entries as read, made when a recorded folder is first asked for. */
+  #asRead: Map<string, FolderNames> | null = null;
   readonly #writtenAt: number;
   #newestCtime = 0;
   #changed = false;
@@ -110,8 +167,76 @@ export class MirrorState {
     if (typeof found === "number" && !this.#text.startsWith(`${local.key}\t`, found)) return undefined;
     const entry = typeof found === "number" ? this.#parseLine(path, found) : found;
     if (entry === undefined || entry.key !== local.key) return undefined;
-    if (ctimeOf(entry.key) + RACY_WINDOW_SECONDS >= this.#writtenAt) return undefined;
+    if (isRacy(ctimeOf(entry.key), this.#writtenAt)) return undefined;
     return entry;
+  }
+
+  /**
+   * What the folder `path` holds, if it was recorded with the identity `key` it has now (so it is as it
+   * was); undefined otherwise (the caller reads it). The answer comes from the entries as read: a run asks
+   * for a folder before it changes any entry of a file in it.
+   */
+  recordedFolder(path: string, key: string): FolderNames | undefined {
+    const recorded = this.#folders.get(path);
+    if (recorded?.key !== key || isRacy(ctimeOf(key), this.#writtenAt)) return undefined;
+    this.#asRead ??= this.#byFolder();
+    const names = this.#asRead.get(path) ?? { files: [], subfolders: [] };
+    // A line added to the state or taken out of it since would make the folder look other than it is.
+    return namesDigest([...names.files, ...names.subfolders]) === recorded.names ? names : undefined;
+  }
+
+  /**
+   * True when what has the identity `key` changed long enough ago that reading it now sees what it
+   * holds for as long as the identity stays: a change after the read would move its ctime.
+   */
+  settledAt(key: string): boolean {
+    return !changedJustNow(ctimeOf(key));
+  }
+
+  /** What each folder should hold by the entries as they are now (see {@link recordedFolder}). */
+  expectedFolders(): Map<string, FolderNames> {
+    return this.#byFolder();
+  }
+
+  /**
+   * Replaces the recorded folders by `seen` (identity key and names by path), each of which was just seen
+   * holding exactly what {@link expectedFolders} says.
+   */
+  recordFolders(seen: Map<string, { key: string; names: readonly string[] }>): void {
+    const folders = new Map<string, RecordedFolder>();
+    for (const [path, { key, names }] of seen) folders.set(path, { key, names: namesDigest(names) });
+    const same = folders.size === this.#folders.size &&
+      [...folders].every(([path, { key, names }]) =>
+        this.#folders.get(path)?.key === key && this.#folders.get(path)?.names === names
+      );
+    if (same) return;
+    this.#folders = folders;
+    this.#changed = true;
+  }
+
+  /**
+   * The entries' paths grouped by folder: each folder's files, and the folders on the way to them (and
+   * the state's own folder).
+   */
+  #byFolder(): Map<string, FolderNames> {
+    const folders = new Map<string, { files: string[]; subfolders: string[] }>();
+    const folderOf = (path: string) => {
+      let folder = folders.get(path);
+      if (folder === undefined) {
+        folders.set(path, folder = { files: [], subfolders: [] });
+        if (path !== "") {
+          const slash = path.lastIndexOf("/");
+          folderOf(slash < 0 ? "" : path.slice(0, slash)).subfolders.push(path.slice(slash + 1));
+        }
+      }
+      return folder;
+    };
+    folderOf("").subfolders.push(STATE_DIR); // LOCAL_DIR holds the state itself
+    for (const path of this.#entries.keys()) {
+      const slash = path.lastIndexOf("/");
+      folderOf(slash < 0 ? "" : path.slice(0, slash)).files.push(path.slice(slash + 1));
+    }
+    return folders;
   }
 
   /** Records (or replaces) the entry for `path`. */
@@ -149,10 +274,11 @@ export class MirrorState {
    * state written next is not racy for them and the next run trusts them all: one wait of a few tens of
    * milliseconds per run that published files, instead of hashing the run's last files again. The file
    * system stamps times from a coarse clock, up to a tick (4 ms at 250 Hz) behind the real one: the wait
-   * allows for it.
+   * allows for it. `alsoKeys`: identities of folders to be read once settled (see {@link settledAt}).
    */
-  async settle(): Promise<void> {
-    const waitMs = (this.#newestCtime + RACY_WINDOW_SECONDS + COARSE_CLOCK_LAG_SECONDS) * 1000 - Date.now();
+  async settle(alsoKeys: readonly string[] = []): Promise<void> {
+    const newest = Math.max(this.#newestCtime, ...alsoKeys.map(ctimeOf));
+    const waitMs = (newest + RACY_WINDOW_SECONDS + COARSE_CLOCK_LAG_SECONDS) * 1000 + 1 - Date.now();
     if (waitMs > 0) await new Promise((resolve) => setTimeout(resolve, Math.min(Math.ceil(waitMs), 50)));
   }
 
@@ -174,12 +300,24 @@ export class MirrorState {
       }
       yield `${value.key}\t${value.sha256}\t${value.etag}\t${quote(path)}\n`;
     }
+    for (const [path, { key, names }] of this.#folders) {
+      yield `${FOLDER_LINE}${names}\t${key}\t${path === "" ? "." : quote(path)}\n`;
+    }
   }
 
   /** The line of the state's text that starts at `start`, without its line break. */
   #lineAt(start: number): string {
     const end = this.#text.indexOf("\n", start);
     return this.#text.slice(start, end < 0 ? undefined : end);
+  }
+
+  /** Takes in a folder's line, after its `dir ` prefix; a malformed one is skipped. */
+  #readFolderLine(fields: string): void {
+    const [digest, key, written] = fields.split("\t");
+    const path = written === "." ? "" : pathOf(written ?? "");
+    if (/^[0-9]+-[0-9a-f]{8}$/.test(digest) && KEY.test(key ?? "") && path !== null) {
+      this.#folders.set(path, { key, names: digest });
+    }
   }
 
   /**
@@ -194,6 +332,11 @@ export class MirrorState {
     for (let start = STATE_HEADER.length + 1; start < text.length;) {
       let end = text.indexOf("\n", start);
       if (end < 0) end = text.length;
+      if (text.startsWith(FOLDER_LINE, start)) {
+        state.#readFolderLine(text.slice(start + FOLDER_LINE.length, end));
+        start = end + 1;
+        continue;
+      }
       const tab1 = text.indexOf("\t", start);
       const tab3 = tab1 < 0 ? -1 : text.indexOf("\t", text.indexOf("\t", tab1 + 1) + 1);
       if (tab1 >= 0 && tab3 >= 0 && tab3 < end) {
@@ -205,6 +348,9 @@ export class MirrorState {
     return state;
   }
 }
+
+/** How a folder's line starts (a space, not a tab: a client that does not know it sees no path in it). */
+const FOLDER_LINE = "dir ";
 
 /** A path as the state writes it: as it is, or as a JSON string when it could be taken for something else. */
 function quote(path: string): string {

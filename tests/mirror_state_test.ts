@@ -90,6 +90,51 @@ Deno.test("state: bad lines are skipped and a foreign or cut file gives no entry
   );
 });
 
+Deno.test("state: a folder recorded with its identity gives back its files and folders while it has that identity, and only then", () => {
+  const FOLDER = "4096:77:1700000000.000000000:1799999999.500000000";
+  const state = new MirrorState();
+  for (const path of ["top.txt", "d/a.txt", "d/b.txt", "d/e/deep.txt"]) state.set(path, entry());
+  const expected = state.expectedFolders();
+  assert.deepEqual(expected.get("d"), { files: ["a.txt", "b.txt"], subfolders: ["e"] });
+  assert.deepEqual(
+    expected.get(""),
+    { files: ["top.txt"], subfolders: [".ferry", "d"] },
+    "and the state's own",
+  );
+  state.recordFolders(
+    new Map([["", { key: FOLDER, names: ["top.txt", "d", ".ferry"] }], ["d", {
+      key: FOLDER,
+      names: ["e", "b.txt", "a.txt"],
+    }]]),
+  );
+  const text = state.format();
+
+  const loaded = MirrorState.parse(text, WRITTEN);
+  assert.deepEqual(loaded.recordedFolder("d", FOLDER), { files: ["a.txt", "b.txt"], subfolders: ["e"] });
+  assert.deepEqual(loaded.recordedFolder("", FOLDER), { files: ["top.txt"], subfolders: [".ferry", "d"] });
+  assert.equal(loaded.recordedFolder("d", FOLDER.replace(":77:", ":78:")), undefined, "another identity");
+  assert.equal(loaded.recordedFolder("d/e", FOLDER), undefined, "a folder never recorded");
+  assert.equal(
+    MirrorState.parse(text, CTIME + RACY_WINDOW_SECONDS / 2).recordedFolder("d", FOLDER),
+    undefined,
+    "racy",
+  );
+
+  // A file line taken out, added, or renamed behind the folder line's back: the folder is read instead.
+  const lines = text.split("\n");
+  const without = lines.filter((line) => !line.endsWith("\td/b.txt")).join("\n");
+  const added = text.replace(
+    "\td/b.txt\n",
+    "\td/b.txt\n" + lines.find((l) => l.endsWith("\td/a.txt"))!.replace("d/a.txt", "d/c.txt") + "\n",
+  );
+  const renamed = text.replace("\td/b.txt\n", "\td/x.txt\n");
+  for (const [what, damaged] of [["taken out", without], ["added", added], ["renamed", renamed]]) {
+    const state = MirrorState.parse(damaged, WRITTEN);
+    assert.equal(state.recordedFolder("d", FOLDER), undefined, what);
+    assert.notEqual(state.recordedFolder("", FOLDER), undefined, `${what}: the folder above is as it was`);
+  }
+});
+
 /** `{path: [status, bytes]}` of a run's --json lines. */
 function outcomes(r: ClientResult): Record<string, [string, number]> {
   return Object.fromEntries(jsonLines(r).map((l) => [l.path, [l.status, l.bytes]]));
@@ -120,6 +165,37 @@ Deno.test("mirror: a file changed in place with its size and mtime put back is f
       "kept.txt": ["unchanged", 0],
     });
     assert.deepEqual(await treeOf(out), await treeOf(src));
+  });
+});
+
+Deno.test("mirror: folders the state recorded are taken as they are, yet a file added to one, removed from it or left half-written in it is seen", async () => {
+  await withServer(async ({ src, out, address }) => {
+    await Deno.mkdir(`${src}/d/e`, { recursive: true });
+    for (let i = 0; i < 5; i++) await Deno.writeTextFile(`${src}/d/f${i}.txt`, `file ${i}\n`);
+    await Deno.writeTextFile(`${src}/d/e/deep.txt`, "deep\n");
+    await Deno.writeTextFile(`${src}/top.txt`, "top\n");
+    // The first run records the folders it made; the second, LOCAL_DIR, which the first's state changed.
+    for (let run = 0; run < 2; run++) assert.equal((await runClient(["mirror", address, ".", out])).code, 0);
+    const recorded = (await Deno.readTextFile(`${out}/.ferry/state`)).split("\n").filter((l) =>
+      l.startsWith("dir ")
+    );
+    assert.deepEqual(
+      recorded.map((l) => l.split("\t")[2]).sort(),
+      [".", "d", "d/e"],
+      "every folder recorded",
+    );
+
+    await Deno.writeTextFile(`${out}/d/extra.txt`, "not on the server\n");
+    await Deno.remove(`${out}/d/f1.txt`);
+    await Deno.writeTextFile(`${out}/d/e/.gone.txt.ferry-0123.part`, "a part of a file no longer listed");
+    const r = await runClient(["mirror", address, ".", out, "--delete", "--json"]);
+    assert.equal(r.code, 0, r.stderr);
+    const results = outcomes(r);
+    assert.deepEqual(results["d/f1.txt"], ["updated", 7]);
+    assert.deepEqual(results["d/extra.txt"][0], "deleted");
+    assert.deepEqual(results["d/f0.txt"], ["unchanged", 0]);
+    assert.deepEqual(await treeOf(out), await treeOf(src));
+    await assert.rejects(Deno.lstat(`${out}/d/e/.gone.txt.ferry-0123.part`), Deno.errors.NotFound);
   });
 });
 
