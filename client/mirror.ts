@@ -192,8 +192,11 @@ const DELTA_MIN_SIZE = 1024 * 1024;
 
 /** What a listed file needs. */
 type Need =
-  /** Nothing: the local copy is current (its SHA-256 is known). */
-  | { kind: "current"; sha256: string }
+  /**
+   * Nothing: the local copy is current (its SHA-256 is known); `recorded` when the state already says so
+   * in full (same identity, hash and etag), so that there is nothing to record either.
+   */
+  | { kind: "current"; sha256: string; recorded?: boolean }
   /** Its local copy, of the listed size, must be hashed to tell. */
   | { kind: "hash" }
   /** Fetched on the fast path (pipelined, published in batches); `localSha256` goes as ifNoneMatch. */
@@ -255,7 +258,9 @@ function needOf(item: Item, state: MirrorState): Need {
     (entry.sha256 !== undefined
       ? recorded.sha256 === entry.sha256
       : entry.etag !== undefined && recorded.etag === entry.etag);
-  if (sameVersion) return { kind: "current", sha256: recorded.sha256 };
+  if (sameVersion) {
+    return { kind: "current", sha256: recorded.sha256, recorded: recorded.etag === (entry.etag ?? "") };
+  }
   if (local.size !== entry.size) {
     // Changed for sure: no need to hash it, unless delta will read it anyway.
     return local.size >= DELTA_MIN_SIZE && entry.size >= DELTA_MIN_SIZE
@@ -445,7 +450,7 @@ class MirrorRun {
         seconds: 0,
         attempts: 0,
       });
-      this.#remember(item, need.sha256, item.entry.etag ?? "", item.local);
+      if (!need.recorded) this.#remember(item, need.sha256, item.entry.etag ?? "", item.local);
     } else if (need.kind === "hash") this.#toHash.push(item);
     else {
       this.progress.expect(item.entry.size);
