@@ -58,6 +58,8 @@ Options:
   -o, --output OUT          where to write (get, pull)
   --delete                  mirror: remove local files the server no longer has, and emptied directories
   --dry-run                 mirror: list what would be fetched (and deleted, with --delete); change nothing
+  --checksum                mirror: hash every local file instead of trusting what .ferry/state recorded
+                            of it (for a copy changed behind the state's back, e.g. by a disk fault)
   --compress                get, mirror: offer zstd for file data; the server compresses the files whose sample
                             compresses (worth it on links slower than about 1 Gbit/s; off by default);
                             mirror's listing is offered zstd always
@@ -128,6 +130,8 @@ interface ClientOptions {
   splayMs: number;
   delete: boolean;
   dryRun: boolean;
+  /** mirror: hash every local file, trusting nothing the state recorded. */
+  checksum: boolean;
   json: boolean;
   quiet: boolean;
   /** The token of --token-file (or $FERRY_TOKEN_FILE), or null. */
@@ -185,6 +189,7 @@ function parseClientArgs(argv: string[]): ClientOptions | "help" | "version" {
         splay: { type: "string" },
         delete: { type: "boolean" },
         "dry-run": { type: "boolean" },
+        checksum: { type: "boolean" },
         "no-verify": { type: "boolean" },
         compress: { type: "boolean" },
         json: { type: "boolean" },
@@ -218,6 +223,7 @@ function parseClientArgs(argv: string[]): ClientOptions | "help" | "version" {
   }
   if (command !== "mirror" && v.delete) throw usageError(`${command}: --delete is for mirror only`);
   if (command !== "mirror" && v["dry-run"]) throw usageError(`${command}: --dry-run is for mirror only`);
+  if (command !== "mirror" && v.checksum) throw usageError(`${command}: --checksum is for mirror only`);
   if (command === "pull" && v.compress) throw usageError("pull: classic mode has no compression");
   if (command === "pull" && v["no-verify"]) {
     throw usageError("pull: classic mode carries no SHA-256 to verify; --no-verify is for get and mirror");
@@ -267,6 +273,7 @@ function parseClientArgs(argv: string[]): ClientOptions | "help" | "version" {
     splayMs: seconds("splay", v.splay, true) ?? 0,
     delete: v.delete ?? false,
     dryRun: v["dry-run"] ?? false,
+    checksum: v.checksum ?? false,
     verify: !v["no-verify"],
     compress: v.compress ?? false,
     json: v.json ?? false,

@@ -42,7 +42,7 @@ import {
 import { createSha256, loadHashing } from "../hashing.ts";
 import { deleteExtraneous } from "./mirror_delete.ts";
 import { NO_TREE_PROGRESS, type Progress, type TreeProgress } from "./progress.ts";
-import { loadState, type MirrorState, saveState, STATE_DIR } from "./mirror_state.ts";
+import { loadState, MirrorState, saveState, STATE_DIR } from "./mirror_state.ts";
 import { fetchTree, type TreeFile } from "./tree_fetch.ts";
 import {
   checkTreeAgainst,
@@ -65,6 +65,11 @@ export interface MirrorOptions extends Omit<FetchOptions, "listed"> {
    * write nothing into LOCAL_DIR (not even the state, or LOCAL_DIR itself when it is missing).
    */
   dryRun?: boolean;
+  /**
+   * Hash every local file of the listed size, trusting nothing the state recorded (it is written anew
+   * from what the hashes found).
+   */
+  checksum?: boolean;
   /** Shows the run as a whole (the per-file `progress` is not used). */
   treeProgress?: TreeProgress;
   /**
@@ -360,7 +365,7 @@ class MirrorRun {
       this.#opened = true;
       if (tree === null) return null;
       raiseOpenFileLimit(); // a folder of the tree is held open from its first file to the end of the run
-      const state = loadState(tree.root);
+      const state = this.options.checksum ? new MirrorState() : loadState(tree.root);
       this.#local = { tree, folders: new FolderCache(tree, this.options.onNotice, state), state };
     }
     return this.#local;

@@ -8,8 +8,16 @@
 
 import assert from "node:assert/strict";
 import { MirrorState, RACY_WINDOW_SECONDS, type StateEntry } from "../client/mirror_state.ts";
+import { close, identityAt, openRead } from "../ffi/libc.ts";
 import { jsonLines, withServer } from "./client_fixture.ts";
 import { type ClientResult, runClient, treeOf } from "./helpers.ts";
+
+// libc is bound on first use and stays bound: bound before the tests, as the sanitizer counts it a leak.
+{
+  const fd = openRead(".", { directory: true });
+  identityAt(fd, ".");
+  close(fd);
+}
 
 const SHA = "ab".repeat(32);
 /** The ctime in {@link entry}'s key, in seconds. */
@@ -244,5 +252,37 @@ Deno.test("mirror: a state that is deleted, truncated, foreign or wrong costs ha
       if (!refetches) assert.deepEqual(fetched, [], `${what}: nothing else is fetched`);
       assert.deepEqual(await treeOf(out), await treeOf(src), what);
     }
+  });
+});
+
+Deno.test("mirror --checksum hashes every file: a copy the state vouches for wrongly is found and fetched again", async () => {
+  await withServer(async ({ src, out, address }) => {
+    await Deno.writeTextFile(`${src}/a.txt`, "the server's bytes\n");
+    await Deno.writeTextFile(`${src}/b.txt`, "other bytes\n");
+    assert.equal((await runClient(["mirror", address, ".", out])).code, 0);
+    // The copy changes, and the state is made to vouch for the changed copy (as a disk fault, or a tool
+    // that rewrote both, could leave them): only hashing can tell.
+    await Deno.writeTextFile(`${out}/a.txt`, "THE SERVER'S BYTES\n");
+    const dirFd = openRead(out, { directory: true });
+    const changed = identityAt(dirFd, "a.txt")!.key;
+    close(dirFd);
+    const state = `${out}/.ferry/state`;
+    const text = await Deno.readTextFile(state);
+    const recorded = text.split("\n").find((line) => line.endsWith("\ta.txt"))!.split("\t")[0];
+    await Deno.writeTextFile(state, text.replace(recorded, changed));
+    const later = new Date(Date.now() + 10_000); // written well after the change: not racy
+    await Deno.utime(state, later, later);
+
+    const trusting = await runClient(["mirror", address, ".", out, "--json"]);
+    assert.equal(trusting.code, 0, trusting.stderr);
+    assert.deepEqual(
+      outcomes(trusting)["a.txt"],
+      ["unchanged", 0],
+      "without --checksum, the state is trusted",
+    );
+    const checked = await runClient(["mirror", address, ".", out, "--json", "--checksum"]);
+    assert.equal(checked.code, 0, checked.stderr);
+    assert.deepEqual(outcomes(checked), { "a.txt": ["updated", 19], "b.txt": ["unchanged", 0] });
+    assert.deepEqual(await treeOf(out), await treeOf(src));
   });
 });
