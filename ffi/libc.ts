@@ -16,14 +16,16 @@
 import {
   decodeStat,
   decodeStatIdentity,
+  decodeStatVersion,
   encodeOpenHow,
   type FileStat,
   OPEN_HOW,
   STAT,
   type StatIdentity,
+  type StatVersion,
 } from "./structs.ts";
 
-export type { FileStat, StatIdentity };
+export type { FileStat, StatIdentity, StatVersion };
 
 const symbols = {
   __errno_location: { parameters: [], result: "pointer" }, // int *__errno_location(void)
@@ -640,6 +642,15 @@ export function identityAt(dirFd: number, name: string): StatIdentity | null {
     throw new LibcError("fstatat", errno(), `of ${JSON.stringify(name)}`);
   }
   return decodeStatIdentity(statWords);
+}
+
+/** {@link lstatAt}, decoded as a {@link StatVersion} (no bigint made). */
+export function versionAt(dirFd: number, name: string): StatVersion {
+  putPath(name, "fstatat");
+  if (sys.fstatat(dirFd, openPath, statBuf, AT_SYMLINK_NOFOLLOW) === -1) {
+    throw new LibcError("fstatat", errno(), `of ${JSON.stringify(name)}`);
+  }
+  return decodeStatVersion(statWords, statBuf);
 }
 
 /** fstatat(2) of `name` in `dirFd` without following a symlink there (AT_SYMLINK_NOFOLLOW). */

@@ -184,6 +184,47 @@ export function decodeStatIdentity(words: Uint32Array): StatIdentity {
   };
 }
 
+/**
+ * What names a version of a file, and what a listing says of it, decoded from a `struct stat` viewed as
+ * u32 words: the numbers as decimal text, as {@link FileStat}'s bigints would print, without making a
+ * bigint (a listing decodes one per file; four bigints and their printing cost more than the call).
+ */
+export interface StatVersion {
+  /** True for a regular file. */
+  isFile: boolean;
+  /** Size in bytes. */
+  size: number;
+  /** File type and permission bits. */
+  mode: number;
+  /** Device, decimal. */
+  dev: string;
+  /** Inode, decimal. */
+  ino: string;
+  /** Modification time in nanoseconds since the epoch, decimal. */
+  mtimeNs: string;
+}
+
+/** Decodes a {@link StatVersion}; `st` is the same buffer as `words`, for the rare number past 2^53. */
+export function decodeStatVersion(words: Uint32Array, st: BigInt64Array): StatVersion {
+  const u64 = (at: number) =>
+    words[at / 4 + 1] < 0x20_0000 // below 2^53: exact as a number
+      ? String(words[at / 4] + words[at / 4 + 1] * 0x1_0000_0000)
+      : String(BigInt.asUintN(64, st[at / 8]));
+  const seconds = words[STAT.st_mtim / 4] + words[STAT.st_mtim / 4 + 1] * 0x1_0000_0000;
+  const nanoseconds = words[STAT.st_mtim / 4 + 2];
+  const mode = words[STAT.st_mode / 4];
+  return {
+    isFile: (mode & S_IFMT) === S_IFREG,
+    size: words[STAT.st_size / 4] + words[STAT.st_size / 4 + 1] * 0x1_0000_0000,
+    mode,
+    dev: u64(STAT.st_dev),
+    ino: u64(STAT.st_ino),
+    mtimeNs: seconds > 0 && seconds < 2 ** 31
+      ? `${seconds}${String(nanoseconds).padStart(9, "0")}`
+      : String(st[STAT.st_mtim / 8] * 1_000_000_000n + st[STAT.st_mtim / 8 + 1]), // 1970, before, or far on
+  };
+}
+
 /** The address of a typed array's first byte, for storing in a struct (the array must stay referenced). */
 export function addressOf(buf: Uint8Array): bigint {
   return BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(buf)));

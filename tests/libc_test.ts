@@ -4,7 +4,7 @@
  */
 
 import assert from "node:assert/strict";
-import { close, fstat, LibcError, OPEN, openAt, openRead, statAt } from "../ffi/libc.ts";
+import { close, fstat, LibcError, lstatAt, OPEN, openAt, openRead, statAt, versionAt } from "../ffi/libc.ts";
 import { tempDir } from "./helpers.ts";
 
 // libc's symbols are bound on first use and stay bound: bind the ones used here before any test starts,
@@ -13,6 +13,8 @@ import { tempDir } from "./helpers.ts";
   const fd = openRead(".", { directory: true });
   fstat(fd);
   assert.throws(() => statAt(fd, "no such file"), LibcError);
+  assert.throws(() => versionAt(fd, "no such file"), LibcError);
+  assert.throws(() => lstatAt(fd, "no such file"), LibcError);
   close(fd);
 }
 
@@ -79,6 +81,31 @@ Deno.test("openAt with a mode opens an existing file without O_CREAT too (the mo
       const fd = openAt(rootFd, "f", flags, { mode: 0o644, noSymlinks: true });
       assert.equal(fstat(fd).size, 1);
       close(fd);
+    }
+  } finally {
+    close(rootFd);
+  }
+});
+
+Deno.test("versionAt gives the numbers lstat's bigints print as, for times before, at and after 1970", async () => {
+  await using dir = await tempDir();
+  await Deno.writeFile(`${dir.path}/f`, new Uint8Array(777));
+  const rootFd = openRead(dir.path, { directory: true });
+  try {
+    // Seconds and milliseconds: at the epoch, a second before it, and a time of these years.
+    for (const mtimeMs of [1_700_000_000_123, 0, 5, -1_000, -1_500_000_000_250]) {
+      await Deno.utime(`${dir.path}/f`, 0, new Date(mtimeMs));
+      const expected = lstatAt(rootFd, "f");
+      const version = versionAt(rootFd, "f");
+      assert.deepEqual(version, {
+        isFile: true,
+        size: 777,
+        mode: expected.mode,
+        dev: String(expected.dev),
+        ino: String(expected.ino),
+        mtimeNs: String(expected.mtimeNs),
+      }, `mtime ${mtimeMs} ms`);
+      assert.equal(version.mtimeNs, String(BigInt(mtimeMs) * 1_000_000n));
     }
   } finally {
     close(rootFd);

@@ -10,11 +10,14 @@
 
 import { createSha256 } from "../hashing.ts";
 import { WorkerCell, workerMetrics } from "../metrics/registry.ts";
-import type { FileStat } from "../ffi/libc.ts";
+import type { FileStat, StatVersion } from "../ffi/libc.ts";
 import { FileJobs } from "./file_jobs.ts";
 
-/** The identity of a file's content as far as the server can tell without reading it. */
-export function identityOf(stat: FileStat): string {
+/**
+ * The identity of a file's content as far as the server can tell without reading it. The fields print
+ * alike as bigints (a {@link FileStat}) or as their decimal text (a listing's `StatVersion`).
+ */
+export function identityOf(stat: Pick<FileStat | StatVersion, "dev" | "ino" | "size" | "mtimeNs">): string {
   return `${stat.dev}:${stat.ino}:${stat.size}:${stat.mtimeNs}`;
 }
 
