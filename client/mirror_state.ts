@@ -111,10 +111,10 @@ export interface StateEntry extends LocalIdentity {
  * string or an object per line cost tens of bytes, hundreds of MB for a million files).
  */
 export class MirrorState {
-  /** Values: an entry, or the offset in {@link #text} of the line it was read from. */
+  /** Values: an entry, or the position in {@link #texts} of the line it was read from (see {@link #at}). */
   readonly #entries = new Map<string, StateEntry | number>();
-  /** The state file's text, as read. */
-  #text = "";
+  /** The state file's text, as read: in pieces of whole lines, so that it is never a buffer of it all. */
+  #texts: string[] = [];
   /** Recorded folders by path ("" for LOCAL_DIR): identity key, and the digest of the names it held. */
   #folders = new Map<string, RecordedFolder>();
   /** The files and folders each folder held by the entries as read, made when a recorded folder is first asked for. */
@@ -154,8 +154,8 @@ export class MirrorState {
    * that is malformed is forgotten. Called for every file of a run: it reads the fields in place, where
    * {@link parseFields} would first cut the line out of the text.
    */
-  #lineVouching(path: string, start: number, key: string): StateEntry | undefined {
-    const text = this.#text;
+  #lineVouching(path: string, position: number, key: string): StateEntry | undefined {
+    const [text, start] = this.#at(position);
     const shaAt = start + key.length + 1;
     if (!text.startsWith(key, start) || text.charCodeAt(shaAt - 1) !== TAB) return undefined;
     const etagAt = shaAt + SHA256_HEX_LENGTH + 1;
@@ -260,11 +260,9 @@ export class MirrorState {
   /** Records (or replaces) the entry for `path`. */
   set(path: string, entry: StateEntry): void {
     const line = this.#entries.get(path);
-    if (
-      typeof line === "number" &&
-      this.#text.startsWith(`${entry.key}\t${entry.sha256}\t${entry.etag}\t`, line)
-    ) {
-      return;
+    if (typeof line === "number") {
+      const [text, start] = this.#at(line);
+      if (text.startsWith(`${entry.key}\t${entry.sha256}\t${entry.etag}\t`, start)) return;
     }
     const old = this.#get(path);
     if (
@@ -323,10 +321,16 @@ export class MirrorState {
     }
   }
 
-  /** The line of the state's text that starts at `start`, without its line break. */
-  #lineAt(start: number): string {
-    const end = this.#text.indexOf("\n", start);
-    return this.#text.slice(start, end < 0 ? undefined : end);
+  /** The line of the state's text at `position`, without its line break. */
+  #lineAt(position: number): string {
+    const [text, start] = this.#at(position);
+    const end = text.indexOf("\n", start);
+    return text.slice(start, end < 0 ? undefined : end);
+  }
+
+  /** The piece of text a position is in, and the offset in it: a position is piece * PIECE_SPAN + offset. */
+  #at(position: number): [string, number] {
+    return [this.#texts[Math.floor(position / PIECE_SPAN)], position % PIECE_SPAN];
   }
 
   /** Takes in a folder's line, after its `dir ` prefix; a malformed one is skipped. */
@@ -339,19 +343,36 @@ export class MirrorState {
   }
 
   /**
-   * Reads a state file's text, written at `writtenAt` (its mtime, in seconds). Lines that do not parse are
-   * skipped (their files are hashed): a line without a path now, the others when looked up. A file that is
-   * not a state file at all gives an empty state. Never throws.
+   * Reads a state file's text, written at `writtenAt` (its mtime, in seconds), whole or as pieces that
+   * each end with a line break (the last may not). Lines that do not parse are skipped (their files are
+   * hashed): a line without a path now, the others when looked up. A file that is not a state file at all
+   * gives an empty state. Never throws.
    */
-  static parse(text: string, writtenAt: number): MirrorState {
+  static parse(text: string | Iterable<string>, writtenAt: number): MirrorState {
     const state = new MirrorState(writtenAt);
-    if (!text.startsWith(`${STATE_HEADER}\n`)) return state;
-    state.#text = text;
-    for (let start = STATE_HEADER.length + 1; start < text.length;) {
+    let header = true;
+    for (const piece of typeof text === "string" ? [text] : text) {
+      let start = 0;
+      if (header) {
+        if (!piece.startsWith(`${STATE_HEADER}\n`)) return state;
+        start = STATE_HEADER.length + 1;
+        header = false;
+      }
+      const base = state.#texts.length * PIECE_SPAN;
+      if (piece.length >= PIECE_SPAN) return state; // not what loadState makes: the rest is not trusted
+      state.#texts.push(piece);
+      state.#readLines(piece, start, base);
+    }
+    return state;
+  }
+
+  /** Takes in the lines of `text` from `start` on, a piece whose positions start at `base`. */
+  #readLines(text: string, start: number, base: number): void {
+    while (start < text.length) {
       let end = text.indexOf("\n", start);
       if (end < 0) end = text.length;
       if (text.startsWith(FOLDER_LINE, start)) {
-        state.#readFolderLine(text.slice(start + FOLDER_LINE.length, end));
+        this.#readFolderLine(text.slice(start + FOLDER_LINE.length, end));
         start = end + 1;
         continue;
       }
@@ -359,15 +380,22 @@ export class MirrorState {
       const tab3 = tab1 < 0 ? -1 : text.indexOf("\t", text.indexOf("\t", tab1 + 1) + 1);
       if (tab1 >= 0 && tab3 >= 0 && tab3 < end) {
         const path = pathOf(text.slice(tab3 + 1, end));
-        if (path !== null) state.#entries.set(path, start);
+        if (path !== null) this.#entries.set(path, base + start);
       }
       start = end + 1;
     }
-    return state;
   }
 }
 
 const TAB = 9;
+/**
+ * Positions per piece of a state's text: more than a piece holds (see {@link READ_PIECE}), and few enough
+ * that positions stay small integers (V8 keeps those in the Map's slot; a larger number is an object of
+ * its own) for states of up to 512 pieces, some 3 million files.
+ */
+const PIECE_SPAN = 2 ** 21;
+/** Bytes of the state file read at a time. */
+const READ_PIECE = 1 << 20;
 const SHA256_HEX_LENGTH = 64;
 
 /** How a folder's line starts (a space, not a tab: a client that does not know it sees no path in it). */
@@ -425,17 +453,42 @@ export function loadState(root: LocalDir): MirrorState {
   try {
     const stat = fstat(fd);
     if (!stat.isFile) return new MirrorState();
-    const bytes = new Uint8Array(stat.size);
-    for (let got = 0; got < bytes.length;) {
-      const n = pread(fd, bytes.subarray(got), got);
-      if (n <= 0) break;
-      got += n;
-    }
-    return MirrorState.parse(new TextDecoder().decode(bytes), Number(stat.mtimeNs) / 1e9);
+    return MirrorState.parse(piecesOf(fd), Number(stat.mtimeNs) / 1e9);
   } catch {
     return new MirrorState();
   } finally {
     close(fd);
+  }
+}
+
+/**
+ * The text of the file open as `fd`, in pieces of whole lines of about {@link READ_PIECE} bytes: read into
+ * one buffer again and again, where a buffer of the whole file cost a page fault per 4 KiB of it, and
+ * as much memory again as the text (170 MB for a million files). A line longer than a piece ends the text.
+ */
+function* piecesOf(fd: number): Generator<string> {
+  const buffer = new Uint8Array(READ_PIECE);
+  const decoder = new TextDecoder();
+  let held = 0; // bytes of an unfinished line, at the start of the buffer
+  for (let offset = 0;;) {
+    const n = pread(fd, buffer.subarray(held), offset);
+    if (n <= 0) {
+      if (held > 0) yield decoder.decode(buffer.subarray(0, held));
+      return;
+    }
+    offset += n;
+    const filled = held + n;
+    const end = buffer.lastIndexOf(0x0a, filled - 1) + 1;
+    if (end === 0) {
+      if (filled < buffer.length) {
+        held = filled;
+        continue;
+      }
+      return;
+    }
+    yield decoder.decode(buffer.subarray(0, end));
+    buffer.copyWithin(0, end, filled);
+    held = filled - end;
   }
 }
 

@@ -7,16 +7,29 @@
  */
 
 import assert from "node:assert/strict";
-import { MirrorState, RACY_WINDOW_SECONDS, type StateEntry } from "../client/mirror_state.ts";
+import {
+  loadState,
+  MirrorState,
+  RACY_WINDOW_SECONDS,
+  saveState,
+  type StateEntry,
+} from "../client/mirror_state.ts";
+import { LocalDir } from "../client/local_tree.ts";
 import { close, identityAt, openRead } from "../ffi/libc.ts";
 import { jsonLines, withServer } from "./client_fixture.ts";
-import { type ClientResult, runClient, treeOf } from "./helpers.ts";
+import { type ClientResult, runClient, tempDir, treeOf } from "./helpers.ts";
 
 // libc is bound on first use and stays bound: bound before the tests, as the sanitizer counts it a leak.
 {
   const fd = openRead(".", { directory: true });
   identityAt(fd, ".");
   close(fd);
+  const dir = Deno.makeTempDirSync();
+  const root = LocalDir.open(dir);
+  saveState(root, new MirrorState());
+  loadState(root);
+  root.close();
+  Deno.removeSync(dir, { recursive: true });
 }
 
 const SHA = "ab".repeat(32);
@@ -141,6 +154,24 @@ Deno.test("state: a folder recorded with its identity gives back its files and f
     assert.equal(state.recordedFolder("d", FOLDER), undefined, what);
     assert.notEqual(state.recordedFolder("", FOLDER), undefined, `${what}: the folder above is as it was`);
   }
+});
+
+Deno.test("state: a state file of several MiB is read back whole, every line of it, whichever piece it falls in", async () => {
+  await using dir = await tempDir();
+  const state = new MirrorState();
+  const paths = Array.from(
+    { length: 15_000 },
+    (_, i) => `folder ${i % 37}/${"long name ".repeat(i % 9)}${i}.bin`,
+  );
+  for (const path of paths) state.set(path, entry());
+  using root = LocalDir.open(dir.path);
+  saveState(root, state);
+  const later = new Date((WRITTEN + 1) * 1000);
+  await Deno.utime(`${dir.path}/.ferry/state`, later, later);
+  assert.ok((await Deno.stat(`${dir.path}/.ferry/state`)).size > 2 * 1024 * 1024, "more than two pieces");
+  const loaded = loadState(root);
+  assert.equal(loaded.size, paths.length);
+  for (const path of paths) assert.deepEqual(loaded.trusted(path, entry()), entry(), path);
 });
 
 /** `{path: [status, bytes]}` of a run's --json lines. */
