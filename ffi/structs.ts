@@ -62,6 +62,21 @@ export interface RawDirent {
   type: number;
 }
 
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
+const lossyUtf8 = new TextDecoder("utf-8");
+
+/**
+ * A file name's text. Most names are ASCII, made into a string inside V8: a decoder call per name cost
+ * more than the rest of listing its file but the lstat. A name that is not UTF-8 throws a TypeError, or
+ * with `lossy` gets U+FFFD in place of what is not.
+ */
+export function nameText(name: Uint8Array, lossy = false): string {
+  for (let i = 0; i < name.byteLength; i++) {
+    if (name[i] > 0x7f) return (lossy ? lossyUtf8 : strictUtf8).decode(name);
+  }
+  return String.fromCharCode.apply(null, name as unknown as number[]); // a name is at most 255 bytes
+}
+
 /** The records of the first `length` bytes of a getdents64(2) buffer, `.` and `..` left out. */
 export function* direntsOf(buf: Uint8Array, length: number): Generator<RawDirent> {
   for (let at = 0; at < length;) {

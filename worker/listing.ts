@@ -23,7 +23,7 @@ import {
   versionAt,
   WOULD_BLOCK,
 } from "../ffi/libc.ts";
-import { direntsOf, DT } from "../ffi/structs.ts";
+import { direntsOf, DT, nameText } from "../ffi/structs.ts";
 import { compressedFrame } from "./compression.ts";
 import {
   encodeJsonFrame,
@@ -65,8 +65,6 @@ const DIRENT_BUFFER = 32 * 1024;
 const MAX_HEADER_JSON = MAX_RESPONSE_FRAME - 64 * 1024;
 
 const utf8 = new TextEncoder();
-const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
-const lossyUtf8 = new TextDecoder("utf-8");
 
 /** Answers `list`: NOT_FOUND, FORBIDDEN or NOT_A_FILE for a folder that cannot be listed, else the walk. */
 export function list(request: Readonly<Request>, ctx: ReplyContext): Reply {
@@ -183,7 +181,7 @@ class Walk {
     } catch {
       // Above a scope, such a name is not on the way down (scopes are text): not a word of it.
       if (folder.reach === "read") {
-        this.leaveOut(join(folder.path, lossyUtf8.decode(name)), "name is not valid UTF-8");
+        this.leaveOut(join(folder.path, nameText(name, true)), "name is not valid UTF-8");
       }
       return 1;
     }
@@ -323,15 +321,6 @@ class Walk {
       : `cannot open: ${e.errnoName}`;
     this.leaveOut(rel, reason);
   }
-}
-
-/**
- * A name's text; throws if it is not UTF-8. Most names are ASCII, made into a string inside V8: a decoder
- * call per name cost more than the rest of listing its file but the lstat.
- */
-function nameText(name: Uint8Array): string {
-  for (let i = 0; i < name.byteLength; i++) if (name[i] > 0x7f) return strictUtf8.decode(name);
-  return String.fromCharCode.apply(null, name as unknown as number[]);
 }
 
 function join(dir: string, name: string): string {
