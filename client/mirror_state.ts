@@ -300,22 +300,42 @@ export class MirrorState {
 
   /** The state as the text of its file. */
   format(): string {
-    return [...this.lines()].join("");
+    return [...this.chunks()].join("");
   }
 
-  /** The state's file, line by line (each with its line break), for writing without one string of it all. */
-  *lines(): Generator<string> {
+  /**
+   * The state's file as text, in chunks of whole lines, for writing without one string of it all. Lines
+   * as read that follow one another in the text go out as one slice of it: a state that changed in a few
+   * places is written at the speed of copying, not line by line.
+   */
+  *chunks(): Generator<string> {
     yield `${STATE_HEADER}\n`;
-    // Checking a line may replace its entry or forget it, which a Map's iteration allows.
+    let run: { piece: number; start: number; end: number } | null = null;
+    const flush = () => run === null ? "" : this.#texts[run.piece].slice(run.start, run.end);
+    // A line goes out as it came in, unchecked: a malformed one is forgotten once its file is looked up.
     for (const [path, value] of this.#entries) {
-      if (typeof value === "number") {
-        const line = this.#lineAt(value);
-        if (parseFields(line) !== null) yield `${line}\n`; // a line never looked up is checked now
-        else this.#entries.delete(path);
+      if (typeof value !== "number") {
+        if (run !== null) yield flush();
+        run = null;
+        yield `${value.key}\t${value.sha256}\t${value.etag}\t${quote(path)}\n`;
         continue;
       }
-      yield `${value.key}\t${value.sha256}\t${value.etag}\t${quote(path)}\n`;
+      const piece = Math.floor(value / PIECE_SPAN), start = value % PIECE_SPAN;
+      const text = this.#texts[piece];
+      const newline = text.indexOf("\n", start);
+      const end = newline < 0 ? text.length : newline + 1;
+      if (run !== null && run.piece === piece && run.end === start) {
+        run.end = end;
+        continue;
+      }
+      if (run !== null) yield flush();
+      run = { piece, start, end };
+      if (newline < 0) {
+        yield `${flush()}\n`; // the file's last line, without its line break
+        run = null;
+      }
     }
+    if (run !== null) yield flush();
     for (const [path, { key, names }] of this.#folders) {
       yield `${FOLDER_LINE}${names}\t${key}\t${path === "" ? "." : quote(path)}\n`;
     }
@@ -388,6 +408,7 @@ export class MirrorState {
 }
 
 const TAB = 9;
+const utf8 = new TextEncoder();
 /**
  * Positions per piece of a state's text: more than a piece holds (see {@link READ_PIECE}), and few enough
  * that positions stay small integers (V8 keeps those in the Map's slot; a larger number is an object of
@@ -510,20 +531,24 @@ export function saveState(root: LocalDir, state: MirrorState): void {
       root.shownPath(STATE_DIR),
     );
     dir.replaceFile(STATE_FILE, STATE_TEMP, 0o600, (fd) => {
-      // In pieces of about a MiB: the state of a million files is some 170 MB of text.
-      const encoder = new TextEncoder();
-      let offset = 0, piece: string[] = [], pieceLength = 0;
+      // Through one buffer of a MiB: the state of a million files is some 170 MB of text.
+      const buffer = new Uint8Array(READ_PIECE);
+      let offset = 0, filled = 0;
       const flush = () => {
-        const bytes = encoder.encode(piece.join(""));
-        pwriteAll(fd, bytes, offset);
-        offset += bytes.byteLength;
-        piece = [];
-        pieceLength = 0;
+        pwriteAll(fd, buffer.subarray(0, filled), offset);
+        offset += filled;
+        filled = 0;
       };
-      for (const line of state.lines()) {
-        piece.push(line);
-        pieceLength += line.length;
-        if (pieceLength >= 1 << 20) flush();
+      for (const chunk of state.chunks()) {
+        for (let done = 0; done < chunk.length;) {
+          const { read, written } = utf8.encodeInto(
+            done === 0 ? chunk : chunk.slice(done),
+            buffer.subarray(filled),
+          );
+          done += read;
+          filled += written;
+          if (done < chunk.length) flush();
+        }
       }
       flush();
     });
