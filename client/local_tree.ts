@@ -433,8 +433,15 @@ export class FolderCache implements Disposable {
     return this.#folder(rel, false);
   }
 
+  /** The folder last asked for: a listing names the files of a folder one after another. */
+  #last: { path: string; folder: Folder } | null = null;
+
   #folder(rel: string, make: boolean): Folder | null {
     const slash = rel.lastIndexOf("/");
+    const last = this.#last;
+    if (last !== null && Math.max(slash, 0) === last.path.length && rel.startsWith(last.path)) {
+      return last.folder;
+    }
     const key = slash < 0 ? "" : rel.slice(0, slash);
     let folder = this.#folders.get(key);
     if (folder === undefined || (folder === null && make)) {
@@ -451,6 +458,7 @@ export class FolderCache implements Disposable {
       }
       this.#folders.set(key, folder);
     }
+    if (folder !== null) this.#last = { path: key, folder };
     return folder;
   }
 
@@ -535,6 +543,7 @@ export class FolderCache implements Disposable {
   close(): void {
     for (const folder of this.#folders.values()) folder?.dir.close();
     this.#folders.clear();
+    this.#last = null;
   }
 
   [Symbol.dispose](): void {

@@ -120,10 +120,11 @@ export function localRelative(entryPath: string, remoteDir: string): string | nu
   const prefix = remoteDir === "" ? "" : `${remoteDir}/`;
   if (!entryPath.startsWith(prefix)) return null;
   const rel = entryPath.slice(prefix.length);
-  const parts = rel.split("/");
-  if (rel.includes("\0") || parts.some((p) => p === "" || p === "." || p === "..")) return null;
-  return rel;
+  return UNSAFE_RELATIVE.test(rel) ? null : rel;
 }
+
+/** A relative path with an empty, `.` or `..` component, or a NUL: one regular expression, not a split per file. */
+const UNSAFE_RELATIVE = /(?:^|\/)\.{0,2}(?:\/|$)|\0/;
 
 /** Checks a listing's entry; returns null if it is malformed. */
 function checkEntry(value: unknown): ListEntry | null {
@@ -498,7 +499,7 @@ class MirrorRun {
         ? local.folders.lookUp(rel)
         : local.folders.folderOf(rel);
       if (folder === null) return this.#wouldUpdate(entry!, rel);
-      const item = new Item(entry!, rel, folder, basename(rel));
+      const item = new Item(entry!, rel, folder, rel.slice(rel.lastIndexOf("/") + 1));
       item.signed = this.release !== null;
       item.need = needOf(item, local!.state);
       this.#route(item);
