@@ -261,9 +261,9 @@ export class LocalTree implements Disposable {
    * Regular files (relative paths) below LOCAL_DIR, one at a time, so that a tree of a million files is
    * never a list of them; its directories go into `dirs`, deepest first. Symlinks are left out and never
    * followed; a directory swapped for something else during the walk is skipped. A folder the run's
-   * `cache` has read already is not read again.
+   * `cache` has read already is not read again; a folder `skip` accepts is left out, and not entered.
    */
-  *walk(dirs: string[], cache?: FolderCache): Generator<string> {
+  *walk(dirs: string[], cache?: FolderCache, skip?: (rel: string) => boolean): Generator<string> {
     function* visit(rel: string, open: () => LocalDir | null): Generator<string> {
       const known = cache?.known(rel);
       const dir = known === undefined ? open() : null;
@@ -274,6 +274,7 @@ export class LocalTree implements Disposable {
         for (const name of contents.files) yield rel === "" ? name : `${rel}/${name}`;
         for (const name of contents.subfolders) {
           const path = rel === "" ? name : `${rel}/${name}`;
+          if (skip?.(path)) continue;
           yield* visit(path, () => {
             try {
               const fd = openAt(at.fd, name, OPEN.O_RDONLY | OPEN.O_DIRECTORY, { noSymlinks: true });

@@ -29,11 +29,11 @@ export async function deleteExtraneous(
   cache?: FolderCache,
 ): Promise<void> {
   const dirs: string[] = [];
-  const own = (rel: string) => rel === STATE_DIR || rel.startsWith(`${STATE_DIR}/`);
-  for (const rel of tree.walk(dirs, cache)) {
+  const own = (rel: string) => rel === STATE_DIR;
+  for (const rel of tree.walk(dirs, cache, own)) {
     if (own(rel)) continue;
-    const name = basename(rel);
-    const part = PART_NAME.exec(name);
+    const name = rel.slice(rel.lastIndexOf("/") + 1);
+    const part = name.startsWith(".") ? PART_NAME.exec(name) : null;
     const target = part ? `${rel.slice(0, rel.length - name.length)}${part[1]}` : rel;
     if (keep.has(rel) || keep.has(target)) continue; // a file the server has, or its part (for a resume)
     if (dryRun) {
