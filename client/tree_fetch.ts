@@ -99,6 +99,13 @@ export interface TreeFetchOptions {
  */
 const WINDOW = 64;
 
+/**
+ * Requests go out once this many answers have come in, together in one write: a write per request
+ * cost a system call and a wake-up of the server per file (0.8 s of the client's 12 s for 100,000 small
+ * files), and the half of the window still in flight keeps the server busy meanwhile.
+ */
+const REFILL = WINDOW / 2;
+
 /** A batch is published once it holds this many files... */
 const BATCH_FILES = 2048;
 /** ...or this many bytes, whichever comes first. */
@@ -155,7 +162,9 @@ export async function fetchTree<F extends TreeFile>(
   while (waiting() > 0 || inFlight.length > 0) {
     if (options.deadline.expired) break;
     const sending: InFlight<F>[] = [];
-    while (inFlight.length + sending.length < WINDOW && waiting() > 0) sending.push(take());
+    if (inFlight.length <= WINDOW - REFILL) {
+      while (inFlight.length + sending.length < WINDOW && waiting() > 0) sending.push(take());
+    }
     if (sending.length > 0) {
       try {
         await session.sendAhead(sending.map((f) => requestOf(f.file)));
