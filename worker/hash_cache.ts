@@ -12,6 +12,7 @@ import { createSha256 } from "../hashing.ts";
 import { WorkerCell, workerMetrics } from "../metrics/registry.ts";
 import type { FileStat, StatVersion } from "../ffi/libc.ts";
 import { FileJobs } from "./file_jobs.ts";
+import { setWithin } from "./bounded_map.ts";
 
 /**
  * The identity of a file's content as far as the server can tell without reading it. The fields print
@@ -125,8 +126,7 @@ export class HashCache {
   }
 
   #remember(etag: string, sha256: string): void {
-    if (this.#known.size >= MAX_ENTRIES) this.#known.delete(this.#known.keys().next().value!);
-    this.#known.set(etag, sha256);
+    setWithin(this.#known, etag, sha256, MAX_ENTRIES);
   }
 
   /** The cached hash for this identity, if known. */

@@ -34,6 +34,7 @@ import { rangedGet, sig } from "./delta_ops.ts";
 import { compressedBody } from "./compression.ts";
 import type { SignatureCache } from "./signature_cache.ts";
 import { type Access, authorize, authorizeRequest, ConnectionAccess } from "./access.ts";
+import { setWithin } from "./bounded_map.ts";
 
 /** An error answer. */
 export class ErrorPiece {
@@ -424,10 +425,7 @@ function wholeFileHeader(
   let frame = wholeFileHeaders.get(key);
   if (frame === undefined) {
     frame = header(fields());
-    if (wholeFileHeaders.size >= MAX_WHOLE_FILE_HEADERS) {
-      wholeFileHeaders.delete(wholeFileHeaders.keys().next().value!);
-    }
-    wholeFileHeaders.set(key, frame);
+    setWithin(wholeFileHeaders, key, frame, MAX_WHOLE_FILE_HEADERS);
   }
   return frame;
 }

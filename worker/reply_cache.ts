@@ -25,6 +25,7 @@ import { close, type FileStat, LibcError, memfdCreate, punchHole, pwriteAll, sta
 import { type Body, FileRangeBody } from "./bodies.ts";
 import { FRAME_HEADER_SIZE, getFrameLength } from "../framing.ts";
 import { WorkerCell, workerMetrics } from "../metrics/registry.ts";
+import { setWithin } from "./bounded_map.ts";
 
 /** Entries in the memory file start on a page of their own, so that freeing one frees no other's. */
 const PAGE = 4096;
@@ -172,8 +173,7 @@ export class ReplyCache {
     const before = this.#askedOnce.get(path);
     this.#askedOnce.delete(path);
     if (before === etag) return true;
-    this.#askedOnce.set(path, etag);
-    if (this.#askedOnce.size > ASKED_ONCE_MAX) this.#askedOnce.delete(this.#askedOnce.keys().next().value!);
+    setWithin(this.#askedOnce, path, etag, ASKED_ONCE_MAX);
     return false;
   }
 

@@ -8,6 +8,7 @@
  */
 
 import { parseRequest, type Request } from "../framing.ts";
+import { setWithin } from "./bounded_map.ts";
 
 /** Requests remembered at most; beyond, the oldest are forgotten. */
 const MAX_REQUESTS = 4096;
@@ -35,8 +36,7 @@ export function parseRequestRemembered(payload: Uint8Array): Readonly<Request> {
   // An `auth` is never sent twice (its proof is made for one nonce): remembering it would only push out
   // requests that come again.
   if (request.op === "auth") return request;
-  if (remembered.size >= MAX_REQUESTS) remembered.delete(remembered.keys().next().value!);
-  remembered.set(key, { bytes: payload.slice(), request: Object.freeze(request) });
+  setWithin(remembered, key, { bytes: payload.slice(), request: Object.freeze(request) }, MAX_REQUESTS);
   return request;
 }
 
