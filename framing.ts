@@ -209,6 +209,8 @@ export interface Request {
   recursive?: boolean;
   /** `list`: send the entries in Entries frames after the Header, without the one-Header limit. */
   stream?: boolean;
+  /** `list`: leave each entry's `mtimeNs` and `mode` out (a client that takes them from `get`'s header). */
+  brief?: boolean;
   /**
    * `get`: send only these `[offset, length]` byte ranges of the file, concatenated (delta transfer):
    * sorted, not overlapping, none empty, all within the file, at most {@link MAX_RANGES}; needs `ifMatch`.
@@ -231,10 +233,10 @@ export interface ListEntry {
   path: string;
   /** Size in bytes. */
   size: number;
-  /** Modification time in nanoseconds, decimal string. */
-  mtimeNs: string;
-  /** Permission bits. */
-  mode: number;
+  /** Modification time in nanoseconds, decimal string; not in a `brief` listing. */
+  mtimeNs?: string;
+  /** Permission bits; not in a `brief` listing. */
+  mode?: number;
   /** SHA-256, hex, when the server knows it already. */
   sha256?: string;
   /** The version's etag, as in a `get` header. */
@@ -462,7 +464,7 @@ export function parseRequest(payload: Uint8Array): Request {
   if (typeof value !== "object" || value === null || Array.isArray(value)) {
     throw new ProtocolError(ErrorCode.BadRequest, "request is not a JSON object");
   }
-  const { v, op, path, offset, ifMatch, ifNoneMatch, recursive, stream, ranges, name, proof, accept } =
+  const { v, op, path, offset, ifMatch, ifNoneMatch, recursive, stream, brief, ranges, name, proof, accept } =
     value as Record<string, unknown>;
   if (!Number.isInteger(v)) {
     throw new ProtocolError(ErrorCode.BadRequest, "request has no integer version 'v'");
@@ -497,6 +499,10 @@ export function parseRequest(payload: Uint8Array): Request {
       throw new ProtocolError(ErrorCode.BadRequest, "'stream' is not a boolean");
     }
     request.stream = stream === true;
+    if (brief !== undefined && typeof brief !== "boolean") {
+      throw new ProtocolError(ErrorCode.BadRequest, "'brief' is not a boolean");
+    }
+    if (brief === true) request.brief = true;
   }
   if (op === "sig" && ifNoneMatch !== undefined) {
     if (!isSha256Hex(ifNoneMatch)) {

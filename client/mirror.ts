@@ -153,7 +153,8 @@ async function listRemote(
       (n) => {
         attempts = n;
         return session.list(
-          { v: PROTOCOL_VERSION, op: "list", path: remoteDir, recursive: true },
+          // Brief: mirror takes a file's mode and mtime from its `get`, not from the listing.
+          { v: PROTOCOL_VERSION, op: "list", path: remoteDir, recursive: true, brief: true },
           what,
           onEntries,
         );

@@ -414,6 +414,32 @@ Deno.test("a streamed listing of 12,000 files has no cap and mirrors completely;
   });
 });
 
+Deno.test("a brief listing has each entry without its mtime and mode, and nothing else changed; a brief that is not a boolean is refused", async () => {
+  await withServer(async ({ src, server }) => {
+    await Deno.mkdir(`${src}/d`);
+    await Deno.writeTextFile(`${src}/top.txt`, "top\n");
+    await Deno.writeTextFile(`${src}/d/inner.txt`, "inner\n");
+    const conn = await RawConnection.open(server.ports[0]);
+    try {
+      const entriesOf = async (request: Record<string, unknown>) => {
+        await conn.sendRequest({ op: "list", path: "", recursive: true, ...request });
+        return (await conn.readResponse()).json[0].entries as Record<string, unknown>[];
+      };
+      const full = await entriesOf({});
+      assert.deepEqual(full.map((e) => e.path).sort(), ["d/inner.txt", "top.txt"]);
+      assert.ok(full.every((e) => typeof e.mtimeNs === "string" && typeof e.mode === "number"));
+      const brief = await entriesOf({ brief: true });
+      assert.deepEqual(brief, full.map(({ mtimeNs: _m, mode: _mode, ...rest }) => rest));
+      await conn.sendRequest({ op: "list", path: "", ...{ brief: "yes" } as Record<string, unknown> });
+      const refused = (await conn.readResponse()).json[0];
+      assert.equal(refused.code, "BAD_REQUEST");
+      assert.match(String(refused.message), /'brief' is not a boolean/);
+    } finally {
+      conn.close();
+    }
+  });
+});
+
 /** The index of the first log line matching `pattern`. */
 function lineOf(server: TestServer, pattern: RegExp): number {
   return server.log.findIndex((l) => pattern.test(l));

@@ -82,7 +82,7 @@ export function list(request: Readonly<Request>, ctx: ReplyContext): Reply {
   const compress = request.stream === true && request.accept?.includes("zstd") === true;
   const reply: Reply = { label: compress ? `${label} zstd` : label, pieces: [], files: [] };
   const reach = ctx.access.required ? ctx.access.reach(path) : "read";
-  const walk = new Walk(ctx, path, opened.fd, request.recursive === true, reach);
+  const walk = new Walk(ctx, path, opened.fd, request.recursive === true, reach, request.brief === true);
   reply.pieces.push(
     new ListingBody(walk, request.stream === true, (result) => reply.result = result, compress),
   );
@@ -137,6 +137,7 @@ class Walk {
    * @param fd the listed folder, open (the walk closes it)
    * @param recursive true to descend into subfolders
    * @param reach where the listed folder stands for the connection's token ("read" without tokens)
+   * @param brief leave each entry's `mtimeNs` and `mode` out
    */
   constructor(
     readonly ctx: ReplyContext,
@@ -144,6 +145,7 @@ class Walk {
     fd: number,
     readonly recursive: boolean,
     reach: Reach,
+    readonly brief = false,
   ) {
     this.#stack.push({ path, depth: 0, fd, names: [], read: false, next: 0, reach });
   }
@@ -291,13 +293,9 @@ class Walk {
   #found(rel: string, s: FileStat | StatVersion): void {
     const mtimeNs = String(s.mtimeNs);
     const etag = etagOf(identityOf({ dev: s.dev, ino: s.ino, size: s.size, mtimeNs }));
-    const entry: ListEntry = {
-      path: rel,
-      size: s.size,
-      mtimeNs,
-      mode: s.mode & 0o7777,
-      etag,
-    };
+    const entry: ListEntry = this.brief
+      ? { path: rel, size: s.size, etag }
+      : { path: rel, size: s.size, mtimeNs, mode: s.mode & 0o7777, etag };
     const sha256 = this.ctx.hashes.byEtag(etag);
     if (sha256 !== undefined) entry.sha256 = sha256;
     this.found.push(entry);
