@@ -271,7 +271,8 @@ export class LocalTree implements Disposable {
       try {
         const contents = known ?? readFolder(dir!);
         const at = known?.dir ?? dir!;
-        for (const name of contents.files) yield rel === "" ? name : `${rel}/${name}`;
+        if (contents.paths !== undefined) yield* contents.paths;
+        else for (const name of contents.files) yield rel === "" ? name : `${rel}/${name}`;
         for (const name of contents.subfolders) {
           const path = rel === "" ? name : `${rel}/${name}`;
           if (skip?.(path)) continue;
@@ -318,6 +319,8 @@ export interface FolderContents {
   parts: ReadonlySet<string>;
   /** Its regular files' names (parts included). */
   files: readonly string[];
+  /** For a folder as the state recorded it: its files as paths relative to LOCAL_DIR (the state's strings). */
+  paths?: readonly string[];
   /** Its subfolders' names (symlinks are not subfolders). */
   subfolders: readonly string[];
 }
@@ -373,7 +376,8 @@ const NO_PARTS: ReadonlySet<string> = new Set();
 
 /** True when `contents` are exactly `expected`'s names, nothing missing and nothing else. */
 function holdsExactly(contents: FolderContents, expected: FolderNames | undefined): boolean {
-  const names = [...expected?.files ?? [], ...expected?.subfolders ?? []];
+  const files = (expected?.files ?? []).map((path) => path.slice(path.lastIndexOf("/") + 1));
+  const names = [...files, ...expected?.subfolders ?? []];
   return contents.names.size === names.length && names.every((name) => contents.names.has(name));
 }
 
@@ -469,19 +473,22 @@ export class FolderCache implements Disposable {
     const recorded = key === null ? undefined : this.state?.recordedFolder(rel, key);
     if (recorded !== undefined) {
       // A recorded folder holds no part; its names are made only if asked for (a run of a large tree that
-      // finds its folders as recorded never does).
-      const { files, subfolders } = recorded;
-      let names: Set<string> | undefined;
+      // finds its folders as recorded never does: --delete walks the state's paths).
+      const { files: paths, subfolders } = recorded;
+      let files: string[] | undefined, names: Set<string> | undefined;
       return {
         dir,
         key,
         settled: true,
         recorded: true,
         parts: NO_PARTS,
-        files,
+        paths,
         subfolders,
+        get files() {
+          return files ??= paths.map((path) => path.slice(path.lastIndexOf("/") + 1));
+        },
         get names() {
-          return names ??= new Set([...files, ...subfolders]);
+          return names ??= new Set([...this.files, ...subfolders]);
         },
       };
     }
@@ -516,7 +523,7 @@ export class FolderCache implements Disposable {
     for (const [rel, key] of now) {
       const folder = this.#folders.get(rel)!;
       if (asRecorded && folder.recorded && !changedSinceHad(rel, key)) {
-        recorded.set(rel, { key, names: [...folder.files, ...folder.subfolders] });
+        recorded.set(rel, { key, names: [...folder.paths ?? folder.files, ...folder.subfolders] });
         continue;
       }
       expected ??= state.expectedFolders();

@@ -71,14 +71,18 @@ function ctimeOf(key: string): number {
  * A digest of a folder's names, whatever their order: how many, and the sum of their FNV-1a hashes (it
  * guards against damage, not against an adversary, who could write any state).
  */
-function namesDigest(names: readonly string[]): string {
-  let sum = 0;
-  for (const name of names) {
+function namesDigest(...lists: Iterable<string>[]): string {
+  let sum = 0, count = 0;
+  for (const name of lists.flatMap((list) => [...list])) {
+    // A path stands for its last component: no string is cut out of it.
     let h = 0x811c9dc5;
-    for (let i = 0; i < name.length; i++) h = Math.imul(h ^ name.charCodeAt(i), 0x01000193);
+    for (let i = name.lastIndexOf("/") + 1; i < name.length; i++) {
+      h = Math.imul(h ^ name.charCodeAt(i), 0x01000193);
+    }
     sum = (sum + (h >>> 0)) >>> 0;
+    count++;
   }
-  return `${names.length}-${sum.toString(16).padStart(8, "0")}`;
+  return `${count}-${sum.toString(16).padStart(8, "0")}`;
 }
 
 /** A folder as the state records it. */
@@ -91,7 +95,9 @@ interface RecordedFolder {
 
 /** What a folder holds, by name: its files, and its folders. */
 export interface FolderNames {
+  /** Its files, as paths relative to LOCAL_DIR (the state's own strings: a million names would cost tens of MB). */
   files: readonly string[];
+  /** Its folders' names. */
   subfolders: readonly string[];
 }
 
@@ -200,7 +206,7 @@ export class MirrorState {
     this.#asRead ??= this.#byFolder();
     const names = this.#asRead.get(path) ?? { files: [], subfolders: [] };
     // A line added to the state or taken out of it since would make the folder look other than it is.
-    return namesDigest([...names.files, ...names.subfolders]) === recorded.names ? names : undefined;
+    return namesDigest(names.files, names.subfolders) === recorded.names ? names : undefined;
   }
 
   /**
@@ -252,7 +258,7 @@ export class MirrorState {
     folderOf("").subfolders.push(STATE_DIR); // LOCAL_DIR holds the state itself
     for (const path of this.#entries.keys()) {
       const slash = path.lastIndexOf("/");
-      folderOf(slash < 0 ? "" : path.slice(0, slash)).files.push(path.slice(slash + 1));
+      folderOf(slash < 0 ? "" : path.slice(0, slash)).files.push(path);
     }
     return folders;
   }

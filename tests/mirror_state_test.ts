@@ -122,7 +122,7 @@ Deno.test("state: a folder recorded with its identity gives back its files and f
   const state = new MirrorState();
   for (const path of ["top.txt", "d/a.txt", "d/b.txt", "d/e/deep.txt"]) state.set(path, entry());
   const expected = state.expectedFolders();
-  assert.deepEqual(expected.get("d"), { files: ["a.txt", "b.txt"], subfolders: ["e"] });
+  assert.deepEqual(expected.get("d"), { files: ["d/a.txt", "d/b.txt"], subfolders: ["e"] });
   assert.deepEqual(
     expected.get(""),
     { files: ["top.txt"], subfolders: [".ferry", "d"] },
@@ -137,7 +137,7 @@ Deno.test("state: a folder recorded with its identity gives back its files and f
   const text = state.format();
 
   const loaded = MirrorState.parse(text, WRITTEN);
-  assert.deepEqual(loaded.recordedFolder("d", FOLDER), { files: ["a.txt", "b.txt"], subfolders: ["e"] });
+  assert.deepEqual(loaded.recordedFolder("d", FOLDER), { files: ["d/a.txt", "d/b.txt"], subfolders: ["e"] });
   assert.deepEqual(loaded.recordedFolder("", FOLDER), { files: ["top.txt"], subfolders: [".ferry", "d"] });
   assert.equal(loaded.recordedFolder("d", FOLDER.replace(":77:", ":78:")), undefined, "another identity");
   assert.equal(loaded.recordedFolder("d/e", FOLDER), undefined, "a folder never recorded");
