@@ -49,7 +49,7 @@ Usage:
   client get HOST:PORT PATH [-o OUT]            fetch PATH; OUT defaults to PATH's base name,
                                                 '-o -' writes to standard output
   client mirror HOST:PORT REMOTE_DIR LOCAL_DIR  make LOCAL_DIR a copy of REMOTE_DIR on the server
-                                                ('.' for the served root), over two connections
+                                                ('.' for the served root), over one connection
   client pull HOST:PORT [-o DIR|OUT]            receive the file a classic-mode server pushes: into DIR
                                                 under the server's name (default .), or as OUT
 ${SIGN_HELP}

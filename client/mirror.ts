@@ -1,8 +1,7 @@
 /**
- * `client mirror`: makes a local directory a copy of a directory on the server. One recursive `list`, and
- * each new or changed file fetched (verified, published atomically) as soon as it is planned: pipelined on
- * a second connection while the listing streams on the first (`tree_fetch.ts`), or one by one with
- * {@link fetchFile} (resume, delta) once it has arrived; with `--delete`, local regular files the server no
+ * `client mirror`: makes a local directory a copy of a directory on the server. One recursive `list`, then
+ * each new or changed file fetched with {@link fetchFile} (resume, verification, atomic publication,
+ * only-if-changed), all over one persistent connection; with `--delete`, local regular files the server no
  * longer has are removed, and the directories that leaves empty, but only when the listing is the whole
  * tree: one that left anything out makes the run partial (exit 10) and deletes nothing. A dry run takes the
  * same steps up to the fetch, then reports what it would fetch and delete, and changes nothing.
@@ -44,7 +43,7 @@ import { createSha256, loadHashing } from "../hashing.ts";
 import { deleteExtraneous } from "./mirror_delete.ts";
 import { NO_TREE_PROGRESS, type Progress, type TreeProgress } from "./progress.ts";
 import { loadState, MirrorState, saveState, STATE_DIR } from "./mirror_state.ts";
-import { fetchTree, FileQueue, type TreeFile, type TreeOutcome } from "./tree_fetch.ts";
+import { fetchTree, type TreeFile } from "./tree_fetch.ts";
 import {
   checkTreeAgainst,
   fetchRelease,
@@ -331,14 +330,7 @@ class MirrorRun {
   /** Entries the listing had but this client could not use: the listing is then not the whole tree here. */
   unusable = 0;
   readonly #toHash: Item[] = [];
-  /** True while the listing arrives (and uses the run's connection). */
-  listing = false;
-  /** Files for the pipelined fetch; with {@link #overlap}, fetched while the listing still arrives. */
-  readonly #fast = new FileQueue<Item>();
-  /** The pipelined fetch, once started. */
-  #fetching: Promise<void> | null = null;
-  /** Its own connection, when it started while the listing was still using the run's. */
-  #fetchSession: Session | null = null;
+  readonly #fast: Item[] = [];
   readonly #oneByOne: Item[] = [];
   readonly #codes: number[] = [];
   /** LOCAL_DIR once opened; null before, and in a dry run that found it missing. */
@@ -469,11 +461,7 @@ class MirrorRun {
     } else if (need.kind === "hash") this.#toHash.push(item);
     else {
       this.progress.expect(item.entry.size);
-      if (need.kind !== "fast") return void this.#oneByOne.push(item);
-      this.#fast.push(item);
-      if (this.#fetching === null && this.listing && this.#overlap) {
-        this.#startFetching(this.session.sibling());
-      }
+      (need.kind === "fast" ? this.#fast : this.#oneByOne).push(item);
     }
   }
 
@@ -523,7 +511,7 @@ class MirrorRun {
 
   /** Step 2: hashes the local copies the state could not vouch for, and routes them. */
   async hash(): Promise<void> {
-    if (this.#toHash.length === 0) return;
+    if (this.#toHash.length + this.#fast.length + this.#oneByOne.length === 0) return;
     await loadHashing();
     for (const item of this.#toHash) {
       try {
@@ -540,7 +528,7 @@ class MirrorRun {
    * the listing had none to compare with is compared with the server's by a `stat` (which sends no data).
    */
   async reportWouldFetch(): Promise<void> {
-    for (const item of [...this.#fast.drain(), ...this.#oneByOne]) {
+    for (const item of [...this.#fast, ...this.#oneByOne]) {
       const localSha256 = item.need.kind === "fast" ? item.need.localSha256 : undefined;
       // With a manifest, the server's hash says nothing: a copy unlike the manifest's would be fetched.
       if (localSha256 === undefined || this.release !== null) {
@@ -560,77 +548,41 @@ class MirrorRun {
     }
   }
 
-  /**
-   * True when the pipelined fetch may start while the listing still arrives, on a connection of its own: a
-   * run that fetches, and that has no manifest to check the whole listing against first.
-   */
-  get #overlap(): boolean {
-    return !this.dryRun && this.release === null;
-  }
-
-  /** Starts the pipelined fetch over `session`; its outcomes are counted as they come. */
-  #startFetching(session: Session): void {
-    if (session !== this.session) this.#fetchSession = session;
+  /** Step 3: the pipelined fetch; what it hands back goes one by one. */
+  async fetchFast(): Promise<void> {
+    if (this.#fast.length === 0) return; // nothing to fetch: nor node:crypto to load (tens of ms)
     const { verify, deadline } = this.options;
     const onBytes = (n: number) => this.progress.received(n);
-    this.#fetching = fetchTree(
-      session,
+    await fetchTree(
+      this.session,
       this.#fast,
       { verify, deadline, root: this.local.tree.root, onBytes },
-      (item, outcome) => this.#fetched(item, outcome),
+      (item, outcome) => {
+        if (outcome.status === "handed back") {
+          this.progress.expect(outcome.bytes); // received, but for no file: the next try brings it whole
+          return void this.#oneByOne.push(item);
+        }
+        const report: FileReport = {
+          path: item.entry.path,
+          target: this.shown(item.rel),
+          status: outcome.status,
+          bytes: outcome.bytes,
+          seconds: outcome.seconds,
+          attempts: 1,
+        };
+        if (outcome.status === "failed") {
+          report.error = outcome.error;
+          report.requestId = outcome.error.requestId;
+          this.local.state.delete(item.rel);
+        } else {
+          report.size = outcome.size;
+          report.requestId = outcome.requestId;
+          if (outcome.sha256 !== undefined && verify) report.sha256 = outcome.sha256;
+          this.#remember(item, outcome.sha256, outcome.etag ?? "");
+        }
+        this.count(report, item.entry.size);
+      },
     );
-    this.#fetching.catch(() => {}); // awaited by fetchFast, which throws it
-  }
-
-  /** Step 3: the pipelined fetch, started during the listing or now; what it hands back goes one by one. */
-  async fetchFast(): Promise<void> {
-    this.#fast.close();
-    // Nothing to fetch: nor node:crypto to load (tens of ms).
-    if (this.#fetching === null && this.#fast.waiting > 0) this.#startFetching(this.session);
-    try {
-      await this.#fetching;
-    } finally {
-      await this.#fetchSession?.close();
-      this.#fetchSession = null;
-    }
-  }
-
-  /**
-   * Lets a fetch that started during a listing that then failed end with the files it was given (each
-   * published whole, or not at all) before LOCAL_DIR is closed; does nothing after {@link fetchFast}.
-   */
-  async abandonFetching(): Promise<void> {
-    this.#fast.close();
-    await this.#fetching?.catch(() => {});
-    await this.#fetchSession?.close();
-    this.#fetchSession = null;
-  }
-
-  /** Counts what became of a file of the pipelined fetch; one it handed back goes one by one. */
-  #fetched(item: Item, outcome: TreeOutcome): void {
-    if (outcome.status === "handed back") {
-      this.progress.expect(outcome.bytes); // received, but for no file: the next try brings it whole
-      return void this.#oneByOne.push(item);
-    }
-    const report: FileReport = {
-      path: item.entry.path,
-      target: this.shown(item.rel),
-      status: outcome.status,
-      bytes: outcome.bytes,
-      seconds: outcome.seconds,
-      attempts: 1,
-    };
-    if (outcome.status === "failed") {
-      report.error = outcome.error;
-      report.requestId = outcome.error.requestId;
-      this.local.state.delete(item.rel);
-    } else {
-      report.size = outcome.size;
-      report.requestId = outcome.requestId;
-      if (outcome.sha256 !== undefined && this.options.verify) report.sha256 = outcome.sha256;
-      this.#remember(item, outcome.sha256, outcome.etag ?? "");
-    }
-    this.count(report, item.entry.size);
   }
 
   /** Step 4: files with a part to resume, large changed files (delta), and what the fast path handed back. */
@@ -756,20 +708,13 @@ export async function mirror(
     run.progress.phase("listing");
     // Each batch is planned as it arrives, while the server walks on; with a manifest, only once the whole
     // listing agrees with it, so that a refused tree has nothing fetched, made or deleted for it.
-    // Files to fetch go to the pipelined fetch as they are planned, on a connection of its own.
     const held: unknown[] = [];
-    run.listing = true;
-    let listing: Listing;
-    try {
-      listing = await listRemote(session, remoteDir, options, (batch) => {
-        for (const value of batch) {
-          if (run.release !== null) held.push(value);
-          else run.plan(value);
-        }
-      });
-    } finally {
-      run.listing = false;
-    }
+    const listing = await listRemote(session, remoteDir, options, (batch) => {
+      for (const value of batch) {
+        if (run.release !== null) held.push(value);
+        else run.plan(value);
+      }
+    });
     if (run.release !== null) {
       for (const value of checkTreeAgainst(run.release, remoteDir, held)) run.plan(value);
     }
@@ -785,7 +730,6 @@ export async function mirror(
     await run.finish(listing);
     return run.summary;
   } finally {
-    await run.abandonFetching();
     run.close();
   }
 }

@@ -452,11 +452,6 @@ export class Session {
     }
   }
 
-  /** A session of its own to the same server, with the same options: requests on another connection. */
-  sibling(): Session {
-    return new Session(this.endpoint, this.#options);
-  }
-
   /** Says goodbye (an end frame, so the server logs a clean close) and closes; never throws. */
   async close(): Promise<void> {
     this.#options.signal?.removeEventListener("abort", this.#onAbort);

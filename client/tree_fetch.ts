@@ -117,78 +117,6 @@ const BATCH_BYTES = 256 * 1024 * 1024;
  */
 const LARGE_BODY = 8 * 1024 * 1024;
 
-/**
- * The files for {@link fetchTree}, which may still be coming while it runs (a listing being planned): the
- * fetcher waits for more until the queue is closed. What it has taken is not held.
- */
-export class FileQueue<F> {
-  #items: F[] = [];
-  #head = 0;
-  #closed = false;
-  #wake: (() => void) | null = null;
-
-  /** A queue of `files`, closed. */
-  static of<F>(files: readonly F[]): FileQueue<F> {
-    const queue = new FileQueue<F>();
-    queue.#items = [...files];
-    queue.#closed = true;
-    return queue;
-  }
-
-  /** Adds a file. */
-  push(file: F): void {
-    this.#items.push(file);
-    this.#wakeUp();
-  }
-
-  /** No file will be added. */
-  close(): void {
-    this.#closed = true;
-    this.#wakeUp();
-  }
-
-  /** True once closed. */
-  get closed(): boolean {
-    return this.#closed;
-  }
-
-  /** Files added and not taken. */
-  get waiting(): number {
-    return this.#items.length - this.#head;
-  }
-
-  /** The oldest file not taken (there must be one). */
-  take(): F {
-    const file = this.#items[this.#head];
-    this.#items[this.#head++] = undefined as F; // taken: not held
-    if (this.#head >= 4096 && this.#head * 2 >= this.#items.length) {
-      this.#items = this.#items.slice(this.#head);
-      this.#head = 0;
-    }
-    return file;
-  }
-
-  /** Every file not taken, taken. */
-  drain(): F[] {
-    const files = this.#items.slice(this.#head);
-    this.#items = [];
-    this.#head = 0;
-    return files;
-  }
-
-  /** Resolves once a file is waiting or the queue is closed. */
-  more(): Promise<void> {
-    if (this.waiting > 0 || this.#closed) return Promise.resolve();
-    return new Promise((resolve) => this.#wake = resolve);
-  }
-
-  #wakeUp(): void {
-    const wake = this.#wake;
-    this.#wake = null;
-    wake?.();
-  }
-}
-
 /** A file whose request is in flight. */
 interface InFlight<F extends TreeFile = TreeFile> {
   file: F;
@@ -208,21 +136,21 @@ interface Written<F extends TreeFile = TreeFile> {
 
 /**
  * Fetches `files` in order, pipelined over `session`, and tells `onOutcome` what became of each, in the
- * order they end; files still coming are waited for until the queue is closed, and every file it is given
- * has an outcome. Throws only for the deadline.
+ * order they end. Throws only for the deadline.
  */
 export async function fetchTree<F extends TreeFile>(
   session: Session,
-  files: FileQueue<F>,
+  files: readonly F[],
   options: TreeFetchOptions,
   onOutcome: (file: F, outcome: TreeOutcome) => void,
 ): Promise<void> {
   if (options.verify) await loadHashing();
-  // Files not sent yet: those to send again first, then the queue's. A run of a million files makes no
-  // object per file before its request goes out.
+  // Files not sent yet: those to send again first, then `files` from `next` on. A run of a million files
+  // makes no object per file before its request goes out.
   const again: InFlight<F>[] = [];
-  const waiting = () => again.length + files.waiting;
-  const take = () => again.shift() ?? { file: files.take(), started: 0, tries: 0 };
+  let next = 0;
+  const waiting = () => again.length + files.length - next;
+  const take = () => again.shift() ?? { file: files[next++], started: 0, tries: 0 };
   const inFlight: InFlight<F>[] = [];
   const batch = new Batch<F>(options.root, onOutcome);
   const handBack = (flight: InFlight<F>, bytes = 0) =>
@@ -231,13 +159,8 @@ export async function fetchTree<F extends TreeFile>(
     while (waiting() > 0) handBack(take());
   };
 
-  while (waiting() > 0 || inFlight.length > 0 || !files.closed) {
+  while (waiting() > 0 || inFlight.length > 0) {
     if (options.deadline.expired) break;
-    if (waiting() === 0 && inFlight.length === 0) {
-      batch.publish(); // what is written does not wait for files still to come
-      await files.more();
-      continue;
-    }
     const sending: InFlight<F>[] = [];
     if (inFlight.length <= WINDOW - REFILL) {
       while (inFlight.length + sending.length < WINDOW && waiting() > 0) sending.push(take());
@@ -306,13 +229,8 @@ export async function fetchTree<F extends TreeFile>(
     if (batch.full) batch.publish();
   }
   for (const flight of inFlight) handBack(flight);
+  handBackWaiting();
   batch.publish();
-  // Given up (the deadline, or a connection that cannot even send): what comes still gets an outcome.
-  for (;;) {
-    handBackWaiting();
-    if (files.closed) break;
-    await files.more();
-  }
 }
 
 /** Refusals that the one-by-one path may overcome (it waits, resumes, starts again). */
