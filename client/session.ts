@@ -402,9 +402,7 @@ export class Session {
    * stays empty.
    */
   async list(request: Request, what: string, onEntries?: (batch: unknown[]) => void): Promise<Listing> {
-    // zstd loads (tens of ms) while the server starts its walk, before the first compressed batch needs it.
-    const loadZstd = () => void loadDecompression().catch(() => {}); // a failure shows when it is needed
-    const header = await this.begin({ ...request, stream: true }, what, { meanwhile: loadZstd });
+    const header = await this.begin({ ...request, stream: true }, what);
     if (header.stream !== true) {
       await this.finish();
       if (!Array.isArray(header.entries)) throw protocolError(`${what} has no entries`);
