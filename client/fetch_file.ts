@@ -61,6 +61,11 @@ export interface FetchOptions {
    * one whose SHA-256 equals a listed one is current without asking.
    */
   listed?: { size: number; sha256?: string };
+  /**
+   * The local copy's SHA-256 when the caller knows it (mirror's state vouches for the copy by its lstat),
+   * so that the copy is not read to hash it. Taken only with `listed`, for a copy of the listed size.
+   */
+  localSha256?: string;
   /** Each request is the last on its connection (a one-file run): the end frame goes out behind it. */
   lastRequest?: boolean;
   /**
@@ -222,13 +227,16 @@ class FileHolder implements Holder {
   #hash: Hash | null;
   #localSha256: string | undefined | null = null; // null: not computed yet
   #searched = false;
+  /** @param knownSha256 the SHA-256 of the local copy (of `listedSize` bytes), when the caller knows it */
   constructor(
     readonly place: Place,
     readonly deadline: Deadline,
     readonly verify: boolean,
     readonly listedSize?: number,
+    knownSha256?: string,
   ) {
     this.#hash = newHash(verify);
+    if (knownSha256 !== undefined) this.#localSha256 = knownSha256;
   }
 
   get held(): number {
@@ -616,7 +624,13 @@ export async function fetchFile(
       let place: Place;
       if (typeof target === "string") place = ownPlace = placeOfPath(target);
       else place = target;
-      const fileHolder = new FileHolder(place, options.deadline, options.verify, options.listed?.size);
+      const fileHolder = new FileHolder(
+        place,
+        options.deadline,
+        options.verify,
+        options.listed?.size,
+        options.listed === undefined ? undefined : options.localSha256,
+      );
       holder = fileHolder;
       const listedSha = options.listed?.sha256;
       if (listedSha !== undefined && await fileHolder.prepare() === listedSha) {

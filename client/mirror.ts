@@ -22,6 +22,7 @@ import {
   usageError,
   worstExitCode,
 } from "./failure.ts";
+import { DELTA_MIN_BYTES } from "./delta_fetch.ts";
 import { fetchFile, type FetchOptions, type FileReport } from "./fetch_file.ts";
 import { ErrorCode, isSha256Hex, type ListEntry, PROTOCOL_VERSION } from "../framing.ts";
 import type { ManifestFile } from "./manifest.ts";
@@ -195,7 +196,6 @@ function incompleteListing(listing: Listing, unusable: number, deleting: boolean
 }
 
 /** Below this size a changed file is fetched whole on the fast path; from it on, one by one, with delta. */
-const DELTA_MIN_SIZE = 1024 * 1024;
 
 /** What a listed file needs. */
 type Need =
@@ -208,8 +208,11 @@ type Need =
   | { kind: "hash" }
   /** Fetched on the fast path (pipelined, published in batches); `localSha256` goes as ifNoneMatch. */
   | { kind: "fast"; localSha256?: string }
-  /** Fetched one by one (a part to resume, or a large file to patch with delta). */
-  | { kind: "one by one" };
+  /**
+   * Fetched one by one (a part to resume, or a large file to patch with delta); `localSha256`, which the
+   * state vouches for, goes as ifNoneMatch without the copy being read to hash it.
+   */
+  | { kind: "one by one"; localSha256?: string };
 
 /** A listed file on its way; it is also what the pipelined fetch is given (no copy per file). */
 class Item implements TreeFile {
@@ -235,7 +238,7 @@ class Item implements TreeFile {
   }
 
   get localSha256(): string | undefined {
-    return this.need.kind === "fast" ? this.need.localSha256 : undefined;
+    return this.need.kind === "fast" || this.need.kind === "one by one" ? this.need.localSha256 : undefined;
   }
 
   get expected(): ManifestFile | undefined {
@@ -270,13 +273,13 @@ function needOf(item: Item, state: MirrorState): Need {
   }
   if (local.size !== entry.size) {
     // Changed for sure: no need to hash it, unless delta will read it anyway.
-    return local.size >= DELTA_MIN_SIZE && entry.size >= DELTA_MIN_SIZE
+    return local.size >= DELTA_MIN_BYTES && entry.size >= DELTA_MIN_BYTES
       ? { kind: "one by one" }
       : { kind: "fast" };
   }
   // A large file of the same size goes one by one: delta reads the old copy anyway, and the signature's
   // request says "unchanged" when the copy already has the server's hash.
-  if (local.size >= DELTA_MIN_SIZE) return { kind: "one by one" };
+  if (local.size >= DELTA_MIN_BYTES) return { kind: "one by one", localSha256: recorded?.sha256 };
   if (recorded !== undefined) return needBySha(entry, recorded.sha256);
   return { kind: "hash" };
 }
@@ -529,7 +532,7 @@ class MirrorRun {
    */
   async reportWouldFetch(): Promise<void> {
     for (const item of [...this.#fast, ...this.#oneByOne]) {
-      const localSha256 = item.need.kind === "fast" ? item.need.localSha256 : undefined;
+      const localSha256 = item.localSha256;
       // With a manifest, the server's hash says nothing: a copy unlike the manifest's would be fetched.
       if (localSha256 === undefined || this.release !== null) {
         this.#wouldUpdate(item.entry, item.rel);
@@ -602,6 +605,7 @@ class MirrorRun {
         listed: item.entry,
         progress: this.#bytes,
         expected: this.#signed(item.entry),
+        localSha256: item.localSha256,
       });
       this.count(report, item.entry.size);
       if (report.status === "failed") this.local.state.delete(item.rel);
