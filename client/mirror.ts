@@ -27,7 +27,7 @@ import { fetchFile, type FetchOptions, type FileReport } from "./fetch_file.ts";
 import { ErrorCode, isSha256Hex, type ListEntry, PROTOCOL_VERSION } from "../framing.ts";
 import type { ManifestFile } from "./manifest.ts";
 import { type Folder, FolderCache, type LocalDir, LocalIoError, LocalTree } from "./local_tree.ts";
-import type { Place } from "./publish.ts";
+import { type Place, removeStaleParts } from "./publish.ts";
 import {
   C,
   close,
@@ -197,6 +197,13 @@ function incompleteListing(listing: Listing, unusable: number, deleting: boolean
 
 /** Below this size a changed file is fetched whole on the fast path; from it on, one by one, with delta. */
 
+/**
+ * Smallest file whose part is resumed. A killed run leaves the parts of the files in flight: a thousand
+ * small files resumed one by one, each with a request and two fsyncs of its own, took 4.9 s where they take
+ * a fraction of that with the others on the pipelined path, and a part under this size saves little.
+ */
+const RESUME_MIN_BYTES = 1024 * 1024;
+
 /** What a listed file needs. */
 type Need =
   /**
@@ -206,6 +213,8 @@ type Need =
   | { kind: "current"; sha256: string; recorded?: boolean }
   /** Its local copy, of the listed size, must be hashed to tell. */
   | { kind: "hash" }
+  /** Parts of it are there, too small to resume: they go before the fetch, and then it is planned anew. */
+  | { kind: "drop parts" }
   /** Fetched on the fast path (pipelined, published in batches); `localSha256` goes as ifNoneMatch. */
   | { kind: "fast"; localSha256?: string }
   /**
@@ -250,9 +259,12 @@ class Item implements TreeFile {
  * Decides what `item` needs by what LOCAL_DIR holds, without reading any file: the state answers for a
  * file whose lstat matches what was recorded. Throws LocalIoError.
  */
-function needOf(item: Item, state: MirrorState): Need {
+function needOf(item: Item, state: MirrorState, partsDropped = false): Need {
   const { entry, folder, name } = item;
-  if (folder.parts.has(name)) return { kind: "one by one" }; // a part beside it: resume it
+  if (folder.parts.has(name) && !partsDropped) {
+    // A part beside it: resumed, if what it saves is worth a request and two fsyncs of its own.
+    return entry.size >= RESUME_MIN_BYTES ? { kind: "one by one" } : { kind: "drop parts" };
+  }
   // A folder as recorded holds the files the state has: lstat tells, where a set of names would cost more.
   if (!folder.recorded && !folder.names.has(name)) return { kind: "fast" };
   let local;
@@ -333,6 +345,7 @@ class MirrorRun {
   /** Entries the listing had but this client could not use: the listing is then not the whole tree here. */
   unusable = 0;
   readonly #toHash: Item[] = [];
+  readonly #partsToDrop: Item[] = [];
   readonly #fast: Item[] = [];
   readonly #oneByOne: Item[] = [];
   readonly #codes: number[] = [];
@@ -462,7 +475,11 @@ class MirrorRun {
       });
       if (!need.recorded) this.#remember(item, need.sha256, item.entry.etag ?? "", item.local);
     } else if (need.kind === "hash") this.#toHash.push(item);
-    else {
+    else if (need.kind === "drop parts") {
+      // A dry run removes nothing: it says the file would be fetched.
+      if (this.dryRun) this.#wouldUpdate(item.entry, item.rel);
+      else this.#partsToDrop.push(item);
+    } else {
       this.progress.expect(item.entry.size);
       (need.kind === "fast" ? this.#fast : this.#oneByOne).push(item);
     }
@@ -509,6 +526,22 @@ class MirrorRun {
       this.#route(item);
     } catch (e) {
       this.#failed({ entry: entry!, rel }, classify(e));
+    }
+  }
+
+  /**
+   * Step 2, first: removes the parts beside small files (but one another run holds) and plans those files
+   * anew, so that they are fetched with the others.
+   */
+  async dropParts(): Promise<void> {
+    for (const item of this.#partsToDrop) {
+      try {
+        await removeStaleParts({ dir: item.folder.dir, name: item.name, followLink: false });
+        item.need = needOf(item, this.local.state, true);
+        this.#route(item);
+      } catch (e) {
+        this.#failed(item, classify(e));
+      }
     }
   }
 
@@ -724,6 +757,7 @@ export async function mirror(
     }
     run.open(); // an empty listing still makes LOCAL_DIR (a dry run only looks for it)
     run.progress.phase("hashing");
+    await run.dropParts();
     await run.hash();
     if (run.dryRun) await run.reportWouldFetch();
     else {

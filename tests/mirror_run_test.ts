@@ -67,6 +67,7 @@ Deno.test("mirror --dry-run lists exactly the new, changed and extra files, fetc
         ["resized.txt", "longer now\n", "short\n"],
         ["same-size.txt", "version 2\n", "version 1\n"], // only a hash tells it changed
         ["new.txt", "new\n", null],
+        ["partial.txt", "left half-way\n", null], // its part is below: a dry run leaves it there
         ["sub/new.txt", "in a folder LOCAL_DIR lacks\n", null],
         ["extra.txt", null, "the server has none\n"],
         ["extra-dir/x.txt", null, "nor this\n"],
@@ -75,6 +76,7 @@ Deno.test("mirror --dry-run lists exactly the new, changed and extra files, fetc
       if (server !== null) await Deno.writeTextFile(`${src}/${name}`, server);
       if (mine !== null) await Deno.writeTextFile(`${local}/${name}`, mine);
     }
+    await Deno.writeTextFile(`${local}/.partial.txt.ferry-0123456789abcdef0123456789abcdef.part`, "left ");
     await makeFile(src, "big.bin", 2 * MiB); // changed, large: would go one by one
     await Deno.writeFile(`${local}/big.bin`, new Uint8Array(2 * MiB));
     const before = await snapshot(local);
@@ -82,6 +84,7 @@ Deno.test("mirror --dry-run lists exactly the new, changed and extra files, fetc
       "resized.txt": "would update",
       "same-size.txt": "would update",
       "new.txt": "would update",
+      "partial.txt": "would update",
       "sub/new.txt": "would update",
       "big.bin": "would update",
       "extra.txt": "would delete",
@@ -103,7 +106,11 @@ Deno.test("mirror --dry-run lists exactly the new, changed and extra files, fetc
     assert.deepEqual(statuses(r), { ...wouldChange, "same.txt": "unchanged", "kept/same.txt": "unchanged" });
     assert.deepEqual(
       jsonLines(r).filter((l) => l.status === "would update").map((l) => [l.path, l.size, l.bytes]).sort(),
-      [["big.bin", 2 * MiB, 0], ["new.txt", 4, 0], ["resized.txt", 11, 0], ["same-size.txt", 10, 0], [
+      [["big.bin", 2 * MiB, 0], ["new.txt", 4, 0], ["partial.txt", 14, 0], ["resized.txt", 11, 0], [
+        "same-size.txt",
+        10,
+        0,
+      ], [
         "sub/new.txt",
         28,
         0,
@@ -111,7 +118,7 @@ Deno.test("mirror --dry-run lists exactly the new, changed and extra files, fetc
     );
     assert.deepEqual(summaryOf(r), {
       dryRun: true,
-      updated: 5,
+      updated: 6,
       unchanged: 2,
       deleted: 2,
       failed: 0,
@@ -129,7 +136,7 @@ Deno.test("mirror --dry-run lists exactly the new, changed and extra files, fetc
     assert.match(people.stderr, /^ferry: would delete extra-dir\/x\.txt$/m);
     assert.match(
       people.stderr,
-      /ferry: mirror dry run: 5 would update, 2 unchanged, 2 would delete, 0 failed\n$/,
+      /ferry: mirror dry run: 6 would update, 2 unchanged, 2 would delete, 0 failed\n$/,
     );
     assert.deepEqual(await snapshot(local), before);
 
@@ -141,6 +148,9 @@ Deno.test("mirror --dry-run lists exactly the new, changed and extra files, fetc
       statuses(real),
       Object.fromEntries(Object.entries(statuses(r)).map(([path, s]) => [path, done[s as string] ?? s])),
     );
+    // The small file's part was not worth resuming: it is gone, and the file came with the others.
+    assert.deepEqual([...Deno.readDirSync(local)].filter((e) => e.name.endsWith(".part")), []);
+    assert.equal(await Deno.readTextFile(`${local}/partial.txt`), "left half-way\n");
   });
 });
 

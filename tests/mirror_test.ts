@@ -156,6 +156,59 @@ Deno.test("an interrupted mirror is resumed by the next run, and --delete keeps 
   });
 });
 
+/** Paths of the published files below `root` (parts and `.ferry` left out), sorted. */
+async function publishedFiles(root: string, rel = ""): Promise<string[]> {
+  const out: string[] = [];
+  for await (const entry of Deno.readDir(rel === "" ? root : `${root}/${rel}`)) {
+    const path = rel === "" ? entry.name : `${rel}/${entry.name}`;
+    if (entry.name.startsWith(".")) continue;
+    if (entry.isDirectory) out.push(...await publishedFiles(root, path));
+    else out.push(path);
+  }
+  return out.sort();
+}
+
+Deno.test("a mirror of 5,000 files killed half-way, run again, fetches none of the files it had published", async () => {
+  await withServer(async ({ src, out, server, address }) => {
+    const files = 5000, size = 1024;
+    const contents = new Map<string, string>();
+    for (let d = 0; d < 50; d++) {
+      Deno.mkdirSync(`${src}/d${d}`);
+      for (let f = 0; f < files / 50; f++) {
+        const path = `d${d}/f${f}.txt`;
+        contents.set(path, `${path} `.padEnd(size, "x"));
+        Deno.writeTextFileSync(`${src}/${path}`, contents.get(path)!);
+      }
+    }
+    // Held after 3 MiB of the 5 MiB: the first batch of parts is published by then, the rest is not.
+    const proxy = new FrameProxy(server.ports[0], { hold: { connection: 0, bytes: 3 * MiB } });
+    let published: string[] = [];
+    try {
+      const client = spawnClient(["mirror", proxy.address, ".", out]);
+      await proxy.held;
+      await eventually("a batch published", async () => (await publishedFiles(out)).length > 0);
+      client.process.kill("SIGKILL");
+      await client.done;
+      published = await publishedFiles(out);
+    } finally {
+      await proxy.close();
+    }
+    assert.ok(published.length > 0 && published.length < files, `${published.length} published`);
+
+    const r = await runClient(["mirror", address, ".", out, "--json"]);
+    assert.equal(r.code, 0, r.stderr);
+    const lines = new Map(jsonLines(r).map((l) => [l.path, l]));
+    for (const path of published) {
+      assert.equal(lines.get(path)?.status, "unchanged", path);
+      assert.equal(lines.get(path)?.bytes, 0, path);
+    }
+    const updated = [...lines.values()].filter((l) => l.status === "updated").length;
+    assert.equal(updated, files - published.length);
+    assert.deepEqual(await publishedFiles(out), [...contents.keys()].sort());
+    for (const [path, text] of contents) assert.equal(Deno.readTextFileSync(`${out}/${path}`), text, path);
+  });
+});
+
 Deno.test("mirror counts a file it cannot publish as failed, goes on with the others, and exits with that failure's code", async () => {
   await withServer(async ({ src, out, address }) => {
     for (const name of ["1.txt", "2.txt", "3.txt"]) await Deno.writeTextFile(`${src}/${name}`, `${name}\n`);
