@@ -447,7 +447,7 @@ async function fanOut(
   const rows: string[][] = [];
   const walls = new Map<string, number>();
   const failed = new Set<string>();
-  for (const tool of tools.filter((t) => t.key !== "rsync-fsync")) {
+  for (const tool of tools) {
     b.log(`case 8: fan-out, ${p.fanClients} clients: ${tool.name}`);
     const dests = Array.from({ length: p.fanClients }, (_, i) => join(work, `fan-${tool.key}-${i}`));
     for (const d of dests) await Deno.mkdir(d);
@@ -489,12 +489,15 @@ async function fanOut(
       failed: bad,
     });
   }
+  const gigabytes = num((bytes * p.fanClients) / 1e9, 1);
   return [
     `### Fan-out: ${p.fanClients} clients mirror tree (${tree}) from one server at once`,
     "",
     "Each client into its own empty folder, all started together, connected straight to the server (not",
     "through the relay, which would be the bottleneck); time until the last one is done. MB/s is the tree's",
-    "bytes times the clients over that time. Client CPU is all clients' together.",
+    "bytes times the clients over that time. Client CPU is all clients' together. The clients write",
+    `${gigabytes} GB between them: ferry and rsync --fsync put it on disk before they are done, plain rsync`,
+    "leaves it in the page cache (this machine has the memory for it).",
     "",
     ...table(
       ["tool", "wall s (last done)", "MB/s together", "client CPU s", "server CPU s", "diff -r"],
