@@ -209,6 +209,27 @@ Deno.test("a mirror of 5,000 files killed half-way, run again, fetches none of t
   });
 });
 
+Deno.test("a small file's part is removed before the fetch, but not one that another run holds locked", async () => {
+  await withServer(async ({ src, out, address }) => {
+    await Deno.writeTextFile(`${src}/left.txt`, "the server's left\n");
+    await Deno.writeTextFile(`${src}/held.txt`, "the server's held\n");
+    const left = `${out}/.left.txt.ferry-0123456789abcdef0123456789abcdef.part`;
+    const held = `${out}/.held.txt.ferry-0123456789abcdef0123456789abcdef.part`;
+    await Deno.writeTextFile(left, "the ser");
+    await Deno.writeTextFile(held, "the ser");
+    using lock = await Deno.open(held, { read: true, write: true });
+    await lock.lock(true); // as another run writing it would
+
+    const r = await runClient(["mirror", address, ".", out, "--json"]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(statuses(r), { "left.txt": "updated", "held.txt": "updated" });
+    assert.equal(await Deno.readTextFile(`${out}/left.txt`), "the server's left\n");
+    assert.equal(await Deno.readTextFile(`${out}/held.txt`), "the server's held\n");
+    await assert.rejects(Deno.lstat(left), Deno.errors.NotFound);
+    assert.equal(await Deno.readTextFile(held), "the ser", "the held part is the other run's");
+  });
+});
+
 Deno.test("mirror counts a file it cannot publish as failed, goes on with the others, and exits with that failure's code", async () => {
   await withServer(async ({ src, out, address }) => {
     for (const name of ["1.txt", "2.txt", "3.txt"]) await Deno.writeTextFile(`${src}/${name}`, `${name}\n`);
