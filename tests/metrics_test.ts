@@ -160,11 +160,14 @@ Deno.test("a BUSY answer and a killed worker each count once, and the restarted 
   ]);
   try {
     assert.equal((await requestOnce(server.ports[0], { op: "get", path: "small.txt" })).types, "HD");
-    let before = new Map<string, number>();
-    await eventually("the get counted", async () => {
-      before = samples((await scrape(port)).body);
-      return at(before, GET_OK) === 1;
+    // The worker sets its gauges after it has told the master of the connections that ended: once a scrape
+    // shows none open, the master has that message, and has taken it by the time it answers the next scrape
+    // (one epoll loop), so the worker's one slot is free for the connection below.
+    await eventually("the get counted and its connection closed", async () => {
+      const seen = samples((await scrape(port)).body);
+      return at(seen, GET_OK) === 1 && at(seen, 'ferry_connections_open{worker="1"}') === 0;
     });
+    const before = samples((await scrape(port)).body);
     // A client that reads nothing of a 1 GiB answer keeps the worker's one slot.
     const holder = await RawConnection.open(server.ports[0]);
     await holder.sendRequest({ op: "get", path: "huge.bin" });
