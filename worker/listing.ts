@@ -292,7 +292,7 @@ class Walk {
   /** Adds the regular file `rel` to the listing. */
   #found(rel: string, s: FileStat | StatVersion): void {
     const mtimeNs = String(s.mtimeNs);
-    const etag = etagOf(identityOf({ dev: s.dev, ino: s.ino, size: s.size, mtimeNs }));
+    const etag = etagOf(identityOf(s));
     const entry: ListEntry = this.brief
       ? { path: rel, size: s.size, etag }
       : { path: rel, size: s.size, mtimeNs, mode: s.mode & 0o7777, etag };
