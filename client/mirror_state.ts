@@ -73,14 +73,16 @@ function ctimeOf(key: string): number {
  */
 function namesDigest(...lists: Iterable<string>[]): string {
   let sum = 0, count = 0;
-  for (const name of lists.flatMap((list) => [...list])) {
-    // A path stands for its last component: no string is cut out of it.
-    let h = 0x811c9dc5;
-    for (let i = name.lastIndexOf("/") + 1; i < name.length; i++) {
-      h = Math.imul(h ^ name.charCodeAt(i), 0x01000193);
+  for (const list of lists) {
+    for (const name of list) {
+      // A path stands for its last component: no string is cut out of it.
+      let h = 0x811c9dc5;
+      for (let i = name.lastIndexOf("/") + 1; i < name.length; i++) {
+        h = Math.imul(h ^ name.charCodeAt(i), 0x01000193);
+      }
+      sum = (sum + (h >>> 0)) >>> 0;
+      count++;
     }
-    sum = (sum + (h >>> 0)) >>> 0;
-    count++;
   }
   return `${count}-${sum.toString(16).padStart(8, "0")}`;
 }
