@@ -66,11 +66,18 @@ export function encodeUnixSockaddr(path: string): Uint8Array {
 
 const ntopOut = new Uint8Array(64);
 
+/** True for an IPv4 or IPv6 address (a TCP peer), false for anything else (a Unix socket's). */
+export function isInetSockaddr(buf: Uint8Array): boolean {
+  if (buf.byteLength < 2) return false;
+  const family = buf[SOCKADDR_IN.family] | (buf[SOCKADDR_IN.family + 1] << 8);
+  return family === C.AF_INET || family === C.AF_INET6;
+}
+
 /** Decodes a `sockaddr_in`/`sockaddr_in6` written by the kernel; null for any other family. */
 export function decodeSockaddr(buf: Uint8Array): Endpoint | null {
   const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   const family = view.getUint16(SOCKADDR_IN.family, true);
-  if (family !== C.AF_INET && family !== C.AF_INET6) return null;
+  if (!isInetSockaddr(buf)) return null;
   const port = view.getUint16(SOCKADDR_IN.port, false);
   // Dotted quads are formatted here: inet_ntop(3) formats them with sprintf, once per connection.
   if (family === C.AF_INET) {

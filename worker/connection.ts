@@ -17,12 +17,13 @@ import {
   fstat,
   LibcError,
   openRead,
+  setsockoptInt,
   shutdown,
   tryRecv,
   trySend,
   WOULD_BLOCK,
 } from "../ffi/libc.ts";
-import { decodeSockaddr, formatEndpoint } from "../ffi/sockaddr.ts";
+import { decodeSockaddr, formatEndpoint, isInetSockaddr } from "../ffi/sockaddr.ts";
 import {
   encodeErrorResponse,
   encodeRawFrame,
@@ -163,6 +164,7 @@ export class Connection {
     this.#requestDeadline = this.#lastProgress + config.idleTimeoutMs;
     // Only the request log shows the peer: formatting it for every connection otherwise is wasted.
     this.#peer = config.log === null ? "" : formatPeer(peer);
+    this.#tcp = isInetSockaddr(peer);
     // TCP_NODELAY (replies are coalesced with MSG_MORE) comes from the listener: see server/master.ts.
     if (classic) {
       this.#state = "writing";
@@ -413,7 +415,36 @@ export class Connection {
     this.#files = [];
   }
 
+  /**
+   * Sends what is queued, as far as the socket and the turn allow. A reply sent while the client's next
+   * request is already here goes with MSG_MORE, so that the replies to a pipelined burst of small files
+   * leave in full segments instead of one segment (and one trip through the loopback's receive path) per
+   * file; whatever a turn left held back is pushed before the turn ends.
+   */
   #write(): void {
+    this.#writeTurn();
+    if (!this.#heldBack || this.#state === "closed") return;
+    this.#heldBack = false;
+    try {
+      setsockoptInt(this.fd, C.IPPROTO_TCP, C.TCP_NODELAY, 1); // tcp(7): forces out what is pending
+    } catch (e) {
+      if (!(e instanceof LibcError)) throw e; // a socket gone meanwhile: its next call says so
+    }
+  }
+
+  /** True while bytes sent with MSG_MORE may sit in the socket waiting for more. */
+  #heldBack = false;
+  /** A TCP connection (TCP_NODELAY pushes what MSG_MORE held back; a Unix socket has neither). */
+  readonly #tcp: boolean;
+
+  /** True when a whole request frame of the protocol (not HTTP) waits in the input after this one. */
+  #nextRequestHere(): boolean {
+    if (this.#speaksHttp !== false || this.#inLength < FRAME_HEADER_SIZE) return false;
+    const len = getFrameLength(this.#in, 0);
+    return len > 0 && this.#inLength >= FRAME_HEADER_SIZE + len;
+  }
+
+  #writeTurn(): void {
     let budget = this.config.turnBudget;
     while (this.#state === "writing") {
       const head = this.#out[0];
@@ -440,9 +471,12 @@ export class Connection {
         continue;
       }
       if (head instanceof Uint8Array) {
-        const more = this.#out.length > 1 ? C.MSG_MORE : 0;
+        const more = this.#out.length > 1 || (this.#tcp && !this.#closeWhenSent && this.#nextRequestHere())
+          ? C.MSG_MORE
+          : 0;
         const n = trySend(this.fd, head.subarray(this.#outOffset), more);
         if (n === WOULD_BLOCK) return;
+        this.#heldBack = more !== 0;
         this.#progress(n);
         this.#outOffset += n;
         if (this.#outOffset < head.byteLength) continue;
