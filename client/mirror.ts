@@ -259,7 +259,8 @@ class Item implements TreeFile {
  */
 function needOf(item: Item, state: MirrorState, partsDropped = false): Need {
   const { entry, folder, name } = item;
-  if (folder.parts.has(name) && !partsDropped) {
+  // Most folders have no part: asking a Set for the name would first cost hashing the name.
+  if (folder.parts.size > 0 && folder.parts.has(name) && !partsDropped) {
     // A part beside it: resumed, if what it saves is worth a request and two fsyncs of its own.
     return entry.size >= RESUME_MIN_BYTES ? { kind: "one by one" } : { kind: "drop parts" };
   }
@@ -506,8 +507,9 @@ class MirrorRun {
       });
       return;
     }
-    if (this.keep.has(rel)) return; // sent again by a listing asked for again after a cut
-    this.keep.add(rel);
+    const kept = this.keep.size;
+    this.keep.add(rel); // one look-up in a set of the whole tree, not a has() and an add()
+    if (this.keep.size === kept) return; // sent again by a listing asked for again after a cut
     const local = this.open(); // LOCAL_DIR that cannot be made fails the run, not each file
     try {
       // No symlink below LOCAL_DIR is followed; one where a directory belongs is replaced by it, which a

@@ -46,7 +46,7 @@ export const RACY_WINDOW_SECONDS = 0.02;
 const COARSE_CLOCK_LAG_SECONDS = 0.01;
 
 /** What `lstat` says of a local file that an entry is checked against (see `ffi/structs.ts`). */
-export type LocalIdentity = Pick<StatIdentity, "key">;
+export type LocalIdentity = Pick<StatIdentity, "key" | "ctime">;
 
 /**
  * True when a file system object whose ctime is `ctime` (seconds) was seen at `seenAt` (seconds, by a
@@ -104,7 +104,9 @@ export interface FolderNames {
 }
 
 /** One published file. */
-export interface StateEntry extends LocalIdentity {
+export interface StateEntry {
+  /** The file's identity as `lstat` saw it once published (see `ffi/structs.ts`). */
+  key: string;
   /** SHA-256 of its content, hex. */
   sha256: string;
   /** The server's etag of the version it came from ("" if not known). */
@@ -163,7 +165,8 @@ export class MirrorState {
    * {@link parseFields} would first cut the line out of the text.
    */
   #lineVouching(path: string, position: number, key: string): StateEntry | undefined {
-    const [text, start] = this.#at(position);
+    // Not #at: an array made per file of a large tree is garbage a collection then has to sweep.
+    const text = this.#texts[Math.floor(position / PIECE_SPAN)], start = position % PIECE_SPAN;
     const shaAt = start + key.length + 1;
     if (!text.startsWith(key, start) || text.charCodeAt(shaAt - 1) !== TAB) return undefined;
     const etagAt = shaAt + SHA256_HEX_LENGTH + 1;
@@ -193,7 +196,7 @@ export class MirrorState {
     // memory than the entry parsed from it (the entry returned is the caller's to drop).
     const entry = typeof found === "number" ? this.#lineVouching(path, found, local.key) : found;
     if (entry === undefined || entry.key !== local.key) return undefined;
-    if (isRacy(ctimeOf(entry.key), this.#writtenAt)) return undefined;
+    if (isRacy(local.ctime, this.#writtenAt)) return undefined; // the same identity: the same ctime
     return entry;
   }
 

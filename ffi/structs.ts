@@ -180,6 +180,8 @@ export interface StatIdentity {
    * nine digits of nanoseconds: equal strings, same identity; the last field reads as a number of seconds.
    */
   key: string;
+  /** The ctime in seconds (what the key's last field reads as, to within a rounding). */
+  ctime: number;
 }
 
 /**
@@ -196,6 +198,7 @@ export function decodeStatIdentity(words: Uint32Array): StatIdentity {
     isFile: (mode & S_IFMT) === S_IFREG,
     size,
     key: `${size}:${u64(STAT.st_ino)}:${time(STAT.st_mtim)}:${time(STAT.st_ctim)}`,
+    ctime: u64(STAT.st_ctim) + words[STAT.st_ctim / 4 + 2] / 1e9,
   };
 }
 

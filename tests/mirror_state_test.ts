@@ -9,6 +9,7 @@
 import assert from "node:assert/strict";
 import {
   loadState,
+  type LocalIdentity,
   MirrorState,
   RACY_WINDOW_SECONDS,
   saveState,
@@ -47,6 +48,11 @@ function entry(fields: Partial<StateEntry> = {}): StateEntry {
   };
 }
 
+/** What lstat would say of a file with the identity `key` (the ctime of {@link entry}'s key). */
+function seen(key = entry().key): LocalIdentity {
+  return { key, ctime: CTIME };
+}
+
 const roundTrip = (state: MirrorState, writtenAt = WRITTEN) => MirrorState.parse(state.format(), writtenAt);
 
 Deno.test("state: an entry whose identity still matches is trusted after a save and a load, whatever its path", () => {
@@ -55,7 +61,7 @@ Deno.test("state: an entry whose identity still matches is trusted after a save 
   for (const path of paths) state.set(path, entry());
   const loaded = roundTrip(state);
   assert.equal(loaded.size, paths.length);
-  for (const path of paths) assert.deepEqual(loaded.trusted(path, entry()), entry(), path);
+  for (const path of paths) assert.deepEqual(loaded.trusted(path, seen()), entry(), path);
 });
 
 Deno.test("state: another identity (size, inode, mtime or ctime) is not trusted, nor a path never recorded", () => {
@@ -70,17 +76,17 @@ Deno.test("state: another identity (size, inode, mtime or ctime) is not trusted,
       "4096:1234:1700000000.123456789:1799999999.500000001",
     ]
   ) {
-    assert.equal(loaded.trusted("f", { key }), undefined, key);
+    assert.equal(loaded.trusted("f", seen(key)), undefined, key);
   }
-  assert.equal(loaded.trusted("g", entry()), undefined);
+  assert.equal(loaded.trusted("g", seen()), undefined);
 });
 
 Deno.test("state: an entry recorded in the clock tick the state was written in is not trusted (racy clean)", () => {
   const state = new MirrorState();
   state.set("racy", entry());
-  assert.equal(roundTrip(state, CTIME + RACY_WINDOW_SECONDS / 2).trusted("racy", entry()), undefined);
+  assert.equal(roundTrip(state, CTIME + RACY_WINDOW_SECONDS / 2).trusted("racy", seen()), undefined);
   assert.deepEqual(
-    roundTrip(state, CTIME + 2 * RACY_WINDOW_SECONDS).trusted("racy", entry()),
+    roundTrip(state, CTIME + 2 * RACY_WINDOW_SECONDS).trusted("racy", seen()),
     entry(),
   );
 });
@@ -98,16 +104,16 @@ Deno.test("state: bad lines are skipped and a foreign or cut file gives no entry
     "",
   ].join("\n");
   const loaded = MirrorState.parse(damaged, WRITTEN);
-  assert.deepEqual(loaded.trusted("good", entry()), entry());
+  assert.deepEqual(loaded.trusted("good", seen()), entry());
   for (const path of ["bad-hash", "negative", "short nanoseconds"]) {
-    assert.equal(loaded.trusted(path, entry()), undefined, path);
+    assert.equal(loaded.trusted(path, seen()), undefined, path);
   }
   // Written again, lines go out as they came in (a run forgets a malformed one when it looks its file up),
   // and are no more trusted for that.
   const again = MirrorState.parse(loaded.format(), WRITTEN);
-  assert.deepEqual(again.trusted("good", entry()), entry());
+  assert.deepEqual(again.trusted("good", seen()), entry());
   for (const path of ["bad-hash", "negative", "short nanoseconds"]) {
-    assert.equal(again.trusted(path, entry()), undefined, `${path}, written again`);
+    assert.equal(again.trusted(path, seen()), undefined, `${path}, written again`);
   }
   assert.equal(MirrorState.parse("something else\n" + text, WRITTEN).size, 0);
   assert.equal(
@@ -177,7 +183,7 @@ Deno.test("state: a state file of several MiB is read back whole, every line of 
   assert.ok((await Deno.stat(`${dir.path}/.ferry/state`)).size > 2 * 1024 * 1024, "more than two pieces");
   const loaded = loadState(root);
   assert.equal(loaded.size, paths.length);
-  for (const path of paths) assert.deepEqual(loaded.trusted(path, entry()), entry(), path);
+  for (const path of paths) assert.deepEqual(loaded.trusted(path, seen()), entry(), path);
 });
 
 /** `{path: [status, bytes]}` of a run's --json lines. */
