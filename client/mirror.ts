@@ -146,6 +146,7 @@ async function listRemote(
   remoteDir: string,
   options: MirrorOptions,
   onEntries: (batch: unknown[]) => void,
+  meanwhile: () => void,
 ): Promise<Listing> {
   const what = `the listing of ${JSON.stringify(remoteDir === "" ? "/" : remoteDir)}`;
   let attempts = 0;
@@ -158,6 +159,7 @@ async function listRemote(
           { v: PROTOCOL_VERSION, op: "list", path: remoteDir, recursive: true, brief: true },
           what,
           onEntries,
+          meanwhile,
         );
       },
       {
@@ -378,14 +380,33 @@ class MirrorRun {
    */
   open(): Local | null {
     if (!this.#opened) {
-      const tree = this.dryRun ? LocalTree.find(this.localDir) : LocalTree.open(this.localDir);
-      this.#opened = true;
-      if (tree === null) return null;
-      raiseOpenFileLimit(); // a folder of the tree is held open from its first file to the end of the run
-      const state = this.options.checksum ? new MirrorState() : loadState(tree.root);
-      this.#local = { tree, folders: new FolderCache(tree, this.options.onNotice, state), state };
+      this.#take(this.dryRun ? LocalTree.find(this.localDir) : LocalTree.open(this.localDir));
     }
     return this.#local;
+  }
+
+  /**
+   * Opens LOCAL_DIR and reads its state if LOCAL_DIR is there, making nothing and saying nothing (what
+   * fails here fails again in {@link open}, which reports it): called once the listing is asked for, so
+   * that reading a large state takes the time the server needs to send the first entries.
+   */
+  openIfThere(): void {
+    if (this.#opened || this.release !== null) return; // a signed tree opens nothing before it is checked
+    let tree;
+    try {
+      tree = LocalTree.find(this.localDir);
+    } catch {
+      return;
+    }
+    if (tree !== null) this.#take(tree);
+  }
+
+  #take(tree: LocalTree | null): void {
+    this.#opened = true;
+    if (tree === null) return;
+    raiseOpenFileLimit(); // a folder of the tree is held open from its first file to the end of the run
+    const state = this.options.checksum ? new MirrorState() : loadState(tree.root);
+    this.#local = { tree, folders: new FolderCache(tree, this.options.onNotice, state), state };
   }
 
   /** LOCAL_DIR, for the steps that a dry run does not take (or takes only once it is open). */
@@ -751,7 +772,7 @@ export async function mirror(
         if (run.release !== null) held.push(value);
         else run.plan(value);
       }
-    });
+    }, () => run.openIfThere());
     if (run.release !== null) {
       for (const value of checkTreeAgainst(run.release, remoteDir, held)) run.plan(value);
     }

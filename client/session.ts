@@ -399,10 +399,15 @@ export class Session {
    * answer that ends before its Trailer, or whose Trailer counts other entries than came, throws: a
    * listing is never taken for whole when part of it may be missing. With `onEntries`, each batch goes to
    * it as it arrives (so the caller works while the server is still walking) and the result's `entries`
-   * stays empty.
+   * stays empty. `meanwhile` is called once the request is sent, before its answer is awaited.
    */
-  async list(request: Request, what: string, onEntries?: (batch: unknown[]) => void): Promise<Listing> {
-    const header = await this.begin({ ...request, stream: true }, what);
+  async list(
+    request: Request,
+    what: string,
+    onEntries?: (batch: unknown[]) => void,
+    meanwhile?: () => void,
+  ): Promise<Listing> {
+    const header = await this.begin({ ...request, stream: true }, what, { meanwhile });
     if (header.stream !== true) {
       await this.finish();
       if (!Array.isArray(header.entries)) throw protocolError(`${what} has no entries`);
