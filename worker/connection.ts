@@ -476,7 +476,7 @@ export class Connection {
           : 0;
         const n = trySend(this.fd, head.subarray(this.#outOffset), more);
         if (n === WOULD_BLOCK) return;
-        this.#heldBack = more !== 0;
+        this.#heldBack = more !== 0 && this.#tcp;
         this.#progress(n);
         this.#outOffset += n;
         if (this.#outOffset < head.byteLength) continue;
