@@ -509,9 +509,10 @@ export class Master {
     if (this.#metricsListener !== null) {
       log(`serving metrics at http://${formatEndpoint(this.#metricsListener.endpoint)}/metrics`);
     }
-    log(`ready with ${this.#options.workers} workers`);
     this.#setAccepting(true);
     this.#lifecycle.ready();
+    // Last: whoever waits for this line finds the pid file written and systemd told.
+    log(`ready with ${this.#options.workers} workers`);
   }
 
   #onWorkerGone(slot: WorkerSlot): void {
