@@ -233,6 +233,23 @@ export async function fetchTree<F extends TreeFile>(
   batch.publish();
 }
 
+/** The process's umask, read once: the kernel takes its bits out of the mode a file is created with. */
+let umask: number | undefined;
+
+/**
+ * The mode to create a part with, and whether the part then has the file's own permission bits (`mode`,
+ * the server's; no set-id bits from a server) without an fchmod(2): one system call fewer per file of a
+ * tree, when the umask leaves those bits alone and they let the owner read and write (a part may be
+ * resumed by a later run). Without a mode from the server, the part is the owner's alone.
+ */
+function creationMode(mode: number | undefined): { mode: number; exact: boolean } {
+  if (mode === undefined) return { mode: 0o600, exact: true };
+  const wanted = mode & 0o777;
+  umask ??= Deno.umask();
+  const create = wanted | 0o600;
+  return { mode: create, exact: (create & ~umask) === wanted };
+}
+
 /** Refusals that the one-by-one path may overcome (it waits, resumes, starts again). */
 function retriedElsewhere(e: ServerRefusal): boolean {
   const code = e.body.code;
@@ -275,10 +292,11 @@ async function receive<F extends TreeFile>(
   }
   if (size >= LARGE_BODY) beforeLargeBody();
   const part = `.${file.name}.ferry-${etag}.part`;
+  const created = creationMode(header.mode);
   let fd: number;
   try {
     fd = openAt(file.dir.fd, part, OPEN.O_WRONLY | OPEN.O_CREAT | OPEN.O_EXCL, {
-      mode: 0o600,
+      mode: created.mode,
       noSymlinks: true,
     });
   } catch (e) {
@@ -319,7 +337,7 @@ async function receive<F extends TreeFile>(
         { retryable: claimed !== actual },
       );
     }
-    if (header.mode !== undefined) fchmod(fd, header.mode & 0o777); // no set-id bits from a server
+    if (!created.exact) fchmod(fd, header.mode! & 0o777); // no set-id bits from a server
     if (header.mtimeNs !== undefined) futimens(fd, BigInt(header.mtimeNs));
     published = true;
     return { flight, part, sha256: actual ?? expected, etag, size, requestId };

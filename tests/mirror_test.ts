@@ -326,3 +326,25 @@ Deno.test("with --timeout, mirror retries until the deadline, not only --retries
     assert.ok(front.seen() >= 5, `tried past 4 refusals (${front.seen()} connections)`);
   });
 });
+
+Deno.test("mirror gives each file the server's permission bits, those the umask would take out too", async () => {
+  await withServer(async ({ src, out, address }) => {
+    const modes: Record<string, number> = {
+      "plain.txt": 0o644,
+      "script.sh": 0o755,
+      "shared.txt": 0o664, // g+w: the usual umask (022) would take it out at creation
+      "private.txt": 0o600,
+      "read-only.txt": 0o444, // the owner cannot write it: created writable, then set
+    };
+    for (const [name, mode] of Object.entries(modes)) {
+      await Deno.writeTextFile(`${src}/${name}`, `${name}\n`);
+      await Deno.chmod(`${src}/${name}`, mode);
+    }
+    const r = await runClient(["mirror", address, ".", out]);
+    assert.equal(r.code, 0, r.stderr);
+    for (const [name, mode] of Object.entries(modes)) {
+      assert.equal((await Deno.stat(`${out}/${name}`)).mode! & 0o777, mode, name);
+    }
+    assert.deepEqual(await treeOf(out), await treeOf(src));
+  });
+});
