@@ -75,9 +75,9 @@ export function isInetSockaddr(buf: Uint8Array): boolean {
 
 /** Decodes a `sockaddr_in`/`sockaddr_in6` written by the kernel; null for any other family. */
 export function decodeSockaddr(buf: Uint8Array): Endpoint | null {
+  if (!isInetSockaddr(buf)) return null;
   const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   const family = view.getUint16(SOCKADDR_IN.family, true);
-  if (!isInetSockaddr(buf)) return null;
   const port = view.getUint16(SOCKADDR_IN.port, false);
   // Dotted quads are formatted here: inet_ntop(3) formats them with sprintf, once per connection.
   if (family === C.AF_INET) {
