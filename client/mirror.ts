@@ -204,7 +204,7 @@ function incompleteListing(listing: Listing, unusable: number, deleting: boolean
  */
 const RESUME_MIN_BYTES = 1024 * 1024;
 
-/** What a listed file needs. */
+/** What a listed file needs (read only: one object can stand for every file with the same need). */
 type Need =
   /**
    * Nothing: the local copy is current (its SHA-256 is known); `recorded` when the state already says so
@@ -223,11 +223,14 @@ type Need =
    */
   | { kind: "one by one"; localSha256?: string };
 
+/** The need of most files of a first copy: one object for them all, not one per file of a large tree. */
+const FETCH: Need = Object.freeze({ kind: "fast" });
+
 /** A listed file on its way; it is also what the pipelined fetch is given (no copy per file). */
 class Item implements TreeFile {
   /** What lstat said of the local copy, when there is one. */
   local?: StatIdentity;
-  need: Need = { kind: "fast" };
+  need: Need = FETCH;
   /** True when a signed manifest is in force: the entry carries the manifest's size and hash. */
   signed = false;
 
@@ -235,8 +238,12 @@ class Item implements TreeFile {
     readonly entry: ListEntry,
     readonly rel: string,
     readonly folder: Folder,
-    readonly name: string,
   ) {}
+
+  /** Its name in its folder: cut from `rel` when asked, where a string kept per file of a large tree is MBs. */
+  get name(): string {
+    return this.rel.slice(this.rel.lastIndexOf("/") + 1);
+  }
 
   get path(): string {
     return this.entry.path;
@@ -267,14 +274,14 @@ function needOf(item: Item, state: MirrorState, partsDropped = false): Need {
     return entry.size >= RESUME_MIN_BYTES ? { kind: "one by one" } : { kind: "drop parts" };
   }
   // A folder as recorded holds the files the state has: lstat tells, where a set of names would cost more.
-  if (!folder.recorded && !folder.names.has(name)) return { kind: "fast" };
+  if (!folder.recorded && !folder.names.has(name)) return FETCH;
   let local;
   try {
     local = identityAt(folder.dir.fd, name);
   } catch (e) {
     throw new LocalIoError(`cannot stat ${folder.dir.shownPath(name)}`, e);
   }
-  if (local === null || !local.isFile) return { kind: "fast" }; // a symlink or special file is replaced
+  if (local === null || !local.isFile) return FETCH; // a symlink or special file is replaced
   item.local = local;
   const recorded = state.trusted(item.rel, local);
   const sameVersion = recorded !== undefined &&
@@ -286,9 +293,7 @@ function needOf(item: Item, state: MirrorState, partsDropped = false): Need {
   }
   if (local.size !== entry.size) {
     // Changed for sure: no need to hash it, unless delta will read it anyway.
-    return local.size >= DELTA_MIN_BYTES && entry.size >= DELTA_MIN_BYTES
-      ? { kind: "one by one" }
-      : { kind: "fast" };
+    return local.size >= DELTA_MIN_BYTES && entry.size >= DELTA_MIN_BYTES ? { kind: "one by one" } : FETCH;
   }
   // A large file of the same size goes one by one: delta reads the old copy anyway, and the signature's
   // request says "unchanged" when the copy already has the server's hash.
@@ -299,7 +304,7 @@ function needOf(item: Item, state: MirrorState, partsDropped = false): Need {
 
 /** What a file of the listed size needs, its local copy's SHA-256 known (null: it is gone meanwhile). */
 function needBySha(entry: ListEntry, sha256: string | null): Need {
-  if (sha256 === null) return { kind: "fast" };
+  if (sha256 === null) return FETCH;
   if (entry.sha256 === sha256) return { kind: "current", sha256 };
   return { kind: "fast", localSha256: sha256 };
 }
@@ -465,6 +470,10 @@ class MirrorRun {
   #remember(item: Item, sha256: string | undefined, etag: string, local?: StatIdentity): void {
     const { state } = this.local;
     if (sha256 === undefined) return state.delete(item.rel);
+    // The listing's own strings where they say the same: one copy per file of a large tree, not two.
+    const { entry } = item;
+    if (etag === entry.etag) etag = entry.etag;
+    if (sha256 === entry.sha256) sha256 = entry.sha256;
     try {
       const now = local ?? identityAt(item.folder.dir.fd, item.name);
       if (now !== null && now.isFile) state.set(item.rel, { key: now.key, sha256, etag });
@@ -541,7 +550,7 @@ class MirrorRun {
         ? local.folders.lookUp(rel)
         : local.folders.folderOf(rel);
       if (folder === null) return this.#wouldUpdate(entry!, rel);
-      const item = new Item(entry!, rel, folder, rel.slice(rel.lastIndexOf("/") + 1));
+      const item = new Item(entry!, rel, folder);
       item.signed = this.release !== null;
       item.need = needOf(item, local!.state);
       this.#route(item);
@@ -605,7 +614,7 @@ class MirrorRun {
     }
   }
 
-  /** Step 3: the pipelined fetch; what it hands back goes one by one. */
+  /** Step 3: the pipelined fetch (it empties the list as it goes); what it hands back goes one by one. */
   async fetchFast(): Promise<void> {
     if (this.#fast.length === 0) return; // nothing to fetch: nor node:crypto to load (tens of ms)
     const { verify, deadline } = this.options;

@@ -114,17 +114,25 @@ export interface StateEntry {
 }
 
 /**
- * The state of one LOCAL_DIR: entries by path relative to it. An entry read from the file stays where its
- * line starts in the file's text until a run looks it up, and stays so if the line still vouches for its
- * file (a run of a large tree looks up every entry once, and most are current: checking each line's fields
- * up front cost more than the rest of reading the file, and an offset costs no memory of its own where a
- * string or an object per line cost tens of bytes, hundreds of MB for a million files).
+ * The state of one LOCAL_DIR: entries by path relative to it, each held as where its line starts in the
+ * state's text. A line read from the file stays as it is until a run looks it up, and stays so if it
+ * still vouches for its file (a run of a large tree looks up every entry once, and most are current:
+ * checking each line's fields up front cost more than the rest of reading the file). An entry the run
+ * records is a line added to the text, as the file will have it. An offset costs no memory of its own,
+ * where an object and a string per field cost some 250 bytes per file: hundreds of MB for a million.
  */
 export class MirrorState {
-  /** Values: an entry, or the position in {@link #texts} of the line it was read from (see {@link #at}). */
-  readonly #entries = new Map<string, StateEntry | number>();
-  /** The state file's text, as read: in pieces of whole lines, so that it is never a buffer of it all. */
+  /** Values: the position in {@link #texts} of the path's line (see {@link #at}). */
+  readonly #entries = new Map<string, number>();
+  /**
+   * The state's text: the file's as read, then the lines recorded since; in pieces of whole lines, so
+   * that it is never a buffer of it all.
+   */
   #texts: string[] = [];
+  /** Lines recorded since the last piece was made: the next piece, once joined (see {@link #text}). */
+  #added: string[] = [];
+  /** Characters in {@link #added}. */
+  #addedLength = 0;
   /** Recorded folders by path ("" for LOCAL_DIR): identity key, and the digest of the names it held. */
   #folders = new Map<string, RecordedFolder>();
   /** The files and folders each folder held by the entries as read, made when a recorded folder is first asked for. */
@@ -143,30 +151,14 @@ export class MirrorState {
     return this.#entries.size;
   }
 
-  /** The entry for `path`, its line checked now if it was not yet; a malformed line is forgotten. */
-  #get(path: string): StateEntry | undefined {
-    const found = this.#entries.get(path);
-    if (typeof found !== "number") return found;
-    const entry = this.#parseLine(path, found);
-    if (entry !== undefined) this.#entries.set(path, entry);
-    return entry;
-  }
-
-  /** The entry of `path`'s line, which starts at `start`, not kept; a malformed line is forgotten. */
-  #parseLine(path: string, start: number): StateEntry | undefined {
-    const entry = parseFields(this.#lineAt(start));
-    if (entry === null) this.#entries.delete(path);
-    return entry ?? undefined;
-  }
-
   /**
    * The entry of `path`'s line, which starts at `start`, if its identity is `key`; a line of that identity
-   * that is malformed is forgotten. Called for every file of a run: it reads the fields in place, where
-   * {@link parseFields} would first cut the line out of the text.
+   * that is malformed is forgotten. Called for every file of a run: it reads the fields in place, without
+   * first cutting the line out of the text.
    */
   #lineVouching(path: string, position: number, key: string): StateEntry | undefined {
     // Not #at: an array made per file of a large tree is garbage a collection then has to sweep.
-    const text = this.#texts[Math.floor(position / PIECE_SPAN)], start = position % PIECE_SPAN;
+    const text = this.#text(Math.floor(position / PIECE_SPAN)), start = position % PIECE_SPAN;
     const shaAt = start + key.length + 1;
     if (!text.startsWith(key, start) || text.charCodeAt(shaAt - 1) !== TAB) return undefined;
     const etagAt = shaAt + SHA256_HEX_LENGTH + 1;
@@ -192,10 +184,9 @@ export class MirrorState {
     const found = this.#entries.get(path);
     if (found === undefined) return undefined;
     // A line is checked only once its identity matches: one whose file changed is replaced or forgotten.
-    // A line that vouches for its file stays a line: most of a large tree's are, and a line takes less
-    // memory than the entry parsed from it (the entry returned is the caller's to drop).
-    const entry = typeof found === "number" ? this.#lineVouching(path, found, local.key) : found;
-    if (entry === undefined || entry.key !== local.key) return undefined;
+    // The entry returned is the caller's to drop: the line stays.
+    const entry = this.#lineVouching(path, found, local.key);
+    if (entry === undefined) return undefined;
     if (isRacy(local.ctime, this.#writtenAt)) return undefined; // the same identity: the same ctime
     return entry;
   }
@@ -270,20 +261,38 @@ export class MirrorState {
 
   /** Records (or replaces) the entry for `path`. */
   set(path: string, entry: StateEntry): void {
-    const line = this.#entries.get(path);
-    if (typeof line === "number") {
-      const [text, start] = this.#at(line);
-      if (text.startsWith(`${entry.key}\t${entry.sha256}\t${entry.etag}\t`, start)) return;
+    const fields = `${entry.key}\t${entry.sha256}\t${entry.etag}\t`;
+    const position = this.#entries.get(path);
+    if (position !== undefined) {
+      const [text, start] = this.#at(position);
+      if (text.startsWith(fields, start)) return;
     }
-    const old = this.#get(path);
-    if (
-      old !== undefined && old.key === entry.key && old.sha256 === entry.sha256 && old.etag === entry.etag
-    ) {
-      return;
-    }
-    this.#entries.set(path, entry);
+    this.#entries.set(path, this.#add(`${fields}${quote(path)}\n`));
     this.#changed = true;
     this.#newestCtime = Math.max(this.#newestCtime, ctimeOf(entry.key));
+  }
+
+  /** Adds a line to the text; returns its position. */
+  #add(line: string): number {
+    if (this.#addedLength + line.length > READ_PIECE) this.#joinAdded();
+    const position = this.#texts.length * PIECE_SPAN + this.#addedLength;
+    this.#added.push(line);
+    this.#addedLength += line.length;
+    return position;
+  }
+
+  /** Makes the lines added since the last piece a piece of the text. */
+  #joinAdded(): void {
+    if (this.#added.length === 0) return;
+    this.#texts.push(this.#added.join(""));
+    this.#added = [];
+    this.#addedLength = 0;
+  }
+
+  /** The piece of text numbered `piece`: the lines added last are joined into one when first asked for. */
+  #text(piece: number): string {
+    if (piece === this.#texts.length) this.#joinAdded();
+    return this.#texts[piece];
   }
 
   /** Forgets `path` (deleted, failed, or no longer listed). */
@@ -323,16 +332,11 @@ export class MirrorState {
    */
   *chunks(): Generator<string> {
     yield `${STATE_HEADER}\n`;
+    this.#joinAdded();
     let run: { piece: number; start: number; end: number } | null = null;
     const flush = () => run === null ? "" : this.#texts[run.piece].slice(run.start, run.end);
     // A line goes out as it came in, unchecked: a malformed one is forgotten once its file is looked up.
-    for (const [path, value] of this.#entries) {
-      if (typeof value !== "number") {
-        if (run !== null) yield flush();
-        run = null;
-        yield `${value.key}\t${value.sha256}\t${value.etag}\t${quote(path)}\n`;
-        continue;
-      }
+    for (const value of this.#entries.values()) {
       const piece = Math.floor(value / PIECE_SPAN), start = value % PIECE_SPAN;
       const text = this.#texts[piece];
       const newline = text.indexOf("\n", start);
@@ -354,16 +358,9 @@ export class MirrorState {
     }
   }
 
-  /** The line of the state's text at `position`, without its line break. */
-  #lineAt(position: number): string {
-    const [text, start] = this.#at(position);
-    const end = text.indexOf("\n", start);
-    return text.slice(start, end < 0 ? undefined : end);
-  }
-
   /** The piece of text a position is in, and the offset in it: a position is piece * PIECE_SPAN + offset. */
   #at(position: number): [string, number] {
-    return [this.#texts[Math.floor(position / PIECE_SPAN)], position % PIECE_SPAN];
+    return [this.#text(Math.floor(position / PIECE_SPAN)), position % PIECE_SPAN];
   }
 
   /** Takes in a folder's line, after its `dir ` prefix; a malformed one is skipped. */
@@ -458,14 +455,6 @@ function pathOf(written: string): string | null {
     return null;
   }
   return path;
-}
-
-/** The entry a line of a state file holds before its path, or null if its fields are not well formed. */
-function parseFields(line: string): StateEntry | null {
-  const tab1 = line.indexOf("\t"), tab2 = line.indexOf("\t", tab1 + 1), tab3 = line.indexOf("\t", tab2 + 1);
-  const key = line.slice(0, tab1), sha256 = line.slice(tab1 + 1, tab2), etag = line.slice(tab2 + 1, tab3);
-  if (!KEY.test(key) || !isSha256Hex(sha256) || !ETAG.test(etag)) return null;
-  return { key, sha256, etag };
 }
 
 /** The folder in LOCAL_DIR that holds the state; `mirror` neither lists into it nor deletes in it. */

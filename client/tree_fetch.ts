@@ -136,21 +136,23 @@ interface Written<F extends TreeFile = TreeFile> {
 
 /**
  * Fetches `files` in order, pipelined over `session`, and tells `onOutcome` what became of each, in the
- * order they end. Throws only for the deadline.
+ * order they end. `files` is emptied as the requests go out: once told of a file's outcome, the fetcher
+ * holds nothing of it (a first copy of a million files would otherwise hold them all to its end). Throws
+ * only for the deadline.
  */
 export async function fetchTree<F extends TreeFile>(
   session: Session,
-  files: readonly F[],
+  files: F[],
   options: TreeFetchOptions,
   onOutcome: (file: F, outcome: TreeOutcome) => void,
 ): Promise<void> {
   if (options.verify) await loadHashing();
-  // Files not sent yet: those to send again first, then `files` from `next` on. A run of a million files
-  // makes no object per file before its request goes out.
+  // Files not sent yet: those to send again first, then `files`, taken from its end once reversed. A run
+  // of a million files makes no object per file before its request goes out.
   const again: InFlight<F>[] = [];
-  let next = 0;
-  const waiting = () => again.length + files.length - next;
-  const take = () => again.shift() ?? { file: files[next++], started: 0, tries: 0 };
+  files.reverse();
+  const waiting = () => again.length + files.length;
+  const take = () => again.shift() ?? { file: files.pop()!, started: 0, tries: 0 };
   const inFlight: InFlight<F>[] = [];
   const batch = new Batch<F>(options.root, onOutcome);
   const handBack = (flight: InFlight<F>, bytes = 0) =>
