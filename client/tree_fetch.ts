@@ -1,13 +1,16 @@
 /**
  * `mirror`'s fast path: many files fetched over one connection with their requests pipelined, written to
- * parts beside their targets, and published in batches whose durability costs two `syncfs` calls rather
+ * parts beside their targets, and published in batches whose durability costs a `syncfs` call rather
  * than an fsync per file and per directory (the way dpkg unpacks a package):
  *
  * 1. each file's bytes go to its part, `.NAME.ferry-ETAG.part`, created in its directory's fd (no symlink
  *    followed), checked against the server's size and SHA-256, given the server's mode and mtime;
- * 2. once a batch is complete, one `syncfs` puts every part's data on disk;
- * 3. each part is renamed over its target (renameat within the directory fd);
- * 4. a second `syncfs` makes the renames durable, and only then are the files reported as updated.
+ * 2. once a batch is complete, a `syncfs` puts every part's data on disk, in the background: the next
+ *    batch is fetched meanwhile;
+ * 3. once that `syncfs` is done, each part of the batch is renamed over its target (renameat within the
+ *    directory fd);
+ * 4. the next `syncfs` (the next batch's, or one more at the end) makes the renames durable, and only
+ *    then are the files reported as updated.
  *
  * A crash before 3 leaves parts, which the next run resumes or removes, and the targets as they were; a
  * crash between 3 and 4 may leave some targets renamed and others not, each either the old or the new
@@ -39,7 +42,7 @@ import {
   openAt,
   pwriteAll,
   renameAt,
-  syncfs,
+  syncfsInBackground,
   unlinkAt,
 } from "../ffi/libc.ts";
 
@@ -187,7 +190,7 @@ export async function fetchTree<F extends TreeFile>(
     const flight = inFlight.shift()!;
     const received = { bytes: 0 };
     try {
-      const written = await receive(session, flight, options, received, () => batch.publish());
+      const written = await receive(session, flight, options, received, () => batch.renameWritten());
       if ("unchanged" in written) {
         onOutcome(flight.file, {
           status: "unchanged",
@@ -228,11 +231,11 @@ export async function fetchTree<F extends TreeFile>(
     if (session.ahead < inFlight.length) {
       again.unshift(...inFlight.splice(0));
     }
-    if (batch.full) batch.publish();
+    if (batch.full) await batch.flush();
   }
   for (const flight of inFlight) handBack(flight);
   handBackWaiting();
-  batch.publish();
+  await batch.drain();
 }
 
 /** The process's umask, read once: the kernel takes its bits out of the mode a file is created with. */
@@ -275,7 +278,7 @@ async function receive<F extends TreeFile>(
   flight: InFlight<F>,
   { verify, onBytes }: TreeFetchOptions,
   received: { bytes: number },
-  beforeLargeBody: () => void,
+  beforeLargeBody: () => Promise<void>,
 ): Promise<
   | Written<F>
   | { unchanged: true; size: number; etag: string; sha256?: string; requestId?: string }
@@ -292,7 +295,7 @@ async function receive<F extends TreeFile>(
     await session.finish();
     return { unchanged: true, size, etag, sha256, requestId };
   }
-  if (size >= LARGE_BODY) beforeLargeBody();
+  if (size >= LARGE_BODY) await beforeLargeBody();
   const part = `.${file.name}.ferry-${etag}.part`;
   const created = creationMode(header.mode);
   let fd: number;
@@ -408,79 +411,135 @@ function removeQuietly(dir: LocalDir, name: string): void {
   } catch { /* gone already, or the directory went away: nothing of ours is left to clean */ }
 }
 
-/** Parts written and checked, published together. */
+/** A part written and checked, and the bytes received for it. */
+interface Held<F extends TreeFile> {
+  w: Written<F>;
+  bytes: number;
+}
+
+/**
+ * Parts written and checked, published in batches: one batch is fetched while the disk takes the one
+ * before (a `syncfs` on Deno's blocking pool), and the parts of a batch are renamed as soon as it is on
+ * disk, between the steps of the fetch (JavaScript runs one thing at a time, so nothing else is touched
+ * meanwhile).
+ */
 class Batch<F extends TreeFile> {
-  #written: { w: Written<F>; bytes: number }[] = [];
+  /** Parts written since the last `syncfs` began. */
+  #filling: Held<F>[] = [];
   #bytes = 0;
+  /** Parts renamed over their targets, reported once a later `syncfs` has made the renames durable. */
+  #renamed: Held<F>[] = [];
+  /** The `syncfs` under way, done once its parts are renamed and the renames before it reported. */
+  #flushing: Promise<void> | null = null;
+  /** What a report threw while no caller was waiting: thrown to the next one. */
+  #thrown: unknown = null;
 
   constructor(
     readonly root: LocalDir,
     readonly onOutcome: (file: F, outcome: TreeOutcome) => void,
   ) {}
 
+  /** True once the parts written since the last `syncfs` make a batch. */
   get full(): boolean {
-    return this.#written.length >= BATCH_FILES || this.#bytes >= BATCH_BYTES;
+    return this.#filling.length >= BATCH_FILES || this.#bytes >= BATCH_BYTES;
   }
 
   add(w: Written<F>, bytes: number): void {
-    this.#written.push({ w, bytes });
+    this.#filling.push({ w, bytes });
     this.#bytes += w.size;
   }
 
-  /** Makes the parts durable, renames each over its target, makes the renames durable, reports each. */
-  publish(): void {
-    const written = this.#written;
-    this.#written = [];
+  /**
+   * Starts a `syncfs` for the parts written so far and the renames made so far, once the one under way
+   * (if any) is done: at most one runs, so a fetch faster than the disk waits here.
+   */
+  async flush(): Promise<void> {
+    await this.#flushing;
+    this.#rethrow();
+    if (this.#filling.length === 0 && this.#renamed.length === 0) return;
+    const parts = this.#filling, renamed = this.#renamed;
+    this.#filling = [];
     this.#bytes = 0;
-    if (written.length === 0) return;
-    const failed = new Set<Written<F>>();
-    const fail = (w: Written<F>, bytes: number, error: ClientError) => {
-      failed.add(w);
-      removeQuietly(w.flight.file.dir, w.part);
-      this.onOutcome(w.flight.file, {
-        status: "failed",
-        error,
-        bytes,
-        seconds: secondsSince(w.flight.started),
-      });
-    };
+    this.#renamed = [];
+    this.#flushing = syncfsInBackground(this.root.fd).then(
+      () => this.#settle(parts, renamed, null),
+      (e) =>
+        this.#settle(parts, renamed, new LocalIoError(`cannot write ${this.root.shown} to disk (syncfs)`, e)),
+    );
+  }
+
+  /**
+   * Renames every part written so far over its target, once on disk (waiting for that); the next `syncfs`
+   * makes the renames durable.
+   */
+  async renameWritten(): Promise<void> {
+    await this.flush();
+    await this.#flushing;
+    this.#rethrow();
+  }
+
+  /** Publishes everything written: every part renamed, the renames durable, every file reported. */
+  async drain(): Promise<void> {
+    while (this.#flushing !== null || this.#filling.length > 0 || this.#renamed.length > 0) {
+      await this.flush();
+      await this.#flushing;
+      this.#rethrow();
+    }
+  }
+
+  /**
+   * A `syncfs` is done (or failed): the renames made before it began are durable (or not known to be),
+   * and the parts written before it began are on disk, to be renamed (or are not, and are removed).
+   */
+  #settle(parts: Held<F>[], renamed: Held<F>[], error: LocalIoError | null): void {
+    this.#flushing = null;
     try {
-      syncfs(this.root.fd);
-    } catch (e) {
-      const error = classify(new LocalIoError(`cannot write ${this.root.shown} to disk (syncfs)`, e));
-      for (const { w, bytes } of written) fail(w, bytes, error);
-      return;
-    }
-    for (const { w, bytes } of written) {
-      const { dir, name } = w.flight.file;
-      try {
-        renameAt(dir.fd, w.part, dir.fd, name);
-      } catch (e) {
-        fail(w, bytes, classify(new LocalIoError(`cannot publish ${dir.shownPath(name)}`, e)));
+      const failure = error === null ? null : classify(error);
+      for (const { w, bytes } of renamed) {
+        const seconds = secondsSince(w.flight.started);
+        if (failure !== null) {
+          this.onOutcome(w.flight.file, { status: "failed", error: failure, bytes, seconds });
+        } else {
+          this.onOutcome(w.flight.file, {
+            status: "updated",
+            sha256: w.sha256,
+            etag: w.etag,
+            size: w.size,
+            requestId: w.requestId,
+            bytes,
+            seconds,
+          });
+        }
       }
-    }
-    let durable: ClientError | null = null;
-    try {
-      syncfs(this.root.fd);
-    } catch (e) {
-      durable = classify(new LocalIoError(`cannot write ${this.root.shown} to disk (syncfs)`, e));
-    }
-    for (const { w, bytes } of written) {
-      if (failed.has(w)) continue;
-      const seconds = secondsSince(w.flight.started);
-      if (durable !== null) {
-        this.onOutcome(w.flight.file, { status: "failed", error: durable, bytes, seconds });
-        continue;
+      for (const held of parts) {
+        const { w, bytes } = held;
+        const { dir, name } = w.flight.file;
+        let why = failure;
+        if (why === null) {
+          try {
+            renameAt(dir.fd, w.part, dir.fd, name);
+            this.#renamed.push(held);
+            continue;
+          } catch (e) {
+            why = classify(new LocalIoError(`cannot publish ${dir.shownPath(name)}`, e));
+          }
+        }
+        removeQuietly(dir, w.part);
+        this.onOutcome(w.flight.file, {
+          status: "failed",
+          error: why,
+          bytes,
+          seconds: secondsSince(w.flight.started),
+        });
       }
-      this.onOutcome(w.flight.file, {
-        status: "updated",
-        sha256: w.sha256,
-        etag: w.etag,
-        size: w.size,
-        requestId: w.requestId,
-        bytes,
-        seconds,
-      });
+    } catch (e) {
+      this.#thrown ??= e;
     }
+  }
+
+  #rethrow(): void {
+    const thrown = this.#thrown;
+    this.#thrown = null;
+    if (thrown !== null) throw thrown;
   }
 }

@@ -85,6 +85,8 @@ const symbols = {
   fchmod: { parameters: ["i32", "u32"], result: "i32" }, // int fchmod(int fd, mode_t mode)
   futimens: { parameters: ["i32", "buffer"], result: "i32" }, // int futimens(int fd, const struct timespec times[2])
   syncfs: { parameters: ["i32"], result: "i32" }, // int syncfs(int fd)
+  // The same call on Deno's blocking pool, so that a mirror goes on fetching while the disk catches up.
+  syncfs_async: { name: "syncfs", parameters: ["i32"], result: "i32", nonblocking: true },
   clock_gettime: { parameters: ["i32", "buffer"], result: "i32" }, // int clock_gettime(clockid_t clock, struct timespec *tp)
 } as const satisfies Deno.ForeignLibraryInterface;
 
@@ -678,6 +680,15 @@ export function futimens(fd: number, mtimeNs: bigint): void {
  */
 export function syncfs(fd: number): void {
   check("syncfs", sys.syncfs(fd));
+}
+
+/**
+ * {@link syncfs} on Deno's blocking pool: resolves once the file system is on disk, while the caller's
+ * event loop runs on. errno does not survive the other thread, so a failure is asked again synchronously:
+ * that call throws the LibcError naming it, or finds the disk caught up meanwhile.
+ */
+export async function syncfsInBackground(fd: number): Promise<void> {
+  if (await sys.syncfs_async(fd) === -1) syncfs(fd);
 }
 
 const monotonicTimespec = new BigInt64Array(2);
