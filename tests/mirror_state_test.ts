@@ -186,6 +186,36 @@ Deno.test("state: a state file of several MiB is read back whole, every line of 
   for (const path of paths) assert.deepEqual(loaded.trusted(path, seen()), entry(), path);
 });
 
+Deno.test("state: an entry recorded in a run is looked up at once, can be replaced, and is written once, as last recorded", () => {
+  const state = new MirrorState(WRITTEN);
+  // About 140 characters a line: the lines recorded fill more than one piece of the state's text.
+  const paths = Array.from({ length: 12_000 }, (_, i) => `folder ${i % 10}/file ${i}.bin`);
+  for (const path of paths) state.set(path, entry());
+  for (const path of [paths[0], paths[6_000], paths.at(-1)!]) {
+    assert.deepEqual(state.trusted(path, seen()), entry(), `${path}, before anything is written`);
+  }
+  const newer = entry({
+    key: "4097:1234:1700000000.123456789:1799999999.500000000",
+    etag: "fedcba9876543210fedcba9876543210",
+  });
+  state.set(paths[5], newer);
+  state.set(paths[5], newer);
+  assert.equal(state.trusted(paths[5], seen()), undefined, "the identity it had no longer vouches for it");
+  assert.deepEqual(state.trusted(paths[5], seen(newer.key)), newer);
+  const text = state.format();
+  assert.equal(
+    text.split("\n").filter((line) => line.endsWith(`\t${paths[5]}`)).length,
+    1,
+    "one line per path",
+  );
+  const loaded = MirrorState.parse(text, WRITTEN);
+  assert.equal(loaded.size, paths.length);
+  assert.deepEqual(loaded.trusted(paths[5], seen(newer.key)), newer);
+  for (const path of paths.filter((_, i) => i !== 5)) {
+    assert.deepEqual(loaded.trusted(path, seen()), entry(), path);
+  }
+});
+
 /** `{path: [status, bytes]}` of a run's --json lines. */
 function outcomes(r: ClientResult): Record<string, [string, number]> {
   return Object.fromEntries(jsonLines(r).map((l) => [l.path, [l.status, l.bytes]]));
