@@ -454,8 +454,7 @@ class Batch<F extends TreeFile> {
    * (if any) is done: at most one runs, so a fetch faster than the disk waits here.
    */
   async flush(): Promise<void> {
-    await this.#flushing;
-    this.#rethrow();
+    await this.#settled();
     if (this.#filling.length === 0 && this.#renamed.length === 0) return;
     const parts = this.#filling, renamed = this.#renamed;
     this.#filling = [];
@@ -474,16 +473,13 @@ class Batch<F extends TreeFile> {
    */
   async renameWritten(): Promise<void> {
     await this.flush();
-    await this.#flushing;
-    this.#rethrow();
+    await this.#settled();
   }
 
   /** Publishes everything written: every part renamed, the renames durable, every file reported. */
   async drain(): Promise<void> {
     while (this.#flushing !== null || this.#filling.length > 0 || this.#renamed.length > 0) {
-      await this.flush();
-      await this.#flushing;
-      this.#rethrow();
+      await this.renameWritten();
     }
   }
 
@@ -537,7 +533,9 @@ class Batch<F extends TreeFile> {
     }
   }
 
-  #rethrow(): void {
+  /** Waits for the `syncfs` under way, if any, and throws what a report threw meanwhile. */
+  async #settled(): Promise<void> {
+    await this.#flushing;
     const thrown = this.#thrown;
     this.#thrown = null;
     if (thrown !== null) throw thrown;
