@@ -115,8 +115,9 @@ const BATCH_FILES = 2048;
 const BATCH_BYTES = 256 * 1024 * 1024;
 
 /**
- * A body at least this large publishes the files written before it first: they would otherwise wait for
- * its transfer, and a run cut short during it would publish none of them.
+ * A body at least this large starts the publishing of the files written before it (their `syncfs` runs
+ * while it arrives): they would otherwise wait for its transfer, and a run cut short during it would
+ * publish none of them.
  */
 const LARGE_BODY = 8 * 1024 * 1024;
 
@@ -190,7 +191,7 @@ export async function fetchTree<F extends TreeFile>(
     const flight = inFlight.shift()!;
     const received = { bytes: 0 };
     try {
-      const written = await receive(session, flight, options, received, () => batch.renameWritten());
+      const written = await receive(session, flight, options, received, () => batch.flush());
       if ("unchanged" in written) {
         onOutcome(flight.file, {
           status: "unchanged",

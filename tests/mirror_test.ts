@@ -140,6 +140,11 @@ Deno.test("an interrupted mirror is resumed by the next run, and --delete keeps 
         }
         return false;
       });
+      // The file before the held one is published while the held one is still arriving.
+      await eventually(
+        "a.txt published",
+        async () => await Deno.lstat(`${out}/a.txt`).then(() => true, () => false),
+      );
       client.process.kill("SIGKILL");
       await client.done;
     } finally {
