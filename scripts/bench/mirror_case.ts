@@ -167,6 +167,32 @@ async function repair(src: string, dest: string): Promise<void> {
   await run("cp", ["-a", src, dest]);
 }
 
+/**
+ * A sentence on the file system holding `path` when it is ext4 without a journal (no entry of its device
+ * in /proc/fs/jbd2), where creating files soon after deleting many costs far more than otherwise; else
+ * null.
+ */
+export function unjournaledNote(path: string): string | null {
+  const real = Deno.realPathSync(path);
+  let best: { mountPoint: string; type: string; source: string } | null = null;
+  for (const line of Deno.readTextFileSync("/proc/self/mountinfo").split("\n")) {
+    const [left, right] = line.split(" - ");
+    if (right === undefined) continue;
+    const mountPoint = left.split(" ")[4].replace(/\\040/g, " ");
+    const [type, source] = right.split(" ");
+    const inside = real === mountPoint || real.startsWith(mountPoint === "/" ? "/" : `${mountPoint}/`);
+    if (inside && mountPoint.length >= (best?.mountPoint.length ?? -1)) best = { mountPoint, type, source };
+  }
+  if (best?.type !== "ext4" || !best.source.startsWith("/dev/")) return null;
+  const device = best.source.slice("/dev/".length);
+  const journals = [...Deno.readDirSync("/proc/fs/jbd2")].map((e) => e.name);
+  if (journals.some((name) => name.startsWith(`${device}-`))) return null;
+  return `The copies are on ext4 without a journal (${best.source}: no entry in /proc/fs/jbd2). There, ` +
+    "a file created within minutes of many deletions in its block group can cost hundreds of microseconds " +
+    "of kernel time (the inode allocator looks at each recently deleted inode and passes it over), so no " +
+    "copy is deleted before the case's last run.";
+}
+
 /** "1.2 s" of a number of seconds (or "-"). */
 const secs = (x: number) => num(x, x < 10 ? 2 : 1);
 
@@ -265,6 +291,9 @@ export async function case8(b: MirrorBench): Promise<Section> {
   const body: string[] = [];
   const targets: { what: string; value: number; met: (x: number) => boolean; failed: boolean }[] = [];
   const fail = (m: Measured | undefined) => !m || m.failure !== null;
+  // Nothing is deleted before the last run: see fanOut.
+  const removeLater: string[] = [];
+  let fanTree: { key: string; src: string; bytes: number } | null = null;
   try {
     for (const [index, tree] of p.trees.entries()) {
       const src = join(served, tree.key);
@@ -370,16 +399,24 @@ export async function case8(b: MirrorBench): Promise<Section> {
           ]
           : []),
       );
-      if (index === 0) body.push(...await fanOut(b, p, tools, tree.key, src, work, bytes, targets));
-      for (const d of dests.values()) await Deno.remove(d, { recursive: true });
-      await Deno.remove(src, { recursive: true });
+      // Kept until the case is done, as the fan-out's copies are: see fanOut.
+      if (index === 0) fanTree = { key: tree.key, src, bytes };
+      else removeLater.push(src);
+      removeLater.push(...dests.values());
+    }
+    if (fanTree !== null) {
+      const { key, src, bytes } = fanTree;
+      body.push(...await fanOut(b, p, tools, key, src, work, bytes, targets));
+      removeLater.push(src);
     }
   } finally {
+    for (const d of removeLater) await Deno.remove(d, { recursive: true }).catch(() => {});
     for (const relay of relays.values()) await relay.close();
     for (const stop of stops) await stop();
   }
 
   const met = targets.filter((t) => !t.failed && t.met(t.value)).length;
+  const fileSystem = unjournaledNote(b.root);
   const intro = [
     "`client.ts mirror --delete -q` (ferry's client as it is, verifying SHA-256) against `rsync -a --delete`",
     "(the default delta algorithm) and `rsync -a --delete --fsync` (which fsyncs every file it writes; ferry",
@@ -403,6 +440,7 @@ export async function case8(b: MirrorBench): Promise<Section> {
     "rsync, the daemon's own time plus that of the children it forked for the connection and reaped",
     "(cutime + cstime of its /proc/PID/stat, read once its children are gone).",
     "",
+    ...(fileSystem === null ? [] : [fileSystem, ""]),
   ];
   const targetRows = targets.map((t) => [
     t.what,
@@ -433,7 +471,13 @@ export async function case8(b: MirrorBench): Promise<Section> {
   };
 }
 
-/** The fan-out: every client mirrors `tree` into its own empty folder at once, straight to the server. */
+/**
+ * The fan-out: every client mirrors `tree` into its own empty folder at once, straight to the server. It
+ * runs after every tree's rounds, and no tool's copies are deleted before the last tool has run: on ext4
+ * without a journal, a file created within minutes of thousands of deletions in its block group costs
+ * hundreds of microseconds of kernel time (the allocator skips each recently deleted inode), which would
+ * slow whichever tool came after a deletion, and every round after the fan-out.
+ */
 async function fanOut(
   b: MirrorBench,
   p: MirrorProfile,
@@ -447,37 +491,42 @@ async function fanOut(
   const rows: string[][] = [];
   const walls = new Map<string, number>();
   const failed = new Set<string>();
-  for (const tool of tools) {
-    b.log(`case 8: fan-out, ${p.fanClients} clients: ${tool.name}`);
-    const dests = Array.from({ length: p.fanClients }, (_, i) => join(work, `fan-${tool.key}-${i}`));
-    for (const d of dests) await Deno.mkdir(d);
-    await new Deno.Command("sync").output(); // as before every run of the rounds
-    const cpu0 = tool.serverCpu();
-    const t0 = performance.now();
-    const runs = await Promise.all(
-      dests.map((d, i) =>
-        runClient(tool.command(tool.port, tree, d), p.timeoutSeconds, join(work, `time-${i}.txt`))
-      ),
-    );
-    const wall = (performance.now() - t0) / 1000;
-    await tool.settle();
-    const serverCpu = tool.serverCpu() - cpu0;
-    const failures: string[] = [];
-    for (const [i, d] of dests.entries()) {
-      const failure = runs[i].failure ?? await compare(src, d);
-      if (failure) failures.push(`client ${i + 1}: ${failure}`);
-      await Deno.remove(d, { recursive: true });
+  const copies: string[] = [];
+  try {
+    for (const tool of tools) {
+      b.log(`case 8: fan-out, ${p.fanClients} clients: ${tool.name}`);
+      const dests = Array.from({ length: p.fanClients }, (_, i) => join(work, `fan-${tool.key}-${i}`));
+      for (const d of dests) await Deno.mkdir(d);
+      copies.push(...dests);
+      await new Deno.Command("sync").output(); // as before every run of the rounds
+      const cpu0 = tool.serverCpu();
+      const t0 = performance.now();
+      const runs = await Promise.all(
+        dests.map((d, i) =>
+          runClient(tool.command(tool.port, tree, d), p.timeoutSeconds, join(work, `time-${i}.txt`))
+        ),
+      );
+      const wall = (performance.now() - t0) / 1000;
+      await tool.settle();
+      const serverCpu = tool.serverCpu() - cpu0;
+      const failures: string[] = [];
+      for (const [i, d] of dests.entries()) {
+        const failure = runs[i].failure ?? await compare(src, d);
+        if (failure) failures.push(`client ${i + 1}: ${failure}`);
+      }
+      walls.set(tool.key, wall);
+      if (failures.length > 0) failed.add(tool.key);
+      rows.push([
+        tool.name,
+        secs(wall),
+        num((bytes * p.fanClients) / wall / 1e6, 0),
+        secs(runs.reduce((s, r) => s + r.cpu, 0)),
+        secs(serverCpu),
+        failures.length === 0 ? "ok" : `**${failures.length} failed**: ${failures[0].replaceAll("|", "\\|")}`,
+      ]);
     }
-    walls.set(tool.key, wall);
-    if (failures.length > 0) failed.add(tool.key);
-    rows.push([
-      tool.name,
-      secs(wall),
-      num((bytes * p.fanClients) / wall / 1e6, 0),
-      secs(runs.reduce((s, r) => s + r.cpu, 0)),
-      secs(serverCpu),
-      failures.length === 0 ? "ok" : `**${failures.length} failed**: ${failures[0].replaceAll("|", "\\|")}`,
-    ]);
+  } finally {
+    for (const d of copies) await Deno.remove(d, { recursive: true }).catch(() => {});
   }
   if (tools.length > 1) {
     const f = walls.get("ferry")!, r = walls.get("rsync")!;
@@ -497,7 +546,9 @@ async function fanOut(
     "through the relay, which would be the bottleneck); time until the last one is done. MB/s is the tree's",
     "bytes times the clients over that time. Client CPU is all clients' together. The clients write",
     `${gigabytes} GB between them: ferry and rsync --fsync put it on disk before they are done, plain rsync`,
-    "leaves it in the page cache (this machine has the memory for it).",
+    "leaves it in the page cache (this machine has the memory for it). The fan-out comes after every tree's",
+    "rounds, and no copy is deleted before the last tool has run, so that no tool creates its files just",
+    "after another's deletions.",
     "",
     ...table(
       ["tool", "wall s (last done)", "MB/s together", "client CPU s", "server CPU s", "diff -r"],
