@@ -27,6 +27,7 @@ import { Connection, type ServeConfig } from "./worker/connection.ts";
 import { Epoll, EPOLLIN, EPOLLOUT } from "./ffi/epoll.ts";
 import { HashCache } from "./worker/hash_cache.ts";
 import { SignatureCache, type Signed } from "./worker/signature_cache.ts";
+import { ListingMemo } from "./worker/listing_memo.ts";
 import { loadHashing } from "./hashing.ts";
 import { parseWorkerArgs, type WorkerArgs } from "./channel/worker_args.ts";
 import { ReplyCache } from "./worker/reply_cache.ts";
@@ -151,6 +152,7 @@ export function buildServeConfig(
     log: hooks.requestLine,
     hashes,
     signatures: new SignatureCache(hashes, hooks.serviceLine, hooks.signatureKnown),
+    listingMemo: new ListingMemo(),
     wake: hooks.wake,
     http: args.http === false ? null : { routes: new Map([["/metrics", answerScrape]]) },
     replies: new ReplyCache(

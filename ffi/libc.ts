@@ -648,11 +648,19 @@ export function identityAt(dirFd: number, name: string): StatIdentity | null {
 
 /** {@link lstatAt}, decoded as a {@link StatVersion} (no bigint made). */
 export function versionAt(dirFd: number, name: string): StatVersion {
+  return decodeStatVersion(statWordsAt(dirFd, name));
+}
+
+/**
+ * {@link lstatAt} left undecoded: the `struct stat` as u32 words, in a buffer this module shares between
+ * its calls (valid until the next one), for a caller that compares a few fields before decoding any.
+ */
+export function statWordsAt(dirFd: number, name: string): Uint32Array {
   putPath(name, "fstatat");
   if (sys.fstatat(dirFd, openPath, statBuf, AT_SYMLINK_NOFOLLOW) === -1) {
     throw new LibcError("fstatat", errno(), `of ${JSON.stringify(name)}`);
   }
-  return decodeStatVersion(statWords, statBuf);
+  return statWords;
 }
 
 /** fstatat(2) of `name` in `dirFd` without following a symlink there (AT_SYMLINK_NOFOLLOW). */

@@ -222,12 +222,14 @@ export interface StatVersion {
   mtimeNs: string;
 }
 
-/** Decodes a {@link StatVersion}; `st` is the same buffer as `words`, for the rare number past 2^53. */
-export function decodeStatVersion(words: Uint32Array, st: BigInt64Array): StatVersion {
+/** Decodes a {@link StatVersion} from a `struct stat` viewed as u32 words. */
+export function decodeStatVersion(words: Uint32Array): StatVersion {
+  // For the rare number past 2^53 only.
+  const st = () => new BigInt64Array(words.buffer, words.byteOffset, STAT.size / 8);
   const u64 = (at: number) =>
     words[at / 4 + 1] < 0x20_0000 // below 2^53: exact as a number
       ? String(words[at / 4] + words[at / 4 + 1] * 0x1_0000_0000)
-      : String(BigInt.asUintN(64, st[at / 8]));
+      : String(BigInt.asUintN(64, st()[at / 8]));
   const seconds = words[STAT.st_mtim / 4] + words[STAT.st_mtim / 4 + 1] * 0x1_0000_0000;
   const nanoseconds = words[STAT.st_mtim / 4 + 2];
   const mode = words[STAT.st_mode / 4];
@@ -239,7 +241,7 @@ export function decodeStatVersion(words: Uint32Array, st: BigInt64Array): StatVe
     ino: u64(STAT.st_ino),
     mtimeNs: seconds > 0 && seconds < 2 ** 31
       ? `${seconds}${String(nanoseconds).padStart(9, "0")}`
-      : String(st[STAT.st_mtim / 8] * 1_000_000_000n + st[STAT.st_mtim / 8 + 1]), // 1970, before, or far on
+      : String(st()[STAT.st_mtim / 8] * 1_000_000_000n + st()[STAT.st_mtim / 8 + 1]), // 1970, before, or far on
   };
 }
 

@@ -43,6 +43,7 @@ import {
 import type { HashCache } from "./hash_cache.ts";
 import type { ReplyCache } from "./reply_cache.ts";
 import type { SignatureCache } from "./signature_cache.ts";
+import type { ListingMemo } from "./listing_memo.ts";
 import { answer, Deferred, ErrorPiece, type Piece, type Reply, type ReplyContext } from "./operations.ts";
 import { returnReplyBuffer } from "./reply_pool.ts";
 import { ConnectionAccess, OPEN_ACCESS, type TokenStore } from "./access.ts";
@@ -84,6 +85,8 @@ export interface ServeConfig {
   replies: ReplyCache;
   /** The worker's cache of delta signatures. */
   signatures: SignatureCache;
+  /** What the worker's listings learnt of the tree. */
+  listingMemo: ListingMemo;
   /** Asks the worker to run this connection again soon (a hash it waited for is known). */
   wake: (conn: Connection) => void;
   /** How HTTP requests on request-mode connections are answered; null with `--no-http`. */
@@ -404,6 +407,7 @@ export class Connection {
       rootFd: this.config.rootFd,
       hashes: this.config.hashes,
       signatures: this.config.signatures,
+      listingMemo: this.config.listingMemo,
       replies: this.config.replies,
       wake: () => this.config.wake(this),
       access: this.config.tokens === null ? OPEN_ACCESS : new ConnectionAccess(this.config.tokens),

@@ -18,12 +18,11 @@ import {
   type FileStat,
   getdents,
   LibcError,
-  type StatVersion,
+  statWordsAt,
   trySend,
-  versionAt,
   WOULD_BLOCK,
 } from "../ffi/libc.ts";
-import { direntsOf, DT, nameText } from "../ffi/structs.ts";
+import { decodeStatVersion, direntsOf, DT, nameText, type StatVersion } from "../ffi/structs.ts";
 import { compressedFrame } from "./compression.ts";
 import {
   encodeJsonFrame,
@@ -44,6 +43,7 @@ import {
   type Request,
 } from "../framing.ts";
 import { etagOf, identityOf } from "./hash_cache.ts";
+import type { FolderNames } from "./listing_memo.ts";
 import { ErrorPiece, openBeneath, openError, type Reply, type ReplyContext } from "./operations.ts";
 import type { Reach } from "../tokens.ts";
 
@@ -82,7 +82,7 @@ export function list(request: Readonly<Request>, ctx: ReplyContext): Reply {
   const compress = request.stream === true && request.accept?.includes("zstd") === true;
   const reply: Reply = { label: compress ? `${label} zstd` : label, pieces: [], files: [] };
   const reach = ctx.access.required ? ctx.access.reach(path) : "read";
-  const walk = new Walk(ctx, path, opened.fd, request.recursive === true, reach, request.brief === true);
+  const walk = new Walk(ctx, path, opened, request.recursive === true, reach, request.brief === true);
   reply.pieces.push(
     new ListingBody(walk, request.stream === true, (result) => reply.result = result, compress),
   );
@@ -97,10 +97,14 @@ interface Folder {
   depth: number;
   /** The open folder, until the walk leaves it: its regular files are looked at relative to it. */
   fd: number;
-  /** Its names, raw, with their `d_type`; sorted once read whole. */
-  names: { name: Uint8Array; type: number }[];
-  /** True once every name is read. */
-  read: boolean;
+  /** The folder's fstat when it was opened: what its names are kept under (`listing_memo.ts`). */
+  stat: FileStat;
+  /** The names read so far, raw, until the folder is read whole. */
+  reading: { name: Uint8Array; type: number }[];
+  /** Its names in byte order once read whole (or as the memo kept them); null until then. */
+  names: FolderNames | null;
+  /** Names that are not UTF-8, raw, by their place in `names` (whose text for them is empty). */
+  notUtf8: Map<number, Uint8Array> | null;
   /** The next name to look at. */
   next: number;
   /**
@@ -126,15 +130,15 @@ function compareBytes(a: Uint8Array, b: Uint8Array): number {
 class Walk {
   /** Left-out folders and entries so far. */
   readonly leftOut: LeftOut = { count: 0, first: [] };
-  /** Files found by the last steps, for the body to take. */
-  readonly found: ListEntry[] = [];
+  /** Files found by the last steps, for the body to take: each one's path and its entry's JSON. */
+  readonly found: { path: string; json: string }[] = [];
   readonly #stack: Folder[] = [];
   static readonly #buffer = new Uint8Array(DIRENT_BUFFER);
 
   /**
    * @param ctx the worker's root, hash cache
    * @param path the listed folder, relative to the root
-   * @param fd the listed folder, open (the walk closes it)
+   * @param opened the listed folder, open (the walk closes it), and its fstat
    * @param recursive true to descend into subfolders
    * @param reach where the listed folder stands for the connection's token ("read" without tokens)
    * @param brief leave each entry's `mtimeNs` and `mode` out
@@ -142,12 +146,13 @@ class Walk {
   constructor(
     readonly ctx: ReplyContext,
     path: string,
-    fd: number,
+    opened: { fd: number; stat: FileStat },
     readonly recursive: boolean,
     reach: Reach,
     readonly brief = false,
   ) {
-    this.#stack.push({ path, depth: 0, fd, names: [], read: false, next: 0, reach });
+    const { fd, stat } = opened;
+    this.#stack.push({ path, depth: 0, fd, stat, reading: [], names: null, notUtf8: null, next: 0, reach });
   }
 
   /** True once every folder has been gone through. */
@@ -170,23 +175,23 @@ class Walk {
   /** One step of the walk; returns the work units it took. */
   step(): number {
     const folder = this.#stack.at(-1)!;
-    if (!folder.read) return this.#readNames(folder);
-    if (folder.next >= folder.names.length) {
+    const { names } = folder;
+    if (names === null) return this.#readNames(folder);
+    if (folder.next >= names.texts.length) {
       close(folder.fd);
       this.#stack.pop();
       return 0;
     }
-    const { name, type } = folder.names[folder.next++];
-    let text: string;
-    try {
-      text = nameText(name);
-    } catch {
+    const at = folder.next++;
+    const raw = folder.notUtf8?.get(at);
+    if (raw !== undefined) {
       // Above a scope, such a name is not on the way down (scopes are text): not a word of it.
       if (folder.reach === "read") {
-        this.leaveOut(join(folder.path, nameText(name, true)), "name is not valid UTF-8");
+        this.leaveOut(join(folder.path, nameText(raw, true)), "name is not valid UTF-8");
       }
       return 1;
     }
+    const text = names.texts[at], type = names.types[at];
     const rel = join(folder.path, text);
     const reach = folder.reach === "read" ? "read" : this.ctx.access.reach(rel);
     if (reach === "none") return 1;
@@ -199,8 +204,19 @@ class Walk {
     return 1; // FIFOs, sockets, devices: not served, by design
   }
 
-  /** Reads a batch of the folder's names; once all are read, closes it and sorts them. */
+  /**
+   * Reads a batch of the folder's names; once all are read, sorts them. A folder as the memo kept it is
+   * not read: its names come from there.
+   */
   #readNames(folder: Folder): number {
+    const memo = this.ctx.listingMemo;
+    if (folder.reading.length === 0) {
+      const kept = memo.namesOf(folder.path, folder.stat);
+      if (kept !== undefined) {
+        folder.names = kept;
+        return 1;
+      }
+    }
     let n: number;
     try {
       n = getdents(folder.fd, Walk.#buffer);
@@ -214,12 +230,27 @@ class Walk {
     }
     if (n > 0) {
       for (const { name, type } of direntsOf(Walk.#buffer, n)) {
-        folder.names.push({ name: name.slice(), type });
+        folder.reading.push({ name: name.slice(), type });
       }
       return UNITS_PER_READ;
     }
-    folder.read = true;
-    folder.names.sort((a, b) => compareBytes(a.name, b.name));
+    const raw = folder.reading.sort((a, b) => compareBytes(a.name, b.name));
+    folder.reading = [];
+    const texts: string[] = [], types = new Uint8Array(raw.length);
+    for (const [i, { name, type }] of raw.entries()) {
+      types[i] = type;
+      try {
+        texts.push(nameText(name));
+      } catch {
+        texts.push("");
+        (folder.notUtf8 ??= new Map()).set(i, name);
+      }
+    }
+    folder.names = { texts, types };
+    // A name that is not UTF-8 is said again by each walk: such a folder is read each time.
+    if (folder.notUtf8 === null) {
+      memo.keepNames(folder.path, folder.stat, folder.names, BigInt(Date.now()) * 1_000_000n);
+    }
     return 1;
   }
 
@@ -240,8 +271,10 @@ class Walk {
         path: rel,
         depth: folder.depth + 1,
         fd: opened.fd,
-        names: [],
-        read: false,
+        stat: opened.stat,
+        reading: [],
+        names: null,
+        notUtf8: null,
         next: 0,
         reach,
       });
@@ -256,16 +289,23 @@ class Walk {
    * meanwhile), for `#look` to decide.
    */
   #statInFolder(folder: Folder, name: string, rel: string): boolean {
-    let stat: StatVersion;
+    let words: Uint32Array;
     try {
-      stat = versionAt(folder.fd, name);
+      words = statWordsAt(folder.fd, name);
     } catch (e) {
       if (!(e instanceof LibcError)) throw e;
       this.#failedOpen(rel, e, DT.REG);
       return true;
     }
+    const { listingMemo: memo, hashes } = this.ctx;
+    const kept = memo.entryOf(rel, words, this.brief, (etag) => hashes.byEtag(etag));
+    if (kept !== undefined) {
+      this.found.push({ path: rel, json: kept });
+      return true;
+    }
+    const stat = decodeStatVersion(words);
     if (!stat.isFile) return false;
-    this.#found(rel, stat);
+    memo.keepEntry(rel, words, this.brief, this.#found(rel, stat));
     return true;
   }
 
@@ -289,16 +329,24 @@ class Walk {
     return 1;
   }
 
-  /** Adds the regular file `rel` to the listing. */
-  #found(rel: string, s: FileStat | StatVersion): void {
+  /**
+   * Adds the regular file `rel` to the listing; returns its entry's JSON without the `sha256` (which the
+   * worker may learn later): it ends with the etag, as `listing_memo.ts` expects.
+   */
+  #found(rel: string, s: FileStat | StatVersion): string {
     const mtimeNs = String(s.mtimeNs);
     const etag = etagOf(identityOf(s));
     const entry: ListEntry = this.brief
       ? { path: rel, size: s.size, etag }
       : { path: rel, size: s.size, mtimeNs, mode: s.mode & 0o7777, etag };
+    const json = JSON.stringify(entry);
     const sha256 = this.ctx.hashes.byEtag(etag);
-    if (sha256 !== undefined) entry.sha256 = sha256;
-    this.found.push(entry);
+    // As JSON.stringify would put it, last: the same bytes as an entry kept by the memo.
+    this.found.push({
+      path: rel,
+      json: sha256 === undefined ? json : `${json.slice(0, -1)},"sha256":"${sha256}"}`,
+    });
+    return json;
   }
 
   /**
@@ -403,9 +451,9 @@ class ListingBody implements Body {
     this.walk.release();
   }
 
-  #add(entry: ListEntry): void {
+  #add(entry: { path: string; json: string }): void {
     if (this.#stopped) return;
-    const json = JSON.stringify(entry);
+    const { json } = entry;
     if (this.stream) {
       this.#append(json);
       this.#listed++;

@@ -33,6 +33,7 @@ import { list } from "./listing.ts";
 import { rangedGet, sig } from "./delta_ops.ts";
 import { compressedBody } from "./compression.ts";
 import type { SignatureCache } from "./signature_cache.ts";
+import type { ListingMemo } from "./listing_memo.ts";
 import { type Access, authorize, authorizeRequest, ConnectionAccess } from "./access.ts";
 import { setWithin } from "./bounded_map.ts";
 
@@ -80,6 +81,8 @@ export interface ReplyContext {
   hashes: HashCache;
   /** The worker's cache of delta signatures. */
   signatures: SignatureCache;
+  /** What the worker's listings learnt of the tree, for the next walk of it. */
+  listingMemo: ListingMemo;
   /** Asks the worker to run the connection again (a hash it waited for is known). */
   wake: () => void;
   /** The worker's cached small replies. */

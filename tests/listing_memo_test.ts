@@ -1,0 +1,145 @@
+/**
+ * A worker's listing memo (`worker/listing_memo.ts`) only ever saves work: a folder's names are taken
+ * from it while the folder is as it was when they were read (and never when it changed within a second of
+ * that), a file's entry while its stat says the same, and a listing asked again after the tree changed
+ * shows the tree as it is now.
+ */
+
+import assert from "node:assert/strict";
+import { close, fstat, futimens, lstatAt, OPEN, openAt, openRead, statWordsAt } from "../ffi/libc.ts";
+import { STAT } from "../ffi/structs.ts";
+import { ListingMemo } from "../worker/listing_memo.ts";
+import { withServer } from "./client_fixture.ts";
+import { RawConnection, tempDir } from "./helpers.ts";
+
+const SECOND = 1_000_000_000n;
+
+// libc's symbols are bound on first use and stay bound: bind the ones used here before any test starts,
+// since the test sanitizer counts a library opened during a test as a leak.
+{
+  const fd = openRead(".", { directory: true });
+  fstat(fd);
+  statWordsAt(fd, ".");
+  lstatAt(fd, ".");
+  close(openAt(fd, ".", OPEN.O_RDONLY));
+  assert.throws(() => futimens(-1, 0n)); // no such fd
+  close(fd);
+}
+
+/** The fstat of the folder `path`. */
+function folderStat(path: string) {
+  const fd = openRead(path, { directory: true });
+  try {
+    return fstat(fd);
+  } finally {
+    close(fd);
+  }
+}
+
+Deno.test("a folder's names are kept under its identity, not when it changed within a second of their reading, and not once it changes", async () => {
+  await using dir = await tempDir();
+  await Deno.mkdir(`${dir.path}/d`);
+  await Deno.writeTextFile(`${dir.path}/d/one.txt`, "one\n");
+  const memo = new ListingMemo();
+  const names = { texts: ["one.txt"], types: new Uint8Array([8]) };
+  const before = folderStat(`${dir.path}/d`);
+
+  memo.keepNames("d", before, names, before.ctimeNs + SECOND / 2n);
+  assert.equal(memo.namesOf("d", before), undefined, "read in the same second as the folder's last change");
+
+  memo.keepNames("d", before, names, before.ctimeNs + 2n * SECOND);
+  assert.equal(memo.namesOf("d", before), names);
+  assert.equal(memo.namesOf("e", before), undefined, "another path");
+
+  await Deno.writeTextFile(`${dir.path}/d/two.txt`, "two\n");
+  const after = folderStat(`${dir.path}/d`);
+  assert.notEqual(after.ctimeNs, before.ctimeNs);
+  assert.equal(memo.namesOf("d", after), undefined, "a name was added since");
+
+  const full = new ListingMemo(1, 10);
+  full.keepNames("d", before, names, before.ctimeNs + 2n * SECOND);
+  full.keepNames("e", before, names, before.ctimeNs + 2n * SECOND);
+  assert.equal(full.namesOf("d", before), names);
+  assert.equal(full.namesOf("e", before), undefined, "past the bound on names");
+});
+
+Deno.test("a file's entry is kept under its stat: any field it is made of that moves makes it new, a SHA-256 learnt since is added", async () => {
+  await using dir = await tempDir();
+  await Deno.writeTextFile(`${dir.path}/f.txt`, "four");
+  const fd = openRead(dir.path, { directory: true });
+  try {
+    const words = statWordsAt(fd, "f.txt").slice();
+    const memo = new ListingMemo();
+    const json = `{"path":"f.txt","size":4,"etag":"${"0123456789abcdef".repeat(2)}"}`;
+    const none = () => undefined;
+    memo.keepEntry("f.txt", words, true, json);
+    assert.equal(memo.entryOf("f.txt", words, true, none), json);
+    assert.equal(memo.entryOf("f.txt", words, false, none), undefined, "kept brief, asked in full");
+    assert.equal(memo.entryOf("g.txt", words, true, none), undefined, "another path");
+
+    const sha = "ab".repeat(32);
+    const asked: string[] = [];
+    const known = (etag: string) => (asked.push(etag), sha);
+    assert.equal(memo.entryOf("f.txt", words, true, known), `${json.slice(0, -1)},"sha256":"${sha}"}`);
+    assert.deepEqual(asked, ["0123456789abcdef".repeat(2)], "looked up by the entry's etag");
+
+    for (
+      const [field, at] of [["ino", STAT.st_ino], ["size", STAT.st_size], [
+        "mtime",
+        STAT.st_mtim + 8,
+      ]] as const
+    ) {
+      const moved = words.slice();
+      moved[at / 4] ^= 1;
+      assert.equal(memo.entryOf("f.txt", moved, true, none), undefined, `${field} moved`);
+    }
+  } finally {
+    close(fd);
+  }
+});
+
+Deno.test("a listing asked again after files changed in place, were renamed over, added and removed shows the tree as it is now", async () => {
+  await withServer(async ({ src, server }) => {
+    await Deno.mkdir(`${src}/d`);
+    for (const name of ["a", "b", "c", "gone"]) await Deno.writeTextFile(`${src}/d/${name}.txt`, `${name}\n`);
+    const conn = await RawConnection.open(server.ports[0]); // one connection: the same worker, its memo
+    try {
+      const listing = async () => {
+        await conn.sendRequest({ op: "list", path: "", recursive: true, stream: true });
+        const frames = (await conn.readResponse()).json;
+        const entries = frames.flatMap((f) => (f.entries ?? []) as Record<string, unknown>[]);
+        return new Map(entries.map((e) => [e.path as string, e]));
+      };
+      const first = await listing();
+      assert.deepEqual(await listing(), first, "asked again with nothing changed");
+
+      // a.txt: other bytes of the same size, written in place, with another mtime.
+      await Deno.writeTextFile(`${src}/d/a.txt`, "A\n");
+      await Deno.utime(`${src}/d/a.txt`, new Date(2001, 0, 1), new Date(2001, 0, 1));
+      // b.txt: replaced by a rename with the same size and mtime, to the nanosecond: only its inode tells.
+      const folder = openRead(`${src}/d`, { directory: true });
+      try {
+        const { mtimeNs } = lstatAt(folder, "b.txt");
+        await Deno.writeTextFile(`${src}/d/b.new`, "B\n");
+        const fd = openAt(folder, "b.new", OPEN.O_WRONLY);
+        futimens(fd, mtimeNs);
+        close(fd);
+      } finally {
+        close(folder);
+      }
+      await Deno.rename(`${src}/d/b.new`, `${src}/d/b.txt`);
+      await Deno.remove(`${src}/d/gone.txt`);
+      await Deno.writeTextFile(`${src}/d/new.txt`, "new\n");
+
+      const now = await listing();
+      assert.deepEqual([...now.keys()].sort(), ["d/a.txt", "d/b.txt", "d/c.txt", "d/new.txt"]);
+      assert.equal(now.get("d/a.txt")!.mtimeNs, String(BigInt(new Date(2001, 0, 1).getTime()) * 1_000_000n));
+      assert.notEqual(now.get("d/a.txt")!.etag, first.get("d/a.txt")!.etag);
+      assert.equal(now.get("d/b.txt")!.mtimeNs, first.get("d/b.txt")!.mtimeNs);
+      assert.notEqual(now.get("d/b.txt")!.etag, first.get("d/b.txt")!.etag, "a new inode is a new version");
+      assert.deepEqual(now.get("d/c.txt"), first.get("d/c.txt"));
+    } finally {
+      conn.close();
+    }
+  });
+});

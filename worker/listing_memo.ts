@@ -1,0 +1,140 @@
+/**
+ * What a worker's listings learnt of the tree, so that the next walk of it costs less (a host's cron job
+ * lists the same tree every few minutes, and a fleet lists it many times in the same minute):
+ *
+ * - each folder's names, kept under the folder's identity (device, inode, mtime and ctime), which any name
+ *   created, removed or renamed in it moves; a walk that finds the folder so takes its names from here
+ *   instead of reading them;
+ * - each file's entry as the listing sends it, kept under the fields of its `struct stat` that the entry
+ *   is made of (device, inode, mode, size, mtime); a walk still looks at every file (one fstatat), and
+ *   rebuilds the entry only when one of those fields moved.
+ *
+ * So a listing from here is the listing a fresh walk would send. A folder's names are kept only once its
+ * ctime is a second older than their reading: a change in the same tick of the clock as the reading would
+ * leave its mtime and ctime as they were (git's "racily clean" index entries have the same cure).
+ *
+ * @module
+ */
+
+import type { FileStat } from "../ffi/structs.ts";
+import { STAT } from "../ffi/structs.ts";
+
+/** A folder's names in byte order: each one's text, and its `d_type` (DT_UNKNOWN where not told). */
+export interface FolderNames {
+  /** The names, as text. */
+  readonly texts: readonly string[];
+  /** Their `d_type`s, in the same order. */
+  readonly types: Uint8Array;
+}
+
+/** Names kept over all folders at most (some 40 bytes each). */
+const MAX_NAMES = 500_000;
+/** File entries kept at most (some 250 bytes each: path, JSON and stat fields). */
+const MAX_ENTRIES = 250_000;
+/** How much older than the reading of its names a folder's ctime must be for the names to be kept. */
+const RACY_NS = 1_000_000_000n;
+
+/** The `struct stat` words (u32) an entry is made of: dev, ino, mode, size, mtime seconds and nanoseconds. */
+const ENTRY_WORDS = [
+  STAT.st_dev / 4,
+  STAT.st_dev / 4 + 1,
+  STAT.st_ino / 4,
+  STAT.st_ino / 4 + 1,
+  STAT.st_mode / 4,
+  STAT.st_size / 4,
+  STAT.st_size / 4 + 1,
+  STAT.st_mtim / 4,
+  STAT.st_mtim / 4 + 1,
+  STAT.st_mtim / 4 + 2,
+] as const;
+const WORDS = ENTRY_WORDS.length;
+
+/** The end of an entry's JSON: `"etag":"` and 32 hex digits, then `}`. */
+const ETAG_TAIL = 32 + 2;
+
+/** A worker's memo of folders' names and files' entries; see the module's documentation. */
+export class ListingMemo {
+  readonly #folders = new Map<string, { identity: string; names: FolderNames }>();
+  #names = 0;
+  /** Entry number by path; each entry's stat words in `#words`, its JSON (brief or full) in `#json`. */
+  readonly #entries = new Map<string, number>();
+  #words = new Uint32Array(1024 * WORDS);
+  readonly #json: string[] = [];
+  readonly #brief: boolean[] = [];
+
+  /**
+   * @param maxNames names kept over all folders at most; past it, further folders are not kept
+   * @param maxEntries file entries kept at most; past it, further files are not kept
+   */
+  constructor(readonly maxNames = MAX_NAMES, readonly maxEntries = MAX_ENTRIES) {}
+
+  /** The names of the folder `path`, if it is as it was when they were read. */
+  namesOf(path: string, folder: FileStat): FolderNames | undefined {
+    const kept = this.#folders.get(path);
+    return kept !== undefined && kept.identity === identityOf(folder) ? kept.names : undefined;
+  }
+
+  /**
+   * Keeps the names of the folder `path`, read whole after `folder` was taken of it, unless the folder
+   * changed too shortly before `readAtNs` (wall clock) for a later change to be sure to move its ctime.
+   * The names are the memo's from now on: nobody changes them.
+   */
+  keepNames(path: string, folder: FileStat, names: FolderNames, readAtNs: bigint): void {
+    const before = this.#folders.get(path);
+    if (before !== undefined) {
+      this.#folders.delete(path);
+      this.#names -= before.names.texts.length;
+    }
+    if (folder.ctimeNs > readAtNs - RACY_NS || this.#names + names.texts.length > this.maxNames) return;
+    this.#folders.set(path, { identity: identityOf(folder), names });
+    this.#names += names.texts.length;
+  }
+
+  /**
+   * The JSON of the entry of the file `path` whose fstatat left `words` (a `struct stat` as u32 words), in
+   * the form asked (`brief`), with the SHA-256 `sha256` gives for its etag, if any; undefined when it was
+   * not kept or its stat moved since.
+   */
+  entryOf(
+    path: string,
+    words: Uint32Array,
+    brief: boolean,
+    sha256: (etag: string) => string | undefined,
+  ): string | undefined {
+    const at = this.#entries.get(path);
+    if (at === undefined || this.#brief[at] !== brief) return undefined;
+    const kept = this.#words;
+    for (let i = 0; i < WORDS; i++) if (kept[at * WORDS + i] !== words[ENTRY_WORDS[i]]) return undefined;
+    const json = this.#json[at];
+    const sha = sha256(json.slice(json.length - ETAG_TAIL, json.length - 2));
+    return sha === undefined ? json : `${json.slice(0, -1)},"sha256":"${sha}"}`;
+  }
+
+  /**
+   * Keeps the entry of `path` made from the stat `words`: `json` is its JSON, without a `sha256` field
+   * (added when asked for, as the worker may learn it later), ending with its etag.
+   */
+  keepEntry(path: string, words: Uint32Array, brief: boolean, json: string): void {
+    let at = this.#entries.get(path);
+    if (at === undefined) {
+      if (this.#json.length >= this.maxEntries) return;
+      at = this.#json.length;
+      this.#json.push(json);
+      this.#brief.push(brief);
+      this.#entries.set(path, at);
+      if ((at + 1) * WORDS > this.#words.length) {
+        const grown = new Uint32Array(this.#words.length * 2);
+        grown.set(this.#words);
+        this.#words = grown;
+      }
+    } else {
+      this.#json[at] = json;
+      this.#brief[at] = brief;
+    }
+    for (let i = 0; i < WORDS; i++) this.#words[at * WORDS + i] = words[ENTRY_WORDS[i]];
+  }
+}
+
+function identityOf(folder: FileStat): string {
+  return `${folder.dev}:${folder.ino}:${folder.mtimeNs}:${folder.ctimeNs}`;
+}
