@@ -187,7 +187,7 @@ export function unjournaledNote(path: string): string | null {
   const device = best.source.slice("/dev/".length);
   const journals = [...Deno.readDirSync("/proc/fs/jbd2")].map((e) => e.name);
   if (journals.some((name) => name.startsWith(`${device}-`))) return null;
-  return `The copies are on ext4 without a journal (${best.source}: no entry in /proc/fs/jbd2). There, ` +
+  return "The copies are on ext4 without a journal (no entry for its device in /proc/fs/jbd2). There, " +
     "a file created within minutes of many deletions in its block group can cost hundreds of microseconds " +
     "of kernel time (the inode allocator looks at each recently deleted inode and passes it over), so no " +
     "copy is deleted before the case's last run.";
