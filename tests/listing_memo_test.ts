@@ -36,7 +36,7 @@ function folderStat(path: string) {
   }
 }
 
-Deno.test("a folder's names are kept under its identity, not when it changed within a second of their reading, and not once it changes", async () => {
+Deno.test("a folder's names are kept under its identity, not when it changed within a second of their reading, and not once it changes; full, the unused go first", async () => {
   await using dir = await tempDir();
   await Deno.mkdir(`${dir.path}/d`);
   await Deno.writeTextFile(`${dir.path}/d/one.txt`, "one\n");
@@ -56,14 +56,21 @@ Deno.test("a folder's names are kept under its identity, not when it changed wit
   assert.notEqual(after.ctimeNs, before.ctimeNs);
   assert.equal(memo.namesOf("d", after), undefined, "a name was added since");
 
-  const full = new ListingMemo(1, 10);
-  full.keepNames("d", before, names, before.ctimeNs + 2n * SECOND);
-  full.keepNames("e", before, names, before.ctimeNs + 2n * SECOND);
+  // Full: what no walk used since the last sweep makes room; what all walks use stays.
+  const later = before.ctimeNs + 2n * SECOND;
+  const full = new ListingMemo(2, 10);
+  full.keepNames("d", before, names, later);
+  full.keepNames("e", before, names, later);
+  full.keepNames("f", before, names, later);
+  assert.equal(full.namesOf("f", before), undefined, "past the bound, while every folder kept is new");
   assert.equal(full.namesOf("d", before), names);
-  assert.equal(full.namesOf("e", before), undefined, "past the bound on names");
+  full.keepNames("f", before, names, later);
+  assert.equal(full.namesOf("f", before), names, "kept in the place of one no walk used");
+  assert.equal(full.namesOf("e", before), undefined, "forgotten: no walk used it since the last sweep");
+  assert.equal(full.namesOf("d", before), names);
 });
 
-Deno.test("a file's entry is kept under its stat: any field it is made of that moves makes it new, a SHA-256 learnt since is added", async () => {
+Deno.test("a file's entry is kept under its stat: any field it is made of that moves makes it new, a SHA-256 learnt since is added; full, the unused go first", async () => {
   await using dir = await tempDir();
   await Deno.writeTextFile(`${dir.path}/f.txt`, "four");
   const fd = openRead(dir.path, { directory: true });
@@ -82,6 +89,19 @@ Deno.test("a file's entry is kept under its stat: any field it is made of that m
     const known = (etag: string) => (asked.push(etag), sha);
     assert.equal(memo.entryOf("f.txt", words, true, known), `${json.slice(0, -1)},"sha256":"${sha}"}`);
     assert.deepEqual(asked, ["0123456789abcdef".repeat(2)], "looked up by the entry's etag");
+
+    // Full: the entries no walk used since the last sweep make room, the others stay.
+    const small = new ListingMemo(10, 8);
+    const pathOf = (i: number) => `f${i}.txt`;
+    for (let i = 0; i < 9; i++) small.keepEntry(pathOf(i), words, true, json);
+    assert.equal(small.entryOf(pathOf(8), words, true, none), undefined, "past the bound, all new");
+    for (let i = 0; i < 4; i++) assert.equal(small.entryOf(pathOf(i), words, true, none), json);
+    small.keepEntry(pathOf(9), words, true, json);
+    assert.equal(small.entryOf(pathOf(9), words, true, none), json, "kept in the place of unused ones");
+    for (let i = 0; i < 4; i++) assert.equal(small.entryOf(pathOf(i), words, true, none), json, pathOf(i));
+    for (let i = 4; i < 8; i++) {
+      assert.equal(small.entryOf(pathOf(i), words, true, none), undefined, pathOf(i));
+    }
 
     for (
       const [field, at] of [["ino", STAT.st_ino], ["size", STAT.st_size], [

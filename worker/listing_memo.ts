@@ -13,6 +13,10 @@
  * ctime is a second older than their reading: a change in the same tick of the clock as the reading would
  * leave its mtime and ctime as they were (git's "racily clean" index entries have the same cure).
  *
+ * Both are bounded. When one is full, what no walk has used since the last sweep (files and folders gone,
+ * or no longer listed) is forgotten; if all of it was used, the tree is larger than the bound and what is
+ * kept stays kept, so that the next walk still finds that much of it.
+ *
  * @module
  */
 
@@ -54,13 +58,18 @@ const ETAG_TAIL = 32 + 2;
 
 /** A worker's memo of folders' names and files' entries; see the module's documentation. */
 export class ListingMemo {
-  readonly #folders = new Map<string, { identity: string; names: FolderNames }>();
+  #folders = new Map<string, { identity: string; names: FolderNames; used: boolean }>();
   #names = 0;
   /** Entry number by path; each entry's stat words in `#words`, its JSON (brief or full) in `#json`. */
-  readonly #entries = new Map<string, number>();
+  #entries = new Map<string, number>();
   #words = new Uint32Array(1024 * WORDS);
-  readonly #json: string[] = [];
-  readonly #brief: boolean[] = [];
+  #json: string[] = [];
+  #brief: boolean[] = [];
+  /** Whether a walk used the entry since the last sweep. */
+  #used: boolean[] = [];
+  /** What was turned away since the last sweep, full: a sweep is tried once per an eighth of a bound. */
+  #refusedEntries = 0;
+  #refusedNames = 0;
 
   /**
    * @param maxNames names kept over all folders at most; past it, further folders are not kept
@@ -71,7 +80,9 @@ export class ListingMemo {
   /** The names of the folder `path`, if it is as it was when they were read. */
   namesOf(path: string, folder: FileStat): FolderNames | undefined {
     const kept = this.#folders.get(path);
-    return kept !== undefined && kept.identity === identityOf(folder) ? kept.names : undefined;
+    if (kept === undefined || kept.identity !== identityOf(folder)) return undefined;
+    kept.used = true;
+    return kept.names;
   }
 
   /**
@@ -85,9 +96,28 @@ export class ListingMemo {
       this.#folders.delete(path);
       this.#names -= before.names.texts.length;
     }
-    if (folder.ctimeNs > readAtNs - RACY_NS || this.#names + names.texts.length > this.maxNames) return;
-    this.#folders.set(path, { identity: identityOf(folder), names });
+    if (folder.ctimeNs > readAtNs - RACY_NS) return;
+    if (this.#names + names.texts.length > this.maxNames) {
+      this.#refusedNames += names.texts.length;
+      if (this.#refusedNames < this.maxNames / 8) return;
+      this.#sweepFolders();
+      if (this.#names + names.texts.length > this.maxNames) return;
+    }
+    this.#folders.set(path, { identity: identityOf(folder), names, used: true });
     this.#names += names.texts.length;
+  }
+
+  /** Forgets the folders no walk used since the last sweep. */
+  #sweepFolders(): void {
+    const folders = new Map<string, { identity: string; names: FolderNames; used: boolean }>();
+    this.#names = 0;
+    for (const [path, kept] of this.#folders) {
+      if (!kept.used) continue;
+      folders.set(path, { ...kept, used: false });
+      this.#names += kept.names.texts.length;
+    }
+    this.#folders = folders;
+    this.#refusedNames = 0;
   }
 
   /**
@@ -105,6 +135,7 @@ export class ListingMemo {
     if (at === undefined || this.#brief[at] !== brief) return undefined;
     const kept = this.#words;
     for (let i = 0; i < WORDS; i++) if (kept[at * WORDS + i] !== words[ENTRY_WORDS[i]]) return undefined;
+    this.#used[at] = true;
     const json = this.#json[at];
     const sha = sha256(json.slice(json.length - ETAG_TAIL, json.length - 2));
     return sha === undefined ? json : `${json.slice(0, -1)},"sha256":"${sha}"}`;
@@ -117,10 +148,15 @@ export class ListingMemo {
   keepEntry(path: string, words: Uint32Array, brief: boolean, json: string): void {
     let at = this.#entries.get(path);
     if (at === undefined) {
-      if (this.#json.length >= this.maxEntries) return;
+      if (this.#json.length >= this.maxEntries) {
+        if (++this.#refusedEntries < this.maxEntries / 8) return;
+        this.#sweepEntries();
+        if (this.#json.length >= this.maxEntries) return;
+      }
       at = this.#json.length;
       this.#json.push(json);
       this.#brief.push(brief);
+      this.#used.push(true);
       this.#entries.set(path, at);
       if ((at + 1) * WORDS > this.#words.length) {
         const grown = new Uint32Array(this.#words.length * 2);
@@ -130,8 +166,29 @@ export class ListingMemo {
     } else {
       this.#json[at] = json;
       this.#brief[at] = brief;
+      this.#used[at] = true;
     }
     for (let i = 0; i < WORDS; i++) this.#words[at * WORDS + i] = words[ENTRY_WORDS[i]];
+  }
+
+  /** Forgets the entries no walk used since the last sweep, and packs the others. */
+  #sweepEntries(): void {
+    const entries = new Map<string, number>();
+    const words = new Uint32Array(this.#words.length);
+    const json: string[] = [], brief: boolean[] = [];
+    for (const [path, at] of this.#entries) {
+      if (!this.#used[at]) continue;
+      words.set(this.#words.subarray(at * WORDS, (at + 1) * WORDS), json.length * WORDS);
+      entries.set(path, json.length);
+      json.push(this.#json[at]);
+      brief.push(this.#brief[at]);
+    }
+    this.#entries = entries;
+    this.#words = words;
+    this.#json = json;
+    this.#brief = brief;
+    this.#used = json.map(() => false);
+    this.#refusedEntries = 0;
   }
 }
 
