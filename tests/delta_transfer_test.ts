@@ -13,6 +13,7 @@ import { encodeJsonFrame, FRAME_HEADER_SIZE, FrameType, SIGNATURE_HEADER_SIZE } 
 import { getArgs, jsonLines, listDir, logged, spawnClient, withServer } from "./client_fixture.ts";
 import { FrameProxy } from "./proxy.ts";
 import {
+  answerUntilClosed,
   concat,
   frame,
   RawConnection,
@@ -224,10 +225,11 @@ Deno.test("a server sending a malformed signature makes get exit 6, and leaves t
       sha256: "0".repeat(64),
       signatureLength: signature.byteLength,
     };
-    await conn.write(encodeJsonFrame(FrameType.Header, header));
-    await conn.write(frame(FrameType.Data, signature));
-    await conn.write(new Uint8Array(FRAME_HEADER_SIZE));
-    await conn.read(new Uint8Array(1)); // until the client closes
+    await answerUntilClosed(conn, [
+      encodeJsonFrame(FrameType.Header, header),
+      frame(FrameType.Data, signature),
+      new Uint8Array(FRAME_HEADER_SIZE),
+    ]);
   })();
   const r = await runClient(
     getArgs(`127.0.0.1:${listener.addr.port}`, "a.bin", out.path, "--retries", "2", "--stall-timeout", "5"),

@@ -523,6 +523,20 @@ export async function readRequest(conn: Deno.Conn): Promise<Record<string, unkno
   return decodeJson(body) as Record<string, unknown>;
 }
 
+/**
+ * Writes `frames` as a fake server's answer on `conn`, then waits for the client to close. A client that
+ * refuses what it got may close before the rest is written: that is its behaviour under test, not a
+ * failure of the fake server.
+ */
+export async function answerUntilClosed(conn: Deno.Conn, frames: Uint8Array[]): Promise<void> {
+  try {
+    for (const frame of frames) await conn.write(frame);
+    await conn.read(new Uint8Array(1));
+  } catch (e) {
+    if (!(e instanceof Deno.errors.BrokenPipe || e instanceof Deno.errors.ConnectionReset)) throw e;
+  }
+}
+
 /** GET /metrics on `port`: the status line and the body. */
 export async function scrape(port: number): Promise<{ status: string; body: string }> {
   const conn = await Deno.connect({ hostname: "127.0.0.1", port });
