@@ -29,7 +29,7 @@ import { HashCache } from "./worker/hash_cache.ts";
 import { SignatureCache, type Signed } from "./worker/signature_cache.ts";
 import { ListingMemo } from "./worker/listing_memo.ts";
 import { loadHashing } from "./hashing.ts";
-import { parseWorkerArgs, type WorkerArgs } from "./channel/worker_args.ts";
+import { LISTING_MEMO_ENTRIES, parseWorkerArgs, type WorkerArgs } from "./channel/worker_args.ts";
 import { ReplyCache } from "./worker/reply_cache.ts";
 import { TokenStore } from "./worker/access.ts";
 import { ServedRoot } from "./worker/root_reload.ts";
@@ -137,7 +137,7 @@ const answerScrape: HttpHandler = (request, ctx) => {
 export function buildServeConfig(
   args:
     & Pick<WorkerArgs, "workerId" | "root" | "push" | "idleTimeout" | "replyCacheBytes">
-    & Partial<Pick<WorkerArgs, "logFormat" | "logHealth" | "tokens" | "http">>,
+    & Partial<Pick<WorkerArgs, "logFormat" | "logHealth" | "tokens" | "http" | "listingMemoEntries">>,
   hooks: ServeHooks,
 ): ServeConfig {
   const hashes = new HashCache(hooks.serviceLine, hooks.hashKnown);
@@ -152,7 +152,7 @@ export function buildServeConfig(
     log: hooks.requestLine,
     hashes,
     signatures: new SignatureCache(hashes, hooks.serviceLine, hooks.signatureKnown),
-    listingMemo: new ListingMemo(),
+    listingMemo: ListingMemo.forEntries(args.listingMemoEntries ?? LISTING_MEMO_ENTRIES),
     wake: hooks.wake,
     http: args.http === false ? null : { routes: new Map([["/metrics", answerScrape]]) },
     replies: new ReplyCache(

@@ -14,6 +14,12 @@ import type { LogFormat } from "./log_format.ts";
 /** The flag that carries the JSON. */
 const FLAG = "--worker-config";
 
+/**
+ * Listed files' entries a worker remembers for the next listing of the tree unless `--listing-memo` says
+ * otherwise: about 35 MB of a worker's memory for a tree of 100,000 files.
+ */
+export const LISTING_MEMO_ENTRIES = 250_000;
+
 /** The worker's command line, as the master builds it. */
 export interface WorkerArgs {
   /** The inherited channel fd. */
@@ -30,6 +36,11 @@ export interface WorkerArgs {
   requestLog: string | null;
   /** Bytes of small replies kept in memory; 0 for none. */
   replyCacheBytes: number;
+  /**
+   * Listed files' entries remembered (and twice as many folders' names); 0 for none; absent:
+   * {@link LISTING_MEMO_ENTRIES}.
+   */
+  listingMemoEntries?: number;
   /** False with `--no-http`: request-mode connections speak only ferry's protocol. @default true */
   http?: boolean;
   /** The `--tokens` file, read by the worker (and again on reload); null or absent: no tokens. */

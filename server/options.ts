@@ -12,6 +12,7 @@ import { readTokensFile, TokenFileError } from "../tokens.ts";
 import { type Cidr, parseCidr } from "./cidr.ts";
 import type { AdmissionRules } from "./admission.ts";
 import { LOG_FORMATS, type LogFormat } from "../channel/log_format.ts";
+import { LISTING_MEMO_ENTRIES } from "../channel/worker_args.ts";
 
 /** Everything the server's command line decides. */
 export interface ServerOptions {
@@ -37,6 +38,8 @@ export interface ServerOptions {
   requestLog: string | null;
   /** Bytes of small replies each worker keeps in memory; 0 turns the cache off. @default 8 MiB */
   replyCacheBytes: number;
+  /** Listed files' entries each worker remembers (and twice as many folders' names); 0 for none. @default 250,000 */
+  listingMemoEntries: number;
   /** Answer HTTP/1.1 GET and HEAD on request-mode listeners (false with `--no-http`). @default true */
   http: boolean;
   /** The tokens file (`--tokens`), checked; null when every client may read everything. */
@@ -83,6 +86,9 @@ Options:
   --reply-cache MIB        memory per worker for small replies answered from memory (default 8);
                            0 opens every file for every request (e.g. a root on NFS, where a stat may
                            come from the attribute cache while an open revalidates)
+  --listing-memo ENTRIES   listed files each worker remembers for the next listing of the tree, and
+                           twice as many folders' names (default 250000; about 35 MB for 100,000 files);
+                           0 reads every folder and builds every entry again on every listing
   --no-http                speak only ferry's protocol on request-mode listeners (by default an
                            HTTP/1.1 GET or HEAD on the same port is answered too)
   --tokens FILE            only clients with a token of FILE may read, each within its scopes; one
@@ -148,6 +154,7 @@ export function parseServerArgs(argv: string[], inheritedListeners = 0): ServerO
         backlog: { type: "string" },
         "request-log": { type: "string" },
         "reply-cache": { type: "string" },
+        "listing-memo": { type: "string" },
         "no-http": { type: "boolean" },
         tokens: { type: "string" },
         allow: { type: "string", multiple: true },
@@ -225,6 +232,9 @@ export function parseServerArgs(argv: string[], inheritedListeners = 0): ServerO
     replyCacheBytes: v["reply-cache"] === "0"
       ? 0
       : Math.round(positiveNumber("reply-cache", v["reply-cache"], 8, false) * 1024 * 1024),
+    listingMemoEntries: v["listing-memo"] === "0"
+      ? 0
+      : positiveNumber("listing-memo", v["listing-memo"], LISTING_MEMO_ENTRIES),
     http: v["no-http"] !== true,
     tokens,
     admission: {

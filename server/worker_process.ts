@@ -67,6 +67,7 @@ export function startWorker(
     idleTimeout: options.idleTimeout,
     requestLog: options.requestLog,
     replyCacheBytes: options.replyCacheBytes,
+    listingMemoEntries: options.listingMemoEntries,
     http: options.http,
     tokens: options.tokens,
     reportClosed: options.admission.maxConnsPerIp > 0,

@@ -10,7 +10,7 @@ import { close, fstat, futimens, lstatAt, OPEN, openAt, openRead, statWordsAt } 
 import { STAT } from "../ffi/structs.ts";
 import { ListingMemo } from "../worker/listing_memo.ts";
 import { withServer } from "./client_fixture.ts";
-import { RawConnection, tempDir } from "./helpers.ts";
+import { RawConnection, runServerToExit, tempDir } from "./helpers.ts";
 
 const SECOND = 1_000_000_000n;
 
@@ -40,7 +40,7 @@ Deno.test("a folder's names are kept under its identity, not when it changed wit
   await using dir = await tempDir();
   await Deno.mkdir(`${dir.path}/d`);
   await Deno.writeTextFile(`${dir.path}/d/one.txt`, "one\n");
-  const memo = new ListingMemo();
+  const memo = new ListingMemo(100, 100);
   const names = { texts: ["one.txt"], types: new Uint8Array([8]) };
   const before = folderStat(`${dir.path}/d`);
 
@@ -76,7 +76,7 @@ Deno.test("a file's entry is kept under its stat: any field it is made of that m
   const fd = openRead(dir.path, { directory: true });
   try {
     const words = statWordsAt(fd, "f.txt").slice();
-    const memo = new ListingMemo();
+    const memo = new ListingMemo(100, 100);
     const json = `{"path":"f.txt","size":4,"etag":"${"0123456789abcdef".repeat(2)}"}`;
     const none = () => undefined;
     memo.keepEntry("f.txt", words, true, json);
@@ -119,6 +119,26 @@ Deno.test("a file's entry is kept under its stat: any field it is made of that m
 });
 
 Deno.test("a listing asked again after files changed in place, were renamed over, added and removed shows the tree as it is now", async () => {
+  await listedAsItIsNow([]);
+});
+
+Deno.test("--listing-memo 0 keeps nothing and lists the same; a count that is not a whole number is refused", async () => {
+  const none = ListingMemo.forEntries(0);
+  const names = { texts: ["a"], types: new Uint8Array([8]) };
+  const stat = folderStat(".");
+  none.keepNames("d", stat, names, stat.ctimeNs + 2n * SECOND);
+  assert.equal(none.namesOf("d", stat), undefined);
+  await listedAsItIsNow(["--listing-memo", "0"]);
+  const refused = await runServerToExit(["--listen", "127.0.0.1:0", "--root", ".", "--listing-memo", "1.5"]);
+  assert.equal(refused.code, 2);
+  assert.equal(
+    refused.stderr,
+    "ferry server: --listing-memo: '1.5' is not a positive integer (see --help)\n",
+  );
+});
+
+/** Lists a tree twice, changes it, lists it again: the last listing shows it as it is now. */
+async function listedAsItIsNow(serverArgs: string[]): Promise<void> {
   await withServer(async ({ src, server }) => {
     await Deno.mkdir(`${src}/d`);
     for (const name of ["a", "b", "c", "gone"]) await Deno.writeTextFile(`${src}/d/${name}.txt`, `${name}\n`);
@@ -161,5 +181,5 @@ Deno.test("a listing asked again after files changed in place, were renamed over
     } finally {
       conn.close();
     }
-  });
-});
+  }, serverArgs);
+}

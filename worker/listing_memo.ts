@@ -31,10 +31,8 @@ export interface FolderNames {
   readonly types: Uint8Array;
 }
 
-/** Names kept over all folders at most (some 40 bytes each). */
-const MAX_NAMES = 500_000;
-/** File entries kept at most (some 250 bytes each: path, JSON and stat fields). */
-const MAX_ENTRIES = 250_000;
+/** Folders' names kept for each file entry kept (a name takes some 40 bytes, an entry some 250). */
+const NAMES_PER_ENTRY = 2;
 /** How much older than the reading of its names a folder's ctime must be for the names to be kept. */
 const RACY_NS = 1_000_000_000n;
 
@@ -72,10 +70,15 @@ export class ListingMemo {
   #refusedNames = 0;
 
   /**
-   * @param maxNames names kept over all folders at most; past it, further folders are not kept
-   * @param maxEntries file entries kept at most; past it, further files are not kept
+   * @param maxNames names kept over all folders at most (0: none)
+   * @param maxEntries file entries kept at most (0: none)
    */
-  constructor(readonly maxNames = MAX_NAMES, readonly maxEntries = MAX_ENTRIES) {}
+  constructor(readonly maxNames: number, readonly maxEntries: number) {}
+
+  /** A memo of `entries` files' entries and twice as many folders' names (0: one that keeps nothing). */
+  static forEntries(entries: number): ListingMemo {
+    return new ListingMemo(entries * NAMES_PER_ENTRY, entries);
+  }
 
   /** The names of the folder `path`, if it is as it was when they were read. */
   namesOf(path: string, folder: FileStat): FolderNames | undefined {
@@ -96,7 +99,7 @@ export class ListingMemo {
       this.#folders.delete(path);
       this.#names -= before.names.texts.length;
     }
-    if (folder.ctimeNs > readAtNs - RACY_NS) return;
+    if (folder.ctimeNs > readAtNs - RACY_NS || names.texts.length > this.maxNames) return;
     if (this.#names + names.texts.length > this.maxNames) {
       this.#refusedNames += names.texts.length;
       if (this.#refusedNames < this.maxNames / 8) return;
@@ -148,6 +151,7 @@ export class ListingMemo {
   keepEntry(path: string, words: Uint32Array, brief: boolean, json: string): void {
     let at = this.#entries.get(path);
     if (at === undefined) {
+      if (this.maxEntries === 0) return;
       if (this.#json.length >= this.maxEntries) {
         if (++this.#refusedEntries < this.maxEntries / 8) return;
         this.#sweepEntries();
