@@ -90,10 +90,13 @@ export const WorkerCell = {
   /** Reply cache: a `get` answered from memory, or looked up and not there (or stale). */
   ReplyCacheHits: 5,
   ReplyCacheMisses: 6,
+  /** Listing entries: reused from the worker's listing memo, or built from the file's stat. */
+  ListingEntriesReused: 7,
+  ListingEntriesBuilt: 8,
   /** The duration histogram: a count per bucket (not cumulative; the last is +Inf), then the sum. */
-  Histogram: 8,
+  Histogram: 9,
   /** The request counts, op-major: `Requests + op * RESULTS.length + result`. */
-  Requests: 8 + DURATION_BUCKETS.length + 2,
+  Requests: 9 + DURATION_BUCKETS.length + 2,
 } as const;
 
 /** Cells per slot (the largest slot's cells, rounded up). */

@@ -151,6 +151,13 @@ export function renderMetrics(region: MetricsRegion | null = metricsRegion()): s
     "counter",
     "Plain gets looked up in a worker's reply cache and not answered from it (absent or stale).",
   ).sample("ferry_reply_cache_misses_total", {}, sum(WorkerCell.ReplyCacheMisses));
+  out.family(
+    "ferry_listing_entries_total",
+    "counter",
+    "Files listed: entries reused from a worker's listing memo, or built from the file's stat.",
+  )
+    .sample("ferry_listing_entries_total", { entry: "reused" }, sum(WorkerCell.ListingEntriesReused))
+    .sample("ferry_listing_entries_total", { entry: "built" }, sum(WorkerCell.ListingEntriesBuilt));
 
   out.family("ferry_open_fds", "gauge", "File descriptors open in each ferry process.");
   const masterPid = master[MasterCell.Pid];

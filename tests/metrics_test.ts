@@ -146,6 +146,39 @@ Deno.test("a scrape passes promtool, and gets, a missing file, a ping and the by
   }
 });
 
+Deno.test("a tree listed twice counts its entries built from their stat, then reused from the worker's memo", async () => {
+  await using root = await tempDir();
+  await Deno.mkdir(`${root.path}/d`);
+  for (let i = 0; i < 30; i++) await Deno.writeTextFile(`${root.path}/d/${i}.txt`, `${i}\n`);
+  const { server, port } = await serveWithMetrics(root.path, ["--workers", "1"]);
+  const conn = await RawConnection.open(server.ports[0]);
+  try {
+    const listed = async () => {
+      await conn.sendRequest({ op: "list", path: "", recursive: true, stream: true });
+      const frames = (await conn.readResponse()).json;
+      return frames.flatMap((f) => (f.entries ?? []) as unknown[]).length;
+    };
+    const entries = (
+      s: Map<string, number>,
+    ) => [
+      at(s, 'ferry_listing_entries_total{entry="built"}'),
+      at(s, 'ferry_listing_entries_total{entry="reused"}'),
+    ];
+    assert.deepEqual(entries(samples((await scrape(port)).body)), [0, 0]);
+    assert.equal(await listed(), 30);
+    assert.deepEqual(entries(samples((await scrape(port)).body)), [30, 0]);
+    assert.equal(await listed(), 30);
+    assert.deepEqual(entries(samples((await scrape(port)).body)), [30, 30]);
+    await Deno.writeTextFile(`${root.path}/d/0.txt`, "changed, and longer\n");
+    assert.equal(await listed(), 30);
+    assert.deepEqual(entries(samples((await scrape(port)).body)), [31, 59]);
+    await promtoolCheck((await scrape(port)).body);
+  } finally {
+    conn.close();
+    assert.equal((await server.stop()).code, 0);
+  }
+});
+
 Deno.test("a BUSY answer and a killed worker each count once, and the restarted worker keeps its slot's counts", async () => {
   await using root = await tempDir();
   await sparseFile(root.path, "huge.bin", 1 << 30);

@@ -43,6 +43,7 @@ import {
   type Request,
 } from "../framing.ts";
 import { etagOf, identityOf } from "./hash_cache.ts";
+import { WorkerCell, workerMetrics } from "../metrics/registry.ts";
 import type { FolderNames } from "./listing_memo.ts";
 import { ErrorPiece, openBeneath, openError, type Reply, type ReplyContext } from "./operations.ts";
 import type { Reach } from "../tokens.ts";
@@ -301,6 +302,7 @@ class Walk {
     const kept = memo.entryOf(rel, words, this.brief, (etag) => hashes.byEtag(etag));
     if (kept !== undefined) {
       this.found.push({ path: rel, json: kept });
+      workerMetrics.count(WorkerCell.ListingEntriesReused);
       return true;
     }
     const stat = decodeStatVersion(words);
@@ -334,6 +336,7 @@ class Walk {
    * worker may learn later): it ends with the etag, as `listing_memo.ts` expects.
    */
   #found(rel: string, s: FileStat | StatVersion): string {
+    workerMetrics.count(WorkerCell.ListingEntriesBuilt);
     const mtimeNs = String(s.mtimeNs);
     const etag = etagOf(identityOf(s));
     const entry: ListEntry = this.brief
