@@ -4,7 +4,25 @@
  */
 
 import assert from "node:assert/strict";
+import { bind, C, close, getsockname, socket } from "../ffi/libc.ts";
+import { decodeSockaddr, encodeSockaddr } from "../ffi/sockaddr.ts";
 import { makeFile, runClient, sha256, sha256File, startServer, tempDir } from "./helpers.ts";
+
+/**
+ * A loopback port that refuses connections, held by a socket bound to it without listening, so that no
+ * server another test starts meanwhile can take it. The caller closes the socket.
+ */
+function refusingPort(): { fd: number; port: number } {
+  const fd = socket(C.AF_INET, C.SOCK_STREAM | C.SOCK_CLOEXEC);
+  bind(fd, encodeSockaddr({ family: C.AF_INET, host: "127.0.0.1", port: 0 }));
+  const addr = new Uint8Array(128);
+  getsockname(fd, addr);
+  return { fd, port: decodeSockaddr(addr)!.port };
+}
+
+// libc's symbols are bound on first use and stay bound: bind these before any test starts, since the test
+// sanitizer counts a library opened during a test as a leak.
+close(refusingPort().fd);
 
 const encoder = new TextEncoder();
 
@@ -224,12 +242,14 @@ Deno.test("command-line mistakes exit 2 with one line on stderr", async () => {
 });
 
 Deno.test("a refused connection exits 3", async () => {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = listener.addr.port;
-  listener.close();
-  const r = await getIntoExistingTarget(`127.0.0.1:${port}`);
-  assert.equal(r.code, 3, r.stderr);
-  assert.match(r.stderr, /cannot connect/);
+  const { fd, port } = refusingPort();
+  try {
+    const r = await getIntoExistingTarget(`127.0.0.1:${port}`);
+    assert.equal(r.code, 3, r.stderr);
+    assert.match(r.stderr, /cannot connect/);
+  } finally {
+    close(fd);
+  }
 });
 
 Deno.test("a missing, forbidden or non-regular path exits 5 and leaves an existing target untouched", async () => {
