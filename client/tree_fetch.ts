@@ -468,19 +468,11 @@ class Batch<F extends TreeFile> {
     );
   }
 
-  /**
-   * Renames every part written so far over its target, once on disk (waiting for that); the next `syncfs`
-   * makes the renames durable.
-   */
-  async renameWritten(): Promise<void> {
-    await this.flush();
-    await this.#settled();
-  }
-
   /** Publishes everything written: every part renamed, the renames durable, every file reported. */
   async drain(): Promise<void> {
     while (this.#flushing !== null || this.#filling.length > 0 || this.#renamed.length > 0) {
-      await this.renameWritten();
+      await this.flush();
+      await this.#settled();
     }
   }
 
