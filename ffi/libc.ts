@@ -16,7 +16,6 @@
 import {
   decodeStat,
   decodeStatIdentity,
-  decodeStatVersion,
   encodeOpenHow,
   type FileStat,
   OPEN_HOW,
@@ -646,14 +645,10 @@ export function identityAt(dirFd: number, name: string): StatIdentity | null {
   return decodeStatIdentity(statWords);
 }
 
-/** {@link lstatAt}, decoded as a {@link StatVersion} (no bigint made). */
-export function versionAt(dirFd: number, name: string): StatVersion {
-  return decodeStatVersion(statWordsAt(dirFd, name));
-}
-
 /**
  * {@link lstatAt} left undecoded: the `struct stat` as u32 words, in a buffer this module shares between
- * its calls (valid until the next one), for a caller that compares a few fields before decoding any.
+ * its calls (valid until the next one), for a caller that compares a few fields before decoding any
+ * (`decodeStatVersion` of ffi/structs.ts decodes them without a bigint).
  */
 export function statWordsAt(dirFd: number, name: string): Uint32Array {
   putPath(name, "fstatat");
@@ -665,10 +660,7 @@ export function statWordsAt(dirFd: number, name: string): Uint32Array {
 
 /** fstatat(2) of `name` in `dirFd` without following a symlink there (AT_SYMLINK_NOFOLLOW). */
 export function lstatAt(dirFd: number, name: string): FileStat {
-  putPath(name, "fstatat");
-  if (sys.fstatat(dirFd, openPath, statBuf, AT_SYMLINK_NOFOLLOW) === -1) {
-    throw new LibcError("fstatat", errno(), `of ${JSON.stringify(name)}`);
-  }
+  statWordsAt(dirFd, name);
   return decodeStat(statBuf);
 }
 

@@ -4,7 +4,18 @@
  */
 
 import assert from "node:assert/strict";
-import { close, fstat, LibcError, lstatAt, OPEN, openAt, openRead, statAt, versionAt } from "../ffi/libc.ts";
+import {
+  close,
+  fstat,
+  LibcError,
+  lstatAt,
+  OPEN,
+  openAt,
+  openRead,
+  statAt,
+  statWordsAt,
+} from "../ffi/libc.ts";
+import { decodeStatVersion } from "../ffi/structs.ts";
 import { tempDir } from "./helpers.ts";
 
 // libc's symbols are bound on first use and stay bound: bind the ones used here before any test starts,
@@ -13,7 +24,7 @@ import { tempDir } from "./helpers.ts";
   const fd = openRead(".", { directory: true });
   fstat(fd);
   assert.throws(() => statAt(fd, "no such file"), LibcError);
-  assert.throws(() => versionAt(fd, "no such file"), LibcError);
+  assert.throws(() => statWordsAt(fd, "no such file"), LibcError);
   assert.throws(() => lstatAt(fd, "no such file"), LibcError);
   close(fd);
 }
@@ -87,7 +98,7 @@ Deno.test("openAt with a mode opens an existing file without O_CREAT too (the mo
   }
 });
 
-Deno.test("versionAt gives the numbers lstat's bigints print as, for times before, at and after 1970", async () => {
+Deno.test("a stat decoded as a StatVersion gives the numbers lstat's bigints print as, for times before, at and after 1970", async () => {
   await using dir = await tempDir();
   await Deno.writeFile(`${dir.path}/f`, new Uint8Array(777));
   const rootFd = openRead(dir.path, { directory: true });
@@ -96,7 +107,7 @@ Deno.test("versionAt gives the numbers lstat's bigints print as, for times befor
     for (const mtimeMs of [1_700_000_000_123, 0, 5, -1_000, -1_500_000_000_250]) {
       await Deno.utime(`${dir.path}/f`, 0, new Date(mtimeMs));
       const expected = lstatAt(rootFd, "f");
-      const version = versionAt(rootFd, "f");
+      const version = decodeStatVersion(statWordsAt(rootFd, "f"));
       assert.deepEqual(version, {
         isFile: true,
         size: 777,
