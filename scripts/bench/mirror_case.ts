@@ -406,7 +406,7 @@ export async function case8(b: MirrorBench): Promise<Section> {
     }
     if (fanTree !== null) {
       const { key, src, bytes } = fanTree;
-      body.push(...await fanOut(b, p, tools, key, src, work, bytes, targets));
+      body.push(...await fanOut(b, p, tools, key, src, work, bytes, targets, removeLater));
       removeLater.push(src);
     }
   } finally {
@@ -473,10 +473,8 @@ export async function case8(b: MirrorBench): Promise<Section> {
 
 /**
  * The fan-out: every client mirrors `tree` into its own empty folder at once, straight to the server. It
- * runs after every tree's rounds, and no tool's copies are deleted before the last tool has run: on ext4
- * without a journal, a file created within minutes of thousands of deletions in its block group costs
- * hundreds of microseconds of kernel time (the allocator skips each recently deleted inode), which would
- * slow whichever tool came after a deletion, and every round after the fan-out.
+ * runs after every tree's rounds, and its copies go to `removeLater` with the rest, so that no tool creates
+ * its files just after another's deletions (see {@link unjournaledNote} for why that matters).
  */
 async function fanOut(
   b: MirrorBench,
@@ -487,46 +485,42 @@ async function fanOut(
   work: string,
   bytes: number,
   targets: { what: string; value: number; met: (x: number) => boolean; failed: boolean }[],
+  removeLater: string[],
 ): Promise<string[]> {
   const rows: string[][] = [];
   const walls = new Map<string, number>();
   const failed = new Set<string>();
-  const copies: string[] = [];
-  try {
-    for (const tool of tools) {
-      b.log(`case 8: fan-out, ${p.fanClients} clients: ${tool.name}`);
-      const dests = Array.from({ length: p.fanClients }, (_, i) => join(work, `fan-${tool.key}-${i}`));
-      for (const d of dests) await Deno.mkdir(d);
-      copies.push(...dests);
-      await new Deno.Command("sync").output(); // as before every run of the rounds
-      const cpu0 = tool.serverCpu();
-      const t0 = performance.now();
-      const runs = await Promise.all(
-        dests.map((d, i) =>
-          runClient(tool.command(tool.port, tree, d), p.timeoutSeconds, join(work, `time-${i}.txt`))
-        ),
-      );
-      const wall = (performance.now() - t0) / 1000;
-      await tool.settle();
-      const serverCpu = tool.serverCpu() - cpu0;
-      const failures: string[] = [];
-      for (const [i, d] of dests.entries()) {
-        const failure = runs[i].failure ?? await compare(src, d);
-        if (failure) failures.push(`client ${i + 1}: ${failure}`);
-      }
-      walls.set(tool.key, wall);
-      if (failures.length > 0) failed.add(tool.key);
-      rows.push([
-        tool.name,
-        secs(wall),
-        num((bytes * p.fanClients) / wall / 1e6, 0),
-        secs(runs.reduce((s, r) => s + r.cpu, 0)),
-        secs(serverCpu),
-        failures.length === 0 ? "ok" : `**${failures.length} failed**: ${failures[0].replaceAll("|", "\\|")}`,
-      ]);
+  for (const tool of tools) {
+    b.log(`case 8: fan-out, ${p.fanClients} clients: ${tool.name}`);
+    const dests = Array.from({ length: p.fanClients }, (_, i) => join(work, `fan-${tool.key}-${i}`));
+    for (const d of dests) await Deno.mkdir(d);
+    removeLater.push(...dests);
+    await new Deno.Command("sync").output(); // as before every run of the rounds
+    const cpu0 = tool.serverCpu();
+    const t0 = performance.now();
+    const runs = await Promise.all(
+      dests.map((d, i) =>
+        runClient(tool.command(tool.port, tree, d), p.timeoutSeconds, join(work, `time-${i}.txt`))
+      ),
+    );
+    const wall = (performance.now() - t0) / 1000;
+    await tool.settle();
+    const serverCpu = tool.serverCpu() - cpu0;
+    const failures: string[] = [];
+    for (const [i, d] of dests.entries()) {
+      const failure = runs[i].failure ?? await compare(src, d);
+      if (failure) failures.push(`client ${i + 1}: ${failure}`);
     }
-  } finally {
-    for (const d of copies) await Deno.remove(d, { recursive: true }).catch(() => {});
+    walls.set(tool.key, wall);
+    if (failures.length > 0) failed.add(tool.key);
+    rows.push([
+      tool.name,
+      secs(wall),
+      num((bytes * p.fanClients) / wall / 1e6, 0),
+      secs(runs.reduce((s, r) => s + r.cpu, 0)),
+      secs(serverCpu),
+      failures.length === 0 ? "ok" : `**${failures.length} failed**: ${failures[0].replaceAll("|", "\\|")}`,
+    ]);
   }
   if (tools.length > 1) {
     const f = walls.get("ferry")!, r = walls.get("rsync")!;
