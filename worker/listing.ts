@@ -44,7 +44,7 @@ import {
 } from "../framing.ts";
 import { etagOf, identityOf } from "./hash_cache.ts";
 import { WorkerCell, workerMetrics } from "../metrics/registry.ts";
-import type { FolderNames } from "./listing_memo.ts";
+import { type FolderNames, withSha256 } from "./listing_memo.ts";
 import { ErrorPiece, openBeneath, openError, type Reply, type ReplyContext } from "./operations.ts";
 import type { Reach } from "../tokens.ts";
 
@@ -343,12 +343,7 @@ class Walk {
       ? { path: rel, size: s.size, etag }
       : { path: rel, size: s.size, mtimeNs, mode: s.mode & 0o7777, etag };
     const json = JSON.stringify(entry);
-    const sha256 = this.ctx.hashes.byEtag(etag);
-    // As JSON.stringify would put it, last: the same bytes as an entry kept by the memo.
-    this.found.push({
-      path: rel,
-      json: sha256 === undefined ? json : `${json.slice(0, -1)},"sha256":"${sha256}"}`,
-    });
+    this.found.push({ path: rel, json: withSha256(json, this.ctx.hashes.byEtag(etag)) });
     return json;
   }
 

@@ -141,7 +141,7 @@ export class ListingMemo {
     this.#used[at] = true;
     const json = this.#json[at];
     const sha = sha256(json.slice(json.length - ETAG_TAIL, json.length - 2));
-    return sha === undefined ? json : `${json.slice(0, -1)},"sha256":"${sha}"}`;
+    return withSha256(json, sha);
   }
 
   /**
@@ -194,6 +194,14 @@ export class ListingMemo {
     this.#used = json.map(() => false);
     this.#refusedEntries = 0;
   }
+}
+
+/**
+ * An entry's JSON (an object ending with its etag) with `sha256` added last, as JSON.stringify would put
+ * it; as it is when `sha256` is unknown. The walk and the memo make the same bytes through it.
+ */
+export function withSha256(json: string, sha256: string | undefined): string {
+  return sha256 === undefined ? json : `${json.slice(0, -1)},"sha256":"${sha256}"}`;
 }
 
 function identityOf(folder: FileStat): string {
