@@ -411,6 +411,7 @@ class MirrorRun {
     if (tree === null) return;
     raiseOpenFileLimit(); // a folder of the tree is held open from its first file to the end of the run
     const state = this.options.checksum ? new MirrorState() : loadState(tree.root);
+    if (!this.dryRun) state.spillInto(tree.root);
     this.#local = { tree, folders: new FolderCache(tree, this.options.onNotice, state), state };
   }
 
@@ -746,8 +747,9 @@ class MirrorRun {
     return [name, `${name}.minisig`];
   }
 
-  /** Closes LOCAL_DIR and its folders. */
+  /** Closes LOCAL_DIR, its folders and its state. */
   close(): void {
+    this.#local?.state.close();
     this.#local?.folders.close();
     this.#local?.tree.close();
   }

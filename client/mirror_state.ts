@@ -120,15 +120,22 @@ export interface StateEntry {
  * checking each line's fields up front cost more than the rest of reading the file). An entry the run
  * records is a line added to the text, as the file will have it. An offset costs no memory of its own,
  * where an object and a string per field cost some 250 bytes per file: hundreds of MB for a million.
+ * Recorded lines can also leave memory for a file until the state is saved (see {@link spillInto}).
  */
-export class MirrorState {
-  /** Values: the position in {@link #texts} of the path's line (see {@link #at}). */
+export class MirrorState implements Disposable {
+  /** Values: the position of the path's line in {@link #texts}: piece * PIECE_SPAN + offset in the piece. */
   readonly #entries = new Map<string, number>();
   /**
    * The state's text: the file's as read, then the lines recorded since; in pieces of whole lines, so
-   * that it is never a buffer of it all.
+   * that it is never a buffer of it all. A piece moved to {@link #spill} is null here.
    */
-  #texts: string[] = [];
+  #texts: (string | null)[] = [];
+  /** Where full pieces of recorded lines go, once {@link #spillDir} is opened for them; null: nowhere. */
+  #spill: Spill | null = null;
+  /** LOCAL_DIR, whose STATE_DIR is to hold {@link #spill} once a piece of recorded lines is full. */
+  #spillDir: LocalDir | null = null;
+  /** The piece of {@link #spill} last read back, for the lines looked up in it one after another. */
+  #readBack: { piece: number; text: string } | null = null;
   /** Lines recorded since the last piece was made: the next piece, once joined (see {@link #text}). */
   #added: string[] = [];
   /** Characters in {@link #added}. */
@@ -157,7 +164,6 @@ export class MirrorState {
    * first cutting the line out of the text.
    */
   #lineVouching(path: string, position: number, key: string): StateEntry | undefined {
-    // Not #at: an array made per file of a large tree is garbage a collection then has to sweep.
     const text = this.#text(Math.floor(position / PIECE_SPAN)), start = position % PIECE_SPAN;
     const shaAt = start + key.length + 1;
     if (!text.startsWith(key, start) || text.charCodeAt(shaAt - 1) !== TAB) return undefined;
@@ -264,8 +270,8 @@ export class MirrorState {
     const fields = `${entry.key}\t${entry.sha256}\t${entry.etag}\t`;
     const position = this.#entries.get(path);
     if (position !== undefined) {
-      const [text, start] = this.#at(position);
-      if (text.startsWith(fields, start)) return;
+      const text = this.#text(Math.floor(position / PIECE_SPAN));
+      if (text.startsWith(fields, position % PIECE_SPAN)) return;
     }
     this.#entries.set(path, this.#add(`${fields}${quote(path)}\n`));
     this.#changed = true;
@@ -274,7 +280,10 @@ export class MirrorState {
 
   /** Adds a line to the text; returns its position. */
   #add(line: string): number {
-    if (this.#addedLength + line.length > READ_PIECE) this.#joinAdded();
+    if (this.#addedLength + line.length > READ_PIECE) {
+      this.#joinAdded();
+      this.#spillLastPiece();
+    }
     const position = this.#texts.length * PIECE_SPAN + this.#addedLength;
     this.#added.push(line);
     this.#addedLength += line.length;
@@ -289,10 +298,82 @@ export class MirrorState {
     this.#addedLength = 0;
   }
 
-  /** The piece of text numbered `piece`: the lines added last are joined into one when first asked for. */
+  /**
+   * The piece of text numbered `piece`: the lines added last are joined into one when first asked for,
+   * and a piece set aside is read back (a run looks up few of the lines it recorded, if any).
+   */
   #text(piece: number): string {
     if (piece === this.#texts.length) this.#joinAdded();
-    return this.#texts[piece];
+    const text = this.#texts[piece];
+    if (text !== null) return text;
+    if (this.#readBack?.piece !== piece) this.#readBack = { piece, text: this.#readSpilled(piece) };
+    return this.#readBack.text;
+  }
+
+  /**
+   * Lets the lines this run records leave memory, a full piece at a time, for an unnamed file in
+   * LOCAL_DIR's STATE_DIR (made if missing) until the state is saved: a first copy of a million files
+   * records some 170 MB of them. Where no such file can be had (no O_TMPFILE, a full disk), they stay in
+   * memory. The file goes when the state is closed, or with the process.
+   */
+  spillInto(root: LocalDir): void {
+    this.#spillDir = root;
+  }
+
+  /** Moves the piece just joined to {@link #spill}, if there is one (opened on first use). */
+  #spillLastPiece(): void {
+    if (this.#spill === null && this.#spillDir !== null) {
+      const root = this.#spillDir;
+      try {
+        makeStateDir(root);
+        const fd = openAt(root.fd, STATE_DIR, OPEN.O_TMPFILE | OPEN.O_RDWR, {
+          mode: 0o600,
+          noSymlinks: true,
+        });
+        this.#spill = { fd, pieces: new Map(), end: 0, full: false };
+      } catch {
+        this.#spillDir = null; // memory it is
+      }
+    }
+    const spill = this.#spill, piece = this.#texts.length - 1;
+    if (spill === null || spill.full) return;
+    const bytes = utf8.encode(this.#texts[piece]!);
+    try {
+      pwriteAll(spill.fd, bytes, spill.end);
+    } catch {
+      spill.full = true; // this piece and the next stay in memory; the earlier ones are read back
+      return;
+    }
+    spill.pieces.set(piece, { offset: spill.end, bytes: bytes.length });
+    spill.end += bytes.length;
+    this.#texts[piece] = null;
+  }
+
+  /** The text of `piece` as {@link #spillLastPiece} wrote it. */
+  #readSpilled(piece: number): string {
+    const spill = this.#spill!, { offset, bytes } = spill.pieces.get(piece)!;
+    const buffer = new Uint8Array(bytes);
+    for (let done = 0; done < bytes;) {
+      const n = pread(spill.fd, buffer.subarray(done), offset + done);
+      if (n <= 0) {
+        throw new Error(`the file of the state's lines set aside ended ${bytes - done} bytes early`);
+      }
+      done += n;
+    }
+    return new TextDecoder().decode(buffer);
+  }
+
+  /** Closes the file of lines set aside, if any; the state is then no longer to be saved. */
+  close(): void {
+    if (this.#spill === null) return;
+    close(this.#spill.fd);
+    this.#spill = null;
+    this.#spillDir = null;
+    this.#readBack = null;
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
   }
 
   /** Forgets `path` (deleted, failed, or no longer listed). */
@@ -326,41 +407,21 @@ export class MirrorState {
   }
 
   /**
-   * The state's file as text, in chunks of whole lines, for writing without one string of it all. Lines
-   * as read that follow one another in the text go out as one slice of it: a state that changed in a few
-   * places is written at the speed of copying, not line by line.
+   * The state's file as text, in chunks of whole lines, for writing without one string of it all: the
+   * lines in memory, then those set aside in a file.
    */
   *chunks(): Generator<string> {
     yield `${STATE_HEADER}\n`;
     this.#joinAdded();
-    let run: { piece: number; start: number; end: number } | null = null;
-    const flush = () => run === null ? "" : this.#texts[run.piece].slice(run.start, run.end);
-    // A line goes out as it came in, unchecked: a malformed one is forgotten once its file is looked up.
-    for (const value of this.#entries.values()) {
-      const piece = Math.floor(value / PIECE_SPAN), start = value % PIECE_SPAN;
-      const text = this.#texts[piece];
-      const newline = text.indexOf("\n", start);
-      const end = newline < 0 ? text.length : newline + 1;
-      if (run !== null && run.piece === piece && run.end === start) {
-        run.end = end;
-        continue;
-      }
-      if (run !== null) yield flush();
-      run = { piece, start, end };
-      if (newline < 0) {
-        yield `${flush()}\n`; // the file's last line, without its line break
-        run = null;
-      }
+    const spilled: number[] = [];
+    yield* linesAt(this.#entries.values(), (piece) => this.#texts[piece], spilled);
+    // In the order of the file, so that each piece is read back once.
+    if (spilled.length > 0) {
+      yield* linesAt(Float64Array.from(spilled).sort(), (piece) => this.#text(piece), []);
     }
-    if (run !== null) yield flush();
     for (const [path, { key, names }] of this.#folders) {
       yield `${FOLDER_LINE}${names}\t${key}\t${path === "" ? "." : quote(path)}\n`;
     }
-  }
-
-  /** The piece of text a position is in, and the offset in it: a position is piece * PIECE_SPAN + offset. */
-  #at(position: number): [string, number] {
-    return [this.#text(Math.floor(position / PIECE_SPAN)), position % PIECE_SPAN];
   }
 
   /** Takes in a folder's line, after its `dir ` prefix; a malformed one is skipped. */
@@ -415,6 +476,49 @@ export class MirrorState {
       start = end + 1;
     }
   }
+}
+
+/** The file that holds the lines a run recorded, out of memory until the state is saved. */
+interface Spill {
+  fd: number;
+  /** Where each piece set aside is in the file, by its number in the state's text. */
+  pieces: Map<number, { offset: number; bytes: number }>;
+  /** The file's length. */
+  end: number;
+  /** True once a write failed: the pieces after it stay in memory. */
+  full: boolean;
+}
+
+/**
+ * The lines that start at `positions` (piece * PIECE_SPAN + offset), in their order, from the pieces of
+ * text `textOf` gives; a position whose piece it has not (null) goes to `elsewhere`. Lines that follow one
+ * another in a piece go out as one slice of it: a state that changed in a few places is written at the
+ * speed of copying, not line by line. A line goes out as it came in, unchecked: a malformed one is
+ * forgotten once its file is looked up.
+ */
+function* linesAt(
+  positions: Iterable<number>,
+  textOf: (piece: number) => string | null,
+  elsewhere: number[],
+): Generator<string> {
+  let run: { piece: number; text: string; start: number; end: number } | null = null;
+  for (const position of positions) {
+    const piece = Math.floor(position / PIECE_SPAN), start = position % PIECE_SPAN;
+    const text = textOf(piece);
+    if (text === null) {
+      elsewhere.push(position);
+      continue;
+    }
+    const newline = text.indexOf("\n", start);
+    if (run !== null && (newline < 0 || run.piece !== piece || run.end !== start)) {
+      yield run.text.slice(run.start, run.end);
+      run = null;
+    }
+    if (newline < 0) yield `${text.slice(start)}\n`; // the file's last line, without its line break
+    else if (run === null) run = { piece, text, start, end: newline + 1 };
+    else run.end = newline + 1;
+  }
+  if (run !== null) yield run.text.slice(run.start, run.end);
 }
 
 const TAB = 9;
@@ -515,6 +619,15 @@ function* piecesOf(fd: number): Generator<string> {
   }
 }
 
+/** Makes LOCAL_DIR's STATE_DIR unless something has that name already. Throws LibcError. */
+function makeStateDir(root: LocalDir): void {
+  try {
+    mkdirAt(root.fd, STATE_DIR, 0o755);
+  } catch (e) {
+    if (!(e instanceof LibcError) || e.errnoName !== "EEXIST") throw e;
+  }
+}
+
 /**
  * Writes LOCAL_DIR's state: a temporary file, renamed over the old state, so a reader sees the old or the
  * new one whole. It is not fsynced: a state lost in a crash costs the next run some hashing, no more.
@@ -523,11 +636,7 @@ function* piecesOf(fd: number): Generator<string> {
 export function saveState(root: LocalDir, state: MirrorState): void {
   const shown = root.shownPath(`${STATE_DIR}/${STATE_FILE}`);
   try {
-    try {
-      mkdirAt(root.fd, STATE_DIR, 0o755);
-    } catch (e) {
-      if (!(e instanceof LibcError) || e.errnoName !== "EEXIST") throw e;
-    }
+    makeStateDir(root);
     using dir = LocalDir.adopt(
       openAt(root.fd, STATE_DIR, OPEN.O_RDONLY | OPEN.O_DIRECTORY, { noSymlinks: true }),
       root.shownPath(STATE_DIR),

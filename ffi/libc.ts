@@ -555,11 +555,16 @@ export const OPEN = {
   O_CREAT: 0o100,
   O_EXCL: 0o200,
   O_DIRECTORY,
+  /**
+   * An unnamed file in the directory `path` names (with O_RDWR or O_WRONLY): its blocks go back to the
+   * file system when its last fd closes, so a crash leaves nothing behind.
+   */
+  O_TMPFILE: 0o20000000 | O_DIRECTORY,
 } as const;
 
 /** Options of {@link openAt}. */
 export interface OpenAtOptions {
-  /** Permission bits of a file O_CREAT makes (ignored without it). @default 0 */
+  /** Permission bits of a file O_CREAT or O_TMPFILE makes (ignored without them). @default 0 */
   mode?: number;
   /**
    * Follow no symlink in any component of `path`, its last one included (that fails with ELOOP), and
@@ -589,8 +594,9 @@ export function openAt(
 ): number {
   putPath(path, "openat2");
   const resolve = options.noSymlinks ? RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS : 0n;
-  // openat2 refuses a mode without O_CREAT (EINVAL), where openat ignores it.
-  const mode = flags & OPEN.O_CREAT ? options.mode ?? 0 : 0;
+  // openat2 refuses a mode without O_CREAT or O_TMPFILE (EINVAL), where openat ignores it.
+  const creates = (flags & OPEN.O_CREAT) !== 0 || (flags & OPEN.O_TMPFILE) === OPEN.O_TMPFILE;
+  const mode = creates ? options.mode ?? 0 : 0;
   encodeOpenHow(openHow, flags | C.O_CLOEXEC | C.O_NOCTTY, mode, resolve);
   const dir = dirFd === undefined ? AT_FDCWD : BigInt(dirFd);
   for (let tries = 0;; tries++) {

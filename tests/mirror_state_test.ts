@@ -123,6 +123,18 @@ Deno.test("state: bad lines are skipped and a foreign or cut file gives no entry
   );
 });
 
+Deno.test("state: a file whose last line has no line break gets one before what a run records after it", () => {
+  const state = new MirrorState();
+  for (const path of ["first", "last"]) state.set(path, entry());
+  const loaded = MirrorState.parse(state.format().trimEnd(), WRITTEN);
+  loaded.set("recorded", entry());
+  const again = MirrorState.parse(loaded.format(), WRITTEN);
+  assert.equal(again.size, 3);
+  for (const path of ["first", "last", "recorded"]) {
+    assert.deepEqual(again.trusted(path, seen()), entry(), path);
+  }
+});
+
 Deno.test("state: a folder recorded with its identity gives back its files and folders while it has that identity, and only then", () => {
   const FOLDER = "4096:77:1700000000.000000000:1799999999.500000000";
   const state = new MirrorState();
@@ -186,35 +198,74 @@ Deno.test("state: a state file of several MiB is read back whole, every line of 
   for (const path of paths) assert.deepEqual(loaded.trusted(path, seen()), entry(), path);
 });
 
-Deno.test("state: an entry recorded in a run is looked up at once, can be replaced, and is written once, as last recorded", () => {
-  const state = new MirrorState(WRITTEN);
-  // About 140 characters a line: the lines recorded fill more than one piece of the state's text.
-  const paths = Array.from({ length: 12_000 }, (_, i) => `folder ${i % 10}/file ${i}.bin`);
-  for (const path of paths) state.set(path, entry());
-  for (const path of [paths[0], paths[6_000], paths.at(-1)!]) {
-    assert.deepEqual(state.trusted(path, seen()), entry(), `${path}, before anything is written`);
+/** The unnamed files (O_TMPFILE) this process holds open in `dir`'s state folder, and their sizes. */
+function setAsideIn(dir: string): number[] {
+  const prefix = `${Deno.realPathSync(dir)}/.ferry/#`;
+  const sizes = [];
+  for (const { name } of Deno.readDirSync("/proc/self/fd")) {
+    let target;
+    try {
+      target = Deno.readLinkSync(`/proc/self/fd/${name}`);
+    } catch {
+      continue; // the fd of the listing itself, closed meanwhile
+    }
+    if (target.startsWith(prefix) && target.endsWith(" (deleted)")) {
+      sizes.push(Deno.statSync(`/proc/self/fd/${name}`).size);
+    }
   }
-  const newer = entry({
-    key: "4097:1234:1700000000.123456789:1799999999.500000000",
-    etag: "fedcba9876543210fedcba9876543210",
+  return sizes;
+}
+
+for (const setAside of [false, true]) {
+  const how = setAside ? ", with the lines recorded set aside in a file" : "";
+  Deno.test(`state: an entry recorded in a run is looked up at once, can be replaced or forgotten, and is written once, as last recorded${how}`, () => {
+    const dir = Deno.makeTempDirSync();
+    const root = LocalDir.open(dir);
+    using state = new MirrorState(WRITTEN);
+    if (setAside) state.spillInto(root);
+    // About 140 characters a line: the lines recorded fill more than one piece of the state's text.
+    const paths = Array.from({ length: 12_000 }, (_, i) => `folder ${i % 10}/file ${i}.bin`);
+    for (const path of paths) state.set(path, entry());
+    for (const path of [paths[0], paths[6_000], paths.at(-1)!]) {
+      assert.deepEqual(state.trusted(path, seen()), entry(), `${path}, before anything is written`);
+    }
+    const newer = entry({
+      key: "4097:1234:1700000000.123456789:1799999999.500000000",
+      etag: "fedcba9876543210fedcba9876543210",
+    });
+    state.set(paths[5], newer);
+    state.set(paths[5], newer);
+    state.delete(paths[7]);
+    assert.equal(state.trusted(paths[5], seen()), undefined, "the identity it had no longer vouches for it");
+    assert.deepEqual(state.trusted(paths[5], seen(newer.key)), newer);
+    assert.equal(state.trusted(paths[7], seen()), undefined, "forgotten");
+    const aside = setAsideIn(dir);
+    if (setAside) {
+      assert.equal(aside.length, 1, "one unnamed file in .ferry/");
+      assert.ok(
+        aside[0] > 1_000_000,
+        `a full piece of lines (about a MiB) went there, not ${aside[0]} bytes`,
+      );
+    } else assert.deepEqual(aside, []);
+    const text = state.format();
+    assert.equal(
+      text.split("\n").filter((line) => line.endsWith(`\t${paths[5]}`)).length,
+      1,
+      "one line per path",
+    );
+    const loaded = MirrorState.parse(text, WRITTEN);
+    assert.equal(loaded.size, paths.length - 1);
+    assert.deepEqual(loaded.trusted(paths[5], seen(newer.key)), newer);
+    for (const path of paths.filter((_, i) => i !== 5 && i !== 7)) {
+      assert.deepEqual(loaded.trusted(path, seen()), entry(), path);
+    }
+    state.close();
+    assert.deepEqual(setAsideIn(dir), [], "the file goes with the state");
+    assert.deepEqual([...Deno.readDirSync(dir)].map((e) => e.name), setAside ? [".ferry"] : []);
+    root.close();
+    Deno.removeSync(dir, { recursive: true });
   });
-  state.set(paths[5], newer);
-  state.set(paths[5], newer);
-  assert.equal(state.trusted(paths[5], seen()), undefined, "the identity it had no longer vouches for it");
-  assert.deepEqual(state.trusted(paths[5], seen(newer.key)), newer);
-  const text = state.format();
-  assert.equal(
-    text.split("\n").filter((line) => line.endsWith(`\t${paths[5]}`)).length,
-    1,
-    "one line per path",
-  );
-  const loaded = MirrorState.parse(text, WRITTEN);
-  assert.equal(loaded.size, paths.length);
-  assert.deepEqual(loaded.trusted(paths[5], seen(newer.key)), newer);
-  for (const path of paths.filter((_, i) => i !== 5)) {
-    assert.deepEqual(loaded.trusted(path, seen()), entry(), path);
-  }
-});
+}
 
 /** `{path: [status, bytes]}` of a run's --json lines. */
 function outcomes(r: ClientResult): Record<string, [string, number]> {
