@@ -63,6 +63,14 @@ export interface TreeFile {
   readonly expected?: ManifestFile;
 }
 
+/** Where {@link fetchTree} takes its files from, in order, one at a time. */
+export interface TreeFileSource<F extends TreeFile> {
+  /** Files not taken yet. */
+  readonly waiting: number;
+  /** The next file (called only while some are waiting): a source may make its object only now. */
+  take(): F;
+}
+
 /** What became of a file. */
 export type TreeOutcome =
   | {
@@ -139,24 +147,23 @@ interface Written<F extends TreeFile = TreeFile> {
 }
 
 /**
- * Fetches `files` in order, pipelined over `session`, and tells `onOutcome` what became of each, in the
- * order they end. `files` is emptied as the requests go out: once told of a file's outcome, the fetcher
- * holds nothing of it (a first copy of a million files would otherwise hold them all to its end). Throws
- * only for the deadline.
+ * Fetches the files of `files` in order, pipelined over `session`, and tells `onOutcome` what became of
+ * each, in the order they end. A file is taken from `files` when its request goes out: once told of its
+ * outcome, the fetcher holds nothing of it (a first copy of a million files would otherwise hold them all
+ * to its end). Throws only for the deadline.
  */
 export async function fetchTree<F extends TreeFile>(
   session: Session,
-  files: F[],
+  files: TreeFileSource<F>,
   options: TreeFetchOptions,
   onOutcome: (file: F, outcome: TreeOutcome) => void,
 ): Promise<void> {
   if (options.verify) await loadHashing();
-  // Files not sent yet: those to send again first, then `files`, taken from its end once reversed. A run
-  // of a million files makes no object per file before its request goes out.
+  // Files not sent yet: those to send again first, then `files`. A run of a million files makes no
+  // object per file before its request goes out.
   const again: InFlight<F>[] = [];
-  files.reverse();
-  const waiting = () => again.length + files.length;
-  const take = () => again.shift() ?? { file: files.pop()!, started: 0, tries: 0 };
+  const waiting = () => again.length + files.waiting;
+  const take = () => again.shift() ?? { file: files.take(), started: 0, tries: 0 };
   const inFlight: InFlight<F>[] = [];
   const batch = new Batch<F>(options.root, onOutcome);
   const handBack = (flight: InFlight<F>, bytes = 0) =>
