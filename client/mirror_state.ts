@@ -306,7 +306,9 @@ export class MirrorState implements Disposable {
     if (piece === this.#texts.length) this.#joinAdded();
     const text = this.#texts[piece];
     if (text !== null) return text;
-    if (this.#readBack?.piece !== piece) this.#readBack = { piece, text: this.#readSpilled(piece) };
+    if (this.#readBack?.piece !== piece) {
+      this.#readBack = { piece, text: this.#readSpilled(piece) as string };
+    }
     return this.#readBack.text;
   }
 
@@ -330,29 +332,33 @@ export class MirrorState implements Disposable {
           mode: 0o600,
           noSymlinks: true,
         });
-        this.#spill = { fd, pieces: new Map(), end: 0, full: false };
+        this.#spill = { fd, pieces: new Map(), end: 0, full: false, buffer: new Uint8Array(0) };
       } catch {
         this.#spillDir = null; // memory it is
       }
     }
     const spill = this.#spill, piece = this.#texts.length - 1;
     if (spill === null || spill.full) return;
-    const bytes = utf8.encode(this.#texts[piece]!);
+    const text = this.#texts[piece]!, bytes = utf8.encode(text);
     try {
       pwriteAll(spill.fd, bytes, spill.end);
     } catch {
       spill.full = true; // this piece and the next stay in memory; the earlier ones are read back
       return;
     }
-    spill.pieces.set(piece, { offset: spill.end, bytes: bytes.length });
+    spill.pieces.set(piece, { offset: spill.end, bytes: bytes.length, ascii: bytes.length === text.length });
     spill.end += bytes.length;
     this.#texts[piece] = null;
   }
 
-  /** The text of `piece` as {@link #spillLastPiece} wrote it. */
-  #readSpilled(piece: number): string {
-    const spill = this.#spill!, { offset, bytes } = spill.pieces.get(piece)!;
-    const buffer = new Uint8Array(bytes);
+  /**
+   * The text of `piece` as {@link #spillLastPiece} wrote it; with `asBytes`, an ASCII piece as its bytes,
+   * in a buffer that the next call reuses.
+   */
+  #readSpilled(piece: number, asBytes = false): string | Uint8Array {
+    const spill = this.#spill!, { offset, bytes, ascii } = spill.pieces.get(piece)!;
+    if (spill.buffer.length < bytes) spill.buffer = new Uint8Array(bytes);
+    const buffer = spill.buffer.subarray(0, bytes);
     for (let done = 0; done < bytes;) {
       const n = pread(spill.fd, buffer.subarray(done), offset + done);
       if (n <= 0) {
@@ -360,7 +366,7 @@ export class MirrorState implements Disposable {
       }
       done += n;
     }
-    return new TextDecoder().decode(buffer);
+    return asBytes && ascii ? buffer : new TextDecoder().decode(buffer);
   }
 
   /** Closes the file of lines set aside, if any; the state is then no longer to be saved. */
@@ -403,21 +409,26 @@ export class MirrorState implements Disposable {
 
   /** The state as the text of its file. */
   format(): string {
-    return [...this.chunks()].join("");
+    const decoder = new TextDecoder(), texts = [];
+    for (const chunk of this.chunks()) texts.push(typeof chunk === "string" ? chunk : decoder.decode(chunk));
+    return texts.join("");
   }
 
   /**
-   * The state's file as text, in chunks of whole lines, for writing without one string of it all: the
-   * lines in memory, then those set aside in a file.
+   * The state's file in chunks of whole lines, for writing without one string of it all: the lines in
+   * memory, then those set aside in a file. A chunk is text, or UTF-8 bytes valid until the next chunk is
+   * asked for.
    */
-  *chunks(): Generator<string> {
+  *chunks(): Generator<string | Uint8Array> {
     yield `${STATE_HEADER}\n`;
     this.#joinAdded();
     const spilled: number[] = [];
     yield* linesAt(this.#entries.values(), (piece) => this.#texts[piece], spilled);
-    // In the order of the file, so that each piece is read back once.
+    // In the order of the file, so that each piece is read back once; an ASCII piece (a path that is not
+    // is rare) is not decoded, since its offsets are its bytes': a MB string per piece made garbage that
+    // only a full collection frees, and the save of a million files' state grew the process by 160 MB.
     if (spilled.length > 0) {
-      yield* linesAt(Float64Array.from(spilled).sort(), (piece) => this.#text(piece), []);
+      yield* linesAt(Float64Array.from(spilled).sort(), (piece) => this.#readSpilled(piece, true), []);
     }
     for (const [path, { key, names }] of this.#folders) {
       yield `${FOLDER_LINE}${names}\t${key}\t${path === "" ? "." : quote(path)}\n`;
@@ -481,8 +492,13 @@ export class MirrorState implements Disposable {
 /** The file that holds the lines a run recorded, out of memory until the state is saved. */
 interface Spill {
   fd: number;
-  /** Where each piece set aside is in the file, by its number in the state's text. */
-  pieces: Map<number, { offset: number; bytes: number }>;
+  /**
+   * Where each piece set aside is in the file, by its number in the state's text, and whether it is ASCII
+   * (one byte a character).
+   */
+  pieces: Map<number, { offset: number; bytes: number; ascii: boolean }>;
+  /** Where pieces are read back into. */
+  buffer: Uint8Array;
   /** The file's length. */
   end: number;
   /** True once a write failed: the pieces after it stay in memory. */
@@ -498,30 +514,42 @@ interface Spill {
  */
 function* linesAt(
   positions: Iterable<number>,
-  textOf: (piece: number) => string | null,
+  textOf: (piece: number) => string | Uint8Array | null,
   elsewhere: number[],
-): Generator<string> {
-  let run: { piece: number; text: string; start: number; end: number } | null = null;
+): Generator<string | Uint8Array> {
+  const cut = (text: string | Uint8Array, start: number, end?: number) =>
+    typeof text === "string" ? text.slice(start, end) : text.subarray(start, end);
+  let run: { piece: number; text: string | Uint8Array; start: number; end: number } | null = null;
+  // The piece asked for last: `textOf` is asked once for each stretch of positions in one piece.
+  let shown = -1, text: string | Uint8Array | null = null;
   for (const position of positions) {
     const piece = Math.floor(position / PIECE_SPAN), start = position % PIECE_SPAN;
-    const text = textOf(piece);
+    if (piece !== shown) {
+      // Out before the next piece is asked for, which may be read back into the same buffer.
+      if (run !== null) yield cut(run.text, run.start, run.end);
+      run = null;
+      [shown, text] = [piece, textOf(piece)];
+    }
     if (text === null) {
       elsewhere.push(position);
       continue;
     }
-    const newline = text.indexOf("\n", start);
-    if (run !== null && (newline < 0 || run.piece !== piece || run.end !== start)) {
-      yield run.text.slice(run.start, run.end);
+    const newline = typeof text === "string" ? text.indexOf("\n", start) : text.indexOf(NEWLINE, start);
+    if (run !== null && (newline < 0 || run.end !== start)) {
+      yield cut(run.text, run.start, run.end);
       run = null;
     }
-    if (newline < 0) yield `${text.slice(start)}\n`; // the file's last line, without its line break
-    else if (run === null) run = { piece, text, start, end: newline + 1 };
+    if (newline < 0) { // the file's last line, without its line break
+      yield cut(text, start);
+      yield "\n";
+    } else if (run === null) run = { piece, text, start, end: newline + 1 };
     else run.end = newline + 1;
   }
-  if (run !== null) yield run.text.slice(run.start, run.end);
+  if (run !== null) yield cut(run.text, run.start, run.end);
 }
 
 const TAB = 9;
+const NEWLINE = 10;
 const utf8 = new TextEncoder();
 /**
  * Positions per piece of a state's text: more than a piece holds (see {@link READ_PIECE}), and few enough
@@ -651,6 +679,12 @@ export function saveState(root: LocalDir, state: MirrorState): void {
         filled = 0;
       };
       for (const chunk of state.chunks()) {
+        if (typeof chunk !== "string") {
+          flush();
+          pwriteAll(fd, chunk, offset);
+          offset += chunk.length;
+          continue;
+        }
         for (let done = 0; done < chunk.length;) {
           const { read, written } = utf8.encodeInto(
             done === 0 ? chunk : chunk.slice(done),

@@ -198,6 +198,18 @@ Deno.test("state: a state file of several MiB is read back whole, every line of 
   for (const path of paths) assert.deepEqual(loaded.trusted(path, seen()), entry(), path);
 });
 
+/** `text` in pieces of whole lines of at most a MB, as `loadState` reads a file. */
+function inPieces(text: string): string[] {
+  const pieces = [];
+  for (let start = 0; start < text.length;) {
+    let end = text.lastIndexOf("\n", start + 1_000_000) + 1;
+    if (end <= start) end = text.length;
+    pieces.push(text.slice(start, end));
+    start = end;
+  }
+  return pieces;
+}
+
 /** The unnamed files (O_TMPFILE) this process holds open in `dir`'s state folder, and their sizes. */
 function setAsideIn(dir: string): number[] {
   const prefix = `${Deno.realPathSync(dir)}/.ferry/#`;
@@ -223,8 +235,12 @@ for (const setAside of [false, true]) {
     const root = LocalDir.open(dir);
     using state = new MirrorState(WRITTEN);
     if (setAside) state.spillInto(root);
-    // About 140 characters a line: the lines recorded fill more than one piece of the state's text.
-    const paths = Array.from({ length: 12_000 }, (_, i) => `folder ${i % 10}/file ${i}.bin`);
+    // About 140 characters a line: two full pieces of the text, and a third. One path is not ASCII: its
+    // piece is read back as text, the first as bytes.
+    const paths = Array.from(
+      { length: 18_000 },
+      (_, i) => `folder ${i % 10}/${i === 10_000 ? "fïchier" : "file"} ${i}.bin`,
+    );
     for (const path of paths) state.set(path, entry());
     for (const path of [paths[0], paths[6_000], paths.at(-1)!]) {
       assert.deepEqual(state.trusted(path, seen()), entry(), `${path}, before anything is written`);
@@ -253,7 +269,7 @@ for (const setAside of [false, true]) {
       1,
       "one line per path",
     );
-    const loaded = MirrorState.parse(text, WRITTEN);
+    const loaded = MirrorState.parse(inPieces(text), WRITTEN);
     assert.equal(loaded.size, paths.length - 1);
     assert.deepEqual(loaded.trusted(paths[5], seen(newer.key)), newer);
     for (const path of paths.filter((_, i) => i !== 5 && i !== 7)) {
