@@ -557,7 +557,7 @@ export const OPEN = {
   O_DIRECTORY,
   /**
    * An unnamed file in the directory `path` names (with O_RDWR or O_WRONLY): its blocks go back to the
-   * file system when its last fd closes, so a crash leaves nothing behind.
+   * file system when its last fd closes, so a process that dies leaves nothing behind.
    */
   O_TMPFILE: 0o20000000 | O_DIRECTORY,
 } as const;
