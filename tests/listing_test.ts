@@ -411,6 +411,13 @@ Deno.test("a streamed listing of 12,000 files has no cap and mirrors completely;
     assert.deepEqual(lines.filter((l) => l.status !== "unchanged").map((l) => [l.path, l.status]), [
       ["d0/extra", "deleted"],
     ]);
+    // The state records every file, though the run set most of its new lines aside in a file meanwhile.
+    const recorded = (await Deno.readTextFile(`${out}/.ferry/state`)).split("\n").slice(1)
+      .filter((line) => line !== "" && !line.startsWith("dir ")).map((line) => line.split("\t")[3]);
+    assert.equal(recorded.length, 12_000);
+    assert.equal(new Set(recorded).size, 12_000);
+    assert.ok(recorded.every((path) => /^d[0-9]+\/f[0-9]+$/.test(path)));
+    assert.deepEqual([...Deno.readDirSync(`${out}/.ferry`)].map((e) => e.name), ["state"]);
   });
 });
 
