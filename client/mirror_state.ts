@@ -307,7 +307,7 @@ export class MirrorState implements Disposable {
     const text = this.#texts[piece];
     if (text !== null) return text;
     if (this.#readBack?.piece !== piece) {
-      this.#readBack = { piece, text: this.#readSpilled(piece) as string };
+      this.#readBack = { piece, text: new TextDecoder().decode(this.#readSpilled(piece)) };
     }
     return this.#readBack.text;
   }
@@ -351,12 +351,9 @@ export class MirrorState implements Disposable {
     this.#texts[piece] = null;
   }
 
-  /**
-   * The text of `piece` as {@link #spillLastPiece} wrote it; with `asBytes`, an ASCII piece as its bytes,
-   * in a buffer that the next call reuses.
-   */
-  #readSpilled(piece: number, asBytes = false): string | Uint8Array {
-    const spill = this.#spill!, { offset, bytes, ascii } = spill.pieces.get(piece)!;
+  /** The bytes of `piece` as {@link #spillLastPiece} wrote them, in a buffer that the next call reuses. */
+  #readSpilled(piece: number): Uint8Array {
+    const spill = this.#spill!, { offset, bytes } = spill.pieces.get(piece)!;
     if (spill.buffer.length < bytes) spill.buffer = new Uint8Array(bytes);
     const buffer = spill.buffer.subarray(0, bytes);
     for (let done = 0; done < bytes;) {
@@ -366,7 +363,7 @@ export class MirrorState implements Disposable {
       }
       done += n;
     }
-    return asBytes && ascii ? buffer : new TextDecoder().decode(buffer);
+    return buffer;
   }
 
   /** Closes the file of lines set aside, if any; the state is then no longer to be saved. */
@@ -429,7 +426,12 @@ export class MirrorState implements Disposable {
     // garbage that only a full collection frees: saving a million lines set aside grew the process by 90
     // MB, and by 38-40 MB so.
     if (spilled.length > 0) {
-      yield* linesAt(Float64Array.from(spilled).sort(), (piece) => this.#readSpilled(piece, true), []);
+      const decoder = new TextDecoder();
+      const readBack = (piece: number) => {
+        const bytes = this.#readSpilled(piece);
+        return this.#spill!.pieces.get(piece)!.ascii ? bytes : decoder.decode(bytes);
+      };
+      yield* linesAt(Float64Array.from(spilled).sort(), readBack, []);
     }
     for (const [path, { key, names }] of this.#folders) {
       yield `${FOLDER_LINE}${names}\t${key}\t${path === "" ? "." : quote(path)}\n`;
