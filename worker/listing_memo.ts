@@ -31,6 +31,13 @@ export interface FolderNames {
   readonly types: Uint8Array;
 }
 
+/** A folder's names as kept: under its identity, and whether a walk used them since the last sweep. */
+interface KeptFolder {
+  identity: string;
+  names: FolderNames;
+  used: boolean;
+}
+
 /** Folders' names kept for each file entry kept (a name takes some 40 bytes, an entry some 250). */
 const NAMES_PER_ENTRY = 2;
 /** How much older than the reading of its names a folder's ctime must be for the names to be kept. */
@@ -56,7 +63,7 @@ const ETAG_TAIL = 32 + 2;
 
 /** A worker's memo of folders' names and files' entries; see the module's documentation. */
 export class ListingMemo {
-  #folders = new Map<string, { identity: string; names: FolderNames; used: boolean }>();
+  #folders = new Map<string, KeptFolder>();
   #names = 0;
   /** Entry number by path; each entry's stat words in `#words`, its JSON (brief or full) in `#json`. */
   #entries = new Map<string, number>();
@@ -83,7 +90,7 @@ export class ListingMemo {
   /** The names of the folder `path`, if it is as it was when they were read. */
   namesOf(path: string, folder: FileStat): FolderNames | undefined {
     const kept = this.#folders.get(path);
-    if (kept === undefined || kept.identity !== identityOf(folder)) return undefined;
+    if (kept === undefined || kept.identity !== folderIdentity(folder)) return undefined;
     kept.used = true;
     return kept.names;
   }
@@ -106,13 +113,13 @@ export class ListingMemo {
       this.#sweepFolders();
       if (this.#names + names.texts.length > this.maxNames) return;
     }
-    this.#folders.set(path, { identity: identityOf(folder), names, used: true });
+    this.#folders.set(path, { identity: folderIdentity(folder), names, used: true });
     this.#names += names.texts.length;
   }
 
   /** Forgets the folders no walk used since the last sweep. */
   #sweepFolders(): void {
-    const folders = new Map<string, { identity: string; names: FolderNames; used: boolean }>();
+    const folders = new Map<string, KeptFolder>();
     this.#names = 0;
     for (const [path, kept] of this.#folders) {
       if (!kept.used) continue;
@@ -204,6 +211,7 @@ export function withSha256(json: string, sha256: string | undefined): string {
   return sha256 === undefined ? json : `${json.slice(0, -1)},"sha256":"${sha256}"}`;
 }
 
-function identityOf(folder: FileStat): string {
+/** What any name created, removed or renamed in a folder moves: its device, inode, mtime and ctime. */
+function folderIdentity(folder: FileStat): string {
   return `${folder.dev}:${folder.ino}:${folder.mtimeNs}:${folder.ctimeNs}`;
 }
