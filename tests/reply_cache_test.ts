@@ -6,7 +6,13 @@
 
 import assert from "node:assert/strict";
 import { close, fstat, openRead, statAt } from "../ffi/libc.ts";
-import { HEAP_REPLY_MAX, type NewReply, ReplyCache } from "../worker/reply_cache.ts";
+import {
+  EVICTION_WINDOW,
+  HEAP_REPLY_MAX,
+  type NewReply,
+  ReplyCache,
+  SPARSE_ADMISSION,
+} from "../worker/reply_cache.ts";
 import type { Body } from "../worker/bodies.ts";
 import { ErrorCode } from "../framing.ts";
 import {
@@ -102,6 +108,47 @@ Deno.test("a reply is admitted from the second request for the same version of i
   using none = new ReplyCache(0);
   none.admit("a.txt", "v1");
   assert.equal(none.admit("a.txt", "v1"), false, "--reply-cache 0 keeps nothing");
+});
+
+Deno.test("while the replies it evicts were never used, the cache keeps one in SPARSE_ADMISSION; once they are, all again", async () => {
+  await using dir = await tempDir();
+  const files = 17; // prime to SPARSE_ADMISSION: the replies kept while sparse are of different files
+  for (let i = 0; i < files; i++) await Deno.writeTextFile(`${dir.path}/${i}`, `${i}`);
+  using root = openRoot(dir.path);
+  using cache = new ReplyCache(250); // room for two entries of 110 bytes
+  let asked = 0;
+  /** A file asked for twice, as by two hosts; its reply kept if admitted, and used if `use`. True if kept. */
+  const keep = (use: boolean): boolean => {
+    const path = String(asked % files), version = `v${asked++}`; // a version of its own: a first request
+    cache.admit(path, version);
+    if (!cache.admit(path, version)) return false;
+    cache.store(path, entryFor(root.fd, path, 100));
+    if (use) assert.notEqual(cache.lookup(root.fd, path), null);
+    return true;
+  };
+  const kept = (times: number, use: boolean) =>
+    Array.from({ length: times }, () => keep(use)).filter(Boolean).length;
+
+  // Hosts too far apart: every reply kept is evicted before it is asked for again.
+  assert.equal(kept(EVICTION_WINDOW + 2, false), EVICTION_WINDOW + 2, "all kept until a window of evictions");
+  assert.equal(kept(3 * SPARSE_ADMISSION, false), 3, "then one in SPARSE_ADMISSION");
+
+  // Replies that answer requests before they are evicted (here, at once) make keeping them pay again.
+  assert.equal(kept((EVICTION_WINDOW - 3) * SPARSE_ADMISSION, true), EVICTION_WINDOW - 3);
+  assert.equal(kept(10, true), 10, "all kept again");
+});
+
+Deno.test("a cache that holds what it is asked for keeps admitting, however many replies it took in", async () => {
+  await using dir = await tempDir();
+  for (let i = 0; i < 4; i++) await Deno.writeTextFile(`${dir.path}/${i}`, `${i}`);
+  using root = openRoot(dir.path);
+  using cache = new ReplyCache(1024);
+  for (let round = 0; round < EVICTION_WINDOW * 2; round++) {
+    const path = String(round % 4);
+    cache.admit(path, `v${round}`); // a new version each time: it replaces the one kept, evicting nothing
+    assert.ok(cache.admit(path, `v${round}`), `round ${round}`);
+    cache.store(path, entryFor(root.fd, path, 100));
+  }
 });
 
 Deno.test("the cache holds at most its budget, dropping the oldest replies first", async () => {

@@ -8,7 +8,8 @@
  * unreadable, or moved away, is looked up afresh by the usual path, which then answers as it must. The
  * assumption is the hash cache's: the same file with the same size and times holds the same bytes.
  * Beyond the budget, the oldest entries go first. A reply is kept only from the second time its path is
- * asked for (see {@link ReplyCache.admit}).
+ * asked for, and only one in {@link SPARSE_ADMISSION} while most of the replies evicted lately had never
+ * been used (see {@link ReplyCache.admit}).
  *
  * Replies over {@link HEAP_REPLY_MAX} live in one memory file (memfd) per worker rather than in the
  * JavaScript heap, so that they go out with sendfile(2): the socket takes references to the pages instead
@@ -32,6 +33,11 @@ const PAGE = 4096;
 
 /** Paths remembered as asked for once, at most: their names only, a few MiB at worst. */
 const ASKED_ONCE_MAX = 65_536;
+
+/** Evictions after which the cache looks back at how many of them had ever answered a request. */
+export const EVICTION_WINDOW = 256;
+/** While most evicted replies had never answered a request, one reply in this many that could be kept is. */
+export const SPARSE_ADMISSION = 64;
 
 /** Replies of at most this many bytes are kept in the heap and sent with a copy. */
 export const HEAP_REPLY_MAX = 16 * 1024;
@@ -68,6 +74,8 @@ interface Entry extends CachedReply {
   senders: number;
   /** Evicted: its pages go once `senders` is 0. */
   evicted: boolean;
+  /** Whether it has answered a request (see {@link ReplyCache.admit}). */
+  used: boolean;
 }
 
 /** Cached replies by path. */
@@ -75,6 +83,13 @@ export class ReplyCache {
   readonly #entries = new Map<string, Entry>();
   /** Etag by path of the replies asked for once and not kept, oldest first. */
   readonly #askedOnce = new Map<string, string>();
+  /** Evictions since the last look back, and how many of them had never answered a request. */
+  #evictions = 0;
+  #unusedEvictions = 0;
+  /** True when most replies evicted in the last window had never answered a request. */
+  #sparse = false;
+  /** Replies that could have been kept while sparse, to keep one in SPARSE_ADMISSION. */
+  #couldKeep = 0;
   #bytes = 0;
   #memory = -1;
   #end = 0;
@@ -143,6 +158,7 @@ export class ReplyCache {
       return null;
     }
     workerMetrics.count(WorkerCell.ReplyCacheHits);
+    entry.used = true;
     return entry;
   }
 
@@ -167,12 +183,20 @@ export class ReplyCache {
    * host mirroring a tree larger than the cache asks for each file once, and keeping every reply only to
    * evict it unread cost an eighth of a worker's time; a file a fleet asks for is kept from its second
    * request on.
+   *
+   * Unless the cache is thrashing: hosts of a fleet that mirror a tree larger than the cache each ask for
+   * every file, but too far apart for a reply to outlive the ones kept after it, and each reply kept then
+   * costs a copy into the cache (for the larger ones, fresh pages of the memory file, freed again when
+   * evicted) for nothing. So once most of the last {@link EVICTION_WINDOW} evicted replies had never
+   * answered a request, only one reply in {@link SPARSE_ADMISSION} that could be kept is kept, until a
+   * window's evicted replies were mostly used again: those live longer, so they tell whether keeping
+   * replies pays again. A cache that holds what it is asked for evicts nothing and keeps admitting.
    */
   admit(path: string, etag: string): boolean {
     if (this.budget === 0) return false;
     const before = this.#askedOnce.get(path);
     this.#askedOnce.delete(path);
-    if (before === etag) return true;
+    if (before === etag && (!this.#sparse || ++this.#couldKeep % SPARSE_ADMISSION === 0)) return true;
     setWithin(this.#askedOnce, path, etag, ASKED_ONCE_MAX);
     return false;
   }
@@ -211,11 +235,13 @@ export class ReplyCache {
       offset,
       senders: 0,
       evicted: false,
+      used: false,
     });
     this.#bytes += size;
     for (const [oldest, victim] of this.#entries) {
       if (this.#bytes <= this.budget) break;
       this.#drop(oldest, victim);
+      this.#countEviction(victim);
     }
   }
 
@@ -237,6 +263,14 @@ export class ReplyCache {
     this.#bytes -= sizeOf(entry.length, entry.unchanged, entry.whole !== null);
     entry.evicted = true;
     if (entry.senders === 0) this.#free(entry);
+  }
+
+  /** Looks back at every EVICTION_WINDOW evictions for room: see {@link admit}. */
+  #countEviction(victim: Entry): void {
+    if (!victim.used) this.#unusedEvictions++;
+    if (++this.#evictions < EVICTION_WINDOW) return;
+    this.#sparse = this.#unusedEvictions * 2 > this.#evictions;
+    this.#evictions = this.#unusedEvictions = 0;
   }
 
   #free(entry: Entry): void {
