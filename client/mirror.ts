@@ -223,6 +223,9 @@ type Need =
    */
   | { kind: "one by one"; localSha256?: string };
 
+/** Entries of a held listing (one checked against a manifest) planned together: a streamed batch's size. */
+const PLAN_SLICE = 1024;
+
 /** The need of most files of a first copy: one object for them all, not one per file of a large tree. */
 const FETCH: Need = Object.freeze({ kind: "fast" });
 
@@ -312,6 +315,11 @@ class FetchQueue implements TreeFileSource<Item> {
  * file whose lstat matches what was recorded. Throws LocalIoError.
  */
 function needOf(item: Item, state: MirrorState, partsDropped = false): Need {
+  return needBeforeLstat(item, partsDropped) ?? needByLstat(item, state, lstatOf(item));
+}
+
+/** What `item` needs when that is plain without an lstat of its local copy (see {@link needOf}); else null. */
+function needBeforeLstat(item: Item, partsDropped: boolean): Need | null {
   const { entry, folder, name } = item;
   // Most folders have no part: asking a Set for the name would first cost hashing the name.
   if (folder.parts.size > 0 && folder.parts.has(name) && !partsDropped) {
@@ -320,12 +328,21 @@ function needOf(item: Item, state: MirrorState, partsDropped = false): Need {
   }
   // A folder as recorded holds the files the state has: lstat tells, where a set of names would cost more.
   if (!folder.recorded && !folder.names.has(name)) return FETCH;
-  let local;
+  return null;
+}
+
+/** The lstat of `item`'s local copy: null if there is none. Throws LocalIoError. */
+function lstatOf(item: Item): StatIdentity | null {
   try {
-    local = identityAt(folder.dir.fd, name);
+    return identityAt(item.folder.dir.fd, item.name);
   } catch (e) {
-    throw new LocalIoError(`cannot stat ${folder.dir.shownPath(name)}`, e);
+    throw new LocalIoError(`cannot stat ${item.folder.dir.shownPath(item.name)}`, e);
   }
+}
+
+/** What `item` needs, its local copy's lstat being `local` (see {@link needOf}). */
+function needByLstat(item: Item, state: MirrorState, local: StatIdentity | null): Need {
+  const { entry } = item;
   if (local === null || !local.isFile) return FETCH; // a symlink or special file is replaced
   item.local = local;
   const recorded = state.trusted(item.rel, local);
@@ -562,8 +579,49 @@ class MirrorRun {
     }
   }
 
-  /** Step 1, for each entry as the listing streams in: what it needs, from lstat and the state. */
-  plan(value: unknown): void {
+  /**
+   * Step 1, for each batch of entries as the listing streams in: what each needs, from lstat and the
+   * state. The batch's lstats are made in one loop, then its decisions in another: taking turns file by
+   * file, a run with nothing changed over 100,000 files took about a seventh more time. The lstats took
+   * about as long either way; the rest of the work took less once it ran in a loop of its own.
+   */
+  planBatch(values: readonly unknown[]): void {
+    const items: Item[] = [], plain: (Need | null)[] = [];
+    for (const value of values) {
+      const item = this.#itemOf(value);
+      if (item === null) continue;
+      items.push(item);
+      plain.push(needBeforeLstat(item, false));
+    }
+    const lstats: (StatIdentity | null | LocalIoError)[] = [];
+    for (let i = 0; i < items.length; i++) {
+      if (plain[i] !== null) continue;
+      try {
+        lstats.push(lstatOf(items[i]));
+      } catch (e) {
+        if (!(e instanceof LocalIoError)) throw e;
+        lstats.push(e);
+      }
+    }
+    let next = 0;
+    for (let i = 0; i < items.length; i++) {
+      const item = items[i];
+      try {
+        const local = plain[i] === null ? lstats[next++] : null;
+        if (local instanceof LocalIoError) throw local;
+        item.need = plain[i] ?? needByLstat(item, this.local.state, local);
+        this.#route(item);
+      } catch (e) {
+        this.#failed(item, classify(e));
+      }
+    }
+  }
+
+  /**
+   * The item for a listing's entry, its need not decided yet; null when the entry is done with here
+   * (unusable, listed again, failed, or a dry run's file with no folder).
+   */
+  #itemOf(value: unknown): Item | null {
     const entry = checkEntry(value);
     const rel = entry === null ? null : localRelative(entry.path, this.remoteDir);
     const path = entry?.path ?? JSON.stringify(value);
@@ -583,11 +641,11 @@ class MirrorRun {
             : `${path} would go in LOCAL_DIR's ${STATE_DIR}/, which holds the mirror's own state`,
         ),
       });
-      return;
+      return null;
     }
     const kept = this.keep.size;
     this.keep.add(rel); // one look-up in a set of the whole tree, not a has() and an add()
-    if (this.keep.size === kept) return; // sent again by a listing asked for again after a cut
+    if (this.keep.size === kept) return null; // sent again by a listing asked for again after a cut
     const local = this.open(); // LOCAL_DIR that cannot be made fails the run, not each file
     try {
       // No symlink below LOCAL_DIR is followed; one where a directory belongs is replaced by it, which a
@@ -597,13 +655,16 @@ class MirrorRun {
         : this.dryRun
         ? local.folders.lookUp(rel)
         : local.folders.folderOf(rel);
-      if (folder === null) return this.#wouldUpdate(entry!, rel);
+      if (folder === null) {
+        this.#wouldUpdate(entry!, rel);
+        return null;
+      }
       const item = new Item(entry!, rel, folder);
       item.signed = this.release !== null;
-      item.need = needOf(item, local!.state);
-      this.#route(item);
+      return item;
     } catch (e) {
       this.#failed({ entry: entry!, rel }, classify(e));
+      return null;
     }
   }
 
@@ -828,13 +889,14 @@ export async function mirror(
     // listing agrees with it, so that a refused tree has nothing fetched, made or deleted for it.
     const held: unknown[] = [];
     const listing = await listRemote(session, remoteDir, options, (batch) => {
-      for (const value of batch) {
-        if (run.release !== null) held.push(value);
-        else run.plan(value);
-      }
+      if (run.release === null) return run.planBatch(batch);
+      for (const value of batch) held.push(value);
     }, () => run.openIfThere());
     if (run.release !== null) {
-      for (const value of checkTreeAgainst(run.release, remoteDir, held)) run.plan(value);
+      const checked = checkTreeAgainst(run.release, remoteDir, held);
+      for (let at = 0; at < checked.length; at += PLAN_SLICE) {
+        run.planBatch(checked.slice(at, at + PLAN_SLICE));
+      }
     }
     run.open(); // an empty listing still makes LOCAL_DIR (a dry run only looks for it)
     run.progress.phase("hashing");
