@@ -593,23 +593,24 @@ class MirrorRun {
       items.push(item);
       plain.push(needBeforeLstat(item, false));
     }
-    const lstats: (StatIdentity | null | LocalIoError)[] = [];
+    if (items.length === 0) return;
+    // Each item's lstat (or why it failed), at its own place; none where its need is plain already.
+    const lstats: (StatIdentity | null | LocalIoError)[] = new Array(items.length).fill(null);
     for (let i = 0; i < items.length; i++) {
       if (plain[i] !== null) continue;
       try {
-        lstats.push(lstatOf(items[i]));
+        lstats[i] = lstatOf(items[i]);
       } catch (e) {
         if (!(e instanceof LocalIoError)) throw e;
-        lstats.push(e);
+        lstats[i] = e;
       }
     }
-    let next = 0;
+    const { state } = this.local;
     for (let i = 0; i < items.length; i++) {
-      const item = items[i];
+      const item = items[i], local = lstats[i];
       try {
-        const local = plain[i] === null ? lstats[next++] : null;
         if (local instanceof LocalIoError) throw local;
-        item.need = plain[i] ?? needByLstat(item, this.local.state, local);
+        item.need = plain[i] ?? needByLstat(item, state, local);
         this.#route(item);
       } catch (e) {
         this.#failed(item, classify(e));
