@@ -250,20 +250,106 @@ export function decodeSignature(bytes: Uint8Array, expectedSize: number): Signat
   return { bits, size, lengths, hashes };
 }
 
-/** A chunk's key for lookups: its length and 53 bits of its hash prefix. */
-function chunkKey(signature: Signature, i: number): string {
-  const h = signature.hashes;
-  const o = 8 * i;
+/** A chunk's key for lookups: its length and its 8-byte hash prefix (`hashes` from `at`). */
+function keyOf(length: number, h: Uint8Array, at: number): string {
   // A string of the length and the 8 bytes: Map lookups on it are exact, with no bigint arithmetic.
   return String.fromCharCode(
-    signature.lengths[i] & 0xffff,
-    signature.lengths[i] >>> 16,
-    h[o] | (h[o + 1] << 8),
-    h[o + 2] | (h[o + 3] << 8),
-    h[o + 4] | (h[o + 5] << 8),
-    h[o + 6] | (h[o + 7] << 8),
+    length & 0xffff,
+    length >>> 16,
+    h[at] | (h[at + 1] << 8),
+    h[at + 2] | (h[at + 3] << 8),
+    h[at + 4] | (h[at + 5] << 8),
+    h[at + 6] | (h[at + 7] << 8),
   );
 }
+
+/** The key of chunk `i` of `signature`. */
+function chunkKey(signature: Signature, i: number): string {
+  return keyOf(signature.lengths[i], signature.hashes, 8 * i);
+}
+
+/** Where chunks are in an old copy: offset by chunk key (length and hash prefix). */
+export type ChunkIndex = Map<string, number>;
+
+/** The chunks of the old copy's own signature (cut with the remote's bits), each at its offset. */
+export function indexChunks(local: Signature): ChunkIndex {
+  const have: ChunkIndex = new Map();
+  for (let i = 0, at = 0; i < local.lengths.length; at += local.lengths[i], i++) {
+    const key = chunkKey(local, i);
+    if (!have.has(key)) have.set(key, at);
+  }
+  return have;
+}
+
+/**
+ * Finds the chunks of `remote` in an old copy of `size` bytes, read through `readAt` (bytes read into the
+ * buffer from the offset; 0 at the end), with the remote signature in hand: each chunk of the old copy is
+ * first taken to be the remote chunk that follows the last one found, and only checked by its hash. Where
+ * that guess fails (around an edit) the old copy is cut as {@link SignatureBuilder} would cut it, and the
+ * chunk looked up among all the remote ones; the guesses then go on from the one it matched.
+ *
+ * A chunk's cut depends only on its own bytes, so where the old copy agrees with the new version it is cut
+ * where the remote chunks are: the guesses find what cutting all of it would find, at the cost of hashing
+ * it, without running the gear hash over every byte. Needs {@link loadHashing}.
+ */
+export function findChunks(
+  remote: Signature,
+  size: number,
+  readAt: (buffer: Uint8Array, offset: number) => number,
+): ChunkIndex {
+  const { max } = chunkLimits(remote.bits);
+  const count = remote.lengths.length;
+  const remoteAt = new Map<string, number>();
+  for (let i = count - 1; i >= 0; i--) remoteAt.set(chunkKey(remote, i), i);
+  const have: ChunkIndex = new Map();
+  const found = (i: number, offset: number) => {
+    const key = chunkKey(remote, i);
+    if (!have.has(key)) have.set(key, offset);
+  };
+  // The old copy from `base` on, `filled` bytes of it: always at least `max` from the chunk being looked at.
+  const buffer = new Uint8Array(Math.max(FIND_BUFFER, 2 * max));
+  let base = 0, filled = 0;
+  const prefixOf = (start: number, length: number) =>
+    createSha256().update(buffer.subarray(start - base, start - base + length)).digest();
+  for (let offset = 0, next = 0; offset < size;) {
+    if (offset + max > base + filled && base + filled < size) {
+      buffer.copyWithin(0, offset - base, filled);
+      filled -= offset - base;
+      base = offset;
+      while (filled < buffer.length) {
+        const n = readAt(buffer.subarray(filled), base + filled);
+        if (n <= 0) break;
+        filled += n;
+      }
+    }
+    const available = Math.min(max, base + filled - offset, size - offset);
+    if (available <= 0) break; // the copy is shorter than it was: what is left was not read
+    if (next < count && remote.lengths[next] <= available) {
+      const length = remote.lengths[next];
+      const digest = prefixOf(offset, length);
+      if (keyOf(length, digest, 0) === chunkKey(remote, next)) {
+        found(next++, offset);
+        offset += length;
+        continue;
+      }
+    }
+    let cut = available;
+    new Chunker(remote.bits).update(
+      buffer.subarray(offset - base, offset - base + available),
+      (end) => cut = Math.min(cut, end),
+    );
+    const i = remoteAt.get(keyOf(cut, prefixOf(offset, cut), 0));
+    if (i !== undefined) {
+      found(i, offset);
+      next = i + 1;
+    }
+    offset += cut;
+  }
+  return have;
+}
+
+/** Bytes of the old copy {@link findChunks} reads at a time. */
+const FIND_BUFFER = 1024 * 1024;
 
 /** One step of building the new file: bytes copied from the old copy, or fetched from the server. */
 export interface DeltaStep {
@@ -288,17 +374,10 @@ export interface DeltaPlan {
 }
 
 /**
- * Plans the new version (`remote`, the server's signature) from the old copy's signature (`local`, cut with
- * the same bits): a remote chunk found among the local ones is copied, the rest fetched.
+ * Plans the new version (`remote`, the server's signature) from the chunks found in the old copy (`have`:
+ * {@link indexChunks} or {@link findChunks}): a remote chunk found there is copied, the rest fetched.
  */
-export function planDelta(remote: Signature, local: Signature): DeltaPlan {
-  const have = new Map<string, number>();
-  if (local.bits === remote.bits) {
-    for (let i = 0, at = 0; i < local.lengths.length; at += local.lengths[i], i++) {
-      const key = chunkKey(local, i);
-      if (!have.has(key)) have.set(key, at);
-    }
-  }
+export function planDelta(remote: Signature, have: ChunkIndex): DeltaPlan {
   const steps: DeltaStep[] = [];
   let fetchBytes = 0;
   for (let i = 0, offset = 0; i < remote.lengths.length; offset += remote.lengths[i], i++) {

@@ -15,7 +15,10 @@
 
 import {
   chunkBitsFor,
+  type ChunkIndex,
   decodeSignature,
+  findChunks,
+  indexChunks,
   planDelta,
   type Signature,
   SignatureBuilder,
@@ -34,6 +37,7 @@ import { protocolError, ServerRefusal } from "./failure.ts";
 import type { Progress } from "./progress.ts";
 import { LocalIoError } from "./publish.ts";
 import type { Session } from "./session.ts";
+import type { Prefetched } from "./signature_prefetch.ts";
 
 /**
  * Smallest old copy worth a delta: below 1 MiB the whole file crosses a LAN in about a millisecond, less
@@ -84,6 +88,8 @@ export interface DeltaContext<H extends DeltaHeader> {
   progress: Progress;
   /** Told of each data byte received (signature and ranges). */
   onReceived: (bytes: number) => void;
+  /** The version's signature asked for ahead (`signature_prefetch.ts`), if it was. */
+  early?: Prefetched;
 }
 
 /** How a delta ended; null from {@link fetchDelta} means: fetch the whole file instead. */
@@ -107,30 +113,45 @@ export async function fetchDelta<H extends DeltaHeader>(
 ): Promise<DeltaResult<H> | null> {
   const { session, path, target } = ctx;
   const what = JSON.stringify(path);
-  const request: Request = { v: PROTOCOL_VERSION, op: "sig", path };
-  if (ctx.localSha256 !== undefined) request.ifNoneMatch = ctx.localSha256;
   // The old copy is cut while the server signs its version (each on its own core): the request goes out
-  // first, the answer is read after. The cut needs the version's chunk size, known from its size.
+  // first, the answer is read after. The cut needs the version's chunk size, known from its size. With the
+  // signature in hand already, the old copy is not cut: its chunks are found by following the signature.
   const bits = chunkBitsFor(ctx.expectedSize ?? ctx.old.statSync().size);
-  let local: Signature | null = null;
+  const old: { cut: Signature | null } = { cut: null };
+  const cut = () => old.cut = signOldCopy(ctx.old, bits, ctx.deadline);
+  const early = ctx.early?.ifNoneMatch === ctx.localSha256 ? ctx.early : undefined;
+  if (early !== undefined && !early.ready) cut();
+  const answer = early === undefined ? null : await early.answer;
   let raw: ResponseHeader;
-  try {
-    raw = await session.begin(request, what, {
-      meanwhile: () => local = signOldCopy(ctx.old, bits, ctx.deadline),
-    });
-  } catch (e) {
-    if (e instanceof ServerRefusal) return null;
-    throw e;
+  if (answer !== null) raw = answer.header;
+  else {
+    const request: Request = { v: PROTOCOL_VERSION, op: "sig", path };
+    if (ctx.localSha256 !== undefined) request.ifNoneMatch = ctx.localSha256;
+    try {
+      raw = await session.begin(request, what, { meanwhile: old.cut === null ? cut : undefined });
+    } catch (e) {
+      if (e instanceof ServerRefusal) return null;
+      throw e;
+    }
   }
   const header = ctx.checkHeader(raw);
   if (header.unchanged) {
-    await session.finish();
+    if (answer === null) await session.finish();
     return { header, sha256: header.sha256 ?? ctx.localSha256, reused: header.size };
   }
   if (header.etag === undefined) throw protocolError(`the signature of ${what} names no version (etag)`);
-  const remote = await readSignature(ctx, raw.signatureLength, header.size);
-  if (local === null || remote.bits !== bits) local = signOldCopy(ctx.old, remote.bits, ctx.deadline);
-  const plan = planDelta(remote, local);
+  const remote = answer?.bytes
+    ? decodeFromWire(answer.bytes, header.size, what)
+    : await readSignature(ctx, raw.signatureLength, header.size);
+  if (answer?.bytes) ctx.onReceived(answer.bytes.byteLength);
+  const have: ChunkIndex = old.cut !== null && old.cut.bits === remote.bits
+    ? indexChunks(old.cut)
+    : findChunks(remote, ctx.old.statSync().size, (buffer, offset) => {
+      ctx.deadline.check();
+      ctx.old.seekSync(offset, Deno.SeekMode.Start);
+      return ctx.old.readSync(buffer) ?? 0;
+    });
+  const plan = planDelta(remote, have);
   const builder = new Builder(ctx, plan.steps);
   await target.accept({ ...header, offset: 0 });
   ctx.progress.start(path, header.size, 0);
@@ -165,6 +186,22 @@ async function readSignature<H extends DeltaHeader>(
   size: number,
 ): Promise<Signature> {
   const what = `the signature of ${JSON.stringify(ctx.path)}`;
+  const bytes = await readSignatureBytes(ctx.session, what, length, size);
+  ctx.onReceived(bytes.byteLength);
+  return decodeFromWire(bytes, size, what);
+}
+
+/**
+ * Reads the signature that follows a `sig` header on `session` (`length`, the header's
+ * `signatureLength`, for a file of `size` bytes), undecoded; `what` names it in errors. An impossible
+ * length, or a body of another length, is a protocol error.
+ */
+export async function readSignatureBytes(
+  session: Session,
+  what: string,
+  length: unknown,
+  size: number,
+): Promise<Uint8Array> {
   if (
     typeof length !== "number" || !Number.isSafeInteger(length) || length < SIGNATURE_HEADER_SIZE ||
     length > maxSignatureLength(size)
@@ -173,15 +210,19 @@ async function readSignature<H extends DeltaHeader>(
   }
   const bytes = new Uint8Array(length);
   let received = 0;
-  const end = await ctx.session.readBody(length, (chunk) => {
+  const end = await session.readBody(length, (chunk) => {
     bytes.set(chunk, received);
     received += chunk.byteLength;
     return Promise.resolve();
   });
-  ctx.onReceived(end.received);
   if (end.received !== length) {
     throw protocolError(`${what} came with ${end.received} of its ${length} bytes`);
   }
+  return bytes;
+}
+
+/** Decodes a signature received for a file of `size` bytes; a malformed one is a protocol error. */
+function decodeFromWire(bytes: Uint8Array, size: number, what: string): Signature {
   try {
     return decodeSignature(bytes, size);
   } catch (e) {

@@ -42,6 +42,7 @@ import { withRetries } from "./retry.ts";
 import { DELTA_MIN_BYTES, fetchDelta } from "./delta_fetch.ts";
 import type { ManifestFile } from "./manifest.ts";
 import type { Session } from "./session.ts";
+import type { Prefetched } from "./signature_prefetch.ts";
 import { deviceSink, type Sink, stdoutSink, targetKind } from "./sink.ts";
 
 /** How to fetch. */
@@ -74,6 +75,8 @@ export interface FetchOptions {
    * current. Implies the SHA-256 check.
    */
   expected?: ManifestFile;
+  /** The file's signature asked for ahead (mirror's large changed files), for a delta. */
+  early?: Prefetched;
 }
 
 /** What became of one file: a line of `--json` (see README). */
@@ -570,6 +573,7 @@ async function tryDelta(
       deadline: options.deadline,
       progress: options.progress,
       onReceived: (n) => report.bytes += n,
+      early: options.early,
     });
     if (result === null) return null;
     const contradiction = manifestContradiction(result.header, options.expected, JSON.stringify(path));

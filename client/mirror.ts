@@ -23,6 +23,7 @@ import {
   worstExitCode,
 } from "./failure.ts";
 import { DELTA_MIN_BYTES } from "./delta_fetch.ts";
+import { SignaturePrefetch } from "./signature_prefetch.ts";
 import { fetchFile, type FetchOptions, type FileReport } from "./fetch_file.ts";
 import { ErrorCode, isSha256Hex, type ListEntry, PROTOCOL_VERSION } from "../framing.ts";
 import type { ManifestFile } from "./manifest.ts";
@@ -426,6 +427,8 @@ class MirrorRun {
   readonly #bytes: Progress;
   /** The signed manifest the run goes by, when trusting keys. */
   release: Release | null = null;
+  /** The signatures of the large changed files, asked for ahead on a connection of their own. */
+  #prefetch: SignaturePrefetch | null = null;
 
   constructor(
     readonly session: Session,
@@ -763,6 +766,30 @@ class MirrorRun {
     );
   }
 
+  /**
+   * Before step 3: asks for the signatures of the large files step 4 will patch by delta (a local copy and
+   * a version both of at least DELTA_MIN_BYTES), on a second connection, so that the server computes them
+   * while the small files come, and each is in hand when its file's turn comes.
+   */
+  prefetchSignatures(): void {
+    if (!this.options.verify) return; // no delta without the SHA-256 check
+    const wanted = this.#oneByOne.filter((item) =>
+      item.local !== undefined && item.local.size >= DELTA_MIN_BYTES && item.entry.size >= DELTA_MIN_BYTES
+    ).map((item) => ({
+      path: item.entry.path,
+      // What fetchFile offers as ifNoneMatch: never with a manifest; else what the state vouches for.
+      localSha256: this.release === null ? item.localSha256 : undefined,
+      etag: item.entry.etag,
+    }));
+    if (wanted.length > 0) this.#prefetch = new SignaturePrefetch(this.session.sibling(), wanted);
+  }
+
+  /** Stops asking for signatures ahead, and closes their connection. */
+  async endPrefetch(): Promise<void> {
+    await this.#prefetch?.close();
+    this.#prefetch = null;
+  }
+
   /** Step 4: files with a part to resume, large changed files (delta), and what the fast path handed back. */
   async fetchOneByOne(): Promise<void> {
     let stop: ClientError | null = null;
@@ -781,6 +808,7 @@ class MirrorRun {
         progress: this.#bytes,
         expected: this.#signed(item.entry),
         localSha256: item.localSha256,
+        early: this.#prefetch?.take(item.entry.path),
       });
       this.count(report, item.entry.size);
       if (report.status === "failed") this.local.state.delete(item.rel);
@@ -906,12 +934,15 @@ export async function mirror(
     if (run.dryRun) await run.reportWouldFetch();
     else {
       run.progress.phase("fetching");
+      run.prefetchSignatures();
       await run.fetchFast();
       await run.fetchOneByOne();
+      await run.endPrefetch();
     }
     await run.finish(listing);
     return run.summary;
   } finally {
+    await run.endPrefetch();
     run.close();
   }
 }

@@ -455,6 +455,11 @@ export class Session {
     }
   }
 
+  /** A new session to the same server, with the same options: a connection of its own, opened on first use. */
+  sibling(): Session {
+    return new Session(this.endpoint, this.#options);
+  }
+
   /** Says goodbye (an end frame, so the server logs a clean close) and closes; never throws. */
   async close(): Promise<void> {
     this.#options.signal?.removeEventListener("abort", this.#onAbort);

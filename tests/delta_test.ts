@@ -14,6 +14,8 @@ import {
   decodeSignature,
   type DeltaPlan,
   encodeSignature,
+  findChunks,
+  indexChunks,
   planDelta,
   type Signature,
   SignatureBuilder,
@@ -95,19 +97,41 @@ function assemble(plan: DeltaPlan, oldCopy: Uint8Array, fetched: Uint8Array, siz
 const fetch = (plan: DeltaPlan, newVersion: Uint8Array): Uint8Array =>
   concat(...plan.ranges.map(([offset, length]) => newVersion.subarray(offset, offset + length)));
 
-/** The whole round: signatures on both sides, the wire form in between, the plan, the assembly. */
-function delta(oldCopy: Uint8Array, newVersion: Uint8Array, bits?: number): DeltaPlan {
+/** {@link findChunks} over bytes in memory, read in pieces of at most `piece` bytes. */
+function findIn(remote: Signature, oldCopy: Uint8Array, piece = Infinity) {
+  return findChunks(remote, oldCopy.length, (buffer, offset) => {
+    const n = Math.min(buffer.length, piece, oldCopy.length - offset);
+    buffer.set(oldCopy.subarray(offset, offset + n));
+    return n;
+  });
+}
+
+/**
+ * The whole round: signatures on both sides, the wire form in between, the plan, the assembly. The old
+ * copy's chunks are found both ways, by cutting all of it and by following the remote signature (read in
+ * pieces of `piece` bytes); each plan must build the new version. Returns the plan of the cut copy, and
+ * the bytes the other plan fetches.
+ */
+function delta(
+  oldCopy: Uint8Array,
+  newVersion: Uint8Array,
+  bits?: number,
+  piece?: number,
+): DeltaPlan & { foundFetchBytes: number } {
   const remote = decodeSignature(encodeSignature(signatureOf(newVersion, bits)), newVersion.length);
-  const plan = planDelta(remote, signatureOf(oldCopy, remote.bits));
-  const built = assemble(plan, oldCopy, fetch(plan, newVersion), remote.size);
-  assert.ok(Buffer.from(built).equals(Buffer.from(newVersion)), "the built file is the new version");
-  assert.equal(plan.fetchBytes + plan.reusedBytes, newVersion.length);
-  return plan;
+  const plan = planDelta(remote, indexChunks(signatureOf(oldCopy, remote.bits)));
+  const found = planDelta(remote, findIn(remote, oldCopy, piece));
+  for (const p of [plan, found]) {
+    const built = assemble(p, oldCopy, fetch(p, newVersion), remote.size);
+    assert.ok(Buffer.from(built).equals(Buffer.from(newVersion)), "the built file is the new version");
+    assert.equal(p.fetchBytes + p.reusedBytes, newVersion.length);
+  }
+  return { ...plan, foundFetchBytes: found.fetchBytes };
 }
 
 Deno.test("1,200 random edit scripts: the file built from the old copy and the fetched ranges is the new version", () => {
   const next = random(20261205);
-  let fetched = 0, total = 0;
+  let fetched = 0, fetchedFound = 0, total = 0;
   for (let trial = 0; trial < 1200; trial++) {
     const bits = MIN_CHUNK_BITS + next(MAX_CHUNK_BITS - MIN_CHUNK_BITS + 1);
     const { max } = chunkLimits(bits);
@@ -117,10 +141,17 @@ Deno.test("1,200 random edit scripts: the file built from the old copy and the f
     for (let e = 0; e < edits; e++) {
       newVersion = applyEdit(newVersion, EDITS[next(EDITS.length)], next, 1 << bits);
     }
-    const plan = delta(oldCopy, newVersion, bits);
+    const plan = delta(oldCopy, newVersion, bits, 1 + next(3 * max));
     fetched += plan.fetchBytes;
+    fetchedFound += plan.foundFetchBytes;
     total += newVersion.length;
   }
+  // Following the signature finds what cutting finds, and the remote's last chunk wherever its bytes are
+  // (cut by the end of the file, it may be only the start of a chunk of the old copy).
+  assert.ok(
+    fetchedFound <= fetched,
+    `following the signature fetched ${fetchedFound} bytes, cutting ${fetched}`,
+  );
   // Edits of about a chunk each leave most of a file in place: most bytes come from the old copies.
   assert.ok(fetched < 0.6 * total, `fetched ${fetched} of ${total} bytes`);
 });
@@ -142,6 +173,7 @@ Deno.test("an edit costs about its own size: 4 KiB overwritten or 1 MiB inserted
   overwritten.set(randomBytes(next, 4096), 4 << 20);
   const small = delta(oldCopy, overwritten);
   assert.ok(small.fetchBytes <= 4096 + 2 * max, `fetched ${small.fetchBytes} bytes for a 4 KiB edit`);
+  assert.equal(small.foundFetchBytes, small.fetchBytes);
 
   const inserted = concat(
     oldCopy.subarray(0, 3 << 20),
@@ -154,6 +186,7 @@ Deno.test("an edit costs about its own size: 4 KiB overwritten or 1 MiB inserted
     `fetched ${large.fetchBytes} bytes for a 1 MiB insertion`,
   );
   assert.equal(large.ranges.length, 1, "one range around the insertion");
+  assert.equal(large.foundFetchBytes, large.fetchBytes);
 });
 
 Deno.test("a signature built from pieces of any size equals the one built at once", () => {

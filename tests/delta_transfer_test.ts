@@ -10,6 +10,13 @@ import assert from "node:assert/strict";
 import { chunkBitsFor, chunkLimits, encodeSignature, signatureOf } from "../delta.ts";
 import { loadHashing } from "../hashing.ts";
 import { encodeJsonFrame, FRAME_HEADER_SIZE, FrameType, SIGNATURE_HEADER_SIZE } from "../framing.ts";
+import { Deadline } from "../client/deadline.ts";
+import { fetchFile } from "../client/fetch_file.ts";
+import { LocalDir } from "../client/local_tree.ts";
+import { AtomicFile } from "../client/publish.ts";
+import { NO_PROGRESS } from "../client/progress.ts";
+import { Session } from "../client/session.ts";
+import { SignaturePrefetch } from "../client/signature_prefetch.ts";
 import { getArgs, jsonLines, listDir, logged, spawnClient, withServer } from "./client_fixture.ts";
 import { FrameProxy } from "./proxy.ts";
 import {
@@ -68,8 +75,8 @@ Deno.test("get: 1 MiB inserted into the middle of 20 MiB comes over as about 1 M
   });
 });
 
-Deno.test("mirror: a changed file that exists locally comes over by delta, byte-identical", async () => {
-  await withServer(async ({ src, out, address }) => {
+Deno.test("mirror: a changed file that exists locally comes over by delta, byte-identical, its signature asked for ahead", async () => {
+  await withServer(async ({ src, out, address, server }) => {
     const old = randomBytes(20 * MiB);
     await Deno.writeFile(`${src}/a.bin`, old);
     assert.equal((await runClient(["mirror", address, ".", out, "-q"])).code, 0);
@@ -83,6 +90,14 @@ Deno.test("mirror: a changed file that exists locally comes over by delta, byte-
     const allowed = MiB + await signatureLength(changed) + 4 * maxChunk(changed.byteLength);
     assert.ok((line.bytes as number) <= allowed, `${line.bytes} bytes came over, more than ${allowed}`);
     assert.deepEqual((await listDir(out)).filter((n) => n !== ".ferry"), ["a.bin"], "no part left");
+    // The signature was asked for ahead, once, on a connection of its own; the ranges on the listing's.
+    const peer = (pattern: RegExp) => (l: string) => pattern.test(l) ? [l.match(/ peer=(\S+)/)![1]] : [];
+    const [ranges] = await logged(server, /GET "a\.bin" ranges=/);
+    const lists = server.log.flatMap(peer(/ request=LIST /)),
+      sigs = server.log.flatMap(peer(/ request=SIG /));
+    assert.equal(sigs.length, 1);
+    assert.notEqual(sigs[0], lists.at(-1));
+    assert.equal(peer(/ranges/)(ranges)[0], lists.at(-1));
   });
 });
 
@@ -349,6 +364,129 @@ Deno.test("a delta cut off in the middle resumes as a whole-file get from the pa
       assert.equal(line.resumedFrom, cutAt);
     } finally {
       await proxy.close();
+    }
+  });
+});
+
+// libc's symbols are bound on first use and stay bound for the process. Bind the ones a delta into a part
+// uses before the in-process tests: the test sanitizer counts a library opened during a test as a leak.
+{
+  const dir = Deno.makeTempDirSync();
+  const place = { dir: LocalDir.open(dir), name: "warm", followLink: true };
+  const part = await AtomicFile.openPart(place, "0123456789abcdef01234567");
+  await part.commit({ mode: 0o644, mtimeNs: 0n });
+  place.dir.close();
+  Deno.removeSync(dir, { recursive: true });
+}
+
+/** A session to `address` with short timeouts. */
+function sessionTo(server: { ports: number[] }): Session {
+  return new Session({ hostname: "127.0.0.1", port: server.ports[0] }, {
+    connectTimeoutMs: 5000,
+    stallTimeoutMs: 5000,
+  });
+}
+
+Deno.test("signatures asked for ahead come on a connection of their own, in order: one passed is given up, a refused one or one of another version is null, a current copy is told so", async () => {
+  await withServer(async ({ src, server }) => {
+    await loadHashing();
+    const a = randomBytes(2 * MiB), b = randomBytes(3 * MiB), c = randomBytes(MiB);
+    await Deno.writeFile(`${src}/a.bin`, a);
+    await Deno.writeFile(`${src}/b.bin`, b);
+    await Deno.writeFile(`${src}/c.bin`, c);
+    await Deno.writeFile(`${src}/d.bin`, c);
+    const session = sessionTo(server);
+    const prefetch = new SignaturePrefetch(session.sibling(), [
+      { path: "a.bin" },
+      { path: "missing.bin" },
+      { path: "b.bin", localSha256: sha256(b) },
+      { path: "skipped.bin" },
+      { path: "d.bin", etag: "another-version" },
+      { path: "c.bin" },
+    ]);
+    try {
+      const first = prefetch.take("a.bin")!;
+      assert.equal(first.ifNoneMatch, undefined);
+      const signed = await first.answer;
+      assert.equal(first.ready, true);
+      assert.equal(signed?.header.size, a.byteLength);
+      assert.deepEqual(signed?.bytes, encodeSignature(signatureOf(a)));
+
+      assert.equal(await prefetch.take("missing.bin")!.answer, null, "refused: its taker asks again");
+
+      const current = await prefetch.take("b.bin")!.answer;
+      assert.equal(current?.header.unchanged, true);
+      assert.equal(current?.bytes, null);
+
+      // skipped.bin is passed, and given up; d.bin's answer is of another version than the one named.
+      assert.equal(await prefetch.take("d.bin")!.answer, null);
+      const last = await prefetch.take("c.bin")!.answer;
+      assert.deepEqual(last?.bytes, encodeSignature(signatureOf(c)));
+      assert.equal(prefetch.take("skipped.bin"), undefined);
+      assert.equal(prefetch.take("a.bin"), undefined, "each is taken once");
+      assert.equal(prefetch.take("other.bin"), undefined, "never asked for");
+      assert.equal(session.connections, 0, "nothing went over the main connection");
+    } finally {
+      await prefetch.close();
+      await session.close();
+    }
+  });
+});
+
+Deno.test("a prefetch closed with signatures in flight and not taken ends at once, and the server serves on", async () => {
+  await withServer(async ({ src, server }) => {
+    const wanted = [];
+    for (let i = 0; i < 20; i++) {
+      await Deno.writeFile(`${src}/f${i}.bin`, randomBytes(256 * 1024));
+      wanted.push({ path: `f${i}.bin` });
+    }
+    const session = sessionTo(server);
+    const prefetch = new SignaturePrefetch(session.sibling(), wanted);
+    const taken = prefetch.take("f0.bin")!;
+    const later = prefetch.take("f1.bin")!;
+    assert.notEqual(await taken.answer, null);
+    await prefetch.close();
+    assert.equal(later.ready, true, "a taken answer is settled by the close, if not before");
+    try {
+      const stat = await session.request({ v: 1, op: "stat", path: "f19.bin" }, "f19.bin");
+      assert.equal(stat.size, 256 * 1024);
+    } finally {
+      await session.close();
+    }
+  });
+});
+
+Deno.test("a delta whose signature came ahead follows it through the old copy: byte-identical, only the edit fetched", async () => {
+  await withServer(async ({ src, out, server }) => {
+    await loadHashing();
+    const old = randomBytes(12 * MiB);
+    const changed = concat(old.subarray(0, 5 * MiB), randomBytes(300_000), old.subarray(5 * MiB + 4096));
+    await Deno.writeFile(`${out}/a.bin`, old);
+    await Deno.writeFile(`${src}/a.bin`, changed);
+    const session = sessionTo(server);
+    // Asked with the question the fetch asks: is the old copy (its SHA-256) current?
+    const prefetch = new SignaturePrefetch(session.sibling(), [{ path: "a.bin", localSha256: sha256(old) }]);
+    try {
+      const early = prefetch.take("a.bin")!;
+      await early.answer; // in hand: the old copy is not cut
+      const report = await fetchFile(session, "a.bin", `${out}/a.bin`, {
+        retries: 0,
+        deadline: new Deadline(null),
+        progress: NO_PROGRESS,
+        verify: true,
+        early,
+      });
+      assert.equal(report.status, "updated", report.error?.message);
+      assert.deepEqual(await Deno.readFile(`${out}/a.bin`), changed);
+      const allowed = 300_000 + 4 * maxChunk(changed.byteLength);
+      assert.ok(report.bytes <= allowed, `${report.bytes} bytes came over, more than ${allowed}`);
+      assert.ok((report.reused ?? 0) >= changed.byteLength - allowed);
+      // The ranges' request is logged after any signature's of the main connection: one was asked for, ahead.
+      await logged(server, /GET "a\.bin" ranges=/);
+      assert.equal(server.log.filter((l) => /SIG "a\.bin"/.test(l)).length, 1, "asked for once, ahead");
+    } finally {
+      await prefetch.close();
+      await session.close();
     }
   });
 });
