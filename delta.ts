@@ -219,17 +219,20 @@ export function encodeSignature(signature: Signature): Uint8Array {
 }
 
 /**
- * Reads a signature from the wire, checking that it can describe a file of `expectedSize` bytes: the
- * lengths add up to the size, each within the chunk limits. Throws {@link SignatureError}.
+ * Reads a signature from the wire, checking that it can describe a file of `expectedSize` bytes (if given:
+ * else of the size it names): the lengths add up to the size, each within the chunk limits. Throws
+ * {@link SignatureError}.
  */
-export function decodeSignature(bytes: Uint8Array, expectedSize: number): Signature {
+export function decodeSignature(bytes: Uint8Array, expectedSize?: number): Signature {
   if (bytes.length < SIGNATURE_HEADER_SIZE) throw new SignatureError(`${bytes.length} bytes is too short`);
   if (!SIGNATURE_MAGIC.every((b, i) => bytes[i] === b)) throw new SignatureError("unknown magic");
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const bits = view.getUint8(4);
   if (bits < MIN_CHUNK_BITS || bits > MAX_CHUNK_BITS) throw new SignatureError(`chunk bits ${bits}`);
   const size = Number(view.getBigUint64(8, true));
-  if (size !== expectedSize) throw new SignatureError(`size ${size}, the file's is ${expectedSize}`);
+  if (expectedSize !== undefined && size !== expectedSize) {
+    throw new SignatureError(`size ${size}, the file's is ${expectedSize}`);
+  }
   const count = view.getUint32(16, true);
   if (bytes.length !== SIGNATURE_HEADER_SIZE + count * SIGNATURE_ENTRY_SIZE) {
     throw new SignatureError(`${count} chunks do not fit in ${bytes.length} bytes`);
@@ -283,69 +286,163 @@ export function indexChunks(local: Signature): ChunkIndex {
 
 /**
  * Finds the chunks of `remote` in an old copy of `size` bytes, read through `readAt` (bytes read into the
- * buffer from the offset; 0 at the end), with the remote signature in hand: each chunk of the old copy is
- * first taken to be the remote chunk that follows the last one found, and only checked by its hash. Where
- * that guess fails (around an edit) the old copy is cut as {@link SignatureBuilder} would cut it, and the
- * chunk looked up among all the remote ones; the guesses then go on from the one it matched.
- *
- * A chunk's cut depends only on its own bytes, so where the old copy agrees with the new version it is cut
- * where the remote chunks are: the guesses find what cutting all of it would find, at the cost of hashing
- * it, without running the gear hash over every byte. Needs {@link loadHashing}.
+ * buffer from the offset; 0 at the end), with the remote signature in hand: the old copy is cut by a
+ * {@link GuidedSignatureBuilder} that follows the remote signature, so that where the old copy agrees with
+ * the new version its chunks are only hashed. Finds the same chunks as cutting all of it. Needs
+ * {@link loadHashing}.
  */
 export function findChunks(
   remote: Signature,
   size: number,
   readAt: (buffer: Uint8Array, offset: number) => number,
 ): ChunkIndex {
-  const { max } = chunkLimits(remote.bits);
-  const count = remote.lengths.length;
-  const remoteAt = new Map<string, number>();
-  for (let i = count - 1; i >= 0; i--) remoteAt.set(chunkKey(remote, i), i);
   const have: ChunkIndex = new Map();
-  const found = (i: number, offset: number) => {
+  const builder = new GuidedSignatureBuilder(remote, (offset, _length, i) => {
+    if (i < 0) return;
     const key = chunkKey(remote, i);
     if (!have.has(key)) have.set(key, offset);
-  };
-  // The old copy from `base` on, `filled` bytes of it: always at least `max` from the chunk being looked at.
-  const buffer = new Uint8Array(Math.max(FIND_BUFFER, 2 * max));
-  let base = 0, filled = 0;
-  const prefixOf = (start: number, length: number) =>
-    createSha256().update(buffer.subarray(start - base, start - base + length)).digest();
-  for (let offset = 0, next = 0; offset < size;) {
-    if (offset + max > base + filled && base + filled < size) {
-      buffer.copyWithin(0, offset - base, filled);
-      filled -= offset - base;
-      base = offset;
-      while (filled < buffer.length) {
-        const n = readAt(buffer.subarray(filled), base + filled);
-        if (n <= 0) break;
-        filled += n;
-      }
-    }
-    const available = Math.min(max, base + filled - offset, size - offset);
-    if (available <= 0) break; // the copy is shorter than it was: what is left was not read
-    if (next < count && remote.lengths[next] <= available) {
-      const length = remote.lengths[next];
-      const digest = prefixOf(offset, length);
-      if (keyOf(length, digest, 0) === chunkKey(remote, next)) {
-        found(next++, offset);
-        offset += length;
-        continue;
-      }
-    }
-    let cut = available;
-    new Chunker(remote.bits).update(
-      buffer.subarray(offset - base, offset - base + available),
-      (end) => cut = Math.min(cut, end),
-    );
-    const i = remoteAt.get(keyOf(cut, prefixOf(offset, cut), 0));
-    if (i !== undefined) {
-      found(i, offset);
-      next = i + 1;
-    }
-    offset += cut;
+  });
+  const buffer = new Uint8Array(FIND_BUFFER);
+  for (let offset = 0; offset < size;) {
+    const n = readAt(buffer.subarray(0, Math.min(buffer.length, size - offset)), offset);
+    if (n <= 0) break; // the copy is shorter than it was: what it holds is looked at, no more
+    builder.update(buffer.subarray(0, n));
+    offset += n;
   }
+  builder.finish();
   return have;
+}
+
+/**
+ * Builds a {@link Signature} like {@link SignatureBuilder}, with the same cuts, from bytes fed in order,
+ * following the signature of another version of the file (the `guide`, cut with the same bits): each
+ * chunk is first taken to be the guide's chunk that follows the last one found, and only hashed; where
+ * that fails (around an edit) the bytes are cut as {@link SignatureBuilder} cuts them, and the chunk looked
+ * up among all the guide's, the guesses then going on from the one it matched.
+ *
+ * A chunk's cut depends only on its own bytes, so a chunk whose bytes are a chunk of the guide is cut where
+ * the guide's was: the result is the same signature, without running the gear hash over the bytes that
+ * agree. The one exception is the guide's last chunk, which the end of that file may have cut: it is taken
+ * only where this file ends too. The server signs a new version by its previous one, and the client finds
+ * the new version's chunks in its old copy by the new signature ({@link findChunks}). Needs
+ * {@link loadHashing}.
+ */
+export class GuidedSignatureBuilder {
+  readonly bits: number;
+  readonly #guide: Signature;
+  /** The guide's chunks by key (the first of equal ones). */
+  readonly #guideAt = new Map<string, number>();
+  readonly #max: number;
+  readonly #onChunk: (offset: number, length: number, guideIndex: number) => void;
+  /** Bytes fed and not yet in a chunk: `#buffer[#start, #end)`, from file offset `#offset`. */
+  #buffer = new Uint8Array(0);
+  #start = 0;
+  #end = 0;
+  #offset = 0;
+  /** The guide's chunk expected next. */
+  #next = 0;
+  /** The offset where that guess failed already (not to hash it again while more bytes come). */
+  #failedAt = -1;
+  #finished = false;
+  readonly #lengths: number[] = [];
+  readonly #hashes: number[] = [];
+  /** Bytes of the chunks found in the guide. */
+  followed = 0;
+
+  /**
+   * @param guide the signature followed; its bits are this signature's
+   * @param onChunk told of each chunk as it is cut: its offset, length, and index in the guide (-1: not there)
+   */
+  constructor(
+    guide: Signature,
+    onChunk: (offset: number, length: number, guideIndex: number) => void = () => {},
+  ) {
+    this.bits = guide.bits;
+    this.#guide = guide;
+    this.#max = chunkLimits(guide.bits).max;
+    this.#onChunk = onChunk;
+    for (let i = guide.lengths.length - 1; i >= 0; i--) this.#guideAt.set(chunkKey(guide, i), i);
+  }
+
+  /** Feeds the next bytes of the file (copied: the caller may reuse its buffer). */
+  update(data: Uint8Array): void {
+    if (this.#end + data.length > this.#buffer.length) {
+      const pending = this.#buffer.subarray(this.#start, this.#end);
+      const size = pending.length + data.length;
+      if (size > this.#buffer.length) {
+        const grown = new Uint8Array(Math.max(size, 2 * this.#max, 2 * this.#buffer.length));
+        grown.set(pending);
+        this.#buffer = grown;
+      } else this.#buffer.copyWithin(0, this.#start, this.#end);
+      this.#end = pending.length;
+      this.#start = 0;
+    }
+    this.#buffer.set(data, this.#end);
+    this.#end += data.length;
+    this.#cut();
+  }
+
+  /** The signature of everything fed. */
+  finish(): Signature {
+    this.#finished = true;
+    this.#cut();
+    const size = this.#offset;
+    return {
+      bits: this.bits,
+      size,
+      lengths: Uint32Array.from(this.#lengths),
+      hashes: Uint8Array.from(this.#hashes),
+    };
+  }
+
+  /** Cuts every chunk the bytes held allow (all of them once finished). */
+  #cut(): void {
+    const guide = this.#guide, count = guide.lengths.length;
+    for (let pending = this.#end - this.#start; pending > 0; pending = this.#end - this.#start) {
+      const next = this.#next;
+      if (next < count && this.#failedAt !== this.#offset) {
+        const length = guide.lengths[next];
+        if (pending < length && !this.#finished) return; // the guess waits for its bytes
+        // The guide's last chunk may have been cut by the end of its file: here too, or it is no guess.
+        const endsHere = next < count - 1 || (this.#finished && pending === length);
+        if (pending === length && next === count - 1 && !this.#finished) return;
+        if (pending >= length && endsHere) {
+          const digest = this.#digest(length);
+          if (keyOf(length, digest, 0) === chunkKey(guide, next)) {
+            this.#emit(length, digest, next);
+            continue;
+          }
+        }
+        this.#failedAt = this.#offset;
+      }
+      if (pending < this.#max && !this.#finished) return; // a cut may lie anywhere up to the largest chunk
+      const window = Math.min(this.#max, pending);
+      let length = window;
+      new Chunker(this.bits).update(
+        this.#buffer.subarray(this.#start, this.#start + window),
+        (end) => length = Math.min(length, end),
+      );
+      const digest = this.#digest(length);
+      this.#emit(length, digest, this.#guideAt.get(keyOf(length, digest, 0)) ?? -1);
+    }
+  }
+
+  /** The SHA-256 of the next `length` bytes held. */
+  #digest(length: number): Uint8Array {
+    return createSha256().update(this.#buffer.subarray(this.#start, this.#start + length)).digest();
+  }
+
+  #emit(length: number, digest: Uint8Array, guideIndex: number): void {
+    this.#onChunk(this.#offset, length, guideIndex);
+    this.#lengths.push(length);
+    for (let i = 0; i < 8; i++) this.#hashes.push(digest[i]);
+    if (guideIndex >= 0) {
+      this.#next = guideIndex + 1;
+      this.followed += length;
+    }
+    this.#start += length;
+    this.#offset += length;
+  }
 }
 
 /** Bytes of the old copy {@link findChunks} reads at a time. */

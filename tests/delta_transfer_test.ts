@@ -490,3 +490,30 @@ Deno.test("a delta whose signature came ahead follows it through the old copy: b
     }
   });
 });
+
+Deno.test("a new version of a file signed before is signed by following the old signature: the same signature, the unchanged bytes only hashed", async () => {
+  await withServer(async ({ src, out, address, server }) => {
+    const first = randomBytes(8 * MiB);
+    await Deno.writeFile(`${src}/a.bin`, first);
+    assert.equal(report(await runClient(getArgs(address, "a.bin", out, "--json"))).status, "updated");
+    // A version never signed before is cut whole.
+    const second = concat(first.subarray(0, 3 * MiB), randomBytes(100_000), first.subarray(3 * MiB));
+    await Deno.writeFile(`${src}/a.bin`, second);
+    assert.equal(report(await runClient(getArgs(address, "a.bin", out, "--json"))).status, "updated");
+    const [cutWhole] = await logged(server, /signed "a\.bin" bytes=8488608 /);
+    assert.doesNotMatch(cutWhole, /followed=/);
+    // The next one follows it: all but the chunks around the edit are found in it.
+    const third = second.slice();
+    third.set(randomBytes(4096), 6 * MiB);
+    await Deno.writeFile(`${src}/a.bin`, third);
+    const line = report(await runClient(getArgs(address, "a.bin", out, "--json")));
+    assert.equal(line.sha256, sha256(third));
+    assert.deepEqual(await Deno.readFile(`${out}/a.bin`), third);
+    const followedLines = await logged(server, /signed "a\.bin" .*followed=/);
+    assert.equal(followedLines.length, 1);
+    const followed = Number(followedLines[0].match(/followed=(\d+)/)![1]);
+    assert.ok(followed >= third.length - 4 * maxChunk(third.length), `followed ${followed} bytes`);
+    const allowed = 4096 + await signatureLength(third) + 4 * maxChunk(third.length);
+    assert.ok((line.bytes as number) <= allowed, `${line.bytes} bytes came over, more than ${allowed}`);
+  });
+});

@@ -12,11 +12,19 @@
  */
 
 import type { Hash } from "node:crypto";
-import { chunkBitsFor, encodeSignature, SignatureBuilder } from "../delta.ts";
+import {
+  chunkBitsFor,
+  decodeSignature,
+  encodeSignature,
+  GuidedSignatureBuilder,
+  type Signature,
+  SignatureBuilder,
+} from "../delta.ts";
 import { createSha256 } from "../hashing.ts";
 import { close, fstat, pread } from "../ffi/libc.ts";
 import { FileJobs } from "./file_jobs.ts";
 import { etagOf, type HashCache } from "./hash_cache.ts";
+import { setWithin } from "./bounded_map.ts";
 
 /** A file version's signature, encoded for the wire, and its SHA-256. */
 export interface Signed {
@@ -24,6 +32,8 @@ export interface Signed {
   signature: Uint8Array;
   /** The whole file's SHA-256, hex. */
   sha256: string;
+  /** When signed here by following the previous version's signature: the bytes found in it (for the log). */
+  followed?: number;
 }
 
 /** Bytes read per {@link SignatureCache.step} call at most, across all jobs (as the hash cache's). */
@@ -38,6 +48,9 @@ export const SIGNATURE_CACHE_BYTES = 32 * 1024 * 1024;
 /** Signatures other workers computed, held as their memfds until asked for, at most. */
 const MAX_SHARED = 64;
 
+/** Paths whose last signed version is remembered, at most (see {@link SignatureCache.request}). */
+const MAX_PATHS = 4096;
+
 /** Signatures by file identity, least recently used forgotten first, with shared background jobs. */
 export class SignatureCache {
   readonly #known = new Map<string, Signed>();
@@ -45,6 +58,8 @@ export class SignatureCache {
   readonly #jobs: FileJobs<Signed>;
   /** Signatures other workers computed, by etag: a memfd holding the signature, and the SHA-256. */
   readonly #shared = new Map<string, { fd: number; sha256: string }>();
+  /** The identity of each path's version signed (or learned) last, by the label the path is asked with. */
+  readonly #lastOf = new Map<string, string>();
 
   /**
    * @param hashes the worker's SHA-256 cache: told of the hashes computed here, asked before computing one
@@ -62,14 +77,16 @@ export class SignatureCache {
       if (end.computedHere) {
         const outcome = end.result === null ? "file changed while signing" : "ok";
         const size = end.result === null ? "" : ` signature=${end.result.signature.byteLength}`;
+        const followed = end.result?.followed === undefined ? "" : ` followed=${end.result.followed}`;
         log(
-          `signed ${end.label} bytes=${end.bytes}${size} duration=${
+          `signed ${end.label} bytes=${end.bytes}${size}${followed} duration=${
             end.seconds.toFixed(3)
           }s result=${outcome}`,
         );
       }
       if (end.result === null) return;
       this.#remember(end.identity, end.result);
+      setWithin(this.#lastOf, end.label, end.identity, MAX_PATHS);
       if (!end.computedHere) return;
       this.hashes.offer(end.identity, end.result.sha256);
       // Passed on before the waiters answer, so a client's next request may meet a worker that has it.
@@ -127,7 +144,9 @@ export class SignatureCache {
 
   /**
    * Calls `done` with the version's signature and SHA-256 once known (at once if cached), or with null if
-   * the file changed while it was read. `fd` is the caller's; a job reads a duplicate of it.
+   * the file changed while it was read. `fd` is the caller's; a job reads a duplicate of it. A version of a
+   * path (`label`) whose previous version's signature is still kept here is signed by following that one
+   * (`delta.ts`, GuidedSignatureBuilder): where the file did not change, its chunks are only hashed.
    */
   request(
     identity: string,
@@ -143,9 +162,24 @@ export class SignatureCache {
       return done(known);
     }
     const shared = this.#takeShared(identity);
-    if (shared !== undefined) return done(shared);
+    if (shared !== undefined) {
+      setWithin(this.#lastOf, label, identity, MAX_PATHS);
+      return done(shared);
+    }
     const knownSha = this.hashes.get(identity);
-    this.#jobs.request(identity, fd, size, label, () => signing(size, knownSha), done);
+    this.#jobs.request(identity, fd, size, label, () => signing(size, knownSha, this.#guideFor(label)), done);
+  }
+
+  /** The signature of the version of `label` signed last, if it is still kept (and well formed). */
+  #guideFor(label: string): Signature | null {
+    const previous = this.#lastOf.get(label);
+    const signed = previous === undefined ? undefined : this.#known.get(previous);
+    if (signed === undefined) return null;
+    try {
+      return decodeSignature(signed.signature);
+    } catch {
+      return null; // ours, so never; without a guide the version is cut whole
+    }
   }
 
   /** Advances the jobs; call from the worker loop while {@link busy}. */
@@ -166,9 +200,14 @@ export class SignatureCache {
   }
 }
 
-/** The work of one signature job: the chunks, and the SHA-256 unless it is known already. */
-function signing(size: number, knownSha: string | undefined) {
-  const builder = new SignatureBuilder(chunkBitsFor(size));
+/**
+ * The work of one signature job: the chunks (following `guide`, the previous version's signature, when it
+ * was cut with the same bits), and the SHA-256 unless it is known already.
+ */
+function signing(size: number, knownSha: string | undefined, guide: Signature | null) {
+  const bits = chunkBitsFor(size);
+  const guided = guide?.bits === bits ? new GuidedSignatureBuilder(guide) : null;
+  const builder = guided ?? new SignatureBuilder(bits);
   const hash: Hash | null = knownSha === undefined ? createSha256() : null;
   return {
     update(bytes: Uint8Array): void {
@@ -176,7 +215,9 @@ function signing(size: number, knownSha: string | undefined) {
       hash?.update(bytes);
     },
     result(): Signed {
-      return { signature: encodeSignature(builder.finish()), sha256: knownSha ?? hash!.digest("hex") };
+      const signature = encodeSignature(builder.finish());
+      const sha256 = knownSha ?? hash!.digest("hex");
+      return guided === null ? { signature, sha256 } : { signature, sha256, followed: guided.followed };
     },
   };
 }
