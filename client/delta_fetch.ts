@@ -1,8 +1,9 @@
 /**
  * Delta transfer seen from the client (PROTOCOL.md "Delta transfer"): for a file whose old copy is here
- * and whose version on the server differs, ask for the version's signature (`sig`), cut the old copy the
- * same way (`delta.ts`), and fetch only the byte ranges it lacks (`get` with `ranges`, as few requests as
- * {@link MAX_RANGES} allows). The new version is built in order in the part, copied pieces from the old
+ * and whose version on the server differs, ask for the version's signature (`sig`, unless it was asked for
+ * ahead: `signature_prefetch.ts`), find its chunks in the old copy (`delta.ts`: cut the same way while the
+ * server signs, or followed through it when the signature is in hand), and fetch only the byte ranges it
+ * lacks (`get` with `ranges`, as few requests as {@link MAX_RANGES} allows). The new version is built in order in the part, copied pieces from the old
  * copy and fetched ones as they arrive, so the part is always the start of that version, named by its
  * etag: an interrupted build resumes like any part. `fetch_file.ts` then checks the whole SHA-256 and
  * publishes as for a whole-file get.
@@ -117,8 +118,8 @@ export async function fetchDelta<H extends DeltaHeader>(
   // first, the answer is read after. The cut needs the version's chunk size, known from its size. With the
   // signature in hand already, the old copy is not cut: its chunks are found by following the signature.
   const bits = chunkBitsFor(ctx.expectedSize ?? ctx.old.statSync().size);
-  const old: { cut: Signature | null } = { cut: null };
-  const cut = () => old.cut = signOldCopy(ctx.old, bits, ctx.deadline);
+  const local: { signature: Signature | null } = { signature: null };
+  const cut = () => local.signature = signOldCopy(ctx.old, bits, ctx.deadline);
   const early = ctx.early?.ifNoneMatch === ctx.localSha256 ? ctx.early : undefined;
   if (early !== undefined && !early.ready) cut();
   const answer = early === undefined ? null : await early.answer;
@@ -128,7 +129,7 @@ export async function fetchDelta<H extends DeltaHeader>(
     const request: Request = { v: PROTOCOL_VERSION, op: "sig", path };
     if (ctx.localSha256 !== undefined) request.ifNoneMatch = ctx.localSha256;
     try {
-      raw = await session.begin(request, what, { meanwhile: old.cut === null ? cut : undefined });
+      raw = await session.begin(request, what, { meanwhile: local.signature === null ? cut : undefined });
     } catch (e) {
       if (e instanceof ServerRefusal) return null;
       throw e;
@@ -144,8 +145,8 @@ export async function fetchDelta<H extends DeltaHeader>(
     ? decodeFromWire(answer.bytes, header.size, what)
     : await readSignature(ctx, raw.signatureLength, header.size);
   if (answer?.bytes) ctx.onReceived(answer.bytes.byteLength);
-  const have: ChunkIndex = old.cut !== null && old.cut.bits === remote.bits
-    ? indexChunks(old.cut)
+  const have: ChunkIndex = local.signature !== null && local.signature.bits === remote.bits
+    ? indexChunks(local.signature)
     : findChunks(remote, ctx.old.statSync().size, (buffer, offset) => {
       ctx.deadline.check();
       ctx.old.seekSync(offset, Deno.SeekMode.Start);
