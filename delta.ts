@@ -401,12 +401,11 @@ export class GuidedSignatureBuilder {
     for (let pending = this.#end - this.#start; pending > 0; pending = this.#end - this.#start) {
       const next = this.#next;
       if (next < count && this.#failedAt !== this.#offset) {
-        const length = guide.lengths[next];
-        if (pending < length && !this.#finished) return; // the guess waits for its bytes
-        // The guide's last chunk may have been cut by the end of its file: here too, or it is no guess.
-        const endsHere = next < count - 1 || (this.#finished && pending === length);
-        if (pending === length && next === count - 1 && !this.#finished) return;
-        if (pending >= length && endsHere) {
+        const length = guide.lengths[next], last = next === count - 1;
+        // The guess waits for its bytes; the guide's last chunk, which the end of its file may have cut, is
+        // a guess only where this file ends too, so it also waits to know whether more bytes come.
+        if (!this.#finished && (pending < length || (last && pending === length))) return;
+        if (pending >= length && (!last || pending === length)) {
           const digest = this.#digest(length);
           if (keyOf(length, digest, 0) === chunkKey(guide, next)) {
             this.#emit(length, digest, next);

@@ -141,10 +141,11 @@ export async function fetchDelta<H extends DeltaHeader>(
     return { header, sha256: header.sha256 ?? ctx.localSha256, reused: header.size };
   }
   if (header.etag === undefined) throw protocolError(`the signature of ${what} names no version (etag)`);
-  const remote = answer?.bytes
-    ? decodeFromWire(answer.bytes, header.size, what)
-    : await readSignature(ctx, raw.signatureLength, header.size);
-  if (answer?.bytes) ctx.onReceived(answer.bytes.byteLength);
+  let remote: Signature;
+  if (answer?.bytes) {
+    ctx.onReceived(answer.bytes.byteLength);
+    remote = decodeFromWire(answer.bytes, header.size, what);
+  } else remote = await readSignature(ctx, raw.signatureLength, header.size);
   const have: ChunkIndex = local.signature !== null && local.signature.bits === remote.bits
     ? indexChunks(local.signature)
     : findChunks(remote, ctx.old.statSync().size, (buffer, offset) => {
