@@ -171,6 +171,18 @@ export const MAX_LIST_ENTRIES = 10_000;
  */
 export const LIST_BATCH_BYTES = 64 * 1024;
 
+/**
+ * Largest file a streamed `list` sends the content of with its entry (`inline`): a first copy of a tree of
+ * small files then costs one answer, not a request and an answer per file.
+ */
+export const MAX_INLINE_FILE = 64 * 1024;
+
+/**
+ * Most bytes of inlined content after one Entries frame: the server starts a new batch before a file's
+ * content would take the batch's Data frame beyond it, so a client can read that frame whole.
+ */
+export const INLINE_BATCH_BYTES = 1024 * 1024;
+
 /** How many of the folders and files a listing left out it names (`leftOut.first`); `count` has them all. */
 export const LEFT_OUT_SHOWN = 16;
 
@@ -212,6 +224,11 @@ export interface Request {
   /** `list`: leave each entry's `mtimeNs` and `mode` out (a client that takes them from `get`'s header). */
   brief?: boolean;
   /**
+   * Streamed `list`: send the content of each listed file of at most this many bytes (at most
+   * {@link MAX_INLINE_FILE}) with its entry, in a Data frame after its Entries frame; 0 or absent, none.
+   */
+  inline?: number;
+  /**
    * `get`: send only these `[offset, length]` byte ranges of the file, concatenated (delta transfer):
    * sorted, not overlapping, none empty, all within the file, at most {@link MAX_RANGES}; needs `ifMatch`.
    */
@@ -241,6 +258,11 @@ export interface ListEntry {
   sha256?: string;
   /** The version's etag, as in a `get` header. */
   etag?: string;
+  /**
+   * True when the file's bytes come with the entry (a streamed `list` with `inline`): in the Data frame after
+   * its Entries frame. Such an entry always has `sha256`, `mtimeNs` and `mode`, of the bytes sent.
+   */
+  inline?: true;
 }
 
 /** A folder or file a listing could not include, and why. */
@@ -464,8 +486,22 @@ export function parseRequest(payload: Uint8Array): Request {
   if (typeof value !== "object" || value === null || Array.isArray(value)) {
     throw new ProtocolError(ErrorCode.BadRequest, "request is not a JSON object");
   }
-  const { v, op, path, offset, ifMatch, ifNoneMatch, recursive, stream, brief, ranges, name, proof, accept } =
-    value as Record<string, unknown>;
+  const {
+    v,
+    op,
+    path,
+    offset,
+    ifMatch,
+    ifNoneMatch,
+    recursive,
+    stream,
+    brief,
+    inline,
+    ranges,
+    name,
+    proof,
+    accept,
+  } = value as Record<string, unknown>;
   if (!Number.isInteger(v)) {
     throw new ProtocolError(ErrorCode.BadRequest, "request has no integer version 'v'");
   }
@@ -503,6 +539,18 @@ export function parseRequest(payload: Uint8Array): Request {
       throw new ProtocolError(ErrorCode.BadRequest, "'brief' is not a boolean");
     }
     if (brief === true) request.brief = true;
+    if (inline !== undefined) {
+      if (!Number.isSafeInteger(inline) || (inline as number) < 0 || (inline as number) > MAX_INLINE_FILE) {
+        throw new ProtocolError(
+          ErrorCode.BadRequest,
+          `'inline' is not an integer from 0 to ${MAX_INLINE_FILE}`,
+        );
+      }
+      if (inline as number > 0 && !request.stream) {
+        throw new ProtocolError(ErrorCode.BadRequest, "'inline' needs 'stream'");
+      }
+      if (inline as number > 0) request.inline = inline as number;
+    }
   }
   if (op === "sig" && ifNoneMatch !== undefined) {
     if (!isSha256Hex(ifNoneMatch)) {

@@ -1,7 +1,8 @@
 /**
  * `client mirror`: makes a local directory a copy of a directory on the server. One recursive `list`, then
  * each new or changed file fetched with {@link fetchFile} (resume, verification, atomic publication,
- * only-if-changed), all over one persistent connection; with `--delete`, local regular files the server no
+ * only-if-changed), all over one persistent connection (into an empty directory, the listing brings the
+ * small files with it); with `--delete`, local regular files the server no
  * longer has are removed, and the directories that leaves empty, but only when the listing is the whole
  * tree: one that left anything out makes the run partial (exit 10) and deletes nothing. A dry run takes the
  * same steps up to the fetch, then reports what it would fetch and delete, and changes nothing.
@@ -25,7 +26,7 @@ import {
 import { DELTA_MIN_BYTES } from "./delta_fetch.ts";
 import { SignaturePrefetch } from "./signature_prefetch.ts";
 import { fetchFile, type FetchOptions, type FileReport } from "./fetch_file.ts";
-import { ErrorCode, isSha256Hex, type ListEntry, PROTOCOL_VERSION } from "../framing.ts";
+import { ErrorCode, isSha256Hex, type ListEntry, MAX_INLINE_FILE, PROTOCOL_VERSION } from "../framing.ts";
 import type { ManifestFile } from "./manifest.ts";
 import { type Folder, FolderCache, type LocalDir, LocalIoError, LocalTree } from "./local_tree.ts";
 import { type Place, removeStaleParts } from "./publish.ts";
@@ -45,7 +46,15 @@ import { createSha256, loadHashing } from "../hashing.ts";
 import { deleteExtraneous } from "./mirror_delete.ts";
 import { NO_TREE_PROGRESS, type Progress, type TreeProgress } from "./progress.ts";
 import { loadState, MirrorState, saveState, STATE_DIR } from "./mirror_state.ts";
-import { fetchTree, type TreeFile, type TreeFileSource } from "./tree_fetch.ts";
+import {
+  fetchTree,
+  InlinePublisher,
+  type InlineVersion,
+  inlineVersionOf,
+  type TreeFile,
+  type TreeFileSource,
+  type TreeOutcome,
+} from "./tree_fetch.ts";
 import {
   checkTreeAgainst,
   fetchRelease,
@@ -146,7 +155,8 @@ async function listRemote(
   session: Session,
   remoteDir: string,
   options: MirrorOptions,
-  onEntries: (batch: unknown[]) => void,
+  inline: boolean,
+  onEntries: (batch: unknown[], inlined: Uint8Array | null) => Promise<void>,
   meanwhile: () => void,
 ): Promise<Listing> {
   const what = `the listing of ${JSON.stringify(remoteDir === "" ? "/" : remoteDir)}`;
@@ -156,8 +166,16 @@ async function listRemote(
       (n) => {
         attempts = n;
         return session.list(
-          // Brief: mirror takes a file's mode and mtime from its `get`, not from the listing.
-          { v: PROTOCOL_VERSION, op: "list", path: remoteDir, recursive: true, brief: true },
+          // Brief: mirror takes a file's mode and mtime from its `get`, not from the listing (an inlined
+          // entry has them).
+          {
+            v: PROTOCOL_VERSION,
+            op: "list",
+            path: remoteDir,
+            recursive: true,
+            brief: true,
+            ...(inline ? { inline: MAX_INLINE_FILE } : {}),
+          },
           what,
           onEntries,
           meanwhile,
@@ -429,6 +447,10 @@ class MirrorRun {
   release: Release | null = null;
   /** The signatures of the large changed files, asked for ahead on a connection of their own. */
   #prefetch: SignaturePrefetch | null = null;
+  /** Files of the last batch whose content came with the listing, to write before the next is read. */
+  readonly #inlined: { item: Item; version: InlineVersion; bytes: Uint8Array }[] = [];
+  /** What writes and publishes them, made for the first. */
+  #publisher: InlinePublisher<Item> | null = null;
 
   constructor(
     readonly session: Session,
@@ -437,6 +459,7 @@ class MirrorRun {
     readonly options: MirrorOptions,
     readonly onFile: (report: FileReport) => void,
     readonly summary: MirrorSummary,
+    readonly inline = false,
   ) {
     this.dryRun = options.dryRun ?? false;
     this.#fast = new FetchQueue(remoteDir);
@@ -555,8 +578,11 @@ class MirrorRun {
     return this.release === null ? undefined : { size: entry.size, sha256: entry.sha256! };
   }
 
-  /** Sends `item` the way its need says. */
-  #route(item: Item): void {
+  /**
+   * Sends `item` the way its need says; `inlined`, the content the listing brought of it, spares a file
+   * with no local copy its request.
+   */
+  #route(item: Item, inlined?: Uint8Array): void {
     const need = item.need;
     if (need.kind === "current") {
       this.count({
@@ -577,7 +603,12 @@ class MirrorRun {
       else this.#partsToDrop.push(item);
     } else {
       this.progress.expect(item.entry.size);
-      if (need.kind === "fast") this.#fast.add(item);
+      const version = inlined !== undefined && need === FETCH && !item.signed
+        ? inlineVersionOf(item.entry)
+        : null;
+      if (version !== null && version.size === inlined!.byteLength) {
+        this.#inlined.push({ item, version, bytes: inlined! });
+      } else if (need.kind === "fast") this.#fast.add(item);
       else this.#oneByOne.push(item);
     }
   }
@@ -588,13 +619,20 @@ class MirrorRun {
    * file, a run with nothing changed over 100,000 files took about a seventh more time. The lstats took
    * about as long either way; the rest of the work took less once it ran in a loop of its own.
    */
-  planBatch(values: readonly unknown[]): void {
-    const items: Item[] = [], plain: (Need | null)[] = [];
+  planBatch(values: readonly unknown[], inlined: Uint8Array | null = null): void {
+    const items: Item[] = [], plain: (Need | null)[] = [], contents: (Uint8Array | undefined)[] = [];
+    let at = 0;
     for (const value of values) {
+      // Each inlined entry's content follows the one before it, whatever becomes of the entry here.
+      let content: Uint8Array | undefined;
+      if (inlined !== null && isInlined(value)) {
+        content = inlined.subarray(at, at += value.size);
+      }
       const item = this.#itemOf(value);
       if (item === null) continue;
       items.push(item);
       plain.push(needBeforeLstat(item, false));
+      contents.push(this.inline ? content : undefined);
     }
     if (items.length === 0) return;
     // Each item's lstat (or why it failed), at its own place; none where its need is plain already.
@@ -614,7 +652,7 @@ class MirrorRun {
       try {
         if (local instanceof LocalIoError) throw local;
         item.need = plain[i] ?? needByLstat(item, state, local);
-        this.#route(item);
+        this.#route(item, contents[i]);
       } catch (e) {
         this.#failed(item, classify(e));
       }
@@ -738,33 +776,56 @@ class MirrorRun {
       this.session,
       this.#fast,
       { verify, deadline, root: this.local.tree.root, onBytes },
-      (item, outcome) => {
-        if (outcome.status === "handed back") {
-          this.progress.expect(outcome.bytes); // received, but for no file: the next try brings it whole
-          return void this.#oneByOne.push(item);
-        }
-        const report: FileReport = {
-          path: item.entry.path,
-          target: this.shown(item.rel),
-          status: outcome.status,
-          bytes: outcome.bytes,
-          seconds: outcome.seconds,
-          attempts: 1,
-        };
-        if (outcome.status === "failed") {
-          report.error = outcome.error;
-          report.requestId = outcome.error.requestId;
-          this.local.state.delete(item.rel);
-        } else {
-          report.size = outcome.size;
-          report.requestId = outcome.requestId;
-          if (outcome.sha256 !== undefined && verify) report.sha256 = outcome.sha256;
-          this.#remember(item, outcome.sha256, outcome.etag ?? "");
-        }
-        this.count(report, item.entry.size);
-      },
+      this.#treeOutcome,
     );
   }
+
+  /** Step 1 too, after each batch is planned: writes and publishes the files whose content it brought. */
+  async writeInlined(): Promise<void> {
+    if (this.#inlined.length === 0) return;
+    const { verify, deadline } = this.options;
+    const onBytes = (n: number) => this.progress.received(n);
+    this.#publisher ??= new InlinePublisher<Item>(
+      { verify, deadline, root: this.local.tree.root, onBytes },
+      this.#treeOutcome,
+    );
+    for (const { item, version, bytes } of this.#inlined.splice(0)) {
+      await this.#publisher.write(item, version, bytes);
+    }
+  }
+
+  /** Publishes what {@link writeInlined} wrote: once the listing is done, and when the run ends. */
+  async endInlined(): Promise<void> {
+    this.#inlined.length = 0;
+    await this.#publisher?.drain();
+  }
+
+  /** What became of a file of the pipelined fetch, or of one the listing brought. */
+  readonly #treeOutcome = (item: Item, outcome: TreeOutcome): void => {
+    if (outcome.status === "handed back") {
+      this.progress.expect(outcome.bytes); // received, but for no file: the next try brings it whole
+      return void this.#oneByOne.push(item);
+    }
+    const report: FileReport = {
+      path: item.entry.path,
+      target: this.shown(item.rel),
+      status: outcome.status,
+      bytes: outcome.bytes,
+      seconds: outcome.seconds,
+      attempts: 1,
+    };
+    if (outcome.status === "failed") {
+      report.error = outcome.error;
+      report.requestId = outcome.error.requestId;
+      this.local.state.delete(item.rel);
+    } else {
+      report.size = outcome.size;
+      report.requestId = outcome.requestId;
+      if (outcome.sha256 !== undefined && this.options.verify) report.sha256 = outcome.sha256;
+      this.#remember(item, outcome.sha256, outcome.etag ?? "");
+    }
+    this.count(report, item.entry.size);
+  };
 
   /**
    * Before step 3: asks for the signatures of the large files step 4 will patch by delta (a local copy and
@@ -908,7 +969,12 @@ export async function mirror(
   onFile: (report: FileReport) => void,
   summary: MirrorSummary = emptySummary(),
 ): Promise<MirrorSummary> {
-  const run = new MirrorRun(session, remoteDir, localDir, options, onFile, summary);
+  // A first copy has no local copy to compare: the listing brings the small files' content with it. Not with a
+  // manifest (the listing is held until the manifest agrees with it, and so would the bytes be), nor with
+  // --compress (inlined content is not compressed; each file's `get` decides on its own).
+  const inline = !options.dryRun && options.trust === undefined && !session.compressesFiles &&
+    holdsNothing(localDir);
+  const run = new MirrorRun(session, remoteDir, localDir, options, onFile, summary, inline);
   try {
     if (options.trust !== undefined) {
       run.release = await fetchRelease(session, remoteDir, options.trust, options);
@@ -917,10 +983,14 @@ export async function mirror(
     // Each batch is planned as it arrives, while the server walks on; with a manifest, only once the whole
     // listing agrees with it, so that a refused tree has nothing fetched, made or deleted for it.
     const held: unknown[] = [];
-    const listing = await listRemote(session, remoteDir, options, (batch) => {
-      if (run.release === null) return run.planBatch(batch);
+    const listing = await listRemote(session, remoteDir, options, inline, async (batch, inlined) => {
+      if (run.release === null) {
+        run.planBatch(batch, inlined);
+        return await run.writeInlined();
+      }
       for (const value of batch) held.push(value);
     }, () => run.openIfThere());
+    await run.endInlined();
     if (run.release !== null) {
       const checked = checkTreeAgainst(run.release, remoteDir, held);
       for (let at = 0; at < checked.length; at += PLAN_SLICE) {
@@ -943,6 +1013,22 @@ export async function mirror(
     return run.summary;
   } finally {
     await run.endPrefetch();
+    await run.endInlined().catch(() => {}); // each file's outcome is reported already, failures too
     run.close();
   }
+}
+
+/** True when `localDir` is missing or empty: nothing there to compare with the server's files. */
+function holdsNothing(localDir: string): boolean {
+  try {
+    for (const _ of Deno.readDirSync(localDir)) return false;
+    return true;
+  } catch (e) {
+    return e instanceof Deno.errors.NotFound;
+  }
+}
+
+/** True for a listing's entry whose content came with it (the session checked its size). */
+function isInlined(value: unknown): value is ListEntry & { inline: true } {
+  return typeof value === "object" && value !== null && (value as ListEntry).inline === true;
 }

@@ -24,9 +24,12 @@ import {
   ErrorCode,
   FrameType,
   getFrameLength,
+  INLINE_BATCH_BYTES,
   isSha256Hex,
   type LeftOut,
   LIST_BATCH_BYTES,
+  type ListEntry,
+  MAX_INLINE_FILE,
   MAX_RESPONSE_FRAME,
   PROTOCOL_VERSION,
   type Request,
@@ -400,18 +403,22 @@ export class Session {
    * listing is never taken for whole when part of it may be missing. With `onEntries`, each batch goes to
    * it as it arrives (so the caller works while the server is still walking) and the result's `entries`
    * stays empty. `meanwhile` is called once the request is sent, before its answer is awaited.
+   *
+   * With `inline`, `onEntries` also gets the content of the batch's inlined entries (those with
+   * `inline: true`), concatenated in their order: a view valid until what it returns resolves, and the next
+   * frame is read only then. A listing asked for without `onEntries` reads and drops that content.
    */
   async list(
     request: Request,
     what: string,
-    onEntries?: (batch: unknown[]) => void,
+    onEntries?: (batch: unknown[], inlined: Uint8Array | null) => void | Promise<void>,
     meanwhile?: () => void,
   ): Promise<Listing> {
     const header = await this.begin({ ...request, stream: true }, what, { meanwhile });
     if (header.stream !== true) {
       await this.finish();
       if (!Array.isArray(header.entries)) throw protocolError(`${what} has no entries`);
-      onEntries?.(header.entries);
+      await onEntries?.(header.entries, null);
       return {
         entries: onEntries === undefined ? header.entries : [],
         truncated: header.truncated === true,
@@ -436,7 +443,8 @@ export class Session {
             : await this.#readCompressedBatch(len - 1, what);
           if (!Array.isArray(batch.entries)) throw protocolError(`a batch of ${what} has no entries`);
           received += batch.entries.length;
-          if (onEntries !== undefined) onEntries(batch.entries);
+          const inlined = await this.#readInlined(batch.entries, what);
+          if (onEntries !== undefined) await onEntries(batch.entries, inlined);
           else for (const entry of batch.entries) entries.push(entry);
           continue;
         }
@@ -453,6 +461,36 @@ export class Session {
       if (!(e instanceof ServerRefusal)) this.#drop();
       throw e;
     }
+  }
+
+  /**
+   * The Data frame of the content of a batch's inlined entries, which must come right after the batch and
+   * hold exactly the sum of their sizes; null when no entry of the batch is inlined.
+   */
+  async #readInlined(entries: unknown[], what: string): Promise<Uint8Array | null> {
+    let total = 0, inlined = 0;
+    for (const entry of entries) {
+      if (typeof entry !== "object" || entry === null || (entry as ListEntry).inline !== true) continue;
+      const size = (entry as ListEntry).size;
+      if (!Number.isSafeInteger(size) || size < 0 || size > MAX_INLINE_FILE) {
+        throw protocolError(`an inlined entry of ${what} has no size from 0 to ${MAX_INLINE_FILE}`);
+      }
+      total += size;
+      inlined++;
+    }
+    if (inlined === 0) return null;
+    if (total > INLINE_BATCH_BYTES) {
+      throw protocolError(`a batch of ${what} inlines ${total} bytes, more than ${INLINE_BATCH_BYTES}`);
+    }
+    const reader = this.#reader!;
+    const len = await reader.readLength(`the inlined content of ${what}`);
+    const [type] = len > 0 ? await reader.readExact(1, "a frame type") : [-1];
+    if (type !== FrameType.Data || len - 1 !== total) {
+      throw protocolError(
+        `${what} has ${inlined} inlined entries of ${total} bytes, but no Data frame of them`,
+      );
+    }
+    return await reader.readExact(total, `the inlined content of ${what}`);
   }
 
   /** A new session to the same server, with the same options: a connection of its own, opened on first use. */
@@ -539,6 +577,11 @@ export class Session {
       throw protocolError("no end frame after the answer to auth");
     }
     this.#what = what;
+  }
+
+  /** True when this session offers zstd for file data (`--compress`), which only a `get` can carry. */
+  get compressesFiles(): boolean {
+    return this.#options.compress === true;
   }
 
   /**

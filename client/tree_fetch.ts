@@ -26,7 +26,14 @@
 import type { Hash } from "node:crypto";
 import { createSha256, loadHashing } from "../hashing.ts";
 import { classify, ClientError, ExitCode, protocolError, ServerRefusal } from "./failure.ts";
-import { ErrorCode, isSha256Hex, PROTOCOL_VERSION, type Request, type ResponseHeader } from "../framing.ts";
+import {
+  ErrorCode,
+  isSha256Hex,
+  type ListEntry,
+  PROTOCOL_VERSION,
+  type Request,
+  type ResponseHeader,
+} from "../framing.ts";
 import type { Deadline } from "./deadline.ts";
 import type { LocalDir } from "./local_tree.ts";
 import { LocalIoError } from "./local_tree.ts";
@@ -246,6 +253,75 @@ export async function fetchTree<F extends TreeFile>(
   await batch.drain();
 }
 
+/** A version of a file as a listing's inlined entry describes it: what {@link InlinePublisher} writes. */
+export interface InlineVersion {
+  size: number;
+  etag: string;
+  sha256: string;
+  mode: number;
+  mtimeNs: string;
+}
+
+/** A modification time in nanoseconds, as a header or an entry gives it: a decimal string. */
+const MTIME_NS = /^-?[0-9]{1,20}$/;
+
+/**
+ * The version an inlined listing entry describes, its fields checked as a `get` header's are (its etag
+ * names a part); null when the entry is not inlined or lacks any of them.
+ */
+export function inlineVersionOf(entry: ListEntry): InlineVersion | null {
+  const { inline, size, etag, sha256, mode, mtimeNs } = entry;
+  if (inline !== true || !isSha256Hex(sha256) || typeof etag !== "string" || !isResumableTag(etag)) {
+    return null;
+  }
+  if (!Number.isInteger(mode) || typeof mtimeNs !== "string" || !MTIME_NS.test(mtimeNs)) return null;
+  return { size, etag, sha256, mode: mode!, mtimeNs };
+}
+
+/**
+ * Files whose bytes came with the listing (its inlined content), written to parts and published in batches
+ * exactly as {@link fetchTree} publishes the files it fetches, each file's outcome told to `onOutcome`.
+ * Whatever this path cannot do it hands back, as fetchTree does: a part already there, bytes unlike the
+ * hash that came with them, the deadline passed.
+ */
+export class InlinePublisher<F extends TreeFile> {
+  readonly #batch: Batch<F>;
+
+  constructor(
+    readonly options: TreeFetchOptions,
+    readonly onOutcome: (file: F, outcome: TreeOutcome) => void,
+  ) {
+    this.#batch = new Batch<F>(options.root, onOutcome);
+  }
+
+  /** Writes `bytes`, the content of `version` of `file`, into its part, and publishes it with its batch. */
+  async write(file: F, version: InlineVersion, bytes: Uint8Array): Promise<void> {
+    const flight: InFlight<F> = { file, started: performance.now(), tries: 1 };
+    const handBack = () => this.onOutcome(file, { status: "handed back", bytes: 0, seconds: 0 });
+    if (this.options.deadline.expired) return handBack();
+    if (this.options.verify) await loadHashing();
+    this.options.onBytes?.(bytes.byteLength);
+    try {
+      const written = await writePart(file, {
+        ...version,
+        read: (onChunk) => Promise.resolve(void onChunk(bytes)),
+        drop: () => Promise.resolve(),
+      }, this.options.verify);
+      if (written === null) return handBack();
+      this.#batch.add({ flight, etag: version.etag, size: version.size, ...written }, bytes.byteLength);
+      if (this.#batch.full) await this.#batch.flush();
+    } catch (e) {
+      if (!(e instanceof LocalIoError)) return handBack(); // e.g. a SHA-256 mismatch: fetched again whole
+      this.onOutcome(file, { status: "failed", error: classify(e), bytes: bytes.byteLength, seconds: 0 });
+    }
+  }
+
+  /** Publishes everything written (see fetchTree's batches). */
+  drain(): Promise<void> {
+    return this.#batch.drain();
+  }
+}
+
 /** The process's umask, read once: the kernel takes its bits out of the mode a file is created with. */
 let umask: number | undefined;
 
@@ -304,8 +380,54 @@ async function receive<F extends TreeFile>(
     return { unchanged: true, size, etag, sha256, requestId };
   }
   if (size >= LARGE_BODY) await beforeLargeBody();
+  const written = await writePart(file, {
+    size,
+    etag,
+    sha256,
+    mode: header.mode,
+    mtimeNs: header.mtimeNs,
+    read: async (onChunk) =>
+      (await session.readBody(size, (chunk) => {
+        received.bytes += chunk.byteLength;
+        onBytes?.(chunk.byteLength);
+        onChunk(chunk);
+        return Promise.resolve();
+      })).sha256,
+    drop: () => session.readBody(size, () => Promise.resolve()).then(() => {}),
+  }, verify);
+  // A part of this version is there already, from an earlier run: the one-by-one path resumes it.
+  if (written === null) return { handedBack: true };
+  return { flight, etag, size, requestId, ...written };
+}
+
+/** A file's version as the server described it, and the way to its bytes, for {@link writePart}. */
+interface PartSource {
+  size: number;
+  etag: string;
+  /** The server's SHA-256 of the version, when it said it before the bytes. */
+  sha256?: string;
+  mode?: number;
+  mtimeNs?: string;
+  /** Passes every byte to `onChunk`, in order; resolves with the SHA-256 said after them, if any. */
+  read(onChunk: (chunk: Uint8Array) => void): Promise<string | undefined>;
+  /** Passes over the bytes, when no part can be made for them. */
+  drop(): Promise<void>;
+}
+
+/**
+ * Writes `source`'s bytes into a new part beside `file` (no symlink followed), checks their size and
+ * SHA-256, and gives the part the server's mode and mtime: the part's name and the hash, ready to be
+ * published. Null when a part of this version is there already (from an earlier run). A part that fails
+ * any check is removed.
+ */
+async function writePart(
+  file: TreeFile,
+  source: PartSource,
+  verify: boolean,
+): Promise<{ part: string; sha256?: string } | null> {
+  const { size, etag, sha256, mode, mtimeNs } = source;
   const part = `.${file.name}.ferry-${etag}.part`;
-  const created = creationMode(header.mode);
+  const created = creationMode(mode);
   let fd: number;
   try {
     fd = openAt(file.dir.fd, part, OPEN.O_WRONLY | OPEN.O_CREAT | OPEN.O_EXCL, {
@@ -313,32 +435,25 @@ async function receive<F extends TreeFile>(
       noSymlinks: true,
     });
   } catch (e) {
-    if (!(e instanceof LibcError) || e.errnoName !== "EEXIST") {
-      await session.readBody(size, () => Promise.resolve()).catch(() => {});
-      throw new LocalIoError(`cannot create ${file.dir.shownPath(part)}`, e);
-    }
-    // A part of this version is there already, from an earlier run: the one-by-one path resumes it.
-    await session.readBody(size, () => Promise.resolve());
-    return { handedBack: true };
+    await source.drop().catch(() => {});
+    if (e instanceof LibcError && e.errnoName === "EEXIST") return null;
+    throw new LocalIoError(`cannot create ${file.dir.shownPath(part)}`, e);
   }
   let published = false;
   try {
     const hash: Hash | null = verify ? createSha256() : null;
     let offset = 0;
-    const end = await session.readBody(size, (chunk) => {
+    const trailerSha256 = await source.read((chunk) => {
       pwriteAll(fd, chunk, offset);
       offset += chunk.byteLength;
-      received.bytes += chunk.byteLength;
-      onBytes?.(chunk.byteLength);
       hash?.update(chunk);
-      return Promise.resolve();
     });
     if (offset !== size) {
       throw new ClientError(ExitCode.Verification, `received ${offset} bytes, the server announced ${size}`, {
         retryable: true,
       });
     }
-    const claimed = sha256 ?? end.sha256;
+    const claimed = sha256 ?? trailerSha256;
     const expected = file.expected?.sha256 ?? claimed;
     const actual = hash?.digest("hex");
     if (expected !== undefined && actual !== undefined && expected !== actual) {
@@ -350,10 +465,10 @@ async function receive<F extends TreeFile>(
         { retryable: claimed !== actual },
       );
     }
-    if (!created.exact) fchmod(fd, header.mode! & 0o777); // no set-id bits from a server
-    if (header.mtimeNs !== undefined) futimens(fd, BigInt(header.mtimeNs));
+    if (!created.exact) fchmod(fd, mode! & 0o777); // no set-id bits from a server
+    if (mtimeNs !== undefined) futimens(fd, BigInt(mtimeNs));
     published = true;
-    return { flight, part, sha256: actual ?? expected, etag, size, requestId };
+    return { part, sha256: actual ?? expected };
   } catch (e) {
     if (e instanceof LibcError) throw new LocalIoError(`cannot write ${file.dir.shownPath(part)}`, e);
     throw e;
@@ -404,7 +519,7 @@ function checkHeader(header: ResponseHeader): { size: number; etag: string; sha2
     throw protocolError("header sha256 is not a SHA-256 in hex");
   }
   if (mode !== undefined && !Number.isInteger(mode)) throw protocolError("header mode is not an integer");
-  if (mtimeNs !== undefined && !/^-?[0-9]{1,20}$/.test(String(mtimeNs))) {
+  if (mtimeNs !== undefined && !MTIME_NS.test(String(mtimeNs))) {
     throw protocolError(`header mtimeNs ${JSON.stringify(mtimeNs)} is not a number`);
   }
   if (header.unchanged !== true && (typeof etag !== "string" || !isResumableTag(etag))) {

@@ -235,7 +235,7 @@ export function decodeStatVersion(words: Uint32Array): StatVersion {
   const mode = words[STAT.st_mode / 4];
   return {
     isFile: (mode & S_IFMT) === S_IFREG,
-    size: words[STAT.st_size / 4] + words[STAT.st_size / 4 + 1] * 0x1_0000_0000,
+    size: sizeOfStat(words),
     mode,
     dev: u64(STAT.st_dev),
     ino: u64(STAT.st_ino),
@@ -243,6 +243,11 @@ export function decodeStatVersion(words: Uint32Array): StatVersion {
       ? `${seconds}${String(nanoseconds).padStart(9, "0")}`
       : String(st()[STAT.st_mtim / 8] * 1_000_000_000n + st()[STAT.st_mtim / 8 + 1]), // 1970, before, or far on
   };
+}
+
+/** The `st_size` of a `struct stat` given as u32 words (see {@link decodeStatVersion}). */
+export function sizeOfStat(words: Uint32Array): number {
+  return words[STAT.st_size / 4] + words[STAT.st_size / 4 + 1] * 0x1_0000_0000;
 }
 
 /** The address of a typed array's first byte, for storing in a struct (the array must stay referenced). */

@@ -321,7 +321,10 @@ Deno.test("mirror offers zstd for its listing even without --compress: the entri
     await Deno.mkdir(`${src}/site`);
     // Enough entries for several batches: the first goes uncompressed (PROTOCOL.md "Compression").
     for (let i = 0; i < 1200; i++) await Deno.writeFile(`${src}/site/file-${i}.txt`, logLike(200 + i, i));
-    const r = await runClient(["mirror", address, "site", `${out}/copy`, "-q"]);
+    // Not a first copy (which would bring the files with the listing): each file is fetched on its own.
+    await Deno.mkdir(`${out}/copy`);
+    await Deno.writeTextFile(`${out}/copy/local.txt`, "mine\n");
+    const r = await runClient(["mirror", address, "site", `${out}/copy`, "-q", "--delete"]);
     assert.equal(r.code, 0, r.stderr);
     assert.deepEqual(await treeOf(`${out}/copy`), await treeOf(`${src}/site`));
     const [list] = await logged(server, /LIST "site" recursive stream zstd .*result=ok listed=1200/);

@@ -275,6 +275,22 @@ Deno.test("tokens: a listing shows only what the token may read, and above a sco
   });
 });
 
+Deno.test("tokens: a listing with inlined content carries only what the token may read", async () => {
+  await withTokenServer(async (server) => {
+    const { conn } = await authenticated(server.ports[0], DEEP);
+    try {
+      await conn.sendRequest({ op: "list", path: "", recursive: true, stream: true, inline: 1000 });
+      const frames = (await rawAnswer(conn)).filter((f) => f.length > 0);
+      assert.deepEqual(frames.map((f) => String.fromCharCode(f.payload[0])).join(""), "HLDT");
+      const entries = jsonOf(frames[1]).entries as { path: string; inline?: boolean }[];
+      assert.deepEqual(entries.map((e) => [e.path, e.inline]), [["deep/a/b/z.txt", true], ["top.txt", true]]);
+      assert.equal(new TextDecoder().decode(frames[2].payload.subarray(1)), "ztop");
+    } finally {
+      conn.close();
+    }
+  });
+});
+
 Deno.test("tokens: a wrong secret and an unknown name are refused alike, by the client with exit 11", async () => {
   await withTokenServer(async (server, dir) => {
     const port = server.ports[0];

@@ -22,7 +22,15 @@ import {
   trySend,
   WOULD_BLOCK,
 } from "../ffi/libc.ts";
-import { decodeStatVersion, direntsOf, DT, nameText, STAT, type StatVersion } from "../ffi/structs.ts";
+import {
+  decodeStatVersion,
+  direntsOf,
+  DT,
+  nameText,
+  sizeOfStat,
+  STAT,
+  type StatVersion,
+} from "../ffi/structs.ts";
 import { compressedFrame } from "./compression.ts";
 import {
   encodeJsonFrame,
@@ -30,11 +38,13 @@ import {
   ErrorCode,
   FRAME_HEADER_SIZE,
   FrameType,
+  INLINE_BATCH_BYTES,
   LEFT_OUT_SHOWN,
   type LeftOut,
   LIST_BATCH_BYTES,
   type ListEntry,
   type ListTrailer,
+  MAX_INLINE_FILE,
   MAX_LIST_DEPTH,
   MAX_LIST_ENTRIES,
   MAX_RESPONSE_FRAME,
@@ -45,7 +55,14 @@ import {
 import { etagOf, identityOf } from "./hash_cache.ts";
 import { WorkerCell, workerMetrics } from "../metrics/registry.ts";
 import { type FolderNames, withSha256 } from "./listing_memo.ts";
-import { ErrorPiece, openBeneath, openError, type Reply, type ReplyContext } from "./operations.ts";
+import {
+  ErrorPiece,
+  openBeneath,
+  openError,
+  readWholeFile,
+  type Reply,
+  type ReplyContext,
+} from "./operations.ts";
 import type { Reach } from "../tokens.ts";
 
 /**
@@ -72,7 +89,7 @@ export function list(request: Readonly<Request>, ctx: ReplyContext): Reply {
   const path = request.path!;
   const label = `LIST ${JSON.stringify(path)}${request.recursive ? " recursive" : ""}${
     request.stream ? " stream" : ""
-  }`;
+  }${request.inline ? ` inline=${request.inline}` : ""}`;
   const opened = openBeneath(ctx, path, "directory");
   if (opened instanceof LibcError || !("fd" in opened)) {
     const body = opened instanceof LibcError ? openError(opened, path) : opened;
@@ -85,9 +102,22 @@ export function list(request: Readonly<Request>, ctx: ReplyContext): Reply {
   const reach = ctx.access.required ? ctx.access.reach(path) : "read";
   const walk = new Walk(ctx, path, opened, request.recursive === true, reach, request.brief === true);
   reply.pieces.push(
-    new ListingBody(walk, request.stream === true, (result) => reply.result = result, compress),
+    new ListingBody(
+      walk,
+      request.stream === true,
+      (result) => reply.result = result,
+      compress,
+      request.inline ?? 0,
+    ),
   );
   return reply;
+}
+
+/** A file the walk found: its path, its size, and its entry's JSON. */
+interface Found {
+  path: string;
+  size: number;
+  json: string;
 }
 
 /** A folder on the walk's stack: being read (`fd` open), or read and being gone through. */
@@ -131,8 +161,8 @@ function compareBytes(a: Uint8Array, b: Uint8Array): number {
 class Walk {
   /** Left-out folders and entries so far. */
   readonly leftOut: LeftOut = { count: 0, first: [] };
-  /** Files found by the last steps, for the body to take: each one's path and its entry's JSON. */
-  readonly found: { path: string; json: string }[] = [];
+  /** Files found by the last steps, for the body to take: each one's path, size and entry's JSON. */
+  readonly found: Found[] = [];
   readonly #stack: Folder[] = [];
   static readonly #buffer = new Uint8Array(DIRENT_BUFFER);
   /**
@@ -313,7 +343,7 @@ class Walk {
     const { listingMemo: memo, hashes } = this.ctx;
     const kept = memo.entryOf(rel, words, this.brief, (etag) => hashes.byEtag(etag));
     if (kept !== undefined) {
-      this.found.push({ path: rel, json: kept });
+      this.found.push({ path: rel, size: sizeOfStat(words), json: kept });
       workerMetrics.count(WorkerCell.ListingEntriesReused);
       return true;
     }
@@ -385,7 +415,7 @@ class Walk {
       ? { path: rel, size: s.size, etag }
       : { path: rel, size: s.size, mtimeNs, mode: s.mode & 0o7777, etag };
     const json = JSON.stringify(entry);
-    this.found.push({ path: rel, json: withSha256(json, this.ctx.hashes.byEtag(etag)) });
+    this.found.push({ path: rel, size: s.size, json: withSha256(json, this.ctx.hashes.byEtag(etag)) });
     return json;
   }
 
@@ -438,18 +468,28 @@ class ListingBody implements Body {
   #stopped = false;
   /** The answer's request id, put in its Header (see `request_id.ts`). */
   #requestId: string | undefined;
+  /**
+   * Streamed with `inline`: the Data frame being filled with the content of the batch's inlined files
+   * (its frame header first), the content's length, and the files inlined in the batch and in all.
+   */
+  #inlineData: Uint8Array | null = null;
+  #inlineLength = 0;
+  #inlinedInBatch = 0;
+  #inlined = 0;
 
   /**
    * @param walk the walk to pump
    * @param stream true for Entries frames and a Trailer; false for one Header
    * @param setResult gives the request log's result once the walk is over
    * @param compress streamed: send each batch as a Compressed frame when that saves enough
+   * @param inline streamed: send the content of the files of at most this many bytes (0: none)
    */
   constructor(
     readonly walk: Walk,
     readonly stream: boolean,
     readonly setResult: (r: string) => void,
     readonly compress = false,
+    readonly inline = 0,
   ) {
     if (stream) this.#queue.push(this.#streamHeader());
   }
@@ -485,7 +525,7 @@ class ListingBody implements Body {
       if (this.#finished) return { sent, status: "done" };
       if (units <= 0) return { sent, status: "yield" };
       units -= this.walk.done ? 0 : this.walk.step();
-      for (const entry of this.walk.found) this.#add(entry);
+      for (const entry of this.walk.found) units -= this.#add(entry);
       this.walk.found.length = 0;
       if (this.walk.done) this.#finish();
     }
@@ -496,13 +536,26 @@ class ListingBody implements Body {
     this.walk.release();
   }
 
-  #add(entry: { path: string; json: string }): void {
-    if (this.#stopped) return;
+  /** Adds a file to the listing; returns the work units it took beyond the walk's (reading its content). */
+  #add(entry: Found): number {
+    if (this.#stopped) return 0;
     const { json } = entry;
     if (this.stream) {
-      this.#append(json);
+      const inlined = this.inline > 0 && entry.size <= this.inline
+        ? inlineEntry(this.walk.ctx, entry.path, this.inline)
+        : null;
+      if (inlined !== null && this.#inlineLength + inlined.data.byteLength > INLINE_BATCH_BYTES) {
+        this.#flushBatch();
+      }
+      this.#append(inlined?.json ?? json);
       this.#listed++;
-      return;
+      if (inlined === null) return 0;
+      this.#inlineData ??= new Uint8Array(FRAME_HEADER_SIZE + 1 + INLINE_BATCH_BYTES);
+      this.#inlineData.set(inlined.data, FRAME_HEADER_SIZE + 1 + this.#inlineLength);
+      this.#inlineLength += inlined.data.byteLength;
+      this.#inlinedInBatch++;
+      this.#inlined++;
+      return 1;
     }
     const bytes = json.length <= 1024 && /^[\x20-\x7e]*$/.test(json)
       ? json.length
@@ -517,11 +570,12 @@ class ListingBody implements Body {
       this.walk.release();
       this.#stopped = true;
       this.walk.leaveOut(entry.path, `${full} in one Header: not listed from here on (ask with "stream")`);
-      return;
+      return 0;
     }
     this.#gathered.push(json);
     this.#gatheredBytes += bytes + 1;
     this.#listed++;
+    return 0;
   }
 
   /** Adds an entry's JSON to the Entries frame being filled, starting a new one when it is full. */
@@ -565,6 +619,16 @@ class ListingBody implements Body {
       : null;
     this.#queue.push(packed ?? frame.subarray(0, this.#batchLength));
     this.#batch = null;
+    if (this.#inlinedInBatch > 0) {
+      // The content of the batch's inlined files, in the order of their entries, right after them.
+      const data = this.#inlineData!;
+      putFrameLength(data, 0, 1 + this.#inlineLength);
+      data[FRAME_HEADER_SIZE] = FrameType.Data;
+      this.#queue.push(data.subarray(0, FRAME_HEADER_SIZE + 1 + this.#inlineLength));
+      this.#inlineData = null;
+      this.#inlineLength = 0;
+      this.#inlinedInBatch = 0;
+    }
   }
 
   #finish(): void {
@@ -594,12 +658,52 @@ class ListingBody implements Body {
     }
     this.#finished = true;
     const first = leftOut.first[0];
+    const inlined = this.inline > 0 ? ` inlined=${this.#inlined}` : "";
     this.setResult(
       truncated
-        ? `partial listed=${this.#listed} left-out=${leftOut.count} first=${
+        ? `partial listed=${this.#listed}${inlined} left-out=${leftOut.count} first=${
           JSON.stringify(first.path)
         } (${first.reason})`
-        : `ok listed=${this.#listed}`,
+        : `ok listed=${this.#listed}${inlined}`,
     );
+  }
+}
+
+/** Where {@link inlineEntry} reads a file's content; it is copied into the batch's Data frame right after. */
+const INLINE_SCRATCH = new Uint8Array(MAX_INLINE_FILE);
+
+/**
+ * The entry of the listed file `rel` with its content (at most `limit` bytes), read now through the same open as a `get` (the
+ * connection's token is checked again): the entry describes the version whose bytes are sent, whatever the
+ * walk saw before. Null when the file cannot be sent whole as one version (gone, changed while read,
+ * grown past the limit, no longer a regular file): its entry is then sent as the walk made it, and the
+ * client asks for the file with `get`, whose answer says what became of it.
+ */
+function inlineEntry(
+  ctx: ReplyContext,
+  rel: string,
+  limit: number,
+): { json: string; data: Uint8Array } | null {
+  const opened = openBeneath(ctx, rel, "file");
+  if (opened instanceof LibcError || !("fd" in opened)) return null;
+  const { fd, stat } = opened;
+  try {
+    if (stat.size > limit) return null;
+    const identity = identityOf(stat);
+    const data = INLINE_SCRATCH.subarray(0, stat.size);
+    const sha256 = readWholeFile(ctx, fd, identity, data);
+    if (sha256 === undefined) return null;
+    const entry: ListEntry = {
+      path: rel,
+      size: stat.size,
+      mtimeNs: String(stat.mtimeNs),
+      mode: stat.mode & 0o7777,
+      etag: etagOf(identity),
+      sha256,
+      inline: true,
+    };
+    return { json: JSON.stringify(entry), data };
+  } finally {
+    close(fd);
   }
 }

@@ -344,15 +344,33 @@ function hashSmallFile(file: OpenGet): { sha256: string; data: Uint8Array } | un
   if (fileStat.size > SMALL_REPLY_BYTES) return undefined;
   smallFileBuffer ??= new Uint8Array(SMALL_REPLY_BYTES);
   const data = smallFileBuffer.subarray(0, fileStat.size);
-  for (let got = 0; got < data.byteLength;) {
-    const n = pread(fd, data.subarray(got), got);
-    if (n <= 0) return undefined; // shrank: the usual path reports it
+  const sha256 = readWholeFile(ctx, fd, identity, data);
+  return sha256 === undefined ? undefined : { sha256, data };
+}
+
+/**
+ * Reads all of the open file `fd` into `into`, which has the size of the version `identity` names, and
+ * returns that version's SHA-256: the worker's if known, else computed here and kept in this worker only
+ * (see {@link hashSmallFile}). Undefined when the file is no longer that version: it ended early, or its
+ * identity moved while it was read.
+ */
+export function readWholeFile(
+  ctx: ReplyContext,
+  fd: number,
+  identity: string,
+  into: Uint8Array,
+): string | undefined {
+  for (let got = 0; got < into.byteLength;) {
+    const n = pread(fd, into.subarray(got), got);
+    if (n <= 0) return undefined;
     got += n;
   }
   if (identityOf(fstat(fd)) !== identity) return undefined;
-  const sha256 = createSha256().update(data).digest("hex");
+  const known = ctx.hashes.get(identity);
+  if (known !== undefined) return known;
+  const sha256 = createSha256().update(into).digest("hex");
   ctx.hashes.note(identity, sha256);
-  return { sha256, data };
+  return sha256;
 }
 
 /**
