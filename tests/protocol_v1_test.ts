@@ -40,6 +40,29 @@ Deno.test("get: the first response carries the SHA-256 in a trailer, the next on
   assert.equal(server.log.filter((l) => /hashed "a\.bin" bytes=3145745 .*result=ok/.test(l)).length, 1);
 });
 
+Deno.test("get with ifNoneMatch: a small file not hashed yet is hashed on the spot and answered at once; a larger one waits for the worker's hash job", async () => {
+  await using dir = await tempDir();
+  const small = await makeFile(dir.path, "small.bin", 64 * 1024);
+  const large = await makeFile(dir.path, "large.bin", 64 * 1024 + 1);
+  const server = await serve(dir.path);
+  try {
+    for (const [name, path] of [["small.bin", small], ["large.bin", large]]) {
+      const own = await sha256File(path);
+      const same = await get(server.ports[0], { path: name, ifNoneMatch: own });
+      assert.equal(same.types, "H", name);
+      assert.equal(same.json[0].unchanged, true, name);
+      assert.equal(same.json[0].sha256, own, name);
+      const other = await get(server.ports[0], { path: name, ifNoneMatch: "0".repeat(64) });
+      assert.equal(sha256(other.data), own, name);
+    }
+  } finally {
+    assert.equal((await server.stop()).code, 0);
+  }
+  // The worker logs each hash its background job computes: none for the small file.
+  assert.equal(server.log.filter((l) => /hashed "small\.bin"/.test(l)).length, 0);
+  assert.equal(server.log.filter((l) => /hashed "large\.bin" bytes=65537 .*result=ok/.test(l)).length, 1);
+});
+
 Deno.test("get with offset and the current etag resumes: only the rest is sent, the hash is the whole file's", async () => {
   await using dir = await tempDir();
   const path = await makeFile(dir.path, "r.bin", 2_500_000);

@@ -256,18 +256,20 @@ function get(request: Readonly<Request>, ctx: ReplyContext): Reply {
   const reply: Reply = { label, pieces: [], files: [fd] };
   if (zstd) file.compressed = () => reply.result = "ok zstd";
   const ifNoneMatch = request.ifNoneMatch;
-  if (ifNoneMatch !== undefined) {
-    reply.label += " ifNoneMatch";
-    reply.pieces.push(withHash(ctx, path, opened, (sha) => {
-      if (sha !== ifNoneMatch) return sendFile(file, sha);
-      reply.result = "unchanged";
-      return [unchangedGetAnswer(file, sha)];
-    }));
-  } else {
-    const known = ctx.hashes.get(identity);
-    const read = known === undefined ? hashSmallFile(file) : undefined;
-    reply.pieces.push(...sendFile(file, known ?? read?.sha256, read?.data));
-  }
+  if (ifNoneMatch !== undefined) reply.label += " ifNoneMatch";
+  const answerWith = (sha: string | undefined, read?: Uint8Array): Piece[] => {
+    if (sha === undefined || sha !== ifNoneMatch) return sendFile(file, sha, read);
+    reply.result = "unchanged";
+    return [unchangedGetAnswer(file, sha)];
+  };
+  const known = ctx.hashes.get(identity);
+  // A small file not hashed yet is hashed on the spot, whether or not the client offered its copy's hash.
+  const read = known === undefined ? hashSmallFile(file) : undefined;
+  const sha = known ?? read?.sha256;
+  // A larger one waits for the worker's shared job, if its hash decides the answer; else the hash follows.
+  if (sha === undefined && ifNoneMatch !== undefined) {
+    reply.pieces.push(withHash(ctx, path, opened, (sha) => answerWith(sha)));
+  } else reply.pieces.push(...answerWith(sha, read?.data));
   return reply;
 }
 
@@ -333,11 +335,11 @@ let smallFileBuffer: Uint8Array | null = null;
 /**
  * The SHA-256 of a small file not hashed yet, computed on the spot: reading and hashing 64 KiB at most costs
  * less than the background job it would otherwise get (a wake-up, a sendfile, a Trailer), and the reply
- * can then be built whole, sent in one call and cached. A mirror's first copy is made of such replies. The
- * hash is kept in this worker only: passing it to the others would cost the master a wake-up per file,
- * more than hashing it again. The bytes read are returned too (valid until the next call), so that the reply
- * is built from them rather than read again. Undefined for a larger file, or one that changed while being
- * read.
+ * can then be built whole, sent in one call and cached; with `ifNoneMatch`, the answer is known at once.
+ * Most of a mirror's requests are for such files (those its listing did not bring). The hash is kept in
+ * this worker only: passing it to the others would cost the master a wake-up per file, more than hashing
+ * it again. The bytes read are returned too (valid until the next call), so that the reply is built from
+ * them rather than read again. Undefined for a larger file, or one that changed while being read.
  */
 function hashSmallFile(file: OpenGet): { sha256: string; data: Uint8Array } | undefined {
   const { ctx, fd, fileStat, identity } = file;
