@@ -1,7 +1,8 @@
 /**
- * `mirror`'s fast path: many files fetched over one connection with their requests pipelined, written to
- * parts beside their targets, and published in batches whose durability costs a `syncfs` call rather
- * than an fsync per file and per directory (the way dpkg unpacks a package):
+ * `mirror`'s fast path: many files fetched over one connection with their requests pipelined (or, in a
+ * first copy, brought by the listing: {@link InlinePublisher}), written to parts beside their targets, and
+ * published in batches whose durability costs a `syncfs` call rather than an fsync per file and per
+ * directory (the way dpkg unpacks a package):
  *
  * 1. each file's bytes go to its part, `.NAME.ferry-ETAG.part`, created in its directory's fd (no symlink
  *    followed), checked against the server's size and SHA-256, given the server's mode and mtime;
