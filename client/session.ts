@@ -486,8 +486,11 @@ export class Session {
     const len = await reader.readLength(`the inlined content of ${what}`);
     const [type] = len > 0 ? await reader.readExact(1, "a frame type") : [-1];
     if (type !== FrameType.Data || len - 1 !== total) {
+      const after = type === FrameType.Data ? `a Data frame of ${len - 1} bytes` : "no Data frame";
       throw protocolError(
-        `${what} has ${inlined} inlined entries of ${total} bytes, but no Data frame of them`,
+        `${what} inlines ${total} bytes in a batch (${inlined} file${
+          inlined === 1 ? "" : "s"
+        }), followed by ${after}`,
       );
     }
     return await reader.readExact(total, `the inlined content of ${what}`);

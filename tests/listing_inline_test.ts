@@ -298,7 +298,7 @@ Deno.test("a listing whose inlined entries come without their Data frame fails t
   await using out = await tempDir();
   const r = await runClient(["mirror", server.address, ".", `${out.path}/copy`]);
   assert.equal(r.code, 6, r.stderr);
-  assert.match(r.stderr, /1 inlined entries of 5000 bytes, but no Data frame of them/);
+  assert.match(r.stderr, /inlines 5000 bytes in a batch \(1 file\), followed by no Data frame/);
   const made = await Array.fromAsync(Deno.readDir(out.path));
   const inCopy = made.length === 0 ? [] : await Array.fromAsync(Deno.readDir(`${out.path}/copy`));
   assert.deepEqual(inCopy.map((e) => e.name), [], "no file, no part");
