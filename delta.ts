@@ -84,9 +84,10 @@ export class Chunker {
 
   /**
    * Feeds `data`; calls `onCut(end)` with the index in `data` just past each chunk that ends in it. The
-   * bytes after the last cut carry over to the next call.
+   * bytes after the last cut carry over to the next call. An `onCut` that returns true stops the feed at
+   * its cut: the rest of `data` is not looked at (for a caller that wants the first chunk only).
    */
-  update(data: Uint8Array, onCut: (end: number) => void): void {
+  update(data: Uint8Array, onCut: (end: number) => boolean | void): void {
     const mask = this.#mask, min = this.#min, max = this.#max, n = data.length;
     let hash = this.#hash, length = this.#length, i = 0;
     while (i < n) {
@@ -112,9 +113,9 @@ export class Chunker {
       length += j - i;
       i = j;
       if (cut || length === max) {
-        onCut(i);
         hash = 0;
         length = 0;
+        if (onCut(i) === true) break;
       }
     }
     this.#hash = hash;
@@ -417,10 +418,10 @@ export class GuidedSignatureBuilder {
       if (pending < this.#max && !this.#finished) return; // a cut may lie anywhere up to the largest chunk
       const window = Math.min(this.#max, pending);
       let length = window;
-      new Chunker(this.bits).update(
-        this.#buffer.subarray(this.#start, this.#start + window),
-        (end) => length = Math.min(length, end),
-      );
+      new Chunker(this.bits).update(this.#buffer.subarray(this.#start, this.#start + window), (end) => {
+        length = end;
+        return true; // the chunk that starts here is all that is wanted
+      });
       const digest = this.#digest(length);
       this.#emit(length, digest, this.#guideAt.get(keyOf(length, digest, 0)) ?? -1);
     }

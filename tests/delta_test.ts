@@ -238,7 +238,9 @@ Deno.test("the chunker, which skips the start of each chunk, cuts where hashing 
       const chunker = new Chunker(bits);
       const cuts: number[] = [];
       for (let at = 0; at < data.length; at += piece) {
-        chunker.update(data.subarray(at, at + piece), (end) => cuts.push(at + end));
+        chunker.update(data.subarray(at, at + piece), (end) => {
+          cuts.push(at + end);
+        });
       }
       assert.deepEqual(cuts, expected, `bits ${bits}, fed in pieces of ${piece} bytes`);
     }
