@@ -3,10 +3,10 @@
  * and whose version on the server differs, ask for the version's signature (`sig`, unless it was asked for
  * ahead: `signature_prefetch.ts`), find its chunks in the old copy (`delta.ts`: cut the same way while the
  * server signs, or followed through it when the signature is in hand), and fetch only the byte ranges it
- * lacks (`get` with `ranges`, as few requests as {@link MAX_RANGES} allows). The new version is built in order in the part, copied pieces from the old
- * copy and fetched ones as they arrive, so the part is always the start of that version, named by its
- * etag: an interrupted build resumes like any part. `fetch_file.ts` then checks the whole SHA-256 and
- * publishes as for a whole-file get.
+ * lacks (`get` with `ranges`, as few requests as {@link MAX_RANGES} allows). The new version is built in
+ * order in the part, copied pieces from the old copy and fetched ones as they arrive, so the part is always
+ * the start of that version, named by its etag: an interrupted build resumes like any part.
+ * `fetch_file.ts` then checks the whole SHA-256 and publishes as for a whole-file get.
  *
  * A malformed signature or answer is a protocol error (exit 6, nothing published); a refusal (an older
  * server's UNKNOWN_OP, CHANGED when the file moved on, FILE_CHANGED) makes the caller fetch the whole file.
@@ -46,6 +46,18 @@ import type { Prefetched } from "./signature_prefetch.ts";
  * chunks would be a sizeable share of the file.
  */
 export const DELTA_MIN_BYTES = 1024 * 1024;
+
+/** True when an old copy of `localSize` bytes and a version of `remoteSize` are both worth a delta. */
+export function worthDelta(localSize: number, remoteSize: number): boolean {
+  return localSize >= DELTA_MIN_BYTES && remoteSize >= DELTA_MIN_BYTES;
+}
+
+/** The `sig` request for `path`, offering the old copy's SHA-256 (when known) as `ifNoneMatch`. */
+export function signatureRequest(path: string, localSha256: string | undefined): Request {
+  const request: Request = { v: PROTOCOL_VERSION, op: "sig", path };
+  if (localSha256 !== undefined) request.ifNoneMatch = localSha256;
+  return request;
+}
 
 /** A `get` header as `fetch_file.ts` checks it: what a delta needs of it. */
 export interface DeltaHeader {
@@ -126,10 +138,10 @@ export async function fetchDelta<H extends DeltaHeader>(
   let raw: ResponseHeader;
   if (answer !== null) raw = answer.header;
   else {
-    const request: Request = { v: PROTOCOL_VERSION, op: "sig", path };
-    if (ctx.localSha256 !== undefined) request.ifNoneMatch = ctx.localSha256;
     try {
-      raw = await session.begin(request, what, { meanwhile: local.signature === null ? cut : undefined });
+      raw = await session.begin(signatureRequest(path, ctx.localSha256), what, {
+        meanwhile: local.signature === null ? cut : undefined,
+      });
     } catch (e) {
       if (e instanceof ServerRefusal) return null;
       throw e;

@@ -23,7 +23,7 @@ import {
   usageError,
   worstExitCode,
 } from "./failure.ts";
-import { DELTA_MIN_BYTES } from "./delta_fetch.ts";
+import { worthDelta } from "./delta_fetch.ts";
 import { SignaturePrefetch } from "./signature_prefetch.ts";
 import { fetchFile, type FetchOptions, type FileReport } from "./fetch_file.ts";
 import { ErrorCode, isSha256Hex, type ListEntry, MAX_INLINE_FILE, PROTOCOL_VERSION } from "../framing.ts";
@@ -374,11 +374,11 @@ function needByLstat(item: Item, state: MirrorState, local: StatIdentity | null)
   }
   if (local.size !== entry.size) {
     // Changed for sure: no need to hash it, unless delta will read it anyway.
-    return local.size >= DELTA_MIN_BYTES && entry.size >= DELTA_MIN_BYTES ? { kind: "one by one" } : FETCH;
+    return worthDelta(local.size, entry.size) ? { kind: "one by one" } : FETCH;
   }
   // A large file of the same size goes one by one: delta reads the old copy anyway, and the signature's
   // request says "unchanged" when the copy already has the server's hash.
-  if (local.size >= DELTA_MIN_BYTES) return { kind: "one by one", localSha256: recorded?.sha256 };
+  if (worthDelta(local.size, entry.size)) return { kind: "one by one", localSha256: recorded?.sha256 };
   if (recorded !== undefined) return needBySha(entry, recorded.sha256);
   return { kind: "hash" };
 }
@@ -829,13 +829,13 @@ class MirrorRun {
 
   /**
    * Before step 3: asks for the signatures of the large files step 4 will patch by delta (a local copy and
-   * a version both of at least DELTA_MIN_BYTES), on a second connection, so that the server computes them
+   * a version both large enough: worthDelta), on a second connection, so that the server computes them
    * while the small files come, and each is in hand when its file's turn comes.
    */
   prefetchSignatures(): void {
     if (!this.options.verify) return; // no delta without the SHA-256 check
     const wanted = this.#oneByOne.filter((item) =>
-      item.local !== undefined && item.local.size >= DELTA_MIN_BYTES && item.entry.size >= DELTA_MIN_BYTES
+      item.local !== undefined && worthDelta(item.local.size, item.entry.size)
     ).map((item) => ({
       path: item.entry.path,
       // What fetchFile offers as ifNoneMatch: never with a manifest; else what the state vouches for.

@@ -13,8 +13,8 @@
  * @module
  */
 
-import { PROTOCOL_VERSION, type Request, type ResponseHeader } from "../framing.ts";
-import { readSignatureBytes } from "./delta_fetch.ts";
+import type { ResponseHeader } from "../framing.ts";
+import { readSignatureBytes, signatureRequest } from "./delta_fetch.ts";
 import { ServerRefusal } from "./failure.ts";
 import type { Session } from "./session.ts";
 
@@ -118,7 +118,9 @@ export class SignaturePrefetch {
         if (read === sent && sent < this.#cursor) read = sent = this.#cursor;
         const room = Math.min(AHEAD - (sent - this.#cursor), count - sent);
         if (room > 0) {
-          await this.#session.sendAhead(this.#wanted.slice(sent, sent + room).map(requestOf));
+          await this.#session.sendAhead(
+            this.#wanted.slice(sent, sent + room).map((w) => signatureRequest(w.path, w.localSha256)),
+          );
           sent += room;
         }
         if (read < sent) {
@@ -159,10 +161,4 @@ export class SignaturePrefetch {
     const bytes = await readSignatureBytes(this.#session, what, header.signatureLength, size);
     return etag === undefined || header.etag === etag ? { header, bytes } : null;
   }
-}
-
-function requestOf({ path, localSha256 }: Wanted): Request {
-  const request: Request = { v: PROTOCOL_VERSION, op: "sig", path };
-  if (localSha256 !== undefined) request.ifNoneMatch = localSha256;
-  return request;
 }
