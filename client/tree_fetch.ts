@@ -38,7 +38,7 @@ import {
 import type { Deadline } from "./deadline.ts";
 import type { LocalDir } from "./local_tree.ts";
 import { LocalIoError } from "./local_tree.ts";
-import { isResumableTag } from "./publish.ts";
+import { isResumableTag, partName } from "./publish.ts";
 import type { ManifestFile } from "./manifest.ts";
 import type { Session } from "./session.ts";
 import {
@@ -427,7 +427,7 @@ async function writePart(
   verify: boolean,
 ): Promise<{ part: string; sha256?: string } | null> {
   const { size, etag, sha256, mode, mtimeNs } = source;
-  const part = `.${file.name}.ferry-${etag}.part`;
+  const part = partName(file.name, etag);
   const created = creationMode(mode);
   let fd: number;
   try {
