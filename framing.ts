@@ -186,6 +186,9 @@ export const INLINE_BATCH_BYTES = 1024 * 1024;
 /** How many of the folders and files a listing left out it names (`leftOut.first`); `count` has them all. */
 export const LEFT_OUT_SHOWN = 16;
 
+/** A point in time as nanoseconds since the epoch in decimal text (`inlineSince`, `walkedAt`). */
+export const NANOSECONDS = /^[0-9]{1,20}$/;
+
 /** Deepest directory level a recursive `list` descends to. */
 export const MAX_LIST_DEPTH = 32;
 
@@ -228,6 +231,14 @@ export interface Request {
    * {@link MAX_INLINE_FILE}) with its entry, in a Data frame after its Entries frame; 0 or absent, none.
    */
   inline?: number;
+  /**
+   * Streamed `list`: send the content of the files whose ctime is at or after this time (nanoseconds since
+   * the epoch as decimal text), of at most `inline` bytes ({@link MAX_INLINE_FILE} without it): the
+   * `walkedAt` of an earlier listing of the same tree, so that the content comes of what changed since (a
+   * file written, copied in, renamed in or replaced has a new ctime; none can be set back). A server that
+   * predates it ignores it, and sends no content.
+   */
+  inlineSince?: string;
   /**
    * `get`: send only these `[offset, length]` byte ranges of the file, concatenated (delta transfer):
    * sorted, not overlapping, none empty, all within the file, at most {@link MAX_RANGES}; needs `ifMatch`.
@@ -335,6 +346,12 @@ export interface ResponseHeader {
   requestId?: string;
   /** `get`, streamed `list`: the compression of the Compressed frames that may follow (one `accept` named). */
   compression?: Compression;
+  /**
+   * Streamed `list`: the server's clock shortly before the walk began (by the tick of the clock that stamps
+   * files), nanoseconds since the epoch as decimal text, for a later listing's `inlineSince`: a file
+   * changed after the walk read its entry has a later ctime.
+   */
+  walkedAt?: string;
 }
 
 /** The JSON of a Trailer frame. */
@@ -497,6 +514,7 @@ export function parseRequest(payload: Uint8Array): Request {
     stream,
     brief,
     inline,
+    inlineSince,
     ranges,
     name,
     proof,
@@ -550,6 +568,13 @@ export function parseRequest(payload: Uint8Array): Request {
         throw new ProtocolError(ErrorCode.BadRequest, "'inline' needs 'stream'");
       }
       if (inline as number > 0) request.inline = inline as number;
+    }
+    if (inlineSince !== undefined) {
+      if (typeof inlineSince !== "string" || !NANOSECONDS.test(inlineSince)) {
+        throw new ProtocolError(ErrorCode.BadRequest, "'inlineSince' is not nanoseconds as decimal text");
+      }
+      if (!request.stream) throw new ProtocolError(ErrorCode.BadRequest, "'inlineSince' needs 'stream'");
+      request.inlineSince = inlineSince;
     }
   }
   if (op === "sig" && ifNoneMatch !== undefined) {

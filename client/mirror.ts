@@ -45,7 +45,7 @@ import {
 import { createSha256, loadHashing } from "../hashing.ts";
 import { deleteExtraneous } from "./mirror_delete.ts";
 import { NO_TREE_PROGRESS, type Progress, type TreeProgress } from "./progress.ts";
-import { loadState, MirrorState, saveState, STATE_DIR } from "./mirror_state.ts";
+import { loadState, MirrorState, saveState, STATE_DIR, stateSince } from "./mirror_state.ts";
 import {
   fetchTree,
   InlinePublisher,
@@ -155,7 +155,7 @@ async function listRemote(
   session: Session,
   remoteDir: string,
   options: MirrorOptions,
-  inline: boolean,
+  inline: { since: string | undefined } | null,
   onEntries: (batch: unknown[], inlined: Uint8Array | null) => Promise<void>,
   meanwhile: () => void,
 ): Promise<Listing> {
@@ -174,7 +174,12 @@ async function listRemote(
             path: remoteDir,
             recursive: true,
             brief: true,
-            ...(inline ? { inline: MAX_INLINE_FILE } : {}),
+            // Changed files only by `inlineSince` alone: a server that predates it then sends no content.
+            ...(inline === null
+              ? {}
+              : inline.since === undefined
+              ? { inline: MAX_INLINE_FILE }
+              : { inlineSince: inline.since }),
           },
           what,
           onEntries,
@@ -603,7 +608,8 @@ class MirrorRun {
       else this.#partsToDrop.push(item);
     } else {
       this.progress.expect(item.entry.size);
-      const version = inlined !== undefined && need === FETCH && !item.signed
+      // Content that came with the listing replaces a `get` of the whole file, if the file needs one.
+      const version = inlined !== undefined && (need === FETCH || need.kind === "fast") && !item.signed
         ? inlineVersionOf(item.entry)
         : null;
       if (version !== null && version.size === inlined!.byteLength) {
@@ -928,6 +934,7 @@ class MirrorRun {
       }
     }
     const { tree, state, folders } = this.#local;
+    state.since = listing.walkedAt; // saved with the state, if it is saved
     try {
       await folders.record(); // after the run's last change below LOCAL_DIR
       if (state.changed) {
@@ -969,12 +976,8 @@ export async function mirror(
   onFile: (report: FileReport) => void,
   summary: MirrorSummary = emptySummary(),
 ): Promise<MirrorSummary> {
-  // A first copy has no local copy to compare: the listing brings the small files' content with it. Not with a
-  // manifest (the listing is held until the manifest agrees with it, and so would the bytes be), nor with
-  // --compress (inlined content is not compressed; each file's `get` decides on its own).
-  const inline = !options.dryRun && options.trust === undefined && !session.compressesFiles &&
-    holdsNothing(localDir);
-  const run = new MirrorRun(session, remoteDir, localDir, options, onFile, summary, inline);
+  const inline = inlineAsked(session, localDir, options);
+  const run = new MirrorRun(session, remoteDir, localDir, options, onFile, summary, inline !== null);
   try {
     if (options.trust !== undefined) {
       run.release = await fetchRelease(session, remoteDir, options.trust, options);
@@ -1016,6 +1019,24 @@ export async function mirror(
     await run.endInlined().catch(() => {}); // each file's outcome is reported already, failures too
     run.close();
   }
+}
+
+/**
+ * Whether the listing is to bring the content of small files, and of which: all of them into a LOCAL_DIR
+ * that is missing or empty (a first copy has no local copy to compare), or those changed since the state's
+ * `since` (new folders and rewritten files then cost no request each); null, none. Not with a manifest
+ * (the listing is held until the manifest agrees with it, and so would the bytes be), nor with --compress
+ * (inlined content is not compressed; each file's `get` decides on its own), nor in a dry run.
+ */
+function inlineAsked(
+  session: Session,
+  localDir: string,
+  options: MirrorOptions,
+): { since: string | undefined } | null {
+  if (options.dryRun || options.trust !== undefined || session.compressesFiles) return null;
+  if (holdsNothing(localDir)) return { since: undefined };
+  const since = stateSince(localDir);
+  return since === undefined ? null : { since };
 }
 
 /** True when `localDir` is missing or empty: nothing there to compare with the server's files. */

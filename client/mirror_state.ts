@@ -18,7 +18,8 @@
  * reading it. A folder is recorded only from a read taken well after its last change (see
  * {@link changedJustNow}), for the same reason as files.
  *
- * The file is text: a version line, then one line per file: the identity (size:inode:mtime:ctime), the
+ * The file is text: a version line, then (if the server gave one) `since` and a space and the `walkedAt` of
+ * the listing of the run that wrote it, then one line per file: the identity (size:inode:mtime:ctime), the
  * SHA-256 and the etag, separated by tabs, and the path last (as a JSON string if it holds a tab, a line
  * break or starts with a quote); then one line per folder: `dir` and a space, a digest of the names it
  * held (see {@link namesDigest}), its identity and its path (`.` for LOCAL_DIR itself), separated by tabs.
@@ -28,7 +29,7 @@
  * @module
  */
 
-import { isSha256Hex } from "../framing.ts";
+import { isSha256Hex, NANOSECONDS } from "../framing.ts";
 import type { StatIdentity } from "../ffi/structs.ts";
 import { C, close, fstat, LibcError, mkdirAt, OPEN, openAt, pread, pwriteAll } from "../ffi/libc.ts";
 import { LocalDir, LocalIoError } from "./local_tree.ts";
@@ -147,6 +148,12 @@ export class MirrorState implements Disposable {
   readonly #writtenAt: number;
   #newestCtime = 0;
   #changed = false;
+  /**
+   * The `walkedAt` of the listing of the run that last wrote the state (PROTOCOL.md): the next run asks for
+   * the content of the small files changed since with its listing. Written with the state, never alone: a
+   * run that changed nothing leaves the time of the last run that did, which changes nothing either.
+   */
+  since: string | undefined;
 
   /** @param writtenAt when the state was written (its file's mtime, in seconds); entries near it are racy */
   constructor(writtenAt = 0) {
@@ -418,6 +425,7 @@ export class MirrorState implements Disposable {
    */
   *chunks(): Generator<string | Uint8Array> {
     yield `${STATE_HEADER}\n`;
+    if (this.since !== undefined) yield `${SINCE_LINE}${this.since}\n`;
     this.#joinAdded();
     const spilled: number[] = [];
     yield* linesAt(this.#entries.values(), (piece) => this.#texts[piece], spilled);
@@ -478,6 +486,11 @@ export class MirrorState implements Disposable {
       if (end < 0) end = text.length;
       if (text.startsWith(FOLDER_LINE, start)) {
         this.#readFolderLine(text.slice(start + FOLDER_LINE.length, end));
+        start = end + 1;
+        continue;
+      }
+      if (text.startsWith(SINCE_LINE, start)) {
+        this.since = sinceOf(text.slice(start, end));
         start = end + 1;
         continue;
       }
@@ -566,6 +579,8 @@ const SHA256_HEX_LENGTH = 64;
 
 /** How a folder's line starts (a space, not a tab: a client that does not know it sees no path in it). */
 const FOLDER_LINE = "dir ";
+/** The line after the header that holds {@link MirrorState.since}. */
+const SINCE_LINE = "since ";
 
 /** A path as the state writes it: as it is, or as a JSON string when it could be taken for something else. */
 function quote(path: string): string {
@@ -616,6 +631,34 @@ export function loadState(root: LocalDir): MirrorState {
     return new MirrorState();
   } finally {
     close(fd);
+  }
+}
+
+/** The time a `since` line holds, if it is one that holds a time. */
+function sinceOf(line: string): string | undefined {
+  const time = line.slice(SINCE_LINE.length);
+  return line.startsWith(SINCE_LINE) && NANOSECONDS.test(time) ? time : undefined;
+}
+
+/**
+ * The {@link MirrorState.since} of the state in the folder `localDir` (LOCAL_DIR, as named), read from the
+ * state's first lines alone, before the run asks for its listing; undefined if there is none to be had
+ * (no state, or one without it). No symlink below LOCAL_DIR is followed.
+ */
+export function stateSince(localDir: string): string | undefined {
+  let root: number | undefined, fd: number | undefined;
+  try {
+    root = openAt(undefined, localDir, OPEN.O_RDONLY | OPEN.O_DIRECTORY);
+    fd = openAt(root, `${STATE_DIR}/${STATE_FILE}`, OPEN.O_RDONLY | C.O_NONBLOCK, { noSymlinks: true });
+    if (!fstat(fd).isFile) return undefined;
+    const head = new Uint8Array(STATE_HEADER.length + SINCE_LINE.length + 32);
+    const lines = new TextDecoder().decode(head.subarray(0, pread(fd, head, 0))).split("\n");
+    return lines[0] === STATE_HEADER && lines.length > 2 ? sinceOf(lines[1]) : undefined;
+  } catch {
+    return undefined;
+  } finally {
+    if (fd !== undefined) close(fd);
+    if (root !== undefined) close(root);
   }
 }
 

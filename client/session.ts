@@ -31,6 +31,7 @@ import {
   type ListEntry,
   MAX_INLINE_FILE,
   MAX_RESPONSE_FRAME,
+  NANOSECONDS,
   PROTOCOL_VERSION,
   type Request,
   type ResponseHeader,
@@ -176,6 +177,8 @@ export interface Listing {
   truncated: boolean;
   /** What the server left out (none from a server that predates `leftOut`). */
   leftOut: LeftOut;
+  /** A streamed listing's `walkedAt` (none from a server that predates it). */
+  walkedAt?: string;
 }
 
 /** The `leftOut` of a listing's Header or Trailer, checked; none when the server sent none. */
@@ -425,6 +428,11 @@ export class Session {
         leftOut: leftOutOf(header, what),
       };
     }
+    const { walkedAt } = header;
+    if (walkedAt !== undefined && (typeof walkedAt !== "string" || !NANOSECONDS.test(walkedAt))) {
+      this.#drop();
+      throw protocolError(`${what} has a 'walkedAt' that is not nanoseconds as decimal text`);
+    }
     const reader = this.#reader!;
     const entries: unknown[] = [];
     let received = 0;
@@ -455,7 +463,12 @@ export class Session {
         }
         if (await reader.readLength("the end frame") !== 0) throw protocolError(`no end frame after ${what}`);
         this.#between = true;
-        return { entries, truncated: trailer.truncated === true, leftOut: leftOutOf(trailer, what) };
+        return {
+          entries,
+          truncated: trailer.truncated === true,
+          leftOut: leftOutOf(trailer, what),
+          walkedAt,
+        };
       }
     } catch (e) {
       if (!(e instanceof ServerRefusal)) this.#drop();

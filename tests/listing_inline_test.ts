@@ -1,7 +1,8 @@
 /**
  * A streamed listing asked for `inline` brings the content of the small files with their entries: each
  * after the Entries frame that lists it, in batches a client can read whole, through the same checks as a
- * `get`. `mirror` asks for it into an empty folder only, and publishes those files as it publishes fetched
+ * `get`; asked for `inlineSince`, of those changed since. `mirror` asks for all into an empty folder, and
+ * afterwards for those changed since its last listing, and publishes those files as it publishes fetched
  * ones; bytes unlike the hash that came with them are never published.
  */
 
@@ -18,6 +19,7 @@ import {
   MAX_INLINE_FILE,
   putFrameLength,
 } from "../framing.ts";
+import { lstatAt } from "../ffi/libc.ts";
 import { logged, withServer } from "./client_fixture.ts";
 import { RawConnection, runClient, tempDir, treeOf } from "./helpers.ts";
 
@@ -27,17 +29,22 @@ const sha256 = (bytes: Uint8Array) => createHash("sha256").update(bytes).digest(
 async function inlineListing(
   conn: RawConnection,
   request: Record<string, unknown>,
-): Promise<{ batches: { entries: Record<string, unknown>[]; content: Uint8Array | null }[]; types: string }> {
+): Promise<{
+  header: Record<string, unknown>;
+  batches: { entries: Record<string, unknown>[]; content: Uint8Array | null }[];
+  types: string;
+}> {
   await conn.sendRequest({ op: "list", path: "", recursive: true, stream: true, ...request });
   const batches: { entries: Record<string, unknown>[]; content: Uint8Array | null }[] = [];
-  let types = "";
+  let types = "", header: Record<string, unknown> = {};
   for (;;) {
     const frame = await conn.readFrame();
     if (frame === null) throw new Error(`the connection ended after frames '${types}'`);
-    if (frame.length === 0) return { batches, types };
+    if (frame.length === 0) return { header, batches, types };
     const type = String.fromCharCode(frame.payload[0]);
     types += type;
     const body = frame.payload.subarray(1);
+    if (type === "H") header = decodeJson(body) as Record<string, unknown>;
     if (type === "L") {
       batches.push({
         entries: (decodeJson(body) as { entries: Record<string, unknown>[] }).entries,
@@ -130,7 +137,48 @@ Deno.test("inlined content comes in batches of at most INLINE_BATCH_BYTES, each 
   });
 });
 
-Deno.test("'inline' that is not an integer from 0 to MAX_INLINE_FILE, or without 'stream', is BAD_REQUEST", async () => {
+/** The ctime of `path`, in nanoseconds. */
+function ctimeNs(path: string): bigint {
+  return lstatAt(AT_FDCWD, path).ctimeNs;
+}
+const AT_FDCWD = -100;
+// libc is bound on first use and stays bound: bound before the tests, as the sanitizer counts it a leak.
+ctimeNs(".");
+
+Deno.test("with inlineSince, a streamed listing brings the content of the files whose ctime is at or after it, and says when its walk began", async () => {
+  await withServer(async ({ src, server }) => {
+    await Deno.writeTextFile(`${src}/old.txt`, "old\n");
+    const since = ctimeNs(`${src}/old.txt`) + 1n;
+    // Written until the clock that stamps files has moved on from old.txt's tick.
+    const changed = new TextEncoder().encode("changed\n");
+    for (let tries = 0; tries < 100_000; tries++) {
+      await Deno.writeFile(`${src}/new.txt`, changed);
+      if (ctimeNs(`${src}/new.txt`) >= since) break;
+    }
+    assert.ok(ctimeNs(`${src}/new.txt`) >= since, "new.txt has a later ctime than old.txt");
+    const conn = await RawConnection.open(server.ports[0]);
+    try {
+      const { header, batches, types } = await inlineListing(conn, {
+        brief: true,
+        inlineSince: String(since),
+      });
+      assert.equal(types, "HLDT");
+      const [{ entries, content }] = batches;
+      assert.deepEqual(entries.map((e) => [e.path, e.inline]), [["new.txt", true], ["old.txt", undefined]]);
+      assert.deepEqual(content, changed);
+      assert.match(String(header.walkedAt), /^[0-9]+$/);
+      assert.ok(BigInt(String(header.walkedAt)) <= BigInt(Date.now()) * 1_000_000n, "walkedAt is past");
+      await logged(
+        server,
+        new RegExp(`LIST "" recursive stream since=${since} .*result=ok listed=2 inlined=1$`),
+      );
+    } finally {
+      conn.close();
+    }
+  });
+});
+
+Deno.test("'inline' that is not an integer from 0 to MAX_INLINE_FILE, 'inlineSince' that is not a time, or either without 'stream', is BAD_REQUEST", async () => {
   await withServer(async ({ src, server }) => {
     await Deno.writeTextFile(`${src}/a.txt`, "a");
     for (
@@ -142,6 +190,9 @@ Deno.test("'inline' that is not an integer from 0 to MAX_INLINE_FILE, or without
         ],
         [{ stream: true, inline: -1 }, `'inline' is not an integer from 0 to ${MAX_INLINE_FILE}`],
         [{ inline: 100 }, "'inline' needs 'stream'"],
+        [{ stream: true, inlineSince: 1 }, "'inlineSince' is not nanoseconds as decimal text"],
+        [{ stream: true, inlineSince: "-1" }, "'inlineSince' is not nanoseconds as decimal text"],
+        [{ inlineSince: "1" }, "'inlineSince' needs 'stream'"],
       ] as const
     ) {
       const conn = await RawConnection.open(server.ports[0]);
@@ -158,7 +209,7 @@ Deno.test("'inline' that is not an integer from 0 to MAX_INLINE_FILE, or without
   });
 });
 
-Deno.test("mirror into an empty folder takes the small files from the listing and fetches the large ones; into a folder that holds files it asks for no content", async () => {
+Deno.test("mirror into an empty folder takes the small files from the listing and fetches the large ones; later runs take from it those changed since", async () => {
   await withServer(async ({ src, out, server, address }) => {
     await Deno.mkdir(`${src}/site/deep/er`, { recursive: true });
     for (let i = 0; i < 30; i++) {
@@ -182,15 +233,31 @@ Deno.test("mirror into an empty folder takes the small files from the listing an
     const gets = server.log.filter((l) => / request=GET /.test(l));
     assert.equal(gets.length, 1, gets.join("\n"));
     assert.match(gets[0], /GET "site\/large\.bin"/);
-    // No part is left behind, and the state vouches for every file: the next run fetches nothing.
+    // No part is left behind, and the state vouches for every file: the next run fetches nothing, and asks
+    // for the content of what changed since the first run's listing began: nothing.
     const again = await runClient(["mirror", address, "site", `${out}/copy`, "--delete"]);
     assert.equal(again.code, 0, again.stderr);
     assert.equal(again.stderr, "ferry: mirror done: 0 updated, 32 unchanged, 0 deleted, 0 failed\n");
     const lists = await logged(server, /LIST "site" /, 2);
-    assert.doesNotMatch(lists[1], /inline/, "LOCAL_DIR holds files: the listing brings no content");
+    assert.match(lists[1], /LIST "site" recursive stream since=[0-9]+ .*result=ok listed=32 inlined=0$/);
     assert.deepEqual(
       (await Array.fromAsync(Deno.readDir(`${out}/copy`))).map((e) => e.name).sort(),
       [".ferry", "deep", "large.bin", "top.txt"],
+    );
+    // A new folder and a file rewritten: their content comes with the listing, and no `get` asks for it.
+    await Deno.mkdir(`${src}/site/new`);
+    for (let i = 0; i < 5; i++) await Deno.writeTextFile(`${src}/site/new/n${i}.txt`, `new ${i}\n`);
+    await Deno.writeTextFile(`${src}/site/top.txt`, "TOP\n");
+    const third = await runClient(["mirror", address, "site", `${out}/copy`, "--delete"]);
+    assert.equal(third.code, 0, third.stderr);
+    assert.match(third.stderr, /\nferry: mirror done: 6 updated, 31 unchanged, 0 deleted, 0 failed\n$/);
+    assert.deepEqual(await treeOf(`${out}/copy`), await treeOf(`${src}/site`));
+    const thirdList = (await logged(server, /LIST "site" /, 3))[2];
+    assert.match(thirdList, /result=ok listed=37 inlined=6$/);
+    assert.equal(
+      server.log.filter((l) => / request=GET /.test(l)).length,
+      1,
+      "large.bin's, in the first run",
     );
   });
 });

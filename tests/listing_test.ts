@@ -147,7 +147,11 @@ Deno.test("mirror --delete deletes nothing when the server cannot read a folder,
       ...before,
       "c/new.txt": await sha256File(`${src.path}/c/new.txt`),
     });
-    await logged(server, /request=LIST "" recursive stream .* result=partial listed=2 left-out=1 first="b"/);
+    // c/new.txt came with the listing, as new since the first run's listing.
+    await logged(
+      server,
+      /request=LIST "" recursive stream since=[0-9]+ .* result=partial listed=2 inlined=1 left-out=1 first="b"/,
+    );
 
     await t.step("once the folder is readable again, the listing is whole and --delete deletes", async () => {
       await Deno.chmod(`${src.path}/b`, 0o755);
@@ -272,8 +276,9 @@ async function wideTree(src: string, count: number): Promise<void> {
 
 /** Reads a slow listing's frames up to its first Entries frame: the walk is then inside `a/`. */
 function untilFirstBatch(listing: SlowListing, paths: string[]): void {
-  const { requestId, ...header } = listing.next().json!;
+  const { requestId, walkedAt, ...header } = listing.next().json!;
   assert.equal(typeof requestId, "string");
+  assert.match(String(walkedAt), /^[0-9]+$/);
   assert.deepEqual(header, { v: 1, status: "ok", stream: true });
   const first = listing.next();
   assert.equal(first.type, "L");
@@ -413,7 +418,8 @@ Deno.test("a streamed listing of 12,000 files has no cap and mirrors completely;
     ]);
     // The state records every file, though the run set most of its new lines aside in a file meanwhile.
     const recorded = (await Deno.readTextFile(`${out}/.ferry/state`)).split("\n").slice(1)
-      .filter((line) => line !== "" && !line.startsWith("dir ")).map((line) => line.split("\t")[3]);
+      .filter((line) => line !== "" && !line.startsWith("dir ") && !line.startsWith("since "))
+      .map((line) => line.split("\t")[3]);
     assert.equal(recorded.length, 12_000);
     assert.equal(new Set(recorded).size, 12_000);
     assert.ok(recorded.every((path) => /^d[0-9]+\/f[0-9]+$/.test(path)));

@@ -14,6 +14,7 @@ import {
   RACY_WINDOW_SECONDS,
   saveState,
   type StateEntry,
+  stateSince,
 } from "../client/mirror_state.ts";
 import { LocalDir } from "../client/local_tree.ts";
 import { close, identityAt, openRead } from "../ffi/libc.ts";
@@ -177,6 +178,36 @@ Deno.test("state: a folder recorded with its identity gives back its files and f
     const state = MirrorState.parse(damaged, WRITTEN);
     assert.equal(state.recordedFolder("d", FOLDER), undefined, what);
     assert.notEqual(state.recordedFolder("", FOLDER), undefined, `${what}: the folder above is as it was`);
+  }
+});
+
+Deno.test("state: `since` is kept with the state and read from its first lines alone; a state without it, or with a malformed one, has none", () => {
+  const dir = Deno.makeTempDirSync();
+  try {
+    const root = LocalDir.open(dir);
+    const state = new MirrorState();
+    state.set("a.txt", entry());
+    state.since = "1800000000123456789";
+    saveState(root, state);
+    assert.equal(loadState(root).since, "1800000000123456789");
+    assert.equal(stateSince(dir), "1800000000123456789");
+    assert.deepEqual(roundTrip(state).trusted("a.txt", seen()), entry(), "the entries are read as before");
+    state.since = undefined;
+    saveState(root, state);
+    assert.equal(stateSince(dir), undefined);
+    assert.equal(loadState(root).since, undefined);
+    Deno.writeTextFileSync(`${dir}/.ferry/state`, "ferry-mirror-state 2\nsince 12ab\n");
+    assert.equal(stateSince(dir), undefined);
+    assert.equal(loadState(root).since, undefined);
+    root.close();
+    // A symlink planted at the state is not followed.
+    Deno.removeSync(`${dir}/.ferry/state`);
+    Deno.writeTextFileSync(`${dir}/elsewhere`, "ferry-mirror-state 2\nsince 1800000000123456789\n");
+    Deno.symlinkSync("../elsewhere", `${dir}/.ferry/state`);
+    assert.equal(stateSince(dir), undefined);
+    assert.equal(stateSince(`${dir}/missing`), undefined);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
   }
 });
 

@@ -89,7 +89,9 @@ export function list(request: Readonly<Request>, ctx: ReplyContext): Reply {
   const path = request.path!;
   const label = `LIST ${JSON.stringify(path)}${request.recursive ? " recursive" : ""}${
     request.stream ? " stream" : ""
-  }${request.inline ? ` inline=${request.inline}` : ""}`;
+  }${request.inline ? ` inline=${request.inline}` : ""}${
+    request.inlineSince ? ` since=${request.inlineSince}` : ""
+  }`;
   const opened = openBeneath(ctx, path, "directory");
   if (opened instanceof LibcError || !("fd" in opened)) {
     const body = opened instanceof LibcError ? openError(opened, path) : opened;
@@ -107,17 +109,41 @@ export function list(request: Readonly<Request>, ctx: ReplyContext): Reply {
       request.stream === true,
       (result) => reply.result = result,
       compress,
-      request.inline ?? 0,
+      request.inline ?? (request.inlineSince === undefined ? 0 : MAX_INLINE_FILE),
+      request.inlineSince === undefined ? null : instantOf(BigInt(request.inlineSince)),
     ),
   );
   return reply;
 }
 
-/** A file the walk found: its path, its size, and its entry's JSON. */
+/** A file the walk found: its path, its size, its ctime, and its entry's JSON. */
 interface Found {
   path: string;
   size: number;
+  ctime: Instant;
   json: string;
+}
+
+/** A time as whole seconds since the epoch and nanoseconds: exact, as a file system stamps it. */
+interface Instant {
+  seconds: number;
+  nanoseconds: number;
+}
+
+/** The time `ns` (nanoseconds since the epoch) as an {@link Instant}. */
+function instantOf(ns: bigint): Instant {
+  return { seconds: Number(ns / 1_000_000_000n), nanoseconds: Number(ns % 1_000_000_000n) };
+}
+
+/** The `st_ctim` of a `struct stat` given as u32 words. */
+function ctimeOfWords(words: Uint32Array): Instant {
+  const at = STAT.st_ctim / 4;
+  return { seconds: words[at] + words[at + 1] * 0x1_0000_0000, nanoseconds: words[at + 2] };
+}
+
+/** True when `t` is `since` or later. */
+function atOrAfter(t: Instant, since: Instant): boolean {
+  return t.seconds > since.seconds || (t.seconds === since.seconds && t.nanoseconds >= since.nanoseconds);
 }
 
 /** A folder on the walk's stack: being read (`fd` open), or read and being gone through. */
@@ -343,13 +369,13 @@ class Walk {
     const { listingMemo: memo, hashes } = this.ctx;
     const kept = memo.entryOf(rel, words, this.brief, (etag) => hashes.byEtag(etag));
     if (kept !== undefined) {
-      this.found.push({ path: rel, size: sizeOfStat(words), json: kept });
+      this.found.push({ path: rel, size: sizeOfStat(words), ctime: ctimeOfWords(words), json: kept });
       workerMetrics.count(WorkerCell.ListingEntriesReused);
       return true;
     }
     const stat = decodeStatVersion(words);
     if (!stat.isFile) return false;
-    memo.keepEntry(rel, words, this.brief, this.#found(rel, stat));
+    memo.keepEntry(rel, words, this.brief, this.#found(rel, stat, ctimeOfWords(words)));
     return true;
   }
 
@@ -399,7 +425,7 @@ class Walk {
       return 1;
     }
     close(opened.fd);
-    this.#found(rel, opened.stat);
+    this.#found(rel, opened.stat, instantOf(opened.stat.ctimeNs));
     return 1;
   }
 
@@ -407,7 +433,7 @@ class Walk {
    * Adds the regular file `rel` to the listing; returns its entry's JSON without the `sha256` (which the
    * worker may learn later): it ends with the etag, as `listing_memo.ts` expects.
    */
-  #found(rel: string, s: FileStat | StatVersion): string {
+  #found(rel: string, s: FileStat | StatVersion, ctime: Instant): string {
     workerMetrics.count(WorkerCell.ListingEntriesBuilt);
     const mtimeNs = String(s.mtimeNs);
     const etag = etagOf(identityOf(s));
@@ -415,7 +441,7 @@ class Walk {
       ? { path: rel, size: s.size, etag }
       : { path: rel, size: s.size, mtimeNs, mode: s.mode & 0o7777, etag };
     const json = JSON.stringify(entry);
-    this.found.push({ path: rel, size: s.size, json: withSha256(json, this.ctx.hashes.byEtag(etag)) });
+    this.found.push({ path: rel, size: s.size, ctime, json: withSha256(json, this.ctx.hashes.byEtag(etag)) });
     return json;
   }
 
@@ -438,6 +464,15 @@ class Walk {
     this.leaveOut(rel, reason);
   }
 }
+
+/**
+ * How much earlier than the walk's start its `walkedAt` is: a file's timestamps come from a clock that
+ * advances once per kernel tick (up to 10 ms), so a change just after the start may be stamped a little
+ * before it. A file system that stamps coarser still (whole seconds) may have a change in that moment
+ * stamped before `walkedAt`: that file's content then does not come with the next listing, and the client
+ * fetches it with `get`.
+ */
+const WALKED_AT_MARGIN_MS = 10;
 
 /** Names of a folder whose regular files {@link Walk} looks at in one loop. */
 const STATS_AHEAD = 64;
@@ -483,6 +518,7 @@ class ListingBody implements Body {
    * @param setResult gives the request log's result once the walk is over
    * @param compress streamed: send each batch as a Compressed frame when that saves enough
    * @param inline streamed: send the content of the files of at most this many bytes (0: none)
+   * @param inlineSince only of those whose ctime is at or after this; null: all
    */
   constructor(
     readonly walk: Walk,
@@ -490,12 +526,22 @@ class ListingBody implements Body {
     readonly setResult: (r: string) => void,
     readonly compress = false,
     readonly inline = 0,
+    readonly inlineSince: Instant | null = null,
   ) {
     if (stream) this.#queue.push(this.#streamHeader());
   }
 
+  /** The walk's `walkedAt` (see framing.ts): {@link WALKED_AT_MARGIN_MS} before it began, by the wall clock. */
+  readonly #walkedAt = String(BigInt(Date.now() - WALKED_AT_MARGIN_MS) * 1_000_000n);
+
   #streamHeader(): Uint8Array {
-    const header = { requestId: this.#requestId, v: PROTOCOL_VERSION, status: "ok", stream: true };
+    const header = {
+      requestId: this.#requestId,
+      v: PROTOCOL_VERSION,
+      status: "ok",
+      stream: true,
+      walkedAt: this.#walkedAt,
+    };
     return encodeJsonFrame(FrameType.Header, this.compress ? { ...header, compression: "zstd" } : header);
   }
 
@@ -541,7 +587,8 @@ class ListingBody implements Body {
     if (this.#stopped) return 0;
     const { json } = entry;
     if (this.stream) {
-      const inlined = this.inline > 0 && entry.size <= this.inline
+      const inlined = this.inline > 0 && entry.size <= this.inline &&
+          (this.inlineSince === null || atOrAfter(entry.ctime, this.inlineSince))
         ? inlineEntry(this.walk.ctx, entry.path, this.inline)
         : null;
       if (inlined !== null && this.#inlineLength + inlined.data.byteLength > INLINE_BATCH_BYTES) {
