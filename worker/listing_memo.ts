@@ -6,10 +6,11 @@
  *   created, removed or renamed in it moves; a walk that finds the folder so takes its names from here
  *   instead of reading them;
  * - each file's entry as the listing sends it, kept under the fields of its `struct stat` that the entry
- *   is made of (device, inode, mode, size, mtime); a walk still looks at every file (one fstatat), and
- *   rebuilds the entry only when one of those fields moved.
+ *   is made of (device, inode, mode, size, mtime) and its ctime; a walk still looks at every file (one
+ *   fstatat), and rebuilds the entry only when one of those fields moved. An entry takes its SHA-256 in
+ *   once the worker knows it, and keeps it while those fields stay, as the hash cache keeps only so many.
  *
- * So a listing from here is the listing a fresh walk would send. A folder's names are kept only once its
+ * So a listing from here is the listing a fresh walk would send, with a hash wherever one was known. A folder's names are kept only once its
  * ctime is a second older than their reading: a change in the same tick of the clock as the reading would
  * leave its mtime and ctime as they were (git's "racily clean" index entries have the same cure).
  *
@@ -43,7 +44,11 @@ const NAMES_PER_ENTRY = 2;
 /** How much older than the reading of its names a folder's ctime must be for the names to be kept. */
 const RACY_NS = 1_000_000_000n;
 
-/** The `struct stat` words (u32) an entry is made of: dev, ino, mode, size, mtime seconds and nanoseconds. */
+/**
+ * The `struct stat` words (u32) an entry is kept under: dev, ino, mode, size, mtime seconds and nanoseconds
+ * (what the entry is made of), and ctime (which no program can set back: an entry that has its SHA-256 keeps
+ * it only while the content cannot have changed, even with its mtime put back).
+ */
 const ENTRY_WORDS = [
   STAT.st_dev / 4,
   STAT.st_dev / 4 + 1,
@@ -55,6 +60,9 @@ const ENTRY_WORDS = [
   STAT.st_mtim / 4,
   STAT.st_mtim / 4 + 1,
   STAT.st_mtim / 4 + 2,
+  STAT.st_ctim / 4,
+  STAT.st_ctim / 4 + 1,
+  STAT.st_ctim / 4 + 2,
 ] as const;
 const WORDS = ENTRY_WORDS.length;
 
@@ -70,6 +78,8 @@ export class ListingMemo {
   #words = new Uint32Array(1024 * WORDS);
   #json: string[] = [];
   #brief: boolean[] = [];
+  /** Whether the entry's JSON has its `sha256` already (added once the worker knew it). */
+  #hashed: boolean[] = [];
   /** Whether a walk used the entry since the last sweep. */
   #used: boolean[] = [];
   /** What was turned away since the last sweep, full: a sweep is tried once per an eighth of a bound. */
@@ -147,8 +157,13 @@ export class ListingMemo {
     for (let i = 0; i < WORDS; i++) if (kept[at * WORDS + i] !== words[ENTRY_WORDS[i]]) return undefined;
     this.#used[at] = true;
     const json = this.#json[at];
+    if (this.#hashed[at]) return json;
     const sha = sha256(json.slice(json.length - ETAG_TAIL, json.length - 2));
-    return withSha256(json, sha);
+    if (sha === undefined) return json;
+    // Kept with it: a listing of a large tree then neither looks the hash up again nor makes the string anew.
+    this.#json[at] = withSha256(json, sha);
+    this.#hashed[at] = true;
+    return this.#json[at];
   }
 
   /**
@@ -167,6 +182,7 @@ export class ListingMemo {
       at = this.#json.length;
       this.#json.push(json);
       this.#brief.push(brief);
+      this.#hashed.push(false);
       this.#used.push(true);
       this.#entries.set(path, at);
       if ((at + 1) * WORDS > this.#words.length) {
@@ -177,6 +193,7 @@ export class ListingMemo {
     } else {
       this.#json[at] = json;
       this.#brief[at] = brief;
+      this.#hashed[at] = false;
       this.#used[at] = true;
     }
     for (let i = 0; i < WORDS; i++) this.#words[at * WORDS + i] = words[ENTRY_WORDS[i]];
@@ -186,18 +203,20 @@ export class ListingMemo {
   #sweepEntries(): void {
     const entries = new Map<string, number>();
     const words = new Uint32Array(this.#words.length);
-    const json: string[] = [], brief: boolean[] = [];
+    const json: string[] = [], brief: boolean[] = [], hashed: boolean[] = [];
     for (const [path, at] of this.#entries) {
       if (!this.#used[at]) continue;
       words.set(this.#words.subarray(at * WORDS, (at + 1) * WORDS), json.length * WORDS);
       entries.set(path, json.length);
       json.push(this.#json[at]);
       brief.push(this.#brief[at]);
+      hashed.push(this.#hashed[at]);
     }
     this.#entries = entries;
     this.#words = words;
     this.#json = json;
     this.#brief = brief;
+    this.#hashed = hashed;
     this.#used = json.map(() => false);
     this.#refusedEntries = 0;
   }
