@@ -278,6 +278,7 @@ function frameOf(type: number, payload: Uint8Array): Uint8Array {
 function inliningServer(
   bytes: Uint8Array,
   sent: Uint8Array | null,
+  listHeader: Record<string, unknown> = {},
 ): { address: string; ops: string[] } & AsyncDisposable {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const ops: string[] = [];
@@ -312,7 +313,7 @@ function inliningServer(
       if (request.op === "list") {
         const batch = { entries: [{ ...entry, inline: true }] };
         await write(
-          encodeJsonFrame(FrameType.Header, { v: 1, status: "ok", stream: true }),
+          encodeJsonFrame(FrameType.Header, { v: 1, status: "ok", stream: true, ...listHeader }),
           encodeJsonFrame(FrameType.Entries, batch),
           ...(sent === null ? [] : [frameOf(FrameType.Data, sent)]),
           encodeJsonFrame(FrameType.Trailer, {
@@ -366,6 +367,18 @@ Deno.test("a listing whose inlined entries come without their Data frame fails t
   const r = await runClient(["mirror", server.address, ".", `${out.path}/copy`]);
   assert.equal(r.code, 6, r.stderr);
   assert.match(r.stderr, /inlines 5000 bytes in a batch \(1 file\), followed by no Data frame/);
+  const made = await Array.fromAsync(Deno.readDir(out.path));
+  const inCopy = made.length === 0 ? [] : await Array.fromAsync(Deno.readDir(`${out.path}/copy`));
+  assert.deepEqual(inCopy.map((e) => e.name), [], "no file, no part");
+});
+
+Deno.test("a listing whose walkedAt is not nanoseconds as decimal text fails the mirror with exit 6, publishing nothing", async () => {
+  const bytes = crypto.getRandomValues(new Uint8Array(5000));
+  await using server = inliningServer(bytes, bytes, { walkedAt: "1.5e18" });
+  await using out = await tempDir();
+  const r = await runClient(["mirror", server.address, ".", `${out.path}/copy`]);
+  assert.equal(r.code, 6, r.stderr);
+  assert.match(r.stderr, /has a 'walkedAt' that is not nanoseconds as decimal text/);
   const made = await Array.fromAsync(Deno.readDir(out.path));
   const inCopy = made.length === 0 ? [] : await Array.fromAsync(Deno.readDir(`${out.path}/copy`));
   assert.deepEqual(inCopy.map((e) => e.name), [], "no file, no part");
