@@ -60,5 +60,14 @@ Deno.test("the benchmark script runs end to end on a tiny case and prints its ta
       ),
     );
   }
-  assert.match(stdout, /\| ferry mirror --delete \(server: 2 workers\) \| [\d.]+ \| \d+ \|.*\| ok \|/);
+  // The fan-out: a first copy into each client's empty folder, then the fan-out's own edit, all exact.
+  for (const round of ["first copy", "edit"]) {
+    assert.match(
+      stdout,
+      new RegExp(
+        `\\| ${round} \\| ferry mirror --delete \\(server: 2 workers\\) \\| [\\d.]+ \\| \\d+ \\|.*\\| ok \\|`,
+      ),
+    );
+  }
+  assert.match(stdout, /The edit, ferry ÷ rsync: [\d.]+x by the time .*, [\d.]+x by the server's CPU/);
 });

@@ -15,7 +15,15 @@ import { repo, startFerry, startRsyncDaemon } from "./peers.ts";
 import { cpuSeconds, cpuSecondsWithReaped, processTree, run } from "./procs.ts";
 import { startRelay } from "./relay.ts";
 import { int, num, ratio, type Section, table } from "./report.ts";
-import { describeTree, type EditSizes, makeTree, roundsOf, treeBytes, type TreeSpec } from "./trees.ts";
+import {
+  describeTree,
+  type EditSizes,
+  makeTree,
+  mixedEdit,
+  roundsOf,
+  treeBytes,
+  type TreeSpec,
+} from "./trees.ts";
 
 const KiB = 1024, MiB = 1024 * KiB, GiB = 1024 * MiB;
 
@@ -293,7 +301,7 @@ export async function case8(b: MirrorBench): Promise<Section> {
   const fail = (m: Measured | undefined) => !m || m.failure !== null;
   // Nothing is deleted before the last run: see fanOut.
   const removeLater: string[] = [];
-  let fanTree: { key: string; src: string; bytes: number } | null = null;
+  let fanTree: { tree: TreeSpec; src: string; bytes: number } | null = null;
   try {
     for (const [index, tree] of p.trees.entries()) {
       const src = join(served, tree.key);
@@ -400,13 +408,13 @@ export async function case8(b: MirrorBench): Promise<Section> {
           : []),
       );
       // Kept until the case is done, as the fan-out's copies are: see fanOut.
-      if (index === 0) fanTree = { key: tree.key, src, bytes };
+      if (index === 0) fanTree = { tree, src, bytes };
       else removeLater.push(src);
       removeLater.push(...dests.values());
     }
     if (fanTree !== null) {
-      const { key, src, bytes } = fanTree;
-      body.push(...await fanOut(b, p, tools, key, src, work, bytes, targets, removeLater));
+      const { tree, src, bytes } = fanTree;
+      body.push(...await fanOut(b, p, tools, tree, src, work, bytes, targets, removeLater));
       removeLater.push(src);
     }
   } finally {
@@ -473,15 +481,17 @@ export async function case8(b: MirrorBench): Promise<Section> {
 }
 
 /**
- * The fan-out: every client mirrors `tree` into its own empty folder at once, straight to the server. It
- * runs after every tree's rounds, and its copies go to `removeLater` with the rest, so that no tool creates
- * its files just after another's deletions (see {@link unjournaledNote} for why that matters).
+ * The fan-out: every client mirrors `tree` into its own empty folder at once, straight to the server; then
+ * `edit` is made to the tree and every client mirrors it again at once, into the copy it holds (the edit
+ * of a release that a fleet takes up together, where the server's work for each client counts). It runs
+ * after every tree's rounds, and its copies go to `removeLater` with the rest, so that no tool creates its
+ * files just after another's deletions (see {@link unjournaledNote} for why that matters).
  */
 async function fanOut(
   b: MirrorBench,
   p: MirrorProfile,
   tools: Tool[],
-  tree: string,
+  tree: TreeSpec,
   src: string,
   work: string,
   bytes: number,
@@ -489,19 +499,21 @@ async function fanOut(
   removeLater: string[],
 ): Promise<string[]> {
   const rows: string[][] = [];
-  const walls = new Map<string, number>();
-  const failed = new Set<string>();
-  for (const tool of tools) {
-    b.log(`case 8: fan-out, ${p.fanClients} clients: ${tool.name}`);
-    const dests = Array.from({ length: p.fanClients }, (_, i) => join(work, `fan-${tool.key}-${i}`));
-    for (const d of dests) await Deno.mkdir(d);
-    removeLater.push(...dests);
+  const walls = new Map<string, number>(), editWalls = new Map<string, number>();
+  const editCpu = new Map<string, number>();
+  const failed = new Set<string>(), editFailed = new Set<string>();
+  const destsOf = (tool: Tool) =>
+    Array.from({ length: p.fanClients }, (_, i) => join(work, `fan-${tool.key}-${i}`));
+  /** Every client of `tool` mirrors the tree into its copy at once: one row of the table. */
+  const together = async (tool: Tool, phase: string) => {
+    b.log(`case 8: fan-out, ${p.fanClients} clients, ${phase}: ${tool.name}`);
+    const dests = destsOf(tool);
     await new Deno.Command("sync").output(); // as before every run of the rounds
     const cpu0 = tool.serverCpu();
     const t0 = performance.now();
     const runs = await Promise.all(
       dests.map((d, i) =>
-        runClient(tool.command(tool.port, tree, d), p.timeoutSeconds, join(work, `time-${i}.txt`))
+        runClient(tool.command(tool.port, tree.key, d), p.timeoutSeconds, join(work, `time-${i}.txt`))
       ),
     );
     const wall = (performance.now() - t0) / 1000;
@@ -512,9 +524,8 @@ async function fanOut(
       const failure = runs[i].failure ?? await compare(src, d);
       if (failure) failures.push(`client ${i + 1}: ${failure}`);
     }
-    walls.set(tool.key, wall);
-    if (failures.length > 0) failed.add(tool.key);
     rows.push([
+      tool === tools[0] ? phase : "",
       tool.name,
       secs(wall),
       num((bytes * p.fanClients) / wall / 1e6, 0),
@@ -522,7 +533,25 @@ async function fanOut(
       secs(serverCpu),
       failures.length === 0 ? "ok" : `**${failures.length} failed**: ${failures[0].replaceAll("|", "\\|")}`,
     ]);
+    return { wall, serverCpu, failed: failures.length > 0 };
+  };
+  for (const tool of tools) {
+    const dests = destsOf(tool);
+    for (const d of dests) await Deno.mkdir(d);
+    removeLater.push(...dests);
+    const run = await together(tool, "first copy");
+    walls.set(tool.key, run.wall);
+    if (run.failed) failed.add(tool.key);
   }
+  const edit = mixedEdit(tree, p.edits, "fan-out edit", 2);
+  await edit.edit!(src);
+  for (const tool of tools) {
+    const run = await together(tool, "edit");
+    editWalls.set(tool.key, run.wall);
+    editCpu.set(tool.key, run.serverCpu);
+    if (run.failed) editFailed.add(tool.key);
+  }
+  const ratios: string[] = [];
   if (tools.length > 1) {
     const f = walls.get("ferry")!, r = walls.get("rsync")!;
     const bad = failed.size > 0;
@@ -532,10 +561,18 @@ async function fanOut(
       met: (v) => v >= 2,
       failed: bad,
     });
+    const badEdit = editFailed.has("ferry") || editFailed.has("rsync");
+    const of = (m: Map<string, number>) => badEdit ? "failed" : ratio(m.get("ferry")!, m.get("rsync")!);
+    ratios.push(
+      `The edit, ferry ÷ rsync: ${of(editWalls)} by the time until the last client was done, ${
+        of(editCpu)
+      } by the server's CPU (the rsync daemon's, for plain rsync).`,
+      "",
+    );
   }
   const gigabytes = num((bytes * p.fanClients) / 1e9, 1);
   return [
-    `### Fan-out: ${p.fanClients} clients mirror tree (${tree}) from one server at once`,
+    `### Fan-out: ${p.fanClients} clients mirror tree (${tree.key}) from one server at once`,
     "",
     "Each client into its own empty folder, all started together, connected straight to the server (not",
     "through the relay, which would be the bottleneck); time until the last one is done. MB/s is the tree's",
@@ -545,18 +582,17 @@ async function fanOut(
     "rounds, and no copy is deleted before the last tool has run, so that no tool creates its files just",
     "after another's deletions.",
     "",
+    `Then the tree gets another edit like tree (${tree.key})'s (${edit.detail}), and every client mirrors it`,
+    "again at once into the copy it holds. The server signs and hashes each new version once for all",
+    "clients, where the rsync daemon searches each client's blocks itself: the server's CPU shows what",
+    "each more client costs it. MB/s is still the whole tree's bytes over the time.",
+    "",
     ...table(
-      ["tool", "wall s (last done)", "MB/s together", "client CPU s", "server CPU s", "diff -r"],
+      ["round", "tool", "wall s (last done)", "MB/s together", "client CPU s", "server CPU s", "diff -r"],
       rows,
-      [
-        "l",
-        "r",
-        "r",
-        "r",
-        "r",
-        "l",
-      ],
+      ["l", "l", "r", "r", "r", "r", "l"],
     ),
     "",
+    ...ratios,
   ];
 }

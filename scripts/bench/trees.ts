@@ -182,31 +182,9 @@ export interface EditSizes {
  */
 export function roundsOf(t: TreeSpec, sizes: EditSizes): Round[] {
   const rounds: Round[] = [{ name: "first copy" }, { name: "nothing changed" }];
-  const rewrite = async (dir: string, indices: number[], tag: string) => {
-    await inParallel(indices.length, 8, (k) => {
-      const i = indices[k];
-      return writeNoise(join(dir, smallPath(t, i)), smallSize(t, i), `${t.key}/${tag}/${i}`);
-    });
-  };
-  const mib = (n: number) => n >= 2 ** 20 ? `${n / 2 ** 20} MiB` : `${n / 1024} KiB`;
+  const rewrite = (dir: string, indices: number[], tag: string) => rewriteSmall(t, dir, indices, tag);
   if (t.files > 0 && t.large >= 3) {
-    const every = Math.floor(t.files / sizes.rewrite);
-    const picked = Array.from({ length: sizes.rewrite }, (_, k) => k * every);
-    rounds.push({
-      name: "edit",
-      detail: `${sizes.rewrite} files rewritten, ${mib(sizes.insert)} appended to one large file, ` +
-        `4 KiB changed in another, ${mib(sizes.insert)} inserted in the middle of a third, one file deleted`,
-      edit: async (dir) => {
-        await rewrite(dir, picked, "edit");
-        const noise = new Noise(`${t.key}/edit/large`);
-        using tail = await Deno.open(join(dir, largePath(0)), { append: true });
-        const appended = noise.bytes(sizes.insert);
-        for (let done = 0; done < appended.length;) done += await tail.write(appended.subarray(done));
-        await overwriteAt(join(dir, largePath(1)), Math.floor(t.largeBytes / 2) + 1234, noise.bytes(4096));
-        await insertAt(join(dir, largePath(2)), Math.floor(t.largeBytes / 2), noise.bytes(sizes.insert));
-        await Deno.remove(join(dir, smallPath(t, 1)));
-      },
-    });
+    rounds.push(mixedEdit(t, sizes, "edit", 1));
   } else if (t.files > 0) {
     const count = Math.max(1, Math.round(t.files / 100));
     const every = Math.floor(t.files / count);
@@ -230,4 +208,39 @@ export function roundsOf(t: TreeSpec, sizes: EditSizes): Round[] {
     });
   }
   return rounds;
+}
+
+/** Rewrites the small files `indices` of tree `t` in `dir` with new content (`tag` seeds it). */
+async function rewriteSmall(t: TreeSpec, dir: string, indices: number[], tag: string): Promise<void> {
+  await inParallel(indices.length, 8, (k) => {
+    const i = indices[k];
+    return writeNoise(join(dir, smallPath(t, i)), smallSize(t, i), `${t.key}/${tag}/${i}`);
+  });
+}
+
+const mib = (n: number) => n >= 2 ** 20 ? `${n / 2 ** 20} MiB` : `${n / 1024} KiB`;
+
+/**
+ * The edit of a tree of small and large files (at least three): `sizes.rewrite` small files rewritten,
+ * bytes appended to one large file, 4 KiB changed in another, bytes inserted in the middle of a third, and
+ * the small file `deleted` removed. `tag` seeds the new content, so that another tag makes another edit.
+ */
+export function mixedEdit(t: TreeSpec, sizes: EditSizes, tag: string, deleted: number): Round {
+  const every = Math.floor(t.files / sizes.rewrite);
+  const picked = Array.from({ length: sizes.rewrite }, (_, k) => k * every);
+  return {
+    name: tag,
+    detail: `${sizes.rewrite} files rewritten, ${mib(sizes.insert)} appended to one large file, ` +
+      `4 KiB changed in another, ${mib(sizes.insert)} inserted in the middle of a third, one file deleted`,
+    edit: async (dir) => {
+      await rewriteSmall(t, dir, picked, tag);
+      const noise = new Noise(`${t.key}/${tag}/large`);
+      using tail = await Deno.open(join(dir, largePath(0)), { append: true });
+      const appended = noise.bytes(sizes.insert);
+      for (let done = 0; done < appended.length;) done += await tail.write(appended.subarray(done));
+      await overwriteAt(join(dir, largePath(1)), Math.floor(t.largeBytes / 2) + 1234, noise.bytes(4096));
+      await insertAt(join(dir, largePath(2)), Math.floor(t.largeBytes / 2), noise.bytes(sizes.insert));
+      await Deno.remove(join(dir, smallPath(t, deleted)));
+    },
+  };
 }
