@@ -116,11 +116,12 @@ export function list(request: Readonly<Request>, ctx: ReplyContext): Reply {
   return reply;
 }
 
-/** A file the walk found: its path, its size, its ctime, and its entry's JSON. */
+/** A file the walk found: its path, its size, its ctime (in two numbers: no object more per file), its JSON. */
 interface Found {
   path: string;
   size: number;
-  ctime: Instant;
+  ctimeSeconds: number;
+  ctimeNanoseconds: number;
   json: string;
 }
 
@@ -135,15 +136,18 @@ function instantOf(ns: bigint): Instant {
   return { seconds: Number(ns / 1_000_000_000n), nanoseconds: Number(ns % 1_000_000_000n) };
 }
 
-/** The `st_ctim` of a `struct stat` given as u32 words. */
-function ctimeOfWords(words: Uint32Array): Instant {
-  const at = STAT.st_ctim / 4;
-  return { seconds: words[at] + words[at + 1] * 0x1_0000_0000, nanoseconds: words[at + 2] };
+/** Where a `struct stat` given as u32 words has `st_ctim`: seconds (two words), then nanoseconds. */
+const CTIME_WORD = STAT.st_ctim / 4;
+
+/** The seconds of `st_ctim` of a `struct stat` given as u32 words. */
+function ctimeSecondsOf(words: Uint32Array): number {
+  return words[CTIME_WORD] + words[CTIME_WORD + 1] * 0x1_0000_0000;
 }
 
-/** True when `t` is `since` or later. */
-function atOrAfter(t: Instant, since: Instant): boolean {
-  return t.seconds > since.seconds || (t.seconds === since.seconds && t.nanoseconds >= since.nanoseconds);
+/** True when the file `found` changed at `since` or later, by its ctime. */
+function changedSince(found: Found, since: Instant): boolean {
+  return found.ctimeSeconds > since.seconds ||
+    (found.ctimeSeconds === since.seconds && found.ctimeNanoseconds >= since.nanoseconds);
 }
 
 /** A folder on the walk's stack: being read (`fd` open), or read and being gone through. */
@@ -369,13 +373,20 @@ class Walk {
     const { listingMemo: memo, hashes } = this.ctx;
     const kept = memo.entryOf(rel, words, this.brief, (etag) => hashes.byEtag(etag));
     if (kept !== undefined) {
-      this.found.push({ path: rel, size: sizeOfStat(words), ctime: ctimeOfWords(words), json: kept });
+      this.found.push({
+        path: rel,
+        size: sizeOfStat(words),
+        ctimeSeconds: ctimeSecondsOf(words),
+        ctimeNanoseconds: words[CTIME_WORD + 2],
+        json: kept,
+      });
       workerMetrics.count(WorkerCell.ListingEntriesReused);
       return true;
     }
     const stat = decodeStatVersion(words);
     if (!stat.isFile) return false;
-    memo.keepEntry(rel, words, this.brief, this.#found(rel, stat, ctimeOfWords(words)));
+    const ctime = { seconds: ctimeSecondsOf(words), nanoseconds: words[CTIME_WORD + 2] };
+    memo.keepEntry(rel, words, this.brief, this.#found(rel, stat, ctime));
     return true;
   }
 
@@ -441,7 +452,13 @@ class Walk {
       ? { path: rel, size: s.size, etag }
       : { path: rel, size: s.size, mtimeNs, mode: s.mode & 0o7777, etag };
     const json = JSON.stringify(entry);
-    this.found.push({ path: rel, size: s.size, ctime, json: withSha256(json, this.ctx.hashes.byEtag(etag)) });
+    this.found.push({
+      path: rel,
+      size: s.size,
+      ctimeSeconds: ctime.seconds,
+      ctimeNanoseconds: ctime.nanoseconds,
+      json: withSha256(json, this.ctx.hashes.byEtag(etag)),
+    });
     return json;
   }
 
@@ -588,7 +605,7 @@ class ListingBody implements Body {
     const { json } = entry;
     if (this.stream) {
       const inlined = this.inline > 0 && entry.size <= this.inline &&
-          (this.inlineSince === null || atOrAfter(entry.ctime, this.inlineSince))
+          (this.inlineSince === null || changedSince(entry, this.inlineSince))
         ? inlineEntry(this.walk.ctx, entry.path, this.inline)
         : null;
       if (inlined !== null && this.#inlineLength + inlined.data.byteLength > INLINE_BATCH_BYTES) {
