@@ -753,16 +753,16 @@ function inlineEntry(
   const { fd, stat } = opened;
   try {
     if (stat.size > limit) return null;
-    const identity = identityOf(stat);
+    const identity = identityOf(stat), etag = etagOf(identity);
     const data = INLINE_SCRATCH.subarray(0, stat.size);
-    const sha256 = readWholeFile(ctx, fd, identity, data);
+    const sha256 = readWholeFile(ctx, fd, identity, data, ctx.hashes.byEtag(etag));
     if (sha256 === undefined) return null;
     const entry: ListEntry = {
       path: rel,
       size: stat.size,
       mtimeNs: String(stat.mtimeNs),
       mode: stat.mode & 0o7777,
-      etag: etagOf(identity),
+      etag,
       sha256,
       inline: true,
     };

@@ -346,21 +346,22 @@ function hashSmallFile(file: OpenGet): { sha256: string; data: Uint8Array } | un
   if (fileStat.size > SMALL_REPLY_BYTES) return undefined;
   smallFileBuffer ??= new Uint8Array(SMALL_REPLY_BYTES);
   const data = smallFileBuffer.subarray(0, fileStat.size);
-  const sha256 = readWholeFile(ctx, fd, identity, data);
+  const sha256 = readWholeFile(ctx, fd, identity, data, undefined);
   return sha256 === undefined ? undefined : { sha256, data };
 }
 
 /**
  * Reads all of the open file `fd` into `into`, which has the size of the version `identity` names, and
- * returns that version's SHA-256: the worker's if known, else computed here and kept in this worker only
- * (see {@link hashSmallFile}). Undefined when the file is no longer that version: it ended early, or its
- * identity moved while it was read.
+ * returns that version's SHA-256: `known`, the worker's, which the caller looked up already, else computed
+ * here and kept in this worker only (see {@link hashSmallFile}). Undefined when the file is no longer that
+ * version: it ended early, or its identity moved while it was read.
  */
 export function readWholeFile(
   ctx: ReplyContext,
   fd: number,
   identity: string,
   into: Uint8Array,
+  known: string | undefined,
 ): string | undefined {
   for (let got = 0; got < into.byteLength;) {
     const n = pread(fd, into.subarray(got), got);
@@ -368,7 +369,6 @@ export function readWholeFile(
     got += n;
   }
   if (identityOf(fstat(fd)) !== identity) return undefined;
-  const known = ctx.hashes.get(identity);
   if (known !== undefined) return known;
   const sha256 = createSha256().update(into).digest("hex");
   ctx.hashes.note(identity, sha256);
