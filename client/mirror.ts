@@ -1,9 +1,9 @@
 /**
  * `client mirror`: makes a local directory a copy of a directory on the server. One recursive `list`, then
  * each new or changed file fetched with {@link fetchFile} (resume, verification, atomic publication,
- * only-if-changed), all over one persistent connection (into an empty directory, the listing brings the
- * small files with it); with `--delete`, local regular files the server no
- * longer has are removed, and the directories that leaves empty, but only when the listing is the whole
+ * only-if-changed), all over one persistent connection (the listing brings the small files with it: all of
+ * them into an empty directory, later those changed since the last run); with `--delete`, local regular
+ * files the server no longer has are removed, and the directories that leaves empty, but only when the listing is the whole
  * tree: one that left anything out makes the run partial (exit 10) and deletes nothing. A dry run takes the
  * same steps up to the fetch, then reports what it would fetch and delete, and changes nothing.
  *
@@ -585,7 +585,7 @@ class MirrorRun {
 
   /**
    * Sends `item` the way its need says; `inlined`, the content the listing brought of it, spares a file
-   * with no local copy its request.
+   * that is missing or changed its request.
    */
   #route(item: Item, inlined?: Uint8Array): void {
     const need = item.need;

@@ -1,6 +1,6 @@
 /**
- * `mirror`'s fast path: many files fetched over one connection with their requests pipelined (or, in a
- * first copy, brought by the listing: {@link InlinePublisher}), written to parts beside their targets, and
+ * `mirror`'s fast path: many files fetched over one connection with their requests pipelined (or, small
+ * files a first copy lacks or a later run finds changed, brought by the listing: {@link InlinePublisher}), written to parts beside their targets, and
  * published in batches whose durability costs a `syncfs` call rather than an fsync per file and per
  * directory (the way dpkg unpacks a package):
  *
