@@ -69,5 +69,6 @@ Deno.test("the benchmark script runs end to end on a tiny case and prints its ta
       ),
     );
   }
-  assert.match(stdout, /The edit, ferry ÷ rsync: [\d.]+x by the time .*, [\d.]+x by the server's CPU/);
+  // The tiny tree's edit can cost the rsync daemon less than one 10 ms tick of CPU: that ratio is then "-".
+  assert.match(stdout, /The edit, ferry ÷ rsync: [\d.]+x by the time .*, ([\d.]+x|-) by the server's CPU/);
 });
