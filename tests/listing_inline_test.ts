@@ -137,6 +137,41 @@ Deno.test("inlined content comes in batches of at most INLINE_BATCH_BYTES, each 
   });
 });
 
+Deno.test("inlined entries that fill their Entries frames (long names, tiny files) each still come with their content, listing after listing", async () => {
+  await withServer(async ({ src, server }) => {
+    // Names of 240 bytes of UTF-8 (80 characters of 3 bytes): some 1,000 entries of ~400 bytes fill
+    // several Entries frames of LIST_BATCH_BYTES while their content stays far below INLINE_BATCH_BYTES.
+    const files = new Map<string, Uint8Array>();
+    for (let i = 0; i < 1000; i++) {
+      const name = `${"日".repeat(76)}${String(i).padStart(4, "0")}`;
+      files.set(name, crypto.getRandomValues(new Uint8Array(1 + (i % 40))));
+      await Deno.writeFile(`${src}/${name}`, files.get(name)!);
+    }
+    const conn = await RawConnection.open(server.ports[0]);
+    try {
+      // Twice on one connection: the second listing's Data frames are buffers the first one gave back.
+      for (const round of ["first", "second"]) {
+        const { batches } = await inlineListing(conn, { brief: true, inline: MAX_INLINE_FILE });
+        assert.ok(batches.length >= 4, `${round}: ${batches.length} batches`);
+        const seen: string[] = [];
+        for (const { entries, content } of batches) {
+          let at = 0;
+          for (const entry of entries) {
+            const bytes = files.get(String(entry.path))!;
+            assert.equal(entry.inline, true, `${round}: ${entry.path}`);
+            assert.deepEqual(content!.subarray(at, at += bytes.byteLength), bytes, `${round}: ${entry.path}`);
+            seen.push(String(entry.path));
+          }
+          assert.equal(at, content!.byteLength, `${round}: the Data frame holds its batch's files only`);
+        }
+        assert.deepEqual(seen.toSorted(), [...files.keys()].toSorted(), round);
+      }
+    } finally {
+      conn.close();
+    }
+  });
+});
+
 /** The ctime of `path`, in nanoseconds. */
 function ctimeNs(path: string): bigint {
   return lstatAt(AT_FDCWD, path).ctimeNs;
