@@ -118,6 +118,25 @@ Deno.test("a file's entry is kept under its stat: any field it is made of that m
   }
 });
 
+Deno.test("the SHA-256 of a version whose content a listing inlined is kept with its entry, for that etag only, until the entry is made anew", () => {
+  const words = new Uint32Array(STAT.size / 4);
+  const memo = new ListingMemo(10, 8);
+  const json = `{"path":"f.txt","size":4,"etag":"${"0".repeat(32)}"}`;
+  const [etag, other, sha] = ["1".repeat(32), "2".repeat(32), "ab".repeat(32)];
+  memo.noteInlined("f.txt", etag, sha);
+  assert.equal(memo.inlinedSha256("f.txt", etag), undefined, "no entry kept: nothing noted");
+  memo.keepEntry("f.txt", words, true, json);
+  memo.noteInlined("f.txt", etag, sha);
+  assert.equal(memo.inlinedSha256("f.txt", etag), sha);
+  assert.equal(memo.inlinedSha256("f.txt", other), undefined, "another version of the file");
+  assert.equal(memo.inlinedSha256("g.txt", etag), undefined, "another path");
+  assert.equal(memo.entryOf("f.txt", words, true, () => undefined), json, "the listing's entry is as it was");
+  const moved = words.slice();
+  moved[STAT.st_size / 4] = 5;
+  memo.keepEntry("f.txt", moved, true, json);
+  assert.equal(memo.inlinedSha256("f.txt", etag), undefined, "the entry made anew");
+});
+
 Deno.test("a listing asked again after files changed in place, were renamed over, added and removed shows the tree as it is now", async () => {
   await listedAsItIsNow([]);
 });

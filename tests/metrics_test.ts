@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import { createConnection } from "node:net";
 import { encodeRequest, PROTOCOL_VERSION } from "../framing.ts";
+import { HASH_CACHE_ENTRIES } from "../worker/hash_cache.ts";
 import {
   childPids,
   eventually,
@@ -173,6 +174,37 @@ Deno.test("a tree listed twice counts its entries built from their stat, then re
     assert.equal(await listed(), 30);
     assert.deepEqual(entries(samples((await scrape(port)).body)), [31, 59]);
     await promtoolCheck((await scrape(port)).body);
+  } finally {
+    conn.close();
+    assert.equal((await server.stop()).code, 0);
+  }
+});
+
+Deno.test("a tree of more files than the hash cache holds, inlined twice: the second listing hashes none of them again", async () => {
+  await using root = await tempDir();
+  const files = HASH_CACHE_ENTRIES + 64;
+  for (let d = 0; d < 10; d++) {
+    await Deno.mkdir(`${root.path}/d${d}`);
+    for (let i = d; i < files; i += 10) {
+      Deno.writeFileSync(`${root.path}/d${d}/${i}`, new Uint8Array([i & 0xff]));
+    }
+  }
+  const { server, port } = await serveWithMetrics(root.path, ["--workers", "1"]);
+  const conn = await RawConnection.open(server.ports[0]);
+  try {
+    const hashed = async () => at(samples((await scrape(port)).body), "ferry_hashes_computed_total");
+    const inlined = async () => {
+      await conn.sendRequest({ op: "list", path: "", recursive: true, stream: true, brief: true, inline: 1 });
+      const entries = (await conn.readResponse()).json.flatMap((f) =>
+        (f.entries ?? []) as { inline?: true }[]
+      );
+      return entries.filter((e) => e.inline).length;
+    };
+    assert.equal(await inlined(), files);
+    assert.equal(await hashed(), files, "each file hashed once, as it was read");
+    // The hash cache kept the last HASH_CACHE_ENTRIES of them; the listing memo has the others' too.
+    assert.equal(await inlined(), files);
+    assert.equal(await hashed(), files, "no file hashed again");
   } finally {
     conn.close();
     assert.equal((await server.stop()).code, 0);

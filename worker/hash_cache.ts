@@ -63,8 +63,8 @@ const hex32 = (n: number) =>
 
 /** Bytes hashed per {@link HashCache.step} call at most, across all jobs. */
 const STEP_BYTES = 256 * 1024;
-/** Entries kept; the oldest is forgotten past this. */
-const MAX_ENTRIES = 10_000;
+/** Hashes kept; the oldest is forgotten past this. */
+export const HASH_CACHE_ENTRIES = 10_000;
 
 /** SHA-256 by file identity, with shared background jobs. */
 export class HashCache {
@@ -126,7 +126,7 @@ export class HashCache {
   }
 
   #remember(etag: string, sha256: string): void {
-    setWithin(this.#known, etag, sha256, MAX_ENTRIES);
+    setWithin(this.#known, etag, sha256, HASH_CACHE_ENTRIES);
   }
 
   /** The cached hash for this identity, if known. */

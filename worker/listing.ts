@@ -790,8 +790,10 @@ function inlineEntry(
   try {
     if (stat.size > limit) return null;
     const identity = identityOf(stat), etag = etagOf(identity);
-    const sha256 = readWholeFile(ctx, fd, identity, room(stat.size), ctx.hashes.byEtag(etag));
+    const known = ctx.listingMemo.inlinedSha256(rel, etag) ?? ctx.hashes.byEtag(etag);
+    const sha256 = readWholeFile(ctx, fd, identity, room(stat.size), known);
     if (sha256 === undefined) return null;
+    if (known === undefined) ctx.listingMemo.noteInlined(rel, etag, sha256);
     const entry: ListEntry = {
       path: rel,
       size: stat.size,

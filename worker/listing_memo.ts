@@ -32,6 +32,12 @@ export interface FolderNames {
   readonly types: Uint8Array;
 }
 
+/** A version of a file whose content a listing inlined: its etag, and the SHA-256 of the bytes read. */
+interface InlinedVersion {
+  etag: string;
+  sha256: string;
+}
+
 /** A folder's names as kept: under its identity, and whether a walk used them since the last sweep. */
 interface KeptFolder {
   identity: string;
@@ -82,6 +88,12 @@ export class ListingMemo {
   #hashed: boolean[] = [];
   /** Whether a walk used the entry since the last sweep. */
   #used: boolean[] = [];
+  /**
+   * The SHA-256 of the version of each entry's file whose content a listing inlined, with that version's
+   * etag: kept apart from the entry's JSON, which takes in only the hashes the worker's hash cache knows,
+   * so that a listing does not grow by a hash for every file a first copy brought.
+   */
+  #inlined: (InlinedVersion | undefined)[] = [];
   /** What was turned away since the last sweep, full: a sweep is tried once per an eighth of a bound. */
   #refusedEntries = 0;
   #refusedNames = 0;
@@ -167,6 +179,23 @@ export class ListingMemo {
   }
 
   /**
+   * The SHA-256 of the version `etag` of the file `path`, if a listing inlined that version's content and
+   * the entry is still kept: another first copy then sends it without hashing it again (the hash cache
+   * keeps 10,000 hashes, a tenth of the files of a tree of 100,000).
+   */
+  inlinedSha256(path: string, etag: string): string | undefined {
+    const at = this.#entries.get(path);
+    const known = at === undefined ? undefined : this.#inlined[at];
+    return known?.etag === etag ? known.sha256 : undefined;
+  }
+
+  /** Notes the SHA-256 of the version `etag` of the file `path`, whose content a listing read whole. */
+  noteInlined(path: string, etag: string, sha256: string): void {
+    const at = this.#entries.get(path);
+    if (at !== undefined) this.#inlined[at] = { etag, sha256 };
+  }
+
+  /**
    * Keeps the entry of `path` made from the stat `words`: `json` is its JSON, without a `sha256` field
    * (added when asked for, as the worker may learn it later), ending with its etag.
    */
@@ -184,6 +213,7 @@ export class ListingMemo {
       this.#brief.push(brief);
       this.#hashed.push(false);
       this.#used.push(true);
+      this.#inlined.push(undefined);
       this.#entries.set(path, at);
       if ((at + 1) * WORDS > this.#words.length) {
         const grown = new Uint32Array(this.#words.length * 2);
@@ -195,6 +225,7 @@ export class ListingMemo {
       this.#brief[at] = brief;
       this.#hashed[at] = false;
       this.#used[at] = true;
+      this.#inlined[at] = undefined;
     }
     for (let i = 0; i < WORDS; i++) this.#words[at * WORDS + i] = words[ENTRY_WORDS[i]];
   }
@@ -204,6 +235,7 @@ export class ListingMemo {
     const entries = new Map<string, number>();
     const words = new Uint32Array(this.#words.length);
     const json: string[] = [], brief: boolean[] = [], hashed: boolean[] = [];
+    const inlined: (InlinedVersion | undefined)[] = [];
     for (const [path, at] of this.#entries) {
       if (!this.#used[at]) continue;
       words.set(this.#words.subarray(at * WORDS, (at + 1) * WORDS), json.length * WORDS);
@@ -211,12 +243,14 @@ export class ListingMemo {
       json.push(this.#json[at]);
       brief.push(this.#brief[at]);
       hashed.push(this.#hashed[at]);
+      inlined.push(this.#inlined[at]);
     }
     this.#entries = entries;
     this.#words = words;
     this.#json = json;
     this.#brief = brief;
     this.#hashed = hashed;
+    this.#inlined = inlined;
     this.#used = json.map(() => false);
     this.#refusedEntries = 0;
   }
