@@ -197,17 +197,20 @@ export class LocalTree implements Disposable {
   }
 
   #parentOf(rel: string, create: boolean, onReplaced?: (message: string) => void): LocalDir | null {
-    let dir = this.root.duplicate();
+    const names = rel.split("/").slice(0, -1);
+    if (names.length === 0) return this.root.duplicate();
+    // The root is opened from, never closed here: no handle of its own (a dup and a close per folder).
+    let dir = this.root;
     try {
-      for (const name of rel.split("/").slice(0, -1)) {
+      for (const name of names) {
         const child = this.#openChild(dir, name, create, onReplaced);
-        dir.close();
+        if (dir !== this.root) dir.close();
         if (child === null) return null;
         dir = child;
       }
       return dir;
     } catch (e) {
-      dir.close();
+      if (dir !== this.root) dir.close();
       throw e;
     }
   }
