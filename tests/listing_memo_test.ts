@@ -118,6 +118,25 @@ Deno.test("a file's entry is kept under its stat: any field it is made of that m
   }
 });
 
+Deno.test("an entry whose hash the hash cache did not have is not looked up again until the cache learnt more", () => {
+  const words = new Uint32Array(STAT.size / 4);
+  const memo = new ListingMemo(10, 8);
+  const json = `{"path":"f.txt","size":4,"etag":"${"0".repeat(32)}"}`;
+  const sha = "ab".repeat(32);
+  memo.keepEntry("f.txt", words, true, json);
+  let asked = 0;
+  const lookUp = (known: string | undefined) => () => (asked++, known);
+  assert.equal(memo.entryOf("f.txt", words, true, lookUp(undefined), 5), json);
+  assert.equal(memo.entryOf("f.txt", words, true, lookUp(sha), 5), json, "nothing learnt since: not asked");
+  assert.equal(asked, 1);
+  assert.equal(memo.entryOf("f.txt", words, true, lookUp(sha), 6), `${json.slice(0, -1)},"sha256":"${sha}"}`);
+  assert.equal(asked, 2);
+  // Made anew, the entry is looked up again whatever the count.
+  memo.keepEntry("f.txt", words, true, json);
+  assert.equal(memo.entryOf("f.txt", words, true, lookUp(undefined), 6), json);
+  assert.equal(asked, 3);
+});
+
 Deno.test("the SHA-256 of a version whose content a listing inlined is kept with its entry, for that etag only, until the entry is made anew", () => {
   const words = new Uint32Array(STAT.size / 4);
   const memo = new ListingMemo(10, 8);

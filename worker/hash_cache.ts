@@ -125,7 +125,17 @@ export class HashCache {
     this.#jobs.end(identity, sha256);
   }
 
+  /**
+   * How many hashes this cache took in so far: a caller that did not find a version's hash need not look
+   * again while this stays the same (a listing memo's entries, looked up on every listing of the tree).
+   */
+  get learned(): number {
+    return this.#learned;
+  }
+  #learned = 0;
+
   #remember(etag: string, sha256: string): void {
+    this.#learned++;
     setWithin(this.#known, etag, sha256, HASH_CACHE_ENTRIES);
   }
 

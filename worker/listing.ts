@@ -372,7 +372,7 @@ class Walk {
       return true;
     }
     const { listingMemo: memo, hashes } = this.ctx;
-    const kept = memo.entryOf(rel, words, this.brief, (etag) => hashes.byEtag(etag));
+    const kept = memo.entryOf(rel, words, this.brief, (etag) => hashes.byEtag(etag), hashes.learned);
     if (kept !== undefined) {
       this.found.push({
         path: rel,

@@ -88,6 +88,8 @@ export class ListingMemo {
   #hashed: boolean[] = [];
   /** Whether a walk used the entry since the last sweep. */
   #used: boolean[] = [];
+  /** For an entry without its hash: the `learned` count of the hash cache when it last did not have it. */
+  #missedAt: number[] = [];
   /**
    * The SHA-256 of the version of each entry's file whose content a listing inlined, with that version's
    * etag: kept apart from the entry's JSON, which takes in only the hashes the worker's hash cache knows,
@@ -155,13 +157,15 @@ export class ListingMemo {
   /**
    * The JSON of the entry of the file `path` whose fstatat left `words` (a `struct stat` as u32 words), in
    * the form asked (`brief`), with the SHA-256 `sha256` gives for its etag, if any; undefined when it was
-   * not kept or its stat moved since.
+   * not kept or its stat moved since. `learned` counts what `sha256` has learnt so far (see
+   * `HashCache.learned`): an entry whose hash it did not have is not looked up again until it moves.
    */
   entryOf(
     path: string,
     words: Uint32Array,
     brief: boolean,
     sha256: (etag: string) => string | undefined,
+    learned = NaN,
   ): string | undefined {
     const at = this.#entries.get(path);
     if (at === undefined || this.#brief[at] !== brief) return undefined;
@@ -169,9 +173,13 @@ export class ListingMemo {
     for (let i = 0; i < WORDS; i++) if (kept[at * WORDS + i] !== words[ENTRY_WORDS[i]]) return undefined;
     this.#used[at] = true;
     const json = this.#json[at];
-    if (this.#hashed[at]) return json;
+    if (this.#hashed[at] || this.#missedAt[at] === learned) return json;
     const sha = sha256(json.slice(json.length - ETAG_TAIL, json.length - 2));
-    if (sha === undefined) return json;
+    if (sha === undefined) {
+      // Most entries of a tree larger than the hash cache: one look-up per listing was a tenth of its CPU.
+      this.#missedAt[at] = learned;
+      return json;
+    }
     // Kept with it: a listing of a large tree then neither looks the hash up again nor makes the string anew.
     this.#json[at] = withSha256(json, sha);
     this.#hashed[at] = true;
@@ -213,6 +221,7 @@ export class ListingMemo {
       this.#brief.push(brief);
       this.#hashed.push(false);
       this.#used.push(true);
+      this.#missedAt.push(NaN);
       this.#inlined.push(undefined);
       this.#entries.set(path, at);
       if ((at + 1) * WORDS > this.#words.length) {
@@ -225,6 +234,7 @@ export class ListingMemo {
       this.#brief[at] = brief;
       this.#hashed[at] = false;
       this.#used[at] = true;
+      this.#missedAt[at] = NaN;
       this.#inlined[at] = undefined;
     }
     for (let i = 0; i < WORDS; i++) this.#words[at * WORDS + i] = words[ENTRY_WORDS[i]];
@@ -235,7 +245,7 @@ export class ListingMemo {
     const entries = new Map<string, number>();
     const words = new Uint32Array(this.#words.length);
     const json: string[] = [], brief: boolean[] = [], hashed: boolean[] = [];
-    const inlined: (InlinedVersion | undefined)[] = [];
+    const missedAt: number[] = [], inlined: (InlinedVersion | undefined)[] = [];
     for (const [path, at] of this.#entries) {
       if (!this.#used[at]) continue;
       words.set(this.#words.subarray(at * WORDS, (at + 1) * WORDS), json.length * WORDS);
@@ -243,6 +253,7 @@ export class ListingMemo {
       json.push(this.#json[at]);
       brief.push(this.#brief[at]);
       hashed.push(this.#hashed[at]);
+      missedAt.push(this.#missedAt[at]);
       inlined.push(this.#inlined[at]);
     }
     this.#entries = entries;
@@ -250,6 +261,7 @@ export class ListingMemo {
     this.#json = json;
     this.#brief = brief;
     this.#hashed = hashed;
+    this.#missedAt = missedAt;
     this.#inlined = inlined;
     this.#used = json.map(() => false);
     this.#refusedEntries = 0;
