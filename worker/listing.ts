@@ -372,7 +372,15 @@ class Walk {
       return true;
     }
     const { listingMemo: memo, hashes } = this.ctx;
-    const kept = memo.entryOf(rel, words, this.brief, (etag) => hashes.byEtag(etag), hashes.learned);
+    const name = folder.names!.texts[at];
+    const kept = memo.entryOf(
+      folder.path,
+      name,
+      words,
+      this.brief,
+      (etag) => hashes.byEtag(etag),
+      hashes.learned,
+    );
     if (kept !== undefined) {
       this.found.push({
         path: rel,
@@ -387,7 +395,7 @@ class Walk {
     const stat = decodeStatVersion(words);
     if (!stat.isFile) return false;
     const ctime = { seconds: ctimeSecondsOf(words), nanoseconds: words[CTIME_WORD + 2] };
-    memo.keepEntry(rel, words, this.brief, this.#found(rel, stat, ctime));
+    memo.keepEntry(folder.path, name, words, this.brief, this.#found(rel, stat, ctime));
     return true;
   }
 
