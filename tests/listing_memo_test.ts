@@ -79,7 +79,7 @@ Deno.test("a file's entry is kept under its stat: any field it is made of that m
     const memo = new ListingMemo(100, 100);
     const json = `{"path":"f.txt","size":4,"etag":"${"0123456789abcdef".repeat(2)}"}`;
     const none = () => undefined;
-    memo.keepEntry("", "f.txt", words, true, json);
+    memo.keepEntry("", "f.txt", words, true, json, json.length);
     assert.equal(memo.entryOf("", "f.txt", words, true, none), json);
     assert.equal(memo.entryOf("", "f.txt", words, false, none), undefined, "kept brief, asked in full");
     assert.equal(memo.entryOf("", "g.txt", words, true, none), undefined, "another path");
@@ -87,16 +87,18 @@ Deno.test("a file's entry is kept under its stat: any field it is made of that m
     const sha = "ab".repeat(32);
     const asked: string[] = [];
     const known = (etag: string) => (asked.push(etag), sha);
-    assert.equal(memo.entryOf("", "f.txt", words, true, known), `${json.slice(0, -1)},"sha256":"${sha}"}`);
+    const hashed = `${json.slice(0, -1)},"sha256":"${sha}"}`;
+    assert.equal(memo.entryOf("", "f.txt", words, true, known), hashed);
+    assert.equal(memo.lastEntryBytes, hashed.length, "the length of what it returned, hash and all");
     assert.deepEqual(asked, ["0123456789abcdef".repeat(2)], "looked up by the entry's etag");
 
     // Full: the entries no walk used since the last sweep make room, the others stay.
     const small = new ListingMemo(10, 8);
     const pathOf = (i: number) => `f${i}.txt`;
-    for (let i = 0; i < 9; i++) small.keepEntry("", pathOf(i), words, true, json);
+    for (let i = 0; i < 9; i++) small.keepEntry("", pathOf(i), words, true, json, json.length);
     assert.equal(small.entryOf("", pathOf(8), words, true, none), undefined, "past the bound, all new");
     for (let i = 0; i < 4; i++) assert.equal(small.entryOf("", pathOf(i), words, true, none), json);
-    small.keepEntry("", pathOf(9), words, true, json);
+    small.keepEntry("", pathOf(9), words, true, json, json.length);
     assert.equal(small.entryOf("", pathOf(9), words, true, none), json, "kept in the place of unused ones");
     for (let i = 0; i < 4; i++) {
       assert.equal(small.entryOf("", pathOf(i), words, true, none), json, pathOf(i));
@@ -125,7 +127,7 @@ Deno.test("an entry whose hash the hash cache did not have is not looked up agai
   const memo = new ListingMemo(10, 8);
   const json = `{"path":"f.txt","size":4,"etag":"${"0".repeat(32)}"}`;
   const sha = "ab".repeat(32);
-  memo.keepEntry("", "f.txt", words, true, json);
+  memo.keepEntry("", "f.txt", words, true, json, json.length);
   let asked = 0;
   const lookUp = (known: string | undefined) => () => (asked++, known);
   assert.equal(memo.entryOf("", "f.txt", words, true, lookUp(undefined), 5), json);
@@ -141,7 +143,7 @@ Deno.test("an entry whose hash the hash cache did not have is not looked up agai
   );
   assert.equal(asked, 2);
   // Made anew, the entry is looked up again whatever the count.
-  memo.keepEntry("", "f.txt", words, true, json);
+  memo.keepEntry("", "f.txt", words, true, json, json.length);
   assert.equal(memo.entryOf("", "f.txt", words, true, lookUp(undefined), 6), json);
   assert.equal(asked, 3);
 });
@@ -153,7 +155,7 @@ Deno.test("the SHA-256 of a version whose content a listing inlined is kept with
   const [etag, other, sha] = ["1".repeat(32), "2".repeat(32), "ab".repeat(32)];
   memo.noteInlined("f.txt", etag, sha);
   assert.equal(memo.inlinedSha256("f.txt", etag), undefined, "no entry kept: nothing noted");
-  memo.keepEntry("", "f.txt", words, true, json);
+  memo.keepEntry("", "f.txt", words, true, json, json.length);
   memo.noteInlined("f.txt", etag, sha);
   assert.equal(memo.inlinedSha256("f.txt", etag), sha);
   assert.equal(memo.inlinedSha256("f.txt", other), undefined, "another version of the file");
@@ -165,7 +167,7 @@ Deno.test("the SHA-256 of a version whose content a listing inlined is kept with
   );
   const moved = words.slice();
   moved[STAT.st_size / 4] = 5;
-  memo.keepEntry("", "f.txt", moved, true, json);
+  memo.keepEntry("", "f.txt", moved, true, json, json.length);
   assert.equal(memo.inlinedSha256("f.txt", etag), undefined, "the entry made anew");
 });
 

@@ -42,6 +42,7 @@ import {
   type TestServer,
   treeOf,
 } from "./helpers.ts";
+import { utf8Length } from "../worker/listing.ts";
 
 // libc's symbols are bound on first use and stay bound: bind the ones used here before any test starts,
 // since the test sanitizer counts a library opened during a test as a leak. (Each call fails: no peer.)
@@ -525,4 +526,18 @@ Deno.test("a streamed listing cut off before its trailer is never taken for whol
     /^ferry: protocol error: connection closed by the server in the middle of the response \(expected the next frame of the listing of "\/"\)\n$/,
   );
   assert.equal(await Deno.readTextFile(`${out.path}/keep.txt`), "only here\n");
+});
+
+Deno.test("an entry's length in UTF-8 is counted as TextEncoder writes it, whatever its characters", () => {
+  const texts = [
+    "",
+    '{"path":"a/b.txt","size":4}',
+    "caf\u00e9/\u65e5\u672c/\u{1f600}.txt",
+    "\u07ff\u0800\uffff",
+    "lone \ud800 high, lone \udc00 low, at the end \ud83d",
+    "x".repeat(5000),
+  ];
+  for (const text of texts) {
+    assert.equal(utf8Length(text), new TextEncoder().encode(text).byteLength, JSON.stringify(text));
+  }
 });

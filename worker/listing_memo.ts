@@ -88,6 +88,8 @@ export class ListingMemo {
   #entries = new Map<string, Map<string, number>>();
   #words = new Uint32Array(1024 * WORDS);
   #json: string[] = [];
+  /** Each entry's JSON's length in UTF-8, so that a listing need not count it again. */
+  #bytes: number[] = [];
   #brief: boolean[] = [];
   /** Whether the entry's JSON has its `sha256` already (added once the worker knew it). */
   #hashed: boolean[] = [];
@@ -179,6 +181,7 @@ export class ListingMemo {
     for (let i = 0; i < WORDS; i++) if (kept[at * WORDS + i] !== words[ENTRY_WORDS[i]]) return undefined;
     this.#used[at] = true;
     const json = this.#json[at];
+    this.#lastBytes = this.#bytes[at];
     if (this.#hashed[at] || this.#missedAt[at] === learned) return json;
     const sha = sha256(json.slice(json.length - ETAG_TAIL, json.length - 2));
     if (sha === undefined) {
@@ -188,9 +191,16 @@ export class ListingMemo {
     }
     // Kept with it: a listing of a large tree then neither looks the hash up again nor makes the string anew.
     this.#json[at] = withSha256(json, sha);
+    this.#bytes[at] = this.#lastBytes += SHA256_FIELD_LENGTH;
     this.#hashed[at] = true;
     return this.#json[at];
   }
+
+  /** The length in UTF-8 of the JSON {@link entryOf} last returned. */
+  get lastEntryBytes(): number {
+    return this.#lastBytes;
+  }
+  #lastBytes = 0;
 
   /**
    * The SHA-256 of the version `etag` of the file `path`, if a listing inlined that version's content and
@@ -218,9 +228,16 @@ export class ListingMemo {
   /**
    * Keeps the entry of the file `name` in the folder `folder` (a path, "" for the root) made from the stat
    * `words`: `json` is its JSON, without a `sha256` field (added when asked for, as the worker may learn it
-   * later), ending with its etag.
+   * later), ending with its etag; `bytes` is its length in UTF-8.
    */
-  keepEntry(folder: string, name: string, words: Uint32Array, brief: boolean, json: string): void {
+  keepEntry(
+    folder: string,
+    name: string,
+    words: Uint32Array,
+    brief: boolean,
+    json: string,
+    bytes: number,
+  ): void {
     let names = this.#entries.get(folder);
     let at = names?.get(name);
     if (at === undefined) {
@@ -232,6 +249,7 @@ export class ListingMemo {
       }
       at = this.#json.length;
       this.#json.push(json);
+      this.#bytes.push(bytes);
       this.#brief.push(brief);
       this.#hashed.push(false);
       this.#used.push(true);
@@ -248,6 +266,7 @@ export class ListingMemo {
       }
     } else {
       this.#json[at] = json;
+      this.#bytes[at] = bytes;
       this.#brief[at] = brief;
       this.#hashed[at] = false;
       this.#used[at] = true;
@@ -261,7 +280,7 @@ export class ListingMemo {
   #sweepEntries(): void {
     const entries = new Map<string, Map<string, number>>();
     const words = new Uint32Array(this.#words.length);
-    const json: string[] = [], brief: boolean[] = [], hashed: boolean[] = [];
+    const json: string[] = [], bytes: number[] = [], brief: boolean[] = [], hashed: boolean[] = [];
     const missedAt: number[] = [], inlined: (InlinedVersion | undefined)[] = [];
     for (const [folder, names] of this.#entries) {
       const kept = new Map<string, number>();
@@ -270,6 +289,7 @@ export class ListingMemo {
         words.set(this.#words.subarray(at * WORDS, (at + 1) * WORDS), json.length * WORDS);
         kept.set(name, json.length);
         json.push(this.#json[at]);
+        bytes.push(this.#bytes[at]);
         brief.push(this.#brief[at]);
         hashed.push(this.#hashed[at]);
         missedAt.push(this.#missedAt[at]);
@@ -280,6 +300,7 @@ export class ListingMemo {
     this.#entries = entries;
     this.#words = words;
     this.#json = json;
+    this.#bytes = bytes;
     this.#brief = brief;
     this.#hashed = hashed;
     this.#missedAt = missedAt;
@@ -289,11 +310,15 @@ export class ListingMemo {
   }
 }
 
+/** The characters {@link withSha256} adds: `,"sha256":"` and 64 hex digits and `"`. */
+export const SHA256_FIELD_LENGTH = 76;
+
 /**
  * An entry's JSON (an object ending with its etag) with `sha256` added last, as JSON.stringify would put
  * it; as it is when `sha256` is unknown. The walk and the memo make the same bytes through it.
  */
 export function withSha256(json: string, sha256: string | undefined): string {
+  // SHA256_FIELD_LENGTH characters more, all ASCII.
   return sha256 === undefined ? json : `${json.slice(0, -1)},"sha256":"${sha256}"}`;
 }
 
