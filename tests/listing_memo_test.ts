@@ -146,6 +146,10 @@ Deno.test("an entry whose hash the hash cache did not have is not looked up agai
   memo.keepEntry("", "f.txt", words, true, json, json.length);
   assert.equal(memo.entryOf("", "f.txt", words, true, lookUp(undefined), 6), json);
   assert.equal(asked, 3);
+  // Made anew by a walk that had just asked the cache at count 7: not asked again at 7.
+  memo.keepEntry("", "f.txt", words, true, json, json.length, 7);
+  assert.equal(memo.entryOf("", "f.txt", words, true, lookUp(sha), 7), json);
+  assert.equal(asked, 3);
 });
 
 Deno.test("the SHA-256 of a version whose content a listing inlined is kept with its entry, for that etag only, until the entry is made anew", () => {

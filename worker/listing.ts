@@ -400,8 +400,9 @@ class Walk {
     const stat = decodeStatVersion(words);
     if (!stat.isFile) return false;
     const ctime = { seconds: ctimeSecondsOf(words), nanoseconds: words[CTIME_WORD + 2] };
-    const { json, bytes } = this.#found(rel, stat, ctime);
-    memo.keepEntry(folder.path, name, words, this.brief, json, bytes);
+    const { json, bytes, hashed } = this.#found(rel, stat, ctime);
+    // The hash cache was just asked: the next listing need not ask again unless it learns more.
+    memo.keepEntry(folder.path, name, words, this.brief, json, bytes, hashed ? NaN : hashes.learned);
     return true;
   }
 
@@ -457,9 +458,14 @@ class Walk {
 
   /**
    * Adds the regular file `rel` to the listing; returns its entry's JSON without the `sha256` (which the
-   * worker may learn later), which ends with the etag, as `listing_memo.ts` expects, and its UTF-8 length.
+   * worker may learn later), which ends with the etag, as `listing_memo.ts` expects, its UTF-8 length, and
+   * whether the worker knew the hash.
    */
-  #found(rel: string, s: FileStat | StatVersion, ctime: Instant): { json: string; bytes: number } {
+  #found(
+    rel: string,
+    s: FileStat | StatVersion,
+    ctime: Instant,
+  ): { json: string; bytes: number; hashed: boolean } {
     workerMetrics.count(WorkerCell.ListingEntriesBuilt);
     const mtimeNs = String(s.mtimeNs);
     const etag = etagOf(identityOf(s));
@@ -476,7 +482,7 @@ class Walk {
       json: withSha256(json, sha256),
       bytes: sha256 === undefined ? bytes : bytes + SHA256_FIELD_LENGTH,
     });
-    return { json, bytes };
+    return { json, bytes, hashed: sha256 !== undefined };
   }
 
   /**

@@ -228,7 +228,8 @@ export class ListingMemo {
   /**
    * Keeps the entry of the file `name` in the folder `folder` (a path, "" for the root) made from the stat
    * `words`: `json` is its JSON, without a `sha256` field (added when asked for, as the worker may learn it
-   * later), ending with its etag; `bytes` is its length in UTF-8.
+   * later), ending with its etag; `bytes` is its length in UTF-8. `missedAt`: the hash cache's `learned`
+   * count when it was just asked for the entry's hash and did not have it (see {@link entryOf}).
    */
   keepEntry(
     folder: string,
@@ -237,6 +238,7 @@ export class ListingMemo {
     brief: boolean,
     json: string,
     bytes: number,
+    missedAt = NaN,
   ): void {
     let names = this.#entries.get(folder);
     let at = names?.get(name);
@@ -253,7 +255,7 @@ export class ListingMemo {
       this.#brief.push(brief);
       this.#hashed.push(false);
       this.#used.push(true);
-      this.#missedAt.push(NaN);
+      this.#missedAt.push(missedAt);
       this.#inlined.push(undefined);
       // Looked up again: a sweep made the maps anew.
       names = this.#entries.get(folder);
@@ -270,7 +272,7 @@ export class ListingMemo {
       this.#brief[at] = brief;
       this.#hashed[at] = false;
       this.#used[at] = true;
-      this.#missedAt[at] = NaN;
+      this.#missedAt[at] = missedAt;
       this.#inlined[at] = undefined;
     }
     for (let i = 0; i < WORDS; i++) this.#words[at * WORDS + i] = words[ENTRY_WORDS[i]];
