@@ -765,13 +765,14 @@ class ListingBody implements Body {
     const frame = this.#batch;
     frame[FRAME_HEADER_SIZE] = FrameType.Entries;
     frame.set(ENTRIES_PREFIX, FRAME_HEADER_SIZE + 1);
-    const { written } = utf8.encodeInto(
-      this.#pending.join(","),
-      frame.subarray(ENTRIES_START, this.#batchLength),
-    );
-    if (ENTRIES_START + written !== this.#batchLength) {
+    const joined = this.#pending.join(",");
+    const { read, written } = utf8.encodeInto(joined, frame.subarray(ENTRIES_START, this.#batchLength));
+    // A count too low would cut the JSON short where the room ends; too high, leave bytes unwritten.
+    if (read !== joined.length || ENTRIES_START + written !== this.#batchLength) {
       throw new Error(
-        `an Entries frame's JSON took ${written} bytes, not the ${this.#batchLength - ENTRIES_START} counted`,
+        `an Entries frame's JSON took ${utf8Length(joined)} bytes, not the ${
+          this.#batchLength - ENTRIES_START
+        } counted`,
       );
     }
     this.#pending.length = 0;
