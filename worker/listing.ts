@@ -530,11 +530,12 @@ const batchBuffers = new BufferPool(LIST_FRAME_BYTES, 8);
 const ENTRIES_PREFIX = utf8.encode('{"entries":[');
 const ENTRIES_START = FRAME_HEADER_SIZE + 1 + ENTRIES_PREFIX.byteLength;
 
-const ASCII = /^[\x00-\x7f]*$/;
+/** Any character outside ASCII (a UTF-16 code unit, surrogates included). */
+const NOT_ASCII = /[\u0080-\uffff]/;
 
 /** The length of `text` in UTF-8, as TextEncoder writes it (a lone surrogate as U+FFFD, 3 bytes). */
 export function utf8Length(text: string): number {
-  if (ASCII.test(text)) return text.length;
+  if (!NOT_ASCII.test(text)) return text.length;
   let bytes = 0;
   for (let i = 0; i < text.length; i++) {
     const c = text.charCodeAt(i);
