@@ -16,7 +16,7 @@ const FLAG = "--worker-config";
 
 /**
  * Listed files' entries a worker remembers for the next listing of the tree unless `--listing-memo` says
- * otherwise: about 35 MB of a worker's memory for a tree of 100,000 files.
+ * otherwise: about 40 MB of a worker's memory for a tree of 100,000 files.
  */
 export const LISTING_MEMO_ENTRIES = 250_000;
 

@@ -87,7 +87,7 @@ Options:
                            0 opens every file for every request (e.g. a root on NFS, where a stat may
                            come from the attribute cache while an open revalidates)
   --listing-memo ENTRIES   listed files each worker remembers for the next listing of the tree, and
-                           twice as many folders' names (default 250000; about 35 MB for 100,000 files);
+                           twice as many folders' names (default 250000; about 40 MB for 100,000 files);
                            0 reads every folder and builds every entry again on every listing
   --no-http                speak only ferry's protocol on request-mode listeners (by default an
                            HTTP/1.1 GET or HEAD on the same port is answered too)

@@ -735,9 +735,8 @@ class ListingBody implements Body {
 
   /**
    * Adds an entry's JSON, of `bytes` bytes in UTF-8, to the Entries frame being filled, starting a new one
-   * when it is full. The JSON is
-   * encoded into the frame when it is sent, all entries in one call: a call per entry cost some 70 ms of
-   * a listing of 100,000 files, most of it the call itself.
+   * when it is full. The JSON is encoded into the frame when it is sent, all entries in one call: a call
+   * per entry cost some 70 ms of a listing of 100,000 files, most of it the call itself.
    */
   #append(json: string, bytes: number): void {
     // Room is kept for the comma before the entry and the closing `]}`.

@@ -163,9 +163,10 @@ export class ListingMemo {
 
   /**
    * The JSON of the entry of the file `name` in the folder `folder` (a path, "" for the root) whose fstatat
-   * left `words` (a `struct stat` as u32 words), in the form asked (`brief`), with the SHA-256 `sha256` gives for its etag, if any; undefined when it was
-   * not kept or its stat moved since. `learned` counts what `sha256` has learnt so far (see
-   * `HashCache.learned`): an entry whose hash it did not have is not looked up again until it moves.
+   * left `words` (a `struct stat` as u32 words), in the form asked (`brief`), with the SHA-256 `sha256`
+   * gives for its etag, if any; undefined when it was not kept or its stat moved since. `learned` counts
+   * what `sha256` has learnt so far (see `HashCache.learned`): an entry whose hash it did not have is not
+   * looked up again until it moves.
    */
   entryOf(
     folder: string,
