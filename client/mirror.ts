@@ -615,8 +615,29 @@ class MirrorRun {
       if (version !== null && version.size === inlined!.byteLength) {
         this.#inlined.push({ item, version, bytes: inlined! });
       } else if (need.kind === "fast") this.#fast.add(item);
-      else this.#oneByOne.push(item);
+      else {
+        this.#oneByOne.push(item);
+        this.#askSignatureAhead(item);
+      }
     }
+  }
+
+  /**
+   * Asks for the signature of a large file step 4 will patch by delta (a local copy and a version both
+   * large enough: worthDelta) on a second connection, as soon as the run knows of it, while the listing
+   * still comes: the server computes it meanwhile, and it is in hand when the file's turn comes.
+   */
+  #askSignatureAhead(item: Item): void {
+    // No delta without the SHA-256 check; a dry run fetches nothing.
+    if (!this.options.verify || this.dryRun) return;
+    if (item.local === undefined || !worthDelta(item.local.size, item.entry.size)) return;
+    this.#prefetch ??= new SignaturePrefetch(this.session.sibling());
+    this.#prefetch.add({
+      path: item.entry.path,
+      // What fetchFile offers as ifNoneMatch: never with a manifest; else what the state vouches for.
+      localSha256: this.release === null ? item.localSha256 : undefined,
+      etag: item.entry.etag,
+    });
   }
 
   /**
@@ -833,24 +854,6 @@ class MirrorRun {
     this.count(report, item.entry.size);
   };
 
-  /**
-   * Before step 3: asks for the signatures of the large files step 4 will patch by delta (a local copy and
-   * a version both large enough: worthDelta), on a second connection, so that the server computes them
-   * while the small files come, and each is in hand when its file's turn comes.
-   */
-  prefetchSignatures(): void {
-    if (!this.options.verify) return; // no delta without the SHA-256 check
-    const wanted = this.#oneByOne.filter((item) =>
-      item.local !== undefined && worthDelta(item.local.size, item.entry.size)
-    ).map((item) => ({
-      path: item.entry.path,
-      // What fetchFile offers as ifNoneMatch: never with a manifest; else what the state vouches for.
-      localSha256: this.release === null ? item.localSha256 : undefined,
-      etag: item.entry.etag,
-    }));
-    if (wanted.length > 0) this.#prefetch = new SignaturePrefetch(this.session.sibling(), wanted);
-  }
-
   /** Stops asking for signatures ahead, and closes their connection. */
   async endPrefetch(): Promise<void> {
     await this.#prefetch?.close();
@@ -1007,7 +1010,6 @@ export async function mirror(
     if (run.dryRun) await run.reportWouldFetch();
     else {
       run.progress.phase("fetching");
-      run.prefetchSignatures();
       await run.fetchFast();
       await run.fetchOneByOne();
       await run.endPrefetch();

@@ -1,10 +1,10 @@
 /**
  * `mirror`'s signatures asked for ahead: the large files it will patch by delta one after another each
  * need their version's signature (`sig`), which the server may have to compute (a read of the whole
- * file). Asked for on a second connection as soon as the run knows which files they are, the signatures
- * are computed while the small files are fetched and while the client builds the files before them, and
- * are in hand when each file's turn comes; `delta_fetch.ts` then finds its chunks in the old copy by
- * following the signature instead of cutting all of it.
+ * file). Asked for on a second connection as soon as the run knows of each file (while the listing still
+ * streams in), the signatures are computed while the rest of the listing, the small files and the files
+ * before them are dealt with, and are in hand when each file's turn comes; `delta_fetch.ts` then finds its
+ * chunks in the old copy by following the signature instead of cutting all of it.
  *
  * A signature asked for ahead is only a head start: one that did not come (a refusal, a connection lost)
  * is asked for again on the main connection, as if there had been no prefetch, and answered or refused
@@ -56,10 +56,13 @@ export interface Wanted {
   etag?: string;
 }
 
-/** Asks for the signatures of `wanted`, in order, on `session` (a connection of its own), a few ahead. */
+/**
+ * Asks for the signatures of the files wanted, in the order they are added, on `session` (a connection of
+ * its own, opened with the first request), a few ahead.
+ */
 export class SignaturePrefetch {
   readonly #session: Session;
-  readonly #wanted: readonly Wanted[];
+  readonly #wanted: Wanted[] = [];
   readonly #entries: { entry: Prefetched; settle: (a: EarlySignature | null) => void }[] = [];
   readonly #at = new Map<string, number>();
   /** The first entry not taken or given up: those from here on are the taker's to come. */
@@ -68,24 +71,32 @@ export class SignaturePrefetch {
   #closed = false;
   readonly #done: Promise<void>;
 
-  /** @param session a session of its own (see `Session.sibling`), closed by {@link close} */
-  constructor(session: Session, wanted: readonly Wanted[]) {
+  /**
+   * @param session a session of its own (see `Session.sibling`), closed by {@link close}
+   * @param wanted the first files wanted; more may follow ({@link add})
+   */
+  constructor(session: Session, wanted: readonly Wanted[] = []) {
     this.#session = session;
-    this.#wanted = wanted;
-    for (const { path, localSha256 } of wanted) {
-      let resolve!: (a: EarlySignature | null) => void;
-      const answer = new Promise<EarlySignature | null>((r) => resolve = r);
-      const entry = { ifNoneMatch: localSha256, ready: false, answer };
-      this.#at.set(path, this.#entries.length);
-      this.#entries.push({
-        entry,
-        settle: (a) => {
-          entry.ready = true;
-          resolve(a);
-        },
-      });
-    }
+    for (const file of wanted) this.add(file);
     this.#done = this.#run();
+  }
+
+  /** Wants the signature of one more file, after those added before it (a path added again is ignored). */
+  add(file: Wanted): void {
+    if (this.#closed || this.#at.has(file.path)) return;
+    let resolve!: (a: EarlySignature | null) => void;
+    const answer = new Promise<EarlySignature | null>((r) => resolve = r);
+    const entry = { ifNoneMatch: file.localSha256, ready: false, answer };
+    this.#at.set(file.path, this.#entries.length);
+    this.#wanted.push(file);
+    this.#entries.push({
+      entry,
+      settle: (a) => {
+        entry.ready = true;
+        resolve(a);
+      },
+    });
+    this.#wake?.();
   }
 
   /**
@@ -110,13 +121,13 @@ export class SignaturePrefetch {
   }
 
   async #run(): Promise<void> {
-    const count = this.#wanted.length;
     let sent = 0, read = 0;
     try {
-      while (read < count && !this.#closed) {
-        // Files the taker went past before their requests went out are not asked for.
-        if (read === sent && sent < this.#cursor) read = sent = this.#cursor;
-        const room = Math.min(AHEAD - (sent - this.#cursor), count - sent);
+      while (!this.#closed) {
+        // Files the taker went past (given up) before their requests went out are not asked for; the one
+        // it took is, even if it was taken before its request could go out.
+        while (read === sent && sent < this.#cursor && this.#entries[sent].entry.ready) read = ++sent;
+        const room = Math.min(AHEAD - (sent - this.#cursor), this.#wanted.length - sent);
         if (room > 0) {
           await this.#session.sendAhead(
             this.#wanted.slice(sent, sent + room).map((w) => signatureRequest(w.path, w.localSha256)),
@@ -126,7 +137,8 @@ export class SignaturePrefetch {
         if (read < sent) {
           this.#entries[read].settle(await this.#read(this.#wanted[read]));
           read++;
-        } else if (read < count) {
+        } else {
+          // Until a file is added, one is taken (making room), or the run ends.
           await new Promise<void>((resolve) => this.#wake = resolve);
           this.#wake = null;
         }
@@ -134,6 +146,7 @@ export class SignaturePrefetch {
     } catch {
       // The connection is gone: every signature not read yet is asked for again by its taker.
     }
+    this.#closed = true; // a file added from now on is not asked for here: its taker asks itself
     for (const { settle } of this.#entries) settle(null); // a settled answer stays as it was
   }
 

@@ -433,6 +433,36 @@ Deno.test("signatures asked for ahead come on a connection of their own, in orde
   });
 });
 
+Deno.test("files added to a prefetch while it runs are asked for in turn; once it is closed, one added is left to its taker", async () => {
+  await withServer(async ({ src, server }) => {
+    await loadHashing();
+    const a = randomBytes(2 * MiB), b = randomBytes(MiB);
+    await Deno.writeFile(`${src}/a.bin`, a);
+    await Deno.writeFile(`${src}/b.bin`, b);
+    const session = sessionTo(server);
+    const prefetch = new SignaturePrefetch(session.sibling());
+    try {
+      // Taken at once, before its request could go out: it is asked for all the same.
+      prefetch.add({ path: "a.bin" });
+      const first = await prefetch.take("a.bin")!.answer;
+      assert.deepEqual(first?.bytes, encodeSignature(signatureOf(a)));
+      // Added once the prefetch had answered all it had and waits: asked for then.
+      prefetch.add({ path: "b.bin" });
+      prefetch.add({ path: "b.bin", localSha256: sha256(b) }); // the same path again: ignored
+      const second = prefetch.take("b.bin")!;
+      assert.equal(second.ifNoneMatch, undefined);
+      assert.deepEqual((await second.answer)?.bytes, encodeSignature(signatureOf(b)));
+    } finally {
+      await prefetch.close();
+    }
+    prefetch.add({ path: "a.bin.later" });
+    assert.equal(prefetch.take("a.bin.later"), undefined, "not asked for after the close");
+    await logged(server, /SIG "b\.bin"/);
+    assert.equal(server.log.filter((l) => /SIG "b\.bin"/.test(l)).length, 1);
+    await session.close();
+  });
+});
+
 Deno.test("a prefetch closed with signatures in flight and not taken ends at once, and the server serves on", async () => {
   await withServer(async ({ src, server }) => {
     const wanted = [];
