@@ -72,3 +72,17 @@ Deno.test("the benchmark script runs end to end on a tiny case and prints its ta
   // The tiny tree's edit can cost the rsync daemon less than one 10 ms tick of CPU: that ratio is then "-".
   assert.match(stdout, /The edit, ferry ÷ rsync: [\d.]+x by the time .*, ([\d.]+x|-) by the server's CPU/);
 });
+
+Deno.test("BENCHMARKS.md's hand-kept sections are scripts/bench/tried.md and reliability.md as they are", async () => {
+  // The benchmark writes them from those files: an entry added to BENCHMARKS.md alone is lost at the next run.
+  const report = await Deno.readTextFile(repoPath("BENCHMARKS.md"));
+  const section = (title: string, next?: string) => {
+    const start = report.indexOf(`\n## ${title}\n\n`);
+    assert.ok(start >= 0, `BENCHMARKS.md has no "## ${title}" section`);
+    const end = next === undefined ? report.length : report.indexOf(`\n## ${next}\n`, start);
+    return report.slice(start + title.length + 6, end).trimEnd();
+  };
+  const kept = async (name: string) => (await Deno.readTextFile(repoPath(`scripts/bench/${name}`))).trimEnd();
+  assert.equal(section("What was tried", "Reliability"), await kept("tried.md"));
+  assert.equal(section("Reliability"), await kept("reliability.md"));
+});
