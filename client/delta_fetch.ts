@@ -129,11 +129,12 @@ export async function fetchDelta<H extends DeltaHeader>(
   // The old copy is cut while the server signs its version (each on its own core), until the signature
   // comes: following it through the old copy costs less than cutting what is left (see signOldCopy). The
   // cut needs the version's chunk size, known from its size.
-  const bits = chunkBitsFor(ctx.expectedSize ?? ctx.old.statSync().size);
+  const oldSize = ctx.old.statSync().size;
+  const bits = chunkBitsFor(ctx.expectedSize ?? oldSize);
   let local: Signature | null = null;
   const early = ctx.early?.ifNoneMatch === ctx.localSha256 ? ctx.early : undefined;
   if (early !== undefined && !early.ready) {
-    local = await signOldCopy(ctx.old, bits, ctx.deadline, () => early.ready);
+    local = await signOldCopy(ctx.old, oldSize, bits, ctx.deadline, () => early.ready);
   }
   const answer = early === undefined ? null : await early.answer;
   let raw: ResponseHeader;
@@ -143,7 +144,7 @@ export async function fetchDelta<H extends DeltaHeader>(
     const asked = session.begin(signatureRequest(path, ctx.localSha256), what);
     // Settled while the old copy is cut; its outcome is taken after the cut.
     asked.then(() => answered = true, () => answered = true);
-    if (local === null) local = await signOldCopy(ctx.old, bits, ctx.deadline, () => answered);
+    if (local === null) local = await signOldCopy(ctx.old, oldSize, bits, ctx.deadline, () => answered);
     try {
       raw = await asked;
     } catch (e) {
@@ -164,7 +165,7 @@ export async function fetchDelta<H extends DeltaHeader>(
   } else remote = await readSignature(ctx, raw.signatureLength, header.size);
   const have: ChunkIndex = local !== null && local.bits === remote.bits
     ? indexChunks(local)
-    : findChunks(remote, ctx.old.statSync().size, (buffer, offset) => {
+    : findChunks(remote, oldSize, (buffer, offset) => {
       ctx.deadline.check();
       ctx.old.seekSync(offset, Deno.SeekMode.Start);
       return ctx.old.readSync(buffer) ?? 0;
@@ -250,17 +251,18 @@ function decodeFromWire(bytes: Uint8Array, size: number, what: string): Signatur
 }
 
 /**
- * The old copy's signature with the server's chunk size, cut from 1 MiB pieces read in turn. Null when
- * `came()` says the server's signature is in hand while less than half of the copy is cut: following the
- * signature through the copy only hashes it, which costs about half as much per byte as cutting it.
+ * The signature of the old copy (`size` bytes when the delta began) with the server's chunk size, cut from
+ * 1 MiB pieces read in turn. Null when `came()` says the server's signature is in hand while less than half
+ * of the copy is cut: following the signature through the copy only hashes it, which costs about half as
+ * much per byte as cutting it.
  */
 async function signOldCopy(
   old: Deno.FsFile,
+  size: number,
   bits: number,
   deadline: Deadline,
   came: () => boolean,
 ): Promise<Signature | null> {
-  const size = old.statSync().size;
   const builder = new SignatureBuilder(bits);
   const buffer = new Uint8Array(1024 * 1024);
   await old.seek(0, Deno.SeekMode.Start);
