@@ -23,6 +23,7 @@ import {
   SIGNATURE_HEADER_SIZE,
   SIGNATURE_MAGIC,
 } from "./framing.ts";
+import { pageAlignedBuffer } from "./ffi/page_aligned.ts";
 
 /** The gear table: 256 pseudo-random 32-bit values from a fixed xorshift32 seed, the same on both sides. */
 const GEAR: Uint32Array = (() => {
@@ -303,7 +304,7 @@ export function findChunks(
     const key = chunkKey(remote, i);
     if (!have.has(key)) have.set(key, offset);
   });
-  const buffer = new Uint8Array(FIND_BUFFER);
+  const buffer = pageAlignedBuffer(FIND_BUFFER);
   for (let offset = 0; offset < size;) {
     const n = readAt(buffer.subarray(0, Math.min(buffer.length, size - offset)), offset);
     if (n <= 0) break; // the copy is shorter than it was: what it holds is looked at, no more

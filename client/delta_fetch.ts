@@ -39,6 +39,7 @@ import type { Progress } from "./progress.ts";
 import { LocalIoError } from "./publish.ts";
 import type { Session } from "./session.ts";
 import type { Prefetched } from "./signature_prefetch.ts";
+import { pageAlignedBuffer } from "../ffi/page_aligned.ts";
 
 /**
  * Smallest old copy worth a delta: below 1 MiB the whole file crosses a LAN in about a millisecond, less
@@ -264,7 +265,7 @@ async function signOldCopy(
   came: () => boolean,
 ): Promise<Signature | null> {
   const builder = new SignatureBuilder(bits);
-  const buffer = new Uint8Array(1024 * 1024);
+  const buffer = pageAlignedBuffer(1024 * 1024);
   await old.seek(0, Deno.SeekMode.Start);
   let cut = 0;
   // Each read lets the event loop run, so that an answer that came meanwhile is seen.
@@ -321,7 +322,7 @@ class Builder<H extends DeltaHeader> {
   #step = 0;
   /** Bytes of the current fetched step already written. */
   #within = 0;
-  readonly #buffer = new Uint8Array(1024 * 1024);
+  readonly #buffer = pageAlignedBuffer(1024 * 1024);
 
   constructor(
     readonly ctx: DeltaContext<H>,

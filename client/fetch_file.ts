@@ -44,6 +44,7 @@ import type { ManifestFile } from "./manifest.ts";
 import type { Session } from "./session.ts";
 import type { Prefetched } from "./signature_prefetch.ts";
 import { deviceSink, type Sink, stdoutSink, targetKind } from "./sink.ts";
+import { pageAlignedBuffer } from "../ffi/page_aligned.ts";
 
 /** How to fetch. */
 export interface FetchOptions {
@@ -188,7 +189,7 @@ async function openExisting(place: Place, size?: number): Promise<Deno.FsFile | 
 /** The chunks of an open local file; closes it. */
 async function* fileChunks(file: Deno.FsFile): AsyncGenerator<Uint8Array> {
   try {
-    const buf = new Uint8Array(1024 * 1024);
+    const buf = pageAlignedBuffer(1024 * 1024);
     for (let n = await file.read(buf); n !== null; n = await file.read(buf)) yield buf.subarray(0, n);
   } finally {
     file.close();

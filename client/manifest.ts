@@ -21,6 +21,7 @@ import { createSha256, loadHashing } from "../hashing.ts";
 import { isSha256Hex } from "../framing.ts";
 import { STATE_DIR } from "./mirror_state.ts";
 import { formatPublicKey, formatSecretKey, generateKeyPair, parseSecretKey, signData } from "./minisign.ts";
+import { pageAlignedBuffer } from "../ffi/page_aligned.ts";
 
 /** The manifest's file name, in the folder it signs. */
 export const MANIFEST_NAME = ".ferry-manifest.json";
@@ -113,7 +114,7 @@ export function formatManifest(m: Manifest): string {
 async function hashFile(path: string): Promise<ManifestFile> {
   using file = await Deno.open(path);
   const hash = createSha256();
-  const buf = new Uint8Array(1024 * 1024);
+  const buf = pageAlignedBuffer(1024 * 1024);
   let size = 0;
   for (let n = await file.read(buf); n !== null; n = await file.read(buf)) {
     hash.update(buf.subarray(0, n));

@@ -64,6 +64,7 @@ import {
 } from "./trust.ts";
 import { withRetries } from "./retry.ts";
 import type { Listing, Session } from "./session.ts";
+import { pageAlignedBuffer } from "../ffi/page_aligned.ts";
 
 /** How to mirror. */
 export interface MirrorOptions extends Omit<FetchOptions, "listed"> {
@@ -395,7 +396,7 @@ function needBySha(entry: ListEntry, sha256: string | null): Need {
   return { kind: "fast", localSha256: sha256 };
 }
 
-const hashBuffer = new Uint8Array(1024 * 1024);
+const hashBuffer = pageAlignedBuffer(1024 * 1024);
 
 /** SHA-256 of the regular file `name` in `dir` (no symlink followed); null if it is not one. */
 function hashLocal(dir: LocalDir, name: string): string | null {

@@ -33,6 +33,7 @@ import { isSha256Hex, NANOSECONDS } from "../framing.ts";
 import type { StatIdentity } from "../ffi/structs.ts";
 import { C, close, fstat, LibcError, mkdirAt, OPEN, openAt, pread, pwriteAll } from "../ffi/libc.ts";
 import { LocalDir, LocalIoError } from "./local_tree.ts";
+import { pageAlignedBuffer } from "../ffi/page_aligned.ts";
 
 /** The first line of a state file. */
 const STATE_HEADER = "ferry-mirror-state 2";
@@ -361,7 +362,7 @@ export class MirrorState implements Disposable {
   /** The bytes of `piece` as {@link #spillLastPiece} wrote them, in a buffer that the next call reuses. */
   #readSpilled(piece: number): Uint8Array {
     const spill = this.#spill!, { offset, bytes } = spill.pieces.get(piece)!;
-    if (spill.buffer.length < bytes) spill.buffer = new Uint8Array(bytes);
+    if (spill.buffer.length < bytes) spill.buffer = pageAlignedBuffer(bytes);
     const buffer = spill.buffer.subarray(0, bytes);
     for (let done = 0; done < bytes;) {
       const n = pread(spill.fd, buffer.subarray(done), offset + done);
@@ -668,7 +669,7 @@ export function stateSince(localDir: string): string | undefined {
  * as much memory again as the text (170 MB for a million files). A line longer than a piece ends the text.
  */
 function* piecesOf(fd: number): Generator<string> {
-  const buffer = new Uint8Array(READ_PIECE);
+  const buffer = pageAlignedBuffer(READ_PIECE);
   const decoder = new TextDecoder();
   let held = 0; // bytes of an unfinished line, at the start of the buffer
   for (let offset = 0;;) {
@@ -717,7 +718,7 @@ export function saveState(root: LocalDir, state: MirrorState): void {
     );
     dir.replaceFile(STATE_FILE, STATE_TEMP, 0o600, (fd) => {
       // Through one buffer of a MiB: the state of a million files is some 170 MB of text.
-      const buffer = new Uint8Array(READ_PIECE);
+      const buffer = pageAlignedBuffer(READ_PIECE);
       let offset = 0, filled = 0;
       const flush = () => {
         pwriteAll(fd, buffer.subarray(0, filled), offset);

@@ -30,6 +30,7 @@ import {
 } from "../ffi/libc.ts";
 import { basename, dirname } from "node:path";
 import { LocalDir, LocalIoError, reopen } from "./local_tree.ts";
+import { pageAlignedBuffer } from "../ffi/page_aligned.ts";
 
 export { LocalIoError } from "./local_tree.ts";
 
@@ -406,7 +407,7 @@ export class AtomicFile {
       throw new LocalIoError(`cannot read ${this.tempPath}`, e);
     }
     try {
-      const buf = new Uint8Array(1024 * 1024);
+      const buf = pageAlignedBuffer(1024 * 1024);
       for (let left = this.#size; left > 0;) {
         let n: number | null;
         try {

@@ -16,6 +16,7 @@ import {
   statWordsAt,
 } from "../ffi/libc.ts";
 import { decodeStatVersion } from "../ffi/structs.ts";
+import { PAGE_SIZE, pageAlignedBuffer } from "../ffi/page_aligned.ts";
 import { tempDir } from "./helpers.ts";
 
 // libc's symbols are bound on first use and stay bound: bind the ones used here before any test starts,
@@ -120,5 +121,22 @@ Deno.test("a stat decoded as a StatVersion gives the numbers lstat's bigints pri
     }
   } finally {
     close(rootFd);
+  }
+});
+
+Deno.test("a page-aligned buffer starts at a page boundary and reads a file like any other buffer", async () => {
+  await using dir = await tempDir();
+  const content = crypto.getRandomValues(new Uint8Array(65536));
+  await Deno.writeFile(`${dir.path}/f`, content);
+  // Sizes on both sides of glibc's threshold for its own mappings (128 KiB), where it places a block 16
+  // bytes past a page boundary.
+  for (const size of [1000, 65536, 256 * 1000, 1024 * 1024]) {
+    const buffer = pageAlignedBuffer(size);
+    assert.equal(buffer.byteLength, size);
+    assert.equal(Number(Deno.UnsafePointer.value(Deno.UnsafePointer.of(buffer))) % PAGE_SIZE, 0, `${size}`);
+    using file = await Deno.open(`${dir.path}/f`);
+    const n = (await file.read(buffer))!;
+    assert.equal(n, Math.min(size, content.byteLength));
+    assert.deepEqual(buffer.subarray(0, n), content.subarray(0, n));
   }
 });

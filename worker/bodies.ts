@@ -15,6 +15,7 @@ import {
   FRAME_HEADER_SIZE,
   putDataFrameHeader,
 } from "../framing.ts";
+import { pageAlignedBuffer } from "../ffi/page_aligned.ts";
 
 /** What one {@link Body.pump} call achieved. */
 export interface PumpResult {
@@ -38,7 +39,7 @@ const classicScratch = new Uint8Array(256 * (FRAME_HEADER_SIZE + 1000));
  * File bytes for classic frames, read 256 KiB at a time: the framing asks for 1000 bytes per frame, and
  * one pread per frame would cost a syscall per KB. Worker-wide; `blockOwner` says whose bytes it holds.
  */
-const classicBlock = new Uint8Array(256 * 1000);
+const classicBlock = pageAlignedBuffer(256 * 1000);
 let blockOwner: ClassicBody | null = null;
 let blockStart = 0;
 let blockLength = 0;

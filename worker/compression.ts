@@ -20,6 +20,7 @@ import {
   putFrameLength,
 } from "../framing.ts";
 import type { Body, PumpResult } from "./bodies.ts";
+import { pageAlignedBuffer } from "../ffi/page_aligned.ts";
 
 /**
  * The sample that decides, and the first chunk sent: its compressed form is reused, so a small file is
@@ -81,7 +82,7 @@ function zstd(): { zlib: typeof Zlib; options: Zlib.ZstdOptions } {
 }
 
 /** Where chunks are read to be compressed: one per worker, as a chunk is read and compressed in one go. */
-const readBuffer = new Uint8Array(COMPRESSION_CHUNK_BYTES);
+const readBuffer = pageAlignedBuffer(COMPRESSION_CHUNK_BYTES);
 
 /** Compresses `raw`; returns the compressed bytes, or null if they would not save {@link MIN_SAVING}. */
 function compressChunk(raw: Uint8Array): Uint8Array | null {

@@ -9,6 +9,7 @@
 
 import { close, dupCloseOnExec, fstat, pread } from "../ffi/libc.ts";
 import { identityOf } from "./hash_cache.ts";
+import { pageAlignedBuffer } from "../ffi/page_aligned.ts";
 
 /** What a job computes from the file's bytes, fed in order. */
 export interface JobWork<R> {
@@ -45,7 +46,7 @@ interface Job<R> {
 }
 
 /** One worker-wide read buffer: jobs run one slice at a time, never concurrently. */
-const readBuffer = new Uint8Array(1024 * 1024);
+const readBuffer = pageAlignedBuffer(1024 * 1024);
 
 /** Jobs by file identity, each reading its file once, shared by all who wait for its result. */
 export class FileJobs<R> {

@@ -19,6 +19,7 @@ import { createSha256 } from "../hashing.ts";
 import { type HttpRefusal, type HttpRequest, parseHttpHead, targetPath } from "./http_parse.ts";
 import { Deferred, openFile, type Piece, type Reply, type ReplyContext } from "./operations.ts";
 import { returnReplyBuffer, takeReplyBuffer } from "./reply_pool.ts";
+import { pageAlignedBuffer } from "../ffi/page_aligned.ts";
 
 /** A reply to an HTTP request. */
 export interface HttpReply extends Reply {
@@ -300,7 +301,7 @@ let smallBuffer: Uint8Array | null = null;
 
 /** Bytes `start` to `end` of the file, read whole; null if it came short or changed meanwhile. */
 function readSmall(fd: number, start: number, end: number, identity: string): Uint8Array | null {
-  smallBuffer ??= new Uint8Array(SMALL_BODY_BYTES);
+  smallBuffer ??= pageAlignedBuffer(SMALL_BODY_BYTES);
   const data = smallBuffer.subarray(0, end - start);
   for (let got = 0; got < data.byteLength;) {
     const n = pread(fd, data.subarray(got), start + got);

@@ -36,6 +36,7 @@ import type { SignatureCache } from "./signature_cache.ts";
 import type { ListingMemo } from "./listing_memo.ts";
 import { type Access, authorize, authorizeRequest, ConnectionAccess } from "./access.ts";
 import { setWithin } from "./bounded_map.ts";
+import { pageAlignedBuffer } from "../ffi/page_aligned.ts";
 
 /** An error answer. */
 export class ErrorPiece {
@@ -344,7 +345,7 @@ let smallFileBuffer: Uint8Array | null = null;
 function hashSmallFile(file: OpenGet): { sha256: string; data: Uint8Array } | undefined {
   const { ctx, fd, fileStat, identity } = file;
   if (fileStat.size > SMALL_REPLY_BYTES) return undefined;
-  smallFileBuffer ??= new Uint8Array(SMALL_REPLY_BYTES);
+  smallFileBuffer ??= pageAlignedBuffer(SMALL_REPLY_BYTES);
   const data = smallFileBuffer.subarray(0, fileStat.size);
   const sha256 = readWholeFile(ctx, fd, identity, data, undefined);
   return sha256 === undefined ? undefined : { sha256, data };
