@@ -9,6 +9,7 @@
  */
 
 import { FRAME_HEADER_SIZE, getFrameLength } from "../framing.ts";
+import { pageAlignedBuffer } from "../ffi/page_aligned.ts";
 
 /** The connection ended before a frame did. */
 export class TruncatedError extends Error {
@@ -55,7 +56,7 @@ export class FrameReader {
    */
   constructor(conn: Deno.Conn, { stallTimeoutMs, bufferSize = 1024 * 1024 + 64 * 1024 }: FrameReaderOptions) {
     this.#conn = conn;
-    this.#buf = new Uint8Array(bufferSize);
+    this.#buf = pageAlignedBuffer(bufferSize);
     this.#stallTimeoutMs = stallTimeoutMs;
     this.#watchdog = setInterval(() => {
       if (this.#waitingSince !== null && performance.now() - this.#waitingSince >= stallTimeoutMs) {

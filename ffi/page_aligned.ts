@@ -6,7 +6,9 @@
  * V8's large ArrayBuffers with it. On the AMD EPYC machines ferry is measured on, the kernel's copy to a
  * destination that lies a few bytes past the source's place in its page runs at a quarter of its speed:
  * reading a cached 1 GiB file in reads of 256 KiB or 1 MiB took 523-608 ms into a buffer 16 bytes past a
- * page boundary, and 135-172 ms into one at the boundary, or 64 bytes or more past it.
+ * page boundary, and 135-172 ms into one at the boundary, or 64 bytes or more past it. A socket's data
+ * sent with `sendfile(2)` is those same pages: the client reading a 1 GiB `get` over loopback into such a
+ * buffer spent 0.38-0.51 s of system time, and 0.26-0.31 s at a page boundary.
  *
  * @module
  */
