@@ -718,7 +718,7 @@ export function saveState(root: LocalDir, state: MirrorState): void {
     );
     dir.replaceFile(STATE_FILE, STATE_TEMP, 0o600, (fd) => {
       // Through one buffer of a MiB: the state of a million files is some 170 MB of text.
-      const buffer = pageAlignedBuffer(READ_PIECE);
+      const buffer = new Uint8Array(READ_PIECE);
       let offset = 0, filled = 0;
       const flush = () => {
         pwriteAll(fd, buffer.subarray(0, filled), offset);
