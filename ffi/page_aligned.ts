@@ -4,7 +4,7 @@
  * The kernel copies a file's cached pages, which start at page boundaries, into the caller's buffer.
  * glibc maps a large allocation on its own and places it 16 bytes past a page boundary (after its chunk
  * header): in a fresh Deno process here, every ArrayBuffer of 512 KiB or more started there, smaller ones
- * anywhere in a page. On the AMD EPYC machines ferry is measured on, the kernel's copy to a
+ * anywhere in a page. On the AMD EPYC machine ferry is measured on, the kernel's copy to a
  * destination that lies a few bytes past the source's place in its page runs at a quarter of its speed:
  * reading a cached 1 GiB file in reads of 256 KiB or 1 MiB took 523-608 ms into a buffer 16 bytes past a
  * page boundary, and 135-172 ms into one at the boundary, or 64 bytes or more past it. A socket's data
