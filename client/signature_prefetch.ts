@@ -62,8 +62,8 @@ export interface Wanted {
  */
 export class SignaturePrefetch {
   readonly #session: Session;
-  readonly #wanted: Wanted[] = [];
-  readonly #entries: { entry: Prefetched; settle: (a: EarlySignature | null) => void }[] = [];
+  /** Each file wanted, in the order added: what is asked, what the taker gets, and how its answer settles. */
+  readonly #entries: { file: Wanted; entry: Prefetched; settle: (a: EarlySignature | null) => void }[] = [];
   readonly #at = new Map<string, number>();
   /** The first entry not taken or given up: those from here on are the taker's to come. */
   #cursor = 0;
@@ -88,8 +88,8 @@ export class SignaturePrefetch {
     const answer = new Promise<EarlySignature | null>((r) => resolve = r);
     const entry = { ifNoneMatch: file.localSha256, ready: false, answer };
     this.#at.set(file.path, this.#entries.length);
-    this.#wanted.push(file);
     this.#entries.push({
+      file,
       entry,
       settle: (a) => {
         entry.ready = true;
@@ -127,15 +127,17 @@ export class SignaturePrefetch {
         // Files the taker went past (given up) before their requests went out are not asked for; the one
         // it took is, even if it was taken before its request could go out.
         while (read === sent && sent < this.#cursor && this.#entries[sent].entry.ready) read = ++sent;
-        const room = Math.min(AHEAD - (sent - this.#cursor), this.#wanted.length - sent);
+        const room = Math.min(AHEAD - (sent - this.#cursor), this.#entries.length - sent);
         if (room > 0) {
           await this.#session.sendAhead(
-            this.#wanted.slice(sent, sent + room).map((w) => signatureRequest(w.path, w.localSha256)),
+            this.#entries.slice(sent, sent + room).map(({ file }) =>
+              signatureRequest(file.path, file.localSha256)
+            ),
           );
           sent += room;
         }
         if (read < sent) {
-          this.#entries[read].settle(await this.#read(this.#wanted[read]));
+          this.#entries[read].settle(await this.#read(this.#entries[read].file));
           read++;
         } else {
           // Until a file is added, one is taken (making room), or the run ends.
