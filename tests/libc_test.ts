@@ -128,8 +128,8 @@ Deno.test("a page-aligned buffer starts at a page boundary and reads a file like
   await using dir = await tempDir();
   const content = crypto.getRandomValues(new Uint8Array(65536));
   await Deno.writeFile(`${dir.path}/f`, content);
-  // Sizes on both sides of glibc's threshold for its own mappings (128 KiB), where it places a block 16
-  // bytes past a page boundary.
+  // Sizes on both sides of where glibc maps an ArrayBuffer on its own, 16 bytes past a page boundary (512
+  // KiB and more in a fresh Deno process here), and classic mode's block of 256,000 bytes.
   for (const size of [1000, 65536, 256 * 1000, 1024 * 1024]) {
     const buffer = pageAlignedBuffer(size);
     assert.equal(buffer.byteLength, size);
