@@ -335,12 +335,12 @@ export async function case8(b: MirrorBench): Promise<Section> {
         if (round.edit) await round.edit(src);
         const runs = round.name === "nothing changed" ? p.unchangedRuns : 1;
         const all = new Map<string, Measured[]>(tools.map((t) => [t.key, []]));
-        for (let run = 0; run < runs; run++) {
-          const order = tools.map((_, i) => tools[(i + r + index + run) % tools.length]);
+        for (let pass = 0; pass < runs; pass++) {
+          const order = tools.map((_, i) => tools[(i + r + index + pass) % tools.length]);
           for (const tool of order) {
             b.log(
               `case 8: tree (${tree.key}), ${round.name}${
-                runs > 1 ? ` (${run + 1}/${runs})` : ""
+                runs > 1 ? ` (${pass + 1}/${runs})` : ""
               }: ${tool.name}`,
             );
             // Nothing dirty is left for the next tool to write out: the edit just made to the source (which
