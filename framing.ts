@@ -192,6 +192,21 @@ export const NANOSECONDS = /^[0-9]{1,20}$/;
 /** Deepest directory level a recursive `list` descends to. */
 export const MAX_LIST_DEPTH = 32;
 
+/**
+ * Most folder digests a streamed `list` may carry in `known`: 2,048 of 22 characters keep the request well
+ * under {@link MAX_REQUEST_FRAME}. A client holding more folders names those with the most files.
+ */
+export const MAX_KNOWN_FOLDERS = 2048;
+
+/**
+ * Most files a folder may hold directly for the server to digest it (`known`): it looks at all of them
+ * before listing any, and keeps what it found until they are listed.
+ */
+export const MAX_KNOWN_FOLDER_FILES = 1024;
+
+/** A folder digest (`known`): 16 bytes of SHA-256 in base64url, without padding. */
+export const FOLDER_DIGEST = /^[A-Za-z0-9_-]{22}$/;
+
 // ---- What a server promises about the time and bytes a connection may take (PROTOCOL.md, Connections).
 
 /**
@@ -240,6 +255,13 @@ export interface Request {
    */
   inlineSince?: string;
   /**
+   * Streamed `list`: the digests of the folders whose files the client holds as an earlier listing gave
+   * them (`folderDigest` of hashing.ts), at most {@link MAX_KNOWN_FOLDERS}. A folder whose digest is
+   * among them is sent as one {@link FolderRecord} instead of an entry per file. A server that predates it
+   * ignores it.
+   */
+  known?: string[];
+  /**
    * `get`: send only these `[offset, length]` byte ranges of the file, concatenated (delta transfer):
    * sorted, not overlapping, none empty, all within the file, at most {@link MAX_RANGES}; needs `ifMatch`.
    */
@@ -274,6 +296,18 @@ export interface ListEntry {
    * its Entries frame. Such an entry always has `sha256`, `mtimeNs` and `mode`, of the bytes sent.
    */
   inline?: true;
+}
+
+/**
+ * What a streamed `list` sends, among its entries, for a folder whose digest the request named in `known`:
+ * the folder's files are those the client holds, so none of them is listed. Its subfolders are listed as
+ * usual.
+ */
+export interface FolderRecord {
+  /** The folder's path relative to the served directory (`""` for the root). */
+  folder: string;
+  /** How many files the folder holds directly: those the digest was made of. */
+  files: number;
 }
 
 /** A folder or file a listing could not include, and why. */
@@ -515,6 +549,7 @@ export function parseRequest(payload: Uint8Array): Request {
     brief,
     inline,
     inlineSince,
+    known,
     ranges,
     name,
     proof,
@@ -575,6 +610,19 @@ export function parseRequest(payload: Uint8Array): Request {
       }
       if (!request.stream) throw new ProtocolError(ErrorCode.BadRequest, "'inlineSince' needs 'stream'");
       request.inlineSince = inlineSince;
+    }
+    if (known !== undefined) {
+      if (
+        !Array.isArray(known) || known.length > MAX_KNOWN_FOLDERS ||
+        !known.every((digest) => typeof digest === "string" && FOLDER_DIGEST.test(digest))
+      ) {
+        throw new ProtocolError(
+          ErrorCode.BadRequest,
+          `'known' is not a list of at most ${MAX_KNOWN_FOLDERS} folder digests (22 characters of base64url)`,
+        );
+      }
+      if (!request.stream) throw new ProtocolError(ErrorCode.BadRequest, "'known' needs 'stream'");
+      if (known.length > 0) request.known = known;
     }
   }
   if (op === "sig" && ifNoneMatch !== undefined) {

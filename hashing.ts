@@ -50,3 +50,40 @@ export function constantTimeEqual(a: Uint8Array, b: Uint8Array): boolean {
   if (nodeCrypto === null) throw new Error("constantTimeEqual used before loadHashing() completed");
   return a.byteLength === b.byteLength && nodeCrypto.timingSafeEqual(a, b);
 }
+
+/**
+ * Orders names as their UTF-8 bytes order (a listing's order, PROTOCOL.md): by code point, where
+ * JavaScript's own comparison orders UTF-16 code units and so puts U+E000-U+FFFF after the surrogates.
+ */
+export function compareUtf8(a: string, b: string): number {
+  const n = Math.min(a.length, b.length);
+  for (let i = 0; i < n; i++) {
+    const x = a.charCodeAt(i), y = b.charCodeAt(i);
+    if (x === y) continue;
+    // A surrogate (0xD800-0xDFFF) starts a code point above U+FFFF: above anything in the BMP.
+    const surrogateX = x >= 0xd800 && x <= 0xdfff, surrogateY = y >= 0xd800 && y <= 0xdfff;
+    return surrogateX === surrogateY ? x - y : surrogateX ? 1 : -1;
+  }
+  return a.length - b.length;
+}
+
+/**
+ * The digest of a folder's files as a listing gives them (PROTOCOL.md, `list`, `known`): the first 16
+ * bytes, in base64url, of the SHA-256 of the folder's path, then of a line feed, the name, a tab and the
+ * etag for each file it holds directly, in the order of `compareUtf8`. `files` must come in that order.
+ * Throws if {@link loadHashing} has not completed.
+ */
+export function folderDigest(folder: string, files: Iterable<{ name: string; etag: string }>): string {
+  const hash = createSha256();
+  let text = folder;
+  for (const { name, etag } of files) {
+    text += `\n${name}\t${etag}`;
+    // One update per few KiB: one per file cost more than the hash itself.
+    if (text.length >= 8192) {
+      hash.update(text);
+      text = "";
+    }
+  }
+  hash.update(text);
+  return hash.digest().subarray(0, 16).toString("base64url");
+}

@@ -26,7 +26,16 @@ import {
 import { worthDelta } from "./delta_fetch.ts";
 import { SignaturePrefetch } from "./signature_prefetch.ts";
 import { fetchFile, type FetchOptions, type FileReport } from "./fetch_file.ts";
-import { ErrorCode, isSha256Hex, type ListEntry, MAX_INLINE_FILE, PROTOCOL_VERSION } from "../framing.ts";
+import {
+  ErrorCode,
+  type FolderRecord,
+  isSha256Hex,
+  type ListEntry,
+  MAX_INLINE_FILE,
+  MAX_KNOWN_FOLDER_FILES,
+  MAX_KNOWN_FOLDERS,
+  PROTOCOL_VERSION,
+} from "../framing.ts";
 import type { ManifestFile } from "./manifest.ts";
 import { type Folder, FolderCache, type LocalDir, LocalIoError, LocalTree } from "./local_tree.ts";
 import { type Place, removeStaleParts } from "./publish.ts";
@@ -42,10 +51,10 @@ import {
   raiseOpenFileLimit,
   type StatIdentity,
 } from "../ffi/libc.ts";
-import { createSha256, loadHashing } from "../hashing.ts";
+import { compareUtf8, createSha256, folderDigest, loadHashing } from "../hashing.ts";
 import { deleteExtraneous } from "./mirror_delete.ts";
 import { NO_TREE_PROGRESS, type Progress, type TreeProgress } from "./progress.ts";
-import { loadState, MirrorState, saveState, STATE_DIR, stateSince } from "./mirror_state.ts";
+import { type KnownFile, loadState, MirrorState, saveState, STATE_DIR, stateSince } from "./mirror_state.ts";
 import {
   fetchTree,
   InlinePublisher,
@@ -157,6 +166,7 @@ async function listRemote(
   remoteDir: string,
   options: MirrorOptions,
   inline: { since: string | undefined } | null,
+  known: readonly string[],
   onEntries: (batch: unknown[], inlined: Uint8Array | null) => Promise<void>,
   meanwhile: () => void,
 ): Promise<Listing> {
@@ -181,6 +191,7 @@ async function listRemote(
               : inline.since === undefined
               ? { inline: MAX_INLINE_FILE }
               : { inlineSince: inline.since }),
+            ...(known.length === 0 ? {} : { known: [...known] }),
           },
           what,
           onEntries,
@@ -457,6 +468,8 @@ class MirrorRun {
   readonly #inlined: { item: Item; version: InlineVersion; bytes: Uint8Array }[] = [];
   /** What writes and publishes them, made for the first. */
   #publisher: InlinePublisher<Item> | null = null;
+  /** The folders the listing was told the run holds the files of (`known`), by their path on the server. */
+  readonly #known = new Map<string, KnownFile[]>();
 
   constructor(
     readonly session: Session,
@@ -508,6 +521,36 @@ class MirrorRun {
     const state = this.options.checksum ? new MirrorState() : loadState(tree.root);
     if (!this.dryRun) state.spillInto(tree.root);
     this.#local = { tree, folders: new FolderCache(tree, this.options.onNotice, state), state };
+  }
+
+  /**
+   * The digests of the folders whose files the state records, for the listing's `known` (PROTOCOL.md):
+   * the server sends one FolderRecord for each such folder it holds as recorded, instead of an entry per
+   * file, and {@link planBatch} takes the state's entries for its files. Those with the most files first,
+   * at most MAX_KNOWN_FOLDERS. Reads the state first, so the listing is asked for after it is read.
+   */
+  async knownDigests(): Promise<string[]> {
+    this.openIfThere();
+    const state = this.#local?.state;
+    if (state === undefined || state.size === 0) return [];
+    const folders = [...state.knownFiles()].filter(([, files]) => files.length <= MAX_KNOWN_FOLDER_FILES)
+      .sort((a, b) => b[1].length - a[1].length).slice(0, MAX_KNOWN_FOLDERS);
+    if (folders.length === 0) return [];
+    await loadHashing();
+    return folders.map(([folder, files]) => {
+      const remote = this.remoteDir === ""
+        ? folder
+        : folder === ""
+        ? this.remoteDir
+        : `${this.remoteDir}/${folder}`;
+      // The state keeps the order of the listing it was recorded from: sorted already, but for the
+      // files added since.
+      if (files.some((file, at) => at > 0 && compareUtf8(files[at - 1].name, file.name) > 0)) {
+        files.sort((a, b) => compareUtf8(a.name, b.name));
+      }
+      this.#known.set(remote, files);
+      return folderDigest(remote, files);
+    });
   }
 
   /** LOCAL_DIR, for the steps that a dry run does not take (or takes only once it is open). */
@@ -656,6 +699,15 @@ class MirrorRun {
       if (inlined !== null && isInlined(value)) {
         content = inlined.subarray(at, at += value.size);
       }
+      if (isFolderRecord(value)) {
+        const from = items.length;
+        this.#itemsOfRecord(value, items);
+        for (let i = from; i < items.length; i++) {
+          plain.push(needBeforeLstat(items[i], false));
+          contents.push(undefined);
+        }
+        continue;
+      }
       const item = this.#itemOf(value);
       if (item === null) continue;
       items.push(item);
@@ -695,24 +747,60 @@ class MirrorRun {
     const entry = checkEntry(value);
     const rel = entry === null ? null : localRelative(entry.path, this.remoteDir);
     const path = entry?.path ?? JSON.stringify(value);
-    this.progress.listed();
     if (rel === null || rel === STATE_DIR || rel.startsWith(`${STATE_DIR}/`)) {
-      this.unusable++;
-      this.count({
+      this.progress.listed();
+      this.#unusable(
         path,
-        target: "",
-        status: "failed",
-        bytes: 0,
-        seconds: 0,
-        attempts: 0,
-        error: protocolError(
-          rel === null
-            ? `the listing has an entry that does not belong below REMOTE_DIR: ${path}`
-            : `${path} would go in LOCAL_DIR's ${STATE_DIR}/, which holds the mirror's own state`,
-        ),
-      });
+        rel === null
+          ? `the listing has an entry that does not belong below REMOTE_DIR: ${path}`
+          : `${path} would go in LOCAL_DIR's ${STATE_DIR}/, which holds the mirror's own state`,
+      );
       return null;
     }
+    return this.#itemFor(entry!, rel);
+  }
+
+  /** Counts an entry of the listing this client cannot use: the listing is then not the whole tree. */
+  #unusable(path: string, why: string): void {
+    this.unusable++;
+    this.count({
+      path,
+      target: "",
+      status: "failed",
+      bytes: 0,
+      seconds: 0,
+      attempts: 0,
+      error: protocolError(why),
+    });
+  }
+
+  /**
+   * The items of the files of a folder the listing sent as a FolderRecord (`known`), from the state's
+   * entries for them: what their entries would have made. A record of a folder the run did not name, or of
+   * another number of files, is unusable.
+   */
+  #itemsOfRecord(record: FolderRecord, items: Item[]): void {
+    const files = this.#known.get(record.folder);
+    if (files === undefined || files.length !== record.files) {
+      this.progress.listed();
+      this.#unusable(
+        record.folder,
+        `the listing has a record of a folder whose files this run did not say it holds: ${
+          JSON.stringify(record)
+        }`,
+      );
+      return;
+    }
+    const prefix = this.remoteDir === "" ? "" : `${this.remoteDir}/`;
+    for (const { path, size, etag, sha256 } of files) {
+      const item = this.#itemFor({ path: `${prefix}${path}`, size, etag, sha256 }, path);
+      if (item !== null) items.push(item);
+    }
+  }
+
+  /** The item for the listed file `entry`, to go to `rel` below LOCAL_DIR (see {@link #itemOf}). */
+  #itemFor(entry: ListEntry, rel: string): Item | null {
+    this.progress.listed();
     const kept = this.keep.size;
     this.keep.add(rel); // one look-up in a set of the whole tree, not a has() and an add()
     if (this.keep.size === kept) return null; // sent again by a listing asked for again after a cut
@@ -726,14 +814,14 @@ class MirrorRun {
         ? local.folders.lookUp(rel)
         : local.folders.folderOf(rel);
       if (folder === null) {
-        this.#wouldUpdate(entry!, rel);
+        this.#wouldUpdate(entry, rel);
         return null;
       }
-      const item = new Item(entry!, rel, folder);
+      const item = new Item(entry, rel, folder);
       item.signed = this.release !== null;
       return item;
     } catch (e) {
-      this.#failed({ entry: entry!, rel }, classify(e));
+      this.#failed({ entry, rel }, classify(e));
       return null;
     }
   }
@@ -987,10 +1075,12 @@ export async function mirror(
       run.release = await fetchRelease(session, remoteDir, options.trust, options);
     }
     run.progress.phase("listing");
+    // A signed tree is checked against its manifest, entry by entry, before the state is even read.
+    const known = run.release === null ? await run.knownDigests() : [];
     // Each batch is planned as it arrives, while the server walks on; with a manifest, only once the whole
     // listing agrees with it, so that a refused tree has nothing fetched, made or deleted for it.
     const held: unknown[] = [];
-    const listing = await listRemote(session, remoteDir, options, inline, async (batch, inlined) => {
+    const listing = await listRemote(session, remoteDir, options, inline, known, async (batch, inlined) => {
       if (run.release === null) {
         run.planBatch(batch, inlined);
         return await run.writeInlined();
@@ -1050,6 +1140,12 @@ function holdsNothing(localDir: string): boolean {
   } catch (e) {
     return e instanceof Deno.errors.NotFound;
   }
+}
+
+/** True for a listing's FolderRecord (PROTOCOL.md, `list`, `known`). */
+function isFolderRecord(value: unknown): value is FolderRecord {
+  return typeof value === "object" && value !== null && typeof (value as FolderRecord).folder === "string" &&
+    Number.isSafeInteger((value as FolderRecord).files);
 }
 
 /** True for a listing's entry whose content came with it (the session checked its size). */

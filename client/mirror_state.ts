@@ -105,6 +105,20 @@ export interface FolderNames {
   subfolders: readonly string[];
 }
 
+/** A file as the state records it, for a listing's `known` (see {@link MirrorState.knownFiles}). */
+export interface KnownFile {
+  /** Its path relative to LOCAL_DIR. */
+  path: string;
+  /** Its name in its folder. */
+  name: string;
+  /** Its size, by its identity key. */
+  size: number;
+  /** SHA-256 of its content, hex. */
+  sha256: string;
+  /** The server's etag of the version it came from. */
+  etag: string;
+}
+
 /** One published file. */
 export interface StateEntry {
   /** The file's identity as `lstat` saw it once published (see `ffi/structs.ts`). */
@@ -183,6 +197,41 @@ export class MirrorState implements Disposable {
       return undefined;
     }
     return { key, sha256, etag };
+  }
+
+  /**
+   * Each folder's files by the entries as they are (a run asks before it records anything), with what
+   * their lines say: for a listing's `known` (PROTOCOL.md), whose folders' files the server then does not
+   * list. By folder path ("" for LOCAL_DIR). A folder with a line whose size or etag cannot be read is not
+   * among them: the server lists its files, and the line is judged as usual.
+   */
+  knownFiles(): Map<string, KnownFile[]> {
+    const folders = new Map<string, KnownFile[] | null>();
+    for (const [path, position] of this.#entries) {
+      const slash = path.lastIndexOf("/");
+      const folder = slash < 0 ? "" : path.slice(0, slash);
+      let files = folders.get(folder);
+      if (files === null) continue;
+      const text = this.#text(Math.floor(position / PIECE_SPAN)), start = position % PIECE_SPAN;
+      const sizeEnd = text.indexOf(":", start), shaAt = text.indexOf("\t", start) + 1;
+      const etagAt = shaAt + SHA256_HEX_LENGTH + 1, etagEnd = text.indexOf("\t", etagAt);
+      const size = Number(text.slice(start, sizeEnd));
+      // Only what the digest and the sizes need: the rest of the line is checked when the file is looked
+      // at (trusted), as for any entry. An etag of another form matches no folder's digest.
+      if (
+        shaAt === 0 || sizeEnd < 0 || sizeEnd > shaAt || !Number.isSafeInteger(size) ||
+        text.charCodeAt(etagAt - 1) !== TAB || etagEnd <= etagAt
+      ) {
+        folders.set(folder, null);
+        continue;
+      }
+      if (files === undefined) folders.set(folder, files = []);
+      const sha256 = text.slice(shaAt, etagAt - 1), etag = text.slice(etagAt, etagEnd);
+      files.push({ path, name: path.slice(slash + 1), size, sha256, etag });
+    }
+    const known = new Map<string, KnownFile[]>();
+    for (const [folder, files] of folders) if (files !== null) known.set(folder, files);
+    return known;
   }
 
   /** True once an entry was added, replaced or removed since the state was read: it is worth writing. */

@@ -273,8 +273,12 @@ Deno.test("mirror into an empty folder takes the small files from the listing an
     const again = await runClient(["mirror", address, "site", `${out}/copy`, "--delete"]);
     assert.equal(again.code, 0, again.stderr);
     assert.equal(again.stderr, "ferry: mirror done: 0 updated, 32 unchanged, 0 deleted, 0 failed\n");
+    // Nor does it list the files again: both folders come as records (PROTOCOL.md, `known`).
     const lists = await logged(server, /LIST "site" /, 2);
-    assert.match(lists[1], /LIST "site" recursive stream since=[0-9]+ .*result=ok listed=32 inlined=0$/);
+    assert.match(
+      lists[1],
+      /LIST "site" recursive stream since=[0-9]+ known=2 .*result=ok listed=2 inlined=0 known-folders=2$/,
+    );
     assert.deepEqual(
       (await Array.fromAsync(Deno.readDir(`${out}/copy`))).map((e) => e.name).sort(),
       [".ferry", "deep", "large.bin", "top.txt"],
@@ -288,7 +292,8 @@ Deno.test("mirror into an empty folder takes the small files from the listing an
     assert.match(third.stderr, /\nferry: mirror done: 6 updated, 31 unchanged, 0 deleted, 0 failed\n$/);
     assert.deepEqual(await treeOf(`${out}/copy`), await treeOf(`${src}/site`));
     const thirdList = (await logged(server, /LIST "site" /, 3))[2];
-    assert.match(thirdList, /result=ok listed=37 inlined=6$/);
+    // site/'s own files (top.txt changed) and new/'s are listed; deep/er/ is as recorded.
+    assert.match(thirdList, /result=ok listed=8 inlined=6 known-folders=1$/);
     assert.equal(
       server.log.filter((l) => / request=GET /.test(l)).length,
       1,

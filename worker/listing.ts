@@ -37,6 +37,7 @@ import {
   encodeJsonFrame,
   END_FRAME,
   ErrorCode,
+  type FolderRecord,
   FRAME_HEADER_SIZE,
   FrameType,
   INLINE_BATCH_BYTES,
@@ -46,6 +47,7 @@ import {
   type ListEntry,
   type ListTrailer,
   MAX_INLINE_FILE,
+  MAX_KNOWN_FOLDER_FILES,
   MAX_LIST_DEPTH,
   MAX_LIST_ENTRIES,
   MAX_RESPONSE_FRAME,
@@ -55,7 +57,8 @@ import {
 } from "../framing.ts";
 import { etagOf, identityOf } from "./hash_cache.ts";
 import { WorkerCell, workerMetrics } from "../metrics/registry.ts";
-import { type FolderNames, SHA256_FIELD_LENGTH, withSha256 } from "./listing_memo.ts";
+import { etagInEntry, type FolderNames, SHA256_FIELD_LENGTH, withSha256 } from "./listing_memo.ts";
+import { folderDigest } from "../hashing.ts";
 import {
   ErrorPiece,
   openBeneath,
@@ -92,7 +95,7 @@ export function list(request: Readonly<Request>, ctx: ReplyContext): Reply {
     request.stream ? " stream" : ""
   }${request.inline ? ` inline=${request.inline}` : ""}${
     request.inlineSince ? ` since=${request.inlineSince}` : ""
-  }`;
+  }${request.known ? ` known=${request.known.length}` : ""}`;
   const opened = openBeneath(ctx, path, "directory");
   if (opened instanceof LibcError || !("fd" in opened)) {
     const body = opened instanceof LibcError ? openError(opened, path) : opened;
@@ -103,7 +106,15 @@ export function list(request: Readonly<Request>, ctx: ReplyContext): Reply {
   const compress = request.stream === true && request.accept?.includes("zstd") === true;
   const reply: Reply = { label: compress ? `${label} zstd` : label, pieces: [], files: [] };
   const reach = ctx.access.required ? ctx.access.reach(path) : "read";
-  const walk = new Walk(ctx, path, opened, request.recursive === true, reach, request.brief === true);
+  const walk = new Walk(
+    ctx,
+    path,
+    opened,
+    request.recursive === true,
+    reach,
+    request.brief === true,
+    request.known === undefined ? null : new Set(request.known),
+  );
   reply.pieces.push(
     new ListingBody(
       walk,
@@ -119,7 +130,8 @@ export function list(request: Readonly<Request>, ctx: ReplyContext): Reply {
 
 /**
  * A file the walk found: its path, its size, its ctime (in two numbers: no object more per file), its JSON
- * and that JSON's length in UTF-8.
+ * and that JSON's length in UTF-8. Or, with `record`, a folder whose files the client knows: its
+ * FolderRecord's JSON, and in `size` the number of its files.
  */
 interface Found {
   path: string;
@@ -128,6 +140,7 @@ interface Found {
   ctimeNanoseconds: number;
   json: string;
   bytes: number;
+  record?: true;
 }
 
 /** A time as whole seconds since the epoch and nanoseconds: exact, as a file system stamps it. */
@@ -173,6 +186,15 @@ interface Folder {
   notUtf8: Map<number, Uint8Array> | null;
   /** The next name to look at. */
   next: number;
+  /** True once the folder's files were looked at for a digest (a request with `known`), or need not be. */
+  digested: boolean;
+  /**
+   * What that look found: each file's entry at its name's place, up to the first name it could not make an
+   * entry of; null when none was made, or the folder was known (`known`: its files are not listed).
+   */
+  files: Found[] | null;
+  /** True when the client knows the folder's files: they were sent as one FolderRecord. */
+  known: boolean;
   /**
    * "read" inside the token's scopes (everything below is listed), "way" above a scope (only the names on
    * the way down to a scope are looked at; the others are passed over without a trace, not even as left
@@ -217,6 +239,7 @@ class Walk {
    * @param recursive true to descend into subfolders
    * @param reach where the listed folder stands for the connection's token ("read" without tokens)
    * @param brief leave each entry's `mtimeNs` and `mode` out
+   * @param known the digests of the folders whose files the client holds (the request's `known`), or null
    */
   constructor(
     readonly ctx: ReplyContext,
@@ -225,9 +248,35 @@ class Walk {
     readonly recursive: boolean,
     reach: Reach,
     readonly brief = false,
+    readonly known: ReadonlySet<string> | null = null,
   ) {
     const { fd, stat } = opened;
-    this.#stack.push({ path, depth: 0, fd, stat, reading: [], names: null, notUtf8: null, next: 0, reach });
+    this.#stack.push(Walk.#folder(path, 0, fd, stat, reach, known === null));
+  }
+
+  /** A folder to go through, its names not read yet; `digested` true where no digest is wanted. */
+  static #folder(
+    path: string,
+    depth: number,
+    fd: number,
+    stat: FileStat,
+    reach: Reach,
+    digested: boolean,
+  ): Folder {
+    return {
+      path,
+      depth,
+      fd,
+      stat,
+      reading: [],
+      names: null,
+      notUtf8: null,
+      next: 0,
+      reach,
+      digested,
+      files: null,
+      known: false,
+    };
   }
 
   /** True once every folder has been gone through. */
@@ -252,6 +301,7 @@ class Walk {
     const folder = this.#stack.at(-1)!;
     const { names } = folder;
     if (names === null) return this.#readNames(folder);
+    if (!folder.digested) return this.#digest(folder);
     if (folder.next >= names.texts.length) {
       close(folder.fd);
       this.#stack.pop();
@@ -272,7 +322,15 @@ class Walk {
     if (reach === "none") return 1;
     if (type === DT.DIR) return this.#enter(folder, rel, reach);
     if (reach === "way" && type !== DT.UNKNOWN) return 1; // neither a file nor a symlink leads to a scope
-    if (type === DT.REG && this.#statInFolder(folder, at, rel)) return 1;
+    if (type === DT.REG) {
+      if (folder.known) return 1; // sent in its folder's record
+      const found = folder.files?.[at];
+      if (found !== undefined) {
+        this.found.push(found);
+        return 1;
+      }
+      if (this.#statInFolder(folder, at, rel)) return 1;
+    }
     if (type === DT.REG || type === DT.LNK || type === DT.UNKNOWN) {
       return this.#look(folder, rel, type, reach);
     }
@@ -342,17 +400,9 @@ class Walk {
     } else if (!("fd" in opened)) {
       this.leaveOut(rel, "changed from a folder to something else during the listing");
     } else {
-      this.#stack.push({
-        path: rel,
-        depth: folder.depth + 1,
-        fd: opened.fd,
-        stat: opened.stat,
-        reading: [],
-        names: null,
-        notUtf8: null,
-        next: 0,
-        reach,
-      });
+      this.#stack.push(
+        Walk.#folder(rel, folder.depth + 1, opened.fd, opened.stat, reach, this.known === null),
+      );
     }
     return 2;
   }
@@ -364,6 +414,18 @@ class Walk {
    * meanwhile), for `#look` to decide.
    */
   #statInFolder(folder: Folder, at: number, rel: string): boolean {
+    const found = this.#fileAt(folder, at, rel);
+    if (found === null) return false;
+    if (found instanceof LibcError) this.#failedOpen(rel, found, DT.REG);
+    else this.found.push(found);
+    return true;
+  }
+
+  /**
+   * The entry of the regular file at place `at` of `folder`'s names (see {@link #statInFolder}), or the
+   * error of its fstatat; null when it is no longer a regular file.
+   */
+  #fileAt(folder: Folder, at: number, rel: string): Found | LibcError | null {
     let words: Uint32Array;
     try {
       // Above a scope most names are passed over: there each is looked at alone.
@@ -372,8 +434,7 @@ class Walk {
         : statWordsAt(folder.fd, folder.names!.texts[at]);
     } catch (e) {
       if (!(e instanceof LibcError)) throw e;
-      this.#failedOpen(rel, e, DT.REG);
-      return true;
+      return e;
     }
     const { listingMemo: memo, hashes } = this.ctx;
     const name = folder.names!.texts[at];
@@ -386,24 +447,67 @@ class Walk {
       hashes.learned,
     );
     if (kept !== undefined) {
-      this.found.push({
+      workerMetrics.count(WorkerCell.ListingEntriesReused);
+      return {
         path: rel,
         size: sizeOfStat(words),
         ctimeSeconds: ctimeSecondsOf(words),
         ctimeNanoseconds: words[CTIME_WORD + 2],
         json: kept,
         bytes: memo.lastEntryBytes,
-      });
-      workerMetrics.count(WorkerCell.ListingEntriesReused);
-      return true;
+      };
     }
     const stat = decodeStatVersion(words);
-    if (!stat.isFile) return false;
+    if (!stat.isFile) return null;
     const ctime = { seconds: ctimeSecondsOf(words), nanoseconds: words[CTIME_WORD + 2] };
-    const { json, bytes, hashed } = this.#found(rel, stat, ctime);
+    const { found, json, bytes, hashed } = this.#found(rel, stat, ctime);
     // The hash cache was just asked: the next listing need not ask again unless it learns more.
     memo.keepEntry(folder.path, name, words, this.brief, json, bytes, hashed ? NaN : hashes.learned);
-    return true;
+    return found;
+  }
+
+  /**
+   * Looks at all of `folder`'s files before listing any, for the digest a request's `known` may hold
+   * (hashing.ts, `folderDigest`). If it does, the folder's files are sent as one FolderRecord; else each
+   * is listed, from what this look found. A folder with a symlink, a name of no type or that is not UTF-8,
+   * above a scope, without files or with more than MAX_KNOWN_FOLDER_FILES gets no digest: what its listing
+   * would hold takes more than an fstatat per file to know. Returns the work units taken.
+   */
+  #digest(folder: Folder): number {
+    folder.digested = true;
+    if (folder.reach !== "read" || folder.notUtf8 !== null) return 0;
+    const { texts, types } = folder.names!;
+    let count = 0;
+    for (const type of types) {
+      if (type === DT.LNK || type === DT.UNKNOWN) return 0;
+      if (type === DT.REG) count++;
+    }
+    if (count === 0 || count > MAX_KNOWN_FOLDER_FILES) return 0;
+    const files: Found[] = [], digested: { name: string; etag: string }[] = [];
+    folder.files = files;
+    for (let at = 0; at < texts.length; at++) {
+      if (types[at] !== DT.REG) continue;
+      const found = this.#fileAt(folder, at, join(folder.path, texts[at]));
+      // Gone or replaced meanwhile: listed one by one from here, where the walk says what became of it.
+      if (found === null || found instanceof LibcError) return count;
+      files[at] = found;
+      digested.push({ name: texts[at], etag: etagInEntry(found.json) });
+    }
+    if (!this.known!.has(folderDigest(folder.path, digested))) return count;
+    folder.known = true;
+    folder.files = null;
+    const record: FolderRecord = { folder: folder.path, files: count };
+    const json = JSON.stringify(record);
+    this.found.push({
+      path: folder.path,
+      size: count,
+      ctimeSeconds: 0,
+      ctimeNanoseconds: 0,
+      json,
+      bytes: utf8Length(json),
+      record: true,
+    });
+    return count;
   }
 
   /**
@@ -452,20 +556,20 @@ class Walk {
       return 1;
     }
     close(opened.fd);
-    this.#found(rel, opened.stat, instantOf(opened.stat.ctimeNs));
+    this.found.push(this.#found(rel, opened.stat, instantOf(opened.stat.ctimeNs)).found);
     return 1;
   }
 
   /**
-   * Adds the regular file `rel` to the listing; returns its entry's JSON without the `sha256` (which the
-   * worker may learn later), which ends with the etag, as `listing_memo.ts` expects, its UTF-8 length, and
-   * whether the worker knew the hash.
+   * The entry of the regular file `rel`; also its JSON without the `sha256` (which the worker may learn
+   * later), which ends with the etag, as `listing_memo.ts` expects, its UTF-8 length, and whether the
+   * worker knew the hash.
    */
   #found(
     rel: string,
     s: FileStat | StatVersion,
     ctime: Instant,
-  ): { json: string; bytes: number; hashed: boolean } {
+  ): { found: Found; json: string; bytes: number; hashed: boolean } {
     workerMetrics.count(WorkerCell.ListingEntriesBuilt);
     const mtimeNs = String(s.mtimeNs);
     const etag = etagOf(identityOf(s));
@@ -474,15 +578,15 @@ class Walk {
       : { path: rel, size: s.size, mtimeNs, mode: s.mode & 0o7777, etag };
     const json = JSON.stringify(entry), bytes = utf8Length(json);
     const sha256 = this.ctx.hashes.byEtag(etag);
-    this.found.push({
+    const found = {
       path: rel,
       size: s.size,
       ctimeSeconds: ctime.seconds,
       ctimeNanoseconds: ctime.nanoseconds,
       json: withSha256(json, sha256),
       bytes: sha256 === undefined ? bytes : bytes + SHA256_FIELD_LENGTH,
-    });
-    return { json, bytes, hashed: sha256 !== undefined };
+    };
+    return { found, json, bytes, hashed: sha256 !== undefined };
   }
 
   /**
@@ -521,6 +625,12 @@ const WALKED_AT_MARGIN_MS = 10;
 const inlineBuffers = new BufferPool(FRAME_HEADER_SIZE + 1 + INLINE_BATCH_BYTES, 4);
 
 /** An Entries frame's buffer: frame header, type, and at most LIST_BATCH_BYTES of JSON. */
+/**
+ * Files the FolderRecords of one Entries frame stand for, at most (but for the last record's): about as many
+ * as a frame of entries holds (some 600 brief entries of tree-like paths in 64 KiB).
+ */
+const RECORDED_FILES_PER_BATCH = 512;
+
 const LIST_FRAME_BYTES = FRAME_HEADER_SIZE + 1 + LIST_BATCH_BYTES;
 
 /** The buffers of Entries frames, taken by a batch and given back once sent or compressed. */
@@ -595,6 +705,10 @@ class ListingBody implements Body {
   #inlineLength = 0;
   #inlinedInBatch = 0;
   #inlined = 0;
+  /** FolderRecords sent: folders whose files the client knew (`known`). */
+  #knownFolders = 0;
+  /** The files the FolderRecords of the Entries frame being filled stand for. */
+  #filesInBatch = 0;
 
   /**
    * @param walk the walk to pump
@@ -673,6 +787,17 @@ class ListingBody implements Body {
   #add(entry: Found): number {
     if (this.#stopped) return 0;
     const { json } = entry;
+    if (entry.record) {
+      // Only a streamed listing takes `known`.
+      this.#append(json, entry.bytes);
+      this.#listed++;
+      this.#knownFolders++;
+      // A record stands for files the client goes through as it would their entries: sent with as many
+      // as a batch of entries holds, so that it works on them while the walk goes on.
+      this.#filesInBatch += entry.size;
+      if (this.#filesInBatch >= RECORDED_FILES_PER_BATCH) this.#flushBatch();
+      return 0;
+    }
     if (this.stream) {
       const inlined = this.inline > 0 && entry.size <= this.inline &&
           (this.inlineSince === null || changedSince(entry, this.inlineSince))
@@ -776,6 +901,7 @@ class ListingBody implements Body {
       );
     }
     this.#pending.length = 0;
+    this.#filesInBatch = 0;
     frame[this.#batchLength++] = 0x5d; // ]
     frame[this.#batchLength++] = 0x7d; // }
     putFrameLength(frame, 0, this.#batchLength - FRAME_HEADER_SIZE);
@@ -826,7 +952,9 @@ class ListingBody implements Body {
     }
     this.#finished = true;
     const first = leftOut.first[0];
-    const inlined = this.inline > 0 ? ` inlined=${this.#inlined}` : "";
+    const inlined = `${this.inline > 0 ? ` inlined=${this.#inlined}` : ""}${
+      this.walk.known === null ? "" : ` known-folders=${this.#knownFolders}`
+    }`;
     this.setResult(
       truncated
         ? `partial listed=${this.#listed}${inlined} left-out=${leftOut.count} first=${

@@ -329,3 +329,10 @@ export function withSha256(json: string, sha256: string | undefined): string {
 function folderIdentity(folder: FileStat): string {
   return `${folder.dev}:${folder.ino}:${folder.mtimeNs}:${folder.ctimeNs}`;
 }
+
+/** The etag of an entry's JSON as the walk and the memo make it: its etag comes last but for `sha256`. */
+export function etagInEntry(json: string): string {
+  // A path's JSON has its quotes escaped: the last `"etag":"` is the field's.
+  const at = json.lastIndexOf('"etag":"') + 8;
+  return json.slice(at, json.indexOf('"', at));
+}

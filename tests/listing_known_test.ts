@@ -1,0 +1,156 @@
+/**
+ * A streamed listing asked with `known` (the digests of the folders whose files the client holds) sends one
+ * FolderRecord for each such folder the server still holds as it was, in place of its files' entries; a
+ * folder changed since, or one whose listing takes more than an fstatat per file (a symlink in it), is
+ * listed file by file. `mirror` names the folders its state records, and ends with the same tree either way.
+ */
+
+import assert from "node:assert/strict";
+import { decodeJson, MAX_KNOWN_FOLDERS } from "../framing.ts";
+import { compareUtf8, folderDigest, loadHashing } from "../hashing.ts";
+import { logged, withServer } from "./client_fixture.ts";
+import { RawConnection, runClient, tempDir, treeOf } from "./helpers.ts";
+
+/** The values of a streamed listing's Entries frames, in order, and its Trailer's `listed`. */
+async function streamedListing(
+  conn: RawConnection,
+  request: Record<string, unknown>,
+): Promise<{ values: Record<string, unknown>[]; listed: number }> {
+  await conn.sendRequest({ op: "list", path: "", recursive: true, stream: true, brief: true, ...request });
+  const values: Record<string, unknown>[] = [];
+  let listed = -1;
+  for (;;) {
+    const frame = await conn.readFrame();
+    if (frame === null) throw new Error("the connection ended before the end frame");
+    if (frame.length === 0) return { values, listed };
+    const type = String.fromCharCode(frame.payload[0]), body = frame.payload.subarray(1);
+    if (type === "L") values.push(...(decodeJson(body) as { entries: Record<string, unknown>[] }).entries);
+    if (type === "T") listed = (decodeJson(body) as { listed: number }).listed;
+    if (type === "E") throw new Error(`the listing failed: ${new TextDecoder().decode(body)}`);
+  }
+}
+
+/** The digest of each folder of a listing's entries, as a client holding those versions makes it. */
+function digestsOf(entries: Record<string, unknown>[]): Map<string, string> {
+  const folders = new Map<string, { name: string; etag: string }[]>();
+  for (const { path, etag } of entries) {
+    const slash = String(path).lastIndexOf("/");
+    const folder = slash < 0 ? "" : String(path).slice(0, slash);
+    if (!folders.has(folder)) folders.set(folder, []);
+    folders.get(folder)!.push({ name: String(path).slice(slash + 1), etag: String(etag) });
+  }
+  return new Map(
+    [...folders].map((
+      [folder, files],
+    ) => [folder, folderDigest(folder, files.sort((a, b) => compareUtf8(a.name, b.name)))]),
+  );
+}
+
+Deno.test("with known, a folder held as it was comes as one record; a changed one, or one with a symlink, file by file", async () => {
+  await loadHashing();
+  await withServer(async ({ src, server }) => {
+    for (const dir of ["a", "a/sub", "b"]) await Deno.mkdir(`${src}/${dir}`);
+    for (const path of ["top.txt", "a/1.txt", "a/2.txt", "a/3.txt", "a/sub/x.txt", "b/y.txt"]) {
+      await Deno.writeTextFile(`${src}/${path}`, `${path}\n`);
+    }
+    await Deno.symlink("y.txt", `${src}/b/link.txt`);
+    const conn = await RawConnection.open(server.ports[0]);
+    try {
+      const plain = await streamedListing(conn, {});
+      assert.equal(plain.values.length, 7);
+      const digests = digestsOf(plain.values);
+      const known = ["", "a", "b"].map((folder) => digests.get(folder)!);
+
+      const first = await streamedListing(conn, { known });
+      assert.deepEqual(first.values, [
+        { folder: "", files: 1 },
+        { folder: "a", files: 3 },
+        plain.values.find((e) => e.path === "a/sub/x.txt")!,
+        // A symlink's entry takes an open of what it leads to: its folder gets no digest.
+        plain.values.find((e) => e.path === "b/link.txt")!,
+        plain.values.find((e) => e.path === "b/y.txt")!,
+      ]);
+      assert.equal(first.listed, 5, "listed counts the records");
+      await logged(server, /LIST "" recursive stream known=3 .*result=ok listed=5 known-folders=2$/);
+
+      // Another version of a/2.txt: a's digest no longer matches, and its files are listed.
+      await Deno.writeTextFile(`${src}/a/2.txt`, "changed, and longer\n");
+      const second = await streamedListing(conn, { known });
+      assert.deepEqual(second.values.map((v) => v.folder ?? v.path), [
+        "",
+        "a/1.txt",
+        "a/2.txt",
+        "a/3.txt",
+        "a/sub/x.txt",
+        "b/link.txt",
+        "b/y.txt",
+      ]);
+      assert.notEqual(second.values[2].etag, plain.values.find((e) => e.path === "a/2.txt")!.etag);
+    } finally {
+      conn.close();
+    }
+  });
+});
+
+Deno.test("'known' that is not a list of at most MAX_KNOWN_FOLDERS digests, or without 'stream', is BAD_REQUEST", async () => {
+  await withServer(async ({ src, server }) => {
+    await Deno.writeTextFile(`${src}/a.txt`, "a");
+    const digest = "A".repeat(22);
+    const message =
+      `'known' is not a list of at most ${MAX_KNOWN_FOLDERS} folder digests (22 characters of base64url)`;
+    for (
+      const [request, expected] of [
+        [{ stream: true, known: digest }, message],
+        [{ stream: true, known: [digest.slice(1)] }, message],
+        [{ stream: true, known: [`${digest.slice(1)}+`] }, message],
+        [{ stream: true, known: [1] }, message],
+        [{ stream: true, known: new Array(MAX_KNOWN_FOLDERS + 1).fill(digest) }, message],
+        [{ known: [digest] }, "'known' needs 'stream'"],
+      ] as const
+    ) {
+      const conn = await RawConnection.open(server.ports[0]);
+      try {
+        await conn.sendRequest({ op: "list", path: "", ...request as Record<string, unknown> });
+        const { types, json } = await conn.readResponse();
+        assert.equal(types, "E", JSON.stringify(request).slice(0, 80));
+        assert.equal(json[0].code, "BAD_REQUEST");
+        assert.equal(json[0].message, expected);
+      } finally {
+        conn.close();
+      }
+    }
+  });
+});
+
+Deno.test("mirror names the folders its state records: unchanged ones come as records, and the tree ends the same, local changes undone", async () => {
+  await withServer(async ({ src, server }) => {
+    await using dir = await tempDir();
+    const out = `${dir.path}/out`;
+    for (const dir of ["site", "site/css", "site/img"]) await Deno.mkdir(`${src}/${dir}`);
+    for (let i = 0; i < 5; i++) {
+      await Deno.writeTextFile(`${src}/site/css/${i}.css`, `body { order: ${i} }\n`);
+      await Deno.writeTextFile(`${src}/site/img/${i}.svg`, `<svg id="${i}"/>\n`);
+    }
+    await Deno.writeTextFile(`${src}/site/index.html`, "<html></html>\n");
+    const address = `127.0.0.1:${server.ports[0]}`;
+    const mirror = () => runClient(["mirror", "--delete", "-q", address, "site", out]);
+    assert.equal((await mirror()).code, 0);
+    assert.equal((await mirror()).code, 0);
+    await logged(
+      server,
+      /LIST "site" recursive stream .*known=3 .*result=ok listed=3 inlined=0 known-folders=3$/,
+    );
+
+    // The server changes a file of css/; here, a file of img/ is overwritten with other bytes of the same
+    // size, and a stray file is added to img/: the server's img/ is as recorded, the local one is not.
+    await Deno.writeTextFile(`${src}/site/css/3.css`, "body { order: 33 }\n");
+    await Deno.writeTextFile(`${out}/img/2.svg`, '<svg id="Y"/>\n');
+    await Deno.writeTextFile(`${out}/img/stray.svg`, "<svg/>\n");
+    assert.equal((await mirror()).code, 0);
+    await logged(
+      server,
+      /LIST "site" recursive stream .*known=3 .*result=ok listed=7 inlined=1 known-folders=2$/,
+    );
+    assert.deepEqual(await treeOf(out), await treeOf(`${src}/site`));
+  });
+});
