@@ -54,7 +54,15 @@ import {
 import { compareUtf8, createSha256, folderDigest, loadHashing } from "../hashing.ts";
 import { deleteExtraneous } from "./mirror_delete.ts";
 import { NO_TREE_PROGRESS, type Progress, type TreeProgress } from "./progress.ts";
-import { type KnownFile, loadState, MirrorState, saveState, STATE_DIR, stateSince } from "./mirror_state.ts";
+import {
+  type KnownFile,
+  loadState,
+  MirrorState,
+  saveState,
+  STATE_DIR,
+  type StateEntry,
+  stateSince,
+} from "./mirror_state.ts";
 import {
   fetchTree,
   InlinePublisher,
@@ -468,6 +476,8 @@ class MirrorRun {
   readonly #inlined: { item: Item; version: InlineVersion; bytes: Uint8Array }[] = [];
   /** What writes and publishes them, made for the first. */
   #publisher: InlinePublisher<Item> | null = null;
+  /** LOCAL_DIR as reports show it, without a trailing slash. */
+  readonly #shownDir: string;
   /** The folders the listing was told the run holds the files of (`known`), by their path on the server. */
   readonly #known = new Map<string, KnownFile[]>();
 
@@ -481,6 +491,7 @@ class MirrorRun {
     readonly inline = false,
   ) {
     this.dryRun = options.dryRun ?? false;
+    this.#shownDir = localDir.replace(/\/+$/, "");
     this.#fast = new FetchQueue(remoteDir);
     this.progress = options.treeProgress ?? NO_TREE_PROGRESS;
     const progress = this.progress;
@@ -560,7 +571,7 @@ class MirrorRun {
 
   /** Where reports say a file is: cheaper than a path join per file of a large tree. */
   shown(rel: string): string {
-    return `${this.localDir.replace(/\/+$/, "")}/${rel}`;
+    return `${this.#shownDir}/${rel}`;
   }
 
   /** Counts and passes on a file's report; `expected`: the bytes the bar expected of it. */
@@ -701,7 +712,7 @@ class MirrorRun {
       }
       if (isFolderRecord(value)) {
         const from = items.length;
-        this.#itemsOfRecord(value, items);
+        this.#planRecord(value, items);
         for (let i = from; i < items.length; i++) {
           plain.push(needBeforeLstat(items[i], false));
           contents.push(undefined);
@@ -775,11 +786,13 @@ class MirrorRun {
   }
 
   /**
-   * The items of the files of a folder the listing sent as a FolderRecord (`known`), from the state's
-   * entries for them: what their entries would have made. A record of a folder the run did not name, or of
-   * another number of files, is unusable.
+   * Plans the files of a folder the listing sent as a FolderRecord (`known`), from the state's entries for
+   * them: a file whose lstat the state still vouches for is current there and then, as its entry would have
+   * made it, without an item; the others get the items their entries would have made, for
+   * {@link planBatch} to go on with. A record of a folder the run did not name, or of another number of
+   * files, is unusable.
    */
-  #itemsOfRecord(record: FolderRecord, items: Item[]): void {
+  #planRecord(record: FolderRecord, items: Item[]): void {
     const files = this.#known.get(record.folder);
     if (files === undefined || files.length !== record.files) {
       this.progress.listed();
@@ -792,10 +805,61 @@ class MirrorRun {
       return;
     }
     const prefix = this.remoteDir === "" ? "" : `${this.remoteDir}/`;
-    for (const { path, size, etag, sha256 } of files) {
-      const item = this.#itemFor({ path: `${prefix}${path}`, size, etag, sha256 }, path);
-      if (item !== null) items.push(item);
+    const folder = this.#judgedByLstat(files[0].path);
+    for (const { path, name, size, etag, sha256 } of files) {
+      const entry: ListEntry = { path: `${prefix}${path}`, size, etag, sha256 };
+      if (folder === null || (!folder.recorded && !folder.names.has(name))) {
+        const item = this.#itemFor(entry, path);
+        if (item !== null) items.push(item);
+        continue;
+      }
+      const kept = this.keep.size;
+      this.keep.add(path);
+      if (this.keep.size === kept) continue; // sent again by a listing asked for again after a cut
+      this.progress.listed();
+      const recorded = this.#vouchedFor(folder, name, path);
+      if (recorded === undefined) {
+        items.push(new Item(entry, path, folder));
+        continue;
+      }
+      // What #route reports of a current file; the state's line stays as it is.
+      this.count({
+        path: entry.path,
+        target: this.shown(path),
+        status: "unchanged",
+        bytes: 0,
+        size,
+        sha256: recorded.sha256,
+        seconds: 0,
+        attempts: 0,
+      });
     }
+  }
+
+  /**
+   * The folder of the file `rel`, open, if each of its files can be judged by its lstat and the state
+   * alone (no part beside any; not a dry run, which only looks); null if not, or if it cannot be had (each
+   * file's item then says why).
+   */
+  #judgedByLstat(rel: string): Folder | null {
+    if (this.dryRun) return null;
+    try {
+      const folder = this.local.folders.folderOf(rel);
+      return folder.parts.size === 0 ? folder : null;
+    } catch {
+      return null;
+    }
+  }
+
+  /** The state's entry for the file `name` of `folder` (at `rel`), if its lstat says it is as recorded. */
+  #vouchedFor(folder: Folder, name: string, rel: string): StateEntry | undefined {
+    let local: StatIdentity | null;
+    try {
+      local = identityAt(folder.dir.fd, name);
+    } catch {
+      return undefined; // its item's own lstat says what failed
+    }
+    return local !== null && local.isFile ? this.local.state.trusted(rel, local) : undefined;
   }
 
   /** The item for the listed file `entry`, to go to `rel` below LOCAL_DIR (see {@link #itemOf}). */

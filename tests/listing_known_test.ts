@@ -6,6 +6,7 @@
  */
 
 import assert from "node:assert/strict";
+import { Buffer } from "node:buffer";
 import { decodeJson, MAX_KNOWN_FOLDERS } from "../framing.ts";
 import { compareUtf8, folderDigest, loadHashing } from "../hashing.ts";
 import { logged, withServer } from "./client_fixture.ts";
@@ -92,6 +93,30 @@ Deno.test("with known, a folder held as it was comes as one record; a changed on
   });
 });
 
+Deno.test("compareUtf8 orders names as their UTF-8 bytes, as a listing does, where JavaScript's order does not", () => {
+  const utf8 = new TextEncoder();
+  const pieces = [
+    "a",
+    "z",
+    "\u00e9",
+    "\u07ff",
+    "\ud7ff",
+    "\ue000",
+    "\uffff",
+    "\u{10000}",
+    "\u{1f600}",
+    "\u{10ffff}",
+  ];
+  const names = Array.from({ length: 400 }, (_, i) => {
+    let name = "";
+    for (let k = 0; k < 1 + (i % 4); k++) name += pieces[(i * 7 + k * 13 + (i >> 3)) % pieces.length];
+    return name;
+  });
+  const byBytes = [...names].sort((a, b) => Buffer.compare(utf8.encode(a), utf8.encode(b)));
+  assert.deepEqual([...names].sort(compareUtf8), byBytes);
+  assert.notDeepEqual([...names].sort(), byBytes, "JavaScript's own order differs for these names");
+});
+
 Deno.test("'known' that is not a list of at most MAX_KNOWN_FOLDERS digests, or without 'stream', is BAD_REQUEST", async () => {
   await withServer(async ({ src, server }) => {
     await Deno.writeTextFile(`${src}/a.txt`, "a");
@@ -126,10 +151,14 @@ Deno.test("mirror names the folders its state records: unchanged ones come as re
   await withServer(async ({ src, server }) => {
     await using dir = await tempDir();
     const out = `${dir.path}/out`;
-    for (const dir of ["site", "site/css", "site/img"]) await Deno.mkdir(`${src}/${dir}`);
+    for (const dir of ["site", "site/css", "site/img", "site/intl"]) await Deno.mkdir(`${src}/${dir}`);
     for (let i = 0; i < 5; i++) {
       await Deno.writeTextFile(`${src}/site/css/${i}.css`, `body { order: ${i} }\n`);
       await Deno.writeTextFile(`${src}/site/img/${i}.svg`, `<svg id="${i}"/>\n`);
+    }
+    // Names whose UTF-8 byte order (the listing's, and the digest's) is not JavaScript's string order.
+    for (const name of ["a\u{1f600}.txt", "a\ue000.txt", "\u00e9.txt", "z.txt"]) {
+      await Deno.writeTextFile(`${src}/site/intl/${name}`, `${name}\n`);
     }
     await Deno.writeTextFile(`${src}/site/index.html`, "<html></html>\n");
     const address = `127.0.0.1:${server.ports[0]}`;
@@ -138,7 +167,7 @@ Deno.test("mirror names the folders its state records: unchanged ones come as re
     assert.equal((await mirror()).code, 0);
     await logged(
       server,
-      /LIST "site" recursive stream .*known=3 .*result=ok listed=3 inlined=0 known-folders=3$/,
+      /LIST "site" recursive stream .*known=4 .*result=ok listed=4 inlined=0 known-folders=4$/,
     );
 
     // The server changes a file of css/; here, a file of img/ is overwritten with other bytes of the same
@@ -149,7 +178,7 @@ Deno.test("mirror names the folders its state records: unchanged ones come as re
     assert.equal((await mirror()).code, 0);
     await logged(
       server,
-      /LIST "site" recursive stream .*known=3 .*result=ok listed=7 inlined=1 known-folders=2$/,
+      /LIST "site" recursive stream .*known=4 .*result=ok listed=8 inlined=1 known-folders=3$/,
     );
     assert.deepEqual(await treeOf(out), await treeOf(`${src}/site`));
   });
