@@ -55,7 +55,7 @@ import { compareUtf8, createSha256, folderDigest, loadHashing } from "../hashing
 import { deleteExtraneous } from "./mirror_delete.ts";
 import { NO_TREE_PROGRESS, type Progress, type TreeProgress } from "./progress.ts";
 import {
-  type KnownFile,
+  type KnownFolder,
   loadState,
   MirrorState,
   saveState,
@@ -478,8 +478,13 @@ class MirrorRun {
   #publisher: InlinePublisher<Item> | null = null;
   /** LOCAL_DIR as reports show it, without a trailing slash. */
   readonly #shownDir: string;
-  /** The folders the listing was told the run holds the files of (`known`), by their path on the server. */
-  readonly #known = new Map<string, KnownFile[]>();
+  /**
+   * The folders the listing was told the run holds the files of (`known`), by their path on the server:
+   * their path below LOCAL_DIR, and how many files their digest was made of.
+   */
+  readonly #known = new Map<string, { local: string; files: number }>();
+  /** True when a folder record did not agree with the state: the listing is then asked for again whole. */
+  relist = false;
 
   constructor(
     readonly session: Session,
@@ -537,18 +542,39 @@ class MirrorRun {
   /**
    * The digests of the folders whose files the state records, for the listing's `known` (PROTOCOL.md):
    * the server sends one FolderRecord for each such folder it holds as recorded, instead of an entry per
-   * file, and {@link planBatch} takes the state's entries for its files. Those with the most files first,
-   * at most MAX_KNOWN_FOLDERS. Reads the state first, so the listing is asked for after it is read.
+   * file, and {@link planBatch} takes the state's entries for its files. The state holds them as its last
+   * writer made them from its entries (see {@link digestFolders}). Reads the state first, so the listing is
+   * asked for after it is read.
    */
-  async knownDigests(): Promise<string[]> {
+  knownDigests(): string[] {
     this.openIfThere();
     const state = this.#local?.state;
-    if (state === undefined || state.size === 0) return [];
+    if (state === undefined) return [];
+    const prefix = this.remoteDir === "" ? "" : `${this.remoteDir}/`;
+    const digests: string[] = [];
+    for (const [remote, { digest, files }] of state.knownFolders) {
+      const local = remote === this.remoteDir
+        ? ""
+        : remote.startsWith(prefix)
+        ? remote.slice(prefix.length)
+        : null;
+      if (local === null || digests.length >= MAX_KNOWN_FOLDERS) continue;
+      this.#known.set(remote, { local, files });
+      digests.push(digest);
+    }
+    return digests;
+  }
+
+  /**
+   * Sets the state's folder digests from its entries as they are now, for the next run's listing: those of
+   * the folders with the most files, at most MAX_KNOWN_FOLDERS, each of at most MAX_KNOWN_FOLDER_FILES.
+   */
+  async digestFolders(state: MirrorState): Promise<void> {
     const folders = [...state.knownFiles()].filter(([, files]) => files.length <= MAX_KNOWN_FOLDER_FILES)
       .sort((a, b) => b[1].length - a[1].length).slice(0, MAX_KNOWN_FOLDERS);
-    if (folders.length === 0) return [];
-    await loadHashing();
-    return folders.map(([folder, files]) => {
+    if (folders.length > 0) await loadHashing();
+    const known = new Map<string, KnownFolder>();
+    for (const [folder, files] of folders) {
       const remote = this.remoteDir === ""
         ? folder
         : folder === ""
@@ -559,9 +585,14 @@ class MirrorRun {
       if (files.some((file, at) => at > 0 && compareUtf8(files[at - 1].name, file.name) > 0)) {
         files.sort((a, b) => compareUtf8(a.name, b.name));
       }
-      this.#known.set(remote, files);
-      return folderDigest(remote, files);
-    });
+      known.set(remote, { digest: folderDigest(remote, files), files: files.length });
+    }
+    state.setKnownFolders(known);
+  }
+
+  /** Asks for the rest of the listing without `known`: a record did not agree with the state. */
+  forgetKnown(): void {
+    this.#known.clear();
   }
 
   /** LOCAL_DIR, for the steps that a dry run does not take (or takes only once it is open). */
@@ -793,8 +824,8 @@ class MirrorRun {
    * files, is unusable.
    */
   #planRecord(record: FolderRecord, items: Item[]): void {
-    const files = this.#known.get(record.folder);
-    if (files === undefined || files.length !== record.files) {
+    const known = this.#known.get(record.folder);
+    if (known === undefined || known.files !== record.files) {
       this.progress.listed();
       this.#unusable(
         record.folder,
@@ -804,9 +835,19 @@ class MirrorRun {
       );
       return;
     }
+    const { state } = this.local;
+    const paths = state.filesAsRead(known.local);
+    const fields = paths?.length === record.files ? paths.map((path) => state.recordedFields(path)) : [];
+    if (fields.length === 0 || fields.includes(undefined)) {
+      // The state's digest line does not agree with its entries (damaged): its files are asked for again.
+      this.relist = true;
+      return;
+    }
     const prefix = this.remoteDir === "" ? "" : `${this.remoteDir}/`;
-    const folder = this.#judgedByLstat(files[0].path);
-    for (const { path, name, size, etag, sha256 } of files) {
+    const folder = this.#judgedByLstat(paths![0]);
+    for (let at = 0; at < paths!.length; at++) {
+      const path = paths![at], { size, etag, sha256 } = fields[at]!;
+      const name = path.slice(path.lastIndexOf("/") + 1);
       const entry: ListEntry = { path: `${prefix}${path}`, size, etag, sha256 };
       if (folder === null || (!folder.recorded && !folder.names.has(name))) {
         const item = this.#itemFor(entry, path);
@@ -1093,6 +1134,8 @@ class MirrorRun {
     state.since = listing.walkedAt; // saved with the state, if it is saved
     try {
       await folders.record(); // after the run's last change below LOCAL_DIR
+      // Digests of the entries the state is written with; a state of an older client gets them once.
+      if (state.changed || (state.knownFolders.size === 0 && state.size > 0)) await this.digestFolders(state);
       if (state.changed) {
         await state.settle();
         saveState(tree.root, state);
@@ -1140,17 +1183,31 @@ export async function mirror(
     }
     run.progress.phase("listing");
     // A signed tree is checked against its manifest, entry by entry, before the state is even read.
-    const known = run.release === null ? await run.knownDigests() : [];
+    const known = run.release === null ? run.knownDigests() : [];
     // Each batch is planned as it arrives, while the server walks on; with a manifest, only once the whole
     // listing agrees with it, so that a refused tree has nothing fetched, made or deleted for it.
     const held: unknown[] = [];
-    const listing = await listRemote(session, remoteDir, options, inline, known, async (batch, inlined) => {
+    const onEntries = async (batch: unknown[], inlined: Uint8Array | null) => {
       if (run.release === null) {
         run.planBatch(batch, inlined);
         return await run.writeInlined();
       }
       for (const value of batch) held.push(value);
-    }, () => run.openIfThere());
+    };
+    let listing = await listRemote(
+      session,
+      remoteDir,
+      options,
+      inline,
+      known,
+      onEntries,
+      () => run.openIfThere(),
+    );
+    if (run.relist) {
+      // Every file the first listing planned is known by its path, and is not planned again.
+      run.forgetKnown();
+      listing = await listRemote(session, remoteDir, options, inline, [], onEntries, () => {});
+    }
     await run.endInlined();
     if (run.release !== null) {
       const checked = checkTreeAgainst(run.release, remoteDir, held);

@@ -29,7 +29,7 @@
  * @module
  */
 
-import { isSha256Hex, NANOSECONDS } from "../framing.ts";
+import { FOLDER_DIGEST, isSha256Hex, NANOSECONDS } from "../framing.ts";
 import type { StatIdentity } from "../ffi/structs.ts";
 import { C, close, fstat, LibcError, mkdirAt, OPEN, openAt, pread, pwriteAll } from "../ffi/libc.ts";
 import { LocalDir, LocalIoError } from "./local_tree.ts";
@@ -105,18 +105,20 @@ export interface FolderNames {
   subfolders: readonly string[];
 }
 
-/** A file as the state records it, for a listing's `known` (see {@link MirrorState.knownFiles}). */
+/** A file as a folder digest takes it (see {@link MirrorState.knownFiles}). */
 export interface KnownFile {
-  /** Its path relative to LOCAL_DIR. */
-  path: string;
   /** Its name in its folder. */
   name: string;
-  /** Its size, by its identity key. */
-  size: number;
-  /** SHA-256 of its content, hex. */
-  sha256: string;
   /** The server's etag of the version it came from. */
   etag: string;
+}
+
+/** A folder's digest for a listing's `known`, and the number of files it was made of. */
+export interface KnownFolder {
+  /** See `folderDigest` of hashing.ts. */
+  digest: string;
+  /** How many files it was made of. */
+  files: number;
 }
 
 /** One published file. */
@@ -158,6 +160,12 @@ export class MirrorState implements Disposable {
   #addedLength = 0;
   /** Recorded folders by path ("" for LOCAL_DIR): identity key, and the digest of the names it held. */
   #folders = new Map<string, RecordedFolder>();
+  /**
+   * The digests of folders for a listing's `known` (PROTOCOL.md), by the folder's path on the server: as
+   * read, or as the run set them; each with the number of files it was made of. Written with the state,
+   * from the entries it is written with.
+   */
+  #knownFolders = new Map<string, KnownFolder>();
   /** The files and folders each folder held by the entries as read, made when a recorded folder is first asked for. */
   #asRead: Map<string, FolderNames> | null = null;
   readonly #writtenAt: number;
@@ -200,10 +208,9 @@ export class MirrorState implements Disposable {
   }
 
   /**
-   * Each folder's files by the entries as they are (a run asks before it records anything), with what
-   * their lines say: for a listing's `known` (PROTOCOL.md), whose folders' files the server then does not
-   * list. By folder path ("" for LOCAL_DIR). A folder with a line whose size or etag cannot be read is not
-   * among them: the server lists its files, and the line is judged as usual.
+   * Each folder's files by the entries as they are now, with the etag each line gives: what the folder
+   * digests of a listing's `known` are made of (PROTOCOL.md). By folder path ("" for LOCAL_DIR). A folder
+   * with a line whose etag cannot be read, or is empty (not known), is not among them.
    */
   knownFiles(): Map<string, KnownFile[]> {
     const folders = new Map<string, KnownFile[] | null>();
@@ -213,25 +220,62 @@ export class MirrorState implements Disposable {
       let files = folders.get(folder);
       if (files === null) continue;
       const text = this.#text(Math.floor(position / PIECE_SPAN)), start = position % PIECE_SPAN;
-      const sizeEnd = text.indexOf(":", start), shaAt = text.indexOf("\t", start) + 1;
-      const etagAt = shaAt + SHA256_HEX_LENGTH + 1, etagEnd = text.indexOf("\t", etagAt);
-      const size = Number(text.slice(start, sizeEnd));
-      // Only what the digest and the sizes need: the rest of the line is checked when the file is looked
-      // at (trusted), as for any entry. An etag of another form matches no folder's digest.
-      if (
-        shaAt === 0 || sizeEnd < 0 || sizeEnd > shaAt || !Number.isSafeInteger(size) ||
-        text.charCodeAt(etagAt - 1) !== TAB || etagEnd <= etagAt
-      ) {
+      const etagAt = text.indexOf("\t", start) + 1 + SHA256_HEX_LENGTH + 1;
+      const etagEnd = text.indexOf("\t", etagAt);
+      if (etagAt === SHA256_HEX_LENGTH + 1 || text.charCodeAt(etagAt - 1) !== TAB || etagEnd <= etagAt) {
         folders.set(folder, null);
         continue;
       }
       if (files === undefined) folders.set(folder, files = []);
-      const sha256 = text.slice(shaAt, etagAt - 1), etag = text.slice(etagAt, etagEnd);
-      files.push({ path, name: path.slice(slash + 1), size, sha256, etag });
+      files.push({ name: path.slice(slash + 1), etag: text.slice(etagAt, etagEnd) });
     }
     const known = new Map<string, KnownFile[]>();
     for (const [folder, files] of folders) if (files !== null) known.set(folder, files);
     return known;
+  }
+
+  /** The folder digests as read, or as last set (see {@link setKnownFolders}). */
+  get knownFolders(): ReadonlyMap<string, KnownFolder> {
+    return this.#knownFolders;
+  }
+
+  /**
+   * Replaces the folder digests, made from the entries as they are now (see {@link knownFiles}): a state
+   * is written with the digests of its own entries, never with those of others.
+   */
+  setKnownFolders(folders: Map<string, KnownFolder>): void {
+    const same = folders.size === this.#knownFolders.size &&
+      [...folders].every(([path, { digest }]) => this.#knownFolders.get(path)?.digest === digest);
+    if (same) return;
+    this.#knownFolders = folders;
+    this.#changed = true;
+  }
+
+  /**
+   * The size, SHA-256 and etag the line of `path` gives, as read (checked when the file is looked at, by
+   * {@link trusted}); undefined if there is no line, or one whose size cannot be read.
+   */
+  recordedFields(path: string): { size: number; sha256: string; etag: string } | undefined {
+    const position = this.#entries.get(path);
+    if (position === undefined) return undefined;
+    const text = this.#text(Math.floor(position / PIECE_SPAN)), start = position % PIECE_SPAN;
+    const shaAt = text.indexOf("\t", start) + 1, etagAt = shaAt + SHA256_HEX_LENGTH + 1;
+    const size = Number(text.slice(start, text.indexOf(":", start)));
+    if (shaAt === 0 || !Number.isSafeInteger(size)) return undefined;
+    return {
+      size,
+      sha256: text.slice(shaAt, etagAt - 1),
+      etag: text.slice(etagAt, text.indexOf("\t", etagAt)),
+    };
+  }
+
+  /**
+   * The files of the folder `path` ("" for LOCAL_DIR) by the entries as read, as paths relative to
+   * LOCAL_DIR (the state's own strings); undefined if it has none.
+   */
+  filesAsRead(path: string): readonly string[] | undefined {
+    this.#asRead ??= this.#byFolder();
+    return this.#asRead.get(path)?.files;
   }
 
   /** True once an entry was added, replaced or removed since the state was read: it is worth writing. */
@@ -494,6 +538,19 @@ export class MirrorState implements Disposable {
     for (const [path, { key, names }] of this.#folders) {
       yield `${FOLDER_LINE}${names}\t${key}\t${path === "" ? "." : quote(path)}\n`;
     }
+    for (const [path, { digest, files }] of this.#knownFolders) {
+      yield `${KNOWN_LINE}${digest}\t${files}\t${path === "" ? "." : quote(path)}\n`;
+    }
+  }
+
+  /** Takes in a folder digest's line, after its `known ` prefix; a malformed one is skipped. */
+  #readKnownLine(fields: string): void {
+    const [digest, files, written] = fields.split("\t");
+    const path = written === "." ? "" : pathOf(written ?? "");
+    const count = Number(files);
+    if (FOLDER_DIGEST.test(digest) && Number.isSafeInteger(count) && count > 0 && path !== null) {
+      this.#knownFolders.set(path, { digest, files: count });
+    }
   }
 
   /** Takes in a folder's line, after its `dir ` prefix; a malformed one is skipped. */
@@ -536,6 +593,11 @@ export class MirrorState implements Disposable {
       if (end < 0) end = text.length;
       if (text.startsWith(FOLDER_LINE, start)) {
         this.#readFolderLine(text.slice(start + FOLDER_LINE.length, end));
+        start = end + 1;
+        continue;
+      }
+      if (text.startsWith(KNOWN_LINE, start)) {
+        this.#readKnownLine(text.slice(start + KNOWN_LINE.length, end));
         start = end + 1;
         continue;
       }
@@ -629,6 +691,8 @@ const SHA256_HEX_LENGTH = 64;
 
 /** How a folder's line starts (a space, not a tab: a client that does not know it sees no path in it). */
 const FOLDER_LINE = "dir ";
+/** How a folder digest's line starts (older states have none; older clients skip them). */
+const KNOWN_LINE = "known ";
 /** The line after the header that holds {@link MirrorState.since}. */
 const SINCE_LINE = "since ";
 

@@ -183,3 +183,48 @@ Deno.test("mirror names the folders its state records: unchanged ones come as re
     assert.deepEqual(await treeOf(out), await treeOf(`${src}/site`));
   });
 });
+
+Deno.test("a state without folder digests gets them from the next run; one whose digest disagrees with its entries has the listing asked for again whole", async () => {
+  await withServer(async ({ src, server }) => {
+    await using dir = await tempDir();
+    const out = `${dir.path}/out`, statePath = `${out}/.ferry/state`;
+    for (const folder of ["a", "b"]) {
+      await Deno.mkdir(`${src}/tree/${folder}`, { recursive: true });
+      for (let i = 0; i < 4; i++) {
+        await Deno.writeTextFile(`${src}/tree/${folder}/${i}.txt`, `${folder}${i}\n`);
+      }
+    }
+    const address = `127.0.0.1:${server.ports[0]}`;
+    const mirror = () => runClient(["mirror", "--delete", "-q", address, "tree", out]);
+    assert.equal((await mirror()).code, 0);
+    const lines = async () => (await Deno.readTextFile(statePath)).split("\n");
+    assert.deepEqual(
+      (await lines()).filter((l) => l.startsWith("known ")).map((l) => l.split("\t").slice(1)),
+      [
+        ["4", "tree/a"],
+        ["4", "tree/b"],
+      ],
+    );
+
+    // As an older client writes it: no digest lines. A run that changes nothing adds them.
+    await Deno.writeTextFile(statePath, (await lines()).filter((l) => !l.startsWith("known ")).join("\n"));
+    assert.equal((await mirror()).code, 0);
+    await logged(server, /LIST "tree" recursive stream since=[0-9]+ zstd .*result=ok listed=8 inlined=0$/);
+    assert.equal((await lines()).filter((l) => l.startsWith("known ")).length, 2);
+    assert.equal((await mirror()).code, 0);
+    await logged(server, /LIST "tree" .*known=2 .*result=ok listed=2 inlined=0 known-folders=2$/);
+
+    // a/1.txt's line is gone, a's digest line still counts four files: its record does not agree with the
+    // state, and the listing is asked for again without `known`. The file is hashed, and found current.
+    await Deno.writeTextFile(
+      statePath,
+      (await lines()).filter((l) => !l.endsWith("\ttree/a/1.txt") && !l.endsWith("\ta/1.txt")).join("\n"),
+    );
+    const r = await runClient(["mirror", "--delete", "--json", address, "tree", out]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stderr, /mirror done: 0 updated, 8 unchanged, 0 deleted, 0 failed\n$/);
+    await logged(server, /LIST "tree" .*known=2 .*result=ok listed=2 inlined=0 known-folders=2$/, 2);
+    await logged(server, /LIST "tree" recursive stream since=[0-9]+ zstd .*result=ok listed=8 inlined=0$/, 2);
+    assert.deepEqual(await treeOf(out), await treeOf(`${src}/tree`));
+  });
+});
