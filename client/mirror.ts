@@ -1135,7 +1135,7 @@ class MirrorRun {
     try {
       await folders.record(); // after the run's last change below LOCAL_DIR
       // Digests of the entries the state is written with; a state of an older client gets them once.
-      if (state.changed || (state.knownFolders.size === 0 && state.size > 0)) await this.digestFolders(state);
+      if (state.changed || !state.digested) await this.digestFolders(state);
       if (state.changed) {
         await state.settle();
         saveState(tree.root, state);

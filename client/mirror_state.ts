@@ -166,6 +166,8 @@ export class MirrorState implements Disposable {
    * from the entries it is written with.
    */
   #knownFolders = new Map<string, KnownFolder>();
+  /** True when the digests were made for the entries: read from a state that had them (or said it had none), or set. */
+  #digested = false;
   /** The files and folders each folder held by the entries as read, made when a recorded folder is first asked for. */
   #asRead: Map<string, FolderNames> | null = null;
   readonly #writtenAt: number;
@@ -240,14 +242,23 @@ export class MirrorState implements Disposable {
   }
 
   /**
+   * False for a state whose writer made no folder digests (an older client's): its next run makes them,
+   * even if it changes nothing else.
+   */
+  get digested(): boolean {
+    return this.#digested;
+  }
+
+  /**
    * Replaces the folder digests, made from the entries as they are now (see {@link knownFiles}): a state
    * is written with the digests of its own entries, never with those of others.
    */
   setKnownFolders(folders: Map<string, KnownFolder>): void {
     const same = folders.size === this.#knownFolders.size &&
       [...folders].every(([path, { digest }]) => this.#knownFolders.get(path)?.digest === digest);
-    if (same) return;
+    if (same && this.#digested) return;
     this.#knownFolders = folders;
+    this.#digested = true;
     this.#changed = true;
   }
 
@@ -541,6 +552,8 @@ export class MirrorState implements Disposable {
     for (const [path, { digest, files }] of this.#knownFolders) {
       yield `${KNOWN_LINE}${digest}\t${files}\t${path === "" ? "." : quote(path)}\n`;
     }
+    // Says the digests were made, though no folder has one (all too large, or none with etags).
+    if (this.#digested && this.#knownFolders.size === 0) yield `${KNOWN_LINE}${NO_DIGESTS}\n`;
   }
 
   /** Takes in a folder digest's line, after its `known ` prefix; a malformed one is skipped. */
@@ -597,6 +610,7 @@ export class MirrorState implements Disposable {
         continue;
       }
       if (text.startsWith(KNOWN_LINE, start)) {
+        this.#digested = true;
         this.#readKnownLine(text.slice(start + KNOWN_LINE.length, end));
         start = end + 1;
         continue;
@@ -693,6 +707,8 @@ const SHA256_HEX_LENGTH = 64;
 const FOLDER_LINE = "dir ";
 /** How a folder digest's line starts (older states have none; older clients skip them). */
 const KNOWN_LINE = "known ";
+/** A digest line's content when the state's writer made digests and no folder has one. */
+const NO_DIGESTS = "none";
 /** The line after the header that holds {@link MirrorState.since}. */
 const SINCE_LINE = "since ";
 

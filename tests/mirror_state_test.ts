@@ -211,6 +211,40 @@ Deno.test("state: `since` is kept with the state and read from its first lines a
   }
 });
 
+Deno.test("state: folder digests are written with it and read back; one written with none says so, one of an older client has none made", () => {
+  const state = new MirrorState();
+  state.set("a/1.txt", entry({ etag: "e1" }));
+  state.set("a/2.txt", entry({ etag: "e2" }));
+  state.set("b.txt", entry({ etag: "" }));
+  assert.deepEqual(
+    [...state.knownFiles()],
+    [["a", [{ name: "1.txt", etag: "e1" }, { name: "2.txt", etag: "e2" }]]],
+    "a folder with a file of no known etag gets no digest",
+  );
+  assert.equal(state.digested, false);
+  const digest = "A".repeat(22);
+  state.setKnownFolders(new Map([["tree/a", { digest, files: 2 }]]));
+  const read = roundTrip(state);
+  assert.equal(read.digested, true);
+  assert.deepEqual([...read.knownFolders], [["tree/a", { digest, files: 2 }]]);
+  assert.deepEqual(read.trusted("a/1.txt", seen()), entry({ etag: "e1" }), "the entries are read as before");
+  assert.deepEqual(read.recordedFields("a/2.txt"), { size: 4096, sha256: SHA, etag: "e2" });
+  state.setKnownFolders(new Map());
+  const none = roundTrip(state);
+  assert.equal(none.digested, true);
+  assert.equal(none.knownFolders.size, 0);
+  const older = MirrorState.parse(state.format().replace(/^known .*\n/m, ""), WRITTEN);
+  assert.equal(older.digested, false);
+  assert.equal(older.size, 3);
+  // A malformed digest line is skipped, and still says its writer made digests.
+  const bad = MirrorState.parse(
+    state.format().replace(/^known .*$/m, `known ${digest}\tmany\ttree/a`),
+    WRITTEN,
+  );
+  assert.equal(bad.knownFolders.size, 0);
+  assert.equal(bad.digested, true);
+});
+
 Deno.test("state: a state file of several MiB is read back whole, every line of it, whichever piece it falls in", async () => {
   await using dir = await tempDir();
   const state = new MirrorState();
