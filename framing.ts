@@ -193,8 +193,9 @@ export const NANOSECONDS = /^[0-9]{1,20}$/;
 export const MAX_LIST_DEPTH = 32;
 
 /**
- * Most folder digests a streamed `list` may carry in `known`: 2,048 of 22 characters keep the request well
- * under {@link MAX_REQUEST_FRAME}. A client holding more folders names those with the most files.
+ * Most folder digests a streamed `list` may carry in `known`: 2,048 of 22 characters (some 51 KB as JSON)
+ * keep the request under {@link MAX_REQUEST_FRAME}, with room for its other fields. A client holding more
+ * folders names those with the most files.
  */
 export const MAX_KNOWN_FOLDERS = 2048;
 

@@ -1,5 +1,6 @@
 /**
- * SHA-256 and HMAC-SHA256 for the server and the client, from node:crypto loaded on first need. Loading it
+ * SHA-256 and HMAC-SHA256 for the server and the client, from node:crypto loaded on first need, and the
+ * folder digests a listing's `known` is made of. Loading it
  * costs 10-16 ms of a process's start: a worker loads it after it has said it is ready, and a client only
  * when it will hash or prove a token (a `--no-verify` fetch into a device or standard output never hashes).
  *
@@ -78,7 +79,7 @@ export function folderDigest(folder: string, files: Iterable<{ name: string; eta
   let text = folder;
   for (const { name, etag } of files) {
     text += `\n${name}\t${etag}`;
-    // One update per few KiB: one per file cost more than the hash itself.
+    // A string of a few KiB per update, not an update (a call into node:crypto) per file.
     if (text.length >= 8192) {
       hash.update(text);
       text = "";

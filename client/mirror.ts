@@ -590,7 +590,7 @@ class MirrorRun {
     state.setKnownFolders(known);
   }
 
-  /** Asks for the rest of the listing without `known`: a record did not agree with the state. */
+  /** Forgets the folders named in `known`, before the listing is asked for again without it. */
   forgetKnown(): void {
     this.#known.clear();
   }
