@@ -7,7 +7,15 @@
 
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
-import { decodeJson, MAX_KNOWN_FOLDERS } from "../framing.ts";
+import {
+  decodeJson,
+  encodeJsonFrame,
+  END_FRAME,
+  FRAME_HEADER_SIZE,
+  FrameType,
+  getFrameLength,
+  MAX_KNOWN_FOLDERS,
+} from "../framing.ts";
 import { compareUtf8, folderDigest, loadHashing } from "../hashing.ts";
 import { logged, withServer } from "./client_fixture.ts";
 import { RawConnection, runClient, tempDir, treeOf } from "./helpers.ts";
@@ -227,4 +235,51 @@ Deno.test("a state without folder digests gets them from the next run; one whose
     await logged(server, /LIST "tree" recursive stream since=[0-9]+ zstd .*result=ok listed=8 inlined=0$/, 2);
     assert.deepEqual(await treeOf(out), await treeOf(`${src}/tree`));
   });
+});
+
+Deno.test("a record of a folder the client did not name is unusable: the mirror says so, and --delete deletes nothing", async () => {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const served = (async () => {
+    const conn = await listener.accept();
+    // One streamed listing that holds a record nobody asked for, whatever the request (read whole first).
+    const exactly = async (n: number) => {
+      const bytes = new Uint8Array(n);
+      for (let at = 0; at < n;) {
+        const got = await conn.read(bytes.subarray(at));
+        if (got === null) throw new Error("the client closed the connection before its request ended");
+        at += got;
+      }
+      return bytes;
+    };
+    await exactly(getFrameLength(await exactly(FRAME_HEADER_SIZE), 0));
+    for (
+      const frame of [
+        encodeJsonFrame(FrameType.Header, { v: 1, status: "ok", stream: true, walkedAt: "1" }),
+        encodeJsonFrame(FrameType.Entries, { entries: [{ folder: "site/x", files: 3 }] }),
+        encodeJsonFrame(FrameType.Trailer, {
+          listed: 1,
+          truncated: false,
+          leftOut: { count: 0, first: [] },
+        }),
+        END_FRAME,
+      ]
+    ) await conn.write(frame);
+    conn.close();
+    listener.close();
+  })();
+  await using dir = await tempDir();
+  await Deno.writeTextFile(`${dir.path}/stray.txt`, "mine\n");
+  const address = `127.0.0.1:${(listener.addr as Deno.NetAddr).port}`;
+  const r = await runClient(["mirror", "--delete", address, "site", dir.path]);
+  await served;
+  assert.equal(r.code, 6, r.stderr);
+  assert.match(
+    r.stderr,
+    /the listing has a record of a folder whose files this run did not say it holds: \{"folder":"site\/x","files":3\}/,
+  );
+  assert.match(
+    r.stderr,
+    /the server's listing is incomplete: 1 entries unusable: what it listed was mirrored, and --delete was skipped/,
+  );
+  assert.equal(await Deno.readTextFile(`${dir.path}/stray.txt`), "mine\n");
 });
