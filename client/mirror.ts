@@ -837,39 +837,51 @@ class MirrorRun {
     }
     const { state } = this.local;
     const paths = state.filesAsRead(known.local);
-    const fields = paths?.length === record.files ? paths.map((path) => state.recordedFields(path)) : [];
-    if (fields.length === 0 || fields.includes(undefined)) {
+    if (paths?.length !== record.files) {
       // The state's digest line does not agree with its entries (damaged): its files are asked for again.
       this.relist = true;
       return;
     }
     const prefix = this.remoteDir === "" ? "" : `${this.remoteDir}/`;
-    const folder = this.#judgedByLstat(paths![0]);
-    for (let at = 0; at < paths!.length; at++) {
-      const path = paths![at], { size, etag, sha256 } = fields[at]!;
+    // The entry the listing would have had, from the state's line; none from a damaged one.
+    const entryOf = (path: string): ListEntry | undefined => {
+      const fields = state.recordedFields(path);
+      return fields && { path: `${prefix}${path}`, ...fields };
+    };
+    const folder = this.#judgedByLstat(paths[0]);
+    for (const path of paths) {
       const name = path.slice(path.lastIndexOf("/") + 1);
-      const entry: ListEntry = { path: `${prefix}${path}`, size, etag, sha256 };
       if (folder === null || (!folder.recorded && !folder.names.has(name))) {
-        const item = this.#itemFor(entry, path);
+        const entry = entryOf(path);
+        const item = entry === undefined ? null : this.#itemFor(entry, path);
         if (item !== null) items.push(item);
+        if (entry === undefined) this.relist = true;
         continue;
       }
       const kept = this.keep.size;
       this.keep.add(path);
       if (this.keep.size === kept) continue; // sent again by a listing asked for again after a cut
-      this.progress.listed();
       const recorded = this.#vouchedFor(folder, name, path);
       if (recorded === undefined) {
-        items.push(new Item(entry, path, folder));
+        const entry = entryOf(path);
+        if (entry === undefined) {
+          // Asked for again, with the others: the listing that comes then plans it.
+          this.keep.delete(path);
+          this.relist = true;
+        } else {
+          this.progress.listed();
+          items.push(new Item(entry, path, folder));
+        }
         continue;
       }
-      // What #route reports of a current file; the state's line stays as it is.
+      this.progress.listed();
+      // What #route reports of a current file; the state's line stays as it is. Its size is its key's.
       this.count({
-        path: entry.path,
+        path: `${prefix}${path}`,
         target: this.shown(path),
         status: "unchanged",
         bytes: 0,
-        size,
+        size: Number(recorded.key.slice(0, recorded.key.indexOf(":"))),
         sha256: recorded.sha256,
         seconds: 0,
         attempts: 0,
