@@ -124,10 +124,13 @@ function frameOf(raw: Uint8Array, packed: Uint8Array | null): Frame {
 }
 
 /**
- * A whole Compressed frame holding `payload` (a streamed listing's batch of entries), or null if
- * compressing it would not save {@link MIN_SAVING}.
+ * A whole Compressed frame holding `payload` (a streamed listing's batch of entries), or null if it is
+ * shorter than {@link MIN_COMPRESSED_BODY} or compressing it would not save {@link MIN_SAVING}.
  */
 export function compressedFrame(payload: Uint8Array): Uint8Array | null {
+  // A listing whose folders the client knows is batches of a few records: to decode a few hundred bytes
+  // saved, the client would load its zstd (tens of milliseconds of its run).
+  if (payload.byteLength < MIN_COMPRESSED_BODY) return null;
   const packed = compressChunk(payload);
   if (packed === null) return null;
   const frame = frameOf(payload, packed);
