@@ -7,18 +7,10 @@
 
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
-import {
-  decodeJson,
-  encodeJsonFrame,
-  END_FRAME,
-  FRAME_HEADER_SIZE,
-  FrameType,
-  getFrameLength,
-  MAX_KNOWN_FOLDERS,
-} from "../framing.ts";
+import { decodeJson, encodeJsonFrame, END_FRAME, FrameType, MAX_KNOWN_FOLDERS } from "../framing.ts";
 import { compareUtf8, folderDigest, loadHashing } from "../hashing.ts";
 import { logged, withServer } from "./client_fixture.ts";
-import { RawConnection, runClient, tempDir, treeOf } from "./helpers.ts";
+import { answerUntilClosed, RawConnection, readRequest, runClient, tempDir, treeOf } from "./helpers.ts";
 
 /** The values of a streamed listing's Entries frames, in order, and its Trailer's `listed`. */
 async function streamedListing(
@@ -241,29 +233,14 @@ Deno.test("a record of a folder the client did not name is unusable: the mirror 
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const served = (async () => {
     const conn = await listener.accept();
-    // One streamed listing that holds a record nobody asked for, whatever the request (read whole first).
-    const exactly = async (n: number) => {
-      const bytes = new Uint8Array(n);
-      for (let at = 0; at < n;) {
-        const got = await conn.read(bytes.subarray(at));
-        if (got === null) throw new Error("the client closed the connection before its request ended");
-        at += got;
-      }
-      return bytes;
-    };
-    await exactly(getFrameLength(await exactly(FRAME_HEADER_SIZE), 0));
-    for (
-      const frame of [
-        encodeJsonFrame(FrameType.Header, { v: 1, status: "ok", stream: true, walkedAt: "1" }),
-        encodeJsonFrame(FrameType.Entries, { entries: [{ folder: "site/x", files: 3 }] }),
-        encodeJsonFrame(FrameType.Trailer, {
-          listed: 1,
-          truncated: false,
-          leftOut: { count: 0, first: [] },
-        }),
-        END_FRAME,
-      ]
-    ) await conn.write(frame);
+    // One streamed listing that holds a record nobody asked for, whatever the request.
+    await readRequest(conn);
+    await answerUntilClosed(conn, [
+      encodeJsonFrame(FrameType.Header, { v: 1, status: "ok", stream: true, walkedAt: "1" }),
+      encodeJsonFrame(FrameType.Entries, { entries: [{ folder: "site/x", files: 3 }] }),
+      encodeJsonFrame(FrameType.Trailer, { listed: 1, truncated: false, leftOut: { count: 0, first: [] } }),
+      END_FRAME,
+    ]);
     conn.close();
     listener.close();
   })();
