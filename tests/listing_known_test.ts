@@ -7,7 +7,14 @@
 
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
-import { decodeJson, encodeJsonFrame, END_FRAME, FrameType, MAX_KNOWN_FOLDERS } from "../framing.ts";
+import {
+  decodeJson,
+  encodeJsonFrame,
+  END_FRAME,
+  FrameType,
+  MAX_KNOWN_FOLDER_FILES,
+  MAX_KNOWN_FOLDERS,
+} from "../framing.ts";
 import { compareUtf8, folderDigest, loadHashing } from "../hashing.ts";
 import { logged, withServer } from "./client_fixture.ts";
 import { answerUntilClosed, RawConnection, readRequest, runClient, tempDir, treeOf } from "./helpers.ts";
@@ -259,4 +266,29 @@ Deno.test("a record of a folder the client did not name is unusable: the mirror 
     /the server's listing is incomplete: 1 entries unusable: what it listed was mirrored, and --delete was skipped/,
   );
   assert.equal(await Deno.readTextFile(`${dir.path}/stray.txt`), "mine\n");
+});
+
+Deno.test("a folder of more than MAX_KNOWN_FOLDER_FILES files gets no digest; a state with none says so, and a run that changes nothing leaves it be", async () => {
+  await withServer(async ({ src, server }) => {
+    await using dir = await tempDir();
+    const out = `${dir.path}/out`, statePath = `${out}/.ferry/state`;
+    await Deno.mkdir(`${src}/flat`);
+    for (let i = 0; i <= MAX_KNOWN_FOLDER_FILES; i++) {
+      await Deno.writeTextFile(`${src}/flat/${i}.txt`, `${i}\n`);
+    }
+    const address = `127.0.0.1:${server.ports[0]}`;
+    const mirror = () => runClient(["mirror", "--delete", "-q", address, "flat", out]);
+    assert.equal((await mirror()).code, 0);
+    // The second run records again what the first published in the clock tick it wrote the state in.
+    assert.equal((await mirror()).code, 0);
+    const written = await Deno.readTextFile(statePath);
+    assert.deepEqual(written.split("\n").filter((l) => l.startsWith("known ")), ["known none"]);
+    const { mtime } = await Deno.stat(statePath);
+    assert.equal((await mirror()).code, 0);
+    const [, , third] = await logged(server, /LIST "flat" /, 3);
+    assert.doesNotMatch(third, / known=/, "no folder to name");
+    assert.match(third, /result=ok listed=1025 inlined=0$/);
+    assert.equal(await Deno.readTextFile(statePath), written, "the state is not written again");
+    assert.equal((await Deno.stat(statePath)).mtime?.getTime(), mtime?.getTime());
+  });
 });
