@@ -201,7 +201,7 @@ export const MAX_KNOWN_FOLDERS = 2048;
 
 /**
  * Most files a folder may hold directly for the server to digest it (`known`): it looks at all of them
- * before listing any, and keeps what it found until they are listed.
+ * before listing any (over as many turns as it takes), and keeps what it found until they are listed.
  */
 export const MAX_KNOWN_FOLDER_FILES = 1024;
 

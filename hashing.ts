@@ -71,20 +71,39 @@ export function compareUtf8(a: string, b: string): number {
 /**
  * The digest of a folder's files as a listing gives them (PROTOCOL.md, `list`, `known`): the first 16
  * bytes, in base64url, of the SHA-256 of the folder's path, then of a line feed, the name, a tab and the
- * etag for each file it holds directly, in the order of `compareUtf8`. `files` must come in that order.
+ * etag for each file it holds directly, in the order of `compareUtf8`. Files must be added in that order.
  * Throws if {@link loadHashing} has not completed.
  */
-export function folderDigest(folder: string, files: Iterable<{ name: string; etag: string }>): string {
-  const hash = createSha256();
-  let text = folder;
-  for (const { name, etag } of files) {
-    text += `\n${name}\t${etag}`;
+export class FolderDigest {
+  readonly #hash = createSha256();
+  #text: string;
+
+  /** @param folder the folder's path relative to the served directory (`""` for the root) */
+  constructor(folder: string) {
+    this.#text = folder;
+  }
+
+  /** Adds the next file of the folder. */
+  add(name: string, etag: string): void {
+    this.#text += `\n${name}\t${etag}`;
     // A string of a few KiB per update, not an update (a call into node:crypto) per file.
-    if (text.length >= 8192) {
-      hash.update(text);
-      text = "";
+    if (this.#text.length >= 8192) {
+      this.#hash.update(this.#text);
+      this.#text = "";
     }
   }
-  hash.update(text);
-  return hash.digest().subarray(0, 16).toString("base64url");
+
+  /** The digest of the files added. */
+  digest(): string {
+    this.#hash.update(this.#text);
+    this.#text = "";
+    return this.#hash.digest().subarray(0, 16).toString("base64url");
+  }
+}
+
+/** The {@link FolderDigest} of the folder `folder` holding `files`, in the order of `compareUtf8`. */
+export function folderDigest(folder: string, files: Iterable<{ name: string; etag: string }>): string {
+  const digest = new FolderDigest(folder);
+  for (const { name, etag } of files) digest.add(name, etag);
+  return digest.digest();
 }

@@ -268,27 +268,35 @@ Deno.test("a record of a folder the client did not name is unusable: the mirror 
   assert.equal(await Deno.readTextFile(`${dir.path}/stray.txt`), "mine\n");
 });
 
-Deno.test("a folder of more than MAX_KNOWN_FOLDER_FILES files gets no digest; a state with none says so, and a run that changes nothing leaves it be", async () => {
+Deno.test("a folder of more than MAX_KNOWN_FOLDER_FILES files gets no digest; one of more files than a walk looks at in a turn still gets one", async () => {
   await withServer(async ({ src, server }) => {
     await using dir = await tempDir();
     const out = `${dir.path}/out`, statePath = `${out}/.ferry/state`;
-    await Deno.mkdir(`${src}/flat`);
+    await Deno.mkdir(`${src}/flat/mid`, { recursive: true });
     for (let i = 0; i <= MAX_KNOWN_FOLDER_FILES; i++) {
       await Deno.writeTextFile(`${src}/flat/${i}.txt`, `${i}\n`);
     }
+    // More files than a walk looks at in one turn (256).
+    for (let i = 0; i < 600; i++) await Deno.writeTextFile(`${src}/flat/mid/${i}.txt`, `mid ${i}\n`);
     const address = `127.0.0.1:${server.ports[0]}`;
     const mirror = () => runClient(["mirror", "--delete", "-q", address, "flat", out]);
     assert.equal((await mirror()).code, 0);
     // The second run records again what the first published in the clock tick it wrote the state in.
     assert.equal((await mirror()).code, 0);
     const written = await Deno.readTextFile(statePath);
-    assert.deepEqual(written.split("\n").filter((l) => l.startsWith("known ")), ["known none"]);
+    assert.deepEqual(
+      written.split("\n").filter((l) => l.startsWith("known ")).map((l) => l.split("\t").slice(1)),
+      [["600", "flat/mid"]],
+    );
     const { mtime } = await Deno.stat(statePath);
     assert.equal((await mirror()).code, 0);
     const [, , third] = await logged(server, /LIST "flat" /, 3);
-    assert.doesNotMatch(third, / known=/, "no folder to name");
-    assert.match(third, /result=ok listed=1025 inlined=0$/);
-    assert.equal(await Deno.readTextFile(statePath), written, "the state is not written again");
+    assert.match(third, / known=1 .*result=ok listed=1026 inlined=0 known-folders=1$/);
+    assert.equal(
+      await Deno.readTextFile(statePath),
+      written,
+      "a run that changes nothing does not write the state",
+    );
     assert.equal((await Deno.stat(statePath)).mtime?.getTime(), mtime?.getTime());
   });
 });

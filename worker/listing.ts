@@ -58,7 +58,7 @@ import {
 import { etagOf, identityOf } from "./hash_cache.ts";
 import { WorkerCell, workerMetrics } from "../metrics/registry.ts";
 import { etagInEntry, type FolderNames, SHA256_FIELD_LENGTH, withSha256 } from "./listing_memo.ts";
-import { folderDigest } from "../hashing.ts";
+import { FolderDigest } from "../hashing.ts";
 import {
   ErrorPiece,
   openBeneath,
@@ -195,6 +195,8 @@ interface Folder {
   files: Found[] | null;
   /** True when the client knows the folder's files: they were sent as one FolderRecord. */
   known: boolean;
+  /** The look at the folder's files for its digest, while it takes more than one turn. */
+  digesting: { digest: FolderDigest; at: number; count: number } | null;
   /**
    * "read" inside the token's scopes (everything below is listed), "way" above a scope (only the names on
    * the way down to a scope are looked at; the others are passed over without a trace, not even as left
@@ -276,6 +278,7 @@ class Walk {
       digested,
       files: null,
       known: false,
+      digesting: null,
     };
   }
 
@@ -468,46 +471,61 @@ class Walk {
 
   /**
    * Looks at all of `folder`'s files before listing any, for the digest a request's `known` may hold
-   * (hashing.ts, `folderDigest`). If it does, the folder's files are sent as one FolderRecord; else each
-   * is listed, from what this look found. A folder with a symlink, a name of no type or that is not UTF-8,
-   * above a scope, without files or with more than MAX_KNOWN_FOLDER_FILES gets no digest: what its listing
-   * would hold takes more than an fstatat per file to know. Returns the work units taken.
+   * (hashing.ts, `FolderDigest`), a turn's worth of files at a time: other connections take their turns
+   * in between, as during any walk. If `known` holds the digest, the folder's files are sent as one
+   * FolderRecord; else each is listed, from what this look found. A folder with a symlink, a name of no
+   * type or that is not UTF-8, above a scope, without files or with more than MAX_KNOWN_FOLDER_FILES gets
+   * no digest: what its listing would hold takes more than an fstatat per file to know, or too much memory
+   * to hold. Returns the work units taken.
    */
   #digest(folder: Folder): number {
-    folder.digested = true;
-    if (folder.reach !== "read" || folder.notUtf8 !== null) return 0;
+    let look = folder.digesting;
+    if (look === null) {
+      if (folder.reach !== "read" || folder.notUtf8 !== null) return this.#undigested(folder);
+      let count = 0;
+      for (const type of folder.names!.types) {
+        if (type === DT.LNK || type === DT.UNKNOWN) return this.#undigested(folder);
+        if (type === DT.REG) count++;
+      }
+      if (count === 0 || count > MAX_KNOWN_FOLDER_FILES) return this.#undigested(folder);
+      look = folder.digesting = { digest: new FolderDigest(folder.path), at: 0, count };
+      folder.files = [];
+    }
     const { texts, types } = folder.names!;
-    let count = 0;
-    for (const type of types) {
-      if (type === DT.LNK || type === DT.UNKNOWN) return 0;
-      if (type === DT.REG) count++;
-    }
-    if (count === 0 || count > MAX_KNOWN_FOLDER_FILES) return 0;
-    const files: Found[] = [], digested: { name: string; etag: string }[] = [];
-    folder.files = files;
-    for (let at = 0; at < texts.length; at++) {
-      if (types[at] !== DT.REG) continue;
-      const found = this.#fileAt(folder, at, join(folder.path, texts[at]));
+    let units = 0;
+    for (; look.at < texts.length && units < UNITS_PER_TURN; look.at++) {
+      if (types[look.at] !== DT.REG) continue;
+      units++;
+      const found = this.#fileAt(folder, look.at, join(folder.path, texts[look.at]));
       // Gone or replaced meanwhile: listed one by one from here, where the walk says what became of it.
-      if (found === null || found instanceof LibcError) return count;
-      files[at] = found;
-      digested.push({ name: texts[at], etag: etagInEntry(found.json) });
+      if (found === null || found instanceof LibcError) return units + this.#undigested(folder);
+      folder.files![look.at] = found;
+      look.digest.add(texts[look.at], etagInEntry(found.json));
     }
-    if (!this.known!.has(folderDigest(folder.path, digested))) return count;
+    if (look.at < texts.length) return units; // the look goes on at the folder's next turn
+    this.#undigested(folder);
+    if (!this.known!.has(look.digest.digest())) return units;
     folder.known = true;
     folder.files = null;
-    const record: FolderRecord = { folder: folder.path, files: count };
+    const record: FolderRecord = { folder: folder.path, files: look.count };
     const json = JSON.stringify(record);
     this.found.push({
       path: folder.path,
-      size: count,
+      size: look.count,
       ctimeSeconds: 0,
       ctimeNanoseconds: 0,
       json,
       bytes: utf8Length(json),
       record: true,
     });
-    return count;
+    return units;
+  }
+
+  /** Ends the look of {@link #digest} at `folder`: its files are listed from what it found, if anything. */
+  #undigested(folder: Folder): number {
+    folder.digested = true;
+    folder.digesting = null;
+    return 0;
   }
 
   /**
