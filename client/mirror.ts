@@ -59,6 +59,7 @@ import {
   loadState,
   MirrorState,
   saveState,
+  sizeOf,
   STATE_DIR,
   type StateEntry,
   stateSince,
@@ -550,14 +551,9 @@ class MirrorRun {
     this.openIfThere();
     const state = this.#local?.state;
     if (state === undefined) return [];
-    const prefix = this.remoteDir === "" ? "" : `${this.remoteDir}/`;
     const digests: string[] = [];
     for (const [remote, { digest, files }] of state.knownFolders) {
-      const local = remote === this.remoteDir
-        ? ""
-        : remote.startsWith(prefix)
-        ? remote.slice(prefix.length)
-        : null;
+      const local = remote === this.remoteDir ? "" : localRelative(remote, this.remoteDir);
       if (local === null || digests.length >= MAX_KNOWN_FOLDERS) continue;
       this.#known.set(remote, { local, files });
       digests.push(digest);
@@ -575,11 +571,7 @@ class MirrorRun {
     if (folders.length > 0) await loadHashing();
     const known = new Map<string, KnownFolder>();
     for (const [folder, files] of folders) {
-      const remote = this.remoteDir === ""
-        ? folder
-        : folder === ""
-        ? this.remoteDir
-        : `${this.remoteDir}/${folder}`;
+      const remote = this.#remotePath(folder);
       // The state keeps the order of the listing it was recorded from: sorted already, but for the
       // files added since.
       if (files.some((file, at) => at > 0 && compareUtf8(files[at - 1].name, file.name) > 0)) {
@@ -598,6 +590,11 @@ class MirrorRun {
   /** LOCAL_DIR, for the steps that a dry run does not take (or takes only once it is open). */
   get local(): Local {
     return this.open()!;
+  }
+
+  /** The path on the server of `rel` (a path below LOCAL_DIR, `""` for LOCAL_DIR itself). */
+  #remotePath(rel: string): string {
+    return this.remoteDir === "" ? rel : rel === "" ? this.remoteDir : `${this.remoteDir}/${rel}`;
   }
 
   /** Where reports say a file is: cheaper than a path join per file of a large tree. */
@@ -842,11 +839,10 @@ class MirrorRun {
       this.relist = true;
       return;
     }
-    const prefix = this.remoteDir === "" ? "" : `${this.remoteDir}/`;
     // The entry the listing would have had, from the state's line; none from a damaged one.
     const entryOf = (path: string): ListEntry | undefined => {
       const fields = state.recordedFields(path);
-      return fields && { path: `${prefix}${path}`, ...fields };
+      return fields && { path: this.#remotePath(path), ...fields };
     };
     const folder = this.#judgedByLstat(paths[0]);
     for (const path of paths) {
@@ -877,11 +873,11 @@ class MirrorRun {
       this.progress.listed();
       // What #route reports of a current file; the state's line stays as it is. Its size is its key's.
       this.count({
-        path: `${prefix}${path}`,
+        path: this.#remotePath(path),
         target: this.shown(path),
         status: "unchanged",
         bytes: 0,
-        size: Number(recorded.key.slice(0, recorded.key.indexOf(":"))),
+        size: sizeOf(recorded.key),
         sha256: recorded.sha256,
         seconds: 0,
         attempts: 0,

@@ -64,6 +64,11 @@ function changedJustNow(ctime: number): boolean {
   return isRacy(ctime, Date.now() / 1000 - COARSE_CLOCK_LAG_SECONDS);
 }
 
+/** The size in an identity key (its first field), in bytes. */
+export function sizeOf(key: string): number {
+  return Number(key.slice(0, key.indexOf(":")));
+}
+
 /** The ctime in an identity key (its last field), in seconds. */
 function ctimeOf(key: string): number {
   return Number(key.slice(key.lastIndexOf(":") + 1));
@@ -221,15 +226,13 @@ export class MirrorState implements Disposable {
       const folder = slash < 0 ? "" : path.slice(0, slash);
       let files = folders.get(folder);
       if (files === null) continue;
-      const text = this.#text(Math.floor(position / PIECE_SPAN)), start = position % PIECE_SPAN;
-      const etagAt = text.indexOf("\t", start) + 1 + SHA256_HEX_LENGTH + 1;
-      const etagEnd = text.indexOf("\t", etagAt);
-      if (etagAt === SHA256_HEX_LENGTH + 1 || text.charCodeAt(etagAt - 1) !== TAB || etagEnd <= etagAt) {
+      const etag = this.#fieldsAt(position)?.etag;
+      if (etag === undefined || etag === "") {
         folders.set(folder, null);
         continue;
       }
       if (files === undefined) folders.set(folder, files = []);
-      files.push({ name: path.slice(slash + 1), etag: text.slice(etagAt, etagEnd) });
+      files.push({ name: path.slice(slash + 1), etag });
     }
     const known = new Map<string, KnownFile[]>();
     for (const [folder, files] of folders) if (files !== null) known.set(folder, files);
@@ -268,16 +271,21 @@ export class MirrorState implements Disposable {
    */
   recordedFields(path: string): { size: number; sha256: string; etag: string } | undefined {
     const position = this.#entries.get(path);
-    if (position === undefined) return undefined;
+    return position === undefined ? undefined : this.#fieldsAt(position);
+  }
+
+  /**
+   * The size, SHA-256 and etag of the line at `position`, cut where its tabs are, unchecked but for the
+   * size; undefined if they are not where a line puts them.
+   */
+  #fieldsAt(position: number): { size: number; sha256: string; etag: string } | undefined {
     const text = this.#text(Math.floor(position / PIECE_SPAN)), start = position % PIECE_SPAN;
     const shaAt = text.indexOf("\t", start) + 1, etagAt = shaAt + SHA256_HEX_LENGTH + 1;
-    const size = Number(text.slice(start, text.indexOf(":", start)));
-    if (shaAt === 0 || !Number.isSafeInteger(size)) return undefined;
-    return {
-      size,
-      sha256: text.slice(shaAt, etagAt - 1),
-      etag: text.slice(etagAt, text.indexOf("\t", etagAt)),
-    };
+    const etagEnd = text.indexOf("\t", etagAt);
+    if (shaAt === 0 || text.charCodeAt(etagAt - 1) !== TAB || etagEnd < etagAt) return undefined;
+    const size = sizeOf(text.slice(start, shaAt - 1));
+    if (!Number.isSafeInteger(size)) return undefined;
+    return { size, sha256: text.slice(shaAt, etagAt - 1), etag: text.slice(etagAt, etagEnd) };
   }
 
   /**
