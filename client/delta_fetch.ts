@@ -104,6 +104,11 @@ export interface DeltaContext<H extends DeltaHeader> {
   onReceived: (bytes: number) => void;
   /** The version's signature asked for ahead (`signature_prefetch.ts`), if it was. */
   early?: Prefetched;
+  /**
+   * The old copy's signature as `mirror` kept it (`signature_store.ts`), for a copy the state vouches
+   * for: the delta is planned from it, without reading the old copy before the build.
+   */
+  oldSignature?: Signature;
 }
 
 /** How a delta ended; null from {@link fetchDelta} means: fetch the whole file instead. */
@@ -114,6 +119,10 @@ export interface DeltaResult<H extends DeltaHeader> {
   sha256?: string;
   /** Bytes copied from the old copy. */
   reused: number;
+  /** The version's signature as the server encoded it (absent when the copy was current). */
+  signature?: Uint8Array;
+  /** True when the plan came from {@link DeltaContext.oldSignature}. */
+  plannedFromKept: boolean;
 }
 
 /**
@@ -132,9 +141,10 @@ export async function fetchDelta<H extends DeltaHeader>(
   // cut needs the version's chunk size, known from its size.
   const oldSize = ctx.old.statSync().size;
   const bits = chunkBitsFor(ctx.expectedSize ?? oldSize);
-  let local: Signature | null = null;
+  const kept = ctx.oldSignature?.bits === bits && ctx.oldSignature.size === oldSize ? ctx.oldSignature : null;
+  let local: Signature | null = kept;
   const early = ctx.early?.ifNoneMatch === ctx.localSha256 ? ctx.early : undefined;
-  if (early !== undefined && !early.ready) {
+  if (local === null && early !== undefined && !early.ready) {
     local = await signOldCopy(ctx.old, oldSize, bits, ctx.deadline, () => early.ready);
   }
   const answer = early === undefined ? null : await early.answer;
@@ -156,14 +166,22 @@ export async function fetchDelta<H extends DeltaHeader>(
   const header = ctx.checkHeader(raw);
   if (header.unchanged) {
     if (answer === null) await session.finish();
-    return { header, sha256: header.sha256 ?? ctx.localSha256, reused: header.size };
+    return { header, sha256: header.sha256 ?? ctx.localSha256, reused: header.size, plannedFromKept: false };
   }
   if (header.etag === undefined) throw protocolError(`the signature of ${what} names no version (etag)`);
-  let remote: Signature;
-  if (answer?.bytes) {
-    ctx.onReceived(answer.bytes.byteLength);
-    remote = decodeFromWire(answer.bytes, header.size, what);
-  } else remote = await readSignature(ctx, raw.signatureLength, header.size);
+  let signature: Uint8Array;
+  if (answer?.bytes) signature = answer.bytes;
+  else {
+    signature = await readSignatureBytes(
+      session,
+      `the signature of ${what}`,
+      raw.signatureLength,
+      header.size,
+    );
+  }
+  ctx.onReceived(signature.byteLength);
+  const remote = decodeFromWire(signature, header.size, what);
+  const plannedFromKept = kept !== null && kept.bits === remote.bits;
   const have: ChunkIndex = local !== null && local.bits === remote.bits
     ? indexChunks(local)
     : findChunks(remote, oldSize, (buffer, offset) => {
@@ -191,24 +209,12 @@ export async function fetchDelta<H extends DeltaHeader>(
     ctx.progress.end();
   }
   if (!builder.done) throw protocolError(`the ranges of ${what} did not build the whole file`);
-  return { header, sha256, reused: plan.reusedBytes };
+  return { header, sha256, reused: plan.reusedBytes, signature, plannedFromKept };
 }
 
 /** Most bytes a signature of a file of `size` bytes can take: one entry per 1 KiB (the smallest chunk). */
 function maxSignatureLength(size: number): number {
   return SIGNATURE_HEADER_SIZE + SIGNATURE_ENTRY_SIZE * (Math.ceil(size / 1024) + 1);
-}
-
-/** Reads and decodes the signature that follows a `sig` header; a malformed one is a protocol error. */
-async function readSignature<H extends DeltaHeader>(
-  ctx: DeltaContext<H>,
-  length: unknown,
-  size: number,
-): Promise<Signature> {
-  const what = `the signature of ${JSON.stringify(ctx.path)}`;
-  const bytes = await readSignatureBytes(ctx.session, what, length, size);
-  ctx.onReceived(bytes.byteLength);
-  return decodeFromWire(bytes, size, what);
 }
 
 /**

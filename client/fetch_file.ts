@@ -40,6 +40,7 @@ import {
 } from "./publish.ts";
 import { withRetries } from "./retry.ts";
 import { DELTA_MIN_BYTES, fetchDelta } from "./delta_fetch.ts";
+import type { Signature } from "../delta.ts";
 import type { ManifestFile } from "./manifest.ts";
 import type { Session } from "./session.ts";
 import type { Prefetched } from "./signature_prefetch.ts";
@@ -78,6 +79,10 @@ export interface FetchOptions {
   expected?: ManifestFile;
   /** The file's signature asked for ahead (mirror's large changed files), for a delta. */
   early?: Prefetched;
+  /** The old copy's signature as mirror kept it, for a copy its state vouches for (`signature_store.ts`). */
+  oldSignature?: Signature;
+  /** Told of the signature of a version built by delta and published, with its SHA-256 as checked. */
+  onSignature?: (signature: Uint8Array, sha256: string) => void;
 }
 
 /** What became of one file: a line of `--json` (see README). */
@@ -575,6 +580,7 @@ async function tryDelta(
       progress: options.progress,
       onReceived: (n) => report.bytes += n,
       early: options.early,
+      oldSignature: options.oldSignature,
     });
     if (result === null) return null;
     const contradiction = manifestContradiction(result.header, options.expected, JSON.stringify(path));
@@ -587,13 +593,28 @@ async function tryDelta(
       return { unchanged: true, header: result.header, sha256: result.sha256 };
     }
     report.reused = result.reused;
-    return await verifyAndCommit(
-      holder,
-      result.header,
-      result.sha256,
-      JSON.stringify(path),
-      options.expected,
-    );
+    let fetched: Fetched;
+    try {
+      fetched = await verifyAndCommit(
+        holder,
+        result.header,
+        result.sha256,
+        JSON.stringify(path),
+        options.expected,
+      );
+    } catch (e) {
+      // A kept signature that was not the old copy's (a change its lstat did not show) built a wrong file,
+      // now discarded: the file is fetched whole instead.
+      if (result.plannedFromKept && e instanceof ClientError && holder.held === 0) {
+        delete report.reused;
+        return null;
+      }
+      throw e;
+    }
+    if (result.signature !== undefined && fetched.sha256 !== undefined) {
+      options.onSignature?.(result.signature, fetched.sha256);
+    }
+    return fetched;
   } finally {
     old.close();
   }

@@ -23,8 +23,9 @@ import {
   usageError,
   worstExitCode,
 } from "./failure.ts";
-import { worthDelta } from "./delta_fetch.ts";
+import { DELTA_MIN_BYTES, worthDelta } from "./delta_fetch.ts";
 import { SignaturePrefetch } from "./signature_prefetch.ts";
+import { SignatureStore } from "./signature_store.ts";
 import { fetchFile, type FetchOptions, type FileReport } from "./fetch_file.ts";
 import {
   ErrorCode,
@@ -264,9 +265,10 @@ type Need =
   | { kind: "fast"; localSha256?: string }
   /**
    * Fetched one by one (a part to resume, or a large file to patch with delta); `localSha256`, which the
-   * state vouches for, goes as ifNoneMatch without the copy being read to hash it.
+   * state vouches for, goes as ifNoneMatch without the copy being read to hash it. `vouched` is the
+   * SHA-256 the state vouches the old copy has, whatever its size: the signature kept of it plans the delta.
    */
-  | { kind: "one by one"; localSha256?: string };
+  | { kind: "one by one"; localSha256?: string; vouched?: string };
 
 /** Entries of a held listing (one checked against a manifest) planned together: a streamed batch's size. */
 const PLAN_SLICE = 1024;
@@ -400,11 +402,13 @@ function needByLstat(item: Item, state: MirrorState, local: StatIdentity | null)
   }
   if (local.size !== entry.size) {
     // Changed for sure: no need to hash it, unless delta will read it anyway.
-    return worthDelta(local.size, entry.size) ? { kind: "one by one" } : FETCH;
+    return worthDelta(local.size, entry.size) ? { kind: "one by one", vouched: recorded?.sha256 } : FETCH;
   }
   // A large file of the same size goes one by one: delta reads the old copy anyway, and the signature's
   // request says "unchanged" when the copy already has the server's hash.
-  if (worthDelta(local.size, entry.size)) return { kind: "one by one", localSha256: recorded?.sha256 };
+  if (worthDelta(local.size, entry.size)) {
+    return { kind: "one by one", localSha256: recorded?.sha256, vouched: recorded?.sha256 };
+  }
   if (recorded !== undefined) return needBySha(entry, recorded.sha256);
   return { kind: "hash" };
 }
@@ -464,6 +468,7 @@ class MirrorRun {
   readonly #codes: number[] = [];
   /** LOCAL_DIR once opened; null before, and in a dry run that found it missing. */
   #local: Local | null = null;
+  #signatureStore: SignatureStore | null = null;
   #opened = false;
   readonly dryRun: boolean;
   readonly progress: TreeProgress;
@@ -529,6 +534,12 @@ class MirrorRun {
       return;
     }
     if (tree !== null) this.#take(tree);
+  }
+
+  /** The signatures kept of large files (`signature_store.ts`); null until LOCAL_DIR is open. */
+  get #signatures(): SignatureStore | null {
+    if (this.#local === null) return null;
+    return this.#signatureStore ??= new SignatureStore(this.#local.tree.root);
   }
 
   #take(tree: LocalTree | null): void {
@@ -1074,6 +1085,7 @@ class MirrorRun {
         continue;
       }
       const place: Place = { dir: item.folder.dir, name: item.name, followLink: false };
+      const vouched = item.need.kind === "one by one" ? item.need.vouched : undefined;
       const report = await fetchFile(this.session, item.entry.path, place, {
         ...this.options,
         listed: item.entry,
@@ -1081,6 +1093,10 @@ class MirrorRun {
         expected: this.#signed(item.entry),
         localSha256: item.localSha256,
         early: this.#prefetch?.take(item.entry.path),
+        oldSignature: vouched === undefined || item.local === undefined
+          ? undefined
+          : this.#signatures?.load(item.rel, vouched, item.local.size) ?? undefined,
+        onSignature: (signature, sha256) => this.#signatures?.save(item.rel, sha256, signature),
       });
       this.count(report, item.entry.size);
       if (report.status === "failed") this.local.state.delete(item.rel);
@@ -1116,7 +1132,10 @@ class MirrorRun {
             this.remoteDir,
             this.#local.tree,
             this.keep,
-            (report) => this.count(report),
+            (report, rel, size) => {
+              this.count(report);
+              if (size !== undefined && size >= DELTA_MIN_BYTES) this.#signatures?.forget(rel);
+            },
             this.dryRun,
             this.#local.folders,
           );

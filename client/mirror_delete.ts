@@ -17,14 +17,14 @@ import { identityAt, unlinkAt } from "../ffi/libc.ts";
 /**
  * Removes local regular files below LOCAL_DIR that are not in `keep` (relative paths), the parts of such
  * files, and then-empty directories; no symlink is followed, and none is removed. Reports each removal
- * (or its failure) to `onFile`. With `dryRun`, removes nothing and reports each file it would remove.
+ * (or its failure) to `onFile`, with the size of a file removed. With `dryRun`, removes nothing and reports each file it would remove.
  * Folders the run's `cache` has read are not read again.
  */
 export async function deleteExtraneous(
   remoteDir: string,
   tree: LocalTree,
   keep: Set<string>,
-  onFile: (report: FileReport) => void,
+  onFile: (report: FileReport, rel: string, size?: number) => void,
   dryRun = false,
   cache?: FolderCache,
 ): Promise<void> {
@@ -38,12 +38,13 @@ export async function deleteExtraneous(
     if (keep.has(rel) || keep.has(target)) continue; // a file the server has, or its part (for a resume)
     if (dryRun) {
       // Parts are the client's own leftovers, not files of the tree: a dry run lists only the files.
-      if (!part) onFile({ ...reportOf(remoteDir, tree, rel), status: "would delete", attempts: 0 });
+      if (!part) onFile({ ...reportOf(remoteDir, tree, rel), status: "would delete", attempts: 0 }, rel);
       continue;
     }
     const started = performance.now();
     const report = reportOf(remoteDir, tree, rel);
     let dir: LocalDir | null = null;
+    let size: number | undefined;
     try {
       dir = tree.findParent(rel);
       if (dir === null) continue; // its folder is no longer a folder
@@ -54,6 +55,7 @@ export async function deleteExtraneous(
       const local = identityAt(dir.fd, name);
       if (local === null || !local.isFile) continue; // gone or replaced meanwhile: only files are removed
       unlinkAt(dir.fd, name);
+      size = local.size;
     } catch (e) {
       report.status = "failed";
       report.error = new ClientError(
@@ -64,7 +66,7 @@ export async function deleteExtraneous(
       dir?.close();
     }
     report.seconds = (performance.now() - started) / 1000;
-    onFile(report);
+    onFile(report, rel, size);
   }
   if (dryRun) return;
   // A folder that holds a file the server has cannot end up empty: only the others are tried.

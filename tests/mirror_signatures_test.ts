@@ -1,0 +1,135 @@
+/**
+ * The signatures `mirror` keeps of the large files it built by delta (`client/signature_store.ts`): kept
+ * under LOCAL_DIR's `.ferry/signatures/` with the SHA-256 of the copy they describe, taken to plan the
+ * next delta of that file, never trusted past the whole file's SHA-256, forgotten with the file, and never
+ * written through a symlink. A real server and the real client over loopback, real files.
+ *
+ * @module
+ */
+
+import assert from "node:assert/strict";
+import { encodeSignature, signatureOf } from "../delta.ts";
+import { loadHashing } from "../hashing.ts";
+import { jsonLines, listDir, withServer } from "./client_fixture.ts";
+import { concat, runClient, sha256, tempDir } from "./helpers.ts";
+
+const MiB = 1024 * 1024;
+
+/** `n` random bytes (incompressible, so no chunk of the old copy matches by accident). */
+function randomBytes(n: number): Uint8Array {
+  const out = new Uint8Array(n);
+  for (let at = 0; at < n; at += 65536) crypto.getRandomValues(out.subarray(at, Math.min(n, at + 65536)));
+  return out;
+}
+
+/** `mirror --json` of the server's root into `out`, checked to succeed; the line of `a.bin`. */
+async function mirror(address: string, out: string, ...extra: string[]): Promise<Record<string, unknown>> {
+  const r = await runClient(["mirror", address, ".", out, "--json", ...extra]);
+  assert.equal(r.code, 0, r.stderr);
+  return jsonLines(r).find((l) => l.path === "a.bin") ?? {};
+}
+
+/** The signature files kept in `out`, each as its SHA-256 line and the signature's bytes. */
+async function kept(out: string): Promise<{ sha256: string; signature: Uint8Array }[]> {
+  const folder = `${out}/.ferry/signatures`;
+  const names = await listDir(folder).catch(() => []);
+  return await Promise.all(names.map(async (name) => {
+    const bytes = await Deno.readFile(`${folder}/${name}`);
+    return { sha256: new TextDecoder().decode(bytes.subarray(0, 64)), signature: bytes.subarray(65) };
+  }));
+}
+
+Deno.test("mirror keeps the signature of a file it built by delta, the next delta of it is byte-identical, and --delete forgets it", async () => {
+  await loadHashing();
+  await withServer(async ({ src, out, address }) => {
+    const first = randomBytes(3 * MiB);
+    await Deno.writeFile(`${src}/a.bin`, first);
+    await mirror(address, out);
+    assert.deepEqual(await kept(out), [], "a file fetched whole comes without a signature");
+    const second = concat(first.subarray(0, MiB), randomBytes(64 * 1024), first.subarray(MiB));
+    await Deno.writeFile(`${src}/a.bin`, second);
+    assert.equal((await mirror(address, out)).status, "updated");
+    assert.deepEqual(await kept(out), [{
+      sha256: sha256(second),
+      signature: encodeSignature(signatureOf(second)),
+    }]);
+    const third = concat(second.subarray(0, 2 * MiB), randomBytes(4096), second.subarray(2 * MiB + 4096));
+    await Deno.writeFile(`${src}/a.bin`, third);
+    const line = await mirror(address, out);
+    assert.equal(line.status, "updated");
+    assert.ok((line.reused as number) > 2 * MiB, `only ${line.reused} bytes reused`);
+    assert.deepEqual(await Deno.readFile(`${out}/a.bin`), third);
+    assert.deepEqual(await kept(out), [{
+      sha256: sha256(third),
+      signature: encodeSignature(signatureOf(third)),
+    }]);
+    await Deno.remove(`${src}/a.bin`);
+    await Deno.writeFile(`${src}/b.txt`, new Uint8Array(10));
+    assert.equal((await mirror(address, out, "--delete")).status, "deleted");
+    assert.deepEqual(await kept(out), []);
+  });
+});
+
+Deno.test("a kept signature that does not describe the old copy builds a file that fails its SHA-256: the file is fetched whole in the same try, and the run succeeds", async () => {
+  await loadHashing();
+  await withServer(async ({ src, out, address }) => {
+    const first = randomBytes(3 * MiB);
+    await Deno.writeFile(`${src}/a.bin`, first);
+    await mirror(address, out);
+    const second = concat(first.subarray(0, MiB), randomBytes(4096), first.subarray(MiB + 4096));
+    await Deno.writeFile(`${src}/a.bin`, second);
+    await mirror(address, out);
+    const [{ signature }] = await kept(out);
+    const third = concat(second.subarray(0, 2 * MiB), randomBytes(4096), second.subarray(2 * MiB + 4096));
+    await Deno.writeFile(`${src}/a.bin`, third);
+    // The kept file now claims the copy (of SHA-256 `second`, as the state says) has the chunks of `third`:
+    // planned from it, the whole new file would be copied from the old one.
+    const [name] = await listDir(`${out}/.ferry/signatures`);
+    const lie = encodeSignature(signatureOf(third));
+    assert.notDeepEqual(lie, signature);
+    await Deno.writeFile(
+      `${out}/.ferry/signatures/${name}`,
+      concat(new TextEncoder().encode(`${sha256(second)}\n`), lie),
+    );
+    // Within the same try: no retry is needed for it.
+    const line = await mirror(address, out, "--retries", "0");
+    assert.equal(line.status, "updated");
+    assert.equal(line.attempts, 1);
+    assert.ok((line.bytes as number) >= third.byteLength, `${line.bytes} bytes: the file did not come whole`);
+    assert.deepEqual(await Deno.readFile(`${out}/a.bin`), third);
+    assert.deepEqual((await listDir(out)).filter((n) => n !== ".ferry"), ["a.bin"], "no part left");
+  });
+});
+
+Deno.test("a kept signature of another copy is not taken, and a symlink planted at .ferry/signatures is neither followed nor written through", async () => {
+  await loadHashing();
+  await withServer(async ({ src, out, address }) => {
+    await using elsewhere = await tempDir();
+    const first = randomBytes(3 * MiB);
+    await Deno.writeFile(`${src}/a.bin`, first);
+    await mirror(address, out);
+    const second = concat(first.subarray(0, MiB), randomBytes(4096), first.subarray(MiB + 4096));
+    await Deno.writeFile(`${src}/a.bin`, second);
+    await mirror(address, out);
+    // A kept file whose SHA-256 line is not the copy's: its (lying) chunks are not used, the delta cuts.
+    const [name] = await listDir(`${out}/.ferry/signatures`);
+    const third = concat(second.subarray(0, 2 * MiB), randomBytes(4096), second.subarray(2 * MiB + 4096));
+    await Deno.writeFile(`${src}/a.bin`, third);
+    await Deno.writeFile(
+      `${out}/.ferry/signatures/${name}`,
+      concat(new TextEncoder().encode(`${sha256(first)}\n`), encodeSignature(signatureOf(third))),
+    );
+    const line = await mirror(address, out);
+    assert.ok((line.bytes as number) < MiB, `${line.bytes} bytes came over for a 4 KiB edit`);
+    assert.deepEqual(await Deno.readFile(`${out}/a.bin`), third);
+    // The folder replaced by a symlink to another folder: the next delta succeeds and writes nothing there.
+    await Deno.remove(`${out}/.ferry/signatures`, { recursive: true });
+    await Deno.symlink(elsewhere.path, `${out}/.ferry/signatures`);
+    const fourth = concat(third.subarray(0, MiB), randomBytes(4096), third.subarray(MiB + 4096));
+    await Deno.writeFile(`${src}/a.bin`, fourth);
+    assert.equal((await mirror(address, out)).status, "updated");
+    assert.deepEqual(await Deno.readFile(`${out}/a.bin`), fourth);
+    assert.deepEqual(await listDir(elsewhere.path), []);
+    assert.ok((await Deno.lstat(`${out}/.ferry/signatures`)).isSymlink);
+  });
+});
