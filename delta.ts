@@ -136,6 +136,11 @@ export interface Signature {
   hashes: Uint8Array;
 }
 
+/** Most bytes a signature of a file of `size` bytes can take: one entry per 1 KiB (the smallest chunk). */
+export function maxSignatureLength(size: number): number {
+  return SIGNATURE_HEADER_SIZE + SIGNATURE_ENTRY_SIZE * (Math.ceil(size / 1024) + 1);
+}
+
 /**
  * Builds a {@link Signature} from a file's bytes fed in order, in pieces of any size: what the server does
  * once per version, in slices between I/O, and the client over its old copy. Needs {@link loadHashing}.

@@ -20,6 +20,7 @@ import {
   decodeSignature,
   findChunks,
   indexChunks,
+  maxSignatureLength,
   planDelta,
   type Signature,
   SignatureBuilder,
@@ -30,7 +31,6 @@ import {
   PROTOCOL_VERSION,
   type Request,
   type ResponseHeader,
-  SIGNATURE_ENTRY_SIZE,
   SIGNATURE_HEADER_SIZE,
 } from "../framing.ts";
 import type { Deadline } from "./deadline.ts";
@@ -210,11 +210,6 @@ export async function fetchDelta<H extends DeltaHeader>(
   }
   if (!builder.done) throw protocolError(`the ranges of ${what} did not build the whole file`);
   return { header, sha256, reused: plan.reusedBytes, signature, plannedFromKept };
-}
-
-/** Most bytes a signature of a file of `size` bytes can take: one entry per 1 KiB (the smallest chunk). */
-function maxSignatureLength(size: number): number {
-  return SIGNATURE_HEADER_SIZE + SIGNATURE_ENTRY_SIZE * (Math.ceil(size / 1024) + 1);
 }
 
 /**

@@ -1127,6 +1127,7 @@ class MirrorRun {
       this.#local.state.retain((rel) => this.keep.has(rel));
       if (this.options.delete && !this.options.deadline.expired) {
         this.progress.phase("deleting");
+        const large: string[] = []; // files that may have a signature kept
         try {
           await deleteExtraneous(
             this.remoteDir,
@@ -1134,13 +1135,17 @@ class MirrorRun {
             this.keep,
             (report, rel, size) => {
               this.count(report);
-              if (size !== undefined && size >= DELTA_MIN_BYTES) this.#signatures?.forget(rel);
+              if (size !== undefined && size >= DELTA_MIN_BYTES) large.push(rel);
             },
             this.dryRun,
             this.#local.folders,
           );
         } catch (e) {
           this.summary.problems.push(classify(e));
+        }
+        if (large.length > 0) {
+          await loadHashing(); // the store names its files by a hash of the path
+          for (const rel of large) this.#signatures?.forget(rel);
         }
       }
     }

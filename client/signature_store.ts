@@ -17,7 +17,7 @@
  * @module
  */
 
-import { decodeSignature, type Signature } from "../delta.ts";
+import { decodeSignature, maxSignatureLength, type Signature } from "../delta.ts";
 import { C, close, fstat, mkdirAt, OPEN, openAt, pread, pwriteAll, unlinkAt } from "../ffi/libc.ts";
 import { isSha256Hex } from "../framing.ts";
 import { createSha256 } from "../hashing.ts";
@@ -29,9 +29,6 @@ const SIGNATURES = "signatures";
 
 /** Bytes of the SHA-256 line that starts each file: 64 hex digits and a line break. */
 const SHA_LINE = 65;
-
-/** Largest signature file read: a signature of 1 KiB chunks of a 64 GiB file is under 800 MB; far below. */
-const MAX_FILE = 64 * 1024 * 1024;
 
 /** The name of the signature file of `path` (relative to LOCAL_DIR): 32 hex digits of its SHA-256. */
 function nameOf(path: string): string {
@@ -53,7 +50,9 @@ export class SignatureStore {
         noSymlinks: true,
       });
       const stat = fstat(fd);
-      if (!stat.isFile || stat.size <= SHA_LINE || stat.size > MAX_FILE) return null;
+      if (!stat.isFile || stat.size <= SHA_LINE || stat.size > SHA_LINE + maxSignatureLength(size)) {
+        return null;
+      }
       const bytes = new Uint8Array(stat.size);
       for (let got = 0; got < bytes.length;) {
         const n = pread(fd, bytes.subarray(got), got);
