@@ -26,6 +26,7 @@ import {
 import { DELTA_MIN_BYTES, worthDelta } from "./delta_fetch.ts";
 import { SignaturePrefetch } from "./signature_prefetch.ts";
 import { SignatureStore } from "./signature_store.ts";
+import { WholeFileSignatures } from "./whole_signatures.ts";
 import { fetchFile, type FetchOptions, type FileReport } from "./fetch_file.ts";
 import {
   ErrorCode,
@@ -469,6 +470,7 @@ class MirrorRun {
   /** LOCAL_DIR once opened; null before, and in a dry run that found it missing. */
   #local: Local | null = null;
   #signatureStore: SignatureStore | null = null;
+  #wholeSignatures: WholeFileSignatures | null = null;
   #opened = false;
   readonly dryRun: boolean;
   readonly progress: TreeProgress;
@@ -708,8 +710,10 @@ class MirrorRun {
         : null;
       if (version !== null && version.size === inlined!.byteLength) {
         this.#inlined.push({ item, version, bytes: inlined! });
-      } else if (need.kind === "fast") this.#fast.add(item);
-      else {
+      } else if (need.kind === "fast") {
+        this.#fast.add(item);
+        this.#askWholeSignature(item);
+      } else {
         this.#oneByOne.push(item);
         this.#askSignatureAhead(item);
       }
@@ -732,6 +736,17 @@ class MirrorRun {
       localSha256: this.release === null ? item.localSha256 : undefined,
       etag: item.entry.etag,
     });
+  }
+
+  /**
+   * Asks for the signature of a large file fetched whole (`whole_signatures.ts`), kept for its first delta.
+   */
+  #askWholeSignature(item: Item): void {
+    if (!this.options.verify || this.dryRun || item.entry.size < DELTA_MIN_BYTES) return;
+    const store = this.#signatures;
+    if (store === null) return;
+    this.#wholeSignatures ??= new WholeFileSignatures(this.session.sibling(), store);
+    this.#wholeSignatures.want({ rel: item.rel, path: item.entry.path, etag: item.entry.etag });
   }
 
   /**
@@ -1073,6 +1088,12 @@ class MirrorRun {
     this.#prefetch = null;
   }
 
+  /** Keeps the signatures of the files fetched whole once they came (`wait`), and closes their connection. */
+  async endWholeSignatures(wait: boolean): Promise<void> {
+    await this.#wholeSignatures?.close(wait);
+    this.#wholeSignatures = null;
+  }
+
   /** Step 4: files with a part to resume, large changed files (delta), and what the fast path handed back. */
   async fetchOneByOne(): Promise<void> {
     let stop: ClientError | null = null;
@@ -1257,11 +1278,13 @@ export async function mirror(
       await run.fetchFast();
       await run.fetchOneByOne();
       await run.endPrefetch();
+      await run.endWholeSignatures(true);
     }
     await run.finish(listing);
     return run.summary;
   } finally {
     await run.endPrefetch();
+    await run.endWholeSignatures(false);
     await run.endInlined().catch(() => {}); // each file's outcome is reported already, failures too
     run.close();
   }

@@ -22,7 +22,7 @@ import type { Session } from "./session.ts";
  * Signatures asked for and not yet taken, at most: each is held in memory once it came (a 1 GiB file's is
  * under 400 KB), and the requests in flight must fit the socket buffers.
  */
-const AHEAD = 8;
+export const SIGNATURES_AHEAD = 8;
 
 /** A `sig` answer read ahead. */
 export interface EarlySignature {
@@ -127,7 +127,7 @@ export class SignaturePrefetch {
         // Files the taker went past (given up) before their requests went out are not asked for; the one
         // it took is, even if it was taken before its request could go out.
         while (read === sent && sent < this.#cursor && this.#entries[sent].entry.ready) read = ++sent;
-        const room = Math.min(AHEAD - (sent - this.#cursor), this.#entries.length - sent);
+        const room = Math.min(SIGNATURES_AHEAD - (sent - this.#cursor), this.#entries.length - sent);
         if (room > 0) {
           await this.#session.sendAhead(
             this.#entries.slice(sent, sent + room).map(({ file }) =>
@@ -157,23 +157,31 @@ export class SignaturePrefetch {
    * answered there).
    */
   async #read({ path, etag }: Wanted): Promise<EarlySignature | null> {
-    const what = JSON.stringify(path);
-    let header: ResponseHeader;
-    try {
-      header = await this.#session.next(what);
-    } catch (e) {
-      if (e instanceof ServerRefusal) return null;
-      throw e;
-    }
-    if (header.unchanged === true) {
-      await this.#session.finish();
-      return { header, bytes: null };
-    }
-    const size = header.size;
-    if (typeof size !== "number" || !Number.isSafeInteger(size) || size < 0) {
-      throw new Error(`the signature of ${what} came without a size`); // the taker asks again, and fails there
-    }
-    const bytes = await readSignatureBytes(this.#session, what, header.signatureLength, size);
-    return etag === undefined || header.etag === etag ? { header, bytes } : null;
+    const answer = await readSignatureAnswer(this.#session, path);
+    return answer !== null && (etag === undefined || answer.header.etag === etag) ? answer : null;
   }
+}
+
+/**
+ * Reads the next answer owed on `session` to a `sig` sent ahead for `path`: its header and signature, or
+ * null for a refusal. Throws for a malformed answer or a lost connection.
+ */
+export async function readSignatureAnswer(session: Session, path: string): Promise<EarlySignature | null> {
+  const what = JSON.stringify(path);
+  let header: ResponseHeader;
+  try {
+    header = await session.next(what);
+  } catch (e) {
+    if (e instanceof ServerRefusal) return null;
+    throw e;
+  }
+  if (header.unchanged === true) {
+    await session.finish();
+    return { header, bytes: null };
+  }
+  const size = header.size;
+  if (typeof size !== "number" || !Number.isSafeInteger(size) || size < 0) {
+    throw new Error(`the signature of ${what} came without a size`); // a taker asks again, and fails there
+  }
+  return { header, bytes: await readSignatureBytes(session, what, header.signatureLength, size) };
 }

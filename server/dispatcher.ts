@@ -15,6 +15,9 @@ export class Dispatcher<T> {
   readonly #capacity: number;
   readonly #queueLimit: number;
   readonly #load = new Map<number, number>();
+  /** When each worker was last given a connection (a count of placements), to break ties between them. */
+  readonly #lastGiven = new Map<number, number>();
+  #placements = 0;
   readonly #queue: T[] = [];
 
   /**
@@ -49,26 +52,42 @@ export class Dispatcher<T> {
   /** Forgets `worker` (it died or is stopping): its connections are gone with it. */
   removeWorker(worker: number): void {
     this.#load.delete(worker);
+    this.#lastGiven.delete(worker);
   }
 
-  /** The least-loaded worker with room, or undefined. Ties go to the lowest id, for predictability. */
+  /**
+   * The least-loaded worker with room, or undefined. A tie goes to the worker given a connection least
+   * recently (one never given any first, the lowest id among those): a connection waiting for its next
+   * request holds no slot, so a client's second connection would otherwise join its first on one worker,
+   * and the work both bring a moment later (a file sent on one, a signature computed for the other) would
+   * share one core while another sat idle.
+   */
   #pick(): number | undefined {
     let best: number | undefined;
     let bestLoad = this.#capacity;
+    let bestGiven = 0;
     for (const [worker, load] of this.#load) {
       // Map order is the order workers became ready in (a respawned one comes last): compare ids on a tie.
-      if (load < bestLoad || (load === bestLoad && best !== undefined && worker < best)) {
-        [best, bestLoad] = [worker, load];
+      const given = this.#lastGiven.get(worker) ?? -1;
+      const earlier = given < bestGiven || (given === bestGiven && best !== undefined && worker < best);
+      if (load < bestLoad || (load === bestLoad && best !== undefined && earlier)) {
+        [best, bestLoad, bestGiven] = [worker, load, given];
       }
     }
     return best;
+  }
+
+  /** Counts a new connection on `worker`. */
+  #give(worker: number): void {
+    this.#load.set(worker, this.loadOf(worker) + 1);
+    this.#lastGiven.set(worker, this.#placements++);
   }
 
   /** Places a new connection: on a worker (its load is counted now), in the queue, or refused. */
   offer(conn: T): Placement {
     const worker = this.#queue.length === 0 ? this.#pick() : undefined;
     if (worker !== undefined) {
-      this.#load.set(worker, this.loadOf(worker) + 1);
+      this.#give(worker);
       return { worker };
     }
     if (this.#queue.length < this.#queueLimit) {
@@ -106,7 +125,7 @@ export class Dispatcher<T> {
     if (this.#queue.length === 0) return undefined;
     const worker = this.#pick();
     if (worker === undefined) return undefined;
-    this.#load.set(worker, this.loadOf(worker) + 1);
+    this.#give(worker);
     return { worker, conn: this.#queue.shift()! };
   }
 

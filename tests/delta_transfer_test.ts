@@ -80,6 +80,8 @@ Deno.test("mirror: a changed file that exists locally comes over by delta, byte-
     const old = randomBytes(20 * MiB);
     await Deno.writeFile(`${src}/a.bin`, old);
     assert.equal((await runClient(["mirror", address, ".", out, "-q"])).code, 0);
+    // The first copy asked for the signature of the file it fetched whole (kept for this delta).
+    const before = (await logged(server, / request=SIG /)).length;
     const changed = concat(old.subarray(0, 7 * MiB), randomBytes(MiB), old.subarray(7 * MiB));
     await Deno.writeFile(`${src}/a.bin`, changed);
     const r = await runClient(["mirror", address, ".", out, "--json"]);
@@ -94,7 +96,7 @@ Deno.test("mirror: a changed file that exists locally comes over by delta, byte-
     const peer = (pattern: RegExp) => (l: string) => pattern.test(l) ? [l.match(/ peer=(\S+)/)![1]] : [];
     const [ranges] = await logged(server, /GET "a\.bin" ranges=/);
     const lists = server.log.flatMap(peer(/ request=LIST /)),
-      sigs = server.log.flatMap(peer(/ request=SIG /));
+      sigs = server.log.flatMap(peer(/ request=SIG /)).slice(before);
     assert.equal(sigs.length, 1);
     assert.notEqual(sigs[0], lists.at(-1));
     assert.equal(peer(/ranges/)(ranges)[0], lists.at(-1));

@@ -14,7 +14,7 @@ function dispatcher(capacity: number, queue: number, ids: number[]): Dispatcher<
   return d;
 }
 
-Deno.test("dispatcher: each new connection goes to the least-loaded worker, ties to the lowest id", () => {
+Deno.test("dispatcher: each new connection goes to the least-loaded worker, ties to the one given a connection least recently", () => {
   const d = dispatcher(4, 10, [1, 2, 3]);
   assert.deepEqual(["a", "b", "c", "d"].map((c) => d.offer(c)), [
     { worker: 1 },
@@ -26,20 +26,34 @@ Deno.test("dispatcher: each new connection goes to the least-loaded worker, ties
   // Worker 3 finishes its connection: it is now the least loaded, even with a higher id.
   d.release(3);
   d.release(2);
-  assert.deepEqual(d.offer("e"), { worker: 2 }, "2 and 3 tie at 0: the lowest id");
+  assert.deepEqual(d.offer("e"), { worker: 2 }, "2 and 3 tie at 0: 2 was given one before 3");
   assert.deepEqual(d.offer("f"), { worker: 3 });
   assert.deepEqual([d.loadOf(1), d.loadOf(2), d.loadOf(3)], [2, 1, 1]);
 });
 
-Deno.test("dispatcher: ties go to the lowest id whatever the order the workers became ready in", () => {
+Deno.test("dispatcher: among workers never given a connection, ties go to the lowest id whatever the order they became ready in", () => {
   const d = dispatcher(4, 10, [3, 1, 2]);
   assert.deepEqual(d.offer("a"), { worker: 1 });
-  // Worker 1 dies and is respawned: it is ready last, and still the lowest id.
+  // Worker 1 dies and is respawned: it is ready last, never given a connection, and the lowest id.
   d.removeWorker(1);
   d.addWorker(1);
   assert.deepEqual(d.offer("b"), { worker: 1 });
   assert.deepEqual(d.offer("c"), { worker: 2 });
   assert.deepEqual(d.offer("d"), { worker: 3 });
+});
+
+Deno.test("dispatcher: a connection that went quiet leaves its worker tied with an idle one, and the next goes to the idle one", () => {
+  const d = dispatcher(4, 10, [1, 2]);
+  // A client's first connection; its request answered, it waits for the next one and holds no slot.
+  assert.deepEqual(d.offer("first"), { worker: 1 });
+  d.release(1);
+  // Its second connection: worker 1 would have it by its id, but it was given one just now.
+  assert.deepEqual(d.offer("second"), { worker: 2 });
+  d.release(2);
+  assert.deepEqual(d.offer("third"), { worker: 1 }, "and the turns go on");
+  // The first connection's next request takes its slot again: worker 1 is the more loaded.
+  d.take(1, 1);
+  assert.deepEqual(d.offer("fourth"), { worker: 2 });
 });
 
 Deno.test("dispatcher: no worker gets more connections than its capacity; the rest wait in the queue", () => {

@@ -1,6 +1,6 @@
 /**
- * The signatures `mirror` keeps of the large files it built by delta (`client/signature_store.ts`): kept
- * under LOCAL_DIR's `.ferry/signatures/` with the SHA-256 of the copy they describe, taken to plan the
+ * The signatures `mirror` keeps of its large files (`client/signature_store.ts`, `whole_signatures.ts`):
+ * kept under LOCAL_DIR's `.ferry/signatures/` with the SHA-256 of the copy they describe, taken to plan the
  * next delta of that file, never trusted past the whole file's SHA-256, forgotten with the file, and never
  * written through a symlink. A real server and the real client over loopback, real files.
  *
@@ -39,14 +39,18 @@ async function kept(out: string): Promise<{ sha256: string; signature: Uint8Arra
   }));
 }
 
-Deno.test("mirror keeps the signature of a file it built by delta, the next delta of it is byte-identical, and --delete forgets it", async () => {
+Deno.test("mirror keeps the signature of a large file it fetched whole or built by delta, its next delta is byte-identical, and --delete forgets it", async () => {
   await loadHashing();
   await withServer(async ({ src, out, address }) => {
     const first = randomBytes(3 * MiB);
     await Deno.writeFile(`${src}/a.bin`, first);
     await Deno.writeFile(`${src}/b.txt`, new Uint8Array(10));
     await mirror(address, out);
-    assert.deepEqual(await kept(out), [], "a file fetched whole comes without a signature");
+    assert.deepEqual(
+      await kept(out),
+      [{ sha256: sha256(first), signature: encodeSignature(signatureOf(first)) }],
+      "a large file fetched whole has its signature asked for and kept",
+    );
     const second = concat(first.subarray(0, MiB), randomBytes(64 * 1024), first.subarray(MiB));
     await Deno.writeFile(`${src}/a.bin`, second);
     assert.equal((await mirror(address, out)).status, "updated");

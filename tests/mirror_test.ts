@@ -57,12 +57,18 @@ Deno.test("mirror copies a nested tree over one connection, then brings in added
         "site/sub/only.txt": "updated",
         "site/top.txt": "updated",
       });
-      assert.equal(proxy.connections.length, 1, "one persistent connection for the listing and every file");
+      // One persistent connection for the listing and every file; a second one for the signature of the one
+      // large file, kept for its first delta.
+      assert.equal(proxy.connections.length, 2);
       // Into an empty LOCAL_DIR, the listing brings the small files with it: only deep.bin is asked for.
       assert.deepEqual(proxy.connections[0].requests.map((q) => [q.op, q.path]), [
         ["list", "site"],
         ["get", "site/a/b/c/deep.bin"],
       ]);
+      assert.deepEqual(proxy.connections[1].requests.map((q) => [q.op, q.path]), [[
+        "sig",
+        "site/a/b/c/deep.bin",
+      ]]);
       // The client says it is done only after the last answer: every answer's frames went through first.
       const seen = proxy.connections[0];
       assert.equal(seen.endFrameAfterControls, seen.controls.length);
