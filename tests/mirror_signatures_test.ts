@@ -39,6 +39,35 @@ async function kept(out: string): Promise<{ sha256: string; signature: Uint8Arra
   }));
 }
 
+/**
+ * Mirrors a file of 3 MiB into `out`, then a version of it with 4 KiB changed, and writes a third such
+ * version on the server: the three versions, and the name of the file kept for the copy of the second.
+ */
+async function thirdVersionPending(
+  src: string,
+  out: string,
+  address: string,
+): Promise<{ first: Uint8Array; second: Uint8Array; third: Uint8Array; name: string }> {
+  const first = randomBytes(3 * MiB);
+  await Deno.writeFile(`${src}/a.bin`, first);
+  await mirror(address, out);
+  const second = concat(first.subarray(0, MiB), randomBytes(4096), first.subarray(MiB + 4096));
+  await Deno.writeFile(`${src}/a.bin`, second);
+  await mirror(address, out);
+  const [name] = await listDir(`${out}/.ferry/signatures`);
+  const third = concat(second.subarray(0, 2 * MiB), randomBytes(4096), second.subarray(2 * MiB + 4096));
+  await Deno.writeFile(`${src}/a.bin`, third);
+  return { first, second, third, name };
+}
+
+/** Rewrites the kept file `name` in `out` to say that `signature` describes a copy of SHA-256 `sha`. */
+async function plant(out: string, name: string, sha: string, signature: Uint8Array): Promise<void> {
+  await Deno.writeFile(
+    `${out}/.ferry/signatures/${name}`,
+    concat(new TextEncoder().encode(`${sha}\n`), signature),
+  );
+}
+
 Deno.test("mirror keeps the signature of a large file it fetched whole or built by delta, its next delta is byte-identical, and --delete forgets it", async () => {
   await loadHashing();
   await withServer(async ({ src, out, address }) => {
@@ -78,24 +107,13 @@ Deno.test("mirror keeps the signature of a large file it fetched whole or built 
 Deno.test("a kept signature that does not describe the old copy builds a file that fails its SHA-256: the file is fetched whole in the same try, and the run succeeds", async () => {
   await loadHashing();
   await withServer(async ({ src, out, address }) => {
-    const first = randomBytes(3 * MiB);
-    await Deno.writeFile(`${src}/a.bin`, first);
-    await mirror(address, out);
-    const second = concat(first.subarray(0, MiB), randomBytes(4096), first.subarray(MiB + 4096));
-    await Deno.writeFile(`${src}/a.bin`, second);
-    await mirror(address, out);
-    const [{ signature }] = await kept(out);
-    const third = concat(second.subarray(0, 2 * MiB), randomBytes(4096), second.subarray(2 * MiB + 4096));
-    await Deno.writeFile(`${src}/a.bin`, third);
+    const { second, third, name } = await thirdVersionPending(src, out, address);
     // The kept file now claims the copy (of SHA-256 `second`, as the state says) has the chunks of `third`:
     // planned from it, the whole new file would be copied from the old one.
-    const [name] = await listDir(`${out}/.ferry/signatures`);
+    const [{ signature }] = await kept(out);
     const lie = encodeSignature(signatureOf(third));
     assert.notDeepEqual(lie, signature);
-    await Deno.writeFile(
-      `${out}/.ferry/signatures/${name}`,
-      concat(new TextEncoder().encode(`${sha256(second)}\n`), lie),
-    );
+    await plant(out, name, sha256(second), lie);
     // Within the same try: no retry is needed for it.
     const line = await mirror(address, out, "--retries", "0");
     assert.equal(line.status, "updated");
@@ -110,20 +128,9 @@ Deno.test("a kept signature of another copy is not taken, and a symlink planted 
   await loadHashing();
   await withServer(async ({ src, out, address }) => {
     await using elsewhere = await tempDir();
-    const first = randomBytes(3 * MiB);
-    await Deno.writeFile(`${src}/a.bin`, first);
-    await mirror(address, out);
-    const second = concat(first.subarray(0, MiB), randomBytes(4096), first.subarray(MiB + 4096));
-    await Deno.writeFile(`${src}/a.bin`, second);
-    await mirror(address, out);
+    const { first, third, name } = await thirdVersionPending(src, out, address);
     // A kept file whose SHA-256 line is not the copy's: its (lying) chunks are not used, the delta cuts.
-    const [name] = await listDir(`${out}/.ferry/signatures`);
-    const third = concat(second.subarray(0, 2 * MiB), randomBytes(4096), second.subarray(2 * MiB + 4096));
-    await Deno.writeFile(`${src}/a.bin`, third);
-    await Deno.writeFile(
-      `${out}/.ferry/signatures/${name}`,
-      concat(new TextEncoder().encode(`${sha256(first)}\n`), encodeSignature(signatureOf(third))),
-    );
+    await plant(out, name, sha256(first), encodeSignature(signatureOf(third)));
     const line = await mirror(address, out);
     assert.ok((line.bytes as number) < MiB, `${line.bytes} bytes came over for a 4 KiB edit`);
     assert.deepEqual(await Deno.readFile(`${out}/a.bin`), third);
