@@ -19,6 +19,9 @@ import type { Session } from "./session.ts";
 import { readSignatureAnswer, SIGNATURES_AHEAD } from "./signature_prefetch.ts";
 import type { SignatureStore } from "./signature_store.ts";
 
+/** The least time {@link WholeFileSignatures.close} waits for the answers still owed. */
+const MIN_WAIT_MS = 1000;
+
 /** A file fetched whole whose signature is wanted. */
 interface Wanted {
   /** Its path below LOCAL_DIR (the store's key). */
@@ -37,6 +40,7 @@ export class WholeFileSignatures {
   #wake: (() => void) | null = null;
   #closing = false;
   readonly #done: Promise<void>;
+  readonly #started = performance.now();
 
   /** @param session a session of its own (see `Session.sibling`), closed by {@link close} */
   constructor(session: Session, store: SignatureStore) {
@@ -53,13 +57,21 @@ export class WholeFileSignatures {
   }
 
   /**
-   * Closes the connection: once the answers to what was asked are in and kept (the server signs while the
+   * Closes the connection once the answers to what was asked are in and kept (the server signs while the
    * files come, so by the end of the fetch most are), or at once when `wait` is false (the run failed).
+   * It waits at most as long as the run has taken since the first signature was asked for, and at least
+   * {@link MIN_WAIT_MS}: a server too busy to sign in that time does not hold the run up further, and the
+   * signatures not in by then are done without.
    */
   async close(wait = true): Promise<void> {
     this.#closing = true;
     this.#wake?.();
-    if (wait) await this.#done;
+    if (wait) {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const waitMs = Math.max(MIN_WAIT_MS, performance.now() - this.#started);
+      await Promise.race([this.#done, new Promise<void>((resolve) => timer = setTimeout(resolve, waitMs))]);
+      clearTimeout(timer);
+    }
     await this.#session.close();
     await this.#done;
   }
