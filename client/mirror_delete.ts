@@ -17,8 +17,8 @@ import { identityAt, unlinkAt } from "../ffi/libc.ts";
 /**
  * Removes local regular files below LOCAL_DIR that are not in `keep` (relative paths), the parts of such
  * files, and then-empty directories; no symlink is followed, and none is removed. Reports each removal
- * (or its failure) to `onFile`, with the size of a file removed. With `dryRun`, removes nothing and reports each file it would remove.
- * Folders the run's `cache` has read are not read again.
+ * (or its failure) to `onFile`, with the size of a file removed. With `dryRun`, removes nothing and
+ * reports each file it would remove. Folders the run's `cache` has read are not read again.
  */
 export async function deleteExtraneous(
   remoteDir: string,
