@@ -1,9 +1,9 @@
 /**
  * The signatures `mirror` keeps of its large files (PROTOCOL.md "Delta transfer"): when a file is built by
  * delta, the server's signature of the new version is the signature of the copy just published (its whole
- * SHA-256 was checked), so it is kept, and the next delta of that file plans from it instead of cutting
- * and hashing the old copy again (a read and two hashes of every byte of it, before the build reads it
- * once more).
+ * SHA-256 was checked), so it is kept, as is the signature asked for of a file fetched whole
+ * (`whole_signatures.ts`); the next delta of that file plans from it instead of cutting and hashing the
+ * old copy (a read and two hashes of every byte of it, before the build reads it once more).
  *
  * One file per path, in LOCAL_DIR's state folder, under `signatures/` and a name made from the path (a
  * file's name cannot hold every path): the SHA-256 of the copy it describes, a line break, then the
