@@ -686,16 +686,7 @@ class MirrorRun {
   #route(item: Item, inlined?: Uint8Array): void {
     const need = item.need;
     if (need.kind === "current") {
-      this.count({
-        path: item.entry.path,
-        target: this.shown(item.rel),
-        status: "unchanged",
-        bytes: 0,
-        size: item.entry.size,
-        sha256: need.sha256,
-        seconds: 0,
-        attempts: 0,
-      });
+      this.#countCurrent(item.entry.path, item.rel, item.entry.size, need.sha256);
       if (!need.recorded) this.#remember(item, need.sha256, item.entry.etag ?? "", item.local);
     } else if (need.kind === "hash") this.#toHash.push(item);
     else if (need.kind === "drop parts") {
@@ -880,9 +871,7 @@ class MirrorRun {
         if (entry === undefined) this.relist = true;
         continue;
       }
-      const kept = this.keep.size;
-      this.keep.add(path);
-      if (this.keep.size === kept) continue; // sent again by a listing asked for again after a cut
+      if (!this.#keepOnce(path)) continue;
       const recorded = this.#vouchedFor(folder, name, path);
       if (recorded === undefined) {
         const entry = entryOf(path);
@@ -897,18 +886,33 @@ class MirrorRun {
         continue;
       }
       this.progress.listed();
-      // What #route reports of a current file; the state's line stays as it is. Its size is its key's.
-      this.count({
-        path: this.#remotePath(path),
-        target: this.shown(path),
-        status: "unchanged",
-        bytes: 0,
-        size: sizeOf(recorded.key),
-        sha256: recorded.sha256,
-        seconds: 0,
-        attempts: 0,
-      });
+      // The state's line stays as it is. Its size is its key's.
+      this.#countCurrent(this.#remotePath(path), path, sizeOf(recorded.key), recorded.sha256);
     }
+  }
+
+  /** Reports the file at `path` on the server (`rel` here) current: `size` bytes, SHA-256 `sha256`. */
+  #countCurrent(path: string, rel: string, size: number, sha256: string): void {
+    this.count({
+      path,
+      target: this.shown(rel),
+      status: "unchanged",
+      bytes: 0,
+      size,
+      sha256,
+      seconds: 0,
+      attempts: 0,
+    });
+  }
+
+  /**
+   * Adds `rel` to the files the server has; false if it was there already (sent again by a listing asked
+   * for again after a cut). One look-up in a set of the whole tree, not a has() and an add().
+   */
+  #keepOnce(rel: string): boolean {
+    const kept = this.keep.size;
+    this.keep.add(rel);
+    return this.keep.size !== kept;
   }
 
   /**
@@ -940,9 +944,7 @@ class MirrorRun {
   /** The item for the listed file `entry`, to go to `rel` below LOCAL_DIR (see {@link #itemOf}). */
   #itemFor(entry: ListEntry, rel: string): Item | null {
     this.progress.listed();
-    const kept = this.keep.size;
-    this.keep.add(rel); // one look-up in a set of the whole tree, not a has() and an add()
-    if (this.keep.size === kept) return null; // sent again by a listing asked for again after a cut
+    if (!this.#keepOnce(rel)) return null;
     const local = this.open(); // LOCAL_DIR that cannot be made fails the run, not each file
     try {
       // No symlink below LOCAL_DIR is followed; one where a directory belongs is replaced by it, which a
