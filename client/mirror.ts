@@ -469,7 +469,7 @@ class MirrorRun {
   readonly #codes: number[] = [];
   /** LOCAL_DIR once opened; null before, and in a dry run that found it missing. */
   #local: Local | null = null;
-  #signatureStore: SignatureStore | null = null;
+  #signatureStore: Promise<SignatureStore> | null = null;
   #wholeSignatures: WholeFileSignatures | null = null;
   #opened = false;
   readonly dryRun: boolean;
@@ -539,9 +539,9 @@ class MirrorRun {
   }
 
   /** The signatures kept of large files (`signature_store.ts`); null until LOCAL_DIR is open. */
-  get #signatures(): SignatureStore | null {
+  #signatures(): Promise<SignatureStore> | null {
     if (this.#local === null) return null;
-    return this.#signatureStore ??= new SignatureStore(this.#local.tree.root);
+    return this.#signatureStore ??= SignatureStore.open(this.#local.tree.root);
   }
 
   #take(tree: LocalTree | null): void {
@@ -734,7 +734,7 @@ class MirrorRun {
    */
   #askWholeSignature(item: Item): void {
     if (!this.options.verify || this.dryRun || item.entry.size < DELTA_MIN_BYTES) return;
-    const store = this.#signatures;
+    const store = this.#signatures();
     if (store === null) return;
     this.#wholeSignatures ??= new WholeFileSignatures(this.session.sibling(), store);
     this.#wholeSignatures.want({ rel: item.rel, path: item.entry.path, etag: item.entry.etag });
@@ -1109,6 +1109,7 @@ class MirrorRun {
       }
       const place: Place = { dir: item.folder.dir, name: item.name, followLink: false };
       const vouched = item.need.kind === "one by one" ? item.need.vouched : undefined;
+      const store = await this.#signatures();
       const report = await fetchFile(this.session, item.entry.path, place, {
         ...this.options,
         listed: item.entry,
@@ -1118,8 +1119,8 @@ class MirrorRun {
         early: this.#prefetch?.take(item.entry.path),
         oldSignature: vouched === undefined || item.local === undefined
           ? undefined
-          : this.#signatures?.load(item.rel, vouched, item.local.size) ?? undefined,
-        onSignature: (signature, sha256) => this.#signatures?.save(item.rel, sha256, signature),
+          : store?.load(item.rel, vouched, item.local.size) ?? undefined,
+        onSignature: (signature, sha256) => store?.save(item.rel, sha256, signature),
       });
       this.count(report, item.entry.size);
       if (report.status === "failed") this.local.state.delete(item.rel);
@@ -1167,8 +1168,8 @@ class MirrorRun {
           this.summary.problems.push(classify(e));
         }
         if (large.length > 0) {
-          await loadHashing(); // the store names its files by a hash of the path
-          for (const rel of large) this.#signatures?.forget(rel);
+          const store = await this.#signatures();
+          for (const rel of large) store?.forget(rel);
         }
       }
     }

@@ -20,7 +20,7 @@
 import { decodeSignature, maxSignatureLength, type Signature } from "../delta.ts";
 import { C, close, fstat, mkdirAt, OPEN, openAt, pread, pwriteAll, unlinkAt } from "../ffi/libc.ts";
 import { isSha256Hex } from "../framing.ts";
-import { createSha256 } from "../hashing.ts";
+import { createSha256, loadHashing } from "../hashing.ts";
 import { LocalDir } from "./local_tree.ts";
 import { STATE_DIR } from "./mirror_state.ts";
 
@@ -35,9 +35,15 @@ function nameOf(path: string): string {
   return createSha256().update(path).digest("hex").slice(0, 32);
 }
 
-/** The signatures kept in LOCAL_DIR's state folder. Needs `loadHashing`. */
+/** The signatures kept in LOCAL_DIR's state folder. */
 export class SignatureStore {
-  constructor(readonly root: LocalDir) {}
+  private constructor(readonly root: LocalDir) {}
+
+  /** The store of LOCAL_DIR (`root`), once the hash that names its files is loaded. */
+  static async open(root: LocalDir): Promise<SignatureStore> {
+    await loadHashing();
+    return new SignatureStore(root);
+  }
 
   /**
    * The signature kept for `path`, if it describes a copy of SHA-256 `sha256` and `size` bytes; null

@@ -13,7 +13,6 @@
  * @module
  */
 
-import { loadHashing } from "../hashing.ts";
 import { signatureRequest } from "./delta_fetch.ts";
 import type { Session } from "./session.ts";
 import { readSignatureAnswer, SIGNATURES_AHEAD } from "./signature_prefetch.ts";
@@ -35,7 +34,7 @@ interface Wanted {
 /** Asks for the signatures of files fetched whole, in the order wanted, and keeps each that comes. */
 export class WholeFileSignatures {
   readonly #session: Session;
-  readonly #store: SignatureStore;
+  readonly #store: Promise<SignatureStore>;
   readonly #wanted: Wanted[] = [];
   #wake: (() => void) | null = null;
   #closing = false;
@@ -43,7 +42,7 @@ export class WholeFileSignatures {
   readonly #started = performance.now();
 
   /** @param session a session of its own (see `Session.sibling`), closed by {@link close} */
-  constructor(session: Session, store: SignatureStore) {
+  constructor(session: Session, store: Promise<SignatureStore>) {
     this.#session = session;
     this.#store = store;
     this.#done = this.#run();
@@ -79,7 +78,7 @@ export class WholeFileSignatures {
   async #run(): Promise<void> {
     let sent = 0, read = 0;
     try {
-      await loadHashing(); // the store names its files by a hash of the path
+      const store = await this.#store;
       for (;;) {
         const room = Math.min(SIGNATURES_AHEAD - (sent - read), this.#wanted.length - sent);
         if (room > 0) {
@@ -88,7 +87,11 @@ export class WholeFileSignatures {
           sent += room;
         }
         if (read < sent) {
-          this.#keep(this.#wanted[read], await readSignatureAnswer(this.#session, this.#wanted[read].path));
+          this.#keep(
+            store,
+            this.#wanted[read],
+            await readSignatureAnswer(this.#session, this.#wanted[read].path),
+          );
           read++;
         } else if (this.#closing) return;
         else {
@@ -101,10 +104,14 @@ export class WholeFileSignatures {
     }
   }
 
-  #keep(file: Wanted, answer: Awaited<ReturnType<typeof readSignatureAnswer>>): void {
+  #keep(
+    store: SignatureStore,
+    file: Wanted,
+    answer: Awaited<ReturnType<typeof readSignatureAnswer>>,
+  ): void {
     if (answer === null || answer.bytes === null) return;
     const { header, bytes } = answer;
     if (typeof header.sha256 !== "string" || (file.etag !== undefined && header.etag !== file.etag)) return;
-    this.#store.save(file.rel, header.sha256, bytes);
+    store.save(file.rel, header.sha256, bytes);
   }
 }
