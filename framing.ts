@@ -263,6 +263,13 @@ export interface Request {
    */
   known?: string[];
   /**
+   * Streamed `list` with `known`: the `walkedAt` of the listing the client's copy was made from
+   * (nanoseconds since the epoch as decimal text). A folder the server digests, whose digest is not in
+   * `known`, is then sent as one {@link PartialRecord} and entries for the files changed since, when that
+   * saves entries. A server that predates it ignores it.
+   */
+  knownSince?: string;
+  /**
    * `get`: send only these `[offset, length]` byte ranges of the file, concatenated (delta transfer):
    * sorted, not overlapping, none empty, all within the file, at most {@link MAX_RANGES}; needs `ifMatch`.
    */
@@ -310,6 +317,31 @@ export interface FolderRecord {
   /** How many files the folder holds directly: those the digest was made of. */
   files: number;
 }
+
+/**
+ * What a streamed `list` with `knownSince` sends for a folder whose digest is not in `known`, before the
+ * entries of its files changed since (those whose ctime is `knownSince` or later): the client takes the
+ * others from the listing its copy was made from, once their names and etags, with those of `changed` in
+ * place, make `files` and `digest`.
+ */
+export interface PartialRecord extends FolderRecord {
+  /** The digest of the folder as it is (as in `known`). */
+  digest: string;
+  /** The name and etag of each file changed since `knownSince`, in the listing's order. */
+  changed: [string, string][];
+  /**
+   * The names of all the folder's files, in the listing's order, when names may have been added or
+   * removed since (the folder's own ctime is `knownSince` or later); absent, they are those of the
+   * listing the client's copy was made from.
+   */
+  names?: string[];
+}
+
+/**
+ * Most bytes of a {@link PartialRecord}'s JSON: a folder whose record would be longer is listed file by
+ * file, so that a record always fits an Entries frame with room to spare.
+ */
+export const MAX_PARTIAL_RECORD_BYTES = 16 * 1024;
 
 /** A folder or file a listing could not include, and why. */
 export interface LeftOutEntry {
@@ -551,6 +583,7 @@ export function parseRequest(payload: Uint8Array): Request {
     inline,
     inlineSince,
     known,
+    knownSince,
     ranges,
     name,
     proof,
@@ -624,6 +657,13 @@ export function parseRequest(payload: Uint8Array): Request {
       }
       if (!request.stream) throw new ProtocolError(ErrorCode.BadRequest, "'known' needs 'stream'");
       if (known.length > 0) request.known = known;
+    }
+    if (knownSince !== undefined) {
+      if (typeof knownSince !== "string" || !NANOSECONDS.test(knownSince)) {
+        throw new ProtocolError(ErrorCode.BadRequest, "'knownSince' is not nanoseconds as decimal text");
+      }
+      if (known === undefined) throw new ProtocolError(ErrorCode.BadRequest, "'knownSince' needs 'known'");
+      request.knownSince = knownSince;
     }
   }
   if (op === "sig" && ifNoneMatch !== undefined) {

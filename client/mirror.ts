@@ -30,12 +30,14 @@ import { WholeFileSignatures } from "./whole_signatures.ts";
 import { fetchFile, type FetchOptions, type FileReport } from "./fetch_file.ts";
 import {
   ErrorCode,
+  FOLDER_DIGEST,
   type FolderRecord,
   isSha256Hex,
   type ListEntry,
   MAX_INLINE_FILE,
   MAX_KNOWN_FOLDER_FILES,
   MAX_KNOWN_FOLDERS,
+  type PartialRecord,
   PROTOCOL_VERSION,
 } from "../framing.ts";
 import type { ManifestFile } from "./manifest.ts";
@@ -53,7 +55,7 @@ import {
   raiseOpenFileLimit,
   type StatIdentity,
 } from "../ffi/libc.ts";
-import { compareUtf8, createSha256, folderDigest, loadHashing } from "../hashing.ts";
+import { compareUtf8, createSha256, FolderDigest, folderDigest, loadHashing } from "../hashing.ts";
 import { deleteExtraneous } from "./mirror_delete.ts";
 import { NO_TREE_PROGRESS, type Progress, type TreeProgress } from "./progress.ts";
 import {
@@ -177,7 +179,7 @@ async function listRemote(
   remoteDir: string,
   options: MirrorOptions,
   inline: { since: string | undefined } | null,
-  known: readonly string[],
+  known: { digests: readonly string[]; since?: string },
   onEntries: (batch: unknown[], inlined: Uint8Array | null) => Promise<void>,
   meanwhile: () => void,
 ): Promise<Listing> {
@@ -202,7 +204,8 @@ async function listRemote(
               : inline.since === undefined
               ? { inline: MAX_INLINE_FILE }
               : { inlineSince: inline.since }),
-            ...(known.length === 0 ? {} : { known: [...known] }),
+            ...(known.digests.length === 0 ? {} : { known: [...known.digests] }),
+            ...(known.since === undefined || known.digests.length === 0 ? {} : { knownSince: known.since }),
           },
           what,
           onEntries,
@@ -587,12 +590,15 @@ class MirrorRun {
       const remote = this.#remotePath(folder);
       // The state keeps the order of the listing it was recorded from: sorted already, but for the
       // files added since.
-      if (files.some((file, at) => at > 0 && compareUtf8(files[at - 1].name, file.name) > 0)) {
-        files.sort((a, b) => compareUtf8(a.name, b.name));
-      }
+      if (!inUtf8Order(files.map((file) => file.name))) files.sort((a, b) => compareUtf8(a.name, b.name));
       known.set(remote, { digest: folderDigest(remote, files), files: files.length });
     }
     state.setKnownFolders(known);
+  }
+
+  /** The `walkedAt` of the listing the state was made from, for the listing's `knownSince`. */
+  get knownSince(): string | undefined {
+    return this.#local?.state.since;
   }
 
   /** Forgets the folders named in `known`, before the listing is asked for again without it. */
@@ -757,7 +763,8 @@ class MirrorRun {
       }
       if (isFolderRecord(value)) {
         const from = items.length;
-        this.#planRecord(value, items);
+        if ("digest" in value) this.#planPartial(value as PartialRecord, items);
+        else this.#planRecord(value, items);
         for (let i = from; i < items.length; i++) {
           plain.push(needBeforeLstat(items[i], false));
           contents.push(undefined);
@@ -832,10 +839,8 @@ class MirrorRun {
 
   /**
    * Plans the files of a folder the listing sent as a FolderRecord (`known`), from the state's entries for
-   * them: a file whose lstat the state still vouches for is current there and then, as its entry would have
-   * made it, without an item; the others get the items their entries would have made, for
-   * {@link planBatch} to go on with. A record of a folder the run did not name, or of another number of
-   * files, is unusable.
+   * them ({@link #planHeld}). A record of a folder the run did not name, or of another number of files, is
+   * unusable.
    */
   #planRecord(record: FolderRecord, items: Item[]): void {
     const known = this.#known.get(record.folder);
@@ -849,13 +854,81 @@ class MirrorRun {
       );
       return;
     }
-    const { state } = this.local;
-    const paths = state.filesAsRead(known.local);
+    const paths = this.local.state.filesAsRead(known.local);
     if (paths?.length !== record.files) {
       // The state's digest line does not agree with its entries (damaged): its files are asked for again.
       this.relist = true;
       return;
     }
+    this.#planHeld(paths, items);
+  }
+
+  /**
+   * Plans the files of a folder the listing sent as a PartialRecord (`knownSince`): those it names as
+   * changed have their entries after it; the others are planned from the state's entries, as for a
+   * FolderRecord, once the state's names and etags for the folder, with the changed ones in place, make
+   * the record's count and digest. If they do not (the state was not made from the listing of
+   * `knownSince`, or is damaged), the listing is asked for again whole; a malformed record is unusable.
+   */
+  #planPartial(record: PartialRecord, items: Item[]): void {
+    const local = record.folder === this.remoteDir ? "" : localRelative(record.folder, this.remoteDir);
+    if (local === null || !isPartialRecord(record)) {
+      this.progress.listed();
+      this.#unusable(record.folder, `the listing has a malformed partial record: ${JSON.stringify(record)}`);
+      return;
+    }
+    const held = this.#heldAsListed(record, local);
+    if (held === null) {
+      this.relist = true;
+      return;
+    }
+    this.#planHeld(held, items);
+  }
+
+  /**
+   * The paths below LOCAL_DIR of the files of `record`'s folder (at `local`) that did not change, if the
+   * state holds the folder as `record` says; null if not.
+   */
+  #heldAsListed(record: PartialRecord, local: string): string[] | null {
+    const { state } = this.local;
+    const prefix = local === "" ? "" : `${local}/`;
+    const etags = new Map<string, string>();
+    for (const path of state.filesAsRead(local) ?? []) {
+      const etag = state.recordedEtag(path);
+      if (etag === undefined) return null;
+      etags.set(path.slice(prefix.length), etag);
+    }
+    const changed = new Set<string>();
+    for (const [name, etag] of record.changed) {
+      etags.set(name, etag);
+      changed.add(name);
+    }
+    let names = record.names;
+    if (names === undefined) {
+      // The state keeps the order of the listing it was recorded from: sorted already, but for files added.
+      names = [...etags.keys()];
+      if (!inUtf8Order(names)) names.sort(compareUtf8);
+    }
+    if (names.length !== record.files) return null;
+    const digest = new FolderDigest(record.folder);
+    for (const name of names) {
+      const etag = etags.get(name);
+      if (etag === undefined) return null;
+      digest.add(name, etag);
+    }
+    if (digest.digest() !== record.digest) return null;
+    return names.filter((name) => !changed.has(name)).map((name) => prefix + name);
+  }
+
+  /**
+   * Plans files the server holds as the state records them (a folder record's), from the state's entries:
+   * a file whose lstat the state still vouches for is current there and then, as its entry would have
+   * made it, without an item; the others get the items their entries would have made, for
+   * {@link planBatch} to go on with.
+   */
+  #planHeld(paths: readonly string[], items: Item[]): void {
+    if (paths.length === 0) return;
+    const { state } = this.local;
     // The entry the listing would have had, from the state's line; none from a damaged one.
     const entryOf = (path: string): ListEntry | undefined => {
       const fields = state.recordedFields(path);
@@ -1240,6 +1313,9 @@ export async function mirror(
     run.progress.phase("listing");
     // A signed tree is checked against its manifest, entry by entry, before the state is even read.
     const known = run.release === null ? run.knownDigests() : [];
+    // Folders changed since the state's listing then come as PartialRecords, checked by their digests.
+    const knownSince = known.length === 0 ? undefined : run.knownSince;
+    if (knownSince !== undefined) await loadHashing();
     // Each batch is planned as it arrives, while the server walks on; with a manifest, only once the whole
     // listing agrees with it, so that a refused tree has nothing fetched, made or deleted for it.
     const held: unknown[] = [];
@@ -1255,14 +1331,14 @@ export async function mirror(
       remoteDir,
       options,
       inline,
-      known,
+      { digests: known, since: knownSince },
       onEntries,
       () => run.openIfThere(),
     );
     if (run.relist) {
       // Every file the first listing planned is known by its path, and is not planned again.
       run.forgetKnown();
-      listing = await listRemote(session, remoteDir, options, inline, [], onEntries, () => {});
+      listing = await listRemote(session, remoteDir, options, inline, { digests: [] }, onEntries, () => {});
     }
     await run.endInlined();
     if (run.release !== null) {
@@ -1325,6 +1401,24 @@ function holdsNothing(localDir: string): boolean {
 function isFolderRecord(value: unknown): value is FolderRecord {
   return typeof value === "object" && value !== null && typeof (value as FolderRecord).folder === "string" &&
     Number.isSafeInteger((value as FolderRecord).files);
+}
+
+/** True when `names` are in a listing's order (`compareUtf8`). */
+function inUtf8Order(names: readonly string[]): boolean {
+  for (let at = 1; at < names.length; at++) if (compareUtf8(names[at - 1], names[at]) > 0) return false;
+  return true;
+}
+
+/** True for a well-formed PartialRecord (PROTOCOL.md, `list`, `knownSince`), its `folder` and `files` checked. */
+function isPartialRecord(record: PartialRecord): boolean {
+  const isName = (name: unknown) =>
+    typeof name === "string" && name !== "" && name !== "." && name !== ".." && !name.includes("/");
+  return typeof record.digest === "string" && FOLDER_DIGEST.test(record.digest) &&
+    Array.isArray(record.changed) &&
+    record.changed.every((pair) =>
+      Array.isArray(pair) && pair.length === 2 && isName(pair[0]) && typeof pair[1] === "string"
+    ) &&
+    (record.names === undefined || (Array.isArray(record.names) && record.names.every(isName)));
 }
 
 /** True for a listing's entry whose content came with it (the session checked its size). */

@@ -274,6 +274,17 @@ export class MirrorState implements Disposable {
     return position === undefined ? undefined : this.#fieldsAt(position);
   }
 
+  /** The etag the line of `path` gives, as read, unchecked; undefined if there is no such line. */
+  recordedEtag(path: string): string | undefined {
+    const position = this.#entries.get(path);
+    if (position === undefined) return undefined;
+    const text = this.#text(Math.floor(position / PIECE_SPAN)), start = position % PIECE_SPAN;
+    const shaAt = text.indexOf("\t", start) + 1, etagAt = shaAt + SHA256_HEX_LENGTH + 1;
+    const etagEnd = text.indexOf("\t", etagAt);
+    if (shaAt === 0 || text.charCodeAt(etagAt - 1) !== TAB || etagEnd < etagAt) return undefined;
+    return text.slice(etagAt, etagEnd);
+  }
+
   /**
    * The size, SHA-256 and etag of the line at `position`, cut where its tabs are, unchecked but for the
    * size; undefined if they are not where a line puts them.

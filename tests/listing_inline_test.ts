@@ -277,7 +277,7 @@ Deno.test("mirror into an empty folder takes the small files from the listing an
     const lists = await logged(server, /LIST "site" /, 2);
     assert.match(
       lists[1],
-      /LIST "site" recursive stream since=[0-9]+ known=2 .*result=ok listed=2 inlined=0 known-folders=2$/,
+      /LIST "site" recursive stream since=[0-9]+ known=2 .*result=ok listed=2 inlined=0 known-folders=2 partial-folders=0$/,
     );
     assert.deepEqual(
       (await Array.fromAsync(Deno.readDir(`${out}/copy`))).map((e) => e.name).sort(),
@@ -292,8 +292,9 @@ Deno.test("mirror into an empty folder takes the small files from the listing an
     assert.match(third.stderr, /\nferry: mirror done: 6 updated, 31 unchanged, 0 deleted, 0 failed\n$/);
     assert.deepEqual(await treeOf(`${out}/copy`), await treeOf(`${src}/site`));
     const thirdList = (await logged(server, /LIST "site" /, 3))[2];
-    // site/'s own files (top.txt changed) and new/'s are listed; deep/er/ is as recorded.
-    assert.match(thirdList, /result=ok listed=8 inlined=6 known-folders=1$/);
+    // site/'s own files (top.txt changed) and new/'s are listed; deep/er/ is as recorded. site/ comes as
+    // a partial record with top.txt's entry if large.bin's ctime is before the first run's walk began.
+    assert.match(thirdList, /result=ok listed=8 inlined=6 known-folders=1 partial-folders=[01]$/);
     assert.equal(
       server.log.filter((l) => / request=GET /.test(l)).length,
       1,

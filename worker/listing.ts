@@ -50,7 +50,9 @@ import {
   MAX_KNOWN_FOLDER_FILES,
   MAX_LIST_DEPTH,
   MAX_LIST_ENTRIES,
+  MAX_PARTIAL_RECORD_BYTES,
   MAX_RESPONSE_FRAME,
+  type PartialRecord,
   PROTOCOL_VERSION,
   putFrameLength,
   type Request,
@@ -114,6 +116,7 @@ export function list(request: Readonly<Request>, ctx: ReplyContext): Reply {
     reach,
     request.brief === true,
     request.known === undefined ? null : new Set(request.known),
+    request.knownSince === undefined ? null : instantOf(BigInt(request.knownSince)),
   );
   reply.pieces.push(
     new ListingBody(
@@ -130,8 +133,9 @@ export function list(request: Readonly<Request>, ctx: ReplyContext): Reply {
 
 /**
  * A file the walk found: its path, its size, its ctime (in two numbers: no object more per file), its JSON
- * and that JSON's length in UTF-8. Or, with `record`, a folder whose files the client knows: its
- * FolderRecord's JSON, and in `size` the number of its files.
+ * and that JSON's length in UTF-8. Or, with `record`, a folder whose files the client knows (`whole`), or
+ * knows but for those listed after the record (`partial`): its FolderRecord's or PartialRecord's JSON, and
+ * in `size` the number of the files it stands for.
  */
 interface Found {
   path: string;
@@ -140,7 +144,7 @@ interface Found {
   ctimeNanoseconds: number;
   json: string;
   bytes: number;
-  record?: true;
+  record?: "whole" | "partial";
 }
 
 /** A time as whole seconds since the epoch and nanoseconds: exact, as a file system stamps it. */
@@ -195,6 +199,8 @@ interface Folder {
   files: Found[] | null;
   /** True when the client knows the folder's files: they were sent as one FolderRecord. */
   known: boolean;
+  /** Set when the folder was sent as a PartialRecord: only its files changed since then are listed. */
+  partialSince: Instant | null;
   /** The look at the folder's files for its digest, while it takes more than one turn. */
   digesting: { digest: FolderDigest; at: number; count: number } | null;
   /**
@@ -242,6 +248,7 @@ class Walk {
    * @param reach where the listed folder stands for the connection's token ("read" without tokens)
    * @param brief leave each entry's `mtimeNs` and `mode` out
    * @param known the digests of the folders whose files the client holds (the request's `known`), or null
+   * @param knownSince the request's `knownSince`: the time the client's copy was listed, or null
    */
   constructor(
     readonly ctx: ReplyContext,
@@ -251,6 +258,7 @@ class Walk {
     reach: Reach,
     readonly brief = false,
     readonly known: ReadonlySet<string> | null = null,
+    readonly knownSince: Instant | null = null,
   ) {
     const { fd, stat } = opened;
     this.#stack.push(Walk.#folder(path, 0, fd, stat, reach, known === null));
@@ -278,6 +286,7 @@ class Walk {
       digested,
       files: null,
       known: false,
+      partialSince: null,
       digesting: null,
     };
   }
@@ -329,7 +338,9 @@ class Walk {
       if (folder.known) return 1; // sent in its folder's record
       const found = folder.files?.[at];
       if (found !== undefined) {
-        this.found.push(found);
+        // After a partial record, only the files it names as changed.
+        const since = folder.partialSince;
+        if (since === null || changedSince(found, since)) this.found.push(found);
         return 1;
       }
       if (this.#statInFolder(folder, at, rel)) return 1;
@@ -504,21 +515,53 @@ class Walk {
     }
     if (look.at < texts.length) return units; // the look goes on at the folder's next turn
     this.#undigested(folder);
-    if (!this.known!.has(look.digest.digest())) return units;
-    folder.known = true;
-    folder.files = null;
-    const record: FolderRecord = { folder: folder.path, files: look.count };
+    const digest = look.digest.digest();
+    if (this.known!.has(digest)) {
+      folder.known = true;
+      folder.files = null;
+      this.#record({ folder: folder.path, files: look.count } satisfies FolderRecord, look.count, "whole");
+    } else if (this.knownSince !== null) this.#partial(folder, look.count, digest, this.knownSince);
+    return units;
+  }
+
+  /**
+   * Sends `folder` (digested, not known) as a PartialRecord followed by the entries of its files changed
+   * since `since`, when some of its files did not change and the record is not too long: the client holds
+   * those as the listing of `since` gave them, which the record's digest lets it check.
+   */
+  #partial(folder: Folder, count: number, digest: string, since: Instant): void {
+    const { texts, types } = folder.names!;
+    const changed: [string, string][] = [], names: string[] = [];
+    for (let at = 0; at < texts.length; at++) {
+      if (types[at] !== DT.REG) continue;
+      const found = folder.files![at];
+      names.push(texts[at]);
+      if (changedSince(found, since)) changed.push([texts[at], etagInEntry(found.json)]);
+    }
+    if (changed.length === count) return;
+    // A name added, removed or renamed stamps the folder's ctime: only then need the client be told them.
+    const renamed = folder.stat.ctimeNs >= BigInt(since.seconds) * 1_000_000_000n + BigInt(since.nanoseconds);
+    const record: PartialRecord = { folder: folder.path, files: count, digest, changed };
+    if (renamed) record.names = names;
+    if (!this.#record(record, count - changed.length, "partial")) return;
+    folder.partialSince = since;
+  }
+
+  /** Adds a folder's record to what was found, unless a partial one is too long; returns whether it did. */
+  #record(record: FolderRecord, files: number, kind: "whole" | "partial"): boolean {
     const json = JSON.stringify(record);
+    const bytes = utf8Length(json);
+    if (kind === "partial" && bytes > MAX_PARTIAL_RECORD_BYTES) return false;
     this.found.push({
-      path: folder.path,
-      size: look.count,
+      path: record.folder,
+      size: files,
       ctimeSeconds: 0,
       ctimeNanoseconds: 0,
       json,
-      bytes: utf8Length(json),
-      record: true,
+      bytes,
+      record: kind,
     });
-    return units;
+    return true;
   }
 
   /** Ends the look of {@link #digest} at `folder`: its files are listed from what it found, if anything. */
@@ -725,6 +768,8 @@ class ListingBody implements Body {
   #inlined = 0;
   /** FolderRecords sent: folders whose files the client knew (`known`). */
   #knownFolders = 0;
+  /** PartialRecords sent: folders whose files the client knew but for some (`knownSince`). */
+  #partialFolders = 0;
   /** The files the FolderRecords of the Entries frame being filled stand for. */
   #filesInBatch = 0;
 
@@ -809,7 +854,8 @@ class ListingBody implements Body {
       // Only a streamed listing takes `known`.
       this.#append(json, entry.bytes);
       this.#listed++;
-      this.#knownFolders++;
+      if (entry.record === "whole") this.#knownFolders++;
+      else this.#partialFolders++;
       // A record stands for files the client goes through as it would their entries: sent with as many
       // as a batch of entries holds, so that it works on them while the walk goes on.
       this.#filesInBatch += entry.size;
@@ -972,7 +1018,7 @@ class ListingBody implements Body {
     const first = leftOut.first[0];
     const inlined = `${this.inline > 0 ? ` inlined=${this.#inlined}` : ""}${
       this.walk.known === null ? "" : ` known-folders=${this.#knownFolders}`
-    }`;
+    }${this.walk.knownSince === null ? "" : ` partial-folders=${this.#partialFolders}`}`;
     this.setResult(
       truncated
         ? `partial listed=${this.#listed}${inlined} left-out=${leftOut.count} first=${
