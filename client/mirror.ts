@@ -65,7 +65,6 @@ import {
   saveState,
   sizeOf,
   STATE_DIR,
-  type StateEntry,
   stateSince,
 } from "./mirror_state.ts";
 import {
@@ -935,8 +934,16 @@ class MirrorRun {
       return fields && { path: this.#remotePath(path), ...fields };
     };
     const folder = this.#judgedByLstat(paths[0]);
-    for (const path of paths) {
-      const name = path.slice(path.lastIndexOf("/") + 1);
+    // The folder's lstats in one loop, then the decisions in another, as planBatch makes them.
+    const names = paths.map((path) => path.slice(path.lastIndexOf("/") + 1));
+    const locals: (StatIdentity | null)[] = new Array(paths.length).fill(null);
+    if (folder !== null) {
+      for (let i = 0; i < paths.length; i++) {
+        if (folder.recorded || folder.names.has(names[i])) locals[i] = lstatIn(folder, names[i]);
+      }
+    }
+    for (let i = 0; i < paths.length; i++) {
+      const path = paths[i], name = names[i];
       if (folder === null || (!folder.recorded && !folder.names.has(name))) {
         const entry = entryOf(path);
         const item = entry === undefined ? null : this.#itemFor(entry, path);
@@ -945,7 +952,8 @@ class MirrorRun {
         continue;
       }
       if (!this.#keepOnce(path)) continue;
-      const recorded = this.#vouchedFor(folder, name, path);
+      const local = locals[i];
+      const recorded = local !== null && local.isFile ? state.trusted(path, local) : undefined;
       if (recorded === undefined) {
         const entry = entryOf(path);
         if (entry === undefined) {
@@ -1001,17 +1009,6 @@ class MirrorRun {
     } catch {
       return null;
     }
-  }
-
-  /** The state's entry for the file `name` of `folder` (at `rel`), if its lstat says it is as recorded. */
-  #vouchedFor(folder: Folder, name: string, rel: string): StateEntry | undefined {
-    let local: StatIdentity | null;
-    try {
-      local = identityAt(folder.dir.fd, name);
-    } catch {
-      return undefined; // its item's own lstat says what failed
-    }
-    return local !== null && local.isFile ? this.local.state.trusted(rel, local) : undefined;
   }
 
   /** The item for the listed file `entry`, to go to `rel` below LOCAL_DIR (see {@link #itemOf}). */
@@ -1401,6 +1398,15 @@ function holdsNothing(localDir: string): boolean {
 function isFolderRecord(value: unknown): value is FolderRecord {
   return typeof value === "object" && value !== null && typeof (value as FolderRecord).folder === "string" &&
     Number.isSafeInteger((value as FolderRecord).files);
+}
+
+/** The lstat of the file `name` of `folder`; null if there is none, or it fails (its item's lstat says why). */
+function lstatIn(folder: Folder, name: string): StatIdentity | null {
+  try {
+    return identityAt(folder.dir.fd, name);
+  } catch {
+    return null;
+  }
 }
 
 /** True when `names` are in a listing's order (`compareUtf8`). */
