@@ -18,6 +18,7 @@ import {
   chunkBitsFor,
   type ChunkIndex,
   decodeSignature,
+  type DeltaStep,
   findChunks,
   indexChunks,
   maxSignatureLength,
@@ -47,6 +48,13 @@ import { pageAlignedBuffer } from "../ffi/page_aligned.ts";
  * chunks would be a sizeable share of the file.
  */
 export const DELTA_MIN_BYTES = 1024 * 1024;
+
+/**
+ * Smallest old copy whose first bytes are guessed into the part while the server signs the version
+ * ({@link PrefixGuess}): the server signs a smaller file before the guess gets far, and a guess that runs
+ * past the first change is work thrown away (tree (a)'s 20 MiB files: 0.43 s against 0.41 s with it).
+ */
+export const GUESS_MIN_BYTES = 64 * 1024 * 1024;
 
 /** True when an old copy of `localSize` bytes and a version of `remoteSize` are both worth a delta. */
 export function worthDelta(localSize: number, remoteSize: number): boolean {
@@ -82,6 +90,17 @@ export interface DeltaTarget<H extends DeltaHeader> {
   write(chunk: Uint8Array): Promise<void>;
   /** Forgets what was built. */
   discard(): Promise<boolean>;
+  /**
+   * Starts a part named for no version, for bytes that may begin the new version (written meanwhile with
+   * {@link write}); false if it cannot (it holds bytes already).
+   */
+  startGuess(): Promise<boolean>;
+  /**
+   * The first `upTo` bytes written since {@link startGuess} begin the version of `header`: keeps them (or
+   * fewer: as many as it can) and forgets the rest. Returns the bytes kept, after which the build goes on;
+   * 0 when none are (the part is then to be discarded).
+   */
+  keepGuess(header: H, upTo: number): Promise<number>;
 }
 
 /** What the delta needs from the fetch. */
@@ -147,69 +166,172 @@ export async function fetchDelta<H extends DeltaHeader>(
   if (local === null && early !== undefined && !early.ready) {
     local = await signOldCopy(ctx.old, oldSize, bits, ctx.deadline, () => early.ready);
   }
-  const answer = early === undefined ? null : await early.answer;
-  let raw: ResponseHeader;
-  if (answer !== null) raw = answer.header;
-  else {
-    let answered = false;
-    const asked = session.begin(signatureRequest(path, ctx.localSha256), what);
-    // Settled while the old copy is cut; its outcome is taken after the cut.
-    asked.then(() => answered = true, () => answered = true);
-    if (local === null) local = await signOldCopy(ctx.old, oldSize, bits, ctx.deadline, () => answered);
-    try {
-      raw = await asked;
-    } catch (e) {
-      if (e instanceof ServerRefusal) return null;
-      throw e;
-    }
-  }
-  const header = ctx.checkHeader(raw);
-  if (header.unchanged) {
-    if (answer === null) await session.finish();
-    return { header, sha256: header.sha256 ?? ctx.localSha256, reused: header.size, plannedFromKept: false };
-  }
-  if (header.etag === undefined) throw protocolError(`the signature of ${what} names no version (etag)`);
-  let signature: Uint8Array;
-  if (answer?.bytes) signature = answer.bytes;
-  else {
-    signature = await readSignatureBytes(
-      session,
-      `the signature of ${what}`,
-      raw.signatureLength,
-      header.size,
-    );
-  }
-  ctx.onReceived(signature.byteLength);
-  const remote = decodeFromWire(signature, header.size, what);
-  const plannedFromKept = kept !== null && kept.bits === remote.bits;
-  const have: ChunkIndex = local !== null && local.bits === remote.bits
-    ? indexChunks(local)
-    : findChunks(remote, oldSize, (buffer, offset) => {
-      ctx.deadline.check();
-      ctx.old.seekSync(offset, Deno.SeekMode.Start);
-      return ctx.old.readSync(buffer) ?? 0;
-    });
-  const plan = planDelta(remote, have);
-  const builder = new Builder(ctx, plan.steps);
-  await target.accept({ ...header, offset: 0 });
-  ctx.progress.start(path, header.size, 0);
-  let sha256 = header.sha256;
+  // Planned from a kept signature, the old copy is not read before the plan: it is guessed into the part.
+  const guess = new PrefixGuess(
+    ctx,
+    kept === null || ctx.expectedSize === undefined || oldSize < GUESS_MIN_BYTES
+      ? 0
+      : Math.min(oldSize, ctx.expectedSize),
+  );
   try {
-    await builder.copyUntilFetch();
-    for (let first = 0; first < plan.ranges.length; first += MAX_RANGES) {
-      const ranges = plan.ranges.slice(first, first + MAX_RANGES);
-      const fetched = await fetchRanges(ctx, header, ranges, builder);
-      if (fetched === null) {
-        await target.discard();
+    if (early !== undefined) await guess.makeWhile(() => !early.ready);
+    const answer = early === undefined ? null : await early.answer;
+    let raw: ResponseHeader;
+    if (answer !== null) raw = answer.header;
+    else {
+      let answered = false;
+      const asked = session.begin(signatureRequest(path, ctx.localSha256), what);
+      // Settled while the old copy is cut; its outcome is taken after the cut.
+      asked.then(() => answered = true, () => answered = true);
+      if (local === null) local = await signOldCopy(ctx.old, oldSize, bits, ctx.deadline, () => answered);
+      else await guess.makeWhile(() => !answered);
+      try {
+        raw = await asked;
+      } catch (e) {
+        if (!(e instanceof ServerRefusal)) throw e;
+        await guess.drop();
         return null;
       }
-      sha256 ??= fetched;
     }
-  } finally {
-    ctx.progress.end();
+    const header = ctx.checkHeader(raw);
+    if (header.unchanged) {
+      await guess.drop();
+      if (answer === null) await session.finish();
+      return {
+        header,
+        sha256: header.sha256 ?? ctx.localSha256,
+        reused: header.size,
+        plannedFromKept: false,
+      };
+    }
+    if (header.etag === undefined) throw protocolError(`the signature of ${what} names no version (etag)`);
+    let signature: Uint8Array;
+    if (answer?.bytes) signature = answer.bytes;
+    else {
+      signature = await readSignatureBytes(
+        session,
+        `the signature of ${what}`,
+        raw.signatureLength,
+        header.size,
+      );
+    }
+    ctx.onReceived(signature.byteLength);
+    const remote = decodeFromWire(signature, header.size, what);
+    const plannedFromKept = kept !== null && kept.bits === remote.bits;
+    const have: ChunkIndex = local !== null && local.bits === remote.bits
+      ? indexChunks(local)
+      : findChunks(remote, oldSize, (buffer, offset) => {
+        ctx.deadline.check();
+        ctx.old.seekSync(offset, Deno.SeekMode.Start);
+        return ctx.old.readSync(buffer) ?? 0;
+      });
+    const plan = planDelta(remote, have);
+    const held = await guess.settle({ ...header, offset: 0 }, plan.steps);
+    const builder = new Builder(ctx, stepsAfter(plan.steps, held));
+    ctx.progress.start(path, header.size, held);
+    let sha256 = header.sha256;
+    try {
+      await builder.copyUntilFetch();
+      for (let first = 0; first < plan.ranges.length; first += MAX_RANGES) {
+        const ranges = plan.ranges.slice(first, first + MAX_RANGES);
+        const fetched = await fetchRanges(ctx, header, ranges, builder);
+        if (fetched === null) {
+          await target.discard();
+          return null;
+        }
+        sha256 ??= fetched;
+      }
+    } finally {
+      ctx.progress.end();
+    }
+    if (!builder.done) throw protocolError(`the ranges of ${what} did not build the whole file`);
+    return { header, sha256, reused: plan.reusedBytes, signature, plannedFromKept };
+  } catch (e) {
+    await guess.drop();
+    throw e;
   }
-  if (!builder.done) throw protocolError(`the ranges of ${what} did not build the whole file`);
-  return { header, sha256, reused: plan.reusedBytes, signature, plannedFromKept };
+}
+
+/**
+ * The old copy written into the part from its first byte while the server signs the version, for a delta
+ * planned from a kept signature (which need not read the copy before its plan): the cores would otherwise
+ * wait on each other. The version keeps the bytes it begins with as the copy does (all of them for a file
+ * appended to, those before the first change for a file changed in place or by an insertion), hashed
+ * already; the build goes on after them.
+ */
+class PrefixGuess<H extends DeltaHeader> {
+  /** Bytes written into the part of the guess. */
+  #bytes = 0;
+  /** True while the target holds a part of the guess, not settled yet. */
+  #open = false;
+
+  /** @param limit bytes to guess at most: the copy's size or the version's, whichever is smaller; 0, none */
+  constructor(readonly ctx: DeltaContext<H>, readonly limit: number) {}
+
+  /** Writes the copy into a part of its own, in 1 MiB pieces, while `waiting()` says so. */
+  async makeWhile(waiting: () => boolean): Promise<void> {
+    const { old, target, deadline } = this.ctx;
+    if (this.limit <= 0 || !waiting() || !await target.startGuess()) return;
+    this.#open = true;
+    const buffer = pageAlignedBuffer(1024 * 1024);
+    await old.seek(0, Deno.SeekMode.Start);
+    // Each read lets the event loop run, so that an answer that came meanwhile is seen.
+    while (this.#bytes < this.limit && waiting()) {
+      deadline.check();
+      const n = await old.read(buffer.subarray(0, Math.min(buffer.byteLength, this.limit - this.#bytes)));
+      if (n === null) break;
+      await target.write(buffer.subarray(0, n));
+      this.#bytes += n;
+    }
+  }
+
+  /**
+   * Makes the target ready to build the version of `header` by `steps`: with the bytes guessed that the
+   * steps copy from the same offsets of the copy, else from byte 0. Returns the bytes kept.
+   */
+  async settle(header: H, steps: readonly DeltaStep[]): Promise<number> {
+    if (!this.#open) {
+      await this.ctx.target.accept(header);
+      return 0;
+    }
+    const held = await this.ctx.target.keepGuess(header, Math.min(this.#bytes, copiedInPlace(steps)));
+    if (held > 0) {
+      this.#open = false;
+      return held;
+    }
+    await this.drop();
+    await this.ctx.target.accept(header);
+    return 0;
+  }
+
+  /** Drops the bytes guessed, if a part holds them. */
+  async drop(): Promise<void> {
+    if (!this.#open) return;
+    this.#open = false;
+    await this.ctx.target.discard();
+  }
+}
+
+/** How many bytes a plan's first steps copy from the same offsets of the old copy, from byte 0. */
+export function copiedInPlace(steps: readonly DeltaStep[]): number {
+  let end = 0;
+  for (const step of steps) {
+    if (step.from !== end || step.offset !== end) break;
+    end += step.length;
+  }
+  return end;
+}
+
+/** The steps that build a file's bytes from `start` on (`start` within the steps copied in place). */
+export function stepsAfter(steps: readonly DeltaStep[], start: number): DeltaStep[] {
+  const after: DeltaStep[] = [];
+  for (const step of steps) {
+    const end = step.offset + step.length;
+    if (end <= start) continue;
+    if (step.offset >= start) after.push(step);
+    else after.push({ offset: start, length: end - start, from: step.from! + start - step.offset });
+  }
+  return after;
 }
 
 /**

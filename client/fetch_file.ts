@@ -317,6 +317,40 @@ class FileHolder implements Holder {
   async write(chunk: Uint8Array): Promise<void> {
     await this.#part!.write(chunk);
     this.#hash?.update(chunk);
+    // A guess can be kept up to the end of any write: the hash of what was held then is kept with it.
+    this.#guessMarks?.push({ at: this.#part!.size, hash: this.#hash?.copy() ?? null });
+  }
+
+  /** While a guess is written: the size held after each write, and the hash of what was held then. */
+  #guessMarks: { at: number; hash: Hash | null }[] | null = null;
+
+  /**
+   * Starts a part named for no version (not resumed by a later run), for bytes that may begin the next
+   * version (a delta's guess, `delta_fetch.ts`); false if bytes are held already.
+   */
+  async startGuess(): Promise<boolean> {
+    if (this.held > 0) return false;
+    await this.discard();
+    this.#part = await AtomicFile.create(this.place);
+    this.#guessMarks = [];
+    return true;
+  }
+
+  /**
+   * The first `upTo` bytes guessed begin the version of `header`: keeps them, as far as the end of the last
+   * write within them, and forgets the rest. Returns the bytes kept (0: nothing is, the part is to be
+   * discarded); the build goes on after them.
+   */
+  async keepGuess(header: GetHeader, upTo: number): Promise<number> {
+    const marks = this.#guessMarks ?? [];
+    this.#guessMarks = null;
+    const mark = marks.findLast((m) => m.at <= upTo);
+    if (mark === undefined) return 0;
+    if (mark.at < this.held) await this.#part!.truncate(mark.at);
+    this.#hash = mark.hash;
+    this.#part!.expectedSize = header.size;
+    await removeStaleParts(this.place, this.#part!.tempName);
+    return mark.at;
   }
 
   digest(): string | undefined {
@@ -337,6 +371,7 @@ class FileHolder implements Holder {
   async discard(): Promise<boolean> {
     await this.#part?.abort();
     this.#part = null;
+    this.#guessMarks = null;
     this.#hash = newHash(this.verify);
     return true;
   }

@@ -332,13 +332,18 @@ export class AtomicFile {
     }
   }
 
-  /** Empties the part, to write the version it names from its first byte. Throws LocalIoError. */
-  async truncate(): Promise<void> {
+  /**
+   * Cuts the part to its first `size` bytes (at most what it holds), to write on from there: 0 empties it,
+   * to write the version it names from its first byte. Throws LocalIoError.
+   */
+  async truncate(size = 0): Promise<void> {
     try {
       await this.#flushing;
-      await this.#part.file.truncate(0);
-      await this.#part.file.seek(0, Deno.SeekMode.Start);
-      this.#size = this.#flushedAt = 0;
+      size = Math.min(size, this.#size);
+      await this.#part.file.truncate(size);
+      await this.#part.file.seek(size, Deno.SeekMode.Start);
+      this.#size = size;
+      this.#flushedAt = Math.min(this.#flushedAt, size);
     } catch (e) {
       throw new LocalIoError(`cannot truncate ${this.tempPath}`, e);
     }

@@ -9,6 +9,7 @@
 
 import assert from "node:assert/strict";
 import { encodeSignature, signatureOf } from "../delta.ts";
+import { GUESS_MIN_BYTES } from "../client/delta_fetch.ts";
 import { loadHashing } from "../hashing.ts";
 import { jsonLines, listDir, withServer } from "./client_fixture.ts";
 import { concat, runClient, sha256, tempDir } from "./helpers.ts";
@@ -101,6 +102,37 @@ Deno.test("mirror keeps the signature of a large file it fetched whole or built 
     await Deno.remove(`${src}/a.bin`);
     assert.equal((await mirror(address, out, "--delete")).status, "deleted");
     assert.deepEqual(await kept(out), []);
+  });
+});
+
+Deno.test("a copy of GUESS_MIN_BYTES or more is guessed into the part while the server signs: appended to, changed in place or with bytes inserted, it is byte-identical and only the change comes over", async () => {
+  await loadHashing();
+  await withServer(async ({ src, out, address }) => {
+    let version = randomBytes(GUESS_MIN_BYTES);
+    await Deno.writeFile(`${src}/a.bin`, version);
+    await mirror(address, out);
+    assert.equal((await kept(out)).length, 1, "the next delta is planned from a kept signature");
+    const edits: [string, (v: Uint8Array) => Uint8Array][] = [
+      ["appended to", (v) => concat(v, randomBytes(MiB))],
+      [
+        "changed in place",
+        (v) => concat(v.subarray(0, 40 * MiB), randomBytes(4096), v.subarray(40 * MiB + 4096)),
+      ],
+      [
+        "with bytes inserted",
+        (v) => concat(v.subarray(0, 20 * MiB), randomBytes(4096), v.subarray(20 * MiB)),
+      ],
+    ];
+    for (const [how, edit] of edits) {
+      version = edit(version);
+      await Deno.writeFile(`${src}/a.bin`, version);
+      // A guess kept past the change would build a file that fails its SHA-256, which then comes whole.
+      const line = await mirror(address, out, "--retries", "0");
+      assert.equal(line.status, "updated", how);
+      assert.ok((line.bytes as number) < 2 * MiB, `${how}: ${line.bytes} bytes came over`);
+      assert.deepEqual(await Deno.readFile(`${out}/a.bin`), version, how);
+    }
+    assert.deepEqual((await listDir(out)).filter((n) => n !== ".ferry"), ["a.bin"], "no part left");
   });
 });
 
