@@ -1312,12 +1312,13 @@ export async function mirror(
     const known = run.release === null ? run.knownDigests() : [];
     // Folders changed since the state's listing then come as PartialRecords, checked by their digests.
     const knownSince = known.length === 0 ? undefined : run.knownSince;
-    if (knownSince !== undefined) await loadHashing();
     // Each batch is planned as it arrives, while the server walks on; with a manifest, only once the whole
     // listing agrees with it, so that a refused tree has nothing fetched, made or deleted for it.
     const held: unknown[] = [];
     const onEntries = async (batch: unknown[], inlined: Uint8Array | null) => {
       if (run.release === null) {
+        // Checking a partial record takes a digest: node:crypto is loaded then, not for a run without one.
+        if (batch.some((value) => isFolderRecord(value) && "digest" in value)) await loadHashing();
         run.planBatch(batch, inlined);
         return await run.writeInlined();
       }
