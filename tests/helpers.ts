@@ -5,6 +5,7 @@
  * @module
  */
 
+import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { open, readdir, readFile, readlink } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
@@ -578,4 +579,47 @@ export function frame(type: number, body: Uint8Array): Uint8Array {
   out[FRAME_HEADER_SIZE] = type;
   out.set(body, FRAME_HEADER_SIZE + 1);
   return out;
+}
+
+/**
+ * A recursive, streamed, brief listing of the root over `conn`, with `request`'s fields added: the values of
+ * its Entries frames, in order, and its Trailer's `listed`. An Error frame throws.
+ */
+export async function streamedListing(
+  conn: RawConnection,
+  request: Record<string, unknown>,
+): Promise<{ values: Record<string, unknown>[]; listed: number }> {
+  await conn.sendRequest({ op: "list", path: "", recursive: true, stream: true, brief: true, ...request });
+  const values: Record<string, unknown>[] = [];
+  let listed = -1;
+  for (;;) {
+    const frame = await conn.readFrame();
+    if (frame === null) throw new Error("the connection ended before the end frame");
+    if (frame.length === 0) return { values, listed };
+    const type = String.fromCharCode(frame.payload[0]), body = frame.payload.subarray(1);
+    if (type === "L") values.push(...(decodeJson(body) as { entries: Record<string, unknown>[] }).entries);
+    if (type === "T") listed = (decodeJson(body) as { listed: number }).listed;
+    if (type === "E") throw new Error(`the listing failed: ${new TextDecoder().decode(body)}`);
+  }
+}
+
+/**
+ * Sends the `list` request of `fields` (with `op` and `path` "") on a connection of its own to `port`, and
+ * checks that the server refuses it with BAD_REQUEST saying `message`.
+ */
+export async function assertListRefused(
+  port: number,
+  fields: Record<string, unknown>,
+  message: string,
+): Promise<void> {
+  const conn = await RawConnection.open(port);
+  try {
+    await conn.sendRequest({ op: "list", path: "", ...fields });
+    const { types, json } = await conn.readResponse();
+    assert.equal(types, "E", JSON.stringify(fields).slice(0, 80));
+    assert.equal(json[0].code, "BAD_REQUEST");
+    assert.equal(json[0].message, message);
+  } finally {
+    conn.close();
+  }
 }

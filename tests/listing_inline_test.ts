@@ -21,7 +21,7 @@ import {
 } from "../framing.ts";
 import { lstatAt } from "../ffi/libc.ts";
 import { logged, withServer } from "./client_fixture.ts";
-import { RawConnection, runClient, tempDir, treeOf } from "./helpers.ts";
+import { assertListRefused, RawConnection, runClient, tempDir, treeOf } from "./helpers.ts";
 
 const sha256 = (bytes: Uint8Array) => createHash("sha256").update(bytes).digest("hex");
 
@@ -230,16 +230,7 @@ Deno.test("'inline' that is not an integer from 0 to MAX_INLINE_FILE, 'inlineSin
         [{ inlineSince: "1" }, "'inlineSince' needs 'stream'"],
       ] as const
     ) {
-      const conn = await RawConnection.open(server.ports[0]);
-      try {
-        await conn.sendRequest({ op: "list", path: "", ...request as Record<string, unknown> });
-        const { types, json } = await conn.readResponse();
-        assert.equal(types, "E", JSON.stringify(request));
-        assert.equal(json[0].code, "BAD_REQUEST");
-        assert.equal(json[0].message, message);
-      } finally {
-        conn.close();
-      }
+      await assertListRefused(server.ports[0], request as Record<string, unknown>, message);
     }
   });
 });

@@ -8,7 +8,6 @@
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import {
-  decodeJson,
   encodeJsonFrame,
   END_FRAME,
   FrameType,
@@ -17,26 +16,16 @@ import {
 } from "../framing.ts";
 import { compareUtf8, folderDigest, loadHashing } from "../hashing.ts";
 import { logged, withServer } from "./client_fixture.ts";
-import { answerUntilClosed, RawConnection, readRequest, runClient, tempDir, treeOf } from "./helpers.ts";
-
-/** The values of a streamed listing's Entries frames, in order, and its Trailer's `listed`. */
-async function streamedListing(
-  conn: RawConnection,
-  request: Record<string, unknown>,
-): Promise<{ values: Record<string, unknown>[]; listed: number }> {
-  await conn.sendRequest({ op: "list", path: "", recursive: true, stream: true, brief: true, ...request });
-  const values: Record<string, unknown>[] = [];
-  let listed = -1;
-  for (;;) {
-    const frame = await conn.readFrame();
-    if (frame === null) throw new Error("the connection ended before the end frame");
-    if (frame.length === 0) return { values, listed };
-    const type = String.fromCharCode(frame.payload[0]), body = frame.payload.subarray(1);
-    if (type === "L") values.push(...(decodeJson(body) as { entries: Record<string, unknown>[] }).entries);
-    if (type === "T") listed = (decodeJson(body) as { listed: number }).listed;
-    if (type === "E") throw new Error(`the listing failed: ${new TextDecoder().decode(body)}`);
-  }
-}
+import {
+  answerUntilClosed,
+  assertListRefused,
+  RawConnection,
+  readRequest,
+  runClient,
+  streamedListing,
+  tempDir,
+  treeOf,
+} from "./helpers.ts";
 
 /** The digest of each folder of a listing's entries, as a client holding those versions makes it. */
 function digestsOf(entries: Record<string, unknown>[]): Map<string, string> {
@@ -140,16 +129,7 @@ Deno.test("'known' that is not a list of at most MAX_KNOWN_FOLDERS digests, or w
         [{ known: [digest] }, "'known' needs 'stream'"],
       ] as const
     ) {
-      const conn = await RawConnection.open(server.ports[0]);
-      try {
-        await conn.sendRequest({ op: "list", path: "", ...request as Record<string, unknown> });
-        const { types, json } = await conn.readResponse();
-        assert.equal(types, "E", JSON.stringify(request).slice(0, 80));
-        assert.equal(json[0].code, "BAD_REQUEST");
-        assert.equal(json[0].message, expected);
-      } finally {
-        conn.close();
-      }
+      await assertListRefused(server.ports[0], request as Record<string, unknown>, expected);
     }
   });
 });
@@ -245,36 +225,46 @@ Deno.test("a state without folder digests gets them from the next run; one whose
   });
 });
 
-Deno.test("a record of a folder the client did not name is unusable: the mirror says so, and --delete deletes nothing", async () => {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const served = (async () => {
-    const conn = await listener.accept();
-    // One streamed listing that holds a record nobody asked for, whatever the request.
-    await readRequest(conn);
-    await answerUntilClosed(conn, [
-      encodeJsonFrame(FrameType.Header, { v: 1, status: "ok", stream: true, walkedAt: "1" }),
-      encodeJsonFrame(FrameType.Entries, { entries: [{ folder: "site/x", files: 3 }] }),
-      encodeJsonFrame(FrameType.Trailer, { listed: 1, truncated: false, leftOut: { count: 0, first: [] } }),
-      END_FRAME,
-    ]);
-    conn.close();
-    listener.close();
-  })();
-  await using dir = await tempDir();
-  await Deno.writeTextFile(`${dir.path}/stray.txt`, "mine\n");
-  const address = `127.0.0.1:${(listener.addr as Deno.NetAddr).port}`;
-  const r = await runClient(["mirror", "--delete", address, "site", dir.path]);
-  await served;
-  assert.equal(r.code, 6, r.stderr);
-  assert.match(
-    r.stderr,
-    /the listing has a record of a folder whose files this run did not say it holds: \{"folder":"site\/x","files":3\}/,
-  );
-  assert.match(
-    r.stderr,
-    /the server's listing is incomplete: 1 entries unusable: what it listed was mirrored, and --delete was skipped/,
-  );
-  assert.equal(await Deno.readTextFile(`${dir.path}/stray.txt`), "mine\n");
+Deno.test("a record the client cannot use (of a folder it did not name, or a malformed partial record) is unusable: the mirror says so, and --delete deletes nothing", async () => {
+  for (
+    const [record, message] of [
+      [
+        { folder: "site/x", files: 3 },
+        /the listing has a record of a folder whose files this run did not say it holds: \{"folder":"site\/x","files":3\}/,
+      ],
+      [
+        { folder: "site/x", files: 3, digest: "A".repeat(22), changed: [["../up", "e"]] },
+        /the listing has a malformed partial record: \{"folder":"site\/x"/,
+      ],
+    ] as const
+  ) {
+    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const served = (async () => {
+      const conn = await listener.accept();
+      // One streamed listing that holds the record, whatever the request.
+      await readRequest(conn);
+      await answerUntilClosed(conn, [
+        encodeJsonFrame(FrameType.Header, { v: 1, status: "ok", stream: true, walkedAt: "1" }),
+        encodeJsonFrame(FrameType.Entries, { entries: [record] }),
+        encodeJsonFrame(FrameType.Trailer, { listed: 1, truncated: false, leftOut: { count: 0, first: [] } }),
+        END_FRAME,
+      ]);
+      conn.close();
+      listener.close();
+    })();
+    await using dir = await tempDir();
+    await Deno.writeTextFile(`${dir.path}/stray.txt`, "mine\n");
+    const address = `127.0.0.1:${(listener.addr as Deno.NetAddr).port}`;
+    const r = await runClient(["mirror", "--delete", address, "site", dir.path]);
+    await served;
+    assert.equal(r.code, 6, r.stderr);
+    assert.match(r.stderr, message);
+    assert.match(
+      r.stderr,
+      /the server's listing is incomplete: 1 entries unusable: what it listed was mirrored, and --delete was skipped/,
+    );
+    assert.equal(await Deno.readTextFile(`${dir.path}/stray.txt`), "mine\n");
+  }
 });
 
 Deno.test("a folder of more than MAX_KNOWN_FOLDER_FILES files gets no digest; one of more files than a walk looks at in a turn still gets one", async () => {

@@ -7,11 +7,10 @@
  */
 
 import assert from "node:assert/strict";
-import { decodeJson, encodeJsonFrame, END_FRAME, FrameType } from "../framing.ts";
 import { compareUtf8, folderDigest, loadHashing } from "../hashing.ts";
 import { lstatAt } from "../ffi/libc.ts";
 import { logged, withServer } from "./client_fixture.ts";
-import { answerUntilClosed, RawConnection, readRequest, runClient, tempDir, treeOf } from "./helpers.ts";
+import { assertListRefused, RawConnection, runClient, streamedListing, tempDir, treeOf } from "./helpers.ts";
 
 const AT_FDCWD = -100;
 // libc is bound on first use and stays bound: bound before the tests, as the sanitizer counts it a leak.
@@ -31,25 +30,6 @@ function after(paths: string[]): bigint {
 async function rewriteAfter(path: string, text: string, since: bigint): Promise<void> {
   for (let tries = 0; tries < 100_000 && ctimeNs(path) < since; tries++) await Deno.writeTextFile(path, text);
   assert.ok(ctimeNs(path) >= since, `${path} has a ctime at or after ${since}`);
-}
-
-/** The values of a streamed listing's Entries frames, in order, and its Trailer's `listed`. */
-async function streamedListing(
-  conn: RawConnection,
-  request: Record<string, unknown>,
-): Promise<{ values: Record<string, unknown>[]; listed: number }> {
-  await conn.sendRequest({ op: "list", path: "", recursive: true, stream: true, brief: true, ...request });
-  const values: Record<string, unknown>[] = [];
-  let listed = -1;
-  for (;;) {
-    const frame = await conn.readFrame();
-    if (frame === null) throw new Error("the connection ended before the end frame");
-    if (frame.length === 0) return { values, listed };
-    const type = String.fromCharCode(frame.payload[0]), body = frame.payload.subarray(1);
-    if (type === "L") values.push(...(decodeJson(body) as { entries: Record<string, unknown>[] }).entries);
-    if (type === "T") listed = (decodeJson(body) as { listed: number }).listed;
-    if (type === "E") throw new Error(`the listing failed: ${new TextDecoder().decode(body)}`);
-  }
 }
 
 /** The digest of the folder `folder` of a listing's entries, as a client holding those versions makes it. */
@@ -118,16 +98,11 @@ Deno.test("'knownSince' that is not nanoseconds as decimal text, or without 'kno
         [{ knownSince: "1796587894139000000" }, "'knownSince' needs 'known'"],
       ] as const
     ) {
-      const conn = await RawConnection.open(server.ports[0]);
-      try {
-        await conn.sendRequest({ op: "list", path: "", stream: true, ...request as Record<string, unknown> });
-        const { types, json } = await conn.readResponse();
-        assert.equal(types, "E", JSON.stringify(request));
-        assert.equal(json[0].code, "BAD_REQUEST");
-        assert.equal(json[0].message, expected);
-      } finally {
-        conn.close();
-      }
+      await assertListRefused(
+        server.ports[0],
+        { stream: true, ...request } as Record<string, unknown>,
+        expected,
+      );
     }
   });
 });
@@ -190,31 +165,4 @@ Deno.test("mirror takes a folder's unchanged files from its state by a partial r
     assert.match(lists[3], /LIST "tree" recursive stream since=[0-9]+ zstd .*result=ok listed=11 inlined=1$/);
     assert.deepEqual(await treeOf(out), await treeOf(`${src}/tree`));
   });
-});
-
-Deno.test("a malformed partial record is unusable: the mirror says so, and --delete deletes nothing", async () => {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const served = (async () => {
-    const conn = await listener.accept();
-    await readRequest(conn);
-    await answerUntilClosed(conn, [
-      encodeJsonFrame(FrameType.Header, { v: 1, status: "ok", stream: true, walkedAt: "1" }),
-      encodeJsonFrame(FrameType.Entries, {
-        entries: [{ folder: "site/x", files: 3, digest: "A".repeat(22), changed: [["../up", "e"]] }],
-      }),
-      encodeJsonFrame(FrameType.Trailer, { listed: 1, truncated: false, leftOut: { count: 0, first: [] } }),
-      END_FRAME,
-    ]);
-    conn.close();
-    listener.close();
-  })();
-  await using dir = await tempDir();
-  await Deno.writeTextFile(`${dir.path}/stray.txt`, "mine\n");
-  const address = `127.0.0.1:${(listener.addr as Deno.NetAddr).port}`;
-  const r = await runClient(["mirror", "--delete", address, "site", dir.path]);
-  await served;
-  assert.equal(r.code, 6, r.stderr);
-  assert.match(r.stderr, /the listing has a malformed partial record: \{"folder":"site\/x"/);
-  assert.match(r.stderr, /the server's listing is incomplete: 1 entries unusable/);
-  assert.equal(await Deno.readTextFile(`${dir.path}/stray.txt`), "mine\n");
 });
