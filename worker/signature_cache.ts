@@ -166,8 +166,15 @@ export class SignatureCache {
       setWithin(this.#lastOf, label, identity, MAX_PATHS);
       return done(shared);
     }
-    const knownSha = this.hashes.get(identity);
-    this.#jobs.request(identity, fd, size, label, () => signing(size, knownSha, this.#guideFor(label)), done);
+    const hashes = this.hashes;
+    this.#jobs.request(
+      identity,
+      fd,
+      size,
+      label,
+      () => signing(size, () => hashes.get(identity), this.#guideFor(label)),
+      done,
+    );
   }
 
   /** The signature of the version of `label` signed last, if it is still kept (and well formed). */
@@ -202,21 +209,27 @@ export class SignatureCache {
 
 /**
  * The work of one signature job: the chunks (following `guide`, the previous version's signature, when it
- * was cut with the same bits), and the SHA-256 unless it is known already.
+ * was cut with the same bits), and the SHA-256 unless `knownSha` gives it. It may come while the job runs:
+ * a first copy's `get` has the version hashed on one worker while another signs it, and whichever hash
+ * comes first is the one both keep.
  */
-function signing(size: number, knownSha: string | undefined, guide: Signature | null) {
+function signing(size: number, knownSha: () => string | undefined, guide: Signature | null) {
   const bits = chunkBitsFor(size);
   const guided = guide?.bits === bits ? new GuidedSignatureBuilder(guide) : null;
   const builder = guided ?? new SignatureBuilder(bits);
-  const hash: Hash | null = knownSha === undefined ? createSha256() : null;
+  let sha = knownSha();
+  let hash: Hash | null = sha === undefined ? createSha256() : null;
   return {
     update(bytes: Uint8Array): void {
       builder.update(bytes);
-      hash?.update(bytes);
+      if (hash === null) return;
+      sha = knownSha();
+      if (sha === undefined) hash.update(bytes);
+      else hash = null;
     },
     result(): Signed {
       const signature = encodeSignature(builder.finish());
-      const sha256 = knownSha ?? hash!.digest("hex");
+      const sha256 = sha ?? hash!.digest("hex");
       return guided === null ? { signature, sha256 } : { signature, sha256, followed: guided.followed };
     },
   };
