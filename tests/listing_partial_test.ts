@@ -119,6 +119,11 @@ Deno.test("mirror takes a folder's unchanged files from its state by a partial r
         paths.push(`${src}/tree/${folder}/${i}.txt`);
       }
     }
+    // Files in the mirrored folder itself, whose record names it as REMOTE_DIR.
+    for (let i = 0; i < 3; i++) {
+      await Deno.writeTextFile(`${src}/tree/top${i}.txt`, `top${i}\n`);
+      paths.push(`${src}/tree/top${i}.txt`);
+    }
     const address = `127.0.0.1:${server.ports[0]}`;
     const mirror = () => runClient(["mirror", "--delete", "-q", address, "tree", out]);
     assert.equal((await mirror()).code, 0);
@@ -132,13 +137,14 @@ Deno.test("mirror takes a folder's unchanged files from its state by a partial r
     let since = after(paths);
     await setSince(since);
     await rewriteAfter(`${src}/tree/a/1.txt`, "a1, longer\n", since);
+    await rewriteAfter(`${src}/tree/top1.txt`, "top1, longer\n", since);
     await Deno.remove(`${src}/tree/b/2.txt`);
     // Here, a/3.txt is overwritten with other bytes of the same size: its lstat no longer vouches for it.
     await Deno.writeTextFile(`${out}/a/3.txt`, "XX\n");
     assert.equal((await mirror()).code, 0);
     await logged(
       server,
-      /LIST "tree" .*known=3 .*result=ok listed=4 inlined=1 known-folders=1 partial-folders=2$/,
+      /LIST "tree" .*known=4 .*result=ok listed=6 inlined=2 known-folders=1 partial-folders=3$/,
     );
     assert.deepEqual(await treeOf(out), await treeOf(`${src}/tree`));
 
@@ -159,10 +165,10 @@ Deno.test("mirror takes a folder's unchanged files from its state by a partial r
     );
     const r = await runClient(["mirror", "--delete", "--json", address, "tree", out]);
     assert.equal(r.code, 0, r.stderr);
-    assert.match(r.stderr, /mirror done: 1 updated, 10 unchanged, 0 deleted, 0 failed\n$/);
+    assert.match(r.stderr, /mirror done: 1 updated, 13 unchanged, 0 deleted, 0 failed\n$/);
     const lists = await logged(server, /LIST "tree" /, 4);
-    assert.match(lists[2], /known=3 .*result=ok listed=4 inlined=1 known-folders=2 partial-folders=1$/);
-    assert.match(lists[3], /LIST "tree" recursive stream since=[0-9]+ zstd .*result=ok listed=11 inlined=1$/);
+    assert.match(lists[2], /known=4 .*result=ok listed=5 inlined=1 known-folders=3 partial-folders=1$/);
+    assert.match(lists[3], /LIST "tree" recursive stream since=[0-9]+ zstd .*result=ok listed=14 inlined=1$/);
     assert.deepEqual(await treeOf(out), await treeOf(`${src}/tree`));
   });
 });
