@@ -568,7 +568,7 @@ class MirrorRun {
     if (state === undefined) return [];
     const digests: string[] = [];
     for (const [remote, { digest, files }] of state.knownFolders) {
-      const local = remote === this.remoteDir ? "" : localRelative(remote, this.remoteDir);
+      const local = this.#localFolder(remote);
       if (local === null || digests.length >= MAX_KNOWN_FOLDERS) continue;
       this.#known.set(remote, { local, files });
       digests.push(digest);
@@ -589,7 +589,7 @@ class MirrorRun {
       const remote = this.#remotePath(folder);
       // The state keeps the order of the listing it was recorded from: sorted already, but for the
       // files added since.
-      if (!inUtf8Order(files.map((file) => file.name))) files.sort((a, b) => compareUtf8(a.name, b.name));
+      if (!inUtf8Order(files, (file) => file.name)) files.sort((a, b) => compareUtf8(a.name, b.name));
       known.set(remote, { digest: folderDigest(remote, files), files: files.length });
     }
     state.setKnownFolders(known);
@@ -608,6 +608,14 @@ class MirrorRun {
   /** LOCAL_DIR, for the steps that a dry run does not take (or takes only once it is open). */
   get local(): Local {
     return this.open()!;
+  }
+
+  /**
+   * The folder below LOCAL_DIR of the folder `remote` on the server (`""` for REMOTE_DIR itself, which
+   * `localRelative`, made for files, refuses); null for one outside REMOTE_DIR.
+   */
+  #localFolder(remote: string): string | null {
+    return remote === this.remoteDir ? "" : localRelative(remote, this.remoteDir);
   }
 
   /** The path on the server of `rel` (a path below LOCAL_DIR, `""` for LOCAL_DIR itself). */
@@ -870,7 +878,7 @@ class MirrorRun {
    * `knownSince`, or is damaged), the listing is asked for again whole; a malformed record is unusable.
    */
   #planPartial(record: PartialRecord, items: Item[]): void {
-    const local = record.folder === this.remoteDir ? "" : localRelative(record.folder, this.remoteDir);
+    const local = this.#localFolder(record.folder);
     if (local === null || !isPartialRecord(record)) {
       this.progress.listed();
       this.#unusable(record.folder, `the listing has a malformed partial record: ${JSON.stringify(record)}`);
@@ -906,7 +914,7 @@ class MirrorRun {
     if (names === undefined) {
       // The state keeps the order of the listing it was recorded from: sorted already, but for files added.
       names = [...etags.keys()];
-      if (!inUtf8Order(names)) names.sort(compareUtf8);
+      if (!inUtf8Order(names, (name) => name)) names.sort(compareUtf8);
     }
     if (names.length !== record.files) return null;
     const digest = new FolderDigest(record.folder);
@@ -1410,9 +1418,11 @@ function lstatIn(folder: Folder, name: string): StatIdentity | null {
   }
 }
 
-/** True when `names` are in a listing's order (`compareUtf8`). */
-function inUtf8Order(names: readonly string[]): boolean {
-  for (let at = 1; at < names.length; at++) if (compareUtf8(names[at - 1], names[at]) > 0) return false;
+/** True when `items` are in a listing's order (`compareUtf8`) by the names `nameOf` gives them. */
+function inUtf8Order<T>(items: readonly T[], nameOf: (item: T) => string): boolean {
+  for (let at = 1; at < items.length; at++) {
+    if (compareUtf8(nameOf(items[at - 1]), nameOf(items[at])) > 0) return false;
+  }
   return true;
 }
 

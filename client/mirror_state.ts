@@ -277,12 +277,8 @@ export class MirrorState implements Disposable {
   /** The etag the line of `path` gives, as read, unchecked; undefined if there is no such line. */
   recordedEtag(path: string): string | undefined {
     const position = this.#entries.get(path);
-    if (position === undefined) return undefined;
-    const text = this.#text(Math.floor(position / PIECE_SPAN)), start = position % PIECE_SPAN;
-    const shaAt = text.indexOf("\t", start) + 1, etagAt = shaAt + SHA256_HEX_LENGTH + 1;
-    const etagEnd = text.indexOf("\t", etagAt);
-    if (shaAt === 0 || text.charCodeAt(etagAt - 1) !== TAB || etagEnd < etagAt) return undefined;
-    return text.slice(etagAt, etagEnd);
+    const line = position === undefined ? undefined : this.#lineAt(position);
+    return line?.text.slice(line.etagAt, line.etagEnd);
   }
 
   /**
@@ -290,13 +286,26 @@ export class MirrorState implements Disposable {
    * size; undefined if they are not where a line puts them.
    */
   #fieldsAt(position: number): { size: number; sha256: string; etag: string } | undefined {
+    const line = this.#lineAt(position);
+    if (line === undefined) return undefined;
+    const { text, start, shaAt, etagAt, etagEnd } = line;
+    const size = sizeOf(text.slice(start, shaAt - 1));
+    if (!Number.isSafeInteger(size)) return undefined;
+    return { size, sha256: text.slice(shaAt, etagAt - 1), etag: text.slice(etagAt, etagEnd) };
+  }
+
+  /**
+   * The line at `position` in its piece's text: where it starts, and where its SHA-256 and its etag begin
+   * and the etag ends; undefined if its tabs are not where a line puts them.
+   */
+  #lineAt(
+    position: number,
+  ): { text: string; start: number; shaAt: number; etagAt: number; etagEnd: number } | undefined {
     const text = this.#text(Math.floor(position / PIECE_SPAN)), start = position % PIECE_SPAN;
     const shaAt = text.indexOf("\t", start) + 1, etagAt = shaAt + SHA256_HEX_LENGTH + 1;
     const etagEnd = text.indexOf("\t", etagAt);
     if (shaAt === 0 || text.charCodeAt(etagAt - 1) !== TAB || etagEnd < etagAt) return undefined;
-    const size = sizeOf(text.slice(start, shaAt - 1));
-    if (!Number.isSafeInteger(size)) return undefined;
-    return { size, sha256: text.slice(shaAt, etagAt - 1), etag: text.slice(etagAt, etagEnd) };
+    return { text, start, shaAt, etagAt, etagEnd };
   }
 
   /**
