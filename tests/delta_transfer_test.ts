@@ -23,6 +23,7 @@ import {
   answerUntilClosed,
   concat,
   frame,
+  randomBytes,
   RawConnection,
   readRequest,
   runClient,
@@ -33,13 +34,6 @@ import {
 } from "./helpers.ts";
 
 const MiB = 1024 * 1024;
-
-/** `n` random bytes (incompressible, so no chunk of the old copy matches by accident). */
-function randomBytes(n: number): Uint8Array {
-  const out = new Uint8Array(n);
-  for (let at = 0; at < n; at += 65536) crypto.getRandomValues(out.subarray(at, Math.min(n, at + 65536)));
-  return out;
-}
 
 /** Bytes of the signature the server sends for `data`. */
 async function signatureLength(data: Uint8Array): Promise<number> {

@@ -567,6 +567,16 @@ export function samples(body: string): Map<string, number> {
   return out;
 }
 
+/**
+ * `n` random bytes: incompressible, so no chunk of an old copy matches them by accident (and more than
+ * `crypto.getRandomValues` gives in one call).
+ */
+export function randomBytes(n: number): Uint8Array {
+  const out = new Uint8Array(n);
+  for (let at = 0; at < n; at += 65536) crypto.getRandomValues(out.subarray(at, Math.min(n, at + 65536)));
+  return out;
+}
+
 /** `parts` joined, as a plain Uint8Array of its own (node's Buffer.concat may hand out a shared pool). */
 export function concat(...parts: Uint8Array[]): Uint8Array {
   return new Uint8Array(Buffer.concat(parts));

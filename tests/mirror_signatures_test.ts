@@ -12,16 +12,9 @@ import { encodeSignature, signatureOf } from "../delta.ts";
 import { GUESS_MIN_BYTES } from "../client/delta_fetch.ts";
 import { loadHashing } from "../hashing.ts";
 import { jsonLines, listDir, withServer } from "./client_fixture.ts";
-import { concat, runClient, sha256, tempDir } from "./helpers.ts";
+import { concat, randomBytes, runClient, sha256, tempDir } from "./helpers.ts";
 
 const MiB = 1024 * 1024;
-
-/** `n` random bytes (incompressible, so no chunk of the old copy matches by accident). */
-function randomBytes(n: number): Uint8Array {
-  const out = new Uint8Array(n);
-  for (let at = 0; at < n; at += 65536) crypto.getRandomValues(out.subarray(at, Math.min(n, at + 65536)));
-  return out;
-}
 
 /** `mirror --json` of the server's root into `out`, checked to succeed; the line of `a.bin`. */
 async function mirror(address: string, out: string, ...extra: string[]): Promise<Record<string, unknown>> {
