@@ -99,6 +99,8 @@ export interface FileReport {
   size?: number;
   /** The file's SHA-256 as verified, when known. */
   sha256?: string;
+  /** The version's etag, as the server's last answer for the file named it (PROTOCOL.md). */
+  etag?: string;
   /** Seconds spent. */
   seconds: number;
   /** Tries made (0 when a listing's hash showed the copy current). */
@@ -716,6 +718,7 @@ export async function fetchFile(
     report.status = fetched.unchanged ? "unchanged" : "updated";
     report.size = fetched.header.size;
     report.sha256 = fetched.sha256;
+    report.etag = fetched.header.etag;
     if (fetched.header.offset > 0 && !fetched.unchanged) report.resumedFrom = fetched.header.offset;
     report.requestId = fetched.header.requestId;
   } catch (e) {

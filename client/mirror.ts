@@ -889,7 +889,26 @@ class MirrorRun {
       this.relist = true;
       return;
     }
+    this.#askChangedAhead(record, local);
     this.#planHeld(held, items);
+  }
+
+  /**
+   * Asks ahead for the signatures of the files a partial record names as changed whose copies here were
+   * large enough for a delta, as the state recorded them: the record comes when the server's walk enters
+   * the folder, their entries only once it has gone through the folder's subfolders. The question is the
+   * one a copy of the same size would ask (`ifNoneMatch`, the recorded SHA-256); a copy of another size
+   * takes any answer but "unchanged" (`delta_fetch.ts`).
+   */
+  #askChangedAhead(record: PartialRecord, local: string): void {
+    if (!this.options.verify || this.dryRun) return;
+    const prefix = local === "" ? "" : `${local}/`;
+    for (const [name, etag] of record.changed) {
+      const recorded = this.local.state.recordedFields(prefix + name);
+      if (recorded === undefined || recorded.size < DELTA_MIN_BYTES) continue;
+      this.#prefetch ??= new SignaturePrefetch(this.session.sibling());
+      this.#prefetch.add({ path: this.#remotePath(prefix + name), localSha256: recorded.sha256, etag });
+    }
   }
 
   /**
@@ -1177,7 +1196,11 @@ class MirrorRun {
   /** Step 4: files with a part to resume, large changed files (delta), and what the fast path handed back. */
   async fetchOneByOne(): Promise<void> {
     let stop: ClientError | null = null;
-    for (const item of this.#oneByOne) {
+    // In the order their signatures were asked for ahead (after those asked for none): the prefetch gives
+    // up a signature the run went past.
+    const prefetch = this.#prefetch;
+    const order = (item: Item) => prefetch?.orderOf(item.entry.path) ?? -1;
+    for (const item of this.#oneByOne.toSorted((a, b) => order(a) - order(b))) {
       if (stop === null && this.options.deadline.expired) stop = this.options.deadline.error();
       if (stop !== null) {
         // The server is unreachable or overloaded, or the deadline passed: asking for more files would only
@@ -1202,12 +1225,12 @@ class MirrorRun {
       });
       this.count(report, item.entry.size);
       if (report.status === "failed") this.local.state.delete(item.rel);
-      // The version fetched is the listed one when their hashes agree; else the next run asks the server.
-      else {this.#remember(
-          item,
-          report.sha256,
-          report.sha256 === item.entry.sha256 ? item.entry.etag ?? "" : "",
-        );}
+      else {
+        // The version the server's answer named; from one that names none, the listed one when their
+        // hashes agree; else the next run asks the server.
+        const listed = report.sha256 === item.entry.sha256 ? item.entry.etag ?? "" : "";
+        this.#remember(item, report.sha256, report.etag ?? listed);
+      }
       const code = report.error?.exitCode;
       if (this.options.deadline.expired || code === ExitCode.Connect || code === ExitCode.Busy) {
         stop = report.error!;

@@ -99,6 +99,11 @@ export class SignaturePrefetch {
     this.#wake?.();
   }
 
+  /** The place of `path` among the files wanted (in the order added), if it was. */
+  orderOf(path: string): number | undefined {
+    return this.#at.get(path);
+  }
+
   /**
    * The signature of `path` asked for ahead, if it was. Those before it not taken are given up (the run
    * went past them), and the room they held goes to the next requests.

@@ -9,8 +9,17 @@
 import assert from "node:assert/strict";
 import { compareUtf8, folderDigest, loadHashing } from "../hashing.ts";
 import { lstatAt } from "../ffi/libc.ts";
-import { logged, withServer } from "./client_fixture.ts";
-import { assertListRefused, RawConnection, runClient, streamedListing, tempDir, treeOf } from "./helpers.ts";
+import { jsonLines, logged, withServer } from "./client_fixture.ts";
+import {
+  assertListRefused,
+  concat,
+  randomBytes,
+  RawConnection,
+  runClient,
+  streamedListing,
+  tempDir,
+  treeOf,
+} from "./helpers.ts";
 
 const AT_FDCWD = -100;
 // libc is bound on first use and stays bound: bound before the tests, as the sanitizer counts it a leak.
@@ -26,10 +35,17 @@ function after(paths: string[]): bigint {
   return paths.map(ctimeNs).reduce((a, b) => a > b ? a : b) + 1n;
 }
 
-/** Writes `text` to `path` in place until the clock that stamps files has reached `since`. */
-async function rewriteAfter(path: string, text: string, since: bigint): Promise<void> {
-  for (let tries = 0; tries < 100_000 && ctimeNs(path) < since; tries++) await Deno.writeTextFile(path, text);
+/** Writes `content` to `path` in place until the clock that stamps files has reached `since`. */
+async function rewriteAfter(path: string, content: string | Uint8Array, since: bigint): Promise<void> {
+  const bytes = typeof content === "string" ? new TextEncoder().encode(content) : content;
+  for (let tries = 0; tries < 100_000 && ctimeNs(path) < since; tries++) await Deno.writeFile(path, bytes);
   assert.ok(ctimeNs(path) >= since, `${path} has a ctime at or after ${since}`);
+}
+
+/** Sets the time the state at `statePath` says its listing began, as if its files were written before. */
+async function setSince(statePath: string, since: bigint): Promise<void> {
+  const text = await Deno.readTextFile(statePath);
+  await Deno.writeTextFile(statePath, text.replace(/^since [0-9]+$/m, `since ${since}`));
 }
 
 /** The digest of the folder `folder` of a listing's entries, as a client holding those versions makes it. */
@@ -129,13 +145,8 @@ Deno.test("mirror takes a folder's unchanged files from its state by a partial r
     assert.equal((await mirror()).code, 0);
     // The state says when the listing it was made from began: set to a time after every file was written
     // here, as on a server whose files were written long before.
-    const setSince = async (since: bigint) =>
-      await Deno.writeTextFile(
-        statePath,
-        (await Deno.readTextFile(statePath)).replace(/^since [0-9]+$/m, `since ${since}`),
-      );
     let since = after(paths);
-    await setSince(since);
+    await setSince(statePath, since);
     await rewriteAfter(`${src}/tree/a/1.txt`, "a1, longer\n", since);
     await rewriteAfter(`${src}/tree/top1.txt`, "top1, longer\n", since);
     await Deno.remove(`${src}/tree/b/2.txt`);
@@ -152,7 +163,7 @@ Deno.test("mirror takes a folder's unchanged files from its state by a partial r
     // state, and the listing is asked for again whole, which lists a/0.txt as it is.
     since = after(paths.filter((p) => !p.endsWith("b/2.txt")));
     await rewriteAfter(`${src}/tree/a/1.txt`, "a1, longer still\n", since);
-    await setSince(since);
+    await setSince(statePath, since);
     const lines = (await Deno.readTextFile(statePath)).split("\n");
     await Deno.writeTextFile(
       statePath,
@@ -169,6 +180,69 @@ Deno.test("mirror takes a folder's unchanged files from its state by a partial r
     const lists = await logged(server, /LIST "tree" /, 4);
     assert.match(lists[2], /known=4 .*result=ok listed=5 inlined=1 known-folders=3 partial-folders=1$/);
     assert.match(lists[3], /LIST "tree" recursive stream since=[0-9]+ zstd .*result=ok listed=14 inlined=1$/);
+    assert.deepEqual(await treeOf(out), await treeOf(`${src}/tree`));
+  });
+});
+
+Deno.test("large files a partial record names as changed have their signatures asked for with the state's hash before their entries come, once each; an 'unchanged' to that question is not taken for a copy changed here", async () => {
+  await withServer(async ({ src, server }) => {
+    await using dir = await tempDir();
+    const out = `${dir.path}/out`, statePath = `${out}/.ferry/state`;
+    const top = `${src}/tree/top.bin`, deeper = `${src}/tree/sub/deeper.bin`;
+    // tree/top.bin's entry comes after tree/sub's, its folder's record before them: its signature is asked
+    // for before sub/deeper.bin's, and taken first.
+    await Deno.mkdir(`${src}/tree/sub`, { recursive: true });
+    await Deno.writeTextFile(`${src}/tree/keep.txt`, "kept\n");
+    await Deno.writeTextFile(`${src}/tree/sub/s.txt`, "sub\n");
+    const MiB = 1024 * 1024, first = randomBytes(2 * MiB), deeperFirst = randomBytes(2 * MiB);
+    await Deno.writeFile(top, first);
+    await Deno.writeFile(deeper, deeperFirst);
+    const paths = [`${src}/tree/keep.txt`, `${src}/tree/sub/s.txt`, top, deeper];
+    const address = `127.0.0.1:${server.ports[0]}`;
+    const signed = (name: string, count: number) =>
+      logged(server, new RegExp(`request=SIG "tree/${name}"`), count);
+    const mirror = async () => {
+      const r = await runClient(["mirror", "--delete", "--json", "--retries", "0", address, "tree", out]);
+      assert.equal(r.code, 0, r.stderr);
+      return jsonLines(r);
+    };
+    await mirror(); // which asks for the signature of each large file, to keep
+
+    // top.bin appended to: a copy of another size asks without a hash, and takes this answer too.
+    // sub/deeper.bin changed in place.
+    let since = after(paths);
+    await setSince(statePath, since);
+    const second = concat(first, randomBytes(64 * 1024));
+    await rewriteAfter(top, second, since);
+    await rewriteAfter(deeper, concat(randomBytes(4096), deeperFirst.subarray(4096)), since);
+    const lines = await mirror();
+    for (const name of ["top.bin", "sub/deeper.bin"]) {
+      const line = lines.find((l) => l.path === `tree/${name}`) ?? {};
+      assert.equal(line.status, "updated", name);
+      assert.ok((line.bytes as number) < MiB, `${name}: ${line.bytes} bytes came over: a delta`);
+      const asked = (await signed(name, 2)).slice(1);
+      assert.equal(asked.length, 1, `${name}: asked once`);
+      assert.match(asked[0], /ifNoneMatch .*result=ok/, name);
+    }
+    assert.deepEqual(await treeOf(out), await treeOf(`${src}/tree`));
+    // The state records the versions the answers named, which the listing did not know the hashes of: the
+    // next run holds both folders as they are, by their records.
+    await mirror();
+    await logged(server, /LIST "tree" .*result=ok listed=2 .*known-folders=2 partial-folders=0$/);
+
+    // Written again with the same bytes on the server (a new version of the state's SHA-256), and appended
+    // to here: the answer to the state's hash is "unchanged", which says nothing of the copy here.
+    since = after(paths);
+    await setSince(statePath, since);
+    await rewriteAfter(top, second, since);
+    await Deno.writeFile(`${out}/top.bin`, randomBytes(1000), { append: true });
+    const line = (await mirror()).find((l) => l.path === "tree/top.bin") ?? {};
+    assert.equal(line.status, "updated");
+    const asked = (await signed("top.bin", 4)).slice(2);
+    assert.equal(asked.length, 2, "asked with the state's hash, then again without one");
+    assert.match(asked[0], /ifNoneMatch .*result=unchanged/);
+    assert.match(asked[1], /result=ok/);
+    assert.deepEqual(await Deno.readFile(`${out}/top.bin`), second);
     assert.deepEqual(await treeOf(out), await treeOf(`${src}/tree`));
   });
 });
