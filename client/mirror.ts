@@ -1290,9 +1290,10 @@ class MirrorRun {
     const { tree, state, folders } = this.#local;
     state.since = listing.walkedAt; // saved with the state, if it is saved
     try {
-      await folders.record(); // after the run's last change below LOCAL_DIR
-      // Digests of the entries the state is written with; a state of an older client gets them once.
+      // Digests of the entries the state is written with; a state of an older client gets them once. Made
+      // first: recording the folders waits for the files published last to be old enough.
       if (state.changed || !state.digested) await this.digestFolders(state);
+      await folders.record(); // after the run's last change below LOCAL_DIR
       if (state.changed) {
         await state.settle();
         saveState(tree.root, state);
