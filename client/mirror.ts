@@ -55,7 +55,7 @@ import {
   raiseOpenFileLimit,
   type StatIdentity,
 } from "../ffi/libc.ts";
-import { compareUtf8, createSha256, FolderDigest, folderDigest, loadHashing } from "../hashing.ts";
+import { compareUtf8, createSha256, FolderDigest, loadHashing } from "../hashing.ts";
 import { deleteExtraneous } from "./mirror_delete.ts";
 import { NO_TREE_PROGRESS, type Progress, type TreeProgress } from "./progress.ts";
 import {
@@ -587,10 +587,12 @@ class MirrorRun {
     const known = new Map<string, KnownFolder>();
     for (const [folder, files] of folders) {
       const remote = this.#remotePath(folder);
-      // The state keeps the order of the listing it was recorded from: sorted already, but for the
-      // files added since.
-      if (!inUtf8Order(files, (file) => file.name)) files.sort((a, b) => compareUtf8(a.name, b.name));
-      known.set(remote, { digest: folderDigest(remote, files), files: files.length });
+      // The state keeps the order of the listing it was recorded from: sorted already, but for the files
+      // added since. Paths of one folder sort as their names do.
+      if (!inUtf8Order(files, (path) => path)) files.sort(compareUtf8);
+      const digest = new FolderDigest(remote), cut = folder === "" ? 0 : folder.length + 1;
+      for (const path of files) digest.add(path.slice(cut), state.recordedEtag(path) ?? "");
+      known.set(remote, { digest: digest.digest(), files: files.length });
     }
     state.setKnownFolders(known);
   }
