@@ -29,7 +29,7 @@
  * @module
  */
 
-import { FOLDER_DIGEST, isSha256Hex, NANOSECONDS } from "../framing.ts";
+import { FOLDER_DIGEST, NANOSECONDS } from "../framing.ts";
 import type { StatIdentity } from "../ffi/structs.ts";
 import { C, close, fstat, LibcError, mkdirAt, OPEN, openAt, pread, pwriteAll } from "../ffi/libc.ts";
 import { LocalDir, LocalIoError } from "./local_tree.ts";
@@ -196,14 +196,18 @@ export class MirrorState implements Disposable {
     const text = this.#text(Math.floor(position / PIECE_SPAN)), start = position % PIECE_SPAN;
     const shaAt = start + key.length + 1;
     if (!text.startsWith(key, start) || text.charCodeAt(shaAt - 1) !== TAB) return undefined;
-    const etagAt = shaAt + SHA256_HEX_LENGTH + 1;
-    const pathAt = text.indexOf("\t", etagAt) + 1;
-    const sha256 = text.slice(shaAt, etagAt - 1), etag = text.slice(etagAt, pathAt - 1);
-    if (text.charCodeAt(etagAt - 1) !== TAB || pathAt === 0 || !isSha256Hex(sha256) || !ETAG.test(etag)) {
+    // Both fields checked where they stand, by one match: no field is cut out of a malformed line.
+    HASH_AND_ETAG.lastIndex = shaAt;
+    if (!HASH_AND_ETAG.test(text)) {
       this.#entries.delete(path);
       return undefined;
     }
-    return { key, sha256, etag };
+    const etagAt = shaAt + SHA256_HEX_LENGTH + 1;
+    return {
+      key,
+      sha256: text.slice(shaAt, etagAt - 1),
+      etag: text.slice(etagAt, HASH_AND_ETAG.lastIndex - 1),
+    };
   }
 
   /**
@@ -743,7 +747,8 @@ function quote(path: string): string {
 
 /** size:inode:mtime:ctime, the times as seconds.nanoseconds: only what such a key can hold. */
 const KEY = /^[0-9]+:[0-9]+:-?[0-9]+\.[0-9]{9}:-?[0-9]+\.[0-9]{9}$/;
-const ETAG = /^[A-Za-z0-9_-]{0,128}$/;
+/** A line's SHA-256 and etag fields, each followed by its tab, matched where they start (sticky). */
+const HASH_AND_ETAG = /[0-9a-f]{64}\t[A-Za-z0-9_-]{0,128}\t/y;
 
 /** The path as a line of a state file ends with it, or null if it is not one. */
 function pathOf(written: string): string | null {

@@ -97,7 +97,11 @@ Deno.test("state: bad lines are skipped and a foreign or cut file gives no entry
   state.set("good", entry());
   const text = state.format();
   const damaged = text + [
-    `4096:1:1.000000001:1.000000001\tnot-a-hash\t\tbad-hash`,
+    // The identity a local file has, with a field that is not well formed.
+    `${entry().key}\tnot-a-hash\t\tbad-hash`,
+    `${entry().key}\t${"gh".repeat(32)}\t\tnot-hex`,
+    `${entry().key}\t${SHA}\tnot an etag\tbad-etag`,
+    `${entry().key}\t${SHA}\t${"e".repeat(129)}\tlong-etag`,
     `-1:1:1.000000001:1.000000001\t${SHA}\t\tnegative`,
     `4096:1:1.1:1.1\t${SHA}\t\tshort nanoseconds`,
     `4096:1:1.000000001:1.000000001\t${SHA}\t\t"unterminated`,
@@ -106,14 +110,14 @@ Deno.test("state: bad lines are skipped and a foreign or cut file gives no entry
   ].join("\n");
   const loaded = MirrorState.parse(damaged, WRITTEN);
   assert.deepEqual(loaded.trusted("good", seen()), entry());
-  for (const path of ["bad-hash", "negative", "short nanoseconds"]) {
+  for (const path of ["bad-hash", "not-hex", "bad-etag", "long-etag", "negative", "short nanoseconds"]) {
     assert.equal(loaded.trusted(path, seen()), undefined, path);
   }
   // Written again, lines go out as they came in (a run forgets a malformed one when it looks its file up),
   // and are no more trusted for that.
   const again = MirrorState.parse(loaded.format(), WRITTEN);
   assert.deepEqual(again.trusted("good", seen()), entry());
-  for (const path of ["bad-hash", "negative", "short nanoseconds"]) {
+  for (const path of ["bad-hash", "not-hex", "bad-etag", "long-etag", "negative", "short nanoseconds"]) {
     assert.equal(again.trusted(path, seen()), undefined, `${path}, written again`);
   }
   assert.equal(MirrorState.parse("something else\n" + text, WRITTEN).size, 0);
