@@ -84,6 +84,25 @@ Deno.test("a file's entry is kept under its stat: any field it is made of that m
     assert.equal(memo.entryOf("", "f.txt", words, false, none), undefined, "kept brief, asked in full");
     assert.equal(memo.entryOf("", "g.txt", words, true, none), undefined, "another path");
 
+    // Kept full (a first copy's listing), asked brief: the same entry without mtimeNs and mode, hash and all.
+    const fullJson = `{"path":"f\u00e9.txt","size":4,"mtimeNs":"1700000000123456789","mode":420,"etag":"${
+      "0123456789abcdef".repeat(2)
+    }"}`;
+    const fullBytes = new TextEncoder().encode(fullJson).length;
+    const fromFull = new ListingMemo(100, 100);
+    fromFull.keepEntry("", "f\u00e9.txt", words, false, fullJson, fullBytes);
+    const briefJson = `{"path":"f\u00e9.txt","size":4,"etag":"${"0123456789abcdef".repeat(2)}"}`;
+    assert.equal(fromFull.entryOf("", "f\u00e9.txt", words, true, none), briefJson);
+    assert.equal(fromFull.lastEntryBytes, new TextEncoder().encode(briefJson).length);
+    const hashedBrief = `${briefJson.slice(0, -1)},"sha256":"${"cd".repeat(32)}"}`;
+    assert.equal(fromFull.entryOf("", "f\u00e9.txt", words, true, () => "cd".repeat(32)), hashedBrief);
+    assert.equal(fromFull.lastEntryBytes, new TextEncoder().encode(hashedBrief).length);
+    assert.equal(
+      fromFull.entryOf("", "f\u00e9.txt", words, false, none),
+      `${fullJson.slice(0, -1)},"sha256":"${"cd".repeat(32)}"}`,
+      "still full for a full listing",
+    );
+
     const sha = "ab".repeat(32);
     const asked: string[] = [];
     const known = (etag: string) => (asked.push(etag), sha);

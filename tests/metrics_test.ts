@@ -147,15 +147,15 @@ Deno.test("a scrape passes promtool, and gets, a missing file, a ping and the by
   }
 });
 
-Deno.test("a tree listed twice counts its entries built from their stat, then reused from the worker's memo", async () => {
+Deno.test("a tree listed twice counts its entries built from their stat, then reused from the worker's memo, full ones for a brief listing too", async () => {
   await using root = await tempDir();
   await Deno.mkdir(`${root.path}/d`);
   for (let i = 0; i < 30; i++) await Deno.writeTextFile(`${root.path}/d/${i}.txt`, `${i}\n`);
   const { server, port } = await serveWithMetrics(root.path, ["--workers", "1"]);
   const conn = await RawConnection.open(server.ports[0]);
   try {
-    const listed = async () => {
-      await conn.sendRequest({ op: "list", path: "", recursive: true, stream: true });
+    const listed = async (brief = false) => {
+      await conn.sendRequest({ op: "list", path: "", recursive: true, stream: true, brief });
       const frames = (await conn.readResponse()).json;
       return frames.flatMap((f) => (f.entries ?? []) as unknown[]).length;
     };
@@ -173,6 +173,11 @@ Deno.test("a tree listed twice counts its entries built from their stat, then re
     await Deno.writeTextFile(`${root.path}/d/0.txt`, "changed, and longer\n");
     assert.equal(await listed(), 30);
     assert.deepEqual(entries(samples((await scrape(port)).body)), [31, 59]);
+    // Kept full, the entries serve a brief listing too (cut short), and stay full for the next full one.
+    assert.equal(await listed(true), 30);
+    assert.deepEqual(entries(samples((await scrape(port)).body)), [31, 89]);
+    assert.equal(await listed(), 30);
+    assert.deepEqual(entries(samples((await scrape(port)).body)), [31, 119]);
     await promtoolCheck((await scrape(port)).body);
   } finally {
     conn.close();

@@ -177,10 +177,19 @@ export class ListingMemo {
     learned = NaN,
   ): string | undefined {
     const at = this.#entries.get(folder)?.get(name);
-    if (at === undefined || this.#brief[at] !== brief) return undefined;
+    // A full entry serves a brief listing too, cut short: after a first copy (full, as it brings the
+    // files' content), the next runs' brief listings of the tree found no entry and made each anew, about
+    // 0.6 s of a worker's CPU for 100,000 files. A brief entry is made anew for a full listing.
+    if (at === undefined || (this.#brief[at] && !brief)) return undefined;
     const kept = this.#words;
     for (let i = 0; i < WORDS; i++) if (kept[at * WORDS + i] !== words[ENTRY_WORDS[i]]) return undefined;
     this.#used[at] = true;
+    const json = this.#hashedJson(at, sha256, learned);
+    return brief === this.#brief[at] ? json : this.#cutShort(json);
+  }
+
+  /** The kept JSON of entry `at`, with its SHA-256 when `sha256` gives it (see {@link entryOf}). */
+  #hashedJson(at: number, sha256: (etag: string) => string | undefined, learned: number): string {
     const json = this.#json[at];
     this.#lastBytes = this.#bytes[at];
     if (this.#hashed[at] || this.#missedAt[at] === learned) return json;
@@ -195,6 +204,16 @@ export class ListingMemo {
     this.#bytes[at] = this.#lastBytes += SHA256_FIELD_LENGTH;
     this.#hashed[at] = true;
     return this.#json[at];
+  }
+
+  /**
+   * A full entry's JSON as the brief one of the same stat: without its `mtimeNs` and `mode`, which come
+   * between `size` and `etag` (the fields' order is the listing's), all ASCII.
+   */
+  #cutShort(json: string): string {
+    const from = json.lastIndexOf(',"mtimeNs":'), to = json.lastIndexOf(',"etag":');
+    this.#lastBytes -= to - from;
+    return json.slice(0, from) + json.slice(to);
   }
 
   /** The length in UTF-8 of the JSON {@link entryOf} last returned. */
