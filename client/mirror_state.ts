@@ -31,7 +31,18 @@
 
 import { FOLDER_DIGEST, NANOSECONDS } from "../framing.ts";
 import type { StatIdentity } from "../ffi/structs.ts";
-import { C, close, fstat, LibcError, mkdirAt, OPEN, openAt, pread, pwriteAll } from "../ffi/libc.ts";
+import {
+  C,
+  close,
+  coarseClockTick,
+  fstat,
+  LibcError,
+  mkdirAt,
+  OPEN,
+  openAt,
+  pread,
+  pwriteAll,
+} from "../ffi/libc.ts";
 import { LocalDir, LocalIoError } from "./local_tree.ts";
 import { pageAlignedBuffer } from "../ffi/page_aligned.ts";
 
@@ -39,13 +50,26 @@ import { pageAlignedBuffer } from "../ffi/page_aligned.ts";
 const STATE_HEADER = "ferry-mirror-state 2";
 
 /**
- * How close to the state's own write time an entry's ctime may be and still be trusted, in seconds. File
- * systems stamp times from a clock that advances in ticks of up to 10 ms; twice that leaves a margin.
+ * One tick of the clock that stamps files here, in seconds: the kernel's coarse clock, 1 to 10 ms by its
+ * configuration (10 ms, the longest, if it cannot be read). The end of a run that changed files waits
+ * three of them (see {@link MirrorState.settle}): 12 ms at 250 Hz, where a fixed 10 ms tick made it 30 ms.
  */
-export const RACY_WINDOW_SECONDS = 0.02;
+const TICK_SECONDS = (() => {
+  try {
+    return Math.max(coarseClockTick(), 0.001);
+  } catch {
+    return 0.01;
+  }
+})();
+
+/**
+ * How close to the state's own write time an entry's ctime may be and still be trusted, in seconds. File
+ * systems stamp times from a clock that advances in ticks; twice a tick leaves a margin.
+ */
+export const RACY_WINDOW_SECONDS = 2 * TICK_SECONDS;
 
 /** How far file timestamps may lag behind the clock, in seconds: a tick of the kernel's coarse clock. */
-const COARSE_CLOCK_LAG_SECONDS = 0.01;
+const COARSE_CLOCK_LAG_SECONDS = TICK_SECONDS;
 
 /** What `lstat` says of a local file that an entry is checked against (see `ffi/structs.ts`). */
 export type LocalIdentity = Pick<StatIdentity, "key" | "ctime">;

@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import {
   close,
+  coarseClockTick,
   fstat,
   LibcError,
   lstatAt,
@@ -28,6 +29,7 @@ import { tempDir } from "./helpers.ts";
   assert.throws(() => statWordsAt(fd, "no such file"), LibcError);
   assert.throws(() => lstatAt(fd, "no such file"), LibcError);
   close(fd);
+  coarseClockTick();
 }
 
 Deno.test("fstat and statAt decode struct stat as Deno's own stat sees the file", async () => {
@@ -55,6 +57,11 @@ Deno.test("fstat and statAt decode struct stat as Deno's own stat sees the file"
     close(fd);
     close(rootFd);
   }
+});
+
+Deno.test("the coarse clock's tick, which stamps files' times, is one of the kernel's: 1 to 10 ms", () => {
+  const tick = coarseClockTick();
+  assert.ok(tick >= 0.001 && tick <= 0.01, `a tick of ${tick} s`);
 });
 
 Deno.test("a failed open names the call, the errno and the path", async () => {
