@@ -555,8 +555,8 @@ export class MirrorState implements Disposable {
 
   /**
    * Waits until the file system's clock has moved a racy window past every ctime recorded, so that the
-   * state written next is not racy for them and the next run trusts them all: one wait of a few tens of
-   * milliseconds per run that published files, instead of hashing the run's last files again. The file
+   * state written next is not racy for them and the next run trusts them all: one wait of three ticks at
+   * most per run that published files, instead of hashing the run's last files again. The file
    * system stamps times from a coarse clock, up to a tick (4 ms at 250 Hz) behind the real one: the wait
    * allows for it. `alsoKeys`: identities of folders to be read once settled (see {@link settledAt}).
    */
