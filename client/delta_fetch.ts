@@ -163,8 +163,8 @@ export async function fetchDelta<H extends DeltaHeader>(
   const kept = ctx.oldSignature?.bits === bits && ctx.oldSignature.size === oldSize ? ctx.oldSignature : null;
   let local: Signature | null = kept;
   // Asked with another copy's hash, an early answer holds for a copy of no known hash unless "unchanged".
-  const asked = ctx.early?.ifNoneMatch;
-  const early = asked === ctx.localSha256 || ctx.localSha256 === undefined ? ctx.early : undefined;
+  const earlyAsked = ctx.early?.ifNoneMatch;
+  const early = earlyAsked === ctx.localSha256 || ctx.localSha256 === undefined ? ctx.early : undefined;
   if (local === null && early !== undefined && !early.ready) {
     local = await signOldCopy(ctx.old, oldSize, bits, ctx.deadline, () => early.ready);
   }
@@ -178,7 +178,7 @@ export async function fetchDelta<H extends DeltaHeader>(
   try {
     if (early !== undefined) await guess.makeWhile(() => !early.ready);
     let answer = early === undefined ? null : await early.answer;
-    if (answer?.header.unchanged === true && asked !== ctx.localSha256) answer = null;
+    if (answer?.header.unchanged === true && earlyAsked !== ctx.localSha256) answer = null;
     let raw: ResponseHeader;
     if (answer !== null) raw = answer.header;
     else {
