@@ -28,6 +28,7 @@ import { Epoll, EPOLLIN, EPOLLOUT } from "./ffi/epoll.ts";
 import { HashCache } from "./worker/hash_cache.ts";
 import { SignatureCache, type Signed } from "./worker/signature_cache.ts";
 import { ListingMemo } from "./worker/listing_memo.ts";
+import { FolderWatch } from "./worker/folder_watch.ts";
 import { loadHashing } from "./hashing.ts";
 import { LISTING_MEMO_ENTRIES, parseWorkerArgs, type WorkerArgs } from "./channel/worker_args.ts";
 import { ReplyCache } from "./worker/reply_cache.ts";
@@ -152,7 +153,7 @@ export function buildServeConfig(
     log: hooks.requestLine,
     hashes,
     signatures: new SignatureCache(hashes, hooks.serviceLine, hooks.signatureKnown),
-    listingMemo: ListingMemo.forEntries(args.listingMemoEntries ?? LISTING_MEMO_ENTRIES),
+    listingMemo: ListingMemo.forEntries(args.listingMemoEntries ?? LISTING_MEMO_ENTRIES, new FolderWatch()),
     wake: hooks.wake,
     http: args.http === false ? null : { routes: new Map([["/metrics", answerScrape]]) },
     replies: new ReplyCache(

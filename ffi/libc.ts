@@ -88,6 +88,9 @@ const symbols = {
   syncfs_async: { name: "syncfs", parameters: ["i32"], result: "i32", nonblocking: true },
   clock_gettime: { parameters: ["i32", "buffer"], result: "i32" }, // int clock_gettime(clockid_t clock, struct timespec *tp)
   clock_getres: { parameters: ["i32", "buffer"], result: "i32" }, // int clock_getres(clockid_t clock, struct timespec *res)
+  fstatfs: { parameters: ["i32", "buffer"], result: "i32" }, // int fstatfs(int fd, struct statfs *buf)
+  inotify_init1: { parameters: ["i32"], result: "i32" }, // int inotify_init1(int flags)
+  inotify_add_watch: { parameters: ["i32", "buffer", "u32"], result: "i32" }, // int inotify_add_watch(int fd, const char *path, uint32_t mask)
 } as const satisfies Deno.ForeignLibraryInterface;
 
 type Symbols = typeof symbols;
@@ -161,6 +164,21 @@ export const C = {
   O_CLOEXEC: 0o2000000,
   EFD_CLOEXEC: 0o2000000,
   EFD_NONBLOCK: 0o4000,
+  IN_NONBLOCK: 0o4000,
+  IN_CLOEXEC: 0o2000000,
+  // inotify(7) event bits, and flags of inotify_add_watch
+  IN_MODIFY: 0x2,
+  IN_ATTRIB: 0x4,
+  IN_CLOSE_WRITE: 0x8,
+  IN_MOVED_FROM: 0x40,
+  IN_MOVED_TO: 0x80,
+  IN_CREATE: 0x100,
+  IN_DELETE: 0x200,
+  IN_DELETE_SELF: 0x400,
+  IN_MOVE_SELF: 0x800,
+  IN_Q_OVERFLOW: 0x4000,
+  IN_IGNORED: 0x8000,
+  IN_ONLYDIR: 0x1000000,
   SIGINT: 2,
   SIGTERM: 15,
   SIGHUP: 1,
@@ -169,6 +187,7 @@ export const C = {
   // errno values, by name
   ENOENT: 2,
   EINTR: 4,
+  ENOSPC: 28,
   EAGAIN: 11,
   ENAMETOOLONG: 36,
   EAFNOSUPPORT: 97,
@@ -709,6 +728,29 @@ export function coarseClockTick(): number {
   const resolution = new BigInt64Array(2);
   check("clock_getres", sys.clock_getres(CLOCK_REALTIME_COARSE, resolution));
   return Number(resolution[0]) + Number(resolution[1]) / 1e9;
+}
+
+/** The `f_type` of the file system the file open as `fd` is on (fstatfs(2)): its magic number. */
+export function fileSystemType(fd: number): number {
+  // struct statfs begins with `__fsword_t f_type` (a long on x86_64); 120 bytes in all.
+  const buf = new BigInt64Array(15);
+  check("fstatfs", sys.fstatfs(fd, buf));
+  return Number(buf[0]);
+}
+
+/** inotify_init1(2): a new inotify instance, nonblocking and close-on-exec. */
+export function inotifyInit(): number {
+  return check("inotify_init1", sys.inotify_init1(C.IN_NONBLOCK | C.IN_CLOEXEC));
+}
+
+/**
+ * inotify_add_watch(2) of the file open as `fd`, by its `/proc/self/fd` link: the watch is on that very
+ * file, whatever its path leads to by now. Returns the watch descriptor (the same one for a file already
+ * watched, whose mask `mask` then replaces).
+ */
+export function inotifyWatchOpen(inotifyFd: number, fd: number, mask: number): number {
+  putPath(`/proc/self/fd/${fd}`, "inotify_add_watch");
+  return check("inotify_add_watch", sys.inotify_add_watch(inotifyFd, openPath, mask));
 }
 
 /**

@@ -91,6 +91,21 @@ export function* direntsOf(buf: Uint8Array, length: number): Generator<RawDirent
   }
 }
 
+/** `struct inotify_event` (16 bytes and its name): wd i32, mask u32, cookie u32, then the name's length u32. */
+export const INOTIFY_EVENT = { size: 16, wd: 0, mask: 4, len: 12 } as const;
+
+/** The watch descriptor and mask of each event in the first `length` bytes of an inotify read(2). */
+export function* inotifyEventsOf(buf: Uint8Array, length: number): Generator<{ wd: number; mask: number }> {
+  const view = new DataView(buf.buffer, buf.byteOffset, length);
+  for (let at = 0; at + INOTIFY_EVENT.size <= length;) {
+    yield {
+      wd: view.getInt32(at + INOTIFY_EVENT.wd, true),
+      mask: view.getUint32(at + INOTIFY_EVENT.mask, true),
+    };
+    at += INOTIFY_EVENT.size + view.getUint32(at + INOTIFY_EVENT.len, true);
+  }
+}
+
 /** Size of a buffer large enough for any socket address ferry handles (`sockaddr_in6`, 28 bytes). */
 export const SOCKADDR_MAX = 28;
 

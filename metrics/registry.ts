@@ -93,10 +93,16 @@ export const WorkerCell = {
   /** Listing entries: reused from the worker's listing memo, or built from the file's stat. */
   ListingEntriesReused: 7,
   ListingEntriesBuilt: 8,
+  /**
+   * Folder records (a request's `known`): vouched for by the worker's watch of the folder alone, or by a
+   * look at each of its files.
+   */
+  ListingRecordsByWatch: 9,
+  ListingRecordsByLook: 10,
   /** The duration histogram: a count per bucket (not cumulative; the last is +Inf), then the sum. */
-  Histogram: 9,
+  Histogram: 11,
   /** The request counts, op-major: `Requests + op * RESULTS.length + result`. */
-  Requests: 9 + DURATION_BUCKETS.length + 2,
+  Requests: 11 + DURATION_BUCKETS.length + 2,
 } as const;
 
 /** Cells per slot (the largest slot's cells, rounded up). */

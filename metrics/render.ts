@@ -158,6 +158,13 @@ export function renderMetrics(region: MetricsRegion | null = metricsRegion()): s
   )
     .sample("ferry_listing_entries_total", { entry: "reused" }, sum(WorkerCell.ListingEntriesReused))
     .sample("ferry_listing_entries_total", { entry: "built" }, sum(WorkerCell.ListingEntriesBuilt));
+  out.family(
+    "ferry_listing_records_total",
+    "counter",
+    "Folders listed as one record (the client holds them as they are): vouched for by the worker's watch of the folder, or by a look at each file.",
+  )
+    .sample("ferry_listing_records_total", { by: "watch" }, sum(WorkerCell.ListingRecordsByWatch))
+    .sample("ferry_listing_records_total", { by: "look" }, sum(WorkerCell.ListingRecordsByLook));
 
   out.family("ferry_open_fds", "gauge", "File descriptors open in each ferry process.");
   const masterPid = master[MasterCell.Pid];

@@ -60,6 +60,7 @@ import {
 import { etagOf, identityOf } from "./hash_cache.ts";
 import { WorkerCell, workerMetrics } from "../metrics/registry.ts";
 import { etagInEntry, type FolderNames, SHA256_FIELD_LENGTH, withSha256 } from "./listing_memo.ts";
+import type { WatchMark } from "./folder_watch.ts";
 import { FolderDigest } from "../hashing.ts";
 import {
   ErrorPiece,
@@ -201,8 +202,13 @@ interface Folder {
   known: boolean;
   /** Set when the folder was sent as a PartialRecord: only its files changed since then are listed. */
   partialSince: Instant | null;
-  /** The look at the folder's files for its digest, while it takes more than one turn. */
-  digesting: { digest: FolderDigest; at: number; count: number } | null;
+  /**
+   * The look at the folder's files for its digest, while it takes more than one turn; `linked` once a file
+   * with another link was found (its digest is then not kept: see `folder_watch.ts`).
+   */
+  digesting: { digest: FolderDigest; at: number; count: number; linked: boolean } | null;
+  /** The worker's watch's mark of the folder, taken when it was opened for a digest; null without. */
+  mark: WatchMark | null;
   /**
    * "read" inside the token's scopes (everything below is listed), "way" above a scope (only the names on
    * the way down to a scope are looked at; the others are passed over without a trace, not even as left
@@ -239,6 +245,8 @@ class Walk {
   #aheadOf: Folder | null = null;
   #aheadFrom = 0;
   #aheadCount = 0;
+  /** Whether the file {@link #fileAt} last looked at has another link (`st_nlink` other than 1). */
+  #linked = false;
 
   /**
    * @param ctx the worker's root, hash cache
@@ -261,18 +269,16 @@ class Walk {
     readonly knownSince: Instant | null = null,
   ) {
     const { fd, stat } = opened;
-    this.#stack.push(Walk.#folder(path, 0, fd, stat, reach, known === null));
+    this.#stack.push(this.#folder(path, 0, fd, stat, reach));
   }
 
-  /** A folder to go through, its names not read yet; `digested` true where no digest is wanted. */
-  static #folder(
-    path: string,
-    depth: number,
-    fd: number,
-    stat: FileStat,
-    reach: Reach,
-    digested: boolean,
-  ): Folder {
+  /**
+   * A folder to go through, its names not read yet. Where a digest is wanted, the folder is marked for it
+   * first, before anything is read of it.
+   */
+  #folder(path: string, depth: number, fd: number, stat: FileStat, reach: Reach): Folder {
+    const digested = this.known === null;
+    const mark = digested || reach !== "read" ? null : this.ctx.listingMemo.markFolder(fd, stat);
     return {
       path,
       depth,
@@ -288,6 +294,7 @@ class Walk {
       known: false,
       partialSince: null,
       digesting: null,
+      mark,
     };
   }
 
@@ -414,9 +421,7 @@ class Walk {
     } else if (!("fd" in opened)) {
       this.leaveOut(rel, "changed from a folder to something else during the listing");
     } else {
-      this.#stack.push(
-        Walk.#folder(rel, folder.depth + 1, opened.fd, opened.stat, reach, this.known === null),
-      );
+      this.#stack.push(this.#folder(rel, folder.depth + 1, opened.fd, opened.stat, reach));
     }
     return 2;
   }
@@ -450,6 +455,7 @@ class Walk {
       if (!(e instanceof LibcError)) throw e;
       return e;
     }
+    this.#linked = words[NLINK_WORD] !== 1 || words[NLINK_WORD + 1] !== 0;
     const { listingMemo: memo, hashes } = this.ctx;
     const name = folder.names!.texts[at];
     const kept = memo.entryOf(
@@ -499,7 +505,8 @@ class Walk {
         if (type === DT.REG) count++;
       }
       if (count === 0 || count > MAX_KNOWN_FOLDER_FILES) return this.#undigested(folder);
-      look = folder.digesting = { digest: new FolderDigest(folder.path), at: 0, count };
+      if (this.#heldAsItWas(folder, count)) return 1;
+      look = folder.digesting = { digest: new FolderDigest(folder.path), at: 0, count, linked: false };
       folder.files = [];
     }
     const { texts, types } = folder.names!;
@@ -512,16 +519,35 @@ class Walk {
       if (found === null || found instanceof LibcError) return units + this.#undigested(folder);
       folder.files![look.at] = found;
       look.digest.add(texts[look.at], etagInEntry(found.json));
+      if (this.#linked) look.linked = true;
     }
     if (look.at < texts.length) return units; // the look goes on at the folder's next turn
     this.#undigested(folder);
     const digest = look.digest.digest();
+    if (folder.mark !== null && !look.linked) {
+      this.ctx.listingMemo.keepDigest(folder.path, folder.stat, digest, look.count, folder.mark);
+    }
     if (this.known!.has(digest)) {
       folder.known = true;
       folder.files = null;
       this.#record({ folder: folder.path, files: look.count } satisfies FolderRecord, look.count, "whole");
+      workerMetrics.count(WorkerCell.ListingRecordsByLook);
     } else if (this.knownSince !== null) this.#partial(folder, look.count, digest, this.knownSince);
     return units;
+  }
+
+  /**
+   * Sends `folder` as one record, without a look at its files, when the memo kept its digest, the client
+   * holds that digest, and the worker's watch vouches that nothing changed in it since (`folder_watch.ts`).
+   */
+  #heldAsItWas(folder: Folder, count: number): boolean {
+    const kept = this.ctx.listingMemo.digestOf(folder.path, folder.stat);
+    if (kept === undefined || kept.files !== count || !this.known!.has(kept.digest)) return false;
+    this.#undigested(folder);
+    folder.known = true;
+    this.#record({ folder: folder.path, files: count } satisfies FolderRecord, count, "whole");
+    workerMetrics.count(WorkerCell.ListingRecordsByWatch);
+    return true;
   }
 
   /**
@@ -733,6 +759,8 @@ const INLINE_ENTRY_FIELDS_BYTES = 256;
 const STATS_AHEAD = 64;
 /** A `struct stat` in u32 words. */
 const STAT_WORDS = STAT.size / 4;
+/** Where a `struct stat` given as u32 words has `st_nlink` (a u64). */
+const NLINK_WORD = STAT.st_nlink / 4;
 
 function join(dir: string, name: string): string {
   return dir === "" ? name : `${dir}/${name}`;

@@ -10,6 +10,10 @@
  *   fstatat), and rebuilds the entry only when one of those fields moved. An entry takes its SHA-256 in
  *   once the worker knows it, and keeps it while those fields stay, as the hash cache keeps only so many.
  *
+ * - each folder's digest (a request's `known`), kept with the mark of the worker's watch of the folder
+ *   (`folder_watch.ts`) taken before the walk read it: while no change follows the mark, a listing sends
+ *   the folder as its record without looking at its files.
+ *
  * So a listing from here is the listing a fresh walk would send, with a hash wherever one was known. A folder's names are kept only once its
  * ctime is a second older than their reading: a change in the same tick of the clock as the reading would
  * leave its mtime and ctime as they were (git's "racily clean" index entries have the same cure).
@@ -23,6 +27,7 @@
 
 import type { FileStat } from "../ffi/structs.ts";
 import { STAT } from "../ffi/structs.ts";
+import { type FolderWatch, MAX_WATCHED_FOLDERS, type WatchMark } from "./folder_watch.ts";
 
 /** A folder's names in byte order: each one's text, and its `d_type` (DT_UNKNOWN where not told). */
 export interface FolderNames {
@@ -43,6 +48,14 @@ interface KeptFolder {
   identity: string;
   names: FolderNames;
   used: boolean;
+}
+
+/** A folder's digest as a walk made it, under the folder's identity, and the mark that vouches for it. */
+interface KeptDigest {
+  identity: string;
+  digest: string;
+  files: number;
+  mark: WatchMark;
 }
 
 /** Folders' names kept for each file entry kept (a name takes some 40 bytes, an entry some 250). */
@@ -103,19 +116,59 @@ export class ListingMemo {
    * so that a listing does not grow by a hash for every file a first copy brought.
    */
   #inlined: (InlinedVersion | undefined)[] = [];
+  /** Folders' digests by path, each kept with its watch's mark (see {@link keepDigest}). */
+  readonly #digests = new Map<string, KeptDigest>();
   /** What was turned away since the last sweep, full: a sweep is tried once per an eighth of a bound. */
   #refusedEntries = 0;
   #refusedNames = 0;
 
   /**
    * @param maxNames names kept over all folders at most (0: none)
-   * @param maxEntries file entries kept at most (0: none)
+   * @param maxEntries file entries kept at most (0: none, and no folder's digest either)
+   * @param watch the worker's watch of the tree, which vouches for folders' digests; null: none are kept
    */
-  constructor(readonly maxNames: number, readonly maxEntries: number) {}
+  constructor(
+    readonly maxNames: number,
+    readonly maxEntries: number,
+    readonly watch: FolderWatch | null = null,
+  ) {}
 
-  /** A memo of `entries` files' entries and twice as many folders' names (0: one that keeps nothing). */
-  static forEntries(entries: number): ListingMemo {
-    return new ListingMemo(entries * NAMES_PER_ENTRY, entries);
+  /**
+   * A memo of `entries` files' entries and twice as many folders' names (0: one that keeps nothing), and
+   * of the digests `watch` vouches for.
+   */
+  static forEntries(entries: number, watch: FolderWatch | null = null): ListingMemo {
+    return new ListingMemo(entries * NAMES_PER_ENTRY, entries, watch);
+  }
+
+  /**
+   * Marks the folder open as `fd` (its fstat: `folder`) before a walk that may digest it reads it: the mark
+   * {@link keepDigest} keeps with the digest. Null when nothing can vouch for the folder later.
+   */
+  markFolder(fd: number, folder: FileStat): WatchMark | null {
+    return this.maxEntries === 0 || this.watch === null ? null : this.watch.mark(fd, folder);
+  }
+
+  /**
+   * The digest of the folder `path` and its count of files, as a walk made it, when the folder is as it
+   * was then: the same identity (names neither added nor removed), and its mark not followed by any change.
+   */
+  digestOf(path: string, folder: FileStat): { digest: string; files: number } | undefined {
+    const kept = this.#digests.get(path);
+    if (kept === undefined) return undefined;
+    if (kept.identity === folderIdentity(folder) && this.watch!.unchanged(kept.mark)) return kept;
+    this.#digests.delete(path);
+    return undefined;
+  }
+
+  /**
+   * Keeps the digest of the folder `path` (its fstat: `folder`) and its count of files, made by a walk that
+   * marked the folder with `mark` before it read the folder's names, and found no file with another link.
+   */
+  keepDigest(path: string, folder: FileStat, digest: string, files: number, mark: WatchMark): void {
+    // Each needs a watch of its own: as many as the watch keeps at most.
+    if (this.#digests.size >= MAX_WATCHED_FOLDERS && !this.#digests.has(path)) return;
+    this.#digests.set(path, { identity: folderIdentity(folder), digest, files, mark });
   }
 
   /** The names of the folder `path`, if it is as it was when they were read. */

@@ -1,0 +1,180 @@
+/**
+ * A worker's watch of the tree (`worker/folder_watch.ts`): a folder a listing with `known` found as the
+ * client holds it is sent as its record by the next such listing without a look at its files, for as long
+ * as the kernel reports no change in it; any change to a file or name in it, a file with another link, or
+ * events the kernel could not queue send the listing back to the folder's files.
+ */
+
+import assert from "node:assert/strict";
+import { compareUtf8, folderDigest, loadHashing } from "../hashing.ts";
+import { close, fileSystemType, openRead } from "../ffi/libc.ts";
+import { watchesFileSystem } from "../worker/folder_watch.ts";
+import { withServer } from "./client_fixture.ts";
+import { RawConnection, samples, scrape, streamedListing, tempDir } from "./helpers.ts";
+
+// libc's symbols are bound on first use and stay bound: bind the ones used here before any test starts,
+// since the test sanitizer counts a library opened during a test as a leak.
+{
+  const fd = openRead(".", { directory: true });
+  fileSystemType(fd);
+  close(fd);
+}
+
+/** The digest of each folder of a listing's entries, as a client holding those versions makes it. */
+function digestsOf(entries: Record<string, unknown>[]): string[] {
+  const folders = new Map<string, { name: string; etag: string }[]>();
+  for (const { path, etag } of entries) {
+    const slash = String(path).lastIndexOf("/");
+    const folder = slash < 0 ? "" : String(path).slice(0, slash);
+    if (!folders.has(folder)) folders.set(folder, []);
+    folders.get(folder)!.push({ name: String(path).slice(slash + 1), etag: String(etag) });
+  }
+  return [...folders].map(([folder, files]) =>
+    folderDigest(folder, files.sort((a, b) => compareUtf8(a.name, b.name)))
+  );
+}
+
+/** The folder records a worker sent so far: vouched for by its watch, and by a look at the files. */
+async function recordsSent(port: number): Promise<{ watch: number; look: number }> {
+  const s = samples((await scrape(port)).body);
+  return {
+    watch: s.get('ferry_listing_records_total{by="watch"}') ?? 0,
+    look: s.get('ferry_listing_records_total{by="look"}') ?? 0,
+  };
+}
+
+/** True when `dir` is on a file system the worker watches; else says why the test does not run. */
+function watchable(dir: string, test: string): boolean {
+  const fd = openRead(dir, { directory: true });
+  try {
+    const type = fileSystemType(fd);
+    if (watchesFileSystem(type)) return true;
+    console.log(
+      `skipped "${test}": ${dir} is on a file system (f_type 0x${type.toString(16)}) no watch vouches for`,
+    );
+    return false;
+  } finally {
+    close(fd);
+  }
+}
+
+/** What a listing with `known` sent: each folder's record by its folder, each file's entry by its path. */
+function byName(values: Record<string, unknown>[]): Map<string, Record<string, unknown>> {
+  return new Map(values.map((v) => [String(v.folder ?? v.path), v]));
+}
+
+Deno.test("an unchanged folder comes as its record on the watch alone; a file written, truncated, touched, chmodded, created, removed or renamed over in it sends the next listing back to its files", async () => {
+  await loadHashing();
+  await withServer(async ({ src, server }) => {
+    if (!watchable(src, "folder watch: changes")) return;
+    const folders = ["d0", "d1", "d2", "d3", "d4", "d5", "d6", "d7"];
+    for (const folder of folders) {
+      await Deno.mkdir(`${src}/${folder}`);
+      for (const name of ["a.txt", "b.txt"]) {
+        await Deno.writeTextFile(`${src}/${folder}/${name}`, `${folder}/${name}\n`);
+      }
+    }
+    const conn = await RawConnection.open(server.ports[0]);
+    try {
+      const known = digestsOf((await streamedListing(conn, {})).values);
+      const port = server.ports[0];
+
+      // The first listing with `known` looks at every file; the next one needs only the watch.
+      const first = await streamedListing(conn, { known });
+      assert.deepEqual(first.values, folders.map((folder) => ({ folder, files: 2 })));
+      assert.deepEqual(await recordsSent(port), { watch: 0, look: 8 });
+      const second = await streamedListing(conn, { known });
+      assert.deepEqual(second.values, first.values);
+      assert.deepEqual(await recordsSent(port), { watch: 8, look: 8 });
+
+      // One change in each folder but d7. Those of d0 to d3 leave the folder's own times as they were.
+      using written = await Deno.open(`${src}/d0/a.txt`, { write: true });
+      await written.write(new TextEncoder().encode("D0")); // same size: its etag may not even move
+      await Deno.truncate(`${src}/d1/a.txt`, 1);
+      await Deno.utime(`${src}/d2/a.txt`, 1_000_000, 1_000_000);
+      await Deno.chmod(`${src}/d3/a.txt`, 0o600); // its etag stays: its record comes, after a look
+      await Deno.writeTextFile(`${src}/d4/c.txt`, "new\n");
+      await Deno.remove(`${src}/d5/b.txt`);
+      await Deno.writeTextFile(`${src}/d6/tmp`, "renamed over\n");
+      await Deno.rename(`${src}/d6/tmp`, `${src}/d6/a.txt`);
+
+      const third = byName((await streamedListing(conn, { known })).values);
+      const sent = await recordsSent(port);
+      assert.equal(sent.watch, 9, "only d7 is vouched for by the watch");
+      assert.deepEqual(third.get("d7"), { folder: "d7", files: 2 });
+      assert.deepEqual(third.get("d3"), { folder: "d3", files: 2 });
+      assert.equal(third.get("d1/a.txt")?.size, 1);
+      assert.ok(third.has("d2/a.txt") && third.has("d2/b.txt"), "d2 is listed file by file");
+      assert.ok(third.has("d4/c.txt"));
+      assert.ok(third.has("d5/a.txt") && !third.has("d5/b.txt") && !third.has("d5"));
+      assert.equal(third.get("d6/a.txt")?.size, "renamed over\n".length);
+      // d0 came as entries, or as its record after a look if the write kept its mtime's tick.
+      assert.equal(sent.look, 8 + 1 + (third.has("d0") ? 1 : 0));
+    } finally {
+      conn.close();
+    }
+  });
+});
+
+Deno.test("a folder holding a file with another link is looked at file by file each time: a write through the other name shows at once", async () => {
+  await loadHashing();
+  await withServer(async ({ src, server }) => {
+    if (!watchable(src, "folder watch: links")) return;
+    await using elsewhere = await tempDir();
+    await Deno.mkdir(`${src}/d`);
+    await Deno.writeTextFile(`${src}/d/linked.txt`, "one\n");
+    await Deno.writeTextFile(`${src}/d/plain.txt`, "plain\n");
+    // Another name for d/linked.txt, in a folder no watch of the server's sees (same file system).
+    await Deno.link(`${src}/d/linked.txt`, `${elsewhere.path}/other-name.txt`);
+    const conn = await RawConnection.open(server.ports[0]);
+    try {
+      const known = digestsOf((await streamedListing(conn, {})).values);
+      const port = server.ports[0];
+      for (let i = 1; i <= 2; i++) {
+        assert.deepEqual((await streamedListing(conn, { known })).values, [{ folder: "d", files: 2 }]);
+        assert.deepEqual(await recordsSent(port), { watch: 0, look: i });
+      }
+      await Deno.writeTextFile(`${elsewhere.path}/other-name.txt`, "two, and longer\n", { append: true });
+      const after = byName((await streamedListing(conn, { known })).values);
+      assert.equal(after.get("d/linked.txt")?.size, "one\ntwo, and longer\n".length);
+    } finally {
+      conn.close();
+    }
+  });
+});
+
+Deno.test("events the kernel could not queue void every watch: a change among them still shows", async () => {
+  await loadHashing();
+  await withServer(async ({ src, server }) => {
+    if (!watchable(src, "folder watch: overflow")) return;
+    const queued = Number(await Deno.readTextFile("/proc/sys/fs/inotify/max_queued_events"));
+    for (const folder of ["busy", "quiet"]) await Deno.mkdir(`${src}/${folder}`);
+    for (const name of ["busy/1", "busy/2", "quiet/x.txt"]) await Deno.writeTextFile(`${src}/${name}`, "x\n");
+    const conn = await RawConnection.open(server.ports[0]);
+    try {
+      const known = digestsOf((await streamedListing(conn, {})).values);
+      const port = server.ports[0];
+      await streamedListing(conn, { known });
+      assert.deepEqual((await streamedListing(conn, { known })).values, [
+        { folder: "busy", files: 2 },
+        { folder: "quiet", files: 1 },
+      ]);
+      assert.deepEqual(await recordsSent(port), { watch: 2, look: 2 });
+      // More events than the worker's queue holds (two names in turn: the kernel merges only repeats of the
+      // last event), then the change in quiet/, whose event is lost.
+      using one = await Deno.open(`${src}/busy/1`, { write: true });
+      using two = await Deno.open(`${src}/busy/2`, { write: true });
+      const byte = new Uint8Array([0x79]);
+      for (let i = 0; i <= queued / 2; i++) {
+        one.writeSync(byte);
+        two.writeSync(byte);
+      }
+      await Deno.writeTextFile(`${src}/quiet/x.txt`, "changed, and longer\n");
+      const after = byName((await streamedListing(conn, { known })).values);
+      assert.equal(after.get("quiet/x.txt")?.size, "changed, and longer\n".length);
+      assert.equal((await recordsSent(port)).watch, 2, "no folder was vouched for by the watch");
+    } finally {
+      conn.close();
+    }
+  });
+});
