@@ -7,8 +7,8 @@
 
 import assert from "node:assert/strict";
 import { compareUtf8, folderDigest, loadHashing } from "../hashing.ts";
-import { close, fileSystemType, openRead } from "../ffi/libc.ts";
-import { watchesFileSystem } from "../worker/folder_watch.ts";
+import { close, fileSystemType, fstat, openRead } from "../ffi/libc.ts";
+import { FolderWatch, watchesFileSystem } from "../worker/folder_watch.ts";
 import { withServer } from "./client_fixture.ts";
 import { RawConnection, samples, scrape, streamedListing, tempDir } from "./helpers.ts";
 
@@ -17,6 +17,10 @@ import { RawConnection, samples, scrape, streamedListing, tempDir } from "./help
 {
   const fd = openRead(".", { directory: true });
   fileSystemType(fd);
+  const watch = new FolderWatch();
+  const mark = watch.mark(fd, fstat(fd));
+  if (mark !== null) watch.unchanged(mark);
+  watch.close();
   close(fd);
 }
 
@@ -177,4 +181,45 @@ Deno.test("events the kernel could not queue void every watch: a change among th
       conn.close();
     }
   });
+});
+
+Deno.test("a mark vouches for its folder until something in it changes, whatever another folder does; a restart or the folder's removal voids its marks", async () => {
+  await using dir = await tempDir();
+  if (!watchable(dir.path, "folder watch: marks")) return;
+  for (const folder of ["a", "b"]) {
+    await Deno.mkdir(`${dir.path}/${folder}`);
+    await Deno.writeTextFile(`${dir.path}/${folder}/x`, "x\n");
+  }
+  const watch = new FolderWatch();
+  const a = openRead(`${dir.path}/a`, { directory: true });
+  let b = openRead(`${dir.path}/b`, { directory: true });
+  try {
+    const markA = watch.mark(a, fstat(a))!, markB = watch.mark(b, fstat(b))!;
+    assert.ok(watch.unchanged(markA) && watch.unchanged(markB));
+    assert.ok(watch.unchanged(watch.mark(a, fstat(a))!));
+    assert.equal(watch.watched, 2, "a folder marked again keeps its one watch");
+
+    await Deno.writeTextFile(`${dir.path}/b/x`, "y\n");
+    assert.ok(watch.unchanged(markA));
+    assert.ok(!watch.unchanged(markB));
+    const markB2 = watch.mark(b, fstat(b))!;
+    assert.ok(watch.unchanged(markB2), "a mark taken after the change vouches again");
+
+    watch.restart();
+    assert.equal(watch.watched, 0);
+    assert.ok(!watch.unchanged(markA) && !watch.unchanged(markB2));
+    const markA2 = watch.mark(a, fstat(a))!, markB3 = watch.mark(b, fstat(b))!;
+    assert.ok(watch.unchanged(markA2) && watch.unchanged(markB3));
+
+    close(b); // as a walk does once it leaves a folder: the watch's end waits for the last reference to go
+    b = -1;
+    await Deno.remove(`${dir.path}/b`, { recursive: true });
+    assert.ok(!watch.unchanged(markB3));
+    assert.ok(watch.unchanged(markA2));
+    assert.equal(watch.watched, 1, "the removed folder's watch ended");
+  } finally {
+    close(a);
+    if (b >= 0) close(b);
+    watch.close();
+  }
 });

@@ -91,12 +91,7 @@ export class FolderWatch {
 
   /** A watch of its own (inotify_init1); one that watches nothing if the kernel gives none. */
   constructor() {
-    try {
-      this.#fd = inotifyInit();
-    } catch (e) {
-      if (!(e instanceof LibcError)) throw e;
-      this.#fd = -1; // EMFILE: the user's inotify instances are all taken; listings look at every file
-    }
+    this.#fd = FolderWatch.#open();
   }
 
   /** How many folders are watched. */
@@ -137,10 +132,34 @@ export class FolderWatch {
     return this.#overflows === mark.overflows && this.#events.get(mark.wd) === mark.events;
   }
 
+  /**
+   * Ends every watch and starts anew, with a new inotify instance: every mark taken before vouches for
+   * nothing. For a root that now leads to another tree, whose folders the old watches would hold on to.
+   */
+  restart(): void {
+    this.close();
+    this.#wdOf.clear();
+    this.#folderOf.clear();
+    this.#events.clear();
+    this.#refused = false;
+    this.#overflows++;
+    this.#fd = FolderWatch.#open();
+  }
+
   /** Stops watching (closes the inotify instance, which ends its watches). */
   close(): void {
     if (this.#fd >= 0) close(this.#fd);
     this.#fd = -1;
+  }
+
+  /** A new inotify instance, or -1 when the kernel gives none. */
+  static #open(): number {
+    try {
+      return inotifyInit();
+    } catch (e) {
+      if (!(e instanceof LibcError)) throw e;
+      return -1; // EMFILE: the user's inotify instances are all taken; listings look at every file
+    }
   }
 
   /** Reads every event queued, counting them by watch. */

@@ -161,6 +161,12 @@ export class ListingMemo {
     return undefined;
   }
 
+  /** Forgets every folder's digest and restarts the watch: the root now leads to another tree. */
+  watchAnew(): void {
+    this.#digests.clear();
+    this.watch?.restart();
+  }
+
   /**
    * Keeps the digest of the folder `path` (its fstat: `folder`) and its count of files, made by a walk that
    * marked the folder with `mark` before it read the folder's names, and found no file with another link.

@@ -48,6 +48,8 @@ export class ServedRoot {
     }
     this.#retired.push({ fd: this.#config.rootFd, holders: new Set(this.#connections()) });
     this.#config.rootFd = fresh;
+    // The old tree's folders would keep their watches (and take up the worker's share) for nothing.
+    this.#config.listingMemo.watchAnew();
     return `${this.#path} reopened: another directory now (inode ${now.ino}, was ${before.ino}); ` +
       `connections open before keep the old one`;
   }
