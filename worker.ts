@@ -153,7 +153,10 @@ export function buildServeConfig(
     log: hooks.requestLine,
     hashes,
     signatures: new SignatureCache(hashes, hooks.serviceLine, hooks.signatureKnown),
-    listingMemo: ListingMemo.forEntries(args.listingMemoEntries ?? LISTING_MEMO_ENTRIES, new FolderWatch()),
+    listingMemo: ListingMemo.forEntries(
+      args.listingMemoEntries ?? LISTING_MEMO_ENTRIES,
+      new FolderWatch(hooks.serviceLine),
+    ),
     wake: hooks.wake,
     http: args.http === false ? null : { routes: new Map([["/metrics", answerScrape]]) },
     replies: new ReplyCache(

@@ -61,6 +61,9 @@ export function watchesFileSystem(type: number): boolean {
   return LOCAL_FILE_SYSTEMS.has(type);
 }
 
+/** What a folder without a watch costs, as the service log says it. */
+const UNWATCHED = "the folders not watched yet have their files looked at by every listing";
+
 /** Changes to a folder's files or names, or to the folder itself. */
 const WATCHED_EVENTS = C.IN_MODIFY | C.IN_ATTRIB | C.IN_CLOSE_WRITE | C.IN_MOVED_FROM | C.IN_MOVED_TO |
   C.IN_CREATE | C.IN_DELETE | C.IN_DELETE_SELF | C.IN_MOVE_SELF;
@@ -89,9 +92,15 @@ export class FolderWatch {
   #refused = false;
   static readonly #buffer = new Uint8Array(64 * 1024);
 
-  /** A watch of its own (inotify_init1); one that watches nothing if the kernel gives none. */
-  constructor() {
-    this.#fd = FolderWatch.#open();
+  /** Set once a folder was not watched for the bound: said once. */
+  #full = false;
+
+  /**
+   * A watch of its own (inotify_init1); one that watches nothing if the kernel gives none.
+   * @param say writes a line to the worker's service log: why folders go unwatched, once each
+   */
+  constructor(readonly say: (line: string) => void = () => {}) {
+    this.#fd = this.#open();
   }
 
   /** How many folders are watched. */
@@ -109,12 +118,22 @@ export class FolderWatch {
     const key = `${folder.dev}:${folder.ino}`;
     let wd = this.#wdOf.get(key);
     if (wd === undefined) {
-      if (this.#refused || this.#wdOf.size >= MAX_WATCHED_FOLDERS) return null;
+      if (this.#refused) return null;
+      if (this.#wdOf.size >= MAX_WATCHED_FOLDERS) {
+        if (!this.#full) {
+          this.say(`folder watch: ${MAX_WATCHED_FOLDERS} folders watched, a worker's most: ${UNWATCHED}`);
+        }
+        this.#full = true;
+        return null;
+      }
       try {
         wd = inotifyWatchOpen(this.#fd, fd, WATCHED_EVENTS | C.IN_ONLYDIR);
       } catch (e) {
         if (!(e instanceof LibcError)) throw e;
-        if (e.code === C.ENOSPC) this.#refused = true;
+        if (e.code === C.ENOSPC) {
+          this.say(`folder watch: no more watches (${e.message}; fs.inotify.max_user_watches): ${UNWATCHED}`);
+          this.#refused = true;
+        }
         return null;
       }
       // A watch sees what happens from now on: what happened before is in the walk's own look.
@@ -141,9 +160,9 @@ export class FolderWatch {
     this.#wdOf.clear();
     this.#folderOf.clear();
     this.#events.clear();
-    this.#refused = false;
+    this.#refused = this.#full = false;
     this.#overflows++;
-    this.#fd = FolderWatch.#open();
+    this.#fd = this.#open();
   }
 
   /** Stops watching (closes the inotify instance, which ends its watches). */
@@ -152,13 +171,16 @@ export class FolderWatch {
     this.#fd = -1;
   }
 
-  /** A new inotify instance, or -1 when the kernel gives none. */
-  static #open(): number {
+  /** A new inotify instance, or -1 when the kernel gives none (the user's instances all taken). */
+  #open(): number {
     try {
       return inotifyInit();
     } catch (e) {
       if (!(e instanceof LibcError)) throw e;
-      return -1; // EMFILE: the user's inotify instances are all taken; listings look at every file
+      this.say(
+        `folder watch off (${e.message}; fs.inotify.max_user_instances): every listing looks at every file`,
+      );
+      return -1;
     }
   }
 
