@@ -16,7 +16,9 @@
  *   tmpfs): not NFS or other network file systems, where other hosts write, nor FUSE or overlayfs;
  * - a file with more than one link can be written through a name in another folder, which tells this one
  *   nothing: its folder is looked at file by file (`Walk` keeps no digest for it);
- * - a write through a shared mapping (mmap(2)) queues no event: a mark vouches for at most
+ * - a write through a shared mapping (mmap(2)) queues no event, nor does one through a link made in another
+ *   folder after the look (a link count's change is told to watches of the file, not of its folders): a
+ *   mark vouches for at most
  *   {@link WATCH_TRUST_MS}, after which the folder is looked at again, as nginx's `open_file_cache_valid`
  *   bounds what its cache may miss;
  * - when the kernel's queue overflows, every mark is void.
