@@ -6,11 +6,11 @@
  */
 
 import assert from "node:assert/strict";
-import { compareUtf8, folderDigest, loadHashing } from "../hashing.ts";
+import { loadHashing } from "../hashing.ts";
 import { close, fileSystemType, fstat, openRead } from "../ffi/libc.ts";
 import { FolderWatch, watchesFileSystem } from "../worker/folder_watch.ts";
 import { withServer } from "./client_fixture.ts";
-import { RawConnection, samples, scrape, streamedListing, tempDir } from "./helpers.ts";
+import { folderDigestsOf, RawConnection, samples, scrape, streamedListing, tempDir } from "./helpers.ts";
 
 // libc's symbols are bound on first use and stay bound: bind the ones used here before any test starts,
 // since the test sanitizer counts a library opened during a test as a leak.
@@ -22,20 +22,6 @@ import { RawConnection, samples, scrape, streamedListing, tempDir } from "./help
   if (mark !== null) watch.unchanged(mark);
   watch.close();
   close(fd);
-}
-
-/** The digest of each folder of a listing's entries, as a client holding those versions makes it. */
-function digestsOf(entries: Record<string, unknown>[]): string[] {
-  const folders = new Map<string, { name: string; etag: string }[]>();
-  for (const { path, etag } of entries) {
-    const slash = String(path).lastIndexOf("/");
-    const folder = slash < 0 ? "" : String(path).slice(0, slash);
-    if (!folders.has(folder)) folders.set(folder, []);
-    folders.get(folder)!.push({ name: String(path).slice(slash + 1), etag: String(etag) });
-  }
-  return [...folders].map(([folder, files]) =>
-    folderDigest(folder, files.sort((a, b) => compareUtf8(a.name, b.name)))
-  );
 }
 
 /** The folder records a worker sent so far: vouched for by its watch, and by a look at the files. */
@@ -80,7 +66,7 @@ Deno.test("an unchanged folder comes as its record on the watch alone; a file wr
     }
     const conn = await RawConnection.open(server.ports[0]);
     try {
-      const known = digestsOf((await streamedListing(conn, {})).values);
+      const known = [...folderDigestsOf((await streamedListing(conn, {})).values).values()];
       const port = server.ports[0];
 
       // The first listing with `known` looks at every file; the next one needs only the watch.
@@ -132,7 +118,7 @@ Deno.test("a folder holding a file with another link is looked at file by file e
     await Deno.link(`${src}/d/linked.txt`, `${elsewhere.path}/other-name.txt`);
     const conn = await RawConnection.open(server.ports[0]);
     try {
-      const known = digestsOf((await streamedListing(conn, {})).values);
+      const known = [...folderDigestsOf((await streamedListing(conn, {})).values).values()];
       const port = server.ports[0];
       for (let i = 1; i <= 2; i++) {
         assert.deepEqual((await streamedListing(conn, { known })).values, [{ folder: "d", files: 2 }]);
@@ -156,7 +142,7 @@ Deno.test("events the kernel could not queue void every watch: a change among th
     for (const name of ["busy/1", "busy/2", "quiet/x.txt"]) await Deno.writeTextFile(`${src}/${name}`, "x\n");
     const conn = await RawConnection.open(server.ports[0]);
     try {
-      const known = digestsOf((await streamedListing(conn, {})).values);
+      const known = [...folderDigestsOf((await streamedListing(conn, {})).values).values()];
       const port = server.ports[0];
       await streamedListing(conn, { known });
       assert.deepEqual((await streamedListing(conn, { known })).values, [

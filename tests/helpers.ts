@@ -20,6 +20,26 @@ import {
   putFrameLength,
   type Request,
 } from "../framing.ts";
+import { compareUtf8, folderDigest } from "../hashing.ts";
+
+/**
+ * The digest of each folder of a listing's entries (by folder path), as a client holding those versions
+ * makes it for `known` (hashing.ts must be loaded).
+ */
+export function folderDigestsOf(entries: Record<string, unknown>[]): Map<string, string> {
+  const folders = new Map<string, { name: string; etag: string }[]>();
+  for (const { path, etag } of entries) {
+    const slash = String(path).lastIndexOf("/");
+    const folder = slash < 0 ? "" : String(path).slice(0, slash);
+    if (!folders.has(folder)) folders.set(folder, []);
+    folders.get(folder)!.push({ name: String(path).slice(slash + 1), etag: String(etag) });
+  }
+  return new Map(
+    [...folders].map((
+      [folder, files],
+    ) => [folder, folderDigest(folder, files.sort((a, b) => compareUtf8(a.name, b.name)))]),
+  );
+}
 
 /** Absolute path of a file of the repository. */
 export function repoPath(relative: string): string {

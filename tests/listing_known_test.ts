@@ -14,11 +14,12 @@ import {
   MAX_KNOWN_FOLDER_FILES,
   MAX_KNOWN_FOLDERS,
 } from "../framing.ts";
-import { compareUtf8, folderDigest, loadHashing } from "../hashing.ts";
+import { compareUtf8, loadHashing } from "../hashing.ts";
 import { logged, withServer } from "./client_fixture.ts";
 import {
   answerUntilClosed,
   assertListRefused,
+  folderDigestsOf,
   RawConnection,
   readRequest,
   runClient,
@@ -26,22 +27,6 @@ import {
   tempDir,
   treeOf,
 } from "./helpers.ts";
-
-/** The digest of each folder of a listing's entries, as a client holding those versions makes it. */
-function digestsOf(entries: Record<string, unknown>[]): Map<string, string> {
-  const folders = new Map<string, { name: string; etag: string }[]>();
-  for (const { path, etag } of entries) {
-    const slash = String(path).lastIndexOf("/");
-    const folder = slash < 0 ? "" : String(path).slice(0, slash);
-    if (!folders.has(folder)) folders.set(folder, []);
-    folders.get(folder)!.push({ name: String(path).slice(slash + 1), etag: String(etag) });
-  }
-  return new Map(
-    [...folders].map((
-      [folder, files],
-    ) => [folder, folderDigest(folder, files.sort((a, b) => compareUtf8(a.name, b.name)))]),
-  );
-}
 
 Deno.test("with known, a folder held as it was comes as one record; a changed one, or one with a symlink, file by file", async () => {
   await loadHashing();
@@ -55,7 +40,7 @@ Deno.test("with known, a folder held as it was comes as one record; a changed on
     try {
       const plain = await streamedListing(conn, {});
       assert.equal(plain.values.length, 7);
-      const digests = digestsOf(plain.values);
+      const digests = folderDigestsOf(plain.values);
       const known = ["", "a", "b"].map((folder) => digests.get(folder)!);
 
       const first = await streamedListing(conn, { known });
