@@ -194,6 +194,8 @@ export class MirrorState implements Disposable {
   readonly #writtenAt: number;
   #newestCtime = 0;
   #changed = false;
+  /** The folders that gained or lost an entry since the state was read, and every folder above them. */
+  readonly #regrouped = new Set<string>();
   /**
    * The `walkedAt` of the listing of the run that last wrote the state (PROTOCOL.md): the next run asks for
    * the content of the small files changed since with its listing. Written with the state, never alone: a
@@ -437,6 +439,7 @@ export class MirrorState implements Disposable {
       const text = this.#text(Math.floor(position / PIECE_SPAN));
       if (text.startsWith(fields, position % PIECE_SPAN)) return;
     }
+    if (position === undefined) this.#regroup(path);
     this.#entries.set(path, this.#add(`${fields}${quote(path)}\n`));
     this.#changed = true;
     this.#newestCtime = Math.max(this.#newestCtime, ctimeOf(entry.key));
@@ -545,7 +548,27 @@ export class MirrorState implements Disposable {
 
   /** Forgets `path` (deleted, failed, or no longer listed). */
   delete(path: string): void {
-    if (this.#entries.delete(path)) this.#changed = true;
+    if (!this.#entries.delete(path)) return;
+    this.#changed = true;
+    this.#regroup(path);
+  }
+
+  /** Notes that the folder of `path` gained or lost it, which changes what the folders above hold too. */
+  #regroup(path: string): void {
+    for (let slash = path.lastIndexOf("/");; slash = path.lastIndexOf("/", slash - 1)) {
+      const folder = slash < 0 ? "" : path.slice(0, slash);
+      if (this.#regrouped.has(folder)) return; // and so are those above it
+      this.#regrouped.add(folder);
+      if (slash < 0) return;
+    }
+  }
+
+  /**
+   * True when the folder `path` holds the same files and folders by the entries now as by those read: no
+   * entry of it, or below it, was added or forgotten since.
+   */
+  holdsAsRead(path: string): boolean {
+    return !this.#regrouped.has(path);
   }
 
   /** Keeps only the entries whose path `keep` accepts: files the server no longer lists are forgotten. */

@@ -417,6 +417,36 @@ Deno.test("mirror: folders the state recorded are taken as they are, yet a file 
   });
 });
 
+Deno.test("mirror: a recorded folder the run did not change is recorded again as it was, unless an entry of it was forgotten: a file the server dropped, kept here, is still found by --delete", async () => {
+  await withServer(async ({ src, out, address }) => {
+    for (const folder of ["a", "b"]) {
+      await Deno.mkdir(`${src}/${folder}`);
+      for (const name of ["1.txt", "2.txt"]) {
+        await Deno.writeTextFile(`${src}/${folder}/${name}`, `${folder}/${name}\n`);
+      }
+    }
+    for (let run = 0; run < 2; run++) assert.equal((await runClient(["mirror", address, ".", out])).code, 0);
+    // LOCAL_DIR itself holds no file here: no run looks at it, so none records it.
+    const recordedFolders = async () =>
+      (await Deno.readTextFile(`${out}/.ferry/state`)).split("\n").filter((l) => l.startsWith("dir "))
+        .map((l) => l.split("\t")[2]).filter((folder) => folder !== ".").sort();
+    assert.deepEqual(await recordedFolders(), ["a", "b"]);
+
+    // The server changes a/ and drops b/2.txt: without --delete, the copy keeps b/2.txt, and its state
+    // forgets it, while b/ itself does not change here.
+    await Deno.writeTextFile(`${src}/a/1.txt`, "changed, and longer\n");
+    await Deno.remove(`${src}/b/2.txt`);
+    const kept = await runClient(["mirror", address, ".", out]);
+    assert.equal(kept.code, 0, kept.stderr);
+    assert.equal(await Deno.readTextFile(`${out}/b/2.txt`), "b/2.txt\n");
+    assert.deepEqual(await recordedFolders(), ["a"], "b/ holds a file the state no longer has");
+
+    const deleted = await runClient(["mirror", address, ".", out, "--delete"]);
+    assert.equal(deleted.code, 0, deleted.stderr);
+    assert.deepEqual(await treeOf(out), await treeOf(src));
+  });
+});
+
 Deno.test("mirror: a state that is deleted, truncated, foreign or wrong costs hashing or fetching, never a wrong tree", async () => {
   await withServer(async ({ src, out, address }) => {
     await Deno.mkdir(`${src}/d`);
