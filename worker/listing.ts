@@ -274,11 +274,15 @@ class Walk {
 
   /**
    * A folder to go through, its names not read yet. Where a digest is wanted, the folder is marked for it
-   * first, before anything is read of it.
+   * first, before anything is read of it: a listing with `known` digests its folders to answer it, any
+   * other recursive listing to keep each digest with its mark, for the next listing with `known` (a first
+   * copy's listing, then the next run's).
    */
   #folder(path: string, depth: number, fd: number, stat: FileStat, reach: Reach): Folder {
-    const digested = this.known === null;
-    const mark = digested || reach !== "read" ? null : this.ctx.listingMemo.markFolder(fd, stat);
+    const wanted = reach === "read" && (this.known !== null || this.recursive);
+    const mark = wanted ? this.ctx.listingMemo.markFolder(fd, stat) : null;
+    // Without `known`, a digest that cannot be kept is not worth making.
+    const digested = this.known === null && mark === null;
     return {
       path,
       depth,
@@ -488,7 +492,7 @@ class Walk {
 
   /**
    * Looks at all of `folder`'s files before listing any, for the digest a request's `known` may hold
-   * (hashing.ts, `FolderDigest`), a turn's worth of files at a time: other connections take their turns
+   * (hashing.ts, `FolderDigest`), or the next one's, a turn's worth of files at a time: other connections take their turns
    * in between, as during any walk. If `known` holds the digest, the folder's files are sent as one
    * FolderRecord; else each is listed, from what this look found. A folder with a symlink, a name of no
    * type or that is not UTF-8, above a scope, without files or with more than MAX_KNOWN_FOLDER_FILES gets
@@ -505,7 +509,7 @@ class Walk {
         if (type === DT.REG) count++;
       }
       if (count === 0 || count > MAX_KNOWN_FOLDER_FILES) return this.#undigested(folder);
-      if (this.#heldAsItWas(folder, count)) return 1;
+      if (this.known !== null && this.#heldAsItWas(folder, count, this.known)) return 1;
       look = folder.digesting = { digest: new FolderDigest(folder.path), at: 0, count, linked: false };
       folder.files = [];
     }
@@ -527,7 +531,8 @@ class Walk {
     if (folder.mark !== null && !look.linked) {
       this.ctx.listingMemo.keepDigest(folder.path, folder.stat, digest, look.count, folder.mark);
     }
-    if (this.known!.has(digest)) {
+    if (this.known === null) return units; // its files are listed from what the look found
+    if (this.known.has(digest)) {
       folder.known = true;
       folder.files = null;
       this.#record({ folder: folder.path, files: look.count } satisfies FolderRecord, look.count, "whole");
@@ -540,9 +545,9 @@ class Walk {
    * Sends `folder` as one record, without a look at its files, when the memo kept its digest, the client
    * holds that digest, and the worker's watch vouches that nothing changed in it since (`folder_watch.ts`).
    */
-  #heldAsItWas(folder: Folder, count: number): boolean {
+  #heldAsItWas(folder: Folder, count: number, known: ReadonlySet<string>): boolean {
     const kept = this.ctx.listingMemo.digestOf(folder.path, folder.stat);
-    if (kept === undefined || kept.files !== count || !this.known!.has(kept.digest)) return false;
+    if (kept === undefined || kept.files !== count || !known.has(kept.digest)) return false;
     this.#undigested(folder);
     folder.known = true;
     this.#record({ folder: folder.path, files: count } satisfies FolderRecord, count, "whole");

@@ -10,7 +10,7 @@
  *   fstatat), and rebuilds the entry only when one of those fields moved. An entry takes its SHA-256 in
  *   once the worker knows it, and keeps it while those fields stay, as the hash cache keeps only so many.
  *
- * - each folder's digest (a request's `known`), kept with the mark of the worker's watch of the folder
+ * - each folder's digest (what a request's `known` holds), kept with the mark of the worker's watch of it
  *   (`folder_watch.ts`) taken before the walk read it: while no change follows the mark, a listing sends
  *   the folder as its record without looking at its files.
  *
