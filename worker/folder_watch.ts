@@ -18,9 +18,8 @@
  *   nothing: its folder is looked at file by file (`Walk` keeps no digest for it);
  * - a write through a shared mapping (mmap(2)) queues no event, nor does one through a link made in another
  *   folder after the look (a link count's change is told to watches of the file, not of its folders): a
- *   mark vouches for at most
- *   {@link WATCH_TRUST_MS}, after which the folder is looked at again, as nginx's `open_file_cache_valid`
- *   bounds what its cache may miss;
+ *   mark vouches for at most {@link WATCH_TRUST_MS}, after which the folder is looked at again, as nginx's
+ *   `open_file_cache_valid` bounds what its cache may miss;
  * - when the kernel's queue overflows, every mark is void.
  *
  * A worker watches at most {@link MAX_WATCHED_FOLDERS} folders, and none once the kernel refuses a watch

@@ -492,12 +492,12 @@ class Walk {
 
   /**
    * Looks at all of `folder`'s files before listing any, for the digest a request's `known` may hold
-   * (hashing.ts, `FolderDigest`), or the next one's, a turn's worth of files at a time: other connections take their turns
-   * in between, as during any walk. If `known` holds the digest, the folder's files are sent as one
-   * FolderRecord; else each is listed, from what this look found. A folder with a symlink, a name of no
-   * type or that is not UTF-8, above a scope, without files or with more than MAX_KNOWN_FOLDER_FILES gets
-   * no digest: what its listing would hold takes more than an fstatat per file to know, or too much memory
-   * to hold. Returns the work units taken.
+   * (hashing.ts, `FolderDigest`), or the next one's, a turn's worth of files at a time: other connections
+   * take their turns in between, as during any walk. If `known` holds the digest, the folder's files are
+   * sent as one FolderRecord; else each is listed, from what this look found. A folder with a symlink, a
+   * name of no type or that is not UTF-8, above a scope, without files or with more than
+   * MAX_KNOWN_FOLDER_FILES gets no digest: what its listing would hold takes more than an fstatat per file
+   * to know, or too much memory to hold. Returns the work units taken.
    */
   #digest(folder: Folder): number {
     let look = folder.digesting;
