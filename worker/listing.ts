@@ -65,6 +65,7 @@ import { FolderDigest } from "../hashing.ts";
 import {
   ErrorPiece,
   openBeneath,
+  openBeneathUnlooked,
   openError,
   readWholeFile,
   type Reply,
@@ -898,7 +899,7 @@ class ListingBody implements Body {
     if (this.stream) {
       const inlined = this.inline > 0 && entry.size <= this.inline &&
           (this.inlineSince === null || changedSince(entry, this.inlineSince))
-        ? inlineEntry(this.walk.ctx, entry.path, this.inline, (size) => this.#inlineRoom(size, entry.path))
+        ? inlineEntry(this.walk.ctx, entry, (size) => this.#inlineRoom(size, entry.path))
         : null;
       const data = this.#inlineData;
       this.#append(inlined ?? json, inlined === null ? entry.bytes : utf8Length(inlined));
@@ -1063,28 +1064,24 @@ class ListingBody implements Body {
 }
 
 /**
- * The entry of the listed file `rel` with its content (at most `limit` bytes), read now through the same
- * open as a `get` (the connection's token is checked again) into the place `room` gives for its size: the
- * entry describes the version whose bytes are sent, whatever the walk saw before. Null when the file
- * cannot be sent whole as one version (gone, changed while read, grown past the limit, no longer a regular
- * file): its entry is then sent as the walk made it, what was read into the place is not sent, and the
- * client asks for the file with `get`, whose answer says what became of it.
+ * The entry of the listed file `listed` with its content, read now through an open beneath the root (the
+ * connection's token is checked again) into the place `room` gives for its size. The walk's fstatat named
+ * the version; an fstat after the read tells whether the bytes read are that version's (with an fstat after
+ * the open too, a first copy of 100,000 files cost the server a median of 2.81 s of CPU, against 2.64). Null
+ * when the file cannot be sent whole as that version (gone, changed since the walk or while read, no longer
+ * a regular file): its entry is then sent as the walk made it, what was read into the place is not sent,
+ * and the client asks for the file with `get`, whose answer says what became of it.
  */
-function inlineEntry(
-  ctx: ReplyContext,
-  rel: string,
-  limit: number,
-  room: (size: number) => Uint8Array,
-): string | null {
-  const opened = openBeneath(ctx, rel, "file");
-  if (opened instanceof LibcError || !("fd" in opened)) return null;
-  const { fd, stat } = opened;
+function inlineEntry(ctx: ReplyContext, listed: Found, room: (size: number) => Uint8Array): string | null {
+  const rel = listed.path;
+  const fd = openBeneathUnlooked(ctx, rel);
+  if (typeof fd !== "number") return null;
   try {
-    if (stat.size > limit) return null;
-    const identity = identityOf(stat), etag = etagOf(identity);
+    const etag = etagInEntry(listed.json);
     const known = ctx.listingMemo.inlinedSha256(rel, etag) ?? ctx.hashes.byEtag(etag);
-    const sha256 = readWholeFile(ctx, fd, identity, room(stat.size), known);
-    if (sha256 === undefined) return null;
+    const read = readWholeFile(ctx, fd, room(listed.size), (identity) => etagOf(identity) === etag, known);
+    if (read === undefined) return null;
+    const { stat, sha256 } = read;
     if (known === undefined) ctx.listingMemo.noteInlined(rel, etag, sha256);
     const entry: ListEntry = {
       path: rel,
@@ -1096,6 +1093,9 @@ function inlineEntry(
       inline: true,
     };
     return JSON.stringify(entry);
+  } catch (e) {
+    if (!(e instanceof LibcError)) throw e;
+    return null; // no longer a regular file: pread refused it (EISDIR, ESPIPE)
   } finally {
     close(fd);
   }

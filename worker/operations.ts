@@ -176,15 +176,8 @@ export function openBeneath(
   path: string,
   kind: "file" | "directory",
 ): { fd: number; stat: FileStat } | LibcError | ErrorBody {
-  const denied = authorize(ctx.access, path, kind);
-  if (denied !== null) return denied;
-  let fd: number;
-  try {
-    fd = openRead(path === "" ? "." : path, { beneath: ctx.rootFd });
-  } catch (e) {
-    if (!(e instanceof LibcError)) throw e;
-    return e;
-  }
+  const fd = openBeneathUnlooked(ctx, path, kind);
+  if (typeof fd !== "number") return fd;
   const fileStat = fstat(fd);
   if (kind === "file" ? !fileStat.isFile : !fileStat.isDirectory) {
     close(fd);
@@ -192,6 +185,26 @@ export function openBeneath(
     return { code: ErrorCode.NotAFile, message: `${JSON.stringify(path)} is not ${what}` };
   }
   return { fd, stat: fileStat };
+}
+
+/**
+ * The open of {@link openBeneath} (the token's scopes, then an open beneath the root) without its fstat: for
+ * a caller that knows which version of the file it expects and fstats it after reading it (a listing's
+ * inlined content). Returns the fd.
+ */
+export function openBeneathUnlooked(
+  ctx: ReplyContext,
+  path: string,
+  kind: "file" | "directory" = "file",
+): number | LibcError | ErrorBody {
+  const denied = authorize(ctx.access, path, kind);
+  if (denied !== null) return denied;
+  try {
+    return openRead(path === "" ? "." : path, { beneath: ctx.rootFd });
+  } catch (e) {
+    if (!(e instanceof LibcError)) throw e;
+    return e;
+  }
 }
 
 /** FILE_CHANGED for `path`: the data sent must be discarded. */
@@ -347,33 +360,36 @@ function hashSmallFile(file: OpenGet): { sha256: string; data: Uint8Array } | un
   if (fileStat.size > SMALL_REPLY_BYTES) return undefined;
   smallFileBuffer ??= pageAlignedBuffer(SMALL_REPLY_BYTES);
   const data = smallFileBuffer.subarray(0, fileStat.size);
-  const sha256 = readWholeFile(ctx, fd, identity, data, undefined);
+  const sha256 = readWholeFile(ctx, fd, data, (read) => read === identity, undefined)?.sha256;
   return sha256 === undefined ? undefined : { sha256, data };
 }
 
 /**
- * Reads all of the open file `fd` into `into`, which has the size of the version `identity` names, and
- * returns that version's SHA-256: `known`, the worker's, which the caller looked up already, else computed
- * here and kept in this worker only (see {@link hashSmallFile}). Undefined when the file is no longer that
- * version: it ended early, or its identity moved while it was read.
+ * Reads all of the open file `fd` into `into`, which has the size of the version the caller expects, then
+ * fstats it: the bytes are that version's when `isVersion` accepts the identity found after the read (a
+ * stat taken before the read, by the caller, names the version). Returns that stat and the version's
+ * SHA-256: `known`, the worker's, which the caller looked up already, else computed here and kept in this
+ * worker only (see {@link hashSmallFile}). Undefined when the file is no longer that version: it ended
+ * early, or its identity is another.
  */
 export function readWholeFile(
   ctx: ReplyContext,
   fd: number,
-  identity: string,
   into: Uint8Array,
+  isVersion: (identity: string) => boolean,
   known: string | undefined,
-): string | undefined {
+): { stat: FileStat; sha256: string } | undefined {
   for (let got = 0; got < into.byteLength;) {
     const n = pread(fd, into.subarray(got), got);
     if (n <= 0) return undefined;
     got += n;
   }
-  if (identityOf(fstat(fd)) !== identity) return undefined;
-  if (known !== undefined) return known;
+  const stat = fstat(fd), identity = identityOf(stat);
+  if (!isVersion(identity)) return undefined;
+  if (known !== undefined) return { stat, sha256: known };
   const sha256 = createSha256().update(into).digest("hex");
   ctx.hashes.note(identity, sha256);
-  return sha256;
+  return { stat, sha256 };
 }
 
 /**
