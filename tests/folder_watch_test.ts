@@ -217,3 +217,31 @@ Deno.test("a mark vouches for its folder until something in it changes, whatever
     watch.close();
   }
 });
+
+Deno.test("a queue overflow restarts the watch: no mark taken before vouches for its folder, and no watch is left counted", async () => {
+  await using dir = await tempDir();
+  if (!watchable(dir.path, "folder watch: overflow restart")) return;
+  const queued = Number(await Deno.readTextFile("/proc/sys/fs/inotify/max_queued_events"));
+  for (const name of ["1", "2"]) await Deno.writeTextFile(`${dir.path}/${name}`, "x\n");
+  const watch = new FolderWatch();
+  const folder = openRead(dir.path, { directory: true });
+  try {
+    const mark = watch.mark(folder, fstat(folder))!;
+    assert.equal(watch.watched, 1);
+    // Two names in turn: the kernel merges only repeats of the last event.
+    using one = await Deno.open(`${dir.path}/1`, { write: true });
+    using two = await Deno.open(`${dir.path}/2`, { write: true });
+    const byte = new Uint8Array([0x79]);
+    for (let i = 0; i <= queued / 2; i++) {
+      one.writeSync(byte);
+      two.writeSync(byte);
+    }
+    assert.ok(!watch.unchanged(mark));
+    assert.equal(watch.watched, 0, "the watches of before the overflow were ended, not forgotten");
+    assert.ok(watch.unchanged(watch.mark(folder, fstat(folder))!), "a mark taken since vouches again");
+    assert.equal(watch.watched, 1);
+  } finally {
+    close(folder);
+    watch.close();
+  }
+});

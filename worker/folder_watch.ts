@@ -69,11 +69,14 @@ const UNWATCHED = "the folders not watched yet have their files looked at by eve
 const WATCHED_EVENTS = C.IN_MODIFY | C.IN_ATTRIB | C.IN_CLOSE_WRITE | C.IN_MOVED_FROM | C.IN_MOVED_TO |
   C.IN_CREATE | C.IN_DELETE | C.IN_DELETE_SELF | C.IN_MOVE_SELF;
 
-/** A folder's watch as a walk found it: its watch descriptor, the events seen on it then, and when. */
+/**
+ * A folder's watch as a walk found it: its watch descriptor, the events seen on it then, the watch's
+ * generation (see {@link FolderWatch.restart}), and when.
+ */
 export interface WatchMark {
   readonly wd: number;
   readonly events: number;
-  readonly overflows: number;
+  readonly generation: number;
   readonly atMs: number;
 }
 
@@ -85,8 +88,11 @@ export class FolderWatch {
   readonly #folderOf = new Map<number, string>();
   /** Events read so far, by watch descriptor. */
   readonly #events = new Map<number, number>();
-  /** Queue overflows read so far: each one voids every mark taken before it. */
-  #overflows = 0;
+  /**
+   * Restarts so far (a new root, a queue overflow): each one voids every mark taken before it, as a new
+   * inotify instance numbers its watches from 1 again.
+   */
+  #generation = 0;
   /** Whether each device's file system reports all its changes, by `st_dev`. */
   readonly #local = new Map<bigint, boolean>();
   /** Set once the kernel refused a watch (ENOSPC): the user's watches are all taken. */
@@ -116,6 +122,7 @@ export class FolderWatch {
   mark(fd: number, folder: Pick<FileStat, "dev" | "ino">): WatchMark | null {
     if (this.#fd < 0 || !this.#onLocalFileSystem(fd, folder.dev)) return null;
     this.#drain();
+    if (this.#fd < 0) return null; // an overflow's restart found no instance
     const key = `${folder.dev}:${folder.ino}`;
     let wd = this.#wdOf.get(key);
     if (wd === undefined) {
@@ -142,19 +149,20 @@ export class FolderWatch {
       this.#folderOf.set(wd, key);
       if (!this.#events.has(wd)) this.#events.set(wd, 0);
     }
-    return { wd, events: this.#events.get(wd)!, overflows: this.#overflows, atMs: performance.now() };
+    return { wd, events: this.#events.get(wd)!, generation: this.#generation, atMs: performance.now() };
   }
 
   /** True when nothing was reported of `mark`'s folder since it was taken, less than WATCH_TRUST_MS ago. */
   unchanged(mark: WatchMark): boolean {
     if (performance.now() - mark.atMs >= WATCH_TRUST_MS) return false;
     this.#drain();
-    return this.#overflows === mark.overflows && this.#events.get(mark.wd) === mark.events;
+    return this.#generation === mark.generation && this.#events.get(mark.wd) === mark.events;
   }
 
   /**
    * Ends every watch and starts anew, with a new inotify instance: every mark taken before vouches for
-   * nothing. For a root that now leads to another tree, whose folders the old watches would hold on to.
+   * nothing. For a root that now leads to another tree, whose folders the old watches would hold on to, and
+   * after the kernel's queue overflowed.
    */
   restart(): void {
     this.close();
@@ -162,7 +170,7 @@ export class FolderWatch {
     this.#folderOf.clear();
     this.#events.clear();
     this.#refused = this.#full = false;
-    this.#overflows++;
+    this.#generation++;
     this.#fd = this.#open();
   }
 
@@ -185,18 +193,19 @@ export class FolderWatch {
     }
   }
 
-  /** Reads every event queued, counting them by watch. */
+  /**
+   * Reads every event queued, counting them by watch. After an overflow the watch starts anew: events were
+   * lost, a watch's end among them maybe, so no watch nor the count of them can be trusted.
+   */
   #drain(): void {
     const buffer = FolderWatch.#buffer;
-    for (;;) {
+    while (this.#fd >= 0) {
       const n = tryRead(this.#fd, buffer);
       if (n === WOULD_BLOCK || n === 0) return;
       for (const { wd, mask } of inotifyEventsOf(buffer, n)) {
         if (mask & C.IN_Q_OVERFLOW) {
-          // Events were lost, a watch's end among them maybe: every watch is looked up anew.
-          this.#overflows++;
-          this.#wdOf.clear();
-          this.#folderOf.clear();
+          this.restart();
+          return;
         } else if (mask & C.IN_IGNORED) {
           // The watch ended (the folder was removed): its marks are void, and its inode may be reused.
           this.#events.delete(wd);
