@@ -533,12 +533,8 @@ class Walk {
       this.ctx.listingMemo.keepDigest(folder.path, folder.stat, digest, look.count, folder.mark);
     }
     if (this.known === null) return units; // its files are listed from what the look found
-    if (this.known.has(digest)) {
-      folder.known = true;
-      folder.files = null;
-      this.#record({ folder: folder.path, files: look.count } satisfies FolderRecord, look.count, "whole");
-      workerMetrics.count(WorkerCell.ListingRecordsByLook);
-    } else if (this.knownSince !== null) this.#partial(folder, look.count, digest, this.knownSince);
+    if (this.known.has(digest)) this.#held(folder, look.count, WorkerCell.ListingRecordsByLook);
+    else if (this.knownSince !== null) this.#partial(folder, look.count, digest, this.knownSince);
     return units;
   }
 
@@ -550,10 +546,23 @@ class Walk {
     const kept = this.ctx.listingMemo.digestOf(folder.path, folder.stat);
     if (kept === undefined || kept.files !== count || !known.has(kept.digest)) return false;
     this.#undigested(folder);
-    folder.known = true;
-    this.#record({ folder: folder.path, files: count } satisfies FolderRecord, count, "whole");
-    workerMetrics.count(WorkerCell.ListingRecordsByWatch);
+    this.#held(folder, count, WorkerCell.ListingRecordsByWatch);
     return true;
+  }
+
+  /**
+   * Sends `folder`, of `count` files, as one FolderRecord (the client holds it as it is), counted in the
+   * metrics' cell `by`: its files are not listed.
+   */
+  #held(
+    folder: Folder,
+    count: number,
+    by: typeof WorkerCell.ListingRecordsByWatch | typeof WorkerCell.ListingRecordsByLook,
+  ): void {
+    folder.known = true;
+    folder.files = null;
+    this.#record({ folder: folder.path, files: count } satisfies FolderRecord, count, "whole");
+    workerMetrics.count(by);
   }
 
   /**
