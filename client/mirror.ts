@@ -8,7 +8,8 @@
  * same steps up to the fetch, then reports what it would fetch and delete, and changes nothing.
  *
  * Below LOCAL_DIR no symlink is followed (`local_tree.ts`): every file is created, renamed and removed
- * relative to its directory's fd, and a symlink where the server has a directory is replaced by one.
+ * relative to its directory's fd, and a symlink where the server has a directory is replaced by one. A
+ * folder where the server has a file waits for --delete to remove it, and the file is fetched after.
  *
  * @module
  */
@@ -49,6 +50,7 @@ import {
   fstat,
   identityAt,
   LibcError,
+  lstatAt,
   OPEN,
   openAt,
   pread,
@@ -271,13 +273,21 @@ type Need =
    * state vouches for, goes as ifNoneMatch without the copy being read to hash it. `vouched` is the
    * SHA-256 the state vouches the old copy has, whatever its size: the signature kept of it plans the delta.
    */
-  | { kind: "one by one"; localSha256?: string; vouched?: string };
+  | { kind: "one by one"; localSha256?: string; vouched?: string }
+  /**
+   * A folder stands at its name: fetched once --delete has emptied and removed it, at the end of the run
+   * (only a whole listing deletes anything); else it fails, the folder left as it is.
+   */
+  | { kind: "folder in the way" };
 
 /** Entries of a held listing (one checked against a manifest) planned together: a streamed batch's size. */
 const PLAN_SLICE = 1024;
 
 /** The need of most files of a first copy: one object for them all, not one per file of a large tree. */
 const FETCH: Need = Object.freeze({ kind: "fast" });
+
+/** The need of a file whose name a local folder holds. */
+const FOLDER_IN_THE_WAY: Need = Object.freeze({ kind: "folder in the way" });
 
 /** A listed file on its way; it is also what the pipelined fetch is given (no copy per file). */
 class Item implements TreeFile {
@@ -393,7 +403,9 @@ function lstatOf(item: Item): StatIdentity | null {
 /** What `item` needs, its local copy's lstat being `local` (see {@link needOf}). */
 function needByLstat(item: Item, state: MirrorState, local: StatIdentity | null): Need {
   const { entry } = item;
-  if (local === null || !local.isFile) return FETCH; // a symlink or special file is replaced
+  if (local === null) return FETCH;
+  // A symlink or special file is replaced by the file; a folder is not, unless --delete removes it.
+  if (!local.isFile) return isFolderAt(item) ? FOLDER_IN_THE_WAY : FETCH;
   item.local = local;
   const recorded = state.trusted(item.rel, local);
   const sameVersion = recorded !== undefined &&
@@ -414,6 +426,20 @@ function needByLstat(item: Item, state: MirrorState, local: StatIdentity | null)
   }
   if (recorded !== undefined) return needBySha(entry, recorded.sha256);
   return { kind: "hash" };
+}
+
+/** The failure of a file the server has where LOCAL_DIR holds the folder `shown`. */
+function folderInTheWay(shown: string, why: string): ClientError {
+  return new ClientError(ExitCode.LocalIo, `${shown} is a folder where the server has a file: ${why}`);
+}
+
+/** True when a folder (not a symlink to one) stands at `item`'s name. */
+function isFolderAt(item: Item): boolean {
+  try {
+    return lstatAt(item.folder.dir.fd, item.name).isDirectory;
+  } catch {
+    return false; // gone meanwhile, or it cannot be looked at: the fetch says why
+  }
 }
 
 /** What a file of the listed size needs, its local copy's SHA-256 known (null: it is gone meanwhile). */
@@ -468,6 +494,8 @@ class MirrorRun {
   readonly #partsToDrop: Item[] = [];
   readonly #fast: FetchQueue;
   readonly #oneByOne: Item[] = [];
+  /** Files the server has where LOCAL_DIR holds a folder, waiting for --delete to remove it. */
+  readonly #folderInTheWay: Item[] = [];
   readonly #codes: number[] = [];
   /** LOCAL_DIR once opened; null before, and in a dry run that found it missing. */
   #local: Local | null = null;
@@ -704,7 +732,13 @@ class MirrorRun {
       this.#countCurrent(item.entry.path, item.rel, item.entry.size, need.sha256);
       if (!need.recorded) this.#remember(item, need.sha256, item.entry.etag ?? "", item.local);
     } else if (need.kind === "hash") this.#toHash.push(item);
-    else if (need.kind === "drop parts") {
+    else if (need.kind === "folder in the way") {
+      if (!this.dryRun) {
+        this.progress.expect(item.entry.size);
+        this.#folderInTheWay.push(item);
+      } else if (this.options.delete) this.#wouldUpdate(item.entry, item.rel);
+      else this.#failed(item, folderInTheWay(this.shown(item.rel), "left as it is (--delete replaces it)"));
+    } else if (need.kind === "drop parts") {
       // A dry run removes nothing: it says the file would be fetched.
       if (this.dryRun) this.#wouldUpdate(item.entry, item.rel);
       else this.#partsToDrop.push(item);
@@ -1196,13 +1230,13 @@ class MirrorRun {
   }
 
   /** Step 4: files with a part to resume, large changed files (delta), and what the fast path handed back. */
-  async fetchOneByOne(): Promise<void> {
+  async fetchOneByOne(items: readonly Item[] = this.#oneByOne): Promise<void> {
     let stop: ClientError | null = null;
     // In the order their signatures were asked for ahead (after those asked for none): the prefetch gives
     // up a signature the run went past.
     const prefetch = this.#prefetch;
     const order = (item: Item) => prefetch?.orderOf(item.entry.path) ?? -1;
-    for (const item of this.#oneByOne.toSorted((a, b) => order(a) - order(b))) {
+    for (const item of items.toSorted((a, b) => order(a) - order(b))) {
       if (stop === null && this.options.deadline.expired) stop = this.options.deadline.error();
       if (stop !== null) {
         // The server is unreachable or overloaded, or the deadline passed: asking for more files would only
@@ -1246,7 +1280,8 @@ class MirrorRun {
    */
   async finish(listing: Listing): Promise<void> {
     // Deleting on a listing that is not the whole tree would delete what the server still has, on every host.
-    if (listing.truncated || listing.leftOut.count > 0 || this.unusable > 0) {
+    const whole = !(listing.truncated || listing.leftOut.count > 0 || this.unusable > 0);
+    if (!whole) {
       this.summary.problems.push(incompleteListing(listing, this.unusable, this.options.delete));
     } else if (this.#local !== null) {
       const own = this.#ownReleaseFiles();
@@ -1276,6 +1311,7 @@ class MirrorRun {
         }
       }
     }
+    await this.#replaceFolders(whole);
     this.summary.exitCode = worstExitCode([...this.#codes, ...this.summary.problems.map((p) => p.exitCode)]);
     if (this.dryRun || this.#local === null) return;
     if (
@@ -1304,6 +1340,27 @@ class MirrorRun {
       // The tree is as it should be; only the next run's shortcut is lost, which costs it some hashing.
       this.options.onNotice?.(`${(e as Error).message} (the next run hashes what it cannot trust)`);
     }
+  }
+
+  /**
+   * Fetches the files the server has where LOCAL_DIR held a folder, now that --delete has removed it; a
+   * folder still there is left as it is, and its file fails. `whole`: the listing was the whole tree.
+   */
+  async #replaceFolders(whole: boolean): Promise<void> {
+    const fetchable: Item[] = [];
+    for (const item of this.#folderInTheWay) {
+      if (!isFolderAt(item)) {
+        fetchable.push(item);
+        continue;
+      }
+      const why = !this.options.delete
+        ? "left as it is (--delete replaces it)"
+        : !whole || this.options.deadline.expired
+        ? "left as it is (--delete removed nothing: see above)"
+        : "it still holds what --delete does not remove (a symlink, a special file, or another run's part)";
+      this.#failed(item, folderInTheWay(this.shown(item.rel), why), item.entry.size);
+    }
+    if (fetchable.length > 0) await this.fetchOneByOne(fetchable);
   }
 
   /** The manifest and signature as LOCAL_DIR holds them, when the manifest signs REMOTE_DIR itself. */

@@ -248,10 +248,59 @@ Deno.test("mirror counts a file it cannot publish as failed, goes on with the ot
     const r = await runClient(["mirror", address, "", out, "--json"]);
     assert.equal(r.code, 8, r.stderr);
     assert.deepEqual(statuses(r), { "1.txt": "updated", "2.txt": "failed", "3.txt": "updated" });
-    assert.match(r.stderr, /^ferry: 2\.txt: cannot publish [^\n]*\n/m);
+    assert.match(
+      r.stderr,
+      /^ferry: 2\.txt: \S+\/2\.txt is a folder where the server has a file: left as it is \(--delete replaces it\)\n/m,
+    );
     assert.match(r.stderr, /mirror done: 2 updated, 0 unchanged, 0 deleted, 1 failed\n$/);
     assert.equal(await Deno.readTextFile(`${out}/2.txt/keep`), "not replaced by a file\n");
     assert.deepEqual(Object.keys(await treeOf(out)).sort(), ["1.txt", "2.txt/keep", "3.txt"]);
+  });
+});
+
+Deno.test("mirror --delete replaces a folder where the server now has a file in one run, unless the folder holds a symlink", async () => {
+  await withServer(async ({ src, out, address }) => {
+    await Deno.mkdir(`${src}/a/deep/er`, { recursive: true });
+    await Deno.writeTextFile(`${src}/a/one.txt`, "one\n");
+    await Deno.writeTextFile(`${src}/a/deep/er/two.txt`, "two\n");
+    await Deno.mkdir(`${src}/b`);
+    await Deno.writeTextFile(`${src}/b/three.txt`, "three\n");
+    await Deno.writeTextFile(`${src}/c.txt`, "c\n");
+    const local = `${out}/copy`;
+    assert.equal((await runClient(["mirror", address, "", local, "--delete", "-q"])).code, 0);
+    await Deno.symlink(`${local}/c.txt`, `${local}/b/link`); // --delete never removes a symlink
+    // The server's folders a and b become files.
+    await Deno.remove(`${src}/a`, { recursive: true });
+    await Deno.remove(`${src}/b`, { recursive: true });
+    await makeFile(src, "a", 3 * MiB); // large enough for a delta, had there been a file to patch
+    await Deno.writeTextFile(`${src}/b`, "b is a file now\n");
+
+    const r = await runClient(["mirror", address, "", local, "--delete", "--json"]);
+    assert.equal(r.code, 8, r.stderr);
+    assert.deepEqual(statuses(r), {
+      "a/one.txt": "deleted",
+      "a/deep/er/two.txt": "deleted",
+      "b/three.txt": "deleted",
+      a: "updated",
+      b: "failed",
+      "c.txt": "unchanged",
+    });
+    assert.match(
+      r.stderr,
+      /^ferry: b: \S+\/b is a folder where the server has a file: it still holds what --delete does not remove/m,
+    );
+    assert.deepEqual(await Deno.readFile(`${local}/a`), await Deno.readFile(`${src}/a`));
+    assert.equal(await Deno.readLink(`${local}/b/link`), `${local}/c.txt`);
+    assert.deepEqual(Object.keys(await treeOf(local)).sort(), ["a", "b/link", "c.txt"]);
+
+    // Once the symlink is gone, the next run replaces that folder too, and then has nothing left to do.
+    await Deno.remove(`${local}/b/link`);
+    const again = await runClient(["mirror", address, "", local, "--delete", "--json"]);
+    assert.equal(again.code, 0, again.stderr);
+    assert.deepEqual(statuses(again), { a: "unchanged", b: "updated", "c.txt": "unchanged" });
+    assert.deepEqual(await treeOf(local), await treeOf(src));
+    const third = await runClient(["mirror", address, "", local, "--delete", "--json"]);
+    assert.deepEqual(Object.values(statuses(third)), ["unchanged", "unchanged", "unchanged"], third.stderr);
   });
 });
 
