@@ -23,6 +23,7 @@ import {
   terminalTreeProgress,
   type TreeProgress,
 } from "./client/progress.ts";
+import { printable } from "./client/printable.ts";
 import { pull } from "./client/pull.ts";
 import { SIGN_HELP, signMain } from "./client/sign_cli.ts";
 import {
@@ -389,27 +390,28 @@ function printReport(
   say: (line: string) => void = console.error,
 ): void {
   if (options.json) console.log(JSON.stringify(jsonOf(report)));
+  const show = (line: string) => say(printable(line));
   if (report.error) {
     const where = options.command === "mirror" ? `${report.path}: ` : "";
     const tries = report.attempts > 1 ? ` (after ${report.attempts} attempts)` : "";
-    say(`ferry: ${where}${report.error.message}${tries}`);
+    show(`ferry: ${where}${report.error.message}${tries}`);
     return;
   }
   if (options.quiet || options.json || report.target === "-") return;
   const secs = `${report.seconds.toFixed(3)}s`;
   if (options.command === "mirror") {
-    if (report.status === "would update") say(`ferry: would update ${report.path} (${report.size} bytes)`);
-    else if (report.status === "would delete") say(`ferry: would delete ${report.path}`);
+    if (report.status === "would update") show(`ferry: would update ${report.path} (${report.size} bytes)`);
+    else if (report.status === "would delete") show(`ferry: would delete ${report.path}`);
     else if (report.status !== "unchanged") {
-      say(`ferry: ${report.status} ${report.path} (${report.bytes} bytes)`);
+      show(`ferry: ${report.status} ${report.path} (${report.bytes} bytes)`);
     }
   } else if (report.status === "unchanged") {
-    console.error(
+    show(
       `ferry: ${options.command} done: ${report.target} unchanged (${report.size} bytes) in ${secs}`,
     );
   } else {
     const resumed = report.resumedFrom !== undefined ? ` (resumed at byte ${report.resumedFrom})` : "";
-    console.error(`ferry: ${options.command} done: ${report.size} bytes in ${secs}${resumed}`);
+    show(`ferry: ${options.command} done: ${report.size} bytes in ${secs}${resumed}`);
   }
 }
 
@@ -507,7 +509,7 @@ async function runMirror(
         ...common,
         treeProgress: bar,
         // Printed even with --quiet: something put a symlink or a file where a folder belongs.
-        onNotice: (message) => bar.print(`ferry: ${message}`),
+        onNotice: (message) => bar.print(printable(`ferry: ${message}`)),
       },
       (r) => printReport(r, options, bar.print),
       summary,
@@ -520,7 +522,7 @@ async function runMirror(
   } finally {
     bar.end();
   }
-  for (const problem of summary.problems) console.error(`ferry: ${problem.message}`);
+  for (const problem of summary.problems) console.error(printable(`ferry: ${problem.message}`));
   if (options.json) console.log(JSON.stringify(jsonSummary(summary, options, secondsSince(started))));
   if (!options.quiet) {
     console.error(
@@ -577,7 +579,7 @@ export async function main(argv: string[]): Promise<number> {
     let backstop: ReturnType<typeof setTimeout> | undefined;
     deadline.signal.addEventListener("abort", () => {
       const timer = setTimeout(() => {
-        console.error(`ferry: ${deadline.error().message}`);
+        console.error(printable(`ferry: ${deadline.error().message}`));
         Deno.exit(ExitCode.Connect);
       }, DEADLINE_GRACE_MS);
       Deno.unrefTimer(timer);
@@ -591,7 +593,9 @@ export async function main(argv: string[]): Promise<number> {
     }
   } catch (e) {
     const error = classify(e);
-    console.error(`ferry: ${error.message}${error.exitCode === ExitCode.Usage ? " (see --help)" : ""}`);
+    console.error(
+      printable(`ferry: ${error.message}${error.exitCode === ExitCode.Usage ? " (see --help)" : ""}`),
+    );
     return error.exitCode;
   } finally {
     lock?.close();

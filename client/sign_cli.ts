@@ -18,6 +18,7 @@ import {
   signDirectory,
 } from "./manifest.ts";
 import { SignatureError } from "./minisign.ts";
+import { printable } from "./printable.ts";
 
 /** The usage lines of the two commands, for the client's help. */
 export const SIGN_HELP =
@@ -89,7 +90,7 @@ async function sign(argv: string[]): Promise<string | null> {
     secretKeyFile: v["secret-key"],
     version,
     validForMs,
-    onNotice: (message) => console.error(`ferry: sign: ${message}`),
+    onNotice: (message) => console.error(printable(`ferry: sign: ${message}`)),
   });
   if (v.quiet) return null;
   return `sign: ${
@@ -105,19 +106,19 @@ export async function signMain(argv: string[]): Promise<number> {
       return ExitCode.Ok;
     }
     const line = argv[0] === "keygen" ? await keygen(argv.slice(1)) : await sign(argv.slice(1));
-    if (line !== null) console.error(`ferry: ${line}`);
+    if (line !== null) console.error(printable(`ferry: ${line}`));
     return ExitCode.Ok;
   } catch (e) {
     const message = (e as Error).message;
     if (e instanceof UsageError || e instanceof SignatureError || e instanceof ManifestError) {
-      console.error(`ferry: ${message}`);
+      console.error(printable(`ferry: ${message}`));
       return ExitCode.Usage;
     }
     if (e instanceof Deno.errors.AlreadyExists) {
-      console.error(`ferry: keygen: will not overwrite a key file: ${message}`);
+      console.error(printable(`ferry: keygen: will not overwrite a key file: ${message}`));
       return ExitCode.Usage;
     }
-    console.error(`ferry: ${argv[0]}: ${message}`);
+    console.error(printable(`ferry: ${argv[0]}: ${message}`));
     return ExitCode.LocalIo;
   }
 }
