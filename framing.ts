@@ -242,6 +242,8 @@ export interface Request {
   stream?: boolean;
   /** `list`: leave each entry's `mtimeNs` and `mode` out (a client that takes them from `get`'s header). */
   brief?: boolean;
+  /** Recursive `list`: list each empty folder below `path` too, as `{"emptyFolder": PATH}`. */
+  folders?: boolean;
   /**
    * Streamed `list`: send the content of each listed file of at most this many bytes (at most
    * {@link MAX_INLINE_FILE}) with its entry, in a Data frame after its Entries frame; 0 or absent, none.
@@ -580,6 +582,7 @@ export function parseRequest(payload: Uint8Array): Request {
     recursive,
     stream,
     brief,
+    folders,
     inline,
     inlineSince,
     known,
@@ -626,6 +629,10 @@ export function parseRequest(payload: Uint8Array): Request {
       throw new ProtocolError(ErrorCode.BadRequest, "'brief' is not a boolean");
     }
     if (brief === true) request.brief = true;
+    if (folders !== undefined && typeof folders !== "boolean") {
+      throw new ProtocolError(ErrorCode.BadRequest, "'folders' is not a boolean");
+    }
+    if (folders === true && request.recursive) request.folders = true;
     if (inline !== undefined) {
       if (!Number.isSafeInteger(inline) || (inline as number) < 0 || (inline as number) > MAX_INLINE_FILE) {
         throw new ProtocolError(

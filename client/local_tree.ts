@@ -434,6 +434,14 @@ export class FolderCache implements Disposable {
   }
 
   /**
+   * Makes the folder `rel` and those above it where missing, as {@link folderOf} makes a file's (a symlink
+   * or file in the way is replaced). Throws LocalIoError.
+   */
+  makeFolder(rel: string): void {
+    this.#folder(`${rel}/`, true); // the folder that holds the empty name after `rel/`: `rel` itself
+  }
+
+  /**
    * The folder that holds `rel`'s last component, if it is one (no symlink followed); null if it is
    * missing or something else stands there. Makes and changes nothing. Throws LocalIoError.
    */

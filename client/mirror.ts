@@ -199,6 +199,8 @@ async function listRemote(
             path: remoteDir,
             recursive: true,
             brief: true,
+            // Empty folders too, made here; not with a manifest, which signs files only.
+            ...(options.trust === undefined ? { folders: true } : {}),
             // Changed files only by `inlineSince` alone: a server that predates it then sends no content.
             ...(inline === null
               ? {}
@@ -488,6 +490,8 @@ interface Local {
 class MirrorRun {
   /** Paths below LOCAL_DIR the listing has: what --delete keeps, and the state remembers. */
   readonly keep = new Set<string>();
+  /** Empty folders the server has (`folders`), relative to LOCAL_DIR: made, and not removed by --delete. */
+  readonly keepFolders = new Set<string>();
   /** Entries the listing had but this client could not use: the listing is then not the whole tree here. */
   unusable = 0;
   readonly #toHash: Item[] = [];
@@ -804,6 +808,10 @@ class MirrorRun {
       if (inlined !== null && isInlined(value)) {
         content = inlined.subarray(at, at += value.size);
       }
+      if (isEmptyFolder(value)) {
+        this.#planEmptyFolder(value.emptyFolder);
+        continue;
+      }
       if (isFolderRecord(value)) {
         const from = items.length;
         if ("digest" in value) this.#planPartial(value as PartialRecord, items);
@@ -864,6 +872,26 @@ class MirrorRun {
       return null;
     }
     return this.#itemFor(entry!, rel);
+  }
+
+  /** Makes the empty folder `path` the listing names (and the folders above it), and keeps it from --delete. */
+  #planEmptyFolder(path: string): void {
+    const rel = localRelative(path, this.remoteDir);
+    if (rel === null || rel === "" || rel === STATE_DIR || rel.startsWith(`${STATE_DIR}/`)) {
+      return this.#unusable(
+        path,
+        `the listing names a folder that does not belong below REMOTE_DIR: ${path}`,
+      );
+    }
+    this.keepFolders.add(rel);
+    if (this.dryRun) return;
+    const local = this.open(); // LOCAL_DIR that cannot be made fails the run, not each folder
+    if (local === null) return;
+    try {
+      local.folders.makeFolder(rel);
+    } catch (e) {
+      this.summary.problems.push(classify(e));
+    }
   }
 
   /** Counts an entry of the listing this client cannot use: the listing is then not the whole tree. */
@@ -1301,6 +1329,7 @@ class MirrorRun {
             },
             this.dryRun,
             this.#local.folders,
+            this.keepFolders,
           );
         } catch (e) {
           this.summary.problems.push(classify(e));
@@ -1484,6 +1513,12 @@ function holdsNothing(localDir: string): boolean {
   } catch (e) {
     return e instanceof Deno.errors.NotFound;
   }
+}
+
+/** True for a listing's entry of an empty folder (PROTOCOL.md, `list`, `folders`). */
+function isEmptyFolder(value: unknown): value is { emptyFolder: string } {
+  return typeof value === "object" && value !== null &&
+    typeof (value as { emptyFolder?: unknown }).emptyFolder === "string";
 }
 
 /** True for a listing's FolderRecord (PROTOCOL.md, `list`, `known`). */

@@ -18,7 +18,8 @@ import { identityAt, unlinkAt } from "../ffi/libc.ts";
  * Removes local regular files below LOCAL_DIR that are not in `keep` (relative paths), the parts of such
  * files, and then-empty directories; no symlink is followed, and none is removed. Reports each removal
  * (or its failure) to `onFile`, with the size of a file removed. With `dryRun`, removes nothing and
- * reports each file it would remove. Folders the run's `cache` has read are not read again.
+ * reports each file it would remove. Folders the run's `cache` has read are not read again. The folders of
+ * `keepFolders` (the server's empty ones) are not removed, nor those above them.
  */
 export async function deleteExtraneous(
   remoteDir: string,
@@ -27,6 +28,7 @@ export async function deleteExtraneous(
   onFile: (report: FileReport, rel: string, size?: number) => void,
   dryRun = false,
   cache?: FolderCache,
+  keepFolders: ReadonlySet<string> = new Set(),
 ): Promise<void> {
   const dirs: string[] = [];
   const own = (rel: string) => rel === STATE_DIR;
@@ -71,6 +73,15 @@ export async function deleteExtraneous(
   if (dryRun) return;
   // A folder that holds a file the server has cannot end up empty: only the others are tried.
   const holding = new Set<string>();
+  for (const rel of keepFolders) {
+    for (
+      let folder = rel;
+      folder !== "" && !holding.has(folder);
+      folder = folder.slice(0, Math.max(0, folder.lastIndexOf("/")))
+    ) {
+      holding.add(folder);
+    }
+  }
   for (const rel of keep) {
     for (let slash = rel.lastIndexOf("/"); slash > 0; slash = rel.lastIndexOf("/", slash - 1)) {
       const folder = rel.slice(0, slash);

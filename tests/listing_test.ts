@@ -454,6 +454,50 @@ Deno.test("a brief listing has each entry without its mtime and mode, and nothin
   });
 });
 
+Deno.test("with folders, a recursive listing names each empty folder below the listed one, in order; not without it, nor one holding anything", async () => {
+  await withServer(async ({ src, server }) => {
+    await Deno.mkdir(`${src}/a/empty`, { recursive: true });
+    await Deno.mkdir(`${src}/a/full`);
+    await Deno.writeTextFile(`${src}/a/full/f.txt`, "f\n");
+    await Deno.mkdir(`${src}/b/c/d`, { recursive: true }); // empty only at its deepest
+    await Deno.mkdir(`${src}/fifo-only`);
+    await new Deno.Command("mkfifo", { args: [`${src}/fifo-only/pipe`] }).output(); // not served: not empty either
+    await Deno.writeTextFile(`${src}/z.txt`, "z\n");
+    const conn = await RawConnection.open(server.ports[0]);
+    try {
+      const entriesOf = async (request: Record<string, unknown>) => {
+        await conn.sendRequest({ op: "list", path: "", recursive: true, brief: true, ...request });
+        return (await conn.readResponse()).json[0].entries as Record<string, unknown>[];
+      };
+      const shown = (entries: Record<string, unknown>[]) => entries.map((e) => e.emptyFolder ?? e.path);
+      assert.deepEqual(shown(await entriesOf({})), ["a/full/f.txt", "z.txt"]);
+      assert.deepEqual(shown(await entriesOf({ folders: true })), [
+        "a/empty",
+        "a/full/f.txt",
+        "b/c/d",
+        "z.txt",
+      ]);
+      assert.deepEqual(shown(await entriesOf({ folders: true, recursive: false })), ["z.txt"]);
+      // The folder listed is not named, however empty; one below it is, by its path from the root.
+      await conn.sendRequest({ op: "list", path: "b", recursive: true, folders: true });
+      assert.deepEqual((await conn.readResponse()).json[0].entries, [{ emptyFolder: "b/c/d" }]);
+      await conn.sendRequest({ op: "list", path: "a/empty", recursive: true, folders: true });
+      assert.deepEqual((await conn.readResponse()).json[0].entries, []);
+      await conn.sendRequest({
+        op: "list",
+        path: "",
+        recursive: true,
+        ...{ folders: 1 } as Record<string, unknown>,
+      });
+      const refused = (await conn.readResponse()).json[0];
+      assert.equal(refused.code, "BAD_REQUEST");
+      assert.match(String(refused.message), /'folders' is not a boolean/);
+    } finally {
+      conn.close();
+    }
+  });
+});
+
 /** The index of the first log line matching `pattern`. */
 function lineOf(server: TestServer, pattern: RegExp): number {
   return server.log.findIndex((l) => pattern.test(l));

@@ -304,6 +304,42 @@ Deno.test("mirror --delete replaces a folder where the server now has a file in 
   });
 });
 
+Deno.test("mirror makes the server's empty folders, and --delete keeps them, empties one the server emptied, and removes those it removed", async () => {
+  await withServer(async ({ src, out, address }) => {
+    await Deno.mkdir(`${src}/logs`);
+    await Deno.mkdir(`${src}/cache/deep/er`, { recursive: true });
+    await Deno.mkdir(`${src}/conf.d`);
+    await Deno.writeTextFile(`${src}/conf.d/a.conf`, "a\n");
+    const local = `${out}/copy`;
+    await Deno.mkdir(local);
+    await Deno.writeTextFile(`${local}/logs`, "a file where the server has a folder\n");
+    const first = await runClient(["mirror", address, "", local, "--delete"]);
+    assert.equal(first.code, 0, first.stderr);
+    assert.match(first.stderr, /^ferry: \S+\/logs: replaced a file by a directory/m);
+    assert.deepEqual(await dirs(local), ["cache", "cache/deep", "cache/deep/er", "conf.d", "logs"]);
+    assert.deepEqual(Object.keys(await treeOf(local)), ["conf.d/a.conf"]);
+
+    // The server empties conf.d and drops cache/deep/er; a local empty folder of its own stays without --delete.
+    await Deno.remove(`${src}/conf.d/a.conf`);
+    await Deno.remove(`${src}/cache/deep`, { recursive: true });
+    await Deno.mkdir(`${local}/mine`);
+    const kept = await runClient(["mirror", address, "", local, "--json"]);
+    assert.equal(kept.code, 0, kept.stderr);
+    assert.deepEqual(await dirs(local), ["cache", "cache/deep", "cache/deep/er", "conf.d", "logs", "mine"]);
+    const pruned = await runClient(["mirror", address, "", local, "--delete", "--json"]);
+    assert.equal(pruned.code, 0, pruned.stderr);
+    assert.deepEqual(statuses(pruned), { "conf.d/a.conf": "deleted" });
+    assert.deepEqual(await dirs(local), ["cache", "conf.d", "logs"]);
+    assert.deepEqual(await treeOf(local), {});
+
+    // A dry run makes nothing.
+    await Deno.mkdir(`${src}/new/empty`, { recursive: true });
+    const dry = await runClient(["mirror", address, "", local, "--delete", "--dry-run"]);
+    assert.equal(dry.code, 0, dry.stderr);
+    assert.deepEqual(await dirs(local), ["cache", "conf.d", "logs"]);
+  });
+});
+
 Deno.test("mirror of a missing or non-directory REMOTE_DIR exits 5 and creates nothing", async () => {
   await withServer(async ({ src, out, address }) => {
     await Deno.writeTextFile(`${src}/file.txt`, "a file\n");

@@ -119,6 +119,7 @@ export function list(request: Readonly<Request>, ctx: ReplyContext): Reply {
     request.brief === true,
     request.known === undefined ? null : new Set(request.known),
     request.knownSince === undefined ? null : instantOf(BigInt(request.knownSince)),
+    request.folders === true,
   );
   reply.pieces.push(
     new ListingBody(
@@ -146,7 +147,8 @@ interface Found {
   ctimeNanoseconds: number;
   json: string;
   bytes: number;
-  record?: "whole" | "partial";
+  /** `whole` or `partial`: a folder record; `empty`: an empty folder's entry (`folders`). */
+  record?: "whole" | "partial" | "empty";
 }
 
 /** A time as whole seconds since the epoch and nanoseconds: exact, as a file system stamps it. */
@@ -258,6 +260,7 @@ class Walk {
    * @param brief leave each entry's `mtimeNs` and `mode` out
    * @param known the digests of the folders whose files the client holds (the request's `known`), or null
    * @param knownSince the request's `knownSince`: the time the client's copy was listed, or null
+   * @param folders list each empty folder below the listed one (the request's `folders`)
    */
   constructor(
     readonly ctx: ReplyContext,
@@ -268,6 +271,7 @@ class Walk {
     readonly brief = false,
     readonly known: ReadonlySet<string> | null = null,
     readonly knownSince: Instant | null = null,
+    readonly folders = false,
   ) {
     const { fd, stat } = opened;
     this.#stack.push(this.#folder(path, 0, fd, stat, reach));
@@ -329,6 +333,20 @@ class Walk {
     if (folder.next >= names.texts.length) {
       close(folder.fd);
       this.#stack.pop();
+      // A folder of no name at all (the listed one aside): one that only holds what is not served is not.
+      if (this.folders && names.texts.length === 0 && folder.depth > 0 && folder.reach === "read") {
+        const json = JSON.stringify({ emptyFolder: folder.path });
+        const bytes = utf8Length(json);
+        this.found.push({
+          path: folder.path,
+          size: 0,
+          ctimeSeconds: 0,
+          ctimeNanoseconds: 0,
+          json,
+          bytes,
+          record: "empty",
+        });
+      }
       return 0;
     }
     const at = folder.next++;
@@ -893,7 +911,7 @@ class ListingBody implements Body {
   #add(entry: Found): number {
     if (this.#stopped) return 0;
     const { json } = entry;
-    if (entry.record) {
+    if (entry.record && entry.record !== "empty") {
       // Only a streamed listing takes `known`.
       this.#append(json, entry.bytes);
       this.#listed++;
@@ -906,7 +924,7 @@ class ListingBody implements Body {
       return 0;
     }
     if (this.stream) {
-      const inlined = this.inline > 0 && entry.size <= this.inline &&
+      const inlined = this.inline > 0 && entry.record === undefined && entry.size <= this.inline &&
           (this.inlineSince === null || changedSince(entry, this.inlineSince))
         ? inlineEntry(this.walk.ctx, entry, (size) => this.#inlineRoom(size, entry.path))
         : null;
