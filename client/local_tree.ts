@@ -311,14 +311,14 @@ export class LocalTree implements Disposable {
   }
 }
 
-/** A part's name, `.NAME.ferry-TAG.part`, with NAME captured (publish.ts names them). */
+/** A part's name, `.NAME.ferry-TAG.part`, with NAME captured (publish.ts names them; a long NAME by its stem). */
 export const PART_NAME = /^\.(.+)\.ferry-[^/]+\.part$/;
 
 /** What a folder below LOCAL_DIR held when it was read. */
 export interface FolderContents {
   /** Its entries' names. */
   names: ReadonlySet<string>;
-  /** The names that have a part (`.NAME.ferry-TAG.part`) beside them. */
+  /** The names that have a part (`.NAME.ferry-TAG.part`) beside them (as `partStem` gives a long one). */
   parts: ReadonlySet<string>;
   /** Its regular files' names (parts included). */
   files: readonly string[];

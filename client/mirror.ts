@@ -43,7 +43,7 @@ import {
 } from "../framing.ts";
 import type { ManifestFile } from "./manifest.ts";
 import { type Folder, FolderCache, type LocalDir, LocalIoError, LocalTree } from "./local_tree.ts";
-import { type Place, removeStaleParts } from "./publish.ts";
+import { partStem, type Place, removeStaleParts } from "./publish.ts";
 import {
   C,
   close,
@@ -384,7 +384,7 @@ function needOf(item: Item, state: MirrorState, partsDropped = false): Need {
 function needBeforeLstat(item: Item, partsDropped: boolean): Need | null {
   const { entry, folder, name } = item;
   // Most folders have no part: asking a Set for the name would first cost hashing the name.
-  if (folder.parts.size > 0 && folder.parts.has(name) && !partsDropped) {
+  if (folder.parts.size > 0 && folder.parts.has(partStem(name)) && !partsDropped) {
     // A part beside it: resumed, if what it saves is worth a request and two fsyncs of its own.
     return entry.size >= RESUME_MIN_BYTES ? { kind: "one by one" } : { kind: "drop parts" };
   }

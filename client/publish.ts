@@ -98,8 +98,32 @@ export function isResumableTag(etag: string): boolean {
   return RESUMABLE_TAG.test(etag) && !etag.startsWith(TEMP_TAG);
 }
 
+/**
+ * Longest name a part's name holds whole: with the `.` before it, `.ferry-`, a tag of up to 64 characters
+ * (an etag is 32) and `.part`, the part's name stays within NAME_MAX, 255 bytes.
+ */
+const PART_STEM_BYTES = 255 - ".".length - ".ferry-".length - 64 - ".part".length;
+
+const utf8 = new TextEncoder();
+
+/**
+ * What a part's name holds of the file's name `name`: the name itself; for one longer than
+ * {@link PART_STEM_BYTES} bytes (a name may have 255), its first whole characters, `~` and 16 hex digits of
+ * a hash of all of it (FNV-1a, 64 bits), so that the part of a file of any valid name can be created.
+ */
+export function partStem(name: string): string {
+  const bytes = utf8.encode(name);
+  if (bytes.length <= PART_STEM_BYTES) return name;
+  let hash = 0xcbf29ce484222325n;
+  for (const byte of bytes) hash = BigInt.asUintN(64, (hash ^ BigInt(byte)) * 0x100000001b3n);
+  const suffix = `~${hash.toString(16).padStart(16, "0")}`;
+  let cut = PART_STEM_BYTES - suffix.length;
+  while ((bytes[cut] & 0xc0) === 0x80) cut--; // not inside a character
+  return new TextDecoder().decode(bytes.subarray(0, cut)) + suffix;
+}
+
 function partPrefix(name: string): string {
-  return `.${name}.ferry-`;
+  return `.${partStem(name)}.ferry-`;
 }
 
 /** The name of the part of the file `name` for version `tag`. */

@@ -6,6 +6,7 @@
 
 import assert from "node:assert/strict";
 import { localRelative, normalizeRemoteDir } from "../client/mirror.ts";
+import { partName, partStem } from "../client/publish.ts";
 import { jsonLines, spawnClient, withServer } from "./client_fixture.ts";
 import { type ClientResult, eventually, makeFile, runClient, treeOf } from "./helpers.ts";
 import { FrameProxy } from "./proxy.ts";
@@ -337,6 +338,45 @@ Deno.test("mirror makes the server's empty folders, and --delete keeps them, emp
     const dry = await runClient(["mirror", address, "", local, "--delete", "--dry-run"]);
     assert.equal(dry.code, 0, dry.stderr);
     assert.deepEqual(await dirs(local), ["cache", "conf.d", "logs"]);
+  });
+});
+
+Deno.test("a part's name holds a long file name by a stem of whole characters and a hash, within 255 bytes", () => {
+  const bytes = (text: string) => new TextEncoder().encode(text).length;
+  assert.equal(partStem("short.txt"), "short.txt");
+  const ascii = "a".repeat(255), accented = "é".repeat(127), other = `${"a".repeat(254)}b`;
+  for (const name of [ascii, accented, other]) {
+    const stem = partStem(name);
+    assert.match(stem, /~[0-9a-f]{16}$/);
+    assert.ok(name.startsWith(stem.slice(0, stem.lastIndexOf("~"))), "whole characters of the name");
+    assert.ok(bytes(partName(name, "f".repeat(64))) <= 255);
+  }
+  assert.notEqual(partStem(ascii), partStem(other));
+});
+
+Deno.test("mirror and get fetch files whose names take all of NAME_MAX, and patch a large one by delta", async () => {
+  await withServer(async ({ src, out, address }) => {
+    const names = ["a".repeat(255), "é".repeat(127), `big-${"b".repeat(251)}`];
+    await Deno.writeTextFile(`${src}/${names[0]}`, "ascii\n");
+    await Deno.writeTextFile(`${src}/${names[1]}`, "accented\n");
+    await makeFile(src, names[2], 3 * MiB);
+    const local = `${out}/copy`;
+    const first = await runClient(["mirror", address, "", local, "--delete", "--json"]);
+    assert.equal(first.code, 0, first.stderr);
+    assert.deepEqual(await treeOf(local), await treeOf(src));
+    // 4 KiB changed in the large file: a delta, built in a part named by the stem.
+    using file = await Deno.open(`${src}/${names[2]}`, { write: true });
+    await file.seek(MiB, Deno.SeekMode.Start);
+    await file.write(new Uint8Array(4096).fill(7));
+    const again = await runClient(["mirror", address, "", local, "--delete", "--json"]);
+    assert.equal(again.code, 0, again.stderr);
+    const big = jsonLines(again).find((l) => l.path === names[2])!;
+    assert.equal(big.status, "updated");
+    assert.ok((big.bytes as number) < MiB, `only the change came: ${big.bytes} bytes`);
+    assert.deepEqual(await treeOf(local), await treeOf(src));
+    const got = await runClient(["get", address, names[1], "-o", `${out}/${names[1]}`]);
+    assert.equal(got.code, 0, got.stderr);
+    assert.equal(await Deno.readTextFile(`${out}/${names[1]}`), "accented\n");
   });
 });
 
