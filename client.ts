@@ -24,6 +24,7 @@ import {
   type TreeProgress,
 } from "./client/progress.ts";
 import { printable } from "./client/printable.ts";
+import { intoDirectory } from "./client/sink.ts";
 import { pull } from "./client/pull.ts";
 import { SIGN_HELP, signMain } from "./client/sign_cli.ts";
 import {
@@ -47,7 +48,8 @@ export { ExitCode } from "./client/failure.ts";
 const HELP = `ferry client: fetch files from a ferry server, verified and published atomically.
 
 Usage:
-  client get HOST:PORT PATH [-o OUT]            fetch PATH; OUT defaults to PATH's base name,
+  client get HOST:PORT PATH [-o OUT|DIR]        fetch PATH; OUT defaults to PATH's base name, a DIR
+                                                (or OUT ending in /) gets it under that name,
                                                 '-o -' writes to standard output
   client mirror HOST:PORT REMOTE_DIR LOCAL_DIR  make LOCAL_DIR a copy of REMOTE_DIR on the server
                                                 ('.' for the served root), over one connection
@@ -454,7 +456,12 @@ async function run(options: ClientOptions, deadline: Deadline): Promise<number> 
   const session = new Session(options.endpoint, common);
   try {
     if (options.command === "get") {
-      const target = options.output ?? basename(options.path);
+      const out = options.output;
+      const target = out === null
+        ? basename(options.path)
+        : await intoDirectory(out)
+        ? join(out, basename(options.path))
+        : out;
       let expected;
       try {
         expected = trust && await signedFileOf(session, options.path, trust, common);

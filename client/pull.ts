@@ -17,7 +17,7 @@ import { CLASSIC_CHUNK } from "../framing.ts";
 import type { Progress } from "./progress.ts";
 import { withRetries } from "./retry.ts";
 import { connectTcp, type Endpoint } from "./session.ts";
-import { openSink, type Sink } from "./sink.ts";
+import { intoDirectory, openSink, type Sink } from "./sink.ts";
 
 /** How to pull. */
 export interface PullOptions {
@@ -62,9 +62,8 @@ async function pullOnce(endpoint: Endpoint, output: string, options: PullOptions
       if (e instanceof TruncatedError) throw e;
       throw protocolError("the file name is not UTF-8");
     }
-    const outputIsDir = (await Deno.stat(output).catch(() => null))?.isDirectory ?? false;
     report.path = name;
-    report.target = outputIsDir ? join(output, checkPushedName(name)) : output;
+    report.target = await intoDirectory(output) ? join(output, checkPushedName(name)) : output;
     sink = await openSink(report.target);
     await loadHashing();
     const hash = createSha256();

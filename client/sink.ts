@@ -21,7 +21,16 @@ export interface Sink {
 /** What a target names: standard output (`-`), a device or FIFO, or a regular file (existing or not). */
 export type TargetKind = "stdout" | "device" | "file";
 
-/** Tells what `target` names. A directory counts as a file: publishing over it fails with a clear error. */
+/**
+ * True when `-o OUT` names a directory to put the file in, under its own name, as `cp` and `curl
+ * --output-dir` do: OUT is a directory, or is written as one (with a trailing `/`).
+ */
+export async function intoDirectory(output: string): Promise<boolean> {
+  if (output.endsWith("/")) return true;
+  return (await Deno.stat(output).catch(() => null))?.isDirectory ?? false;
+}
+
+/** Tells what `target` names. A directory counts as a file (`get` puts its file in one: intoDirectory). */
 export async function targetKind(target: string): Promise<TargetKind> {
   if (target === "-") return "stdout";
   const info = await Deno.stat(target).catch(() => null);

@@ -156,6 +156,33 @@ Deno.test("get publishes the file with exit 0, its permissions, and no temporary
   }
 });
 
+Deno.test("get -o DIR, or -o with a trailing slash, puts the file in that directory under its base name; a missing one fails and nothing is made", async () => {
+  await using src = await tempDir();
+  await using out = await tempDir();
+  await Deno.mkdir(`${src.path}/sub`);
+  const path = await makeFile(`${src.path}/sub`, "file.bin", 300_000);
+  await Deno.mkdir(`${out.path}/dir`);
+  const server = await startServer(["--listen", "127.0.0.1:0", "--root", src.path, "--workers", "1"]);
+  try {
+    const address = `127.0.0.1:${server.ports[0]}`;
+    const r = await runClient(["get", address, "sub/file.bin", "-o", `${out.path}/dir`]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(await listDir(`${out.path}/dir`), ["file.bin"]);
+    assert.equal(await sha256File(`${out.path}/dir/file.bin`), await sha256File(path));
+    await Deno.remove(`${out.path}/dir/file.bin`);
+    const slash = await runClient(["get", address, "sub/file.bin", "-o", `${out.path}/dir/`]);
+    assert.equal(slash.code, 0, slash.stderr);
+    assert.deepEqual(await listDir(`${out.path}/dir`), ["file.bin"]);
+
+    const missing = await runClient(["get", address, "sub/file.bin", "-o", `${out.path}/nowhere/`]);
+    assert.equal(missing.code, 8, missing.stderr);
+    assert.match(missing.stderr, /^ferry: cannot create \S+\/nowhere\/file\.bin: [^\n]*ENOENT[^\n]*\n$/);
+    assert.deepEqual(await listDir(out.path), ["dir"]);
+  } finally {
+    assert.equal((await server.stop()).code, 0);
+  }
+});
+
 Deno.test("get -o - writes the file to stdout and nothing to disk", async () => {
   await using src = await tempDir();
   await using cwd = await tempDir();
