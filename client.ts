@@ -404,6 +404,7 @@ function printReport(
   if (options.command === "mirror") {
     if (report.status === "would update") show(`ferry: would update ${report.path} (${report.size} bytes)`);
     else if (report.status === "would delete") show(`ferry: would delete ${report.path}`);
+    else if (report.status === "deleted") show(`ferry: deleted ${report.path}`);
     else if (report.status !== "unchanged") {
       show(`ferry: ${report.status} ${report.path} (${report.bytes} bytes)`);
     }

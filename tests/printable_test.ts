@@ -26,12 +26,15 @@ Deno.test("mirror prints a name with a newline and escape sequences as one line 
     const name = "evil\nferry: mirror done: 0 updated\x1b]0;owned\x07\x1b[2K";
     await Deno.writeTextFile(`${src}/${name}`, "x\n");
     await Deno.writeTextFile(`${src}/plain.txt`, "y\n");
-    const r = await runClient(["mirror", address, "", `${out}/copy`]);
+    await Deno.mkdir(`${out}/copy`);
+    await Deno.writeTextFile(`${out}/copy/gone\tfile`, "the server has no such file\n");
+    const r = await runClient(["mirror", address, "", `${out}/copy`, "--delete"]);
     assert.equal(r.code, 0, r.stderr);
     const lines = r.stderr.trimEnd().split("\n");
     assert.ok(lines.every((line) => !/\p{Cc}/u.test(line)), "no control character but the line ends");
     assert.deepEqual(lines.sort(), [
-      "ferry: mirror done: 2 updated, 0 unchanged, 0 deleted, 0 failed",
+      "ferry: deleted gone\\tfile",
+      "ferry: mirror done: 2 updated, 0 unchanged, 1 deleted, 0 failed",
       "ferry: updated evil\\nferry: mirror done: 0 updated\\x1b]0;owned\\x07\\x1b[2K (2 bytes)",
       "ferry: updated plain.txt (2 bytes)",
     ]);
