@@ -438,8 +438,16 @@ export class FolderCache implements Disposable {
    * or file in the way is replaced). Throws LocalIoError.
    */
   makeFolder(rel: string): void {
+    // A folder its parent held when read (or as recorded) is there: not opened, nor read, each run.
+    const parent = this.#folder(rel, true)!;
+    let subfolders = this.#subfolders.get(parent);
+    if (subfolders === undefined) this.#subfolders.set(parent, subfolders = new Set(parent.subfolders));
+    if (subfolders.has(rel.slice(rel.lastIndexOf("/") + 1))) return;
     this.#folder(`${rel}/`, true); // the folder that holds the empty name after `rel/`: `rel` itself
   }
+
+  /** Each folder's subfolders as a set, made when {@link makeFolder} first asks. */
+  readonly #subfolders = new WeakMap<Folder, ReadonlySet<string>>();
 
   /**
    * The folder that holds `rel`'s last component, if it is one (no symlink followed); null if it is
