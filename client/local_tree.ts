@@ -161,6 +161,8 @@ export class LocalTree implements Disposable {
       Deno.mkdirSync(localDir, { recursive: true });
       return new LocalTree(LocalDir.open(localDir));
     } catch (e) {
+      const there = e instanceof Deno.errors.AlreadyExists && Deno.statSync(localDir).isDirectory === false;
+      if (there) throw new LocalIoError(`cannot mirror into ${localDir}`, "it is not a directory");
       throw new LocalIoError(`cannot create ${localDir}`, e);
     }
   }

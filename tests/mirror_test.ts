@@ -396,6 +396,17 @@ Deno.test("mirror of a missing or non-directory REMOTE_DIR exits 5 and creates n
   });
 });
 
+Deno.test("mirror into a LOCAL_DIR that is a file exits 8 with one line saying so, and leaves the file as it was", async () => {
+  await withServer(async ({ src, out, address }) => {
+    await Deno.writeTextFile(`${src}/a.txt`, "a\n");
+    await Deno.writeTextFile(`${out}/copy`, "not a folder\n");
+    const r = await runClient(["mirror", address, "", `${out}/copy`]);
+    assert.equal(r.code, 8, r.stderr);
+    assert.match(r.stderr, /^ferry: cannot mirror into \S+\/copy: it is not a directory\n$/);
+    assert.equal(await Deno.readTextFile(`${out}/copy`), "not a folder\n");
+  });
+});
+
 Deno.test("REMOTE_DIR is normalized and listed paths are mapped below LOCAL_DIR, never outside it", () => {
   assert.equal(normalizeRemoteDir("."), "");
   assert.equal(normalizeRemoteDir("/"), "");
