@@ -112,6 +112,8 @@ const utf8 = new TextEncoder();
  * a hash of all of it (FNV-1a, 64 bits), so that the part of a file of any valid name can be created.
  */
 export function partStem(name: string): string {
+  // A UTF-16 unit is at most three bytes of UTF-8: most names need no encoding to tell.
+  if (3 * name.length <= PART_STEM_BYTES) return name;
   const bytes = utf8.encode(name);
   if (bytes.length <= PART_STEM_BYTES) return name;
   let hash = 0xcbf29ce484222325n;

@@ -486,15 +486,20 @@ const RESOLVE_BENEATH = 0x08n;
 const openHow = new BigUint64Array(OPEN_HOW.size / 8);
 const OPEN_HOW_SIZE = BigInt(OPEN_HOW.size);
 const openPath = new Uint8Array(4097);
+/** The second path of a call that takes two (renameat). */
+const secondPath = new Uint8Array(4097);
 const utf8 = new TextEncoder();
 
-/** Writes `path` into `openPath` as a NUL-terminated C string; too long is ENAMETOOLONG for `call`. */
-function putPath(path: string, call: string): void {
-  const { written } = utf8.encodeInto(path, openPath);
-  if (written >= openPath.byteLength) {
-    throw new LibcError(call, C.ENAMETOOLONG, `(a path of more than ${openPath.byteLength - 1} bytes)`);
+/**
+ * Writes `path` into `into` (`openPath` unless a call takes two) as a NUL-terminated C string; too long is
+ * ENAMETOOLONG for `call`.
+ */
+function putPath(path: string, call: string, into = openPath): void {
+  const { written } = utf8.encodeInto(path, into);
+  if (written >= into.byteLength) {
+    throw new LibcError(call, C.ENAMETOOLONG, `(a path of more than ${into.byteLength - 1} bytes)`);
   }
-  openPath[written] = 0;
+  into[written] = 0;
 }
 
 /** Options of {@link openRead}. */
@@ -594,13 +599,6 @@ export interface OpenAtOptions {
   noSymlinks?: boolean;
 }
 
-/** A NUL-terminated copy of `path` for a call that takes two (the shared buffer holds one). */
-function cPath(path: string, call: string): Uint8Array {
-  const bytes = utf8.encode(`${path}\0`);
-  if (bytes.byteLength > openPath.byteLength) throw new LibcError(call, C.ENAMETOOLONG);
-  return bytes;
-}
-
 /**
  * openat2(2) of `path` relative to the directory fd `dirFd` (or the working directory when `dirFd` is
  * undefined), close-on-exec and without becoming a controlling terminal; `flags` from {@link OPEN}.
@@ -641,8 +639,10 @@ export function unlinkAt(dirFd: number, name: string, options: { directory?: boo
 
 /** renameat(2): the last components are never followed, so a symlink at `to` is replaced, not written through. */
 export function renameAt(fromDirFd: number, from: string, toDirFd: number, to: string): void {
-  const fromPath = cPath(from, "renameat");
-  check("renameat", sys.renameat(fromDirFd, fromPath, toDirFd, cPath(to, "renameat")));
+  // Both into buffers of their own, not copies made per call: a first copy renames every file it makes.
+  putPath(from, "renameat");
+  putPath(to, "renameat", secondPath);
+  check("renameat", sys.renameat(fromDirFd, openPath, toDirFd, secondPath));
 }
 
 /** fsync(2), e.g. of a directory after a rename in it. */
