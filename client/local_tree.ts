@@ -148,6 +148,15 @@ function errnoOf(e: unknown): string {
 /** How often a directory is looked up again when what stands at its name keeps changing. */
 const MAX_LOOKUPS = 8;
 
+/** True when `path` leads to a directory; false for anything else, or nothing there. */
+function isDirectory(path: string): boolean {
+  try {
+    return Deno.statSync(path).isDirectory;
+  } catch {
+    return false;
+  }
+}
+
 /** `mirror`'s LOCAL_DIR, held open; paths below it are relative (`a/b/c.txt`), without `.` or `..`. */
 export class LocalTree implements Disposable {
   private constructor(readonly root: LocalDir) {}
@@ -161,8 +170,9 @@ export class LocalTree implements Disposable {
       Deno.mkdirSync(localDir, { recursive: true });
       return new LocalTree(LocalDir.open(localDir));
     } catch (e) {
-      const there = e instanceof Deno.errors.AlreadyExists && Deno.statSync(localDir).isDirectory === false;
-      if (there) throw new LocalIoError(`cannot mirror into ${localDir}`, "it is not a directory");
+      if (e instanceof Deno.errors.AlreadyExists && !isDirectory(localDir)) {
+        throw new LocalIoError(`cannot mirror into ${localDir}`, "it is not a directory");
+      }
       throw new LocalIoError(`cannot create ${localDir}`, e);
     }
   }
