@@ -102,6 +102,7 @@ const FIELDS = [
   "ifNoneMatch",
   "recursive",
   "stream",
+  "folders",
   "ranges",
   "__proto__",
   "constructor",
@@ -175,6 +176,7 @@ function validRequest(rng: Random, files: readonly FuzzFile[]): Record<string, u
         path: rng.pick(LIST_PATHS),
         recursive: rng.chance(0.5),
         stream: rng.chance(0.5),
+        folders: rng.chance(0.5),
       };
     case 3:
       return rng.chance(0.5) ? { v, op: "sig", path } : { v, op: "sig", path, ifNoneMatch: file.sha256 };

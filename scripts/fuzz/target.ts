@@ -85,6 +85,7 @@ export async function startTarget(options: TargetOptions = {}): Promise<Target> 
       files.set(path, { bytes, sha256: sha256(bytes) });
     }
     for (const [path, target] of Object.entries(FIXTURE_LINKS)) await Deno.symlink(target, `${root}/${path}`);
+    await Deno.mkdir(`${root}/dir/empty`); // named by a listing that asks for `folders`
     const server = await startServer([
       "--listen",
       "127.0.0.1:0",
