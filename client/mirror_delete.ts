@@ -11,7 +11,7 @@ import { ClientError, ExitCode } from "./failure.ts";
 import type { FileReport } from "./fetch_file.ts";
 import { type FolderCache, type LocalDir, LocalIoError, type LocalTree, PART_NAME } from "./local_tree.ts";
 import { STATE_DIR } from "./mirror_state.ts";
-import { removeStaleParts } from "./publish.ts";
+import { partStem, removeStaleParts } from "./publish.ts";
 import { identityAt, unlinkAt } from "../ffi/libc.ts";
 
 /**
@@ -32,12 +32,15 @@ export async function deleteExtraneous(
 ): Promise<void> {
   const dirs: string[] = [];
   const own = (rel: string) => rel === STATE_DIR;
+  let stems: Set<string> | undefined;
   for (const rel of tree.walk(dirs, cache, own)) {
     if (own(rel)) continue;
     const name = rel.slice(rel.lastIndexOf("/") + 1);
     const part = name.startsWith(".") ? PART_NAME.exec(name) : null;
     const target = part ? `${rel.slice(0, rel.length - name.length)}${part[1]}` : rel;
-    if (keep.has(rel) || keep.has(target)) continue; // a file the server has, or its part (for a resume)
+    // A file the server has, or its part (for a resume); a long name's part holds a stem of it (partStem).
+    if (keep.has(rel) || keep.has(target)) continue;
+    if (part && STEM.test(part[1]) && (stems ??= longNameStems(keep)).has(target)) continue;
     if (dryRun) {
       // Parts are the client's own leftovers, not files of the tree: a dry run lists only the files.
       if (!part) onFile({ ...reportOf(remoteDir, tree, rel), status: "would delete", attempts: 0 }, rel);
@@ -96,6 +99,23 @@ export async function deleteExtraneous(
       if (dir !== null) unlinkAt(dir.fd, basename(rel), { directory: true }); // only empty ones go
     } catch { /* not empty, or gone */ }
   }
+}
+
+/** What ends a long name's stem in its part's name (`partStem` of publish.ts). */
+const STEM = /~[0-9a-f]{16}$/;
+
+/**
+ * The paths of the kept files whose parts hold a stem of their name (`partStem`), by the path the stem
+ * makes: made once a run meets a part that may be one of them.
+ */
+function longNameStems(keep: ReadonlySet<string>): Set<string> {
+  const stems = new Set<string>();
+  for (const rel of keep) {
+    const slash = rel.lastIndexOf("/") + 1;
+    const stem = partStem(rel.slice(slash));
+    if (stem !== rel.slice(slash)) stems.add(rel.slice(0, slash) + stem);
+  }
+  return stems;
 }
 
 /** The report of the removal of `rel`, a local file below LOCAL_DIR. */
