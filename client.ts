@@ -460,7 +460,7 @@ async function run(options: ClientOptions, deadline: Deadline): Promise<number> 
       const out = options.output;
       const target = out === null
         ? basename(options.path)
-        : await intoDirectory(out)
+        : intoDirectory(out)
         ? join(out, basename(options.path))
         : out;
       let expected;

@@ -149,7 +149,7 @@ function errnoOf(e: unknown): string {
 const MAX_LOOKUPS = 8;
 
 /** True when `path` leads to a directory; false for anything else, or nothing there. */
-function isDirectory(path: string): boolean {
+export function isDirectory(path: string): boolean {
   try {
     return Deno.statSync(path).isDirectory;
   } catch {
@@ -375,10 +375,11 @@ function readFolder(dir: LocalDir): FolderContents {
 }
 
 /**
- * The `d_type` of `name` in the folder open as `fd`, for a file system that does not fill it in: DT.REG,
- * DT.DIR, or DT.UNKNOWN for anything else (a symlink is not followed), or a name gone meanwhile.
+ * The `d_type` of `name` in the folder open as `fd`: DT.REG, DT.DIR, or DT.UNKNOWN for anything else (a
+ * symlink is not followed), or a name gone meanwhile. For a file system that does not fill `d_type` in,
+ * and for a name whose type matters now rather than when its folder was read.
  */
-function typeAt(fd: number, name: string): number {
+export function typeAt(fd: number, name: string): number {
   try {
     const stat = lstatAt(fd, name);
     return stat.isFile ? DT.REG : stat.isDirectory ? DT.DIR : DT.UNKNOWN;

@@ -42,15 +42,15 @@ import {
   PROTOCOL_VERSION,
 } from "../framing.ts";
 import type { ManifestFile } from "./manifest.ts";
-import { type Folder, FolderCache, type LocalDir, LocalIoError, LocalTree } from "./local_tree.ts";
+import { type Folder, FolderCache, type LocalDir, LocalIoError, LocalTree, typeAt } from "./local_tree.ts";
 import { partStem, type Place, removeStaleParts } from "./publish.ts";
+import { DT } from "../ffi/structs.ts";
 import {
   C,
   close,
   fstat,
   identityAt,
   LibcError,
-  lstatAt,
   OPEN,
   openAt,
   pread,
@@ -435,13 +435,9 @@ function folderInTheWay(shown: string, why: string): ClientError {
   return new ClientError(ExitCode.LocalIo, `${shown} is a folder where the server has a file: ${why}`);
 }
 
-/** True when a folder (not a symlink to one) stands at `item`'s name. */
+/** True when a folder (not a symlink to one) stands at `item`'s name; not when it cannot be looked at. */
 function isFolderAt(item: Item): boolean {
-  try {
-    return lstatAt(item.folder.dir.fd, item.name).isDirectory;
-  } catch {
-    return false; // gone meanwhile, or it cannot be looked at: the fetch says why
-  }
+  return typeAt(item.folder.dir.fd, item.name) === DT.DIR;
 }
 
 /** What a file of the listed size needs, its local copy's SHA-256 known (null: it is gone meanwhile). */

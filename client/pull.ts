@@ -63,7 +63,7 @@ async function pullOnce(endpoint: Endpoint, output: string, options: PullOptions
       throw protocolError("the file name is not UTF-8");
     }
     report.path = name;
-    report.target = await intoDirectory(output) ? join(output, checkPushedName(name)) : output;
+    report.target = intoDirectory(output) ? join(output, checkPushedName(name)) : output;
     sink = await openSink(report.target);
     await loadHashing();
     const hash = createSha256();

@@ -6,6 +6,7 @@
  * @module
  */
 
+import { isDirectory } from "./local_tree.ts";
 import { AtomicFile, LocalIoError, placeOfPath, type PublishMetadata } from "./publish.ts";
 
 /** A place the body goes. */
@@ -25,9 +26,8 @@ export type TargetKind = "stdout" | "device" | "file";
  * True when `-o OUT` names a directory to put the file in, under its own name, as `cp` and `curl
  * --output-dir` do: OUT is a directory, or is written as one (with a trailing `/`).
  */
-export async function intoDirectory(output: string): Promise<boolean> {
-  if (output.endsWith("/")) return true;
-  return (await Deno.stat(output).catch(() => null))?.isDirectory ?? false;
+export function intoDirectory(output: string): boolean {
+  return output.endsWith("/") || isDirectory(output);
 }
 
 /** Tells what `target` names. A directory counts as a file (`get` puts its file in one: intoDirectory). */
