@@ -588,7 +588,7 @@ export async function main(argv: string[]): Promise<number> {
     deadline.signal.addEventListener("abort", () => {
       const timer = setTimeout(() => {
         console.error(printable(`ferry: ${deadline.error().message}`));
-        Deno.exit(ExitCode.Connect);
+        Deno.exit(deadline.error().exitCode);
       }, DEADLINE_GRACE_MS);
       Deno.unrefTimer(timer);
       backstop = timer;

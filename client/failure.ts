@@ -70,10 +70,10 @@ export class ClientError extends Error {
   /**
    * @param exitCode one of {@link ExitCode}
    * @param message one line saying what went wrong
-   * @param advice whether and when to try again (default: not retryable)
+   * @param advice whether and when to try again (default: not retryable), and the error it stands for
    */
-  constructor(exitCode: ExitCodeValue, message: string, advice: RetryAdvice = {}) {
-    super(message);
+  constructor(exitCode: ExitCodeValue, message: string, advice: RetryAdvice & { cause?: unknown } = {}) {
+    super(message, { cause: advice.cause });
     this.name = "ClientError";
     this.exitCode = exitCode;
     this.retryable = advice.retryable ?? false;
@@ -143,7 +143,7 @@ export function classify(e: unknown): ClientError {
     return new ClientError(ExitCode.Protocol, `protocol error: ${e.message}`, { retryable: true });
   }
   if (e instanceof PartLockedError) return new ClientError(ExitCode.Locked, e.message);
-  if (e instanceof LocalIoError) return new ClientError(ExitCode.LocalIo, e.message);
+  if (e instanceof LocalIoError) return new ClientError(ExitCode.LocalIo, e.message, { cause: e });
   if (
     e instanceof Deno.errors.ConnectionReset || e instanceof Deno.errors.BrokenPipe ||
     e instanceof Deno.errors.UnexpectedEof || e instanceof Deno.errors.ConnectionAborted
@@ -153,6 +153,27 @@ export function classify(e: unknown): ClientError {
     });
   }
   return new ClientError(ExitCode.Internal, `internal error: ${e instanceof Error ? e.stack : String(e)}`);
+}
+
+/**
+ * The errno names that stop every write to a file system, not one file's: no room left on it (ENOSPC), the
+ * user's quota spent (EDQUOT), or mounted read-only (EROFS).
+ */
+const FILE_SYSTEM_REFUSES = ["ENOSPC", "EDQUOT", "EROFS"];
+
+/**
+ * The errno name (`ENOSPC`) if `e`, or an error it was made from (its `cause`, as a LocalIoError keeps
+ * the system call's), says the file system takes no more writes; null for any other failure. A run that
+ * meets one stops fetching: every file after it would fail the same way, each after its transfer.
+ */
+export function fileSystemRefusal(e: unknown): string | null {
+  for (let at = e, depth = 0; at instanceof Error && depth < 8; at = at.cause, depth++) {
+    const named = at as Error & { errnoName?: unknown; code?: unknown };
+    // A LibcError names its errno; Deno's own file errors carry it as `code`.
+    const name = named.errnoName ?? named.code;
+    if (typeof name === "string" && FILE_SYSTEM_REFUSES.includes(name)) return name;
+  }
+  return null;
 }
 
 /**

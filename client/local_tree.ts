@@ -39,7 +39,7 @@ export class LocalIoError extends Error {
    * @param cause the underlying error
    */
   constructor(what: string, cause: unknown) {
-    super(`${what}: ${cause instanceof Error ? cause.message : String(cause)}`);
+    super(`${what}: ${cause instanceof Error ? cause.message : String(cause)}`, { cause });
     this.name = "LocalIoError";
   }
 }
@@ -109,6 +109,12 @@ export class LocalDir implements Disposable {
       });
       try {
         write(fd);
+      } catch (e) {
+        // A half-written file is of no use, and on a full disk it holds the room the next run needs.
+        try {
+          unlinkAt(this.#fd, temp);
+        } catch { /* gone already */ }
+        throw e;
       } finally {
         close(fd);
       }

@@ -19,6 +19,7 @@ import {
   classify,
   ClientError,
   ExitCode,
+  fileSystemRefusal,
   protocolError,
   ServerRefusal,
   usageError,
@@ -523,7 +524,18 @@ class MirrorRun {
   readonly #known = new Map<string, { local: string; files: number }>();
   /** True when a folder record did not agree with the state: the listing is then asked for again whole. */
   relist = false;
+  /**
+   * Why nothing more is fetched or written, once LOCAL_DIR's file system refused a write that every later
+   * one would meet too (see {@link #stopWriting}); null until then.
+   */
+  #refused: ClientError | null = null;
+  /** True when a stop for a refused write still reads the listing to its end, for --delete. */
+  readonly #deletesAfterRefusal: boolean;
 
+  /**
+   * @param inline the listing brings the content of small files
+   * @param startsEmpty LOCAL_DIR was missing or empty when the run began
+   */
   constructor(
     readonly session: Session,
     readonly remoteDir: string,
@@ -532,8 +544,10 @@ class MirrorRun {
     readonly onFile: (report: FileReport) => void,
     readonly summary: MirrorSummary,
     readonly inline = false,
+    startsEmpty = false,
   ) {
     this.dryRun = options.dryRun ?? false;
+    this.#deletesAfterRefusal = (options.delete ?? false) && !startsEmpty;
     this.#shownDir = localDir.replace(/\/+$/, "");
     this.#fast = new FetchQueue(remoteDir);
     this.progress = options.treeProgress ?? NO_TREE_PROGRESS;
@@ -664,6 +678,8 @@ class MirrorRun {
     if (status === "failed") {
       this.summary.failed++;
       this.#codes.push(report.error!.exitCode);
+      const errno = this.#refused === null ? fileSystemRefusal(report.error) : null;
+      if (errno !== null) this.#stopWriting(errno);
     } else if (status === "would update") this.summary.updated++;
     else if (status === "would delete") this.summary.deleted++;
     else this.summary[status]++;
@@ -671,6 +687,30 @@ class MirrorRun {
     if (status !== "deleted" && status !== "would delete") this.progress.fileDone(expected, report.bytes);
     this.onFile(report);
   }
+
+  /**
+   * Stops fetching once LOCAL_DIR's file system refused a write with `errno` (full, over quota,
+   * read-only): every later file would fail the same way, each after its transfer, on every run of every
+   * host until someone makes room. With --delete on a LOCAL_DIR that held files, the listing is still read
+   * to its end (its content not written), so that --delete removes what the server no longer has, which
+   * may be what makes room for the next run; otherwise the run ends at once.
+   */
+  #stopWriting(errno: string): void {
+    const why = errno === "EROFS"
+      ? "its file system is read-only"
+      : errno === "EDQUOT"
+      ? "the disk quota is exceeded"
+      : "its file system is full";
+    this.#refused = new ClientError(
+      ExitCode.LocalIo,
+      `stopped fetching: ${this.#shownDir}: ${why} (${errno})`,
+    );
+    if (this.#deletesAfterRefusal) this.summary.problems.push(this.#refused);
+    else this.options.deadline.stop(this.#refused);
+  }
+
+  /** True once nothing more is to be fetched or written (see {@link #stopWriting}). */
+  readonly #halted = (): boolean => this.#refused !== null;
 
   #failed(item: { entry: ListEntry; rel: string }, error: ClientError, expected = 0): void {
     this.count({
@@ -1189,7 +1229,7 @@ class MirrorRun {
     await fetchTree(
       this.session,
       this.#fast,
-      { verify, deadline, root: this.local.tree.root, onBytes },
+      { verify, deadline, halted: this.#halted, root: this.local.tree.root, onBytes },
       this.#treeOutcome,
     );
   }
@@ -1200,7 +1240,7 @@ class MirrorRun {
     const { verify, deadline } = this.options;
     const onBytes = (n: number) => this.progress.received(n);
     this.#publisher ??= new InlinePublisher<Item>(
-      { verify, deadline, root: this.local.tree.root, onBytes },
+      { verify, deadline, halted: this.#halted, root: this.local.tree.root, onBytes },
       this.#treeOutcome,
     );
     for (const { item, version, bytes } of this.#inlined.splice(0)) {
@@ -1262,9 +1302,10 @@ class MirrorRun {
     const order = (item: Item) => prefetch?.orderOf(item.entry.path) ?? -1;
     for (const item of items.toSorted((a, b) => order(a) - order(b))) {
       if (stop === null && this.options.deadline.expired) stop = this.options.deadline.error();
+      stop ??= this.#refused;
       if (stop !== null) {
-        // The server is unreachable or overloaded, or the deadline passed: asking for more files would only
-        // wait the same way for each; they are reported as not attempted.
+        // The server is unreachable or overloaded, the deadline passed, or nothing more can be written here:
+        // asking for more files would only fail the same way for each; they are reported as not attempted.
         this.#failed(item, new ClientError(stop.exitCode, `not attempted: ${stop.message}`), item.entry.size);
         continue;
       }
@@ -1417,8 +1458,18 @@ export async function mirror(
   onFile: (report: FileReport) => void,
   summary: MirrorSummary = emptySummary(),
 ): Promise<MirrorSummary> {
-  const inline = inlineAsked(session, localDir, options);
-  const run = new MirrorRun(session, remoteDir, localDir, options, onFile, summary, inline !== null);
+  const startsEmpty = holdsNothing(localDir);
+  const inline = inlineAsked(session, options, startsEmpty, localDir);
+  const run = new MirrorRun(
+    session,
+    remoteDir,
+    localDir,
+    options,
+    onFile,
+    summary,
+    inline !== null,
+    startsEmpty,
+  );
   try {
     if (options.trust !== undefined) {
       run.release = await fetchRelease(session, remoteDir, options.trust, options);
@@ -1485,18 +1536,19 @@ export async function mirror(
 
 /**
  * Whether the listing is to bring the content of small files, and of which: all of them into a LOCAL_DIR
- * that is missing or empty (a first copy has no local copy to compare), or those changed since the state's
+ * that is missing or empty (`startsEmpty`: a first copy has no local copy to compare), or those changed since the state's
  * `since` (new folders and rewritten files then cost no request each); null, none. Not with a manifest
  * (the listing is held until the manifest agrees with it, and so would the bytes be), nor with --compress
  * (inlined content is not compressed; each file's `get` decides on its own), nor in a dry run.
  */
 function inlineAsked(
   session: Session,
-  localDir: string,
   options: MirrorOptions,
+  startsEmpty: boolean,
+  localDir: string,
 ): { since: string | undefined } | null {
   if (options.dryRun || options.trust !== undefined || session.compressesFiles) return null;
-  if (holdsNothing(localDir)) return { since: undefined };
+  if (startsEmpty) return { since: undefined };
   const since = stateSince(localDir);
   return since === undefined ? null : { since };
 }

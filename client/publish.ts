@@ -406,8 +406,11 @@ export class AtomicFile {
       : `${this.expectedSize} bytes (${written} were written)`;
     throw new LocalIoError(
       `cannot write ${this.target}`,
-      `${code === "EDQUOT" ? "the disk quota is exceeded" : "no space left on the device"} (${code}): ` +
-        `the file needs ${needs}; its part was removed`,
+      new Error(
+        `${code === "EDQUOT" ? "the disk quota is exceeded" : "no space left on the device"} (${code}): ` +
+          `the file needs ${needs}; its part was removed`,
+        { cause: e }, // the errno, for a run to tell that nothing more can be written (failure.ts)
+      ),
     );
   }
 

@@ -106,6 +106,11 @@ export interface TreeFetchOptions {
   verify: boolean;
   /** The run's deadline: no new request goes out once it has passed. */
   deadline: Deadline;
+  /**
+   * True once the run fetches and writes nothing more (LOCAL_DIR's file system takes no more writes): what
+   * is left is handed back, as when the deadline has passed.
+   */
+  halted?: () => boolean;
   /** LOCAL_DIR: its file system is the one `syncfs` flushes. */
   root: LocalDir;
   /** Told of each piece of data received, as it arrives (a progress bar). */
@@ -181,7 +186,7 @@ export async function fetchTree<F extends TreeFile>(
   };
 
   while (waiting() > 0 || inFlight.length > 0) {
-    if (options.deadline.expired) break;
+    if (options.deadline.expired || options.halted?.()) break;
     const sending: InFlight<F>[] = [];
     if (inFlight.length <= WINDOW - REFILL) {
       while (inFlight.length + sending.length < WINDOW && waiting() > 0) sending.push(take());
@@ -299,7 +304,7 @@ export class InlinePublisher<F extends TreeFile> {
   async write(file: F, version: InlineVersion, bytes: Uint8Array): Promise<void> {
     const flight: InFlight<F> = { file, started: performance.now(), tries: 1 };
     const handBack = () => this.onOutcome(file, { status: "handed back", bytes: 0, seconds: 0 });
-    if (this.options.deadline.expired) return handBack();
+    if (this.options.deadline.expired || this.options.halted?.()) return handBack();
     if (this.options.verify) await loadHashing();
     this.options.onBytes?.(bytes.byteLength);
     try {
