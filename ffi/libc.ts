@@ -13,6 +13,7 @@
  * @module
  */
 
+import { constants as osConstants } from "node:os";
 import {
   decodeStat,
   decodeStatIdentity,
@@ -28,8 +29,10 @@ export type { FileStat, StatIdentity, StatVersion };
 
 const symbols = {
   __errno_location: { parameters: [], result: "pointer" }, // int *__errno_location(void)
-  strerrorname_np: { parameters: ["i32"], result: "pointer" }, // const char *strerrorname_np(int errnum)
-  strerrordesc_np: { parameters: ["i32"], result: "pointer" }, // const char *strerrordesc_np(int errnum)
+  // glibc 2.32 and later; before, the names come from Node's table and the texts from strerror (errnoName).
+  strerrorname_np: { parameters: ["i32"], result: "pointer", optional: true }, // const char *strerrorname_np(int errnum)
+  strerrordesc_np: { parameters: ["i32"], result: "pointer", optional: true }, // const char *strerrordesc_np(int errnum)
+  strerror: { parameters: ["i32"], result: "pointer" }, // char *strerror(int errnum)
   socket: { parameters: ["i32", "i32", "i32"], result: "i32" }, // int socket(int domain, int type, int protocol)
   socketpair: { parameters: ["i32", "i32", "i32", "buffer"], result: "i32" }, // int socketpair(int, int, int, int sv[2])
   setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" }, // int setsockopt(int fd, int level, int name, const void *val, socklen_t len)
@@ -72,10 +75,12 @@ const symbols = {
   signal: { parameters: ["i32", "pointer"], result: "pointer" }, // sighandler_t signal(int sig, sighandler_t handler)
   getrlimit: { parameters: ["i32", "buffer"], result: "i32" }, // int getrlimit(int resource, struct rlimit *rlim)
   setrlimit: { parameters: ["i32", "buffer"], result: "i32" }, // int setrlimit(int resource, const struct rlimit *rlim)
-  fstat: { parameters: ["i32", "buffer"], result: "i32" }, // int fstat(int fd, struct stat *st)
-  fstatat: { parameters: ["i32", "buffer", "buffer", "i32"], result: "i32" }, // int fstatat(int dirfd, const char *path, struct stat *st, int flags)
-  getdents64: { parameters: ["i32", "buffer", "usize"], result: "isize" }, // ssize_t getdents64(int fd, void *dirp, size_t count)
-  syscall: { parameters: ["i64", "i64", "buffer", "buffer", "u64"], result: "i64" }, // long syscall(long nr, ...): used for openat2 only
+  // fstat, fstatat and getdents64 by their system calls: glibc exports the first two only since 2.33 and the
+  // third since 2.30, where Deno itself runs on 2.27. The numbers are x86_64's, as structs.ts's layouts are.
+  fstat: { name: "syscall", parameters: ["i64", "i32", "buffer"], result: "i32" }, // fstat(int fd, struct stat *st)
+  fstatat: { name: "syscall", parameters: ["i64", "i32", "buffer", "buffer", "i32"], result: "i32" }, // newfstatat(int dirfd, const char *path, struct stat *st, int flags)
+  getdents64: { name: "syscall", parameters: ["i64", "i32", "buffer", "usize"], result: "isize" }, // getdents64(int fd, void *dirp, size_t count)
+  syscall: { parameters: ["i64", "i64", "buffer", "buffer", "u64"], result: "i64" }, // long syscall(long nr, ...): used for openat2
   // Calls relative to a directory fd, for the client's local tree (see the block at the end).
   mkdirat: { parameters: ["i32", "buffer", "u32"], result: "i32" }, // int mkdirat(int dirfd, const char *path, mode_t mode)
   unlinkat: { parameters: ["i32", "buffer", "i32"], result: "i32" }, // int unlinkat(int dirfd, const char *path, int flags)
@@ -219,15 +224,31 @@ export class LibcError extends Error {
   }
 }
 
-/** The symbolic name of an errno value (`EMFILE`), from glibc. */
+/** Node's table of errno names (`os.constants.errno`), by value, each named as glibc names it. */
+export function errnoNamesOfNode(): Map<number, string> {
+  // Two values have a second name in the table; glibc gives each its first (EAGAIN, EOPNOTSUPP).
+  const aliases = ["EWOULDBLOCK", "ENOTSUP"];
+  const names = Object.entries(osConstants.errno).filter(([name]) => !aliases.includes(name));
+  return new Map(names.map(([name, value]) => [value, name]));
+}
+
+/** The errno names by value where glibc cannot name them (strerrorname_np came with 2.32), made then. */
+let errnoNamesWithoutGlibc: Map<number, string> | null = null;
+
+/** The symbolic name of an errno value (`EMFILE`), from glibc (or Node's table, before glibc 2.32). */
 export function errnoName(code: number): string {
-  const p = sys.strerrorname_np(code);
-  return p === null ? `errno ${code}` : Deno.UnsafePointerView.getCString(p);
+  if (sys.strerrorname_np !== null) {
+    const p = sys.strerrorname_np(code);
+    return p === null ? `errno ${code}` : Deno.UnsafePointerView.getCString(p);
+  }
+  errnoNamesWithoutGlibc ??= errnoNamesOfNode();
+  return errnoNamesWithoutGlibc.get(code) ?? `errno ${code}`;
 }
 
 /** The text of an errno value (`Too many open files`), from glibc. */
 export function errnoDescription(code: number): string {
-  const p = sys.strerrordesc_np(code);
+  // strerror's text is the same; it is kept for glibc before 2.32, which has no strerrordesc_np.
+  const p = sys.strerrordesc_np === null ? sys.strerror(code) : sys.strerrordesc_np(code);
   return p === null ? "unknown error" : Deno.UnsafePointerView.getCString(p);
 }
 
@@ -478,7 +499,8 @@ export function raiseOpenFileLimit(): number {
   return Number(rlim[0]);
 }
 
-const SYS_openat2 = 437n;
+/** x86_64's numbers of the system calls bound by number (see the symbol table). */
+const SYS_fstat = 5n, SYS_newfstatat = 262n, SYS_getdents64 = 217n, SYS_openat2 = 437n;
 const AT_FDCWD = -100n;
 const O_DIRECTORY = 0o200000;
 const RESOLVE_NO_MAGICLINKS = 0x02n;
@@ -538,7 +560,7 @@ export function openRead(path: string, options: OpenReadOptions = {}): number {
  */
 export function getdents(fd: number, buf: Uint8Array): number {
   for (;;) {
-    const r = sys.getdents64(fd, buf, BigInt(buf.byteLength));
+    const r = sys.getdents64(SYS_getdents64, fd, buf, BigInt(buf.byteLength));
     if (r !== -1n) return Number(r);
     if (errno() !== C.EINTR) throw new LibcError("getdents64", errno());
   }
@@ -549,7 +571,7 @@ const statWords = new Uint32Array(statBuf.buffer);
 
 /** fstat(2) of an fd. */
 export function fstat(fd: number): FileStat {
-  check("fstat", sys.fstat(fd, statBuf));
+  check("fstat", sys.fstat(SYS_fstat, fd, statBuf));
   return decodeStat(statBuf);
 }
 
@@ -560,7 +582,7 @@ export function fstat(fd: number): FileStat {
  */
 export function statAt(dirFd: number, path: string): FileStat {
   putPath(path, "fstatat");
-  if (sys.fstatat(dirFd, openPath, statBuf, 0) === -1) {
+  if (sys.fstatat(SYS_newfstatat, dirFd, openPath, statBuf, 0) === -1) {
     throw new LibcError("fstatat", errno(), `of ${JSON.stringify(path)}`);
   }
   return decodeStat(statBuf);
@@ -664,7 +686,7 @@ export function fchmod(fd: number, mode: number): void {
  */
 export function identityAt(dirFd: number, name: string): StatIdentity | null {
   putPath(name, "fstatat");
-  if (sys.fstatat(dirFd, openPath, statBuf, AT_SYMLINK_NOFOLLOW) === -1) {
+  if (sys.fstatat(SYS_newfstatat, dirFd, openPath, statBuf, AT_SYMLINK_NOFOLLOW) === -1) {
     if (errno() === C.ENOENT) return null;
     throw new LibcError("fstatat", errno(), `of ${JSON.stringify(name)}`);
   }
@@ -678,7 +700,7 @@ export function identityAt(dirFd: number, name: string): StatIdentity | null {
  */
 export function statWordsAt(dirFd: number, name: string): Uint32Array {
   putPath(name, "fstatat");
-  if (sys.fstatat(dirFd, openPath, statBuf, AT_SYMLINK_NOFOLLOW) === -1) {
+  if (sys.fstatat(SYS_newfstatat, dirFd, openPath, statBuf, AT_SYMLINK_NOFOLLOW) === -1) {
     throw new LibcError("fstatat", errno(), `of ${JSON.stringify(name)}`);
   }
   return statWords;
