@@ -29,7 +29,7 @@ import {
   renameAt,
   unlinkAt,
 } from "../ffi/libc.ts";
-import { direntsOf, DT, nameText } from "../ffi/structs.ts";
+import { direntsOf, DT, nameText, S_IFLNK, S_IFMT } from "../ffi/structs.ts";
 import type { FolderNames, MirrorState } from "./mirror_state.ts";
 
 /** A local I/O failure (the target directory is not writable, the disk is full...). */
@@ -271,7 +271,6 @@ export class LocalTree implements Disposable {
   #replace(parent: LocalDir, name: string, shown: string, onReplaced?: (message: string) => void): void {
     const stat = lstatAt(parent.fd, name);
     if (stat.isDirectory) return; // a directory again: the next lookup opens it
-    const S_IFMT = 0o170000, S_IFLNK = 0o120000;
     const what = (stat.mode & S_IFMT) === S_IFLNK ? "a symlink" : stat.isFile ? "a file" : "a special file";
     unlinkAt(parent.fd, name);
     mkdirAt(parent.fd, name);

@@ -20,6 +20,9 @@ import {
   encodeOpenHow,
   type FileStat,
   OPEN_HOW,
+  S_IFDIR,
+  S_IFLNK,
+  S_IFMT,
   STAT,
   type StatIdentity,
   type StatVersion,
@@ -81,6 +84,9 @@ const symbols = {
   fstatat: { name: "syscall", parameters: ["i64", "i32", "buffer", "buffer", "i32"], result: "i32" }, // newfstatat(int dirfd, const char *path, struct stat *st, int flags)
   getdents64: { name: "syscall", parameters: ["i64", "i32", "buffer", "usize"], result: "isize" }, // getdents64(int fd, void *dirp, size_t count)
   syscall: { parameters: ["i64", "i64", "buffer", "buffer", "u64"], result: "i64" }, // long syscall(long nr, ...): used for openat2
+  // For kernels without openat2 (before 5.6): a path walked one component at a time (see openWalking).
+  openat: { parameters: ["i32", "buffer", "i32", "u32"], result: "i32" }, // int openat(int dirfd, const char *path, int flags, mode_t mode)
+  readlinkat: { parameters: ["i32", "buffer", "buffer", "usize"], result: "isize" }, // ssize_t readlinkat(int dirfd, const char *path, char *buf, size_t size)
   // Calls relative to a directory fd, for the client's local tree (see the block at the end).
   mkdirat: { parameters: ["i32", "buffer", "u32"], result: "i32" }, // int mkdirat(int dirfd, const char *path, mode_t mode)
   unlinkat: { parameters: ["i32", "buffer", "i32"], result: "i32" }, // int unlinkat(int dirfd, const char *path, int flags)
@@ -195,6 +201,10 @@ export const C = {
   ENOSPC: 28,
   EAGAIN: 11,
   ENAMETOOLONG: 36,
+  ENOSYS: 38,
+  EXDEV: 18,
+  ENOTDIR: 20,
+  ELOOP: 40,
   EAFNOSUPPORT: 97,
   ENOTCONN: 107,
   EINPROGRESS: 115,
@@ -537,19 +547,25 @@ export interface OpenReadOptions {
 }
 
 /**
- * openat2(2) read-only, nonblocking (a FIFO must not block the worker), close-on-exec.
- * Throws LibcError("openat2", EXDEV) for an escape from `beneath`, ENOENT, EACCES, ELOOP... as usual.
+ * openat2(2) read-only, nonblocking (a FIFO must not block the worker), close-on-exec (on a kernel without
+ * openat2, the same by {@link openWalking}). Throws LibcError("openat2", EXDEV) for an escape from
+ * `beneath`, ENOENT, EACCES, ELOOP... as usual.
  */
 export function openRead(path: string, options: OpenReadOptions = {}): number {
-  putPath(path, "openat2");
   const flags = C.O_RDONLY | C.O_NONBLOCK | C.O_CLOEXEC | C.O_NOCTTY | (options.directory ? O_DIRECTORY : 0);
+  if (!kernelHasOpenat2) {
+    return openWalking(options.beneath, path, flags, 0, options.beneath !== undefined, true);
+  }
+  putPath(path, "openat2");
   const resolve = options.beneath === undefined ? 0n : RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS;
   encodeOpenHow(openHow, flags, 0, resolve);
   const dir = options.beneath === undefined ? AT_FDCWD : BigInt(options.beneath);
   for (;;) {
     const r = sys.syscall(SYS_openat2, dir, openPath, openHow, OPEN_HOW_SIZE);
     if (r !== -1n) return Number(r);
-    if (errno() !== C.EINTR) throw new LibcError("openat2", errno(), `opening ${JSON.stringify(path)}`);
+    const e = errno();
+    if (e === C.ENOSYS) return withoutOpenat2(() => openRead(path, options));
+    if (e !== C.EINTR) throw new LibcError("openat2", e, `opening ${JSON.stringify(path)}`);
   }
 }
 
@@ -623,8 +639,9 @@ export interface OpenAtOptions {
 
 /**
  * openat2(2) of `path` relative to the directory fd `dirFd` (or the working directory when `dirFd` is
- * undefined), close-on-exec and without becoming a controlling terminal; `flags` from {@link OPEN}.
- * Returns the new fd. EINTR and a rename racing the lookup (EAGAIN) are retried.
+ * undefined), close-on-exec and without becoming a controlling terminal; `flags` from {@link OPEN} (on a
+ * kernel without openat2, the same by {@link openWalking}). Returns the new fd. EINTR and a rename racing
+ * the lookup (EAGAIN) are retried.
  */
 export function openAt(
   dirFd: number | undefined,
@@ -632,19 +649,157 @@ export function openAt(
   flags: number,
   options: OpenAtOptions = {},
 ): number {
-  putPath(path, "openat2");
-  const resolve = options.noSymlinks ? RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS : 0n;
   // openat2 refuses a mode without O_CREAT or O_TMPFILE (EINVAL), where openat ignores it.
   const creates = (flags & OPEN.O_CREAT) !== 0 || (flags & OPEN.O_TMPFILE) === OPEN.O_TMPFILE;
   const mode = creates ? options.mode ?? 0 : 0;
+  const noSymlinks = options.noSymlinks ?? false;
+  if (!kernelHasOpenat2) {
+    return openWalking(dirFd, path, flags | C.O_CLOEXEC | C.O_NOCTTY, mode, noSymlinks, false);
+  }
+  putPath(path, "openat2");
+  const resolve = noSymlinks ? RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS : 0n;
   encodeOpenHow(openHow, flags | C.O_CLOEXEC | C.O_NOCTTY, mode, resolve);
   const dir = dirFd === undefined ? AT_FDCWD : BigInt(dirFd);
   for (let tries = 0;; tries++) {
     const r = sys.syscall(SYS_openat2, dir, openPath, openHow, OPEN_HOW_SIZE);
     if (r !== -1n) return Number(r);
     const e = errno();
+    if (e === C.ENOSYS) return withoutOpenat2(() => openAt(dirFd, path, flags, options));
     if (e !== C.EINTR && (e !== C.EAGAIN || tries >= 100)) throw new LibcError("openat2", e);
   }
+}
+
+// ---- Without openat2 (Linux before 5.6): the same rules, by a walk of one component at a time.
+
+/** False once openat2 failed with ENOSYS: every later open walks its path (see {@link openWalking}). */
+let kernelHasOpenat2 = true;
+
+/** Notes that the kernel has no openat2, and runs `open` again, which then walks. */
+function withoutOpenat2(open: () => number): number {
+  kernelHasOpenat2 = false;
+  return open();
+}
+
+/** True where this process opens paths without openat2 (a kernel before 5.6). */
+export function opensWithoutOpenat2(): boolean {
+  return !kernelHasOpenat2;
+}
+
+const O_PATH = 0o10000000, O_NOFOLLOW = 0o400000, AT_EMPTY_PATH_NAME = "";
+/** Symlinks a walk follows at most, as the kernel's path walk (MAXSYMLINKS). */
+const MAX_SYMLINKS = 40;
+const componentPath = new Uint8Array(256 + 1);
+const linkTarget = new Uint8Array(4096);
+const utf8Decoder = new TextDecoder();
+
+/** openat(2) of one component `name` in `dirFd`, EINTR retried; throws a LibcError naming `path`. */
+function openComponent(dirFd: number, name: string, flags: number, mode: number, path: string): number {
+  putPath(name, "openat", componentPath);
+  for (;;) {
+    const fd = sys.openat(dirFd, componentPath, flags, mode);
+    if (fd !== -1) return fd;
+    if (errno() !== C.EINTR) throw new LibcError("openat", errno(), `opening ${JSON.stringify(path)}`);
+  }
+}
+
+/** The file type bits of what `fd` is open on (an O_PATH fd included). */
+function typeOfFd(fd: number): number {
+  check("fstat", sys.fstat(SYS_fstat, fd, statBuf));
+  return statWords[STAT.st_mode / 4] & S_IFMT;
+}
+
+/**
+ * Opens `path` from `dirFd` (the working directory when undefined) as openat2 would, walking it one
+ * component at a time with O_PATH fds, each opened relative to the last, none by a name looked up again:
+ *
+ * - `beneath`: nothing may lead above `dirFd`. An absolute path or symlink, or a `..` above it, fails
+ *   with EXDEV (RESOLVE_BENEATH). A symlink's target is read and walked as a path (RESOLVE_NO_MAGICLINKS):
+ *   one of /proc's magic links reads as an absolute path or as a name such as `pipe:[N]`, and is never
+ *   followed to what it stands for. Without `beneath`, a plain openat(2).
+ * - `followLinks`: symlinks are followed while they stay beneath; without it, a symlink anywhere fails with
+ *   ELOOP (RESOLVE_NO_SYMLINKS). The last component is opened with O_NOFOLLOW either way, so a symlink
+ *   swapped in after the walk looked at it fails with ELOOP.
+ */
+function openWalking(
+  dirFd: number | undefined,
+  path: string,
+  flags: number,
+  mode: number,
+  beneath: boolean,
+  followLinks: boolean,
+): number {
+  const start = dirFd ?? Number(AT_FDCWD);
+  if (!beneath) {
+    putPath(path, "openat");
+    for (;;) {
+      const fd = sys.openat(start, openPath, flags, mode);
+      if (fd !== -1) return fd;
+      if (errno() !== C.EINTR) throw new LibcError("openat", errno(), `opening ${JSON.stringify(path)}`);
+    }
+  }
+  if (path.startsWith("/")) throw new LibcError("openat", C.EXDEV, `opening ${JSON.stringify(path)}`);
+  if (utf8.encode(path).byteLength >= openPath.byteLength) {
+    throw new LibcError("openat", C.ENAMETOOLONG, `(a path of more than ${openPath.byteLength - 1} bytes)`);
+  }
+  const rest = path.split("/").reverse(); // the next component last
+  const folders: number[] = []; // O_PATH fds below `start`, the innermost last
+  const here = () => folders.at(-1) ?? start;
+  const meaningful = (name: string) => name !== "" && name !== ".";
+  let links = 0;
+  try {
+    while (rest.some(meaningful)) {
+      const name = rest.pop()!;
+      if (!meaningful(name)) continue;
+      if (name === "..") {
+        if (folders.length === 0) throw new LibcError("openat", C.EXDEV, `opening ${JSON.stringify(path)}`);
+        close(folders.pop()!);
+        continue;
+      }
+      const last = !rest.some(meaningful);
+      if (last) {
+        // Opened as asked (it may be a file to create), never through a symlink: one there is ELOOP.
+        try {
+          return openComponent(here(), name, flags | O_NOFOLLOW, mode, path);
+        } catch (e) {
+          if (!followLinks || !(e instanceof LibcError) || e.code !== C.ELOOP) throw e;
+        }
+      }
+      const probe = openComponent(here(), name, O_PATH | O_NOFOLLOW | C.O_CLOEXEC, 0, path);
+      const type = typeOfFd(probe);
+      if (type === S_IFLNK) {
+        const target = readLinkOf(probe, path);
+        close(probe);
+        if (!followLinks || ++links > MAX_SYMLINKS) {
+          throw new LibcError("openat", C.ELOOP, `opening ${JSON.stringify(path)}`);
+        }
+        if (target.startsWith("/")) throw new LibcError("openat", C.EXDEV, `opening ${JSON.stringify(path)}`);
+        rest.push(...target.split("/").reverse());
+        continue;
+      }
+      if (last) {
+        // It was a symlink a moment ago, and is something else now: what was asked for moved meanwhile.
+        close(probe);
+        throw new LibcError("openat", C.ELOOP, `opening ${JSON.stringify(path)}`);
+      }
+      if (type !== S_IFDIR) {
+        close(probe);
+        throw new LibcError("openat", C.ENOTDIR, `opening ${JSON.stringify(path)}`);
+      }
+      folders.push(probe);
+    }
+    // The path names `start` or a folder the walk holds ("", ".", "a/.."): opened as itself.
+    return openComponent(here(), ".", flags, mode, path);
+  } finally {
+    for (const fd of folders) close(fd);
+  }
+}
+
+/** The target of the symlink open as the O_PATH fd `fd` (readlinkat(2) of the fd itself). */
+function readLinkOf(fd: number, path: string): string {
+  putPath(AT_EMPTY_PATH_NAME, "readlinkat", componentPath);
+  const n = Number(sys.readlinkat(fd, componentPath, linkTarget, BigInt(linkTarget.byteLength)));
+  if (n === -1) throw new LibcError("readlinkat", errno(), `of a link in ${JSON.stringify(path)}`);
+  return utf8Decoder.decode(linkTarget.subarray(0, n));
 }
 
 /** mkdirat(2): a directory `name` in `dirFd` (a symlink there is not followed: EEXIST). */

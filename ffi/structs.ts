@@ -163,9 +163,14 @@ export interface FileStat {
   isDirectory: boolean;
 }
 
-const S_IFMT = 0o170000;
-const S_IFREG = 0o100000;
-const S_IFDIR = 0o040000;
+/** The file type bits of `st_mode`, and three of their values. */
+export const S_IFMT = 0o170000;
+/** A regular file's type bits. */
+export const S_IFREG = 0o100000;
+/** A directory's type bits. */
+export const S_IFDIR = 0o040000;
+/** A symlink's type bits. */
+export const S_IFLNK = 0o120000;
 
 /** Decodes a `struct stat` that fstat(2) wrote into `st` (held as i64s, so every field is 8-aligned). */
 export function decodeStat(st: BigInt64Array): FileStat {
