@@ -11,6 +11,7 @@ import {
   getOnce,
   isAlive,
   makeFile,
+  mountTmpfs,
   openFds,
   RawConnection,
   runClient,
@@ -139,20 +140,6 @@ Deno.test("a client that sends its request a byte at a time gets TIMEOUT once --
     assert.equal((await server.stop()).code, 0);
   }
 });
-
-/** Mounts a tmpfs of `size` at `dir`; false where this process may not mount (not root, no CAP_SYS_ADMIN). */
-async function mountTmpfs(dir: string, size: string): Promise<boolean> {
-  try {
-    const out = await new Deno.Command("mount", {
-      args: ["-t", "tmpfs", "-o", `size=${size}`, "tmpfs", dir],
-      stdout: "null",
-      stderr: "null",
-    }).output();
-    return out.success;
-  } catch {
-    return false;
-  }
-}
 
 Deno.test("on a full disk get exits 8, leaves the target alone, removes its part, and says how many bytes the file needs", async () => {
   await using src = await tempDir();

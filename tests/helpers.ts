@@ -653,3 +653,17 @@ export async function assertListRefused(
     conn.close();
   }
 }
+
+/** Mounts a tmpfs of `size` at `dir`; false where this process may not mount (not root, no CAP_SYS_ADMIN). */
+export async function mountTmpfs(dir: string, size: string): Promise<boolean> {
+  try {
+    const out = await new Deno.Command("mount", {
+      args: ["-t", "tmpfs", "-o", `size=${size}`, "tmpfs", dir],
+      stdout: "null",
+      stderr: "null",
+    }).output();
+    return out.success;
+  } catch {
+    return false;
+  }
+}

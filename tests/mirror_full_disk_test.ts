@@ -7,24 +7,10 @@
 
 import assert from "node:assert/strict";
 import { withServer } from "./client_fixture.ts";
-import { makeFile, runClient, sha256File } from "./helpers.ts";
+import { makeFile, mountTmpfs, runClient, sha256File } from "./helpers.ts";
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
-
-/** Mounts a tmpfs of `size` at `dir`; false where this process may not mount (not root, no CAP_SYS_ADMIN). */
-async function mountTmpfs(dir: string, size: string): Promise<boolean> {
-  try {
-    const out = await new Deno.Command("mount", {
-      args: ["-t", "tmpfs", "-o", `size=${size}`, "tmpfs", dir],
-      stdout: "null",
-      stderr: "null",
-    }).output();
-    return out.success;
-  } catch {
-    return false;
-  }
-}
 
 /** Runs `body` with a tmpfs of `size` mounted at a new folder of `out`, unmounted after; skips without root. */
 async function withSmallDisk(
