@@ -1536,10 +1536,11 @@ export async function mirror(
 
 /**
  * Whether the listing is to bring the content of small files, and of which: all of them into a LOCAL_DIR
- * that is missing or empty (`startsEmpty`: a first copy has no local copy to compare), or those changed since the state's
- * `since` (new folders and rewritten files then cost no request each); null, none. Not with a manifest
- * (the listing is held until the manifest agrees with it, and so would the bytes be), nor with --compress
- * (inlined content is not compressed; each file's `get` decides on its own), nor in a dry run.
+ * that is missing or empty (`startsEmpty`: a first copy has no local copy to compare), or those changed
+ * since the state's `since` (new folders and rewritten files then cost no request each); null, none. Not
+ * with a manifest (the listing is held until the manifest agrees with it, and so would the bytes be), nor
+ * with --compress (inlined content is not compressed; each file's `get` decides on its own), nor in a dry
+ * run.
  */
 function inlineAsked(
   session: Session,
