@@ -765,9 +765,15 @@ function openWalking(
         }
       }
       const probe = openComponent(here(), name, O_PATH | O_NOFOLLOW | C.O_CLOEXEC, 0, path);
-      const type = typeOfFd(probe);
+      let type: number, target = "";
+      try {
+        type = typeOfFd(probe);
+        if (type === S_IFLNK && followLinks) target = readLinkOf(probe, path);
+      } catch (e) {
+        close(probe);
+        throw e;
+      }
       if (type === S_IFLNK) {
-        const target = readLinkOf(probe, path);
         close(probe);
         if (!followLinks || ++links > MAX_SYMLINKS) {
           throw new LibcError("openat", C.ELOOP, `opening ${JSON.stringify(path)}`);
