@@ -394,6 +394,7 @@ function printReport(
   if (options.json) console.log(JSON.stringify(jsonOf(report)));
   const show = (line: string) => say(printable(line));
   if (report.error) {
+    if (report.notAttempted) return; // one line says how many, and why (the summary's problems)
     const where = options.command === "mirror" ? `${report.path}: ` : "";
     const tries = report.attempts > 1 ? ` (after ${report.attempts} attempts)` : "";
     show(`ferry: ${where}${report.error.message}${tries}`);

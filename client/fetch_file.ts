@@ -113,6 +113,11 @@ export interface FileReport {
   requestId?: string;
   /** Why it failed. */
   error?: ClientError;
+  /**
+   * True for a file a run gave up on before asking for it (the server unreachable, the deadline passed,
+   * nothing more can be written here): `--json` has its line, and people one line for all of them.
+   */
+  notAttempted?: boolean;
 }
 
 /** The server's header for a `get`, checked. */

@@ -531,6 +531,8 @@ class MirrorRun {
   #refused: ClientError | null = null;
   /** True when a stop for a refused write still reads the listing to its end, for --delete. */
   readonly #deletesAfterRefusal: boolean;
+  /** Files given up on before they were asked for, and why (see {@link FileReport.notAttempted}). */
+  #notAttempted: { files: number; why: ClientError } | null = null;
 
   /**
    * @param inline the listing brings the content of small files
@@ -705,8 +707,7 @@ class MirrorRun {
       ExitCode.LocalIo,
       `stopped fetching: ${this.#shownDir}: ${why} (${errno})`,
     );
-    if (this.#deletesAfterRefusal) this.summary.problems.push(this.#refused);
-    else this.options.deadline.stop(this.#refused);
+    if (!this.#deletesAfterRefusal) this.options.deadline.stop(this.#refused);
   }
 
   /** True once nothing more is to be fetched or written (see {@link #stopWriting}). */
@@ -1306,7 +1307,18 @@ class MirrorRun {
       if (stop !== null) {
         // The server is unreachable or overloaded, the deadline passed, or nothing more can be written here:
         // asking for more files would only fail the same way for each; they are reported as not attempted.
-        this.#failed(item, new ClientError(stop.exitCode, `not attempted: ${stop.message}`), item.entry.size);
+        this.#notAttempted ??= { files: 0, why: stop };
+        this.#notAttempted.files++;
+        this.count({
+          path: item.entry.path,
+          target: this.shown(item.rel),
+          status: "failed",
+          bytes: 0,
+          seconds: 0,
+          attempts: 0,
+          error: new ClientError(stop.exitCode, `not attempted: ${stop.message}`),
+          notAttempted: true,
+        }, item.entry.size);
         continue;
       }
       const place: Place = { dir: item.folder.dir, name: item.name, followLink: false };
@@ -1378,6 +1390,11 @@ class MirrorRun {
       }
     }
     await this.#replaceFolders(whole);
+    if (this.#notAttempted !== null) {
+      const { files, why } = this.#notAttempted;
+      const what = files === 1 ? "1 file" : `${files} files`;
+      this.summary.problems.push(new ClientError(why.exitCode, `${what} not attempted: ${why.message}`));
+    } else if (this.#refused !== null) this.summary.problems.push(this.#refused);
     this.summary.exitCode = worstExitCode([...this.#codes, ...this.summary.problems.map((p) => p.exitCode)]);
     if (this.dryRun || this.#local === null) return;
     if (

@@ -134,3 +134,39 @@ Deno.test("mirror into a read-only file system stops at the first file: exit 8, 
     });
   });
 });
+
+Deno.test("mirror --delete on a full disk: the files it then gives up on are one line for people, how many and why, and a --json line each", async () => {
+  await withServer(async ({ src, out, address }) => {
+    await Deno.mkdir(`${src}/tree`);
+    await makeFile(`${src}/tree`, "small.txt", 100);
+    await withSmallDisk(out, "1m", async (disk) => {
+      const copy = `${disk}/copy`;
+      let r = await runClient(["mirror", "--delete", "-q", address, "tree", copy]);
+      assert.equal(r.code, 0, r.stderr);
+      // 30 new files of 48 KiB, 1.4 MiB in all, into what is left of 1 MiB.
+      for (let i = 0; i < 30; i++) {
+        await makeFile(`${src}/tree`, `new-${String(i).padStart(2, "0")}.bin`, 48 * KiB + i);
+      }
+      r = await runClient(["mirror", "--delete", "-q", "--json", address, "tree", copy]);
+      assert.equal(r.code, 8, r.stderr);
+      const lines = linesOf(r.stderr);
+      assert.equal(lines.length, 2, r.stderr);
+      assert.match(lines[0], /^ferry: tree\/new-\d\d\.bin: cannot write .*ENOSPC/);
+      const given = lines[1].match(
+        new RegExp(
+          `^ferry: (\\d+) files not attempted: stopped fetching: ${copy}: its file system is full \\(ENOSPC\\)$`,
+        ),
+      );
+      assert.ok(given !== null, lines[1]);
+      const json = new TextDecoder().decode(r.stdout).trim().split("\n").map((l) => JSON.parse(l));
+      const notAttempted = json.filter((l) => l.status === "failed" && /^not attempted: /.test(l.error));
+      assert.equal(notAttempted.length, Number(given[1]));
+      const published = json.filter((l) => l.status === "updated").length;
+      assert.equal(
+        published + 1 + notAttempted.length,
+        30,
+        "each new file is published, failed or not attempted",
+      );
+    });
+  });
+});
