@@ -25,7 +25,7 @@ import {
 } from "./channel/messages.ts";
 import { Connection, type ServeConfig } from "./worker/connection.ts";
 import { Epoll, EPOLLIN, EPOLLOUT } from "./ffi/epoll.ts";
-import { HashCache } from "./worker/hash_cache.ts";
+import { HashCache, identityOf } from "./worker/hash_cache.ts";
 import { SignatureCache, type Signed } from "./worker/signature_cache.ts";
 import { ListingMemo } from "./worker/listing_memo.ts";
 import { FolderWatch } from "./worker/folder_watch.ts";
@@ -44,6 +44,7 @@ export { parseWorkerArgs };
 import {
   C,
   close,
+  fstat,
   ignoreSignal,
   LibcError,
   memfdCreate,
@@ -200,6 +201,9 @@ class WorkerLoop {
   /** Connections handed over that arrived without their fd, since the worker started. */
   #lostHandOffs = 0;
   readonly #root: ServedRoot | null;
+  /** The folder watch's inotify fd as registered with epoll (-1: none), and the watch's generation then. */
+  #watchFd = -1;
+  #watchGeneration = -1;
 
   /** @param args the worker's command line; its channel must be nonblocking already */
   constructor(args: WorkerArgs) {
@@ -275,6 +279,7 @@ class WorkerLoop {
   #turn(): void {
     if (this.#stopping && this.#connections.size === 0) this.#exit(0, "stopped");
     const { hashes, signatures } = this.#config;
+    const watch = this.#followWatch();
     // While hashes or signatures are being computed, only poll: the loop alternates their slices and serving.
     const ready = this.#epoll.wait(hashes.busy || signatures.busy ? 0 : IDLE_SCAN_MS);
     for (let i = 0; i < ready; i++) {
@@ -283,9 +288,14 @@ class WorkerLoop {
         this.#onChannel();
         continue;
       }
+      if (fd === this.#watchFd) {
+        watch?.poll();
+        continue;
+      }
       const conn = this.#connections.get(fd);
       if (conn !== undefined) this.#drive(conn, this.#epoll.eventsAt(i));
     }
+    if (watch?.hasWritten) this.#signWritten(watch);
     if (hashes.busy) hashes.step();
     if (signatures.busy) signatures.step();
     for (const conn of this.#woken) {
@@ -304,6 +314,48 @@ class WorkerLoop {
     this.#flushLog();
     this.#tellEnded();
     workerMetrics.connections(this.#connections.size, this.#holding.size);
+  }
+
+  /**
+   * The folder watch, its inotify fd registered with epoll (again after a restart made another instance),
+   * so that the events of files written are read as they come; null without a watch.
+   */
+  #followWatch(): FolderWatch | null {
+    const watch = this.#config.listingMemo.watch;
+    if (watch === null) return null;
+    if (watch.fd !== this.#watchFd || watch.generation !== this.#watchGeneration) {
+      // The old instance was closed (by a restart), which took it out of epoll.
+      if (watch.fd >= 0) this.#epoll.add(watch.fd, EPOLLIN);
+      this.#watchFd = watch.fd;
+      this.#watchGeneration = watch.generation;
+    }
+    return watch;
+  }
+
+  /**
+   * Signs the new version of each large file written in a watched folder whose old version was signed here
+   * (`signedBefore`): the clients that hold the old one ask for the new one's signature on their next run,
+   * and would otherwise wait for it to be cut. Opened beneath the root, as a request's file is; one that
+   * cannot be (gone meanwhile, not readable) is left to the requests.
+   */
+  #signWritten(watch: FolderWatch): void {
+    const { signatures, rootFd } = this.#config;
+    for (const path of watch.takeWritten()) {
+      const label = JSON.stringify(path);
+      if (rootFd < 0 || !signatures.signedBefore(label)) continue;
+      let fd: number;
+      try {
+        fd = openRead(path, { beneath: rootFd });
+      } catch {
+        continue;
+      }
+      try {
+        const stat = fstat(fd);
+        if (stat.isFile) signatures.request(identityOf(stat), fd, stat.size, label, () => {});
+      } finally {
+        close(fd);
+      }
+    }
   }
 
   /** Lets `conn` handle readiness `events` (0: a wake-up), then updates epoll to what it waits for now. */

@@ -94,15 +94,27 @@ export function* direntsOf(buf: Uint8Array, length: number): Generator<RawDirent
 /** `struct inotify_event` (16 bytes and its name): wd i32, mask u32, cookie u32, then the name's length u32. */
 export const INOTIFY_EVENT = { size: 16, wd: 0, mask: 4, len: 12 } as const;
 
-/** The watch descriptor and mask of each event in the first `length` bytes of an inotify read(2). */
-export function* inotifyEventsOf(buf: Uint8Array, length: number): Generator<{ wd: number; mask: number }> {
+/**
+ * The watch descriptor, mask and name of each event in the first `length` bytes of an inotify read(2): the
+ * name of the file in the watched folder that the event is about (its bytes, a view into `buf`), empty for
+ * an event about the folder itself.
+ */
+export function* inotifyEventsOf(
+  buf: Uint8Array,
+  length: number,
+): Generator<{ wd: number; mask: number; name: Uint8Array }> {
   const view = new DataView(buf.buffer, buf.byteOffset, length);
   for (let at = 0; at + INOTIFY_EVENT.size <= length;) {
+    const len = view.getUint32(at + INOTIFY_EVENT.len, true);
+    const start = at + INOTIFY_EVENT.size;
+    let end = start;
+    while (end < start + len && buf[end] !== 0) end++; // the name is padded with NULs
     yield {
       wd: view.getInt32(at + INOTIFY_EVENT.wd, true),
       mask: view.getUint32(at + INOTIFY_EVENT.mask, true),
+      name: buf.subarray(start, end),
     };
-    at += INOTIFY_EVENT.size + view.getUint32(at + INOTIFY_EVENT.len, true);
+    at = start + len;
   }
 }
 

@@ -544,3 +544,27 @@ Deno.test("a new version of a file signed before is signed by following the old 
     assert.ok((line.bytes as number) <= allowed, `${line.bytes} bytes came over, more than ${allowed}`);
   });
 });
+
+Deno.test("a new version of a file whose old one was signed is signed as soon as it is written, before any client asks, and once", async () => {
+  await withServer(async ({ src, out, address, server }) => {
+    const copy = `${out}/copy`;
+    const signed = /signed "big\.bin" .*result=ok/;
+    const asked = () => server.log.filter((l) => /request=SIG "big\.bin"/.test(l)).length;
+    const mirror = async () => assert.equal((await runClient(["mirror", "-q", address, ".", copy])).code, 0);
+    const data = randomBytes(2 * MiB);
+    await Deno.writeFile(`${src}/big.bin`, data);
+    // A first copy: its listing marks the folder for the watch, and the client asks for the signature of
+    // the file it fetched whole, for its next delta.
+    await mirror();
+    assert.equal((await logged(server, signed, 1)).length, 1);
+    const askedBefore = asked();
+    data.set(randomBytes(4096), MiB);
+    await Deno.writeFile(`${src}/big.bin`, data); // no client runs now
+    await logged(server, signed, 2);
+    assert.equal(asked(), askedBefore, "signed before anyone asked");
+    await mirror();
+    assert.deepEqual(await Deno.readFile(`${copy}/big.bin`), data);
+    assert.ok(asked() > askedBefore, "the next run asked for it");
+    assert.equal(server.log.filter((l) => signed.test(l)).length, 2, "and was answered from what was signed");
+  });
+});

@@ -137,6 +137,14 @@ export class SignatureCache {
     }
   }
 
+  /**
+   * True when a version of the file `label` was signed here (or taken from another worker for a request):
+   * clients hold it, and will ask for the next version's signature.
+   */
+  signedBefore(label: string): boolean {
+    return this.#lastOf.has(label);
+  }
+
   /** True while some job is waiting to be advanced by {@link step}. */
   get busy(): boolean {
     return this.#jobs.busy;
