@@ -25,7 +25,7 @@ import {
 } from "./channel/messages.ts";
 import { Connection, type ServeConfig } from "./worker/connection.ts";
 import { Epoll, EPOLLIN, EPOLLOUT } from "./ffi/epoll.ts";
-import { HashCache, identityOf } from "./worker/hash_cache.ts";
+import { HashCache } from "./worker/hash_cache.ts";
 import { SignatureCache, type Signed } from "./worker/signature_cache.ts";
 import { ListingMemo } from "./worker/listing_memo.ts";
 import { FolderWatch } from "./worker/folder_watch.ts";
@@ -333,16 +333,15 @@ class WorkerLoop {
   }
 
   /**
-   * Signs the new version of each large file written in a watched folder whose old version was signed here
-   * (`signedBefore`): the clients that hold the old one ask for the new one's signature on their next run,
-   * and would otherwise wait for it to be cut. Opened beneath the root, as a request's file is; one that
-   * cannot be (gone meanwhile, not readable) is left to the requests.
+   * Offers each file written in a watched folder to be signed ahead (`SignatureCache.signAhead`: a new
+   * version of a file whose old one was signed here), so that the clients that hold the old one do not wait
+   * for it on their next run. Opened beneath the root, as a request's file is; one that cannot be (gone
+   * meanwhile, not readable) is left to the requests.
    */
   #signWritten(watch: FolderWatch): void {
     const { signatures, rootFd } = this.#config;
     for (const path of watch.takeWritten()) {
-      const label = JSON.stringify(path);
-      if (rootFd < 0 || !signatures.signedBefore(label)) continue;
+      if (rootFd < 0 || !signatures.signsAhead(JSON.stringify(path))) continue;
       let fd: number;
       try {
         fd = openRead(path, { beneath: rootFd });
@@ -351,7 +350,7 @@ class WorkerLoop {
       }
       try {
         const stat = fstat(fd);
-        if (stat.isFile) signatures.request(identityOf(stat), fd, stat.size, label, () => {});
+        if (stat.isFile) signatures.signAhead(JSON.stringify(path), fd, stat);
       } finally {
         close(fd);
       }

@@ -21,9 +21,9 @@ import {
   SignatureBuilder,
 } from "../delta.ts";
 import { createSha256 } from "../hashing.ts";
-import { close, fstat, pread } from "../ffi/libc.ts";
+import { close, type FileStat, fstat, pread } from "../ffi/libc.ts";
 import { FileJobs } from "./file_jobs.ts";
-import { etagOf, type HashCache } from "./hash_cache.ts";
+import { etagOf, type HashCache, identityOf } from "./hash_cache.ts";
 import { setWithin } from "./bounded_map.ts";
 
 /** A file version's signature, encoded for the wire, and its SHA-256. */
@@ -60,6 +60,8 @@ export class SignatureCache {
   readonly #shared = new Map<string, { fd: number; sha256: string }>();
   /** The identity of each path's version signed (or learned) last, by the label the path is asked with. */
   readonly #lastOf = new Map<string, string>();
+  /** When each path may be signed ahead again (see {@link signAhead}), in `performance.now()` ms. */
+  readonly #aheadNotBefore = new Map<string, number>();
 
   /**
    * @param hashes the worker's SHA-256 cache: told of the hashes computed here, asked before computing one
@@ -137,12 +139,26 @@ export class SignatureCache {
     }
   }
 
+  /** True when {@link signAhead} would sign a version of `label` now: the caller need not open it else. */
+  signsAhead(label: string): boolean {
+    return this.#lastOf.has(label) && performance.now() >= (this.#aheadNotBefore.get(label) ?? 0);
+  }
+
   /**
-   * True when a version of the file `label` was signed here (or taken from another worker for a request):
-   * clients hold it, and will ask for the next version's signature.
+   * Signs the version of the file `label` open as `fd` (its fstat: `stat`; `fd` stays the caller's), just
+   * written, ahead of any request: when a version of the same path was signed here (or taken from another
+   * worker for a request), whose clients will ask for this one on their next run. A path is signed ahead
+   * at most a tenth of the time: a large file closed again and again (a log) costs a tenth of a core at
+   * most, and the requests sign what this leaves out, as without it.
    */
-  signedBefore(label: string): boolean {
-    return this.#lastOf.has(label);
+  signAhead(label: string, fd: number, stat: Pick<FileStat, "dev" | "ino" | "size" | "mtimeNs">): void {
+    if (!this.signsAhead(label)) return;
+    const started = performance.now();
+    setWithin(this.#aheadNotBefore, label, Infinity, MAX_PATHS); // not again while this runs
+    this.request(identityOf(stat), fd, stat.size, label, () => {
+      const now = performance.now();
+      setWithin(this.#aheadNotBefore, label, now + 9 * (now - started), MAX_PATHS);
+    });
   }
 
   /** True while some job is waiting to be advanced by {@link step}. */
