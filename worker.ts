@@ -29,6 +29,7 @@ import { HashCache } from "./worker/hash_cache.ts";
 import { SignatureCache, type Signed } from "./worker/signature_cache.ts";
 import { ListingMemo } from "./worker/listing_memo.ts";
 import { FolderWatch } from "./worker/folder_watch.ts";
+import { SignAhead } from "./worker/sign_ahead.ts";
 import { loadHashing } from "./hashing.ts";
 import { LISTING_MEMO_ENTRIES, parseWorkerArgs, type WorkerArgs } from "./channel/worker_args.ts";
 import { ReplyCache } from "./worker/reply_cache.ts";
@@ -44,7 +45,6 @@ export { parseWorkerArgs };
 import {
   C,
   close,
-  fstat,
   ignoreSignal,
   LibcError,
   memfdCreate,
@@ -201,9 +201,9 @@ class WorkerLoop {
   /** Connections handed over that arrived without their fd, since the worker started. */
   #lostHandOffs = 0;
   readonly #root: ServedRoot | null;
-  /** The folder watch's inotify fd as registered with epoll (-1: none), and the watch's generation then. */
-  #watchFd = -1;
-  #watchGeneration = -1;
+  /** Signs ahead the new versions of files signed before (null in classic mode), and the root it watches in. */
+  readonly #signAhead: SignAhead | null;
+  #signAheadRoot = -1;
 
   /** @param args the worker's command line; its channel must be nonblocking already */
   constructor(args: WorkerArgs) {
@@ -224,6 +224,15 @@ class WorkerLoop {
       wake: (conn) => this.#woken.add(conn),
     });
     this.#epoll.add(this.#channel, EPOLLIN);
+    this.#signAhead = args.root === null
+      ? null
+      : new SignAhead(this.#config.signatures, () => this.#config.rootFd);
+    this.#config.signatures.onSigned = (label) => {
+      try {
+        this.#signAhead?.follow(JSON.parse(label));
+      } catch { /* a label that names no path */ }
+    };
+    this.#followRoot();
     this.#root = args.root === null
       ? null
       : new ServedRoot(args.root, this.#config, () => this.#connections.values());
@@ -279,7 +288,7 @@ class WorkerLoop {
   #turn(): void {
     if (this.#stopping && this.#connections.size === 0) this.#exit(0, "stopped");
     const { hashes, signatures } = this.#config;
-    const watch = this.#followWatch();
+    this.#followRoot();
     // While hashes or signatures are being computed, only poll: the loop alternates their slices and serving.
     const ready = this.#epoll.wait(hashes.busy || signatures.busy ? 0 : IDLE_SCAN_MS);
     for (let i = 0; i < ready; i++) {
@@ -288,14 +297,13 @@ class WorkerLoop {
         this.#onChannel();
         continue;
       }
-      if (fd === this.#watchFd) {
-        watch?.poll();
+      if (fd === this.#signAhead?.fd) {
+        this.#signAhead.onReadable();
         continue;
       }
       const conn = this.#connections.get(fd);
       if (conn !== undefined) this.#drive(conn, this.#epoll.eventsAt(i));
     }
-    if (watch?.hasWritten) this.#signWritten(watch);
     if (hashes.busy) hashes.step();
     if (signatures.busy) signatures.step();
     for (const conn of this.#woken) {
@@ -317,44 +325,15 @@ class WorkerLoop {
   }
 
   /**
-   * The folder watch, its inotify fd registered with epoll (again after a restart made another instance),
-   * so that the events of files written are read as they come; null without a watch.
+   * Keeps signing ahead in the root as it is: a reload that opened another directory ends the old tree's
+   * watches, and the new inotify instance is waited for instead (closing the old one took it out of epoll).
    */
-  #followWatch(): FolderWatch | null {
-    const watch = this.#config.listingMemo.watch;
-    if (watch === null) return null;
-    if (watch.fd !== this.#watchFd || watch.generation !== this.#watchGeneration) {
-      // The old instance was closed (by a restart), which took it out of epoll.
-      if (watch.fd >= 0) this.#epoll.add(watch.fd, EPOLLIN);
-      this.#watchFd = watch.fd;
-      this.#watchGeneration = watch.generation;
-    }
-    return watch;
-  }
-
-  /**
-   * Offers each file written in a watched folder to be signed ahead (`SignatureCache.signAhead`: a new
-   * version of a file whose old one was signed here), so that the clients that hold the old one do not wait
-   * for it on their next run. Opened beneath the root, as a request's file is; one that cannot be (gone
-   * meanwhile, not readable) is left to the requests.
-   */
-  #signWritten(watch: FolderWatch): void {
-    const { signatures, rootFd } = this.#config;
-    for (const path of watch.takeWritten()) {
-      if (rootFd < 0 || !signatures.signsAhead(JSON.stringify(path))) continue;
-      let fd: number;
-      try {
-        fd = openRead(path, { beneath: rootFd });
-      } catch {
-        continue;
-      }
-      try {
-        const stat = fstat(fd);
-        if (stat.isFile) signatures.signAhead(JSON.stringify(path), fd, stat);
-      } finally {
-        close(fd);
-      }
-    }
+  #followRoot(): void {
+    const signAhead = this.#signAhead;
+    if (signAhead === null || this.#config.rootFd === this.#signAheadRoot) return;
+    if (this.#signAheadRoot !== -1) signAhead.restart();
+    this.#signAheadRoot = this.#config.rootFd;
+    if (signAhead.fd >= 0) this.#epoll.add(signAhead.fd, EPOLLIN);
   }
 
   /** Lets `conn` handle readiness `events` (0: a wake-up), then updates epoll to what it waits for now. */

@@ -21,6 +21,7 @@ import { getArgs, jsonLines, listDir, logged, spawnClient, withServer } from "./
 import { FrameProxy } from "./proxy.ts";
 import { HashCache, identityOf } from "../worker/hash_cache.ts";
 import { SignatureCache } from "../worker/signature_cache.ts";
+import { SignAhead } from "../worker/sign_ahead.ts";
 import { close, fstat, openRead } from "../ffi/libc.ts";
 import {
   answerUntilClosed,
@@ -51,6 +52,12 @@ const MiB = 1024 * 1024;
   cache.request(identityOf(stat), fd, stat.size, "", () => {});
   close(fd);
   while (cache.busy) cache.step();
+  const root = openRead(path.slice(0, path.lastIndexOf("/")), { directory: true });
+  const ahead = new SignAhead(cache, () => root);
+  ahead.follow(path.slice(path.lastIndexOf("/") + 1));
+  ahead.onReadable();
+  ahead.close();
+  close(root);
   Deno.removeSync(path);
 }
 
@@ -617,4 +624,43 @@ Deno.test("a path is signed ahead only once one of its versions was signed, not 
   assert.ok(!cache.signsAhead(label), "not again while it runs");
   while (cache.busy) cache.step();
   await eventually("signed ahead again, a while later", () => Promise.resolve(cache.signsAhead(label)));
+});
+
+Deno.test("signing ahead watches the folders of the files signed only, and signs a new version written there at once", async () => {
+  await loadHashing();
+  await using dir = await tempDir();
+  for (const folder of ["x", "y"]) await Deno.mkdir(`${dir.path}/${folder}`);
+  await Deno.writeFile(`${dir.path}/x/big.bin`, randomBytes(2 * MiB));
+  await Deno.writeFile(`${dir.path}/y/small.txt`, randomBytes(100));
+  const root = openRead(dir.path, { directory: true });
+  const cache = new SignatureCache(new HashCache());
+  const ahead = new SignAhead(cache, () => root);
+  cache.onSigned = (label) => ahead.follow(JSON.parse(label));
+  const signed: string[] = [];
+  const sign = (path: string) => {
+    const fd = openRead(path, { beneath: root });
+    try {
+      const stat = fstat(fd);
+      cache.request(identityOf(stat), fd, stat.size, JSON.stringify(path), (s) => signed.push(s!.sha256));
+    } finally {
+      close(fd);
+    }
+  };
+  try {
+    sign("x/big.bin"); // a client's request
+    while (cache.busy) cache.step();
+    assert.equal(ahead.watched, 1, "x is watched, y is not");
+    const next = randomBytes(2 * MiB);
+    await Deno.writeFile(`${dir.path}/y/small.txt`, randomBytes(100));
+    await Deno.writeFile(`${dir.path}/x/big.bin`, next); // the kernel queues the event before this returns
+    ahead.onReadable();
+    assert.ok(cache.busy, "the new version is being signed, before anyone asks");
+    while (cache.busy) cache.step();
+    sign("x/big.bin"); // the next request finds it
+    assert.equal(signed.at(-1), sha256(next));
+    assert.ok(!cache.busy, "answered from the cache, not signed again");
+  } finally {
+    ahead.close();
+    close(root);
+  }
 });

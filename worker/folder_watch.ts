@@ -22,10 +22,6 @@
  *   `open_file_cache_valid` bounds what its cache may miss;
  * - when the kernel's queue overflows, every mark is void.
  *
- * The same events say which files were written in a watched folder (closed after a write, or renamed into
- * it), by their paths below the root ({@link FolderWatch.takeWritten}): the worker signs the new version of
- * a large file whose old version it signed, before the clients that hold the old one ask (`worker.ts`).
- *
  * A worker watches at most {@link MAX_WATCHED_FOLDERS} folders, and none once the kernel refuses a watch
  * (the user's `fs.inotify.max_user_watches`, shared with every other program of the user): past that,
  * folders are looked at file by file, as without a watch.
@@ -44,16 +40,13 @@ import {
   tryRead,
   WOULD_BLOCK,
 } from "../ffi/libc.ts";
-import { inotifyEventsOf, nameText } from "../ffi/structs.ts";
+import { inotifyEventsOf } from "../ffi/structs.ts";
 
 /** How long a mark vouches for its folder without a look at its files: see the module's documentation. */
 export const WATCH_TRUST_MS = 60_000;
 
 /** Folders a worker watches at most (each watch takes some kernel memory, and one of the user's watches). */
 export const MAX_WATCHED_FOLDERS = 16_384;
-
-/** Files written that {@link FolderWatch.takeWritten} holds at most until taken; more are not told. */
-const MAX_WRITTEN = 1024;
 
 /** The `f_type` of the file systems whose every change this kernel makes, and so reports (statfs(2)). */
 const LOCAL_FILE_SYSTEMS = new Set([
@@ -95,10 +88,6 @@ export class FolderWatch {
   readonly #folderOf = new Map<number, string>();
   /** Events read so far, by watch descriptor. */
   readonly #events = new Map<number, number>();
-  /** Each watched folder's path below the root, by watch descriptor, as the walk that marked it named it. */
-  readonly #pathOf = new Map<number, string>();
-  /** Paths of the files written in watched folders since {@link takeWritten} last took them. */
-  #written = new Set<string>();
   /**
    * Restarts so far (a new root, a queue overflow): each one voids every mark taken before it, as a new
    * inotify instance numbers its watches from 1 again.
@@ -126,27 +115,11 @@ export class FolderWatch {
     return this.#wdOf.size;
   }
 
-  /** The inotify instance, to wait for events on (-1 when there is none); a restart makes another. */
-  get fd(): number {
-    return this.#fd;
-  }
-
-  /** Counts the restarts: each one's instance is another, even where it has the same fd number. */
-  get generation(): number {
-    return this.#generation;
-  }
-
-  /** True when {@link takeWritten} has paths to give. */
-  get hasWritten(): boolean {
-    return this.#written.size > 0;
-  }
-
   /**
-   * Marks the folder open as `fd`, whose fstat is `folder` and path below the root `path`: watches it if it
-   * is not yet, and notes what was seen of it so far. Null where it cannot be watched: nothing then vouches
-   * for it.
+   * Marks the folder open as `fd`, whose fstat is `folder`: watches it if it is not yet, and notes what was
+   * seen of it so far. Null where it cannot be watched: nothing then vouches for it.
    */
-  mark(fd: number, folder: Pick<FileStat, "dev" | "ino">, path: string): WatchMark | null {
+  mark(fd: number, folder: Pick<FileStat, "dev" | "ino">): WatchMark | null {
     if (this.#fd < 0 || !this.#onLocalFileSystem(fd, folder.dev)) return null;
     this.#drain();
     if (this.#fd < 0) return null; // an overflow's restart found no instance
@@ -172,7 +145,6 @@ export class FolderWatch {
         return null;
       }
       // A watch sees what happens from now on: what happened before is in the walk's own look.
-      this.#pathOf.set(wd, path);
       this.#wdOf.set(key, wd);
       this.#folderOf.set(wd, key);
       if (!this.#events.has(wd)) this.#events.set(wd, 0);
@@ -187,22 +159,6 @@ export class FolderWatch {
     return this.#generation === mark.generation && this.#events.get(mark.wd) === mark.events;
   }
 
-  /** Reads the events queued (of every watch: see {@link unchanged} and {@link takeWritten}). */
-  poll(): void {
-    this.#drain();
-  }
-
-  /**
-   * The paths below the root of the files written (closed after a write, or renamed in) in watched folders
-   * since the last call, as far as the events read so far tell; at most {@link MAX_WRITTEN}. A folder
-   * renamed since its mark names its files by its old path.
-   */
-  takeWritten(): string[] {
-    const written = [...this.#written];
-    this.#written.clear();
-    return written;
-  }
-
   /**
    * Ends every watch and starts anew, with a new inotify instance: every mark taken before vouches for
    * nothing. For a root that now leads to another tree, whose folders the old watches would hold on to, and
@@ -213,8 +169,6 @@ export class FolderWatch {
     this.#wdOf.clear();
     this.#folderOf.clear();
     this.#events.clear();
-    this.#pathOf.clear();
-    this.#written.clear();
     this.#refused = this.#full = false;
     this.#generation++;
     this.#fd = this.#open();
@@ -248,7 +202,7 @@ export class FolderWatch {
     while (this.#fd >= 0) {
       const n = tryRead(this.#fd, buffer);
       if (n === WOULD_BLOCK || n === 0) return;
-      for (const { wd, mask, name } of inotifyEventsOf(buffer, n)) {
+      for (const { wd, mask } of inotifyEventsOf(buffer, n)) {
         if (mask & C.IN_Q_OVERFLOW) {
           this.restart();
           return;
@@ -258,26 +212,11 @@ export class FolderWatch {
           const key = this.#folderOf.get(wd);
           if (key !== undefined) this.#wdOf.delete(key);
           this.#folderOf.delete(wd);
-          this.#pathOf.delete(wd);
         } else {
           this.#events.set(wd, (this.#events.get(wd) ?? 0) + 1);
-          if (mask & (C.IN_CLOSE_WRITE | C.IN_MOVED_TO) && name.byteLength > 0) this.#wrote(wd, name);
         }
       }
     }
-  }
-
-  /** Notes the file `name` of the folder watched as `wd` as written (a name not UTF-8 is never served). */
-  #wrote(wd: number, name: Uint8Array): void {
-    const folder = this.#pathOf.get(wd);
-    if (folder === undefined || this.#written.size >= MAX_WRITTEN) return;
-    let text: string;
-    try {
-      text = nameText(name);
-    } catch {
-      return;
-    }
-    this.#written.add(folder === "" ? text : `${folder}/${text}`);
   }
 
   /** Whether the file system of `fd` (on device `dev`) reports all its changes: asked once per device. */

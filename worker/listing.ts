@@ -285,7 +285,7 @@ class Walk {
    */
   #folder(path: string, depth: number, fd: number, stat: FileStat, reach: Reach): Folder {
     const wanted = reach === "read" && (this.known !== null || this.recursive);
-    const mark = wanted ? this.ctx.listingMemo.markFolder(fd, stat, path) : null;
+    const mark = wanted ? this.ctx.listingMemo.markFolder(fd, stat) : null;
     // Without `known`, a digest that cannot be kept is not worth making.
     const digested = this.known === null && mark === null;
     return {

@@ -142,12 +142,11 @@ export class ListingMemo {
   }
 
   /**
-   * Marks the folder open as `fd` (its fstat: `folder`, its path below the root: `path`) before a walk that
-   * may digest it reads it: the mark {@link keepDigest} keeps with the digest. Null when nothing can vouch
-   * for the folder later.
+   * Marks the folder open as `fd` (its fstat: `folder`) before a walk that may digest it reads it: the mark
+   * {@link keepDigest} keeps with the digest. Null when nothing can vouch for the folder later.
    */
-  markFolder(fd: number, folder: FileStat, path: string): WatchMark | null {
-    return this.maxEntries === 0 || this.watch === null ? null : this.watch.mark(fd, folder, path);
+  markFolder(fd: number, folder: FileStat): WatchMark | null {
+    return this.maxEntries === 0 || this.watch === null ? null : this.watch.mark(fd, folder);
   }
 
   /**

@@ -62,6 +62,11 @@ export class SignatureCache {
   readonly #lastOf = new Map<string, string>();
   /** When each path may be signed ahead again (see {@link signAhead}), in `performance.now()` ms. */
   readonly #aheadNotBefore = new Map<string, number>();
+  /**
+   * Told the label of each path a version of which was just signed here (or taken from another worker for
+   * a request): its next version is worth signing ahead (the worker's `SignAhead` watches its folder).
+   */
+  onSigned: (label: string) => void = () => {};
 
   /**
    * @param hashes the worker's SHA-256 cache: told of the hashes computed here, asked before computing one
@@ -89,6 +94,7 @@ export class SignatureCache {
       if (end.result === null) return;
       this.#remember(end.identity, end.result);
       setWithin(this.#lastOf, end.label, end.identity, MAX_PATHS);
+      this.onSigned(end.label);
       if (!end.computedHere) return;
       this.hashes.offer(end.identity, end.result.sha256);
       // Passed on before the waiters answer, so a client's next request may meet a worker that has it.
@@ -188,6 +194,7 @@ export class SignatureCache {
     const shared = this.#takeShared(identity);
     if (shared !== undefined) {
       setWithin(this.#lastOf, label, identity, MAX_PATHS);
+      this.onSigned(label);
       return done(shared);
     }
     const hashes = this.hashes;
