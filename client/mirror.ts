@@ -713,7 +713,13 @@ class MirrorRun {
   /** True once nothing more is to be fetched or written (see {@link #stopWriting}). */
   readonly #halted = (): boolean => this.#refused !== null;
 
-  #failed(item: { entry: ListEntry; rel: string }, error: ClientError, expected = 0): void {
+  /** Counts `item` failed with `error`; `notAttempted`: given up on before it was asked for. */
+  #failed(
+    item: { entry: ListEntry; rel: string },
+    error: ClientError,
+    expected = 0,
+    notAttempted = false,
+  ): void {
     this.count({
       path: item.entry.path,
       target: this.shown(item.rel),
@@ -722,6 +728,7 @@ class MirrorRun {
       seconds: 0,
       attempts: 0,
       error,
+      ...(notAttempted ? { notAttempted } : {}),
     }, expected);
   }
 
@@ -1309,16 +1316,12 @@ class MirrorRun {
         // asking for more files would only fail the same way for each; they are reported as not attempted.
         this.#notAttempted ??= { files: 0, why: stop };
         this.#notAttempted.files++;
-        this.count({
-          path: item.entry.path,
-          target: this.shown(item.rel),
-          status: "failed",
-          bytes: 0,
-          seconds: 0,
-          attempts: 0,
-          error: new ClientError(stop.exitCode, `not attempted: ${stop.message}`),
-          notAttempted: true,
-        }, item.entry.size);
+        this.#failed(
+          item,
+          new ClientError(stop.exitCode, `not attempted: ${stop.message}`),
+          item.entry.size,
+          true,
+        );
         continue;
       }
       const place: Place = { dir: item.folder.dir, name: item.name, followLink: false };
