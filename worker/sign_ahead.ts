@@ -7,8 +7,8 @@
  *
  * Only the folders of files signed are watched, for those two events only: the rest of a tree's writes
  * wake nobody (a watch of every listed folder for every event cost the server 60-100 ms of CPU per 1,000
- * small files rewritten, against 0-30 ms without). A folder renamed after it was watched names its files by its old path: they are
- * then not found, and left to the requests, as without this.
+ * small files rewritten, against 0-30 ms without). A folder renamed after it was watched names its files
+ * by its old path: they are then not found, and left to the requests, as without this.
  *
  * @module
  */
