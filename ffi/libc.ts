@@ -692,20 +692,24 @@ const componentPath = new Uint8Array(256 + 1);
 const linkTarget = new Uint8Array(4096);
 const utf8Decoder = new TextDecoder();
 
-/** openat(2) of one component `name` in `dirFd`, EINTR retried; throws a LibcError naming `path`. */
-function openComponent(dirFd: number, name: string, flags: number, mode: number, path: string): number {
-  putPath(name, "openat", componentPath);
+/**
+ * openat(2) of `name` in `dirFd` (one component, unless a whole path is put in `into`, the buffer that
+ * holds one), EINTR retried; throws a LibcError naming `path`.
+ */
+function openComponent(
+  dirFd: number,
+  name: string,
+  flags: number,
+  mode: number,
+  path: string,
+  into = componentPath,
+): number {
+  putPath(name, "openat", into);
   for (;;) {
-    const fd = sys.openat(dirFd, componentPath, flags, mode);
+    const fd = sys.openat(dirFd, into, flags, mode);
     if (fd !== -1) return fd;
     if (errno() !== C.EINTR) throw new LibcError("openat", errno(), `opening ${JSON.stringify(path)}`);
   }
-}
-
-/** The file type bits of what `fd` is open on (an O_PATH fd included). */
-function typeOfFd(fd: number): number {
-  check("fstat", sys.fstat(SYS_fstat, fd, statBuf));
-  return statWords[STAT.st_mode / 4] & S_IFMT;
 }
 
 /**
@@ -729,18 +733,10 @@ function openWalking(
   followLinks: boolean,
 ): number {
   const start = dirFd ?? Number(AT_FDCWD);
-  if (!beneath) {
-    putPath(path, "openat");
-    for (;;) {
-      const fd = sys.openat(start, openPath, flags, mode);
-      if (fd !== -1) return fd;
-      if (errno() !== C.EINTR) throw new LibcError("openat", errno(), `opening ${JSON.stringify(path)}`);
-    }
-  }
-  if (path.startsWith("/")) throw new LibcError("openat", C.EXDEV, `opening ${JSON.stringify(path)}`);
-  if (utf8.encode(path).byteLength >= openPath.byteLength) {
-    throw new LibcError("openat", C.ENAMETOOLONG, `(a path of more than ${openPath.byteLength - 1} bytes)`);
-  }
+  if (!beneath) return openComponent(start, path, flags, mode, path, openPath);
+  const refused = (code: number) => new LibcError("openat", code, `opening ${JSON.stringify(path)}`);
+  if (path.startsWith("/")) throw refused(C.EXDEV);
+  putPath(path, "openat"); // only to refuse a path too long, as openat2 would
   const rest = path.split("/").reverse(); // the next component last
   const folders: number[] = []; // O_PATH fds below `start`, the innermost last
   const here = () => folders.at(-1) ?? start;
@@ -751,7 +747,7 @@ function openWalking(
       const name = rest.pop()!;
       if (!meaningful(name)) continue;
       if (name === "..") {
-        if (folders.length === 0) throw new LibcError("openat", C.EXDEV, `opening ${JSON.stringify(path)}`);
+        if (folders.length === 0) throw refused(C.EXDEV);
         close(folders.pop()!);
         continue;
       }
@@ -767,7 +763,7 @@ function openWalking(
       const probe = openComponent(here(), name, O_PATH | O_NOFOLLOW | C.O_CLOEXEC, 0, path);
       let type: number, target = "";
       try {
-        type = typeOfFd(probe);
+        type = fstat(probe).mode & S_IFMT;
         if (type === S_IFLNK && followLinks) target = readLinkOf(probe, path);
       } catch (e) {
         close(probe);
@@ -775,21 +771,19 @@ function openWalking(
       }
       if (type === S_IFLNK) {
         close(probe);
-        if (!followLinks || ++links > MAX_SYMLINKS) {
-          throw new LibcError("openat", C.ELOOP, `opening ${JSON.stringify(path)}`);
-        }
-        if (target.startsWith("/")) throw new LibcError("openat", C.EXDEV, `opening ${JSON.stringify(path)}`);
+        if (!followLinks || ++links > MAX_SYMLINKS) throw refused(C.ELOOP);
+        if (target.startsWith("/")) throw refused(C.EXDEV);
         rest.push(...target.split("/").reverse());
         continue;
       }
       if (last) {
         // It was a symlink a moment ago, and is something else now: what was asked for moved meanwhile.
         close(probe);
-        throw new LibcError("openat", C.ELOOP, `opening ${JSON.stringify(path)}`);
+        throw refused(C.ELOOP);
       }
       if (type !== S_IFDIR) {
         close(probe);
-        throw new LibcError("openat", C.ENOTDIR, `opening ${JSON.stringify(path)}`);
+        throw refused(C.ENOTDIR);
       }
       folders.push(probe);
     }
