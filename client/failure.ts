@@ -156,27 +156,6 @@ export function classify(e: unknown): ClientError {
 }
 
 /**
- * The errno names that stop every write to a file system, not one file's: no room left on it (ENOSPC), the
- * user's quota spent (EDQUOT), or mounted read-only (EROFS).
- */
-const FILE_SYSTEM_REFUSES = ["ENOSPC", "EDQUOT", "EROFS"];
-
-/**
- * The errno name (`ENOSPC`) if `e`, or an error it was made from (its `cause`, as a LocalIoError keeps
- * the system call's), says the file system takes no more writes; null for any other failure. A run that
- * meets one stops fetching: every file after it would fail the same way, each after its transfer.
- */
-export function fileSystemRefusal(e: unknown): string | null {
-  for (let at = e, depth = 0; at instanceof Error && depth < 8; at = at.cause, depth++) {
-    const named = at as Error & { errnoName?: unknown; code?: unknown };
-    // A LibcError names its errno; Deno's own file errors carry it as `code`.
-    const name = named.errnoName ?? named.code;
-    if (typeof name === "string" && FILE_SYSTEM_REFUSES.includes(name)) return name;
-  }
-  return null;
-}
-
-/**
  * Exit codes from the most to the least serious, for a run over many files: a bug first, then what needs
  * the operator on this host (disk, corrupted data, the token), then the server's side, then a listing that was not
  * the whole tree, then a file that was listed and then went away.

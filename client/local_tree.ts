@@ -45,6 +45,27 @@ export class LocalIoError extends Error {
 }
 
 /**
+ * The errno names that stop every write to a file system, not one file's: no room left on it (ENOSPC), the
+ * user's quota spent (EDQUOT), or mounted read-only (EROFS).
+ */
+const FILE_SYSTEM_REFUSES = ["ENOSPC", "EDQUOT", "EROFS"];
+
+/**
+ * The errno name (`ENOSPC`) if `e`, or an error it was made from (its `cause`, as a {@link LocalIoError} keeps
+ * the system call's), says the file system takes no more writes; null for any other failure. A run that
+ * meets one stops fetching: every file after it would fail the same way, each after its transfer.
+ */
+export function fileSystemRefusal(e: unknown): string | null {
+  for (let at = e, depth = 0; at instanceof Error && depth < 8; at = at.cause, depth++) {
+    const named = at as Error & { errnoName?: unknown; code?: unknown };
+    // A LibcError names its errno; Deno's own file errors carry it as `code`.
+    const name = named.errnoName ?? named.code;
+    if (typeof name === "string" && FILE_SYSTEM_REFUSES.includes(name)) return name;
+  }
+  return null;
+}
+
+/**
  * A Deno file handle of the file open as `fd` (an fd from `ffi/libc.ts`): `/proc/self/fd/N` names the
  * open file itself, so no name is looked up again. The caller still closes `fd`.
  */

@@ -19,7 +19,6 @@ import {
   classify,
   ClientError,
   ExitCode,
-  fileSystemRefusal,
   protocolError,
   ServerRefusal,
   usageError,
@@ -43,7 +42,15 @@ import {
   PROTOCOL_VERSION,
 } from "../framing.ts";
 import type { ManifestFile } from "./manifest.ts";
-import { type Folder, FolderCache, type LocalDir, LocalIoError, LocalTree, typeAt } from "./local_tree.ts";
+import {
+  fileSystemRefusal,
+  type Folder,
+  FolderCache,
+  type LocalDir,
+  LocalIoError,
+  LocalTree,
+  typeAt,
+} from "./local_tree.ts";
 import { partStem, type Place, removeStaleParts } from "./publish.ts";
 import { DT } from "../ffi/structs.ts";
 import {

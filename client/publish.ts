@@ -29,7 +29,7 @@ import {
   unlinkAt,
 } from "../ffi/libc.ts";
 import { basename, dirname } from "node:path";
-import { LocalDir, LocalIoError, reopen } from "./local_tree.ts";
+import { fileSystemRefusal, LocalDir, LocalIoError, reopen } from "./local_tree.ts";
 import { pageAlignedBuffer } from "../ffi/page_aligned.ts";
 
 export { LocalIoError } from "./local_tree.ts";
@@ -43,10 +43,10 @@ export class PartLockedError extends Error {
   }
 }
 
-/** True if `e` says the disk or the user's quota is full (ENOSPC, EDQUOT). */
+/** True if `e` says the disk or the user's quota is full (ENOSPC, EDQUOT; not EROFS). */
 function isDiskFull(e: unknown): boolean {
-  const code = (e as { code?: unknown } | null)?.code;
-  return code === "ENOSPC" || code === "EDQUOT";
+  const refusal = fileSystemRefusal(e);
+  return refusal === "ENOSPC" || refusal === "EDQUOT";
 }
 
 /** Metadata applied to the published file. */
@@ -122,6 +122,11 @@ export function partStem(name: string): string {
   let cut = PART_STEM_BYTES - suffix.length;
   while ((bytes[cut] & 0xc0) === 0x80) cut--; // not inside a character
   return new TextDecoder().decode(bytes.subarray(0, cut)) + suffix;
+}
+
+/** True when a part's name holds `name` as {@link partStem} cuts a long one (it ends in `~` and the hash). */
+export function isPartStem(name: string): boolean {
+  return /~[0-9a-f]{16}$/.test(name);
 }
 
 function partPrefix(name: string): string {
@@ -409,7 +414,7 @@ export class AtomicFile {
       new Error(
         `${code === "EDQUOT" ? "the disk quota is exceeded" : "no space left on the device"} (${code}): ` +
           `the file needs ${needs}; its part was removed`,
-        { cause: e }, // the errno, for a run to tell that nothing more can be written (failure.ts)
+        { cause: e }, // the errno, for a run to tell that nothing more can be written (fileSystemRefusal)
       ),
     );
   }
