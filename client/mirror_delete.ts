@@ -11,7 +11,7 @@ import { ClientError, ExitCode } from "./failure.ts";
 import type { FileReport } from "./fetch_file.ts";
 import { type FolderCache, type LocalDir, LocalIoError, type LocalTree, PART_NAME } from "./local_tree.ts";
 import { STATE_DIR } from "./mirror_state.ts";
-import { partStem, removeStaleParts } from "./publish.ts";
+import { isPartStem, partStem, removeStaleParts } from "./publish.ts";
 import { identityAt, unlinkAt } from "../ffi/libc.ts";
 
 /**
@@ -40,7 +40,7 @@ export async function deleteExtraneous(
     const target = part ? `${rel.slice(0, rel.length - name.length)}${part[1]}` : rel;
     // A file the server has, or its part (for a resume); a long name's part holds a stem of it (partStem).
     if (keep.has(rel) || keep.has(target)) continue;
-    if (part && STEM.test(part[1]) && (stems ??= longNameStems(keep)).has(target)) continue;
+    if (part && isPartStem(part[1]) && (stems ??= longNameStems(keep)).has(target)) continue;
     if (dryRun) {
       // Parts are the client's own leftovers, not files of the tree: a dry run lists only the files.
       if (!part) onFile({ ...reportOf(remoteDir, tree, rel), status: "would delete", attempts: 0 }, rel);
@@ -100,9 +100,6 @@ export async function deleteExtraneous(
     } catch { /* not empty, or gone */ }
   }
 }
-
-/** What ends a long name's stem in its part's name (`partStem` of publish.ts). */
-const STEM = /~[0-9a-f]{16}$/;
 
 /**
  * The paths of the kept files whose parts hold a stem of their name (`partStem`), by the path the stem
