@@ -19,6 +19,7 @@ import {
   decodeStatIdentity,
   encodeOpenHow,
   type FileStat,
+  inotifyEventsOf,
   OPEN_HOW,
   S_IFDIR,
   S_IFLNK,
@@ -918,6 +919,22 @@ export function fileSystemType(fd: number): number {
 /** inotify_init1(2): a new inotify instance, nonblocking and close-on-exec. */
 export function inotifyInit(): number {
   return check("inotify_init1", sys.inotify_init1(C.IN_NONBLOCK | C.IN_CLOEXEC));
+}
+
+/**
+ * The events queued on the nonblocking inotify instance `inotifyFd` now, each as {@link inotifyEventsOf}
+ * gives it, read into `buffer` as many times as it takes. Stop taking them (or close the instance) at any
+ * time; what is left stays queued.
+ */
+export function* inotifyEventsQueued(
+  inotifyFd: number,
+  buffer: Uint8Array,
+): Generator<{ wd: number; mask: number; name: Uint8Array }> {
+  for (;;) {
+    const n = tryRead(inotifyFd, buffer);
+    if (n === WOULD_BLOCK || n === 0) return;
+    yield* inotifyEventsOf(buffer, n);
+  }
 }
 
 /**

@@ -34,13 +34,11 @@ import {
   close,
   type FileStat,
   fileSystemType,
+  inotifyEventsQueued,
   inotifyInit,
   inotifyWatchOpen,
   LibcError,
-  tryRead,
-  WOULD_BLOCK,
 } from "../ffi/libc.ts";
-import { inotifyEventsOf } from "../ffi/structs.ts";
 
 /** How long a mark vouches for its folder without a look at its files: see the module's documentation. */
 export const WATCH_TRUST_MS = 60_000;
@@ -198,23 +196,19 @@ export class FolderWatch {
    * lost, a watch's end among them maybe, so no watch nor the count of them can be trusted.
    */
   #drain(): void {
-    const buffer = FolderWatch.#buffer;
-    while (this.#fd >= 0) {
-      const n = tryRead(this.#fd, buffer);
-      if (n === WOULD_BLOCK || n === 0) return;
-      for (const { wd, mask } of inotifyEventsOf(buffer, n)) {
-        if (mask & C.IN_Q_OVERFLOW) {
-          this.restart();
-          return;
-        } else if (mask & C.IN_IGNORED) {
-          // The watch ended (the folder was removed): its marks are void, and its inode may be reused.
-          this.#events.delete(wd);
-          const key = this.#folderOf.get(wd);
-          if (key !== undefined) this.#wdOf.delete(key);
-          this.#folderOf.delete(wd);
-        } else {
-          this.#events.set(wd, (this.#events.get(wd) ?? 0) + 1);
-        }
+    if (this.#fd < 0) return;
+    for (const { wd, mask } of inotifyEventsQueued(this.#fd, FolderWatch.#buffer)) {
+      if (mask & C.IN_Q_OVERFLOW) {
+        this.restart();
+        return;
+      } else if (mask & C.IN_IGNORED) {
+        // The watch ended (the folder was removed): its marks are void, and its inode may be reused.
+        this.#events.delete(wd);
+        const key = this.#folderOf.get(wd);
+        if (key !== undefined) this.#wdOf.delete(key);
+        this.#folderOf.delete(wd);
+      } else {
+        this.#events.set(wd, (this.#events.get(wd) ?? 0) + 1);
       }
     }
   }

@@ -17,14 +17,13 @@ import {
   C,
   close,
   fstat,
+  inotifyEventsQueued,
   inotifyInit,
   inotifyWatchOpen,
   LibcError,
   openRead,
-  tryRead,
-  WOULD_BLOCK,
 } from "../ffi/libc.ts";
-import { inotifyEventsOf, nameText } from "../ffi/structs.ts";
+import { nameText } from "../ffi/structs.ts";
 import type { SignatureCache } from "./signature_cache.ts";
 
 /** Folders watched at most (each takes one of the user's inotify watches). */
@@ -80,28 +79,24 @@ export class SignAhead {
 
   /** Reads the events queued, and offers each file written to the signature cache. */
   onReadable(): void {
-    const buffer = SignAhead.#buffer;
-    while (this.#fd >= 0) {
-      const n = tryRead(this.#fd, buffer);
-      if (n === WOULD_BLOCK || n === 0) return;
-      for (const { wd, mask, name } of inotifyEventsOf(buffer, n)) {
-        if (mask & C.IN_IGNORED) {
-          // The folder was removed: its watch ended, and its number may be given again.
-          const folder = this.#folderOf.get(wd);
-          if (folder !== undefined) this.#wdOf.delete(folder);
-          this.#folderOf.delete(wd);
-          continue;
-        }
+    if (this.#fd < 0) return;
+    for (const { wd, mask, name } of inotifyEventsQueued(this.#fd, SignAhead.#buffer)) {
+      if (mask & C.IN_IGNORED) {
+        // The folder was removed: its watch ended, and its number may be given again.
         const folder = this.#folderOf.get(wd);
-        if (folder === undefined || name.byteLength === 0) continue; // an overflow: what it lost is lost
-        let text: string;
-        try {
-          text = nameText(name);
-        } catch {
-          continue; // not UTF-8: never served
-        }
-        this.#offer(folder === "" ? text : `${folder}/${text}`);
+        if (folder !== undefined) this.#wdOf.delete(folder);
+        this.#folderOf.delete(wd);
+        continue;
       }
+      const folder = this.#folderOf.get(wd);
+      if (folder === undefined || name.byteLength === 0) continue; // an overflow: what it lost is lost
+      let text: string;
+      try {
+        text = nameText(name);
+      } catch {
+        continue; // not UTF-8: never served
+      }
+      this.#offer(folder === "" ? text : `${folder}/${text}`);
     }
   }
 
