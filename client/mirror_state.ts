@@ -72,7 +72,7 @@ export const RACY_WINDOW_SECONDS = 2 * TICK_SECONDS;
 const COARSE_CLOCK_LAG_SECONDS = TICK_SECONDS;
 
 /** What `lstat` says of a local file that an entry is checked against (see `ffi/structs.ts`). */
-export type LocalIdentity = Pick<StatIdentity, "key" | "ctime">;
+export type LocalIdentity = Pick<StatIdentity, "keyEndIn" | "ctime">;
 
 /**
  * True when a file system object whose ctime is `ctime` (seconds) was seen at `seenAt` (seconds, by a
@@ -214,14 +214,14 @@ export class MirrorState implements Disposable {
   }
 
   /**
-   * The entry of `path`'s line, which starts at `start`, if its identity is `key`; a line of that identity
-   * that is malformed is forgotten. Called for every file of a run: it reads the fields in place, without
-   * first cutting the line out of the text.
+   * The entry of `path`'s line, which starts at `position`, if it holds the identity of `local`; a line of
+   * that identity that is malformed is forgotten. Called for every file of a run: it reads the fields in
+   * place, without first cutting the line out of the text.
    */
-  #lineVouching(path: string, position: number, key: string): StateEntry | undefined {
+  #lineVouching(path: string, position: number, local: LocalIdentity): StateEntry | undefined {
     const text = this.#text(Math.floor(position / PIECE_SPAN)), start = position % PIECE_SPAN;
-    const shaAt = start + key.length + 1;
-    if (!text.startsWith(key, start) || text.charCodeAt(shaAt - 1) !== TAB) return undefined;
+    const keyEnd = local.keyEndIn(text, start), shaAt = keyEnd + 1;
+    if (keyEnd < 0 || text.charCodeAt(keyEnd) !== TAB) return undefined;
     // Both fields checked where they stand, by one match: no field is cut out of a malformed line.
     HASH_AND_ETAG.lastIndex = shaAt;
     if (!HASH_AND_ETAG.test(text)) {
@@ -230,7 +230,7 @@ export class MirrorState implements Disposable {
     }
     const etagAt = shaAt + SHA256_HEX_LENGTH + 1;
     return {
-      key,
+      key: text.slice(start, keyEnd),
       sha256: text.slice(shaAt, etagAt - 1),
       etag: text.slice(etagAt, HASH_AND_ETAG.lastIndex - 1),
     };
@@ -357,7 +357,7 @@ export class MirrorState implements Disposable {
     if (found === undefined) return undefined;
     // A line is checked only once its identity matches: one whose file changed is replaced or forgotten.
     // The entry returned is the caller's to drop: the line stays.
-    const entry = this.#lineVouching(path, found, local.key);
+    const entry = this.#lineVouching(path, found, local);
     if (entry === undefined) return undefined;
     if (isRacy(local.ctime, this.#writtenAt)) return undefined; // the same identity: the same ctime
     return entry;

@@ -12,6 +12,7 @@ import {
   errnoNamesOfNode,
   fstat,
   getdents,
+  identityAt,
   LibcError,
   lstatAt,
   OPEN,
@@ -166,6 +167,35 @@ Deno.test("a stat decoded as a StatVersion gives the numbers lstat's bigints pri
         mtimeNs: String(expected.mtimeNs),
       }, `mtime ${mtimeMs} ms`);
       assert.equal(version.mtimeNs, String(BigInt(mtimeMs) * 1_000_000n));
+    }
+  } finally {
+    close(rootFd);
+  }
+});
+
+Deno.test("a file's identity finds its key's text where a state line holds it, and nothing else", async () => {
+  await using dir = await tempDir();
+  await Deno.writeFile(`${dir.path}/f`, new Uint8Array(1234));
+  const rootFd = openRead(dir.path, { directory: true });
+  try {
+    // A time of these years, the epoch, and one before it (past 2^53 as the unsigned number decoded).
+    for (const mtimeMs of [1_700_000_000_123, 0, -1_500_000_000_250]) {
+      await Deno.utime(`${dir.path}/f`, 0, new Date(mtimeMs));
+      const identity = identityAt(rootFd, "f")!;
+      const key = identity.key;
+      assert.equal(identityAt(rootFd, "f")!.keyEndIn(`${key}\tsha`, 0), key.length, `mtime ${mtimeMs} ms`);
+      assert.equal(identityAt(rootFd, "f")!.keyEndIn(`line\n${key}\t`, 5), 5 + key.length);
+      const [size, ino, mtime, ctime] = key.split(":");
+      const others = [
+        `0${key}`, // a leading zero
+        key.slice(0, -1), // the last digit missing
+        `${Number(size) + 1}:${ino}:${mtime}:${ctime}`,
+        `${size}:${ino}1:${mtime}:${ctime}`,
+        `${size}:${ino}:${mtime.replace(".", ".0")}:${ctime}`, // ten digits of nanoseconds
+        `${size}:${ino}:${mtime}:${ctime.slice(0, -1)}${(Number(ctime.at(-1)) + 1) % 10}`,
+        `${size}:${ino}:${mtime}.${ctime}`, // another separator
+      ];
+      for (const other of others) assert.equal(identity.keyEndIn(`${other}\t`, 0), -1, other);
     }
   } finally {
     close(rootFd);

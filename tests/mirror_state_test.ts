@@ -18,6 +18,7 @@ import {
 } from "../client/mirror_state.ts";
 import { LocalDir } from "../client/local_tree.ts";
 import { close, identityAt, openRead } from "../ffi/libc.ts";
+import { decodeStatIdentity, S_IFREG, STAT } from "../ffi/structs.ts";
 import { jsonLines, withServer } from "./client_fixture.ts";
 import { type ClientResult, runClient, tempDir, treeOf } from "./helpers.ts";
 
@@ -49,9 +50,27 @@ function entry(fields: Partial<StateEntry> = {}): StateEntry {
   };
 }
 
-/** What lstat would say of a file with the identity `key` (the ctime of {@link entry}'s key). */
+/** What lstat would say of a regular file with the identity `key`: its `struct stat`, decoded. */
 function seen(key = entry().key): LocalIdentity {
-  return { key, ctime: CTIME };
+  const [size, ino, mtime, ctime] = key.split(":");
+  const words = new Uint32Array(STAT.size / 4);
+  const put = (at: number, value: string) => {
+    words[at / 4] = Number(value) % 2 ** 32;
+    words[at / 4 + 1] = Math.floor(Number(value) / 2 ** 32);
+  };
+  const putTime = (at: number, time: string) => {
+    const [seconds, nanoseconds] = time.split(".");
+    put(at, seconds);
+    words[at / 4 + 2] = Number(nanoseconds);
+  };
+  words[STAT.st_mode / 4] = S_IFREG | 0o644;
+  put(STAT.st_size, size);
+  put(STAT.st_ino, ino);
+  putTime(STAT.st_mtim, mtime);
+  putTime(STAT.st_ctim, ctime);
+  const identity = decodeStatIdentity(words);
+  assert.equal(identity.key, key, "the words hold the key");
+  return identity;
 }
 
 const roundTrip = (state: MirrorState, writtenAt = WRITTEN) => MirrorState.parse(state.format(), writtenAt);
