@@ -240,9 +240,11 @@ export async function removeStaleParts(place: Place, keep?: string): Promise<voi
 /**
  * Every this many bytes written, a part's data is flushed in the background (see AtomicFile's write): a
  * 1 GiB download to disk took 1.23-1.49 s instead of 1.49-1.89 s here, and on a disk slower than the
- * network the fsync at the end no longer waits for the whole file.
+ * network the fsync at the end no longer waits for the whole file. At 8 MiB rather than 64, the fsync
+ * before publishing a 20 MiB file that delta transfer rebuilt waits for its last few MiB only (7.7 ms
+ * against 12 ms here), and a 1 GiB download takes as long.
  */
-const WRITE_BEHIND_BYTES = 64 * 1024 * 1024;
+const WRITE_BEHIND_BYTES = 8 * 1024 * 1024;
 
 /**
  * A file being written under a part name, published by {@link AtomicFile.commit}. It holds an exclusive
