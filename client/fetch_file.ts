@@ -83,6 +83,12 @@ export interface FetchOptions {
   oldSignature?: Signature;
   /** Told of the signature of a version built by delta and published, with its SHA-256 as checked. */
   onSignature?: (signature: Uint8Array, sha256: string) => void;
+  /**
+   * Told once the file's bytes are all in and checked, before they are made durable and published: from
+   * then on this fetch neither uses the session nor tries again, so the caller may send its next request
+   * while the fsync runs.
+   */
+  onChecked?: () => void;
 }
 
 /** What became of one file: a line of `--json` (see README). */
@@ -529,7 +535,7 @@ async function tryOnce(
     } finally {
       options.progress.end();
     }
-    return await verifyAndCommit(holder, header, header.sha256 ?? end.sha256, what, options.expected);
+    return await verifyAndCommit(holder, header, header.sha256 ?? end.sha256, what, options);
   }
 }
 
@@ -564,7 +570,7 @@ async function verifyAndCommit(
   header: GetHeader,
   expected: string | undefined,
   what: string,
-  signed?: ManifestFile,
+  { expected: signed, onChecked }: Pick<FetchOptions, "expected" | "onChecked">,
 ): Promise<Fetched> {
   const actual = holder.digest();
   const wanted = signed?.sha256 ?? expected;
@@ -585,6 +591,7 @@ async function verifyAndCommit(
     const retryable = discarded && (signed === undefined || (expected !== undefined && expected !== actual));
     throw new ClientError(ExitCode.Verification, mismatch, { retryable });
   }
+  onChecked?.();
   await holder.commit(header);
   return { unchanged: false, header, sha256: actual };
 }
@@ -637,13 +644,7 @@ async function tryDelta(
     report.reused = result.reused;
     let fetched: Fetched;
     try {
-      fetched = await verifyAndCommit(
-        holder,
-        result.header,
-        result.sha256,
-        JSON.stringify(path),
-        options.expected,
-      );
+      fetched = await verifyAndCommit(holder, result.header, result.sha256, JSON.stringify(path), options);
     } catch (e) {
       // A kept signature that was not the old copy's (a change its lstat did not show) built a wrong file,
       // now discarded: the file is fetched whole instead.
@@ -711,14 +712,24 @@ export async function fetchFile(
       holder = new StreamHolder(sink, shown, options.verify);
     }
     const active = holder;
+    // Once the caller was told the session is free, a failure (of the publishing) is not tried again.
+    let checked = false;
+    const onChecked = options.onChecked;
+    const attemptOptions = onChecked === undefined ? options : {
+      ...options,
+      onChecked: () => {
+        checked = true;
+        onChecked();
+      },
+    };
     const fetched = await withRetries((n) => {
       report.attempts = n;
-      return tryOnce(session, path, active, options, report);
+      return tryOnce(session, path, active, attemptOptions, report);
     }, {
       retries: options.retries,
       maxTimeMs: options.retryMaxTimeMs,
       signal: options.deadline.signal,
-      verdict: (e) => classify(e),
+      verdict: (e) => checked ? { retryable: false } : classify(e),
     });
     report.status = fetched.unchanged ? "unchanged" : "updated";
     report.size = fetched.header.size;

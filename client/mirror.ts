@@ -1311,6 +1311,7 @@ class MirrorRun {
   /** Step 4: files with a part to resume, large changed files (delta), and what the fast path handed back. */
   async fetchOneByOne(items: readonly Item[] = this.#oneByOne): Promise<void> {
     let stop: ClientError | null = null;
+    let publishing: Promise<void> = Promise.resolve();
     // In the order their signatures were asked for ahead (after those asked for none): the prefetch gives
     // up a signature the run went past.
     const prefetch = this.#prefetch;
@@ -1334,7 +1335,9 @@ class MirrorRun {
       const place: Place = { dir: item.folder.dir, name: item.name, followLink: false };
       const vouched = item.need.kind === "one by one" ? item.need.vouched : undefined;
       const store = await this.#signatures();
-      const report = await fetchFile(this.session, item.entry.path, place, {
+      let checked!: () => void;
+      const sessionFree = new Promise<void>((resolve) => checked = resolve);
+      const fetched = fetchFile(this.session, item.entry.path, place, {
         ...this.options,
         listed: item.entry,
         progress: this.#bytes,
@@ -1345,20 +1348,28 @@ class MirrorRun {
           ? undefined
           : store?.load(item.rel, vouched, item.local.size) ?? undefined,
         onSignature: (signature, sha256) => store?.save(item.rel, sha256, signature),
+        onChecked: checked,
+      }).then((report) => {
+        this.count(report, item.entry.size);
+        if (report.status === "failed") this.local.state.delete(item.rel);
+        else {
+          // The version the server's answer named; from one that names none, the listed one when their
+          // hashes agree; else the next run asks the server.
+          const listed = report.sha256 === item.entry.sha256 ? item.entry.etag ?? "" : "";
+          this.#remember(item, report.sha256, report.etag ?? listed);
+        }
+        const code = report.error?.exitCode;
+        if (this.options.deadline.expired || code === ExitCode.Connect || code === ExitCode.Busy) {
+          stop = report.error!;
+        }
       });
-      this.count(report, item.entry.size);
-      if (report.status === "failed") this.local.state.delete(item.rel);
-      else {
-        // The version the server's answer named; from one that names none, the listed one when their
-        // hashes agree; else the next run asks the server.
-        const listed = report.sha256 === item.entry.sha256 ? item.entry.etag ?? "" : "";
-        this.#remember(item, report.sha256, report.etag ?? listed);
-      }
-      const code = report.error?.exitCode;
-      if (this.options.deadline.expired || code === ExitCode.Connect || code === ExitCode.Busy) {
-        stop = report.error!;
-      }
+      // The next file's requests go out while this one is made durable and renamed (its fsync waits on
+      // the disk, not on the network); at most one file is published behind the one being fetched.
+      await Promise.race([sessionFree, fetched]);
+      await publishing;
+      publishing = fetched;
     }
+    await publishing;
   }
 
   /**

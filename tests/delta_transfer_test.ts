@@ -12,6 +12,7 @@ import { loadHashing } from "../hashing.ts";
 import { encodeJsonFrame, FRAME_HEADER_SIZE, FrameType, SIGNATURE_HEADER_SIZE } from "../framing.ts";
 import { Deadline } from "../client/deadline.ts";
 import { fetchFile } from "../client/fetch_file.ts";
+import { ExitCode } from "../client/failure.ts";
 import { LocalDir } from "../client/local_tree.ts";
 import { AtomicFile } from "../client/publish.ts";
 import { NO_PROGRESS } from "../client/progress.ts";
@@ -397,6 +398,7 @@ Deno.test("a delta cut off in the middle resumes as a whole-file get from the pa
   const place = { dir: LocalDir.open(dir), name: "warm", followLink: true };
   const part = await AtomicFile.openPart(place, "0123456789abcdef01234567");
   await part.commit({ mode: 0o644, mtimeNs: 0n });
+  await (await AtomicFile.openPart(place, "76543210fedcba9876543210")).abort(); // a part that failed its check
   place.dir.close();
   Deno.removeSync(dir, { recursive: true });
 }
@@ -539,6 +541,65 @@ Deno.test("a delta whose signature came ahead follows it through the old copy: b
       assert.equal(server.log.filter((l) => /SIG "a\.bin"/.test(l)).length, 1, "asked for once, ahead");
     } finally {
       await prefetch.close();
+      await session.close();
+    }
+  });
+});
+
+Deno.test("fetchFile frees its session once the bytes are in and checked, before the file is published; bytes that fail the check never free it", async () => {
+  await withServer(async ({ src, out, server }) => {
+    // Under DELTA_MIN_BYTES: fetched whole, so that the damage is to the file's own bytes.
+    const old = randomBytes(512 * 1024), changed = randomBytes(512 * 1024);
+    await Deno.writeFile(`${out}/a.bin`, old);
+    await Deno.writeFile(`${src}/a.bin`, changed);
+    await Deno.writeFile(`${src}/b.bin`, randomBytes(1000));
+    const fetchA = async (session: Session, onChecked: () => Promise<void>) => {
+      let pending: Promise<void> | null = null;
+      const report = await fetchFile(session, "a.bin", `${out}/a.bin`, {
+        retries: 0,
+        deadline: new Deadline(null),
+        progress: NO_PROGRESS,
+        verify: true,
+        onChecked: () => void (pending = onChecked()),
+      });
+      await pending;
+      return report;
+    };
+    // Damaged on the way: the check fails, and nothing is told.
+    const proxy = new FrameProxy(server.ports[0], { corrupt: { connection: 0, dataByte: 100 } });
+    try {
+      const session = new Session({ hostname: "127.0.0.1", port: Number(proxy.address.split(":")[1]) }, {
+        connectTimeoutMs: 5000,
+        stallTimeoutMs: 5000,
+      });
+      let told = 0;
+      try {
+        const report = await fetchA(session, () => Promise.resolve(void told++));
+        assert.equal(report.status, "failed");
+        assert.equal(report.error?.exitCode, ExitCode.Verification);
+      } finally {
+        await session.close();
+      }
+      assert.equal(told, 0, "bytes that failed the check did not free the session");
+      assert.equal(sha256(await Deno.readFile(`${out}/a.bin`)), sha256(old));
+    } finally {
+      await proxy.close();
+    }
+    // Told while the old copy is still in place; the same session answers another request meanwhile.
+    const session = sessionTo(server);
+    try {
+      let seenThen: Uint8Array | null = null, other: number | undefined;
+      const report = await fetchA(session, async () => {
+        seenThen = await Deno.readFile(`${out}/a.bin`);
+        other = (await session.request({ v: 1, op: "stat", path: "b.bin" }, "b.bin")).size;
+      });
+      assert.equal(report.status, "updated", report.error?.message);
+      // Compared by hash: a failing deepEqual of 512 KiB arrays takes minutes to describe.
+      assert.equal(seenThen && sha256(seenThen), sha256(old), "told, and not published yet when told");
+      assert.equal(other, 1000);
+      assert.equal(sha256(await Deno.readFile(`${out}/a.bin`)), sha256(changed));
+      assert.deepEqual(await listDir(out), ["a.bin"]);
+    } finally {
       await session.close();
     }
   });
