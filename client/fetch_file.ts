@@ -647,8 +647,10 @@ async function tryDelta(
       fetched = await verifyAndCommit(holder, result.header, result.sha256, JSON.stringify(path), options);
     } catch (e) {
       // A kept signature that was not the old copy's (a change its lstat did not show) built a wrong file,
-      // now discarded: the file is fetched whole instead.
-      if (result.plannedFromKept && e instanceof ClientError && holder.held === 0) {
+      // now discarded: the file is fetched whole instead. (Only a failed check: after it, the session may
+      // be another file's already, see onChecked.)
+      const failedCheck = e instanceof ClientError && e.exitCode === ExitCode.Verification;
+      if (result.plannedFromKept && failedCheck && holder.held === 0) {
         delete report.reused;
         return null;
       }
