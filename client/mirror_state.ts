@@ -606,6 +606,13 @@ export class MirrorState implements Disposable {
   *chunks(): Generator<string | Uint8Array> {
     yield `${STATE_HEADER}\n`;
     if (this.since !== undefined) yield `${SINCE_LINE}${this.since}\n`;
+    // Before the entries: the next run reads them alone ({@link readStateHead}), asks for its listing with
+    // them, and reads the entries while the server walks.
+    for (const [path, { digest, files }] of this.#knownFolders) {
+      yield `${KNOWN_LINE}${digest}\t${files}\t${path === "" ? "." : quote(path)}\n`;
+    }
+    // Says the digests were made, though no folder has one (all too large, or none with etags).
+    if (this.#digested && this.#knownFolders.size === 0) yield `${KNOWN_LINE}${NO_DIGESTS}\n`;
     this.#joinAdded();
     const spilled: number[] = [];
     yield* linesAt(this.#entries.values(), (piece) => this.#texts[piece], spilled);
@@ -624,11 +631,6 @@ export class MirrorState implements Disposable {
     for (const [path, { key, names }] of this.#folders) {
       yield `${FOLDER_LINE}${names}\t${key}\t${path === "" ? "." : quote(path)}\n`;
     }
-    for (const [path, { digest, files }] of this.#knownFolders) {
-      yield `${KNOWN_LINE}${digest}\t${files}\t${path === "" ? "." : quote(path)}\n`;
-    }
-    // Says the digests were made, though no folder has one (all too large, or none with etags).
-    if (this.#digested && this.#knownFolders.size === 0) yield `${KNOWN_LINE}${NO_DIGESTS}\n`;
   }
 
   /** Takes in a folder digest's line, after its `known ` prefix; a malformed one is skipped. */
@@ -656,7 +658,7 @@ export class MirrorState implements Disposable {
    * hashed): a line without a path now, the others when looked up. A file that is not a state file at all
    * gives an empty state. Never throws.
    */
-  static parse(text: string | Iterable<string>, writtenAt: number): MirrorState {
+  static parse(text: string | Iterable<string>, writtenAt: number, headOnly = false): MirrorState {
     const state = new MirrorState(writtenAt);
     let header = true;
     for (const piece of typeof text === "string" ? [text] : text) {
@@ -669,16 +671,20 @@ export class MirrorState implements Disposable {
       const base = state.#texts.length * PIECE_SPAN;
       if (piece.length >= PIECE_SPAN) return state; // not what loadState makes: the rest is not trusted
       state.#texts.push(piece);
-      state.#readLines(piece, start, base);
+      if (state.#readLines(piece, start, base, headOnly)) break;
     }
     return state;
   }
 
-  /** Takes in the lines of `text` from `start` on, a piece whose positions start at `base`. */
-  #readLines(text: string, start: number, base: number): void {
+  /**
+   * Takes in the lines of `text` from `start` on, a piece whose positions start at `base`; with `headOnly`,
+   * stops before the first line that is neither `since` nor a folder digest, and returns true if it did.
+   */
+  #readLines(text: string, start: number, base: number, headOnly = false): boolean {
     while (start < text.length) {
       let end = text.indexOf("\n", start);
       if (end < 0) end = text.length;
+      if (headOnly && !text.startsWith(KNOWN_LINE, start) && !text.startsWith(SINCE_LINE, start)) return true;
       if (text.startsWith(FOLDER_LINE, start)) {
         this.#readFolderLine(text.slice(start + FOLDER_LINE.length, end));
         start = end + 1;
@@ -703,6 +709,7 @@ export class MirrorState implements Disposable {
       }
       start = end + 1;
     }
+    return false;
   }
 }
 
@@ -776,6 +783,8 @@ const utf8 = new TextEncoder();
 const PIECE_SPAN = 2 ** 21;
 /** Bytes of the state file read at a time. */
 const READ_PIECE = 1 << 20;
+/** Bytes of the state file read at a time for its head: 1,000 folder digests take some 50 KB. */
+const HEAD_PIECE = 64 * 1024;
 const SHA256_HEX_LENGTH = 64;
 
 /** How a folder's line starts (a space, not a tab: a client that does not know it sees no path in it). */
@@ -819,24 +828,75 @@ const STATE_FILE = "state";
 const STATE_TEMP = "state.tmp";
 
 /**
- * Loads LOCAL_DIR's state. A state that is missing, unreadable, or not a regular file (a symlink planted
- * there is not followed) is an empty one: the run then hashes what it finds.
+ * LOCAL_DIR's state file, open: its head read first ({@link readStateHead}), then all of it
+ * ({@link loadState}), both from this one version whatever another run renames over it meanwhile.
  */
-export function loadState(root: LocalDir): MirrorState {
-  let fd: number;
-  try {
-    fd = openAt(root.fd, `${STATE_DIR}/${STATE_FILE}`, OPEN.O_RDONLY | C.O_NONBLOCK, { noSymlinks: true });
-  } catch {
-    return new MirrorState();
+export class StateFile {
+  #fd: number;
+
+  private constructor(fd: number, readonly writtenAt: number) {
+    this.#fd = fd;
   }
+
+  /**
+   * Opens LOCAL_DIR's state; null if it is missing, unreadable, or not a regular file (a symlink planted
+   * there is not followed).
+   */
+  static open(root: LocalDir): StateFile | null {
+    let fd: number;
+    try {
+      fd = openAt(root.fd, `${STATE_DIR}/${STATE_FILE}`, OPEN.O_RDONLY | C.O_NONBLOCK, { noSymlinks: true });
+    } catch {
+      return null;
+    }
+    try {
+      const stat = fstat(fd);
+      if (stat.isFile) return new StateFile(fd, Number(stat.mtimeNs) / 1e9);
+    } catch { /* not to be read */ }
+    close(fd);
+    return null;
+  }
+
+  /** Its text in pieces of whole lines of about `pieceBytes` (see {@link piecesOf}). */
+  pieces(pieceBytes?: number): Generator<string> {
+    return piecesOf(this.#fd, pieceBytes);
+  }
+
+  /** Closes it; a second call does nothing. */
+  close(): void {
+    if (this.#fd < 0) return;
+    close(this.#fd);
+    this.#fd = -1;
+  }
+}
+
+/**
+ * What a state's first lines say, read before its entries: its `since` and its folder digests. Null when
+ * they do not hold the digests (a state of an older client, which writes them last, or none): the caller
+ * then reads the whole state before asking for its listing.
+ */
+export function readStateHead(file: StateFile): Pick<MirrorState, "since" | "knownFolders"> | null {
   try {
-    const stat = fstat(fd);
-    if (!stat.isFile) return new MirrorState();
-    return MirrorState.parse(piecesOf(fd), Number(stat.mtimeNs) / 1e9);
+    const head = MirrorState.parse(file.pieces(HEAD_PIECE), file.writtenAt, true);
+    return head.digested ? head : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Loads LOCAL_DIR's state (from `file` if it was opened already; it is closed). A state that is missing,
+ * unreadable, or not a regular file (a symlink planted there is not followed) is an empty one: the run
+ * then hashes what it finds.
+ */
+export function loadState(root: LocalDir, file: StateFile | null = StateFile.open(root)): MirrorState {
+  if (file === null) return new MirrorState();
+  try {
+    return MirrorState.parse(file.pieces(), file.writtenAt);
   } catch {
     return new MirrorState();
   } finally {
-    close(fd);
+    file.close();
   }
 }
 
@@ -873,8 +933,8 @@ export function stateSince(localDir: string): string | undefined {
  * one buffer again and again, where a buffer of the whole file cost a page fault per 4 KiB of it, and
  * as much memory again as the text (170 MB for a million files). A line longer than a piece ends the text.
  */
-function* piecesOf(fd: number): Generator<string> {
-  const buffer = pageAlignedBuffer(READ_PIECE);
+function* piecesOf(fd: number, pieceBytes = READ_PIECE): Generator<string> {
+  const buffer = pageAlignedBuffer(pieceBytes);
   const decoder = new TextDecoder();
   let held = 0; // bytes of an unfinished line, at the start of the buffer
   for (let offset = 0;;) {

@@ -12,8 +12,10 @@ import {
   type LocalIdentity,
   MirrorState,
   RACY_WINDOW_SECONDS,
+  readStateHead,
   saveState,
   type StateEntry,
+  StateFile,
   stateSince,
 } from "../client/mirror_state.ts";
 import { LocalDir } from "../client/local_tree.ts";
@@ -267,6 +269,56 @@ Deno.test("state: folder digests are written with it and read back; one written 
   );
   assert.equal(bad.knownFolders.size, 0);
   assert.equal(bad.digested, true);
+});
+
+Deno.test("state: its first lines hold since and the folder digests, read alone from the file that the whole state is then read from", async () => {
+  await using dir = await tempDir();
+  const root = LocalDir.open(dir.path);
+  try {
+    const digest = "A".repeat(22);
+    const state = new MirrorState();
+    state.since = "1796649424337301460";
+    for (let i = 0; i < 3; i++) state.set(`tree/a/${i}.txt`, entry({ etag: `e${i}` }));
+    state.setKnownFolders(new Map([["tree/a", { digest, files: 3 }]]));
+    saveState(root, state);
+    const text = await Deno.readTextFile(`${dir.path}/.ferry/state`);
+    assert.ok(
+      text.indexOf("\nknown ") < text.indexOf("\ttree/a/0.txt"),
+      "the digests come before the entries",
+    );
+
+    const file = StateFile.open(root)!;
+    const head = readStateHead(file)!;
+    assert.equal(head.since, "1796649424337301460");
+    assert.deepEqual([...head.knownFolders], [["tree/a", { digest, files: 3 }]]);
+    // Replaced meanwhile (another run): what is read next is still the version the head came from.
+    saveState(root, new MirrorState());
+    const whole = loadState(root, file);
+    assert.equal(whole.size, 3);
+    assert.deepEqual(whole.recordedFields("tree/a/2.txt"), { size: 4096, sha256: SHA, etag: "e2" });
+    assert.deepEqual([...whole.knownFolders], [["tree/a", { digest, files: 3 }]]);
+    whole.close();
+
+    // An older client's state, its digests last: no head to read alone, and read whole as before.
+    const known = text.match(/^known .*\n/m)![0];
+    await Deno.writeTextFile(`${dir.path}/.ferry/state`, text.replace(known, "") + known);
+    const older = StateFile.open(root)!;
+    assert.equal(readStateHead(older), null);
+    const olderWhole = loadState(root, older);
+    assert.equal(olderWhole.size, 3);
+    assert.deepEqual([...olderWhole.knownFolders], [["tree/a", { digest, files: 3 }]]);
+    olderWhole.close();
+
+    // A head longer than a piece read for it (some 200 KB here) is read to its end.
+    const many = new Map(Array.from({ length: 4000 }, (_, i) => [`tree/folder ${i}`, { digest, files: 1 }]));
+    state.setKnownFolders(many);
+    saveState(root, state);
+    const longer = StateFile.open(root)!;
+    assert.deepEqual(readStateHead(longer)?.knownFolders, many);
+    longer.close();
+  } finally {
+    root.close();
+  }
 });
 
 Deno.test("state: a state file of several MiB is read back whole, every line of it, whichever piece it falls in", async () => {
