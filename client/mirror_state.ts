@@ -194,6 +194,11 @@ export class MirrorState implements Disposable {
   readonly #writtenAt: number;
   #newestCtime = 0;
   #changed = false;
+  /**
+   * True when the digests came after other lines (an older client's layout): the state is written again
+   * once, with them first, so that the next run asks for its listing before it reads the entries.
+   */
+  #digestsLast = false;
   /** The folders that gained or lost an entry since the state was read, and every folder above them. */
   readonly #regrouped = new Set<string>();
   /**
@@ -343,9 +348,12 @@ export class MirrorState implements Disposable {
     return this.#asRead.get(path)?.files;
   }
 
-  /** True once an entry was added, replaced or removed since the state was read: it is worth writing. */
+  /**
+   * True once an entry was added, replaced or removed since the state was read, or when it was read in an
+   * older layout: it is worth writing.
+   */
   get changed(): boolean {
-    return this.#changed;
+    return this.#changed || this.#digestsLast;
   }
 
   /**
@@ -691,6 +699,7 @@ export class MirrorState implements Disposable {
         continue;
       }
       if (text.startsWith(KNOWN_LINE, start)) {
+        if (!this.#digested && (this.#entries.size > 0 || this.#folders.size > 0)) this.#digestsLast = true;
         this.#digested = true;
         this.#readKnownLine(text.slice(start + KNOWN_LINE.length, end));
         start = end + 1;

@@ -297,6 +297,7 @@ Deno.test("state: its first lines hold since and the folder digests, read alone 
     assert.equal(whole.size, 3);
     assert.deepEqual(whole.recordedFields("tree/a/2.txt"), { size: 4096, sha256: SHA, etag: "e2" });
     assert.deepEqual([...whole.knownFolders], [["tree/a", { digest, files: 3 }]]);
+    assert.equal(whole.changed, false, "read as written: nothing to write");
     whole.close();
 
     // An older client's state, its digests last: no head to read alone, and read whole as before.
@@ -307,7 +308,12 @@ Deno.test("state: its first lines hold since and the folder digests, read alone 
     const olderWhole = loadState(root, older);
     assert.equal(olderWhole.size, 3);
     assert.deepEqual([...olderWhole.knownFolders], [["tree/a", { digest, files: 3 }]]);
+    assert.equal(olderWhole.changed, true, "worth writing once, with its digests first");
+    saveState(root, olderWhole);
     olderWhole.close();
+    const rewritten = StateFile.open(root)!;
+    assert.deepEqual(readStateHead(rewritten)?.knownFolders, new Map([["tree/a", { digest, files: 3 }]]));
+    rewritten.close();
 
     // A head longer than a piece read for it (some 200 KB here) is read to its end.
     const many = new Map(Array.from({ length: 4000 }, (_, i) => [`tree/folder ${i}`, { digest, files: 1 }]));
