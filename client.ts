@@ -517,6 +517,8 @@ async function runMirror(
       {
         ...common,
         treeProgress: bar,
+        // Only --json prints a line for a file found current (printReport).
+        reportsUnchanged: options.json === true,
         // Printed even with --quiet: something put a symlink or a file where a folder belongs.
         onNotice: (message) => bar.print(printable(`ferry: ${message}`)),
       },

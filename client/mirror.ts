@@ -122,6 +122,11 @@ export interface MirrorOptions extends Omit<FetchOptions, "listed"> {
    * manifest before any file is fetched, and every file's bytes against the manifest's SHA-256.
    */
   trust?: TrustOptions;
+  /**
+   * False: a file found current is counted in the summary and on the bar, but not passed to `onFile`
+   * (a caller that prints nothing of such files spares a run of 100,000 of them as many reports).
+   */
+  reportsUnchanged?: boolean;
 }
 
 /** The counts of the summary line, and the run's exit code. */
@@ -817,7 +822,7 @@ class MirrorRun {
   #route(item: Item, inlined?: Uint8Array): void {
     const need = item.need;
     if (need.kind === "current") {
-      this.#countCurrent(item.entry.path, item.rel, item.entry.size, need.sha256);
+      this.#countCurrent(item.rel, item.entry.size, need.sha256, item.entry.path);
       if (!need.recorded) this.#remember(item, need.sha256, item.entry.etag ?? "", item.local);
     } else if (need.kind === "hash") this.#toHash.push(item);
     else if (need.kind === "folder in the way") {
@@ -1143,14 +1148,23 @@ class MirrorRun {
       }
       this.progress.listed();
       // The state's line stays as it is. Its size is its key's.
-      this.#countCurrent(this.#remotePath(path), path, sizeOf(recorded.key), recorded.sha256);
+      this.#countCurrent(path, sizeOf(recorded.key), recorded.sha256);
     }
   }
 
-  /** Reports the file at `path` on the server (`rel` here) current: `size` bytes, SHA-256 `sha256`. */
-  #countCurrent(path: string, rel: string, size: number, sha256: string): void {
+  /**
+   * Reports the file `rel` here (`path` on the server, by default where `rel` comes from) current: `size`
+   * bytes, SHA-256 `sha256`.
+   */
+  #countCurrent(rel: string, size: number, sha256: string, path?: string): void {
+    if (this.options.reportsUnchanged === false) {
+      // As count() counts it, without the report (and the two paths it names) that nobody reads.
+      this.summary.unchanged++;
+      this.progress.fileDone(0, 0);
+      return;
+    }
     this.count({
-      path,
+      path: path ?? this.#remotePath(rel),
       target: this.shown(rel),
       status: "unchanged",
       bytes: 0,
