@@ -302,9 +302,15 @@ export class LocalTree implements Disposable {
    * Regular files (relative paths) below LOCAL_DIR, one at a time, so that a tree of a million files is
    * never a list of them; its directories go into `dirs`, deepest first. Symlinks are left out and never
    * followed; a directory swapped for something else during the walk is skipped. A folder the run's
-   * `cache` has read already is not read again; a folder `skip` accepts is left out, and not entered.
+   * `cache` has read already is not read again; a folder `skip` accepts is left out, and not entered; a
+   * folder `skipFiles` accepts is entered, but its files are left out.
    */
-  *walk(dirs: string[], cache?: FolderCache, skip?: (rel: string) => boolean): Generator<string> {
+  *walk(
+    dirs: string[],
+    cache?: FolderCache,
+    skip?: (rel: string) => boolean,
+    skipFiles?: (rel: string) => boolean,
+  ): Generator<string> {
     function* visit(rel: string, open: () => LocalDir | null): Generator<string> {
       const known = cache?.known(rel);
       const dir = known === undefined ? open() : null;
@@ -312,8 +318,10 @@ export class LocalTree implements Disposable {
       try {
         const contents = known ?? readFolder(dir!);
         const at = known?.dir ?? dir!;
-        if (contents.paths !== undefined) yield* contents.paths;
-        else for (const name of contents.files) yield rel === "" ? name : `${rel}/${name}`;
+        if (!skipFiles?.(rel)) {
+          if (contents.paths !== undefined) yield* contents.paths;
+          else for (const name of contents.files) yield rel === "" ? name : `${rel}/${name}`;
+        }
         for (const name of contents.subfolders) {
           const path = rel === "" ? name : `${rel}/${name}`;
           if (skip?.(path)) continue;
@@ -531,7 +539,7 @@ export class FolderCache implements Disposable {
     const recorded = key === null ? undefined : this.state?.recordedFolder(rel, key);
     if (recorded !== undefined) {
       // A recorded folder holds no part; its names are made only if asked for (a run of a large tree that
-      // finds its folders as recorded never does: --delete walks the state's paths).
+      // finds its folders as recorded never does: --delete walks the state's paths, if any).
       const { files: paths, subfolders } = recorded;
       let files: string[] | undefined, names: Set<string> | undefined;
       return {

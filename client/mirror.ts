@@ -503,6 +503,11 @@ class MirrorRun {
   readonly keep = new Set<string>();
   /** Empty folders the server has (`folders`), relative to LOCAL_DIR: made, and not removed by --delete. */
   readonly keepFolders = new Set<string>();
+  /**
+   * Folders below LOCAL_DIR whose files are all in {@link keep} and that hold no other (as the state
+   * recorded them, unchanged since): --delete need not look at their files one by one.
+   */
+  readonly #keptWhole = new Set<string>();
   /** Entries the listing had but this client could not use: the listing is then not the whole tree here. */
   unusable = 0;
   readonly #toHash: Item[] = [];
@@ -1114,6 +1119,8 @@ class MirrorRun {
       return fields && { path: this.#remotePath(path), ...fields };
     };
     const folder = this.#judgedByLstat(paths[0]);
+    // Paths that are the folder's files as recorded (the same list) are all the files it holds.
+    let whole = folder !== null && folder.recorded && folder.paths === paths;
     // The folder's lstats in one loop, then the decisions in another, as planBatch makes them.
     const names = paths.map((path) => path.slice(path.lastIndexOf("/") + 1));
     const locals: (StatIdentity | null)[] = new Array(paths.length).fill(null);
@@ -1139,6 +1146,7 @@ class MirrorRun {
         if (entry === undefined) {
           // Asked for again, with the others: the listing that comes then plans it.
           this.keep.delete(path);
+          whole = false;
           this.relist = true;
         } else {
           this.progress.listed();
@@ -1150,6 +1158,7 @@ class MirrorRun {
       // The state's line stays as it is. Its size is its key's.
       this.#countCurrent(path, sizeOf(recorded.key), recorded.sha256);
     }
+    if (whole) this.#keptWhole.add(paths[0].slice(0, Math.max(0, paths[0].lastIndexOf("/"))));
   }
 
   /**
@@ -1444,9 +1453,12 @@ class MirrorRun {
               this.count(report);
               if (size !== undefined && size >= DELTA_MIN_BYTES) large.push(rel);
             },
-            this.dryRun,
-            this.#local.folders,
-            this.keepFolders,
+            {
+              dryRun: this.dryRun,
+              cache: this.#local.folders,
+              keepFolders: this.keepFolders,
+              keptWhole: this.#keptWhole,
+            },
           );
         } catch (e) {
           this.summary.problems.push(classify(e));

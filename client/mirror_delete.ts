@@ -14,26 +14,37 @@ import { STATE_DIR } from "./mirror_state.ts";
 import { isPartStem, partStem, removeStaleParts } from "./publish.ts";
 import { identityAt, unlinkAt } from "../ffi/libc.ts";
 
+/** How {@link deleteExtraneous} may spare itself work, and what it must leave. */
+export interface DeleteOptions {
+  /** Remove nothing: report each file that would be removed. */
+  dryRun?: boolean;
+  /** The run's folders: those it has read already are not read again. */
+  cache?: FolderCache;
+  /** The server's empty folders: not removed, nor those above them. */
+  keepFolders?: ReadonlySet<string>;
+  /**
+   * Folders whose every file is kept and that hold no other file (as the state recorded them, unchanged
+   * since): their files are not looked at one by one. Their subfolders are.
+   */
+  keptWhole?: ReadonlySet<string>;
+}
+
 /**
  * Removes local regular files below LOCAL_DIR that are not in `keep` (relative paths), the parts of such
  * files, and then-empty directories; no symlink is followed, and none is removed. Reports each removal
- * (or its failure) to `onFile`, with the size of a file removed. With `dryRun`, removes nothing and
- * reports each file it would remove. Folders the run's `cache` has read are not read again. The folders of
- * `keepFolders` (the server's empty ones) are not removed, nor those above them.
+ * (or its failure) to `onFile`, with the size of a file removed.
  */
 export async function deleteExtraneous(
   remoteDir: string,
   tree: LocalTree,
   keep: Set<string>,
   onFile: (report: FileReport, rel: string, size?: number) => void,
-  dryRun = false,
-  cache?: FolderCache,
-  keepFolders: ReadonlySet<string> = new Set(),
+  { dryRun = false, cache, keepFolders = new Set(), keptWhole = new Set() }: DeleteOptions = {},
 ): Promise<void> {
   const dirs: string[] = [];
   const own = (rel: string) => rel === STATE_DIR;
   let stems: Set<string> | undefined;
-  for (const rel of tree.walk(dirs, cache, own)) {
+  for (const rel of tree.walk(dirs, cache, own, (folder) => keptWhole.has(folder))) {
     if (own(rel)) continue;
     const name = rel.slice(rel.lastIndexOf("/") + 1);
     const part = name.startsWith(".") ? PART_NAME.exec(name) : null;
@@ -76,7 +87,7 @@ export async function deleteExtraneous(
   if (dryRun) return;
   // A folder that holds a file the server has cannot end up empty: only the others are tried.
   const holding = new Set<string>();
-  for (const rel of keepFolders) {
+  for (const rel of [...keepFolders, ...keptWhole]) {
     for (
       let folder = rel;
       folder !== "" && !holding.has(folder);
@@ -85,15 +96,17 @@ export async function deleteExtraneous(
       holding.add(folder);
     }
   }
-  for (const rel of keep) {
+  // The kept files are looked through only for a folder that is still in question.
+  const undecided = dirs.filter((rel) => !own(rel) && !holding.has(rel));
+  for (const rel of undecided.length === 0 ? [] : keep) {
     for (let slash = rel.lastIndexOf("/"); slash > 0; slash = rel.lastIndexOf("/", slash - 1)) {
       const folder = rel.slice(0, slash);
       if (holding.has(folder)) break;
       holding.add(folder);
     }
   }
-  for (const rel of dirs) {
-    if (own(rel) || holding.has(rel)) continue;
+  for (const rel of undecided) {
+    if (holding.has(rel)) continue;
     try {
       using dir = tree.findParent(rel);
       if (dir !== null) unlinkAt(dir.fd, basename(rel), { directory: true }); // only empty ones go

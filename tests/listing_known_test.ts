@@ -15,7 +15,7 @@ import {
   MAX_KNOWN_FOLDERS,
 } from "../framing.ts";
 import { compareUtf8, loadHashing } from "../hashing.ts";
-import { logged, withServer } from "./client_fixture.ts";
+import { jsonLines, logged, withServer } from "./client_fixture.ts";
 import {
   answerUntilClosed,
   assertListRefused,
@@ -155,6 +155,38 @@ Deno.test("mirror names the folders its state records: unchanged ones come as re
       /LIST "site" recursive stream .*known=4 .*result=ok listed=(8 inlined=1 known-folders=3 partial-folders=0|5 inlined=1 known-folders=3 partial-folders=1)$/,
     );
     assert.deepEqual(await treeOf(out), await treeOf(`${src}/site`));
+  });
+});
+
+Deno.test("--delete in a run that finds a folder as recorded still looks below it: a file added to its subfolder is deleted", async () => {
+  await withServer(async ({ src, server }) => {
+    await using dir = await tempDir();
+    const out = `${dir.path}/out`;
+    await Deno.mkdir(`${src}/tree/a/sub`, { recursive: true });
+    for (let i = 0; i < 4; i++) await Deno.writeTextFile(`${src}/tree/a/${i}.txt`, `a${i}\n`);
+    await Deno.writeTextFile(`${src}/tree/a/sub/s.txt`, "s\n");
+    const address = `127.0.0.1:${server.ports[0]}`;
+    const mirror = () => runClient(["mirror", "--delete", "--json", address, "tree", out]);
+    assert.equal((await mirror()).code, 0);
+    assert.equal((await mirror()).code, 0);
+    // a/ is recorded here as holding its four files and sub/ (a folder line of the state)...
+    const state = await Deno.readTextFile(`${out}/.ferry/state`);
+    assert.match(state, /\ndir [^\n]*\ta\n/, state);
+
+    // ...and stays so when a file is added to sub/, whose own identity moves.
+    await Deno.writeTextFile(`${out}/a/sub/extra.txt`, "not the server's\n");
+    const r = await mirror();
+    assert.equal(r.code, 0, r.stderr);
+    await logged(
+      server,
+      /LIST "tree" .*known=2 .*result=ok listed=2 inlined=0 known-folders=2 partial-folders=0$/,
+    );
+    const statuses = jsonLines(r)
+      .filter((line) => line.status !== undefined && line.status !== "unchanged")
+      .map((line) => [line.path, line.status]);
+    assert.deepEqual(statuses, [["tree/a/sub/extra.txt", "deleted"]]);
+    assert.match(r.stderr, /mirror done: 0 updated, 5 unchanged, 1 deleted, 0 failed\n$/);
+    assert.deepEqual(await treeOf(out), await treeOf(`${src}/tree`));
   });
 });
 
