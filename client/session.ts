@@ -62,6 +62,15 @@ export function describeEndpoint({ hostname, port }: Endpoint): string {
   return hostname.includes(":") ? `[${hostname}]:${port}` : `${hostname}:${port}`;
 }
 
+/**
+ * True when `hostname` (an address as Deno reports a connection's peer) is this host's loopback:
+ * 127.0.0.0/8, written as it is or mapped into IPv6, or ::1.
+ */
+export function isLoopback(hostname: string): boolean {
+  const v4 = hostname.toLowerCase().startsWith("::ffff:") ? hostname.slice(7) : hostname;
+  return /^127\.[0-9]+\.[0-9]+\.[0-9]+$/.test(v4) || hostname === "::1";
+}
+
 /** Options of {@link connectTcp}. */
 export interface ConnectOptions {
   /** Give up connecting after this long, in milliseconds. */
@@ -219,6 +228,8 @@ export class Session {
   connections = 0;
   readonly #options: SessionOptions;
   #conn: Deno.Conn | null = null;
+  /** True when {@link #conn} reaches the server over this host's loopback. */
+  #loopback = false;
   #reader: FrameReader | null = null;
   /** True when no response is in progress on the connection: it can take the next request. */
   #between = true;
@@ -531,6 +542,7 @@ export class Session {
         throw new ClientError(ExitCode.Connect, "cancelled");
       }
       this.#conn = conn;
+      this.#loopback = isLoopback((conn.remoteAddr as Deno.NetAddr).hostname);
       this.#reader = new FrameReader(conn, { stallTimeoutMs: this.#options.stallTimeoutMs });
       this.#between = true;
       this.connections++;
@@ -601,13 +613,16 @@ export class Session {
   }
 
   /**
-   * `request` with this session's offer of compression: always in a streamed `list` (its batches of JSON
-   * shrink about fourfold, for a few milliseconds of the server's time per 10 MB), and in a `get` of a
-   * whole file with `--compress` (file data costs a core to compress, which pays only on a slow link).
+   * `request` with this session's offer of compression: in a streamed `list` (its batches of JSON shrink
+   * about fourfold, for a few milliseconds of the server's time per 10 MB) unless the server is on this
+   * host's loopback, where the bytes cost nothing to carry and compressing only costs both ends CPU; and
+   * in a `get` of a whole file with `--compress` (file data costs a core to compress, which pays only on a
+   * slow link). `--compress` offers it in a listing over loopback too (a port a tunnel forwards).
    */
   #offer(request: Request): Request {
-    const offered = (request.op === "list" && request.stream === true) ||
-      (this.#options.compress === true && request.op === "get" && request.ranges === undefined);
+    const compress = this.#options.compress === true;
+    const offered = (request.op === "list" && request.stream === true && (compress || !this.#loopback)) ||
+      (compress && request.op === "get" && request.ranges === undefined);
     return offered ? { ...request, accept: ["zstd"] } : request;
   }
 
@@ -647,8 +662,9 @@ export class Session {
     if (body.status !== "ok") {
       throw protocolError(`the response header's status is ${JSON.stringify(body.status)}`);
     }
-    // What was offered (#offer): zstd for every streamed listing, and for file data with --compress.
-    const offered = body.stream === true || this.#options.compress === true;
+    // What was offered (#offer): zstd for a streamed listing but over loopback, and anything with --compress.
+    const compress = this.#options.compress === true;
+    const offered = compress || (body.stream === true && !this.#loopback);
     if (body.compression !== undefined && (body.compression !== "zstd" || !offered)) {
       throw protocolError(
         `the server compressed with ${JSON.stringify(body.compression)}, which was not offered`,

@@ -19,6 +19,7 @@ import {
 } from "../framing.ts";
 import { getArgs, jsonLines, listDir, logged, spawnClient, withServer } from "./client_fixture.ts";
 import { FrameProxy } from "./proxy.ts";
+import { isLoopback } from "../client/session.ts";
 import {
   answerUntilClosed,
   eventually,
@@ -316,22 +317,53 @@ Deno.test("a malformed compressed frame, or compression not offered, makes get e
   assert.deepEqual(unoffered.left, []);
 });
 
-Deno.test("mirror offers zstd for its listing even without --compress: the entries arrive compressed, the files raw", async () => {
+Deno.test("the loopback that has a listing go uncompressed: 127.0.0.0/8, as it is or mapped into IPv6, and ::1", () => {
+  for (const address of ["127.0.0.1", "127.255.3.4", "::1", "::ffff:127.0.0.1", "::FFFF:127.1.2.3"]) {
+    assert.equal(isLoopback(address), true, address);
+  }
+  for (
+    const address of ["10.0.0.1", "128.0.0.1", "1.127.0.0", "::2", "::ffff:10.0.0.1", "fe80::1", "localhost"]
+  ) {
+    assert.equal(isLoopback(address), false, address);
+  }
+});
+
+Deno.test("over loopback, mirror offers zstd for its listing only with --compress: the entries then arrive compressed, the files raw", async () => {
   await withServer(async ({ src, out, server, address }) => {
     await Deno.mkdir(`${src}/site`);
     // Enough entries for several batches: the first goes uncompressed (PROTOCOL.md "Compression").
     for (let i = 0; i < 1200; i++) await Deno.writeFile(`${src}/site/file-${i}.txt`, logLike(200 + i, i));
-    // Not a first copy (which would bring the files with the listing): each file is fetched on its own.
-    await Deno.mkdir(`${out}/copy`);
-    await Deno.writeTextFile(`${out}/copy/local.txt`, "mine\n");
-    const r = await runClient(["mirror", address, "site", `${out}/copy`, "-q", "--delete"]);
-    assert.equal(r.code, 0, r.stderr);
-    assert.deepEqual(await treeOf(`${out}/copy`), await treeOf(`${src}/site`));
+    // Not first copies (which would bring the files with the listing): each file is fetched on its own.
+    // The first run has the server hash the files, so that the entries of the next two carry hashes.
+    for (const copy of ["warm", "plain", "packed"]) {
+      await Deno.mkdir(`${out}/${copy}`);
+      await Deno.writeTextFile(`${out}/${copy}/local.txt`, "mine\n");
+    }
+    for (const copy of ["warm", "plain"]) {
+      const r = await runClient(["mirror", address, "site", `${out}/${copy}`, "-q", "--delete"]);
+      assert.equal(r.code, 0, r.stderr);
+    }
+    const [, raw] = await logged(server, /LIST "site" recursive stream .*result=ok listed=1200/, 2);
+    assert.doesNotMatch(raw, / zstd /, "127.0.0.1 is this host: nothing to save by compressing");
+
+    const packed = await runClient([
+      "mirror",
+      address,
+      "site",
+      `${out}/packed`,
+      "-q",
+      "--delete",
+      "--compress",
+    ]);
+    assert.equal(packed.code, 0, packed.stderr);
+    for (const copy of ["plain", "packed"]) {
+      assert.deepEqual(await treeOf(`${out}/${copy}`), await treeOf(`${src}/site`));
+    }
     const [list] = await logged(server, /LIST "site" recursive stream zstd .*result=ok listed=1200/);
     // About 170 bytes of JSON per entry (its hash included); the first 64 KiB go as they are, the rest
     // compressed.
-    assert.ok(loggedBytes(list) < 1200 * 100, list);
-    const [get] = await logged(server, /GET "site\/file-7\.txt" /);
-    assert.doesNotMatch(get, /zstd/, "file data is compressed only with --compress");
+    assert.ok(loggedBytes(list) < 1200 * 100 && loggedBytes(raw) > 1200 * 150, `${raw}\n${list}`);
+    const gets = await logged(server, /GET "site\/file-7\.txt" /, 3);
+    assert.doesNotMatch(gets[1], /zstd/, "file data is compressed only with --compress");
   });
 });
