@@ -620,10 +620,14 @@ export class Session {
    * slow link). `--compress` offers it in a listing over loopback too (a port a tunnel forwards).
    */
   #offer(request: Request): Request {
-    const compress = this.#options.compress === true;
-    const offered = (request.op === "list" && request.stream === true && (compress || !this.#loopback)) ||
-      (compress && request.op === "get" && request.ranges === undefined);
+    const offered = (request.op === "list" && request.stream === true && this.#listingsOfferZstd) ||
+      (this.#options.compress === true && request.op === "get" && request.ranges === undefined);
     return offered ? { ...request, accept: ["zstd"] } : request;
+  }
+
+  /** True when a streamed listing on the connection open now is offered zstd (see {@link #offer}). */
+  get #listingsOfferZstd(): boolean {
+    return this.#options.compress === true || !this.#loopback;
   }
 
   /** Closes the connection, if any; the next request opens a new one. */
@@ -663,8 +667,7 @@ export class Session {
       throw protocolError(`the response header's status is ${JSON.stringify(body.status)}`);
     }
     // What was offered (#offer): zstd for a streamed listing but over loopback, and anything with --compress.
-    const compress = this.#options.compress === true;
-    const offered = compress || (body.stream === true && !this.#loopback);
+    const offered = body.stream === true ? this.#listingsOfferZstd : this.#options.compress === true;
     if (body.compression !== undefined && (body.compression !== "zstd" || !offered)) {
       throw protocolError(
         `the server compressed with ${JSON.stringify(body.compression)}, which was not offered`,
