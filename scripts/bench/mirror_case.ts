@@ -42,6 +42,12 @@ export interface MirrorProfile {
    * so it can be repeated, and one run moved by some hundredths of a second from one run to the next.
    */
   unchangedRuns: number;
+  /**
+   * Passes of each edit round: the tree is edited again before each (other bytes, the same kind of change)
+   * and every tool follows it, the tools taking turns; the row is the pass of median wall time. One pass
+   * moved some edit ratios across their target from one run of the benchmark to the next.
+   */
+  editRuns: number;
 }
 
 const small = (key: string, files: number, folders: number, minBytes: number, maxBytes: number) => ({
@@ -66,6 +72,7 @@ export const MIRROR_PROFILES: Record<"full" | "quick" | "tiny", MirrorProfile> =
     fanClients: 32,
     timeoutSeconds: 1200,
     unchangedRuns: 3,
+    editRuns: 3,
   },
   quick: {
     trees: [
@@ -77,6 +84,7 @@ export const MIRROR_PROFILES: Record<"full" | "quick" | "tiny", MirrorProfile> =
     fanClients: 8,
     timeoutSeconds: 120,
     unchangedRuns: 3,
+    editRuns: 3,
   },
   tiny: {
     trees: [{ ...small("a", 20, 4, 4 * KiB, 16 * KiB), large: 3, largeBytes: 256 * KiB }],
@@ -84,6 +92,7 @@ export const MIRROR_PROFILES: Record<"full" | "quick" | "tiny", MirrorProfile> =
     fanClients: 2,
     timeoutSeconds: 60,
     unchangedRuns: 2,
+    editRuns: 2,
   },
 };
 
@@ -357,13 +366,13 @@ export async function case8(b: MirrorBench): Promise<Section> {
       const ratioRows: string[][] = [];
       const rounds = roundsOf(tree, p.edits);
       for (const [r, round] of rounds.entries()) {
-        // ferry's server signs what the edit changed as soon as it is written, before its client asks: its
-        // CPU for an edit round counts from the edit. The rsync daemon does nothing before its client comes.
-        const ferryCpuAtEdit = round.edit ? ferryTool.serverCpu() : undefined;
-        if (round.edit) await editLater(src, round.edit);
-        const runs = round.name === "nothing changed" ? p.unchangedRuns : 1;
+        const runs = round.name === "nothing changed" ? p.unchangedRuns : round.edit ? p.editRuns : 1;
         const all = new Map<string, Measured[]>(tools.map((t) => [t.key, []]));
         for (let pass = 0; pass < runs; pass++) {
+          // ferry's server signs what the edit changed as soon as it is written, before its client asks: its
+          // CPU for an edit round counts from the edit. The rsync daemon does nothing before its client comes.
+          const ferryCpuAtEdit = round.edit ? ferryTool.serverCpu() : undefined;
+          if (round.edit) await editLater(src, (dir) => round.edit!(dir, pass));
           const order = tools.map((_, i) => tools[(i + r + index + pass) % tools.length]);
           for (const tool of order) {
             b.log(
@@ -493,9 +502,11 @@ export async function case8(b: MirrorBench): Promise<Section> {
     "first, and each starts after a `sync`, so that none writes out what the edit or the previous tool left",
     "dirty (ferry's `syncfs` would, and so would rsync --fsync's journal commits). After every run `diff -r` compares the copy with the source; a run that fails (exit code, timeout",
     `of ${p.timeoutSeconds} s, or a difference) is marked failed and its copy is then restored with \`cp -a\`, so`,
-    "every tool starts every round from the same state. One run per round, except with nothing changed:",
-    `there each tool runs ${p.unchangedRuns} times, the tools taking turns, and the row is its run of median wall time,`,
-    "with the range of the runs beside it (such a run changes nothing). ferry keeps what it knows of its",
+    "every tool starts every round from the same state. A first copy is one run of each tool. With nothing",
+    `changed each tool runs ${p.unchangedRuns} times, the tools taking turns (such a run changes nothing); an edit round`,
+    `is ${p.editRuns} passes, the tree edited again before each (the same kind of change to other bytes, another`,
+    "file deleted) and every tool following it in turn. Such a row is the tool's run of median wall time, its",
+    "CPU and bytes that run's, with the range of the runs' wall times beside it. ferry keeps what it knows of its",
     "copy (sizes, times, inodes and hashes of the files it published) in `.ferry/state` inside the copy, which",
     "`diff -r` leaves out; rsync keeps nothing between runs.",
     "",
@@ -614,7 +625,7 @@ async function fanOut(
   }
   const edit = mixedEdit(tree, p.edits, "fan-out edit", 2);
   const ferryCpuAtEdit = tools.find((t) => t.key === "ferry")?.serverCpu();
-  await editLater(src, edit.edit!);
+  await editLater(src, (dir) => edit.edit!(dir, 0));
   for (const tool of tools) {
     const run = await together(tool, "edit", tool.key === "ferry" ? ferryCpuAtEdit : undefined);
     editWalls.set(tool.key, run.wall);

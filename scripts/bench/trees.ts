@@ -163,9 +163,15 @@ export interface Round {
   name: string;
   /** What the edit changes, for the report's text. */
   detail?: string;
-  /** Applies the round's edit to the tree in `dir`. */
-  edit?: (dir: string) => Promise<void>;
+  /**
+   * Applies the round's edit to the tree in `dir`: the same kind of change each time, to other bytes (and
+   * another file deleted) for each `pass`, from 0, so that a round can be edited and measured again.
+   */
+  edit?: (dir: string, pass: number) => Promise<void>;
 }
+
+/** The seed label of pass `pass` of an edit labelled `tag`: the tag itself for the first. */
+const passTag = (tag: string, pass: number) => pass === 0 ? tag : `${tag} #${pass + 1}`;
 
 /** How much the edit rounds change. */
 export interface EditSizes {
@@ -191,7 +197,8 @@ export function roundsOf(t: TreeSpec, sizes: EditSizes): Round[] {
     rounds.push({
       name: "edit",
       detail: `1% of the files (${count.toLocaleString("en-US")}) rewritten`,
-      edit: (dir) => rewrite(dir, Array.from({ length: count }, (_, k) => k * every), "edit"),
+      edit: (dir, pass) =>
+        rewrite(dir, Array.from({ length: count }, (_, k) => k * every), passTag("edit", pass)),
     });
   } else {
     const noise = new Noise(`${t.key}/edit`);
@@ -224,6 +231,8 @@ const mib = (n: number) => n >= 2 ** 20 ? `${n / 2 ** 20} MiB` : `${n / 1024} Ki
  * The edit of a tree of small and large files (at least three): `sizes.rewrite` small files rewritten,
  * bytes appended to one large file, 4 KiB changed in another, bytes inserted in the middle of a third, and
  * the small file `deleted` removed. `tag` seeds the new content, so that another tag makes another edit.
+ * Each later pass rewrites the same small files and large ones with other bytes, and removes the small file
+ * `deleted` + pass * (files / rewrite), which is never one of those rewritten.
  */
 export function mixedEdit(t: TreeSpec, sizes: EditSizes, tag: string, deleted: number): Round {
   const every = Math.floor(t.files / sizes.rewrite);
@@ -232,15 +241,15 @@ export function mixedEdit(t: TreeSpec, sizes: EditSizes, tag: string, deleted: n
     name: tag,
     detail: `${sizes.rewrite} files rewritten, ${mib(sizes.insert)} appended to one large file, ` +
       `4 KiB changed in another, ${mib(sizes.insert)} inserted in the middle of a third, one file deleted`,
-    edit: async (dir) => {
-      await rewriteSmall(t, dir, picked, tag);
-      const noise = new Noise(`${t.key}/${tag}/large`);
+    edit: async (dir, pass) => {
+      await rewriteSmall(t, dir, picked, passTag(tag, pass));
+      const noise = new Noise(`${t.key}/${passTag(tag, pass)}/large`);
       using tail = await Deno.open(join(dir, largePath(0)), { append: true });
       const appended = noise.bytes(sizes.insert);
       for (let done = 0; done < appended.length;) done += await tail.write(appended.subarray(done));
       await overwriteAt(join(dir, largePath(1)), Math.floor(t.largeBytes / 2) + 1234, noise.bytes(4096));
       await insertAt(join(dir, largePath(2)), Math.floor(t.largeBytes / 2), noise.bytes(sizes.insert));
-      await Deno.remove(join(dir, smallPath(t, deleted)));
+      await Deno.remove(join(dir, smallPath(t, deleted + pass * every)));
     },
   };
 }
