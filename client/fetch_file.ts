@@ -22,7 +22,7 @@
 import type { Hash } from "node:crypto";
 import { createSha256, loadHashing } from "../hashing.ts";
 import type { Deadline } from "./deadline.ts";
-import { C, close, fstat, LibcError, OPEN, openAt } from "../ffi/libc.ts";
+import { C, close, closeInBackground, fstat, LibcError, OPEN, openAt } from "../ffi/libc.ts";
 import { classify, ClientError, ExitCode, protocolError, ServerRefusal, usageError } from "./failure.ts";
 import { ErrorCode, isSha256Hex, PROTOCOL_VERSION, type Request, type ResponseHeader } from "../framing.ts";
 import type { Progress } from "./progress.ts";
@@ -185,6 +185,17 @@ function newHash(verify: boolean): Hash | null {
  * says so), if it is one and, when `size` is given, of that size; else null. Throws LibcError.
  */
 async function openExisting(place: Place, size?: number): Promise<Deno.FsFile | null> {
+  const fd = openRegular(place, size);
+  if (fd === null) return null;
+  try {
+    return await reopen(fd, { write: false });
+  } finally {
+    close(fd);
+  }
+}
+
+/** {@link openExisting}'s file as the fd it is opened by, or null. Throws LibcError. */
+function openRegular(place: Place, size?: number): number | null {
   let fd: number;
   try {
     // O_NONBLOCK: a FIFO at the name must not block the open; it is not a regular file, and is skipped.
@@ -195,13 +206,14 @@ async function openExisting(place: Place, size?: number): Promise<Deno.FsFile | 
     if (code === "ENOENT" || code === "ELOOP") return null;
     throw e;
   }
+  let regular = false;
   try {
     const info = fstat(fd);
-    if (!info.isFile || (size !== undefined && info.size !== size)) return null;
-    return await reopen(fd, { write: false });
+    regular = info.isFile && (size === undefined || info.size === size);
   } finally {
-    close(fd);
+    if (!regular) close(fd);
   }
+  return regular ? fd : null;
 }
 
 /** The chunks of an open local file; closes it. */
@@ -608,13 +620,22 @@ async function tryDelta(
   options: FetchOptions,
   report: FileReport,
 ): Promise<Fetched | null> {
-  let old: Deno.FsFile | null;
+  // The copy is read through `old`, and held by `held` until the end: once the delta's file replaces it,
+  // the last close of it frees its blocks (6 ms for 20 MiB here), which is let go of on Deno's blocking
+  // pool while the caller goes on with the next file.
+  let held: number | null, old: Deno.FsFile;
   try {
-    old = await openExisting(holder.place);
+    held = openRegular(holder.place);
+    if (held === null) return null;
+    try {
+      old = await reopen(held, { write: false });
+    } catch (e) {
+      close(held);
+      throw e;
+    }
   } catch (e) {
     throw new LocalIoError(`cannot read ${shownPath(holder.place)}`, e);
   }
-  if (old === null) return null;
   try {
     if (old.statSync().size < DELTA_MIN_BYTES) return null;
     const result = await fetchDelta({
@@ -662,6 +683,7 @@ async function tryDelta(
     return fetched;
   } finally {
     old.close();
+    await closeInBackground(held);
   }
 }
 

@@ -340,6 +340,10 @@ class Item implements TreeFile {
   get expected(): ManifestFile | undefined {
     return this.signed ? { size: this.entry.size, sha256: this.entry.sha256! } : undefined;
   }
+
+  get replaces(): boolean {
+    return this.local !== undefined;
+  }
 }
 
 /**

@@ -25,7 +25,7 @@ import {
   lstatAt,
   OPEN,
   openAt,
-  renameAt,
+  renameOver,
   unlinkAt,
 } from "../ffi/libc.ts";
 import { basename, dirname } from "node:path";
@@ -467,9 +467,11 @@ export class AtomicFile {
 
   /**
    * fsyncs, applies metadata, renames over the target and fsyncs the directory. The lock is held until
-   * the rename is done, so no other run can take the part meanwhile. Throws LocalIoError.
+   * the rename is done, so no other run can take the part meanwhile. The file replaced, if any, is let go
+   * of on Deno's blocking pool meanwhile (`renameOver`). Throws LocalIoError.
    */
   async commit(meta: PublishMetadata = {}): Promise<void> {
+    let replaced: Promise<void>;
     try {
       await this.#flushing;
       if (this.#flushError !== null) throw this.#flushError;
@@ -478,7 +480,7 @@ export class AtomicFile {
       // futimens keeps the nanoseconds, which a time in seconds as a double would round away.
       if (meta.mtimeNs !== undefined) futimens(this.#part.fd, meta.mtimeNs);
       const dir = this.place.dir.fd;
-      renameAt(dir, this.tempName, dir, this.place.name);
+      replaced = renameOver(dir, this.tempName, dir, this.place.name);
     } catch (e) {
       if (isDiskFull(e) || isDiskFull(this.#flushError)) {
         return this.#onDiskFull(isDiskFull(e) ? e : this.#flushError);
@@ -488,6 +490,7 @@ export class AtomicFile {
     }
     await this.release();
     this.place.dir.sync();
+    await replaced;
   }
 
   /** Removes the part and releases it; never throws. */

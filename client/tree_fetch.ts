@@ -50,6 +50,7 @@ import {
   openAt,
   pwriteAll,
   renameAt,
+  renameOver,
   syncfsInBackground,
   unlinkAt,
 } from "../ffi/libc.ts";
@@ -69,6 +70,12 @@ export interface TreeFile {
    * the server says (and no local hash is offered: the server cannot call the copy current).
    */
   readonly expected?: ManifestFile;
+  /**
+   * True when a file is at `name` now, which publishing replaces: the rename then holds it open and lets
+   * go of it on Deno's blocking pool, where the kernel frees its blocks (`renameOver`). False or absent:
+   * a plain rename, which a first copy makes of every file.
+   */
+  readonly replaces?: boolean;
 }
 
 /** Where {@link fetchTree} takes its files from, in order, one at a time. */
@@ -562,6 +569,8 @@ class Batch<F extends TreeFile> {
   #flushing: Promise<void> | null = null;
   /** What a report threw while no caller was waiting: thrown to the next one. */
   #thrown: unknown = null;
+  /** The files replaced by renames, being let go of on Deno's blocking pool (see `renameOver`). */
+  #releasing: Promise<void>[] = [];
 
   constructor(
     readonly root: LocalDir,
@@ -602,6 +611,7 @@ class Batch<F extends TreeFile> {
       await this.flush();
       await this.#settled();
     }
+    await Promise.all(this.#releasing.splice(0));
   }
 
   /**
@@ -634,7 +644,9 @@ class Batch<F extends TreeFile> {
         let why = failure;
         if (why === null) {
           try {
-            renameAt(dir.fd, w.part, dir.fd, name);
+            if (w.flight.file.replaces === true) {
+              this.#releasing.push(renameOver(dir.fd, w.part, dir.fd, name));
+            } else renameAt(dir.fd, w.part, dir.fd, name);
             this.#renamed.push(held);
             continue;
           } catch (e) {

@@ -63,6 +63,8 @@ const symbols = {
   sendfile: { parameters: ["i32", "i32", "buffer", "usize"], result: "isize" }, // ssize_t sendfile(int out, int in, off_t *offset, size_t count)
   fcntl: { parameters: ["i32", "i32", "i32"], result: "i32" }, // int fcntl(int fd, int cmd, int arg)
   close: { parameters: ["i32"], result: "i32" }, // int close(int fd)
+  // The same call on Deno's blocking pool: the last close of a file replaced or removed frees its blocks.
+  close_async: { name: "close", parameters: ["i32"], result: "i32", nonblocking: true },
   epoll_create1: { parameters: ["i32"], result: "i32" }, // int epoll_create1(int flags)
   epoll_ctl: { parameters: ["i32", "i32", "i32", "buffer"], result: "i32" }, // int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
   epoll_wait: { parameters: ["i32", "buffer", "i32", "i32"], result: "i32" }, // int epoll_wait(int epfd, struct epoll_event *evs, int max, int timeout)
@@ -821,6 +823,43 @@ export function renameAt(fromDirFd: number, from: string, toDirFd: number, to: s
   putPath(from, "renameat");
   putPath(to, "renameat", secondPath);
   check("renameat", sys.renameat(fromDirFd, openPath, toDirFd, secondPath));
+}
+
+/**
+ * close(2) of `fd` on Deno's blocking pool; resolves once it is closed (whatever close returned: the fd is
+ * gone either way). For the last reference to a file replaced or removed, whose blocks the kernel frees in
+ * that close (about 70 us for 4 KiB and 6 ms for 20 MiB on ext4 here), so that the caller goes on meanwhile.
+ */
+export async function closeInBackground(fd: number): Promise<void> {
+  await sys.close_async(fd);
+}
+
+/**
+ * {@link renameAt} over a `to` that may exist: the file it replaces is held open across the rename and let
+ * go of by {@link closeInBackground}, so that the kernel frees its blocks on Deno's blocking pool instead of
+ * in the rename. Resolves once it is (at once if `to` was not there). Throws as renameAt does.
+ */
+export function renameOver(fromDirFd: number, from: string, toDirFd: number, to: string): Promise<void> {
+  const held = holdAt(toDirFd, to);
+  try {
+    renameAt(fromDirFd, from, toDirFd, to);
+  } catch (e) {
+    if (held !== -1) sys.close(held); // `to` is still there: this close frees nothing
+    throw e;
+  }
+  return held === -1 ? Promise.resolve() : closeInBackground(held);
+}
+
+/**
+ * An O_PATH fd of `name` in `dirFd`, the object itself (a symlink too), which opens nothing of it: no FIFO
+ * blocks, no device acts. -1 if there is nothing there, or the kernel has no openat2 (the caller does
+ * without). openat2 refuses O_PATH with any flag but O_CLOEXEC, O_DIRECTORY and O_NOFOLLOW: not openAt.
+ */
+function holdAt(dirFd: number, name: string): number {
+  putPath(name, "openat2");
+  encodeOpenHow(openHow, O_PATH | O_NOFOLLOW | C.O_CLOEXEC, 0, 0n);
+  const r = sys.syscall(SYS_openat2, BigInt(dirFd), openPath, openHow, OPEN_HOW_SIZE);
+  return r === -1n ? -1 : Number(r);
 }
 
 /** fsync(2), e.g. of a directory after a rename in it. */

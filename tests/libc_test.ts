@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import {
   close,
+  closeInBackground,
   coarseClockTick,
   errnoDescription,
   errnoName,
@@ -18,6 +19,7 @@ import {
   OPEN,
   openAt,
   openRead,
+  renameOver,
   statAt,
   statWordsAt,
 } from "../ffi/libc.ts";
@@ -41,9 +43,11 @@ import { tempDir } from "./helpers.ts";
   assert.throws(() => statAt(fd, "no such file"), LibcError);
   assert.throws(() => statWordsAt(fd, "no such file"), LibcError);
   assert.throws(() => lstatAt(fd, "no such file"), LibcError);
+  assert.throws(() => renameOver(fd, "no such part", fd, "no such file"), LibcError);
   close(fd);
   coarseClockTick();
 }
+await closeInBackground(openRead(".", { directory: true }));
 
 Deno.test("fstat and statAt decode struct stat as Deno's own stat sees the file", async () => {
   await using dir = await tempDir();
@@ -131,6 +135,38 @@ Deno.test("getdents reads a folder's names as Deno's readDir does, by its system
   const expected = [];
   for await (const entry of Deno.readDir(dir.path)) expected.push(entry.name);
   assert.deepEqual(seen.sort(), expected.sort());
+});
+
+Deno.test("renameOver puts the new file at the name, over a file, a symlink (not followed) or nothing, and lets go of what it replaced", async () => {
+  await using dir = await tempDir();
+  const at = (name: string) => `${dir.path}/${name}`;
+  await Deno.writeTextFile(at("a"), "old");
+  await Deno.writeTextFile(at("target"), "the symlink's target");
+  await Deno.symlink("target", at("link"));
+  for (const name of ["a", "link", "none"]) await Deno.writeTextFile(at(`.${name}.part`), `new ${name}`);
+  const openFds = () => [...Deno.readDirSync("/proc/self/fd")].length;
+  const dirFd = openRead(dir.path, { directory: true });
+  try {
+    const before = openFds();
+    for (const name of ["a", "link", "none"]) await renameOver(dirFd, `.${name}.part`, dirFd, name);
+    for (const name of ["a", "link", "none"]) {
+      assert.equal((await Deno.lstat(at(name))).isFile, true, name);
+      assert.equal(await Deno.readTextFile(at(name)), `new ${name}`);
+    }
+    assert.equal(await Deno.readTextFile(at("target")), "the symlink's target");
+    assert.deepEqual([...Deno.readDirSync(dir.path)].map((e) => e.name).sort(), [
+      "a",
+      "link",
+      "none",
+      "target",
+    ]);
+    // A rename that fails leaves the name as it was, and holds nothing open.
+    assert.throws(() => renameOver(dirFd, ".missing.part", dirFd, "a"), /renameat.*ENOENT/);
+    assert.equal(await Deno.readTextFile(at("a")), "new a");
+    assert.equal(openFds(), before, "every file replaced was let go of");
+  } finally {
+    close(dirFd);
+  }
 });
 
 Deno.test("openAt with a mode opens an existing file without O_CREAT too (the mode is for creating only)", async () => {
