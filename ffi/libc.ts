@@ -835,19 +835,29 @@ export async function closeInBackground(fd: number): Promise<void> {
 }
 
 /**
+ * Files {@link renameOver} holds open at most while the blocking pool lets go of them: a batch renames
+ * thousands in one loop, and each held fd counts against the process's limit (1,024 by default), which the
+ * next part's open must not meet. Past it, a rename frees what it replaces itself, as renameAt does.
+ */
+const MAX_HELD = 64;
+let heldNow = 0;
+
+/**
  * {@link renameAt} over a `to` that may exist: the file it replaces is held open across the rename and let
  * go of by {@link closeInBackground}, so that the kernel frees its blocks on Deno's blocking pool instead of
  * in the rename. Resolves once it is (at once if `to` was not there). Throws as renameAt does.
  */
 export function renameOver(fromDirFd: number, from: string, toDirFd: number, to: string): Promise<void> {
-  const held = holdAt(toDirFd, to);
+  const held = heldNow < MAX_HELD ? holdAt(toDirFd, to) : -1;
   try {
     renameAt(fromDirFd, from, toDirFd, to);
   } catch (e) {
     if (held !== -1) sys.close(held); // `to` is still there: this close frees nothing
     throw e;
   }
-  return held === -1 ? Promise.resolve() : closeInBackground(held);
+  if (held === -1) return Promise.resolve();
+  heldNow++;
+  return closeInBackground(held).finally(() => heldNow--);
 }
 
 /**

@@ -169,6 +169,33 @@ Deno.test("renameOver puts the new file at the name, over a file, a symlink (not
   }
 });
 
+Deno.test("renameOver renames a batch in one loop, the files past the 64 it holds at once freed by the rename itself, and lets go of every one", async () => {
+  await using dir = await tempDir();
+  const count = 200;
+  for (let i = 0; i < count; i++) {
+    await Deno.writeTextFile(`${dir.path}/f${i}`, "old");
+    await Deno.writeTextFile(`${dir.path}/.f${i}.part`, `new ${i}`);
+  }
+  const openFds = () => [...Deno.readDirSync("/proc/self/fd")].length;
+  const dirFd = openRead(dir.path, { directory: true });
+  try {
+    const before = openFds();
+    // One loop, no turn of the event loop: no close is reported done before it ends, so past the 64th
+    // rename, renameOver holds nothing (the rename frees what it replaces, as renameAt does).
+    const released = Array.from(
+      { length: count },
+      (_, i) => renameOver(dirFd, `.f${i}.part`, dirFd, `f${i}`),
+    );
+    const during = openFds();
+    assert.ok(during - before <= 64, `${during - before} fds held after the loop`);
+    await Promise.all(released);
+    assert.equal(openFds(), before);
+    for (let i = 0; i < count; i++) assert.equal(await Deno.readTextFile(`${dir.path}/f${i}`), `new ${i}`);
+  } finally {
+    close(dirFd);
+  }
+});
+
 Deno.test("openAt with a mode opens an existing file without O_CREAT too (the mode is for creating only)", async () => {
   await using dir = await tempDir();
   await Deno.writeTextFile(`${dir.path}/f`, "x");
