@@ -1144,7 +1144,13 @@ class MirrorRun {
       }
       if (!this.#keepOnce(path)) continue;
       const local = locals[i];
-      const recorded = local !== null && local.isFile ? state.trusted(path, local) : undefined;
+      const isFile = local !== null && local.isFile;
+      if (isFile && !this.#reportsUnchanged && state.vouchesFor(path, local)) {
+        this.progress.listed();
+        this.#countUnreported();
+        continue;
+      }
+      const recorded = isFile ? state.trusted(path, local) : undefined;
       if (recorded === undefined) {
         const entry = entryOf(path);
         if (entry === undefined) {
@@ -1170,12 +1176,7 @@ class MirrorRun {
    * bytes, SHA-256 `sha256`.
    */
   #countCurrent(rel: string, size: number, sha256: string, path?: string): void {
-    if (this.options.reportsUnchanged === false) {
-      // As count() counts it, without the report (and the two paths it names) that nobody reads.
-      this.summary.unchanged++;
-      this.progress.fileDone(0, 0);
-      return;
-    }
+    if (!this.#reportsUnchanged) return this.#countUnreported();
     this.count({
       path: path ?? this.#remotePath(rel),
       target: this.shown(rel),
@@ -1186,6 +1187,17 @@ class MirrorRun {
       seconds: 0,
       attempts: 0,
     });
+  }
+
+  /** False when nobody reads the reports of current files (`MirrorOptions.reportsUnchanged`). */
+  get #reportsUnchanged(): boolean {
+    return this.options.reportsUnchanged !== false;
+  }
+
+  /** Counts a current file as count() counts it, without the report (and the two paths it names) that nobody reads. */
+  #countUnreported(): void {
+    this.summary.unchanged++;
+    this.progress.fileDone(0, 0);
   }
 
   /**

@@ -99,14 +99,19 @@ Deno.test("state: another identity (size, inode, mtime or ctime) is not trusted,
     ]
   ) {
     assert.equal(loaded.trusted("f", seen(key)), undefined, key);
+    assert.equal(loaded.vouchesFor("f", seen(key)), false, key);
   }
   assert.equal(loaded.trusted("g", seen()), undefined);
+  assert.equal(loaded.vouchesFor("g", seen()), false);
+  assert.equal(loaded.vouchesFor("f", seen()), true, "vouchesFor answers as trusted does, without the entry");
 });
 
 Deno.test("state: an entry recorded in the clock tick the state was written in is not trusted (racy clean)", () => {
   const state = new MirrorState();
   state.set("racy", entry());
   assert.equal(roundTrip(state, CTIME + RACY_WINDOW_SECONDS / 2).trusted("racy", seen()), undefined);
+  assert.equal(roundTrip(state, CTIME + RACY_WINDOW_SECONDS / 2).vouchesFor("racy", seen()), false);
+  assert.equal(roundTrip(state, CTIME + 2 * RACY_WINDOW_SECONDS).vouchesFor("racy", seen()), true);
   assert.deepEqual(
     roundTrip(state, CTIME + 2 * RACY_WINDOW_SECONDS).trusted("racy", seen()),
     entry(),
@@ -132,6 +137,7 @@ Deno.test("state: bad lines are skipped and a foreign or cut file gives no entry
   const loaded = MirrorState.parse(damaged, WRITTEN);
   assert.deepEqual(loaded.trusted("good", seen()), entry());
   for (const path of ["bad-hash", "not-hex", "bad-etag", "long-etag", "negative", "short nanoseconds"]) {
+    assert.equal(MirrorState.parse(damaged, WRITTEN).vouchesFor(path, seen()), false, path);
     assert.equal(loaded.trusted(path, seen()), undefined, path);
   }
   // Written again, lines go out as they came in (a run forgets a malformed one when it looks its file up),
@@ -520,6 +526,20 @@ Deno.test("mirror: a recorded folder the run did not change is recorded again as
 
     const deleted = await runClient(["mirror", address, ".", out, "--delete"]);
     assert.equal(deleted.code, 0, deleted.stderr);
+    assert.deepEqual(await treeOf(out), await treeOf(src));
+  });
+});
+
+Deno.test("mirror without --json, which makes no report of a current file, still finds a file changed in place in a folder as recorded", async () => {
+  await withServer(async ({ src, out, address }) => {
+    await Deno.mkdir(`${src}/d`);
+    for (let i = 0; i < 20; i++) await Deno.writeTextFile(`${src}/d/f${i}.txt`, `file ${i}\n`);
+    assert.equal((await runClient(["mirror", address, ".", out])).code, 0);
+    // Written in place: the folder keeps its identity, so the run judges its files by lstat and the state.
+    await Deno.writeTextFile(`${out}/d/f3.txt`, "FILE 3\n");
+    const r = await runClient(["mirror", address, ".", out]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stderr, /mirror done: 1 updated, 19 unchanged, 0 deleted, 0 failed/);
     assert.deepEqual(await treeOf(out), await treeOf(src));
   });
 });
