@@ -552,6 +552,32 @@ Deno.test("mirror without --json, which makes no report of a current file, still
   });
 });
 
+Deno.test("mirror without --json that finds every folder as recorded keeps every file's line in the state", async () => {
+  await withServer(async ({ src, out, address }) => {
+    for (const folder of ["d", "d/e", "f"]) {
+      await Deno.mkdir(`${src}/${folder}`);
+      for (let i = 0; i < 5; i++) await Deno.writeTextFile(`${src}/${folder}/f${i}.txt`, `${folder} ${i}\n`);
+    }
+    await Deno.writeTextFile(`${src}/top.txt`, "top\n");
+    assert.equal((await runClient(["mirror", address, ".", out, "--delete"])).code, 0);
+    // The state's files' lines (a later run may add folders' lines, once they are settled).
+    const fileLines = async () =>
+      (await Deno.readTextFile(`${out}/.ferry/state`)).split("\n").filter((line) =>
+        /\t[0-9a-f]{64}\t/.test(line)
+      );
+    const recorded = await fileLines();
+    assert.equal(recorded.length, 16);
+    // Its folders are all as recorded: their files are kept as a whole, not one by one, and stay in the state.
+    for (let run = 0; run < 2; run++) {
+      const r = await runClient(["mirror", address, ".", out, "--delete"]);
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stderr, /mirror done: 0 updated, 16 unchanged, 0 deleted, 0 failed/);
+      assert.deepEqual(await fileLines(), recorded);
+    }
+    assert.deepEqual(await treeOf(out), await treeOf(src));
+  });
+});
+
 Deno.test("mirror: a state that is deleted, truncated, foreign or wrong costs hashing or fetching, never a wrong tree", async () => {
   await withServer(async ({ src, out, address }) => {
     await Deno.mkdir(`${src}/d`);
