@@ -606,11 +606,11 @@ export class FolderCache implements Disposable {
     // forgotten; the others are checked (for 100,000 files in 1,000 folders, 10 of them changed by the
     // run, checking all of them took 150 ms).
     let expected: Map<string, FolderNames> | undefined;
-    const recorded = new Map<string, { key: string; names: string[] }>();
+    const recorded = new Map<string, { key: string; names: string[] | null }>();
     for (const [rel, key] of now) {
       const folder = this.#folders.get(rel)!;
       if (folder.recorded && !changedSinceHad(rel, key) && state.holdsAsRead(rel)) {
-        recorded.set(rel, { key, names: [...folder.paths ?? folder.files, ...folder.subfolders] });
+        recorded.set(rel, { key, names: null }); // as the state recorded it: its names' digest too
         continue;
       }
       expected ??= state.expectedFolders();

@@ -415,11 +415,17 @@ export class MirrorState implements Disposable {
 
   /**
    * Replaces the recorded folders by `seen` (identity key and names by path), each of which was just seen
-   * holding exactly what {@link expectedFolders} says.
+   * holding exactly what {@link expectedFolders} says. Names null: the folder is as recorded, with the
+   * identity `key` and the names the state recorded for it (a run that found it so and changed nothing of
+   * it), whose digest is not made again.
    */
-  recordFolders(seen: Map<string, { key: string; names: readonly string[] }>): void {
+  recordFolders(seen: Map<string, { key: string; names: readonly string[] | null }>): void {
     const folders = new Map<string, RecordedFolder>();
-    for (const [path, { key, names }] of seen) folders.set(path, { key, names: namesDigest(names) });
+    for (const [path, { key, names }] of seen) {
+      const recorded = names === null ? this.#folders.get(path) : undefined;
+      if (names === null && recorded?.key !== key) continue; // not as recorded after all: left out
+      folders.set(path, { key, names: recorded?.names ?? namesDigest(names!) });
+    }
     const same = folders.size === this.#folders.size &&
       [...folders].every(([path, { key, names }]) =>
         this.#folders.get(path)?.key === key && this.#folders.get(path)?.names === names

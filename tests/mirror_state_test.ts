@@ -204,6 +204,27 @@ Deno.test("state: a folder recorded with its identity gives back its files and f
     undefined,
     "racy",
   );
+  // Recorded again as it was (names null: the digest the state has), by a run that found it so; a folder
+  // said to be so under another identity, or never recorded, is left out.
+  const again = MirrorState.parse(text, WRITTEN);
+  again.recordFolders(
+    new Map([
+      ["d", { key: FOLDER, names: null }],
+      ["", { key: FOLDER.replace(":77:", ":78:"), names: null }],
+      [
+        "d/e",
+        { key: FOLDER, names: null },
+      ],
+    ]),
+  );
+  const reloaded = MirrorState.parse(again.format(), WRITTEN);
+  assert.deepEqual(reloaded.recordedFolder("d", FOLDER), {
+    files: ["d/a.txt", "d/b.txt"],
+    subfolders: ["e"],
+  });
+  assert.equal(reloaded.recordedFolder("", FOLDER), undefined);
+  assert.equal(reloaded.recordedFolder("", FOLDER.replace(":77:", ":78:")), undefined);
+  assert.equal(reloaded.recordedFolder("d/e", FOLDER), undefined);
 
   // A file line taken out, added, or renamed behind the folder line's back: the folder is read instead.
   const lines = text.split("\n");
