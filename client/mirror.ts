@@ -504,8 +504,8 @@ interface Local {
 /** One `mirror` run: its steps, in the order {@link mirror} takes them, and what they share. */
 class MirrorRun {
   /**
-   * Paths below LOCAL_DIR the listing has: what --delete keeps, and the state remembers; with the files of
-   * the folders in {@link #keptWhole} that a run found current without a look at each (see {@link #kept}).
+   * Paths below LOCAL_DIR the listing has: what --delete keeps, and the state remembers. The files of a
+   * folder kept whole without a report of each are not here but kept all the same (see {@link #keptTest}).
    */
   readonly keep = new Set<string>();
   /** Empty folders the server has (`folders`), relative to LOCAL_DIR: made, and not removed by --delete. */
