@@ -357,6 +357,11 @@ export class LocalTree implements Disposable {
   }
 }
 
+/** The folder that holds `rel`, a path below LOCAL_DIR ("" for LOCAL_DIR itself). */
+export function parentPath(rel: string): string {
+  return rel.slice(0, Math.max(0, rel.lastIndexOf("/")));
+}
+
 /** A part's name, `.NAME.ferry-TAG.part`, with NAME captured (publish.ts names them; a long NAME by its stem). */
 export const PART_NAME = /^\.(.+)\.ferry-[^/]+\.part$/;
 

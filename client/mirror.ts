@@ -49,6 +49,7 @@ import {
   type LocalDir,
   LocalIoError,
   LocalTree,
+  parentPath,
   typeAt,
 } from "./local_tree.ts";
 import { partStem, type Place, removeStaleParts } from "./publish.ts";
@@ -1121,7 +1122,7 @@ class MirrorRun {
    */
   #planHeld(paths: readonly string[], items: Item[]): void {
     if (paths.length === 0) return;
-    const folderRel = paths[0].slice(0, Math.max(0, paths[0].lastIndexOf("/")));
+    const folderRel = parentPath(paths[0]);
     if (this.#keptWhole.has(folderRel)) return; // planned already (a listing asked for again after a cut)
     const { state } = this.local;
     // The entry the listing would have had, from the state's line; none from a damaged one.
@@ -1254,9 +1255,7 @@ class MirrorRun {
    * for again after a cut). One look-up in a set of the whole tree, not a has() and an add().
    */
   #keepOnce(rel: string): boolean {
-    if (this.#keptWhole.size > 0 && this.#keptWhole.has(rel.slice(0, Math.max(0, rel.lastIndexOf("/"))))) {
-      return false; // kept with its folder, as a whole
-    }
+    if (this.#keptWhole.size > 0 && this.#keptWhole.has(parentPath(rel))) return false; // kept with its folder
     const kept = this.keep.size;
     this.keep.add(rel);
     return this.keep.size !== kept;

@@ -9,7 +9,14 @@
 import { basename } from "node:path";
 import { ClientError, ExitCode } from "./failure.ts";
 import type { FileReport } from "./fetch_file.ts";
-import { type FolderCache, type LocalDir, LocalIoError, type LocalTree, PART_NAME } from "./local_tree.ts";
+import {
+  type FolderCache,
+  type LocalDir,
+  LocalIoError,
+  type LocalTree,
+  parentPath,
+  PART_NAME,
+} from "./local_tree.ts";
 import { STATE_DIR } from "./mirror_state.ts";
 import { isPartStem, partStem, removeStaleParts } from "./publish.ts";
 import { identityAt, unlinkAt } from "../ffi/libc.ts";
@@ -88,11 +95,7 @@ export async function deleteExtraneous(
   // A folder that holds a file the server has cannot end up empty: only the others are tried.
   const holding = new Set<string>();
   for (const rel of [...keepFolders, ...keptWhole]) {
-    for (
-      let folder = rel;
-      folder !== "" && !holding.has(folder);
-      folder = folder.slice(0, Math.max(0, folder.lastIndexOf("/")))
-    ) {
+    for (let folder = rel; folder !== "" && !holding.has(folder); folder = parentPath(folder)) {
       holding.add(folder);
     }
   }
