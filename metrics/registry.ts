@@ -99,10 +99,12 @@ export const WorkerCell = {
    */
   ListingRecordsByWatch: 9,
   ListingRecordsByLook: 10,
+  /** Folders whose names a listing read from the file system (not from the memo, nor skipped for a record). */
+  ListingFoldersRead: 11,
   /** The duration histogram: a count per bucket (not cumulative; the last is +Inf), then the sum. */
-  Histogram: 11,
+  Histogram: 12,
   /** The request counts, op-major: `Requests + op * RESULTS.length + result`. */
-  Requests: 11 + DURATION_BUCKETS.length + 2,
+  Requests: 12 + DURATION_BUCKETS.length + 2,
 } as const;
 
 /** Cells per slot (the largest slot's cells, rounded up). */

@@ -165,6 +165,11 @@ export function renderMetrics(region: MetricsRegion | null = metricsRegion()): s
   )
     .sample("ferry_listing_records_total", { by: "watch" }, sum(WorkerCell.ListingRecordsByWatch))
     .sample("ferry_listing_records_total", { by: "look" }, sum(WorkerCell.ListingRecordsByLook));
+  out.family(
+    "ferry_listing_folders_read_total",
+    "counter",
+    "Folders whose names a listing read from the file system: not kept by a worker's listing memo, nor sent as a record unread.",
+  ).sample("ferry_listing_folders_read_total", {}, sum(WorkerCell.ListingFoldersRead));
 
   out.family("ferry_open_fds", "gauge", "File descriptors open in each ferry process.");
   const masterPid = master[MasterCell.Pid];

@@ -244,3 +244,43 @@ Deno.test("a queue overflow restarts the watch: no mark taken before vouches for
     watch.close();
   }
 });
+
+Deno.test("a folder the watch vouches for comes as its record without its names read, even where the memo keeps no names; its subfolders are still gone into", async () => {
+  await loadHashing();
+  // One entry at most in the memo, so two names: no folder here has its names kept, only its digest.
+  await withServer(async ({ src, server }) => {
+    if (!watchable(src, "folder watch: names unread")) return;
+    for (const dir of ["a", "a/sub"]) await Deno.mkdir(`${src}/${dir}`);
+    for (const path of ["top.txt", "a/1.txt", "a/2.txt", "a/3.txt", "a/sub/x.txt", "a/sub/y.txt"]) {
+      await Deno.writeTextFile(`${src}/${path}`, `${path}\n`);
+    }
+    const port = server.ports[0];
+    const foldersRead = async () =>
+      samples((await scrape(port)).body).get("ferry_listing_folders_read_total") ?? 0;
+    const conn = await RawConnection.open(port);
+    try {
+      const plain = await streamedListing(conn, {});
+      assert.equal(await foldersRead(), 3, "the first listing reads the three folders");
+      const known = [...folderDigestsOf(plain.values).values()];
+
+      const held = await streamedListing(conn, { known });
+      assert.deepEqual(held.values, [
+        { folder: "", files: 1 },
+        { folder: "a", files: 3 },
+        { folder: "a/sub", files: 2 },
+      ]);
+      assert.equal(await foldersRead(), 3, "no folder is read again: each comes as its record");
+      assert.deepEqual(await recordsSent(port), { watch: 3, look: 0 });
+
+      // A subfolder made since: a's names changed, so a is read and looked at, and the new folder listed.
+      await Deno.mkdir(`${src}/a/new`);
+      await Deno.writeTextFile(`${src}/a/new/z.txt`, "z\n");
+      const after = byName((await streamedListing(conn, { known })).values);
+      assert.deepEqual([...after.keys()], ["", "a", "a/new/z.txt", "a/sub"]);
+      assert.equal(await foldersRead(), 5, "a and a/new are read");
+      assert.deepEqual(await recordsSent(port), { watch: 5, look: 1 });
+    } finally {
+      conn.close();
+    }
+  }, ["--listing-memo", "1"]);
+});

@@ -55,6 +55,8 @@ interface KeptDigest {
   identity: string;
   digest: string;
   files: number;
+  /** The names of its subfolders, as the walk that made the digest read them (its only other names). */
+  subfolders: readonly string[];
   mark: WatchMark;
 }
 
@@ -150,10 +152,14 @@ export class ListingMemo {
   }
 
   /**
-   * The digest of the folder `path` and its count of files, as a walk made it, when the folder is as it
-   * was then: the same identity (names neither added nor removed), and its mark not followed by any change.
+   * The digest of the folder `path`, its count of files and its subfolders' names, as a walk made them,
+   * when the folder is as it was then: the same identity (names neither added nor removed), and its mark
+   * not followed by any change.
    */
-  digestOf(path: string, folder: FileStat): { digest: string; files: number } | undefined {
+  digestOf(
+    path: string,
+    folder: FileStat,
+  ): { digest: string; files: number; subfolders: readonly string[] } | undefined {
     const kept = this.#digests.get(path);
     if (kept === undefined) return undefined;
     if (kept.identity === folderIdentity(folder) && this.watch!.unchanged(kept.mark)) return kept;
@@ -168,13 +174,22 @@ export class ListingMemo {
   }
 
   /**
-   * Keeps the digest of the folder `path` (its fstat: `folder`) and its count of files, made by a walk that
-   * marked the folder with `mark` before it read the folder's names, and found no file with another link.
+   * Keeps the digest of the folder `path` (its fstat: `folder`), its count of files and the names of its
+   * subfolders (a digested folder's other names, if any, are of nothing a listing serves: one with a
+   * symlink or a name of no type gets no digest), made by a walk that marked the folder with `mark` before
+   * it read the folder's names, and found no file with another link.
    */
-  keepDigest(path: string, folder: FileStat, digest: string, files: number, mark: WatchMark): void {
+  keepDigest(
+    path: string,
+    folder: FileStat,
+    digest: string,
+    files: number,
+    subfolders: readonly string[],
+    mark: WatchMark,
+  ): void {
     // Each needs a watch of its own: as many as the watch keeps at most.
     if (this.#digests.size >= MAX_WATCHED_FOLDERS && !this.#digests.has(path)) return;
-    this.#digests.set(path, { identity: folderIdentity(folder), digest, files, mark });
+    this.#digests.set(path, { identity: folderIdentity(folder), digest, files, subfolders, mark });
   }
 
   /** The names of the folder `path`, if it is as it was when they were read. */
