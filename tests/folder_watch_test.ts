@@ -284,3 +284,39 @@ Deno.test("a folder the watch vouches for comes as its record without its names 
     }
   }, ["--listing-memo", "1"]);
 });
+
+Deno.test("a look at a folder for its digest makes no entry of its files where the listing memo is full: a folder it finds as the client holds it costs none", async () => {
+  await loadHashing();
+  // One entry at most in the memo: full after the first file.
+  await withServer(async ({ src, server }) => {
+    if (!watchable(src, "folder watch: look without entries")) return;
+    await Deno.mkdir(`${src}/d`);
+    for (const name of ["a.txt", "b.txt", "c.txt"]) await Deno.writeTextFile(`${src}/d/${name}`, `${name}\n`);
+    const port = server.ports[0];
+    const built = async () =>
+      samples((await scrape(port)).body).get('ferry_listing_entries_total{entry="built"}') ?? 0;
+    const conn = await RawConnection.open(port);
+    try {
+      const plain = await streamedListing(conn, {});
+      const known = [...folderDigestsOf(plain.values).values()];
+      const before = await built();
+
+      // A chmod voids the folder's mark but leaves every etag as it was: the next listing looks at the files.
+      await Deno.chmod(`${src}/d/a.txt`, 0o600);
+      const held = await streamedListing(conn, { known });
+      assert.deepEqual(held.values, [{ folder: "d", files: 3 }]);
+      assert.deepEqual(await recordsSent(port), { watch: 0, look: 1 });
+      assert.equal(await built(), before, "the look made no entry");
+
+      // A file rewritten: the look's digest differs, and the folder is listed file by file, entries and all.
+      await Deno.writeTextFile(`${src}/d/b.txt`, "rewritten, longer\n");
+      const listed = byName((await streamedListing(conn, { known })).values);
+      assert.deepEqual([...listed.keys()], ["d/a.txt", "d/b.txt", "d/c.txt"]);
+      assert.equal(listed.get("d/b.txt")?.size, "rewritten, longer\n".length);
+      assert.equal(listed.get("d/a.txt")?.etag, plain.values.find((v) => v.path === "d/a.txt")!.etag);
+      assert.equal(await built(), before + 3);
+    } finally {
+      conn.close();
+    }
+  }, ["--listing-memo", "1"]);
+});

@@ -197,10 +197,18 @@ interface Folder {
   /** True once the folder's files were looked at for a digest (a request with `known`), or need not be. */
   digested: boolean;
   /**
-   * What that look found: each file's entry at its name's place, up to the first name it could not make an
-   * entry of; null when none was made, or the folder was known (`known`: its files are not listed).
+   * The entries of its files made so far, each at its name's place, once a look began; null before, or
+   * when the folder was known (`known`: its files are not listed).
    */
   files: Found[] | null;
+  /**
+   * What the look found of its files: their fstat words, STAT_WORDS at each name's place below
+   * `lookedUpTo`, of which a file's entry is made when it is listed. A look needs only their etags: a
+   * folder sent as a record needs no entry at all.
+   */
+  looked: Uint32Array | null;
+  /** The places whose words {@link looked} holds: those below it that are regular files. */
+  lookedUpTo: number;
   /** True when the client knows the folder's files: they were sent as one FolderRecord. */
   known: boolean;
   /** Set when the folder was sent as a PartialRecord: only its files changed since then are listed. */
@@ -248,8 +256,6 @@ class Walk {
   #aheadOf: Folder | null = null;
   #aheadFrom = 0;
   #aheadCount = 0;
-  /** Whether the file {@link #fileAt} last looked at has another link (`st_nlink` other than 1). */
-  #linked = false;
 
   /**
    * @param ctx the worker's root, hash cache
@@ -300,6 +306,8 @@ class Walk {
       reach,
       digested,
       files: null,
+      looked: null,
+      lookedUpTo: 0,
       known: false,
       partialSince: null,
       digesting: null,
@@ -369,7 +377,7 @@ class Walk {
     if (reach === "way" && type !== DT.UNKNOWN) return 1; // neither a file nor a symlink leads to a scope
     if (type === DT.REG) {
       if (folder.known) return 1; // sent in its folder's record
-      const found = folder.files?.[at];
+      const found = folder.files?.[at] ?? this.#lookedEntry(folder, at, rel);
       if (found !== undefined) {
         // After a partial record, only the files it names as changed.
         const since = folder.partialSince;
@@ -482,7 +490,11 @@ class Walk {
       if (!(e instanceof LibcError)) throw e;
       return e;
     }
-    this.#linked = words[NLINK_WORD] !== 1 || words[NLINK_WORD + 1] !== 0;
+    return this.#entryFrom(folder, at, rel, words);
+  }
+
+  /** The entry of the file at place `at` of `folder` whose fstat gave `words`; null if it is no regular file. */
+  #entryFrom(folder: Folder, at: number, rel: string, words: Uint32Array): Found | null {
     const { listingMemo: memo, hashes } = this.ctx;
     const name = folder.names!.texts[at];
     const kept = memo.entryOf(
@@ -534,18 +546,39 @@ class Walk {
       if (count === 0 || count > MAX_KNOWN_FOLDER_FILES) return this.#undigested(folder);
       look = folder.digesting = { digest: new FolderDigest(folder.path), at: 0, count, linked: false };
       folder.files = [];
+      folder.looked = new Uint32Array(folder.names!.texts.length * STAT_WORDS);
     }
     const { texts, types } = folder.names!;
     let units = 0;
     for (; look.at < texts.length && units < UNITS_PER_TURN; look.at++) {
       if (types[look.at] !== DT.REG) continue;
       units++;
-      const found = this.#fileAt(folder, look.at, join(folder.path, texts[look.at]));
-      // Gone or replaced meanwhile: listed one by one from here, where the walk says what became of it.
-      if (found === null || found instanceof LibcError) return units + this.#undigested(folder);
-      folder.files![look.at] = found;
-      look.digest.add(texts[look.at], etagInEntry(found.json));
-      if (this.#linked) look.linked = true;
+      let words: Uint32Array;
+      try {
+        words = this.#statAhead(folder, look.at);
+      } catch (e) {
+        if (!(e instanceof LibcError)) throw e;
+        return units + this.#undigested(folder); // listed one by one from here, where the walk says why
+      }
+      // The etag of its entry, kept (a regular file's), made for the memo, or worked out alone where the memo
+      // is full: the digest needs no more of the file.
+      const memo = this.ctx.listingMemo;
+      let etag = memo.keptEtag(folder.path, texts[look.at], words);
+      if (etag === undefined && memo.hasRoom) {
+        const found = this.#entryFrom(folder, look.at, join(folder.path, texts[look.at]), words);
+        // Replaced meanwhile: listed one by one from here, where the walk says what became of it.
+        if (found === null) return units + this.#undigested(folder);
+        folder.files![look.at] = found;
+        etag = etagInEntry(found.json);
+      } else if (etag === undefined) {
+        const version = decodeStatVersion(words);
+        if (!version.isFile) return units + this.#undigested(folder); // as above
+        etag = etagOf(identityOf(version));
+      }
+      folder.looked!.set(words, look.at * STAT_WORDS);
+      folder.lookedUpTo = look.at + 1;
+      look.digest.add(texts[look.at], etag);
+      if (words[NLINK_WORD] !== 1 || words[NLINK_WORD + 1] !== 0) look.linked = true;
     }
     if (look.at < texts.length) return units; // the look goes on at the folder's next turn
     this.#undigested(folder);
@@ -589,6 +622,7 @@ class Walk {
   ): void {
     folder.known = true;
     folder.files = null;
+    folder.looked = null;
     this.#record({ folder: folder.path, files: count } satisfies FolderRecord, count, "whole");
     workerMetrics.count(by);
   }
@@ -603,7 +637,7 @@ class Walk {
     const changed: [string, string][] = [], names: string[] = [];
     for (let at = 0; at < texts.length; at++) {
       if (types[at] !== DT.REG) continue;
-      const found = folder.files![at];
+      const found = folder.files![at] ?? this.#lookedEntry(folder, at, join(folder.path, texts[at]))!;
       names.push(texts[at]);
       if (changedSince(found, since)) changed.push([texts[at], etagInEntry(found.json)]);
     }
@@ -631,6 +665,23 @@ class Walk {
       record: kind,
     });
     return true;
+  }
+
+  /**
+   * The entry of the file at place `at` of `folder` (path `rel`) made of what the folder's look found, kept
+   * for the folder's listing; undefined where the look found nothing.
+   */
+  #lookedEntry(folder: Folder, at: number, rel: string): Found | undefined {
+    if (folder.looked === null || at >= folder.lookedUpTo) return undefined;
+    const found = this.#entryFrom(
+      folder,
+      at,
+      rel,
+      folder.looked.subarray(at * STAT_WORDS, (at + 1) * STAT_WORDS),
+    );
+    if (found === null) return undefined;
+    folder.files![at] = found;
+    return found;
   }
 
   /** Ends the look of {@link #digest} at `folder`: its files are listed from what it found, if anything. */

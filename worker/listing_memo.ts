@@ -250,17 +250,43 @@ export class ListingMemo {
     sha256: (etag: string) => string | undefined,
     learned = NaN,
   ): string | undefined {
-    const at = this.#entries.get(folder)?.get(name);
+    const at = this.#keptAt(folder, name, words);
     // A full entry serves a brief listing too, cut short: after a first copy (full, as it brings the
     // files' content), the next runs' brief listings of the tree found no entry and made each anew (tree
     // (b), 100,000 files: 0.69 s of the worker's CPU against 0.46 s). A brief entry is made anew for a full
     // listing.
     if (at === undefined || (this.#brief[at] && !brief)) return undefined;
+    const json = this.#hashedJson(at, sha256, learned);
+    return brief === this.#brief[at] ? json : this.#cutShort(json);
+  }
+
+  /**
+   * The etag of the entry kept for the file `name` of `folder`, if its stat `words` has not moved since
+   * (as {@link entryOf} finds it); undefined otherwise. For a look at a folder that needs only etags.
+   */
+  keptEtag(folder: string, name: string, words: Uint32Array): string | undefined {
+    const at = this.#keptAt(folder, name, words);
+    return at === undefined ? undefined : etagInEntry(this.#json[at]);
+  }
+
+  /**
+   * True while the memo can keep another entry without turning one away: a look at a folder then makes
+   * its files' entries for the memo to keep, so that the next look only finds them; once full (a tree of
+   * more files than it keeps), a look needs only each file's etag, and keeping entries would push out
+   * others.
+   */
+  get hasRoom(): boolean {
+    return this.#json.length < this.maxEntries;
+  }
+
+  /** Where the entry of the file `name` of `folder` is kept, if its stat `words` has not moved since. */
+  #keptAt(folder: string, name: string, words: Uint32Array): number | undefined {
+    const at = this.#entries.get(folder)?.get(name);
+    if (at === undefined) return undefined;
     const kept = this.#words;
     for (let i = 0; i < WORDS; i++) if (kept[at * WORDS + i] !== words[ENTRY_WORDS[i]]) return undefined;
     this.#used[at] = true;
-    const json = this.#hashedJson(at, sha256, learned);
-    return brief === this.#brief[at] ? json : this.#cutShort(json);
+    return at;
   }
 
   /** The kept JSON of entry `at`, with its SHA-256 when `sha256` gives it (see {@link entryOf}). */
