@@ -33,6 +33,11 @@ async function recordsSent(port: number): Promise<{ watch: number; look: number 
   };
 }
 
+/** The value of the metrics sample `sample` (name and labels as scraped) of the server on `port`; 0 if absent. */
+async function counter(port: number, sample: string): Promise<number> {
+  return samples((await scrape(port)).body).get(sample) ?? 0;
+}
+
 /** True when `dir` is on a file system the worker watches; else says why the test does not run. */
 function watchable(dir: string, test: string): boolean {
   const fd = openRead(dir, { directory: true });
@@ -255,8 +260,7 @@ Deno.test("a folder the watch vouches for comes as its record without its names 
       await Deno.writeTextFile(`${src}/${path}`, `${path}\n`);
     }
     const port = server.ports[0];
-    const foldersRead = async () =>
-      samples((await scrape(port)).body).get("ferry_listing_folders_read_total") ?? 0;
+    const foldersRead = () => counter(port, "ferry_listing_folders_read_total");
     const conn = await RawConnection.open(port);
     try {
       const plain = await streamedListing(conn, {});
@@ -293,8 +297,7 @@ Deno.test("a look at a folder for its digest makes no entry of its files where t
     await Deno.mkdir(`${src}/d`);
     for (const name of ["a.txt", "b.txt", "c.txt"]) await Deno.writeTextFile(`${src}/d/${name}`, `${name}\n`);
     const port = server.ports[0];
-    const built = async () =>
-      samples((await scrape(port)).body).get('ferry_listing_entries_total{entry="built"}') ?? 0;
+    const built = () => counter(port, 'ferry_listing_entries_total{entry="built"}');
     const conn = await RawConnection.open(port);
     try {
       const plain = await streamedListing(conn, {});
