@@ -57,7 +57,11 @@ function digestOf(entries: Record<string, unknown>[], folder: string): string {
   return folderDigest(folder, files.sort((a, b) => compareUtf8(a.name, b.name)));
 }
 
-Deno.test("with knownSince, a folder changed since comes as a partial record and its changed files' entries; with names when names changed", async () => {
+/**
+ * A listing with `knownSince` after changes to three of four folders sends the records and entries it
+ * should, from a server started with `serverArgs`.
+ */
+async function partialRecordsAfterChanges(serverArgs: string[]): Promise<void> {
   await loadHashing();
   await withServer(async ({ src, server }) => {
     const files = ["a/1.txt", "a/2.txt", "a/3.txt", "b/x.txt", "b/y.txt", "c/z.txt", "d/w.txt"];
@@ -100,8 +104,14 @@ Deno.test("with knownSince, a folder changed since comes as a partial record and
     } finally {
       conn.close();
     }
-  });
-});
+  }, serverArgs);
+}
+
+Deno.test("with knownSince, a folder changed since comes as a partial record and its changed files' entries; with names when names changed", () =>
+  partialRecordsAfterChanges([]));
+
+Deno.test("the same from a server whose listing memo is full, where a look at a folder works out its etags alone", () =>
+  partialRecordsAfterChanges(["--listing-memo", "1"]));
 
 Deno.test("'knownSince' that is not nanoseconds as decimal text, or without 'known', is BAD_REQUEST", async () => {
   await withServer(async ({ src, server }) => {
