@@ -1035,7 +1035,8 @@ class MirrorRun {
       this.relist = true;
       return;
     }
-    this.#planHeld(paths, items);
+    const { state } = this.local, folder = known.local;
+    this.#planHeld(paths, items, (at, local) => state.vouchesForFileAsRead(folder, at, local));
   }
 
   /**
@@ -1058,7 +1059,8 @@ class MirrorRun {
       return;
     }
     this.#askChangedAhead(record, local);
-    this.#planHeld(held, items);
+    const { state } = this.local;
+    this.#planHeld(held, items, (at, identity) => state.vouchesFor(held[at], identity));
   }
 
   /**
@@ -1118,9 +1120,13 @@ class MirrorRun {
    * Plans files the server holds as the state records them (a folder record's), from the state's entries:
    * a file whose lstat the state still vouches for is current there and then, as its entry would have
    * made it, without an item; the others get the items their entries would have made, for
-   * {@link planBatch} to go on with.
+   * {@link planBatch} to go on with. `vouches`: the state's `vouchesFor` of the file `paths[at]`.
    */
-  #planHeld(paths: readonly string[], items: Item[]): void {
+  #planHeld(
+    paths: readonly string[],
+    items: Item[],
+    vouches: (at: number, local: StatIdentity) => boolean,
+  ): void {
     if (paths.length === 0) return;
     const folderRel = parentPath(paths[0]);
     if (this.#keptWhole.has(folderRel)) return; // planned already (a listing asked for again after a cut)
@@ -1141,7 +1147,7 @@ class MirrorRun {
         if (folder.recorded || folder.names.has(names[i])) locals[i] = lstatIn(folder, names[i]);
       }
     }
-    if (whole && !this.#reportsUnchanged && this.#allVouchedFor(paths, locals)) {
+    if (whole && !this.#reportsUnchanged && this.#allVouchedFor(paths, locals, vouches)) {
       for (let i = 0; i < paths.length; i++) {
         this.progress.listed();
         this.#countUnreported();
@@ -1161,7 +1167,7 @@ class MirrorRun {
       if (!this.#keepOnce(path)) continue;
       const local = locals[i];
       const isFile = local !== null && local.isFile;
-      if (isFile && !this.#reportsUnchanged && state.vouchesFor(path, local)) {
+      if (isFile && !this.#reportsUnchanged && vouches(i, local)) {
         this.progress.listed();
         this.#countUnreported();
         continue;
@@ -1188,14 +1194,18 @@ class MirrorRun {
   }
 
   /**
-   * True if the state vouches for every file of `paths` by its lstat in `locals`, and none of them was
-   * planned before (a listing asked for again after a cut plans a folder's files one by one).
+   * True if the state vouches for every file of `paths` by its lstat in `locals` (`vouches`, as
+   * {@link #planHeld} has it), and none of them was planned before (a listing asked for again after a cut
+   * plans a folder's files one by one).
    */
-  #allVouchedFor(paths: readonly string[], locals: readonly (StatIdentity | null)[]): boolean {
-    const { state } = this.local;
+  #allVouchedFor(
+    paths: readonly string[],
+    locals: readonly (StatIdentity | null)[],
+    vouches: (at: number, local: StatIdentity) => boolean,
+  ): boolean {
     for (let i = 0; i < paths.length; i++) {
       const local = locals[i];
-      if (local === null || !local.isFile || !state.vouchesFor(paths[i], local)) return false;
+      if (local === null || !local.isFile || !vouches(i, local)) return false;
       if (this.keep.size > 0 && this.keep.has(paths[i])) return false;
     }
     return true;

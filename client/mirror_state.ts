@@ -162,8 +162,22 @@ export interface StateEntry {
  * Recorded lines can also leave memory for a file until the state is saved (see {@link spillInto}).
  */
 export class MirrorState implements Disposable {
-  /** Values: the position of the path's line in {@link #texts}: piece * PIECE_SPAN + offset in the piece. */
-  readonly #entries = new Map<string, number>();
+  /**
+   * Values: the position of the path's line in {@link #texts}: piece * PIECE_SPAN + offset in the piece.
+   * Null until a caller needs every entry by path (see {@link #entries}).
+   */
+  #entriesByPath: Map<string, number> | null = null;
+  /**
+   * The positions of the lines read, by the folder of their path ("" for LOCAL_DIR), in the file's order:
+   * what the entries are made from when first needed. A run that finds every folder as the state has it
+   * asks for each folder's files, and for nothing else: it never makes a map of a path per file (for
+   * 100,000 files that map was most of the time it took to read the state).
+   */
+  #linesByFolder = new Map<string, number[]>();
+  /** The paths of the lines read that write theirs quoted (see {@link quote}), by position: rare. */
+  readonly #quotedPaths = new Map<number, string>();
+  /** How many of the lines read had a path. */
+  #linesRead = 0;
   /**
    * The state's text: the file's as read, then the lines recorded since; in pieces of whole lines, so
    * that it is never a buffer of it all. A piece moved to {@link #spill} is null here.
@@ -191,6 +205,11 @@ export class MirrorState implements Disposable {
   #digested = false;
   /** The files and folders each folder held by the entries as read, made when a recorded folder is first asked for. */
   #asRead: Map<string, FolderNames> | null = null;
+  /**
+   * The positions of the lines of {@link #asRead}'s files, in the same order, when it was made from the
+   * lines read (not from {@link #entries}).
+   */
+  #asReadLines: Map<string, number[]> | null = null;
   readonly #writtenAt: number;
   #newestCtime = 0;
   #changed = false;
@@ -211,6 +230,30 @@ export class MirrorState implements Disposable {
   /** @param writtenAt when the state was written (its file's mtime, in seconds); entries near it are racy */
   constructor(writtenAt = 0) {
     this.#writtenAt = writtenAt;
+  }
+
+  /**
+   * The entries by path, made from the lines read when first asked for: every change to the entries goes
+   * through it.
+   */
+  get #entries(): Map<string, number> {
+    if (this.#entriesByPath !== null) return this.#entriesByPath;
+    const entries = new Map<string, number>();
+    for (const positions of this.#linesByFolder.values()) {
+      for (const position of positions) entries.set(this.#pathAt(position), position);
+    }
+    this.#linesByFolder = new Map();
+    return this.#entriesByPath = entries;
+  }
+
+  /** The path of the line read at `position` (one {@link #readLines} found a path in). */
+  #pathAt(position: number): string {
+    const quoted = this.#quotedPaths.size > 0 ? this.#quotedPaths.get(position) : undefined;
+    if (quoted !== undefined) return quoted;
+    const text = this.#text(Math.floor(position / PIECE_SPAN)), start = position % PIECE_SPAN;
+    const tab3 = text.indexOf("\t", text.indexOf("\t", text.indexOf("\t", start) + 1) + 1);
+    const end = text.indexOf("\n", tab3);
+    return text.slice(tab3 + 1, end < 0 ? text.length : end);
   }
 
   /** Number of entries (lines of the file not looked at yet count, whether or not they are well formed). */
@@ -344,8 +387,15 @@ export class MirrorState implements Disposable {
    * LOCAL_DIR (the state's own strings); undefined if it has none.
    */
   filesAsRead(path: string): readonly string[] | undefined {
-    this.#asRead ??= this.#byFolder();
-    return this.#asRead.get(path)?.files;
+    return this.#foldersAsRead().get(path)?.files;
+  }
+
+  /** {@link #asRead}, made on first use. */
+  #foldersAsRead(): Map<string, FolderNames> {
+    if (this.#asRead !== null) return this.#asRead;
+    if (this.#entriesByPath !== null) return this.#asRead = this.#byFolder();
+    this.#asReadLines = new Map();
+    return this.#asRead = this.#byFolder(this.#asReadLines);
   }
 
   /**
@@ -380,9 +430,24 @@ export class MirrorState implements Disposable {
    */
   vouchesFor(path: string, local: LocalIdentity): boolean {
     const found = this.#entries.get(path);
-    if (found === undefined) return false;
-    const text = this.#text(Math.floor(found / PIECE_SPAN)),
-      keyEnd = local.keyEndIn(text, found % PIECE_SPAN);
+    return found !== undefined && this.#vouchesAt(found, local);
+  }
+
+  /**
+   * {@link vouchesFor} of the file at `index` in {@link filesAsRead}`(folder)`: by where its line is, with
+   * no look-up of its path while no entry has changed (a run where nothing changed asks this of every file).
+   */
+  vouchesForFileAsRead(folder: string, index: number, local: LocalIdentity): boolean {
+    const position = this.#entriesByPath === null ? this.#asReadLines?.get(folder)?.[index] : undefined;
+    if (position !== undefined) return this.#vouchesAt(position, local);
+    const path = this.filesAsRead(folder)?.[index];
+    return path !== undefined && this.vouchesFor(path, local);
+  }
+
+  /** {@link vouchesFor} of the line at `position`. */
+  #vouchesAt(position: number, local: LocalIdentity): boolean {
+    const text = this.#text(Math.floor(position / PIECE_SPAN)),
+      keyEnd = local.keyEndIn(text, position % PIECE_SPAN);
     return keyEnd >= 0 && text.charCodeAt(keyEnd) === TAB && !isRacy(local.ctime, this.#writtenAt);
   }
 
@@ -394,8 +459,7 @@ export class MirrorState implements Disposable {
   recordedFolder(path: string, key: string): FolderNames | undefined {
     const recorded = this.#folders.get(path);
     if (recorded?.key !== key || isRacy(ctimeOf(key), this.#writtenAt)) return undefined;
-    this.#asRead ??= this.#byFolder();
-    const names = this.#asRead.get(path) ?? { files: [], subfolders: [] };
+    const names = this.#foldersAsRead().get(path) ?? { files: [], subfolders: [] };
     // A line added to the state or taken out of it since would make the folder look other than it is.
     return namesDigest(names.files, names.subfolders) === recorded.names ? names : undefined;
   }
@@ -437,9 +501,10 @@ export class MirrorState implements Disposable {
 
   /**
    * The entries' paths grouped by folder: each folder's files, and the folders on the way to them (and
-   * the state's own folder).
+   * the state's own folder). Made from the lines read while no entry has changed, and then with the
+   * positions of each folder's lines put in `lines`, in the order of its files.
    */
-  #byFolder(): Map<string, FolderNames> {
+  #byFolder(lines?: Map<string, number[]>): Map<string, FolderNames> {
     const folders = new Map<string, { files: string[]; subfolders: string[] }>();
     const folderOf = (path: string) => {
       let folder = folders.get(path);
@@ -453,6 +518,20 @@ export class MirrorState implements Disposable {
       return folder;
     };
     folderOf("").subfolders.push(STATE_DIR); // LOCAL_DIR holds the state itself
+    if (this.#entriesByPath === null) {
+      for (const [path, read] of this.#linesByFolder) {
+        let files = read.map((position) => this.#pathAt(position)), positions = read;
+        // A path on more than one line is one entry, in the place of its first line, with its last line,
+        // as in a map of them; a listing's order (of distinct names) tells there is none cheaply.
+        if (!files.every((file, at) => at === 0 || files[at - 1] < file)) {
+          const last = new Map(files.map((file, at) => [file, read[at]]));
+          [files, positions] = [[...last.keys()], [...last.values()]];
+        }
+        folderOf(path).files = files;
+        lines?.set(path, positions);
+      }
+      return folders;
+    }
     for (const path of this.#entries.keys()) {
       const slash = path.lastIndexOf("/");
       folderOf(slash < 0 ? "" : path.slice(0, slash)).files.push(path);
@@ -602,6 +681,12 @@ export class MirrorState implements Disposable {
 
   /** Keeps only the entries whose path `keep` accepts: files the server no longer lists are forgotten. */
   retain(keep: (path: string) => boolean): void {
+    // While no entry changed, every folder's files are had without a map of them all, which is made only
+    // if one is to be forgotten.
+    if (
+      this.#entriesByPath === null &&
+      [...this.#foldersAsRead().values()].every(({ files }) => files.every(keep))
+    ) return;
     for (const path of this.#entries.keys()) if (!keep(path)) this.delete(path);
   }
 
@@ -710,6 +795,7 @@ export class MirrorState implements Disposable {
    * stops before the first line that is neither `since` nor a folder digest, and returns true if it did.
    */
   #readLines(text: string, start: number, base: number, headOnly = false): boolean {
+    const marks: ReadMarks = { slash: -1, tab: -1, cr: -1, folder: "", lines: null };
     while (start < text.length) {
       let end = text.indexOf("\n", start);
       if (end < 0) end = text.length;
@@ -720,7 +806,7 @@ export class MirrorState implements Disposable {
         continue;
       }
       if (text.startsWith(KNOWN_LINE, start)) {
-        if (!this.#digested && (this.#entries.size > 0 || this.#folders.size > 0)) this.#digestsLast = true;
+        if (!this.#digested && (this.#linesRead > 0 || this.#folders.size > 0)) this.#digestsLast = true;
         this.#digested = true;
         this.#readKnownLine(text.slice(start + KNOWN_LINE.length, end));
         start = end + 1;
@@ -733,14 +819,74 @@ export class MirrorState implements Disposable {
       }
       const tab1 = text.indexOf("\t", start);
       const tab3 = tab1 < 0 ? -1 : text.indexOf("\t", text.indexOf("\t", tab1 + 1) + 1);
-      if (tab1 >= 0 && tab3 >= 0 && tab3 < end) {
-        const path = pathOf(text.slice(tab3 + 1, end));
-        if (path !== null) this.#entries.set(path, base + start);
-      }
+      if (tab1 >= 0 && tab3 >= 0 && tab3 < end) this.#readPath(text, tab3 + 1, end, base + start, marks);
       start = end + 1;
     }
     return false;
   }
+
+  /**
+   * Takes in the path of the line at `position`, written in `text` from `from` to `end`, as its folder's;
+   * one that is not a path (see {@link pathOf}) is skipped. No string is cut out of a line whose path is
+   * in the folder of the line before it. `marks`: where the next slash, tab and carriage return are in
+   * `text` (-1: none), moved on as lines are read: each character is looked at once.
+   */
+  #readPath(text: string, from: number, end: number, position: number, marks: ReadMarks): void {
+    if (marks.tab < from) marks.tab = nextOf(text, "\t", from);
+    if (marks.cr < from) marks.cr = nextOf(text, "\r", from);
+    if (from === end || marks.tab < end || marks.cr < end || text.charCodeAt(from) === QUOTE) {
+      const path = pathOf(text.slice(from, end));
+      if (path === null) return;
+      this.#quotedPaths.set(position, path);
+      const slash = path.lastIndexOf("/");
+      this.#lineOf(slash < 0 ? "" : path.slice(0, slash), position, marks);
+      return;
+    }
+    if (marks.slash < from) marks.slash = nextOf(text, "/", from);
+    let slash = -1;
+    while (marks.slash < end) {
+      slash = marks.slash;
+      marks.slash = nextOf(text, "/", slash + 1);
+    }
+    const folder = marks.folder;
+    if (
+      marks.lines !== null &&
+      (slash < 0 ? folder.length === 0 : slash - from === folder.length && text.startsWith(folder, from))
+    ) {
+      marks.lines!.push(position);
+      this.#linesRead++;
+      return;
+    }
+    this.#lineOf(slash < 0 ? "" : text.slice(from, slash), position, marks);
+  }
+
+  /** Takes in the line at `position` as one of `folder`'s, the folder of the next lines too, likely. */
+  #lineOf(folder: string, position: number, marks: ReadMarks): void {
+    let lines = this.#linesByFolder.get(folder);
+    if (lines === undefined) this.#linesByFolder.set(folder, lines = []);
+    lines.push(position);
+    this.#linesRead++;
+    [marks.folder, marks.lines] = [folder, lines];
+  }
+}
+
+/** Where {@link MirrorState}'s reading of a piece of text is (see `#readPath`). */
+interface ReadMarks {
+  /** Where the next slash is (Infinity: none). */
+  slash: number;
+  /** Where the next tab is (Infinity: none). */
+  tab: number;
+  /** Where the next carriage return is (Infinity: none). */
+  cr: number;
+  /** The folder of the line read last, and its lines (null before the first). */
+  folder: string;
+  lines: number[] | null;
+}
+
+/** Where `char` is next in `text` from `at`; Infinity if nowhere. */
+function nextOf(text: string, char: string, at: number): number {
+  const found = text.indexOf(char, at);
+  return found < 0 ? Infinity : found;
 }
 
 /** The file that holds the lines a run recorded, out of memory until the state is saved. */
@@ -804,6 +950,7 @@ function* linesAt(
 
 const TAB = 9;
 const NEWLINE = 10;
+const QUOTE = 0x22;
 const utf8 = new TextEncoder();
 /**
  * Positions per piece of a state's text: more than a piece holds (see {@link READ_PIECE}), and few enough

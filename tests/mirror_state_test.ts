@@ -163,6 +163,33 @@ Deno.test("state: bad lines are skipped and a foreign or cut file gives no entry
   );
 });
 
+Deno.test("state: a folder's files as read are its paths once each, whatever the order of their lines; a path's last line is its entry", () => {
+  const older = entry({ key: "4096:99:1700000000.123456789:1799999999.500000000" });
+  const line = (path: string, e = entry()) => `${e.key}\t${e.sha256}\t${e.etag}\t${path}\n`;
+  const text = "ferry-mirror-state 2\n" +
+    line("d/b") + line("top") + line("d/a", older) + line("e/x") + line("d/a") + line('"d/q\\tuoted"') +
+    line("d/c\td");
+  const state = MirrorState.parse(text, WRITTEN);
+  assert.deepEqual(
+    state.filesAsRead("d"),
+    ["d/b", "d/a", "d/q\tuoted"],
+    "in the order of each path's first line",
+  );
+  assert.deepEqual(state.filesAsRead(""), ["top"]);
+  assert.deepEqual(state.filesAsRead("e"), ["e/x"]);
+  // d/a's second line holds the identity its file has; its first, an older one.
+  assert.equal(state.vouchesForFileAsRead("d", 1, seen()), true);
+  assert.equal(state.vouchesForFileAsRead("d", 1, seen(older.key)), false);
+  assert.equal(state.vouchesForFileAsRead("d", 2, seen()), true, "a quoted path");
+  assert.equal(state.vouchesForFileAsRead("d", 3, seen()), false, "past the folder's files");
+  // Once an entry changes, the answer comes by path, as vouchesFor gives it.
+  state.delete("d/b");
+  assert.equal(state.vouchesForFileAsRead("d", 0, seen()), false, "forgotten");
+  assert.equal(state.vouchesForFileAsRead("d", 1, seen()), true);
+  assert.equal(state.size, 4);
+  assert.deepEqual(state.expectedFolders().get("d")?.files, ["d/a", "d/q\tuoted"]);
+});
+
 Deno.test("state: a file whose last line has no line break gets one before what a run records after it", () => {
   const state = new MirrorState();
   for (const path of ["first", "last"]) state.set(path, entry());
