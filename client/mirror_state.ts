@@ -34,6 +34,7 @@ import type { StatIdentity } from "../ffi/structs.ts";
 import {
   C,
   close,
+  coarseClockNow,
   coarseClockTick,
   fstat,
   LibcError,
@@ -52,7 +53,7 @@ const STATE_HEADER = "ferry-mirror-state 2";
 /**
  * One tick of the clock that stamps files here, in seconds: the kernel's coarse clock, 1 to 10 ms by its
  * configuration (10 ms, the longest, if it cannot be read). The end of a run that changed files waits
- * three of them (see {@link MirrorState.settle}): 12 ms at 250 Hz, where a fixed 10 ms tick made it 30 ms.
+ * until that clock is two of them past its last change (see {@link MirrorState.settle}).
  */
 const TICK_SECONDS = (() => {
   try {
@@ -68,9 +69,6 @@ const TICK_SECONDS = (() => {
  */
 export const RACY_WINDOW_SECONDS = 2 * TICK_SECONDS;
 
-/** How far file timestamps may lag behind the clock, in seconds: a tick of the kernel's coarse clock. */
-const COARSE_CLOCK_LAG_SECONDS = TICK_SECONDS;
-
 /** What `lstat` says of a local file that an entry is checked against (see `ffi/structs.ts`). */
 export type LocalIdentity = Pick<StatIdentity, "keyEndIn" | "ctime">;
 
@@ -83,10 +81,16 @@ function isRacy(ctime: number, seenAt: number): boolean {
   return ctime + RACY_WINDOW_SECONDS >= seenAt;
 }
 
-/** {@link isRacy} for an object seen now, by the real clock (which file timestamps lag). */
+/** {@link isRacy} for an object seen now, by the clock that stamps files (not the real one, which it lags). */
 function changedJustNow(ctime: number): boolean {
-  return isRacy(ctime, Date.now() / 1000 - COARSE_CLOCK_LAG_SECONDS);
+  return isRacy(ctime, coarseClockNow());
 }
+
+/**
+ * The longest {@link MirrorState.settle} waits, in ms: a ctime ahead of the clock (set back since) is left
+ * racy, which costs the next run a hash of its file.
+ */
+const SETTLE_LIMIT_MS = 100;
 
 /** The size in an identity key (its first field), in bytes. */
 export function sizeOf(key: string): number {
@@ -692,17 +696,25 @@ export class MirrorState implements Disposable {
 
   /**
    * Waits until the file system's clock has moved a racy window past every ctime recorded, so that the
-   * state written next is not racy for them and the next run trusts them all: one wait of three ticks at
-   * most per run that published files, instead of hashing the run's last files again. The file
-   * system stamps times from a coarse clock, up to a tick (4 ms at 250 Hz) behind the real one: the wait
-   * allows for it. `alsoKeys`: identities of folders to be read once settled (see {@link settledAt}).
+   * state written next is not racy for them and the next run trusts them all: one wait of about three
+   * ticks per run that published files, instead of hashing the run's last files again. The wait is read
+   * off the coarse clock that stamps files, not worked out from the real one: on a loaded virtual machine
+   * that clock lagged by more than the tick allowed for, and the state was stamped within the window of
+   * its last file (a test that needs the state to vouch for it failed one run in four). `alsoKeys`:
+   * identities of folders to be read once settled (see {@link settledAt}).
    */
   async settle(alsoKeys: readonly string[] = []): Promise<void> {
     // A loop, not Math.max(...): a tree of a few hundred thousand folders passes more arguments than V8 takes.
     let newest = this.#newestCtime;
     for (const key of alsoKeys) newest = Math.max(newest, ctimeOf(key));
-    const waitMs = (newest + RACY_WINDOW_SECONDS + COARSE_CLOCK_LAG_SECONDS) * 1000 + 1 - Date.now();
-    if (waitMs > 0) await new Promise((resolve) => setTimeout(resolve, Math.min(Math.ceil(waitMs), 50)));
+    // Past the window by a microsecond: the clock moves in whole ticks, and its reading can be the window's
+    // very end, where the same time read from the key's text or from a stat rounds either way.
+    newest += 1e-6;
+    const deadline = Date.now() + SETTLE_LIMIT_MS;
+    for (let now = coarseClockNow(); isRacy(newest, now) && Date.now() < deadline; now = coarseClockNow()) {
+      const waitMs = Math.ceil((newest + RACY_WINDOW_SECONDS - now) * 1000) + 1;
+      await new Promise((resolve) => setTimeout(resolve, Math.min(waitMs, SETTLE_LIMIT_MS)));
+    }
   }
 
   /** The state as the text of its file. */

@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import {
   close,
   closeInBackground,
+  coarseClockNow,
   coarseClockTick,
   errnoDescription,
   errnoName,
@@ -46,6 +47,7 @@ import { tempDir } from "./helpers.ts";
   assert.throws(() => renameOver(fd, "no such part", fd, "no such file"), LibcError);
   close(fd);
   coarseClockTick();
+  coarseClockNow();
 }
 await closeInBackground(openRead(".", { directory: true }));
 
@@ -79,6 +81,22 @@ Deno.test("fstat and statAt decode struct stat as Deno's own stat sees the file"
 Deno.test("the coarse clock's tick, which stamps files' times, is one of the kernel's: 1 to 10 ms", () => {
   const tick = coarseClockTick();
   assert.ok(tick >= 0.001 && tick <= 0.01, `a tick of ${tick} s`);
+});
+
+Deno.test("the coarse clock is never ahead of the time a file changed after it is read is stamped with", async () => {
+  await using dir = await tempDir();
+  for (let i = 0; i < 20; i++) {
+    const before = coarseClockNow();
+    Deno.writeFileSync(`${dir.path}/f`, new Uint8Array([i]));
+    const fd = openRead(dir.path, { directory: true });
+    try {
+      const key = identityAt(fd, "f")!.key;
+      const ctime = Number(key.slice(key.lastIndexOf(":") + 1));
+      assert.ok(ctime >= before, `stamped ${ctime}, the coarse clock read ${before} before`);
+    } finally {
+      close(fd);
+    }
+  }
 });
 
 Deno.test("a failed open names the call, the errno and the path", async () => {

@@ -19,7 +19,7 @@ import {
   stateSince,
 } from "../client/mirror_state.ts";
 import { LocalDir } from "../client/local_tree.ts";
-import { close, identityAt, openRead } from "../ffi/libc.ts";
+import { close, coarseClockNow, identityAt, openRead } from "../ffi/libc.ts";
 import { decodeStatIdentity, S_IFREG, STAT } from "../ffi/structs.ts";
 import { jsonLines, withServer } from "./client_fixture.ts";
 import { type ClientResult, runClient, tempDir, treeOf } from "./helpers.ts";
@@ -33,6 +33,7 @@ import { type ClientResult, runClient, tempDir, treeOf } from "./helpers.ts";
   const root = LocalDir.open(dir);
   saveState(root, new MirrorState());
   loadState(root);
+  coarseClockNow();
   root.close();
   Deno.removeSync(dir, { recursive: true });
 }
@@ -265,6 +266,24 @@ Deno.test("state: a folder recorded with its identity gives back its files and f
     const state = MirrorState.parse(damaged, WRITTEN);
     assert.equal(state.recordedFolder("d", FOLDER), undefined, what);
     assert.notEqual(state.recordedFolder("", FOLDER), undefined, `${what}: the folder above is as it was`);
+  }
+});
+
+Deno.test("state: saved once settle() returns, the state vouches for the file a run published last", async () => {
+  await using dir = await tempDir();
+  const root = LocalDir.open(dir.path);
+  try {
+    for (let i = 0; i < 10; i++) {
+      Deno.writeFileSync(`${dir.path}/f`, new Uint8Array([i]));
+      const local = identityAt(root.fd, "f")!;
+      const state = new MirrorState();
+      state.set("f", entry({ key: local.key }));
+      await state.settle();
+      saveState(root, state);
+      assert.equal(loadState(root).vouchesFor("f", local), true, `round ${i}: ${local.key}`);
+    }
+  } finally {
+    root.close();
   }
 });
 
