@@ -172,14 +172,12 @@ export class MirrorState implements Disposable {
    */
   #entriesByPath: Map<string, number> | null = null;
   /**
-   * The positions of the lines read, by the folder of their path ("" for LOCAL_DIR), in the file's order:
-   * what the entries are made from when first needed. A run that finds every folder as the state has it
+   * The lines read, by the folder of their path ("" for LOCAL_DIR), in the file's order: what the entries
+   * are made from when first needed. A run that finds every folder as the state has it
    * asks for each folder's files, and for nothing else: it never makes a map of a path per file (for
    * 100,000 files that map was most of the time it took to read the state).
    */
-  #linesByFolder = new Map<string, number[]>();
-  /** The paths of the lines read that write theirs quoted (see {@link quote}), by position: rare. */
-  readonly #quotedPaths = new Map<number, string>();
+  #linesByFolder = new Map<string, FolderLines>();
   /** How many of the lines read had a path. */
   #linesRead = 0;
   /**
@@ -243,21 +241,11 @@ export class MirrorState implements Disposable {
   get #entries(): Map<string, number> {
     if (this.#entriesByPath !== null) return this.#entriesByPath;
     const entries = new Map<string, number>();
-    for (const positions of this.#linesByFolder.values()) {
-      for (const position of positions) entries.set(this.#pathAt(position), position);
+    for (const { positions, paths } of this.#linesByFolder.values()) {
+      for (let at = 0; at < positions.length; at++) entries.set(paths[at], positions[at]);
     }
     this.#linesByFolder = new Map();
     return this.#entriesByPath = entries;
-  }
-
-  /** The path of the line read at `position` (one {@link #readLines} found a path in). */
-  #pathAt(position: number): string {
-    const quoted = this.#quotedPaths.size > 0 ? this.#quotedPaths.get(position) : undefined;
-    if (quoted !== undefined) return quoted;
-    const text = this.#text(Math.floor(position / PIECE_SPAN)), start = position % PIECE_SPAN;
-    const tab3 = text.indexOf("\t", text.indexOf("\t", text.indexOf("\t", start) + 1) + 1);
-    const end = text.indexOf("\n", tab3);
-    return text.slice(tab3 + 1, end < 0 ? text.length : end);
   }
 
   /** Number of entries (lines of the file not looked at yet count, whether or not they are well formed). */
@@ -524,11 +512,11 @@ export class MirrorState implements Disposable {
     folderOf("").subfolders.push(STATE_DIR); // LOCAL_DIR holds the state itself
     if (this.#entriesByPath === null) {
       for (const [path, read] of this.#linesByFolder) {
-        let files = read.map((position) => this.#pathAt(position)), positions = read;
+        let { paths: files, positions } = read;
         // A path on more than one line is one entry, in the place of its first line, with its last line,
         // as in a map of them; a listing's order (of distinct names) tells there is none cheaply.
         if (!files.every((file, at) => at === 0 || files[at - 1] < file)) {
-          const last = new Map(files.map((file, at) => [file, read[at]]));
+          const last = new Map(files.map((file, at) => [file, read.positions[at]]));
           [files, positions] = [[...last.keys()], [...last.values()]];
         }
         folderOf(path).files = files;
@@ -839,8 +827,8 @@ export class MirrorState implements Disposable {
 
   /**
    * Takes in the path of the line at `position`, written in `text` from `from` to `end`, as its folder's;
-   * one that is not a path (see {@link pathOf}) is skipped. No string is cut out of a line whose path is
-   * in the folder of the line before it. `marks`: where the next slash, tab and carriage return are in
+   * one that is not a path (see {@link pathOf}) is skipped. Only the path is cut out of a line whose path
+   * is in the folder of the line before it, not its folder. `marks`: where the next slash, tab and carriage return are in
    * `text` (-1: none), moved on as lines are read: each character is looked at once.
    */
   #readPath(text: string, from: number, end: number, position: number, marks: ReadMarks): void {
@@ -849,9 +837,8 @@ export class MirrorState implements Disposable {
     if (from === end || marks.tab < end || marks.cr < end || text.charCodeAt(from) === QUOTE) {
       const path = pathOf(text.slice(from, end));
       if (path === null) return;
-      this.#quotedPaths.set(position, path);
       const slash = path.lastIndexOf("/");
-      this.#lineOf(slash < 0 ? "" : path.slice(0, slash), position, marks);
+      this.#lineOf(slash < 0 ? "" : path.slice(0, slash), position, path, marks);
       return;
     }
     if (marks.slash < from) marks.slash = nextOf(text, "/", from);
@@ -865,21 +852,29 @@ export class MirrorState implements Disposable {
       marks.lines !== null &&
       (slash < 0 ? folder.length === 0 : slash - from === folder.length && text.startsWith(folder, from))
     ) {
-      marks.lines!.push(position);
+      marks.lines!.positions.push(position);
+      marks.lines!.paths.push(text.slice(from, end));
       this.#linesRead++;
       return;
     }
-    this.#lineOf(slash < 0 ? "" : text.slice(from, slash), position, marks);
+    this.#lineOf(slash < 0 ? "" : text.slice(from, slash), position, text.slice(from, end), marks);
   }
 
   /** Takes in the line at `position` as one of `folder`'s, the folder of the next lines too, likely. */
-  #lineOf(folder: string, position: number, marks: ReadMarks): void {
+  #lineOf(folder: string, position: number, path: string, marks: ReadMarks): void {
     let lines = this.#linesByFolder.get(folder);
-    if (lines === undefined) this.#linesByFolder.set(folder, lines = []);
-    lines.push(position);
+    if (lines === undefined) this.#linesByFolder.set(folder, lines = { positions: [], paths: [] });
+    lines.positions.push(position);
+    lines.paths.push(path);
     this.#linesRead++;
     [marks.folder, marks.lines] = [folder, lines];
   }
+}
+
+/** The lines of a folder's files as read: where each starts, and its path. */
+interface FolderLines {
+  positions: number[];
+  paths: string[];
 }
 
 /** Where {@link MirrorState}'s reading of a piece of text is (see `#readPath`). */
@@ -892,7 +887,7 @@ interface ReadMarks {
   cr: number;
   /** The folder of the line read last, and its lines (null before the first). */
   folder: string;
-  lines: number[] | null;
+  lines: FolderLines | null;
 }
 
 /** Where `char` is next in `text` from `at`; Infinity if nowhere. */
