@@ -1517,7 +1517,7 @@ class MirrorRun {
     } else if (this.#local !== null) {
       const own = this.#ownReleaseFiles();
       for (const name of own) this.keep.add(name);
-      this.#local.state.retain(this.#keptTest());
+      this.#local.state.retain(this.#keptTest(), (folder) => this.#keptWhole.has(folder));
       if (this.options.delete && !this.options.deadline.expired) {
         this.progress.phase("deleting");
         const large: string[] = []; // files that may have a signature kept

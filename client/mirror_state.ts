@@ -106,20 +106,24 @@ function ctimeOf(key: string): number {
  * A digest of a folder's names, whatever their order: how many, and the sum of their FNV-1a hashes (it
  * guards against damage, not against an adversary, who could write any state).
  */
-function namesDigest(...lists: Iterable<string>[]): string {
-  let sum = 0, count = 0;
-  for (const list of lists) {
-    for (const name of list) {
-      // A path stands for its last component: no string is cut out of it.
-      let h = 0x811c9dc5;
-      for (let i = name.lastIndexOf("/") + 1; i < name.length; i++) {
-        h = Math.imul(h ^ name.charCodeAt(i), 0x01000193);
-      }
-      sum = (sum + (h >>> 0)) >>> 0;
-      count++;
+function namesDigest(files: readonly string[], subfolders: readonly string[] = []): string {
+  const sum = (namesHashSum(files) + namesHashSum(subfolders)) >>> 0;
+  return `${files.length + subfolders.length}-${sum.toString(16).padStart(8, "0")}`;
+}
+
+/** The sum of the FNV-1a hashes of `names`' last components (a path stands for its last component). */
+function namesHashSum(names: readonly string[]): number {
+  let sum = 0;
+  // Index loops, no iterator: a run asks this of every folder it finds as recorded.
+  for (let at = 0; at < names.length; at++) {
+    const name = names[at];
+    let h = 0x811c9dc5;
+    for (let i = name.lastIndexOf("/") + 1; i < name.length; i++) {
+      h = Math.imul(h ^ name.charCodeAt(i), 0x01000193);
     }
+    sum = (sum + (h >>> 0)) >>> 0;
   }
-  return `${count}-${sum.toString(16).padStart(8, "0")}`;
+  return sum;
 }
 
 /** A folder as the state records it. */
@@ -671,13 +675,16 @@ export class MirrorState implements Disposable {
     return !this.#regrouped.has(path);
   }
 
-  /** Keeps only the entries whose path `keep` accepts: files the server no longer lists are forgotten. */
-  retain(keep: (path: string) => boolean): void {
+  /**
+   * Keeps only the entries whose path `keep` accepts: files the server no longer lists are forgotten.
+   * `keepsFolder`: true for a folder (a path relative to LOCAL_DIR) all of whose files `keep` accepts.
+   */
+  retain(keep: (path: string) => boolean, keepsFolder?: (folder: string) => boolean): void {
     // While no entry changed, every folder's files are had without a map of them all, which is made only
     // if one is to be forgotten.
     if (
       this.#entriesByPath === null &&
-      [...this.#foldersAsRead().values()].every(({ files }) => files.every(keep))
+      [...this.#foldersAsRead()].every(([folder, { files }]) => keepsFolder?.(folder) || files.every(keep))
     ) return;
     for (const path of this.#entries.keys()) if (!keep(path)) this.delete(path);
   }
