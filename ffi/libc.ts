@@ -530,8 +530,21 @@ const utf8 = new TextEncoder();
  * ENAMETOOLONG for `call`.
  */
 function putPath(path: string, call: string, into = openPath): void {
-  const { written } = utf8.encodeInto(path, into);
-  if (written >= into.byteLength) {
+  // An ASCII path is copied by a loop: TextEncoder's call cost three times as much (11.5 against 4.0 ms for
+  // 100,000 names of 11-13 characters), and a mirror where nothing changed makes one per file.
+  const length = path.length;
+  if (length < into.byteLength) {
+    let at = 0;
+    for (let code; at < length && (code = path.charCodeAt(at)) < 0x80; at++) into[at] = code;
+    if (at === length) {
+      into[length] = 0;
+      return;
+    }
+  }
+  // The encoder stops before a character that does not fit whole: a path it did not read to its end would
+  // otherwise reach the kernel cut short, and name another file.
+  const { read, written } = utf8.encodeInto(path, into);
+  if (read < length || written >= into.byteLength) {
     throw new LibcError(call, C.ENAMETOOLONG, `(a path of more than ${into.byteLength - 1} bytes)`);
   }
   into[written] = 0;

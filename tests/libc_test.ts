@@ -17,6 +17,7 @@ import {
   identityAt,
   LibcError,
   lstatAt,
+  mkdirAt,
   OPEN,
   openAt,
   openRead,
@@ -45,6 +46,7 @@ import { tempDir } from "./helpers.ts";
   assert.throws(() => statWordsAt(fd, "no such file"), LibcError);
   assert.throws(() => lstatAt(fd, "no such file"), LibcError);
   assert.throws(() => renameOver(fd, "no such part", fd, "no such file"), LibcError);
+  assert.throws(() => mkdirAt(fd, "."), LibcError);
   close(fd);
   coarseClockTick();
   coarseClockNow();
@@ -96,6 +98,46 @@ Deno.test("the coarse clock is never ahead of the time a file changed after it i
     } finally {
       close(fd);
     }
+  }
+});
+
+Deno.test("a name reaches the kernel as its UTF-8 bytes, ASCII or not; one of 4,096 bytes or more is ENAMETOOLONG", async () => {
+  await using dir = await tempDir();
+  const names = ["plain.txt", "caf\u00e9.txt", "\u65e5\u672c.txt", "smile-\u{1F600}", "a\u00e9b-then-ascii"];
+  for (const name of names) Deno.writeFileSync(`${dir.path}/${name}`, new TextEncoder().encode(name));
+  const fd = openRead(dir.path, { directory: true });
+  try {
+    for (const name of names) {
+      const identity = identityAt(fd, name);
+      assert.equal(identity?.size, new TextEncoder().encode(name).length, name);
+    }
+    assert.equal(identityAt(fd, "caf\u00e8.txt"), null, "another accent is another name");
+    // 4,096 bytes reach the kernel, which refuses them (PATH_MAX counts the NUL); more do not fit the buffer.
+    for (const long of ["x".repeat(4096), "\u00e9".repeat(2048)]) {
+      assert.throws(() => identityAt(fd, long), /fstatat: ENAMETOOLONG \(File name too long\)/);
+    }
+    for (const long of ["x".repeat(4097), "\u00e9".repeat(2049)]) {
+      assert.throws(() => identityAt(fd, long), /fstatat: ENAMETOOLONG .*more than 4096 bytes/);
+    }
+    // A path whose last character does not fit whole is not cut before it: what is left of it (4,094 bytes:
+    // twenty folders of 200 bytes, then a file) names a file that is there.
+    const folders = Array.from({ length: 20 }, (_, i) => `${i}`.padEnd(200, "x"));
+    let at = fd;
+    for (const folder of folders) {
+      mkdirAt(at, folder);
+      const inner = openAt(at, folder, OPEN.O_RDONLY | OPEN.O_DIRECTORY);
+      if (at !== fd) close(at);
+      at = inner;
+    }
+    const cutTo = "ab" + "\u20ac".repeat(24);
+    close(openAt(at, cutTo, OPEN.O_WRONLY | OPEN.O_CREAT, { mode: 0o644 }));
+    close(at);
+    const deep = `${folders.join("/")}/${cutTo}`;
+    assert.equal(new TextEncoder().encode(deep).length, 4094);
+    assert.equal(identityAt(fd, deep)?.isFile, true);
+    assert.throws(() => identityAt(fd, `${deep}\u{1F600}`), /fstatat: ENAMETOOLONG .*more than 4096 bytes/);
+  } finally {
+    close(fd);
   }
 });
 
