@@ -645,6 +645,33 @@ Deno.test("mirror without --json that finds every folder as recorded keeps every
   });
 });
 
+Deno.test("mirror: files added to a folder since its first lines were written are read with the others: a run where nothing changed fetches none, a change in place is found", async () => {
+  await withServer(async ({ src, out, address }) => {
+    for (const folder of ["d", "e"]) {
+      await Deno.mkdir(`${src}/${folder}`);
+      for (let i = 0; i < 10; i++) await Deno.writeTextFile(`${src}/${folder}/f${i}.txt`, `${folder} ${i}\n`);
+    }
+    const mirror = async (summary: RegExp) => {
+      const r = await runClient(["mirror", address, ".", out, "--delete"]);
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stderr, summary);
+    };
+    await mirror(/mirror done: 20 updated/);
+    // Added later, one before d's other names and one after: their lines follow e's in the state.
+    for (const name of ["a0.txt", "zz.txt"]) await Deno.writeTextFile(`${src}/d/${name}`, `${name}\n`);
+    await mirror(/mirror done: 2 updated, 20 unchanged/);
+    const paths = (await Deno.readTextFile(`${out}/.ferry/state`)).split("\n")
+      .filter((line) => /\t[0-9a-f]{64}\t/.test(line)).map((line) => line.slice(line.lastIndexOf("\t") + 1));
+    assert.deepEqual(paths.slice(-3), ["e/f9.txt", "d/a0.txt", "d/zz.txt"], "d's lines are not together");
+    for (let run = 0; run < 2; run++) {
+      await mirror(/mirror done: 0 updated, 22 unchanged, 0 deleted, 0 failed/);
+    }
+    await Deno.writeTextFile(`${out}/d/a0.txt`, "A0.TXT\n"); // in place: d keeps its identity
+    await mirror(/mirror done: 1 updated, 21 unchanged, 0 deleted, 0 failed/);
+    assert.deepEqual(await treeOf(out), await treeOf(src));
+  });
+});
+
 Deno.test("mirror: a state that is deleted, truncated, foreign or wrong costs hashing or fetching, never a wrong tree", async () => {
   await withServer(async ({ src, out, address }) => {
     await Deno.mkdir(`${src}/d`);
