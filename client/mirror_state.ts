@@ -177,9 +177,9 @@ export class MirrorState implements Disposable {
   #entriesByPath: Map<string, number> | null = null;
   /**
    * The lines read, by the folder of their path ("" for LOCAL_DIR), in the file's order: what the entries
-   * are made from when first needed. A run that finds every folder as the state has it
-   * asks for each folder's files, and for nothing else: it never makes a map of a path per file (for
-   * 100,000 files that map was most of the time it took to read the state).
+   * are made from when first needed. A run that finds every folder as the state has it asks for each
+   * folder's files, and for nothing else: it never makes a map of a path per file (for 100,000 files that
+   * map was most of the time it took to read the state).
    */
   #linesByFolder = new Map<string, FolderLines>();
   /** How many of the lines read had a path. */
@@ -835,8 +835,8 @@ export class MirrorState implements Disposable {
   /**
    * Takes in the path of the line at `position`, written in `text` from `from` to `end`, as its folder's;
    * one that is not a path (see {@link pathOf}) is skipped. Only the path is cut out of a line whose path
-   * is in the folder of the line before it, not its folder. `marks`: where the next slash, tab and carriage return are in
-   * `text` (-1: none), moved on as lines are read: each character is looked at once.
+   * is in the folder of the line before it, not its folder. `marks`: where the next slash, tab and carriage
+   * return are in `text`, moved on as lines are read, so that each character is looked at once.
    */
   #readPath(text: string, from: number, end: number, position: number, marks: ReadMarks): void {
     if (marks.tab < from) marks.tab = nextOf(text, "\t", from);
@@ -859,8 +859,8 @@ export class MirrorState implements Disposable {
       marks.lines !== null &&
       (slash < 0 ? folder.length === 0 : slash - from === folder.length && text.startsWith(folder, from))
     ) {
-      marks.lines!.positions.push(position);
-      marks.lines!.paths.push(text.slice(from, end));
+      marks.lines.positions.push(position);
+      marks.lines.paths.push(text.slice(from, end));
       this.#linesRead++;
       return;
     }
@@ -886,11 +886,11 @@ interface FolderLines {
 
 /** Where {@link MirrorState}'s reading of a piece of text is (see `#readPath`). */
 interface ReadMarks {
-  /** Where the next slash is (Infinity: none). */
+  /** Where the next slash is (Infinity: none; -1: not looked for yet). */
   slash: number;
-  /** Where the next tab is (Infinity: none). */
+  /** Where the next tab is, as {@link slash} says. */
   tab: number;
-  /** Where the next carriage return is (Infinity: none). */
+  /** Where the next carriage return is, as {@link slash} says. */
   cr: number;
   /** The folder of the line read last, and its lines (null before the first). */
   folder: string;
